@@ -1,0 +1,193 @@
+"""``tufmesh cas``: operate a content-addressed store from the shell."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import click
+from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE
+from tufmesh.cas._store import BlobStore
+
+from tufmesh._ui import SIZE, Group, data_home, format_size, progress_bar
+from tufmesh.errors import CorruptBlobError, UsageError
+
+__all__ = ["cas"]
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+@click.group(cls=Group)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="TUFMESH_STORE",
+    default=None,
+    help="Store directory [env TUFMESH_STORE; default: the tufmesh data dir's cas/].",
+)
+@click.pass_context
+def cas(ctx: click.Context, store_dir: Path | None) -> None:
+    """The content-addressed blob store: put, get, verify, pin, gc."""
+    ctx.obj = BlobStore(store_dir or data_home() / "cas")
+
+
+pass_store = click.make_pass_decorator(BlobStore)
+
+
+@cas.command()
+@click.argument("files", nargs=-1, required=True)
+@pass_store
+def put(store: BlobStore, files: tuple[str, ...]) -> None:
+    """Store FILES; print one CID per line."""
+    for path in files:
+        with progress_bar(f"put {Path(path).name}", _file_size(path)) as advance:
+            cid = store.put(path, progress=advance)
+        click.echo(cid)
+
+
+@cas.command()
+@click.argument("cid")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file."
+)
+@pass_store
+def get(store: BlobStore, cid: str, output: Path | None) -> None:
+    """Write blob CID, verified, to a file or to stdout.
+
+    A corrupt blob exits non-zero and writes nothing.
+    """
+    if output is not None:
+        with progress_bar(f"get {cid[:16]}…", store.stat(cid).size) as advance:
+            store.export(cid, output, progress=advance)
+        return
+    store.verify(cid)  # all of it before the first byte goes out
+    with store.open(cid, verify=True) as handle:
+        out = click.get_binary_stream("stdout")
+        while chunk := handle.read(4 << 20):
+            out.write(chunk)
+
+
+@cas.command("ls")
+@pass_store
+def ls_(store: BlobStore) -> None:
+    """List blobs: CID, size in bytes, pin sets."""
+    holders: dict[str, list[str]] = {}
+    for name, cids in store.pins().items():
+        for cid in cids:
+            holders.setdefault(cid, []).append(name)
+    for cid in sorted(store):
+        size = store.stat(cid).size
+        click.echo(f"{cid}\t{size}\t{','.join(sorted(holders.get(cid, [])))}".rstrip())
+
+
+@cas.command()
+@click.argument("cid")
+@pass_store
+def stat(store: BlobStore, cid: str) -> None:
+    """Show a blob's size, time stored and pin sets."""
+    info = store.stat(cid)
+    when = datetime.datetime.fromtimestamp(info.mtime, datetime.UTC).isoformat(timespec="seconds")
+    pinned = sorted(name for name, cids in store.pins().items() if info.cid in cids)
+    click.echo(f"cid\t{info.cid}")
+    click.echo(f"size\t{info.size} ({format_size(info.size)})")
+    click.echo(f"stored\t{when}")
+    click.echo(f"pins\t{', '.join(pinned) or '-'}")
+
+
+@cas.command()
+@click.argument("cids", nargs=-1)
+@pass_store
+def verify(store: BlobStore, cids: tuple[str, ...]) -> None:
+    """Check that blobs (default: all) still match their names."""
+    bad = 0
+    for cid in cids or sorted(store):
+        try:
+            store.verify(cid)
+        except CorruptBlobError:
+            bad += 1
+            click.echo(f"CORRUPT\t{cid}")
+        else:
+            click.echo(f"ok\t{cid}")
+    if bad:
+        raise click.ClickException(f"{bad} corrupt blob(s); run 'tufmesh cas fsck --quarantine'")
+
+
+@cas.command()
+@click.option("--quarantine", is_flag=True, help="Move corrupt blobs to quarantine/.")
+@pass_store
+def fsck(store: BlobStore, quarantine: bool) -> None:
+    """Verify the whole store and report corrupt blobs and stray files."""
+    total = sum(store.stat(cid).size for cid in store)
+    with progress_bar("fsck", total) as advance:
+        report = store.fsck(quarantine=quarantine, progress=advance)
+    for cid in report.corrupt:
+        moved = " (quarantined)" if cid in report.quarantined else ""
+        click.echo(f"CORRUPT\t{cid}{moved}")
+    for stray in report.strays:
+        click.echo(f"STRAY\t{stray}")
+    click.echo(
+        f"checked {report.checked} blobs, {format_size(report.bytes_checked)}: "
+        f"{len(report.corrupt)} corrupt, {len(report.strays)} stray"
+    )
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+@cas.command()
+@click.argument("name")
+@click.argument("cids", nargs=-1, required=True)
+@pass_store
+def pin(store: BlobStore, name: str, cids: tuple[str, ...]) -> None:
+    """Add blobs to the pin set NAME; pinned blobs survive gc."""
+    store.pin(name, cids)
+
+
+@cas.command()
+@click.argument("name")
+@click.argument("cids", nargs=-1)
+@pass_store
+def unpin(store: BlobStore, name: str, cids: tuple[str, ...]) -> None:
+    """Remove blobs (default: all) from the pin set NAME."""
+    store.unpin(name, cids or None)
+
+
+@cas.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Keep blobs stored in the last N minutes [default: 15].",
+)
+@pass_store
+def gc(store: BlobStore, dry_run: bool, grace: float | None) -> None:
+    """Delete blobs that are in no pin set (and older than the grace period)."""
+    report = store.gc(dry_run=dry_run, grace_seconds=None if grace is None else grace * 60)
+    verb = "would delete" if dry_run else "deleted"
+    for cid in report.deleted:
+        click.echo(f"{verb}\t{cid}")
+    click.echo(
+        f"{verb} {len(report.deleted)} blobs, {format_size(report.bytes_freed)}; "
+        f"kept {report.kept_pinned} pinned, {report.kept_recent} recent"
+    )
+
+
+@cas.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--chunk-size", type=SIZE, default=DEFAULT_CHUNK_SIZE, show_default="1MiB")
+@pass_store
+def manifest(store: BlobStore, file: str, chunk_size: int) -> None:
+    """Store FILE with its chunk manifest; print the manifest's CID and chunk count."""
+    with progress_bar(f"chunk {Path(file).name}", _file_size(file)) as advance:
+        cid, built = store.put_chunked(file, chunk_size=chunk_size, progress=advance)
+    click.echo(f"manifest\t{built.cid}")
+    click.echo(f"chunks\t{built.count}")
+    click.echo(f"chunk-size\t{built.chunk_size}")
+    click.echo(f"blob\t{cid}")

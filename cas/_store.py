@@ -1,0 +1,757 @@
+"""The content-addressed blob store.
+
+Invariants (each one is tested):
+
+* A blob is stored under ``blobs/<shard>/<cid>`` only after its bytes were hashed,
+  written to a temporary file in ``tmp/``, fsynced, and atomically renamed; the
+  directory is fsynced after the rename. A crash at any moment leaves either no
+  blob or the exact blob under its name (the recipe of git, go-ds-flatfs, restic).
+* Every temporary file is held under an exclusive ``flock`` by its writer. When a
+  store opens, it removes the temporary files nobody holds: the leftovers of
+  writers that died. A live writer in another process is never disturbed.
+* Bytes offered under an expected CID that they do not hash to are never stored.
+* Reads that verify, ``verify`` and ``fsck`` detect a blob whose bytes no longer
+  match its name; such a blob is never returned as good.
+* Garbage collection deletes only blobs in no pin set and older than the grace
+  period. It holds the store lock exclusively; pinning takes the same lock and
+  publishing a blob takes it shared, so a blob that was just written, or
+  rewritten by a second put of the same bytes, is always inside the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO, Final, TypeAlias, final
+
+from tufmesh.cas._cid import cid_from_sha256, parse_cid
+from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
+
+from tufmesh.errors import (
+    BlobNotFoundError,
+    ChunkRejectedError,
+    CorruptBlobError,
+    DigestMismatchError,
+    PinError,
+    StoreError,
+)
+
+__all__ = [
+    "BlobStat",
+    "BlobStore",
+    "ChunkAssembly",
+    "FsckReport",
+    "GcReport",
+    "Source",
+    "StoreConfig",
+]
+
+#: What ``put`` accepts: bytes in memory, a file path, or an iterable of byte chunks.
+Source: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] | Iterable[bytes]
+Progress = Callable[[int], None]
+
+_PIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,127}")
+_TMP_PREFIX: Final = "put-"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Tunables of a :class:`BlobStore`, with the reason for each default."""
+
+    #: Read/write buffer. 4 MiB: syscall and hashing overhead per buffer is then
+    #: far below the cost of the bytes (shared/notes/http-throughput.md measured
+    #: 64 KiB buffers at an eighth of the throughput).
+    buffer_size: int = 4 << 20
+    #: fsync files and directories. Only tests of unrelated logic turn it off.
+    fsync: bool = True
+    #: Blobs written this recently are never garbage-collected, so a put that
+    #: races a gc (and pins right after) cannot lose its blob. 15 minutes covers
+    #: the slowest upload-then-pin sequence we expect, with a wide margin.
+    gc_grace_seconds: float = 15 * 60
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    """Size and modification time of a stored blob."""
+
+    cid: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class FsckReport:
+    """What :meth:`BlobStore.fsck` found."""
+
+    checked: int = 0
+    bytes_checked: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    strays: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every blob matched its name and nothing stray was found."""
+        return not self.corrupt and not self.strays
+
+
+@dataclass
+class GcReport:
+    """What :meth:`BlobStore.gc` deleted (or, in a dry run, would delete)."""
+
+    dry_run: bool
+    deleted: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    kept_pinned: int = 0
+    kept_recent: int = 0
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
+    while count:
+        copied = os.copy_file_range(src, dst, count, offset, offset)
+        if not copied:
+            raise OSError(errno.EIO, "blob shrank while it was copied")
+        offset, count = offset + copied, count - copied
+
+
+# Below this size a piece is hashed inline; above it, hashing runs on a second
+# core while this thread writes (hashlib and blake3 release the GIL), which
+# turns hash + write into max(hash, write).
+_PARALLEL_MIN: Final = 256 << 10
+_hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tufmesh-hash")
+
+
+def _hash_and_write(
+    update: Callable[[memoryview], object], fd: int, piece: memoryview | bytes
+) -> None:
+    view = memoryview(piece)
+    if len(view) < _PARALLEL_MIN:
+        update(view)
+        _write_all(fd, view)
+        return
+    hashing = _hash_pool.submit(update, view)
+    try:
+        _write_all(fd, view)
+    finally:
+        hashing.result()  # the buffer is reused after we return
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _shard(cid: str) -> str:
+    # The leading characters of a raw/sha2-256 CIDv1 are constant ("bafkrei");
+    # like go-ds-flatfs "next-to-last/2", shard on characters near the end.
+    return cid[-3:-1]
+
+
+@final
+class BlobStore:
+    """A directory of immutable blobs named by CIDv1 (raw, sha2-256, base32).
+
+    Safe to share between threads and processes. See the module docstring for
+    the invariants it keeps.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], config: StoreConfig | None = None) -> None:
+        self.root = Path(root)
+        self.config = config or StoreConfig()
+        self._blobs = self.root / "blobs"
+        self._tmp = self.root / "tmp"
+        self._pins = self.root / "pins"
+        self._quarantine = self.root / "quarantine"
+        try:
+            for path in (self.root, self._blobs, self._tmp, self._pins, self._quarantine):
+                path.mkdir(parents=True, exist_ok=True)
+            (self.root / "lock").touch(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open store at {self.root}: {exc.strerror}") from None
+        self.remove_leftovers()
+
+    def __repr__(self) -> str:
+        return f"BlobStore({str(self.root)!r})"
+
+    # -- writing ------------------------------------------------------------
+
+    def put(
+        self, source: Source, *, expect: str | None = None, progress: Progress | None = None
+    ) -> str:
+        """Store a blob; return its CID.
+
+        ``source`` is bytes, a file path (``str`` or path-like), or an iterable
+        of byte chunks (streamed in constant memory). With ``expect``, bytes
+        that do not hash to that CID raise :class:`DigestMismatchError` and
+        nothing is stored. ``progress`` is called with the size of each piece written.
+        """
+        cid, _ = self._write(source, expect=expect, chunk_size=None, progress=progress)
+        return cid
+
+    def put_chunked(
+        self,
+        source: Source,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        expect: str | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[str, Manifest]:
+        """Store a blob and its chunk manifest in one pass; return ``(cid, manifest)``.
+
+        The manifest is stored as a blob of its own, under ``manifest.cid``.
+        """
+        cid, manifest = self._write(source, expect=expect, chunk_size=chunk_size, progress=progress)
+        assert manifest is not None
+        self.put(manifest.encoded, expect=manifest.cid)
+        return cid, manifest
+
+    def _write(
+        self,
+        source: Source,
+        *,
+        expect: str | None,
+        chunk_size: int | None,
+        progress: Progress | None,
+    ) -> tuple[str, Manifest | None]:
+        expected = parse_cid(expect)[0] if expect is not None else None
+        builder = ManifestBuilder(chunk_size) if chunk_size is not None else None
+        sha = hashlib.sha256()
+        update = builder.update if builder is not None else sha.update
+        with self._temp_file() as (fd, tmp):
+            for piece in self._pieces(source):
+                _hash_and_write(update, fd, piece)
+                if progress is not None:
+                    progress(len(piece))
+            if self.config.fsync:
+                os.fsync(fd)
+            digest = builder.sha256 if builder is not None else sha.digest()
+            cid = cid_from_sha256(digest)
+            if expected is not None and cid != expected:
+                raise DigestMismatchError(f"bytes hash to {cid}, not the expected {expected}")
+            self._publish(tmp, cid)
+        return cid, builder.finish() if builder is not None else None
+
+    def _pieces(self, source: Source) -> Iterator[memoryview | bytes]:
+        if isinstance(source, bytes | bytearray | memoryview):
+            view = memoryview(source).cast("B")
+            for offset in range(0, len(view), self.config.buffer_size):
+                yield view[offset : offset + self.config.buffer_size]
+        elif isinstance(source, str | os.PathLike):
+            try:
+                handle = open(source, "rb", buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                raise StoreError(f"cannot read {os.fspath(source)}: {exc.strerror}") from None
+            with handle:
+                yield from _read_pieces(handle, self.config.buffer_size)
+        else:
+            for piece in source:
+                if not isinstance(piece, bytes | bytearray | memoryview):
+                    raise TypeError(f"a put stream yields bytes, not {type(piece).__name__}")
+                yield piece
+
+    @contextlib.contextmanager
+    def _temp_file(self) -> Iterator[tuple[int, Path]]:
+        """Create a temporary file in ``tmp/`` held under ``flock``; remove it unless published."""
+        while True:
+            path = self._tmp / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # A store opening in another process may have removed the file
+            # between its creation and our lock; then start over.
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            yield fd, path
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _publish(self, tmp: Path, cid: str) -> None:
+        """Rename a fully written, fsynced temporary file to its blob name."""
+        final_path = self._path(cid)
+        with self._lock(shared=True):
+            if not final_path.parent.is_dir():
+                final_path.parent.mkdir(exist_ok=True)
+                if self.config.fsync:
+                    _fsync_dir(self._blobs)
+            # Replacing an existing copy heals a corrupt one and refreshes its
+            # mtime, which keeps it inside the gc grace period.
+            os.replace(tmp, final_path)
+            if self.config.fsync:
+                _fsync_dir(final_path.parent)
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove temporary files left by writers that died; return their names."""
+        removed = []
+        for path in self._tmp.iterdir():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a live writer holds it
+                continue
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    path.unlink()
+                    removed.append(path.name)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        return removed
+
+    # -- reading ------------------------------------------------------------
+
+    def _path(self, cid: str) -> Path:
+        return self._blobs / _shard(cid) / cid
+
+    def _existing(self, cid: str) -> tuple[str, Path]:
+        canonical, _ = parse_cid(cid)
+        path = self._path(canonical)
+        if not path.is_file():
+            raise BlobNotFoundError(f"no blob {canonical} in the store")
+        return canonical, path
+
+    def has(self, cid: str) -> bool:
+        """True if a blob is stored under ``cid`` (raises on a malformed CID)."""
+        return self._path(parse_cid(cid)[0]).is_file()
+
+    def stat(self, cid: str) -> BlobStat:
+        """Size and modification time of a stored blob."""
+        canonical, path = self._existing(cid)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"no blob {canonical} in the store") from None
+        return BlobStat(canonical, st.st_size, st.st_mtime)
+
+    def path(self, cid: str) -> Path:
+        """Filesystem path of a stored blob, for zero-copy serving (sendfile).
+
+        The bytes there are *not* verified; serve them only where the reader
+        verifies (a TUF client, a chunk check against a signed manifest).
+        """
+        return self._existing(cid)[1]
+
+    def open(self, cid: str, *, verify: bool = False) -> BinaryIO:
+        """Open a blob for reading.
+
+        With ``verify``, the returned reader hashes what it reads and raises
+        :class:`CorruptBlobError` when it reaches the end of a corrupt blob, so
+        a caller must read to the end before trusting anything it read.
+        """
+        canonical, path = self._existing(cid)
+        try:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"no blob {canonical} in the store") from None
+        if not verify:
+            return handle
+        return _VerifyingReader(handle, canonical)  # type: ignore[return-value]
+
+    def read(self, cid: str, *, verify: bool = True) -> bytes:
+        """Return a whole blob; verified against its name unless ``verify=False``."""
+        canonical, path = self._existing(cid)
+        data = path.read_bytes()
+        if verify and cid_from_sha256(hashlib.sha256(data).digest()) != canonical:
+            raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
+        return data
+
+    def read_manifest(self, cid: str) -> Manifest:
+        """Load and verify the chunk manifest stored under ``cid``."""
+        return Manifest.decode(self.read(cid))
+
+    def export(
+        self, cid: str, dest: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> int:
+        """Copy a blob to ``dest``, verified; return its size.
+
+        The copy is written beside ``dest`` and renamed into place only when its
+        hash matches, so a corrupt blob leaves no file at ``dest``.
+        """
+        canonical, path = self._existing(cid)
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        sha = hashlib.sha256()
+        try:
+            with open(path, "rb", buffering=0) as src, open(tmp, "xb", buffering=0) as out:
+                offset = 0
+                for piece in _read_pieces(src, self.config.buffer_size):
+                    # Hash the piece just read while the kernel copies the same
+                    # range, still in the page cache, with no trip through Python.
+                    hashing = _hash_pool.submit(sha.update, piece)
+                    try:
+                        _copy_range(src.fileno(), out.fileno(), offset, len(piece))
+                    finally:
+                        hashing.result()
+                    offset += len(piece)
+                    if progress is not None:
+                        progress(len(piece))
+                if cid_from_sha256(sha.digest()) != canonical:
+                    raise CorruptBlobError(
+                        f"blob {canonical} is corrupt: its bytes no longer match; nothing written"
+                    )
+                # No fsync: this is the user's copy, not the store's; like curl
+                # or cp, durability is left to the page cache.
+                size = out.tell()
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise StoreError(f"cannot write {dest}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return size
+
+    def verify(self, cid: str, *, progress: Progress | None = None) -> None:
+        """Raise :class:`CorruptBlobError` unless the blob's bytes still match its name."""
+        canonical, path = self._existing(cid)
+        sha = hashlib.sha256()
+        with open(path, "rb", buffering=0) as handle:
+            for piece in _read_pieces(handle, self.config.buffer_size):
+                sha.update(piece)
+                if progress is not None:
+                    progress(len(piece))
+        if cid_from_sha256(sha.digest()) != canonical:
+            raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield the CID of every stored blob (in no particular order)."""
+        for cid, _ in self._scan():
+            yield cid
+
+    def __contains__(self, cid: object) -> bool:
+        return isinstance(cid, str) and self.has(cid)
+
+    def _scan(self, strays: list[str] | None = None) -> Iterator[tuple[str, Path]]:
+        for shard in sorted(self._blobs.iterdir()):
+            if not shard.is_dir():
+                if strays is not None:
+                    strays.append(str(shard.relative_to(self.root)))
+                continue
+            for path in shard.iterdir():
+                name = path.name
+                try:
+                    canonical, _ = parse_cid(name)
+                except StoreError:
+                    canonical = ""
+                if canonical != name or _shard(name) != shard.name:
+                    if strays is not None:
+                        strays.append(str(path.relative_to(self.root)))
+                    continue
+                yield name, path
+
+    # -- deleting, checking -------------------------------------------------
+
+    def delete(self, cid: str) -> None:
+        """Delete one blob. A pinned blob is refused with :class:`PinError`."""
+        canonical, path = self._existing(cid)
+        with self._lock(shared=False):
+            holders = [name for name, cids in self._read_pins().items() if canonical in cids]
+            if holders:
+                raise PinError(f"blob {canonical} is pinned by {', '.join(sorted(holders))}")
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                raise BlobNotFoundError(f"no blob {canonical} in the store") from None
+            if self.config.fsync:
+                _fsync_dir(path.parent)
+
+    def fsck(self, *, quarantine: bool = False, progress: Progress | None = None) -> FsckReport:
+        """Verify every blob; report (and optionally quarantine) the corrupt ones."""
+        report = FsckReport()
+        for cid, path in list(self._scan(report.strays)):
+            try:
+                self.verify(cid, progress=progress)
+            except BlobNotFoundError:
+                continue  # deleted while we were looking
+            except CorruptBlobError:
+                report.corrupt.append(cid)
+                if quarantine:
+                    target = self._quarantine / f"{cid}.{int(time.time())}"
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(path, target)
+                        report.quarantined.append(cid)
+            report.checked += 1
+            with contextlib.suppress(FileNotFoundError):
+                report.bytes_checked += path.stat().st_size
+        return report
+
+    # -- pins and garbage collection ----------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, *, shared: bool) -> Iterator[None]:
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _check_pin_name(name: str) -> None:
+        if not _PIN_NAME.fullmatch(name):
+            raise PinError(
+                f"bad pin-set name {name!r}: use 1-128 of A-Z a-z 0-9 . _ : @ + -, "
+                "not starting with . + : @ or -"
+            )
+
+    def _read_pins(self) -> dict[str, frozenset[str]]:
+        pins = {}
+        for path in self._pins.iterdir():
+            if _PIN_NAME.fullmatch(path.name):
+                pins[path.name] = frozenset(path.read_text().split())
+        return pins
+
+    def _write_pin_set(self, name: str, cids: Iterable[str]) -> None:
+        path = self._pins / name
+        if not cids:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        else:
+            tmp = self._pins / f".{name}.{secrets.token_hex(4)}"
+            with open(tmp, "w") as handle:
+                handle.write("".join(f"{cid}\n" for cid in sorted(cids)))
+                handle.flush()
+                if self.config.fsync:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        if self.config.fsync:
+            _fsync_dir(self._pins)
+
+    def pins(self) -> dict[str, frozenset[str]]:
+        """Every pin set: name to the CIDs it holds."""
+        with self._lock(shared=True):
+            return self._read_pins()
+
+    def pin(self, name: str, cids: Iterable[str]) -> None:
+        """Add blobs to the pin set ``name`` (created if new). Each must be stored."""
+        self._check_pin_name(name)
+        wanted = {parse_cid(cid)[0] for cid in cids}
+        with self._lock(shared=False):
+            missing = sorted(cid for cid in wanted if not self._path(cid).is_file())
+            if missing:
+                raise BlobNotFoundError(f"cannot pin blobs not in the store: {', '.join(missing)}")
+            current = self._read_pins().get(name, frozenset())
+            if not wanted <= current:
+                self._write_pin_set(name, current | wanted)
+
+    def unpin(self, name: str, cids: Iterable[str] | None = None) -> None:
+        """Remove blobs from the pin set ``name``; with no ``cids``, remove the whole set."""
+        self._check_pin_name(name)
+        with self._lock(shared=False):
+            current = self._read_pins().get(name)
+            if current is None:
+                raise PinError(f"no pin set named {name!r}")
+            if cids is None:
+                self._write_pin_set(name, ())
+            else:
+                self._write_pin_set(name, current - {parse_cid(cid)[0] for cid in cids})
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float | None = None) -> GcReport:
+        """Delete every blob that is in no pin set and older than the grace period."""
+        grace = self.config.gc_grace_seconds if grace_seconds is None else grace_seconds
+        report = GcReport(dry_run=dry_run)
+        with self._lock(shared=False):
+            pinned = frozenset().union(*self._read_pins().values())
+            cutoff = time.time() - grace
+            touched: set[Path] = set()
+            for cid, path in list(self._scan()):
+                if cid in pinned:
+                    report.kept_pinned += 1
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime > cutoff:
+                    report.kept_recent += 1
+                    continue
+                if not dry_run:
+                    try:
+                        path.unlink()
+                    except FileNotFoundError:
+                        continue
+                    touched.add(path.parent)
+                report.deleted.append(cid)
+                report.bytes_freed += st.st_size
+            if self.config.fsync:
+                for directory in touched:
+                    _fsync_dir(directory)
+        return report
+
+    # -- assembling from chunks ---------------------------------------------
+
+    def assemble(self, manifest: Manifest) -> ChunkAssembly:
+        """Start assembling the blob ``manifest`` describes from chunks in any order."""
+        return ChunkAssembly(self, manifest)
+
+
+def _read_pieces(handle: IO[bytes], size: int) -> Iterator[memoryview]:
+    """Yield views of one reused buffer; each view is valid until the next one."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    while True:
+        count = handle.readinto(view)  # type: ignore[attr-defined]
+        if not count:
+            return
+        yield view[:count]
+
+
+@final
+class _VerifyingReader:
+    """A raw reader that hashes as it goes and raises at the end if the blob is corrupt."""
+
+    def __init__(self, handle: IO[bytes], cid: str) -> None:
+        self._handle = handle
+        self._cid = cid
+        self._sha = hashlib.sha256()
+        self._checked = False
+
+    def _account(self, data: bytes | memoryview) -> None:
+        if data:
+            self._sha.update(data)
+        elif not self._checked:
+            self._checked = True
+            if cid_from_sha256(self._sha.digest()) != self._cid:
+                raise CorruptBlobError(f"blob {self._cid} is corrupt: its bytes no longer match")
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            data = self._handle.read()
+            self._sha.update(data)
+            self._account(b"")
+            return data
+        data = self._handle.read(size)
+        self._account(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        count = self._handle.readinto(buffer)  # type: ignore[attr-defined]
+        self._account(memoryview(buffer)[:count])
+        return int(count)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> _VerifyingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@final
+class ChunkAssembly:
+    """Builds one blob from chunks arriving in any order, verifying each on arrival.
+
+    Use as a context manager; the partial file is removed unless :meth:`commit`
+    stored the blob. Chunks are verified against the manifest's BLAKE3 digests
+    as they land; the blob is stored only when every chunk is present and the
+    whole file's SHA-256 matches the manifest.
+    """
+
+    def __init__(self, store: BlobStore, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self._store = store
+        self._have = bytearray(manifest.count)
+        self._missing = manifest.count
+        self._cleanup = contextlib.ExitStack()
+        self._fd, self._tmp = self._cleanup.enter_context(store._temp_file())
+        os.ftruncate(self._fd, manifest.length)
+        self._done = False
+
+    def __enter__(self) -> ChunkAssembly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Discard the partial file (a no-op after :meth:`commit`)."""
+        if not self._done:
+            self._done = True
+            self._cleanup.close()
+
+    @property
+    def complete(self) -> bool:
+        """True when every chunk has arrived and verified."""
+        return self._missing == 0
+
+    def missing(self) -> list[int]:
+        """Indexes of the chunks still needed."""
+        return [i for i, have in enumerate(self._have) if not have]
+
+    def has(self, index: int) -> bool:
+        """True if chunk ``index`` has arrived and verified."""
+        self.manifest.chunk_span(index)
+        return bool(self._have[index])
+
+    def add(self, index: int, data: bytes | bytearray | memoryview) -> bool:
+        """Verify and write chunk ``index``; return False if it was already here.
+
+        Raises :class:`ChunkRejectedError` (and writes nothing) if the bytes are
+        not that chunk.
+        """
+        if self._done:
+            raise StoreError("this assembly is closed")
+        self.manifest.verify_chunk(index, data)
+        if self._have[index]:
+            return False
+        offset, _ = self.manifest.chunk_span(index)
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+        self._have[index] = 1
+        self._missing -= 1
+        return True
+
+    def commit(self) -> str:
+        """Check the whole blob's SHA-256 and store it; return its CID."""
+        if self._done:
+            raise StoreError("this assembly is closed")
+        if not self.complete:
+            raise ChunkRejectedError(f"{self._missing} chunks are still missing")
+        sha = hashlib.sha256()
+        with open(self._fd, "rb", buffering=0, closefd=False) as handle:
+            handle.seek(0)
+            for piece in _read_pieces(handle, self._store.config.buffer_size):
+                sha.update(piece)
+        cid = cid_from_sha256(sha.digest())
+        if cid != self.manifest.blob_cid:
+            raise DigestMismatchError(
+                f"chunks verified but the whole blob hashes to {cid}, "
+                f"not {self.manifest.blob_cid}: the manifest is inconsistent"
+            )
+        if self._store.config.fsync:
+            os.fsync(self._fd)
+        self._store._publish(self._tmp, cid)
+        self.close()
+        return cid

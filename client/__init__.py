@@ -1,0 +1,5 @@
+"""tufmesh.client: not built yet; see the open issues."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,153 @@
+"""``tufmesh cas``, run as the real console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tufmesh.cas import BlobStore, cid_of
+
+TUFMESH = shutil.which("tufmesh", path=os.path.dirname(sys.executable)) or "tufmesh"
+
+
+def run(store: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [TUFMESH, "cas", "--store", str(store), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        # Our errors: exit 1 and one line. Click's usage errors: exit 2, the
+        # usage, then one line. Never a traceback.
+        assert proc.returncode in (1, 2)
+        assert "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith("Error: "), proc.stderr
+        assert proc.returncode == 2 or len(lines) == 1, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> list[Path]:
+    paths = []
+    for i, size in enumerate([0, 10, 3 * 1024 * 1024 + 5]):
+        path = tmp_path / f"file{i}"
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
+def test_put_get_ls_stat_verify_roundtrip(tmp_path: Path, files: list[Path]) -> None:
+    store = tmp_path / "store"
+    out = run(store, "put", *map(str, files)).stdout.split()
+    assert out == [cid_of(f.read_bytes()) for f in files]
+    big = out[2]
+    got = tmp_path / "got"
+    run(store, "get", big, "-o", str(got))
+    assert got.read_bytes() == files[2].read_bytes()
+    stdout = subprocess.run(
+        [TUFMESH, "cas", "--store", str(store), "get", out[1]], capture_output=True, check=True
+    ).stdout
+    assert stdout == files[1].read_bytes()
+    listing = [line.split("\t") for line in run(store, "ls").stdout.splitlines()]
+    assert sorted(row[0] for row in listing) == sorted(out)
+    assert {row[0]: int(row[1]) for row in listing}[big] == files[2].stat().st_size
+    stat = run(store, "stat", big).stdout
+    assert f"cid\t{big}" in stat and f"size\t{files[2].stat().st_size}" in stat
+    assert run(store, "verify").stdout.count("ok\t") == 3
+
+
+def test_corrupt_blob_get_fails_and_writes_nothing(tmp_path: Path, files: list[Path]) -> None:
+    store = tmp_path / "store"
+    cid = run(store, "put", str(files[2])).stdout.strip()
+    path = BlobStore(store).path(cid)
+    blob = bytearray(path.read_bytes())
+    blob[12345] ^= 0x10
+    path.write_bytes(blob)
+    got = tmp_path / "got"
+    proc = run(store, "get", cid, "-o", str(got), ok=False)
+    assert "corrupt" in proc.stderr
+    assert not got.exists()
+    proc = subprocess.run([TUFMESH, "cas", "--store", str(store), "get", cid], capture_output=True)
+    assert proc.returncode != 0 and proc.stdout == b""
+    assert "CORRUPT" in run(store, "verify", cid, ok=False).stdout
+    fsck = subprocess.run(
+        [TUFMESH, "cas", "--store", str(store), "fsck", "--quarantine"],
+        capture_output=True,
+        text=True,
+    )
+    assert fsck.returncode == 1 and f"CORRUPT\t{cid} (quarantined)" in fsck.stdout
+    assert run(store, "fsck").stdout.startswith("checked 0 blobs")
+
+
+def test_pin_unpin_gc(tmp_path: Path, files: list[Path]) -> None:
+    store = tmp_path / "store"
+    a, b, c = run(store, "put", *map(str, files)).stdout.split()
+    run(store, "pin", "release-1", a, b)
+    assert "would delete 0 blobs" in run(store, "gc", "--dry-run").stdout  # all recent
+    dry = run(store, "gc", "--dry-run", "--grace", "0").stdout
+    assert f"would delete\t{c}" in dry and a not in dry and b not in dry
+    assert BlobStore(store).has(c)
+    run(store, "unpin", "release-1", b)
+    gone = run(store, "gc", "--grace", "0").stdout
+    assert f"deleted\t{b}" in gone and f"deleted\t{c}" in gone
+    assert list(BlobStore(store)) == [a]
+    assert "release-1" in run(store, "ls").stdout
+
+
+def test_manifest(tmp_path: Path, files: list[Path]) -> None:
+    store = tmp_path / "store"
+    out = dict(
+        line.split("\t") for line in run(store, "manifest", str(files[2])).stdout.splitlines()
+    )
+    assert out["chunks"] == "4"
+    assert out["blob"] == cid_of(files[2].read_bytes())
+    assert BlobStore(store).read_manifest(out["manifest"]).count == 4
+    small = run(store, "manifest", "--chunk-size", "1KiB", str(files[1])).stdout
+    assert "chunks\t1" in small
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["put", "/nonexistent/file"], "cannot read"),
+        (["get", "not-a-cid"], "not a CID"),
+        (["get", cid_of(b"absent")], "no blob"),
+        (["stat", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"], "CID version 0"),
+        (["pin", "bad/name", cid_of(b"absent")], "bad pin-set name"),
+        (["pin", "ok", cid_of(b"absent")], "not in the store"),
+        (["unpin", "nothing"], "no pin set"),
+        (["manifest", "/nonexistent/file"], "cannot read"),
+        (["manifest", "--chunk-size", "lots", "/etc/hostname"], "not a size"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run(tmp_path / "store", *args, ok=False)
+    assert message in proc.stderr
+
+
+def test_version_and_help() -> None:
+    from tufmesh import __version__
+
+    out = subprocess.run([TUFMESH, "--version"], capture_output=True, text=True, check=True)
+    assert __version__ in out.stdout
+    helptext = subprocess.run([TUFMESH, "--help"], capture_output=True, text=True, check=True)
+    assert "cas" in helptext.stdout and "demo" in helptext.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_and_verifies() -> None:
+    proc = subprocess.run(
+        [TUFMESH, "demo", "--size", "3MiB"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "every byte was verified" in proc.stdout
+    assert "output file written: no" in proc.stdout

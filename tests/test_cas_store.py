@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+from tufmesh.cas import BlobStore, StoreConfig, cid_of
+
+from tufmesh.errors import (
+    BlobNotFoundError,
+    CorruptBlobError,
+    DigestMismatchError,
+    InvalidCIDError,
+    PinError,
+    StoreError,
+)
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+CID = cid_of(DATA)
+
+
+def corrupt(store: BlobStore, cid: str, offset: int = 100) -> None:
+    path = store.path(cid)
+    blob = bytearray(path.read_bytes())
+    blob[offset % len(blob)] ^= 0x04
+    path.write_bytes(blob)
+
+
+def age(store: BlobStore, cid: str, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(store.path(cid), (old, old))
+
+
+def test_put_from_bytes_path_and_stream_give_the_same_cid(store: BlobStore, tmp_path: Path) -> None:
+    file = tmp_path / "f"
+    file.write_bytes(DATA)
+    stream = (DATA[i : i + 65536] for i in range(0, len(DATA), 65536))
+    assert store.put(DATA) == store.put(file) == store.put(str(file)) == store.put(stream) == CID
+    assert list(store) == [CID]
+    assert store.read(CID) == DATA
+
+
+def test_blob_layout_is_sharded_by_cid(store: BlobStore) -> None:
+    store.put(DATA)
+    assert store.path(CID) == store.root / "blobs" / CID[-3:-1] / CID
+
+
+def test_has_stat_open_delete(store: BlobStore) -> None:
+    assert not store.has(CID)
+    assert CID not in store
+    store.put(DATA)
+    assert store.has(CID)
+    assert CID in store
+    info = store.stat(CID)
+    assert (info.cid, info.size) == (CID, len(DATA))
+    assert abs(info.mtime - time.time()) < 60
+    with store.open(CID) as handle:
+        assert handle.read(5) == DATA[:5]
+    store.delete(CID)
+    assert not store.has(CID)
+    with pytest.raises(BlobNotFoundError, match="no blob"):
+        store.delete(CID)
+
+
+@pytest.mark.parametrize("op", ["stat", "read", "verify", "open", "path", "delete"])
+def test_unknown_blob_raises_not_found(store: BlobStore, op: str) -> None:
+    with pytest.raises(BlobNotFoundError, match=CID):
+        getattr(store, op)(CID)
+
+
+@pytest.mark.parametrize("op", ["has", "stat", "read", "verify", "open", "delete"])
+def test_malformed_cid_raises_invalid_cid(store: BlobStore, op: str) -> None:
+    with pytest.raises(InvalidCIDError):
+        getattr(store, op)("not-a-cid")
+
+
+def test_put_with_expected_cid(store: BlobStore) -> None:
+    assert store.put(DATA, expect=CID) == CID
+    other = cid_of(b"other")
+    with pytest.raises(DigestMismatchError, match=other):
+        store.put(b"not other", expect=other)
+    assert list(store) == [CID]
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_put_of_missing_file_is_a_store_error(store: BlobStore, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot read"):
+        store.put(tmp_path / "missing")
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_put_chunked_stores_blob_and_manifest(store: BlobStore) -> None:
+    cid, manifest = store.put_chunked(DATA, chunk_size=1 << 20)
+    assert cid == CID == manifest.blob_cid
+    assert manifest.count == 4
+    assert store.read_manifest(manifest.cid) == manifest
+    assert sorted(store) == sorted([CID, manifest.cid])
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace", "write"])
+def test_io_failure_during_put_stores_nothing(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "injected I/O error")
+
+    monkeypatch.setattr(os, failing, fail)
+    with pytest.raises(OSError, match="injected"):
+        store.put(DATA)
+    monkeypatch.undo()
+    assert list(store) == []
+    assert list((store.root / "tmp").iterdir()) == []
+    assert store.put(DATA) == CID  # and an honest put works afterwards
+
+
+def test_verify_and_verified_reads_detect_corruption(store: BlobStore, tmp_path: Path) -> None:
+    store.put(DATA)
+    store.verify(CID)
+    corrupt(store, CID, offset=len(DATA) - 1)
+    with pytest.raises(CorruptBlobError, match=CID):
+        store.verify(CID)
+    with pytest.raises(CorruptBlobError):
+        store.read(CID)
+    with pytest.raises(CorruptBlobError), store.open(CID, verify=True) as handle:
+        while handle.read(65536):
+            pass
+    out = tmp_path / "out"
+    with pytest.raises(CorruptBlobError, match="nothing written"):
+        store.export(CID, out)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    # Unverified access still exists for serving to peers that verify.
+    assert len(store.read(CID, verify=False)) == len(DATA)
+
+
+def test_verified_reader_passes_good_blob(store: BlobStore) -> None:
+    store.put(DATA)
+    with store.open(CID, verify=True) as handle:
+        assert handle.read() == DATA
+    buf = bytearray(len(DATA) + 1)
+    with store.open(CID, verify=True) as handle:
+        n = handle.readinto(buf)
+        assert handle.readinto(buf) == 0
+    assert buf[:n] == DATA
+
+
+def test_put_heals_a_corrupt_copy(store: BlobStore) -> None:
+    store.put(DATA)
+    corrupt(store, CID)
+    store.put(DATA)
+    store.verify(CID)
+
+
+def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
+    good = store.put(b"good")
+    store.put(DATA)
+    corrupt(store, CID)
+    (store.root / "blobs" / "zz").mkdir()
+    (store.root / "blobs" / "zz" / "junk").write_bytes(b"x")
+    report = store.fsck()
+    assert report.checked == 2
+    assert report.corrupt == [CID]
+    assert report.strays == ["blobs/zz/junk"]
+    assert not report.ok
+    assert store.has(CID)
+    report = store.fsck(quarantine=True)
+    assert report.quarantined == [CID]
+    assert not store.has(CID)
+    assert store.has(good)
+    assert len(list((store.root / "quarantine").iterdir())) == 1
+    assert store.fsck().corrupt == []
+
+
+def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    (store.root / "tmp" / "put-1-dead").write_bytes(b"partial")
+    assert BlobStore(tmp_path).root == store.root
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_live_writers_temp_file_survives_another_open(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+
+    def stream() -> object:
+        yield b"first half "
+        # Another process (here: another store object) opens the store mid-put.
+        assert BlobStore(tmp_path).remove_leftovers() == []
+        yield b"second half"
+
+    assert store.read(store.put(stream())) == b"first half second half"
+
+
+def test_pins(store: BlobStore) -> None:
+    a, b = store.put(b"a"), store.put(b"b")
+    store.pin("snapshot-1", [a, b])
+    store.pin("project:foo", [a])
+    assert store.pins() == {"snapshot-1": {a, b}, "project:foo": {a}}
+    store.unpin("snapshot-1", [b])
+    assert store.pins()["snapshot-1"] == {a}
+    store.unpin("project:foo")
+    assert "project:foo" not in store.pins()
+    with pytest.raises(PinError, match="no pin set"):
+        store.unpin("project:foo")
+    with pytest.raises(BlobNotFoundError, match="cannot pin"):
+        store.pin("x", [cid_of(b"absent")])
+    for bad in ["", ".hidden", "a/b", "-x", "x" * 129, "a b"]:
+        with pytest.raises(PinError, match="bad pin-set name"):
+            store.pin(bad, [a])
+
+
+def test_pinned_blob_cannot_be_deleted(store: BlobStore) -> None:
+    a = store.put(b"a")
+    store.pin("keep", [a])
+    with pytest.raises(PinError, match="pinned by keep"):
+        store.delete(a)
+    assert store.has(a)
+
+
+def test_gc_deletes_only_unpinned_blobs_past_grace(store: BlobStore) -> None:
+    pinned, old, recent = store.put(b"pinned"), store.put(b"old"), store.put(b"recent")
+    store.pin("keep", [pinned])
+    age(store, pinned, 3600)
+    age(store, old, 3600)
+    dry = store.gc(dry_run=True)
+    assert (dry.deleted, dry.kept_pinned, dry.kept_recent) == ([old], 1, 1)
+    assert store.has(old)
+    report = store.gc()
+    assert report.deleted == [old] and report.bytes_freed == 3
+    assert sorted(store) == sorted([pinned, recent])
+    assert store.gc(grace_seconds=0).deleted == [recent]
+    assert list(store) == [pinned]
+
+
+def test_second_put_of_old_blob_restarts_its_grace_period(store: BlobStore) -> None:
+    cid = store.put(b"blob")
+    age(store, cid, 3600)
+    store.put(b"blob")
+    assert store.gc().deleted == []
+
+
+def test_config_without_fsync_still_works(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, StoreConfig(fsync=False, buffer_size=7))
+    assert store.read(store.put(DATA[:1000])) == DATA[:1000]
+
+
+def test_unopenable_store_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(StoreError, match="cannot open store"):
+        BlobStore(tmp_path / "file" / "store")

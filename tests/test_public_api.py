@@ -1,0 +1,35 @@
+"""The public surface of each package, pinned: changing it is a decision."""
+
+from __future__ import annotations
+
+import tufmesh.cas
+
+import tufmesh.errors
+
+
+def test_cas_public_api() -> None:
+    assert tufmesh.cas.__all__ == [
+        "DEFAULT_CHUNK_SIZE",
+        "MAX_CHUNK_SIZE",
+        "BlobStat",
+        "BlobStore",
+        "ChunkAssembly",
+        "FsckReport",
+        "GcReport",
+        "Manifest",
+        "ManifestBuilder",
+        "Source",
+        "StoreConfig",
+        "build_manifest",
+        "cid_from_sha256",
+        "cid_of",
+        "parse_cid",
+    ]
+    for name in tufmesh.cas.__all__:
+        assert getattr(tufmesh.cas, name) is not None
+
+
+def test_every_error_is_a_tufmesh_error() -> None:
+    for name in tufmesh.errors.__all__:
+        assert issubclass(getattr(tufmesh.errors, name), tufmesh.errors.TufmeshError)
+    assert tufmesh.errors.__all__ == sorted(tufmesh.errors.__all__)

@@ -1,0 +1,124 @@
+"""Shared command-line plumbing: error reporting, sizes, progress bars.
+
+Every expected error (a :class:`~tufmesh.errors.TufmeshError`) becomes one line
+on stderr and exit status 1; click's own usage errors keep exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tufmesh.errors import TufmeshError, UsageError
+
+__all__ = [
+    "SIZE",
+    "Group",
+    "data_home",
+    "fail_on_errors",
+    "format_size",
+    "parse_size",
+    "progress_bar",
+]
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1 << 10,
+    "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+    "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
+    "t": 1000**4, "tb": 1000**4, "tib": 1 << 40,
+}  # fmt: skip
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"1MiB"``, ``"512k"``, ``"1.5GB"`` or ``"4096"`` into bytes."""
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise UsageError(f"not a size: {text!r} (try 4096, 512KiB, 1MiB, 2GB)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+class _SizeType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = _SizeType()
+
+
+def format_size(size: float) -> str:
+    """Human-readable binary size: ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def fail_on_errors() -> Iterator[None]:
+    """Turn expected errors into one clear line and exit status 1."""
+    try:
+        yield
+    except TufmeshError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class Group(click.Group):
+    """A click group whose commands report :class:`TufmeshError` as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with fail_on_errors():
+            return super().invoke(ctx)
+
+
+def data_home() -> Path:
+    """Where tufmesh keeps state by default: ``$TUFMESH_HOME`` or the XDG data dir."""
+    if home := os.environ.get("TUFMESH_HOME"):
+        return Path(home)
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    return Path(xdg) / "tufmesh"
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Yield an ``advance(nbytes)`` callback that draws a bar on a terminal, else nothing."""
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

@@ -1,0 +1,77 @@
+"""The one exception hierarchy of tufmesh.
+
+Every error that tufmesh raises on purpose is a :class:`TufmeshError`; the CLI
+turns each into one line on stderr and a non-zero exit. Anything else that
+escapes is a bug.
+
+::
+
+    TufmeshError
+     ├── UsageError              bad input from a person: a path, a name, a size
+     └── StoreError              the content-addressed store (tufmesh.cas)
+          ├── InvalidCIDError     not a CIDv1 / raw / sha2-256 identifier
+          ├── BlobNotFoundError   no blob under that CID
+          ├── DigestMismatchError bytes offered under a CID they do not hash to
+          ├── CorruptBlobError    a stored blob no longer matches its name
+          ├── ManifestError       a chunk manifest that does not parse or fit
+          ├── ChunkRejectedError  a chunk whose digest does not match its manifest
+          └── PinError            bad pin-set name, or a pin that would break a rule
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlobNotFoundError",
+    "ChunkRejectedError",
+    "CorruptBlobError",
+    "DigestMismatchError",
+    "InvalidCIDError",
+    "ManifestError",
+    "PinError",
+    "StoreError",
+    "TufmeshError",
+    "UsageError",
+]
+
+
+class TufmeshError(Exception):
+    """Base of every error tufmesh raises on purpose."""
+
+
+class UsageError(TufmeshError):
+    """Bad input from a person: a missing file, a malformed name or size."""
+
+
+class StoreError(TufmeshError):
+    """An operation on the content-addressed store failed."""
+
+
+class InvalidCIDError(StoreError, ValueError):
+    """A string is not a CID this store can name a blob with."""
+
+
+class BlobNotFoundError(StoreError, KeyError):
+    """No blob is stored under the CID."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "blob not found"
+
+
+class DigestMismatchError(StoreError):
+    """Bytes offered under an expected CID hash to something else; nothing was stored."""
+
+
+class CorruptBlobError(StoreError):
+    """A stored blob's bytes no longer hash to its name (bit rot or tampering)."""
+
+
+class ManifestError(StoreError, ValueError):
+    """A chunk manifest is malformed or does not describe the blob at hand."""
+
+
+class ChunkRejectedError(StoreError):
+    """A chunk does not match the digest its manifest records for that index."""
+
+
+class PinError(StoreError):
+    """A pin-set name is invalid, or pinning would name a blob that is not stored."""
