@@ -28,8 +28,8 @@ import os
 import re
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeAlias, final
