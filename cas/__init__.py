@@ -19,6 +19,7 @@ from tufmesh.cas._manifest import (
 from tufmesh.cas._store import (
     BlobStat,
     BlobStore,
+    BlobWriter,
     ChunkAssembly,
     FsckReport,
     GcReport,
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "BlobStat",
     "BlobStore",
+    "BlobWriter",
     "ChunkAssembly",
     "FsckReport",
     "GcReport",

@@ -49,6 +49,7 @@ from tufmesh.errors import (
 __all__ = [
     "BlobStat",
     "BlobStore",
+    "BlobWriter",
     "ChunkAssembly",
     "FsckReport",
     "GcReport",
@@ -134,7 +135,7 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
 # core while this thread writes (hashlib and blake3 release the GIL), which
 # turns hash + write into max(hash, write).
 _PARALLEL_MIN: Final = 256 << 10
-_hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tufmesh-hash")
+_hash_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="tufmesh-hash")
 
 
 def _hash_and_write(
@@ -221,7 +222,6 @@ class BlobStore:
         """
         cid, manifest = self._write(source, expect=expect, chunk_size=chunk_size, progress=progress)
         assert manifest is not None
-        self.put(manifest.encoded, expect=manifest.cid)
         return cid, manifest
 
     def _write(
@@ -232,23 +232,20 @@ class BlobStore:
         chunk_size: int | None,
         progress: Progress | None,
     ) -> tuple[str, Manifest | None]:
-        expected = parse_cid(expect)[0] if expect is not None else None
-        builder = ManifestBuilder(chunk_size) if chunk_size is not None else None
-        sha = hashlib.sha256()
-        update = builder.update if builder is not None else sha.update
-        with self._temp_file() as (fd, tmp):
+        with self.writer(chunk_size=chunk_size) as writer:
             for piece in self._pieces(source):
-                _hash_and_write(update, fd, piece)
+                writer.write(piece)
                 if progress is not None:
                     progress(len(piece))
-            if self.config.fsync:
-                os.fsync(fd)
-            digest = builder.sha256 if builder is not None else sha.digest()
-            cid = cid_from_sha256(digest)
-            if expected is not None and cid != expected:
-                raise DigestMismatchError(f"bytes hash to {cid}, not the expected {expected}")
-            self._publish(tmp, cid)
-        return cid, builder.finish() if builder is not None else None
+            return writer.commit(expect=expect)
+
+    def writer(self, *, chunk_size: int | None = None) -> BlobWriter:
+        """Start writing one blob piece by piece (for callers that are fed bytes).
+
+        With ``chunk_size``, :meth:`BlobWriter.commit` also stores the chunk
+        manifest. Use as a context manager: unless committed, nothing is stored.
+        """
+        return BlobWriter(self, chunk_size)
 
     def _pieces(self, source: Source) -> Iterator[memoryview | bytes]:
         if isinstance(source, bytes | bytearray | memoryview):
@@ -665,6 +662,65 @@ class _VerifyingReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@final
+class BlobWriter:
+    """Writes one blob from pieces fed to :meth:`write`; see :meth:`BlobStore.writer`."""
+
+    def __init__(self, store: BlobStore, chunk_size: int | None) -> None:
+        self._store = store
+        self._builder = ManifestBuilder(chunk_size) if chunk_size is not None else None
+        self._sha = hashlib.sha256()
+        self._update = self._builder.update if self._builder is not None else self._sha.update
+        self._cleanup = contextlib.ExitStack()
+        self._fd, self._tmp = self._cleanup.enter_context(store._temp_file())
+        self.size = 0
+        self._done = False
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes to the blob."""
+        if self._done:
+            raise StoreError("this blob writer is closed")
+        _hash_and_write(self._update, self._fd, data)
+        self.size += len(data)
+
+    def commit(self, *, expect: str | None = None) -> tuple[str, Manifest | None]:
+        """Store the blob (and its manifest, if chunked); return ``(cid, manifest)``.
+
+        With ``expect``, bytes that do not hash to that CID raise
+        :class:`DigestMismatchError` and nothing is stored.
+        """
+        if self._done:
+            raise StoreError("this blob writer is closed")
+        expected = parse_cid(expect)[0] if expect is not None else None
+        try:
+            if self._store.config.fsync:
+                os.fsync(self._fd)
+            digest = self._builder.sha256 if self._builder is not None else self._sha.digest()
+            cid = cid_from_sha256(digest)
+            if expected is not None and cid != expected:
+                raise DigestMismatchError(f"bytes hash to {cid}, not the expected {expected}")
+            manifest = self._builder.finish() if self._builder is not None else None
+            if manifest is not None:
+                # The manifest first: whoever finds the blob can find its chunks.
+                self._store.put(manifest.encoded, expect=manifest.cid)
+            self._store._publish(self._tmp, cid)
+        finally:
+            self.abort()
+        return cid, manifest
+
+    def abort(self) -> None:
+        """Discard what was written (a no-op after :meth:`commit`)."""
+        if not self._done:
+            self._done = True
+            self._cleanup.close()
 
 
 @final

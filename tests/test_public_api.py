@@ -13,6 +13,7 @@ def test_cas_public_api() -> None:
         "MAX_CHUNK_SIZE",
         "BlobStat",
         "BlobStore",
+        "BlobWriter",
         "ChunkAssembly",
         "FsckReport",
         "GcReport",

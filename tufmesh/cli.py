@@ -8,6 +8,7 @@ from tufmesh import __version__
 from tufmesh._demo import demo
 from tufmesh._ui import Group
 from tufmesh.cas._cli import cas
+from tufmesh.origin._cli import origin, publish
 
 __all__ = ["cli", "main"]
 
@@ -20,6 +21,8 @@ def cli() -> None:
 
 cli.add_command(cas)
 cli.add_command(demo)
+cli.add_command(origin)
+cli.add_command(publish)
 
 
 def main() -> None:

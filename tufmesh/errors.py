@@ -8,6 +8,13 @@ escapes is a bug.
 
     TufmeshError
      ├── UsageError              bad input from a person: a path, a name, a size
+     ├── OriginError             the repository service (tufmesh.origin)
+     │    ├── InvalidNameError    a project or file name that is not allowed
+     │    ├── ConflictError       a different artifact already has that path
+     │    ├── AuthError           a missing or unknown upload token (HTTP 401)
+     │    │    └── ForbiddenError  a token for another project (HTTP 403)
+     │    ├── TooLargeError       an upload over the size limit
+     │    └── PublishError        an upload the origin refused (seen by `tufmesh publish`)
      └── StoreError              the content-addressed store (tufmesh.cas)
           ├── InvalidCIDError     not a CIDv1 / raw / sha2-256 identifier
           ├── BlobNotFoundError   no blob under that CID
@@ -21,14 +28,21 @@ escapes is a bug.
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "BlobNotFoundError",
     "ChunkRejectedError",
+    "ConflictError",
     "CorruptBlobError",
     "DigestMismatchError",
+    "ForbiddenError",
     "InvalidCIDError",
+    "InvalidNameError",
     "ManifestError",
+    "OriginError",
     "PinError",
+    "PublishError",
     "StoreError",
+    "TooLargeError",
     "TufmeshError",
     "UsageError",
 ]
@@ -75,3 +89,31 @@ class ChunkRejectedError(StoreError):
 
 class PinError(StoreError):
     """A pin-set name is invalid, or pinning would name a blob that is not stored."""
+
+
+class OriginError(TufmeshError):
+    """The repository service refused or failed an operation."""
+
+
+class InvalidNameError(OriginError, ValueError):
+    """A project or file name that tufmesh does not allow."""
+
+
+class ConflictError(OriginError):
+    """A different artifact is already published under that path; artifacts are immutable."""
+
+
+class AuthError(OriginError):
+    """A missing or unknown upload token."""
+
+
+class ForbiddenError(AuthError):
+    """A valid upload token, for another project."""
+
+
+class TooLargeError(OriginError):
+    """An upload larger than the origin's size limit."""
+
+
+class PublishError(OriginError):
+    """An upload that the origin refused, as reported to ``tufmesh publish``."""

@@ -1,0 +1,265 @@
+"""``tufmesh origin ...`` for maintainers and ``tufmesh publish`` for developers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import httpx
+import trio
+from tufmesh.origin._config import ROLES, OriginConfig
+from tufmesh.origin._names import check_filename
+from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._publish import upload
+from tufmesh.origin._repository import OriginRepository
+from tufmesh.origin._server import serve as serve_repository
+
+from tufmesh._ui import SIZE, Group, format_size, progress_bar
+from tufmesh.errors import OriginError, TufmeshError, UsageError
+
+__all__ = ["origin", "publish"]
+
+repo_option = click.option(
+    "--dir",
+    "repo_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The repository directory.",
+)
+
+
+def _pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        role, sep, rest = value.partition("=")
+        if not sep or not rest:
+            raise UsageError(f"{what} takes ROLE=VALUE, not {value!r}")
+        pairs.append((role, rest))
+    return pairs
+
+
+def _human_delta(seconds: float) -> str:
+    sign = "in " if seconds >= 0 else "EXPIRED "
+    seconds = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{sign}{seconds / size:.1f}{unit}"
+    return f"{sign}{seconds:.0f}s"
+
+
+@click.group(cls=Group)
+def origin() -> None:
+    """The repository service: create, serve, inspect; manage projects."""
+
+
+@origin.command()
+@repo_option
+@click.option("--bins", type=int, default=256, show_default=True, help="Hash bins (a power of 2).")
+@click.option("--root-threshold", type=int, default=1, show_default=True)
+@click.option(
+    "--expiry",
+    multiple=True,
+    metavar="ROLE=DAYS",
+    help=f"Lifetime of a role's metadata; roles: {', '.join(ROLES)}.",
+)
+@click.option(
+    "--signer",
+    multiple=True,
+    metavar="ROLE=URI",
+    help="Use this securesystemslib signer URI for ROLE instead of a new file key (repeatable).",
+)
+@click.option(
+    "--public-key",
+    multiple=True,
+    metavar="ROLE=PEM",
+    help="Public key (PEM file) of the matching --signer; needed for non-file signers.",
+)
+@click.option("--max-upload", type=SIZE, default="1GiB", show_default=True)
+@click.option("--chunk-size", type=SIZE, default="1MiB", show_default=True)
+def init(
+    repo_dir: Path,
+    bins: int,
+    root_threshold: int,
+    expiry: tuple[str, ...],
+    signer: tuple[str, ...],
+    public_key: tuple[str, ...],
+    max_upload: int,
+    chunk_size: int,
+) -> None:
+    """Create a new repository in an empty directory."""
+    from securesystemslib.signer import Key, SSlibKey
+
+    defaults = OriginConfig()
+    days = dict(defaults.expiry_days)
+    for role, value in _pairs(expiry, "--expiry"):
+        if role not in days:
+            raise UsageError(f"unknown role {role!r} in --expiry; roles: {', '.join(days)}")
+        try:
+            days[role] = float(value)
+        except ValueError:
+            raise UsageError(f"--expiry {role}={value}: not a number of days") from None
+    keys: dict[str, list[tuple[str, Key | None]]] = {}
+    for role, uri in _pairs(signer, "--signer"):
+        if role not in ROLES:
+            raise UsageError(f"unknown role {role!r} in --signer; roles: {', '.join(ROLES)}")
+        keys.setdefault(role, []).append((uri, None))
+    for role, pem in _pairs(public_key, "--public-key"):
+        slots = [i for i, (_, key) in enumerate(keys.get(role, [])) if key is None]
+        if not slots:
+            raise UsageError(f"--public-key {role}=... has no --signer {role}=... to go with")
+        try:
+            key = SSlibKey.from_pem(Path(pem).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read public key {pem}: {exc}") from None
+        keys[role][slots[0]] = (keys[role][slots[0]][0], key)
+    config = OriginConfig(
+        bins=bins, expiry_days=days, max_upload_bytes=max_upload, chunk_size=chunk_size
+    )
+    repo = OriginRepository.create(repo_dir, config, root_threshold=root_threshold, signers=keys)
+    click.echo(f"created repository {repo_dir}")
+    click.echo(f"  {bins} hash bins, consistent snapshots, root threshold {root_threshold}")
+    click.echo(f"  trusted root: {repo.metadata_dir / '1.root.json'} (give this to clients)")
+    generated = sorted((repo_dir / "keys").glob("*.pem")) if (repo_dir / "keys").exists() else []
+    if generated:
+        click.echo(
+            f"  generated keys: {', '.join(p.name for p in generated)} in {repo_dir / 'keys'}"
+        )
+    if root_threshold < 2 or any(p.name.startswith(("root", "targets", "bins")) for p in generated):
+        click.secho(
+            "warning: this is a development repository. In production, root, targets and bins "
+            "keys stay offline (hardware keys, a key ceremony, see docs/key-ceremony.md) "
+            "and root needs a threshold of at least 2.",
+            fg="yellow",
+            err=True,
+        )
+
+
+@origin.command()
+@repo_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port.")
+def serve(repo_dir: Path, host: str, port: int) -> None:
+    """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
+    OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
+
+    async def main() -> None:
+        def ready(url: str) -> None:
+            click.echo(f"serving {repo_dir} on {url}", nl=True)
+
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await serve_repository(repo_dir, host, port, on_ready=ready)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except OSError as exc:
+        raise OriginError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@origin.command()
+@repo_option
+def status(repo_dir: Path) -> None:
+    """Roles, versions, keys, thresholds and expiries."""
+    repo = OriginRepository(repo_dir)
+    now = datetime.now(UTC)
+    click.echo(f"repository {repo_dir}")
+    click.echo(
+        f"{'role':34} {'ver':>5} {'expires':25} {'':>12} {'thr':>3}  {'kind':8} keys (signers)"
+    )
+    from tufmesh.origin._keys import signer_kind
+
+    for row in repo.status():
+        left = _human_delta((row.expires - now).total_seconds())
+        kinds = ",".join(sorted({signer_kind(uri) for uri in row.signers})) or "none here"
+        mode = "online" if row.online else "offline"
+        keyids = ", ".join(k[:12] for k in row.keyids)
+        click.echo(
+            f"{row.role:34} {row.version:>5} {row.expires.isoformat():25} {left:>12} "
+            f"{row.threshold:>3}  {mode:8} {keyids} ({kinds})"
+        )
+    artifacts = repo.artifacts()
+    total = sum(t.length for t in artifacts)
+    click.echo(f"{len(artifacts)} artifacts, {format_size(total)}")
+
+
+@origin.group(cls=Group)
+def project() -> None:
+    """Register projects and manage their upload tokens."""
+
+
+@project.command("add")
+@repo_option
+@click.argument("name")
+def project_add(repo_dir: Path, name: str) -> None:
+    """Register project NAME; print its upload token on the last line."""
+    OriginRepository(repo_dir, load=False)
+    token = ProjectRegistry(repo_dir).add(name)
+    click.echo(f"registered project {name}; its upload token (shown once, keep it secret):")
+    click.echo(token)
+
+
+@project.command("list")
+@repo_option
+def project_list(repo_dir: Path) -> None:
+    """List registered projects."""
+    OriginRepository(repo_dir, load=False)
+    registry = ProjectRegistry(repo_dir)
+    for name in registry.names():
+        info = registry.info(name)
+        rotated = f"  token rotated {info['rotated']}" if "rotated" in info else ""
+        click.echo(f"{name}\tcreated {info['created']}{rotated}")
+
+
+@project.command("token-rotate")
+@repo_option
+@click.argument("name")
+def project_token_rotate(repo_dir: Path, name: str) -> None:
+    """Replace NAME's upload token; print the new one on the last line."""
+    OriginRepository(repo_dir, load=False)
+    token = ProjectRegistry(repo_dir).rotate(name)
+    click.echo(f"new upload token for {name} (the old one no longer works):")
+    click.echo(token)
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--origin", "origin_url", required=True, help="Origin URL, e.g. http://127.0.0.1:8080"
+)
+@click.option("--project", required=True, help="Project to publish to.")
+@click.option(
+    "--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token [env TUFMESH_TOKEN]."
+)
+def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) -> None:
+    """Publish FILES to a project on an origin; one line per file."""
+    failures = 0
+    for path in files:  # check every name before sending anything
+        if not path.is_file():
+            raise UsageError(f"cannot read {path}: not a file")
+        check_filename(path.name)
+    with httpx.Client() as client:
+        for path in files:
+            try:
+                with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
+                    answer = upload(client, origin_url, project, path, token, progress=advance)
+            except TufmeshError as exc:
+                failures += 1
+                click.echo(f"error: {exc}", err=True)
+                continue
+            click.echo(
+                f"published {answer['target']}  {format_size(answer['length'])}  "
+                f"sha256 {answer['sha256'][:16]}…  snapshot v{answer['snapshot_version']}"
+            )
+    if failures:
+        raise click.ClickException(f"{failures} of {len(files)} files were not published")

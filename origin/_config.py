@@ -1,0 +1,109 @@
+"""The origin's configuration: ``REPO/config.json``, written by ``origin init``.
+
+Expiry defaults are PEP 458's suggestions; every online role is re-signed by the
+serving process once less than a quarter of its lifetime remains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from tufmesh.errors import OriginError
+
+__all__ = [
+    "BIN_N",
+    "DELEGATING_BINS",
+    "OFFLINE_ROLES",
+    "ONLINE_ROLES",
+    "ROLES",
+    "OriginConfig",
+    "write_atomic",
+]
+
+#: The role that delegates to the hash bins (PEP 458's "bins"): signed once at
+#: init with an offline key; project roles (PEP 480) will be delegated beside it.
+DELEGATING_BINS: Final = "bins"
+#: The label under which the succinct hash-bin roles ``bin-00`` .. share a key.
+BIN_N: Final = "bin-n"
+ROLES: Final = ("root", "targets", DELEGATING_BINS, BIN_N, "snapshot", "timestamp")
+ONLINE_ROLES: Final = frozenset({BIN_N, "snapshot", "timestamp"})
+OFFLINE_ROLES: Final = frozenset(ROLES) - ONLINE_ROLES
+FORMAT: Final = 1
+
+
+def _default_expiry_days() -> dict[str, float]:
+    return {
+        "root": 365,
+        "targets": 365,
+        DELEGATING_BINS: 365,
+        BIN_N: 7,
+        "snapshot": 7,
+        "timestamp": 1,
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` so that it holds either the old or the new bytes, durably."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    """Repository settings."""
+
+    #: Number of hash bins (a power of two). 256 suits up to ~35,000
+    #: artifacts at PEP 458's ~139 per bin; see docs/adr/0005.
+    bins: int = 256
+    expiry_days: dict[str, float] = field(default_factory=_default_expiry_days)
+    #: Largest accepted upload. 1 GiB: PyPI's default project limit is 100 MiB
+    #: per file, with exceptions up to about 1 GiB.
+    max_upload_bytes: int = 1 << 30
+    #: Chunk size of the manifests of new artifacts (docs/adr/0003).
+    chunk_size: int = 1 << 20
+    #: role -> {keyid: signer URI}; only the keys this host can use appear.
+    signers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def expiry(self, role: str) -> timedelta:
+        """Lifetime of a new version of ``role`` (any ``bin-*`` role uses ``bin-n``)."""
+        key = BIN_N if role.startswith("bin-") else role
+        return timedelta(days=self.expiry_days[key])
+
+    def save(self, repo: Path) -> None:
+        """Write ``REPO/config.json``."""
+        body = {"format": FORMAT, **asdict(self)}
+        write_atomic(repo / "config.json", (json.dumps(body, indent=2) + "\n").encode())
+
+    @classmethod
+    def load(cls, repo: Path) -> OriginConfig:
+        """Read ``REPO/config.json``."""
+        path = repo / "config.json"
+        try:
+            body: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise OriginError(
+                f"{repo} is not a tufmesh repository (no config.json); "
+                "create one with 'tufmesh origin init --dir REPO'"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise OriginError(f"cannot read {path}: {exc}") from None
+        if body.pop("format", None) != FORMAT:
+            raise OriginError(f"{path}: unsupported config format")
+        try:
+            return cls(**body)
+        except TypeError as exc:
+            raise OriginError(f"{path}: {exc}") from None

@@ -1,0 +1,76 @@
+"""Signing keys: every key is a securesystemslib signer URI.
+
+A file key (``file2:keys/root-1.pem``), a cloud KMS key (``gcpkms:...``,
+``awskms:...``) and an HSM (``hsm:``) are one code path. Relative ``file2:``
+paths are resolved against the repository directory, so a repository can be
+moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
+
+from tufmesh.errors import OriginError
+
+__all__ = ["generate_file_key", "load_signer", "public_key_from_uri", "signer_kind"]
+
+
+def generate_file_key(repo: Path, name: str) -> tuple[str, Key]:
+    """Create an Ed25519 key in ``REPO/keys/NAME.pem``; return its URI and public key."""
+    signer = CryptoSigner.generate_ed25519()
+    keys = repo / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    path = keys / f"{name}.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(signer.private_bytes)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return f"file2:keys/{name}.pem", signer.public_key
+
+
+def _resolve(repo: Path, uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file2" and not os.path.isabs(parsed.path):
+        return f"file2:{repo / parsed.path}"
+    return uri
+
+
+def public_key_from_uri(repo: Path, uri: str) -> Key:
+    """Derive the public key of a ``file2:`` private key (other schemes need it given)."""
+    resolved = _resolve(repo, uri)
+    parsed = urlparse(resolved)
+    if parsed.scheme != "file2":
+        raise OriginError(f"give the public key of {uri} (only file2: keys can be read here)")
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        private = load_pem_private_key(Path(parsed.path).read_bytes(), None)
+    except (OSError, ValueError) as exc:
+        raise OriginError(f"cannot read private key {uri}: {exc}") from None
+    return SSlibKey.from_crypto(private.public_key())  # type: ignore[arg-type]
+
+
+def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
+    """Load the signer behind ``uri`` for ``public_key``."""
+    try:
+        return Signer.from_priv_key_uri(_resolve(repo, uri), public_key)
+    except Exception as exc:
+        raise OriginError(f"cannot load signer {uri}: {exc}") from None
+
+
+def signer_kind(uri: str) -> str:
+    """A short description of where a key lives, from its URI scheme."""
+    scheme = urlparse(uri).scheme
+    return {
+        "file2": "file",
+        "gcpkms": "GCP KMS",
+        "awskms": "AWS KMS",
+        "azurekms": "Azure Key Vault",
+        "hsm": "HSM",
+        "hv": "HashiCorp Vault",
+    }.get(scheme, scheme or "unknown")

@@ -1,0 +1,572 @@
+"""The origin's TUF repository, built on python-tuf's ``Repository`` abstraction.
+
+Role graph (docs/adr/0005)::
+
+    root ──> targets ──> bins ──(succinct, TAP 15)──> bin-00 .. bin-ff
+                 └─> (later: one role per developer-signed project, PEP 480,
+                      delegated before "bins", terminating)
+
+root, targets and bins are signed with offline keys, once at init and then in
+key ceremonies; bin-N, snapshot and timestamp with online keys, by this process.
+
+Invariants:
+
+* The published state is the chain ``timestamp.json`` -> snapshot -> each role
+  version it lists. :meth:`OriginRepository.load` rebuilds memory from that chain
+  and nothing else, so files written by a commit that crashed before its
+  timestamp are simply unreferenced, and overwritten by the next commit.
+* A commit writes every new role version, fsynced, before ``timestamp.json``;
+  the timestamp is replaced atomically and fsynced last. An upload is
+  acknowledged only after that, so an acknowledged upload survives a crash.
+* Artifacts are immutable: a path that is published keeps its bytes forever
+  (a different upload under the same path is a :class:`ConflictError`).
+* A role name has exactly one delegator ("diamond" graphs are refused:
+  python-tuf and go-tuf cache delegated roles by name, see
+  shared/notes/threats.md, note 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, final
+
+from securesystemslib.signer import Key, Signer
+from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+from tuf.repository import Repository
+from tufmesh.cas import BlobStore
+from tufmesh.origin._config import (
+    BIN_N,
+    DELEGATING_BINS,
+    ONLINE_ROLES,
+    ROLES,
+    OriginConfig,
+    write_atomic,
+)
+from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
+
+from tufmesh.errors import ConflictError, OriginError
+
+__all__ = [
+    "REFRESH_FRACTION",
+    "Artifact",
+    "OriginRepository",
+    "RoleStatus",
+    "check_single_delegator",
+]
+
+Clock = Callable[[], datetime]
+_COMPACT: Final = JSONSerializer(compact=True)
+_PRETTY: Final = JSONSerializer(compact=False)
+#: Re-sign an online role once less than this fraction of its lifetime remains.
+REFRESH_FRACTION: Final = 0.25
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One uploaded artifact, already in the store, waiting to be published."""
+
+    path: str  # "<project>/<filename>"
+    length: int
+    sha256: str  # hex
+    cid: str
+    manifest: str  # CID of the chunk manifest
+    chunk_size: int
+
+    def target_file(self) -> TargetFile:
+        """The TUF target entry: length, sha256, and the CIDs peers need in ``custom``."""
+        custom = {"cid": self.cid, "manifest": self.manifest, "chunk_size": self.chunk_size}
+        return TargetFile(
+            length=self.length,
+            hashes={"sha256": self.sha256},
+            path=self.path,
+            unrecognized_fields={"custom": custom},
+        )
+
+
+@dataclass(frozen=True)
+class RoleStatus:
+    """One line of ``origin status``."""
+
+    role: str
+    version: int
+    expires: datetime
+    threshold: int
+    keyids: tuple[str, ...]
+    signers: tuple[str, ...]
+    online: bool
+
+
+def check_single_delegator(delegators: dict[str, Targets]) -> None:
+    """Refuse a delegation graph in which a role is delegated by two parents.
+
+    ``delegators`` maps each delegating role's name to its signed Targets.
+    """
+    parent: dict[str, str] = {}
+    for name, targets in delegators.items():
+        if targets.delegations is None:
+            continue
+        children: Iterable[str]
+        if targets.delegations.roles is not None:
+            children = targets.delegations.roles
+        elif targets.delegations.succinct_roles is not None:
+            children = targets.delegations.succinct_roles.get_roles()
+        else:
+            children = ()
+        for child in children:
+            if child in parent and parent[child] != name:
+                raise OriginError(
+                    f"refusing a diamond delegation: {child!r} is delegated by both "
+                    f"{parent[child]!r} and {name!r}"
+                )
+            parent[child] = name
+
+
+@final
+class OriginRepository(Repository):
+    """The repository in ``REPO/``: metadata, keys, store, and the publish operation.
+
+    Not thread-safe: one thread at a time may call the mutating methods
+    (the server runs them one at a time; see ``_server.py``).
+    """
+
+    def __init__(
+        self, repo: str | os.PathLike[str], *, clock: Clock | None = None, load: bool = True
+    ) -> None:
+        self.dir = Path(repo)
+        self.config = OriginConfig.load(self.dir)
+        self.store = BlobStore(self.dir / "cas")
+        self.metadata_dir = self.dir / "metadata"
+        self.targets_dir = self.dir / "targets"
+        self.clock = clock or _utcnow
+        self._signers: dict[str, list[Signer]] = {}
+        self._bytes: dict[str, bytes] = {}
+        self._md: dict[str, Metadata[Any]] = {}
+        self._pending: list[str] = []
+        if load:
+            self.load()
+
+    # -- creating ------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        repo: str | os.PathLike[str],
+        config: OriginConfig | None = None,
+        *,
+        root_threshold: int = 1,
+        signers: dict[str, list[tuple[str, Key | None]]] | None = None,
+        clock: Clock | None = None,
+    ) -> OriginRepository:
+        """Create a new repository in the empty (or missing) directory ``repo``.
+
+        ``signers`` maps a role to ``(uri, public key)`` pairs; roles not given
+        get newly generated Ed25519 file keys under ``REPO/keys/`` (the root gets
+        ``root_threshold`` of them). The public key may be None for ``file2:``
+        URIs, whose key file holds it.
+        """
+        config = config or OriginConfig()
+        bins = config.bins
+        if bins < 2 or bins > 1 << 16 or bins & (bins - 1):
+            raise OriginError(f"the number of bins must be a power of two, 2 .. 65536, not {bins}")
+        if root_threshold < 1:
+            raise OriginError("the root threshold must be at least 1")
+        path = Path(repo)
+        if path.exists() and any(path.iterdir()):
+            raise OriginError(f"{path} is not empty; refusing to create a repository there")
+        path.mkdir(parents=True, exist_ok=True)
+        now = (clock or _utcnow)()
+
+        given = dict(signers or {})
+        keys: dict[str, list[tuple[str, Key]]] = {}
+        for role in ROLES:
+            if role in given:
+                keys[role] = [
+                    (uri, key if key is not None else public_key_from_uri(path, uri))
+                    for uri, key in given[role]
+                ]
+            elif role == "root":
+                keys[role] = [
+                    generate_file_key(path, f"root-{i + 1}") for i in range(root_threshold)
+                ]
+            else:
+                keys[role] = [generate_file_key(path, role)]
+        if len(keys["root"]) < root_threshold:
+            raise OriginError(
+                f"root threshold {root_threshold} needs at least that many root keys, "
+                f"got {len(keys['root'])}"
+            )
+        config = OriginConfig(
+            bins=config.bins,
+            expiry_days=config.expiry_days,
+            max_upload_bytes=config.max_upload_bytes,
+            chunk_size=config.chunk_size,
+            signers={role: {key.keyid: uri for uri, key in pairs} for role, pairs in keys.items()},
+        )
+        config.save(path)
+
+        def expires(role: str) -> datetime:
+            return (now + config.expiry(role)).replace(microsecond=0)
+
+        def keyids(role: str) -> list[str]:
+            return [key.keyid for _, key in keys[role]]
+
+        root = Root(expires=expires("root"), consistent_snapshot=True)
+        for role in ("root", "targets", "snapshot", "timestamp"):
+            for _, key in keys[role]:
+                root.add_key(key, role)
+        root.roles["root"].threshold = root_threshold
+
+        targets = Targets(expires=expires("targets"))
+        targets.delegations = Delegations(
+            keys={key.keyid: key for _, key in keys[DELEGATING_BINS]},
+            roles={
+                DELEGATING_BINS: DelegatedRole(
+                    name=DELEGATING_BINS,
+                    keyids=keyids(DELEGATING_BINS),
+                    threshold=1,
+                    terminating=True,
+                    paths=["*/*"],
+                )
+            },
+        )
+        bins_role = Targets(expires=expires(DELEGATING_BINS))
+        succinct = SuccinctRoles(
+            keyids=keyids(BIN_N),
+            threshold=1,
+            bit_length=bins.bit_length() - 1,
+            name_prefix="bin",
+        )
+        bins_role.delegations = Delegations(
+            keys={key.keyid: key for _, key in keys[BIN_N]}, succinct_roles=succinct
+        )
+        check_single_delegator({"targets": targets, DELEGATING_BINS: bins_role})
+
+        (path / "metadata").mkdir()
+        (path / "targets").mkdir()
+        repo_obj = cls(path, clock=clock, load=False)
+        repo_obj._stage("root", Metadata(root))
+        repo_obj._stage("targets", Metadata(targets))
+        repo_obj._stage(DELEGATING_BINS, Metadata(bins_role))
+        for name in succinct.get_roles():
+            repo_obj._stage(name, Metadata(Targets(expires=expires(name))))
+        snapshot = Snapshot(expires=expires("snapshot"))
+        snapshot.meta = dict(repo_obj.targets_infos)
+        repo_obj._stage("snapshot", Metadata(snapshot))
+        timestamp = Timestamp(expires=expires("timestamp"), snapshot_meta=repo_obj.snapshot_info)
+        repo_obj._stage("timestamp", Metadata(timestamp))
+        repo_obj.flush()
+        return cls(path, clock=clock)
+
+    # -- loading ------------------------------------------------------------
+
+    def load(self) -> None:
+        """(Re)build the in-memory state from the published chain on disk."""
+        self._bytes.clear()
+        self._md.clear()
+        self._pending.clear()
+        roots = sorted(
+            int(p.name.split(".", 1)[0])
+            for p in self.metadata_dir.glob("*.root.json")
+            if p.name.split(".", 1)[0].isdigit()
+        )
+        if not roots:
+            raise OriginError(f"{self.metadata_dir} holds no root metadata")
+        self._read("root", self.metadata_dir / f"{roots[-1]}.root.json")
+        self._read("timestamp", self.metadata_dir / "timestamp.json")
+        snapshot_version = self.timestamp_md.signed.snapshot_meta.version
+        self._read("snapshot", self.metadata_dir / f"{snapshot_version}.snapshot.json")
+        snapshot: Snapshot = self._md["snapshot"].signed
+        for filename, meta in snapshot.meta.items():
+            role = filename.removesuffix(".json")
+            self._read(role, self.metadata_dir / f"{meta.version}.{filename}")
+
+    def _read(self, role: str, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise OriginError(f"cannot read published metadata {path}: {exc.strerror}") from None
+        self._bytes[role] = data
+        self._md[role] = Metadata.from_bytes(data)
+
+    @property
+    def timestamp_md(self) -> Metadata[Timestamp]:
+        """The current timestamp metadata."""
+        return self._md["timestamp"]
+
+    @property
+    def succinct(self) -> SuccinctRoles:
+        """The hash-bin delegation."""
+        delegations = self._md[DELEGATING_BINS].signed.delegations
+        assert delegations is not None and delegations.succinct_roles is not None
+        return delegations.succinct_roles
+
+    # -- the python-tuf Repository interface ----------------------------------
+
+    def open(self, role: str) -> Metadata[Any]:
+        """A private, editable copy of the current metadata of ``role``."""
+        if role not in self._bytes:
+            raise OriginError(f"no role {role!r} in this repository")
+        return Metadata.from_bytes(self._bytes[role])
+
+    def close(self, role: str, md: Metadata[Any]) -> None:
+        """Bump the version and expiry, re-sign, and stage the new version for writing."""
+        md.signed.version += 1
+        md.signed.expires = (self.clock() + self.config.expiry(role)).replace(microsecond=0)
+        self._stage(role, md)
+
+    @property
+    def targets_infos(self) -> dict[str, MetaFile]:
+        """Versions of every targets role (targets, bins, bin-N), for the snapshot."""
+        return {
+            f"{role}.json": MetaFile(version=md.signed.version)
+            for role, md in self._md.items()
+            if isinstance(md.signed, Targets)
+        }
+
+    @property
+    def snapshot_info(self) -> MetaFile:
+        """Version, length and hash of the current snapshot, for the timestamp.
+
+        The hash lets clients detect a mix-and-match of snapshot versions.
+        """
+        data = self._bytes["snapshot"]
+        return MetaFile(
+            version=self._md["snapshot"].signed.version,
+            length=len(data),
+            hashes={"sha256": hashlib.sha256(data).hexdigest()},
+        )
+
+    # -- signing and writing ------------------------------------------------
+
+    def _role_keys(self, role: str) -> tuple[list[str], int]:
+        """Key ids and threshold that ``role`` must be signed with."""
+        if role in ("root", "targets", "snapshot", "timestamp"):
+            spec = self._md["root"].signed.roles[role]
+            return list(spec.keyids), spec.threshold
+        if role == DELEGATING_BINS:
+            delegations = self._md["targets"].signed.delegations
+            spec = delegations.roles[DELEGATING_BINS]
+            return list(spec.keyids), spec.threshold
+        return list(self.succinct.keyids), self.succinct.threshold
+
+    def _signers_for(self, role: str) -> list[Signer]:
+        """The signers configured for ``role`` whose keys the role currently trusts."""
+        label = BIN_N if role.startswith("bin-") else role
+        if label not in self._signers:
+            keyids, _ = self._role_keys(role)
+            keys = self._public_keys()
+            configured = self.config.signers.get(label, {})
+            self._signers[label] = [
+                load_signer(self.dir, configured[keyid], keys[keyid])
+                for keyid in keyids
+                if keyid in configured and keyid in keys
+            ]
+        return self._signers[label]
+
+    def _public_keys(self) -> dict[str, Key]:
+        keys: dict[str, Key] = dict(self._md["root"].signed.keys)
+        for role in ("targets", DELEGATING_BINS):
+            if role in self._md and self._md[role].signed.delegations is not None:
+                keys.update(self._md[role].signed.delegations.keys)
+        return keys
+
+    def _stage(self, role: str, md: Metadata[Any]) -> None:
+        """Sign ``md`` with every available key of ``role`` and stage it for :meth:`flush`."""
+        md.signatures.clear()
+        self._md[role] = md  # root must be current for _role_keys of later roles
+        signers = self._signers_for(role)
+        _, threshold = self._role_keys(role)
+        if len(signers) < threshold:
+            raise OriginError(
+                f"cannot sign {role}: {len(signers)} of the {threshold} required keys are "
+                "available here"
+            )
+        for signer in signers:
+            md.sign(signer, append=True)
+        serializer = _PRETTY if role in ("root", "targets", DELEGATING_BINS) else _COMPACT
+        self._bytes[role] = md.to_bytes(serializer)
+        if role not in self._pending:
+            self._pending.append(role)
+
+    def flush(self) -> None:
+        """Write staged versions: delegated roles, snapshot, root, then timestamp last."""
+        if not self._pending:
+            return
+        order = sorted(
+            self._pending,
+            key=lambda r: {"snapshot": 1, "root": 2, "timestamp": 3}.get(r, 0),
+        )
+        for role in order:
+            data = self._bytes[role]
+            if role == "timestamp":
+                write_atomic(self.metadata_dir / "timestamp.json", data)
+            else:
+                version = self._md[role].signed.version
+                write_atomic(self.metadata_dir / f"{version}.{role}.json", data)
+                if role == "root":
+                    write_atomic(self.metadata_dir / "root.json", data)
+        self._pending.clear()
+
+    # -- operations -----------------------------------------------------------
+
+    def find(self, path: str) -> TargetFile | None:
+        """The published target at ``path``, if any."""
+        role = self.succinct.get_role_for_target(path)
+        return self._md[role].signed.targets.get(path)
+
+    def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]:
+        """Publish a batch of stored artifacts in one new snapshot (group commit).
+
+        Returns, per artifact, the snapshot version that holds it, or the
+        :class:`ConflictError` that refused it. On any other failure the
+        in-memory state is reloaded from disk and the exception propagates:
+        nothing in the batch is published.
+        """
+        results: list[ConflictError | None] = [None] * len(artifacts)
+        by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
+        accepted: list[tuple[int, Artifact]] = []
+        try:
+            for i, artifact in enumerate(artifacts):
+                role = self.succinct.get_role_for_target(artifact.path)
+                current = by_bin[role].get(artifact.path) or self.find(artifact.path)
+                if current is not None:
+                    if current.hashes.get("sha256") != artifact.sha256:
+                        results[i] = ConflictError(
+                            f"{artifact.path} is already published with different bytes "
+                            f"(sha256 {current.hashes.get('sha256')}); artifacts are immutable"
+                        )
+                        continue
+                    accepted.append((i, artifact))  # idempotent: same path, same bytes
+                    continue
+                self._link_target(artifact)
+                by_bin[role][artifact.path] = artifact.target_file()
+                accepted.append((i, artifact))
+            for role, new in by_bin.items():
+                if new:
+                    with self.edit_targets(role) as targets:
+                        targets.targets.update(new)
+            if any(by_bin.values()):
+                self.do_snapshot()
+                self.do_timestamp()
+                self.flush()
+            self._pin(a for _, a in accepted)
+        except BaseException:
+            self.load()
+            raise
+        version = self._md["snapshot"].signed.version
+        return [version if result is None else result for result in results]
+
+    def _link_target(self, artifact: Artifact) -> None:
+        """Make ``targets/<project>/<sha256>.<filename>`` a hard link to the blob."""
+        project, filename = artifact.path.split("/", 1)
+        directory = self.targets_dir / project
+        directory.mkdir(exist_ok=True)
+        dest = directory / f"{artifact.sha256}.{filename}"
+        if not dest.exists():
+            tmp = directory / f".{dest.name}.{os.getpid()}.link"
+            tmp.unlink(missing_ok=True)
+            os.link(self.store.path(artifact.cid), tmp)
+            os.replace(tmp, dest)
+
+    def _pin(self, artifacts: Iterable[Artifact]) -> None:
+        per_project: dict[str, set[str]] = defaultdict(set)
+        for artifact in artifacts:
+            per_project[artifact.path.split("/", 1)[0]].update((artifact.cid, artifact.manifest))
+        for project, cids in per_project.items():
+            self.store.pin(f"project:{project}", cids)
+
+    def refresh(self, *, force: bool = False) -> list[str]:
+        """Re-sign every online role with less than a quarter of its lifetime left.
+
+        Returns the roles that got a new version. Offline roles are never
+        re-signed here (see ``status`` for their expiry).
+        """
+        now = self.clock()
+        refreshed = []
+        try:
+            for role in sorted(self._md):
+                if role.startswith("bin-") and (force or self._stale(role, now)):
+                    with self.edit_targets(role):
+                        pass
+                    refreshed.append(role)
+            snap_stale = force or self._stale("snapshot", now)
+            if self.do_snapshot(force=snap_stale)[0]:
+                refreshed.append("snapshot")
+            ts_stale = force or self._stale("timestamp", now)
+            if self.do_timestamp(force=ts_stale)[0]:
+                refreshed.append("timestamp")
+            self.flush()
+        except BaseException:
+            self.load()
+            raise
+        return refreshed
+
+    def _stale(self, role: str, now: datetime) -> bool:
+        lifetime = self.config.expiry(role)
+        return self._md[role].signed.expires - now < lifetime * REFRESH_FRACTION
+
+    def next_refresh(self) -> datetime:
+        """When the earliest online role becomes stale."""
+        return min(
+            self._md[role].signed.expires - self.config.expiry(role) * REFRESH_FRACTION
+            for role in self._md
+            if role in ONLINE_ROLES or role.startswith("bin-")
+        )
+
+    def status(self) -> list[RoleStatus]:
+        """Every role with its version, expiry, keys and signers."""
+        rows = []
+        for role in ("root", "targets", DELEGATING_BINS, "snapshot", "timestamp"):
+            rows.append(self._role_status(role, role))
+        bins = sorted(r for r in self._md if r.startswith("bin-"))
+        soonest = min(bins, key=lambda r: self._md[r].signed.expires)
+        newest = max(bins, key=lambda r: self._md[r].signed.version)
+        row = self._role_status(soonest, BIN_N)
+        label = f"bin-* ({len(bins)} bins, newest v{self._md[newest].signed.version})"
+        rows.insert(3, dataclasses.replace(row, role=label))
+        return rows
+
+    def _role_status(self, role: str, label: str) -> RoleStatus:
+        keyids, threshold = self._role_keys(role)
+        return RoleStatus(
+            role=role,
+            version=self._md[role].signed.version,
+            expires=self._md[role].signed.expires,
+            threshold=threshold,
+            keyids=tuple(keyids),
+            signers=tuple(self.config.signers.get(label, {}).values()),
+            online=label in ONLINE_ROLES,
+        )
+
+    def artifacts(self) -> list[TargetFile]:
+        """Every published artifact, sorted by path."""
+        found = [
+            target
+            for role, md in self._md.items()
+            if role.startswith("bin-")
+            for target in md.signed.targets.values()
+        ]
+        return sorted(found, key=lambda t: t.path)

@@ -1,0 +1,363 @@
+"""The origin's HTTP service: the static TUF tree, blobs with Range, and uploads.
+
+Uploads are group-committed: every upload streams into the store on its own,
+then waits in one queue; a single committer takes everything waiting, publishes
+it as one new version of the affected bins, snapshot and timestamp, and only
+then answers each upload. While one batch is being signed and written, the
+next one gathers, so the number of snapshot versions grows with the number of
+commits, not of uploads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, final
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from tufmesh.cas import parse_cid
+from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._repository import Artifact, OriginRepository
+
+from tufmesh.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    InvalidNameError,
+    OriginError,
+    StoreError,
+)
+
+__all__ = ["OriginService", "ServiceConfig", "build_app", "serve"]
+
+_IMMUTABLE: Final = "public, max-age=31536000, immutable"
+_METADATA_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Limits of the HTTP service, with the reason for each default."""
+
+    #: Bytes handed to the store per thread hop while an upload streams in.
+    #: 1 MiB keeps thread switches under 0.1% of the time at disk speed.
+    upload_buffer: int = 1 << 20
+    #: Uploads published in one commit at most; bounds the work (and the
+    #: latency) of one commit. 1,000 small artifacts commit in well under 1 s.
+    max_batch: int = 1000
+    #: Uploads waiting for a commit; beyond this, uploaders wait (backpressure).
+    max_queue: int = 10_000
+    #: Never sleep longer than this between expiry checks (so a clock jump
+    #: or a changed config is noticed within the hour).
+    max_refresh_sleep: float = 3600.0
+
+
+class _BigFileResponse(FileResponse):
+    # Starlette's default 64 KiB chunks serve at an eighth of nginx's speed;
+    # 4 MiB chunks come close to it (shared/notes/http-throughput.md).
+    chunk_size = 4 << 20
+
+
+@dataclass
+class _Pending:
+    artifact: Artifact
+    done: trio.Event = field(default_factory=trio.Event)
+    result: int | BaseException | None = None
+
+
+@final
+class OriginService:
+    """The running origin: one repository, one committer, one expiry refresher."""
+
+    def __init__(self, repo: OriginRepository, config: ServiceConfig | None = None) -> None:
+        self.repo = repo
+        self.config = config or ServiceConfig()
+        self.projects = ProjectRegistry(repo.dir)
+        self._send, self._receive = trio.open_memory_channel[_Pending](self.config.max_queue)
+        self._lock = trio.Lock()  # one mutation of the repository at a time
+        self._inflight: Counter[str] = Counter()
+        self.commits = 0
+        self.published = 0
+
+    async def submit(self, artifact: Artifact) -> int:
+        """Publish ``artifact`` (already stored); return the snapshot version holding it."""
+        pending = _Pending(artifact)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if isinstance(pending.result, BaseException):
+            raise pending.result
+        assert pending.result is not None
+        return pending.result
+
+    async def run_committer(self) -> None:
+        """Publish queued uploads in batches, forever."""
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < self.config.max_batch:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            artifacts = [p.artifact for p in batch]
+            results: list[int | BaseException]
+            async with self._lock:
+                try:
+                    results = list(await trio.to_thread.run_sync(self.repo.publish, artifacts))
+                except Exception as exc:  # a disk or signer failure fails this batch only
+                    failure = OriginError(f"publishing failed: {exc}")
+                    results = [failure] * len(batch)
+            self.commits += 1
+            for pending, result in zip(batch, results, strict=True):
+                pending.result = result
+                if not isinstance(result, BaseException):
+                    self.published += 1
+                pending.done.set()
+
+    async def refresh(self) -> list[str]:
+        """Re-sign online roles that are close to expiry."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(self.repo.refresh)
+
+    async def run_refresher(self) -> None:
+        """Re-sign online roles before a quarter of their lifetime remains, forever."""
+        while True:
+            await self.refresh()
+            due = (self.repo.next_refresh() - self.repo.clock()).total_seconds()
+            await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
+
+    async def discard_if_unused(self, cid: str, manifest: str) -> None:
+        """Remove the blobs of a refused upload unless something else holds them."""
+        if self._inflight[cid] > 0:
+            return
+
+        def discard() -> None:
+            for blob in (cid, manifest):
+                # Pinned by a published artifact, or already gone: keep it.
+                with contextlib.suppress(StoreError):
+                    self.repo.store.delete(blob)
+
+        async with self._lock:
+            await trio.to_thread.run_sync(discard)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def build_app(service: OriginService) -> Starlette:
+    """The ASGI application of one origin."""
+    repo = service.repo
+    metadata_dir = repo.metadata_dir.resolve()
+    targets_dir = repo.targets_dir.resolve()
+
+    async def metadata(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not _METADATA_NAME.fullmatch(name):
+            return _error(404, "no such metadata")
+        path = metadata_dir / name
+        if not path.is_file():
+            return _error(404, f"no metadata {name}")
+        # Versioned files never change; the unversioned ones must be re-fetched.
+        unversioned = name in ("timestamp.json", "root.json")
+        cache = "no-cache" if unversioned else _IMMUTABLE
+        return _BigFileResponse(
+            path, media_type="application/json", headers={"cache-control": cache}
+        )
+
+    async def targets(request: Request) -> Response:
+        project, name = request.path_params["project"], request.path_params["name"]
+        try:
+            if normalize_project(project) != project:
+                raise InvalidNameError("not normalised")
+            check_filename(name)
+        except InvalidNameError:
+            return _error(404, "no such target")
+        path = targets_dir / project / name
+        if not path.is_file():
+            return _error(404, f"no target {project}/{name}")
+        return _BigFileResponse(
+            path, headers={"cache-control": "public, max-age=31536000, immutable"}
+        )
+
+    async def blob(request: Request) -> Response:
+        try:
+            cid, _ = parse_cid(request.path_params["cid"])
+            path = repo.store.path(cid)
+        except StoreError as exc:
+            return _error(404, str(exc))
+        return _BigFileResponse(
+            path,
+            media_type="application/octet-stream",
+            headers={"cache-control": _IMMUTABLE},
+        )
+
+    async def healthz(request: Request) -> Response:
+        timestamp = repo.timestamp_md.signed
+        return JSONResponse(
+            {
+                "status": "ok",
+                "timestamp_version": timestamp.version,
+                "snapshot_version": timestamp.snapshot_meta.version,
+                "timestamp_expires": timestamp.expires.isoformat(),
+                "commits": service.commits,
+                "published": service.published,
+            }
+        )
+
+    async def upload(request: Request) -> Response:
+        try:
+            project = normalize_project(request.path_params["project"])
+            filename = check_filename(request.path_params["filename"])
+        except InvalidNameError as exc:
+            return _error(400, str(exc))
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        try:
+            service.projects.authorize(project, token)
+        except ForbiddenError as exc:
+            return _error(403, str(exc))
+        except AuthError as exc:
+            return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
+        limit = repo.config.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return _error(413, f"upload over the {limit}-byte limit")
+        path = f"{project}/{filename}"
+        published = repo.find(path)
+        if published is not None:
+            # Already published: hash what is offered without storing it.
+            return await _republish(request, path, published.hashes["sha256"], limit)
+        outcome = await _store_body(request, limit)
+        if isinstance(outcome, Response):
+            return outcome
+        cid, manifest, length = outcome
+        artifact = Artifact(
+            path=path,
+            length=length,
+            sha256=parse_cid(cid)[1].hex(),
+            cid=cid,
+            manifest=manifest,
+            chunk_size=repo.config.chunk_size,
+        )
+        service._inflight[cid] += 1
+        try:
+            version = await service.submit(artifact)
+        except ConflictError as exc:
+            service._inflight[cid] -= 1
+            await service.discard_if_unused(cid, manifest)
+            return _error(409, str(exc))
+        except OriginError as exc:
+            service._inflight[cid] -= 1
+            return _error(500, str(exc))
+        service._inflight[cid] -= 1
+        return JSONResponse(
+            {
+                "target": path,
+                "length": length,
+                "sha256": artifact.sha256,
+                "cid": cid,
+                "manifest": manifest,
+                "snapshot_version": version,
+            }
+        )
+
+    async def _store_body(request: Request, limit: int) -> tuple[str, str, int] | Response:
+        writer = await trio.to_thread.run_sync(
+            lambda: repo.store.writer(chunk_size=repo.config.chunk_size)
+        )
+        try:
+            buffer = bytearray()
+            size = 0
+            async for piece in request.stream():
+                size += len(piece)
+                if size > limit:
+                    return _error(413, f"upload over the {limit}-byte limit")
+                buffer += piece
+                if len(buffer) >= service.config.upload_buffer:
+                    await trio.to_thread.run_sync(writer.write, bytes(buffer))
+                    buffer.clear()
+            if buffer:
+                await trio.to_thread.run_sync(writer.write, bytes(buffer))
+            cid, manifest = await trio.to_thread.run_sync(writer.commit)
+        finally:
+            writer.abort()
+        assert manifest is not None
+        return cid, manifest.cid, size
+
+    async def _republish(request: Request, path: str, sha256: str, limit: int) -> Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for piece in request.stream():
+            size += len(piece)
+            if size > limit:
+                return _error(413, f"upload over the {limit}-byte limit")
+            digest.update(piece)
+        if digest.hexdigest() != sha256:
+            return _error(
+                409,
+                f"{path} is already published with different bytes (sha256 {sha256}); "
+                "artifacts are immutable",
+            )
+        target = repo.find(path)
+        assert target is not None
+        custom = target.custom
+        return JSONResponse(
+            {
+                "target": path,
+                "length": target.length,
+                "sha256": sha256,
+                "cid": custom.get("cid"),
+                "manifest": custom.get("manifest"),
+                "snapshot_version": repo.timestamp_md.signed.snapshot_meta.version,
+            }
+        )
+
+    routes = [
+        Route("/metadata/{name}", metadata, methods=["GET", "HEAD"]),
+        Route("/targets/{project}/{name}", targets, methods=["GET", "HEAD"]),
+        Route("/blobs/{cid}", blob, methods=["GET", "HEAD"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/v1/projects/{project}/files/{filename}", upload, methods=["POST", "PUT"]),
+    ]
+    return Starlette(routes=routes)
+
+
+async def serve(
+    repo_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+    service_config: ServiceConfig | None = None,
+) -> None:
+    """Serve the repository in ``repo_dir`` until cancelled."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    repo = OriginRepository(repo_dir)
+    service = OriginService(repo, service_config)
+    await service.refresh()  # anything stale is re-signed before the first request
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
+    config.h11_max_incomplete_size = 16 * 1024
+    config.keep_alive_timeout = 30
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.run_committer)
+        nursery.start_soon(service.run_refresher)
+        binds = await nursery.start(hypercorn_serve, build_app(service), config)
+        if on_ready is not None:
+            result = on_ready(binds[0])
+            if result is not None:
+                await result
