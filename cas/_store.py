@@ -27,6 +27,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -470,7 +471,7 @@ class BlobStore:
         """Delete one blob. A pinned blob is refused with :class:`PinError`."""
         canonical, path = self._existing(cid)
         with self._lock(shared=False):
-            holders = [name for name, cids in self._read_pins().items() if canonical in cids]
+            holders = self._holders(canonical)
             if holders:
                 raise PinError(f"blob {canonical} is pinned by {', '.join(sorted(holders))}")
             try:
@@ -519,28 +520,21 @@ class BlobStore:
                 "not starting with . + : @ or -"
             )
 
-    def _read_pins(self) -> dict[str, frozenset[str]]:
-        pins = {}
-        for path in self._pins.iterdir():
-            if _PIN_NAME.fullmatch(path.name):
-                pins[path.name] = frozenset(path.read_text().split())
-        return pins
+    # Pin sets are directories, ``pins/<name>/<cid>`` an empty file per pinned
+    # blob: pinning and unpinning cost one file operation per CID, however
+    # large the set grows, and a crash leaves each CID either pinned or not.
 
-    def _write_pin_set(self, name: str, cids: Iterable[str]) -> None:
-        path = self._pins / name
-        if not cids:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        else:
-            tmp = self._pins / f".{name}.{secrets.token_hex(4)}"
-            with open(tmp, "w") as handle:
-                handle.write("".join(f"{cid}\n" for cid in sorted(cids)))
-                handle.flush()
-                if self.config.fsync:
-                    os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        if self.config.fsync:
-            _fsync_dir(self._pins)
+    def _pin_sets(self) -> list[str]:
+        return [p.name for p in self._pins.iterdir() if _PIN_NAME.fullmatch(p.name) and p.is_dir()]
+
+    def _read_pins(self) -> dict[str, frozenset[str]]:
+        return {
+            name: frozenset(p.name for p in (self._pins / name).iterdir())
+            for name in self._pin_sets()
+        }
+
+    def _holders(self, cid: str) -> list[str]:
+        return sorted(name for name in self._pin_sets() if (self._pins / name / cid).exists())
 
     def pins(self) -> dict[str, frozenset[str]]:
         """Every pin set: name to the CIDs it holds."""
@@ -555,21 +549,38 @@ class BlobStore:
             missing = sorted(cid for cid in wanted if not self._path(cid).is_file())
             if missing:
                 raise BlobNotFoundError(f"cannot pin blobs not in the store: {', '.join(missing)}")
-            current = self._read_pins().get(name, frozenset())
-            if not wanted <= current:
-                self._write_pin_set(name, current | wanted)
+            directory = self._pins / name
+            if not directory.is_dir():
+                directory.mkdir()
+                if self.config.fsync:
+                    _fsync_dir(self._pins)
+            added = False
+            for cid in wanted:
+                entry = directory / cid
+                if not entry.exists():
+                    entry.touch()
+                    added = True
+            if added and self.config.fsync:
+                _fsync_dir(directory)
 
     def unpin(self, name: str, cids: Iterable[str] | None = None) -> None:
         """Remove blobs from the pin set ``name``; with no ``cids``, remove the whole set."""
         self._check_pin_name(name)
         with self._lock(shared=False):
-            current = self._read_pins().get(name)
-            if current is None:
+            directory = self._pins / name
+            if not directory.is_dir():
                 raise PinError(f"no pin set named {name!r}")
             if cids is None:
-                self._write_pin_set(name, ())
+                shutil.rmtree(directory)
             else:
-                self._write_pin_set(name, current - {parse_cid(cid)[0] for cid in cids})
+                for cid in cids:
+                    (directory / parse_cid(cid)[0]).unlink(missing_ok=True)
+                if not any(directory.iterdir()):
+                    directory.rmdir()
+            if self.config.fsync:
+                if directory.exists():
+                    _fsync_dir(directory)
+                _fsync_dir(self._pins)
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float | None = None) -> GcReport:
         """Delete every blob that is in no pin set and older than the grace period."""
@@ -691,11 +702,15 @@ class BlobWriter:
         _hash_and_write(self._update, self._fd, data)
         self.size += len(data)
 
-    def commit(self, *, expect: str | None = None) -> tuple[str, Manifest | None]:
+    def commit(
+        self, *, expect: str | None = None, min_manifest_chunks: int = 1
+    ) -> tuple[str, Manifest | None]:
         """Store the blob (and its manifest, if chunked); return ``(cid, manifest)``.
 
         With ``expect``, bytes that do not hash to that CID raise
-        :class:`DigestMismatchError` and nothing is stored.
+        :class:`DigestMismatchError` and nothing is stored. The manifest is
+        stored only if it lists at least ``min_manifest_chunks`` chunks (a
+        one-chunk manifest says nothing the blob's own CID does not).
         """
         if self._done:
             raise StoreError("this blob writer is closed")
@@ -708,7 +723,7 @@ class BlobWriter:
             if expected is not None and cid != expected:
                 raise DigestMismatchError(f"bytes hash to {cid}, not the expected {expected}")
             manifest = self._builder.finish() if self._builder is not None else None
-            if manifest is not None:
+            if manifest is not None and manifest.count >= min_manifest_chunks:
                 # The manifest first: whoever finds the blob can find its chunks.
                 self._store.put(manifest.encoded, expect=manifest.cid)
             self._store._publish(self._tmp, cid)

@@ -22,6 +22,7 @@ __all__ = [
     "ONLINE_ROLES",
     "ROLES",
     "OriginConfig",
+    "fsync_dir",
     "write_atomic",
 ]
 
@@ -47,15 +48,25 @@ def _default_expiry_days() -> dict[str, float]:
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it holds either the old or the new bytes, durably."""
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``path`` so that it holds either the old or the new bytes, durably.
+
+    With ``sync_dir=False`` the caller fsyncs the directory itself, once for
+    many files (see :func:`fsync_dir`).
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

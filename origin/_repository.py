@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -59,6 +60,7 @@ from tufmesh.origin._config import (
     ONLINE_ROLES,
     ROLES,
     OriginConfig,
+    fsync_dir,
     write_atomic,
 )
 from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
@@ -92,12 +94,16 @@ class Artifact:
     length: int
     sha256: str  # hex
     cid: str
-    manifest: str  # CID of the chunk manifest
+    #: CID of the chunk manifest; None for a blob of one chunk, which is
+    #: verified whole against its CID (docs/adr/0005).
+    manifest: str | None
     chunk_size: int
 
     def target_file(self) -> TargetFile:
         """The TUF target entry: length, sha256, and the CIDs peers need in ``custom``."""
-        custom = {"cid": self.cid, "manifest": self.manifest, "chunk_size": self.chunk_size}
+        custom: dict[str, Any] = {"cid": self.cid, "chunk_size": self.chunk_size}
+        if self.manifest is not None:
+            custom["manifest"] = self.manifest
         return TargetFile(
             length=self.length,
             hashes={"sha256": self.sha256},
@@ -165,6 +171,7 @@ class OriginRepository(Repository):
         self._bytes: dict[str, bytes] = {}
         self._md: dict[str, Metadata[Any]] = {}
         self._pending: list[str] = []
+        self._linked_dirs: set[Path] = set()
         if load:
             self.load()
 
@@ -287,6 +294,7 @@ class OriginRepository(Repository):
         self._bytes.clear()
         self._md.clear()
         self._pending.clear()
+        self._linked_dirs.clear()
         roots = sorted(
             int(p.name.split(".", 1)[0])
             for p in self.metadata_dir.glob("*.root.json")
@@ -412,22 +420,39 @@ class OriginRepository(Repository):
             self._pending.append(role)
 
     def flush(self) -> None:
-        """Write staged versions: delegated roles, snapshot, root, then timestamp last."""
+        """Write staged versions: delegated roles, snapshot, root, then timestamp last.
+
+        Versioned files are unreferenced until the new timestamp names them, so
+        they are written in place and made durable together (one journal commit
+        for the lot instead of one per file); only then is ``timestamp.json``
+        replaced atomically. A crash before that leaves at worst torn files that
+        nothing references and the next commit overwrites.
+        """
         if not self._pending:
             return
-        order = sorted(
-            self._pending,
-            key=lambda r: {"snapshot": 1, "root": 2, "timestamp": 3}.get(r, 0),
-        )
-        for role in order:
-            data = self._bytes[role]
-            if role == "timestamp":
-                write_atomic(self.metadata_dir / "timestamp.json", data)
-            else:
-                version = self._md[role].signed.version
-                write_atomic(self.metadata_dir / f"{version}.{role}.json", data)
-                if role == "root":
-                    write_atomic(self.metadata_dir / "root.json", data)
+        written = []
+        for role in self._pending:
+            if role in ("timestamp", "root"):
+                continue
+            path = self.metadata_dir / f"{self._md[role].signed.version}.{role}.json"
+            path.write_bytes(self._bytes[role])
+            written.append(path)
+        for path in written:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if "root" in self._pending:
+            data = self._bytes["root"]
+            version = self._md["root"].signed.version
+            write_atomic(self.metadata_dir / f"{version}.root.json", data, sync_dir=False)
+            write_atomic(self.metadata_dir / "root.json", data, sync_dir=False)
+        for directory in (*self._linked_dirs, self.targets_dir, self.metadata_dir):
+            fsync_dir(directory)
+        self._linked_dirs.clear()
+        if "timestamp" in self._pending:
+            write_atomic(self.metadata_dir / "timestamp.json", self._bytes["timestamp"])
         self._pending.clear()
 
     # -- operations -----------------------------------------------------------
@@ -480,21 +505,24 @@ class OriginRepository(Repository):
         return [version if result is None else result for result in results]
 
     def _link_target(self, artifact: Artifact) -> None:
-        """Make ``targets/<project>/<sha256>.<filename>`` a hard link to the blob."""
+        """Make ``targets/<project>/<sha256>.<filename>`` a hard link to the blob.
+
+        The name holds the hash, so an existing link already has these bytes.
+        """
         project, filename = artifact.path.split("/", 1)
         directory = self.targets_dir / project
         directory.mkdir(exist_ok=True)
-        dest = directory / f"{artifact.sha256}.{filename}"
-        if not dest.exists():
-            tmp = directory / f".{dest.name}.{os.getpid()}.link"
-            tmp.unlink(missing_ok=True)
-            os.link(self.store.path(artifact.cid), tmp)
-            os.replace(tmp, dest)
+        with contextlib.suppress(FileExistsError):
+            os.link(self.store.path(artifact.cid), directory / f"{artifact.sha256}.{filename}")
+            self._linked_dirs.add(directory)
 
     def _pin(self, artifacts: Iterable[Artifact]) -> None:
         per_project: dict[str, set[str]] = defaultdict(set)
         for artifact in artifacts:
-            per_project[artifact.path.split("/", 1)[0]].update((artifact.cid, artifact.manifest))
+            blobs = per_project[artifact.path.split("/", 1)[0]]
+            blobs.add(artifact.cid)
+            if artifact.manifest is not None:
+                blobs.add(artifact.manifest)
         for project, cids in per_project.items():
             self.store.pin(f"project:{project}", cids)
 

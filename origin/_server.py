@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from tufmesh.cas import parse_cid
+from tufmesh.cas import BlobWriter, parse_cid
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact, OriginRepository
@@ -134,13 +134,13 @@ class OriginService:
             due = (self.repo.next_refresh() - self.repo.clock()).total_seconds()
             await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
 
-    async def discard_if_unused(self, cid: str, manifest: str) -> None:
+    async def discard_if_unused(self, cid: str, manifest: str | None) -> None:
         """Remove the blobs of a refused upload unless something else holds them."""
         if self._inflight[cid] > 0:
             return
 
         def discard() -> None:
-            for blob in (cid, manifest):
+            for blob in (cid, manifest) if manifest is not None else (cid,):
                 # Pinned by a published artifact, or already gone: keep it.
                 with contextlib.suppress(StoreError):
                     self.repo.store.delete(blob)
@@ -270,10 +270,13 @@ def build_app(service: OriginService) -> Starlette:
             }
         )
 
-    async def _store_body(request: Request, limit: int) -> tuple[str, str, int] | Response:
-        writer = await trio.to_thread.run_sync(
-            lambda: repo.store.writer(chunk_size=repo.config.chunk_size)
-        )
+    async def _store_body(request: Request, limit: int) -> tuple[str, str | None, int] | Response:
+        def store_all(first: bytes, writer: BlobWriter | None = None) -> BlobWriter:
+            writer = writer or repo.store.writer(chunk_size=repo.config.chunk_size)
+            writer.write(first)
+            return writer
+
+        writer: BlobWriter | None = None
         try:
             buffer = bytearray()
             size = 0
@@ -283,15 +286,22 @@ def build_app(service: OriginService) -> Starlette:
                     return _error(413, f"upload over the {limit}-byte limit")
                 buffer += piece
                 if len(buffer) >= service.config.upload_buffer:
-                    await trio.to_thread.run_sync(writer.write, bytes(buffer))
+                    data = bytes(buffer)
                     buffer.clear()
-            if buffer:
-                await trio.to_thread.run_sync(writer.write, bytes(buffer))
-            cid, manifest = await trio.to_thread.run_sync(writer.commit)
+                    writer = await trio.to_thread.run_sync(store_all, data, writer)
+
+            def finish(rest: bytes, writer: BlobWriter | None) -> tuple[str, str | None]:
+                # A small upload is stored in this one thread hop, start to end.
+                cid, manifest = store_all(rest, writer).commit(min_manifest_chunks=2)
+                assert manifest is not None
+                return cid, manifest.cid if manifest.count >= 2 else None
+
+            rest, buffer = bytes(buffer), bytearray()
+            cid, manifest_cid = await trio.to_thread.run_sync(finish, rest, writer)
         finally:
-            writer.abort()
-        assert manifest is not None
-        return cid, manifest.cid, size
+            if writer is not None:
+                writer.abort()
+        return cid, manifest_cid, size
 
     async def _republish(request: Request, path: str, sha256: str, limit: int) -> Response:
         digest = hashlib.sha256()

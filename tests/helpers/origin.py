@@ -1,0 +1,122 @@
+"""Test helpers: a real ``tufmesh origin serve`` process and python-tuf as verifier."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from tuf.ngclient import Updater
+
+TUFMESH = shutil.which("tufmesh", path=os.path.dirname(sys.executable)) or "tufmesh"
+
+
+def tufmesh(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [TUFMESH, *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def init_repo(path: Path, *extra: str) -> Path:
+    tufmesh("origin", "init", "--dir", str(path), "--bins", "16", *extra)
+    return path
+
+
+def add_project(repo: Path, name: str) -> str:
+    return tufmesh("origin", "project", "add", "--dir", str(repo), name).stdout.splitlines()[-1]
+
+
+@dataclass
+class Server:
+    url: str
+    repo: Path
+    proc: subprocess.Popen[str]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        else:
+            self.proc.communicate(timeout=30)
+
+
+def start_server(repo: Path) -> Server:
+    proc = subprocess.Popen(
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        raise AssertionError(
+            f"origin did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        )
+    return Server(url=line.split(" on ")[-1].strip(), repo=repo, proc=proc)
+
+
+@contextmanager
+def running(repo: Path) -> Iterator[Server]:
+    server = start_server(repo)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def post(url: str, project: str, filename: str, body: bytes, token: str | None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.post(
+        f"{url}/api/v1/projects/{project}/files/{filename}", content=body, headers=headers,
+        timeout=60,
+    )  # fmt: skip
+
+
+def tuf_updater(url: str, repo: Path) -> Updater:
+    """python-tuf's own client, unmodified, trusting the repository's first root."""
+    root = (repo / "metadata" / "1.root.json").read_bytes()
+    return Updater(
+        tempfile.mkdtemp(),
+        f"{url}/metadata/",
+        tempfile.mkdtemp(),
+        f"{url}/targets/",
+        bootstrap=root,
+    )
+
+
+def tuf_download(url: str, repo: Path, target: str) -> bytes:
+    updater = tuf_updater(url, repo)
+    updater.refresh()
+    info = updater.get_targetinfo(target)
+    assert info is not None, f"{target} is not in the signed metadata"
+    return Path(updater.download_target(info)).read_bytes()
+
+
+def snapshot_version(repo: Path) -> int:
+    import json
+
+    return json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]["meta"][
+        "snapshot.json"
+    ]["version"]

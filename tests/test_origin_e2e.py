@@ -1,0 +1,219 @@
+"""The origin as real processes, checked by python-tuf's own client."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from tufmesh.cas import BlobStore
+
+from tests.helpers.origin import (
+    add_project,
+    init_repo,
+    post,
+    running,
+    snapshot_version,
+    start_server,
+    tuf_download,
+    tuf_updater,
+    tufmesh,
+)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return init_repo(tmp_path / "repo")
+
+
+def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> None:
+    token = add_project(repo, "Demo_Pkg")
+    artifact = tmp_path / "demo_pkg-1.0.tar.gz"
+    artifact.write_bytes(os.urandom(2_500_000))
+    with running(repo) as server:
+        out = tufmesh(
+            "publish", str(artifact), "--origin", server.url, "--project", "demo-pkg",
+            env={**os.environ, "TUFMESH_TOKEN": token},
+        ).stdout  # fmt: skip
+        assert out.startswith("published demo-pkg/demo_pkg-1.0.tar.gz")
+        assert (
+            tuf_download(server.url, repo, "demo-pkg/demo_pkg-1.0.tar.gz") == artifact.read_bytes()
+        )
+        updater = tuf_updater(server.url, repo)
+        updater.refresh()
+        info = updater.get_targetinfo("demo-pkg/demo_pkg-1.0.tar.gz")
+        assert info is not None
+        custom = info.custom
+        assert custom["chunk_size"] == 1 << 20
+        # The signed custom fields name the blob and its manifest, served with Range.
+        blob = httpx.get(f"{server.url}/blobs/{custom['cid']}", headers={"range": "bytes=10-19"})
+        assert blob.status_code == 206 and blob.content == artifact.read_bytes()[10:20]
+        manifest = BlobStore(repo / "cas").read_manifest(custom["manifest"])
+        assert manifest.blob_cid == custom["cid"] and manifest.count == 3
+        health = httpx.get(f"{server.url}/healthz").json()
+        assert health["status"] == "ok" and health["published"] == 1
+    # The published tree is the standard TUF layout with consistent snapshots.
+    names = {p.name for p in (repo / "metadata").iterdir()}
+    assert {
+        "1.root.json",
+        "timestamp.json",
+        "2.snapshot.json",
+        "1.targets.json",
+        "1.bins.json",
+    } <= names
+    sha = info.hashes["sha256"]
+    linked = repo / "targets" / "demo-pkg" / f"{sha}.demo_pkg-1.0.tar.gz"
+    blob_path = BlobStore(repo / "cas").path(custom["cid"])
+    assert linked.stat().st_ino == blob_path.stat().st_ino  # no second copy of the bytes
+
+
+def test_concurrent_uploads_are_group_committed(repo: Path) -> None:
+    tokens = {name: add_project(repo, name) for name in ("alpha", "beta", "gamma")}
+    bodies = {i: os.urandom(random.randrange(1, 200_000)) for i in range(50)}
+    with running(repo) as server:
+        before = snapshot_version(repo)
+
+        def send(i: int) -> httpx.Response:
+            project = ("alpha", "beta", "gamma")[i % 3]
+            return post(server.url, project, f"{project}-{i}.tar.gz", bodies[i], tokens[project])
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            responses = list(pool.map(send, range(50)))
+        assert [r.status_code for r in responses] == [200] * 50
+        targets = [r.json()["target"] for r in responses]
+        assert len(set(targets)) == 50
+        commits = snapshot_version(repo) - before
+        print(f"{commits} snapshots for 50 uploads")
+        assert 1 <= commits <= 25, f"{commits} snapshots for 50 uploads"
+        updater = tuf_updater(server.url, repo)
+        updater.refresh()
+        for i, target in enumerate(targets):
+            info = updater.get_targetinfo(target)
+            assert info is not None and info.length == len(bodies[i])
+            assert Path(updater.download_target(info)).read_bytes() == bodies[i]
+
+
+def test_refusals_leave_nothing_behind(repo: Path) -> None:
+    token_a = add_project(repo, "proj-a")
+    token_b = add_project(repo, "proj-b")
+    store = BlobStore(repo / "cas")
+    with running(repo) as server:
+        assert post(server.url, "proj-a", "a-1.0.tar.gz", b"original", token_a).status_code == 200
+        version, blobs = snapshot_version(repo), set(store)
+        cases = [
+            ("missing token", post(server.url, "proj-a", "a-2.tar.gz", b"x", None), 401),
+            ("wrong token", post(server.url, "proj-a", "a-2.tar.gz", b"x", "tufmesh_nope"), 401),
+            ("other project", post(server.url, "proj-a", "a-2.tar.gz", b"x", token_b), 403),
+            ("immutable", post(server.url, "proj-a", "a-1.0.tar.gz", b"changed", token_a), 409),
+            ("bad project", post(server.url, "-bad-", "a-2.tar.gz", b"x", token_a), 400),
+            ("dotdot", post(server.url, "proj-a", "a..tar.gz", b"x", token_a), 400),
+            ("hidden", post(server.url, "proj-a", ".hidden", b"x", token_a), 400),
+            ("control", post(server.url, "proj-a", "a%01b.tar.gz", b"x", token_a), 400),
+            ("backslash", post(server.url, "proj-a", "a%5Cb.tar.gz", b"x", token_a), 400),
+            ("too long", post(server.url, "proj-a", "a" * 256, b"x", token_a), 400),
+        ]
+        for name, response, status in cases:
+            assert response.status_code == status, (name, response.text)
+            assert response.json()["error"], name
+            assert snapshot_version(repo) == version, name
+            assert set(store) == blobs, name
+        same = post(server.url, "proj-a", "a-1.0.tar.gz", b"original", token_a)
+        assert same.status_code == 200  # idempotent
+        assert (
+            same.json()["sha256"]
+            == post(server.url, "proj-a", "a-1.0.tar.gz", b"original", token_a).json()["sha256"]
+        )
+        assert snapshot_version(repo) == version
+        # An honest upload still works after all that.
+        assert post(server.url, "proj-b", "b-1.0.tar.gz", b"fine", token_b).status_code == 200
+        assert tuf_download(server.url, repo, "proj-b/b-1.0.tar.gz") == b"fine"
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo", "--max-upload", "64KiB")
+    token = add_project(repo, "big")
+    store = BlobStore(repo / "cas")
+    with running(repo) as server:
+        version, blobs = snapshot_version(repo), set(store)
+        declared = post(server.url, "big", "big-1.bin", os.urandom(70_000), token)
+        assert declared.status_code == 413
+
+        def chunked():  # no Content-Length: the limit is enforced while streaming
+            for _ in range(20):
+                yield os.urandom(8192)
+
+        streamed = httpx.post(
+            f"{server.url}/api/v1/projects/big/files/big-2.bin", content=chunked(),
+            headers={"authorization": f"Bearer {token}"},
+        )  # fmt: skip
+        assert streamed.status_code == 413
+        assert snapshot_version(repo) == version and set(store) == blobs
+        assert list((repo / "cas" / "tmp").iterdir()) == []
+        assert post(server.url, "big", "big-3.bin", b"small", token).status_code == 200
+
+
+@pytest.mark.slow
+def test_kill_9_during_uploads_loses_no_acknowledged_upload(repo: Path) -> None:
+    token = add_project(repo, "crash")
+    acked: dict[str, bytes] = {}
+    server = start_server(repo)
+    stop = threading.Event()
+
+    def uploader(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            body = os.urandom(random.randrange(1000, 300_000))
+            name = f"crash-{n}-{i}.bin"
+            try:
+                response = post(server.url, "crash", name, body, token)
+            except httpx.HTTPError:
+                return
+            if response.status_code == 200:
+                acked[f"crash/{name}"] = body
+            i += 1
+
+    threads = [threading.Thread(target=uploader, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    server.kill()
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(acked) > 5
+    assert BlobStore(repo / "cas").fsck().ok
+    with running(repo) as restarted:
+        updater = tuf_updater(restarted.url, repo)
+        updater.refresh()
+        for target, body in acked.items():
+            info = updater.get_targetinfo(target)
+            assert info is not None, f"acknowledged {target} is missing"
+            assert Path(updater.download_target(info)).read_bytes() == body
+        # The restarted origin accepts new uploads on top of the recovered state.
+        assert post(restarted.url, "crash", "after-1.bin", b"after", token).status_code == 200
+        assert tuf_download(restarted.url, repo, "crash/after-1.bin") == b"after"
+
+
+def test_status_and_projects_cli(repo: Path) -> None:
+    add_project(repo, "Some.Project")
+    listing = tufmesh("origin", "project", "list", "--dir", str(repo)).stdout
+    assert listing.startswith("some-project\tcreated ")
+    rotated = tufmesh("origin", "project", "token-rotate", "--dir", str(repo), "some_project")
+    assert rotated.stdout.splitlines()[-1].startswith("tufmesh_")
+    status = tufmesh("origin", "status", "--dir", str(repo)).stdout
+    for role in ("root", "targets", "bins", "bin-* (16 bins", "snapshot", "timestamp"):
+        assert role in status
+    assert "offline" in status and "online" in status and "(file)" in status
+    again = tufmesh("origin", "project", "add", "--dir", str(repo), "some-project", check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = tufmesh("origin", "status", "--dir", str(repo / "nope"), check=False)
+    assert bad.returncode == 1 and "not a tufmesh repository" in bad.stderr
+    assert "Traceback" not in bad.stderr + again.stderr
+    config = json.loads((repo / "config.json").read_text())
+    assert config["bins"] == 16

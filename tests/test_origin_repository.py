@@ -1,0 +1,240 @@
+"""The origin's repository core, in process: names, tokens, delegations, expiry."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError
+from tuf.api.metadata import DelegatedRole, Delegations, Targets
+from tuf.ngclient import FetcherInterface, Updater
+from tufmesh.origin._config import OriginConfig
+from tufmesh.origin._keys import generate_file_key
+from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._repository import Artifact, OriginRepository, check_single_delegator
+
+from tufmesh.errors import (
+    AuthError,
+    ForbiddenError,
+    InvalidNameError,
+    OriginError,
+)
+
+
+class DirectoryFetcher(FetcherInterface):
+    """Serves a repository's published tree from disk: the network, not our code."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        path = self.root / url.removeprefix("file:///")
+        if not path.is_file():
+            raise DownloadHTTPError(f"{url} not found", 404)
+        yield path.read_bytes()
+
+
+def updater_for(repo: OriginRepository, tmp: Path) -> Updater:
+    (tmp / "meta").mkdir(parents=True, exist_ok=True)
+    (tmp / "dl").mkdir(exist_ok=True)
+    return Updater(
+        str(tmp / "meta"),
+        "file:///metadata/",
+        str(tmp / "dl"),
+        "file:///targets/",
+        fetcher=DirectoryFetcher(repo.dir),
+        bootstrap=(repo.metadata_dir / "1.root.json").read_bytes(),
+    )
+
+
+def stored(repo: OriginRepository, path: str, data: bytes) -> Artifact:
+    cid, manifest = repo.store.put_chunked(data, chunk_size=repo.config.chunk_size)
+    return Artifact(
+        path, len(data), hashlib.sha256(data).hexdigest(), cid, manifest.cid, manifest.chunk_size
+    )
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("name", "normal"),
+    [("Django", "django"), ("zope.interface", "zope-interface"), ("A__b-.C", "a-b-c"), ("x", "x")],
+)
+def test_project_names_normalise_per_pep_503(name: str, normal: str) -> None:
+    assert normalize_project(name) == normal
+
+
+@pytest.mark.parametrize("name", ["", "-x", "x-", "a/b", "a b", "ü", "x" * 129, ".hidden"])
+def test_bad_project_names(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        normalize_project(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["a/b", "a\\b", "..", "a..b", ".x", "a\x00b", "a\nb", "a\x7fb", "é" * 200, "", "a b"]
+)
+def test_bad_filenames(name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        check_filename(name)
+
+
+def test_good_filenames() -> None:
+    for name in ["demo-1.0.tar.gz", "pkg-1!2.0+local-py3-none-any.whl", "x_1~rc1.zip"]:
+        assert check_filename(name) == name
+
+
+def test_tokens_are_hashed_and_scoped(tmp_path: Path) -> None:
+    registry = ProjectRegistry(tmp_path)
+    token_a, token_b = registry.add("Proj-A"), registry.add("proj_b")
+    assert token_a not in (tmp_path / "projects.json").read_text()
+    registry.authorize("proj-a", token_a)
+    with pytest.raises(ForbiddenError, match="'proj-b' only"):
+        registry.authorize("proj-a", token_b)
+    with pytest.raises(AuthError, match="unknown"):
+        registry.authorize("proj-a", "tufmesh_guess")
+    with pytest.raises(AuthError, match="missing"):
+        registry.authorize("proj-a", None)
+    new_a = registry.rotate("PROJ.A")
+    with pytest.raises(AuthError):
+        registry.authorize("proj-a", token_a)
+    registry.authorize("proj-a", new_a)
+    # Another process (here: another registry object) sees changes at once.
+    ProjectRegistry(tmp_path).rotate("proj-b")
+    with pytest.raises(AuthError):
+        registry.authorize("proj-b", token_b)
+
+
+def test_diamond_delegations_are_refused() -> None:
+    def delegating(*children: str) -> Targets:
+        roles = {
+            c: DelegatedRole(name=c, keyids=[], threshold=1, terminating=False, paths=["*"])
+            for c in children
+        }
+        targets = Targets()
+        targets.delegations = Delegations(keys={}, roles=roles)
+        return targets
+
+    check_single_delegator({"targets": delegating("a", "b"), "a": delegating("c")})
+    with pytest.raises(OriginError, match=r"diamond.*'release'"):
+        check_single_delegator(
+            {
+                "targets": delegating("a", "b"),
+                "a": delegating("release"),
+                "b": delegating("release"),
+            }
+        )
+
+
+def test_create_validates_its_options(tmp_path: Path) -> None:
+    with pytest.raises(OriginError, match="power of two"):
+        OriginRepository.create(tmp_path / "r1", OriginConfig(bins=100))
+    with pytest.raises(OriginError, match="at least 1"):
+        OriginRepository.create(tmp_path / "r2", root_threshold=0)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(OriginError, match="not empty"):
+        OriginRepository.create(tmp_path / "full")
+
+
+def test_signer_uris_and_root_threshold(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "hsm-standin"
+    elsewhere.mkdir()
+    uri, key = generate_file_key(elsewhere, "my-timestamp")
+    absolute = "file2:" + str(elsewhere / "keys" / "my-timestamp.pem")
+    repo = OriginRepository.create(
+        tmp_path / "repo", OriginConfig(bins=4), root_threshold=2,
+        signers={"timestamp": [(absolute, key)]},
+    )  # fmt: skip
+    assert uri.startswith("file2:keys/")
+    root = repo.root()
+    assert root.roles["root"].threshold == 2 and len(root.roles["root"].keyids) == 2
+    assert root.roles["timestamp"].keyids == [key.keyid]
+    assert not (repo.dir / "keys" / "timestamp.pem").exists()
+    assert len(repo.timestamp_md.signatures) == 1 and len(repo._md["root"].signatures) == 2
+
+
+def test_publish_is_immutable_and_idempotent_within_a_batch(tmp_path: Path) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    one = stored(repo, "p/a-1.tar.gz", b"one")
+    other = stored(repo, "p/a-1.tar.gz", b"other")
+    second = stored(repo, "p/b-1.tar.gz", b"two")
+    results = repo.publish([one, other, second, one])
+    assert results[0] == results[2] == results[3] == 2
+    assert isinstance(results[1], OriginError) and "immutable" in str(results[1])
+    again = repo.publish([one])
+    assert again == [2]  # nothing new: no new snapshot
+    assert isinstance(repo.publish([other])[0], OriginError)
+    reloaded = OriginRepository(repo.dir)
+    assert reloaded.find("p/a-1.tar.gz").hashes["sha256"] == one.sha256  # type: ignore[union-attr]
+    assert [t.path for t in reloaded.artifacts()] == ["p/a-1.tar.gz", "p/b-1.tar.gz"]
+    assert repo.store.pins()["project:p"] >= {one.cid, one.manifest, second.cid}
+
+
+def test_crash_before_timestamp_leaves_previous_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    repo.publish([stored(repo, "p/a-1.tar.gz", b"one")])
+    import tufmesh.origin._repository as module
+
+    real = module.write_atomic
+
+    def crash_on_timestamp(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.name == "timestamp.json":
+            raise OSError("disk gone")
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", crash_on_timestamp)
+    with pytest.raises(OSError, match="disk gone"):
+        repo.publish([stored(repo, "p/b-1.tar.gz", b"two")])
+    monkeypatch.undo()
+    # In memory and on disk, the repository is what it was before the batch.
+    assert repo.find("p/b-1.tar.gz") is None
+    reopened = OriginRepository(repo.dir)
+    assert reopened.find("p/b-1.tar.gz") is None and reopened.find("p/a-1.tar.gz") is not None
+    updater = updater_for(reopened, tmp_path)
+    updater.refresh()
+    assert updater.get_targetinfo("p/a-1.tar.gz") is not None
+    # And the next commit publishes over the unreferenced files.
+    assert reopened.publish([stored(reopened, "p/b-1.tar.gz", b"two")]) == [3]
+    updater = updater_for(reopened, tmp_path / "again")
+    updater.refresh()
+    assert updater.get_targetinfo("p/b-1.tar.gz") is not None
+
+
+def test_online_roles_are_re_signed_before_expiry(tmp_path: Path) -> None:
+    # A repository whose metadata was signed a week ago: a client today sees
+    # an expired timestamp (a freeze), until the refresher re-signs it.
+    week_ago = Clock(datetime.now(UTC) - timedelta(days=7, hours=1))
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=week_ago)
+    repo.publish([stored(repo, "p/a-1.tar.gz", b"one")])
+    (tmp_path / "stale").mkdir()
+    with pytest.raises(ExpiredMetadataError):
+        updater_for(repo, tmp_path / "stale").refresh()
+
+    assert repo.refresh() == []  # nothing is stale at the repository's own time
+    week_ago.now += timedelta(days=5)  # 2 days left of 7: not yet stale
+    refreshed = repo.refresh()
+    assert "timestamp" in refreshed  # 1-day timestamp: long expired
+    assert "snapshot" not in refreshed and not any(r.startswith("bin-") for r in refreshed)
+    week_ago.now += timedelta(days=1)  # 1 day left of 7: under a quarter
+    refreshed = repo.refresh()
+    assert {"snapshot", "timestamp", "bin-0", "bin-1", "bin-2", "bin-3"} <= set(refreshed)
+    week_ago.now = datetime.now(UTC)
+    repo.refresh()
+    (tmp_path / "fresh").mkdir()
+    updater = updater_for(OriginRepository(repo.dir), tmp_path / "fresh")
+    updater.refresh()
+    info = updater.get_targetinfo("p/a-1.tar.gz")
+    assert info is not None and Path(updater.download_target(info)).read_bytes() == b"one"
+    assert repo.next_refresh() > datetime.now(UTC) + timedelta(hours=12)
