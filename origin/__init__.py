@@ -1,5 +1,31 @@
-"""tufmesh.origin: not built yet; see the open issues."""
+"""The origin: the TUF repository service that developers publish to.
+
+``OriginRepository`` holds the metadata, keys and store of one repository and
+publishes batches of artifacts (group commit); ``tufmesh origin serve`` runs
+the HTTP service around it; ``upload`` is the developer's side of publishing.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from tufmesh.origin._config import OriginConfig
+from tufmesh.origin._names import check_filename, normalize_project, target_path
+from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._publish import upload
+from tufmesh.origin._repository import Artifact, OriginRepository, RoleStatus
+from tufmesh.origin._server import OriginService, ServiceConfig, build_app, serve
+
+__all__ = [
+    "Artifact",
+    "OriginConfig",
+    "OriginRepository",
+    "OriginService",
+    "ProjectRegistry",
+    "RoleStatus",
+    "ServiceConfig",
+    "build_app",
+    "check_filename",
+    "normalize_project",
+    "serve",
+    "target_path",
+    "upload",
+]

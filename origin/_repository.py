@@ -27,8 +27,8 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 from collections import defaultdict
@@ -512,9 +512,19 @@ class OriginRepository(Repository):
         project, filename = artifact.path.split("/", 1)
         directory = self.targets_dir / project
         directory.mkdir(exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.link(self.store.path(artifact.cid), directory / f"{artifact.sha256}.{filename}")
-            self._linked_dirs.add(directory)
+        blob = self.store.path(artifact.cid)
+        dest = directory / f"{artifact.sha256}.{filename}"
+        try:
+            os.link(blob, dest)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
+            # The same bytes under more names than the filesystem allows hard
+            # links (65,000 on ext4): a symlink still keeps one copy.
+            os.symlink(os.path.relpath(blob, directory), dest)
+        self._linked_dirs.add(directory)
 
     def _pin(self, artifacts: Iterable[Artifact]) -> None:
         per_project: dict[str, set[str]] = defaultdict(set)

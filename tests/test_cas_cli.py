@@ -149,5 +149,7 @@ def test_demo_runs_and_verifies() -> None:
         [TUFMESH, "demo", "--size", "3MiB"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert "every byte was verified" in proc.stdout
-    assert "output file written: no" in proc.stdout
+    assert "every byte was verified, and tampering was caught" in proc.stdout
+    assert "identical bytes" in proc.stdout
+    assert "file written: no" in proc.stdout
+    assert "flipped bit: rejected" in proc.stdout

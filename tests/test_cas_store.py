@@ -249,3 +249,23 @@ def test_unopenable_store_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(StoreError, match="cannot open store"):
         BlobStore(tmp_path / "file" / "store")
+
+
+def test_writer_streams_pieces_and_stores_only_on_commit(store: BlobStore) -> None:
+    with store.writer(chunk_size=1 << 20) as writer:
+        for offset in range(0, len(DATA), 100_000):
+            writer.write(DATA[offset : offset + 100_000])
+        assert writer.size == len(DATA)
+        assert list(store) == []  # nothing under a name before commit
+        cid, manifest = writer.commit()
+    assert cid == CID and manifest is not None and store.has(manifest.cid)
+    with store.writer() as writer:
+        writer.write(b"abandoned")
+    assert set(store) == {CID, manifest.cid}
+    assert list((store.root / "tmp").iterdir()) == []
+    with store.writer(chunk_size=1 << 20) as writer:
+        writer.write(b"small")
+        cid, manifest = writer.commit(min_manifest_chunks=2)
+    assert manifest is not None and manifest.count == 1 and not store.has(manifest.cid)
+    with pytest.raises(StoreError, match="closed"):
+        writer.write(b"more")

@@ -238,3 +238,25 @@ def test_online_roles_are_re_signed_before_expiry(tmp_path: Path) -> None:
     info = updater.get_targetinfo("p/a-1.tar.gz")
     assert info is not None and Path(updater.download_target(info)).read_bytes() == b"one"
     assert repo.next_refresh() > datetime.now(UTC) + timedelta(hours=12)
+
+
+def test_same_bytes_beyond_the_hard_link_limit_fall_back_to_a_symlink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+
+    def too_many_links(src: object, dst: object) -> None:
+        raise OSError(errno.EMLINK, "Too many links")
+
+    monkeypatch.setattr(os, "link", too_many_links)
+    artifact = stored(repo, "p/a-1.tar.gz", b"shared bytes")
+    assert repo.publish([artifact]) == [2]
+    link = repo.targets_dir / "p" / f"{artifact.sha256}.a-1.tar.gz"
+    assert link.is_symlink() and link.read_bytes() == b"shared bytes"
+    updater = updater_for(repo, tmp_path)
+    updater.refresh()
+    info = updater.get_targetinfo("p/a-1.tar.gz")
+    assert info is not None and Path(updater.download_target(info)).read_bytes() == b"shared bytes"

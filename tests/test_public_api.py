@@ -34,3 +34,21 @@ def test_every_error_is_a_tufmesh_error() -> None:
     for name in tufmesh.errors.__all__:
         assert issubclass(getattr(tufmesh.errors, name), tufmesh.errors.TufmeshError)
     assert tufmesh.errors.__all__ == sorted(tufmesh.errors.__all__)
+
+
+def test_origin_public_api() -> None:
+    assert tufmesh.origin.__all__ == [
+        "Artifact",
+        "OriginConfig",
+        "OriginRepository",
+        "OriginService",
+        "ProjectRegistry",
+        "RoleStatus",
+        "ServiceConfig",
+        "build_app",
+        "check_filename",
+        "normalize_project",
+        "serve",
+        "target_path",
+        "upload",
+    ]
