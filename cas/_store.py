@@ -38,6 +38,7 @@ from typing import IO, BinaryIO, Final, TypeAlias, final
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
 from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
 
+from tufmesh._durable import fsync_dir
 from tufmesh.errors import (
     BlobNotFoundError,
     ChunkRejectedError,
@@ -152,14 +153,6 @@ def _hash_and_write(
         _write_all(fd, view)
     finally:
         hashing.result()  # the buffer is reused after we return
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _shard(cid: str) -> str:
@@ -295,12 +288,12 @@ class BlobStore:
             if not final_path.parent.is_dir():
                 final_path.parent.mkdir(exist_ok=True)
                 if self.config.fsync:
-                    _fsync_dir(self._blobs)
+                    fsync_dir(self._blobs)
             # Replacing an existing copy heals a corrupt one and refreshes its
             # mtime, which keeps it inside the gc grace period.
             os.replace(tmp, final_path)
             if self.config.fsync:
-                _fsync_dir(final_path.parent)
+                fsync_dir(final_path.parent)
 
     def remove_leftovers(self) -> list[str]:
         """Remove temporary files left by writers that died; return their names."""
@@ -479,7 +472,7 @@ class BlobStore:
             except FileNotFoundError:
                 raise BlobNotFoundError(f"no blob {canonical} in the store") from None
             if self.config.fsync:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
 
     def fsck(self, *, quarantine: bool = False, progress: Progress | None = None) -> FsckReport:
         """Verify every blob; report (and optionally quarantine) the corrupt ones."""
@@ -553,7 +546,7 @@ class BlobStore:
             if not directory.is_dir():
                 directory.mkdir()
                 if self.config.fsync:
-                    _fsync_dir(self._pins)
+                    fsync_dir(self._pins)
             added = False
             for cid in wanted:
                 entry = directory / cid
@@ -561,7 +554,7 @@ class BlobStore:
                     entry.touch()
                     added = True
             if added and self.config.fsync:
-                _fsync_dir(directory)
+                fsync_dir(directory)
 
     def unpin(self, name: str, cids: Iterable[str] | None = None) -> None:
         """Remove blobs from the pin set ``name``; with no ``cids``, remove the whole set."""
@@ -579,8 +572,8 @@ class BlobStore:
                     directory.rmdir()
             if self.config.fsync:
                 if directory.exists():
-                    _fsync_dir(directory)
-                _fsync_dir(self._pins)
+                    fsync_dir(directory)
+                fsync_dir(self._pins)
 
     def gc(self, *, dry_run: bool = False, grace_seconds: float | None = None) -> GcReport:
         """Delete every blob that is in no pin set and older than the grace period."""
@@ -611,7 +604,7 @@ class BlobStore:
                 report.bytes_freed += st.st_size
             if self.config.fsync:
                 for directory in touched:
-                    _fsync_dir(directory)
+                    fsync_dir(directory)
         return report
 
     # -- assembling from chunks ---------------------------------------------

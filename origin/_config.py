@@ -7,12 +7,12 @@ serving process once less than a quarter of its lifetime remains.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from tufmesh._durable import write_atomic
 from tufmesh.errors import OriginError
 
 __all__ = [
@@ -22,8 +22,6 @@ __all__ = [
     "ONLINE_ROLES",
     "ROLES",
     "OriginConfig",
-    "fsync_dir",
-    "write_atomic",
 ]
 
 #: The role that delegates to the hash bins (PEP 458's "bins"): signed once at
@@ -48,37 +46,12 @@ def _default_expiry_days() -> dict[str, float]:
     }
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``path`` so that it holds either the old or the new bytes, durably.
-
-    With ``sync_dir=False`` the caller fsyncs the directory itself, once for
-    many files (see :func:`fsync_dir`).
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class OriginConfig:
     """Repository settings."""
 
-    #: Number of hash bins (a power of two). 256 suits up to ~35,000
-    #: artifacts at PEP 458's ~139 per bin; see docs/adr/0005.
+    #: Number of hash bins (a power of two). 256 suits up to ~25,000
+    #: artifacts, about 100 per bin; see docs/adr/0005 for choosing it.
     bins: int = 256
     expiry_days: dict[str, float] = field(default_factory=_default_expiry_days)
     #: Largest accepted upload. 1 GiB: PyPI's default project limit is 100 MiB

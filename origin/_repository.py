@@ -60,11 +60,10 @@ from tufmesh.origin._config import (
     ONLINE_ROLES,
     ROLES,
     OriginConfig,
-    fsync_dir,
-    write_atomic,
 )
 from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
 
+from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.errors import ConflictError, OriginError
 
 __all__ = [

@@ -185,7 +185,7 @@ def test_crash_before_timestamp_leaves_previous_state(
 ) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     repo.publish([stored(repo, "p/a-1.tar.gz", b"one")])
-    import tufmesh.origin._repository as module
+    import tufmesh.origin._repository as module  # the module that writes
 
     real = module.write_atomic
 

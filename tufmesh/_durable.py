@@ -1,0 +1,38 @@
+"""Durable file writes, shared by every component that keeps state on disk.
+
+The recipe of git, go-ds-flatfs and restic: write a temporary file in the same
+directory, fsync it, rename it over the target, fsync the directory. After a
+crash, the path holds the old bytes or the new ones, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["fsync_dir", "write_atomic"]
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (creations, renames, unlinks) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``path`` so that it holds either the old or the new bytes, durably.
+
+    With ``sync_dir=False`` the caller fsyncs the directory itself, once for
+    many files (see :func:`fsync_dir`).
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
