@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, final
+from typing import Any, Final, final
 
 import trio
 from starlette.applications import Starlette
@@ -40,6 +40,7 @@ from tufmesh.errors import (
 
 __all__ = ["OriginService", "ServiceConfig", "build_app", "serve"]
 
+RunSync = Callable[..., Awaitable[Any]]
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _METADATA_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json")
 
@@ -78,9 +79,18 @@ class _Pending:
 class OriginService:
     """The running origin: one repository, one committer, one expiry refresher."""
 
-    def __init__(self, repo: OriginRepository, config: ServiceConfig | None = None) -> None:
+    def __init__(
+        self,
+        repo: OriginRepository,
+        config: ServiceConfig | None = None,
+        *,
+        run_sync: RunSync = trio.to_thread.run_sync,
+    ) -> None:
+        """``run_sync`` runs the blocking repository work; tests pass an inline one
+        so that virtual time (``trio.testing.MockClock``) sees every step."""
         self.repo = repo
         self.config = config or ServiceConfig()
+        self.run_sync = run_sync
         self.projects = ProjectRegistry(repo.dir)
         self._send, self._receive = trio.open_memory_channel[_Pending](self.config.max_queue)
         self._lock = trio.Lock()  # one mutation of the repository at a time
@@ -111,7 +121,7 @@ class OriginService:
             results: list[int | BaseException]
             async with self._lock:
                 try:
-                    results = list(await trio.to_thread.run_sync(self.repo.publish, artifacts))
+                    results = list(await self.run_sync(self.repo.publish, artifacts))
                 except Exception as exc:  # a disk or signer failure fails this batch only
                     failure = OriginError(f"publishing failed: {exc}")
                     results = [failure] * len(batch)
@@ -125,7 +135,7 @@ class OriginService:
     async def refresh(self) -> list[str]:
         """Re-sign online roles that are close to expiry."""
         async with self._lock:
-            return await trio.to_thread.run_sync(self.repo.refresh)
+            return await self.run_sync(self.repo.refresh)
 
     async def run_refresher(self) -> None:
         """Re-sign online roles before a quarter of their lifetime remains, forever."""
@@ -146,7 +156,7 @@ class OriginService:
                     self.repo.store.delete(blob)
 
         async with self._lock:
-            await trio.to_thread.run_sync(discard)
+            await self.run_sync(discard)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -260,3 +260,40 @@ def test_same_bytes_beyond_the_hard_link_limit_fall_back_to_a_symlink(
     updater.refresh()
     info = updater.get_targetinfo("p/a-1.tar.gz")
     assert info is not None and Path(updater.download_target(info)).read_bytes() == b"shared bytes"
+
+
+def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
+    import trio
+    import trio.testing
+    from tufmesh.origin import OriginService
+
+    mock = trio.testing.MockClock(autojump_threshold=0)
+    base = datetime.now(UTC)
+
+    def clock() -> datetime:  # the repository's time follows trio's virtual time
+        return base + timedelta(seconds=mock.current_time())
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=clock)
+
+    async def inline(fn, *args):  # no threads: virtual time sees every step
+        return fn(*args)
+
+    service = OriginService(repo, run_sync=inline)
+    seen: list[tuple[int, datetime]] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_refresher)
+            for _ in range(30):  # a month, looked at once a day
+                await trio.sleep(86400)
+                timestamp = repo.timestamp_md.signed
+                seen.append((timestamp.version, timestamp.expires))
+                assert timestamp.expires > clock(), "the timestamp expired while serving"
+                assert repo.snapshot().expires > clock()
+                for role in ("bin-0", "bin-3"):
+                    assert repo.targets(role).expires > clock()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock)
+    versions = [version for version, _ in seen]
+    assert versions == sorted(versions) and versions[-1] >= 30  # re-signed at least daily
