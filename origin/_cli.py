@@ -163,8 +163,16 @@ def serve(repo_dir: Path, host: str, port: int) -> None:
         trio.run(main)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
-    except OSError as exc:
-        raise OriginError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    except (OSError, BaseExceptionGroup) as exc:
+        # Binding fails inside the server's nursery, so it arrives grouped.
+        failed, _ = exc.split(OSError) if isinstance(exc, BaseExceptionGroup) else (exc, None)
+        if failed is None:
+            raise
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        reason = first.strerror if isinstance(first, OSError) and first.strerror else first
+        raise OriginError(f"cannot serve on {host}:{port}: {reason}") from None
 
 
 @origin.command()

@@ -11,23 +11,24 @@ commits, not of uploads.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Final, final
 
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from tufmesh.cas import BlobWriter, parse_cid
+from tufmesh.cas import BlobStore, BlobWriter, parse_cid
+from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact, OriginRepository
+from tufmesh.origin._repository import Artifact
+from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 
 from tufmesh.errors import (
     AuthError,
@@ -40,7 +41,6 @@ from tufmesh.errors import (
 
 __all__ = ["OriginService", "ServiceConfig", "build_app", "serve"]
 
-RunSync = Callable[..., Awaitable[Any]]
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _METADATA_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json")
 
@@ -77,23 +77,26 @@ class _Pending:
 
 @final
 class OriginService:
-    """The running origin: one repository, one committer, one expiry refresher."""
+    """The running origin: uploads, one committer, one expiry refresher."""
 
     def __init__(
         self,
-        repo: OriginRepository,
+        repo_dir: Path,
+        committer: Committer,
         config: ServiceConfig | None = None,
         *,
         run_sync: RunSync = trio.to_thread.run_sync,
     ) -> None:
-        """``run_sync`` runs the blocking repository work; tests pass an inline one
-        so that virtual time (``trio.testing.MockClock``) sees every step."""
-        self.repo = repo
+        """``run_sync`` runs blocking store work; tests pass an inline one so that
+        virtual time (``trio.testing.MockClock``) sees every step."""
+        self.dir = Path(repo_dir)
+        self.committer = committer
         self.config = config or ServiceConfig()
         self.run_sync = run_sync
-        self.projects = ProjectRegistry(repo.dir)
+        self.repo_config = OriginConfig.load(self.dir)
+        self.store = BlobStore(self.dir / "cas")
+        self.projects = ProjectRegistry(self.dir)
         self._send, self._receive = trio.open_memory_channel[_Pending](self.config.max_queue)
-        self._lock = trio.Lock()  # one mutation of the repository at a time
         self._inflight: Counter[str] = Counter()
         self.commits = 0
         self.published = 0
@@ -117,14 +120,11 @@ class OriginService:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            artifacts = [p.artifact for p in batch]
             results: list[int | BaseException]
-            async with self._lock:
-                try:
-                    results = list(await self.run_sync(self.repo.publish, artifacts))
-                except Exception as exc:  # a disk or signer failure fails this batch only
-                    failure = OriginError(f"publishing failed: {exc}")
-                    results = [failure] * len(batch)
+            try:
+                results = list(await self.committer.publish([p.artifact for p in batch]))
+            except OriginError as exc:  # a disk or signer failure fails this batch only
+                results = [exc] * len(batch)
             self.commits += 1
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
@@ -132,16 +132,12 @@ class OriginService:
                     self.published += 1
                 pending.done.set()
 
-    async def refresh(self) -> list[str]:
-        """Re-sign online roles that are close to expiry."""
-        async with self._lock:
-            return await self.run_sync(self.repo.refresh)
-
     async def run_refresher(self) -> None:
         """Re-sign online roles before a quarter of their lifetime remains, forever."""
         while True:
-            await self.refresh()
-            due = (self.repo.next_refresh() - self.repo.clock()).total_seconds()
+            await self.committer.refresh()
+            state = self.committer.state
+            due = (state.next_refresh - state.now).total_seconds()
             await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
 
     async def discard_if_unused(self, cid: str, manifest: str | None) -> None:
@@ -153,10 +149,9 @@ class OriginService:
             for blob in (cid, manifest) if manifest is not None else (cid,):
                 # Pinned by a published artifact, or already gone: keep it.
                 with contextlib.suppress(StoreError):
-                    self.repo.store.delete(blob)
+                    self.store.delete(blob)
 
-        async with self._lock:
-            await self.run_sync(discard)
+        await self.run_sync(discard)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -165,9 +160,10 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def build_app(service: OriginService) -> Starlette:
     """The ASGI application of one origin."""
-    repo = service.repo
-    metadata_dir = repo.metadata_dir.resolve()
-    targets_dir = repo.targets_dir.resolve()
+    metadata_dir = (service.dir / "metadata").resolve()
+    targets_dir = (service.dir / "targets").resolve()
+    store = service.store
+    repo_config = service.repo_config
 
     async def metadata(request: Request) -> Response:
         name = request.path_params["name"]
@@ -201,7 +197,7 @@ def build_app(service: OriginService) -> Starlette:
     async def blob(request: Request) -> Response:
         try:
             cid, _ = parse_cid(request.path_params["cid"])
-            path = repo.store.path(cid)
+            path = store.path(cid)
         except StoreError as exc:
             return _error(404, str(exc))
         return _BigFileResponse(
@@ -211,13 +207,13 @@ def build_app(service: OriginService) -> Starlette:
         )
 
     async def healthz(request: Request) -> Response:
-        timestamp = repo.timestamp_md.signed
+        state = service.committer.state
         return JSONResponse(
             {
                 "status": "ok",
-                "timestamp_version": timestamp.version,
-                "snapshot_version": timestamp.snapshot_meta.version,
-                "timestamp_expires": timestamp.expires.isoformat(),
+                "timestamp_version": state.timestamp_version,
+                "snapshot_version": state.snapshot_version,
+                "timestamp_expires": state.timestamp_expires.isoformat(),
                 "commits": service.commits,
                 "published": service.published,
             }
@@ -237,15 +233,11 @@ def build_app(service: OriginService) -> Starlette:
             return _error(403, str(exc))
         except AuthError as exc:
             return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
-        limit = repo.config.max_upload_bytes
+        limit = repo_config.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return _error(413, f"upload over the {limit}-byte limit")
         path = f"{project}/{filename}"
-        published = repo.find(path)
-        if published is not None:
-            # Already published: hash what is offered without storing it.
-            return await _republish(request, path, published.hashes["sha256"], limit)
         outcome = await _store_body(request, limit)
         if isinstance(outcome, Response):
             return outcome
@@ -256,7 +248,7 @@ def build_app(service: OriginService) -> Starlette:
             sha256=parse_cid(cid)[1].hex(),
             cid=cid,
             manifest=manifest,
-            chunk_size=repo.config.chunk_size,
+            chunk_size=repo_config.chunk_size,
         )
         service._inflight[cid] += 1
         try:
@@ -282,7 +274,7 @@ def build_app(service: OriginService) -> Starlette:
 
     async def _store_body(request: Request, limit: int) -> tuple[str, str | None, int] | Response:
         def store_all(first: bytes, writer: BlobWriter | None = None) -> BlobWriter:
-            writer = writer or repo.store.writer(chunk_size=repo.config.chunk_size)
+            writer = writer or store.writer(chunk_size=repo_config.chunk_size)
             writer.write(first)
             return writer
 
@@ -313,34 +305,6 @@ def build_app(service: OriginService) -> Starlette:
                 writer.abort()
         return cid, manifest_cid, size
 
-    async def _republish(request: Request, path: str, sha256: str, limit: int) -> Response:
-        digest = hashlib.sha256()
-        size = 0
-        async for piece in request.stream():
-            size += len(piece)
-            if size > limit:
-                return _error(413, f"upload over the {limit}-byte limit")
-            digest.update(piece)
-        if digest.hexdigest() != sha256:
-            return _error(
-                409,
-                f"{path} is already published with different bytes (sha256 {sha256}); "
-                "artifacts are immutable",
-            )
-        target = repo.find(path)
-        assert target is not None
-        custom = target.custom
-        return JSONResponse(
-            {
-                "target": path,
-                "length": target.length,
-                "sha256": sha256,
-                "cid": custom.get("cid"),
-                "manifest": custom.get("manifest"),
-                "snapshot_version": repo.timestamp_md.signed.snapshot_meta.version,
-            }
-        )
-
     routes = [
         Route("/metadata/{name}", metadata, methods=["GET", "HEAD"]),
         Route("/targets/{project}/{name}", targets, methods=["GET", "HEAD"]),
@@ -359,25 +323,33 @@ async def serve(
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
     service_config: ServiceConfig | None = None,
 ) -> None:
-    """Serve the repository in ``repo_dir`` until cancelled."""
+    """Serve the repository in ``repo_dir`` until cancelled.
+
+    The signing keys and metadata writes live in a committer process of their
+    own (see ``_signer.py``); this process parses HTTP and streams blobs.
+    """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
-    repo = OriginRepository(repo_dir)
-    service = OriginService(repo, service_config)
-    await service.refresh()  # anything stale is re-signed before the first request
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
-    config.h11_max_incomplete_size = 16 * 1024
-    config.keep_alive_timeout = 30
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(service.run_committer)
-        nursery.start_soon(service.run_refresher)
-        binds = await nursery.start(hypercorn_serve, build_app(service), config)
-        if on_ready is not None:
-            result = on_ready(binds[0])
-            if result is not None:
-                await result
+    committer = await SignerProcess.start(repo_dir)
+    try:
+        service = OriginService(repo_dir, committer, service_config)
+        await committer.refresh()  # anything stale is re-signed before the first request
+        config = Config()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = None
+        # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
+        config.h11_max_incomplete_size = 16 * 1024
+        config.keep_alive_timeout = 30
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            nursery.start_soon(service.run_refresher)
+            binds = await nursery.start(hypercorn_serve, build_app(service), config)
+            if on_ready is not None:
+                result = on_ready(binds[0])
+                if result is not None:
+                    await result
+    finally:
+        with trio.CancelScope(shield=True):
+            await committer.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -217,3 +218,29 @@ def test_status_and_projects_cli(repo: Path) -> None:
     assert "Traceback" not in bad.stderr + again.stderr
     config = json.loads((repo / "config.json").read_text())
     assert config["bins"] == 16
+
+
+def test_one_repository_has_one_committer(repo: Path) -> None:
+    token = add_project(repo, "solo")
+    with running(repo) as first:
+        second = tufmesh("origin", "serve", "--dir", str(repo), "--port", "0", check=False)
+        assert second.returncode == 1
+        assert "another origin is serving" in second.stderr and "Traceback" not in second.stderr
+        # The signing keys live in the committer process, not the HTTP one.
+        children = subprocess.run(
+            ["ps", "-o", "args=", "--ppid", str(first.proc.pid)], capture_output=True, text=True
+        ).stdout
+        assert "tufmesh.origin._signer" in children
+        assert post(first.url, "solo", "solo-1.tar.gz", b"ok", token).status_code == 200
+
+
+def test_port_in_use_is_one_clear_line(repo: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = tufmesh("origin", "serve", "--dir", str(repo), "--port", str(port), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"Error: cannot serve on 127.0.0.1:{port}: Address already in use"

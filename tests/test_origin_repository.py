@@ -266,6 +266,7 @@ def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
     import trio
     import trio.testing
     from tufmesh.origin import OriginService
+    from tufmesh.origin._signer import LocalCommitter
 
     mock = trio.testing.MockClock(autojump_threshold=0)
     base = datetime.now(UTC)
@@ -278,7 +279,7 @@ def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
     async def inline(fn, *args):  # no threads: virtual time sees every step
         return fn(*args)
 
-    service = OriginService(repo, run_sync=inline)
+    service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
     seen: list[tuple[int, datetime]] = []
 
     async def main() -> None:

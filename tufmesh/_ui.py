@@ -78,6 +78,14 @@ def fail_on_errors() -> Iterator[None]:
         yield
     except TufmeshError as exc:
         raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:  # raised through a trio nursery
+        expected, unexpected = group.split(TufmeshError)
+        if expected is None or unexpected is not None:
+            raise
+        first: BaseException = expected
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise click.ClickException(str(first)) from None
 
 
 class Group(click.Group):

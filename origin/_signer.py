@@ -1,0 +1,263 @@
+"""The committer: the one place that holds the online keys and writes metadata.
+
+``tufmesh origin serve`` runs it as a separate process (privilege separation,
+as in OpenSSH): the process that parses HTTP from the internet never holds a
+signing key, and signing runs on its own core instead of fighting the HTTP
+process for its GIL. The two talk over a pipe in length-prefixed JSON frames,
+one request and one answer at a time::
+
+    {"op": "publish", "artifacts": [{...}, ...]}
+        -> {"results": [3, {"conflict": "..."}], "state": {...}}
+    {"op": "refresh"}
+        -> {"refreshed": ["timestamp"], "state": {...}}
+
+Any failure is answered as ``{"error": "..."}``. The committer holds an
+exclusive lock on ``REPO/origin.lock`` for its whole life, so two origins can
+never write one repository, not even an old committer finishing its last
+commit while a restarted origin starts a new one.
+
+:class:`LocalCommitter` runs the same operations in-process (tests, tools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Protocol
+
+import trio
+from tufmesh.origin._repository import Artifact, OriginRepository
+
+from tufmesh.errors import ConflictError, OriginError
+
+__all__ = ["CommitState", "Committer", "LocalCommitter", "SignerProcess", "main"]
+
+RunSync = Callable[..., Awaitable[Any]]
+_ENTRY: Final = "from tufmesh.origin._signer import main; main()"
+_FRAME: Final = struct.Struct(">I")
+#: A batch of 1,000 artifacts is ~500 KiB of JSON; 64 MiB bounds a frame
+#: before it is read, far above anything legitimate.
+MAX_FRAME: Final = 64 << 20
+#: How long a new committer waits for an old one (finishing its last commit
+#: after its origin died; a commit of 1,000 uploads takes under a second) to
+#: let go of the repository, before saying another origin is serving it.
+LOCK_WAIT: Final = 5.0
+
+
+@dataclass(frozen=True)
+class CommitState:
+    """What the HTTP side knows of the repository after the latest operation."""
+
+    timestamp_version: int
+    snapshot_version: int
+    timestamp_expires: datetime
+    next_refresh: datetime
+    now: datetime
+
+    @classmethod
+    def of(cls, repo: OriginRepository) -> CommitState:
+        timestamp = repo.timestamp_md.signed
+        return cls(
+            timestamp_version=timestamp.version,
+            snapshot_version=timestamp.snapshot_meta.version,
+            timestamp_expires=timestamp.expires,
+            next_refresh=repo.next_refresh(),
+            now=repo.clock(),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            k: v.isoformat() if isinstance(v, datetime) else v
+            for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> CommitState:
+        dates = ("timestamp_expires", "next_refresh", "now")
+        return cls(**{k: datetime.fromisoformat(v) if k in dates else v for k, v in body.items()})
+
+
+class Committer(Protocol):
+    """Publishes batches and refreshes expiring roles, one operation at a time."""
+
+    state: CommitState
+
+    async def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]: ...
+
+    async def refresh(self) -> list[str]: ...
+
+
+class LocalCommitter:
+    """Runs the repository in this process; ``run_sync`` runs its blocking work."""
+
+    def __init__(self, repo: OriginRepository, run_sync: RunSync = trio.to_thread.run_sync) -> None:
+        self.repo = repo
+        self.run_sync = run_sync
+        self.state = CommitState.of(repo)
+
+    async def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]:
+        results: list[int | ConflictError] = await self.run_sync(self.repo.publish, artifacts)
+        self.state = CommitState.of(self.repo)
+        return results
+
+    async def refresh(self) -> list[str]:
+        refreshed: list[str] = await self.run_sync(self.repo.refresh)
+        self.state = CommitState.of(self.repo)
+        return refreshed
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return _FRAME.pack(len(data)) + data
+
+
+def _decode_length(header: bytes) -> int:
+    (length,) = _FRAME.unpack(header)
+    if length > MAX_FRAME:
+        raise OriginError(f"committer frame of {length} bytes exceeds {MAX_FRAME}")
+    return length
+
+
+class SignerProcess:
+    """The committer in a child process; see the module docstring."""
+
+    def __init__(self, process: trio.Process, state: CommitState) -> None:
+        self._process = process
+        self.state = state
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def start(cls, repo_dir: Path) -> SignerProcess:
+        process = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-c",
+                "from tufmesh.origin._signer import main; main()",
+                str(repo_dir),
+            ],
+            stdin=-1,  # subprocess.PIPE
+            stdout=-1,
+        )
+        signer = cls(process, state=None)  # type: ignore[arg-type]
+        hello = await signer._receive()
+        if "error" in hello:
+            await signer.aclose()
+            raise OriginError(hello["error"])
+        signer.state = CommitState.from_json(hello["state"])
+        return signer
+
+    async def _receive(self) -> dict[str, Any]:
+        stdout = self._process.stdout
+        assert stdout is not None
+        header = await self._read_exactly(stdout, _FRAME.size)
+        body = await self._read_exactly(stdout, _decode_length(header))
+        reply: dict[str, Any] = json.loads(body)
+        return reply
+
+    @staticmethod
+    async def _read_exactly(stream: trio.abc.ReceiveStream, count: int) -> bytes:
+        data = bytearray()
+        while len(data) < count:
+            chunk = await stream.receive_some(count - len(data))
+            if not chunk:
+                raise OriginError("the committer process exited; see its error output")
+            data += chunk
+        return bytes(data)
+
+    async def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:
+            stdin = self._process.stdin
+            assert stdin is not None
+            await stdin.send_all(_encode(request))
+            reply = await self._receive()
+        if "error" in reply:
+            raise OriginError(reply["error"])
+        self.state = CommitState.from_json(reply["state"])
+        return reply
+
+    async def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]:
+        request = {"op": "publish", "artifacts": [dataclasses.asdict(a) for a in artifacts]}
+        reply = await self._call(request)
+        return [r if isinstance(r, int) else ConflictError(r["conflict"]) for r in reply["results"]]
+
+    async def refresh(self) -> list[str]:
+        refreshed: list[str] = (await self._call({"op": "refresh"}))["refreshed"]
+        return refreshed
+
+    async def aclose(self) -> None:
+        """Close the pipe; the committer finishes what it is doing and exits."""
+        if self._process.stdin is not None:
+            await self._process.stdin.aclose()
+        with trio.move_on_after(30) as scope:
+            await self._process.wait()
+        if scope.cancelled_caught:
+            self._process.kill()
+            await self._process.wait()
+
+
+def _lock_repository(repo_dir: Path) -> int:
+    fd = os.open(repo_dir / "origin.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OriginError(
+                    f"another origin is serving {repo_dir} (it holds origin.lock)"
+                ) from None
+            time.sleep(0.05)
+
+
+def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def send(body: dict[str, Any]) -> None:
+        stdout.write(_encode(body))
+        stdout.flush()
+
+    send({"state": CommitState.of(repo).to_json()})
+    while True:
+        header = stdin.read(_FRAME.size)
+        if len(header) < _FRAME.size:
+            return  # the origin closed the pipe (or died): we are done
+        try:
+            request = json.loads(stdin.read(_decode_length(header)))
+            if request["op"] == "publish":
+                artifacts = [Artifact(**a) for a in request["artifacts"]]
+                results = repo.publish(artifacts)
+                answer: dict[str, Any] = {
+                    "results": [r if isinstance(r, int) else {"conflict": str(r)} for r in results]
+                }
+            elif request["op"] == "refresh":
+                answer = {"refreshed": repo.refresh()}
+            else:
+                raise OriginError(f"unknown committer operation {request['op']!r}")
+            answer["state"] = CommitState.of(repo).to_json()
+        except Exception as exc:  # answered, not fatal: the repository reloaded itself
+            answer = {"error": f"publishing failed: {exc}"}
+        send(answer)
+
+
+def main() -> None:
+    """Entry point of the committer process (``SignerProcess.start`` runs it)."""
+    repo_dir = Path(sys.argv[1])
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the pipe
+    try:
+        _lock_repository(repo_dir)
+        repo = OriginRepository(repo_dir)
+    except OriginError as exc:
+        stdout.write(_encode({"error": str(exc)}))
+        stdout.flush()
+        sys.exit(1)
+    _serve_requests(repo, stdin, stdout)
