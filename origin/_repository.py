@@ -461,15 +461,15 @@ class OriginRepository(Repository):
         role = self.succinct.get_role_for_target(path)
         return self._md[role].signed.targets.get(path)
 
-    def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]:
+    def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
         """Publish a batch of stored artifacts in one new snapshot (group commit).
 
-        Returns, per artifact, the snapshot version that holds it, or the
-        :class:`ConflictError` that refused it. On any other failure the
-        in-memory state is reloaded from disk and the exception propagates:
-        nothing in the batch is published.
+        Returns, per artifact, the snapshot version that holds it, or the error
+        that refused it (a :class:`ConflictError` for a path already taken).
+        On any other failure the in-memory state is reloaded from disk and the
+        exception propagates: nothing in the batch is published.
         """
-        results: list[ConflictError | None] = [None] * len(artifacts)
+        results: list[OriginError | None] = [None] * len(artifacts)
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
         accepted: list[tuple[int, Artifact]] = []
         try:
@@ -484,6 +484,11 @@ class OriginRepository(Repository):
                         )
                         continue
                     accepted.append((i, artifact))  # idempotent: same path, same bytes
+                    continue
+                if not self.store.has(artifact.cid):
+                    # Deleted after its upload stored it (a refused upload of the
+                    # same bytes cleaned up): fail this one upload, not the batch.
+                    results[i] = OriginError(f"{artifact.path}: its blob vanished; upload again")
                     continue
                 self._link_target(artifact)
                 by_bin[role][artifact.path] = artifact.target_file()

@@ -91,7 +91,7 @@ class Committer(Protocol):
 
     state: CommitState
 
-    async def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]: ...
+    async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]: ...
 
     async def refresh(self) -> list[str]: ...
 
@@ -104,8 +104,8 @@ class LocalCommitter:
         self.run_sync = run_sync
         self.state = CommitState.of(repo)
 
-    async def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]:
-        results: list[int | ConflictError] = await self.run_sync(self.repo.publish, artifacts)
+    async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
+        results: list[int | OriginError] = await self.run_sync(self.repo.publish, artifacts)
         self.state = CommitState.of(self.repo)
         return results
 
@@ -113,6 +113,20 @@ class LocalCommitter:
         refreshed: list[str] = await self.run_sync(self.repo.refresh)
         self.state = CommitState.of(self.repo)
         return refreshed
+
+
+def _result_to_json(result: int | OriginError) -> int | dict[str, str]:
+    if isinstance(result, int):
+        return result
+    return {"conflict" if isinstance(result, ConflictError) else "error": str(result)}
+
+
+def _result_from_json(result: int | dict[str, str]) -> int | OriginError:
+    if isinstance(result, int):
+        return result
+    if "conflict" in result:
+        return ConflictError(result["conflict"])
+    return OriginError(result["error"])
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -184,10 +198,10 @@ class SignerProcess:
         self.state = CommitState.from_json(reply["state"])
         return reply
 
-    async def publish(self, artifacts: list[Artifact]) -> list[int | ConflictError]:
+    async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
         request = {"op": "publish", "artifacts": [dataclasses.asdict(a) for a in artifacts]}
         reply = await self._call(request)
-        return [r if isinstance(r, int) else ConflictError(r["conflict"]) for r in reply["results"]]
+        return [_result_from_json(r) for r in reply["results"]]
 
     async def refresh(self) -> list[str]:
         refreshed: list[str] = (await self._call({"op": "refresh"}))["refreshed"]

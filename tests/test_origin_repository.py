@@ -298,3 +298,14 @@ def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
     trio.run(main, clock=mock)
     versions = [version for version, _ in seen]
     assert versions == sorted(versions) and versions[-1] >= 30  # re-signed at least daily
+
+
+def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    kept = stored(repo, "p/kept-1.tar.gz", b"kept")
+    gone = stored(repo, "p/gone-1.tar.gz", b"gone")
+    repo.store.delete(gone.cid)
+    results = repo.publish([kept, gone])
+    assert results[0] == 2
+    assert isinstance(results[1], OriginError) and "vanished" in str(results[1])
+    assert repo.find("p/gone-1.tar.gz") is None and repo.find("p/kept-1.tar.gz") is not None
