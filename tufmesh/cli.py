@@ -8,6 +8,7 @@ from tufmesh import __version__
 from tufmesh._demo import demo
 from tufmesh._ui import Group
 from tufmesh.cas._cli import cas
+from tufmesh.client._cli import client, get, ls
 from tufmesh.origin._cli import origin, publish
 
 __all__ = ["cli", "main"]
@@ -23,6 +24,9 @@ cli.add_command(cas)
 cli.add_command(demo)
 cli.add_command(origin)
 cli.add_command(publish)
+cli.add_command(client)
+cli.add_command(get)
+cli.add_command(ls)
 
 
 def main() -> None:

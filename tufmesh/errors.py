@@ -15,6 +15,11 @@ escapes is a bug.
      │    │    └── ForbiddenError  a token for another project (HTTP 403)
      │    ├── TooLargeError       an upload over the size limit
      │    └── PublishError        an upload the origin refused (seen by `tufmesh publish`)
+     ├── ClientError             the downloader (tufmesh.client)
+     │    ├── NotInMetadataError  no such artifact in the signed metadata
+     │    ├── MetadataRefusedError  every source's metadata failed TUF (expired: maybe a
+     │    │                       freeze attack; older version: a rollback)
+     │    └── SourcesFailedError  every source failed; also a tuf DownloadError
      └── StoreError              the content-addressed store (tufmesh.cas)
           ├── InvalidCIDError     not a CIDv1 / raw / sha2-256 identifier
           ├── BlobNotFoundError   no blob under that CID
@@ -27,10 +32,13 @@ escapes is a bug.
 
 from __future__ import annotations
 
+from tuf.api.exceptions import DownloadError
+
 __all__ = [
     "AuthError",
     "BlobNotFoundError",
     "ChunkRejectedError",
+    "ClientError",
     "ConflictError",
     "CorruptBlobError",
     "DigestMismatchError",
@@ -38,9 +46,12 @@ __all__ = [
     "InvalidCIDError",
     "InvalidNameError",
     "ManifestError",
+    "MetadataRefusedError",
+    "NotInMetadataError",
     "OriginError",
     "PinError",
     "PublishError",
+    "SourcesFailedError",
     "StoreError",
     "TooLargeError",
     "TufmeshError",
@@ -117,3 +128,19 @@ class TooLargeError(OriginError):
 
 class PublishError(OriginError):
     """An upload that the origin refused, as reported to ``tufmesh publish``."""
+
+
+class ClientError(TufmeshError):
+    """A download could not be completed safely."""
+
+
+class NotInMetadataError(ClientError):
+    """The artifact is not in the signed metadata."""
+
+
+class MetadataRefusedError(ClientError):
+    """No source served metadata that verifies (expired, rolled back, badly signed)."""
+
+
+class SourcesFailedError(ClientError, DownloadError):
+    """Every source failed; the message lists each source's reason."""

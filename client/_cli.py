@@ -1,0 +1,110 @@
+"""``tufmesh client``, ``tufmesh get`` and ``tufmesh ls`` for end users."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tufmesh.client._client import Client
+from tufmesh.client._home import ClientHome
+
+from tufmesh._ui import Group, data_home, format_size, progress_bar
+
+__all__ = ["client", "get", "ls"]
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Client home [default: $TUFMESH_HOME/client or the XDG data dir].",
+)
+
+
+def _home(path: Path | None) -> ClientHome:
+    return ClientHome(path or data_home() / "client")
+
+
+@click.group(cls=Group)
+def client() -> None:
+    """Set up this machine's client: trusted root and sources."""
+
+
+@client.command()
+@click.argument("root_json", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--origin", "origin_url", required=True, help="The origin's URL.")
+@click.option("--mirror", "mirrors", multiple=True, help="A mirror's URL (repeatable).")
+@home_option
+def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path | None) -> None:
+    """Trust ROOT_JSON and fetch from the origin and mirrors."""
+    made = ClientHome.create(_home(home).path, root_json, [origin_url, *mirrors])
+    click.echo(f"client set up in {made.path}: {1 + len(mirrors)} source(s)")
+
+
+@client.command()
+@home_option
+def sources(home: Path | None) -> None:
+    """List sources with their last observed latency, throughput and failures."""
+    for health in _home(home).health():
+        latency = f"{health.latency * 1000:.0f} ms" if health.latency is not None else "-"
+        rate = f"{format_size(health.throughput)}/s" if health.throughput else "-"
+        error = f"  last error: {health.last_error}" if health.last_error else ""
+        click.echo(
+            f"{health.url}\tlatency {latency}\tthroughput {rate}\tfailures {health.failures}{error}"
+        )
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="Directory to write into [default: current directory].",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per artifact on stdout.")
+@home_option
+def get(
+    targets: tuple[str, ...], output: Path, quiet: bool, as_json: bool, home: Path | None
+) -> None:
+    """Download PROJECT/FILENAME artifacts, verified, into a directory."""
+    output.mkdir(parents=True, exist_ok=True)
+    with Client.from_home(_home(home)) as downloader:
+        for target in targets:
+            length = downloader.target(target).length
+            with progress_bar(f"get {target}", length) as advance:
+                result = downloader.download(target, output, progress=None if quiet else advance)
+            used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "target": result.target,
+                            "path": str(result.path),
+                            "length": result.length,
+                            "cached": result.cached,
+                            "bytes_by_source": used,
+                        }
+                    )
+                )
+            elif not quiet:
+                how = "already here, verified" if result.cached else _sources_line(used)
+                click.echo(f"{result.path}  {format_size(result.length)}  {how}")
+
+
+def _sources_line(used: dict[str, int]) -> str:
+    total = sum(used.values()) or 1
+    parts = [f"{name} {100 * n / total:.0f}%" for name, n in sorted(used.items())]
+    return "verified; from " + ", ".join(parts)
+
+
+@click.command("ls")
+@click.argument("project", required=False)
+@home_option
+def ls(project: str | None, home: Path | None) -> None:
+    """List the artifacts the signed metadata knows: path, length, sha256."""
+    with Client.from_home(_home(home)) as downloader:
+        for target in downloader.artifacts(project):
+            click.echo(f"{target.path}\t{target.length}\t{target.hashes.get('sha256', '')}")

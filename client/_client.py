@@ -1,0 +1,339 @@
+"""The client: python-tuf decides trust, tufmesh decides where bytes come from.
+
+Invariants:
+
+* Every metadata file goes through python-tuf's ``Updater``; a file it rejects
+  is blamed on the source that served it, which is set aside for this run,
+  and the refresh starts again from the others (bounded: once per source).
+* An artifact is written under its final name only after python-tuf's own
+  length and SHA-256 check passed on the complete file; partial data lives in
+  ``NAME.part`` and only ever holds verified chunks, so a resumed download
+  continues from them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile, Targets
+from tuf.ngclient import Updater
+from tufmesh.cas import Manifest, cid_of
+from tufmesh.client._download import (
+    ChunkPlan,
+    download_plan,
+    plan_for_manifest,
+    plan_for_whole_blob,
+)
+from tufmesh.client._fetcher import (
+    METADATA_BASE,
+    TARGET_BASE,
+    FetchConfig,
+    MultiSourceFetcher,
+    SourceHealth,
+)
+from tufmesh.client._home import ClientHome
+from tufmesh.client._scheduler import SchedulerConfig, SourceStats
+
+from tufmesh.errors import (
+    ChunkRejectedError,
+    ClientError,
+    ManifestError,
+    MetadataRefusedError,
+    NotInMetadataError,
+    SourcesFailedError,
+    TufmeshError,
+)
+
+__all__ = ["Client", "DownloadResult"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class DownloadResult:
+    """One artifact fetched (or found in place)."""
+
+    target: str
+    path: Path
+    length: int
+    cached: bool = False
+    sources: dict[str, SourceStats] = field(default_factory=dict)
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, tuf_errors.ExpiredMetadataError):
+        return f"metadata expired ({exc}): this may be a freeze attack"
+    if isinstance(exc, tuf_errors.BadVersionNumberError):
+        return f"rollback detected ({exc})"
+    if isinstance(exc, tuf_errors.UnsignedMetadataError):
+        return f"bad signature ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+class Client:
+    """Fetches metadata and artifacts from a client home's sources."""
+
+    def __init__(
+        self,
+        metadata_dir: Path,
+        trusted_root: bytes,
+        sources: list[str],
+        *,
+        fetch_config: FetchConfig | None = None,
+        scheduler_config: SchedulerConfig | None = None,
+        home: ClientHome | None = None,
+    ) -> None:
+        self.metadata_dir = metadata_dir
+        self.trusted_root = trusted_root
+        self.fetch_config = fetch_config or FetchConfig()
+        self.scheduler_config = scheduler_config or SchedulerConfig()
+        self.home = home
+        health = home.health() if home is not None else []
+        known = {h.url: h for h in health}
+        self.fetcher = MultiSourceFetcher(
+            [known.get(url, SourceHealth(url)) for url in sources], self.fetch_config
+        )
+        self._updater: Updater | None = None
+
+    @classmethod
+    def from_home(cls, home: ClientHome, **kwargs: Any) -> Client:
+        """A client for a home made by ``tufmesh client init``."""
+        return cls(home.metadata_dir, home.trusted_root, home.sources(), home=home, **kwargs)
+
+    def close(self) -> None:
+        """Remember source health; close connections."""
+        if self.home is not None:
+            self.home.save_health(self.fetcher.sources)
+        self.fetcher.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata ----------------------------------------------------------------
+
+    def _new_updater(self) -> Updater:
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        cached = (self.metadata_dir / "root.json").exists()
+        return Updater(
+            str(self.metadata_dir),
+            METADATA_BASE,
+            None,
+            TARGET_BASE,
+            fetcher=self.fetcher,
+            bootstrap=None if cached else self.trusted_root,
+        )
+
+    def _with_failover(self, operation: Callable[[Updater], T]) -> T:
+        """Run ``operation`` on a refreshed updater; on a TUF rejection, blame and retry."""
+        rejections: list[str] = []
+        for _ in range(len(self.fetcher.sources) + 1):
+            if self._updater is None:
+                updater = self._new_updater()
+                try:
+                    updater.refresh()
+                except tuf_errors.RepositoryError as exc:
+                    rejections.append(self._blame(exc))
+                    continue
+                self._updater = updater
+            try:
+                return operation(self._updater)
+            except tuf_errors.RepositoryError as exc:
+                rejections.append(self._blame(exc))
+                self._updater = None
+            if not self.fetcher.ordered():
+                break
+        raise MetadataRefusedError(
+            "no source served metadata that verifies: " + "; ".join(rejections)
+        )
+
+    def _blame(self, exc: BaseException) -> str:
+        source = self.fetcher.last_source
+        if source is not None:
+            self.fetcher.excluded.add(source)
+            for health in self.fetcher.sources:
+                if health.url == source:
+                    health.failures += 1
+                    health.last_error = _explain(exc)
+        return f"{source or 'a source'}: {_explain(exc)}"
+
+    def target(self, path: str) -> TargetFile:
+        """The signed target entry for ``path``."""
+        info = self._with_failover(lambda u: u.get_targetinfo(path))
+        if info is None:
+            raise NotInMetadataError(f"{path} is not in the signed metadata")
+        return info
+
+    def artifacts(self, project: str | None = None) -> list[TargetFile]:
+        """Every artifact the signed metadata lists (of one project, if given)."""
+
+        def walk(updater: Updater) -> list[TargetFile]:
+            found: list[TargetFile] = []
+            # python-tuf has no public listing call; _load_targets is its own
+            # verified loader for a delegated role (signature, version, expiry).
+            stack: list[tuple[str, str]] = [("targets", "root")]
+            while stack:
+                role, parent = stack.pop()
+                targets: Targets = updater._load_targets(role, parent)
+                found.extend(targets.targets.values())
+                delegations = targets.delegations
+                if delegations is not None:
+                    if delegations.succinct_roles is not None:
+                        children = list(delegations.succinct_roles.get_roles())
+                    else:
+                        children = list(delegations.roles or {})
+                    stack.extend((name, role) for name in reversed(children))
+            return found
+
+        everything = self._with_failover(walk)
+        if project is not None:
+            from tufmesh.origin import normalize_project
+
+            prefix = normalize_project(project) + "/"
+            everything = [t for t in everything if t.path.startswith(prefix)]
+        return sorted(everything, key=lambda t: t.path)
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def download(
+        self,
+        path: str,
+        dest_dir: Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> DownloadResult:
+        """Fetch artifact ``path`` into ``dest_dir/<filename>``, verified."""
+        info = self.target(path)
+        dest = dest_dir / path.rsplit("/", 1)[-1]
+        if dest.is_file():
+            with open(dest, "rb") as existing:
+                try:
+                    info.verify_length_and_hashes(existing)
+                    return DownloadResult(path, dest, info.length, cached=True)
+                except tuf_errors.LengthOrHashMismatchError:
+                    pass  # stale or damaged: fetch again
+        custom = info.custom
+        cid = custom.get("cid")
+        if not isinstance(cid, str):
+            raise ClientError(f"{path}: the signed metadata names no blob CID")
+        sources = [s.url for s in self.fetcher.ordered()]
+        part = dest.with_name(dest.name + ".part")
+        stats: dict[str, SourceStats] = {}
+        if "manifest" in custom:
+            manifest, stats = self._fetch_manifest(custom["manifest"], sources)
+            if manifest.blob_cid != cid or manifest.length != info.length:
+                raise ClientError(f"{path}: the signed manifest describes another blob")
+            plan = plan_for_manifest(manifest)
+        else:
+            plan = plan_for_whole_blob(cid, info.length, info.hashes["sha256"])
+        have = _verified_chunks(part, plan)
+        if progress is not None and have:
+            progress(sum(plan.span(i)[1] for i in have))
+        more = trio.run(
+            lambda: download_plan(
+                plan,
+                sources,
+                part,
+                have=have,
+                fetch_config=self.fetch_config,
+                scheduler_config=self.scheduler_config,
+                progress=progress,
+            )
+        )
+        for name, stat in more.items():
+            stats.setdefault(name, SourceStats(name)).bytes += stat.bytes
+            stats[name].chunks += stat.chunks
+        self._record(more)
+        with open(part, "rb") as handle:
+            try:
+                info.verify_length_and_hashes(handle)  # python-tuf's own check, whole file
+            except tuf_errors.LengthOrHashMismatchError as exc:
+                raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
+        os.replace(part, dest)
+        return DownloadResult(path, dest, info.length, sources=stats)
+
+    def _fetch_manifest(
+        self, manifest_cid: str, sources: list[str]
+    ) -> tuple[Manifest, dict[str, SourceStats]]:
+        holder: dict[str, bytes] = {}
+
+        def verify(index: int, data: bytes) -> None:
+            if cid_of(data) != manifest_cid:
+                raise ChunkRejectedError("manifest does not match its signed CID")
+            holder["data"] = data
+
+        # The manifest's length is not signed, only its CID: fetch it whole.
+        probe = ChunkPlan(manifest_cid, 0, 1, verify)
+        stats = trio.run(lambda: _fetch_whole(probe, sources, self.fetch_config))
+        try:
+            return Manifest.decode(holder["data"]), stats
+        except (KeyError, ManifestError) as exc:
+            raise ClientError(f"bad chunk manifest {manifest_cid}: {exc}") from None
+
+    def _record(self, stats: dict[str, SourceStats]) -> None:
+        for health in self.fetcher.sources:
+            stat = stats.get(health.url)
+            if stat is None:
+                continue
+            if stat.rate is not None and stat.bytes >= 1 << 20:  # tiny files say nothing
+                health.throughput = stat.rate
+            if stat.banned:
+                health.failures += 1
+                health.last_error = stat.banned
+
+
+async def _fetch_whole(
+    plan: ChunkPlan, sources: list[str], config: FetchConfig
+) -> dict[str, SourceStats]:
+    """Fetch a small blob of unsigned length (a manifest) from the first good source."""
+    import httpx
+
+    reasons: dict[str, str] = {}
+    timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        for source in sources:
+            try:
+                async with client.stream("GET", f"{source}/blobs/{plan.cid}") as response:
+                    if response.status_code != 200:
+                        reasons[source] = f"HTTP {response.status_code}"
+                        continue
+                    body = bytearray()
+                    async for piece in response.aiter_bytes():
+                        body += piece
+                        if len(body) > 8 << 20:
+                            raise ChunkRejectedError("manifest over 8 MiB")
+                plan.verify(0, bytes(body))
+                stat = SourceStats(source, bytes=len(body), chunks=1)
+                return {source: stat}
+            except (httpx.HTTPError, ChunkRejectedError) as exc:
+                reasons[source] = str(exc) or type(exc).__name__
+    listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
+    raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
+
+
+def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:
+    """Chunks of an interrupted download that are already in place and verify."""
+    try:
+        if part.stat().st_size != plan.length:
+            return set()
+    except FileNotFoundError:
+        return set()
+    have = set()
+    with open(part, "rb") as handle:
+        for index in range(plan.count):
+            offset, length = plan.span(index)
+            handle.seek(offset)
+            try:
+                plan.verify(index, handle.read(length))
+            except (ChunkRejectedError, TufmeshError):
+                continue
+            have.add(index)
+    return have

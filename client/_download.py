@@ -1,0 +1,195 @@
+"""Chunked, parallel, multi-source artifact downloads (the trio I/O shell).
+
+The plan for one artifact: its blob CID, length and a verifier per chunk (the
+BLAKE3 digests of the signed chunk manifest, or the whole blob's SHA-256 for a
+blob of one chunk). :class:`~tufmesh.client._scheduler.ChunkScheduler` decides
+which source serves which chunk; this module only moves bytes: HTTP Range
+requests to ``/blobs/{cid}``, each chunk verified before it is written into the
+``.part`` file at its offset. No unverified byte is ever written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import httpx
+import trio
+from tufmesh.cas import Manifest
+from tufmesh.client._fetcher import FetchConfig
+from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
+
+from tufmesh.errors import ChunkRejectedError, SourcesFailedError
+
+__all__ = ["ChunkPlan", "download_plan", "plan_for_manifest", "plan_for_whole_blob"]
+
+#: How often the supervisor looks for slow requests and new work.
+_TICK: Final = 0.1
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What to fetch: ``count`` chunks of blob ``cid``, each checked by ``verify``."""
+
+    cid: str
+    length: int
+    chunk_size: int
+    verify: Callable[[int, bytes], None]  # raises ChunkRejectedError
+
+    @property
+    def count(self) -> int:
+        """Number of chunks."""
+        return max(1, -(-self.length // self.chunk_size)) if self.length else 0
+
+    def span(self, index: int) -> tuple[int, int]:
+        """``(offset, length)`` of chunk ``index``."""
+        offset = index * self.chunk_size
+        return offset, min(self.chunk_size, self.length - offset)
+
+
+def plan_for_manifest(manifest: Manifest) -> ChunkPlan:
+    """Chunks checked against a signed manifest's BLAKE3 digests."""
+    return ChunkPlan(manifest.blob_cid, manifest.length, manifest.chunk_size, manifest.verify_chunk)
+
+
+def plan_for_whole_blob(cid: str, length: int, sha256_hex: str) -> ChunkPlan:
+    """One chunk, the whole blob, checked against its signed SHA-256."""
+
+    def verify(index: int, data: bytes) -> None:
+        if len(data) != length:
+            raise ChunkRejectedError(f"{len(data)} bytes; expected {length}")
+        if hashlib.sha256(data).hexdigest() != sha256_hex:
+            raise ChunkRejectedError("SHA-256 does not match the signed hash")
+
+    return ChunkPlan(cid, length, max(length, 1), verify)
+
+
+class _Bad(Exception):
+    """The source answered, and the answer was wrong (not a network failure)."""
+
+
+async def _fetch_range(
+    client: httpx.AsyncClient,
+    source: str,
+    plan: ChunkPlan,
+    index: int,
+    on_bytes: Callable[[int], None],
+) -> bytes:
+    offset, length = plan.span(index)
+    headers = {"range": f"bytes={offset}-{offset + length - 1}"}
+    async with client.stream("GET", f"{source.rstrip('/')}/blobs/{plan.cid}", headers=headers) as r:
+        whole = r.status_code == 200 and offset == 0 and length == plan.length
+        if r.status_code != 206 and not whole:
+            raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
+        body = bytearray()
+        async for piece in r.aiter_bytes():
+            body += piece
+            on_bytes(len(piece))
+            if len(body) > length:
+                raise _Bad(f"sent more than the {length} bytes asked for")
+    if len(body) < length:
+        raise _Bad(f"sent {len(body)} of {length} bytes")
+    return bytes(body)
+
+
+async def download_plan(
+    plan: ChunkPlan,
+    sources: list[str],
+    part: Path,
+    *,
+    have: set[int] | None = None,
+    fetch_config: FetchConfig | None = None,
+    scheduler_config: SchedulerConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = trio.current_time,
+) -> dict[str, SourceStats]:
+    """Fill ``part`` (a file of ``plan.length`` bytes) with every verified chunk.
+
+    Returns what each source did. Raises :class:`SourcesFailedError`, naming
+    each source's reason, when chunks are missing and no source is left.
+    """
+    fetch_config = fetch_config or FetchConfig()
+    scheduler = ChunkScheduler(
+        plan.count, list(sources), scheduler_config or SchedulerConfig(), have=set(have or ())
+    )
+    timeout = httpx.Timeout(fetch_config.read_timeout, connect=fetch_config.connect_timeout)
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    scopes: dict[tuple[str, int], trio.CancelScope] = {}
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    wake = trio.Event()
+
+    def store(index: int, data: bytes) -> None:
+        plan.verify(index, data)  # raises ChunkRejectedError: nothing is written
+        view, offset = memoryview(data), plan.span(index)[0]
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    async def fetch(client: httpx.AsyncClient, source: str, index: int) -> None:
+        scope = scopes[(source, index)]
+        try:
+            with scope:
+                try:
+                    data = await _fetch_range(
+                        client, source, plan, index, lambda n: scheduler.received(source, index, n)
+                    )
+                    await trio.to_thread.run_sync(store, index, data)
+                except ChunkRejectedError as exc:
+                    scheduler.rejected(source, index, str(exc))
+                except _Bad as exc:
+                    scheduler.rejected(source, index, str(exc))
+                except (httpx.HTTPError, OSError) as exc:
+                    scheduler.failed(source, index, _reason(exc))
+                else:
+                    if scheduler.verified(source, index, len(data), clock()) and progress:
+                        progress(len(data))
+        finally:
+            if scopes.get((source, index)) is scope:
+                del scopes[(source, index)]
+            wake.set()
+
+    try:
+        os.ftruncate(fd, plan.length)
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            trio.open_nursery() as nursery,
+        ):
+            while not scheduler.complete:
+                now = clock()
+                for source, index in scheduler.too_slow(now):
+                    scheduler.failed(source, index, "too slow (slow-retrieval defence)")
+                    if (scope := scopes.get((source, index))) is not None:
+                        scope.cancel()
+                running = set(scheduler.inflight())
+                for key, scope in list(scopes.items()):
+                    if key not in running:  # banned source, or a duplicate lost
+                        scope.cancel()
+                for source, index in scheduler.assign(now):
+                    scopes[(source, index)] = trio.CancelScope()
+                    nursery.start_soon(fetch, client, source, index)
+                if scheduler.stuck and not scopes:
+                    break
+                wake = trio.Event()
+                with trio.move_on_after(_TICK):
+                    await wake.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(fd)
+    if not scheduler.complete:
+        reasons = "; ".join(f"{s}: {r}" for s, r in scheduler.reasons().items())
+        raise SourcesFailedError(f"every source failed: {reasons}")
+    return scheduler.stats
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return str(exc).split(" for url")[0]
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect"
+    return str(exc) or type(exc).__name__

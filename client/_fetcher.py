@@ -1,0 +1,148 @@
+"""Metadata from many sources, through python-tuf's own fetcher interface.
+
+python-tuf's ``Updater`` decides what to trust; this fetcher only decides where
+to get bytes from. The Updater is given the placeholder base URL
+``tufmesh:///metadata/``; for each file it asks for, the fetcher tries the
+sources in order (healthiest first) and returns the first complete answer.
+Which source served which file is recorded, so that when python-tuf rejects a
+file (bad signature, expired, rolled back) the caller can set that source
+aside and refresh again from the others (see ``_client.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import httpx
+from tuf.api.exceptions import DownloadError, DownloadHTTPError
+from tuf.ngclient import FetcherInterface
+
+from tufmesh.errors import SourcesFailedError
+
+__all__ = ["METADATA_BASE", "FetchConfig", "MultiSourceFetcher", "SourceHealth"]
+
+METADATA_BASE: Final = "tufmesh:///metadata/"
+TARGET_BASE: Final = "tufmesh:///targets/"
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Network limits of the client, with the reason for each default."""
+
+    #: A source that does not accept a connection in 5 s on a LAN or the
+    #: internet is better skipped; another one is asked.
+    connect_timeout: float = 5.0
+    #: Longest silence within a response before giving up on that source.
+    read_timeout: float = 10.0
+    #: Largest metadata file read from any source, before python-tuf applies
+    #: its own per-role limits (its largest default, targets, is 5 MB).
+    max_metadata_bytes: int = 8 << 20
+    #: A response slower than this after ``grace`` seconds is abandoned
+    #: (slow retrieval: a byte every few seconds never trips a read timeout).
+    min_rate: float = 64 * 1024
+    grace: float = 3.0
+
+
+@dataclass
+class SourceHealth:
+    """Observed behaviour of one source, kept across runs."""
+
+    url: str
+    latency: float | None = None  # seconds to the first byte, last observed
+    throughput: float | None = None  # bytes per second, last observed
+    failures: int = 0
+    last_error: str | None = None
+
+    def score(self) -> tuple[int, float]:
+        """Sort key: fewer failures first, then lower latency."""
+        return (self.failures, self.latency if self.latency is not None else 1.0)
+
+
+@dataclass
+class MultiSourceFetcher(FetcherInterface):
+    """Fetches each metadata URL from the first source that answers it."""
+
+    sources: list[SourceHealth]
+    config: FetchConfig = field(default_factory=FetchConfig)
+    excluded: set[str] = field(default_factory=set)
+    #: file name -> the source URL that served it, for blaming rejections.
+    served_by: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.last_source: str | None = None
+        timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
+        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def ordered(self) -> list[SourceHealth]:
+        """Sources to try, healthiest first, without the excluded ones."""
+        return sorted(
+            (s for s in self.sources if s.url not in self.excluded), key=SourceHealth.score
+        )
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if url.startswith(METADATA_BASE):
+            kind, name = "metadata", url.removeprefix(METADATA_BASE)
+        elif url.startswith(TARGET_BASE):
+            kind, name = "targets", url.removeprefix(TARGET_BASE)
+        else:
+            raise DownloadError(f"not a tufmesh URL: {url}")
+        reasons: dict[str, str] = {}
+        not_found = 0
+        for source in self.ordered():
+            try:
+                data = self._get(source, f"{source.url.rstrip('/')}/{kind}/{name}")
+            except DownloadHTTPError as exc:
+                reasons[source.url] = f"HTTP {exc.status_code}"
+                not_found += exc.status_code == 404
+                continue
+            except (httpx.HTTPError, DownloadError) as exc:
+                reasons[source.url] = str(exc) or type(exc).__name__
+                continue
+            self.served_by[name] = source.url
+            self.last_source = source.url
+            return iter([data])
+        if reasons and not_found == len(reasons):
+            # Every source says it does not exist: that is an answer (python-tuf
+            # asks for root N+1 until it gets a 404).
+            raise DownloadHTTPError(f"{name}: not found on any source", 404)
+        listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
+        raise SourcesFailedError(f"every source failed for {name}: {listing}")
+
+    def _get(self, source: SourceHealth, url: str) -> bytes:
+        started = time.monotonic()
+        limit = self.config.max_metadata_bytes
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    if response.status_code != 404:
+                        source.failures += 1
+                        source.last_error = f"HTTP {response.status_code}"
+                    raise DownloadHTTPError(f"HTTP {response.status_code}", response.status_code)
+                first = None
+                body = bytearray()
+                for piece in response.iter_bytes():
+                    now = time.monotonic()
+                    first = first or now
+                    body += piece
+                    if len(body) > limit:
+                        raise DownloadError(f"more than {limit} bytes (endless data?)")
+                    elapsed = now - started
+                    if elapsed > self.config.grace and len(body) / elapsed < self.config.min_rate:
+                        raise DownloadError(f"too slow: {len(body) / elapsed:.0f} B/s")
+        except (httpx.HTTPError, DownloadError) as exc:
+            if not isinstance(exc, DownloadHTTPError):
+                source.failures += 1
+                source.last_error = str(exc) or type(exc).__name__
+            raise
+        elapsed = time.monotonic() - started
+        source.latency = (first or time.monotonic()) - started
+        if elapsed > 0 and len(body) > 65536:
+            source.throughput = len(body) / elapsed
+        return bytes(body)

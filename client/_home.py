@@ -1,0 +1,110 @@
+"""The client's home: trusted root, sources, observed source health, metadata cache.
+
+Layout (default ``$TUFMESH_HOME/client`` or the XDG data dir)::
+
+    root.json      the root this client was initialised with (its trust anchor)
+    config.toml    sources = ["http://origin...", "http://mirror..."]
+    health.json    last observed latency, throughput and failures per source
+    metadata/      python-tuf's verified metadata cache
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+
+from tuf.api.metadata import Metadata, Root
+from tufmesh.client._fetcher import SourceHealth
+
+from tufmesh._durable import write_atomic
+from tufmesh.errors import ClientError, UsageError
+
+__all__ = ["ClientHome"]
+
+
+def _check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"not an HTTP(S) URL: {url!r}")
+    return url.rstrip("/")
+
+
+class ClientHome:
+    """One client's state directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.metadata_dir = path / "metadata"
+
+    @classmethod
+    def create(cls, path: Path, root_json: Path, sources: list[str]) -> ClientHome:
+        """Initialise a home trusting ``root_json`` and fetching from ``sources``."""
+        try:
+            root_bytes = root_json.read_bytes()
+            root = Metadata[Root].from_bytes(root_bytes)
+        except OSError as exc:
+            raise UsageError(f"cannot read {root_json}: {exc.strerror}") from None
+        except Exception as exc:  # python-tuf raises several deserialization errors
+            raise UsageError(f"{root_json} is not TUF root metadata: {exc}") from None
+        if not isinstance(root.signed, Root):
+            raise UsageError(f"{root_json} is not root metadata")
+        # The first root is trusted on first use; check at least that it is
+        # signed by its own threshold of keys, so a truncated or edited file
+        # is caught now rather than at the first download.
+        try:
+            root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
+        except Exception as exc:
+            raise UsageError(f"{root_json} is not signed by its own root keys: {exc}") from None
+        urls = [_check_url(u) for u in sources]
+        if not urls:
+            raise UsageError("give at least one source (--origin URL)")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "metadata").mkdir(exist_ok=True)
+        write_atomic(path / "root.json", root_bytes)
+        home = cls(path)
+        home.save_sources(urls)
+        home.save_health([SourceHealth(u) for u in urls])
+        return home
+
+    def _require(self) -> None:
+        if not (self.path / "root.json").is_file():
+            raise ClientError(
+                f"no client set up in {self.path}; run 'tufmesh client init ROOT_JSON --origin URL'"
+            )
+
+    @property
+    def trusted_root(self) -> bytes:
+        """The root this client was initialised with."""
+        self._require()
+        return (self.path / "root.json").read_bytes()
+
+    def sources(self) -> list[str]:
+        """Configured source URLs, in configured order."""
+        self._require()
+        try:
+            config = tomllib.loads((self.path / "config.toml").read_text())
+            return [_check_url(u) for u in config["sources"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ClientError(f"bad {self.path / 'config.toml'}: {exc}") from None
+
+    def save_sources(self, urls: list[str]) -> None:
+        """Write ``config.toml``."""
+        body = "# Where this client fetches metadata and artifacts; every byte is verified.\n"
+        body += "sources = [\n" + "".join(f"  {json.dumps(u)},\n" for u in urls) + "]\n"
+        write_atomic(self.path / "config.toml", body.encode())
+
+    def health(self) -> list[SourceHealth]:
+        """Observed health of each configured source."""
+        known: dict[str, SourceHealth] = {}
+        try:
+            for entry in json.loads((self.path / "health.json").read_text()):
+                known[entry["url"]] = SourceHealth(**entry)
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # health is a hint; losing it costs nothing
+        return [known.get(url, SourceHealth(url)) for url in self.sources()]
+
+    def save_health(self, health: list[SourceHealth]) -> None:
+        """Remember what was observed of each source."""
+        body = json.dumps([asdict(h) for h in health], indent=1) + "\n"
+        write_atomic(self.path / "health.json", body.encode(), sync_dir=False)
