@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,19 +137,19 @@ class Client:
         """Run ``operation`` on a refreshed updater; on a TUF rejection, blame and retry."""
         rejections: list[str] = []
         for _ in range(len(self.fetcher.sources) + 1):
-            if self._updater is None:
-                updater = self._new_updater()
-                try:
-                    updater.refresh()
-                except tuf_errors.RepositoryError as exc:
-                    rejections.append(self._blame(exc))
-                    continue
-                self._updater = updater
             try:
+                if self._updater is None:
+                    updater = self._new_updater()
+                    updater.refresh()
+                    self._updater = updater
                 return operation(self._updater)
             except tuf_errors.RepositoryError as exc:
                 rejections.append(self._blame(exc))
                 self._updater = None
+            except SourcesFailedError:
+                raise
+            except tuf_errors.DownloadError as exc:
+                raise SourcesFailedError(f"cannot fetch metadata from any source: {exc}") from None
             if not self.fetcher.ordered():
                 break
         raise MetadataRefusedError(
@@ -212,6 +213,7 @@ class Client:
     ) -> DownloadResult:
         """Fetch artifact ``path`` into ``dest_dir/<filename>``, verified."""
         info = self.target(path)
+        dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / path.rsplit("/", 1)[-1]
         if dest.is_file():
             with open(dest, "rb") as existing:
@@ -248,9 +250,8 @@ class Client:
                 progress=progress,
             )
         )
-        for name, stat in more.items():
-            stats.setdefault(name, SourceStats(name)).bytes += stat.bytes
-            stats[name].chunks += stat.chunks
+        for name, stat in stats.items():  # the manifest's bytes count too
+            more[name].bytes += stat.bytes
         self._record(more)
         with open(part, "rb") as handle:
             try:
@@ -258,7 +259,7 @@ class Client:
             except tuf_errors.LengthOrHashMismatchError as exc:
                 raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
         os.replace(part, dest)
-        return DownloadResult(path, dest, info.length, sources=stats)
+        return DownloadResult(path, dest, info.length, sources=more)
 
     def _fetch_manifest(
         self, manifest_cid: str, sources: list[str]
@@ -285,9 +286,9 @@ class Client:
                 continue
             if stat.rate is not None and stat.bytes >= 1 << 20:  # tiny files say nothing
                 health.throughput = stat.rate
-            if stat.banned:
-                health.failures += 1
-                health.last_error = stat.banned
+            health.failures += stat.failures
+            if stat.banned or stat.last_error:
+                health.last_error = stat.banned or stat.last_error
 
 
 async def _fetch_whole(
@@ -306,10 +307,11 @@ async def _fetch_whole(
                         reasons[source] = f"HTTP {response.status_code}"
                         continue
                     body = bytearray()
-                    async for piece in response.aiter_bytes():
-                        body += piece
-                        if len(body) > 8 << 20:
-                            raise ChunkRejectedError("manifest over 8 MiB")
+                    async with contextlib.aclosing(response.aiter_bytes()) as pieces:
+                        async for piece in pieces:
+                            body += piece
+                            if len(body) > 8 << 20:
+                                raise ChunkRejectedError("manifest over 8 MiB")
                 plan.verify(0, bytes(body))
                 stat = SourceStats(source, bytes=len(body), chunks=1)
                 return {source: stat}

@@ -10,6 +10,7 @@ requests to ``/blobs/{cid}``, each chunk verified before it is written into the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -86,11 +87,12 @@ async def _fetch_range(
         if r.status_code != 206 and not whole:
             raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
         body = bytearray()
-        async for piece in r.aiter_bytes():
-            body += piece
-            on_bytes(len(piece))
-            if len(body) > length:
-                raise _Bad(f"sent more than the {length} bytes asked for")
+        async with contextlib.aclosing(r.aiter_bytes()) as pieces:
+            async for piece in pieces:
+                body += piece
+                on_bytes(len(piece))
+                if len(body) > length:
+                    raise _Bad(f"sent more than the {length} bytes asked for")
     if len(body) < length:
         raise _Bad(f"sent {len(body)} of {length} bytes")
     return bytes(body)

@@ -108,11 +108,13 @@ class MultiSourceFetcher(FetcherInterface):
             self.served_by[name] = source.url
             self.last_source = source.url
             return iter([data])
-        if reasons and not_found == len(reasons):
-            # Every source says it does not exist: that is an answer (python-tuf
-            # asks for root N+1 until it gets a 404).
-            raise DownloadHTTPError(f"{name}: not found on any source", 404)
         listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
+        if not_found:
+            # A source says it does not exist and none served it: that is an
+            # answer (python-tuf asks for root N+1 until it gets a 404). A
+            # source that hides a file that exists is outvoted by any that has
+            # it, since every source is asked before we get here.
+            raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
         raise SourcesFailedError(f"every source failed for {name}: {listing}")
 
     def _get(self, source: SourceHealth, url: str) -> bytes:

@@ -1,0 +1,167 @@
+"""A mirror for tests: serves a repository directory over HTTP, honestly or not.
+
+Each ``Behaviour`` names one way a mirror can lie or stall. The server is a
+real HTTP server on 127.0.0.1 (stdlib, threads); every response it streams is
+bounded in size and time, so a test never hangs on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Literal
+
+from tufmesh.cas import BlobStore
+
+Behaviour = Literal[
+    "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
+    "rollback", "freeze", "slow",
+]  # fmt: skip
+ENDLESS_CAP = 64 << 20
+
+
+class Mirror:
+    """A mirror of ``repo`` at ``url``; ``metadata_overrides`` replace files by name."""
+
+    def __init__(self, repo: Path, behaviour: Behaviour = "honest") -> None:
+        self.repo = repo
+        self.behaviour = behaviour
+        self.store = BlobStore(repo / "cas")
+        self.metadata_overrides: dict[str, bytes] = {}
+        self.blob_requests = 0
+        self.blob_bytes = 0
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                mirror.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- serving ---------------------------------------------------------------
+
+    def _file(self, path: str) -> bytes | None:
+        kind, _, name = path.lstrip("/").partition("/")
+        if kind == "metadata" and name in self.metadata_overrides:
+            return self.metadata_overrides[name]
+        if kind in ("metadata", "targets"):
+            target = (self.repo / kind / name).resolve()
+            if self.repo.resolve() in target.parents and target.is_file():
+                return target.read_bytes()
+            return None
+        if kind == "blobs":
+            try:
+                return self.store.read(name, verify=False)
+            except Exception:
+                return None
+        return None
+
+    def handle(self, request: BaseHTTPRequestHandler) -> None:
+        behaviour = self.behaviour
+        path = request.path
+        is_blob = path.startswith("/blobs/")
+        if behaviour in ("404", "500"):
+            request.send_error(int(behaviour))
+            return
+        data = self._file(path)
+        if data is None:
+            request.send_error(404)
+            return
+        start, end = 0, len(data) - 1
+        ranged = request.headers.get("range")
+        if ranged and ranged.startswith("bytes="):
+            first, _, last = ranged[6:].partition("-")
+            start, end = int(first), min(int(last), len(data) - 1)
+        body = data[start : end + 1]
+        if is_blob:
+            self.blob_requests += 1
+            if behaviour == "bitflip":
+                flipped = bytearray(body)
+                flipped[len(flipped) // 2] ^= 0x01
+                body = bytes(flipped)
+            elif behaviour == "other":
+                body = (b"another artifact entirely " * (len(body) // 26 + 1))[: len(body)]
+        if behaviour == "slow" and is_blob:
+            time.sleep(0.3)
+        status = 206 if ranged else 200
+        if behaviour == "endless" and is_blob:
+            request.send_response(status)
+            request.send_header("content-type", "application/octet-stream")
+            request.end_headers()
+            with contextlib.suppress(OSError):
+                sent = 0
+                while sent < ENDLESS_CAP:
+                    request.wfile.write(b"\0" * 65536)
+                    sent += 65536
+            return
+        request.send_response(status)
+        request.send_header("content-length", str(len(body)))
+        if ranged:
+            request.send_header("content-range", f"bytes {start}-{end}/{len(data)}")
+        request.end_headers()
+        with contextlib.suppress(OSError):
+            if behaviour == "truncate" and is_blob:
+                request.wfile.write(body[: len(body) // 2])
+                request.wfile.flush()
+                request.close_connection = True
+                return
+            if behaviour == "trickle":
+                deadline = time.monotonic() + 30
+                for i in range(len(body)):
+                    if time.monotonic() > deadline:
+                        return
+                    request.wfile.write(body[i : i + 1])
+                    request.wfile.flush()
+                    time.sleep(1.0)
+                return
+            request.wfile.write(body)
+            self.blob_bytes += len(body) if is_blob else 0
+
+
+@contextlib.contextmanager
+def mirrors(repo: Path, *behaviours: Behaviour) -> Iterator[list[Mirror]]:
+    started = [Mirror(repo, b) for b in behaviours]
+    try:
+        yield started
+    finally:
+        for mirror in started:
+            mirror.close()
+
+
+def resign_timestamp(repo: Path, *, version_delta: int, expires_in_days: float) -> bytes:
+    """A timestamp signed with the repository's real key: older, or expired."""
+    from datetime import UTC, datetime, timedelta
+
+    from securesystemslib.signer import Signer
+    from tuf.api.metadata import Metadata
+    from tuf.api.serialization.json import JSONSerializer
+
+    md = Metadata.from_bytes((repo / "metadata" / "timestamp.json").read_bytes())
+    md.signed.version += version_delta
+    md.signed.expires = (datetime.now(UTC) + timedelta(days=expires_in_days)).replace(microsecond=0)
+    root = Metadata.from_bytes((repo / "metadata" / "1.root.json").read_bytes())
+    keyid = root.signed.roles["timestamp"].keyids[0]
+    signer = Signer.from_priv_key_uri(
+        f"file2:{repo / 'keys' / 'timestamp.pem'}", root.signed.keys[keyid]
+    )
+    md.signatures.clear()
+    md.sign(signer)
+    return md.to_bytes(JSONSerializer(compact=True))
+
+
+__all__ = ["Behaviour", "Mirror", "mirrors", "resign_timestamp"]

@@ -1,0 +1,181 @@
+"""The client against a real origin and hostile mirrors, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig
+
+from tests.helpers.mirror import mirrors, resign_timestamp
+from tests.helpers.origin import (
+    TUFMESH,
+    Server,
+    add_project,
+    init_repo,
+    post,
+    start_server,
+    tufmesh,
+)
+from tufmesh.errors import ClientError, MetadataRefusedError, NotInMetadataError, SourcesFailedError
+
+BIG = "demo/demo-1.0.tar.gz"  # 6.5 chunks
+SMALL = "demo/demo-0.1.tar.gz"  # one chunk, no manifest
+FAST = {
+    "fetch_config": FetchConfig(read_timeout=3.0, grace=1.0),
+    "scheduler_config": SchedulerConfig(grace=1.0),
+}
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    repo = init_repo(tmp_path_factory.mktemp("origin") / "repo")
+    token = add_project(repo, "demo")
+    server = start_server(repo)
+    contents = {BIG: os.urandom(6 * (1 << 20) + 500_000), SMALL: os.urandom(100_000)}
+    for target, body in contents.items():
+        response = post(server.url, "demo", target.split("/")[1], body, token)
+        assert response.status_code == 200, response.text
+    server.contents = contents  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client_for(origin: Server, tmp_path: Path, *sources: str, name: str = "client") -> Client:
+    metadata = tmp_path / name
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    return Client(metadata, root, list(sources), **FAST)
+
+
+def test_honest_multi_source_download(origin: Server, tmp_path: Path) -> None:
+    with mirrors(origin.repo, "honest", "honest") as (a, b):
+        with client_for(origin, tmp_path, origin.url, a.url, b.url) as client:
+            result = client.download(BIG, tmp_path / "out")
+        assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        served = {name: s.bytes for name, s in result.sources.items()}
+        assert all(served.get(url, 0) > 0 for url in (origin.url, a.url, b.url)), served
+        assert not (tmp_path / "out" / "demo-1.0.tar.gz.part").exists()
+
+
+def test_one_chunk_artifact_and_listing(origin: Server, tmp_path: Path) -> None:
+    with client_for(origin, tmp_path, origin.url) as client:
+        result = client.download(SMALL, tmp_path)
+        assert result.path.read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+        listed = {t.path: t.length for t in client.artifacts("demo")}
+        assert listed == {BIG: len(origin.contents[BIG]), SMALL: 100_000}  # type: ignore[attr-defined]
+        assert client.artifacts("other") == []
+        with pytest.raises(NotInMetadataError, match="not in the signed metadata"):
+            client.download("demo/missing-1.0.tar.gz", tmp_path)
+
+
+CHUNK_ATTACKS = ["bitflip", "other", "truncate", "endless", "trickle", "404", "500"]
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("behaviour", CHUNK_ATTACKS)
+def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
+    origin: Server, tmp_path: Path, behaviour: str
+) -> None:
+    out = tmp_path / "out"
+    with mirrors(origin.repo, behaviour) as (liar,):  # type: ignore[arg-type]
+        # With an honest source beside it: the download completes, verified.
+        with client_for(origin, tmp_path, liar.url, origin.url, name="c1") as client:
+            result = client.download(BIG, out)
+        assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        stats = result.sources[liar.url]
+        assert stats.chunks == 0  # not one chunk of the liar's was accepted
+        if behaviour in ("bitflip", "other", "endless"):
+            assert "bad chunk" in (stats.banned or "")  # banned at the first lie
+        health = {h.url: h for h in client.fetcher.sources}[liar.url]
+        assert health.failures >= 1  # remembered for the next run's source order
+        result.path.unlink()
+        # With no honest source: a clear failure, and nothing at the target path.
+        with client_for(origin, tmp_path, liar.url, name="c2") as client:
+            with pytest.raises(ClientError) as info:
+                client.download(BIG, out)
+        assert liar.url in str(info.value)
+        assert not (out / "demo-1.0.tar.gz").exists()
+    # And an honest update succeeds afterwards.
+    with client_for(origin, tmp_path, origin.url, name="c3") as client:
+        assert client.download(BIG, out).path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize(
+    ("attack", "message"), [("rollback", "rollback detected"), ("freeze", "freeze attack")]
+)
+def test_stale_metadata_from_a_mirror_is_refused(
+    origin: Server, tmp_path: Path, attack: str, message: str
+) -> None:
+    old = (origin.repo / "metadata" / "timestamp.json").read_bytes()
+    token = add_project(origin.repo, f"{attack}-proj")
+    assert post(origin.url, f"{attack}-proj", "x-1.tar.gz", b"x", token).status_code == 200
+    with client_for(origin, tmp_path, origin.url, name="seen") as client:
+        client.target(BIG)  # this client has seen the newest timestamp
+    with mirrors(origin.repo, "honest") as (liar,):
+        liar.metadata_overrides["timestamp.json"] = (
+            old
+            if attack == "rollback"
+            else resign_timestamp(origin.repo, version_delta=1, expires_in_days=-1)
+        )
+        with client_for(origin, tmp_path, liar.url, origin.url, name="seen") as client:
+            assert client.download(BIG, tmp_path / "ok").path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+            assert liar.url in client.fetcher.excluded
+        with client_for(origin, tmp_path, liar.url, name="seen") as client:
+            with pytest.raises(MetadataRefusedError, match=message):
+                client.download(BIG, tmp_path / "no")
+        assert not (tmp_path / "no" / "demo-1.0.tar.gz").exists()
+
+
+def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
+    with client_for(origin, tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:1") as client:
+        with pytest.raises(SourcesFailedError) as info:
+            client.download(BIG, tmp_path)
+    assert "127.0.0.1:9" in str(info.value) and "127.0.0.1:1" in str(info.value)
+
+
+def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    with mirrors(origin.repo, "slow", "honest") as (slow, honest):
+        tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                "--origin", slow.url, "--home", str(home))  # fmt: skip
+        proc = subprocess.Popen(
+            [TUFMESH, "get", BIG, "-o", str(out), "--home", str(home), "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        part = out / "demo-1.0.tar.gz.part"
+        deadline = time.monotonic() + 20
+        while slow.blob_requests < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert part.exists() and not (out / "demo-1.0.tar.gz").exists()
+        ClientHome(home).save_sources([honest.url])
+        done = tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--json")
+        import json
+
+        answer = json.loads(done.stdout)
+        assert (out / "demo-1.0.tar.gz").read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        assert 0 < honest.blob_requests < 7 + 1  # manifest + only the missing chunks
+        assert sum(answer["bytes_by_source"].values()) < len(origin.contents[BIG])  # type: ignore[attr-defined]
+        before = honest.blob_requests
+        again = json.loads(
+            tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--json").stdout
+        )
+        assert again["cached"] is True and honest.blob_requests == before
+        listing = tufmesh("ls", "demo", "--home", str(home)).stdout
+        assert f"{BIG}\t{len(origin.contents[BIG])}\t" in listing  # type: ignore[attr-defined]
+        sources = tufmesh("client", "sources", "--home", str(home)).stdout
+        assert honest.url in sources and "failures 0" in sources
+        missing = tufmesh("get", "demo/nope-1.tar.gz", "--home", str(home), check=False)
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "Error: demo/nope-1.tar.gz is not in the signed metadata"
