@@ -23,9 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tufmesh.cas import BlobStore
-
 from tufmesh._ui import parse_size
+from tufmesh.cas import BlobStore
 
 BUF = 4 << 20
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import trio
+
 from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._repository import Artifact, OriginRepository
 

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import click
-from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE
-from tufmesh.cas._store import BlobStore
 
 from tufmesh._ui import SIZE, Group, data_home, format_size, progress_bar
+from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE
+from tufmesh.cas._store import BlobStore
 from tufmesh.errors import CorruptBlobError, UsageError
 
 __all__ = ["cas"]

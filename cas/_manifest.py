@@ -34,8 +34,8 @@ from functools import cached_property
 from typing import Final, final
 
 import blake3
-from tufmesh.cas._cid import cid_from_sha256, cid_of
 
+from tufmesh.cas._cid import cid_from_sha256, cid_of
 from tufmesh.errors import ChunkRejectedError, ManifestError
 
 __all__ = [

@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeAlias, final
 
+from tufmesh._durable import fsync_dir
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
 from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
-
-from tufmesh._durable import fsync_dir
 from tufmesh.errors import (
     BlobNotFoundError,
     ChunkRejectedError,

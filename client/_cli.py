@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import click
-from tufmesh.client._client import Client
-from tufmesh.client._home import ClientHome
 
 from tufmesh._ui import Group, data_home, format_size, progress_bar
+from tufmesh.client._client import Client
+from tufmesh.client._home import ClientHome
 
 __all__ = ["client", "get", "ls"]
 

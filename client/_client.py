@@ -24,6 +24,7 @@ import trio
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile, Targets
 from tuf.ngclient import Updater
+
 from tufmesh.cas import Manifest, cid_of
 from tufmesh.client._download import (
     ChunkPlan,
@@ -40,7 +41,6 @@ from tufmesh.client._fetcher import (
 )
 from tufmesh.client._home import ClientHome
 from tufmesh.client._scheduler import SchedulerConfig, SourceStats
-
 from tufmesh.errors import (
     ChunkRejectedError,
     ClientError,
@@ -84,7 +84,7 @@ class Client:
         self,
         metadata_dir: Path,
         trusted_root: bytes,
-        sources: list[str],
+        sources: list[str | SourceHealth],
         *,
         fetch_config: FetchConfig | None = None,
         scheduler_config: SchedulerConfig | None = None,
@@ -98,7 +98,8 @@ class Client:
         health = home.health() if home is not None else []
         known = {h.url: h for h in health}
         self.fetcher = MultiSourceFetcher(
-            [known.get(url, SourceHealth(url)) for url in sources], self.fetch_config
+            [s if isinstance(s, SourceHealth) else known.get(s, SourceHealth(s)) for s in sources],
+            self.fetch_config,
         )
         self._updater: Updater | None = None
 
@@ -166,6 +167,10 @@ class Client:
                     health.last_error = _explain(exc)
         return f"{source or 'a source'}: {_explain(exc)}"
 
+    def refresh(self) -> None:
+        """Bring the top-level metadata up to date (the TUF client workflow)."""
+        self._with_failover(lambda updater: None)
+
     def target(self, path: str) -> TargetFile:
         """The signed target entry for ``path``."""
         info = self._with_failover(lambda u: u.get_targetinfo(path))
@@ -209,12 +214,13 @@ class Client:
         path: str,
         dest_dir: Path,
         *,
+        filename: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> DownloadResult:
-        """Fetch artifact ``path`` into ``dest_dir/<filename>``, verified."""
+        """Fetch artifact ``path`` into ``dest_dir/<filename>`` (default: its base name)."""
         info = self.target(path)
         dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / path.rsplit("/", 1)[-1]
+        dest = dest_dir / (filename or path.rsplit("/", 1)[-1])
         if dest.is_file():
             with open(dest, "rb") as existing:
                 try:
@@ -222,24 +228,42 @@ class Client:
                     return DownloadResult(path, dest, info.length, cached=True)
                 except tuf_errors.LengthOrHashMismatchError:
                     pass  # stale or damaged: fetch again
-        custom = info.custom
-        cid = custom.get("cid")
-        if not isinstance(cid, str):
-            raise ClientError(f"{path}: the signed metadata names no blob CID")
-        sources = [s.url for s in self.fetcher.ordered()]
         part = dest.with_name(dest.name + ".part")
-        stats: dict[str, SourceStats] = {}
+        cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
+        blob_sources = [s.url for s in self.fetcher.ordered() if s.serves_blobs]
+        if isinstance(cid, str) and blob_sources:
+            stats = self._download_chunks(info, cid, blob_sources, part, progress)
+        else:
+            stats = self._download_whole(info, part, progress)
+        with open(part, "rb") as handle:
+            try:
+                info.verify_length_and_hashes(handle)  # python-tuf's own check, whole file
+            except tuf_errors.LengthOrHashMismatchError as exc:
+                raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
+        os.replace(part, dest)
+        return DownloadResult(path, dest, info.length, sources=stats)
+
+    def _download_chunks(
+        self,
+        info: TargetFile,
+        cid: str,
+        sources: list[str],
+        part: Path,
+        progress: Callable[[int], None] | None,
+    ) -> dict[str, SourceStats]:
+        custom = info.custom
+        manifest_stats: dict[str, SourceStats] = {}
         if "manifest" in custom:
-            manifest, stats = self._fetch_manifest(custom["manifest"], sources)
+            manifest, manifest_stats = self._fetch_manifest(custom["manifest"], sources)
             if manifest.blob_cid != cid or manifest.length != info.length:
-                raise ClientError(f"{path}: the signed manifest describes another blob")
+                raise ClientError(f"{info.path}: the signed manifest describes another blob")
             plan = plan_for_manifest(manifest)
         else:
             plan = plan_for_whole_blob(cid, info.length, info.hashes["sha256"])
         have = _verified_chunks(part, plan)
         if progress is not None and have:
             progress(sum(plan.span(i)[1] for i in have))
-        more = trio.run(
+        stats = trio.run(
             lambda: download_plan(
                 plan,
                 sources,
@@ -250,16 +274,24 @@ class Client:
                 progress=progress,
             )
         )
-        for name, stat in stats.items():  # the manifest's bytes count too
-            more[name].bytes += stat.bytes
-        self._record(more)
-        with open(part, "rb") as handle:
-            try:
-                info.verify_length_and_hashes(handle)  # python-tuf's own check, whole file
-            except tuf_errors.LengthOrHashMismatchError as exc:
-                raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
-        os.replace(part, dest)
-        return DownloadResult(path, dest, info.length, sources=more)
+        for name, stat in manifest_stats.items():  # the manifest's bytes count too
+            stats[name].bytes += stat.bytes
+        self._record(stats)
+        return stats
+
+    def _download_whole(
+        self, info: TargetFile, part: Path, progress: Callable[[int], None] | None
+    ) -> dict[str, SourceStats]:
+        """A plain TUF repository: python-tuf fetches ``targets/`` through our fetcher."""
+
+        def fetch(updater: Updater) -> str:
+            return updater.download_target(info, str(part), TARGET_BASE)
+
+        self._with_failover(fetch)
+        if progress is not None:
+            progress(info.length)
+        source = self.fetcher.last_source or "?"
+        return {source: SourceStats(source, bytes=info.length, chunks=1)}
 
     def _fetch_manifest(
         self, manifest_cid: str, sources: list[str]

@@ -20,10 +20,10 @@ from typing import Final
 
 import httpx
 import trio
+
 from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
-
 from tufmesh.errors import ChunkRejectedError, SourcesFailedError
 
 __all__ = ["ChunkPlan", "download_plan", "plan_for_manifest", "plan_for_whole_blob"]

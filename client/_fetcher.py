@@ -55,6 +55,21 @@ class SourceHealth:
     throughput: float | None = None  # bytes per second, last observed
     failures: int = 0
     last_error: str | None = None
+    #: A plain TUF repository (the conformance CLI's case) has its metadata and
+    #: targets wherever it says, and no ``/blobs/``; a tufmesh origin or mirror
+    #: has all three under its URL.
+    metadata_url: str | None = None
+    targets_url: str | None = None
+
+    @property
+    def serves_blobs(self) -> bool:
+        """True for a tufmesh origin or mirror (chunked downloads by CID)."""
+        return self.metadata_url is None
+
+    def base(self, kind: str) -> str:
+        """Base URL, ending in ``/``, of ``metadata`` or ``targets``."""
+        explicit = self.metadata_url if kind == "metadata" else self.targets_url
+        return (explicit or f"{self.url}/{kind}").rstrip("/") + "/"
 
     def score(self) -> tuple[int, float]:
         """Sort key: fewer failures first, then lower latency."""
@@ -93,11 +108,13 @@ class MultiSourceFetcher(FetcherInterface):
             kind, name = "targets", url.removeprefix(TARGET_BASE)
         else:
             raise DownloadError(f"not a tufmesh URL: {url}")
+        if kind == "targets":
+            return self._stream_target(name)
         reasons: dict[str, str] = {}
         not_found = 0
         for source in self.ordered():
             try:
-                data = self._get(source, f"{source.url.rstrip('/')}/{kind}/{name}")
+                data = self._get(source, f"{source.base(kind)}{name}")
             except DownloadHTTPError as exc:
                 reasons[source.url] = f"HTTP {exc.status_code}"
                 not_found += exc.status_code == 404
@@ -114,6 +131,38 @@ class MultiSourceFetcher(FetcherInterface):
             # answer (python-tuf asks for root N+1 until it gets a 404). A
             # source that hides a file that exists is outvoted by any that has
             # it, since every source is asked before we get here.
+            raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
+        raise SourcesFailedError(f"every source failed for {name}: {listing}")
+
+    def _stream_target(self, name: str) -> Iterator[bytes]:
+        """Stream an artifact from the first source that answers 200.
+
+        python-tuf's ``download_file`` counts the bytes against the signed
+        length as they come and checks the hashes at the end.
+        """
+        reasons: dict[str, str] = {}
+        for source in self.ordered():
+            response = None
+            try:
+                response = self._client.send(
+                    self._client.build_request("GET", f"{source.base('targets')}{name}"),
+                    stream=True,
+                )
+                if response.status_code != 200:
+                    reasons[source.url] = f"HTTP {response.status_code}"
+                    continue
+                self.last_source = source.url
+                yield from response.iter_bytes()
+                return
+            except httpx.HTTPError as exc:
+                reasons[source.url] = str(exc) or type(exc).__name__
+                if self.last_source == source.url:
+                    raise DownloadError(f"{source.url} failed mid-transfer: {exc}") from None
+            finally:
+                if response is not None:
+                    response.close()
+        listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
+        if all(r == "HTTP 404" for r in reasons.values()) and reasons:
             raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
         raise SourcesFailedError(f"every source failed for {name}: {listing}")
 

@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root
-from tufmesh.client._fetcher import SourceHealth
 
 from tufmesh._durable import write_atomic
+from tufmesh.client._fetcher import SourceHealth
 from tufmesh.errors import ClientError, UsageError
 
 __all__ = ["ClientHome"]

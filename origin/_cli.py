@@ -10,15 +10,15 @@ from pathlib import Path
 import click
 import httpx
 import trio
+
+from tufmesh._ui import SIZE, Group, format_size, progress_bar
+from tufmesh.errors import OriginError, TufmeshError, UsageError
 from tufmesh.origin._config import ROLES, OriginConfig
 from tufmesh.origin._names import check_filename
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._publish import upload
 from tufmesh.origin._repository import OriginRepository
 from tufmesh.origin._server import serve as serve_repository
-
-from tufmesh._ui import SIZE, Group, format_size, progress_bar
-from tufmesh.errors import OriginError, TufmeshError, UsageError
 
 __all__ = ["origin", "publish"]
 

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
 
-from tufmesh.origin._names import normalize_project
-
 from tufmesh._durable import write_atomic
 from tufmesh.errors import AuthError, ForbiddenError, OriginError
+from tufmesh.origin._names import normalize_project
 
 __all__ = ["ProjectRegistry"]
 

@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from tufmesh.origin._names import check_filename, normalize_project
 
 from tufmesh.errors import PublishError
+from tufmesh.origin._names import check_filename, normalize_project
 
 __all__ = ["upload"]
 

@@ -53,7 +53,10 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
+
+from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore
+from tufmesh.errors import ConflictError, OriginError
 from tufmesh.origin._config import (
     BIN_N,
     DELEGATING_BINS,
@@ -62,9 +65,6 @@ from tufmesh.origin._config import (
     OriginConfig,
 )
 from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
-
-from tufmesh._durable import fsync_dir, write_atomic
-from tufmesh.errors import ConflictError, OriginError
 
 __all__ = [
     "REFRESH_FRACTION",

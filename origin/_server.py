@@ -23,13 +23,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from tufmesh.cas import BlobStore, BlobWriter, parse_cid
-from tufmesh.origin._config import OriginConfig
-from tufmesh.origin._names import check_filename, normalize_project
-from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact
-from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 
+from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     AuthError,
     ConflictError,
@@ -38,6 +33,11 @@ from tufmesh.errors import (
     OriginError,
     StoreError,
 )
+from tufmesh.origin._config import OriginConfig
+from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._repository import Artifact
+from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 
 __all__ = ["OriginService", "ServiceConfig", "build_app", "serve"]
 

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final, Protocol
 
 import trio
-from tufmesh.origin._repository import Artifact, OriginRepository
 
 from tufmesh.errors import ConflictError, OriginError
+from tufmesh.origin._repository import Artifact, OriginRepository
 
 __all__ = ["CommitState", "Committer", "LocalCommitter", "SignerProcess", "main"]
 

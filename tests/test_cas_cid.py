@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 from multiformats import CID, multihash
-from tufmesh.cas import cid_from_sha256, cid_of, parse_cid
 
+from tufmesh.cas import cid_from_sha256, cid_of, parse_cid
 from tufmesh.errors import InvalidCIDError, StoreError
 
 HELLO = "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tufmesh.cas import BlobStore, cid_of
 
 TUFMESH = shutil.which("tufmesh", path=os.path.dirname(sys.executable)) or "tufmesh"

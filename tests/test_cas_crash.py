@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tufmesh.cas import BlobStore, cid_of
 
 from tests.helpers.cas_writer import blob
+from tufmesh.cas import BlobStore, cid_of
 
 WRITER = Path(__file__).parent / "helpers" / "cas_writer.py"
 

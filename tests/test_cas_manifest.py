@@ -7,8 +7,8 @@ import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tufmesh.cas import BlobStore, Manifest, build_manifest, cid_of
 
+from tufmesh.cas import BlobStore, Manifest, build_manifest, cid_of
 from tufmesh.errors import ChunkRejectedError, DigestMismatchError, ManifestError
 
 blobs = st.binary(min_size=0, max_size=4096)

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tufmesh.cas import BlobStore, StoreConfig, cid_of
 
+from tufmesh.cas import BlobStore, StoreConfig, cid_of
 from tufmesh.errors import (
     BlobNotFoundError,
     CorruptBlobError,

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig
 
 from tests.helpers.mirror import mirrors, resign_timestamp
 from tests.helpers.origin import (
@@ -22,6 +21,7 @@ from tests.helpers.origin import (
     start_server,
     tufmesh,
 )
+from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig
 from tufmesh.errors import ClientError, MetadataRefusedError, NotInMetadataError, SourcesFailedError
 
 BIG = "demo/demo-1.0.tar.gz"  # 6.5 chunks
@@ -179,3 +179,29 @@ def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -
         missing = tufmesh("get", "demo/nope-1.tar.gz", "--home", str(home), check=False)
         assert missing.returncode == 1
         assert missing.stderr.strip() == "Error: demo/nope-1.tar.gz is not in the signed metadata"
+
+
+def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
+    exe = TUFMESH + "-conformance"
+    meta, targets = tmp_path / "meta", tmp_path / "targets"
+    common = ["--metadata-dir", str(meta)]
+    urls = ["--metadata-url", f"{origin.url}/metadata", "--target-base-url", f"{origin.url}/targets",
+            "--target-dir", str(targets)]  # fmt: skip
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+    assert run(*common, "init", str(origin.repo / "metadata" / "1.root.json")).returncode == 0
+    assert (meta / "root.json").exists()
+    assert run(*common, "--metadata-url", f"{origin.url}/metadata", "refresh").returncode == 0
+    assert {"timestamp.json", "snapshot.json", "targets.json"} <= {p.name for p in meta.iterdir()}
+    done = run(*common, *urls, "--target-name", SMALL, "--target-name", BIG, "download")
+    assert done.returncode == 0, done.stderr
+    from urllib.parse import quote
+
+    for name in (SMALL, BIG):
+        assert (targets / quote(name, safe="")).read_bytes() == origin.contents[name]  # type: ignore[attr-defined]
+    missing = run(*common, *urls, "--target-name", "demo/absent-1.tar.gz", "download")
+    assert missing.returncode == 1 and "not in the signed metadata" in missing.stderr
+    unreachable = run(*common, "--metadata-url", "http://127.0.0.1:9/metadata", "refresh")
+    assert unreachable.returncode == 1

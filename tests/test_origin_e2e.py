@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tufmesh.cas import BlobStore
 
 from tests.helpers.origin import (
     add_project,
@@ -26,6 +25,7 @@ from tests.helpers.origin import (
     tuf_updater,
     tufmesh,
 )
+from tufmesh.cas import BlobStore
 
 
 @pytest.fixture

@@ -11,11 +11,6 @@ import pytest
 from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError
 from tuf.api.metadata import DelegatedRole, Delegations, Targets
 from tuf.ngclient import FetcherInterface, Updater
-from tufmesh.origin._config import OriginConfig
-from tufmesh.origin._keys import generate_file_key
-from tufmesh.origin._names import check_filename, normalize_project
-from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact, OriginRepository, check_single_delegator
 
 from tufmesh.errors import (
     AuthError,
@@ -23,6 +18,11 @@ from tufmesh.errors import (
     InvalidNameError,
     OriginError,
 )
+from tufmesh.origin._config import OriginConfig
+from tufmesh.origin._keys import generate_file_key
+from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._repository import Artifact, OriginRepository, check_single_delegator
 
 
 class DirectoryFetcher(FetcherInterface):
@@ -265,6 +265,7 @@ def test_same_bytes_beyond_the_hard_link_limit_fall_back_to_a_symlink(
 def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
     import trio
     import trio.testing
+
     from tufmesh.origin import OriginService
     from tufmesh.origin._signer import LocalCommitter
 

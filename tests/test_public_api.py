@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import tufmesh.cas
-
+import tufmesh.client
 import tufmesh.errors
+import tufmesh.origin
 
 
 def test_cas_public_api() -> None:
@@ -51,4 +52,18 @@ def test_origin_public_api() -> None:
         "serve",
         "target_path",
         "upload",
+    ]
+
+
+def test_client_public_api() -> None:
+    assert tufmesh.client.__all__ == [
+        "ChunkScheduler",
+        "Client",
+        "ClientHome",
+        "DownloadResult",
+        "FetchConfig",
+        "MultiSourceFetcher",
+        "SchedulerConfig",
+        "SourceHealth",
+        "SourceStats",
     ]
