@@ -230,7 +230,11 @@ class Client:
                     pass  # stale or damaged: fetch again
         part = dest.with_name(dest.name + ".part")
         cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
-        blob_sources = [s.url for s in self.fetcher.ordered() if s.serves_blobs]
+        # The chunked data path speaks plain HTTP (see _http.py); an https://
+        # source still serves whole artifacts through python-tuf below.
+        blob_sources = [
+            s.url for s in self.fetcher.ordered() if s.serves_blobs and s.url.startswith("http://")
+        ]
         if isinstance(cid, str) and blob_sources:
             stats = self._download_chunks(info, cid, blob_sources, part, progress)
         else:

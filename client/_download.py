@@ -10,7 +10,6 @@ requests to ``/blobs/{cid}``, each chunk verified before it is written into the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import httpx
 import trio
 
 from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
+from tufmesh.client._http import HttpError, RangePool, TooLong
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
 from tufmesh.errors import ChunkRejectedError, SourcesFailedError
 
@@ -69,35 +68,6 @@ def plan_for_whole_blob(cid: str, length: int, sha256_hex: str) -> ChunkPlan:
     return ChunkPlan(cid, length, max(length, 1), verify)
 
 
-class _Bad(Exception):
-    """The source answered, and the answer was wrong (not a network failure)."""
-
-
-async def _fetch_range(
-    client: httpx.AsyncClient,
-    source: str,
-    plan: ChunkPlan,
-    index: int,
-    on_bytes: Callable[[int], None],
-) -> bytes:
-    offset, length = plan.span(index)
-    headers = {"range": f"bytes={offset}-{offset + length - 1}"}
-    async with client.stream("GET", f"{source.rstrip('/')}/blobs/{plan.cid}", headers=headers) as r:
-        whole = r.status_code == 200 and offset == 0 and length == plan.length
-        if r.status_code != 206 and not whole:
-            raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
-        body = bytearray()
-        async with contextlib.aclosing(r.aiter_bytes()) as pieces:
-            async for piece in pieces:
-                body += piece
-                on_bytes(len(piece))
-                if len(body) > length:
-                    raise _Bad(f"sent more than the {length} bytes asked for")
-    if len(body) < length:
-        raise _Bad(f"sent {len(body)} of {length} bytes")
-    return bytes(body)
-
-
 async def download_plan(
     plan: ChunkPlan,
     sources: list[str],
@@ -118,34 +88,37 @@ async def download_plan(
     scheduler = ChunkScheduler(
         plan.count, list(sources), scheduler_config or SchedulerConfig(), have=set(have or ())
     )
-    timeout = httpx.Timeout(fetch_config.read_timeout, connect=fetch_config.connect_timeout)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+    pool = RangePool(fetch_config.connect_timeout, fetch_config.read_timeout)
     scopes: dict[tuple[str, int], trio.CancelScope] = {}
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     wake = trio.Event()
 
-    def store(index: int, data: bytes) -> None:
+    def store(index: int, data: bytearray) -> None:
         plan.verify(index, data)  # raises ChunkRejectedError: nothing is written
         view, offset = memoryview(data), plan.span(index)[0]
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
 
-    async def fetch(client: httpx.AsyncClient, source: str, index: int) -> None:
+    async def fetch(source: str, index: int) -> None:
         scope = scopes[(source, index)]
         try:
             with scope:
                 try:
-                    data = await _fetch_range(
-                        client, source, plan, index, lambda n: scheduler.received(source, index, n)
+                    offset, length = plan.span(index)
+                    data = await pool.fetch(
+                        source,
+                        f"/blobs/{plan.cid}",
+                        offset,
+                        length,
+                        plan.length,
+                        lambda n: scheduler.received(source, index, n),
                     )
                     await trio.to_thread.run_sync(store, index, data)
-                except ChunkRejectedError as exc:
+                except (ChunkRejectedError, TooLong) as exc:
                     scheduler.rejected(source, index, str(exc))
-                except _Bad as exc:
-                    scheduler.rejected(source, index, str(exc))
-                except (httpx.HTTPError, OSError) as exc:
-                    scheduler.failed(source, index, _reason(exc))
+                except HttpError as exc:
+                    scheduler.failed(source, index, str(exc))
                 else:
                     if scheduler.verified(source, index, len(data), clock()) and progress:
                         progress(len(data))
@@ -156,10 +129,7 @@ async def download_plan(
 
     try:
         os.ftruncate(fd, plan.length)
-        async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
-            trio.open_nursery() as nursery,
-        ):
+        async with trio.open_nursery() as nursery:
             while not scheduler.complete:
                 now = clock()
                 for source, index in scheduler.too_slow(now):
@@ -172,7 +142,7 @@ async def download_plan(
                         scope.cancel()
                 for source, index in scheduler.assign(now):
                     scopes[(source, index)] = trio.CancelScope()
-                    nursery.start_soon(fetch, client, source, index)
+                    nursery.start_soon(fetch, source, index)
                 if scheduler.stuck and not scopes:
                     break
                 wake = trio.Event()
@@ -181,17 +151,8 @@ async def download_plan(
             nursery.cancel_scope.cancel()
     finally:
         os.close(fd)
+        pool.close()
     if not scheduler.complete:
         reasons = "; ".join(f"{s}: {r}" for s, r in scheduler.reasons().items())
         raise SourcesFailedError(f"every source failed: {reasons}")
     return scheduler.stats
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return str(exc).split(" for url")[0]
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return "cannot connect"
-    return str(exc) or type(exc).__name__

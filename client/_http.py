@@ -1,0 +1,194 @@
+"""A minimal HTTP/1.1 range client for the bulk data path.
+
+httpx reads 64 KiB at a time and copies every piece; on our machines that
+caps a download at about 0.3 GB/s (shared/notes/http-throughput.md). This
+client does only what chunk fetching needs: ``GET`` with a ``Range`` on a
+keep-alive connection, the body read with ``recv_into`` straight into the
+chunk's buffer. It trusts nothing it reads: the head is bounded (16 KiB, as
+h11), the status and length must be exactly what was asked for, and a body
+longer than asked is an error, never read further. Plain ``http://`` only;
+other schemes go through httpx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit
+
+import trio
+
+__all__ = ["HttpError", "RangePool", "TooLong"]
+
+#: Largest response head accepted (h11's default limit).
+MAX_HEAD: Final = 16 * 1024
+
+
+class HttpError(Exception):
+    """The source failed: connection, timeout, status, or a short body."""
+
+
+class _Stale(HttpError):
+    """A connection closed before any response: on a pooled one, retry once."""
+
+
+class TooLong(Exception):
+    """The source sent more than the range asked for: it lies (or streams forever)."""
+
+
+@dataclass
+class _Conn:
+    sock: trio.socket.SocketType
+    leftover: bytearray = field(default_factory=bytearray)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class RangePool:
+    """Keep-alive connections per source; ``fetch`` reads one range into a buffer."""
+
+    connect_timeout: float
+    read_timeout: float
+    _idle: dict[str, list[_Conn]] = field(default_factory=dict)
+
+    async def _connect(self, host: str, port: int) -> _Conn:
+        with trio.move_on_after(self.connect_timeout) as scope:
+            sock = trio.socket.socket()
+            try:
+                await sock.connect((host, port))
+            except OSError as exc:
+                sock.close()
+                raise HttpError(f"cannot connect: {exc.strerror or exc}") from None
+            sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+            return _Conn(sock)
+        sock.close()
+        assert scope.cancelled_caught
+        raise HttpError("timed out connecting")
+
+    async def _recv_into(self, conn: _Conn, view: memoryview) -> int:
+        with trio.move_on_after(self.read_timeout):
+            try:
+                return await conn.sock.recv_into(view)
+            except OSError as exc:
+                raise HttpError(f"connection failed: {exc.strerror or exc}") from None
+        raise HttpError("timed out")
+
+    async def fetch(
+        self,
+        base: str,
+        path: str,
+        offset: int,
+        length: int,
+        whole_length: int,
+        on_bytes: Callable[[int], None],
+    ) -> bytearray:
+        """``GET base+path`` bytes ``offset .. offset+length-1``; return exactly those bytes."""
+        url = urlsplit(base)
+        host, port = url.hostname or "127.0.0.1", url.port or 80
+        key = f"{host}:{port}"
+        pool = self._idle.setdefault(key, [])
+        if pool:
+            try:
+                return await self._fetch_on(pool.pop(), pool, key, url.path, path, offset, length,
+                                            whole_length, on_bytes)  # fmt: skip
+            except _Stale:
+                pass  # the server closed an idle connection: not the source's fault
+        conn = await self._connect(host, port)
+        return await self._fetch_on(conn, pool, key, url.path, path, offset, length,
+                                    whole_length, on_bytes)  # fmt: skip
+
+    async def _fetch_on(
+        self,
+        conn: _Conn,
+        pool: list[_Conn],
+        key: str,
+        prefix: str,
+        path: str,
+        offset: int,
+        length: int,
+        whole_length: int,
+        on_bytes: Callable[[int], None],
+    ) -> bytearray:
+        reusable = False
+        try:
+            head = (
+                f"GET {prefix.rstrip('/')}{path} HTTP/1.1\r\nHost: {key}\r\n"
+                f"Range: bytes={offset}-{offset + length - 1}\r\n\r\n"
+            ).encode()
+            try:
+                view = memoryview(head)
+                while view:  # trio sockets have no sendall
+                    view = view[await conn.sock.send(view) :]
+            except OSError as exc:
+                raise HttpError(f"connection failed: {exc.strerror or exc}") from None
+            status, version, headers = await self._read_head(conn)
+            whole = status == 200 and offset == 0 and length == whole_length
+            if status != 206 and not whole:
+                raise HttpError(f"HTTP {status}")
+            declared = headers.get(b"content-length")
+            if declared is not None and int(declared) > length:
+                raise TooLong(f"announced {int(declared)} bytes for a {length}-byte range")
+            body = bytearray(length + 1)  # one spare byte catches a longer body
+            view = memoryview(body)
+            got = min(len(conn.leftover), length + 1)
+            view[:got] = conn.leftover[:got]
+            del conn.leftover[:got]
+            if got:
+                on_bytes(got)
+            while got <= length and (declared is None or got < int(declared)):
+                count = await self._recv_into(conn, view[got:])
+                if not count:
+                    break
+                got += count
+                on_bytes(count)
+            if got > length:
+                raise TooLong(f"sent more than the {length} bytes asked for")
+            if got < length:
+                raise HttpError(f"connection closed after {got} of {length} bytes")
+            keep = headers.get(b"connection")
+            reusable = declared is not None and (
+                keep == b"keep-alive" if version == b"HTTP/1.0" else keep != b"close"
+            )
+            view.release()
+            del body[length:]
+            return body
+        finally:
+            if reusable and not conn.leftover:
+                pool.append(conn)
+            else:
+                conn.close()
+
+    async def _read_head(self, conn: _Conn) -> tuple[int, bytes, dict[bytes, bytes]]:
+        buffer = conn.leftover
+        chunk = bytearray(65536)
+        while b"\r\n\r\n" not in buffer:
+            if len(buffer) > MAX_HEAD:
+                raise HttpError("response head too large")
+            count = await self._recv_into(conn, memoryview(chunk))
+            if not count:
+                raise _Stale("connection closed before a response")
+            buffer += chunk[:count]
+        end = buffer.index(b"\r\n\r\n")
+        lines = bytes(buffer[:end]).split(b"\r\n")
+        del buffer[: end + 4]
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise HttpError("not an HTTP/1.x response")
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                headers[name.strip().lower()] = value.strip().lower()
+        if headers.get(b"transfer-encoding", b"identity") != b"identity":
+            raise HttpError("chunked responses are not accepted for ranges")
+        return int(parts[1]), parts[0], headers
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
