@@ -90,34 +90,31 @@ class RangePool:
         host, port = url.hostname or "127.0.0.1", url.port or 80
         key = f"{host}:{port}"
         pool = self._idle.setdefault(key, [])
+        head = (
+            f"GET {url.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {key}\r\n"
+            f"Range: bytes={offset}-{offset + length - 1}\r\n\r\n"
+        ).encode()
+        exchange = (head, offset, length, whole_length, on_bytes)
         if pool:
             try:
-                return await self._fetch_on(pool.pop(), pool, key, url.path, path, offset, length,
-                                            whole_length, on_bytes)  # fmt: skip
+                return await self._exchange(pool.pop(), pool, *exchange)
             except _Stale:
                 pass  # the server closed an idle connection: not the source's fault
-        conn = await self._connect(host, port)
-        return await self._fetch_on(conn, pool, key, url.path, path, offset, length,
-                                    whole_length, on_bytes)  # fmt: skip
+        return await self._exchange(await self._connect(host, port), pool, *exchange)
 
-    async def _fetch_on(
+    async def _exchange(
         self,
         conn: _Conn,
         pool: list[_Conn],
-        key: str,
-        prefix: str,
-        path: str,
+        head: bytes,
         offset: int,
         length: int,
         whole_length: int,
         on_bytes: Callable[[int], None],
     ) -> bytearray:
+        """Send one request on ``conn``; return it to ``pool`` if it can be reused."""
         reusable = False
         try:
-            head = (
-                f"GET {prefix.rstrip('/')}{path} HTTP/1.1\r\nHost: {key}\r\n"
-                f"Range: bytes={offset}-{offset + length - 1}\r\n\r\n"
-            ).encode()
             try:
                 view = memoryview(head)
                 while view:  # trio sockets have no sendall

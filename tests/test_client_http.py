@@ -1,0 +1,87 @@
+"""The range client against canned (and hostile) responses on a real socket."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tufmesh.client._http import HttpError, RangePool, TooLong
+
+BODY = bytes(range(256)) * 4  # 1 KiB
+
+
+async def serve_once(responses: list[bytes], task_status=trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        for response in responses:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                request += chunk
+            await stream.send_all(response)
+        await stream.aclose()
+
+    task_status.started(port)
+    await trio.serve_listeners(handler, listeners)
+
+
+def fetch(responses: list[bytes], count: int = 1, length: int = 16) -> list[object]:
+    results: list[object] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_once, responses)
+            pool = RangePool(connect_timeout=2, read_timeout=2)
+            for _ in range(count):
+                try:
+                    results.append(
+                        bytes(
+                            await pool.fetch(
+                                f"http://127.0.0.1:{port}",
+                                "/blobs/x",
+                                0,
+                                length,
+                                1024,
+                                lambda n: None,
+                            )
+                        )
+                    )
+                except (HttpError, TooLong) as exc:
+                    results.append(exc)
+            pool.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return results
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 206 Partial Content\r\ncontent-length: %d\r\n%s\r\n" % (len(body), extra) + body
+    )
+
+
+def test_keep_alive_reuses_one_connection() -> None:
+    assert fetch([ok(BODY[:16]), ok(BODY[:16])], count=2) == [BODY[:16], BODY[:16]]
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (ok(BODY[:32]), TooLong),  # announces more than asked
+        (b"HTTP/1.1 206 OK\r\n\r\n" + BODY, TooLong),  # no length, streams on
+        (b"HTTP/1.1 206 OK\r\ncontent-length: 16\r\n\r\n" + BODY[:8], HttpError),  # short
+        (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", HttpError),
+        (b"HTTP/1.1 206 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n", HttpError),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", HttpError),
+        (b"HTTP/1.1 206 OK\r\nx: " + b"a" * 20000 + b"\r\n\r\n", HttpError),  # head too large
+        (b"", HttpError),  # closes at once
+    ],
+)
+def test_hostile_responses_raise_only_our_errors(response: bytes, error: type) -> None:
+    (result,) = fetch([response])
+    assert isinstance(result, error), result
