@@ -14,8 +14,6 @@ import base64
 import hashlib
 import re
 
-from multiformats import CID
-
 from tufmesh.errors import InvalidCIDError
 
 __all__ = ["cid_from_sha256", "cid_of", "parse_cid"]
@@ -59,6 +57,8 @@ def parse_cid(text: str) -> tuple[str, bytes]:
         # spelling to be canonical (and round-trip), else fall through.
         if raw[:4] == _PREFIX and cid_from_sha256(raw[4:]) == text:
             return text, raw[4:]
+    from multiformats import CID  # only for non-canonical spellings: it loads slowly
+
     try:
         cid = CID.decode(text)
     except Exception as exc:  # multiformats raises KeyError, ValueError and its own types

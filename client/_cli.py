@@ -85,6 +85,7 @@ def get(
                             "path": str(result.path),
                             "length": result.length,
                             "cached": result.cached,
+                            "transfer_seconds": round(result.transfer_seconds, 4),
                             "bytes_by_source": used,
                         }
                     )

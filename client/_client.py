@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class DownloadResult:
     length: int
     cached: bool = False
     sources: dict[str, SourceStats] = field(default_factory=dict)
+    #: Wall-clock seconds spent fetching and checking bytes (not metadata).
+    transfer_seconds: float = 0.0
 
 
 def _explain(exc: BaseException) -> str:
@@ -235,6 +238,7 @@ class Client:
         blob_sources = [
             s.url for s in self.fetcher.ordered() if s.serves_blobs and s.url.startswith("http://")
         ]
+        started = time.perf_counter()
         if isinstance(cid, str) and blob_sources:
             stats = self._download_chunks(info, cid, blob_sources, part, progress)
         else:
@@ -245,7 +249,8 @@ class Client:
             except tuf_errors.LengthOrHashMismatchError as exc:
                 raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
         os.replace(part, dest)
-        return DownloadResult(path, dest, info.length, sources=stats)
+        elapsed = time.perf_counter() - started
+        return DownloadResult(path, dest, info.length, sources=stats, transfer_seconds=elapsed)
 
     def _download_chunks(
         self,
