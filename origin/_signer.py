@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -152,14 +153,11 @@ class SignerProcess:
     @classmethod
     async def start(cls, repo_dir: Path) -> SignerProcess:
         process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-c",
-                "from tufmesh.origin._signer import main; main()",
-                str(repo_dir),
-            ],
-            stdin=-1,  # subprocess.PIPE
-            stdout=-1,
+            # -I: no current directory, PYTHONPATH or user site on the path of
+            # the process that holds the keys; it imports the installed tufmesh.
+            [sys.executable, "-I", "-c", _ENTRY, str(repo_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         signer = cls(process, state=None)  # type: ignore[arg-type]
         hello = await signer._receive()
