@@ -74,7 +74,9 @@ def get(
     with Client.from_home(_home(home)) as downloader:
         for target in targets:
             length = downloader.target(target).length
-            with progress_bar(f"get {target}", length) as advance:
+            in_use = len(downloader.fetcher.ordered())
+            label = f"get {target} from {in_use} source{'s' if in_use != 1 else ''}"
+            with progress_bar(label, length) as advance:
                 result = downloader.download(target, output, progress=None if quiet else advance)
             used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
             if as_json:

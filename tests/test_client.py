@@ -153,9 +153,11 @@ def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -
         )  # fmt: skip
         part = out / "demo-1.0.tar.gz.part"
         deadline = time.monotonic() + 20
+        # Each blob request takes the slow mirror 1 s: the manifest, then 7
+        # chunks two at a time. Kill once the first chunks are in place.
         while slow.blob_requests < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.4)
+        time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert part.exists() and not (out / "demo-1.0.tar.gz").exists()

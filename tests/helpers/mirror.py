@@ -97,7 +97,7 @@ class Mirror:
             elif behaviour == "other":
                 body = (b"another artifact entirely " * (len(body) // 26 + 1))[: len(body)]
         if behaviour == "slow" and is_blob:
-            time.sleep(0.3)
+            time.sleep(1.0)
         status = 206 if ranged else 200
         if behaviour == "endless" and is_blob:
             request.send_response(status)
