@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Final, final
@@ -218,9 +218,3 @@ def build_manifest(
     for piece in pieces:
         builder.update(piece)
     return builder.finish()
-
-
-def iter_chunks(data: bytes, chunk_size: int) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(index, chunk)`` for an in-memory blob (tests and small blobs)."""
-    for index, offset in enumerate(range(0, len(data), chunk_size)):
-        yield index, data[offset : offset + chunk_size]

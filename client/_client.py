@@ -32,6 +32,7 @@ from tufmesh.client._download import (
     download_plan,
     plan_for_manifest,
     plan_for_whole_blob,
+    span_for,
 )
 from tufmesh.client._fetcher import (
     METADATA_BASE,
@@ -266,7 +267,8 @@ class Client:
             manifest, manifest_stats = self._fetch_manifest(custom["manifest"], sources)
             if manifest.blob_cid != cid or manifest.length != info.length:
                 raise ClientError(f"{info.path}: the signed manifest describes another blob")
-            plan = plan_for_manifest(manifest)
+            slots = len(sources) * self.scheduler_config.per_source
+            plan = plan_for_manifest(manifest, span_for(info.length, manifest.chunk_size, slots))
         else:
             plan = plan_for_whole_blob(cid, info.length, info.hashes["sha256"])
         have = _verified_chunks(part, plan)
