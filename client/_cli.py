@@ -89,6 +89,9 @@ def get(
                             "cached": result.cached,
                             "transfer_seconds": round(result.transfer_seconds, 4),
                             "bytes_by_source": used,
+                            "banned": {
+                                name: s.banned for name, s in result.sources.items() if s.banned
+                            },
                         }
                     )
                 )

@@ -304,6 +304,14 @@ class Client:
         source = self.fetcher.last_source or "?"
         return {source: SourceStats(source, bytes=info.length, chunks=1)}
 
+    def manifest(self, info: TargetFile) -> Manifest | None:
+        """The verified chunk manifest a target's signed ``custom`` names, if any."""
+        manifest_cid = info.custom.get("manifest") if isinstance(info.custom, dict) else None
+        if not isinstance(manifest_cid, str):
+            return None
+        sources = [s.url for s in self.fetcher.ordered() if s.serves_blobs]
+        return self._fetch_manifest(manifest_cid, sources)[0]
+
     def _fetch_manifest(
         self, manifest_cid: str, sources: list[str]
     ) -> tuple[Manifest, dict[str, SourceStats]]:

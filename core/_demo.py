@@ -1,16 +1,19 @@
 """``tufmesh demo``: the main job, shown end to end on this machine.
 
-It creates a repository, serves it from a separate ``tufmesh origin serve``
-process on 127.0.0.1, publishes an artifact through the upload API, downloads
-it with python-tuf's stock client (which verifies every signature and hash),
-then tampers with the origin's copy and shows that the client refuses it, and
-that chunks fetched by range are checked one by one against the signed
-manifest. It grows into the full network demo (mirrors, peer-to-peer) as those
-components land.
+On 127.0.0.1, in a temporary directory: an origin and three mirrors run as
+separate processes (the second mirror replicates from the first, the third
+from the second); an artifact is published; once every mirror holds it, one
+mirror's copy is corrupted on purpose, and ``tufmesh get`` downloads the
+artifact from the three mirrors alone, verifying every chunk: the corrupt
+mirror is caught and banned, the bytes come from the honest ones. python-tuf's
+stock client then downloads it from a mirror too. Everything is shut down on
+exit, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
@@ -18,14 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
-import httpx
 
 from tufmesh._ui import SIZE, format_size
-from tufmesh.cas import Manifest
-from tufmesh.errors import ChunkRejectedError, TufmeshError
+from tufmesh.errors import TufmeshError
 
 __all__ = ["demo"]
 
@@ -34,125 +36,149 @@ def _step(text: str) -> None:
     click.secho(f"==> {text}", bold=True)
 
 
+def _exe() -> str:
+    return shutil.which("tufmesh", path=os.path.dirname(sys.executable)) or "tufmesh"
+
+
+@contextlib.contextmanager
+def _process(args: list[str], what: str) -> Iterator[str]:
+    """Start ``tufmesh ARGS`` (a server); yield the URL it prints; stop it on exit."""
+    proc = subprocess.Popen(
+        [_exe(), *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if " on http" not in line:
+            raise TufmeshError(f"the {what} did not start")
+        yield line.rsplit(" on ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def _health(url: str) -> dict[str, object]:
+    import httpx
+
+    body: dict[str, object] = httpx.get(f"{url}/healthz", timeout=5).json()
+    return body
+
+
 @click.command()
 @click.option("--size", type=SIZE, default="24MiB", show_default=True, help="Artifact size.")
 @click.option("--keep", is_flag=True, help="Keep the demo directory instead of deleting it.")
 def demo(size: int, keep: bool) -> None:
-    """Run a self-contained demonstration in a temporary directory."""
+    """Run an origin, three mirrors and a verified download on this machine."""
     work = Path(tempfile.mkdtemp(prefix="tufmesh-demo-"))
-    server: subprocess.Popen[str] | None = None
     try:
-        server = _run(work, size)
+        _run(work, size)
     finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            server.communicate(timeout=30)
         if keep:
             click.echo(f"\nkept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _start_origin(repo: Path) -> tuple[subprocess.Popen[str], str]:
-    exe = shutil.which("tufmesh", path=os.path.dirname(sys.executable)) or "tufmesh"
-    server = subprocess.Popen(
-        [exe, "origin", "serve", "--dir", str(repo), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    assert server.stdout is not None
-    line = server.stdout.readline()
-    if " on http" not in line:
-        server.kill()
-        raise TufmeshError("the origin did not start")
-    return server, line.rsplit(" on ", 1)[1].strip()
-
-
-def _run(work: Path, size: int) -> subprocess.Popen[str]:
-    from tuf.api.exceptions import LengthOrHashMismatchError
+def _run(work: Path, size: int) -> None:
+    import httpx
     from tuf.ngclient import Updater
 
+    from tufmesh.cas import BlobStore
     from tufmesh.origin import OriginConfig, OriginRepository, ProjectRegistry, upload
 
     _step("create a repository: root, targets, bins -> 16 hash bins, snapshot, timestamp")
     repo = OriginRepository.create(work / "repo", OriginConfig(bins=16))
     token = ProjectRegistry(repo.dir).add("example")
-    click.echo(f"    {repo.dir}, trusted root {repo.metadata_dir / '1.root.json'}")
+    root = repo.metadata_dir / "1.root.json"
+    click.echo(f"    trusted root: {root}")
 
-    _step("serve it from its own process")
-    server, url = _start_origin(repo.dir)
-    click.echo(f"    tufmesh origin serve on {url}")
-
-    _step(f"publish a {format_size(size)} artifact through the upload API")
-    artifact = work / "example-1.0.tar.gz"
-    artifact.write_bytes(random.Random(2026).randbytes(size))  # noqa: S311 - demo data
-    with httpx.Client() as client:
-        answer = upload(client, url, "example", artifact, token)
-    click.echo(f"    {answer['target']}: snapshot v{answer['snapshot_version']}")
-    click.echo(f"    cid {answer['cid']}")
-    click.echo(f"    chunk manifest {answer['manifest']}")
-
-    _step("download it with python-tuf's stock client: every signature and hash checked")
-    root = (repo.metadata_dir / "1.root.json").read_bytes()
-    downloads = work / "downloads"
-    downloads.mkdir()
-
-    def updater() -> Updater:
-        cache = Path(tempfile.mkdtemp(dir=work))
-        return Updater(
-            str(cache), f"{url}/metadata/", str(downloads), f"{url}/targets/", bootstrap=root
+    with contextlib.ExitStack() as stack:
+        _step("start the origin and three mirrors, each its own process")
+        origin = stack.enter_context(
+            _process(["origin", "serve", "--dir", str(repo.dir), "--port", "0"], "origin")
         )
+        click.echo(f"    origin    {origin}")
+        mirrors: list[str] = []
+        for n in range(3):
+            upstream = ["--peer", mirrors[-1]] if mirrors else []
+            args = ["mirror", "run", "--dir", str(work / f"mirror-{n + 1}"), "--root", str(root),
+                    "--origin", origin, *upstream, "--http-port", "0", "--poll", "0.5"]  # fmt: skip
+            mirrors.append(stack.enter_context(_process(args, f"mirror {n + 1}")))
+            via = f"from mirror {n}, then the origin" if n else "from the origin"
+            click.echo(f"    mirror {n + 1}  {mirrors[-1]}  (replicates {via})")
 
-    client_updater = updater()
-    client_updater.refresh()
-    info = client_updater.get_targetinfo(answer["target"])
-    assert info is not None
-    started = time.perf_counter()
-    path = Path(client_updater.download_target(info, str(downloads / artifact.name)))
-    elapsed = time.perf_counter() - started
-    same = path.read_bytes() == artifact.read_bytes()
-    rate = format_size(size / max(elapsed, 1e-9))
-    click.echo(f"    {path.name}: {'identical' if same else 'DIFFERENT'} bytes, {rate}/s")
+        _step(f"publish a {format_size(size)} artifact through the upload API")
+        artifact = work / "example-1.0.tar.gz"
+        artifact.write_bytes(random.Random(2026).randbytes(size))  # noqa: S311 - demo data
+        with httpx.Client() as client:
+            answer = upload(client, origin, "example", artifact, token)
+        version = int(answer["snapshot_version"])
+        click.echo(f"    {answer['target']} in snapshot v{version}, cid {answer['cid']}")
 
-    _step("fetch one chunk by range and check it against the signed manifest")
-    manifest = Manifest.decode(httpx.get(f"{url}/blobs/{info.custom['manifest']}").content)
-    if manifest.cid != info.custom["manifest"]:
-        raise TufmeshError("the manifest does not match its signed CID")
-    offset, length = manifest.chunk_span(1)
-    span = {"range": f"bytes={offset}-{offset + length - 1}"}
-    chunk = bytearray(httpx.get(f"{url}/blobs/{info.custom['cid']}", headers=span).content)
-    manifest.verify_chunk(1, chunk)
-    click.echo(f"    chunk 1 of {manifest.count}: {format_size(length)}, BLAKE3 matches")
-    chunk[7] ^= 0x01
-    try:
-        manifest.verify_chunk(1, chunk)
-        click.echo("    a chunk with one flipped bit: ACCEPTED")
-        refused_chunk = False
-    except ChunkRejectedError:
-        click.echo("    a chunk with one flipped bit: rejected")
-        refused_chunk = True
+        _step("wait until every mirror holds it, verified")
+        deadline = time.monotonic() + 120
+        for n, url in enumerate(mirrors, 1):
+            while int(_health(url)["snapshot_version"]) < version:  # type: ignore[call-overload]
+                if time.monotonic() > deadline:
+                    raise TufmeshError(f"mirror {n} did not replicate in time")
+                time.sleep(0.2)
+            click.echo(f"    mirror {n} holds snapshot v{version}")
 
-    _step("tamper with the origin's copy and download again")
-    blob = repo.store.path(info.custom["cid"])
-    with open(blob, "r+b") as handle:
-        handle.seek(size // 2)
-        byte = handle.read(1)
-        handle.seek(size // 2)
-        handle.write(bytes([byte[0] ^ 0x80]))
-    path.unlink()
-    tampered_updater = updater()
-    tampered_updater.refresh()
-    refused = False
-    try:
-        tampered_updater.download_target(info, str(downloads / artifact.name))
-    except LengthOrHashMismatchError as exc:
-        refused = True
-        click.echo(f"    refused: {exc}")
-    written = (downloads / artifact.name).exists()
-    click.echo(f"    file written: {'yes' if written else 'no'}")
+        _step("corrupt mirror 3's copy: a flipped bit in every chunk, as a malicious mirror would")
+        blob = BlobStore(work / "mirror-3" / "cas").path(answer["cid"])
+        with open(blob, "r+b") as handle:
+            for offset in range(1000, size, 1 << 20):
+                handle.seek(offset)
+                byte = handle.read(1)
+                handle.seek(offset)
+                handle.write(bytes([byte[0] ^ 0x01]))
 
-    if not same or written or not refused or not refused_chunk:
-        raise click.ClickException("the demo did not behave as expected")
-    click.secho("\ndemo finished: every byte was verified, and tampering was caught", fg="green")
-    return server
+        _step("tufmesh get, from the three mirrors only")
+        home = work / "client"
+        # Mirror 3 first: a new client knows nothing of its sources, so the
+        # corrupt mirror gets the first requests.
+        init = ["client", "init", str(root), "--home", str(home), "--origin", mirrors[2]]
+        for url in mirrors[:2]:
+            init += ["--mirror", url]
+        subprocess.run([_exe(), *init], check=True, capture_output=True)
+        out = work / "downloads"
+        got = subprocess.run(
+            [_exe(), "get", answer["target"], "-o", str(out), "--home", str(home), "--json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if got.returncode != 0:
+            raise TufmeshError(f"tufmesh get failed: {got.stderr.strip()}")
+        result = json.loads(got.stdout)
+        same = (out / artifact.name).read_bytes() == artifact.read_bytes()
+        click.echo(f"    {out / artifact.name}: {'identical' if same else 'DIFFERENT'} bytes")
+        for n, url in enumerate(mirrors, 1):
+            share = result["bytes_by_source"].get(url, 0)
+            click.echo(f"    from mirror {n}: {format_size(share)}")
+        caught = "bad chunk" in (result["banned"].get(mirrors[2]) or "")
+        verdict = "rejected, mirror 3 banned" if caught else "NOT caught"
+        click.echo(f"    mirror 3's corrupt chunks: {verdict}")
+
+        _step("python-tuf's stock client downloads it from mirror 2 as well")
+        updater = Updater(str(work / "tuf-cache"), f"{mirrors[1]}/metadata/", str(out),
+                          f"{mirrors[1]}/targets/", bootstrap=root.read_bytes())  # fmt: skip
+        (work / "tuf-cache").mkdir(exist_ok=True)
+        updater.refresh()
+        info = updater.get_targetinfo(answer["target"])
+        stock = (
+            info is not None
+            and Path(updater.download_target(info, str(out / "stock.tar.gz"))).read_bytes()
+            == artifact.read_bytes()
+        )
+        click.echo(f"    {'verified and identical' if stock else 'FAILED'}")
+
+        served = int(_health(origin)["bytes_served"])  # type: ignore[call-overload]
+        click.echo(f"\n    the origin served {format_size(served)} in all "
+                   f"({served / size:.1f}x the artifact)")  # fmt: skip
+        if not (same and caught and stock):
+            raise click.ClickException("the demo did not behave as expected")
+    click.secho("\ndemo finished: every byte was verified, and the corrupt mirror was caught",
+                fg="green")  # fmt: skip

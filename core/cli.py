@@ -23,6 +23,7 @@ _COMMANDS = {
     "demo": "tufmesh._demo:demo",
     "get": "tufmesh.client._cli:get",
     "ls": "tufmesh.client._cli:ls",
+    "mirror": "tufmesh.mirror._cli:mirror",
     "origin": "tufmesh.origin._cli:origin",
     "publish": "tufmesh.origin._cli:publish",
 }

@@ -1,5 +1,8 @@
-"""tufmesh.mirror: not built yet; see the open issues."""
+"""Mirrors: replicate a repository, verifying everything against TUF, and serve it."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from tufmesh.mirror._mirror import Mirror, SyncReport
+from tufmesh.mirror._server import build_mirror_app, run_mirror
+
+__all__ = ["Mirror", "SyncReport", "build_mirror_app", "run_mirror"]

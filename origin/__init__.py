@@ -12,10 +12,18 @@ from tufmesh.origin._names import check_filename, normalize_project, target_path
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._publish import upload
 from tufmesh.origin._repository import Artifact, OriginRepository, RoleStatus
-from tufmesh.origin._server import OriginService, ServiceConfig, build_app, serve
+from tufmesh.origin._server import (
+    ByteCounter,
+    OriginService,
+    ServiceConfig,
+    build_app,
+    serve,
+    tree_routes,
+)
 
 __all__ = [
     "Artifact",
+    "ByteCounter",
     "OriginConfig",
     "OriginRepository",
     "OriginService",
@@ -27,5 +35,6 @@ __all__ = [
     "normalize_project",
     "serve",
     "target_path",
+    "tree_routes",
     "upload",
 ]

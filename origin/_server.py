@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, final
+from typing import Any, Final, final
 
 import trio
 from starlette.applications import Starlette
@@ -39,7 +39,7 @@ from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 
-__all__ = ["OriginService", "ServiceConfig", "build_app", "serve"]
+__all__ = ["ByteCounter", "OriginService", "ServiceConfig", "build_app", "serve", "tree_routes"]
 
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _METADATA_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json")
@@ -100,6 +100,7 @@ class OriginService:
         self._inflight: Counter[str] = Counter()
         self.commits = 0
         self.published = 0
+        self.counter: ByteCounter | None = None
 
     async def submit(self, artifact: Artifact) -> int:
         """Publish ``artifact`` (already stored); return the snapshot version holding it."""
@@ -158,12 +159,17 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def build_app(service: OriginService) -> Starlette:
-    """The ASGI application of one origin."""
-    metadata_dir = (service.dir / "metadata").resolve()
-    targets_dir = (service.dir / "targets").resolve()
-    store = service.store
-    repo_config = service.repo_config
+def tree_routes(root: Path, store: BlobStore) -> list[Route]:
+    """GET/HEAD for a published tree: ``metadata/``, ``targets/``, and ``blobs/{cid}``.
+
+    Shared by the origin and the mirrors: the same static TUF layout, so that
+    any TUF client (and any static web server) can stand in for either.
+    """
+    metadata_dir = (root / "metadata").resolve()
+    targets_dir = (root / "targets").resolve()
+
+    def file(path: Path, media_type: str | None, cache: str) -> Response:
+        return _BigFileResponse(path, media_type=media_type, headers={"cache-control": cache})
 
     async def metadata(request: Request) -> Response:
         name = request.path_params["name"]
@@ -174,10 +180,7 @@ def build_app(service: OriginService) -> Starlette:
             return _error(404, f"no metadata {name}")
         # Versioned files never change; the unversioned ones must be re-fetched.
         unversioned = name in ("timestamp.json", "root.json")
-        cache = "no-cache" if unversioned else _IMMUTABLE
-        return _BigFileResponse(
-            path, media_type="application/json", headers={"cache-control": cache}
-        )
+        return file(path, "application/json", "no-cache" if unversioned else _IMMUTABLE)
 
     async def targets(request: Request) -> Response:
         project, name = request.path_params["project"], request.path_params["name"]
@@ -190,9 +193,7 @@ def build_app(service: OriginService) -> Starlette:
         path = targets_dir / project / name
         if not path.is_file():
             return _error(404, f"no target {project}/{name}")
-        return _BigFileResponse(
-            path, headers={"cache-control": "public, max-age=31536000, immutable"}
-        )
+        return file(path, None, _IMMUTABLE)
 
     async def blob(request: Request) -> Response:
         try:
@@ -200,11 +201,35 @@ def build_app(service: OriginService) -> Starlette:
             path = store.path(cid)
         except StoreError as exc:
             return _error(404, str(exc))
-        return _BigFileResponse(
-            path,
-            media_type="application/octet-stream",
-            headers={"cache-control": _IMMUTABLE},
-        )
+        return file(path, "application/octet-stream", _IMMUTABLE)
+
+    return [
+        Route("/metadata/{name}", metadata, methods=["GET", "HEAD"]),
+        Route("/targets/{project}/{name}", targets, methods=["GET", "HEAD"]),
+        Route("/blobs/{cid}", blob, methods=["GET", "HEAD"]),
+    ]
+
+
+@dataclass
+class ByteCounter:
+    """An ASGI wrapper that counts the response body bytes an app sends."""
+
+    app: Any
+    served: int = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counting(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self.served += len(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+def build_app(service: OriginService) -> ByteCounter:
+    """The ASGI application of one origin (counting the bytes it serves)."""
+    store = service.store
+    repo_config = service.repo_config
 
     async def healthz(request: Request) -> Response:
         state = service.committer.state
@@ -216,6 +241,7 @@ def build_app(service: OriginService) -> Starlette:
                 "timestamp_expires": state.timestamp_expires.isoformat(),
                 "commits": service.commits,
                 "published": service.published,
+                "bytes_served": service.counter.served if service.counter else 0,
             }
         )
 
@@ -306,13 +332,12 @@ def build_app(service: OriginService) -> Starlette:
         return cid, manifest_cid, size
 
     routes = [
-        Route("/metadata/{name}", metadata, methods=["GET", "HEAD"]),
-        Route("/targets/{project}/{name}", targets, methods=["GET", "HEAD"]),
-        Route("/blobs/{cid}", blob, methods=["GET", "HEAD"]),
+        *tree_routes(service.dir, store),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/projects/{project}/files/{filename}", upload, methods=["POST", "PUT"]),
     ]
-    return Starlette(routes=routes)
+    service.counter = ByteCounter(Starlette(routes=routes))
+    return service.counter
 
 
 async def serve(

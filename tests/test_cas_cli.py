@@ -147,10 +147,10 @@ def test_version_and_help() -> None:
 @pytest.mark.slow
 def test_demo_runs_and_verifies() -> None:
     proc = subprocess.run(
-        [TUFMESH, "demo", "--size", "3MiB"], capture_output=True, text=True, timeout=120
+        [TUFMESH, "demo", "--size", "6MiB"], capture_output=True, text=True, timeout=300
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "every byte was verified, and tampering was caught" in proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every byte was verified, and the corrupt mirror was caught" in proc.stdout
     assert "identical bytes" in proc.stdout
-    assert "file written: no" in proc.stdout
-    assert "flipped bit: rejected" in proc.stdout
+    assert "rejected, mirror 3 banned" in proc.stdout
+    assert proc.stdout.count("holds snapshot v2") == 3

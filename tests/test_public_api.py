@@ -40,6 +40,7 @@ def test_every_error_is_a_tufmesh_error() -> None:
 def test_origin_public_api() -> None:
     assert tufmesh.origin.__all__ == [
         "Artifact",
+        "ByteCounter",
         "OriginConfig",
         "OriginRepository",
         "OriginService",
@@ -51,6 +52,7 @@ def test_origin_public_api() -> None:
         "normalize_project",
         "serve",
         "target_path",
+        "tree_routes",
         "upload",
     ]
 

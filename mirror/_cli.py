@@ -1,0 +1,95 @@
+"""``tufmesh mirror``: run and inspect a mirror."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+import trio
+
+from tufmesh._ui import Group, format_size
+from tufmesh.errors import TufmeshError
+from tufmesh.mirror._mirror import Mirror
+from tufmesh.mirror._server import run_mirror
+
+__all__ = ["mirror"]
+
+dir_option = click.option(
+    "--dir",
+    "mirror_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The mirror's directory (created on first run).",
+)
+
+
+@click.group(cls=Group)
+def mirror() -> None:
+    """Mirror a repository: replicate, verify, serve."""
+
+
+@mirror.command()
+@dir_option
+@click.option("--root", "root_json", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--origin", "origin_url", required=True, help="The origin's URL.")
+@click.option("--peer", "peers", multiple=True, help="Another mirror's URL (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--http-port", type=int, default=8081, show_default=True, help="0 picks a free port.")
+@click.option("--poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds between syncs.")  # fmt: skip
+def run(
+    mirror_dir: Path,
+    root_json: Path,
+    origin_url: str,
+    peers: tuple[str, ...],
+    host: str,
+    http_port: int,
+    poll: float,
+) -> None:
+    """Replicate from peers and the origin; serve the verified tree over HTTP."""
+    replica = Mirror.create(mirror_dir, root_json, [*peers, origin_url])
+
+    async def main() -> None:
+        def ready(url: str) -> None:
+            click.echo(f"mirror {mirror_dir} serving on {url}")
+
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop)
+                await run_mirror(replica, host, http_port, poll, on_ready=ready)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except (OSError, BaseExceptionGroup) as exc:
+        raise TufmeshError(f"cannot run the mirror on {host}:{http_port}: {exc}") from None
+
+
+@mirror.command()
+@dir_option
+def status(mirror_dir: Path) -> None:
+    """Versions held, blobs and bytes, sources, last sync."""
+    replica = Mirror(mirror_dir)
+    state = replica.state()
+    if not state:
+        raise TufmeshError(f"{mirror_dir} has not synced yet (is it a mirror directory?)")
+    blobs = list(replica.store)
+    size = sum(replica.store.stat(cid).size for cid in blobs)
+    last = state.get("last_sync", {})
+    click.echo(f"mirror {mirror_dir}")
+    click.echo(f"sources\t{', '.join(replica.sources)}")
+    click.echo(f"snapshot version\t{state.get('snapshot_version', 0)}")
+    click.echo(f"artifacts\t{last.get('artifacts', 0)}")
+    click.echo(f"blobs\t{len(blobs)}, {format_size(size)}")
+    click.echo(f"syncs\t{state.get('syncs', 0)} ({state.get('sync_failures', 0)} failed)")
+    if last.get("error"):
+        click.echo(f"last error\t{last['error']}")
+    for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
+        click.echo(f"fetched from {source}\t{format_size(count)}")

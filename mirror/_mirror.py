@@ -1,0 +1,195 @@
+"""A mirror: replicates a repository through the TUF client workflow, then serves it.
+
+Invariants:
+
+* Everything a mirror keeps was verified first: metadata by python-tuf (the
+  same :class:`~tufmesh.client.Client` end users run), every artifact chunk by
+  its signed manifest and every blob by its CID again as it enters the store.
+* A mirror publishes a snapshot version only when it holds every blob that
+  version lists: blobs first, then versioned metadata, ``timestamp.json`` last.
+  Anyone reading its tree sees a complete repository, old or new.
+* Blobs are pinned per snapshot version; when a newer version is complete, the
+  older pins go and garbage collection reclaims what only they held.
+
+This first version replicates over HTTP from the origin and from other
+mirrors; the peer-to-peer announcement and have-record layer (libp2p) comes
+next and will drive the same ``sync``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata
+
+from tufmesh._durable import fsync_dir, write_atomic
+from tufmesh.cas import BlobStore
+from tufmesh.client import Client
+from tufmesh.errors import TufmeshError, UsageError
+
+__all__ = ["Mirror", "SyncReport"]
+
+
+@dataclass
+class SyncReport:
+    """What one synchronisation did."""
+
+    snapshot_version: int = 0
+    artifacts: int = 0
+    fetched: int = 0
+    bytes_by_source: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class Mirror:
+    """The mirror in directory ``dir``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.store = BlobStore(directory / "cas")
+        self.tree = directory / "tree"
+        self.state_file = directory / "state.json"
+
+    @classmethod
+    def create(cls, directory: Path, root_json: Path, sources: list[str]) -> Mirror:
+        """Set up (or re-point) a mirror trusting ``root_json``, fetching from ``sources``."""
+        try:
+            root = root_json.read_bytes()
+            Metadata.from_bytes(root)
+        except OSError as exc:
+            raise UsageError(f"cannot read {root_json}: {exc.strerror}") from None
+        except Exception as exc:  # python-tuf's deserialisation errors
+            raise UsageError(f"{root_json} is not TUF metadata: {exc}") from None
+        directory.mkdir(parents=True, exist_ok=True)
+        for sub in ("tree/metadata", "tree/targets", "incoming", "client"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        if not (directory / "root.json").exists():
+            write_atomic(directory / "root.json", root)
+        config = {"sources": [s.rstrip("/") for s in sources]}
+        write_atomic(directory / "mirror.json", (json.dumps(config, indent=1) + "\n").encode())
+        return cls(directory)
+
+    @property
+    def sources(self) -> list[str]:
+        """Where this mirror fetches from: other mirrors first, the origin last."""
+        try:
+            return list(json.loads((self.dir / "mirror.json").read_text())["sources"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise TufmeshError(f"{self.dir} is not a mirror: {exc}") from None
+
+    def state(self) -> dict[str, Any]:
+        """The last sync report and totals (``tufmesh mirror status``)."""
+        try:
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+            return state
+        except (OSError, ValueError):
+            return {}
+
+    def sync(self) -> SyncReport:
+        """Bring the mirror up to the newest version any source serves."""
+        started = time.monotonic()
+        report = SyncReport()
+        root = (self.dir / "root.json").read_bytes()
+        fetched: Counter[str] = Counter()
+        try:
+            with Client(self.dir / "client", root, self.sources) as client:
+                targets = client.artifacts()
+                for target in targets:
+                    cid = target.custom.get("cid") if isinstance(target.custom, dict) else None
+                    if not isinstance(cid, str):
+                        continue
+                    manifest = client.manifest(target)
+                    if manifest is not None and not self.store.has(manifest.cid):
+                        self.store.put(manifest.encoded, expect=manifest.cid)
+                    if self.store.has(cid):
+                        continue
+                    incoming = self.dir / "incoming"
+                    result = client.download(target.path, incoming, filename=cid)
+                    # The store hashes it once more on the way in: a blob is
+                    # never kept under a name its bytes do not have.
+                    self.store.put(result.path, expect=cid)
+                    result.path.unlink()
+                    report.fetched += 1
+                    for source, stats in result.sources.items():
+                        fetched[source] += stats.bytes
+                report.artifacts = len(targets)
+                report.snapshot_version = self._publish(client, targets)
+        except TufmeshError as exc:
+            report.error = str(exc)
+        report.bytes_by_source = dict(fetched)
+        report.seconds = time.monotonic() - started
+        self._record(report)
+        return report
+
+    def _publish(self, client: Client, targets: list[Any]) -> int:
+        """Write the verified metadata as a static TUF tree, timestamp last; pin and gc."""
+        cache = client.metadata_dir
+        metadata = self.tree / "metadata"
+        versions: dict[str, int] = {}
+        timestamp_bytes = b""
+        for path in sorted(cache.glob("*.json")):
+            data = path.read_bytes()
+            md = Metadata.from_bytes(data)
+            role = path.name.removesuffix(".json")
+            versions[role] = md.signed.version
+            if role == "timestamp":
+                timestamp_bytes = data
+            elif role == "root":
+                write_atomic(metadata / "root.json", data, sync_dir=False)
+                write_atomic(metadata / f"{md.signed.version}.root.json", data, sync_dir=False)
+            else:
+                out = metadata / f"{md.signed.version}.{role}.json"
+                if not out.exists():
+                    write_atomic(out, data, sync_dir=False)
+        for old_root in (cache / "root_history").glob("*.root.json"):
+            out = metadata / old_root.name
+            if not out.exists():
+                write_atomic(out, old_root.read_bytes(), sync_dir=False)
+        for target in targets:
+            cid = target.custom.get("cid")
+            if not isinstance(cid, str) or not self.store.has(cid):
+                continue
+            project, _, filename = target.path.rpartition("/")
+            directory = self.tree / "targets" / project
+            directory.mkdir(parents=True, exist_ok=True)
+            link = directory / f"{target.hashes['sha256']}.{filename}"
+            if not link.exists():
+                os.link(self.store.path(cid), link)
+        fsync_dir(metadata)
+        write_atomic(metadata / "timestamp.json", timestamp_bytes)
+        snapshot = versions.get("snapshot", 0)
+        held = set()
+        for target in targets:
+            custom = target.custom if isinstance(target.custom, dict) else {}
+            held.update(
+                v for k, v in custom.items() if k in ("cid", "manifest") and isinstance(v, str)
+            )
+        held = {cid for cid in held if self.store.has(cid)}
+        if held:
+            self.store.pin(f"snapshot-{snapshot}", held)
+        for name in self.store.pins():
+            if name.startswith("snapshot-") and name != f"snapshot-{snapshot}":
+                self.store.unpin(name)
+        self.store.gc()
+        return snapshot
+
+    def _record(self, report: SyncReport) -> None:
+        state = self.state()
+        totals = Counter(state.get("bytes_fetched_by_source", {}))
+        totals.update(report.bytes_by_source)
+        state.update(
+            last_sync=asdict(report),
+            last_sync_at=time.time(),
+            bytes_fetched_by_source=dict(totals),
+            syncs=state.get("syncs", 0) + 1,
+            sync_failures=state.get("sync_failures", 0) + (report.error is not None),
+            snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
+        )
+        write_atomic(self.state_file, (json.dumps(state, indent=1) + "\n").encode(), sync_dir=False)

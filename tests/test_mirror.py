@@ -1,0 +1,88 @@
+"""Mirrors replicate from the origin and from each other, verified; clients use them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.helpers.origin import (
+    TUFMESH,
+    add_project,
+    init_repo,
+    post,
+    running,
+    tuf_updater,
+    tufmesh,
+)
+from tufmesh.client import Client
+from tufmesh.mirror import Mirror
+
+
+@contextmanager
+def mirror_process(directory: Path, root: Path, origin: str, *peers: str) -> Iterator[str]:
+    args = [TUFMESH, "mirror", "run", "--dir", str(directory), "--root", str(root),
+            "--origin", origin, "--http-port", "0", "--poll", "0.5"]  # fmt: skip
+    for peer in peers:
+        args += ["--peer", peer]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        assert "serving on" in line, line
+        yield line.rsplit(" on ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def wait_for(url: str, version: int, deadline: float = 60) -> dict:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        health = httpx.get(f"{url}/healthz").json()
+        if health["snapshot_version"] >= version:
+            return health
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not reach snapshot {version}: {health}")
+
+
+def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    body = os.urandom(3 * (1 << 20) + 12345)
+    with running(repo) as origin:
+        response = post(origin.url, "demo", "demo-1.0.tar.gz", body, token)
+        version = response.json()["snapshot_version"]
+        with mirror_process(tmp_path / "m1", root, origin.url) as m1:
+            wait_for(m1, version)
+            with mirror_process(tmp_path / "m2", root, origin.url, m1) as m2:
+                wait_for(m2, version)
+                # python-tuf's own client, unmodified, trusts a mirror's tree.
+                updater = tuf_updater(m2, repo)
+                updater.refresh()
+                info = updater.get_targetinfo("demo/demo-1.0.tar.gz")
+                assert info is not None
+                assert Path(updater.download_target(info)).read_bytes() == body
+                # Our client, with the mirrors as its only sources.
+                with Client(tmp_path / "client", root.read_bytes(), [m1, m2]) as client:
+                    result = client.download("demo/demo-1.0.tar.gz", tmp_path / "out")
+                assert result.path.read_bytes() == body
+                assert {name for name, s in result.sources.items() if s.bytes} <= {m1, m2}
+                # A new release reaches both mirrors.
+                second = post(origin.url, "demo", "demo-2.0.tar.gz", b"two", token).json()
+                wait_for(m1, second["snapshot_version"])
+                wait_for(m2, second["snapshot_version"])
+                metrics = httpx.get(f"{m2}/metrics").text
+                assert "tufmesh_mirror_snapshot_version" in metrics
+    for name in ("m1", "m2"):
+        replica = Mirror(tmp_path / name)
+        assert replica.store.fsck().ok
+        assert replica.state()["snapshot_version"] >= second["snapshot_version"]
+    status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
+    assert "snapshot version" in status and "artifacts\t2" in status
