@@ -236,12 +236,20 @@ class Client:
         cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
         # The chunked data path speaks plain HTTP (see _http.py); an https://
         # source still serves whole artifacts through python-tuf below.
-        blob_sources = [
-            s.url for s in self.fetcher.ordered() if s.serves_blobs and s.url.startswith("http://")
+        usable = [
+            s for s in self.fetcher.ordered() if s.serves_blobs and s.url.startswith("http://")
         ]
+        # Fallback sources join only if the others cannot finish the download.
+        preferred = [s.url for s in usable if not s.fallback]
+        everyone = [s.url for s in usable]
         started = time.perf_counter()
-        if isinstance(cid, str) and blob_sources:
-            stats = self._download_chunks(info, cid, blob_sources, part, progress)
+        if isinstance(cid, str) and everyone:
+            try:
+                stats = self._download_chunks(info, cid, preferred or everyone, part, progress)
+            except SourcesFailedError:
+                if not preferred or preferred == everyone:
+                    raise
+                stats = self._download_chunks(info, cid, everyone, part, progress)
         else:
             stats = self._download_whole(info, part, progress)
         with open(part, "rb") as handle:

@@ -60,6 +60,9 @@ class SourceHealth:
     #: has all three under its URL.
     metadata_url: str | None = None
     targets_url: str | None = None
+    #: Asked only after every other source (a mirror's origin: it should
+    #: upload each blob about once, however many mirrors there are).
+    fallback: bool = False
 
     @property
     def serves_blobs(self) -> bool:
@@ -71,9 +74,10 @@ class SourceHealth:
         explicit = self.metadata_url if kind == "metadata" else self.targets_url
         return (explicit or f"{self.url}/{kind}").rstrip("/") + "/"
 
-    def score(self) -> tuple[int, float]:
-        """Sort key: fewer failures first, then lower latency."""
-        return (self.failures, self.latency if self.latency is not None else 1.0)
+    def score(self) -> tuple[bool, int, float]:
+        """Sort key: fallbacks last, then fewer failures, then lower latency."""
+        latency = self.latency if self.latency is not None else 1.0
+        return (self.fallback, self.failures, latency)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from tuf.api.metadata import Metadata
 
 from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore
-from tufmesh.client import Client
+from tufmesh.client import Client, SourceHealth
 from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = ["Mirror", "SyncReport"]
@@ -78,7 +78,11 @@ class Mirror:
 
     @property
     def sources(self) -> list[str]:
-        """Where this mirror fetches from: other mirrors first, the origin last."""
+        """Where this mirror fetches from: other mirrors, then the origin (last).
+
+        The origin is a fallback: asked for metadata and blobs only when no
+        peer can serve them, so that it uploads each blob about once.
+        """
         try:
             return list(json.loads((self.dir / "mirror.json").read_text())["sources"])
         except (OSError, ValueError, KeyError) as exc:
@@ -99,7 +103,11 @@ class Mirror:
         root = (self.dir / "root.json").read_bytes()
         fetched: Counter[str] = Counter()
         try:
-            with Client(self.dir / "client", root, self.sources) as client:
+            sources = [
+                SourceHealth(url, fallback=(url == self.sources[-1] and len(self.sources) > 1))
+                for url in self.sources
+            ]
+            with Client(self.dir / "client", root, list(sources)) as client:
                 targets = client.artifacts()
                 for target in targets:
                     cid = target.custom.get("cid") if isinstance(target.custom, dict) else None

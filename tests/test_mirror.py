@@ -74,6 +74,9 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
                     result = client.download("demo/demo-1.0.tar.gz", tmp_path / "out")
                 assert result.path.read_bytes() == body
                 assert {name for name, s in result.sources.items() if s.bytes} <= {m1, m2}
+                # Mirror 2 took the blob from mirror 1: the origin uploaded it about once.
+                served = httpx.get(f"{origin.url}/healthz").json()["bytes_served"]
+                assert served <= 2 * len(body), f"origin served {served} for {len(body)}"
                 # A new release reaches both mirrors.
                 second = post(origin.url, "demo", "demo-2.0.tar.gz", b"two", token).json()
                 wait_for(m1, second["snapshot_version"])
