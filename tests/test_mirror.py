@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
+from tests.helpers.mirror import mirrors as helper_mirrors
 from tests.helpers.origin import (
     TUFMESH,
     add_project,
@@ -89,3 +91,58 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         assert replica.state()["snapshot_version"] >= second["snapshot_version"]
     status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
     assert "snapshot version" in status and "artifacts\t2" in status
+
+
+@pytest.mark.attack
+def test_a_corrupting_peer_cannot_poison_a_mirror(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    body = os.urandom(2 * (1 << 20) + 777)
+    with running(repo) as origin:
+        version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()[
+            "snapshot_version"
+        ]
+        with helper_mirrors(repo, "bitflip") as (evil,):
+            replica = Mirror.create(
+                tmp_path / "m", repo / "metadata" / "1.root.json", [evil.url, origin.url]
+            )
+            report = replica.sync()
+            assert report.error is None and report.snapshot_version == version
+            assert evil.blob_requests > 0  # it was asked first, and lied
+            assert report.bytes_by_source.get(evil.url, 0) == 0
+            assert replica.store.fsck().ok  # nothing it sent was kept
+            assert replica.store.read(_cid(repo)) == body
+        # An honest sync afterwards changes nothing and still verifies.
+        assert replica.sync().error is None
+
+
+def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    with running(repo) as origin:
+        first = post(origin.url, "demo", "demo-1.0.tar.gz", b"one", token).json()
+        with mirror_process(tmp_path / "m", root, origin.url) as url:
+            wait_for(url, first["snapshot_version"])
+        # While the mirror is down, two releases.
+        post(origin.url, "demo", "demo-2.0.tar.gz", b"two", token)
+        third = post(origin.url, "demo", "demo-3.0.tar.gz", b"three", token).json()
+        with mirror_process(tmp_path / "m", root, origin.url) as url:
+            wait_for(url, third["snapshot_version"])
+            with Client(tmp_path / "c", root.read_bytes(), [url]) as client:
+                assert [t.path for t in client.artifacts("demo")] == [
+                    "demo/demo-1.0.tar.gz",
+                    "demo/demo-2.0.tar.gz",
+                    "demo/demo-3.0.tar.gz",
+                ]
+                assert (
+                    client.download("demo/demo-3.0.tar.gz", tmp_path / "o").path.read_bytes()
+                    == b"three"
+                )
+
+
+def _cid(repo: Path) -> str:
+    from tufmesh.origin import OriginRepository
+
+    (target,) = OriginRepository(repo).artifacts()
+    return target.custom["cid"]
