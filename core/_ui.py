@@ -10,7 +10,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "format_size",
     "parse_size",
     "progress_bar",
+    "run_service",
 ]
 
 _UNITS = {
@@ -130,3 +131,49 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def run_service(
+    start: Callable[[Callable[[str], None]], Awaitable[None]],
+    *,
+    banner: Callable[[str], str],
+    where: str,
+) -> None:
+    """Run a server until SIGTERM or Ctrl-C; report start-up failures as one line.
+
+    ``start(ready)`` runs the service and calls ``ready(url)`` once it listens;
+    ``banner(url)`` is printed then (tests and the demo read that line).
+    """
+    import signal
+
+    import trio
+
+    async def main() -> None:
+        def ready(url: str) -> None:
+            click.echo(banner(url))
+
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                await start(ready)
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except (OSError, BaseExceptionGroup) as exc:
+        # Binding fails inside the server's nursery, so it arrives grouped.
+        failed, _ = exc.split(OSError) if isinstance(exc, BaseExceptionGroup) else (exc, None)
+        if failed is None:
+            raise
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        reason = first.strerror if isinstance(first, OSError) and first.strerror else first
+        raise TufmeshError(f"cannot serve on {where}: {reason}") from None

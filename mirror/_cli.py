@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
-import trio
 
-from tufmesh._ui import Group, format_size
+from tufmesh._ui import Group, format_size, run_service
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
 from tufmesh.mirror._server import run_mirror
@@ -49,27 +47,11 @@ def run(
 ) -> None:
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     replica = Mirror.create(mirror_dir, root_json, [*peers, origin_url])
-
-    async def main() -> None:
-        def ready(url: str) -> None:
-            click.echo(f"mirror {mirror_dir} serving on {url}")
-
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop)
-                await run_mirror(replica, host, http_port, poll, on_ready=ready)
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        click.echo("stopped", err=True)
-    except (OSError, BaseExceptionGroup) as exc:
-        raise TufmeshError(f"cannot run the mirror on {host}:{http_port}: {exc}") from None
+    run_service(
+        lambda ready: run_mirror(replica, host, http_port, poll, on_ready=ready),
+        banner=lambda url: f"mirror {mirror_dir} serving on {url}",
+        where=f"{host}:{http_port}",
+    )
 
 
 @mirror.command()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 import httpx
-import trio
 
-from tufmesh._ui import SIZE, Group, format_size, progress_bar
-from tufmesh.errors import OriginError, TufmeshError, UsageError
+from tufmesh._ui import SIZE, Group, format_size, progress_bar, run_service
+from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.origin._config import ROLES, OriginConfig
 from tufmesh.origin._names import check_filename
 from tufmesh.origin._projects import ProjectRegistry
@@ -144,35 +142,11 @@ def init(
 def serve(repo_dir: Path, host: str, port: int) -> None:
     """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
     OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
-
-    async def main() -> None:
-        def ready(url: str) -> None:
-            click.echo(f"serving {repo_dir} on {url}", nl=True)
-
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(stop_on_signal)
-                await serve_repository(repo_dir, host, port, on_ready=ready)
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        click.echo("stopped", err=True)
-    except (OSError, BaseExceptionGroup) as exc:
-        # Binding fails inside the server's nursery, so it arrives grouped.
-        failed, _ = exc.split(OSError) if isinstance(exc, BaseExceptionGroup) else (exc, None)
-        if failed is None:
-            raise
-        first: BaseException = failed
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        reason = first.strerror if isinstance(first, OSError) and first.strerror else first
-        raise OriginError(f"cannot serve on {host}:{port}: {reason}") from None
+    run_service(
+        lambda ready: serve_repository(repo_dir, host, port, on_ready=ready),
+        banner=lambda url: f"serving {repo_dir} on {url}",
+        where=f"{host}:{port}",
+    )
 
 
 @origin.command()
