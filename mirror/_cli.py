@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from tufmesh._ui import Group, format_size, run_service
+from tufmesh._ui import SIZE, Group, format_size, run_service
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
 from tufmesh.mirror._server import run_mirror
@@ -36,6 +36,8 @@ def mirror() -> None:
 @click.option("--http-port", type=int, default=8081, show_default=True, help="0 picks a free port.")
 @click.option("--poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds between syncs.")  # fmt: skip
+@click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
+@click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
 def run(
     mirror_dir: Path,
     root_json: Path,
@@ -44,9 +46,14 @@ def run(
     host: str,
     http_port: int,
     poll: float,
+    projects: str | None,
+    quota: int | None,
 ) -> None:
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
-    replica = Mirror.create(mirror_dir, root_json, [*peers, origin_url])
+    wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
+    replica = Mirror.create(
+        mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
+    )
     run_service(
         lambda ready: run_mirror(replica, host, http_port, poll, on_ready=ready),
         banner=lambda url: f"mirror {mirror_dir} serving on {url}",

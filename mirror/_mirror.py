@@ -58,8 +58,21 @@ class Mirror:
         self.state_file = directory / "state.json"
 
     @classmethod
-    def create(cls, directory: Path, root_json: Path, sources: list[str]) -> Mirror:
-        """Set up (or re-point) a mirror trusting ``root_json``, fetching from ``sources``."""
+    def create(
+        cls,
+        directory: Path,
+        root_json: Path,
+        sources: list[str],
+        *,
+        projects: list[str] | None = None,
+        quota: int | None = None,
+    ) -> Mirror:
+        """Set up (or re-point) a mirror trusting ``root_json``, fetching from ``sources``.
+
+        ``projects`` limits it to those projects; ``quota`` caps the bytes of
+        artifacts it keeps (the newest snapshot's artifacts, in path order,
+        until the next would not fit).
+        """
         try:
             root = root_json.read_bytes()
             Metadata.from_bytes(root)
@@ -72,9 +85,38 @@ class Mirror:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         if not (directory / "root.json").exists():
             write_atomic(directory / "root.json", root)
-        config = {"sources": [s.rstrip("/") for s in sources]}
+        from tufmesh.origin import normalize_project
+
+        config = {
+            "sources": [s.rstrip("/") for s in sources],
+            "projects": sorted({normalize_project(p) for p in projects}) if projects else None,
+            "quota": quota,
+        }
         write_atomic(directory / "mirror.json", (json.dumps(config, indent=1) + "\n").encode())
         return cls(directory)
+
+    def _config(self) -> dict[str, Any]:
+        try:
+            config: dict[str, Any] = json.loads((self.dir / "mirror.json").read_text())
+            return config
+        except (OSError, ValueError) as exc:
+            raise TufmeshError(f"{self.dir} is not a mirror: {exc}") from None
+
+    def wanted(self, targets: list[Any]) -> list[Any]:
+        """The targets this mirror's policy keeps: its projects, within its quota."""
+        config = self._config()
+        projects = config.get("projects")
+        chosen = [t for t in targets if not projects or t.path.split("/", 1)[0] in projects]
+        quota = config.get("quota")
+        if quota is None:
+            return chosen
+        kept, used = [], 0
+        for target in chosen:
+            if used + target.length > quota:
+                break
+            kept.append(target)
+            used += target.length
+        return kept
 
     @property
     def sources(self) -> list[str]:
@@ -83,10 +125,7 @@ class Mirror:
         The origin is a fallback: asked for metadata and blobs only when no
         peer can serve them, so that it uploads each blob about once.
         """
-        try:
-            return list(json.loads((self.dir / "mirror.json").read_text())["sources"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise TufmeshError(f"{self.dir} is not a mirror: {exc}") from None
+        return list(self._config()["sources"])
 
     def state(self) -> dict[str, Any]:
         """The last sync report and totals (``tufmesh mirror status``)."""
@@ -108,7 +147,7 @@ class Mirror:
                 for url in self.sources
             ]
             with Client(self.dir / "client", root, list(sources)) as client:
-                targets = client.artifacts()
+                targets = self.wanted(client.artifacts())
                 for target in targets:
                     cid = target.custom.get("cid") if isinstance(target.custom, dict) else None
                     if not isinstance(cid, str):

@@ -146,3 +146,25 @@ def _cid(repo: Path) -> str:
 
     (target,) = OriginRepository(repo).artifacts()
     return target.custom["cid"]
+
+
+def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    tokens = {name: add_project(repo, name) for name in ("kept", "other")}
+    root = repo / "metadata" / "1.root.json"
+    with running(repo) as origin:
+        for name in ("a-1.tar.gz", "b-1.tar.gz", "c-1.tar.gz"):
+            post(origin.url, "kept", name, os.urandom(100_000), tokens["kept"])
+        post(origin.url, "other", "x-1.tar.gz", b"not wanted", tokens["other"])
+        only = Mirror.create(tmp_path / "only", root, [origin.url], projects=["Kept"])
+        assert only.sync().artifacts == 3
+        capped = Mirror.create(tmp_path / "capped", root, [origin.url], quota=250_000)
+        assert capped.sync().artifacts == 2
+    assert {t.split("/")[0] for t in _published(only)} == {"kept"}
+    assert len(list(capped.store)) == 2
+
+
+def _published(replica: Mirror) -> list[str]:
+    return [
+        f"{p.parent.name}/{p.name.split('.', 1)[1]}" for p in (replica.tree / "targets").glob("*/*")
+    ]
