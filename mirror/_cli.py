@@ -37,6 +37,8 @@ def mirror() -> None:
 @click.option("--poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds between syncs.")  # fmt: skip
 @click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
+@click.option("--p2p-port", type=int, default=None, help="Join the peer-to-peer network here.")
+@click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
 @click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
 def run(
     mirror_dir: Path,
@@ -48,6 +50,8 @@ def run(
     poll: float,
     projects: str | None,
     quota: int | None,
+    p2p_port: int | None,
+    bootstrap: tuple[str, ...],
 ) -> None:
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
@@ -55,7 +59,15 @@ def run(
         mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
     )
     run_service(
-        lambda ready: run_mirror(replica, host, http_port, poll, on_ready=ready),
+        lambda ready: run_mirror(
+            replica,
+            host,
+            http_port,
+            poll,
+            on_ready=ready,
+            p2p_port=p2p_port,
+            bootstrap=list(bootstrap),
+        ),
         banner=lambda url: f"mirror {mirror_dir} serving on {url}",
         where=f"{host}:{http_port}",
     )
@@ -74,6 +86,9 @@ def status(mirror_dir: Path) -> None:
     last = state.get("last_sync", {})
     click.echo(f"mirror {mirror_dir}")
     click.echo(f"sources\t{', '.join(replica.sources)}")
+    p2p = mirror_dir / "p2p.addr"
+    if p2p.exists():
+        click.echo(f"p2p address\t{p2p.read_text().strip()}")
     click.echo(f"snapshot version\t{state.get('snapshot_version', 0)}")
     click.echo(f"artifacts\t{last.get('artifacts', 0)}")
     click.echo(f"blobs\t{len(blobs)}, {format_size(size)}")

@@ -10,9 +10,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from tuf.api.metadata import Metadata, Root
 
+from tufmesh._durable import write_atomic
+from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
 from tufmesh.origin import ByteCounter, tree_routes
+from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 
 __all__ = ["build_mirror_app", "run_mirror"]
 
@@ -75,8 +79,15 @@ async def run_mirror(
     poll: float,
     *,
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+    p2p_port: int | None = None,
+    bootstrap: list[str] | None = None,
 ) -> None:
-    """Serve the mirror's tree and re-sync every ``poll`` seconds, until cancelled."""
+    """Serve the mirror's tree and sync, until cancelled.
+
+    A sync runs every ``poll`` seconds, and at once when the peer-to-peer
+    network (with ``p2p_port``) delivers a valid announcement of a new
+    timestamp; the mirror's multiaddr is then written to ``DIR/p2p.addr``.
+    """
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
@@ -85,15 +96,48 @@ async def run_mirror(
     config.accesslog = None
     config.errorlog = None
 
+    wake = trio.Event()
+    node: P2PNode | None = None
+
+    async def announced(data: bytes) -> None:
+        wake.set()
+
     async def sync_forever() -> None:
+        nonlocal wake
         while True:
+            wake = trio.Event()
             await trio.to_thread.run_sync(mirror.sync)
-            await trio.sleep(poll)
+            if node is not None:
+                node.gate.root = _trusted_root(mirror)  # follow root rotations
+            with trio.move_on_after(poll):
+                await wake.wait()
 
     async with trio.open_nursery() as nursery:
+        if p2p_port is not None:
+            root = _trusted_root(mirror)
+            node = P2PNode(
+                mirror.dir / "p2p.key",
+                topic_for(root),
+                AnnouncementGate(root),
+                host=host,
+                port=p2p_port,
+                bootstrap=bootstrap,
+                on_announcement=announced,
+            )
+            addrs = await nursery.start(node.run)
+            write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
         binds = await nursery.start(serve, build_mirror_app(mirror), config)
         if on_ready is not None:
             result = on_ready(binds[0])
             if result is not None:
                 await result
         nursery.start_soon(sync_forever)
+
+
+def _trusted_root(mirror: Mirror) -> Root:
+    """The newest root the mirror's verified client holds (else its first)."""
+    for path in (mirror.dir / "client" / "root.json", mirror.dir / "root.json"):
+        if path.exists():
+            root: Root = Metadata[Root].from_bytes(path.read_bytes()).signed
+            return root
+    raise TufmeshError(f"{mirror.dir} has no trusted root")

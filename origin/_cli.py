@@ -139,11 +139,19 @@ def init(
 @repo_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port.")
-def serve(repo_dir: Path, host: str, port: int) -> None:
+@click.option(
+    "--p2p-port", type=int, default=None, help="Join the peer-to-peer network on this port."
+)
+@click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
+def serve(
+    repo_dir: Path, host: str, port: int, p2p_port: int | None, bootstrap: tuple[str, ...]
+) -> None:
     """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
     OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
     run_service(
-        lambda ready: serve_repository(repo_dir, host, port, on_ready=ready),
+        lambda ready: serve_repository(
+            repo_dir, host, port, on_ready=ready, p2p_port=p2p_port, p2p_bootstrap=list(bootstrap)
+        ),
         banner=lambda url: f"serving {repo_dir} on {url}",
         where=f"{host}:{port}",
     )

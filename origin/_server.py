@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from tufmesh._durable import write_atomic
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     AuthError,
@@ -38,6 +39,7 @@ from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
+from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 
 __all__ = ["ByteCounter", "OriginService", "ServiceConfig", "build_app", "serve", "tree_routes"]
 
@@ -101,6 +103,9 @@ class OriginService:
         self.commits = 0
         self.published = 0
         self.counter: ByteCounter | None = None
+        #: Called after every commit and refresh that changed the timestamp.
+        self.on_commit: Callable[[], Awaitable[None]] | None = None
+        self._announced = 0
 
     async def submit(self, artifact: Artifact) -> int:
         """Publish ``artifact`` (already stored); return the snapshot version holding it."""
@@ -127,6 +132,7 @@ class OriginService:
             except OriginError as exc:  # a disk or signer failure fails this batch only
                 results = [exc] * len(batch)
             self.commits += 1
+            await self._announce_if_new()
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
                 if not isinstance(result, BaseException):
@@ -137,9 +143,17 @@ class OriginService:
         """Re-sign online roles before a quarter of their lifetime remains, forever."""
         while True:
             await self.committer.refresh()
+            await self._announce_if_new()
             state = self.committer.state
             due = (state.next_refresh - state.now).total_seconds()
             await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
+
+    async def _announce_if_new(self) -> None:
+        version = self.committer.state.timestamp_version
+        if self.on_commit is not None and version != self._announced:
+            self._announced = version
+            with contextlib.suppress(Exception):  # gossip is best effort: mirrors also poll
+                await self.on_commit()
 
     async def discard_if_unused(self, cid: str, manifest: str | None) -> None:
         """Remove the blobs of a refused upload unless something else holds them."""
@@ -347,11 +361,15 @@ async def serve(
     *,
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
     service_config: ServiceConfig | None = None,
+    p2p_port: int | None = None,
+    p2p_bootstrap: list[str] | None = None,
 ) -> None:
     """Serve the repository in ``repo_dir`` until cancelled.
 
     The signing keys and metadata writes live in a committer process of their
-    own (see ``_signer.py``); this process parses HTTP and streams blobs.
+    own (see ``_signer.py``); this process parses HTTP and streams blobs. With
+    ``p2p_port``, the origin also joins the peer-to-peer network and announces
+    every new timestamp there (its multiaddr is written to ``REPO/p2p.addr``).
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
@@ -368,6 +386,14 @@ async def serve(
         config.h11_max_incomplete_size = 16 * 1024
         config.keep_alive_timeout = 30
         async with trio.open_nursery() as nursery:
+            if p2p_port is not None:
+                node = await _start_p2p(nursery, repo_dir, host, p2p_port, p2p_bootstrap or [])
+                timestamp = repo_dir / "metadata" / "timestamp.json"
+
+                async def announce() -> None:
+                    await node.announce(timestamp.read_bytes())
+
+                service.on_commit = announce
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
             binds = await nursery.start(hypercorn_serve, build_app(service), config)
@@ -378,3 +404,22 @@ async def serve(
     finally:
         with trio.CancelScope(shield=True):
             await committer.aclose()
+
+
+async def _start_p2p(
+    nursery: trio.Nursery, repo_dir: Path, host: str, port: int, bootstrap: list[str]
+) -> P2PNode:
+    from tuf.api.metadata import Metadata
+
+    root = Metadata.from_bytes((repo_dir / "metadata" / "root.json").read_bytes()).signed
+    node = P2PNode(
+        repo_dir / "p2p.key",
+        topic_for(root),
+        AnnouncementGate(root),
+        host=host,
+        port=port,
+        bootstrap=bootstrap,
+    )
+    addrs = await nursery.start(node.run)
+    write_atomic(repo_dir / "p2p.addr", (addrs[0] + "\n").encode())
+    return node

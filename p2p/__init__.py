@@ -1,5 +1,13 @@
-"""tufmesh.p2p: not built yet; see the open issues."""
+"""The peer-to-peer layer: signed announcements over libp2p gossip.
+
+``AnnouncementGate`` (sans I/O) decides which announcements are delivered and
+relayed; ``P2PNode`` runs a libp2p host with a persistent Ed25519 identity,
+Noise and yamux only, and GossipSub on the repository's topic.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from tufmesh.p2p._announce import MAX_ANNOUNCEMENT, AnnouncementGate, Verdict, topic_for
+from tufmesh.p2p._node import P2PNode
+
+__all__ = ["MAX_ANNOUNCEMENT", "AnnouncementGate", "P2PNode", "Verdict", "topic_for"]

@@ -168,3 +168,52 @@ def _published(replica: Mirror) -> list[str]:
     return [
         f"{p.parent.name}/{p.name.split('.', 1)[1]}" for p in (replica.tree / "targets").glob("*/*")
     ]
+
+
+@pytest.mark.slow
+def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    origin = subprocess.Popen(
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert origin.stdout is not None
+        url = origin.stdout.readline().rsplit(" on ", 1)[1].strip()
+        origin_addr = (repo / "p2p.addr").read_text().strip()
+        assert "/p2p/" in origin_addr
+        slow = ["--poll", "300"]  # only an announcement can make them sync in time
+        with mirror_p2p(tmp_path / "m1", root, url, ["--bootstrap", origin_addr, *slow]) as m1:
+            m1_addr = (tmp_path / "m1" / "p2p.addr").read_text().strip()
+            # m2 knows only m1 on the p2p side: the announcement is relayed to it.
+            with mirror_p2p(tmp_path / "m2", root, url, ["--bootstrap", m1_addr, *slow]) as m2:
+                wait_for(m1, 1)
+                wait_for(m2, 1)
+                time.sleep(2)  # let the gossip mesh form (1 s heartbeats)
+                published = post(url, "demo", "demo-1.0.tar.gz", b"announced", token).json()
+                wait_for(m1, published["snapshot_version"], deadline=30)
+                wait_for(m2, published["snapshot_version"], deadline=30)
+        # The identity persists: the same peer ID after a restart.
+        with mirror_p2p(tmp_path / "m1", root, url, ["--bootstrap", origin_addr, *slow]):
+            again = (tmp_path / "m1" / "p2p.addr").read_text().strip()
+        assert again.rsplit("/p2p/", 1)[1] == m1_addr.rsplit("/p2p/", 1)[1]
+    finally:
+        origin.terminate()
+        origin.communicate(timeout=30)
+
+
+@contextmanager
+def mirror_p2p(directory: Path, root: Path, origin: str, extra: list[str]) -> Iterator[str]:
+    args = [TUFMESH, "mirror", "run", "--dir", str(directory), "--root", str(root),
+            "--origin", origin, "--http-port", "0", "--p2p-port", "0", *extra]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    try:
+        assert "serving on" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
+        yield line.rsplit(" on ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -1,0 +1,77 @@
+"""Announcements: a signed ``timestamp.json``, gossiped when a new version exists.
+
+The gate is the sans-IO core of the gossip validator: bytes in, a verdict out.
+It runs on every node before a message is delivered *or relayed*, so a forged
+or stale announcement dies at the first honest hop:
+
+* size bound before parsing (python-tuf's own limit for a timestamp);
+* it must parse as TUF timestamp metadata;
+* it must be signed by a threshold of the timestamp keys of the root the node
+  trusts (the same check python-tuf makes);
+* it must not be expired, and not be older than the newest the node has seen
+  (a replayed old timestamp is a rollback attempt).
+
+An accepted announcement only tells a node *when* to refresh; what it then
+trusts is decided by python-tuf, as always.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from tuf.api.metadata import Metadata, Root, Timestamp
+
+__all__ = ["MAX_ANNOUNCEMENT", "AnnouncementGate", "Verdict", "topic_for"]
+
+#: python-tuf's default ``timestamp_max_length``.
+MAX_ANNOUNCEMENT: Final = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Accept (deliver and relay) or reject (drop, and count against the sender)."""
+
+    accept: bool
+    reason: str
+    version: int = 0
+    newer: bool = False  # accepted and newer than anything seen: refresh now
+
+
+def topic_for(root: Root) -> str:
+    """The gossip topic of a repository, named from its root keys."""
+    keyids = ",".join(sorted(root.roles["root"].keyids))
+    return f"tufmesh/{hashlib.sha256(keyids.encode()).hexdigest()[:16]}/timestamp"
+
+
+class AnnouncementGate:
+    """Checks announcements against a trusted root; remembers the newest version."""
+
+    def __init__(self, root: Root, newest: int = 0) -> None:
+        self.root = root
+        self.newest = newest
+
+    def check(self, data: bytes, now: datetime | None = None) -> Verdict:
+        """Judge one announcement (see the module docstring for the rules)."""
+        if len(data) > MAX_ANNOUNCEMENT:
+            return Verdict(False, f"{len(data)} bytes is over the {MAX_ANNOUNCEMENT}-byte limit")
+        try:
+            md = Metadata.from_bytes(data)
+        except Exception:  # python-tuf raises several deserialisation errors
+            return Verdict(False, "not TUF metadata")
+        if not isinstance(md.signed, Timestamp):
+            return Verdict(False, f"not a timestamp but {md.signed.type}")
+        try:
+            self.root.verify_delegate("timestamp", md.signed_bytes, md.signatures)
+        except Exception as exc:  # UnsignedMetadataError and key errors
+            return Verdict(False, f"not signed by the timestamp keys: {exc}")
+        version = md.signed.version
+        if md.signed.is_expired(now or datetime.now(UTC)):
+            return Verdict(False, f"expired timestamp v{version}", version)
+        if version < self.newest:
+            return Verdict(False, f"old timestamp v{version} (have v{self.newest})", version)
+        newer = version > self.newest
+        self.newest = max(self.newest, version)
+        return Verdict(True, "ok", version, newer)

@@ -1,0 +1,146 @@
+"""A libp2p node for announcements (the trio I/O shell around the gate).
+
+Settings, each for a reason found by running py-libp2p 0.8.1
+(shared/notes/py-libp2p-0.8.1.md):
+
+* Noise only (a default host also accepts plaintext and secio peers), yamux
+  only (mplex is 5-7x slower);
+* ``max_connections_per_peer=1`` (else every dial waits a 250 ms
+  happy-eyeballs sleep);
+* GossipSub with a 1 s heartbeat (the default is 120 s) and its
+  per-topic rate limiter off: it silently drops everything past 10
+  messages a second, and our validator already rejects forgeries before
+  they are relayed;
+* the host is always closed explicitly (leaving ``run()`` leaves the listener
+  accepting and leaks sockets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from tufmesh.p2p._announce import AnnouncementGate
+
+__all__ = ["P2PNode"]
+
+#: Mesh degree as in go-libp2p's defaults scaled to small networks (D=6 there).
+DEGREE: Final = 4
+
+
+class P2PNode:
+    """A libp2p host that gossips and receives repository announcements."""
+
+    def __init__(
+        self,
+        key_path: Path,
+        topic: str,
+        gate: AnnouncementGate,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        bootstrap: list[str] | None = None,
+        on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.key_path = key_path
+        self.topic = topic
+        self.gate = gate
+        self.listen = f"/ip4/{host}/tcp/{port}"
+        self.bootstrap = list(bootstrap or [])
+        self.on_announcement = on_announcement
+        self.rejected = 0
+        self.accepted = 0
+        self._pubsub: Any = None
+        self.addrs: list[str] = []
+
+    def _identity(self) -> Any:
+        from libp2p import load_identity, save_identity
+        from libp2p.crypto.ed25519 import create_new_key_pair
+
+        if not self.key_path.exists():
+            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            save_identity(create_new_key_pair(), str(self.key_path))
+            os.chmod(self.key_path, 0o600)
+        return load_identity(str(self.key_path))
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled; ``task_status.started`` gets the listening multiaddrs."""
+        import multiaddr
+        from libp2p import new_host
+        from libp2p.crypto.x25519 import create_new_key_pair as create_x25519
+        from libp2p.custom_types import TProtocol
+        from libp2p.network.config import ConnectionConfig
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+        from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB
+        from libp2p.pubsub.gossipsub import GossipSub
+        from libp2p.pubsub.pubsub import Pubsub
+        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+        from libp2p.security.noise.transport import Transport as NoiseTransport
+        from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
+        from libp2p.stream_muxer.yamux.yamux import Yamux
+        from libp2p.tools.anyio_service import background_trio_service
+
+        key_pair = self._identity()
+        host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)},
+            muxer_opt={TProtocol(YAMUX_ID): Yamux},
+            connection_config=ConnectionConfig(max_connections_per_peer=1),
+        )
+        router = GossipSub(
+            protocols=[GOSSIPSUB],
+            degree=DEGREE,
+            degree_low=DEGREE - 1,
+            degree_high=DEGREE * 2,
+            heartbeat_interval=1,
+            spam_protection_enabled=False,
+        )
+        pubsub = Pubsub(host, router)
+        try:
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
+                await stack.enter_async_context(background_trio_service(pubsub))
+                await stack.enter_async_context(background_trio_service(router))
+                await pubsub.wait_until_ready()
+                pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
+                subscription = await pubsub.subscribe(self.topic)
+                for address in self.bootstrap:
+                    # A bootstrap peer that is down is not fatal: others, or
+                    # the HTTP poll, still bring new versions.
+                    with trio.move_on_after(10), contextlib.suppress(Exception):
+                        await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+                self._pubsub = pubsub
+                self.addrs = [str(a) for a in host.get_addrs()]
+                task_status.started(self.addrs)
+                while True:
+                    # Only messages the gate accepted get here (it ran as the
+                    # topic validator, before delivery and before relaying).
+                    message = await subscription.get()
+                    if self.on_announcement is not None:
+                        result = self.on_announcement(bytes(message.data))
+                        if result is not None:
+                            await result
+        finally:
+            with trio.CancelScope(shield=True):
+                await host.close()
+
+    def _validate(self, peer: Any, message: Any) -> bool:
+        verdict = self.gate.check(bytes(message.data))
+        if verdict.accept:
+            self.accepted += 1
+        else:
+            self.rejected += 1
+        return verdict.accept
+
+    async def announce(self, data: bytes) -> None:
+        """Publish ``data`` (a signed timestamp) to the repository's topic."""
+        if self._pubsub is not None:
+            await self._pubsub.publish(self.topic, data)

@@ -1,0 +1,85 @@
+"""The announcement gate, sans I/O: a table of forged, stale and honest messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Root
+from tuf.api.serialization.json import JSONSerializer
+
+from tufmesh.origin import OriginConfig, OriginRepository
+from tufmesh.p2p import AnnouncementGate, topic_for
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> OriginRepository:
+    return OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+
+
+def timestamp(repo: OriginRepository, *, version: int | None = None, expires_days: float = 1,
+              signer: CryptoSigner | None = None) -> bytes:  # fmt: skip
+    from securesystemslib.signer import Signer
+
+    md = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+    if version is not None:
+        md.signed.version = version
+    md.signed.expires = (datetime.now(UTC) + timedelta(days=expires_days)).replace(microsecond=0)
+    root = repo.root()
+    keyid = root.roles["timestamp"].keyids[0]
+    md.signatures.clear()
+    md.sign(
+        signer
+        or Signer.from_priv_key_uri(
+            f"file2:{repo.dir / 'keys' / 'timestamp.pem'}", root.keys[keyid]
+        )
+    )
+    return md.to_bytes(JSONSerializer(compact=True))
+
+
+def test_honest_announcements_are_accepted_newest_first(repo: OriginRepository) -> None:
+    gate = AnnouncementGate(repo.root())
+    first = gate.check(timestamp(repo, version=5))
+    assert first.accept and first.newer and first.version == 5
+    again = gate.check(timestamp(repo, version=5))
+    assert again.accept and not again.newer  # a duplicate: harmless, no refresh
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong key", "not signed by the timestamp keys"),
+        ("older", "old timestamp"),
+        ("expired", "expired"),
+        ("oversized", "limit"),
+        ("garbage", "not TUF metadata"),
+        ("root instead", "not a timestamp"),
+    ],
+)
+def test_forged_or_stale_announcements_are_rejected(
+    repo: OriginRepository, case: str, reason: str
+) -> None:
+    gate = AnnouncementGate(repo.root(), newest=10)
+    data = {
+        "wrong key": lambda: timestamp(repo, version=11, signer=CryptoSigner.generate_ed25519()),
+        "older": lambda: timestamp(repo, version=9),
+        "expired": lambda: timestamp(repo, version=11, expires_days=-1),
+        "oversized": lambda: b"{" + b" " * 20000 + b"}",
+        "garbage": lambda: b"not json",
+        "root instead": lambda: (repo.metadata_dir / "1.root.json").read_bytes(),
+    }[case]()
+    verdict = gate.check(data)
+    assert not verdict.accept and reason in verdict.reason
+    assert gate.newest == 10  # nothing learnt from a rejected message
+    assert gate.check(timestamp(repo, version=11)).newer  # and an honest one still works
+
+
+def test_topic_is_named_by_the_root_keys(repo: OriginRepository, tmp_path: Path) -> None:
+    other = OriginRepository.create(tmp_path / "other", OriginConfig(bins=4))
+    assert topic_for(repo.root()) != topic_for(other.root())
+    assert topic_for(repo.root()) == topic_for(
+        Metadata[Root].from_bytes((repo.metadata_dir / "1.root.json").read_bytes()).signed
+    )
