@@ -34,6 +34,28 @@ __all__ = ["P2PNode"]
 DEGREE: Final = 4
 
 
+def score_params() -> Any:
+    """GossipSub v1.1 peer scoring with thresholds actually set.
+
+    py-libp2p's thresholds default to minus infinity, i.e. scoring off. These
+    follow go-libp2p's attack tests: one invalid message weighs -99, so a
+    peer that forwards a forgery drops below the gossip threshold (-100) on
+    its second one, stops being published to at -200 and is ignored at -300.
+    The counter decays by 10% a heartbeat, so a peer that behaves recovers.
+    """
+    from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+
+    # py-libp2p *subtracts* weight x count for P4 (the spec adds a negative
+    # weight), so the weight here is positive.
+    return ScoreParams(
+        p4_invalid_messages=TopicScoreParams(weight=99.0, cap=1000.0, decay=0.9),
+        gossip_threshold=-100.0,
+        publish_threshold=-200.0,
+        graylist_threshold=-300.0,
+        accept_px_threshold=0.0,
+    )
+
+
 class P2PNode:
     """A libp2p host that gossips and receives repository announcements."""
 
@@ -57,6 +79,8 @@ class P2PNode:
         self.rejected = 0
         self.accepted = 0
         self._pubsub: Any = None
+        self._router: Any = None
+        self.peer_id = ""
         self.addrs: list[str] = []
 
     def _identity(self) -> Any:
@@ -102,35 +126,43 @@ class P2PNode:
             degree_high=DEGREE * 2,
             heartbeat_interval=1,
             spam_protection_enabled=False,
+            score_params=score_params(),
         )
+        self._router = router
         pubsub = Pubsub(host, router)
-        try:
-            async with AsyncExitStack() as stack:
-                await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
-                await stack.enter_async_context(background_trio_service(pubsub))
-                await stack.enter_async_context(background_trio_service(router))
-                await pubsub.wait_until_ready()
-                pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
-                subscription = await pubsub.subscribe(self.topic)
-                for address in self.bootstrap:
-                    # A bootstrap peer that is down is not fatal: others, or
-                    # the HTTP poll, still bring new versions.
-                    with trio.move_on_after(10), contextlib.suppress(Exception):
-                        await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
-                self._pubsub = pubsub
-                self.addrs = [str(a) for a in host.get_addrs()]
-                task_status.started(self.addrs)
-                while True:
-                    # Only messages the gate accepted get here (it ran as the
-                    # topic validator, before delivery and before relaying).
-                    message = await subscription.get()
-                    if self.on_announcement is not None:
-                        result = self.on_announcement(bytes(message.data))
-                        if result is not None:
-                            await result
-        finally:
-            with trio.CancelScope(shield=True):
-                await host.close()
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+
+            async def close_host() -> None:
+                # First thing on the way out, shielded, while the services
+                # still run: leaving host.run() alone leaves the listener
+                # accepting and the dialled sockets open.
+                with trio.CancelScope(shield=True):
+                    await host.close()
+
+            stack.push_async_callback(close_host)
+            await pubsub.wait_until_ready()
+            pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
+            subscription = await pubsub.subscribe(self.topic)
+            for address in self.bootstrap:
+                # A bootstrap peer that is down is not fatal: others, or
+                # the HTTP poll, still bring new versions.
+                with trio.move_on_after(10), contextlib.suppress(Exception):
+                    await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+            self._pubsub = pubsub
+            self.addrs = [str(a) for a in host.get_addrs()]
+            self.peer_id = str(host.get_id())
+            task_status.started(self.addrs)
+            while True:
+                # Only messages the gate accepted get here (it ran as the
+                # topic validator, before delivery and before relaying).
+                message = await subscription.get()
+                if self.on_announcement is not None:
+                    result = self.on_announcement(bytes(message.data))
+                    if result is not None:
+                        await result
 
     def _validate(self, peer: Any, message: Any) -> bool:
         verdict = self.gate.check(bytes(message.data))
@@ -139,6 +171,12 @@ class P2PNode:
         else:
             self.rejected += 1
         return verdict.accept
+
+    def score(self, peer_id: str) -> float:
+        """This node's GossipSub score of ``peer_id`` on the repository's topic."""
+        from libp2p.peer.id import ID
+
+        return float(self._router.scorer.score(ID.from_base58(peer_id), [self.topic]))
 
     async def announce(self, data: bytes) -> None:
         """Publish ``data`` (a signed timestamp) to the repository's topic."""
