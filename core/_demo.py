@@ -2,7 +2,9 @@
 
 On 127.0.0.1, in a temporary directory: an origin and three mirrors run as
 separate processes (the second mirror replicates from the first, the third
-from the second); an artifact is published; once every mirror holds it, one
+from the second; the origin announces each new version over libp2p gossip,
+which is what makes the mirrors sync); an artifact is published; once every
+mirror holds it, one
 mirror's copy is corrupted on purpose, and ``tufmesh get`` downloads the
 artifact from the three mirrors alone, verifying every chunk: the corrupt
 mirror is caught and banned, the bytes come from the honest ones. python-tuf's
@@ -98,18 +100,24 @@ def _run(work: Path, size: int) -> None:
 
     with contextlib.ExitStack() as stack:
         _step("start the origin and three mirrors, each its own process")
-        origin = stack.enter_context(
-            _process(["origin", "serve", "--dir", str(repo.dir), "--port", "0"], "origin")
-        )
-        click.echo(f"    origin    {origin}")
+        serve = ["origin", "serve", "--dir", str(repo.dir), "--port", "0", "--p2p-port", "0"]
+        origin = stack.enter_context(_process(serve, "origin"))
+        p2p = (repo.dir / "p2p.addr").read_text().strip()
+        click.echo(f"    origin    {origin}  p2p {p2p}")
         mirrors: list[str] = []
         for n in range(3):
+            directory = work / f"mirror-{n + 1}"
             upstream = ["--peer", mirrors[-1]] if mirrors else []
-            args = ["mirror", "run", "--dir", str(work / f"mirror-{n + 1}"), "--root", str(root),
-                    "--origin", origin, *upstream, "--http-port", "0", "--poll", "0.5"]  # fmt: skip
+            # Each mirror hears announcements from the one before it (gossip
+            # relays them); the 10 s poll is only a fallback.
+            args = ["mirror", "run", "--dir", str(directory), "--root", str(root),
+                    "--origin", origin, *upstream, "--http-port", "0", "--poll", "10",
+                    "--p2p-port", "0", "--bootstrap", p2p]  # fmt: skip
             mirrors.append(stack.enter_context(_process(args, f"mirror {n + 1}")))
+            p2p = (directory / "p2p.addr").read_text().strip()
             via = f"from mirror {n}, then the origin" if n else "from the origin"
             click.echo(f"    mirror {n + 1}  {mirrors[-1]}  (replicates {via})")
+        time.sleep(2)  # the gossip mesh forms on 1 s heartbeats
 
         _step(f"publish a {format_size(size)} artifact through the upload API")
         artifact = work / "example-1.0.tar.gz"
@@ -119,14 +127,18 @@ def _run(work: Path, size: int) -> None:
         version = int(answer["snapshot_version"])
         click.echo(f"    {answer['target']} in snapshot v{version}, cid {answer['cid']}")
 
-        _step("wait until every mirror holds it, verified")
-        deadline = time.monotonic() + 120
+        _step("wait until every mirror holds it, verified (announced over libp2p gossip)")
+        published_at = time.monotonic()
+        deadline = published_at + 120
         for n, url in enumerate(mirrors, 1):
             while int(_health(url)["snapshot_version"]) < version:  # type: ignore[call-overload]
                 if time.monotonic() > deadline:
                     raise TufmeshError(f"mirror {n} did not replicate in time")
                 time.sleep(0.2)
-            click.echo(f"    mirror {n} holds snapshot v{version}")
+            elapsed = time.monotonic() - published_at
+            click.echo(
+                f"    mirror {n} holds snapshot v{version} ({elapsed:.1f} s after publishing)"
+            )
 
         _step("corrupt mirror 3's copy: a flipped bit in every chunk, as a malicious mirror would")
         blob = BlobStore(work / "mirror-3" / "cas").path(answer["cid"])

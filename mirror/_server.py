@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -104,11 +105,20 @@ async def run_mirror(
 
     async def sync_forever() -> None:
         nonlocal wake
+        held = mirror.state().get("snapshot_version", 0)
         while True:
             wake = trio.Event()
-            await trio.to_thread.run_sync(mirror.sync)
+            report = await trio.to_thread.run_sync(mirror.sync)
             if node is not None:
                 node.gate.root = _trusted_root(mirror)  # follow root rotations
+                if report.snapshot_version > held:
+                    # Tell the peers that replicate from us that we now hold
+                    # it all: the origin's announcement came before we did.
+                    with contextlib.suppress(Exception):  # best effort: peers also poll
+                        await node.announce(
+                            (mirror.tree / "metadata" / "timestamp.json").read_bytes()
+                        )
+            held = max(held, report.snapshot_version)
             with trio.move_on_after(poll):
                 await wake.wait()
 
