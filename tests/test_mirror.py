@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -217,3 +218,55 @@ def mirror_p2p(directory: Path, root: Path, origin: str, extra: list[str]) -> It
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.slow
+def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None:
+    import random
+
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    body = os.urandom(20 * (1 << 20))
+    origin = subprocess.Popen(
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert origin.stdout is not None
+        url = origin.stdout.readline().rsplit(" on ", 1)[1].strip()
+        addrs = {"origin": (repo / "p2p.addr").read_text().strip()}
+        urls: dict[str, str] = {}
+        rng = random.Random(5)
+        with contextlib.ExitStack() as stack:
+            for n in range(5):
+                name = f"m{n}"
+                # Only the first mirror knows the origin's p2p address; the
+                # others bootstrap to one or two earlier mirrors, chosen at random.
+                earlier = [f"m{i}" for i in range(n)]
+                known = (
+                    rng.sample(earlier, min(len(earlier), rng.choice([1, 2]))) if n else ["origin"]
+                )
+                extra = ["--poll", "60"]
+                for peer in known:
+                    extra += ["--bootstrap", addrs[peer]]
+                    if peer != "origin":
+                        extra += ["--peer", urls[peer]]
+                urls[name] = stack.enter_context(mirror_p2p(tmp_path / name, root, url, extra))
+                addrs[name] = (tmp_path / name / "p2p.addr").read_text().strip()
+            for name in urls:
+                wait_for(urls[name], 1)
+            time.sleep(2)  # gossip mesh
+            version = post(url, "demo", "demo-1.0.tar.gz", body, token).json()["snapshot_version"]
+            for name in urls:
+                wait_for(urls[name], version, deadline=60)
+            served = httpx.get(f"{url}/healthz").json()["bytes_served"]
+            assert served <= 2 * len(body), f"origin served {served / len(body):.2f}x"
+            with Client(tmp_path / "client", root.read_bytes(), list(urls.values())) as client:
+                result = client.download("demo/demo-1.0.tar.gz", tmp_path / "out")
+            assert result.path.read_bytes() == body
+        for name in urls:
+            assert Mirror(tmp_path / name).store.fsck().ok
+    finally:
+        origin.terminate()
+        origin.communicate(timeout=30)
