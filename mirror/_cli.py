@@ -39,6 +39,7 @@ def mirror() -> None:
 @click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
 @click.option("--p2p-port", type=int, default=None, help="Join the peer-to-peer network here.")
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
+@click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")
 @click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
 def run(
     mirror_dir: Path,
@@ -52,6 +53,7 @@ def run(
     quota: int | None,
     p2p_port: int | None,
     bootstrap: tuple[str, ...],
+    max_upload_rate: int | None,
 ) -> None:
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
@@ -67,6 +69,7 @@ def run(
             on_ready=ready,
             p2p_port=p2p_port,
             bootstrap=list(bootstrap),
+            max_upload_rate=max_upload_rate,
         ),
         banner=lambda url: f"mirror {mirror_dir} serving on {url}",
         where=f"{host}:{http_port}",

@@ -82,6 +82,7 @@ async def run_mirror(
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
     p2p_port: int | None = None,
     bootstrap: list[str] | None = None,
+    max_upload_rate: float | None = None,
 ) -> None:
     """Serve the mirror's tree and sync, until cancelled.
 
@@ -136,7 +137,9 @@ async def run_mirror(
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
-        binds = await nursery.start(serve, build_mirror_app(mirror), config)
+        app = build_mirror_app(mirror)
+        app.max_rate = max_upload_rate
+        binds = await nursery.start(serve, app, config)
         if on_ready is not None:
             result = on_ready(binds[0])
             if result is not None:

@@ -143,14 +143,26 @@ def init(
     "--p2p-port", type=int, default=None, help="Join the peer-to-peer network on this port."
 )
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
+@click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")
 def serve(
-    repo_dir: Path, host: str, port: int, p2p_port: int | None, bootstrap: tuple[str, ...]
+    repo_dir: Path,
+    host: str,
+    port: int,
+    p2p_port: int | None,
+    bootstrap: tuple[str, ...],
+    max_upload_rate: int | None,
 ) -> None:
     """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
     OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
     run_service(
         lambda ready: serve_repository(
-            repo_dir, host, port, on_ready=ready, p2p_port=p2p_port, p2p_bootstrap=list(bootstrap)
+            repo_dir,
+            host,
+            port,
+            on_ready=ready,
+            p2p_port=p2p_port,
+            p2p_bootstrap=list(bootstrap),
+            max_upload_rate=max_upload_rate,
         ),
         banner=lambda url: f"serving {repo_dir} on {url}",
         where=f"{host}:{port}",

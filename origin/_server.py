@@ -226,15 +226,27 @@ def tree_routes(root: Path, store: BlobStore) -> list[Route]:
 
 @dataclass
 class ByteCounter:
-    """An ASGI wrapper that counts the response body bytes an app sends."""
+    """An ASGI wrapper that counts the response body bytes an app sends.
+
+    With ``max_rate`` (bytes per second), it also paces them: one token bucket
+    for the whole server, so a volunteer's upload link is never saturated.
+    """
 
     app: Any
     served: int = 0
+    max_rate: float | None = None
+    _next: float = 0.0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         async def counting(message: Any) -> None:
             if message["type"] == "http.response.body":
-                self.served += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                self.served += size
+                if self.max_rate:
+                    now = trio.current_time()
+                    start = max(self._next, now)
+                    self._next = start + size / self.max_rate
+                    await trio.sleep(start - now)
             await send(message)
 
         await self.app(scope, receive, counting)
@@ -363,6 +375,7 @@ async def serve(
     service_config: ServiceConfig | None = None,
     p2p_port: int | None = None,
     p2p_bootstrap: list[str] | None = None,
+    max_upload_rate: float | None = None,
 ) -> None:
     """Serve the repository in ``repo_dir`` until cancelled.
 
@@ -396,7 +409,9 @@ async def serve(
                 service.on_commit = announce
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
-            binds = await nursery.start(hypercorn_serve, build_app(service), config)
+            app = build_app(service)
+            app.max_rate = max_upload_rate
+            binds = await nursery.start(hypercorn_serve, app, config)
             if on_ready is not None:
                 result = on_ready(binds[0])
                 if result is not None:
