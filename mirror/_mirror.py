@@ -44,6 +44,9 @@ class SyncReport:
     artifacts: int = 0
     fetched: int = 0
     bytes_by_source: dict[str, int] = field(default_factory=dict)
+    #: Requests that failed or brought bad chunks; sources banned, with why.
+    failed_requests: int = 0
+    bans: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
 
@@ -166,6 +169,9 @@ class Mirror:
                     report.fetched += 1
                     for source, stats in result.sources.items():
                         fetched[source] += stats.bytes
+                        report.failed_requests += stats.failures
+                        if stats.banned:
+                            report.bans[source] = stats.banned
                 report.artifacts = len(targets)
                 report.snapshot_version = self._publish(client, targets)
         except TufmeshError as exc:
@@ -237,6 +243,8 @@ class Mirror:
             bytes_fetched_by_source=dict(totals),
             syncs=state.get("syncs", 0) + 1,
             sync_failures=state.get("sync_failures", 0) + (report.error is not None),
+            failed_requests=state.get("failed_requests", 0) + report.failed_requests,
+            bans=state.get("bans", 0) + len(report.bans),
             snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
         )
         write_atomic(self.state_file, (json.dumps(state, indent=1) + "\n").encode(), sync_dir=False)

@@ -22,7 +22,7 @@ from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 __all__ = ["build_mirror_app", "run_mirror"]
 
 
-def build_mirror_app(mirror: Mirror) -> ByteCounter:
+def build_mirror_app(mirror: Mirror, node: P2PNode | None = None) -> ByteCounter:
     """The mirror's gateway: the static TUF tree, ``/blobs``, ``/healthz``, ``/metrics``."""
     counter: ByteCounter
 
@@ -61,7 +61,23 @@ def build_mirror_app(mirror: Mirror) -> ByteCounter:
             "# HELP tufmesh_mirror_sync_failures_total Syncs that ended in an error.",
             "# TYPE tufmesh_mirror_sync_failures_total counter",
             f"tufmesh_mirror_sync_failures_total {state.get('sync_failures', 0)}",
+            "# HELP tufmesh_mirror_failed_requests_total Chunk requests that failed or lied.",
+            "# TYPE tufmesh_mirror_failed_requests_total counter",
+            f"tufmesh_mirror_failed_requests_total {state.get('failed_requests', 0)}",
+            "# HELP tufmesh_mirror_bans_total Sources banned during syncs.",
+            "# TYPE tufmesh_mirror_bans_total counter",
+            f"tufmesh_mirror_bans_total {state.get('bans', 0)}",
         ]
+        if node is not None:
+            lines += [
+                "# HELP tufmesh_mirror_p2p_peers Connected libp2p peers.",
+                "# TYPE tufmesh_mirror_p2p_peers gauge",
+                f"tufmesh_mirror_p2p_peers {node.peer_count()}",
+                "# HELP tufmesh_mirror_announcements_total Gossip announcements judged.",
+                "# TYPE tufmesh_mirror_announcements_total counter",
+                f'tufmesh_mirror_announcements_total{{verdict="accepted"}} {node.accepted}',
+                f'tufmesh_mirror_announcements_total{{verdict="rejected"}} {node.rejected}',
+            ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     routes = [
@@ -137,7 +153,7 @@ async def run_mirror(
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
-        app = build_mirror_app(mirror)
+        app = build_mirror_app(mirror, node)
         app.max_rate = max_upload_rate
         binds = await nursery.start(serve, app, config)
         if on_ready is not None:

@@ -80,6 +80,7 @@ class P2PNode:
         self.accepted = 0
         self._pubsub: Any = None
         self._router: Any = None
+        self._host: Any = None
         self.peer_id = ""
         self.addrs: list[str] = []
 
@@ -129,6 +130,7 @@ class P2PNode:
             score_params=score_params(),
         )
         self._router = router
+        self._host = host
         pubsub = Pubsub(host, router)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
@@ -171,6 +173,10 @@ class P2PNode:
         else:
             self.rejected += 1
         return verdict.accept
+
+    def peer_count(self) -> int:
+        """Peers this node is connected to."""
+        return len(self._host.get_network().connections) if self._host is not None else 0
 
     def score(self, peer_id: str) -> float:
         """This node's GossipSub score of ``peer_id`` on the repository's topic."""

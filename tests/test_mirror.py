@@ -112,6 +112,7 @@ def test_a_corrupting_peer_cannot_poison_a_mirror(tmp_path: Path) -> None:
             assert evil.blob_requests > 0  # it was asked first, and lied
             assert report.bytes_by_source.get(evil.url, 0) == 0
             assert replica.store.fsck().ok  # nothing it sent was kept
+            assert evil.url in report.bans and replica.state()["bans"] >= 1
             assert replica.store.read(_cid(repo)) == body
         # An honest sync afterwards changes nothing and still verifies.
         assert replica.sync().error is None
@@ -196,6 +197,10 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
                 published = post(url, "demo", "demo-1.0.tar.gz", b"announced", token).json()
                 wait_for(m1, published["snapshot_version"], deadline=30)
                 wait_for(m2, published["snapshot_version"], deadline=30)
+                metrics = httpx.get(f"{m2}/metrics").text
+                assert "tufmesh_mirror_p2p_peers 1" in metrics
+                assert 'tufmesh_mirror_announcements_total{verdict="rejected"} 0' in metrics
+                assert 'tufmesh_mirror_announcements_total{verdict="accepted"} 0' not in metrics
         # The identity persists: the same peer ID after a restart.
         with mirror_p2p(tmp_path / "m1", root, url, ["--bootstrap", origin_addr, *slow]):
             again = (tmp_path / "m1" / "p2p.addr").read_text().strip()
