@@ -28,16 +28,16 @@ from tufmesh.mirror import Mirror
 
 
 @contextmanager
-def mirror_process(directory: Path, root: Path, origin: str, *peers: str) -> Iterator[str]:
+def mirror_process(directory: Path, root: Path, origin: str, *extra: str) -> Iterator[str]:
     args = [TUFMESH, "mirror", "run", "--dir", str(directory), "--root", str(root),
-            "--origin", origin, "--http-port", "0", "--poll", "0.5"]  # fmt: skip
-    for peer in peers:
-        args += ["--peer", peer]
+            "--origin", origin, "--http-port", "0", *extra]  # fmt: skip
+    if "--poll" not in extra:
+        args += ["--poll", "0.5"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     try:
-        assert "serving on" in line, line
+        assert "serving on" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
         yield line.rsplit(" on ", 1)[1].strip()
     finally:
         proc.terminate()
@@ -64,7 +64,7 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         version = response.json()["snapshot_version"]
         with mirror_process(tmp_path / "m1", root, origin.url) as m1:
             wait_for(m1, version)
-            with mirror_process(tmp_path / "m2", root, origin.url, m1) as m2:
+            with mirror_process(tmp_path / "m2", root, origin.url, "--peer", m1) as m2:
                 wait_for(m2, version)
                 # python-tuf's own client, unmodified, trusts a mirror's tree.
                 updater = tuf_updater(m2, repo)
@@ -177,24 +177,22 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")
     root = repo / "metadata" / "1.root.json"
-    origin = subprocess.Popen(
-        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert origin.stdout is not None
-        url = origin.stdout.readline().rsplit(" on ", 1)[1].strip()
+    p2p = ("--p2p-port", "0", "--poll", "300")  # only an announcement can sync them in time
+    with running(repo, "--p2p-port", "0") as origin:
         origin_addr = (repo / "p2p.addr").read_text().strip()
         assert "/p2p/" in origin_addr
-        slow = ["--poll", "300"]  # only an announcement can make them sync in time
-        with mirror_p2p(tmp_path / "m1", root, url, ["--bootstrap", origin_addr, *slow]) as m1:
+        with mirror_process(
+            tmp_path / "m1", root, origin.url, *p2p, "--bootstrap", origin_addr
+        ) as m1:
             m1_addr = (tmp_path / "m1" / "p2p.addr").read_text().strip()
             # m2 knows only m1 on the p2p side: the announcement is relayed to it.
-            with mirror_p2p(tmp_path / "m2", root, url, ["--bootstrap", m1_addr, *slow]) as m2:
+            with mirror_process(
+                tmp_path / "m2", root, origin.url, *p2p, "--bootstrap", m1_addr
+            ) as m2:
                 wait_for(m1, 1)
                 wait_for(m2, 1)
                 time.sleep(2)  # let the gossip mesh form (1 s heartbeats)
-                published = post(url, "demo", "demo-1.0.tar.gz", b"announced", token).json()
+                published = post(origin.url, "demo", "demo-1.0.tar.gz", b"announced", token).json()
                 wait_for(m1, published["snapshot_version"], deadline=30)
                 wait_for(m2, published["snapshot_version"], deadline=30)
                 metrics = httpx.get(f"{m2}/metrics").text
@@ -202,27 +200,9 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
                 assert 'tufmesh_mirror_announcements_total{verdict="rejected"} 0' in metrics
                 assert 'tufmesh_mirror_announcements_total{verdict="accepted"} 0' not in metrics
         # The identity persists: the same peer ID after a restart.
-        with mirror_p2p(tmp_path / "m1", root, url, ["--bootstrap", origin_addr, *slow]):
+        with mirror_process(tmp_path / "m1", root, origin.url, *p2p, "--bootstrap", origin_addr):
             again = (tmp_path / "m1" / "p2p.addr").read_text().strip()
         assert again.rsplit("/p2p/", 1)[1] == m1_addr.rsplit("/p2p/", 1)[1]
-    finally:
-        origin.terminate()
-        origin.communicate(timeout=30)
-
-
-@contextmanager
-def mirror_p2p(directory: Path, root: Path, origin: str, extra: list[str]) -> Iterator[str]:
-    args = [TUFMESH, "mirror", "run", "--dir", str(directory), "--root", str(root),
-            "--origin", origin, "--http-port", "0", "--p2p-port", "0", *extra]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    try:
-        assert "serving on" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
-        yield line.rsplit(" on ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
 
 
 @pytest.mark.slow
@@ -233,13 +213,8 @@ def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None
     token = add_project(repo, "demo")
     root = repo / "metadata" / "1.root.json"
     body = os.urandom(20 * (1 << 20))
-    origin = subprocess.Popen(
-        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert origin.stdout is not None
-        url = origin.stdout.readline().rsplit(" on ", 1)[1].strip()
+    with running(repo, "--p2p-port", "0") as origin:
+        url = origin.url
         addrs = {"origin": (repo / "p2p.addr").read_text().strip()}
         urls: dict[str, str] = {}
         rng = random.Random(5)
@@ -252,12 +227,12 @@ def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None
                 known = (
                     rng.sample(earlier, min(len(earlier), rng.choice([1, 2]))) if n else ["origin"]
                 )
-                extra = ["--poll", "60"]
+                extra = ["--p2p-port", "0", "--poll", "60"]
                 for peer in known:
                     extra += ["--bootstrap", addrs[peer]]
                     if peer != "origin":
                         extra += ["--peer", urls[peer]]
-                urls[name] = stack.enter_context(mirror_p2p(tmp_path / name, root, url, extra))
+                urls[name] = stack.enter_context(mirror_process(tmp_path / name, root, url, *extra))
                 addrs[name] = (tmp_path / name / "p2p.addr").read_text().strip()
             for name in urls:
                 wait_for(urls[name], 1)
@@ -270,8 +245,5 @@ def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None
             with Client(tmp_path / "client", root.read_bytes(), list(urls.values())) as client:
                 result = client.download("demo/demo-1.0.tar.gz", tmp_path / "out")
             assert result.path.read_bytes() == body
-        for name in urls:
-            assert Mirror(tmp_path / name).store.fsck().ok
-    finally:
-        origin.terminate()
-        origin.communicate(timeout=30)
+    for name in urls:
+        assert Mirror(tmp_path / name).store.fsck().ok

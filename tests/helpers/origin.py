@@ -59,9 +59,9 @@ class Server:
             self.proc.communicate(timeout=30)
 
 
-def start_server(repo: Path) -> Server:
+def start_server(repo: Path, *extra: str) -> Server:
     proc = subprocess.Popen(
-        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -78,8 +78,8 @@ def start_server(repo: Path) -> Server:
 
 
 @contextmanager
-def running(repo: Path) -> Iterator[Server]:
-    server = start_server(repo)
+def running(repo: Path, *extra: str) -> Iterator[Server]:
+    server = start_server(repo, *extra)
     try:
         yield server
     finally:
