@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -96,6 +97,12 @@ def status(mirror_dir: Path) -> None:
     click.echo(f"artifacts\t{last.get('artifacts', 0)}")
     click.echo(f"blobs\t{len(blobs)}, {format_size(size)}")
     click.echo(f"syncs\t{state.get('syncs', 0)} ({state.get('sync_failures', 0)} failed)")
+    if "last_sync_at" in state:
+        click.echo(f"last sync\t{time.time() - state['last_sync_at']:.0f} s ago")
+    if "p2p_peers" in state:
+        behind = max(0, state.get("newest_announced", 0) - state.get("timestamp_version", 0))
+        click.echo(f"p2p peers\t{state['p2p_peers']}")
+        click.echo(f"lag\t{behind} timestamp version(s) behind the newest announcement")
     if last.get("error"):
         click.echo(f"last error\t{last['error']}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):

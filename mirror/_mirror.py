@@ -233,6 +233,19 @@ class Mirror:
         self.store.gc()
         return snapshot
 
+    def _served_timestamp_version(self) -> int:
+        try:
+            path = self.tree / "metadata" / "timestamp.json"
+            return int(json.loads(path.read_bytes())["signed"]["version"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def note_network(self, peers: int, newest_announced: int) -> None:
+        """Remember what the p2p layer saw, for ``mirror status``."""
+        state = self.state()
+        state.update(p2p_peers=peers, newest_announced=newest_announced)
+        write_atomic(self.state_file, (json.dumps(state, indent=1) + "\n").encode(), sync_dir=False)
+
     def _record(self, report: SyncReport) -> None:
         state = self.state()
         totals = Counter(state.get("bytes_fetched_by_source", {}))
@@ -246,5 +259,6 @@ class Mirror:
             failed_requests=state.get("failed_requests", 0) + report.failed_requests,
             bans=state.get("bans", 0) + len(report.bans),
             snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
+            timestamp_version=self._served_timestamp_version(),
         )
         write_atomic(self.state_file, (json.dumps(state, indent=1) + "\n").encode(), sync_dir=False)

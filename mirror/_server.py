@@ -136,6 +136,8 @@ async def run_mirror(
                             (mirror.tree / "metadata" / "timestamp.json").read_bytes()
                         )
             held = max(held, report.snapshot_version)
+            if node is not None:
+                mirror.note_network(node.peer_count(), node.gate.newest)
             with trio.move_on_after(poll):
                 await wake.wait()
 
