@@ -16,7 +16,7 @@ from tuf.api.metadata import Metadata, Root
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
-from tufmesh.origin import ByteCounter, tree_routes
+from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 
 __all__ = ["build_mirror_app", "run_mirror"]
@@ -106,14 +106,6 @@ async def run_mirror(
     network (with ``p2p_port``) delivers a valid announcement of a new
     timestamp; the mirror's multiaddr is then written to ``DIR/p2p.addr``.
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-
     wake = trio.Event()
     node: P2PNode | None = None
 
@@ -156,12 +148,7 @@ async def run_mirror(
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
         app = build_mirror_app(mirror, node)
-        app.max_rate = max_upload_rate
-        binds = await nursery.start(serve, app, config)
-        if on_ready is not None:
-            result = on_ready(binds[0])
-            if result is not None:
-                await result
+        await start_http(nursery, app, host, port, max_upload_rate, on_ready)
         nursery.start_soon(sync_forever)
 
 

@@ -18,6 +18,7 @@ from tufmesh.origin._server import (
     ServiceConfig,
     build_app,
     serve,
+    start_http,
     tree_routes,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_filename",
     "normalize_project",
     "serve",
+    "start_http",
     "target_path",
     "tree_routes",
     "upload",

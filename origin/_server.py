@@ -41,7 +41,15 @@ from tufmesh.origin._repository import Artifact
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 
-__all__ = ["ByteCounter", "OriginService", "ServiceConfig", "build_app", "serve", "tree_routes"]
+__all__ = [
+    "ByteCounter",
+    "OriginService",
+    "ServiceConfig",
+    "build_app",
+    "serve",
+    "start_http",
+    "tree_routes",
+]
 
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _METADATA_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json")
@@ -384,20 +392,10 @@ async def serve(
     ``p2p_port``, the origin also joins the peer-to-peer network and announces
     every new timestamp there (its multiaddr is written to ``REPO/p2p.addr``).
     """
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
     committer = await SignerProcess.start(repo_dir)
     try:
         service = OriginService(repo_dir, committer, service_config)
         await committer.refresh()  # anything stale is re-signed before the first request
-        config = Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        config.accesslog = None
-        config.errorlog = None
-        # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
-        config.h11_max_incomplete_size = 16 * 1024
-        config.keep_alive_timeout = 30
         async with trio.open_nursery() as nursery:
             if p2p_port is not None:
                 node = await _start_p2p(nursery, repo_dir, host, p2p_port, p2p_bootstrap or [])
@@ -409,13 +407,7 @@ async def serve(
                 service.on_commit = announce
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
-            app = build_app(service)
-            app.max_rate = max_upload_rate
-            binds = await nursery.start(hypercorn_serve, app, config)
-            if on_ready is not None:
-                result = on_ready(binds[0])
-                if result is not None:
-                    await result
+            await start_http(nursery, build_app(service), host, port, max_upload_rate, on_ready)
     finally:
         with trio.CancelScope(shield=True):
             await committer.aclose()
@@ -438,3 +430,31 @@ async def _start_p2p(
     addrs = await nursery.start(node.run)
     write_atomic(repo_dir / "p2p.addr", (addrs[0] + "\n").encode())
     return node
+
+
+async def start_http(
+    nursery: trio.Nursery,
+    app: ByteCounter,
+    host: str,
+    port: int,
+    max_rate: float | None,
+    on_ready: Callable[[str], Awaitable[None] | None] | None,
+) -> str:
+    """Start serving ``app`` (hypercorn, trio worker) in ``nursery``; return its URL."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
+    config.h11_max_incomplete_size = 16 * 1024
+    config.keep_alive_timeout = 30
+    app.max_rate = max_rate
+    binds = await nursery.start(hypercorn_serve, app, config)
+    if on_ready is not None:
+        result = on_ready(binds[0])
+        if result is not None:
+            await result
+    return str(binds[0])

@@ -51,6 +51,7 @@ def test_origin_public_api() -> None:
         "check_filename",
         "normalize_project",
         "serve",
+        "start_http",
         "target_path",
         "tree_routes",
         "upload",
