@@ -155,8 +155,13 @@ class Mirror:
                     cid = target.custom.get("cid") if isinstance(target.custom, dict) else None
                     if not isinstance(cid, str):
                         continue
-                    manifest = client.manifest(target)
-                    if manifest is not None and not self.store.has(manifest.cid):
+                    manifest_cid = target.custom.get("manifest")
+                    if isinstance(manifest_cid, str) and not self.store.has(manifest_cid):
+                        # Fetched (and checked against its signed CID) only
+                        # when missing: a sync must not re-download every
+                        # manifest of a repository it already holds.
+                        manifest = client.manifest(target)
+                        assert manifest is not None
                         self.store.put(manifest.encoded, expect=manifest.cid)
                     if self.store.has(cid):
                         continue
