@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import random
@@ -114,6 +115,12 @@ def main() -> None:
                         done[name] = time.monotonic() - committed
                 time.sleep(0.1)
             served = httpx.get(f"{origin}/healthz").json()["bytes_served"] - before
+            for name in urls:
+                state = json.loads((work / name / "state.json").read_text())
+                fetched = state.get("bytes_fetched_by_source", {})
+                peers = sum(v for k, v in fetched.items() if k != origin)
+                print(f"  {name}: done {done.get(name, -1):6.2f} s, from peers "
+                      f"{format_size(peers)}, from origin {format_size(fetched.get(origin, 0))}")  # fmt: skip
         bound = max(size / rate, n * size / (rate + n * rate))
         last = max(done.values()) if len(done) == n else float("inf")
         print(f"{n} mirrors, {format_size(size)}, every upload capped at {format_size(rate)}/s")

@@ -8,17 +8,20 @@ fetches artifacts in verified chunks from several sources at once.
 from __future__ import annotations
 
 from tufmesh.client._client import Client, DownloadResult
+from tufmesh.client._download import ChunkPlan, Replicating
 from tufmesh.client._fetcher import FetchConfig, MultiSourceFetcher, SourceHealth
 from tufmesh.client._home import ClientHome
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
 
 __all__ = [
+    "ChunkPlan",
     "ChunkScheduler",
     "Client",
     "ClientHome",
     "DownloadResult",
     "FetchConfig",
     "MultiSourceFetcher",
+    "Replicating",
     "SchedulerConfig",
     "SourceHealth",
     "SourceStats",

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from tuf.ngclient import Updater
 from tufmesh.cas import Manifest, cid_of
 from tufmesh.client._download import (
     ChunkPlan,
+    Replicating,
     download_plan,
     plan_for_manifest,
     plan_for_whole_blob,
@@ -220,8 +222,14 @@ class Client:
         *,
         filename: str | None = None,
         progress: Callable[[int], None] | None = None,
+        replicating: Replicating | None = None,
     ) -> DownloadResult:
-        """Fetch artifact ``path`` into ``dest_dir/<filename>`` (default: its base name)."""
+        """Fetch artifact ``path`` into ``dest_dir/<filename>`` (default: its base name).
+
+        With ``replicating`` (a mirror), chunks come from the peers its
+        have-records name, and the fallback sources serve only what no peer
+        holds (see :class:`ChunkScheduler`).
+        """
         info = self.target(path)
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / (filename or path.rsplit("/", 1)[-1])
@@ -243,7 +251,12 @@ class Client:
         preferred = [s.url for s in usable if not s.fallback]
         everyone = [s.url for s in usable]
         started = time.perf_counter()
-        if isinstance(cid, str) and everyone:
+        if isinstance(cid, str) and replicating is not None:
+            fallback = replicating.fallback
+            stats = self._download_chunks(
+                info, cid, [], part, progress, fallback=fallback, replicating=replicating
+            )
+        elif isinstance(cid, str) and everyone:
             try:
                 stats = self._download_chunks(info, cid, preferred or everyone, part, progress)
             except SourcesFailedError:
@@ -268,17 +281,29 @@ class Client:
         sources: list[str],
         part: Path,
         progress: Callable[[int], None] | None,
+        *,
+        fallback: list[str] | None = None,
+        replicating: Replicating | None = None,
     ) -> dict[str, SourceStats]:
         custom = info.custom
         manifest_stats: dict[str, SourceStats] = {}
         if "manifest" in custom:
-            manifest, manifest_stats = self._fetch_manifest(custom["manifest"], sources)
+            manifest, manifest_stats = self._fetch_manifest(
+                custom["manifest"], [*sources, *(fallback or [])]
+            )
             if manifest.blob_cid != cid or manifest.length != info.length:
                 raise ClientError(f"{info.path}: the signed manifest describes another blob")
             slots = len(sources) * self.scheduler_config.per_source
-            plan = plan_for_manifest(manifest, span_for(info.length, manifest.chunk_size, slots))
+            # Replication trades single chunks: have-records are per chunk.
+            span = 1 if replicating else span_for(info.length, manifest.chunk_size, slots)
+            plan = plan_for_manifest(manifest, span)
         else:
             plan = plan_for_whole_blob(cid, info.length, info.hashes["sha256"])
+        config = self.scheduler_config
+        if replicating is not None and config.seed is None:
+            # Each mirror its own chunk order: they fetch different chunks
+            # from the origin, then trade them.
+            config = dataclasses.replace(config, seed=int.from_bytes(os.urandom(8)))
         have = _verified_chunks(part, plan)
         if progress is not None and have:
             progress(sum(plan.span(i)[1] for i in have))
@@ -289,8 +314,10 @@ class Client:
                 part,
                 have=have,
                 fetch_config=self.fetch_config,
-                scheduler_config=self.scheduler_config,
+                scheduler_config=config,
                 progress=progress,
+                fallback=fallback or (),
+                replicating=replicating,
             )
         )
         for name, stat in manifest_stats.items():  # the manifest's bytes count too

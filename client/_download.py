@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -25,7 +25,14 @@ from tufmesh.client._http import HttpError, RangePool, TooLong
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
 from tufmesh.errors import ChunkRejectedError, SourcesFailedError
 
-__all__ = ["ChunkPlan", "download_plan", "plan_for_manifest", "plan_for_whole_blob", "span_for"]
+__all__ = [
+    "ChunkPlan",
+    "Replicating",
+    "download_plan",
+    "plan_for_manifest",
+    "plan_for_whole_blob",
+    "span_for",
+]
 
 #: How often the supervisor looks for slow requests and new work.
 _TICK: Final = 0.1
@@ -49,6 +56,24 @@ class ChunkPlan:
         """``(offset, length)`` of chunk ``index``."""
         offset = index * self.chunk_size
         return offset, min(self.chunk_size, self.length - offset)
+
+
+class Replicating(Protocol):
+    """A mirror's hooks into one download: its peers' have-records in, its own out."""
+
+    #: Sources asked only for chunks no peer holds (the origin).
+    fallback: list[str]
+    #: This mirror's name among its peers (its URL), for the designated-fetcher rule.
+    me: str | None
+
+    def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:
+        """The download of ``plan`` into ``part`` begins, ``have`` already verified."""
+
+    def chunk(self, index: int) -> None:
+        """Chunk ``index`` is verified and written (it may be served from now on)."""
+
+    async def follow(self, scheduler: ChunkScheduler, poke: Callable[[], None]) -> None:
+        """Feed ``scheduler`` new sources and have-records until cancelled; ``poke`` wakes it."""
 
 
 def plan_for_manifest(manifest: Manifest, span: int = 1) -> ChunkPlan:
@@ -96,16 +121,29 @@ async def download_plan(
     scheduler_config: SchedulerConfig | None = None,
     progress: Callable[[int], None] | None = None,
     clock: Callable[[], float] = trio.current_time,
+    fallback: Sequence[str] = (),
+    replicating: Replicating | None = None,
 ) -> dict[str, SourceStats]:
     """Fill ``part`` (a file of ``plan.length`` bytes) with every verified chunk.
+
+    ``fallback`` sources are asked only for chunks no other source holds (see
+    :class:`ChunkScheduler`). With ``replicating`` (a mirror), more sources
+    join as their have-records arrive, and each verified chunk is reported.
 
     Returns what each source did. Raises :class:`SourcesFailedError`, naming
     each source's reason, when chunks are missing and no source is left.
     """
     fetch_config = fetch_config or FetchConfig()
     scheduler = ChunkScheduler(
-        plan.count, list(sources), scheduler_config or SchedulerConfig(), have=set(have or ())
+        plan.count,
+        [*sources, *fallback],
+        scheduler_config or SchedulerConfig(),
+        have=set(have or ()),
+        fallback=set(fallback),
+        me=replicating.me if replicating is not None else None,
     )
+    # A mirror asks the origin nothing before it has heard from its neighbours.
+    scheduler.fallback_open = replicating is None
     pool = RangePool(fetch_config.connect_timeout, fetch_config.read_timeout)
     scopes: dict[tuple[str, int], trio.CancelScope] = {}
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -138,16 +176,25 @@ async def download_plan(
                 except HttpError as exc:
                     scheduler.failed(source, index, str(exc))
                 else:
-                    if scheduler.verified(source, index, len(data), clock()) and progress:
-                        progress(len(data))
+                    if scheduler.verified(source, index, len(data), clock()):
+                        if replicating is not None:
+                            replicating.chunk(index)
+                        if progress is not None:
+                            progress(len(data))
         finally:
             if scopes.get((source, index)) is scope:
                 del scopes[(source, index)]
             wake.set()
 
+    def poke() -> None:
+        wake.set()
+
     try:
         os.ftruncate(fd, plan.length)
         async with trio.open_nursery() as nursery:
+            if replicating is not None:
+                replicating.started(plan, part, set(scheduler.have))
+                nursery.start_soon(replicating.follow, scheduler, poke)
             while not scheduler.complete:
                 now = clock()
                 for source, index in scheduler.too_slow(now):

@@ -1,16 +1,35 @@
 """Which chunk to fetch from which source: a sans-IO state machine.
 
-Fed events (a request finished, bytes arrived, a chunk verified or not) and the
-current time; answers with the requests to start and the ones to abandon. No
-I/O, no clock of its own, so it is tested (and simulated) with plain calls.
+Fed events (a request finished, bytes arrived, a chunk verified or not, a
+source announced what it holds) and the current time; answers with the
+requests to start and the ones to abandon. No I/O, no clock of its own, so it
+is tested with plain calls, and the network simulator (``tufmesh.netsim``)
+runs this very code for thousands of simulated mirrors.
+
+The same scheduler serves an end user's download (every source holds the
+whole artifact) and a mirror's replication (peers hold some chunks and say
+which in their have-records; the origin is the fallback).
 
 Policy:
 
 * Every chunk is fetched from one source at a time; each usable source gets up
   to ``per_source`` requests, the fastest sources first (observed bytes per
   second, optimistic for a source not yet measured).
+* Rarest first: among the chunks a source can give, the one the fewest known
+  sources hold, so that scarce chunks spread before common ones. Ties go in
+  index order for a download (the file fills from the front) or in a random
+  order per node for replication (``seed``), so that mirrors fetch different
+  chunks from the origin and then trade them.
+* Fallback sources (the origin, for a mirror) are asked only for chunks no
+  other usable source holds and no neighbour says it is already fetching from
+  the fallback (``claims``). With ``me`` (a mirror's own name), a node asks
+  the fallback only for the chunks it is the designated fetcher of among its
+  neighbours (rendezvous hashing: the highest ``weight(name, chunk)`` wins),
+  or for any chunk once no peer has anything for it (idle). Every chunk has a
+  designated fetcher (the local maxima of its weight), so the origin uploads
+  each chunk about once per neighbourhood, and the mirrors trade the rest.
 * Endgame: when no chunk is waiting, an idle source may duplicate a chunk that
-  is in flight elsewhere (at most two copies); the first verified copy wins.
+  is in flight elsewhere (at most ``max_copies``); the first verified copy wins.
 * A source that sends a chunk that fails verification is banned for the rest
   of the run (it lied; nothing it sends is worth the time). A source that
   fails ``max_failures`` times in a row (errors, timeouts, HTTP errors) is
@@ -23,7 +42,10 @@ Policy:
 
 from __future__ import annotations
 
-from collections import deque
+import random
+import zlib
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -46,6 +68,15 @@ class SchedulerConfig:
     max_failures: int = 3
     #: Copies of one chunk in flight at most, in the endgame.
     max_copies: int = 2
+    #: Requests in flight to each fallback source (the origin, for a mirror).
+    per_fallback: int = 1
+    #: A mirror with nothing in flight waits this long for its neighbours'
+    #: have-records before it asks the fallback for a chunk it is not the
+    #: designated fetcher of (two have-query rounds).
+    patience: float = 0.5
+    #: Random tie-break between equally rare chunks (replication); None keeps
+    #: index order (a download fills the file from the front).
+    seed: int | None = None
 
 
 @dataclass
@@ -80,17 +111,45 @@ _UNMEASURED: Final = float("inf")  # try a source we know nothing about
 
 @dataclass
 class ChunkScheduler:
-    """Plans the fetching of ``count`` chunks from ``sources``."""
+    """Plans the fetching of ``count`` chunks from ``sources``.
+
+    Every source named at construction holds every chunk; :meth:`add_source`
+    adds one that holds some (a peer still replicating), updated by
+    :meth:`add_have` as its have-records arrive.
+    """
 
     count: int
     sources: list[str]
     config: SchedulerConfig = field(default_factory=SchedulerConfig)
     have: set[int] = field(default_factory=set)
+    fallback: set[str] = field(default_factory=set)
+    #: This node's name among its peers (a mirror's URL); None: no designation.
+    me: str | None = None
 
     def __post_init__(self) -> None:
+        self.sources = list(self.sources)
         self.stats = {name: SourceStats(name) for name in self.sources}
-        self._waiting = deque(i for i in range(self.count) if i not in self.have)
+        self._waiting = set(range(self.count)) - self.have
         self._inflight: dict[tuple[str, int], _Request] = {}
+        self._load: Counter[str] = Counter()
+        self._copies: Counter[int] = Counter()
+        self._has: dict[str, set[int] | None] = dict.fromkeys(self.sources)
+        # Holders of each chunk among the usable sources that are not
+        # fallbacks, and how many of those hold everything.
+        self._rarity = [0] * self.count
+        self._full = sum(1 for s in self.sources if s not in self.fallback)
+        self._claims: dict[str, set[int]] = {}
+        self._claimed: Counter[int] = Counter()
+        self._mine = weights(self.me, self.count) if self.me is not None else None
+        self._best_peer = [-1] * self.count  # highest weight among live peers
+        #: A mirror keeps the fallback closed until its first round of have-queries.
+        self.fallback_open = True
+        self._idle_since: float | None = None
+        if self.config.seed is None:
+            self._rank = list(range(self.count))
+        else:
+            shuffler = random.Random(self.config.seed)  # noqa: S311 (spreading load, not secrets)
+            self._rank = shuffler.sample(range(self.count), self.count)
 
     # -- queries -------------------------------------------------------------
 
@@ -101,47 +160,153 @@ class ChunkScheduler:
 
     @property
     def usable(self) -> list[str]:
-        """Sources not banned, fastest first."""
+        """Sources not banned, fastest first, fallbacks last."""
         alive = [s for s in self.sources if self.stats[s].banned is None]
-        return sorted(alive, key=lambda s: -(self.stats[s].rate or _UNMEASURED))
+        return sorted(
+            alive, key=lambda s: (s in self.fallback, -(self.stats[s].rate or _UNMEASURED))
+        )
 
     @property
     def stuck(self) -> bool:
-        """True when chunks are missing and no source is left to ask."""
-        return not self.complete and not self.usable
+        """True when chunks are missing and no usable source holds any of them."""
+        if self.complete:
+            return False
+        missing = set(range(self.count)) - self.have
+        return not any(
+            has is None or not has.isdisjoint(missing)
+            for s, has in self._has.items()
+            if self.stats[s].banned is None
+        )
 
     def inflight(self) -> list[tuple[str, int]]:
         """Requests currently running, as ``(source, index)``."""
         return list(self._inflight)
+
+    def holds(self, source: str) -> set[int] | None:
+        """What ``source`` is known to hold (None: everything)."""
+        return self._has.get(source)
+
+    # -- sources and have-records ------------------------------------------------
+
+    def add_source(self, name: str, has: Iterable[int] | None = None) -> None:
+        """A new source (a peer met while replicating), holding ``has`` (None: all)."""
+        if name in self._has:
+            return
+        self.sources.append(name)
+        self.stats[name] = SourceStats(name)
+        self._has[name] = None
+        if self._mine is not None and name not in self.fallback:
+            self._best_peer = list(map(max, self._best_peer, weights(name, self.count)))
+        if has is None:
+            self._full += name not in self.fallback
+        else:
+            self._has[name] = set()
+            self.add_have(name, has)
+
+    def add_have(self, source: str, indices: Iterable[int]) -> None:
+        """``source`` now holds chunks ``indices`` (from its have-record)."""
+        has = self._has.get(source)
+        if has is None or self.stats[source].banned is not None:
+            return  # unknown, already holds everything, or not listened to
+        rarity = self._rarity
+        for index in indices:
+            if index not in has and 0 <= index < self.count:
+                has.add(index)
+                rarity[index] += 1
+        if len(has) == self.count:  # complete: cheaper as a full holder
+            self._forget(source)
+            self._has[source] = None
+            self._full += 1
+
+    def set_claims(self, source: str, indices: Iterable[int]) -> None:
+        """``source`` says it is fetching ``indices`` from a fallback right now."""
+        self._claimed.subtract(self._claims.pop(source, ()))
+        claims = {i for i in indices if 0 <= i < self.count}
+        if claims:
+            self._claims[source] = claims
+            self._claimed.update(claims)
+
+    def claims(self) -> set[int]:
+        """Chunks this node is fetching from a fallback (for its own have-record)."""
+        return {index for source, index in self._inflight if source in self.fallback}
+
+    def _designate(self) -> None:
+        """Recompute the best peer weights (after a peer left)."""
+        best = [-1] * self.count
+        for source in self.sources:
+            if source not in self.fallback and self.stats[source].banned is None:
+                best = list(map(max, best, weights(source, self.count)))
+        self._best_peer = best
+
+    def _forget(self, source: str) -> None:
+        """Take ``source``'s chunks out of the rarity counts (banned or complete)."""
+        has = self._has.get(source)
+        if has is None:
+            if source not in self.fallback:
+                self._full -= 1
+        else:
+            for index in has:
+                self._rarity[index] -= 1
+        self.set_claims(source, ())
 
     # -- decisions -------------------------------------------------------------
 
     def assign(self, now: float) -> list[tuple[str, int]]:
         """Requests to start now, as ``(source, index)``; the caller must start them."""
         started = []
+        if self._inflight:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        self._now = now
         for source in self.usable:
-            while self._load(source) < self.config.per_source:
+            limit = self.config.per_fallback if source in self.fallback else self.config.per_source
+            while self._load[source] < limit:
                 index = self._next_for(source)
                 if index is None:
                     break
-                self._inflight[(source, index)] = _Request(source, index, now)
+                self._start(source, index, now)
                 started.append((source, index))
         return started
 
-    def _load(self, source: str) -> int:
-        return sum(1 for s, _ in self._inflight if s == source)
+    def _start(self, source: str, index: int, now: float) -> None:
+        self._inflight[(source, index)] = _Request(source, index, now)
+        self._load[source] += 1
+        self._copies[index] += 1
+        self._waiting.discard(index)
 
     def _next_for(self, source: str) -> int | None:
-        while self._waiting:
-            index = self._waiting.popleft()
-            if index not in self.have:
-                return index
+        has = self._has[source]
+        candidates = self._waiting if has is None else self._waiting & has
+        if source in self.fallback:
+            if self._full or not self.fallback_open:
+                return None  # a peer holds everything: it serves, not the origin
+            rarity, claimed = self._rarity, self._claimed
+            candidates = [i for i in candidates if not rarity[i] and not claimed[i]]
+            mine, best = self._mine, self._best_peer
+            idle = (
+                self._idle_since is not None
+                and self._now - self._idle_since >= self.config.patience
+            )
+            if mine is not None and (self._inflight or not idle):  # its own chunks only
+                candidates = [i for i in candidates if mine[i] > best[i]]
+        if candidates:
+            rarity, rank, count = self._rarity, self._rank, self.count
+            return min(candidates, key=lambda i: rarity[i] * count + rank[i])
+        if self._waiting or source in self.fallback:
+            return None  # none this source can give (a fallback never duplicates)
         # Endgame: duplicate the in-flight chunk with the fewest copies.
-        copies: dict[int, int] = {}
+        best = None
         for s, index in self._inflight:
-            copies[index] = copies.get(index, 0) + (1 if s != source else self.config.max_copies)
-        candidates = [i for i, n in copies.items() if n < self.config.max_copies]
-        return min(candidates, key=lambda i: (copies[i], i)) if candidates else None
+            if s == source or self._copies[index] >= self.config.max_copies:
+                continue
+            if has is not None and index not in has:
+                continue
+            if (source, index) in self._inflight:
+                continue
+            if best is None or self._copies[index] < self._copies[best]:
+                best = index
+        return best
 
     def too_slow(self, now: float) -> list[tuple[str, int]]:
         """Requests to abandon for being too slow; report each with :meth:`failed`."""
@@ -160,9 +325,16 @@ class ChunkScheduler:
         if request is not None:
             request.received += nbytes
 
+    def _finish(self, source: str, index: int) -> _Request | None:
+        request = self._inflight.pop((source, index), None)
+        if request is not None:
+            self._load[source] -= 1
+            self._copies[index] -= 1
+        return request
+
     def verified(self, source: str, index: int, nbytes: int, now: float) -> bool:
         """Chunk ``index`` from ``source`` verified. False if another copy won first."""
-        request = self._inflight.pop((source, index), None)
+        request = self._finish(source, index)
         stats = self.stats[source]
         if request is not None:
             stats.busy_seconds += max(now - request.started, 1e-6)
@@ -172,36 +344,51 @@ class ChunkScheduler:
         if index in self.have:
             return False
         self.have.add(index)
-        for key in [k for k in self._inflight if k[1] == index]:
-            del self._inflight[key]  # endgame copies that lost: the caller abandons them
+        self._waiting.discard(index)
+        if self._copies[index]:
+            for key in [k for k in self._inflight if k[1] == index]:
+                self._finish(*key)  # endgame copies that lost: the caller abandons them
         return True
 
     def rejected(self, source: str, index: int, reason: str) -> None:
         """Chunk ``index`` from ``source`` failed verification: the source is banned."""
-        self._inflight.pop((source, index), None)
+        self._finish(source, index)
         stats = self.stats[source]
         stats.failures += 1
         stats.last_error = reason
-        stats.banned = f"sent a bad chunk ({reason})"
+        self._ban(source, f"sent a bad chunk ({reason})")
         self._requeue(index)
-        for key in [k for k in self._inflight if k[0] == source]:
-            del self._inflight[key]  # the caller abandons them when it sees the ban
-            self._requeue(key[1])
 
     def failed(self, source: str, index: int, reason: str) -> None:
         """A request failed (network error, HTTP error, too slow): try elsewhere."""
-        self._inflight.pop((source, index), None)
+        self._finish(source, index)
         stats = self.stats[source]
         stats.failures += 1
         stats.consecutive_failures += 1
         stats.last_error = reason
-        if stats.consecutive_failures >= self.config.max_failures and stats.banned is None:
-            stats.banned = f"failed {stats.consecutive_failures} times in a row ({reason})"
+        if stats.consecutive_failures >= self.config.max_failures:
+            self._ban(source, f"failed {stats.consecutive_failures} times in a row ({reason})")
         self._requeue(index)
 
+    def drop(self, source: str, reason: str) -> None:
+        """``source`` left (a peer that went away): stop asking it."""
+        self._ban(source, reason)
+
+    def _ban(self, source: str, reason: str) -> None:
+        stats = self.stats[source]
+        if stats.banned is not None:
+            return
+        stats.banned = reason
+        self._forget(source)
+        if self._mine is not None and source not in self.fallback:
+            self._designate()
+        for key in [k for k in self._inflight if k[0] == source]:
+            self._finish(*key)  # the caller abandons them when it sees the ban
+            self._requeue(key[1])
+
     def _requeue(self, index: int) -> None:
-        if index not in self.have and index not in self._waiting:
-            self._waiting.appendleft(index)
+        if index not in self.have and not self._copies[index]:
+            self._waiting.add(index)
 
     def reasons(self) -> dict[str, str]:
         """Why each source stopped being useful (for the final error message)."""
@@ -209,3 +396,19 @@ class ChunkScheduler:
             name: stats.banned or stats.last_error or "no answer"
             for name, stats in self.stats.items()
         }
+
+
+_WEIGHTS: dict[tuple[str, int], list[int]] = {}
+
+
+def weights(name: str, count: int) -> list[int]:
+    """Rendezvous weights of ``name`` for chunks ``0..count-1`` (the same on every node)."""
+    key = (name, count)
+    cached = _WEIGHTS.get(key)
+    if cached is None:
+        seed = zlib.crc32(name.encode() + b"/")
+        cached = [zlib.crc32(b"%d" % i, seed) for i in range(count)]
+        if len(_WEIGHTS) > 100_000:
+            _WEIGHTS.clear()
+        _WEIGHTS[key] = cached
+    return cached

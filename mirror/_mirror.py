@@ -32,6 +32,7 @@ from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore
 from tufmesh.client import Client, SourceHealth
 from tufmesh.errors import TufmeshError, UsageError
+from tufmesh.mirror._swarm import Swarm
 
 __all__ = ["Mirror", "SyncReport"]
 
@@ -138,17 +139,29 @@ class Mirror:
         except (OSError, ValueError):
             return {}
 
-    def sync(self) -> SyncReport:
-        """Bring the mirror up to the newest version any source serves."""
+    def sync(self, swarm: Swarm | None = None) -> SyncReport:
+        """Bring the mirror up to the newest version any source serves.
+
+        With ``swarm`` (the daemon), chunks come from whichever neighbour's
+        have-record lists them, the origin serving only the rest, and this
+        mirror serves each chunk to its neighbours as soon as it is verified.
+        """
         started = time.monotonic()
         report = SyncReport()
         root = (self.dir / "root.json").read_bytes()
         fetched: Counter[str] = Counter()
         try:
-            sources = [
-                SourceHealth(url, fallback=(url == self.sources[-1] and len(self.sources) > 1))
-                for url in self.sources
-            ]
+            if swarm is None:
+                sources = [
+                    SourceHealth(url, fallback=(url == self.sources[-1] and len(self.sources) > 1))
+                    for url in self.sources
+                ]
+            else:
+                # Metadata from the origin first: peers publish a version's
+                # metadata only once they hold all of it, and chunks trade
+                # among peers while it arrives. A few KiB per version.
+                origin, *peers = self.sources[-1:] + self.sources[:-1]
+                sources = [SourceHealth(origin)] + [SourceHealth(p, fallback=True) for p in peers]
             with Client(self.dir / "client", root, list(sources)) as client:
                 targets = self.wanted(client.artifacts())
                 for target in targets:
@@ -166,10 +179,17 @@ class Mirror:
                     if self.store.has(cid):
                         continue
                     incoming = self.dir / "incoming"
-                    result = client.download(target.path, incoming, filename=cid)
-                    # The store hashes it once more on the way in: a blob is
-                    # never kept under a name its bytes do not have.
-                    self.store.put(result.path, expect=cid)
+                    replicating = swarm.replicating(cid, incoming / cid) if swarm else None
+                    try:
+                        result = client.download(
+                            target.path, incoming, filename=cid, replicating=replicating
+                        )
+                        # The store hashes it once more on the way in: a blob
+                        # is never kept under a name its bytes do not have.
+                        self.store.put(result.path, expect=cid)
+                    finally:
+                        if swarm is not None:
+                            swarm.end(cid)
                     result.path.unlink()
                     report.fetched += 1
                     for source, stats in result.sources.items():

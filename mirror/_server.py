@@ -16,15 +16,30 @@ from tuf.api.metadata import Metadata, Root
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
+from tufmesh.mirror._swarm import Swarm
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 
 __all__ = ["build_mirror_app", "run_mirror"]
 
 
-def build_mirror_app(mirror: Mirror, node: P2PNode | None = None) -> ByteCounter:
-    """The mirror's gateway: the static TUF tree, ``/blobs``, ``/healthz``, ``/metrics``."""
+def build_mirror_app(
+    mirror: Mirror, node: P2PNode | None = None, swarm: Swarm | None = None
+) -> ByteCounter:
+    """The mirror's gateway: the static TUF tree, ``/blobs``, ``/healthz``, ``/metrics``,
+    and with ``swarm`` the have-records (``POST /have``) and chunks of blobs still arriving."""
     counter: ByteCounter
+
+    async def have(request: Request) -> Response:
+        try:
+            body = await request.json()
+            cids, asker = body["cids"], body.get("from")
+            if not isinstance(cids, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected {"cids": [...], "from": URL}'}, 400)
+        assert swarm is not None
+        return JSONResponse(swarm.record(cids, asker))
 
     async def healthz(request: Request) -> Response:
         state = mirror.state()
@@ -81,10 +96,12 @@ def build_mirror_app(mirror: Mirror, node: P2PNode | None = None) -> ByteCounter
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     routes = [
-        *tree_routes(mirror.tree, mirror.store),
+        *tree_routes(mirror.tree, mirror.store, swarm.serve_range if swarm else None),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if swarm is not None:
+        routes.append(Route("/have", have, methods=["POST"]))
     counter = ByteCounter(Starlette(routes=routes))
     return counter
 
@@ -108,6 +125,7 @@ async def run_mirror(
     """
     wake = trio.Event()
     node: P2PNode | None = None
+    swarm: Swarm | None = None
 
     async def announced(data: bytes) -> None:
         wake.set()
@@ -117,7 +135,7 @@ async def run_mirror(
         held = mirror.state().get("snapshot_version", 0)
         while True:
             wake = trio.Event()
-            report = await trio.to_thread.run_sync(mirror.sync)
+            report = await trio.to_thread.run_sync(mirror.sync, swarm)
             if node is not None:
                 node.gate.root = _trusted_root(mirror)  # follow root rotations
                 if report.snapshot_version > held:
@@ -147,8 +165,10 @@ async def run_mirror(
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
-        app = build_mirror_app(mirror, node)
-        await start_http(nursery, app, host, port, max_upload_rate, on_ready)
+        sources = mirror.sources
+        swarm = Swarm(peers=sources[:-1], origin=sources[-1], has_blob=mirror.store.has)
+        app = build_mirror_app(mirror, node, swarm)
+        swarm.url = await start_http(nursery, app, host, port, max_upload_rate, on_ready)
         nursery.start_soon(sync_forever)
 
 

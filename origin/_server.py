@@ -181,11 +181,15 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def tree_routes(root: Path, store: BlobStore) -> list[Route]:
+def tree_routes(
+    root: Path, store: BlobStore, partial: Callable[[str, int, int], Path | None] | None = None
+) -> list[Route]:
     """GET/HEAD for a published tree: ``metadata/``, ``targets/``, and ``blobs/{cid}``.
 
     Shared by the origin and the mirrors: the same static TUF layout, so that
-    any TUF client (and any static web server) can stand in for either.
+    any TUF client (and any static web server) can stand in for either. A
+    mirror passes ``partial``: for a blob still arriving, the file holding
+    the verified bytes ``start..end`` (a Range request only), else None.
     """
     metadata_dir = (root / "metadata").resolve()
     targets_dir = (root / "targets").resolve()
@@ -222,7 +226,11 @@ def tree_routes(root: Path, store: BlobStore) -> list[Route]:
             cid, _ = parse_cid(request.path_params["cid"])
             path = store.path(cid)
         except StoreError as exc:
-            return _error(404, str(exc))
+            span = _single_range(request.headers.get("range"))
+            if partial is None or span is None or (path := partial(cid, *span)) is None:
+                return _error(404, str(exc))
+            if not path.is_file():
+                return _error(404, str(exc))  # completed meanwhile: asked again, it is stored
         return file(path, "application/octet-stream", _IMMUTABLE)
 
     return [
@@ -230,6 +238,16 @@ def tree_routes(root: Path, store: BlobStore) -> list[Route]:
         Route("/targets/{project}/{name}", targets, methods=["GET", "HEAD"]),
         Route("/blobs/{cid}", blob, methods=["GET", "HEAD"]),
     ]
+
+
+def _single_range(header: str | None) -> tuple[int, int] | None:
+    """``(start, end)`` of a ``Range: bytes=start-end`` header, else None."""
+    if header is None or not header.startswith("bytes="):
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    if not (first.isdigit() and last.isdigit()) or int(first) > int(last):
+        return None
+    return int(first), int(last)
 
 
 @dataclass

@@ -71,3 +71,123 @@ def test_endgame_duplicates_and_first_copy_wins() -> None:
 def test_resume_skips_chunks_already_verified(have: set[int]) -> None:
     s = ChunkScheduler(3, ["a"], SchedulerConfig(per_source=3), have=set(have))
     assert {i for _, i in s.assign(0.0)} == {0, 1, 2} - have or s.complete
+
+
+# -- replication: partial sources, rarest first, the origin as fallback ----------
+
+
+def test_rarest_chunk_first_among_what_a_peer_holds() -> None:
+    s = ChunkScheduler(4, [], SchedulerConfig(per_source=1))
+    s.add_source("p1", has={0, 1, 2})
+    s.add_source("p2", has={0, 1})
+    s.add_source("p3", has={3})
+    # chunks 2 and 3 have one holder each, 0 and 1 two: p1 asks for its rarest
+    started = dict(s.assign(0.0))
+    assert started["p3"] == 3 and started["p1"] == 2 and started["p2"] in {0, 1}
+
+
+def test_fallback_only_for_chunks_no_peer_holds_or_claims() -> None:
+    s = ChunkScheduler(6, [], SchedulerConfig(per_source=4, per_fallback=4), fallback={"origin"})
+    s.add_source("origin")
+    s.add_source("origin")  # already known: ignored
+    s.add_source("peer", has={0, 1})
+    s.set_claims("neighbour", {2, 3})
+    started = s.assign(0.0)
+    by_origin = {i for src, i in started if src == "origin"}
+    assert by_origin == {4, 5}
+    assert {i for src, i in started if src == "peer"} == {0, 1}
+    assert s.claims() == {4, 5}
+    # the neighbour's claims lapse (it finished, or went away): now the origin may serve them
+    s.set_claims("neighbour", ())
+    for src, index in started:
+        s.verified(src, index, 1, 1.0)
+    assert {i for src, i in s.assign(1.0) if src == "origin"} == {2, 3}
+
+
+def test_a_complete_peer_spares_the_origin_entirely() -> None:
+    s = ChunkScheduler(3, [], SchedulerConfig(per_source=1, per_fallback=2), fallback={"origin"})
+    s.add_source("origin")
+    s.add_source("peer", has={0})
+    assert {src for src, _ in s.assign(0.0)} == {"peer", "origin"}
+    s.add_have("peer", {1, 2})  # the peer completed: it serves everything
+    assert s.holds("peer") is None
+    for src, index in s.inflight():
+        s.verified(src, index, 1, 1.0)
+    assert all(src == "peer" for src, _ in s.assign(1.0))
+
+
+def test_a_banned_peer_stops_counting_as_a_holder() -> None:
+    s = ChunkScheduler(2, [], SchedulerConfig(per_source=1), fallback={"origin"})
+    s.add_source("origin")
+    s.add_source("liar", has={0, 1})
+    assert dict(s.assign(0.0)) == {"liar": 0}  # the origin waits: a peer holds both
+    s.rejected("liar", 0, "BLAKE3 mismatch")
+    s.add_have("liar", {0})  # what it says from now on is ignored
+    assert dict(s.assign(1.0)) == {"origin": 0}
+    assert not s.stuck
+
+
+def test_stuck_only_when_no_usable_source_holds_a_missing_chunk() -> None:
+    s = ChunkScheduler(2, [], SchedulerConfig(per_source=1))
+    s.add_source("peer", has={0})
+    ((src, index),) = s.assign(0.0)
+    s.verified(src, index, 1, 0.5)
+    assert s.stuck and s.assign(1.0) == []
+    s.add_have("peer", {1})
+    assert not s.stuck and s.assign(1.0) == [("peer", 1)]
+
+
+def test_seeded_nodes_pick_different_first_chunks() -> None:
+    firsts = set()
+    for seed in range(8):
+        s = ChunkScheduler(64, [], SchedulerConfig(per_source=1, seed=seed), fallback={"o"})
+        s.add_source("o")
+        firsts.add(s.assign(0.0)[0][1])
+    assert len(firsts) >= 6  # the origin's first uploads are spread over the release
+
+
+def test_designated_fetcher_asks_the_origin_only_for_its_own_chunks() -> None:
+    from tufmesh.client._scheduler import weights
+
+    count, names = 64, ["http://a", "http://b", "http://c"]
+    fetched_from_origin: dict[str, set[int]] = {}
+    for me in names:
+        s = ChunkScheduler(
+            count, [], SchedulerConfig(per_source=64, per_fallback=64), fallback={"o"}, me=me
+        )
+        s.add_source("o")
+        for peer in names:
+            if peer != me:
+                s.add_source(peer, has=())  # neighbours, holding nothing yet
+        s.assign(0.0)
+        fetched_from_origin[me] = {i for src, i in s.inflight() if src == "o"}
+    owners = {i: max(names, key=lambda n: weights(n, count)[i]) for i in range(count)}
+    for me, chunks in fetched_from_origin.items():
+        assert chunks == {i for i, owner in owners.items() if owner == me}
+    # together they fetch each chunk from the origin exactly once
+    assert sum(len(c) for c in fetched_from_origin.values()) == count
+
+
+def test_an_idle_mirror_asks_the_origin_for_any_chunk_after_patience() -> None:
+    config = SchedulerConfig(per_fallback=1, patience=0.5)
+    s = ChunkScheduler(8, [], config, fallback={"o"}, me="http://a")
+    s.add_source("o")
+    s.add_source("http://b", has=())
+    for _src, index in s.assign(0.0):
+        s.verified("o", index, 1, 0.01)
+    # b is the designated fetcher of the rest; it says nothing for a while
+    while s.assign(0.1):
+        for src, index in s.inflight():
+            s.verified(src, index, 1, 0.1)
+    assert s.assign(0.3) == []  # not yet: b may still deliver
+    late = s.assign(0.7)
+    assert len(late) == 1 and late[0][0] == "o"
+
+
+def test_fallback_waits_for_the_first_have_round() -> None:
+    s = ChunkScheduler(4, [], SchedulerConfig(per_fallback=2), fallback={"o"}, me="x")
+    s.add_source("o")
+    s.fallback_open = False
+    assert s.assign(0.0) == []
+    s.fallback_open = True
+    assert len(s.assign(0.1)) == 2  # alone: it owns every chunk

@@ -60,12 +60,14 @@ def test_origin_public_api() -> None:
 
 def test_client_public_api() -> None:
     assert tufmesh.client.__all__ == [
+        "ChunkPlan",
         "ChunkScheduler",
         "Client",
         "ClientHome",
         "DownloadResult",
         "FetchConfig",
         "MultiSourceFetcher",
+        "Replicating",
         "SchedulerConfig",
         "SourceHealth",
         "SourceStats",

@@ -1,0 +1,268 @@
+"""Have-records: which chunks each mirror holds while a version replicates.
+
+A mirror asks its neighbours, every :data:`POLL` seconds while it fetches a
+blob, which chunks of that blob they hold (``POST /have``), and answers the
+same question for its own blobs, complete or still arriving. The answers
+feed the :class:`~tufmesh.client.ChunkScheduler` as sources and have-records;
+chunks then flow from whichever neighbour holds them, before any of them has
+the whole version, and the origin serves only what no neighbour holds or is
+already fetching from it (the ``claims``).
+
+Neighbours are the configured peers plus every mirror that asked us and
+every mirror our neighbours name (peer exchange), up to :data:`MAX_NEIGHBOURS`.
+A have-record is a hint, never trusted: a peer that claims chunks it does not
+have costs a failed request; one that sends bad bytes is banned by the
+scheduler, because every chunk is checked against the signed manifest.
+
+Why neighbour queries rather than a Kademlia DHT or gossip: docs/adr/0011.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from tufmesh.client import ChunkPlan, ChunkScheduler
+from tufmesh.errors import TufmeshError
+
+__all__ = ["MAX_NEIGHBOURS", "POLL", "Partial", "Swarm", "parse_record"]
+
+#: Seconds between two have-queries to a neighbour while replicating.
+POLL: Final = 0.25
+#: Neighbours asked at most; peer exchange keeps the set at this size.
+MAX_NEIGHBOURS: Final = 16
+#: A neighbour that fails this many queries in a row is forgotten.
+MAX_QUERY_FAILURES: Final = 3
+#: Bound on a have-record (1 bit per chunk): 64k chunks of 1 MiB = 64 GiB.
+MAX_RECORD: Final = 64 * 1024
+
+
+@dataclass
+class Partial:
+    """A blob being assembled: where its verified chunks are, and which."""
+
+    paths: tuple[Path, ...]  # the .part file, then its name once complete
+    chunk_size: int
+    length: int
+    count: int
+    mask: int = 0  # bit i: chunk i verified and written
+    claims: frozenset[int] = frozenset()
+
+    def covers(self, start: int, end: int) -> bool:
+        """True when every chunk overlapping bytes ``start..end`` (inclusive) is held."""
+        if not 0 <= start <= end < self.length:
+            return False
+        first, last = start // self.chunk_size, end // self.chunk_size
+        wanted = ((1 << (last - first + 1)) - 1) << first
+        return self.mask & wanted == wanted
+
+
+@dataclass
+class _Neighbour:
+    failures: int = 0
+
+
+@dataclass
+class Swarm:
+    """This mirror's view of its neighbours, and of its own partial blobs.
+
+    Shared by the gateway (which answers have-queries and serves verified
+    chunks of partial blobs) and the replication running in a worker thread;
+    the state they share is replaced whole, never mutated in place.
+    """
+
+    url: str | None = None
+    peers: list[str] = field(default_factory=list)
+    origin: str | None = None
+    has_blob: Any = None  # Callable[[str], bool]: the store holds it complete
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._neighbours: dict[str, _Neighbour] = {}
+        self._partial: dict[str, Partial] = {}
+        for peer in self.peers:
+            self.learn(peer)
+
+    # -- neighbours -------------------------------------------------------------
+
+    def learn(self, url: object) -> None:
+        """Add ``url`` as a neighbour, if it looks like one and there is room."""
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return
+        url = url.rstrip("/")
+        if url in (self.url, self.origin) or len(url) > 200:
+            return
+        with self._lock:
+            if url not in self._neighbours and len(self._neighbours) < MAX_NEIGHBOURS:
+                self._neighbours[url] = _Neighbour()
+
+    def neighbours(self) -> list[str]:
+        """The neighbours asked for have-records."""
+        with self._lock:
+            return list(self._neighbours)
+
+    def _failed(self, url: str) -> bool:
+        """Count a failed query; True when the neighbour is forgotten."""
+        with self._lock:
+            neighbour = self._neighbours.get(url)
+            if neighbour is None:
+                return True
+            neighbour.failures += 1
+            if neighbour.failures >= MAX_QUERY_FAILURES and url not in self.peers:
+                del self._neighbours[url]
+                return True
+            return False
+
+    # -- our own blobs (the gateway's side) ------------------------------------------
+
+    def begin(self, cid: str, partial: Partial) -> None:
+        """A blob starts arriving (its verified chunks become servable)."""
+        self._partial = {**self._partial, cid: partial}
+
+    def end(self, cid: str) -> None:
+        """The blob is in the store (or abandoned): stop serving it as partial."""
+        self._partial = {k: v for k, v in self._partial.items() if k != cid}
+
+    def partial(self, cid: str) -> Partial | None:
+        """The blob ``cid`` if it is arriving."""
+        return self._partial.get(cid)
+
+    def serve_range(self, cid: str, start: int, end: int) -> Path | None:
+        """The file holding verified bytes ``start..end`` of arriving blob ``cid``."""
+        partial = self._partial.get(cid)
+        if partial is None or not partial.covers(start, end):
+            return None
+        return next((p for p in partial.paths if p.exists()), None)
+
+    def record(self, cids: list[str], asker: object = None) -> dict[str, Any]:
+        """Our have-record for ``cids`` (learning ``asker`` as a neighbour)."""
+        self.learn(asker)
+        blobs: dict[str, Any] = {}
+        for cid in cids[:64]:
+            if not isinstance(cid, str):
+                continue
+            partial = self._partial.get(cid)
+            if partial is not None:
+                size = (partial.count + 7) // 8
+                claims = sum(1 << i for i in partial.claims)
+                blobs[cid] = {
+                    "have": partial.mask.to_bytes(size, "little").hex(),
+                    "claims": claims.to_bytes(size, "little").hex(),
+                }
+            elif self.has_blob is not None and _holds(self.has_blob, cid):
+                blobs[cid] = "all"
+        peers = self.neighbours()
+        random.shuffle(peers)
+        return {"blobs": blobs, "peers": peers[:8]}
+
+    # -- replication (the download's side) ------------------------------------------------
+
+    def replicating(self, cid: str, dest: Path) -> _BlobReplication:
+        """The hooks for downloading blob ``cid`` to ``dest`` (``dest.part`` meanwhile)."""
+        return _BlobReplication(self, cid, dest)
+
+    async def follow(self, cid: str, scheduler: ChunkScheduler, poke: Any = None) -> None:
+        """Keep ``scheduler`` fed with our neighbours' have-records for ``cid``, until cancelled."""
+        import httpx
+
+        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+            while True:
+                async with trio.open_nursery() as nursery:
+                    for url in self.neighbours():
+                        nursery.start_soon(self._query, client, url, cid, scheduler)
+                scheduler.fallback_open = True  # the first round is in
+                partial = self._partial.get(cid)
+                if partial is not None:
+                    partial.claims = frozenset(scheduler.claims())
+                if poke is not None:
+                    poke()
+                await trio.sleep(POLL)
+
+    async def _query(self, client: Any, url: str, cid: str, scheduler: ChunkScheduler) -> None:
+        body = {"cids": [cid], "from": self.url}
+        try:
+            response = await client.post(f"{url}/have", json=body)
+            if response.status_code != 200 or len(response.content) > MAX_RECORD:
+                raise ValueError(f"HTTP {response.status_code}")
+            record = response.json()
+            if not isinstance(record, dict):
+                raise ValueError("not a have-record")
+        except (ValueError, OSError, Exception) as exc:  # httpx errors, bad JSON
+            if self._failed(url):
+                scheduler.drop(url, f"have-queries failed ({exc})")
+            return
+        for peer in record.get("peers", [])[:8]:
+            self.learn(peer)
+        entry = record.get("blobs", {}).get(cid) if isinstance(record.get("blobs"), dict) else None
+        has, claims = parse_record(entry, scheduler.count)
+        if has is None and entry == "all":
+            scheduler.add_source(url)
+            scheduler.add_have(url, range(scheduler.count))
+        elif has is not None:
+            scheduler.add_source(url, has=())
+            scheduler.add_have(url, has)
+            scheduler.set_claims(url, claims)
+
+
+def _holds(has_blob: Any, cid: str) -> bool:
+    try:
+        return bool(has_blob(cid))
+    except TufmeshError:  # not a CID
+        return False
+
+
+def parse_record(entry: object, count: int) -> tuple[set[int] | None, set[int]]:
+    """``(chunks held, chunks claimed)`` from one blob's have-record entry.
+
+    ``(None, set())`` for "all" and for anything malformed (the caller tells
+    them apart); indices outside the blob are dropped.
+    """
+    if not isinstance(entry, dict):
+        return None, set()
+    try:
+        have = int.from_bytes(bytes.fromhex(str(entry.get("have", ""))), "little")
+        claims = int.from_bytes(bytes.fromhex(str(entry.get("claims", ""))), "little")
+    except (ValueError, TypeError):
+        return None, set()
+    return _bits(have, count), _bits(claims, count)
+
+
+def _bits(mask: int, count: int) -> set[int]:
+    """The indices of the bits set in ``mask`` below ``count``."""
+    digits = bin(mask & ((1 << count) - 1))[:1:-1]  # least significant first
+    return {i for i, bit in enumerate(digits) if bit == "1"}
+
+
+@dataclass
+class _BlobReplication:
+    """One blob's download, as the swarm sees it (:class:`tufmesh.client.Replicating`)."""
+
+    swarm: Swarm
+    cid: str
+    dest: Path
+
+    @property
+    def fallback(self) -> list[str]:
+        return [self.swarm.origin] if self.swarm.origin else []
+
+    @property
+    def me(self) -> str | None:
+        return self.swarm.url
+
+    def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:
+        mask = sum(1 << i for i in have)
+        partial = Partial((part, self.dest), plan.chunk_size, plan.length, plan.count, mask)
+        self.swarm.begin(self.cid, partial)
+
+    def chunk(self, index: int) -> None:
+        partial = self.swarm.partial(self.cid)
+        if partial is not None:
+            partial.mask |= 1 << index  # one int replaced: readers see before or after
+
+    async def follow(self, scheduler: ChunkScheduler, poke: Any) -> None:
+        await self.swarm.follow(self.cid, scheduler, poke)

@@ -1,0 +1,59 @@
+"""Have-records and partial blobs (sans network: the Swarm's own logic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tufmesh.mirror._swarm import MAX_NEIGHBOURS, Partial, Swarm, parse_record
+
+
+def test_partial_covers_only_ranges_of_verified_chunks(tmp_path: Path) -> None:
+    p = Partial((tmp_path / "x.part",), chunk_size=10, length=35, count=4, mask=0b1011)
+    assert p.covers(0, 19) and p.covers(30, 34) and p.covers(5, 5)
+    assert not p.covers(15, 25)  # chunk 2 missing
+    assert not p.covers(30, 35)  # past the end
+    assert not p.covers(-1, 3) and not p.covers(9, 8)
+
+
+def test_serve_range_names_the_file_only_when_covered(tmp_path: Path) -> None:
+    part = tmp_path / "blob.part"
+    part.write_bytes(b"\0" * 40)
+    swarm = Swarm(url="http://me")
+    swarm.begin("cid", Partial((part, tmp_path / "blob"), 10, 40, 4, mask=0b0001))
+    assert swarm.serve_range("cid", 0, 9) == part
+    assert swarm.serve_range("cid", 0, 10) is None
+    assert swarm.serve_range("other", 0, 9) is None
+    swarm.end("cid")
+    assert swarm.serve_range("cid", 0, 9) is None
+
+
+def test_have_record_round_trip_and_malformed_entries() -> None:
+    swarm = Swarm(url="http://me", has_blob=lambda cid: cid == "stored")
+    swarm.begin("arriving", Partial((Path("/nonexistent"),), 1, 12, 12, mask=0b100000000101))
+    swarm.partial("arriving").claims = frozenset({1, 11})  # type: ignore[union-attr]
+    record = swarm.record(["arriving", "stored", "unknown", 7], asker="http://asker/")
+    assert record["blobs"]["stored"] == "all" and "unknown" not in record["blobs"]
+    assert parse_record(record["blobs"]["arriving"], 12) == ({0, 2, 11}, {1, 11})
+    assert parse_record(record["blobs"]["arriving"], 3) == ({0, 2}, {1})  # clipped
+    assert "http://asker" in swarm.neighbours()  # whoever asks becomes a neighbour
+    for bad in ("all", None, {"have": "zz"}, {"have": 5}, [1, 2]):
+        assert parse_record(bad, 12) == (None, set())
+
+
+def test_a_store_that_refuses_a_name_does_not_break_the_record() -> None:
+    def has_blob(cid: str) -> bool:
+        from tufmesh.errors import StoreError
+
+        raise StoreError(f"not a CID: {cid}")
+
+    assert Swarm(has_blob=has_blob).record(["garbage"])["blobs"] == {}
+
+
+def test_neighbours_are_bounded_and_never_include_ourselves_or_the_origin() -> None:
+    swarm = Swarm(url="http://me", origin="http://origin", peers=["http://peer"])
+    for url in ["http://me", "http://origin/", "ftp://x", 42, "http://" + "a" * 300]:
+        swarm.learn(url)
+    assert swarm.neighbours() == ["http://peer"]
+    for i in range(100):
+        swarm.learn(f"http://m{i}")
+    assert len(swarm.neighbours()) == MAX_NEIGHBOURS
