@@ -21,7 +21,7 @@ import trio
 
 from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
-from tufmesh.client._http import HttpError, RangePool, TooLong
+from tufmesh.client._http import HttpError, RangePool, Refused, TooLong
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
 from tufmesh.errors import ChunkRejectedError, SourcesFailedError
 
@@ -99,6 +99,12 @@ def span_for(length: int, chunk_size: int, slots: int) -> int:
     return min(by_size, by_parallelism)
 
 
+def _mirror_headers(scheduler: ChunkScheduler, source: str, index: int) -> dict[str, str]:
+    """A mirror says so: an origin may then leave a chunk to the mirrors it already
+    seeded (:mod:`tufmesh.origin._seeding`). End users are always served."""
+    return {"X-Tufmesh-Mirror": "patient" if scheduler.patient(source, index) else "1"}
+
+
 def plan_for_whole_blob(cid: str, length: int, sha256_hex: str) -> ChunkPlan:
     """One chunk, the whole blob, checked against its signed SHA-256."""
 
@@ -169,10 +175,14 @@ async def download_plan(
                         length,
                         plan.length,
                         lambda n: scheduler.received(source, index, n),
+                        _mirror_headers(scheduler, source, index) if replicating else None,
                     )
                     await trio.to_thread.run_sync(store, index, data)
                 except (ChunkRejectedError, TooLong) as exc:
                     scheduler.rejected(source, index, str(exc))
+                except Refused as exc:
+                    seeded = exc.reason == "seeded"
+                    scheduler.refused(source, index, clock() + exc.retry, seeded=seeded)
                 except HttpError as exc:
                     scheduler.failed(source, index, str(exc))
                 else:

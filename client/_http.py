@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-__all__ = ["HttpError", "RangePool", "TooLong"]
+__all__ = ["HttpError", "RangePool", "Refused", "TooLong"]
 
 #: Largest response head accepted (h11's default limit).
 MAX_HEAD: Final = 16 * 1024
@@ -27,6 +27,15 @@ MAX_HEAD: Final = 16 * 1024
 
 class HttpError(Exception):
     """The source failed: connection, timeout, status, or a short body."""
+
+
+class Refused(HttpError):
+    """The source declined the request for now (an origin seeding mirrors): not a failure."""
+
+    def __init__(self, reason: str, retry: float) -> None:
+        super().__init__(f"refused ({reason}); retry in {retry:g} s")
+        self.reason = reason
+        self.retry = retry
 
 
 class _Stale(HttpError):
@@ -84,15 +93,17 @@ class RangePool:
         length: int,
         whole_length: int,
         on_bytes: Callable[[int], None],
+        headers: dict[str, str] | None = None,
     ) -> bytearray:
         """``GET base+path`` bytes ``offset .. offset+length-1``; return exactly those bytes."""
         url = urlsplit(base)
         host, port = url.hostname or "127.0.0.1", url.port or 80
         key = f"{host}:{port}"
         pool = self._idle.setdefault(key, [])
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
             f"GET {url.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {key}\r\n"
-            f"Range: bytes={offset}-{offset + length - 1}\r\n\r\n"
+            f"Range: bytes={offset}-{offset + length - 1}\r\n{extra}\r\n"
         ).encode()
         exchange = (head, offset, length, whole_length, on_bytes)
         if pool:
@@ -123,6 +134,13 @@ class RangePool:
                 raise HttpError(f"connection failed: {exc.strerror or exc}") from None
             status, version, headers = await self._read_head(conn)
             whole = status == 200 and offset == 0 and length == whole_length
+            refused = headers.get(b"x-tufmesh-refused")
+            if status == 503 and refused in (b"busy", b"seeded"):
+                try:
+                    retry = min(max(float(headers.get(b"retry-after", b"1")), 0.05), 60.0)
+                except ValueError:
+                    retry = 1.0
+                raise Refused(refused.decode(), retry)
             if status != 206 and not whole:
                 raise HttpError(f"HTTP {status}")
             declared = headers.get(b"content-length")

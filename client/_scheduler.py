@@ -28,6 +28,10 @@ Policy:
   or for any chunk once no peer has anything for it (idle). Every chunk has a
   designated fetcher (the local maxima of its weight), so the origin uploads
   each chunk about once per neighbourhood, and the mirrors trade the rest.
+* A source may refuse a request without failing (an origin that is busy, or
+  that seeded the chunk to another mirror: :mod:`tufmesh.origin._seeding`):
+  the source rests until the time it named, a seeded chunk is left to the
+  peers, and nobody is charged a failure.
 * Endgame: when no chunk is waiting, an idle source may duplicate a chunk that
   is in flight elsewhere (at most ``max_copies``); the first verified copy wins.
 * A source that sends a chunk that fails verification is banned for the rest
@@ -139,17 +143,33 @@ class ChunkScheduler:
         self._rarity = [0] * self.count
         self._full = sum(1 for s in self.sources if s not in self.fallback)
         self._claims: dict[str, set[int]] = {}
-        self._claimed: Counter[int] = Counter()
+        self._claimed = [0] * self.count
         self._mine = weights(self.me, self.count) if self.me is not None else None
         self._best_peer = [-1] * self.count  # highest weight among live peers
+        self._designated: set[int] | None = None  # cache of the chunks this node owns
         #: A mirror keeps the fallback closed until its first round of have-queries.
         self.fallback_open = True
         self._idle_since: float | None = None
+        self._now = 0.0
+        self._order: list[str] | None = None  # usable sources, cached
+        # Peers known to have nothing this node still needs (until they
+        # report more, or a chunk goes back to the queue): assign skips them.
+        self._dry: set[str] = set()
+        self._claims_cache: set[int] | None = None
+        self._claims_from: dict[str, Iterable[int]] = {}
+        self._resting: dict[str, float] = {}
+        self._patient = False  # the next fallback pick comes from the idle rule
+        self._patient_requests: set[tuple[str, int]] = (
+            set()
+        )  # source -> time it takes requests again
+        self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         if self.config.seed is None:
-            self._rank = list(range(self.count))
+            rank = list(range(self.count))
         else:
             shuffler = random.Random(self.config.seed)  # noqa: S311 (spreading load, not secrets)
-            self._rank = shuffler.sample(range(self.count), self.count)
+            rank = shuffler.sample(range(self.count), self.count)
+        # Sort key of each chunk: rarest first, then the tie-break order.
+        self._key = rank
 
     # -- queries -------------------------------------------------------------
 
@@ -161,10 +181,13 @@ class ChunkScheduler:
     @property
     def usable(self) -> list[str]:
         """Sources not banned, fastest first, fallbacks last."""
-        alive = [s for s in self.sources if self.stats[s].banned is None]
-        return sorted(
-            alive, key=lambda s: (s in self.fallback, -(self.stats[s].rate or _UNMEASURED))
-        )
+        if self._order is None:
+            stats, fallback = self.stats, self.fallback
+            alive = [s for s in self.sources if stats[s].banned is None]
+            self._order = sorted(
+                alive, key=lambda s: (s in fallback, -(stats[s].rate or _UNMEASURED))
+            )
+        return self._order
 
     @property
     def stuck(self) -> bool:
@@ -178,6 +201,11 @@ class ChunkScheduler:
             if self.stats[s].banned is None
         )
 
+    @property
+    def running(self) -> int:
+        """Requests in flight."""
+        return len(self._inflight)
+
     def inflight(self) -> list[tuple[str, int]]:
         """Requests currently running, as ``(source, index)``."""
         return list(self._inflight)
@@ -185,6 +213,26 @@ class ChunkScheduler:
     def holds(self, source: str) -> set[int] | None:
         """What ``source`` is known to hold (None: everything)."""
         return self._has.get(source)
+
+    def claims(self) -> set[int]:
+        """Chunks this node fetches from a fallback, now or later as their
+        designated fetcher (its have-record says so: neighbours leave them to it).
+
+        The same set object until it changes: do not modify it."""
+        if self._claims_cache is None:
+            fallback = self.fallback
+            fetching = {index for source, index in self._inflight if source in fallback}
+            if self._mine is not None:
+                fetching |= self.designated() - self.have
+            self._claims_cache = fetching
+        return self._claims_cache
+
+    def designated(self) -> set[int]:
+        """Chunks this node is the designated fallback fetcher of among its peers."""
+        if self._designated is None:
+            mine, best = self._mine or [], self._best_peer
+            self._designated = {i for i in range(len(mine)) if mine[i] > best[i]}
+        return self._designated
 
     # -- sources and have-records ------------------------------------------------
 
@@ -194,9 +242,11 @@ class ChunkScheduler:
             return
         self.sources.append(name)
         self.stats[name] = SourceStats(name)
+        self._order = None
         self._has[name] = None
         if self._mine is not None and name not in self.fallback:
             self._best_peer = list(map(max, self._best_peer, weights(name, self.count)))
+            self._designated = self._claims_cache = None
         if has is None:
             self._full += name not in self.fallback
         else:
@@ -208,27 +258,34 @@ class ChunkScheduler:
         has = self._has.get(source)
         if has is None or self.stats[source].banned is not None:
             return  # unknown, already holds everything, or not listened to
-        rarity = self._rarity
+        self._dry.discard(source)
+        rarity, key, count = self._rarity, self._key, self.count
         for index in indices:
-            if index not in has and 0 <= index < self.count:
+            if index not in has and 0 <= index < count:
                 has.add(index)
                 rarity[index] += 1
-        if len(has) == self.count:  # complete: cheaper as a full holder
+                key[index] += count
+        if len(has) == count:  # complete: cheaper as a full holder
             self._forget(source)
             self._has[source] = None
             self._full += 1
 
     def set_claims(self, source: str, indices: Iterable[int]) -> None:
-        """``source`` says it is fetching ``indices`` from a fallback right now."""
-        self._claimed.subtract(self._claims.pop(source, ()))
-        claims = {i for i in indices if 0 <= i < self.count}
+        """``source`` says it will fetch ``indices`` from a fallback (or is doing so)."""
+        if self._claims_from.get(source) is indices:
+            return  # the very same record as last time
+        self._claims_from[source] = indices
+        claims = set(indices)
+        if claims and (min(claims) < 0 or max(claims) >= self.count):
+            claims = {i for i in claims if 0 <= i < self.count}
+        old = self._claims.pop(source, set())
+        claimed = self._claimed
+        for index in old - claims:
+            claimed[index] -= 1
+        for index in claims - old:
+            claimed[index] += 1
         if claims:
             self._claims[source] = claims
-            self._claimed.update(claims)
-
-    def claims(self) -> set[int]:
-        """Chunks this node is fetching from a fallback (for its own have-record)."""
-        return {index for source, index in self._inflight if source in self.fallback}
 
     def _designate(self) -> None:
         """Recompute the best peer weights (after a peer left)."""
@@ -237,6 +294,7 @@ class ChunkScheduler:
             if source not in self.fallback and self.stats[source].banned is None:
                 best = list(map(max, best, weights(source, self.count)))
         self._best_peer = best
+        self._designated = self._claims_cache = None
 
     def _forget(self, source: str) -> None:
         """Take ``source``'s chunks out of the rarity counts (banned or complete)."""
@@ -245,8 +303,10 @@ class ChunkScheduler:
             if source not in self.fallback:
                 self._full -= 1
         else:
+            rarity, key, count = self._rarity, self._key, self.count
             for index in has:
-                self._rarity[index] -= 1
+                rarity[index] -= 1
+                key[index] -= count
         self.set_claims(source, ())
 
     # -- decisions -------------------------------------------------------------
@@ -260,6 +320,8 @@ class ChunkScheduler:
             self._idle_since = now
         self._now = now
         for source in self.usable:
+            if source in self._dry or (self._resting and self._resting.get(source, 0.0) > now):
+                continue
             limit = self.config.per_fallback if source in self.fallback else self.config.per_source
             while self._load[source] < limit:
                 index = self._next_for(source)
@@ -270,32 +332,53 @@ class ChunkScheduler:
         return started
 
     def _start(self, source: str, index: int, now: float) -> None:
+        if source in self.fallback:
+            self._claims_cache = None
+            if self._patient:
+                self._patient_requests.add((source, index))
+                self._patient = False
         self._inflight[(source, index)] = _Request(source, index, now)
         self._load[source] += 1
         self._copies[index] += 1
         self._waiting.discard(index)
 
     def _next_for(self, source: str) -> int | None:
-        has = self._has[source]
-        candidates = self._waiting if has is None else self._waiting & has
+        waiting = self._waiting
         if source in self.fallback:
-            if self._full or not self.fallback_open:
+            if self._full or not self.fallback_open or not waiting:
                 return None  # a peer holds everything: it serves, not the origin
-            rarity, claimed = self._rarity, self._claimed
-            candidates = [i for i in candidates if not rarity[i] and not claimed[i]]
-            mine, best = self._mine, self._best_peer
-            idle = (
-                self._idle_since is not None
-                and self._now - self._idle_since >= self.config.patience
-            )
-            if mine is not None and (self._inflight or not idle):  # its own chunks only
-                candidates = [i for i in candidates if mine[i] > best[i]]
+            candidates = self._for_fallback()
+        else:
+            has = self._has[source]
+            candidates = waiting if has is None else waiting & has
         if candidates:
-            rarity, rank, count = self._rarity, self._rank, self.count
-            return min(candidates, key=lambda i: rarity[i] * count + rank[i])
-        if self._waiting or source in self.fallback:
+            return min(candidates, key=self._key.__getitem__)
+        if waiting or source in self.fallback:
+            if waiting and source not in self.fallback:
+                self._dry.add(source)
             return None  # none this source can give (a fallback never duplicates)
-        # Endgame: duplicate the in-flight chunk with the fewest copies.
+        return self._endgame(source)
+
+    def _for_fallback(self) -> list[int]:
+        """Chunks to ask a fallback for: no peer holds them, no neighbour claims
+        them, and (for a mirror) this node is their designated fetcher, unless it
+        has been idle past its patience."""
+        rarity, claimed = self._rarity, self._claimed
+        if self._mine is None:
+            pool = self._waiting - self._seeded
+            return [i for i in pool if not rarity[i] and not claimed[i]]
+        idle = self._idle_since is not None and self._now - self._idle_since >= self.config.patience
+        if idle and not self._inflight:
+            # Nothing from anyone for a while: any chunk no peer holds, claimed
+            # or not (a claimant may be lying, or gone).
+            self._patient = True
+            return [i for i in self._waiting if not rarity[i]]
+        pool = (self.designated() & self._waiting) - self._seeded
+        return [i for i in pool if not rarity[i] and not claimed[i]]
+
+    def _endgame(self, source: str) -> int | None:
+        """Duplicate the in-flight chunk with the fewest copies that ``source`` holds."""
+        has = self._has[source]
         best = None
         for s, index in self._inflight:
             if s == source or self._copies[index] >= self.config.max_copies:
@@ -325,9 +408,17 @@ class ChunkScheduler:
         if request is not None:
             request.received += nbytes
 
+    def patient(self, source: str, index: int) -> bool:
+        """True for a fallback request made after waiting for the peers in vain
+        (it tells the origin so: the origin then serves even a seeded chunk)."""
+        return (source, index) in self._patient_requests
+
     def _finish(self, source: str, index: int) -> _Request | None:
+        self._patient_requests.discard((source, index))
         request = self._inflight.pop((source, index), None)
         if request is not None:
+            if source in self.fallback:
+                self._claims_cache = None
             self._load[source] -= 1
             self._copies[index] -= 1
         return request
@@ -341,8 +432,12 @@ class ChunkScheduler:
         stats.bytes += nbytes
         stats.chunks += 1
         stats.consecutive_failures = 0
+        if stats.chunks % 8 == 1:
+            self._order = None  # re-rank by rate now and then
         if index in self.have:
             return False
+        if self._designated is None or index in self._designated:
+            self._claims_cache = None
         self.have.add(index)
         self._waiting.discard(index)
         if self._copies[index]:
@@ -370,15 +465,29 @@ class ChunkScheduler:
             self._ban(source, f"failed {stats.consecutive_failures} times in a row ({reason})")
         self._requeue(index)
 
+    def refused(self, source: str, index: int, until: float, *, seeded: bool = False) -> None:
+        """``source`` declined chunk ``index`` without failing; ask it again at ``until``.
+
+        ``seeded``: it gave the chunk to another mirror, so this one waits for
+        its peers to hold it (or for its patience to run out).
+        """
+        self._finish(source, index)
+        if seeded:
+            self._seeded.add(index)
+        else:
+            self._resting[source] = until
+        self._requeue(index)
+
     def drop(self, source: str, reason: str) -> None:
         """``source`` left (a peer that went away): stop asking it."""
         self._ban(source, reason)
 
     def _ban(self, source: str, reason: str) -> None:
-        stats = self.stats[source]
-        if stats.banned is not None:
-            return
+        stats = self.stats.get(source)
+        if stats is None or stats.banned is not None:
+            return  # never a source, or banned already
         stats.banned = reason
+        self._order = None
         self._forget(source)
         if self._mine is not None and source not in self.fallback:
             self._designate()
@@ -389,6 +498,7 @@ class ChunkScheduler:
     def _requeue(self, index: int) -> None:
         if index not in self.have and not self._copies[index]:
             self._waiting.add(index)
+            self._dry.clear()
 
     def reasons(self) -> dict[str, str]:
         """Why each source stopped being useful (for the final error message)."""

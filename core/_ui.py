@@ -35,6 +35,8 @@ _UNITS = {
     "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
     "g": 1000**3, "gb": 1000**3, "gib": 1 << 30,
     "t": 1000**4, "tb": 1000**4, "tib": 1 << 40,
+    # link rates: bits
+    "kbit": 125, "mbit": 125_000, "gbit": 125_000_000,
 }  # fmt: skip
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
@@ -44,7 +46,7 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
-        raise UsageError(f"not a size: {text!r} (try 4096, 512KiB, 1MiB, 2GB)")
+        raise UsageError(f"not a size: {text!r} (try 4096, 512KiB, 1MiB, 2GB, 100Mbit)")
     return int(float(match.group(1)) * _UNITS[unit])
 
 
@@ -106,8 +108,12 @@ def data_home() -> Path:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Yield an ``advance(nbytes)`` callback that draws a bar on a terminal, else nothing."""
+def progress_bar(
+    description: str, total: int | None, *, items: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """Yield an ``advance(n)`` callback that draws a bar on a terminal, else nothing.
+
+    ``n`` counts bytes, or things done (``"37/100"``) with ``items``."""
     if not sys.stderr.isatty():
         yield lambda _n: None
         return
@@ -115,18 +121,24 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     from rich.progress import (
         BarColumn,
         DownloadColumn,
+        MofNCompleteColumn,
         Progress,
         TextColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
     columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+        (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        if items
+        else (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)

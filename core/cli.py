@@ -24,6 +24,7 @@ _COMMANDS = {
     "get": "tufmesh.client._cli:get",
     "ls": "tufmesh.client._cli:ls",
     "mirror": "tufmesh.mirror._cli:mirror",
+    "netsim": "tufmesh.netsim._cli:netsim",
     "origin": "tufmesh.origin._cli:origin",
     "publish": "tufmesh.origin._cli:publish",
 }

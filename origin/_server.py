@@ -38,6 +38,7 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact
+from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 
@@ -182,14 +183,19 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def tree_routes(
-    root: Path, store: BlobStore, partial: Callable[[str, int, int], Path | None] | None = None
+    root: Path,
+    store: BlobStore,
+    partial: Callable[[str, int, int], Path | None] | None = None,
+    gate: SeedGate | None = None,
 ) -> list[Route]:
     """GET/HEAD for a published tree: ``metadata/``, ``targets/``, and ``blobs/{cid}``.
 
     Shared by the origin and the mirrors: the same static TUF layout, so that
     any TUF client (and any static web server) can stand in for either. A
     mirror passes ``partial``: for a blob still arriving, the file holding
-    the verified bytes ``start..end`` (a Range request only), else None.
+    the verified bytes ``start..end`` (a Range request only), else None. The
+    origin passes ``gate``: its mirrors' chunk requests are admitted by it
+    (super-seeding, :mod:`tufmesh.origin._seeding`).
     """
     metadata_dir = (root / "metadata").resolve()
     targets_dir = (root / "targets").resolve()
@@ -231,6 +237,11 @@ def tree_routes(
                 return _error(404, str(exc))
             if not path.is_file():
                 return _error(404, str(exc))  # completed meanwhile: asked again, it is stored
+        if gate is not None and MIRROR_HEADER in request.headers:
+            span = _single_range(request.headers.get("range"))
+            if span is not None:
+                patient = request.headers[MIRROR_HEADER] == "patient"
+                return _gated(gate, (cid, span[0]), path, patient)
         return file(path, "application/octet-stream", _IMMUTABLE)
 
     return [
@@ -238,6 +249,36 @@ def tree_routes(
         Route("/targets/{project}/{name}", targets, methods=["GET", "HEAD"]),
         Route("/blobs/{cid}", blob, methods=["GET", "HEAD"]),
     ]
+
+
+def _gated(gate: SeedGate, chunk: tuple[str, int], path: Path, patient: bool) -> Response:
+    """A mirror's chunk request, as the seeding gate decides."""
+    verdict = gate.admit(chunk, trio.current_time(), patient=patient)
+    if verdict != "serve":
+        headers = {"x-tufmesh-refused": verdict, "retry-after": f"{gate.retry:g}"}
+        return JSONResponse({"error": f"refused: {verdict}"}, 503, headers=headers)
+    return _GatedResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={"cache-control": _IMMUTABLE},
+        on_end=lambda completed: gate.done(chunk, completed=completed),
+    )
+
+
+class _GatedResponse(_BigFileResponse):
+    """A file response that reports its end (sent whole, or not) to the gate."""
+
+    def __init__(self, *args: Any, on_end: Callable[[bool], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_end = on_end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        completed = False
+        try:
+            await super().__call__(scope, receive, send)
+            completed = True
+        finally:
+            self.on_end(completed)
 
 
 def _single_range(header: str | None) -> tuple[int, int] | None:
@@ -384,7 +425,7 @@ def build_app(service: OriginService) -> ByteCounter:
         return cid, manifest_cid, size
 
     routes = [
-        *tree_routes(service.dir, store),
+        *tree_routes(service.dir, store, gate=SeedGate()),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/projects/{project}/files/{filename}", upload, methods=["POST", "PUT"]),
     ]

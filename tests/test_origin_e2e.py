@@ -244,3 +244,27 @@ def test_port_in_use_is_one_clear_line(repo: Path) -> None:
         proc = tufmesh("origin", "serve", "--dir", str(repo), "--port", str(port), check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"Error: cannot serve on 127.0.0.1:{port}: Address already in use"
+
+
+def test_origin_seeds_each_chunk_to_one_mirror_at_a_time(repo: Path) -> None:
+    token = add_project(repo, "demo")
+    with running(repo) as origin:
+        body = os.urandom(3 << 20)
+        cid = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()["cid"]
+        url = f"{origin.url}/blobs/{cid}"
+        first = {"Range": "bytes=0-1048575", "X-Tufmesh-Mirror": "1"}
+        got = httpx.get(url, headers=first)
+        assert got.status_code == 206 and got.content == body[: 1 << 20]
+        # a second mirror asking for the same chunk is sent to its peers ...
+        again = httpx.get(url, headers=first)
+        assert again.status_code == 503 and again.headers["x-tufmesh-refused"] == "seeded"
+        assert float(again.headers["retry-after"]) > 0
+        # ... unless its peers could not help; another chunk is served at once;
+        patient = httpx.get(url, headers={**first, "X-Tufmesh-Mirror": "patient"})
+        assert patient.status_code == 206 and patient.content == body[: 1 << 20]
+        other = httpx.get(url, headers={**first, "Range": "bytes=1048576-2097151"})
+        assert other.status_code == 206 and other.content == body[1 << 20 : 2 << 20]
+        # and end users are never refused.
+        for _ in range(2):
+            user = httpx.get(url, headers={"Range": "bytes=0-1048575"})
+            assert user.status_code == 206 and user.content == body[: 1 << 20]

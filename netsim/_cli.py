@@ -1,0 +1,101 @@
+"""``tufmesh netsim``: simulate a release replicating over thousands of mirrors."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from tufmesh._ui import SIZE, Group, progress_bar
+from tufmesh.errors import UsageError
+
+__all__ = ["netsim"]
+
+
+def _shipped() -> dict[str, str]:
+    """Scenario files that come with tufmesh, by name."""
+    folder = resources.files("tufmesh.netsim") / "scenarios"
+    return {
+        entry.name.removesuffix(".toml"): entry.read_text()
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    }
+
+
+@click.group(cls=Group)
+def netsim() -> None:
+    """Simulate the mirror network at internet scale, with the real replication logic."""
+
+
+@netsim.command("scenarios")
+def scenarios() -> None:
+    """List the scenarios that come with tufmesh (use them with ``run --scenario NAME``)."""
+    for name, text in sorted(_shipped().items()):
+        first = next((line for line in text.splitlines() if line.startswith("description")), "")
+        description = first.partition("=")[2].strip().strip('"')
+        click.echo(f"{name}\t{description}")
+
+
+@netsim.command("run")
+@click.option("--scenario", "scenario_ref", help="A scenario file, or a shipped scenario's name.")
+@click.option("--mirrors", type=click.IntRange(1, 100_000), help="Mirrors [default: 100].")
+@click.option("--size", type=SIZE, help="Size of the release [default: 64MiB].")
+@click.option("--chunk-size", type=SIZE, help="Chunk size [default: 1MiB].")
+@click.option("--seed", type=int, help="Random seed: same seed, same result [default: 1].")
+@click.option("--links", help="Link profile: homogeneous, datacentre, home, mixed.")
+@click.option("--origin-up", type=SIZE, help="The origin's upload, per second.")
+@click.option("--degree", type=click.IntRange(1, 64), help="Have-record neighbours [default: 8].")
+@click.option("--churn", type=click.FloatRange(0, 1), help="Fraction of mirrors that leave once.")
+@click.option("--malicious", type=click.FloatRange(0, 0.99), help="Fraction of hostile mirrors.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the result as JSON.")  # fmt: skip
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the completion-time CDF (PNG, needs matplotlib).")  # fmt: skip
+@click.option("--quiet", "-q", is_flag=True, help="No table on standard output.")
+def run(
+    scenario_ref: str | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    quiet: bool,
+    **settings: object,
+) -> None:
+    """Run one scenario: flags override the scenario file's settings."""
+    from tufmesh.netsim._report import plot, table, to_json
+    from tufmesh.netsim._scenario import Scenario, load_scenario
+    from tufmesh.netsim._sim import simulate
+
+    if scenario_ref is None:
+        scenario = Scenario()
+    elif Path(scenario_ref).is_file():
+        scenario = load_scenario(Path(scenario_ref))
+    elif scenario_ref in (shipped := _shipped()):
+        folder = resources.files("tufmesh.netsim") / "scenarios"
+        with resources.as_file(folder / f"{scenario_ref}.toml") as path:
+            scenario = load_scenario(path)
+    else:
+        names = ", ".join(sorted(shipped))
+        raise UsageError(f"no scenario file {scenario_ref!r}, and no shipped one ({names})")
+    scenario = scenario.replace(**settings)
+    started = time.perf_counter()
+    with progress_bar("mirrors complete", scenario.mirrors, items=True) as advance:
+        done = 0
+
+        def progress(completed: int, honest: int) -> None:
+            nonlocal done
+            advance(completed - done)
+            done = completed
+
+        result = simulate(scenario, progress)
+    wall = time.perf_counter() - started
+    if json_path is not None:
+        try:
+            json_path.write_text(to_json(result))
+        except OSError as exc:
+            raise UsageError(f"cannot write {json_path}: {exc.strerror}") from None
+    if plot_path is not None:
+        plot(result, plot_path)
+    if not quiet:
+        click.echo(table(result), nl=False)
+        click.echo(f"simulated in {wall:.1f} s ({result.events} events)")

@@ -1,0 +1,162 @@
+"""What a simulation runs: the network, the release, the adversary (plain data).
+
+A scenario is a TOML file or command-line flags; every field has a default
+that runs. Link profiles are mixes of link classes, each drawn uniformly
+between its bounds, so that "home" is not one link but a spread of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from tufmesh._ui import parse_size
+from tufmesh.errors import UsageError
+
+__all__ = ["PROFILES", "LinkClass", "Scenario", "load_scenario"]
+
+MBIT: Final = 125_000  # bytes per second in one megabit per second
+
+
+@dataclass(frozen=True)
+class LinkClass:
+    """A kind of link: upload and download (bytes/s) and one-way latency (s), as ranges."""
+
+    weight: float
+    up: tuple[float, float]
+    down: tuple[float, float]
+    latency: tuple[float, float]
+
+
+#: Named mixes of link classes.
+PROFILES: Final[dict[str, list[LinkClass]]] = {
+    # Every mirror alike: 16 MiB/s up, fast down (the loopback benchmarks).
+    "homogeneous": [LinkClass(1.0, (16 << 20, 16 << 20), (1 << 30, 1 << 30), (0.0002, 0.0002))],
+    # Servers in datacentres: 0.5-1 Gbit/s symmetric, 2-20 ms.
+    "datacentre": [
+        LinkClass(1.0, (500 * MBIT, 1000 * MBIT), (500 * MBIT, 1000 * MBIT), (0.002, 0.02))
+    ],
+    # Volunteers at home: 10-40 Mbit/s up, 50-300 down, 10-40 ms.
+    "home": [LinkClass(1.0, (10 * MBIT, 40 * MBIT), (50 * MBIT, 300 * MBIT), (0.01, 0.04))],
+    # The network we expect: a fifth in datacentres, the rest at home.
+    "mixed": [
+        LinkClass(0.2, (500 * MBIT, 1000 * MBIT), (500 * MBIT, 1000 * MBIT), (0.002, 0.02)),
+        LinkClass(0.8, (10 * MBIT, 40 * MBIT), (50 * MBIT, 300 * MBIT), (0.01, 0.04)),
+    ],
+}
+
+BEHAVIOURS: Final = ("corrupt", "withhold", "trickle")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One experiment. Sizes in bytes, rates in bytes per second, times in seconds."""
+
+    mirrors: int = 100
+    size: int = 64 << 20
+    chunk_size: int = 1 << 20
+    seed: int = 1
+    links: str = "homogeneous"
+    #: The origin's upload (None: the profile's first class, at its top).
+    origin_up: float | None = None
+    #: Neighbours each mirror asks for have-records (a random graph).
+    degree: int = 8
+    #: GossipSub mesh degree and per-hop processing time (announcements).
+    gossip_degree: int = 4
+    gossip_hop: float = 0.002
+    #: Round trips between an announcement and the first chunk request
+    #: (timestamp, snapshot, targets, bin, manifest: from the origin).
+    metadata_rtts: int = 5
+    #: Fraction of honest mirrors that leave once, mid-replication, and come
+    #: back after ``downtime`` seconds.
+    churn: float = 0.0
+    downtime: float = 20.0
+    #: Fraction of mirrors that are hostile, and how (cycled through the list).
+    malicious: float = 0.0
+    behaviours: tuple[str, ...] = BEHAVIOURS
+    #: Simulated seconds after which a run gives up.
+    horizon: float = 3600.0
+    #: Custom link classes (a scenario file's ``[[link]]`` tables) replace ``links``.
+    link_classes: tuple[LinkClass, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.mirrors < 1:
+            raise UsageError("a scenario needs at least one mirror")
+        if self.size < 1 or self.chunk_size < 1:
+            raise UsageError("size and chunk size must be positive")
+        if not 0 <= self.malicious < 1 or not 0 <= self.churn <= 1:
+            raise UsageError("malicious must be in [0, 1) and churn in [0, 1]")
+        if not self.link_classes and self.links not in PROFILES:
+            raise UsageError(f"unknown link profile {self.links!r}; one of {', '.join(PROFILES)}")
+        for behaviour in self.behaviours:
+            if behaviour not in BEHAVIOURS:
+                raise UsageError(f"unknown behaviour {behaviour!r}; one of {', '.join(BEHAVIOURS)}")
+
+    @property
+    def classes(self) -> list[LinkClass]:
+        """The link classes mirrors are drawn from."""
+        return list(self.link_classes) or PROFILES[self.links]
+
+    @property
+    def chunks(self) -> int:
+        """Chunks in the release."""
+        return -(-self.size // self.chunk_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scenario as plain data (for the JSON report)."""
+        data = dataclasses.asdict(self)
+        data["behaviours"] = list(self.behaviours)
+        data["link_classes"] = [dataclasses.asdict(c) for c in self.link_classes]
+        return data
+
+    def replace(self, **changes: Any) -> Scenario:
+        """A copy with ``changes`` (None values ignored: unset command-line flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_SIZES: Final = ("size", "chunk_size", "origin_up")
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read a scenario file (TOML); sizes and rates may be written ``"64MiB"``."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    data.pop("description", None)
+    known = {f.name for f in dataclasses.fields(Scenario)}
+    links = data.pop("link", None)
+    unknown = set(data) - known
+    if unknown:
+        raise UsageError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    try:
+        for name in _SIZES:
+            if isinstance(data.get(name), str):
+                data[name] = parse_size(data[name])
+        if "behaviours" in data:
+            data["behaviours"] = tuple(data["behaviours"])
+        if links:
+            data["link_classes"] = tuple(
+                LinkClass(
+                    float(c.get("weight", 1.0)),
+                    _range(c["up"]),
+                    _range(c["down"]),
+                    _range(c["latency"], size=False),
+                )
+                for c in links
+            )
+        return Scenario(**data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _range(value: Any, *, size: bool = True) -> tuple[float, float]:
+    """``[low, high]`` or one value; sizes may be strings like ``"2MiB"``."""
+    items = value if isinstance(value, list) else [value, value]
+    low, high = (parse_size(v) if size and isinstance(v, str) else float(v) for v in items)
+    return float(low), float(high)

@@ -1,0 +1,633 @@
+"""A deterministic discrete-event simulation of one release replicating.
+
+Every mirror runs the real :class:`~tufmesh.client.ChunkScheduler`, configured
+as the mirror daemon configures it (its URL as its name, the origin as the
+fallback, a random chunk order, the fallback closed until the first round of
+have-queries). The simulator only plays the network around it:
+
+* **Links** are flows, not packets. Each node's uplink and downlink are
+  shared equally among the transfers crossing them (processor sharing, with
+  one virtual clock per link); a transfer ends once both its sender's uplink
+  and its receiver's downlink have carried its bytes, plus one round trip.
+* **Announcements** travel the GossipSub mesh (``gossip_degree`` random
+  peers, per-hop latency plus processing); hostile nodes do not relay them. A
+  mirror then spends ``metadata_rtts`` round trips on metadata and starts.
+* **Have-records** are read from each neighbour every
+  :data:`~tufmesh.mirror._swarm.POLL` seconds plus the round's slowest round
+  trip, as the daemon's have-query rounds do; a neighbour that does not
+  answer three rounds in a row is dropped.
+* **Chunks** are checked with the real manifest code: each chunk has a small
+  stand-in content with a real BLAKE3 digest, and a hostile sender's chunk is
+  a corrupted copy that must fail it.
+* **Adversaries** claim to hold everything and then corrupt, withhold, or
+  trickle (1 KiB/s); **churn** takes mirrors offline mid-release (their
+  transfers fail) and brings them back with the chunks they had verified.
+
+Same scenario and seed, same events in the same order, same result: one
+seeded random generator, ties in time broken by a sequence number.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tufmesh.cas import build_manifest
+from tufmesh.client import ChunkScheduler, SchedulerConfig
+from tufmesh.errors import ChunkRejectedError
+from tufmesh.mirror._swarm import MAX_QUERY_FAILURES, POLL
+from tufmesh.netsim._scenario import Scenario
+from tufmesh.origin._seeding import SeedGate
+
+__all__ = ["Result", "simulate"]
+
+ORIGIN: Final = "origin"
+#: How often a mirror checks its requests for slow retrieval (the daemon: 0.1 s;
+#: the check bites only after the scheduler's 3 s grace, so 1 s is close enough).
+TICK: Final = 1.0
+#: A trickling sender's rate.
+TRICKLE: Final = 1024.0
+#: The poll a mirror falls back on when no announcement reaches it.
+FALLBACK_POLL: Final = 60.0
+
+# Event kinds.
+_START, _ROUND, _LINK, _DELIVER, _TICK, _LEAVE, _JOIN, _REFUSED, _PUMP = range(9)
+
+
+class _Link:
+    """One direction of one node's link, shared equally by its transfers."""
+
+    __slots__ = ("cap", "flows", "heap", "n", "t", "v", "version")
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self.n = 0  # transfers crossing it
+        self.v = 0.0  # bytes each of them has been given so far (virtual time)
+        self.t = 0.0
+        self.heap: list[tuple[float, int, _Flow]] = []
+        self.version = 0
+        self.flows = 0
+
+    def advance(self, now: float) -> None:
+        if self.n:
+            self.v += self.cap / self.n * (now - self.t)
+        self.t = now
+
+
+class _Flow:
+    __slots__ = (
+        "counted", "dead", "dst", "index", "kind", "reported", "sides", "size", "src", "started",
+        "tags",
+    )  # fmt: skip
+
+    def __init__(
+        self, src: _Node, dst: _Node, index: int, size: int, kind: str, now: float
+    ) -> None:
+        self.src, self.dst, self.index, self.size, self.kind = src, dst, index, size, kind
+        self.started = now
+        self.tags = [0.0, 0.0]  # virtual finish on the uplink, on the downlink
+        self.sides = 0  # links that have carried every byte
+        self.counted = False
+        self.dead = False
+        self.reported = 0  # bytes told to the receiver's scheduler
+
+
+@dataclass(eq=False)
+class _Node:
+    name: str
+    up: _Link
+    down: _Link
+    latency: float
+    behaviour: str | None = None  # hostile: corrupt, withhold, trickle
+    neighbours: list[_Node] = field(default_factory=list)
+    online: bool = True
+    scheduler: ChunkScheduler | None = None
+    log: list[int] = field(default_factory=list)  # verified chunks, in order
+    seen: dict[str, int] = field(default_factory=dict)  # neighbour -> log entries read
+    silent: dict[str, int] = field(default_factory=dict)  # neighbour -> rounds unanswered
+    flows: dict[tuple[str, int], _Flow] = field(default_factory=dict)  # requests in flight
+    serving: set[_Flow] = field(default_factory=set)
+    started: float | None = None
+    done: float | None = None
+    ticking: bool = False
+    rounds: int = 0  # bumped on leave, so stale rounds die
+    received: int = 0
+    announced: float = math.inf
+
+
+@dataclass
+class Result:
+    """What a simulation measured (times in simulated seconds since the commit)."""
+
+    scenario: Scenario
+    completion: list[float]  # per honest mirror, sorted; inf if it never completed
+    lower_bound: float
+    origin_bytes: int
+    duplicate_bytes: int
+    chunks_rejected: int
+    corrupt_accepted: int
+    bans: int
+    events: int
+    announce_last: float
+    honest: int
+    rejoined_complete: int
+    rejoined: int
+
+    @property
+    def all_done(self) -> float:
+        """Time until every honest mirror holds the release."""
+        return max(self.completion) if self.completion else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Completion time below which ``p`` percent of honest mirrors finished."""
+        ordered = self.completion
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def lower_bound(origin_up: float, ups: list[float], downs: list[float], size: int) -> float:
+    """max(F/u_origin, F/d_min, N*F/(u_origin + sum u_i)): no schedule beats it."""
+    n = len(ups)
+    return max(size / origin_up, size / min(downs), n * size / (origin_up + sum(ups)))
+
+
+def simulate(scenario: Scenario, progress: Callable[[int, int], None] | None = None) -> Result:
+    """Run ``scenario``; ``progress(done, honest)`` is called as mirrors complete."""
+    return _Simulation(scenario, progress).run()
+
+
+class _Simulation:
+    def __init__(self, sc: Scenario, progress: Callable[[int, int], None] | None) -> None:
+        self.sc = sc
+        self.progress = progress
+        self.rng = random.Random(sc.seed)  # noqa: S311 (a simulation, not secrets)
+        self.queue: list[tuple[float, int, int, Any]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.count = sc.chunks
+        self.chunk = [min(sc.chunk_size, sc.size - i * sc.chunk_size) for i in range(self.count)]
+        # Stand-in chunk contents with a real manifest: the verification path runs.
+        self.contents = [i.to_bytes(8, "big") for i in range(self.count)]
+        self.manifest = build_manifest(self.contents, chunk_size=8)
+        self.origin_bytes = 0
+        self.rejected = 0
+        self.corrupt_accepted = 0
+        self.bans = 0
+        self.events = 0
+        self.rejoined: set[str] = set()
+        self.rejoined_complete = 0
+        self.gate = SeedGate()  # the origin's, as its HTTP server runs it
+        self.refusals = 0
+        self._build()
+
+    # -- set-up ------------------------------------------------------------------
+
+    def _draw(self) -> tuple[float, float, float]:
+        classes = self.sc.classes
+        link = self.rng.choices(classes, weights=[c.weight for c in classes])[0]
+        return (
+            self.rng.uniform(*link.up),
+            self.rng.uniform(*link.down),
+            self.rng.uniform(*link.latency),
+        )
+
+    def _build(self) -> None:
+        sc, rng = self.sc, self.rng
+        up, down, latency = self._draw()
+        origin_up = sc.origin_up or max(c.up[1] for c in sc.classes)
+        self.origin = _Node(ORIGIN, _Link(origin_up), _Link(down), latency)
+        hostile = round(sc.malicious * sc.mirrors)
+        self.mirrors: list[_Node] = []
+        for i in range(sc.mirrors):
+            up, down, latency = self._draw()
+            behaviour = sc.behaviours[i % len(sc.behaviours)] if i < hostile else None
+            self.mirrors.append(_Node(f"m{i}", _Link(up), _Link(down), latency, behaviour))
+        rng.shuffle(self.mirrors)  # hostile nodes anywhere in the graph
+        self.by_name = {n.name: n for n in [self.origin, *self.mirrors]}
+        self.honest = [n for n in self.mirrors if n.behaviour is None]
+        # Have-record neighbours: a random graph of the given degree.
+        self._random_graph(self.mirrors, min(sc.degree, sc.mirrors - 1), "neighbours")
+        self._announce()
+        for node in self.honest:
+            if rng.random() < sc.churn:
+                self._at(self._leave_time(node), _LEAVE, node)
+            start = node.announced + sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
+            self._at(start, _START, node)
+
+    def _random_graph(self, nodes: list[_Node], degree: int, attr: str) -> dict[str, list[_Node]]:
+        """Each node links to ``degree`` random others (links are mutual)."""
+        edges: dict[str, list[_Node]] = {n.name: [] for n in nodes}
+        for node in nodes:
+            wanted = degree - len(edges[node.name])
+            if wanted <= 0:
+                continue
+            others = [o for o in self.rng.sample(nodes, min(len(nodes), degree * 2 + 1))]
+            for other in others:
+                if wanted <= 0:
+                    break
+                if other is node or other in edges[node.name]:
+                    continue
+                edges[node.name].append(other)
+                edges[other.name].append(node)
+                wanted -= 1
+        if attr == "neighbours":
+            for node in nodes:
+                node.neighbours = edges[node.name]
+        return edges
+
+    def _announce(self) -> None:
+        """When each mirror hears the announcement: shortest paths over the mesh."""
+        sc = self.sc
+        mesh = self._random_graph(self.mirrors, min(sc.gossip_degree, sc.mirrors - 1), "gossip")
+        first = self.rng.sample(self.mirrors, min(sc.gossip_degree, sc.mirrors))
+        heap = [
+            (self.origin.latency + m.latency + sc.gossip_hop, i, m) for i, m in enumerate(first)
+        ]
+        heapq.heapify(heap)
+        seq = len(heap)
+        while heap:
+            t, _, node = heapq.heappop(heap)
+            if t >= node.announced:
+                continue
+            node.announced = t
+            if node.behaviour is not None:
+                continue  # hostile nodes do not relay
+            for other in mesh[node.name]:
+                arrival = t + node.latency + other.latency + sc.gossip_hop
+                if arrival < other.announced:
+                    seq += 1
+                    heapq.heappush(heap, (arrival, seq, other))
+        for node in self.mirrors:
+            if math.isinf(node.announced):  # cut off from the mesh: the poll finds it
+                node.announced = self.rng.uniform(0, FALLBACK_POLL)
+
+    def _leave_time(self, node: _Node) -> float:
+        size = self.sc.size
+        rough = size / max(node.down.cap, 1.0) + size / max(node.up.cap, 1.0)
+        return self.rng.uniform(0, max(rough, 1.0))
+
+    # -- the event loop ----------------------------------------------------------------
+
+    def _at(self, t: float, kind: int, subject: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (t, self.seq, kind, subject))
+
+    def run(self) -> Result:
+        handlers = {
+            _START: self._start,
+            _ROUND: self._round,
+            _LINK: self._link_event,
+            _DELIVER: self._deliver,
+            _TICK: self._tick,
+            _LEAVE: self._leave,
+            _JOIN: self._join,
+            _REFUSED: self._refused,
+            _PUMP: self._pump_event,
+        }
+        remaining = len(self.honest)
+        queue = self.queue
+        while queue and remaining:
+            t, _, kind, subject = heapq.heappop(queue)
+            if t > self.sc.horizon:
+                break
+            self.now = t
+            self.events += 1
+            if handlers[kind](subject):
+                remaining -= 1
+                if self.progress is not None:
+                    self.progress(len(self.honest) - remaining, len(self.honest))
+        return self._result()
+
+    # -- mirrors -------------------------------------------------------------------
+
+    def _new_scheduler(self, node: _Node) -> ChunkScheduler:
+        config = SchedulerConfig(seed=self.rng.getrandbits(64))
+        scheduler = ChunkScheduler(
+            self.count, [], config, have=set(node.log), fallback={ORIGIN}, me=node.name
+        )
+        scheduler.add_source(ORIGIN)
+        scheduler.fallback_open = False
+        return scheduler
+
+    def _start(self, node: _Node) -> bool:
+        if not node.online or node.scheduler is not None:
+            return False
+        node.started = self.now
+        node.scheduler = self._new_scheduler(node)
+        self._at(self.now, _ROUND, (node, node.rounds))
+        return False
+
+    def _round(self, subject: tuple[_Node, int]) -> bool:
+        """One round of have-queries (what the daemon's ``Swarm.follow`` does)."""
+        node, rounds = subject
+        scheduler = node.scheduler
+        if rounds != node.rounds or scheduler is None or node.done is not None:
+            return False
+        for peer in node.neighbours:
+            if not peer.online:
+                node.silent[peer.name] = silent = node.silent.get(peer.name, 0) + 1
+                if silent == MAX_QUERY_FAILURES:
+                    scheduler.drop(peer.name, "have-queries failed")
+                continue
+            node.silent[peer.name] = 0
+            if peer.behaviour is not None:
+                scheduler.add_source(peer.name)  # it claims to hold everything
+                continue
+            if peer.scheduler is None and not peer.log:
+                continue  # it has not started: nothing to say about this blob
+            scheduler.add_source(peer.name, has=())
+            seen = node.seen.get(peer.name, 0)
+            if len(peer.log) > seen:
+                scheduler.add_have(peer.name, peer.log[seen:])
+                node.seen[peer.name] = len(peer.log)
+            claims = peer.scheduler.claims() if peer.scheduler and peer.done is None else ()
+            scheduler.set_claims(peer.name, claims)
+        scheduler.fallback_open = True
+        self._pump(node)
+        slowest = 2 * (node.latency + max((p.latency for p in node.neighbours), default=0.0))
+        self._at(self.now + POLL + slowest, _ROUND, subject)
+        return False
+
+    def _pump(self, node: _Node) -> None:
+        """Start the requests the scheduler asks for."""
+        scheduler = node.scheduler
+        assert scheduler is not None
+        for _ in range(8):  # refused connections fail at once; a few retries
+            refused = []
+            for source, index in scheduler.assign(self.now):
+                peer = self.by_name[source]
+                if not peer.online:
+                    refused.append((source, index))
+                    continue
+                self._open(peer, node, index)
+            for source, index in refused:
+                scheduler.failed(source, index, "connection refused")
+            if not refused:
+                break
+        if node.flows and not node.ticking:
+            node.ticking = True
+            self._at(self.now + TICK, _TICK, node)
+
+    def _open(self, src: _Node, dst: _Node, index: int) -> None:
+        if src is self.origin:
+            assert dst.scheduler is not None
+            patient = dst.scheduler.patient(src.name, index)
+            verdict = self.gate.admit(index, self.now, patient=patient)
+            if verdict != "serve":
+                self.refusals += 1
+                rtt = 2 * (src.latency + dst.latency)
+                self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, index, verdict))
+                return
+        kind = src.behaviour or "honest"
+        flow = _Flow(src, dst, index, self.chunk[index], kind, self.now)
+        dst.flows[(src.name, index)] = flow
+        src.serving.add(flow)
+        if kind in ("honest", "corrupt"):
+            self._join_links(flow)
+        elif kind == "trickle":
+            self._at(
+                self.now + flow.size / TRICKLE + 2 * (src.latency + dst.latency), _DELIVER, flow
+            )
+
+    # -- links ------------------------------------------------------------------
+
+    def _join_links(self, flow: _Flow) -> None:
+        for side, link in enumerate((flow.src.up, flow.dst.down)):
+            link.advance(self.now)
+            link.n += 1
+            flow.tags[side] = link.v + flow.size
+            self.seq += 1
+            heapq.heappush(link.heap, (flow.tags[side], self.seq, flow))
+            self._reschedule(link)
+        flow.counted = True
+
+    def _leave_links(self, flow: _Flow) -> None:
+        if not flow.counted:
+            return
+        flow.counted = False
+        for link in (flow.src.up, flow.dst.down):
+            link.advance(self.now)
+            link.n -= 1
+            self._reschedule(link)
+
+    def _reschedule(self, link: _Link) -> None:
+        heap = link.heap
+        while heap and heap[0][2].dead:
+            heapq.heappop(heap)
+        link.version += 1
+        if heap and link.n:
+            wait = max(0.0, heap[0][0] - link.v) * link.n / link.cap
+            if self.now + wait <= self.now:  # below the clock's resolution: done now
+                wait = 1e-9 * max(1.0, self.now)
+            self._at(self.now + wait, _LINK, (link, link.version))
+
+    def _link_event(self, subject: tuple[_Link, int]) -> bool:
+        link, version = subject
+        if version != link.version:
+            return False
+        link.advance(self.now)
+        heap = link.heap
+        finished = []
+        # Within a millionth of a byte per megabyte carried: float rounding
+        # must not leave a flow a hair short, forever rescheduled at "now".
+        done = link.v + 1e-3 + link.v * 1e-12
+        while heap and heap[0][0] <= done:
+            flow = heapq.heappop(heap)[2]
+            if not flow.dead:
+                finished.append(flow)
+        for flow in finished:
+            flow.sides += 1
+            if flow.sides == 2:  # both links carried it: the last byte is on its way
+                self._leave_links(flow)
+                rtt = 2 * (flow.src.latency + flow.dst.latency)
+                self._at(self.now + rtt, _DELIVER, flow)
+        self._reschedule(link)
+        return False
+
+    def _progress(self, flow: _Flow) -> int:
+        """Bytes of ``flow`` the receiver has so far."""
+        if flow.kind == "trickle":
+            return int((self.now - flow.started) * TRICKLE)
+        if flow.kind == "withhold" or not flow.counted:
+            return 0 if flow.kind == "withhold" else flow.size
+        done = flow.size
+        for side, link in enumerate((flow.src.up, flow.dst.down)):
+            link.advance(self.now)
+            done = min(done, int(flow.size - max(0.0, flow.tags[side] - link.v)))
+        return max(0, done)
+
+    def _cancel(self, flow: _Flow) -> None:
+        """Abandon a transfer; the bytes it moved are wasted."""
+        if flow.dead:
+            return
+        moved = self._progress(flow)
+        flow.dead = True
+        self._leave_links(flow)
+        flow.src.serving.discard(flow)
+        flow.dst.flows.pop((flow.src.name, flow.index), None)
+        flow.dst.received += moved
+        if flow.src is self.origin:
+            self.origin_bytes += moved
+            self.gate.done(flow.index, completed=False)
+
+    # -- arrivals and failures --------------------------------------------------------
+
+    def _refused(self, subject: tuple[_Node, ChunkScheduler, int, str]) -> bool:
+        """The origin's answer to a request it declined (busy, or seeded elsewhere)."""
+        node, scheduler, index, verdict = subject
+        if node.scheduler is not scheduler or node.done is not None:
+            return False  # the mirror restarted or finished meanwhile
+        until = self.now + self.gate.retry
+        scheduler.refused(ORIGIN, index, until, seeded=verdict == "seeded")
+        self._pump(node)
+        if verdict == "busy":
+            self._at(until, _PUMP, (node, scheduler))
+        return False
+
+    def _pump_event(self, subject: tuple[_Node, ChunkScheduler]) -> bool:
+        node, scheduler = subject
+        if node.scheduler is scheduler and node.done is None and node.online:
+            self._pump(node)
+        return False
+
+    def _deliver(self, flow: _Flow) -> bool:
+        if flow.dead:
+            return False
+        flow.dead = True
+        node, source = flow.dst, flow.src.name
+        flow.src.serving.discard(flow)
+        node.flows.pop((source, flow.index), None)
+        node.received += flow.size
+        if flow.src is self.origin:
+            self.origin_bytes += flow.size
+            self.gate.done(flow.index)
+        scheduler = node.scheduler
+        if scheduler is None:
+            return False
+        data = self.contents[flow.index]
+        if flow.kind != "honest":
+            data = bytes(b ^ 0xFF for b in data)  # what a hostile sender sends
+        try:
+            self.manifest.verify_chunk(flow.index, data)
+        except ChunkRejectedError as exc:
+            self.rejected += 1
+            scheduler.rejected(source, flow.index, str(exc))
+            self._drop_stale(node)
+            self._pump(node)
+            return False
+        if data != self.contents[flow.index]:
+            self.corrupt_accepted += 1  # must never happen
+        if scheduler.verified(source, flow.index, flow.size, self.now):
+            node.log.append(flow.index)
+        self._drop_stale(node)
+        if scheduler.complete:
+            return self._complete(node)
+        self._pump(node)
+        return False
+
+    def _complete(self, node: _Node) -> bool:
+        node.done = self.now
+        for flow in list(node.flows.values()):
+            self._cancel(flow)
+        self._count_bans(node)
+        if node.name in self.rejoined:
+            self.rejoined.discard(node.name)
+            self.rejoined_complete += 1
+        return True
+
+    def _drop_stale(self, node: _Node) -> None:
+        """Cancel transfers the scheduler gave up (a banned source, a lost duplicate)."""
+        scheduler = node.scheduler
+        assert scheduler is not None
+        if scheduler.running == len(node.flows):
+            return  # nothing given up (the common case: skip the comparison)
+        running = set(scheduler.inflight())
+        for key in [k for k in node.flows if k not in running]:
+            self._cancel(node.flows[key])
+
+    def _count_bans(self, node: _Node) -> None:
+        """Add the sources ``node``'s scheduler banned (at completion, or when it leaves)."""
+        if node.scheduler is not None:
+            self.bans += sum(1 for st in node.scheduler.stats.values() if st.banned is not None)
+
+    def _tick(self, node: _Node) -> bool:
+        """The slow-retrieval check of the daemon's download loop."""
+        node.ticking = False
+        scheduler = node.scheduler
+        if scheduler is None or node.done is not None or not node.online:
+            return False
+        for (source, index), flow in node.flows.items():
+            moved = self._progress(flow)
+            scheduler.received(source, index, moved - flow.reported)
+            flow.reported = moved
+        for source, index in scheduler.too_slow(self.now):
+            scheduler.failed(source, index, "too slow (slow-retrieval defence)")
+            flow = node.flows.get((source, index))
+            if flow is not None:
+                self._cancel(flow)
+        self._drop_stale(node)
+        self._pump(node)
+        return False
+
+    # -- churn -------------------------------------------------------------------------
+
+    def _leave(self, node: _Node) -> bool:
+        if node.done is not None or not node.online:
+            return False
+        node.online = False
+        node.rounds += 1
+        for flow in list(node.flows.values()):
+            self._cancel(flow)
+        for flow in list(node.serving):
+            requester = flow.dst
+            self._cancel(flow)
+            if requester.scheduler is not None and requester.done is None:
+                requester.scheduler.failed(flow.src.name, flow.index, "connection reset")
+                self._drop_stale(requester)
+                self._pump(requester)
+        self._count_bans(node)
+        node.scheduler = None
+        self._at(self.now + self.sc.downtime, _JOIN, node)
+        return False
+
+    def _join(self, node: _Node) -> bool:
+        node.online = True
+        self.rejoined.add(node.name)
+        node.seen.clear()  # a restarted daemon asks its neighbours afresh
+        delay = self.sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
+        self._at(self.now + delay, _START, node)
+        return False
+
+    # -- the outcome ---------------------------------------------------------------------
+
+    def _result(self) -> Result:
+        sc = self.sc
+        honest = self.honest
+        completion = sorted(n.done if n.done is not None else math.inf for n in honest)
+        bound = lower_bound(
+            self.origin.up.cap, [n.up.cap for n in honest], [n.down.cap for n in honest], sc.size
+        )
+        for node in honest:
+            if node.done is None:
+                self._count_bans(node)
+        duplicate = sum(n.received for n in honest) - sum(
+            sum(self.chunk[i] for i in set(n.log)) for n in honest
+        )
+        return Result(
+            scenario=sc,
+            completion=completion,
+            lower_bound=bound,
+            origin_bytes=self.origin_bytes,
+            duplicate_bytes=max(0, duplicate),
+            chunks_rejected=self.rejected,
+            corrupt_accepted=self.corrupt_accepted,
+            bans=self.bans,
+            events=self.events,
+            announce_last=max(n.announced for n in honest) if honest else 0.0,
+            honest=len(honest),
+            rejoined_complete=self.rejoined_complete,
+            rejoined=self.rejoined_complete + len(self.rejoined),
+        )

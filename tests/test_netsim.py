@@ -1,0 +1,115 @@
+"""netsim: determinism, agreement with theory, hostile nodes, churn, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tufmesh.errors import UsageError
+from tufmesh.netsim import Scenario, load_scenario, simulate
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    code = "from tufmesh.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_same_seed_gives_byte_identical_json(tmp_path: Path) -> None:
+    outputs = []
+    for hash_seed in ("1", "2"):  # string hashing differs between the two processes
+        out = tmp_path / f"run{hash_seed}.json"
+        args = ["netsim", "run", "--mirrors", "60", "--size", "32MiB", "--malicious", "0.1"]
+        result = _cli(*args, "--churn", "0.1", "--seed", "7", "--json", str(out), "-q",
+                      env={"PYTHONHASHSEED": hash_seed})  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    other = tmp_path / "other.json"
+    args = ["netsim", "run", "--mirrors", "60", "--size", "32MiB", "--malicious", "0.1"]
+    assert _cli(*args, "--churn", "0.1", "--seed", "8", "--json", str(other), "-q").returncode == 0
+    assert other.read_bytes() != outputs[0]  # the seed matters
+    data = json.loads(outputs[0])
+    assert data["summary"]["completed"] == data["summary"]["honest_mirrors"] == 54
+
+
+@pytest.mark.parametrize("links", ["homogeneous", "home", "mixed"])
+def test_never_faster_than_the_lower_bound(links: str) -> None:
+    result = simulate(Scenario(mirrors=40, size=16 << 20, links=links, seed=3))
+    assert all(not math.isinf(t) for t in result.completion)
+    assert min(result.completion) > 0
+    assert result.all_done >= result.lower_bound
+    assert result.origin_bytes >= 16 << 20  # every byte left the origin at least once
+
+
+def test_homogeneous_network_lands_within_1_5x_of_the_bound() -> None:
+    result = simulate(Scenario(mirrors=50, size=256 << 20, links="homogeneous"))
+    assert result.lower_bound <= result.all_done <= 1.5 * result.lower_bound
+    assert result.origin_bytes <= 1.2 * (256 << 20)  # super-seeding: each chunk about once
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_hostile_mirrors_never_get_a_bad_chunk_accepted(fraction: float) -> None:
+    result = simulate(Scenario(mirrors=80, size=16 << 20, links="home", malicious=fraction))
+    assert result.honest == 80 - round(80 * fraction)
+    assert all(not math.isinf(t) for t in result.completion)  # every honest mirror completes
+    assert result.corrupt_accepted == 0
+    assert result.chunks_rejected > 0  # corrupting nodes were asked, and caught
+    assert result.bans >= result.chunks_rejected  # each liar banned where it lied
+
+
+def test_mirrors_that_leave_and_rejoin_catch_up() -> None:
+    result = simulate(Scenario(mirrors=60, size=32 << 20, links="home", churn=0.3, downtime=5))
+    assert result.rejoined > 5
+    assert result.rejoined_complete == result.rejoined
+    assert all(not math.isinf(t) for t in result.completion)
+
+
+def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
+    good = tmp_path / "s.toml"
+    good.write_text(
+        'description = "x"\nmirrors = 12\nsize = "8MiB"\n'
+        '[[link]]\nweight = 1\nup = ["1MiB", "2MiB"]\ndown = "10MiB"\nlatency = [0.01, 0.02]\n'
+    )
+    scenario = load_scenario(good)
+    assert scenario.mirrors == 12 and scenario.size == 8 << 20
+    assert scenario.classes[0].up == (1 << 20, 2 << 20)
+    assert simulate(scenario).completion[-1] < math.inf
+    for text, message in [
+        ("mirrors = 0", "at least one mirror"),
+        ("speed = 3", "unknown settings speed"),
+        ('links = "moon"', "unknown link profile"),
+        ("mirrors = [", "s.toml"),
+        ('size = "lots"', "not a size"),
+    ]:
+        good.write_text(text)
+        with pytest.raises(UsageError, match=message):
+            load_scenario(good)
+
+
+def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
+    png = tmp_path / "cdf.png"
+    result = _cli("netsim", "run", "--scenario", "loopback", "--mirrors", "8", "--plot", str(png))
+    assert result.returncode == 0, result.stderr
+    assert "ratio to the bound" in result.stdout and "8 mirrors" in result.stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
+    listing = _cli("netsim", "scenarios").stdout
+    assert {"homogeneous", "internet", "hostile", "churn", "loopback"} <= {
+        line.split("\t")[0] for line in listing.splitlines()
+    }
+    bad = _cli("netsim", "run", "--scenario", "nowhere")
+    assert bad.returncode != 0 and "no scenario file 'nowhere'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = _cli("netsim", "run", "--links", "moon")
+    assert bad.returncode != 0 and "unknown link profile" in bad.stderr
