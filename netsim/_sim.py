@@ -61,7 +61,7 @@ _START, _ROUND, _LINK, _DELIVER, _TICK, _LEAVE, _JOIN, _REFUSED, _PUMP = range(9
 class _Link:
     """One direction of one node's link, shared equally by its transfers."""
 
-    __slots__ = ("cap", "flows", "heap", "n", "t", "v", "version")
+    __slots__ = ("cap", "heap", "n", "next_at", "t", "v", "version")
 
     def __init__(self, cap: float) -> None:
         self.cap = cap
@@ -70,7 +70,7 @@ class _Link:
         self.t = 0.0
         self.heap: list[tuple[float, int, _Flow]] = []
         self.version = 0
-        self.flows = 0
+        self.next_at = math.inf  # when the queued wake-up fires
 
     def advance(self, now: float) -> None:
         if self.n:
@@ -117,6 +117,7 @@ class _Node:
     rounds: int = 0  # bumped on leave, so stale rounds die
     received: int = 0
     announced: float = math.inf
+    round_time: float = POLL  # a have-query round: the poll, plus its slowest round trip
 
 
 @dataclass
@@ -210,6 +211,9 @@ class _Simulation:
         self.honest = [n for n in self.mirrors if n.behaviour is None]
         # Have-record neighbours: a random graph of the given degree.
         self._random_graph(self.mirrors, min(sc.degree, sc.mirrors - 1), "neighbours")
+        for node in self.mirrors:
+            slowest = max((p.latency for p in node.neighbours), default=0.0)
+            node.round_time = POLL + 2 * (node.latency + slowest)
         self._announce()
         for node in self.honest:
             if rng.random() < sc.churn:
@@ -326,29 +330,40 @@ class _Simulation:
         scheduler = node.scheduler
         if rounds != node.rounds or scheduler is None or node.done is not None:
             return False
+        silent, seen_by = node.silent, node.seen
         for peer in node.neighbours:
+            name = peer.name
             if not peer.online:
-                node.silent[peer.name] = silent = node.silent.get(peer.name, 0) + 1
-                if silent == MAX_QUERY_FAILURES:
-                    scheduler.drop(peer.name, "have-queries failed")
+                silent[name] = count = silent.get(name, 0) + 1
+                if count == MAX_QUERY_FAILURES:
+                    scheduler.drop(name, "have-queries failed")
                 continue
-            node.silent[peer.name] = 0
-            if peer.behaviour is not None:
-                scheduler.add_source(peer.name)  # it claims to hold everything
+            if silent.get(name):
+                silent[name] = 0
+            seen = seen_by.get(name)
+            if seen is None:  # the first answer
+                if peer.behaviour is not None:
+                    scheduler.add_source(name)  # it claims to hold everything
+                    seen_by[name] = 0
+                    continue
+                if peer.scheduler is None and not peer.log:
+                    continue  # it has not started: nothing to say about this blob
+                scheduler.add_source(name, has=())
+                seen = seen_by[name] = 0
+            elif peer.behaviour is not None:
                 continue
-            if peer.scheduler is None and not peer.log:
-                continue  # it has not started: nothing to say about this blob
-            scheduler.add_source(peer.name, has=())
-            seen = node.seen.get(peer.name, 0)
-            if len(peer.log) > seen:
-                scheduler.add_have(peer.name, peer.log[seen:])
-                node.seen[peer.name] = len(peer.log)
-            claims = peer.scheduler.claims() if peer.scheduler and peer.done is None else ()
-            scheduler.set_claims(peer.name, claims)
+            log = peer.log
+            if len(log) > seen:
+                scheduler.add_have(name, log[seen:])
+                seen_by[name] = len(log)
+            peer_scheduler = peer.scheduler
+            if peer_scheduler is not None and peer.done is None:
+                scheduler.set_claims(name, peer_scheduler.claims())
+            else:
+                scheduler.set_claims(name, ())
         scheduler.fallback_open = True
         self._pump(node)
-        slowest = 2 * (node.latency + max((p.latency for p in node.neighbours), default=0.0))
-        self._at(self.now + POLL + slowest, _ROUND, subject)
+        self._at(self.now + node.round_time, _ROUND, subject)
         return False
 
     def _pump(self, node: _Node) -> None:
@@ -395,13 +410,17 @@ class _Simulation:
     # -- links ------------------------------------------------------------------
 
     def _join_links(self, flow: _Flow) -> None:
+        now = self.now
         for side, link in enumerate((flow.src.up, flow.dst.down)):
-            link.advance(self.now)
+            link.advance(now)
             link.n += 1
-            flow.tags[side] = link.v + flow.size
+            flow.tags[side] = tag = link.v + flow.size
             self.seq += 1
-            heapq.heappush(link.heap, (flow.tags[side], self.seq, flow))
-            self._reschedule(link)
+            heapq.heappush(link.heap, (tag, self.seq, flow))
+            # Everyone else on the link now finishes later: the wake-up already
+            # queued comes early (it re-plans), unless this flow ends first.
+            if now + flow.size * link.n / link.cap < link.next_at:
+                self._reschedule(link)
         flow.counted = True
 
     def _leave_links(self, flow: _Flow) -> None:
@@ -418,11 +437,13 @@ class _Simulation:
         while heap and heap[0][2].dead:
             heapq.heappop(heap)
         link.version += 1
+        link.next_at = math.inf
         if heap and link.n:
             wait = max(0.0, heap[0][0] - link.v) * link.n / link.cap
             if self.now + wait <= self.now:  # below the clock's resolution: done now
                 wait = 1e-9 * max(1.0, self.now)
-            self._at(self.now + wait, _LINK, (link, link.version))
+            link.next_at = self.now + wait
+            self._at(link.next_at, _LINK, (link, link.version))
 
     def _link_event(self, subject: tuple[_Link, int]) -> bool:
         link, version = subject
