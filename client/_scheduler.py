@@ -249,6 +249,7 @@ class ChunkScheduler:
         if self._mine is not None and name not in self.fallback:
             self._best_peer = list(map(max, self._best_peer, weights(name, self.count)))
             self._designated = self._claims_cache = None
+            self._dry -= self.fallback
         if has is None:
             self._full += name not in self.fallback
         else:
@@ -288,6 +289,7 @@ class ChunkScheduler:
             claimed[index] += 1
         if claims:
             self._claims[source] = claims
+        self._dry -= self.fallback
 
     def _designate(self) -> None:
         """Recompute the best peer weights (after a peer left)."""
@@ -297,6 +299,7 @@ class ChunkScheduler:
                 best = list(map(max, best, weights(source, self.count)))
         self._best_peer = best
         self._designated = self._claims_cache = None
+        self._dry -= self.fallback
 
     def _forget(self, source: str) -> None:
         """Take ``source``'s chunks out of the rarity counts (banned or complete)."""
@@ -309,6 +312,7 @@ class ChunkScheduler:
             for index in has:
                 rarity[index] -= 1
                 key[index] -= count
+        self._dry -= self.fallback
         self.set_claims(source, ())
 
     # -- decisions -------------------------------------------------------------
@@ -358,7 +362,9 @@ class ChunkScheduler:
         if candidates:
             return min(candidates, key=self._key.__getitem__)
         if waiting or source in self.fallback:
-            if waiting and source not in self.fallback:
+            if waiting and (source not in self.fallback or self._inflight):
+                # Nothing to give until it says more, a chunk is requeued, or
+                # (a fallback) claims, designations or the idle state change.
                 self._dry.add(source)
             return None  # none this source can give (a fallback never duplicates)
         return self._endgame(source)
@@ -424,6 +430,8 @@ class ChunkScheduler:
             if source in self.fallback:
                 self._claims_cache = None
             self._load[source] -= 1
+            if not self._inflight:
+                self._dry -= self.fallback  # idle now: patience may run out
             self._copies[index] -= 1
         return request
 

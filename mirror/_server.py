@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -24,7 +25,10 @@ __all__ = ["build_mirror_app", "run_mirror"]
 
 
 def build_mirror_app(
-    mirror: Mirror, node: P2PNode | None = None, swarm: Swarm | None = None
+    mirror: Mirror,
+    node: P2PNode | None = None,
+    swarm: Swarm | None = None,
+    heard: dict[int, float] | None = None,
 ) -> ByteCounter:
     """The mirror's gateway: the static TUF tree, ``/blobs``, ``/healthz``, ``/metrics``,
     and with ``swarm`` the have-records (``POST /have``) and chunks of blobs still arriving."""
@@ -51,6 +55,8 @@ def build_mirror_app(
                 "artifacts": last.get("artifacts", 0),
                 "last_error": last.get("error"),
                 "bytes_served": counter.served,
+                # When the newest announcement arrived (timestamp version, Unix time).
+                "announced": ({"version": max(heard), "at": heard[max(heard)]} if heard else None),
             }
         )
 
@@ -127,7 +133,11 @@ async def run_mirror(
     node: P2PNode | None = None
     swarm: Swarm | None = None
 
+    heard: dict[int, float] = {}  # timestamp version -> first heard (Unix time)
+
     async def announced(data: bytes) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # the gate parsed it
+            heard.setdefault(int(json.loads(data)["signed"]["version"]), time.time())
         wake.set()
 
     async def sync_forever() -> None:
@@ -167,7 +177,7 @@ async def run_mirror(
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
         sources = mirror.sources
         swarm = Swarm(peers=sources[:-1], origin=sources[-1], has_blob=mirror.store.has)
-        app = build_mirror_app(mirror, node, swarm)
+        app = build_mirror_app(mirror, node, swarm, heard)
         swarm.url = await start_http(nursery, app, host, port, max_upload_rate, on_ready)
         nursery.start_soon(sync_forever)
 

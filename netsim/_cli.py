@@ -99,3 +99,36 @@ def run(
     if not quiet:
         click.echo(table(result), nl=False)
         click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
+
+
+@netsim.command("validate")
+@click.option("--mirrors", type=click.IntRange(1, 30), default=5, show_default=True)
+@click.option("--size", type=SIZE, default="16MiB", show_default=True, help="Size of the release.")
+@click.option("--rate", type=SIZE, default="4MiB", show_default=True,
+              help="Every node's upload cap, per second.")  # fmt: skip
+@click.option("--seed", type=int, default=1, show_default=True)
+def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
+    """Run a release over real processes on 127.0.0.1 and in the simulator; compare."""
+    from tufmesh.netsim._real import matching_scenario, run_real
+    from tufmesh.netsim._sim import simulate
+
+    with progress_bar("real mirrors complete", mirrors, items=True) as advance:
+        done = 0
+
+        def progress(completed: int, total: int) -> None:
+            nonlocal done
+            advance(completed - done)
+            done = completed
+
+        real = run_real(mirrors, size, rate, seed=seed, progress=progress)
+    simulated = simulate(matching_scenario(mirrors, size, rate, seed))
+    rows = [
+        ("every mirror holds it", real.all_done, simulated.all_done, "s"),
+        ("first mirror holds it", real.completion[0], simulated.completion[0], "s"),
+        ("origin bytes / release", real.origin_bytes / size, simulated.origin_bytes / size, "x"),
+    ]
+    click.echo(f"{'':<24}{'real':>10}{'simulated':>12}{'difference':>12}")
+    for name, measured, predicted, unit in rows:
+        diff = (predicted - measured) / measured if measured else 0.0
+        click.echo(f"{name:<24}{measured:>9.2f}{unit}{predicted:>11.2f}{unit}{diff:>+12.0%}")
+    click.echo(f"lower bound: {simulated.lower_bound:.2f} s")

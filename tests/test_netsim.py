@@ -113,3 +113,18 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     bad = _cli("netsim", "run", "--links", "moon")
     assert bad.returncode != 0 and "unknown link profile" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_simulator_predicts_real_mirrors_within_25_percent() -> None:
+    from tufmesh.netsim._real import matching_scenario, run_real
+
+    size, rate = 16 << 20, 4 << 20  # 4 s at the origin's cap: transfer, not start-up, dominates
+    real = run_real(5, size, rate, seed=2)
+    simulated = simulate(matching_scenario(5, size, rate, seed=2))
+    assert abs(simulated.all_done - real.all_done) <= 0.25 * real.all_done, (
+        f"real {real.all_done:.2f} s, simulated {simulated.all_done:.2f} s"
+    )
+    assert abs(simulated.origin_bytes - real.origin_bytes) <= 0.25 * real.origin_bytes
+    assert real.all_done >= simulated.lower_bound  # reality obeys the bound too
+    assert len(real.announced) == 5 and max(real.announced) < 2.0  # gossip reached everyone

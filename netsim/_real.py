@@ -1,0 +1,167 @@
+"""The same scenario as real processes on loopback: what the simulator is checked against.
+
+One origin and N mirrors (``tufmesh origin serve`` and ``tufmesh mirror run``
+processes), every node's upload capped at the same rate; mirrors bootstrap
+to one or two earlier ones at random (only the first knows the origin's
+libp2p address) and find the rest through have-queries. A release of random
+bytes is published, and each mirror's ``/healthz`` is polled until it holds
+it. Bounded: every wait has a deadline, and every process is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tufmesh.errors import TufmeshError
+from tufmesh.netsim._scenario import LinkClass, Scenario
+
+__all__ = ["RealRun", "matching_scenario", "run_real"]
+
+_TUFMESH = [sys.executable, "-c", "from tufmesh.cli import main; main()"]
+
+
+@dataclass(frozen=True)
+class RealRun:
+    """What the real network did (times in seconds since the upload returned)."""
+
+    mirrors: int
+    size: int
+    rate: float
+    completion: list[float]  # per mirror, sorted
+    origin_bytes: int
+    announced: list[float]  # per mirror: when the announcement arrived (if it did)
+
+    @property
+    def all_done(self) -> float:
+        """Time until every mirror held the release."""
+        return max(self.completion)
+
+
+def matching_scenario(mirrors: int, size: int, rate: float, seed: int = 1) -> Scenario:
+    """The simulator's model of :func:`run_real`: loopback links, uploads capped at ``rate``."""
+    loopback = LinkClass(1.0, (rate, rate), (1 << 30, 1 << 30), (0.0001, 0.0001))
+    return Scenario(
+        mirrors=mirrors,
+        size=size,
+        seed=seed,
+        origin_up=rate,
+        link_classes=(loopback,),
+        degree=min(16, mirrors - 1),  # peer exchange: on loopback everyone finds everyone
+        links="custom",
+    )
+
+
+@contextlib.contextmanager
+def _process(args: list[str], log: Path) -> Iterator[str]:
+    """Start a tufmesh service; yield its URL (from its first line); stop it after."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen([*_TUFMESH, *args], stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if " on " not in line:
+            raise TufmeshError(f"tufmesh {args[0]} did not start: {log.read_text()[-500:]}")
+        yield line.rsplit(" on ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def _health(url: str) -> dict[str, object]:
+    import httpx
+
+    try:
+        health: dict[str, object] = httpx.get(f"{url}/healthz", timeout=5).json()
+        return health
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def run_real(
+    mirrors: int,
+    size: int,
+    rate: float,
+    *,
+    seed: int = 1,
+    deadline: float = 600.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> RealRun:
+    """Run the release over real processes; ``progress(done, mirrors)`` as they complete."""
+    rng = random.Random(seed)  # noqa: S311 (a topology, not secrets)
+    with tempfile.TemporaryDirectory(prefix="tufmesh-real-") as tmp:
+        work = Path(tmp)
+        repo = work / "repo"
+        subprocess.run([*_TUFMESH, "origin", "init", "--dir", str(repo)], check=True,
+                       capture_output=True)  # fmt: skip
+        add = [*_TUFMESH, "origin", "project", "add", "--dir", str(repo), "release"]
+        token = subprocess.run(add, check=True, capture_output=True, text=True).stdout.split()[-1]
+        root = repo / "metadata" / "1.root.json"
+        cap = ["--max-upload-rate", str(int(rate))]
+        with contextlib.ExitStack() as stack:
+            origin = stack.enter_context(_process(
+                ["origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0", *cap],
+                work / "origin.log",
+            ))  # fmt: skip
+            addrs = {"origin": (repo / "p2p.addr").read_text().strip()}
+            urls: dict[str, str] = {}
+            for i in range(mirrors):
+                earlier = list(urls)
+                known = rng.sample(earlier, min(len(earlier), rng.choice([1, 2]))) if i else []
+                extra = ["--bootstrap", addrs[known[0]] if known else addrs["origin"]]
+                for peer in known:
+                    extra += ["--peer", urls[peer]]
+                name = f"m{i}"
+                urls[name] = stack.enter_context(_process(
+                    ["mirror", "run", "--dir", str(work / name), "--root", str(root), "--origin",
+                     origin, "--http-port", "0", "--p2p-port", "0", "--poll", "120", *cap, *extra],
+                    work / f"{name}.log",
+                ))  # fmt: skip
+                addrs[name] = (work / name / "p2p.addr").read_text().strip()
+            end = time.monotonic() + 60
+            while any(int(_health(u).get("snapshot_version", 0) or 0) < 1 for u in urls.values()):
+                if time.monotonic() > end:
+                    raise TufmeshError("the mirrors did not start within 60 s")
+                time.sleep(0.2)
+            time.sleep(3)  # the gossip mesh forms (1 s heartbeats)
+            artifact = work / "release-1.0.tar.gz"
+            artifact.write_bytes(os.urandom(size))
+            before = int(_health(origin).get("bytes_served", 0) or 0)
+            publish = [*_TUFMESH, "publish", str(artifact), "--origin", origin, "--project",
+                       "release", "--token", token]  # fmt: skip
+            subprocess.run(publish, check=True, capture_output=True)
+            committed, committed_at = time.monotonic(), time.time()
+            version = int(_health(origin).get("snapshot_version", 0) or 0)
+            done: dict[str, float] = {}
+            end = committed + deadline
+            while len(done) < mirrors and time.monotonic() < end:
+                for name, url in urls.items():
+                    if (
+                        name not in done
+                        and int(_health(url).get("snapshot_version", 0) or 0) >= version
+                    ):
+                        done[name] = time.monotonic() - committed
+                        if progress is not None:
+                            progress(len(done), mirrors)
+                time.sleep(0.05)
+            served = int(_health(origin).get("bytes_served", 0) or 0) - before
+            heard = []
+            for url in urls.values():
+                announced = _health(url).get("announced")
+                if isinstance(announced, dict):
+                    heard.append(float(announced["at"]) - committed_at)
+        if len(done) < mirrors:
+            raise TufmeshError(f"only {len(done)} of {mirrors} mirrors completed in {deadline:g} s")
+        return RealRun(mirrors, size, rate, sorted(done.values()), served, sorted(heard))
