@@ -374,6 +374,17 @@ class BlobStore:
             raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
         return data
 
+    def read_range(self, cid: str, offset: int, length: int) -> bytes | None:
+        """Bytes ``offset .. offset+length-1`` of a stored blob, not verified (the
+        reader checks them against a signed manifest); None if not stored or short."""
+        try:
+            path = self._existing(cid)[1]
+            with open(path, "rb", buffering=0) as handle:
+                data = os.pread(handle.fileno(), length, offset)
+        except (StoreError, OSError):
+            return None
+        return data if len(data) == length else None
+
     def read_manifest(self, cid: str) -> Manifest:
         """Load and verify the chunk manifest stored under ``cid``."""
         return Manifest.decode(self.read(cid))

@@ -164,6 +164,13 @@ async def run_mirror(
     async with trio.open_nursery() as nursery:
         if p2p_port is not None:
             root = _trusted_root(mirror)
+
+            def blob_source(cid: str, offset: int, length: int) -> bytes | None:
+                stored = mirror.store.read_range(cid, offset, length)
+                if stored is None and swarm is not None:
+                    return swarm.read_range(cid, offset, length)
+                return stored
+
             node = P2PNode(
                 mirror.dir / "p2p.key",
                 topic_for(root),
@@ -172,6 +179,7 @@ async def run_mirror(
                 port=p2p_port,
                 bootstrap=bootstrap,
                 on_announcement=announced,
+                blob_source=blob_source,
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())

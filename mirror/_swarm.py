@@ -19,6 +19,7 @@ Why neighbour queries rather than a Kademlia DHT or gossip: docs/adr/0011.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from dataclasses import dataclass, field
@@ -138,6 +139,18 @@ class Swarm:
         if partial is None or not partial.covers(start, end):
             return None
         return next((p for p in partial.paths if p.exists()), None)
+
+    def read_range(self, cid: str, offset: int, length: int) -> bytes | None:
+        """Verified bytes of an arriving blob (for ``/tufmesh/blob/1``), else None."""
+        path = self.serve_range(cid, offset, offset + length - 1)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                data = os.pread(handle.fileno(), length, offset)
+        except OSError:
+            return None
+        return data if len(data) == length else None
 
     def record(self, cids: list[str], asker: object = None) -> dict[str, Any]:
         """Our have-record for ``cids`` (learning ``asker`` as a neighbour)."""

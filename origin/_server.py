@@ -485,6 +485,7 @@ async def _start_p2p(
         host=host,
         port=port,
         bootstrap=bootstrap,
+        blob_source=BlobStore(repo_dir / "cas").read_range,
     )
     addrs = await nursery.start(node.run)
     write_atomic(repo_dir / "p2p.addr", (addrs[0] + "\n").encode())

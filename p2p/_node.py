@@ -27,11 +27,45 @@ from typing import Any, Final
 import trio
 
 from tufmesh.p2p._announce import AnnouncementGate
+from tufmesh.p2p._blob import (
+    BAD_REQUEST,
+    HEAD,
+    NOT_FOUND,
+    OK,
+    PROTOCOL,
+    BlobRequest,
+    BlobStreamError,
+    decode_request,
+    encode_request,
+    request_size,
+    response_head,
+)
 
 __all__ = ["P2PNode"]
 
 #: Mesh degree as in go-libp2p's defaults scaled to small networks (D=6 there).
 DEGREE: Final = 4
+#: Bound on one ``/tufmesh/blob/1`` exchange (16 MiB at 64 MB/s would take 0.25 s).
+_BLOB_TIMEOUT: Final = 30.0
+
+
+async def _read_exactly(stream: Any, count: int) -> bytes:
+    """``count`` bytes from a libp2p stream; a stream that ends early is an error.
+
+    py-libp2p reports a peer that died mid-transfer as a normal end of stream:
+    only the announced length tells a cut-off answer from a complete one."""
+    from libp2p.network.stream.exceptions import StreamEOF
+
+    data = bytearray()
+    while len(data) < count:
+        try:
+            piece = await stream.read(count - len(data))
+        except StreamEOF:
+            piece = b""
+        if not piece:
+            raise BlobStreamError(f"the stream ended after {len(data)} of {count} bytes")
+        data += piece
+    return bytes(data)
 
 
 def score_params() -> Any:
@@ -69,13 +103,17 @@ class P2PNode:
         port: int = 0,
         bootstrap: list[str] | None = None,
         on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
+        blob_source: Callable[[str, int, int], bytes | None] | None = None,
     ) -> None:
+        """``blob_source(cid, offset, length)`` answers ``/tufmesh/blob/1`` requests
+        with verified bytes (blocking: it runs in a worker thread), or None."""
         self.key_path = key_path
         self.topic = topic
         self.gate = gate
         self.listen = f"/ip4/{host}/tcp/{port}"
         self.bootstrap = list(bootstrap or [])
         self.on_announcement = on_announcement
+        self.blob_source = blob_source
         self.rejected = 0
         self.accepted = 0
         self._pubsub: Any = None
@@ -154,6 +192,8 @@ class P2PNode:
                 with trio.move_on_after(10), contextlib.suppress(Exception):
                     await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
             self._pubsub = pubsub
+            if self.blob_source is not None:
+                host.set_stream_handler(TProtocol(PROTOCOL), self._serve_blob)
             self.addrs = [str(a) for a in host.get_addrs()]
             self.peer_id = str(host.get_id())
             task_status.started(self.addrs)
@@ -165,6 +205,67 @@ class P2PNode:
                     result = self.on_announcement(bytes(message.data))
                     if result is not None:
                         await result
+
+    async def _serve_blob(self, stream: Any) -> None:
+        """Answer one ``/tufmesh/blob/1`` request (a peer that goes away mid-answer
+        is its own problem: nothing to report)."""
+        with contextlib.suppress(Exception):
+            try:
+                with trio.move_on_after(_BLOB_TIMEOUT):
+                    await self._answer(stream)
+            finally:
+                await stream.close()
+
+    async def _answer(self, stream: Any) -> None:
+        try:
+            prefix = await _read_exactly(stream, 2)
+            request = decode_request(prefix + await _read_exactly(stream, request_size(prefix) - 2))
+        except BlobStreamError:
+            await stream.write(response_head(BAD_REQUEST, 0))
+            return
+        assert self.blob_source is not None
+        data = await trio.to_thread.run_sync(
+            self.blob_source, request.cid, request.offset, request.length
+        )
+        if data is None or len(data) != request.length:
+            await stream.write(response_head(NOT_FOUND, 0))
+            return
+        await stream.write(response_head(OK, len(data)))
+        view = memoryview(data)
+        for start in range(0, len(view), 1 << 20):
+            await stream.write(bytes(view[start : start + (1 << 20)]))
+
+    async def fetch_range(self, address: str, cid: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset .. offset+length-1`` of blob ``cid`` from the peer at ``address``.
+
+        Exactly ``length`` bytes or :class:`BlobStreamError`; not verified (the
+        caller checks them against the signed manifest)."""
+        import multiaddr
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        if self._host is None:
+            raise BlobStreamError("the p2p node is not running")
+        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        with trio.fail_after(_BLOB_TIMEOUT):
+            try:
+                await self._host.connect(info)
+                stream = await self._host.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
+            except Exception as exc:
+                raise BlobStreamError(f"cannot open a stream: {exc}") from None
+            try:
+                await stream.write(encode_request(BlobRequest(cid, offset, length)))
+                status, announced = HEAD.unpack(await _read_exactly(stream, HEAD.size))
+                if status == NOT_FOUND:
+                    raise BlobStreamError(f"the peer does not hold {cid} bytes {offset}+{length}")
+                if status != OK:
+                    raise BlobStreamError(f"the peer refused the request (status {status})")
+                if announced != length:
+                    raise BlobStreamError(f"announced {announced} bytes for a {length}-byte range")
+                return await _read_exactly(stream, length)
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.close()
 
     def _validate(self, peer: Any, message: Any) -> bool:
         verdict = self.gate.check(bytes(message.data))

@@ -1,0 +1,96 @@
+"""``/tufmesh/blob/1``: a byte range of a blob over a libp2p stream (sans-IO framing).
+
+For peers with no reachable HTTP port. One request per stream:
+
+* request: a 2-byte big-endian length, then that many bytes of JSON
+  ``{"cid": ..., "offset": ..., "length": ...}`` (at most :data:`MAX_REQUEST`);
+* response: a status byte (:data:`OK`, :data:`NOT_FOUND`, :data:`BAD_REQUEST`),
+  an 8-byte big-endian length, then exactly that many bytes.
+
+The lengths are the point: a py-libp2p stream whose peer dies mid-transfer
+ends in a normal EOF, so without them a truncated chunk would look like a
+short success. The receiver still verifies every chunk against the signed
+manifest before it keeps it; the protocol only moves bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from tufmesh.errors import TufmeshError
+
+__all__ = [
+    "BAD_REQUEST",
+    "MAX_RANGE",
+    "MAX_REQUEST",
+    "NOT_FOUND",
+    "OK",
+    "PROTOCOL",
+    "BlobRequest",
+    "BlobStreamError",
+    "decode_request",
+    "encode_request",
+    "response_head",
+]
+
+PROTOCOL: Final = "/tufmesh/blob/1"
+MAX_REQUEST: Final = 1024
+#: Largest range served in one response (a span of chunks).
+MAX_RANGE: Final = 16 << 20
+OK, NOT_FOUND, BAD_REQUEST = 0, 1, 2
+HEAD: Final = struct.Struct(">BQ")
+_LENGTH: Final = struct.Struct(">H")
+
+
+class BlobStreamError(TufmeshError):
+    """A ``/tufmesh/blob/1`` exchange failed: refused, malformed, or cut short."""
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    """One range of one blob."""
+
+    cid: str
+    offset: int
+    length: int
+
+
+def encode_request(request: BlobRequest) -> bytes:
+    """The request frame."""
+    body = json.dumps(
+        {"cid": request.cid, "offset": request.offset, "length": request.length}
+    ).encode()
+    if len(body) > MAX_REQUEST:
+        raise BlobStreamError("request too large")
+    return _LENGTH.pack(len(body)) + body
+
+
+def decode_request(frame: bytes) -> BlobRequest:
+    """Parse a request frame (length prefix included); raise BlobStreamError if malformed."""
+    if len(frame) < _LENGTH.size:
+        raise BlobStreamError("truncated request")
+    (size,) = _LENGTH.unpack_from(frame)
+    if size > MAX_REQUEST or len(frame) != _LENGTH.size + size:
+        raise BlobStreamError("bad request length")
+    try:
+        data = json.loads(frame[_LENGTH.size :])
+        cid, offset, length = data["cid"], data["offset"], data["length"]
+    except (ValueError, KeyError, TypeError):
+        raise BlobStreamError("malformed request") from None
+    valid_numbers = all(type(n) is int for n in (offset, length))
+    if not isinstance(cid, str) or not valid_numbers or offset < 0 or not 0 < length <= MAX_RANGE:
+        raise BlobStreamError("invalid request")
+    return BlobRequest(cid, offset, length)
+
+
+def request_size(prefix: bytes) -> int:
+    """Total frame size announced by the first two bytes of a request."""
+    return _LENGTH.size + _LENGTH.unpack_from(prefix)[0]
+
+
+def response_head(status: int, length: int) -> bytes:
+    """The response's status byte and length."""
+    return HEAD.pack(status, length)
