@@ -1,11 +1,11 @@
 """``tufmesh demo``: the main job, shown end to end on this machine.
 
 On 127.0.0.1, in a temporary directory: an origin and three mirrors run as
-separate processes (the second mirror replicates from the first, the third
-from the second; the origin announces each new version over libp2p gossip,
-which is what makes the mirrors sync); an artifact is published; once every
-mirror holds it, one
-mirror's copy is corrupted on purpose, and ``tufmesh get`` downloads the
+separate processes (the second mirror knows the first, the third the second,
+and they trade chunks with every mirror they meet, the origin serving only
+what no mirror holds; the origin announces each new version over libp2p
+gossip, which is what makes the mirrors sync); an artifact is published; once
+every mirror holds it, one mirror's copy is corrupted on purpose, and ``tufmesh get`` downloads the
 artifact from the three mirrors alone, verifying every chunk: the corrupt
 mirror is caught and banned, the bytes come from the honest ones. python-tuf's
 stock client then downloads it from a mirror too. Everything is shut down on
@@ -115,8 +115,8 @@ def _run(work: Path, size: int) -> None:
                     "--p2p-port", "0", "--bootstrap", p2p]  # fmt: skip
             mirrors.append(stack.enter_context(_process(args, f"mirror {n + 1}")))
             p2p = (directory / "p2p.addr").read_text().strip()
-            via = f"from mirror {n}, then the origin" if n else "from the origin"
-            click.echo(f"    mirror {n + 1}  {mirrors[-1]}  (replicates {via})")
+            via = f"peer: mirror {n}; origin as the fallback" if n else "origin as the fallback"
+            click.echo(f"    mirror {n + 1}  {mirrors[-1]}  ({via})")
         time.sleep(2)  # the gossip mesh forms on 1 s heartbeats
 
         _step(f"publish a {format_size(size)} artifact through the upload API")

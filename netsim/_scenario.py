@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from tufmesh._ui import parse_size
 from tufmesh.errors import UsageError
+from tufmesh.mirror._swarm import UPLOAD_SLOTS
 
 __all__ = ["PROFILES", "LinkClass", "Scenario", "load_scenario"]
 
@@ -64,6 +65,8 @@ class Scenario:
     origin_up: float | None = None
     #: Neighbours each mirror asks for have-records (a random graph).
     degree: int = 8
+    #: Chunk uploads a mirror runs at once for other mirrors (0: no limit).
+    upload_slots: int = UPLOAD_SLOTS
     #: GossipSub mesh degree and per-hop processing time (announcements).
     gossip_degree: int = 4
     gossip_hop: float = 0.002

@@ -117,7 +117,12 @@ class _Node:
     rounds: int = 0  # bumped on leave, so stale rounds die
     received: int = 0
     announced: float = math.inf
+    gate: SeedGate | None = None  # who it serves now (the origin: seeding; mirrors: slots)
     round_time: float = POLL  # a have-query round: the poll, plus its slowest round trip
+    # A neighbour changed since the last round (else the round reads nothing
+    # new: it is skipped, but for one in eight, a safety net).
+    dirty: bool = True
+    quiet: int = 0
 
 
 @dataclass
@@ -180,7 +185,7 @@ class _Simulation:
         self.events = 0
         self.rejoined: set[str] = set()
         self.rejoined_complete = 0
-        self.gate = SeedGate()  # the origin's, as its HTTP server runs it
+
         self.refusals = 0
         self._build()
 
@@ -208,6 +213,10 @@ class _Simulation:
             self.mirrors.append(_Node(f"m{i}", _Link(up), _Link(down), latency, behaviour))
         rng.shuffle(self.mirrors)  # hostile nodes anywhere in the graph
         self.by_name = {n.name: n for n in [self.origin, *self.mirrors]}
+        self.origin.gate = SeedGate()  # the origin's, as its HTTP server runs it
+        for node in self.mirrors:
+            if node.behaviour is None and sc.upload_slots:
+                node.gate = SeedGate(slots=sc.upload_slots, window=0.0, retry=POLL)
         self.honest = [n for n in self.mirrors if n.behaviour is None]
         # Have-record neighbours: a random graph of the given degree.
         self._random_graph(self.mirrors, min(sc.degree, sc.mirrors - 1), "neighbours")
@@ -321,8 +330,16 @@ class _Simulation:
             return False
         node.started = self.now
         node.scheduler = self._new_scheduler(node)
+        node.dirty = True
+        self._touch(node)
         self._at(self.now, _ROUND, (node, node.rounds))
         return False
+
+    @staticmethod
+    def _touch(node: _Node) -> None:
+        """``node``'s have-record changed: its neighbours' next rounds read it."""
+        for peer in node.neighbours:
+            peer.dirty = True
 
     def _round(self, subject: tuple[_Node, int]) -> bool:
         """One round of have-queries (what the daemon's ``Swarm.follow`` does)."""
@@ -330,10 +347,22 @@ class _Simulation:
         scheduler = node.scheduler
         if rounds != node.rounds or scheduler is None or node.done is not None:
             return False
+        if node.dirty or node.quiet >= 8:
+            node.dirty, node.quiet = False, 0
+            self._read_neighbours(node, scheduler)
+        else:
+            node.quiet += 1
+        scheduler.fallback_open = True
+        self._pump(node)
+        self._at(self.now + node.round_time, _ROUND, subject)
+        return False
+
+    def _read_neighbours(self, node: _Node, scheduler: ChunkScheduler) -> None:
         silent, seen_by = node.silent, node.seen
         for peer in node.neighbours:
             name = peer.name
             if not peer.online:
+                node.dirty = True  # count the silent rounds
                 silent[name] = count = silent.get(name, 0) + 1
                 if count == MAX_QUERY_FAILURES:
                     scheduler.drop(name, "have-queries failed")
@@ -349,6 +378,7 @@ class _Simulation:
                 if peer.scheduler is None and not peer.log:
                     continue  # it has not started: nothing to say about this blob
                 scheduler.add_source(name, has=())
+                self._touch(node)  # a new neighbour: its own designations changed
                 seen = seen_by[name] = 0
             elif peer.behaviour is not None:
                 continue
@@ -361,10 +391,6 @@ class _Simulation:
                 scheduler.set_claims(name, peer_scheduler.claims())
             else:
                 scheduler.set_claims(name, ())
-        scheduler.fallback_open = True
-        self._pump(node)
-        self._at(self.now + node.round_time, _ROUND, subject)
-        return False
 
     def _pump(self, node: _Node) -> None:
         """Start the requests the scheduler asks for."""
@@ -388,13 +414,15 @@ class _Simulation:
 
     def _open(self, src: _Node, dst: _Node, index: int) -> None:
         if src is self.origin:
+            self._touch(dst)  # its claims changed
+        if src.gate is not None:
             assert dst.scheduler is not None
             patient = dst.scheduler.patient(src.name, index)
-            verdict = self.gate.admit(index, self.now, patient=patient)
+            verdict = src.gate.admit(index, self.now, patient=patient)
             if verdict != "serve":
                 self.refusals += 1
                 rtt = 2 * (src.latency + dst.latency)
-                self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, index, verdict))
+                self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, src, index, verdict))
                 return
         kind = src.behaviour or "honest"
         flow = _Flow(src, dst, index, self.chunk[index], kind, self.now)
@@ -490,19 +518,23 @@ class _Simulation:
         flow.src.serving.discard(flow)
         flow.dst.flows.pop((flow.src.name, flow.index), None)
         flow.dst.received += moved
+        if flow.src.gate is not None:
+            flow.src.gate.done(flow.index, completed=False)
         if flow.src is self.origin:
             self.origin_bytes += moved
-            self.gate.done(flow.index, completed=False)
+            self._touch(flow.dst)
 
     # -- arrivals and failures --------------------------------------------------------
 
-    def _refused(self, subject: tuple[_Node, ChunkScheduler, int, str]) -> bool:
-        """The origin's answer to a request it declined (busy, or seeded elsewhere)."""
-        node, scheduler, index, verdict = subject
+    def _refused(self, subject: tuple[_Node, ChunkScheduler, _Node, int, str]) -> bool:
+        """The answer to a request a source declined (busy, or seeded elsewhere)."""
+        node, scheduler, src, index, verdict = subject
         if node.scheduler is not scheduler or node.done is not None:
             return False  # the mirror restarted or finished meanwhile
-        until = self.now + self.gate.retry
-        scheduler.refused(ORIGIN, index, until, seeded=verdict == "seeded")
+        assert src.gate is not None
+        until = self.now + src.gate.retry
+        scheduler.refused(src.name, index, until, seeded=verdict == "seeded")
+        self._touch(node)
         self._pump(node)
         if verdict == "busy":
             self._at(until, _PUMP, (node, scheduler))
@@ -522,9 +554,11 @@ class _Simulation:
         flow.src.serving.discard(flow)
         node.flows.pop((source, flow.index), None)
         node.received += flow.size
+        if flow.src.gate is not None:
+            flow.src.gate.done(flow.index)
         if flow.src is self.origin:
             self.origin_bytes += flow.size
-            self.gate.done(flow.index)
+            self._touch(node)
         scheduler = node.scheduler
         if scheduler is None:
             return False
@@ -543,6 +577,7 @@ class _Simulation:
             self.corrupt_accepted += 1  # must never happen
         if scheduler.verified(source, flow.index, flow.size, self.now):
             node.log.append(flow.index)
+            self._touch(node)
         self._drop_stale(node)
         if scheduler.complete:
             return self._complete(node)
@@ -600,6 +635,7 @@ class _Simulation:
             return False
         node.online = False
         node.rounds += 1
+        self._touch(node)
         for flow in list(node.flows.values()):
             self._cancel(flow)
         for flow in list(node.serving):
@@ -616,6 +652,7 @@ class _Simulation:
 
     def _join(self, node: _Node) -> bool:
         node.online = True
+        self._touch(node)
         self.rejoined.add(node.name)
         node.seen.clear()  # a restarted daemon asks its neighbours afresh
         delay = self.sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
