@@ -46,8 +46,10 @@ def main() -> None:
     if real.announced:
         print(
             f"  announcement: first mirror {real.announced[0] * 1000:.0f} ms, "
-            f"last {real.announced[-1] * 1000:.0f} ms after the commit"
+            f"last {real.announced[-1] * 1000:.0f} ms after the upload's response"
         )
+    if real.cpu_busy is not None:
+        print(f"  the machine's CPU was {real.cpu_busy:.0%} busy meanwhile")
     print(
         f"  simulator, same scenario: last {sim.all_done:.2f} s "
         f"({(sim.all_done - real.all_done) / real.all_done:+.0%}), origin "

@@ -118,6 +118,29 @@ def test_a_corrupting_peer_cannot_poison_a_mirror(tmp_path: Path) -> None:
         assert replica.sync().error is None
 
 
+@pytest.mark.attack
+@pytest.mark.parametrize("behaviour", ["bitflip", "other", "trickle"])
+def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
+    tmp_path: Path, behaviour: str
+) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    body = os.urandom(3 * (1 << 20) + 5)
+    with running(repo) as origin, helper_mirrors(repo, behaviour) as (liar,):
+        # The liar's have-records claim every chunk: the daemon asks it first.
+        with mirror_process(tmp_path / "m", root, origin.url, "--peer", liar.url) as url:
+            wait_for(url, 1)
+            version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
+            wait_for(url, version["snapshot_version"], deadline=60)
+        state = Mirror(tmp_path / "m").state()
+        assert liar.blob_requests > 0
+        assert state["bytes_fetched_by_source"].get(liar.url, 0) == 0
+        assert state["bans"] >= 1
+        replica = Mirror(tmp_path / "m")
+        assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
+
+
 def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")

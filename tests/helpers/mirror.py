@@ -43,6 +43,9 @@ class Mirror:
             def do_GET(self) -> None:
                 mirror.handle(self)
 
+            def do_POST(self) -> None:
+                mirror.have(self)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -70,6 +73,23 @@ class Mirror:
             except Exception:
                 return None
         return None
+
+    def have(self, request: BaseHTTPRequestHandler) -> None:
+        """A have-record: an honest one, or (any other behaviour) "I hold everything"."""
+        import json
+
+        length = min(int(request.headers.get("content-length", 0)), 1 << 16)
+        asked = json.loads(request.rfile.read(length) or b"{}").get("cids", [])
+        if self.behaviour == "honest":
+            blobs = {cid: "all" for cid in asked if self.store.has(cid)}
+        else:
+            blobs = dict.fromkeys(asked, "all")  # the most attractive lie
+        body = json.dumps({"blobs": blobs, "peers": []}).encode()
+        request.send_response(200)
+        request.send_header("content-type", "application/json")
+        request.send_header("content-length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         behaviour = self.behaviour
