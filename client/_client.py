@@ -44,6 +44,7 @@ from tufmesh.client._fetcher import (
     SourceHealth,
 )
 from tufmesh.client._home import ClientHome
+from tufmesh.client._prefix import check_alongside
 from tufmesh.client._scheduler import SchedulerConfig, SourceStats
 from tufmesh.errors import (
     ChunkRejectedError,
@@ -251,25 +252,32 @@ class Client:
         preferred = [s.url for s in usable if not s.fallback]
         everyone = [s.url for s in usable]
         started = time.perf_counter()
-        if isinstance(cid, str) and replicating is not None:
-            fallback = replicating.fallback
-            stats = self._download_chunks(
-                info, cid, [], part, progress, fallback=fallback, replicating=replicating
-            )
-        elif isinstance(cid, str) and everyone:
+
+        def chunks(mark: Callable[[int, int], None]) -> dict[str, SourceStats]:
+            assert isinstance(cid, str)
+            if replicating is not None:
+                return self._download_chunks(
+                    info, cid, [], part, progress, mark,
+                    fallback=replicating.fallback, replicating=replicating,
+                )  # fmt: skip
             try:
-                stats = self._download_chunks(info, cid, preferred or everyone, part, progress)
+                return self._download_chunks(info, cid, preferred or everyone, part, progress, mark)
             except SourcesFailedError:
                 if not preferred or preferred == everyone:
                     raise
-                stats = self._download_chunks(info, cid, everyone, part, progress)
-        else:
-            stats = self._download_whole(info, part, progress)
-        with open(part, "rb") as handle:
-            try:
-                info.verify_length_and_hashes(handle)  # python-tuf's own check, whole file
-            except tuf_errors.LengthOrHashMismatchError as exc:
-                raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
+                return self._download_chunks(info, cid, everyone, part, progress, mark)
+
+        try:
+            if isinstance(cid, str) and (replicating is not None or everyone):
+                # python-tuf's own length and SHA-256 check reads the verified
+                # prefix of the file as the chunks land (_prefix.py).
+                stats = check_alongside(info.verify_length_and_hashes, part, info.length, chunks)
+            else:
+                stats = self._download_whole(info, part, progress)
+                with open(part, "rb") as handle:
+                    info.verify_length_and_hashes(handle)  # python-tuf's own check
+        except tuf_errors.LengthOrHashMismatchError as exc:
+            raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
         os.replace(part, dest)
         elapsed = time.perf_counter() - started
         return DownloadResult(path, dest, info.length, sources=stats, transfer_seconds=elapsed)
@@ -281,6 +289,7 @@ class Client:
         sources: list[str],
         part: Path,
         progress: Callable[[int], None] | None,
+        on_verified: Callable[[int, int], None] | None = None,
         *,
         fallback: list[str] | None = None,
         replicating: Replicating | None = None,
@@ -318,6 +327,7 @@ class Client:
                 progress=progress,
                 fallback=fallback or (),
                 replicating=replicating,
+                on_verified=on_verified,
             )
         )
         for name, stat in manifest_stats.items():  # the manifest's bytes count too

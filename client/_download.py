@@ -129,9 +129,12 @@ async def download_plan(
     clock: Callable[[], float] = trio.current_time,
     fallback: Sequence[str] = (),
     replicating: Replicating | None = None,
+    on_verified: Callable[[int, int], None] | None = None,
 ) -> dict[str, SourceStats]:
     """Fill ``part`` (a file of ``plan.length`` bytes) with every verified chunk.
 
+    ``on_verified(offset, length)`` is called for every range verified and
+    written (and first for the ``have`` chunks).
     ``fallback`` sources are asked only for chunks no other source holds (see
     :class:`ChunkScheduler`). With ``replicating`` (a mirror), more sources
     join as their have-records arrive, and each verified chunk is reported.
@@ -187,6 +190,8 @@ async def download_plan(
                     scheduler.failed(source, index, str(exc))
                 else:
                     if scheduler.verified(source, index, len(data), clock()):
+                        if on_verified is not None:
+                            on_verified(*plan.span(index))
                         if replicating is not None:
                             replicating.chunk(index)
                         if progress is not None:
@@ -201,6 +206,9 @@ async def download_plan(
 
     try:
         os.ftruncate(fd, plan.length)
+        if on_verified is not None:
+            for index in sorted(scheduler.have):
+                on_verified(*plan.span(index))
         async with trio.open_nursery() as nursery:
             if replicating is not None:
                 replicating.started(plan, part, set(scheduler.have))
