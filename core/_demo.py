@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from tufmesh._procs import TUFMESH, health, service
 from tufmesh._ui import SIZE, format_size
 from tufmesh.errors import TufmeshError
 
@@ -36,38 +34,6 @@ __all__ = ["demo"]
 
 def _step(text: str) -> None:
     click.secho(f"==> {text}", bold=True)
-
-
-def _exe() -> str:
-    return shutil.which("tufmesh", path=os.path.dirname(sys.executable)) or "tufmesh"
-
-
-@contextlib.contextmanager
-def _process(args: list[str], what: str) -> Iterator[str]:
-    """Start ``tufmesh ARGS`` (a server); yield the URL it prints; stop it on exit."""
-    proc = subprocess.Popen(
-        [_exe(), *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if " on http" not in line:
-            raise TufmeshError(f"the {what} did not start")
-        yield line.rsplit(" on ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-
-def _health(url: str) -> dict[str, object]:
-    import httpx
-
-    body: dict[str, object] = httpx.get(f"{url}/healthz", timeout=5).json()
-    return body
 
 
 @click.command()
@@ -101,7 +67,7 @@ def _run(work: Path, size: int) -> None:
     with contextlib.ExitStack() as stack:
         _step("start the origin and three mirrors, each its own process")
         serve = ["origin", "serve", "--dir", str(repo.dir), "--port", "0", "--p2p-port", "0"]
-        origin = stack.enter_context(_process(serve, "origin"))
+        origin = stack.enter_context(service(serve, "origin"))
         p2p = (repo.dir / "p2p.addr").read_text().strip()
         click.echo(f"    origin    {origin}  p2p {p2p}")
         mirrors: list[str] = []
@@ -113,7 +79,7 @@ def _run(work: Path, size: int) -> None:
             args = ["mirror", "run", "--dir", str(directory), "--root", str(root),
                     "--origin", origin, *upstream, "--http-port", "0", "--poll", "10",
                     "--p2p-port", "0", "--bootstrap", p2p]  # fmt: skip
-            mirrors.append(stack.enter_context(_process(args, f"mirror {n + 1}")))
+            mirrors.append(stack.enter_context(service(args, f"mirror {n + 1}")))
             p2p = (directory / "p2p.addr").read_text().strip()
             via = f"peer: mirror {n}; origin as the fallback" if n else "origin as the fallback"
             click.echo(f"    mirror {n + 1}  {mirrors[-1]}  ({via})")
@@ -131,7 +97,7 @@ def _run(work: Path, size: int) -> None:
         published_at = time.monotonic()
         deadline = published_at + 120
         for n, url in enumerate(mirrors, 1):
-            while int(_health(url)["snapshot_version"]) < version:  # type: ignore[call-overload]
+            while int(health(url).get("snapshot_version", 0) or 0) < version:  # type: ignore[call-overload]
                 if time.monotonic() > deadline:
                     raise TufmeshError(f"mirror {n} did not replicate in time")
                 time.sleep(0.2)
@@ -156,10 +122,10 @@ def _run(work: Path, size: int) -> None:
         init = ["client", "init", str(root), "--home", str(home), "--origin", mirrors[2]]
         for url in mirrors[:2]:
             init += ["--mirror", url]
-        subprocess.run([_exe(), *init], check=True, capture_output=True)
+        subprocess.run([*TUFMESH, *init], check=True, capture_output=True)
         out = work / "downloads"
         got = subprocess.run(
-            [_exe(), "get", answer["target"], "-o", str(out), "--home", str(home), "--json"],
+            [*TUFMESH, "get", answer["target"], "-o", str(out), "--home", str(home), "--json"],
             capture_output=True, text=True,
         )  # fmt: skip
         if got.returncode != 0:
@@ -187,7 +153,7 @@ def _run(work: Path, size: int) -> None:
         )
         click.echo(f"    {'verified and identical' if stock else 'FAILED'}")
 
-        served = int(_health(origin)["bytes_served"])  # type: ignore[call-overload]
+        served = int(health(origin).get("bytes_served", 0) or 0)  # type: ignore[call-overload]
         click.echo(f"\n    the origin served {format_size(served)} in all "
                    f"({served / size:.1f}x the artifact)")  # fmt: skip
         if not (same and caught and stock):

@@ -14,21 +14,19 @@ import contextlib
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from tufmesh._procs import TUFMESH, health, service
 from tufmesh.errors import TufmeshError
 from tufmesh.netsim._scenario import LinkClass, Scenario
 
 __all__ = ["RealRun", "matching_scenario", "run_real"]
-
-_TUFMESH = [sys.executable, "-c", "from tufmesh.cli import main; main()"]
 
 
 @dataclass(frozen=True)
@@ -66,34 +64,6 @@ def matching_scenario(mirrors: int, size: int, rate: float, seed: int = 1) -> Sc
     )
 
 
-@contextlib.contextmanager
-def _process(args: list[str], log: Path) -> Iterator[str]:
-    """Start a tufmesh service; yield its URL (from its first line); stop it after."""
-    with open(log, "w") as err:
-        proc = subprocess.Popen([*_TUFMESH, *args], stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if " on " not in line:
-            raise TufmeshError(f"tufmesh {args[0]} did not start: {log.read_text()[-500:]}")
-        yield line.rsplit(" on ", 1)[1].strip()
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-
-def _health(url: str) -> dict[str, object]:
-    try:
-        health: dict[str, object] = httpx.get(f"{url}/healthz", timeout=5).json()
-        return health
-    except (httpx.HTTPError, ValueError):
-        return {}
-
-
 def run_real(
     mirrors: int,
     size: int,
@@ -108,14 +78,14 @@ def run_real(
     with tempfile.TemporaryDirectory(prefix="tufmesh-real-") as tmp:
         work = Path(tmp)
         repo = work / "repo"
-        subprocess.run([*_TUFMESH, "origin", "init", "--dir", str(repo)], check=True,
+        subprocess.run([*TUFMESH, "origin", "init", "--dir", str(repo)], check=True,
                        capture_output=True)  # fmt: skip
-        add = [*_TUFMESH, "origin", "project", "add", "--dir", str(repo), "release"]
+        add = [*TUFMESH, "origin", "project", "add", "--dir", str(repo), "release"]
         token = subprocess.run(add, check=True, capture_output=True, text=True).stdout.split()[-1]
         root = repo / "metadata" / "1.root.json"
         cap = ["--max-upload-rate", str(int(rate))]
         with contextlib.ExitStack() as stack:
-            origin = stack.enter_context(_process(
+            origin = stack.enter_context(service(
                 ["origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0", *cap],
                 work / "origin.log",
             ))  # fmt: skip
@@ -128,19 +98,19 @@ def run_real(
                 for peer in known:
                     extra += ["--peer", urls[peer]]
                 name = f"m{i}"
-                urls[name] = stack.enter_context(_process(
+                urls[name] = stack.enter_context(service(
                     ["mirror", "run", "--dir", str(work / name), "--root", str(root), "--origin",
                      origin, "--http-port", "0", "--p2p-port", "0", "--poll", "120", *cap, *extra],
                     work / f"{name}.log",
                 ))  # fmt: skip
                 addrs[name] = (work / name / "p2p.addr").read_text().strip()
             end = time.monotonic() + 60
-            while any(int(_health(u).get("snapshot_version", 0) or 0) < 1 for u in urls.values()):
+            while any(int(health(u).get("snapshot_version", 0) or 0) < 1 for u in urls.values()):
                 if time.monotonic() > end:
                     raise TufmeshError("the mirrors did not start within 60 s")
                 time.sleep(0.2)
             time.sleep(3)  # the gossip mesh forms (1 s heartbeats)
-            before = int(_health(origin).get("bytes_served", 0) or 0)
+            before = int(health(origin).get("bytes_served", 0) or 0)
             cpu_before = _cpu_times()
             # A direct upload: its response comes right after the commit.
             response = httpx.post(
@@ -152,24 +122,24 @@ def run_real(
             if response.status_code != 200:
                 raise TufmeshError(f"the upload failed: HTTP {response.status_code}")
             committed, committed_at = time.monotonic(), time.time()
-            version = int(_health(origin).get("snapshot_version", 0) or 0)
+            version = int(health(origin).get("snapshot_version", 0) or 0)
             done: dict[str, float] = {}
             end = committed + deadline
             while len(done) < mirrors and time.monotonic() < end:
                 for name, url in urls.items():
                     if (
                         name not in done
-                        and int(_health(url).get("snapshot_version", 0) or 0) >= version
+                        and int(health(url).get("snapshot_version", 0) or 0) >= version
                     ):
                         done[name] = time.monotonic() - committed
                         if progress is not None:
                             progress(len(done), mirrors)
                 time.sleep(0.05)
             cpu_after = _cpu_times()
-            served = int(_health(origin).get("bytes_served", 0) or 0) - before
+            served = int(health(origin).get("bytes_served", 0) or 0) - before
             heard = []
             for url in urls.values():
-                announced = _health(url).get("announced")
+                announced = health(url).get("announced")
                 if isinstance(announced, dict):
                     heard.append(float(announced["at"]) - committed_at)
         if len(done) < mirrors:

@@ -1,0 +1,53 @@
+"""tufmesh services as child processes: the demo's and the real-network runner's."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tufmesh.errors import TufmeshError
+
+__all__ = ["TUFMESH", "health", "service"]
+
+#: The ``tufmesh`` command of this very installation (no PATH lookup).
+TUFMESH = [sys.executable, "-c", "from tufmesh.cli import main; main()"]
+
+
+@contextlib.contextmanager
+def service(args: list[str], what: str, log: Path | None = None) -> Iterator[str]:
+    """Start ``tufmesh ARGS`` (a server); yield the URL it prints; stop it on exit.
+
+    Its standard error goes to ``log`` if given (else it is inherited)."""
+    with open(log, "w") if log is not None else contextlib.nullcontext() as err:
+        proc = subprocess.Popen(
+            [*TUFMESH, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            stderr=err, text=True,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if " on http" not in line:
+            detail = f": {log.read_text()[-500:]}" if log is not None else ""
+            raise TufmeshError(f"the {what} did not start{detail}")
+        yield line.rsplit(" on ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def health(url: str) -> dict[str, object]:
+    """A service's ``/healthz`` answer ({} if it does not answer)."""
+    import httpx
+
+    try:
+        body: dict[str, object] = httpx.get(f"{url}/healthz", timeout=5).json()
+        return body
+    except (httpx.HTTPError, ValueError):
+        return {}
