@@ -55,7 +55,7 @@ TRICKLE: Final = 1024.0
 FALLBACK_POLL: Final = 60.0
 
 # Event kinds.
-_START, _ROUND, _LINK, _DELIVER, _TICK, _LEAVE, _JOIN, _REFUSED, _PUMP = range(9)
+_START, _ROUND, _LINK, _DELIVER, _TICK, _LEAVE, _JOIN, _REFUSED = range(8)
 
 
 class _Link:
@@ -298,7 +298,6 @@ class _Simulation:
             _LEAVE: self._leave,
             _JOIN: self._join,
             _REFUSED: self._refused,
-            _PUMP: self._pump_event,
         }
         remaining = len(self.honest)
         queue = self.queue
@@ -535,15 +534,7 @@ class _Simulation:
         until = self.now + src.gate.retry
         scheduler.refused(src.name, index, until, seeded=verdict == "seeded")
         self._touch(node)
-        self._pump(node)
-        if verdict == "busy":
-            self._at(until, _PUMP, (node, scheduler))
-        return False
-
-    def _pump_event(self, subject: tuple[_Node, ChunkScheduler]) -> bool:
-        node, scheduler = subject
-        if node.scheduler is scheduler and node.done is None and node.online:
-            self._pump(node)
+        self._pump(node)  # the source rests until then; the next round's pump asks again
         return False
 
     def _deliver(self, flow: _Flow) -> bool:
