@@ -23,7 +23,7 @@ from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
 from tufmesh.client._http import HttpError, RangePool, Refused, TooLong
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
-from tufmesh.errors import ChunkRejectedError, SourcesFailedError
+from tufmesh.errors import ChunkRejectedError, SourcesFailedError, TufmeshError
 
 __all__ = [
     "ChunkPlan",
@@ -74,6 +74,10 @@ class Replicating(Protocol):
 
     async def follow(self, scheduler: ChunkScheduler, poke: Callable[[], None]) -> None:
         """Feed ``scheduler`` new sources and have-records until cancelled; ``poke`` wakes it."""
+
+    async def fetch(self, source: str, cid: str, offset: int, length: int) -> bytes:
+        """Bytes from a source that is not an HTTP URL (a ``libp2p:`` peer);
+        exactly ``length`` of them, or a :class:`TufmeshError`."""
 
 
 def plan_for_manifest(manifest: Manifest, span: int = 1) -> ChunkPlan:
@@ -171,22 +175,26 @@ async def download_plan(
             with scope:
                 try:
                     offset, length = plan.span(index)
-                    data = await pool.fetch(
-                        source,
-                        f"/blobs/{plan.cid}",
-                        offset,
-                        length,
-                        plan.length,
-                        lambda n: scheduler.received(source, index, n),
-                        _mirror_headers(scheduler, source, index) if replicating else None,
-                    )
+                    if replicating is not None and not source.startswith("http"):
+                        data = bytearray(await replicating.fetch(source, plan.cid, offset, length))
+                        scheduler.received(source, index, len(data))
+                    else:
+                        data = await pool.fetch(
+                            source,
+                            f"/blobs/{plan.cid}",
+                            offset,
+                            length,
+                            plan.length,
+                            lambda n: scheduler.received(source, index, n),
+                            _mirror_headers(scheduler, source, index) if replicating else None,
+                        )
                     await trio.to_thread.run_sync(store, index, data)
                 except (ChunkRejectedError, TooLong) as exc:
                     scheduler.rejected(source, index, str(exc))
                 except Refused as exc:
                     seeded = exc.reason == "seeded"
                     scheduler.refused(source, index, clock() + exc.retry, seeded=seeded)
-                except HttpError as exc:
+                except (HttpError, TufmeshError) as exc:  # TufmeshError: a libp2p source
                     scheduler.failed(source, index, str(exc))
                 else:
                     if scheduler.verified(source, index, len(data), clock()):

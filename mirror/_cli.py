@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tufmesh._ui import SIZE, Group, format_size, run_service
-from tufmesh.errors import TufmeshError
+from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror
 from tufmesh.mirror._server import run_mirror
 
@@ -42,6 +42,8 @@ def mirror() -> None:
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
 @click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")
 @click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
+@click.option("--p2p-only", is_flag=True,
+              help="Peers reach this mirror over libp2p (no reachable HTTP port).")  # fmt: skip
 def run(
     mirror_dir: Path,
     root_json: Path,
@@ -55,8 +57,11 @@ def run(
     p2p_port: int | None,
     bootstrap: tuple[str, ...],
     max_upload_rate: int | None,
+    p2p_only: bool,
 ) -> None:
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
+    if p2p_only and p2p_port is None:
+        raise UsageError("--p2p-only needs --p2p-port")
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     replica = Mirror.create(
         mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
@@ -71,6 +76,7 @@ def run(
             p2p_port=p2p_port,
             bootstrap=list(bootstrap),
             max_upload_rate=max_upload_rate,
+            p2p_only=p2p_only,
         ),
         banner=lambda url: f"mirror {mirror_dir} serving on {url}",
         where=f"{host}:{http_port}",

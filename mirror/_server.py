@@ -130,8 +130,12 @@ async def run_mirror(
     p2p_port: int | None = None,
     bootstrap: list[str] | None = None,
     max_upload_rate: float | None = None,
+    p2p_only: bool = False,
 ) -> None:
     """Serve the mirror's tree and sync, until cancelled.
+
+    With ``p2p_only``, the mirror tells its peers to reach it over libp2p
+    (``/tufmesh/have/1`` and ``/tufmesh/blob/1``), not at its HTTP port.
 
     A sync runs every ``poll`` seconds, and at once when the peer-to-peer
     network (with ``p2p_port``) delivers a valid announcement of a new
@@ -188,13 +192,16 @@ async def run_mirror(
                 bootstrap=bootstrap,
                 on_announcement=announced,
                 blob_source=blob_source,
+                have_source=lambda cids, asker: swarm.record(cids, asker) if swarm else {},
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
         sources = mirror.sources
-        swarm = Swarm(peers=sources[:-1], origin=sources[-1], has_blob=mirror.store.has)
+        swarm = Swarm(peers=sources[:-1], origin=sources[-1], has_blob=mirror.store.has, node=node)
         app = build_mirror_app(mirror, node, swarm, heard)
         swarm.url = await start_http(nursery, app, host, port, max_upload_rate, on_ready)
+        if p2p_only and node is not None:
+            swarm.url = f"libp2p:{node.addrs[0]}"
         nursery.start_soon(sync_forever)
 
 

@@ -86,6 +86,9 @@ class Swarm:
     peers: list[str] = field(default_factory=list)
     origin: str | None = None
     has_blob: Any = None  # Callable[[str], bool]: the store holds it complete
+    #: The daemon's libp2p node: neighbours named ``libp2p:MULTIADDR`` are
+    #: asked over ``/tufmesh/have/1`` and fetched from over ``/tufmesh/blob/1``.
+    node: Any = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -98,7 +101,7 @@ class Swarm:
 
     def learn(self, url: object) -> None:
         """Add ``url`` as a neighbour, if it looks like one and there is room."""
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://", "libp2p:/")):
             return
         url = url.rstrip("/")
         if url in (self.url, self.origin) or len(url) > 200:
@@ -201,16 +204,31 @@ class Swarm:
                     poke()
                 await trio.sleep(POLL)
 
+    async def on_node(self, function: Any, *args: Any) -> Any:
+        """Run ``function(*args)`` (a coroutine of the libp2p node) in the
+        daemon's trio loop, from a download's own loop in a worker thread."""
+        if self.node is None or self.node.trio_token is None:
+            raise TufmeshError("no libp2p node to reach libp2p peers with")
+        token = self.node.trio_token
+        return await trio.to_thread.run_sync(
+            lambda: trio.from_thread.run(function, *args, trio_token=token)
+        )
+
     async def _query(self, client: Any, url: str, cid: str, scheduler: ChunkScheduler) -> None:
         body = {"cids": [cid], "from": self.url}
         try:
-            response = await client.post(f"{url}/have", json=body)
-            if response.status_code != 200 or len(response.content) > MAX_RECORD:
-                raise ValueError(f"HTTP {response.status_code}")
-            record = response.json()
+            if url.startswith("libp2p:"):
+                record = await self.on_node(
+                    self.node.query_have, url.removeprefix("libp2p:"), [cid], self.url
+                )
+            else:
+                response = await client.post(f"{url}/have", json=body)
+                if response.status_code != 200 or len(response.content) > MAX_RECORD:
+                    raise ValueError(f"HTTP {response.status_code}")
+                record = response.json()
             if not isinstance(record, dict):
                 raise ValueError("not a have-record")
-        except (ValueError, OSError, Exception) as exc:  # httpx errors, bad JSON
+        except Exception as exc:
             if self._failed(url):
                 scheduler.drop(url, f"have-queries failed ({exc})")
             return
@@ -271,6 +289,14 @@ class _BlobReplication:
     @property
     def me(self) -> str | None:
         return self.swarm.url
+
+    async def fetch(self, source: str, cid: str, offset: int, length: int) -> bytes:
+        """Bytes of blob ``cid`` from a ``libp2p:`` source, over ``/tufmesh/blob/1``."""
+        address = source.removeprefix("libp2p:")
+        data: bytes = await self.swarm.on_node(
+            self.swarm.node.fetch_range, address, cid, offset, length
+        )
+        return data
 
     def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:
         mask = sum(1 << i for i in have)

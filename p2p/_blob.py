@@ -24,6 +24,8 @@ from tufmesh.errors import TufmeshError
 
 __all__ = [
     "BAD_REQUEST",
+    "HAVE_PROTOCOL",
+    "MAX_RECORD",
     "MAX_RANGE",
     "MAX_REQUEST",
     "NOT_FOUND",
@@ -32,11 +34,18 @@ __all__ = [
     "BlobRequest",
     "BlobStreamError",
     "decode_request",
+    "encode_json",
     "encode_request",
+    "json_size",
     "response_head",
 ]
 
 PROTOCOL: Final = "/tufmesh/blob/1"
+#: The have-query (ADR 11) over libp2p: a length-prefixed JSON request and
+#: answer, as ``POST /have`` carries them over HTTP.
+HAVE_PROTOCOL: Final = "/tufmesh/have/1"
+#: Largest have-query answer (a bitfield per blob and a few peers).
+MAX_RECORD: Final = 64 * 1024
 MAX_REQUEST: Final = 1024
 #: Largest range served in one response (a span of chunks).
 MAX_RANGE: Final = 16 << 20
@@ -89,6 +98,22 @@ def decode_request(frame: bytes) -> BlobRequest:
 def request_size(prefix: bytes) -> int:
     """Total frame size announced by the first two bytes of a request."""
     return _LENGTH.size + _LENGTH.unpack_from(prefix)[0]
+
+
+def encode_json(value: object, limit: int) -> bytes:
+    """A length-prefixed JSON frame (4-byte length) of at most ``limit`` bytes."""
+    body = json.dumps(value).encode()
+    if len(body) > limit:
+        raise BlobStreamError("frame too large")
+    return struct.pack(">I", len(body)) + body
+
+
+def json_size(prefix: bytes, limit: int) -> int:
+    """The body size a 4-byte frame prefix announces (checked against ``limit``)."""
+    (size,) = struct.unpack(">I", prefix)
+    if size > limit:
+        raise BlobStreamError(f"frame of {size} bytes; at most {limit}")
+    return int(size)
 
 
 def response_head(status: int, length: int) -> bytes:

@@ -18,6 +18,7 @@ Settings, each for a reason found by running py-libp2p 0.8.1
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -29,14 +30,19 @@ import trio
 from tufmesh.p2p._announce import AnnouncementGate
 from tufmesh.p2p._blob import (
     BAD_REQUEST,
+    HAVE_PROTOCOL,
     HEAD,
+    MAX_RECORD,
+    MAX_REQUEST,
     NOT_FOUND,
     OK,
     PROTOCOL,
     BlobRequest,
     BlobStreamError,
     decode_request,
+    encode_json,
     encode_request,
+    json_size,
     request_size,
     response_head,
 )
@@ -104,9 +110,11 @@ class P2PNode:
         bootstrap: list[str] | None = None,
         on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
         blob_source: Callable[[str, int, int], bytes | None] | None = None,
+        have_source: Callable[[list[str], object], dict[str, Any]] | None = None,
     ) -> None:
         """``blob_source(cid, offset, length)`` answers ``/tufmesh/blob/1`` requests
-        with verified bytes (blocking: it runs in a worker thread), or None."""
+        with verified bytes (blocking: it runs in a worker thread), or None;
+        ``have_source(cids, asker)`` answers ``/tufmesh/have/1`` have-queries."""
         self.key_path = key_path
         self.topic = topic
         self.gate = gate
@@ -114,6 +122,9 @@ class P2PNode:
         self.bootstrap = list(bootstrap or [])
         self.on_announcement = on_announcement
         self.blob_source = blob_source
+        self.have_source = have_source
+        #: Set once running: lets other threads' trio loops call into this node.
+        self.trio_token: trio.lowlevel.TrioToken | None = None
         self.rejected = 0
         self.accepted = 0
         self._pubsub: Any = None
@@ -194,6 +205,9 @@ class P2PNode:
             self._pubsub = pubsub
             if self.blob_source is not None:
                 host.set_stream_handler(TProtocol(PROTOCOL), self._serve_blob)
+            if self.have_source is not None:
+                host.set_stream_handler(TProtocol(HAVE_PROTOCOL), self._serve_have)
+            self.trio_token = trio.lowlevel.current_trio_token()
             self.addrs = [str(a) for a in host.get_addrs()]
             self.peer_id = str(host.get_id())
             task_status.started(self.addrs)
@@ -235,25 +249,60 @@ class P2PNode:
         for start in range(0, len(view), 1 << 20):
             await stream.write(bytes(view[start : start + (1 << 20)]))
 
-    async def fetch_range(self, address: str, cid: str, offset: int, length: int) -> bytes:
-        """Bytes ``offset .. offset+length-1`` of blob ``cid`` from the peer at ``address``.
+    async def _serve_have(self, stream: Any) -> None:
+        """Answer one have-query (``/tufmesh/have/1``)."""
+        with contextlib.suppress(Exception):
+            try:
+                with trio.move_on_after(_BLOB_TIMEOUT):
+                    size = json_size(await _read_exactly(stream, 4), MAX_REQUEST * 8)
+                    query = json.loads(await _read_exactly(stream, size))
+                    assert self.have_source is not None
+                    record = self.have_source(list(query["cids"]), query.get("from"))
+                    await stream.write(encode_json(record, MAX_RECORD))
+            finally:
+                await stream.close()
 
-        Exactly ``length`` bytes or :class:`BlobStreamError`; not verified (the
-        caller checks them against the signed manifest)."""
+    async def query_have(self, address: str, cids: list[str], asker: str | None) -> Any:
+        """The have-record of the peer at ``address`` for ``cids`` (parsed JSON)."""
+        stream = await self._open(address, HAVE_PROTOCOL)
+        try:
+            with trio.fail_after(_BLOB_TIMEOUT):
+                await stream.write(encode_json({"cids": cids, "from": asker}, MAX_REQUEST * 8))
+                size = json_size(await _read_exactly(stream, 4), MAX_RECORD)
+                try:
+                    return json.loads(await _read_exactly(stream, size))
+                except ValueError:
+                    raise BlobStreamError("the have-record is not JSON") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _open(self, address: str, protocol: str) -> Any:
+        """A new stream to the peer at ``address`` (dialling it only if not connected:
+        a peer behind NAT is reached over the connection it opened to us)."""
         import multiaddr
         from libp2p.custom_types import TProtocol
         from libp2p.peer.peerinfo import info_from_p2p_addr
 
         if self._host is None:
             raise BlobStreamError("the p2p node is not running")
-        info = info_from_p2p_addr(multiaddr.Multiaddr(address))
-        with trio.fail_after(_BLOB_TIMEOUT):
-            try:
-                await self._host.connect(info)
-                stream = await self._host.new_stream(info.peer_id, [TProtocol(PROTOCOL)])
-            except Exception as exc:
-                raise BlobStreamError(f"cannot open a stream: {exc}") from None
-            try:
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+            with trio.fail_after(_BLOB_TIMEOUT):
+                if info.peer_id not in self._host.get_network().connections:
+                    await self._host.connect(info)
+                return await self._host.new_stream(info.peer_id, [TProtocol(protocol)])
+        except (Exception, trio.TooSlowError) as exc:  # libp2p raises many kinds
+            raise BlobStreamError(f"cannot open a stream to {address}: {exc}") from None
+
+    async def fetch_range(self, address: str, cid: str, offset: int, length: int) -> bytes:
+        """Bytes ``offset .. offset+length-1`` of blob ``cid`` from the peer at ``address``.
+
+        Exactly ``length`` bytes or :class:`BlobStreamError`; not verified (the
+        caller checks them against the signed manifest)."""
+        stream = await self._open(address, PROTOCOL)
+        try:
+            with trio.fail_after(_BLOB_TIMEOUT):
                 await stream.write(encode_request(BlobRequest(cid, offset, length)))
                 status, announced = HEAD.unpack(await _read_exactly(stream, HEAD.size))
                 if status == NOT_FOUND:
@@ -263,9 +312,9 @@ class P2PNode:
                 if announced != length:
                     raise BlobStreamError(f"announced {announced} bytes for a {length}-byte range")
                 return await _read_exactly(stream, length)
-            finally:
-                with contextlib.suppress(Exception):
-                    await stream.close()
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
 
     def _validate(self, peer: Any, message: Any) -> bool:
         verdict = self.gate.check(bytes(message.data))

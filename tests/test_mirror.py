@@ -279,3 +279,38 @@ def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None
             assert result.path.read_bytes() == body
     for name in urls:
         assert Mirror(tmp_path / name).store.fsck().ok
+
+
+@pytest.mark.slow
+# py-libp2p leaves dialled sockets to the garbage collector (see test_p2p_node).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_mirror_without_a_reachable_http_port_trades_chunks_over_libp2p(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    body = os.urandom(8 << 20)
+    # The origin's upload is scarce, so each mirror gets only its share of the
+    # chunks from it and must take the rest from the other.
+    with running(repo, "--p2p-port", "0", "--max-upload-rate", "2MiB") as origin:
+        origin_addr = (repo / "p2p.addr").read_text().strip()
+        p2p = ("--p2p-port", "0", "--poll", "300")
+        with mirror_process(
+            tmp_path / "m1", root, origin.url, *p2p, "--bootstrap", origin_addr
+        ) as m1:
+            m1_addr = (tmp_path / "m1" / "p2p.addr").read_text().strip()
+            with mirror_process(
+                tmp_path / "m2", root, origin.url, *p2p, "--bootstrap", m1_addr,
+                "--peer", m1, "--p2p-only",
+            ) as m2:  # fmt: skip
+                wait_for(m1, 1)
+                wait_for(m2, 1)
+                time.sleep(2)  # the gossip mesh forms
+                version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
+                wait_for(m1, version["snapshot_version"], deadline=60)
+                wait_for(m2, version["snapshot_version"], deadline=60)
+    fetched = Mirror(tmp_path / "m1").state()["bytes_fetched_by_source"]
+    over_libp2p = {source: n for source, n in fetched.items() if source.startswith("libp2p:")}
+    assert over_libp2p and sum(over_libp2p.values()) > 0, fetched  # /tufmesh/blob/1 carried chunks
+    for name in ("m1", "m2"):
+        replica = Mirror(tmp_path / name)
+        assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
