@@ -33,17 +33,23 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
     root = repo.root()
     topic = topic_for(root)
     received: list[bytes] = []
+    behind: list[bytes] = []  # what a node that hears only via the honest one gets
 
     async def main() -> None:
         honest = P2PNode(tmp_path / "honest.key", topic, AnnouncementGate(root),
                          on_announcement=received.append)  # fmt: skip
         liar = P2PNode(tmp_path / "liar.key", topic, Liar(root))
         publisher = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root))
+        # A node whose only peer is the honest one, and that would deliver
+        # anything it is sent: whatever reaches it, the honest node relayed.
+        downstream = P2PNode(tmp_path / "downstream.key", topic, Liar(root),
+                             on_announcement=behind.append)  # fmt: skip
         async with trio.open_nursery() as nursery:
             (honest_addr, *_) = await nursery.start(honest.run)
-            liar.bootstrap = publisher.bootstrap = [honest_addr]
+            liar.bootstrap = publisher.bootstrap = downstream.bootstrap = [honest_addr]
             await nursery.start(liar.run)
             await nursery.start(publisher.run)
+            await nursery.start(downstream.run)
             await trio.sleep(2.5)  # mesh formation: 1 s heartbeats
             from securesystemslib.signer import CryptoSigner
 
@@ -57,10 +63,12 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
             # An honest announcement (from the origin's node) still gets through.
             await publisher.announce(timestamp(repo, version=53))
             with trio.fail_after(10):
-                while not received:
+                while not received or not behind:
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
     gc.collect()  # collect the library's leaked sockets here, under this test's filter
     assert len(received) == 1 and AnnouncementGate(root).check(received[0]).version == 53
+    # The honest node relayed the valid announcement and none of the forged ones.
+    assert behind == received
