@@ -168,6 +168,8 @@ async def run_mirror(
                             (mirror.tree / "metadata" / "timestamp.json").read_bytes()
                         )
             held = max(held, report.snapshot_version)
+            if swarm is not None:
+                swarm.snapshot = held  # in its have-records from now on
             if node is not None:
                 mirror.note_network(node.peer_count(), node.gate.newest)
             with trio.move_on_after(poll):

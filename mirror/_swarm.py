@@ -89,6 +89,8 @@ class Swarm:
     #: The daemon's libp2p node: neighbours named ``libp2p:MULTIADDR`` are
     #: asked over ``/tufmesh/have/1`` and fetched from over ``/tufmesh/blob/1``.
     node: Any = None
+    #: The newest snapshot version this mirror holds complete (and serves).
+    snapshot: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -179,7 +181,7 @@ class Swarm:
                 blobs[cid] = "all"
         peers = self.neighbours()
         random.shuffle(peers)
-        return {"blobs": blobs, "peers": peers[:8]}
+        return {"snapshot": self.snapshot, "blobs": blobs, "peers": peers[:8]}
 
     # -- replication (the download's side) ------------------------------------------------
 

@@ -33,6 +33,7 @@ def test_have_record_round_trip_and_malformed_entries() -> None:
     swarm.partial("arriving").claims = frozenset({1, 11})  # type: ignore[union-attr]
     record = swarm.record(["arriving", "stored", "unknown", 7], asker="http://asker/")
     assert record["blobs"]["stored"] == "all" and "unknown" not in record["blobs"]
+    assert record["snapshot"] == 0  # no version complete yet
     assert parse_record(record["blobs"]["arriving"], 12) == ({0, 2, 11}, {1, 11})
     assert parse_record(record["blobs"]["arriving"], 3) == ({0, 2}, {1})  # clipped
     assert "http://asker" in swarm.neighbours()  # whoever asks becomes a neighbour
