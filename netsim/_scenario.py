@@ -92,6 +92,8 @@ class Scenario:
             raise UsageError("size and chunk size must be positive")
         if not 0 <= self.malicious < 1 or not 0 <= self.churn <= 1:
             raise UsageError("malicious must be in [0, 1) and churn in [0, 1]")
+        if round(self.malicious * self.mirrors) >= self.mirrors:
+            raise UsageError(f"{self.malicious:g} of {self.mirrors} mirrors leaves none honest")
         if not self.link_classes and self.links not in PROFILES:
             raise UsageError(f"unknown link profile {self.links!r}; one of {', '.join(PROFILES)}")
         for behaviour in self.behaviours:

@@ -113,6 +113,8 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
     bad = _cli("netsim", "run", "--links", "moon")
     assert bad.returncode != 0 and "unknown link profile" in bad.stderr
+    bad = _cli("netsim", "run", "--mirrors", "3", "--malicious", "0.9")
+    assert bad.returncode != 0 and "leaves none honest" in bad.stderr
 
 
 @pytest.mark.slow
