@@ -328,8 +328,12 @@ class ChunkScheduler:
         dry, resting, load, fallback = self._dry, self._resting, self._load, self.fallback
         per_source, per_fallback = self.config.per_source, self.config.per_fallback
         for source in self.usable:
-            if source in dry or (resting and resting.get(source, 0.0) > now):
+            if source in dry:
                 continue
+            if resting and source in resting:
+                if resting[source] > now:
+                    continue
+                del resting[source]  # rested enough
             limit = per_fallback if source in fallback else per_source
             while load[source] < limit:
                 index = self._next_for(source)
@@ -510,7 +514,11 @@ class ChunkScheduler:
     def _requeue(self, index: int) -> None:
         if index not in self.have and not self._copies[index]:
             self._waiting.add(index)
-            self._dry.clear()
+            if self._dry:  # sources holding it have something to give again
+                has = self._has
+                self._dry = {
+                    s for s in self._dry if (h := has.get(s)) is not None and index not in h
+                }
 
     def reasons(self) -> dict[str, str]:
         """Why each source stopped being useful (for the final error message)."""
