@@ -30,6 +30,7 @@ import trio
 
 from tufmesh.client import ChunkPlan, ChunkScheduler
 from tufmesh.errors import TufmeshError
+from tufmesh.p2p._blob import MAX_RECORD
 
 __all__ = ["MAX_NEIGHBOURS", "POLL", "UPLOAD_SLOTS", "Partial", "Swarm", "parse_record"]
 
@@ -44,8 +45,6 @@ MAX_QUERY_FAILURES: Final = 3
 #: bound and home links from 1.7x to 1.4x, and ended the honest peers'
 #: slow-retrieval bans (an uplink split 16 ways trickles).
 UPLOAD_SLOTS: Final = 4
-#: Bound on a have-record (1 bit per chunk): 64k chunks of 1 MiB = 64 GiB.
-MAX_RECORD: Final = 64 * 1024
 
 
 @dataclass
@@ -116,6 +115,13 @@ class Swarm:
         """The neighbours asked for have-records."""
         with self._lock:
             return list(self._neighbours)
+
+    def _answered(self, url: str) -> None:
+        """A query succeeded: the neighbour's failures were not in a row."""
+        with self._lock:
+            neighbour = self._neighbours.get(url)
+            if neighbour is not None:
+                neighbour.failures = 0
 
     def _failed(self, url: str) -> bool:
         """Count a failed query; True when the neighbour is forgotten."""
@@ -234,6 +240,7 @@ class Swarm:
             if self._failed(url):
                 scheduler.drop(url, f"have-queries failed ({exc})")
             return
+        self._answered(url)
         for peer in record.get("peers", [])[:8]:
             self.learn(peer)
         entry = record.get("blobs", {}).get(cid) if isinstance(record.get("blobs"), dict) else None

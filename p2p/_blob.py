@@ -44,7 +44,8 @@ PROTOCOL: Final = "/tufmesh/blob/1"
 #: The have-query (ADR 11) over libp2p: a length-prefixed JSON request and
 #: answer, as ``POST /have`` carries them over HTTP.
 HAVE_PROTOCOL: Final = "/tufmesh/have/1"
-#: Largest have-query answer (a bitfield per blob and a few peers).
+#: Largest have-query answer, over HTTP or libp2p (a bitfield per blob: 64k
+#: chunks of 1 MiB, 64 GiB, in 16 KiB of hex, and a few peers).
 MAX_RECORD: Final = 64 * 1024
 MAX_REQUEST: Final = 1024
 #: Largest range served in one response (a span of chunks).

@@ -58,3 +58,17 @@ def test_neighbours_are_bounded_and_never_include_ourselves_or_the_origin() -> N
     for i in range(100):
         swarm.learn(f"http://m{i}")
     assert len(swarm.neighbours()) == MAX_NEIGHBOURS
+
+
+def test_a_neighbour_is_forgotten_after_three_failed_rounds_in_a_row() -> None:
+    swarm = Swarm(url="http://me", peers=["http://kept"])
+    swarm.learn("http://flaky")
+    for _ in range(2):
+        assert not swarm._failed("http://flaky")
+    swarm._answered("http://flaky")  # an answer in between: the count starts again
+    assert not swarm._failed("http://flaky") and not swarm._failed("http://flaky")
+    assert swarm._failed("http://flaky")  # the third in a row
+    assert swarm.neighbours() == ["http://kept"]
+    for _ in range(5):
+        swarm._failed("http://kept")
+    assert swarm.neighbours() == ["http://kept"]  # configured peers stay
