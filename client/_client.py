@@ -13,7 +13,6 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -42,6 +41,9 @@ from tufmesh.client._fetcher import (
     FetchConfig,
     MultiSourceFetcher,
     SourceHealth,
+    done_with,
+    new_pool,
+    pieces,
 )
 from tufmesh.client._home import ClientHome
 from tufmesh.client._prefix import check_alongside
@@ -369,7 +371,7 @@ class Client:
 
         # The manifest's length is not signed, only its CID: fetch it whole.
         probe = ChunkPlan(manifest_cid, 0, 1, verify)
-        stats = trio.run(lambda: _fetch_whole(probe, sources, self.fetch_config))
+        stats = _fetch_whole(probe, sources, self.fetch_config)
         try:
             return Manifest.decode(holder["data"]), stats
         except (KeyError, ManifestError) as exc:
@@ -387,32 +389,40 @@ class Client:
                 health.last_error = stat.banned or stat.last_error
 
 
-async def _fetch_whole(
+def _fetch_whole(
     plan: ChunkPlan, sources: list[str], config: FetchConfig
 ) -> dict[str, SourceStats]:
     """Fetch a small blob of unsigned length (a manifest) from the first good source."""
-    import httpx
+    import urllib3
 
     reasons: dict[str, str] = {}
-    timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    pool = new_pool(config)
+    try:
         for source in sources:
             try:
-                async with client.stream("GET", f"{source}/blobs/{plan.cid}") as response:
-                    if response.status_code != 200:
-                        reasons[source] = f"HTTP {response.status_code}"
+                response = pool.request(
+                    "GET", f"{source}/blobs/{plan.cid}", preload_content=False, redirect=False
+                )
+                whole = False
+                try:
+                    if response.status != 200:
+                        reasons[source] = f"HTTP {response.status}"
                         continue
                     body = bytearray()
-                    async with contextlib.aclosing(response.aiter_bytes()) as pieces:
-                        async for piece in pieces:
-                            body += piece
-                            if len(body) > 8 << 20:
-                                raise ChunkRejectedError("manifest over 8 MiB")
+                    for piece in pieces(response):
+                        body += piece
+                        if len(body) > 8 << 20:
+                            raise ChunkRejectedError("manifest over 8 MiB")
+                    whole = True
+                finally:
+                    done_with(response, whole=whole)
                 plan.verify(0, bytes(body))
                 stat = SourceStats(source, bytes=len(body), chunks=1)
                 return {source: stat}
-            except (httpx.HTTPError, ChunkRejectedError) as exc:
+            except (urllib3.exceptions.HTTPError, ChunkRejectedError) as exc:
                 reasons[source] = str(exc) or type(exc).__name__
+    finally:
+        pool.clear()
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
 

@@ -16,13 +16,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-import httpx
+import urllib3
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
 from tufmesh.errors import SourcesFailedError
 
-__all__ = ["METADATA_BASE", "FetchConfig", "MultiSourceFetcher", "SourceHealth"]
+__all__ = [
+    "METADATA_BASE",
+    "FetchConfig",
+    "MultiSourceFetcher",
+    "SourceHealth",
+    "done_with",
+    "new_pool",
+    "pieces",
+]
 
 METADATA_BASE: Final = "tufmesh:///metadata/"
 TARGET_BASE: Final = "tufmesh:///targets/"
@@ -80,6 +88,28 @@ class SourceHealth:
         return (self.fallback, self.failures, latency)
 
 
+def done_with(response: urllib3.BaseHTTPResponse, *, whole: bool) -> None:
+    """Give the connection back only if its body was read to the end (else a
+    stale body would be read as the next response): close it otherwise."""
+    if whole:
+        response.release_conn()
+    else:
+        response.close()
+
+
+def pieces(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The body as it arrives: one receive at a time (``stream()`` would wait for
+    64 KiB, so a source trickling a byte a second would never look slow)."""
+    while piece := response.read1(1 << 16):
+        yield piece
+
+
+def new_pool(config: FetchConfig) -> urllib3.PoolManager:
+    """A connection pool with the timeouts of ``config``, no retries, no redirects."""
+    timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
+    return urllib3.PoolManager(timeout=timeout, retries=False)
+
+
 @dataclass
 class MultiSourceFetcher(FetcherInterface):
     """Fetches each metadata URL from the first source that answers it."""
@@ -92,12 +122,13 @@ class MultiSourceFetcher(FetcherInterface):
 
     def __post_init__(self) -> None:
         self.last_source: str | None = None
-        timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
-        self._client = httpx.Client(timeout=timeout, follow_redirects=False)
+        # urllib3, not httpx: python-tuf imports it anyway, and httpx would add
+        # 55 ms to every `tufmesh get` start-up (docs/results.md).
+        self._pool = new_pool(self.config)
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._client.close()
+        self._pool.clear()
 
     def ordered(self) -> list[SourceHealth]:
         """Sources to try, healthiest first, without the excluded ones."""
@@ -123,7 +154,7 @@ class MultiSourceFetcher(FetcherInterface):
                 reasons[source.url] = f"HTTP {exc.status_code}"
                 not_found += exc.status_code == 404
                 continue
-            except (httpx.HTTPError, DownloadError) as exc:
+            except (urllib3.exceptions.HTTPError, DownloadError) as exc:
                 reasons[source.url] = str(exc) or type(exc).__name__
                 continue
             self.served_by[name] = source.url
@@ -148,23 +179,24 @@ class MultiSourceFetcher(FetcherInterface):
         for source in self.ordered():
             response = None
             try:
-                response = self._client.send(
-                    self._client.build_request("GET", f"{source.base('targets')}{name}"),
-                    stream=True,
+                response = self._pool.request(
+                    "GET", f"{source.base('targets')}{name}", preload_content=False, redirect=False
                 )
-                if response.status_code != 200:
-                    reasons[source.url] = f"HTTP {response.status_code}"
+                if response.status != 200:
+                    reasons[source.url] = f"HTTP {response.status}"
                     continue
                 self.last_source = source.url
-                yield from response.iter_bytes()
+                yield from pieces(response)
+                done_with(response, whole=True)
+                response = None
                 return
-            except httpx.HTTPError as exc:
+            except urllib3.exceptions.HTTPError as exc:
                 reasons[source.url] = str(exc) or type(exc).__name__
                 if self.last_source == source.url:
                     raise DownloadError(f"{source.url} failed mid-transfer: {exc}") from None
             finally:
                 if response is not None:
-                    response.close()
+                    done_with(response, whole=False)
         listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
         if all(r == "HTTP 404" for r in reasons.values()) and reasons:
             raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
@@ -174,15 +206,17 @@ class MultiSourceFetcher(FetcherInterface):
         started = time.monotonic()
         limit = self.config.max_metadata_bytes
         try:
-            with self._client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    if response.status_code != 404:
+            response = self._pool.request("GET", url, preload_content=False, redirect=False)
+            whole = False
+            try:
+                if response.status != 200:
+                    if response.status != 404:
                         source.failures += 1
-                        source.last_error = f"HTTP {response.status_code}"
-                    raise DownloadHTTPError(f"HTTP {response.status_code}", response.status_code)
+                        source.last_error = f"HTTP {response.status}"
+                    raise DownloadHTTPError(f"HTTP {response.status}", response.status)
                 first = None
                 body = bytearray()
-                for piece in response.iter_bytes():
+                for piece in pieces(response):
                     now = time.monotonic()
                     first = first or now
                     body += piece
@@ -191,7 +225,10 @@ class MultiSourceFetcher(FetcherInterface):
                     elapsed = now - started
                     if elapsed > self.config.grace and len(body) / elapsed < self.config.min_rate:
                         raise DownloadError(f"too slow: {len(body) / elapsed:.0f} B/s")
-        except (httpx.HTTPError, DownloadError) as exc:
+                whole = True
+            finally:
+                done_with(response, whole=whole)
+        except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):
                 source.failures += 1
                 source.last_error = str(exc) or type(exc).__name__
