@@ -291,6 +291,10 @@ def _single_range(header: str | None) -> tuple[int, int] | None:
     return int(first), int(last)
 
 
+#: Response bodies below this size skip the upload pacing queue (ByteCounter).
+_SMALL: Final = 64 * 1024
+
+
 @dataclass
 class ByteCounter:
     """An ASGI wrapper that counts the response body bytes an app sends.
@@ -313,7 +317,11 @@ class ByteCounter:
                     now = trio.current_time()
                     start = max(self._next, now)
                     self._next = start + size / self.max_rate
-                    await trio.sleep(start - now)
+                    if size >= _SMALL:
+                        await trio.sleep(start - now)
+                    # A small body (metadata, a have-record, an error) does
+                    # not queue behind the chunks being paced: it still spends
+                    # its share of the budget, so the average rate holds.
             await send(message)
 
         await self.app(scope, receive, counting)

@@ -1,0 +1,36 @@
+"""The upload cap (ByteCounter): big bodies are paced, small ones skip the queue."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from tufmesh.origin import ByteCounter
+
+
+def test_big_bodies_are_paced_and_small_ones_are_not_held_back() -> None:
+    sent: list[tuple[float, int]] = []
+
+    async def app(scope: object, receive: object, send) -> None:  # type: ignore[no-untyped-def]
+        for size in scope["sizes"]:  # type: ignore[index]
+            await send({"type": "http.response.body", "body": b"x" * size})
+
+    counter = ByteCounter(app, max_rate=1 << 20)  # 1 MiB/s
+
+    async def send(message: dict) -> None:
+        sent.append((trio.current_time(), len(message["body"])))
+
+    async def main() -> None:
+        # Four 1 MiB chunks queue up: they leave at 0, 1, 2, 3 s.
+        await counter({"sizes": [1 << 20] * 4}, None, send)
+        assert [round(t) for t, _ in sent] == [0, 1, 2, 3]
+        # A metadata file sent now is not held behind the queue ...
+        before = trio.current_time()
+        await counter({"sizes": [4096]}, None, send)
+        assert sent[-1][0] == before
+        # ... but it spent its share: the next chunk waits for it too.
+        await counter({"sizes": [1 << 20]}, None, send)
+        assert sent[-1][0] >= before + 1 + 4096 / (1 << 20) - 1e-9
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert counter.served == 5 * (1 << 20) + 4096
