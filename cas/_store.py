@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeAlias, final
 
-from tufmesh._durable import fsync_dir
+from tufmesh._durable import fsync_dir, read_exactly
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
 from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
 from tufmesh.errors import (
@@ -379,11 +379,9 @@ class BlobStore:
         reader checks them against a signed manifest); None if not stored or short."""
         try:
             path = self._existing(cid)[1]
-            with open(path, "rb", buffering=0) as handle:
-                data = os.pread(handle.fileno(), length, offset)
-        except (StoreError, OSError):
+        except StoreError:
             return None
-        return data if len(data) == length else None
+        return read_exactly(path, offset, length)
 
     def read_manifest(self, cid: str) -> Manifest:
         """Load and verify the chunk manifest stored under ``cid``."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
+import urllib3
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import TargetFile, Targets
 from tuf.ngclient import Updater
@@ -42,7 +43,6 @@ from tufmesh.client._fetcher import (
     MultiSourceFetcher,
     SourceHealth,
     done_with,
-    new_pool,
     pieces,
 )
 from tufmesh.client._home import ClientHome
@@ -371,7 +371,7 @@ class Client:
 
         # The manifest's length is not signed, only its CID: fetch it whole.
         probe = ChunkPlan(manifest_cid, 0, 1, verify)
-        stats = _fetch_whole(probe, sources, self.fetch_config)
+        stats = _fetch_whole(probe, sources, self.fetcher.pool)
         try:
             return Manifest.decode(holder["data"]), stats
         except (KeyError, ManifestError) as exc:
@@ -390,39 +390,33 @@ class Client:
 
 
 def _fetch_whole(
-    plan: ChunkPlan, sources: list[str], config: FetchConfig
+    plan: ChunkPlan, sources: list[str], pool: urllib3.PoolManager
 ) -> dict[str, SourceStats]:
     """Fetch a small blob of unsigned length (a manifest) from the first good source."""
-    import urllib3
-
     reasons: dict[str, str] = {}
-    pool = new_pool(config)
-    try:
-        for source in sources:
+    for source in sources:
+        try:
+            response = pool.request(
+                "GET", f"{source}/blobs/{plan.cid}", preload_content=False, redirect=False
+            )
+            whole = False
             try:
-                response = pool.request(
-                    "GET", f"{source}/blobs/{plan.cid}", preload_content=False, redirect=False
-                )
-                whole = False
-                try:
-                    if response.status != 200:
-                        reasons[source] = f"HTTP {response.status}"
-                        continue
-                    body = bytearray()
-                    for piece in pieces(response):
-                        body += piece
-                        if len(body) > 8 << 20:
-                            raise ChunkRejectedError("manifest over 8 MiB")
-                    whole = True
-                finally:
-                    done_with(response, whole=whole)
-                plan.verify(0, bytes(body))
-                stat = SourceStats(source, bytes=len(body), chunks=1)
-                return {source: stat}
-            except (urllib3.exceptions.HTTPError, ChunkRejectedError) as exc:
-                reasons[source] = str(exc) or type(exc).__name__
-    finally:
-        pool.clear()
+                if response.status != 200:
+                    reasons[source] = f"HTTP {response.status}"
+                    continue
+                body = bytearray()
+                for piece in pieces(response):
+                    body += piece
+                    if len(body) > 8 << 20:
+                        raise ChunkRejectedError("manifest over 8 MiB")
+                whole = True
+            finally:
+                done_with(response, whole=whole)
+            plan.verify(0, bytes(body))
+            stat = SourceStats(source, bytes=len(body), chunks=1)
+            return {source: stat}
+        except (urllib3.exceptions.HTTPError, ChunkRejectedError) as exc:
+            reasons[source] = str(exc) or type(exc).__name__
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
 

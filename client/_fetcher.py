@@ -126,6 +126,11 @@ class MultiSourceFetcher(FetcherInterface):
         # 55 ms to every `tufmesh get` start-up (docs/results.md).
         self._pool = new_pool(self.config)
 
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        """The keep-alive connections, shared with the manifest fetch."""
+        return self._pool
+
     def close(self) -> None:
         """Close the connection pool."""
         self._pool.clear()

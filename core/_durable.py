@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "read_exactly", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,3 +36,13 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def read_exactly(path: str | os.PathLike[str], offset: int, length: int) -> bytes | None:
+    """Bytes ``offset .. offset+length-1`` of ``path``; None if it is missing or shorter."""
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            data = os.pread(handle.fileno(), length, offset)
+    except OSError:
+        return None
+    return data if len(data) == length else None

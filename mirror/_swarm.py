@@ -19,7 +19,6 @@ Why neighbour queries rather than a Kademlia DHT or gossip: docs/adr/0011.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any, Final
 
 import trio
 
+from tufmesh._durable import read_exactly
 from tufmesh.client import ChunkPlan, ChunkScheduler
 from tufmesh.errors import TufmeshError
 from tufmesh.p2p._blob import MAX_RECORD
@@ -159,14 +159,7 @@ class Swarm:
     def read_range(self, cid: str, offset: int, length: int) -> bytes | None:
         """Verified bytes of an arriving blob (for ``/tufmesh/blob/1``), else None."""
         path = self.serve_range(cid, offset, offset + length - 1)
-        if path is None:
-            return None
-        try:
-            with open(path, "rb", buffering=0) as handle:
-                data = os.pread(handle.fileno(), length, offset)
-        except OSError:
-            return None
-        return data if len(data) == length else None
+        return None if path is None else read_exactly(path, offset, length)
 
     def record(self, cids: list[str], asker: object = None) -> dict[str, Any]:
         """Our have-record for ``cids`` (learning ``asker`` as a neighbour)."""

@@ -219,8 +219,9 @@ class _Simulation:
                 node.gate = SeedGate(slots=sc.upload_slots, window=0.0, retry=POLL)
         self.honest = [n for n in self.mirrors if n.behaviour is None]
         # Have-record neighbours: a random graph of the given degree.
-        self._random_graph(self.mirrors, min(sc.degree, sc.mirrors - 1), "neighbours")
+        graph = self._random_graph(self.mirrors, min(sc.degree, sc.mirrors - 1))
         for node in self.mirrors:
+            node.neighbours = graph[node.name]
             slowest = max((p.latency for p in node.neighbours), default=0.0)
             node.round_time = POLL + 2 * (node.latency + slowest)
         self._announce()
@@ -230,15 +231,14 @@ class _Simulation:
             start = node.announced + sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
             self._at(start, _START, node)
 
-    def _random_graph(self, nodes: list[_Node], degree: int, attr: str) -> dict[str, list[_Node]]:
+    def _random_graph(self, nodes: list[_Node], degree: int) -> dict[str, list[_Node]]:
         """Each node links to ``degree`` random others (links are mutual)."""
         edges: dict[str, list[_Node]] = {n.name: [] for n in nodes}
         for node in nodes:
             wanted = degree - len(edges[node.name])
             if wanted <= 0:
                 continue
-            others = [o for o in self.rng.sample(nodes, min(len(nodes), degree * 2 + 1))]
-            for other in others:
+            for other in self.rng.sample(nodes, min(len(nodes), degree * 2 + 1)):
                 if wanted <= 0:
                     break
                 if other is node or other in edges[node.name]:
@@ -246,15 +246,12 @@ class _Simulation:
                 edges[node.name].append(other)
                 edges[other.name].append(node)
                 wanted -= 1
-        if attr == "neighbours":
-            for node in nodes:
-                node.neighbours = edges[node.name]
         return edges
 
     def _announce(self) -> None:
         """When each mirror hears the announcement: shortest paths over the mesh."""
         sc = self.sc
-        mesh = self._random_graph(self.mirrors, min(sc.gossip_degree, sc.mirrors - 1), "gossip")
+        mesh = self._random_graph(self.mirrors, min(sc.gossip_degree, sc.mirrors - 1))
         first = self.rng.sample(self.mirrors, min(sc.gossip_degree, sc.mirrors))
         heap = [
             (self.origin.latency + m.latency + sc.gossip_hop, i, m) for i, m in enumerate(first)

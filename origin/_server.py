@@ -228,20 +228,18 @@ def tree_routes(
         return file(path, None, _IMMUTABLE)
 
     async def blob(request: Request) -> Response:
+        span = _single_range(request.headers.get("range"))
         try:
             cid, _ = parse_cid(request.path_params["cid"])
             path = store.path(cid)
         except StoreError as exc:
-            span = _single_range(request.headers.get("range"))
             if partial is None or span is None or (path := partial(cid, *span)) is None:
                 return _error(404, str(exc))
             if not path.is_file():
                 return _error(404, str(exc))  # completed meanwhile: asked again, it is stored
-        if gate is not None and MIRROR_HEADER in request.headers:
-            span = _single_range(request.headers.get("range"))
-            if span is not None:
-                patient = request.headers[MIRROR_HEADER] == "patient"
-                return _gated(gate, (cid, span[0]), path, patient)
+        if gate is not None and span is not None and MIRROR_HEADER in request.headers:
+            patient = request.headers[MIRROR_HEADER] == "patient"
+            return _gated(gate, (cid, span[0]), path, patient)
         return file(path, "application/octet-stream", _IMMUTABLE)
 
     return [
