@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ class Mirror:
         self.store = BlobStore(directory / "cas")
         self.tree = directory / "tree"
         self.state_file = directory / "state.json"
+        self._state_lock = threading.Lock()  # syncs (a thread) and the daemon both update it
 
     @classmethod
     def create(
@@ -138,6 +141,13 @@ class Mirror:
             return state
         except (OSError, ValueError):
             return {}
+
+    def _update_state(self, change: Callable[[dict[str, Any]], None]) -> None:
+        with self._state_lock:
+            state = self.state()
+            change(state)
+            data = (json.dumps(state, indent=1) + "\n").encode()
+            write_atomic(self.state_file, data, sync_dir=False)
 
     def sync(self, swarm: Swarm | None = None) -> SyncReport:
         """Bring the mirror up to the newest version any source serves.
@@ -267,23 +277,24 @@ class Mirror:
 
     def note_network(self, peers: int, newest_announced: int) -> None:
         """Remember what the p2p layer saw, for ``mirror status``."""
-        state = self.state()
-        state.update(p2p_peers=peers, newest_announced=newest_announced)
-        write_atomic(self.state_file, (json.dumps(state, indent=1) + "\n").encode(), sync_dir=False)
+        self._update_state(
+            lambda state: state.update(p2p_peers=peers, newest_announced=newest_announced)
+        )
 
     def _record(self, report: SyncReport) -> None:
-        state = self.state()
-        totals = Counter(state.get("bytes_fetched_by_source", {}))
-        totals.update(report.bytes_by_source)
-        state.update(
-            last_sync=asdict(report),
-            last_sync_at=time.time(),
-            bytes_fetched_by_source=dict(totals),
-            syncs=state.get("syncs", 0) + 1,
-            sync_failures=state.get("sync_failures", 0) + (report.error is not None),
-            failed_requests=state.get("failed_requests", 0) + report.failed_requests,
-            bans=state.get("bans", 0) + len(report.bans),
-            snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
-            timestamp_version=self._served_timestamp_version(),
-        )
-        write_atomic(self.state_file, (json.dumps(state, indent=1) + "\n").encode(), sync_dir=False)
+        def update(state: dict[str, Any]) -> None:
+            totals = Counter(state.get("bytes_fetched_by_source", {}))
+            totals.update(report.bytes_by_source)
+            state.update(
+                last_sync=asdict(report),
+                last_sync_at=time.time(),
+                bytes_fetched_by_source=dict(totals),
+                syncs=state.get("syncs", 0) + 1,
+                sync_failures=state.get("sync_failures", 0) + (report.error is not None),
+                failed_requests=state.get("failed_requests", 0) + report.failed_requests,
+                bans=state.get("bans", 0) + len(report.bans),
+                snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
+                timestamp_version=self._served_timestamp_version(),
+            )
+
+        self._update_state(update)

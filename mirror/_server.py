@@ -170,10 +170,18 @@ async def run_mirror(
             held = max(held, report.snapshot_version)
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
-            if node is not None:
-                mirror.note_network(node.peer_count(), node.gate.newest)
             with trio.move_on_after(poll):
                 await wake.wait()
+
+    async def note_network(node: P2PNode) -> None:
+        """Keep ``mirror status`` current: record the p2p view when it changes."""
+        noted = None
+        while True:
+            seen = (node.peer_count(), node.gate.newest)
+            if seen != noted:
+                await trio.to_thread.run_sync(mirror.note_network, *seen)
+                noted = seen
+            await trio.sleep(1)
 
     async with trio.open_nursery() as nursery:
         if p2p_port is not None:
@@ -205,6 +213,8 @@ async def run_mirror(
         if p2p_only and node is not None:
             swarm.url = f"libp2p:{node.addrs[0]}"
         nursery.start_soon(sync_forever)
+        if node is not None:
+            nursery.start_soon(note_network, node)
 
 
 def _trusted_root(mirror: Mirror) -> Root:

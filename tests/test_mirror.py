@@ -222,9 +222,15 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
                 assert "tufmesh_mirror_p2p_peers 1" in metrics
                 assert 'tufmesh_mirror_announcements_total{verdict="rejected"} 0' in metrics
                 assert 'tufmesh_mirror_announcements_total{verdict="accepted"} 0' not in metrics
-        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
-        assert "p2p address\t/ip4/127.0.0.1/" in status and "p2p peers\t1" in status
-        assert "lag\t0 timestamp version(s) behind" in status
+                # The daemon records its p2p view for `mirror status` within a second.
+                give_up = time.monotonic() + 10
+                while True:
+                    status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
+                    if "p2p peers\t1" in status or time.monotonic() > give_up:
+                        break
+                    time.sleep(0.2)
+                assert "p2p address\t/ip4/127.0.0.1/" in status and "p2p peers\t1" in status
+                assert "lag\t0 timestamp version(s) behind" in status
         # The identity persists: the same peer ID after a restart.
         with mirror_process(tmp_path / "m1", root, origin.url, *p2p, "--bootstrap", origin_addr):
             again = (tmp_path / "m1" / "p2p.addr").read_text().strip()
