@@ -418,7 +418,8 @@ class _Simulation:
             if verdict != "serve":
                 self.refusals += 1
                 rtt = 2 * (src.latency + dst.latency)
-                self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, src, index, verdict))
+                retry = src.gate.retry_after(self.now) if verdict == "busy" else src.gate.retry
+                self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, src, index, verdict, retry))
                 return
         kind = src.behaviour or "honest"
         flow = _Flow(src, dst, index, self.chunk[index], kind, self.now)
@@ -515,21 +516,19 @@ class _Simulation:
         flow.dst.flows.pop((flow.src.name, flow.index), None)
         flow.dst.received += moved
         if flow.src.gate is not None:
-            flow.src.gate.done(flow.index, completed=False)
+            flow.src.gate.done(flow.index, self.now, completed=False)
         if flow.src is self.origin:
             self.origin_bytes += moved
             self._touch(flow.dst)
 
     # -- arrivals and failures --------------------------------------------------------
 
-    def _refused(self, subject: tuple[_Node, ChunkScheduler, _Node, int, str]) -> bool:
+    def _refused(self, subject: tuple[_Node, ChunkScheduler, _Node, int, str, float]) -> bool:
         """The answer to a request a source declined (busy, or seeded elsewhere)."""
-        node, scheduler, src, index, verdict = subject
+        node, scheduler, src, index, verdict, retry = subject
         if node.scheduler is not scheduler or node.done is not None:
             return False  # the mirror restarted or finished meanwhile
-        assert src.gate is not None
-        until = self.now + src.gate.retry
-        scheduler.refused(src.name, index, until, seeded=verdict == "seeded")
+        scheduler.refused(src.name, index, self.now + retry, seeded=verdict == "seeded")
         self._touch(node)
         self._pump(node)  # the source rests until then; the next round's pump asks again
         return False
@@ -543,7 +542,7 @@ class _Simulation:
         node.flows.pop((source, flow.index), None)
         node.received += flow.size
         if flow.src.gate is not None:
-            flow.src.gate.done(flow.index)
+            flow.src.gate.done(flow.index, self.now)
         if flow.src is self.origin:
             self.origin_bytes += flow.size
             self._touch(node)

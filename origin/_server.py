@@ -251,15 +251,17 @@ def tree_routes(
 
 def _gated(gate: SeedGate, chunk: tuple[str, int], path: Path, patient: bool) -> Response:
     """A mirror's chunk request, as the seeding gate decides."""
-    verdict = gate.admit(chunk, trio.current_time(), patient=patient)
+    now = trio.current_time()
+    verdict = gate.admit(chunk, now, patient=patient)
     if verdict != "serve":
-        headers = {"x-tufmesh-refused": verdict, "retry-after": f"{gate.retry:g}"}
+        retry = gate.retry_after(now) if verdict == "busy" else gate.retry
+        headers = {"x-tufmesh-refused": verdict, "retry-after": f"{retry:.3g}"}
         return JSONResponse({"error": f"refused: {verdict}"}, 503, headers=headers)
     return _GatedResponse(
         path,
         media_type="application/octet-stream",
         headers={"cache-control": _IMMUTABLE},
-        on_end=lambda completed: gate.done(chunk, completed=completed),
+        on_end=lambda completed: gate.done(chunk, trio.current_time(), completed=completed),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tufmesh.origin._seeding import SeedGate
+from tufmesh.origin._seeding import MAX_RETRY, SeedGate
 
 
 def test_each_chunk_once_per_window_and_a_few_at_a_time() -> None:
@@ -11,10 +11,10 @@ def test_each_chunk_once_per_window_and_a_few_at_a_time() -> None:
     assert gate.admit("a", 1.0) == "seeded"  # someone has it: ask the peers
     assert gate.admit("a", 1.0, patient=True) == "serve"  # the peers could not help
     assert gate.admit("b", 1.0) == "busy"  # two uploads running
-    gate.done("a")
+    gate.done("a", 1.5)
     assert gate.admit("b", 2.0) == "serve" and gate.active == 2
-    gate.done("a")
-    gate.done("b")
+    gate.done("a", 2.5)
+    gate.done("b", 3.0)
     assert gate.admit("a", 11.5) == "serve"  # the window passed: served again
     assert gate.active == 1
 
@@ -22,5 +22,31 @@ def test_each_chunk_once_per_window_and_a_few_at_a_time() -> None:
 def test_an_upload_that_did_not_complete_does_not_count_as_seeded() -> None:
     gate = SeedGate(slots=1)
     assert gate.admit("a", 0.0) == "serve"
-    gate.done("a", completed=False)
+    gate.done("a", 0.05, completed=False)
     assert gate.admit("a", 0.1) == "serve"
+
+
+def test_busy_says_when_the_oldest_upload_should_end() -> None:
+    gate = SeedGate(slots=2, window=0.0, retry=0.25)
+    assert gate.admit("a", 0.0) == "serve" and gate.admit("b", 0.0) == "serve"
+    assert gate.admit("c", 0.1) == "busy"
+    assert gate.retry_after(0.1) == 0.25  # nothing measured yet: the default
+    gate.done("a", 4.0)  # uploads take 4 s here
+    assert gate.admit("c", 4.0) == "serve"  # runs from 4.0 to about 8.0
+    assert gate.admit("d", 5.0) == "busy"
+    # "b" (started at 0.0) is overdue: the shortest wait; once it ends, "c" sets it.
+    assert gate.retry_after(5.0) == 0.25
+    gate.done("b", 5.5)
+    assert gate.admit("d", 5.5) == "serve"
+    took = 0.75 * 4.0 + 0.25 * 5.5  # a moving average of the uploads' durations
+    assert gate.retry_after(6.0) == 4.0 + took - 6.0  # "c" started at 4.0
+    gate.done("c", 8.0, completed=False)  # an abandoned upload is not a measurement
+    assert gate.retry_after(8.0) == 5.5 + took - 8.0  # "d" is the oldest now
+
+
+def test_busy_never_asks_for_a_wait_longer_than_max_retry() -> None:
+    gate = SeedGate(slots=1, window=0.0, retry=0.25)
+    assert gate.admit("a", 0.0) == "serve"
+    gate.done("a", 100.0)
+    assert gate.admit("b", 100.0) == "serve" and gate.admit("c", 100.0) == "busy"
+    assert gate.retry_after(100.0) == MAX_RETRY
