@@ -33,7 +33,8 @@ Policy:
   the source rests until the time it named, a seeded chunk is left to the
   peers, and nobody is charged a failure.
 * Endgame: when no chunk is waiting, an idle source may duplicate a chunk that
-  is in flight elsewhere (at most ``max_copies``); the first verified copy wins.
+  has been in flight elsewhere for ``endgame_after`` seconds (at most
+  ``max_copies``); the first verified copy wins.
 * A source that sends a chunk that fails verification is banned for the rest
   of the run (it lied; nothing it sends is worth the time). A source that
   fails ``max_failures`` times in a row (errors, timeouts, HTTP errors) is
@@ -71,6 +72,10 @@ class SchedulerConfig:
     max_failures: int = 3
     #: Copies of one chunk in flight at most, in the endgame.
     max_copies: int = 2
+    #: A chunk is duplicated in the endgame only once its request has run this
+    #: long: a straggler is worth a second copy, a request about to finish is
+    #: not (without it, every one-chunk artifact was fetched twice).
+    endgame_after: float = 0.5
     #: Requests in flight to each fallback source (the origin, for a mirror).
     per_fallback: int = 1
     #: A mirror with nothing in flight waits this long for its neighbours'
@@ -394,9 +399,12 @@ class ChunkScheduler:
         """Duplicate the in-flight chunk with the fewest copies that ``source`` holds."""
         has = self._has[source]
         best = None
-        for s, index in self._inflight:
+        young = self._now - self.config.endgame_after
+        for (s, index), request in self._inflight.items():
             if s == source or self._copies[index] >= self.config.max_copies:
                 continue
+            if request.started > young:
+                continue  # it may well finish before a copy would
             if has is not None and index not in has:
                 continue
             if (source, index) in self._inflight:

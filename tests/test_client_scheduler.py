@@ -14,9 +14,11 @@ def test_fills_every_source_then_finishes() -> None:
     assert {src for src, _ in started} == {"a", "b"}
     for source, index in started:
         assert s.verified(source, index, 100, 1.0)
-    last = s.assign(1.0)  # the last chunk, and in the endgame a second copy of it
-    assert {i for _, i in last} == {4} and len(last) == 2
-    s.verified(last[0][0], 4, 100, 2.0)
+    (last,) = s.assign(1.0)  # the last chunk
+    assert last[1] == 4 and s.assign(1.2) == []  # too young to be worth a copy
+    (copy,) = s.assign(1.6)  # a straggler: the endgame's second copy
+    assert copy[1] == 4 and copy[0] != last[0]
+    s.verified(last[0], 4, 100, 2.0)
     assert s.complete and s.assign(2.0) == [] and s.inflight() == []
 
 
@@ -61,7 +63,9 @@ def test_slow_requests_are_abandoned_after_grace() -> None:
 def test_endgame_duplicates_and_first_copy_wins() -> None:
     s = ChunkScheduler(1, ["a", "b"], SchedulerConfig(per_source=1))
     first = s.assign(0.0)
-    assert len(first) == 2 and {i for _, i in first} == {0}  # idle source duplicates
+    assert len(first) == 1  # a one-chunk artifact is not fetched twice...
+    first += s.assign(0.5)  # ...unless its request straggles: an idle source duplicates
+    assert len(first) == 2 and {i for _, i in first} == {0}
     assert s.verified(first[0][0], 0, 5, 1.0) is True
     assert s.inflight() == []  # the losing copy is dropped for the caller to cancel
     assert s.verified(first[1][0], 0, 5, 1.1) is False
