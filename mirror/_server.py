@@ -17,7 +17,7 @@ from tuf.api.metadata import Metadata, Root
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
-from tufmesh.mirror._swarm import POLL, UPLOAD_SLOTS, Swarm
+from tufmesh.mirror._swarm import POLL, UPLOAD_BYTES, UPLOAD_SLOTS, Swarm
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
@@ -109,7 +109,7 @@ def build_mirror_app(
             swarm.serve_range if swarm else None,
             # Upload slots: a few fast chunk uploads to other mirrors rather
             # than many slow ones (ADR 12); end users are never refused.
-            SeedGate(slots=UPLOAD_SLOTS, window=0.0, retry=POLL),
+            SeedGate(slots=UPLOAD_SLOTS, window=0.0, retry=POLL, max_bytes=UPLOAD_BYTES),
         ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from tufmesh._ui import parse_size
 from tufmesh.errors import UsageError
-from tufmesh.mirror._swarm import UPLOAD_SLOTS
+from tufmesh.mirror._swarm import UPLOAD_BYTES, UPLOAD_SLOTS
 
 __all__ = ["PROFILES", "LinkClass", "Scenario", "load_scenario"]
 
@@ -67,6 +67,8 @@ class Scenario:
     degree: int = 8
     #: Chunk uploads a mirror runs at once for other mirrors (0: no limit).
     upload_slots: int = UPLOAD_SLOTS
+    #: ...and bytes of them at most (0: no limit; one upload may always run).
+    upload_bytes: int = UPLOAD_BYTES
     #: GossipSub mesh degree and per-hop processing time (announcements).
     gossip_degree: int = 4
     gossip_hop: float = 0.002
@@ -122,7 +124,7 @@ class Scenario:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_SIZES: Final = ("size", "chunk_size", "origin_up")
+_SIZES: Final = ("size", "chunk_size", "origin_up", "upload_bytes")
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -216,7 +216,9 @@ class _Simulation:
         self.origin.gate = SeedGate()  # the origin's, as its HTTP server runs it
         for node in self.mirrors:
             if node.behaviour is None and sc.upload_slots:
-                node.gate = SeedGate(slots=sc.upload_slots, window=0.0, retry=POLL)
+                node.gate = SeedGate(
+                    slots=sc.upload_slots, window=0.0, retry=POLL, max_bytes=sc.upload_bytes or None
+                )
         self.honest = [n for n in self.mirrors if n.behaviour is None]
         # Have-record neighbours: a random graph of the given degree.
         graph = self._random_graph(self.mirrors, min(sc.degree, sc.mirrors - 1))
@@ -414,7 +416,7 @@ class _Simulation:
         if src.gate is not None:
             assert dst.scheduler is not None
             patient = dst.scheduler.patient(src.name, index)
-            verdict = src.gate.admit(index, self.now, patient=patient)
+            verdict = src.gate.admit(index, self.now, patient=patient, size=self.chunk[index])
             if verdict != "serve":
                 self.refusals += 1
                 rtt = 2 * (src.latency + dst.latency)
@@ -529,7 +531,8 @@ class _Simulation:
         if node.scheduler is not scheduler or node.done is not None:
             return False  # the mirror restarted or finished meanwhile
         scheduler.refused(src.name, index, self.now + retry, seeded=verdict == "seeded")
-        self._touch(node)
+        if src is self.origin:
+            self._touch(node)  # its claims changed (a peer's refusal changes nothing they read)
         self._pump(node)  # the source rests until then; the next round's pump asks again
         return False
 

@@ -47,21 +47,31 @@ class SeedGate:
     slots: int = 4
     window: float = 30.0
     retry: float = 1.0
+    #: Bytes of uploads running at once at most (one upload always may run).
+    max_bytes: int | None = None
     _served: dict[Hashable, float] = field(default_factory=dict)
-    _running: dict[Hashable, list[float]] = field(default_factory=dict)  # chunk -> starts
+    # chunk -> (start, size) of each upload of it running now
+    _running: dict[Hashable, list[tuple[float, int]]] = field(default_factory=dict)
     _active: int = 0
+    _bytes: int = 0
     _took: float | None = None  # a completed upload's duration (moving average)
 
-    def admit(self, chunk: Hashable, now: float, *, patient: bool = False) -> Verdict:
-        """Decide on a request for ``chunk``; after "serve", call :meth:`done` at its end."""
+    def admit(
+        self, chunk: Hashable, now: float, *, patient: bool = False, size: int = 0
+    ) -> Verdict:
+        """Decide on a request for ``chunk`` (``size`` bytes); after "serve", call
+        :meth:`done` at its end."""
         served = self._served.get(chunk)
         if served is not None and now - served < self.window and not patient:
             return "seeded"
         if self._active >= self.slots:
             return "busy"
+        if self._active and self.max_bytes is not None and self._bytes + size > self.max_bytes:
+            return "busy"
         self._active += 1
+        self._bytes += size
         self._served[chunk] = now
-        self._running.setdefault(chunk, []).append(now)
+        self._running.setdefault(chunk, []).append((now, size))
         if len(self._served) > 1 << 20:  # bound the memory; old entries matter least
             self._served = {k: t for k, t in self._served.items() if now - t < self.window}
         return "serve"
@@ -69,9 +79,10 @@ class SeedGate:
     def done(self, chunk: Hashable, now: float, *, completed: bool = True) -> None:
         """An admitted upload ended; if it did not complete, the chunk is not seeded."""
         self._active -= 1
-        starts = self._running.get(chunk)
-        start = starts.pop(0) if starts else None
-        if starts == []:
+        uploads = self._running.get(chunk)
+        start, size = uploads.pop(0) if uploads else (None, 0)
+        self._bytes -= size
+        if uploads == []:
             del self._running[chunk]
         if not completed:
             self._served.pop(chunk, None)
@@ -83,7 +94,7 @@ class SeedGate:
         """Seconds after which a refused request should be asked again."""
         if self._took is None or not self._running:
             return self.retry
-        oldest = min(starts[0] for starts in self._running.values())
+        oldest = min(uploads[0][0] for uploads in self._running.values())
         return min(max(oldest + self._took - now, self.retry), MAX_RETRY)
 
     @property

@@ -239,7 +239,7 @@ def tree_routes(
                 return _error(404, str(exc))  # completed meanwhile: asked again, it is stored
         if gate is not None and span is not None and MIRROR_HEADER in request.headers:
             patient = request.headers[MIRROR_HEADER] == "patient"
-            return _gated(gate, (cid, span[0]), path, patient)
+            return _gated(gate, (cid, span[0]), span[1] - span[0] + 1, path, patient)
         return file(path, "application/octet-stream", _IMMUTABLE)
 
     return [
@@ -249,10 +249,12 @@ def tree_routes(
     ]
 
 
-def _gated(gate: SeedGate, chunk: tuple[str, int], path: Path, patient: bool) -> Response:
-    """A mirror's chunk request, as the seeding gate decides."""
+def _gated(
+    gate: SeedGate, chunk: tuple[str, int], size: int, path: Path, patient: bool
+) -> Response:
+    """A mirror's request for ``size`` bytes of a chunk, as the seeding gate decides."""
     now = trio.current_time()
-    verdict = gate.admit(chunk, now, patient=patient)
+    verdict = gate.admit(chunk, now, patient=patient, size=size)
     if verdict != "serve":
         retry = gate.retry_after(now) if verdict == "busy" else gate.retry
         headers = {"x-tufmesh-refused": verdict, "retry-after": f"{retry:.3g}"}

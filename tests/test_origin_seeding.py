@@ -50,3 +50,15 @@ def test_busy_never_asks_for_a_wait_longer_than_max_retry() -> None:
     gate.done("a", 100.0)
     assert gate.admit("b", 100.0) == "serve" and gate.admit("c", 100.0) == "busy"
     assert gate.retry_after(100.0) == MAX_RETRY
+
+
+def test_a_byte_budget_lets_one_big_upload_run_alone() -> None:
+    gate = SeedGate(slots=4, window=0.0, max_bytes=8)
+    assert gate.admit("big", 0.0, size=16) == "serve"  # one upload may always run
+    assert gate.admit("small", 0.0, size=1) == "busy"  # over the budget
+    gate.done("big", 1.0)
+    assert [gate.admit(c, 1.0, size=2) for c in "abcde"] == ["serve"] * 4 + ["busy"]  # slots
+    gate.done("a", 2.0)
+    gate.done("b", 2.0)
+    assert gate.admit("f", 2.0, size=5) == "busy"  # 4 + 5 bytes: over
+    assert gate.admit("g", 2.0, size=4) == "serve"  # 4 + 4: within
