@@ -7,6 +7,9 @@ mirrors and a 1 GiB release in 1 MiB chunks (targets: under 60 s), and 10,000
 mirrors with 16 MiB chunks (under 5 minutes); both under 4 GiB, both on a
 homogeneous network, where the time to full replication should be within
 1.3x of the lower bound. ``--quick`` runs a tenth of each.
+
+``--sweep`` instead prints the design table of docs/results.md: 1,000 mirrors
+and 256 MiB, one change at a time from the defaults.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 RUN = """
 import json, resource, sys, time
@@ -34,13 +38,50 @@ print(json.dumps({
 """
 
 
+#: The sweep: one change at a time from 1,000 mirrors, 256 MiB, 1 MiB chunks.
+SWEEP = {
+    "chunk 1 MiB": {},
+    "chunk 4 MiB": {"chunk_size": 4 << 20},
+    "chunk 16 MiB": {"chunk_size": 16 << 20},
+    "degree 4": {"degree": 4},
+    "degree 16": {"degree": 16},
+    "no upload slots": {"upload_slots": 0, "upload_bytes": 0},
+    "mixed links": {"links": "mixed"},
+    "home links": {"links": "home"},
+    "10% hostile": {"malicious": 0.1},
+    "30% hostile": {"malicious": 0.3},
+    "25% churn": {"churn": 0.25, "downtime": 10.0},
+}
+
+
+def sweep() -> None:
+    """Print the design table, a row per change."""
+    from tufmesh.netsim import Scenario, simulate
+
+    print("| scenario | p50 | every mirror | bound | ratio | origin | bans | wall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, changes in SWEEP.items():
+        started = time.perf_counter()
+        r = simulate(Scenario(mirrors=1000, size=256 << 20, **changes))  # type: ignore[arg-type]
+        print(
+            f"| {name} | {r.percentile(50):.1f} | {r.all_done:.1f} | {r.lower_bound:.1f} "
+            f"| {r.all_done / r.lower_bound:.2f} | {r.origin_bytes / (256 << 20):.2f} "
+            f"| {r.bans} | {time.perf_counter() - started:.0f} s |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="A tenth of the mirrors.")
+    parser.add_argument("--sweep", action="store_true", help="The design table instead.")
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    if args.sweep:
+        sweep()
+        return
     scale = 10 if args.quick else 1
     runs = [
         (1000 // scale, 1 << 30, 1 << 20, 60.0),
