@@ -174,6 +174,8 @@ class Mirror:
                 sources = [SourceHealth(origin)] + [SourceHealth(p, fallback=True) for p in peers]
             with Client(self.dir / "client", root, list(sources)) as client:
                 targets = self.wanted(client.artifacts())
+                if swarm is not None:
+                    swarm.syncing = _version(client.metadata_dir / "snapshot.json")
                 for target in targets:
                     cid = target.custom.get("cid") if isinstance(target.custom, dict) else None
                     if not isinstance(cid, str):
@@ -269,11 +271,7 @@ class Mirror:
         return snapshot
 
     def _served_timestamp_version(self) -> int:
-        try:
-            path = self.tree / "metadata" / "timestamp.json"
-            return int(json.loads(path.read_bytes())["signed"]["version"])
-        except (OSError, ValueError, KeyError):
-            return 0
+        return _version(self.tree / "metadata" / "timestamp.json")
 
     def note_network(self, peers: int, newest_announced: int) -> None:
         """Remember what the p2p layer saw, for ``mirror status``."""
@@ -298,3 +296,11 @@ class Mirror:
             )
 
         self._update_state(update)
+
+
+def _version(path: Path) -> int:
+    """The version of the verified metadata file ``path`` (0 if unreadable)."""
+    try:
+        return int(json.loads(path.read_bytes())["signed"]["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import trio
 from starlette.applications import Starlette
@@ -36,15 +38,11 @@ def build_mirror_app(
     counter: ByteCounter
 
     async def have(request: Request) -> Response:
-        try:
-            body = await request.json()
-            cids, asker = body["cids"], body.get("from")
-            if not isinstance(cids, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": 'expected {"cids": [...], "from": URL}'}, 400)
         assert swarm is not None
-        return JSONResponse(swarm.record(cids, asker))
+        try:
+            return JSONResponse(swarm.answer(await request.json()))
+        except ValueError as exc:  # not JSON, or not a have-query
+            return JSONResponse({"error": str(exc)}, 400)
 
     async def healthz(request: Request) -> Response:
         state = mirror.state()
@@ -120,6 +118,11 @@ def build_mirror_app(
     return counter
 
 
+#: A neighbour's word that it holds a newer snapshot wakes the sync at most this
+#: often (seconds): a liar costs a timestamp fetch per interval, no more.
+HINT_INTERVAL: Final = 1.0
+
+
 async def run_mirror(
     mirror: Mirror,
     host: str,
@@ -146,6 +149,15 @@ async def run_mirror(
     swarm: Swarm | None = None
 
     heard: dict[int, float] = {}  # timestamp version -> first heard (Unix time)
+
+    hinted = -math.inf  # when a neighbour's have-query last woke the sync
+
+    def newer(version: int) -> None:
+        """A neighbour holds a newer snapshot (it says): sync now, once a second at most."""
+        nonlocal hinted
+        if trio.current_time() - hinted >= HINT_INTERVAL:
+            hinted = trio.current_time()
+            wake.set()
 
     async def announced(data: bytes) -> None:
         with contextlib.suppress(ValueError, KeyError, TypeError):  # the gate parsed it
@@ -202,12 +214,18 @@ async def run_mirror(
                 bootstrap=bootstrap,
                 on_announcement=announced,
                 blob_source=blob_source,
-                have_source=lambda cids, asker: swarm.record(cids, asker) if swarm else {},
+                have_source=lambda query: swarm.answer(query) if swarm else {},
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
         sources = mirror.sources
-        swarm = Swarm(peers=sources[:-1], origin=sources[-1], has_blob=mirror.store.has, node=node)
+        swarm = Swarm(
+            peers=sources[:-1],
+            origin=sources[-1],
+            has_blob=mirror.store.has,
+            node=node,
+            on_newer=newer,
+        )
         app = build_mirror_app(mirror, node, swarm, heard)
         swarm.url = await start_http(nursery, app, host, port, max_upload_rate, on_ready)
         if p2p_only and node is not None:

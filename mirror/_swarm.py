@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -104,6 +105,14 @@ class Swarm:
     node: Any = None
     #: The newest snapshot version this mirror holds complete (and serves).
     snapshot: int = 0
+    #: The snapshot version being replicated now (0: none); have-queries name
+    #: it, so that a neighbour that missed the announcement learns of it.
+    syncing: int = 0
+    #: Called with a newer snapshot version that a neighbour's have-query
+    #: names: the daemon then syncs at once. A hint, never trust: the sync
+    #: verifies everything, and the daemon limits how often a hint wakes it.
+    #: It reaches a mirror whose gossip peers are all silent liars.
+    on_newer: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -175,6 +184,22 @@ class Swarm:
         path = self.serve_range(cid, offset, offset + length - 1)
         return None if path is None else read_exactly(path, offset, length)
 
+    def query(self, cid: str) -> dict[str, Any]:
+        """Our have-query for ``cid``: who we are, and the newest snapshot we know."""
+        return {"cids": [cid], "from": self.url, "newest": max(self.snapshot, self.syncing)}
+
+    def answer(self, query: object) -> dict[str, Any]:
+        """Our answer to a neighbour's have-query (over HTTP or libp2p).
+
+        Raises ValueError if ``query`` is not one."""
+        if not isinstance(query, dict) or not isinstance(query.get("cids"), list):
+            raise ValueError('expected {"cids": [...], "from": URL, "newest": N}')
+        newest = query.get("newest")
+        known = max(self.snapshot, self.syncing)
+        if type(newest) is int and newest > known and self.on_newer is not None:
+            self.on_newer(newest)
+        return self.record(query["cids"], query.get("from"))
+
     def record(self, cids: list[str], asker: object = None) -> dict[str, Any]:
         """Our have-record for ``cids`` (learning ``asker`` as a neighbour)."""
         self.learn(asker)
@@ -230,12 +255,10 @@ class Swarm:
         )
 
     async def _query(self, client: Any, url: str, cid: str, scheduler: ChunkScheduler) -> None:
-        body = {"cids": [cid], "from": self.url}
+        body = self.query(cid)
         try:
             if url.startswith("libp2p:"):
-                record = await self.on_node(
-                    self.node.query_have, url.removeprefix("libp2p:"), [cid], self.url
-                )
+                record = await self.on_node(self.node.query_have, url.removeprefix("libp2p:"), body)
             else:
                 response = await client.post(f"{url}/have", json=body)
                 if response.status_code != 200 or len(response.content) > MAX_RECORD:

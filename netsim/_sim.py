@@ -15,7 +15,8 @@ have-queries). The simulator only plays the network around it:
 * **Have-records** are read from each neighbour every
   :data:`~tufmesh.mirror._swarm.POLL` seconds plus the round's slowest round
   trip, as the daemon's have-query rounds do; a neighbour that does not
-  answer three rounds in a row is dropped.
+  answer three rounds in a row is dropped. A query names the release, so a
+  neighbour that has not heard of it (its gossip peers are liars) starts.
 * **Chunks** are checked with the real manifest code: each chunk has a small
   stand-in content with a real BLAKE3 digest, and a hostile sender's chunk is
   a corrupted copy that must fail it.
@@ -367,6 +368,8 @@ class _Simulation:
                 continue
             if silent.get(name):
                 silent[name] = 0
+            if peer.scheduler is None and peer.behaviour is None:
+                self._hint(node, peer)
             seen = seen_by.get(name)
             if seen is None:  # the first answer
                 if peer.behaviour is not None:
@@ -389,6 +392,15 @@ class _Simulation:
                 scheduler.set_claims(name, peer_scheduler.claims())
             else:
                 scheduler.set_claims(name, ())
+
+    def _hint(self, node: _Node, peer: _Node) -> None:
+        """``node``'s have-query names the release: ``peer``, if it has not heard
+        of it yet (a gossip mesh of liars), syncs at once (``Swarm.on_newer``)."""
+        heard = self.now + node.latency + peer.latency
+        if heard < peer.announced and peer.done is None:
+            peer.announced = heard
+            start = heard + self.sc.metadata_rtts * 2 * (peer.latency + self.origin.latency)
+            self._at(start, _START, peer)
 
     def _pump(self, node: _Node) -> None:
         """Start the requests the scheduler asks for."""

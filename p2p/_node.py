@@ -110,11 +110,12 @@ class P2PNode:
         bootstrap: list[str] | None = None,
         on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
         blob_source: Callable[[str, int, int], bytes | None] | None = None,
-        have_source: Callable[[list[str], object], dict[str, Any]] | None = None,
+        have_source: Callable[[object], dict[str, Any]] | None = None,
     ) -> None:
         """``blob_source(cid, offset, length)`` answers ``/tufmesh/blob/1`` requests
         with verified bytes (blocking: it runs in a worker thread), or None;
-        ``have_source(cids, asker)`` answers ``/tufmesh/have/1`` have-queries."""
+        ``have_source(query)`` answers ``/tufmesh/have/1`` have-queries (the
+        parsed JSON; it raises ValueError for one that is not)."""
         self.key_path = key_path
         self.topic = topic
         self.gate = gate
@@ -257,17 +258,18 @@ class P2PNode:
                     size = json_size(await _read_exactly(stream, 4), MAX_REQUEST * 8)
                     query = json.loads(await _read_exactly(stream, size))
                     assert self.have_source is not None
-                    record = self.have_source(list(query["cids"]), query.get("from"))
+                    record = self.have_source(query)
                     await stream.write(encode_json(record, MAX_RECORD))
             finally:
                 await stream.close()
 
-    async def query_have(self, address: str, cids: list[str], asker: str | None) -> Any:
-        """The have-record of the peer at ``address`` for ``cids`` (parsed JSON)."""
+    async def query_have(self, address: str, query: dict[str, Any]) -> Any:
+        """The have-record (parsed JSON) with which the peer at ``address``
+        answers ``query`` (``{"cids": [...], "from": URL, "newest": N}``)."""
         stream = await self._open(address, HAVE_PROTOCOL)
         try:
             with trio.fail_after(_BLOB_TIMEOUT):
-                await stream.write(encode_json({"cids": cids, "from": asker}, MAX_REQUEST * 8))
+                await stream.write(encode_json(query, MAX_REQUEST * 8))
                 size = json_size(await _read_exactly(stream, 4), MAX_RECORD)
                 try:
                     return json.loads(await _read_exactly(stream, size))

@@ -196,6 +196,37 @@ def _published(replica: Mirror) -> list[str]:
 
 
 @pytest.mark.slow
+def test_a_neighbours_have_query_wakes_a_mirror_that_missed_the_announcement(
+    tmp_path: Path,
+) -> None:
+    # m2 is not on the gossip mesh and polls every 300 s: only m1's have-queries,
+    # which name the snapshot m1 is replicating, can tell it in time.
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    with running(repo, "--p2p-port", "0") as origin:
+        origin_addr = (repo / "p2p.addr").read_text().strip()
+        with mirror_process(tmp_path / "m2", root, origin.url, "--poll", "300") as m2:
+            wait_for(m2, 1)
+            with mirror_process(
+                tmp_path / "m1", root, origin.url, "--poll", "300", "--peer", m2,
+                "--p2p-port", "0", "--bootstrap", origin_addr,
+            ) as m1:  # fmt: skip
+                wait_for(m1, 1)
+                time.sleep(2)  # let the gossip mesh form (1 s heartbeats)
+                published = post(origin.url, "demo", "demo-1.0.tar.gz", b"hinted", token).json()
+                version = published["snapshot_version"]
+                wait_for(m1, version, deadline=30)
+                wait_for(m2, version, deadline=15)
+                # python-tuf's own client, unmodified, gets the new artifact from m2.
+                updater = tuf_updater(m2, repo)
+                updater.refresh()
+                info = updater.get_targetinfo("demo/demo-1.0.tar.gz")
+                assert info is not None
+                assert Path(updater.download_target(info)).read_bytes() == b"hinted"
+
+
+@pytest.mark.slow
 def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")

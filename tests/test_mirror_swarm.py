@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tufmesh.mirror._swarm import MAX_NEIGHBOURS, Partial, Swarm, parse_record
 
 
@@ -72,3 +74,19 @@ def test_a_neighbour_is_forgotten_after_three_failed_rounds_in_a_row() -> None:
     for _ in range(5):
         swarm._failed("http://kept")
     assert swarm.neighbours() == ["http://kept"]  # configured peers stay
+
+
+def test_a_have_query_naming_a_newer_snapshot_is_a_hint() -> None:
+    heard: list[int] = []
+    swarm = Swarm(snapshot=4, on_newer=heard.append)
+    swarm.syncing = 5
+    assert swarm.query("cid") == {"cids": ["cid"], "from": None, "newest": 5}
+    for newest in (3, 5, "9", True, None):  # older, known, or not a version
+        swarm.answer({"cids": [], "from": "http://a", "newest": newest})
+    assert heard == []
+    record = swarm.answer({"cids": ["cid"], "from": "http://a", "newest": 6})
+    assert heard == [6] and record["snapshot"] == 4
+    assert "http://a" in swarm.neighbours()
+    for bad in ([], {"cids": "x"}, {"from": "http://a"}):
+        with pytest.raises(ValueError, match="expected"):
+            swarm.answer(bad)
