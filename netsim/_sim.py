@@ -120,10 +120,12 @@ class _Node:
     announced: float = math.inf
     gate: SeedGate | None = None  # who it serves now (the origin: seeding; mirrors: slots)
     round_time: float = POLL  # a have-query round: the poll, plus its slowest round trip
-    # A neighbour changed since the last round (else the round reads nothing
-    # new: it is skipped, but for one in eight, a safety net).
-    dirty: bool = True
-    quiet: int = 0
+    # Neighbours whose have-record changed since the last round: a round reads
+    # only those (what it would read of the others is what it read before).
+    # Every ninth round, and while a neighbour is offline, it reads them all.
+    changed: set[_Node] = field(default_factory=set)
+    dirty: bool = True  # read them all next round
+    quiet: int = 0  # rounds since the last full read
 
 
 @dataclass
@@ -338,7 +340,7 @@ class _Simulation:
     def _touch(node: _Node) -> None:
         """``node``'s have-record changed: its neighbours' next rounds read it."""
         for peer in node.neighbours:
-            peer.dirty = True
+            peer.changed.add(node)
 
     def _round(self, subject: tuple[_Node, int]) -> bool:
         """One round of have-queries (what the daemon's ``Swarm.follow`` does)."""
@@ -348,17 +350,22 @@ class _Simulation:
             return False
         if node.dirty or node.quiet >= 8:
             node.dirty, node.quiet = False, 0
-            self._read_neighbours(node, scheduler)
+            node.changed.clear()
+            self._read_neighbours(node, scheduler, node.neighbours)
         else:
             node.quiet += 1
+            if node.changed:
+                changed, node.changed = node.changed, set()
+                peers = [p for p in node.neighbours if p in changed]  # in a fixed order
+                self._read_neighbours(node, scheduler, peers)
         scheduler.fallback_open = True
         self._pump(node)
         self._at(self.now + node.round_time, _ROUND, subject)
         return False
 
-    def _read_neighbours(self, node: _Node, scheduler: ChunkScheduler) -> None:
+    def _read_neighbours(self, node: _Node, scheduler: ChunkScheduler, peers: list[_Node]) -> None:
         silent, seen_by = node.silent, node.seen
-        for peer in node.neighbours:
+        for peer in peers:
             name = peer.name
             if not peer.online:
                 node.dirty = True  # count the silent rounds
