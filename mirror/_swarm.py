@@ -184,9 +184,14 @@ class Swarm:
         path = self.serve_range(cid, offset, offset + length - 1)
         return None if path is None else read_exactly(path, offset, length)
 
+    @property
+    def newest(self) -> int:
+        """The newest snapshot version this mirror knows of (held or replicating)."""
+        return max(self.snapshot, self.syncing)
+
     def query(self, cid: str) -> dict[str, Any]:
         """Our have-query for ``cid``: who we are, and the newest snapshot we know."""
-        return {"cids": [cid], "from": self.url, "newest": max(self.snapshot, self.syncing)}
+        return {"cids": [cid], "from": self.url, "newest": self.newest}
 
     def answer(self, query: object) -> dict[str, Any]:
         """Our answer to a neighbour's have-query (over HTTP or libp2p).
@@ -195,8 +200,7 @@ class Swarm:
         if not isinstance(query, dict) or not isinstance(query.get("cids"), list):
             raise ValueError('expected {"cids": [...], "from": URL, "newest": N}')
         newest = query.get("newest")
-        known = max(self.snapshot, self.syncing)
-        if type(newest) is int and newest > known and self.on_newer is not None:
+        if type(newest) is int and newest > self.newest and self.on_newer is not None:
             self.on_newer(newest)
         return self.record(query["cids"], query.get("from"))
 

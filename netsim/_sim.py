@@ -439,7 +439,7 @@ class _Simulation:
             if verdict != "serve":
                 self.refusals += 1
                 rtt = 2 * (src.latency + dst.latency)
-                retry = src.gate.retry_after(self.now) if verdict == "busy" else src.gate.retry
+                retry = src.gate.retry_after(self.now, verdict)
                 self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, src, index, verdict, retry))
                 return
         kind = src.behaviour or "honest"

@@ -90,9 +90,10 @@ class SeedGate:
             took = now - start
             self._took = took if self._took is None else 0.75 * self._took + 0.25 * took
 
-    def retry_after(self, now: float) -> float:
-        """Seconds after which a refused request should be asked again."""
-        if self._took is None or not self._running:
+    def retry_after(self, now: float, verdict: Verdict = "busy") -> float:
+        """Seconds after which a request refused with ``verdict`` should be asked
+        again: a busy gate estimates when a slot frees; a seeded chunk, ``retry``."""
+        if verdict != "busy" or self._took is None or not self._running:
             return self.retry
         oldest = min(uploads[0][0] for uploads in self._running.values())
         return min(max(oldest + self._took - now, self.retry), MAX_RETRY)

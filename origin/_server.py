@@ -256,7 +256,7 @@ def _gated(
     now = trio.current_time()
     verdict = gate.admit(chunk, now, patient=patient, size=size)
     if verdict != "serve":
-        retry = gate.retry_after(now) if verdict == "busy" else gate.retry
+        retry = gate.retry_after(now, verdict)
         headers = {"x-tufmesh-refused": verdict, "retry-after": f"{retry:.3g}"}
         return JSONResponse({"error": f"refused: {verdict}"}, 503, headers=headers)
     return _GatedResponse(
