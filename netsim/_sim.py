@@ -111,7 +111,9 @@ class _Node:
     seen: dict[str, int] = field(default_factory=dict)  # neighbour -> log entries read
     silent: dict[str, int] = field(default_factory=dict)  # neighbour -> rounds unanswered
     flows: dict[tuple[str, int], _Flow] = field(default_factory=dict)  # requests in flight
-    serving: set[_Flow] = field(default_factory=set)
+    # Uploads in progress (a dict: in the order they started, never in the
+    # order of object addresses, which differ from run to run).
+    serving: dict[_Flow, None] = field(default_factory=dict)
     started: float | None = None
     done: float | None = None
     ticking: bool = False
@@ -445,7 +447,7 @@ class _Simulation:
         kind = src.behaviour or "honest"
         flow = _Flow(src, dst, index, self.chunk[index], kind, self.now)
         dst.flows[(src.name, index)] = flow
-        src.serving.add(flow)
+        src.serving[flow] = None
         if kind in ("honest", "corrupt"):
             self._join_links(flow)
         elif kind == "trickle":
@@ -533,7 +535,7 @@ class _Simulation:
         moved = self._progress(flow)
         flow.dead = True
         self._leave_links(flow)
-        flow.src.serving.discard(flow)
+        flow.src.serving.pop(flow, None)
         flow.dst.flows.pop((flow.src.name, flow.index), None)
         flow.dst.received += moved
         if flow.src.gate is not None:
@@ -560,7 +562,7 @@ class _Simulation:
             return False
         flow.dead = True
         node, source = flow.dst, flow.src.name
-        flow.src.serving.discard(flow)
+        flow.src.serving.pop(flow, None)
         node.flows.pop((source, flow.index), None)
         node.received += flow.size
         if flow.src.gate is not None:
