@@ -144,6 +144,11 @@ class ChunkScheduler:
         self._load: dict[str, int] = dict.fromkeys(self.sources, 0)  # requests per source
         self._copies = [0] * self.count  # requests per chunk
         self._has: dict[str, set[int] | None] = dict.fromkeys(self.sources)
+        # For each source that holds some chunks: the waiting ones among them
+        # (what it can be asked for), kept up to date as chunks start, land and
+        # go back to the queue; and, for each chunk, the sources that hold it.
+        self._avail: dict[str, set[int]] = {}
+        self._holders: list[list[str]] = [[] for _ in range(self.count)]
         # Holders of each chunk among the usable sources that are not
         # fallbacks, and how many of those hold everything.
         self._rarity = [0] * self.count
@@ -259,6 +264,7 @@ class ChunkScheduler:
             self._full += name not in self.fallback
         else:
             self._has[name] = set()
+            self._avail[name] = set()
             self.add_have(name, has)
 
     def add_have(self, source: str, indices: Iterable[int]) -> None:
@@ -267,12 +273,16 @@ class ChunkScheduler:
         if has is None or self.stats[source].banned is not None:
             return  # unknown, already holds everything, or not listened to
         self._dry.discard(source)
-        rarity, key, count = self._rarity, self._key, self.count
+        rarity, key, count, holders = self._rarity, self._key, self.count, self._holders
+        waiting, avail = self._waiting, self._avail[source]
         for index in indices:
             if index not in has and 0 <= index < count:
                 has.add(index)
                 rarity[index] += 1
                 key[index] += count
+                holders[index].append(source)
+                if index in waiting:
+                    avail.add(index)
         if len(has) == count:  # complete: cheaper as a full holder
             self._forget(source)
             self._has[source] = None
@@ -313,10 +323,12 @@ class ChunkScheduler:
             if source not in self.fallback:
                 self._full -= 1
         else:
-            rarity, key, count = self._rarity, self._key, self.count
+            rarity, key, count, holders = self._rarity, self._key, self.count, self._holders
             for index in has:
                 rarity[index] -= 1
                 key[index] -= count
+                holders[index].remove(source)
+            del self._avail[source]
         self._dry -= self.fallback
         self.set_claims(source, ())
 
@@ -357,7 +369,7 @@ class ChunkScheduler:
         self._inflight[(source, index)] = _Request(source, index, now)
         self._load[source] += 1
         self._copies[index] += 1
-        self._waiting.discard(index)
+        self._unwait(index)
 
     def _next_for(self, source: str) -> int | None:
         waiting = self._waiting
@@ -366,8 +378,7 @@ class ChunkScheduler:
                 return None  # a peer holds everything: it serves, not the origin
             candidates = self._for_fallback()
         else:
-            has = self._has[source]
-            candidates = waiting if has is None else waiting & has
+            candidates = waiting if self._has[source] is None else self._avail[source]
         if candidates:
             return min(candidates, key=self._key.__getitem__)
         if waiting or source in self.fallback:
@@ -377,6 +388,12 @@ class ChunkScheduler:
                 self._dry.add(source)
             return None  # none this source can give (a fallback never duplicates)
         return self._endgame(source)
+
+    def _unwait(self, index: int) -> None:
+        if index in self._waiting:
+            self._waiting.discard(index)
+            for source in self._holders[index]:
+                self._avail[source].discard(index)
 
     def _for_fallback(self) -> list[int]:
         """Chunks to ask a fallback for: no peer holds them, no neighbour claims
@@ -463,7 +480,7 @@ class ChunkScheduler:
         if self._designated is None or index in self._designated:
             self._claims_cache = None
         self.have.add(index)
-        self._waiting.discard(index)
+        self._unwait(index)
         if self._copies[index]:
             for key in [k for k in self._inflight if k[1] == index]:
                 self._finish(*key)  # endgame copies that lost: the caller abandons them
@@ -521,7 +538,10 @@ class ChunkScheduler:
 
     def _requeue(self, index: int) -> None:
         if index not in self.have and not self._copies[index]:
-            self._waiting.add(index)
+            if index not in self._waiting:
+                self._waiting.add(index)
+                for source in self._holders[index]:
+                    self._avail[source].add(index)
             if self._dry:  # sources holding it have something to give again
                 has = self._has
                 self._dry = {

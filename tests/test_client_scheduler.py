@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tufmesh.client import ChunkScheduler, SchedulerConfig
 
@@ -195,3 +197,58 @@ def test_fallback_waits_for_the_first_have_round() -> None:
     assert s.assign(0.0) == []
     s.fallback_open = True
     assert len(s.assign(0.1)) == 2  # alone: it owns every chunk
+
+
+# -- a model check: every pick is the rarest waiting chunk its source holds --------
+
+_PEERS = ("p0", "p1", "p2")
+_EVENT = st.tuples(
+    st.sampled_from(["have", "verified", "failed", "refused", "rejected", "drop"]),
+    st.sampled_from(_PEERS),
+    st.frozensets(st.integers(0, 7), max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENT, max_size=40))
+def test_every_pick_is_the_rarest_waiting_chunk_its_source_holds(
+    events: list[tuple[str, str, frozenset[int]]],
+) -> None:
+    count = 8
+    s = ChunkScheduler(count, [], SchedulerConfig(per_source=2, max_copies=1))
+    for peer in _PEERS:
+        s.add_source(peer, has=())
+    held: dict[str, set[int]] = {p: set() for p in _PEERS}  # the model's have-records
+    resting = dict.fromkeys(_PEERS, 0.0)  # a source that refused rests until then
+    now = 0.0
+    for kind, peer, chunks in events:
+        now += 0.1
+        running = [key for key in s.inflight() if key[0] == peer]
+        if kind == "have":
+            s.add_have(peer, chunks)
+            held[peer] |= chunks
+        elif kind == "drop":
+            s.drop(peer, "left")
+        elif running:
+            source, index = running[0]
+            if kind == "verified":
+                s.verified(source, index, 1, now)
+            elif kind == "failed":
+                s.failed(source, index, "reset")
+            elif kind == "refused":
+                s.refused(source, index, now + 0.05)
+                resting[source] = now + 0.05
+            else:
+                s.rejected(source, index, "bad chunk")
+        # After every event: what the scheduler asks for, against the model.
+        waiting = set(range(count)) - s.have - {i for _, i in s.inflight()}
+        listened = [p for p in _PEERS if s.stats[p].banned is None]
+        rarity = {i: sum(i in held[p] for p in listened) for i in range(count)}
+        for source, index in s.assign(now):
+            offer = waiting & held[source]
+            assert index == min(offer, key=lambda i: (rarity[i], i))
+            waiting.discard(index)
+        for p in listened:  # and no source is left idle that could give a chunk
+            load = sum(1 for source, _ in s.inflight() if source == p)
+            if load < 2 and resting[p] <= now:
+                assert not waiting & held[p]
