@@ -146,12 +146,10 @@ class ChunkScheduler:
         self._has: dict[str, set[int] | None] = dict.fromkeys(self.sources)
         # For each source that holds some chunks: the waiting ones among them
         # (what it can be asked for), kept up to date as chunks start, land and
-        # go back to the queue; and, for each chunk, the sources that hold it.
+        # go back to the queue; and, for each chunk, the usable sources that
+        # hold some chunks and hold it (its rarity), and how many hold all.
         self._avail: dict[str, set[int]] = {}
         self._holders: list[list[str]] = [[] for _ in range(self.count)]
-        # Holders of each chunk among the usable sources that are not
-        # fallbacks, and how many of those hold everything.
-        self._rarity = [0] * self.count
         self._full = sum(1 for s in self.sources if s not in self.fallback)
         self._claims: dict[str, set[int]] = {}
         self._claimed = [0] * self.count
@@ -273,12 +271,11 @@ class ChunkScheduler:
         if has is None or self.stats[source].banned is not None:
             return  # unknown, already holds everything, or not listened to
         self._dry.discard(source)
-        rarity, key, count, holders = self._rarity, self._key, self.count, self._holders
+        key, count, holders = self._key, self.count, self._holders
         waiting, avail = self._waiting, self._avail[source]
         for index in indices:
             if index not in has and 0 <= index < count:
                 has.add(index)
-                rarity[index] += 1
                 key[index] += count
                 holders[index].append(source)
                 if index in waiting:
@@ -323,9 +320,8 @@ class ChunkScheduler:
             if source not in self.fallback:
                 self._full -= 1
         else:
-            rarity, key, count, holders = self._rarity, self._key, self.count, self._holders
+            key, count, holders = self._key, self.count, self._holders
             for index in has:
-                rarity[index] -= 1
                 key[index] -= count
                 holders[index].remove(source)
             del self._avail[source]
@@ -399,18 +395,18 @@ class ChunkScheduler:
         """Chunks to ask a fallback for: no peer holds them, no neighbour claims
         them, and (for a mirror) this node is their designated fetcher, unless it
         has been idle past its patience."""
-        rarity, claimed = self._rarity, self._claimed
+        holders, claimed = self._holders, self._claimed
         if self._mine is None:
             pool = self._waiting - self._seeded
-            return [i for i in pool if not rarity[i] and not claimed[i]]
+            return [i for i in pool if not holders[i] and not claimed[i]]
         idle = self._idle_since is not None and self._now - self._idle_since >= self.config.patience
         if idle and not self._inflight:
             # Nothing from anyone for a while: any chunk no peer holds, claimed
             # or not (a claimant may be lying, or gone).
             self._patient = True
-            return [i for i in self._waiting if not rarity[i]]
+            return [i for i in self._waiting if not holders[i]]
         pool = (self.designated() & self._waiting) - self._seeded
-        return [i for i in pool if not rarity[i] and not claimed[i]]
+        return [i for i in pool if not holders[i] and not claimed[i]]
 
     def _endgame(self, source: str) -> int | None:
         """Duplicate the in-flight chunk with the fewest copies that ``source`` holds."""
