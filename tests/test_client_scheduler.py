@@ -252,3 +252,15 @@ def test_every_pick_is_the_rarest_waiting_chunk_its_source_holds(
             load = sum(1 for source, _ in s.inflight() if source == p)
             if load < 2 and resting[p] <= now:
                 assert not waiting & held[p]
+
+
+def test_a_mirror_asks_each_peer_for_one_chunk_at_a_time() -> None:
+    # An end user's download pipelines two requests per source; a mirror has
+    # many peers and each of its requests takes one of a peer's upload slots.
+    user = ChunkScheduler(8, [], SchedulerConfig(per_source=2, per_peer=1))
+    mirror = ChunkScheduler(8, [], SchedulerConfig(per_source=2, per_peer=1), me="m0")
+    for s in (user, mirror):
+        s.add_source("p1", has=range(8))
+        s.add_source("p2", has=range(4))
+    assert sorted(src for src, _ in user.assign(0.0)) == ["p1", "p1", "p2", "p2"]
+    assert sorted(src for src, _ in mirror.assign(0.0)) == ["p1", "p2"]
