@@ -124,6 +124,7 @@ class _Request:
 
 
 _UNMEASURED: Final = float("inf")  # try a source we know nothing about
+_NONE: Final[frozenset[int]] = frozenset()
 
 
 @dataclass
@@ -158,7 +159,7 @@ class ChunkScheduler:
         self._avail: dict[str, set[int]] = {}
         self._holders: list[list[str]] = [[] for _ in range(self.count)]
         self._full = sum(1 for s in self.sources if s not in self.fallback)
-        self._claims: dict[str, set[int]] = {}
+        self._claims: dict[str, frozenset[int]] = {}
         self._claimed = [0] * self.count
         self._mine = weights(self.me, self.count) if self.me is not None else None
         self._best_peer = [-1] * self.count  # highest weight among live peers
@@ -171,7 +172,7 @@ class ChunkScheduler:
         # Peers known to have nothing this node still needs (until they
         # report more, or a chunk goes back to the queue): assign skips them.
         self._dry: set[str] = set()
-        self._claims_cache: set[int] | None = None
+        self._claims_cache: frozenset[int] | None = None
         self._claims_from: dict[str, Iterable[int]] = {}
         self._resting: dict[str, float] = {}
         self._patient = False  # the next fallback pick comes from the idle rule
@@ -230,17 +231,17 @@ class ChunkScheduler:
         """What ``source`` is known to hold (None: everything)."""
         return self._has.get(source)
 
-    def claims(self) -> set[int]:
+    def claims(self) -> frozenset[int]:
         """Chunks this node fetches from a fallback, now or later as their
         designated fetcher (its have-record says so: neighbours leave them to it).
 
-        The same set object until it changes: do not modify it."""
+        The same object until it changes."""
         if self._claims_cache is None:
             fallback = self.fallback
             fetching = {index for source, index in self._inflight if source in fallback}
             if self._mine is not None:
                 fetching |= self.designated() - self.have
-            self._claims_cache = fetching
+            self._claims_cache = frozenset(fetching)
         return self._claims_cache
 
     def designated(self) -> set[int]:
@@ -297,10 +298,10 @@ class ChunkScheduler:
         if self._claims_from.get(source) is indices:
             return  # the very same record as last time
         self._claims_from[source] = indices
-        claims = set(indices)
+        claims = indices if isinstance(indices, frozenset) else frozenset(indices)
         if claims and (min(claims) < 0 or max(claims) >= self.count):
-            claims = {i for i in claims if 0 <= i < self.count}
-        old = self._claims.pop(source, set())
+            claims = frozenset(i for i in claims if 0 <= i < self.count)
+        old = self._claims.pop(source, _NONE)
         claimed = self._claimed
         for index in old - claims:
             claimed[index] -= 1

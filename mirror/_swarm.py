@@ -243,7 +243,7 @@ class Swarm:
                 scheduler.fallback_open = True  # the first round is in
                 partial = self._partial.get(cid)
                 if partial is not None:
-                    partial.claims = frozenset(scheduler.claims())
+                    partial.claims = scheduler.claims()
                 if poke is not None:
                     poke()
                 await trio.sleep(POLL)
