@@ -395,6 +395,7 @@ class ChunkScheduler:
         return self._endgame(source)
 
     def _unwait(self, index: int) -> None:
+        """Chunk ``index`` left the queue (started or verified): nobody offers it."""
         if index in self._waiting:
             self._waiting.discard(index)
             for source in self._holders[index]:
