@@ -6,8 +6,12 @@ pay for importing the HTTP server stack, nor ``tufmesh cas`` for python-tuf.
 
 from __future__ import annotations
 
+import atexit
 import importlib
-from typing import Any
+import os
+import sys
+import threading
+from typing import Any, NoReturn
 
 import click
 
@@ -50,6 +54,34 @@ def cli() -> None:
     """tufmesh: a TUF-secured, content-addressed artifact repository with peer-to-peer mirrors."""
 
 
-def main() -> None:
+def main() -> NoReturn:
     """Console-script entry point."""
-    cli()
+    try:
+        cli()
+    except SystemExit as exc:
+        _leave(exc.code)
+    _leave(0)
+
+
+def _leave(code: str | int | None) -> NoReturn:
+    """Exit with ``code``, skipping the interpreter's teardown when nothing is left to finish.
+
+    Freeing every object of every module one by one takes 30-40 ms once
+    trio, python-tuf and cryptography are loaded: a seventh of a small
+    ``tufmesh get``. Every command has closed its files and joined its work
+    by now; the exit handlers (logging, weak-reference finalizers) still run,
+    and if a thread that must finish is still alive, the exit is the usual one.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(t.is_alive() and not t.daemon for t in others):
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            code = code or 1
+    os._exit(code or 0)

@@ -1,0 +1,47 @@
+"""The console entry point's exit: codes, flushed output, threads let finish."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_exit_keeps_code_and_flushes_buffered_output() -> None:
+    proc = _python(
+        "import sys; from tufmesh.cli import _leave\n"
+        "sys.stdout.write('x' * 300_000); print('to stderr', file=sys.stderr); _leave(3)"
+    )
+    assert proc.returncode == 3
+    assert proc.stdout == "x" * 300_000 and proc.stderr == "to stderr\n"
+
+
+def test_exit_with_a_message_says_it_and_fails() -> None:
+    proc = _python("from tufmesh.cli import _leave; _leave('something went wrong')")
+    assert proc.returncode == 1 and proc.stderr == "something went wrong\n"
+    assert _python("from tufmesh.cli import _leave; _leave(None)").returncode == 0
+
+
+def test_exit_waits_for_a_thread_still_at_work(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    proc = _python(
+        "import threading, time; from tufmesh.cli import _leave\n"
+        f"def work(): time.sleep(0.5); open({str(done)!r}, 'w').write('ok')\n"
+        "threading.Thread(target=work).start(); _leave(0)"
+    )
+    assert proc.returncode == 0 and done.read_text() == "ok"
+
+
+def test_exit_handlers_still_run(tmp_path: Path) -> None:
+    mark = tmp_path / "mark"
+    proc = _python(
+        "import atexit; from tufmesh.cli import _leave\n"
+        f"atexit.register(lambda: open({str(mark)!r}, 'w').write('ran')); _leave(0)"
+    )
+    assert proc.returncode == 0 and mark.read_text() == "ran"
