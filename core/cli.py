@@ -69,11 +69,12 @@ def _leave(code: str | int | None) -> NoReturn:
     Freeing every object of every module one by one takes 30-40 ms once
     trio, python-tuf and cryptography are loaded: a seventh of a small
     ``tufmesh get``. Every command has closed its files and joined its work
-    by now; the exit handlers (logging, weak-reference finalizers) still run,
-    and if a thread that must finish is still alive, the exit is the usual one.
+    by now; the exit handlers (logging, weak-reference finalizers) still run.
+    The exit is the usual one if a thread that must finish is still alive, or
+    under a profiler or tracer (they report after the program ends).
     """
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-    if any(t.is_alive() and not t.daemon for t in others):
+    if any(t.is_alive() and not t.daemon for t in others) or sys.getprofile() or sys.gettrace():
         sys.exit(code)
     if isinstance(code, str):
         print(code, file=sys.stderr)
