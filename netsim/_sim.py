@@ -235,8 +235,7 @@ class _Simulation:
         for node in self.honest:
             if rng.random() < sc.churn:
                 self._at(self._leave_time(node), _LEAVE, node)
-            start = node.announced + sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
-            self._at(start, _START, node)
+            self._at(node.announced + self._metadata_time(node), _START, node)
 
     def _random_graph(self, nodes: list[_Node], degree: int) -> dict[str, list[_Node]]:
         """Each node links to ``degree`` random others (links are mutual)."""
@@ -280,6 +279,10 @@ class _Simulation:
         for node in self.mirrors:
             if math.isinf(node.announced):  # cut off from the mesh: the poll finds it
                 node.announced = self.rng.uniform(0, FALLBACK_POLL)
+
+    def _metadata_time(self, node: _Node) -> float:
+        """From hearing of a release to the first chunk request: the metadata's round trips."""
+        return self.sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
 
     def _leave_time(self, node: _Node) -> float:
         size = self.sc.size
@@ -408,8 +411,7 @@ class _Simulation:
         heard = self.now + node.latency + peer.latency
         if heard < peer.announced and peer.done is None:
             peer.announced = heard
-            start = heard + self.sc.metadata_rtts * 2 * (peer.latency + self.origin.latency)
-            self._at(start, _START, peer)
+            self._at(heard + self._metadata_time(peer), _START, peer)
 
     def _pump(self, node: _Node) -> None:
         """Start the requests the scheduler asks for."""
@@ -533,13 +535,18 @@ class _Simulation:
         if flow.dead:
             return
         moved = self._progress(flow)
-        flow.dead = True
+        flow.dead = True  # before its links re-plan: they drop it
         self._leave_links(flow)
+        self._end(flow, moved, completed=False)
+
+    def _end(self, flow: _Flow, moved: int, *, completed: bool) -> None:
+        """``flow`` is over, delivered or not, ``moved`` bytes having reached its receiver."""
+        flow.dead = True
         flow.src.serving.pop(flow, None)
         flow.dst.flows.pop((flow.src.name, flow.index), None)
         flow.dst.received += moved
         if flow.src.gate is not None:
-            flow.src.gate.done(flow.index, self.now, completed=False)
+            flow.src.gate.done(flow.index, self.now, completed=completed)
         if flow.src is self.origin:
             self.origin_bytes += moved
             self._touch(flow.dst)
@@ -560,16 +567,8 @@ class _Simulation:
     def _deliver(self, flow: _Flow) -> bool:
         if flow.dead:
             return False
-        flow.dead = True
+        self._end(flow, flow.size, completed=True)
         node, source = flow.dst, flow.src.name
-        flow.src.serving.pop(flow, None)
-        node.flows.pop((source, flow.index), None)
-        node.received += flow.size
-        if flow.src.gate is not None:
-            flow.src.gate.done(flow.index, self.now)
-        if flow.src is self.origin:
-            self.origin_bytes += flow.size
-            self._touch(node)
         scheduler = node.scheduler
         if scheduler is None:
             return False
@@ -666,8 +665,7 @@ class _Simulation:
         self._touch(node)
         self.rejoined.add(node.name)
         node.seen.clear()  # a restarted daemon asks its neighbours afresh
-        delay = self.sc.metadata_rtts * 2 * (node.latency + self.origin.latency)
-        self._at(self.now + delay, _START, node)
+        self._at(self.now + self._metadata_time(node), _START, node)
         return False
 
     # -- the outcome ---------------------------------------------------------------------
