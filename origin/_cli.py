@@ -10,7 +10,7 @@ import click
 import httpx
 
 from tufmesh._ui import SIZE, Group, format_size, progress_bar, run_service
-from tufmesh.errors import TufmeshError, UsageError
+from tufmesh.errors import OriginError, TufmeshError, UsageError
 from tufmesh.origin._config import ROLES, OriginConfig
 from tufmesh.origin._names import check_filename
 from tufmesh.origin._projects import ProjectRegistry
@@ -88,7 +88,9 @@ def init(
     chunk_size: int,
 ) -> None:
     """Create a new repository in an empty directory."""
-    from securesystemslib.signer import Key, SSlibKey
+    from securesystemslib.signer import Key
+
+    from tufmesh.origin._keys import public_key_from_pem
 
     defaults = OriginConfig()
     days = dict(defaults.expiry_days)
@@ -109,9 +111,9 @@ def init(
         if not slots:
             raise UsageError(f"--public-key {role}=... has no --signer {role}=... to go with")
         try:
-            key = SSlibKey.from_pem(Path(pem).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read public key {pem}: {exc}") from None
+            key = public_key_from_pem(Path(pem))
+        except OriginError as exc:
+            raise UsageError(str(exc)) from None
         keys[role][slots[0]] = (keys[role][slots[0]][0], key)
     config = OriginConfig(
         bins=bins, expiry_days=days, max_upload_bytes=max_upload, chunk_size=chunk_size

@@ -12,11 +12,18 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
 from tufmesh.errors import OriginError
 
-__all__ = ["generate_file_key", "load_signer", "public_key_from_uri", "signer_kind"]
+__all__ = [
+    "generate_file_key",
+    "load_signer",
+    "public_key_from_pem",
+    "public_key_from_uri",
+    "signer_kind",
+]
 
 
 def generate_file_key(repo: Path, name: str) -> tuple[str, Key]:
@@ -50,9 +57,23 @@ def public_key_from_uri(repo: Path, uri: str) -> Key:
 
     try:
         private = load_pem_private_key(Path(parsed.path).read_bytes(), None)
-    except (OSError, ValueError) as exc:
+        return SSlibKey.from_crypto(private.public_key())  # type: ignore[arg-type]
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise OriginError(f"cannot read private key {uri}: {exc}") from None
-    return SSlibKey.from_crypto(private.public_key())  # type: ignore[arg-type]
+
+
+def public_key_from_pem(path: Path) -> Key:
+    """The public key in PEM file ``path`` (of a KMS or HSM key, given at init)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OriginError(f"cannot read public key {path}: {exc.strerror}") from None
+    try:
+        return SSlibKey.from_crypto(load_pem_public_key(data))  # type: ignore[arg-type]
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise OriginError(f"cannot read public key {path}: not a PEM public key ({exc})") from None
 
 
 def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:

@@ -31,6 +31,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -202,7 +203,33 @@ class OriginRepository(Repository):
         path = Path(repo)
         if path.exists() and any(path.iterdir()):
             raise OriginError(f"{path} is not empty; refusing to create a repository there")
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls._populate(path, config, root_threshold, signers, clock)
+        except BaseException:
+            # The directory was empty: all in it is this attempt's, half made
+            # (a signer that would not load, a key that does not match).
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            if created:
+                path.rmdir()
+            raise
+
+    @classmethod
+    def _populate(
+        cls,
+        path: Path,
+        config: OriginConfig,
+        root_threshold: int,
+        signers: dict[str, list[tuple[str, Key | None]]] | None,
+        clock: Clock | None,
+    ) -> OriginRepository:
+        """Write a new repository's keys, configuration and signed metadata."""
+        bins = config.bins
         now = (clock or _utcnow)()
 
         given = dict(signers or {})

@@ -13,6 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
+from tuf.api.metadata import Metadata, Root
 
 from tests.helpers.origin import (
     add_project,
@@ -26,6 +32,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tufmesh.cas import BlobStore
+from tufmesh.origin._keys import generate_file_key
 
 
 @pytest.fixture
@@ -268,3 +275,49 @@ def test_origin_seeds_each_chunk_to_one_mirror_at_a_time(repo: Path) -> None:
         for _ in range(2):
             user = httpx.get(url, headers={"Range": "bytes=0-1048575"})
             assert user.status_code == 206 and user.content == body[: 1 << 20]
+
+
+def _external_key(folder: Path, name: str) -> tuple[str, Path]:
+    """A key as an HSM or KMS ceremony hands it over: a signer URI and a public PEM."""
+    uri, _ = generate_file_key(folder, name)
+    private = load_pem_private_key((folder / "keys" / f"{name}.pem").read_bytes(), None)
+    pem = folder / f"{name}.pub.pem"
+    pem.write_bytes(
+        private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    return "file2:" + str(folder / uri.removeprefix("file2:")), pem
+
+
+def test_init_with_signer_uris_and_their_public_keys(tmp_path: Path) -> None:
+    """The key ceremony's command (docs/maintainers.md): keys held elsewhere, given
+    as signer URIs with their public keys; root verifies with python-tuf."""
+    ceremony = tmp_path / "ceremony"
+    ceremony.mkdir()
+    (uri1, pem1), (uri2, pem2) = (_external_key(ceremony, f"root-{i}") for i in (1, 2))
+    repo = tmp_path / "repo"
+    tufmesh(
+        "origin", "init", "--dir", str(repo), "--bins", "4", "--root-threshold", "2",
+        "--signer", f"root={uri1}", "--public-key", f"root={pem1}",
+        "--signer", f"root={uri2}", "--public-key", f"root={pem2}",
+    )  # fmt: skip
+    root = Metadata[Root].from_file(str(repo / "metadata" / "1.root.json"))
+    root.signed.verify_delegate(Root.type, root.signed_bytes, root.signatures)  # threshold 2
+    role = root.signed.roles[Root.type]
+    assert role.threshold == 2 and len(role.keyids) == 2
+    assert not list((repo / "keys").glob("root*"))  # no root key generated here
+
+    for bad in (tmp_path / "missing.pem", ceremony / "keys" / "root-1.pem"):  # a private key
+        other = tmp_path / f"other-{bad.name}"
+        proc = tufmesh(
+            "origin", "init", "--dir", str(other),
+            "--signer", f"root={uri1}", "--public-key", f"root={bad}", check=False,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot read public key {bad}: " in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    mismatch = tufmesh(
+        "origin", "init", "--dir", str(tmp_path / "mismatch"),
+        "--signer", f"root={uri1}", "--public-key", f"root={pem2}", check=False,
+    )  # fmt: skip
+    assert mismatch.returncode == 1 and "does not match" in mismatch.stderr
+    assert not (tmp_path / "mismatch").exists()  # nothing half made: init can run again
