@@ -231,12 +231,17 @@ def tree_routes(
         span = _single_range(request.headers.get("range"))
         try:
             cid, _ = parse_cid(request.path_params["cid"])
+        except StoreError as exc:
+            return _error(404, str(exc))
+        path: Path | None
+        try:
             path = store.path(cid)
         except StoreError as exc:
-            if partial is None or span is None or (path := partial(cid, *span)) is None:
+            # A blob still arriving (a mirror): the range, if every chunk in it
+            # is verified. A file gone meanwhile completed: asked again, it is stored.
+            path = partial(cid, *span) if partial is not None and span is not None else None
+            if path is None or not path.is_file():
                 return _error(404, str(exc))
-            if not path.is_file():
-                return _error(404, str(exc))  # completed meanwhile: asked again, it is stored
         if gate is not None and span is not None and MIRROR_HEADER in request.headers:
             patient = request.headers[MIRROR_HEADER] == "patient"
             return _gated(gate, (cid, span[0]), span[1] - span[0] + 1, path, patient)

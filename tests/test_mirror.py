@@ -154,6 +154,10 @@ def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
         third = post(origin.url, "demo", "demo-3.0.tar.gz", b"three", token).json()
         with mirror_process(tmp_path / "m", root, origin.url) as url:
             wait_for(url, third["snapshot_version"])
+            for bad in ("not-a-cid", "b" * 300):  # a clear 404, with or without a range
+                for headers in ({}, {"range": "bytes=0-9"}):
+                    reply = httpx.get(f"{url}/blobs/{bad}", headers=headers)
+                    assert reply.status_code == 404 and "CID" in reply.text, reply.text
             with Client(tmp_path / "c", root.read_bytes(), [url]) as client:
                 assert [t.path for t in client.artifacts("demo")] == [
                     "demo/demo-1.0.tar.gz",
