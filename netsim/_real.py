@@ -87,7 +87,7 @@ def run_real(
         with contextlib.ExitStack() as stack:
             origin = stack.enter_context(service(
                 ["origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0", *cap],
-                work / "origin.log",
+                "origin", work / "origin.log",
             ))  # fmt: skip
             addrs = {"origin": (repo / "p2p.addr").read_text().strip()}
             urls: dict[str, str] = {}
@@ -101,7 +101,7 @@ def run_real(
                 urls[name] = stack.enter_context(service(
                     ["mirror", "run", "--dir", str(work / name), "--root", str(root), "--origin",
                      origin, "--http-port", "0", "--p2p-port", "0", "--poll", "120", *cap, *extra],
-                    work / f"{name}.log",
+                    f"mirror {name}", work / f"{name}.log",
                 ))  # fmt: skip
                 addrs[name] = (work / name / "p2p.addr").read_text().strip()
             end = time.monotonic() + 60
