@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -69,7 +70,7 @@ def get(store: BlobStore, cid: str, output: Path | None) -> None:
         return
     store.verify(cid)  # all of it before the first byte goes out
     with store.open(cid, verify=True) as handle:
-        out = click.get_binary_stream("stdout")
+        out = sys.stdout.buffer
         while chunk := handle.read(4 << 20):
             out.write(chunk)
 

@@ -140,7 +140,7 @@ _hash_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_pre
 
 
 def _hash_and_write(
-    update: Callable[[memoryview], object], fd: int, piece: memoryview | bytes
+    update: Callable[[memoryview], object], fd: int, piece: bytes | bytearray | memoryview
 ) -> None:
     view = memoryview(piece)
     if len(view) < _PARALLEL_MIN:

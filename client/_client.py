@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,7 +93,7 @@ class Client:
         self,
         metadata_dir: Path,
         trusted_root: bytes,
-        sources: list[str | SourceHealth],
+        sources: Sequence[str | SourceHealth],
         *,
         fetch_config: FetchConfig | None = None,
         scheduler_config: SchedulerConfig | None = None,
@@ -364,10 +364,10 @@ class Client:
     ) -> tuple[Manifest, dict[str, SourceStats]]:
         holder: dict[str, bytes] = {}
 
-        def verify(index: int, data: bytes) -> None:
+        def verify(index: int, data: bytes | bytearray) -> None:
             if cid_of(data) != manifest_cid:
                 raise ChunkRejectedError("manifest does not match its signed CID")
-            holder["data"] = data
+            holder["data"] = bytes(data)
 
         # The manifest's length is not signed, only its CID: fetch it whole.
         probe = ChunkPlan(manifest_cid, 0, 1, verify)

@@ -45,7 +45,7 @@ class ChunkPlan:
     cid: str
     length: int
     chunk_size: int
-    verify: Callable[[int, bytes], None]  # raises ChunkRejectedError
+    verify: Callable[[int, bytes | bytearray], None]  # raises ChunkRejectedError
 
     @property
     def count(self) -> int:
@@ -61,10 +61,13 @@ class ChunkPlan:
 class Replicating(Protocol):
     """A mirror's hooks into one download: its peers' have-records in, its own out."""
 
-    #: Sources asked only for chunks no peer holds (the origin).
-    fallback: list[str]
-    #: This mirror's name among its peers (its URL), for the designated-fetcher rule.
-    me: str | None
+    @property
+    def fallback(self) -> list[str]:
+        """Sources asked only for chunks no peer holds (the origin)."""
+
+    @property
+    def me(self) -> str | None:
+        """This mirror's name among its peers (its URL), for the designated-fetcher rule."""
 
     def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:
         """The download of ``plan`` into ``part`` begins, ``have`` already verified."""
@@ -88,7 +91,7 @@ def plan_for_manifest(manifest: Manifest, span: int = 1) -> ChunkPlan:
     """
     size = manifest.chunk_size
 
-    def verify(index: int, data: bytes) -> None:
+    def verify(index: int, data: bytes | bytearray) -> None:
         first = index * span
         for j in range(min(span, manifest.count - first)):
             manifest.verify_chunk(first + j, memoryview(data)[j * size : (j + 1) * size])
@@ -112,7 +115,7 @@ def _mirror_headers(scheduler: ChunkScheduler, source: str, index: int) -> dict[
 def plan_for_whole_blob(cid: str, length: int, sha256_hex: str) -> ChunkPlan:
     """One chunk, the whole blob, checked against its signed SHA-256."""
 
-    def verify(index: int, data: bytes) -> None:
+    def verify(index: int, data: bytes | bytearray) -> None:
         if len(data) != length:
             raise ChunkRejectedError(f"{len(data)} bytes; expected {length}")
         if hashlib.sha256(data).hexdigest() != sha256_hex:

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 __all__ = ["VerifiedPrefix", "check_alongside"]
 
@@ -90,7 +90,7 @@ class VerifiedPrefix(io.RawIOBase):
 
 
 def check_alongside(
-    check: Callable[[VerifiedPrefix], None],
+    check: Callable[[BinaryIO], None],
     path: Path,
     length: int,
     download: Callable[[Callable[[int, int], None]], Any],
@@ -104,7 +104,7 @@ def check_alongside(
 
     def run_check() -> None:
         try:
-            check(reader)
+            check(cast(BinaryIO, reader))  # a raw binary reader: what check reads
         except BaseException as exc:
             failure.append(exc)
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -378,6 +378,7 @@ class ChunkScheduler:
 
     def _next_for(self, source: str) -> int | None:
         waiting = self._waiting
+        candidates: Collection[int]
         if source in self.fallback:
             if self._full or not self.fallback_open or not waiting:
                 return None  # a peer holds everything: it serves, not the origin

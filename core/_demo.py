@@ -97,7 +97,7 @@ def _run(work: Path, size: int) -> None:
         published_at = time.monotonic()
         deadline = published_at + 120
         for n, url in enumerate(mirrors, 1):
-            while int(health(url).get("snapshot_version", 0) or 0) < version:  # type: ignore[call-overload]
+            while int(health(url).get("snapshot_version", 0) or 0) < version:
                 if time.monotonic() > deadline:
                     raise TufmeshError(f"mirror {n} did not replicate in time")
                 time.sleep(0.2)
@@ -153,7 +153,7 @@ def _run(work: Path, size: int) -> None:
         )
         click.echo(f"    {'verified and identical' if stock else 'FAILED'}")
 
-        served = int(health(origin).get("bytes_served", 0) or 0)  # type: ignore[call-overload]
+        served = int(health(origin).get("bytes_served", 0) or 0)
         click.echo(f"\n    the origin served {format_size(served)} in all "
                    f"({served / size:.1f}x the artifact)")  # fmt: skip
         if not (same and caught and stock):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tufmesh.errors import TufmeshError
 
@@ -42,12 +43,12 @@ def service(args: list[str], what: str, log: Path | None = None) -> Iterator[str
             proc.communicate()
 
 
-def health(url: str) -> dict[str, object]:
+def health(url: str) -> dict[str, Any]:
     """A service's ``/healthz`` answer ({} if it does not answer)."""
     import httpx
 
     try:
-        body: dict[str, object] = httpx.get(f"{url}/healthz", timeout=5).json()
+        body: dict[str, Any] = httpx.get(f"{url}/healthz", timeout=5).json()
         return body
     except (httpx.HTTPError, ValueError):
         return {}

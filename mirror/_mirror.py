@@ -255,7 +255,7 @@ class Mirror:
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
         snapshot = versions.get("snapshot", 0)
-        held = set()
+        held: set[str] = set()
         for target in targets:
             custom = target.custom if isinstance(target.custom, dict) else {}
             held.update(

@@ -296,7 +296,7 @@ class _Simulation:
         heapq.heappush(self.queue, (t, self.seq, kind, subject))
 
     def run(self) -> Result:
-        handlers = {
+        handlers: dict[int, Callable[[Any], bool]] = {
             _START: self._start,
             _ROUND: self._round,
             _LINK: self._link_event,
@@ -631,9 +631,9 @@ class _Simulation:
             flow.reported = moved
         for source, index in scheduler.too_slow(self.now):
             scheduler.failed(source, index, "too slow (slow-retrieval defence)")
-            flow = node.flows.get((source, index))
-            if flow is not None:
-                self._cancel(flow)
+            slow = node.flows.get((source, index))
+            if slow is not None:
+                self._cancel(slow)
         self._drop_stale(node)
         self._pump(node)
         return False

@@ -57,7 +57,7 @@ def public_key_from_uri(repo: Path, uri: str) -> Key:
 
     try:
         private = load_pem_private_key(Path(parsed.path).read_bytes(), None)
-        return SSlibKey.from_crypto(private.public_key())  # type: ignore[arg-type]
+        return SSlibKey.from_crypto(private.public_key())
     except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise OriginError(f"cannot read private key {uri}: {exc}") from None
 
@@ -71,7 +71,7 @@ def public_key_from_pem(path: Path) -> Key:
     except OSError as exc:
         raise OriginError(f"cannot read public key {path}: {exc.strerror}") from None
     try:
-        return SSlibKey.from_crypto(load_pem_public_key(data))  # type: ignore[arg-type]
+        return SSlibKey.from_crypto(load_pem_public_key(data))
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise OriginError(f"cannot read public key {path}: not a PEM public key ({exc})") from None
 

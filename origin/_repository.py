@@ -355,7 +355,8 @@ class OriginRepository(Repository):
         """The hash-bin delegation."""
         delegations = self._md[DELEGATING_BINS].signed.delegations
         assert delegations is not None and delegations.succinct_roles is not None
-        return delegations.succinct_roles
+        succinct: SuccinctRoles = delegations.succinct_roles
+        return succinct
 
     # -- the python-tuf Repository interface ----------------------------------
 
@@ -486,7 +487,8 @@ class OriginRepository(Repository):
     def find(self, path: str) -> TargetFile | None:
         """The published target at ``path``, if any."""
         role = self.succinct.get_role_for_target(path)
-        return self._md[role].signed.targets.get(path)
+        found: TargetFile | None = self._md[role].signed.targets.get(path)
+        return found
 
     def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
         """Publish a batch of stored artifacts in one new snapshot (group commit).
@@ -595,15 +597,17 @@ class OriginRepository(Repository):
 
     def _stale(self, role: str, now: datetime) -> bool:
         lifetime = self.config.expiry(role)
-        return self._md[role].signed.expires - now < lifetime * REFRESH_FRACTION
+        expires: datetime = self._md[role].signed.expires
+        return expires - now < lifetime * REFRESH_FRACTION
 
     def next_refresh(self) -> datetime:
         """When the earliest online role becomes stale."""
-        return min(
+        stale: list[datetime] = [
             self._md[role].signed.expires - self.config.expiry(role) * REFRESH_FRACTION
             for role in self._md
             if role in ONLINE_ROLES or role.startswith("bin-")
-        )
+        ]
+        return min(stale)
 
     def status(self) -> list[RoleStatus]:
         """Every role with its version, expiry, keys and signers."""

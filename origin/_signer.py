@@ -84,7 +84,10 @@ class CommitState:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> CommitState:
         dates = ("timestamp_expires", "next_refresh", "now")
-        return cls(**{k: datetime.fromisoformat(v) if k in dates else v for k, v in body.items()})
+        fields: dict[str, Any] = {
+            k: datetime.fromisoformat(v) if k in dates else v for k, v in body.items()
+        }
+        return cls(**fields)
 
 
 class Committer(Protocol):
@@ -136,7 +139,7 @@ def _encode(body: dict[str, Any]) -> bytes:
 
 
 def _decode_length(header: bytes) -> int:
-    (length,) = _FRAME.unpack(header)
+    length: int = _FRAME.unpack(header)[0]
     if length > MAX_FRAME:
         raise OriginError(f"committer frame of {length} bytes exceeds {MAX_FRAME}")
     return length

@@ -98,7 +98,8 @@ def decode_request(frame: bytes) -> BlobRequest:
 
 def request_size(prefix: bytes) -> int:
     """Total frame size announced by the first two bytes of a request."""
-    return _LENGTH.size + _LENGTH.unpack_from(prefix)[0]
+    length: int = _LENGTH.unpack_from(prefix)[0]
+    return _LENGTH.size + length
 
 
 def encode_json(value: object, limit: int) -> bytes:

@@ -145,7 +145,11 @@ class P2PNode:
         return load_identity(str(self.key_path))
 
     async def run(
-        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        # trio.TaskStatus[list[str]]: libp2p pulls in trio-typing, whose outdated
+        # stubs shadow trio's own types and lack TaskStatus.
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run until cancelled; ``task_status.started`` gets the listening multiaddrs."""
         import multiaddr
