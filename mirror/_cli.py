@@ -87,9 +87,10 @@ def run(
 @dir_option
 def status(mirror_dir: Path) -> None:
     """Versions held, blobs and bytes, sources, last sync."""
-    replica = Mirror(mirror_dir)
-    state = replica.state()
-    if not state:
+    # Only a directory a mirror has written to is opened: opening creates its store.
+    replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
+    state = replica.state() if replica is not None else {}
+    if replica is None or not state:
         raise TufmeshError(f"{mirror_dir} has not synced yet (is it a mirror directory?)")
     blobs = list(replica.store)
     size = sum(replica.store.stat(cid).size for cid in blobs)

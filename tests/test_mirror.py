@@ -92,6 +92,9 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         assert replica.state()["snapshot_version"] >= second["snapshot_version"]
     status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
     assert "snapshot version" in status and "artifacts\t2" in status
+    typo = tufmesh("mirror", "status", "--dir", str(tmp_path / "m3"), check=False)
+    assert typo.returncode == 1 and "has not synced yet" in typo.stderr
+    assert not (tmp_path / "m3").exists()  # asking created nothing
 
 
 @pytest.mark.attack
