@@ -288,14 +288,17 @@ class _GatedResponse(_BigFileResponse):
             self.on_end(completed)
 
 
+#: One closed byte range, in ASCII digits (str.isdigit also takes "²", which
+#: int() refuses: a header byte 0xB2 was a 500).
+_RANGE: Final = re.compile(r"bytes=[ \t]*([0-9]{1,20})-([0-9]{1,20})[ \t]*")
+
+
 def _single_range(header: str | None) -> tuple[int, int] | None:
     """``(start, end)`` of a ``Range: bytes=start-end`` header, else None."""
-    if header is None or not header.startswith("bytes="):
+    match = _RANGE.fullmatch(header) if header is not None else None
+    if match is None or int(match[1]) > int(match[2]):
         return None
-    first, _, last = header[6:].strip().partition("-")
-    if not (first.isdigit() and last.isdigit()) or int(first) > int(last):
-        return None
-    return int(first), int(last)
+    return int(match[1]), int(match[2])
 
 
 #: Response bodies below this size skip the upload pacing queue (ByteCounter).

@@ -62,6 +62,18 @@ def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> 
         # The signed custom fields name the blob and its manifest, served with Range.
         blob = httpx.get(f"{server.url}/blobs/{custom['cid']}", headers={"range": "bytes=10-19"})
         assert blob.status_code == 206 and blob.content == artifact.read_bytes()[10:20]
+        # Header bytes decode as latin-1: 0xB2 is "²", a digit to str.isdigit only.
+        for odd in (
+            b"bytes=\xb2-5",
+            b"bytes=0-\xb2",
+            "bytes=\u0661-\u0662".encode(),
+            b"bytes=0-1,\xb2",
+        ):
+            for mirror in ({}, {"x-tufmesh-mirror": "1"}):
+                reply = httpx.get(
+                    f"{server.url}/blobs/{custom['cid']}", headers={"range": odd, **mirror}
+                )
+                assert reply.status_code < 500, (odd, reply.status_code)
         manifest = BlobStore(repo / "cas").read_manifest(custom["manifest"])
         assert manifest.blob_cid == custom["cid"] and manifest.count == 3
         health = httpx.get(f"{server.url}/healthz").json()

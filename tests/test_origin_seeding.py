@@ -1,8 +1,12 @@
-"""The origin's seeding gate, sans I/O."""
+"""The origin's seeding gate, sans I/O, and the Range parsing that feeds it."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tufmesh.origin._seeding import MAX_RETRY, SeedGate
+from tufmesh.origin._server import _single_range
 
 
 def test_each_chunk_once_per_window_and_a_few_at_a_time() -> None:
@@ -62,3 +66,27 @@ def test_a_byte_budget_lets_one_big_upload_run_alone() -> None:
     gate.done("b", 2.0)
     assert gate.admit("f", 2.0, size=5) == "busy"  # 4 + 5 bytes: over
     assert gate.admit("g", 2.0, size=4) == "serve"  # 4 + 4: within
+
+
+@given(
+    st.text(max_size=40) | st.from_regex(r"bytes=[ \t]*[0-9]{1,3}-[0-9]{1,3}[ \t]*", fullmatch=True)
+)
+def test_a_range_header_is_one_closed_ascii_range_or_none(header: str) -> None:
+    """What decides whether a mirror's request is gated never raises (it was a 500)."""
+    span = _single_range(header)
+    if span is not None:
+        assert header.isascii() and 0 <= span[0] <= span[1]
+
+
+def test_range_headers() -> None:
+    assert _single_range("bytes=10-19") == (10, 19)
+    assert _single_range(" bytes=10-19") is None
+    for header in (
+        "bytes=\u00b2-5",
+        "bytes=0-\u00b2",
+        "bytes=\u0661-\u0662",
+        "bytes=5-2",
+        "bytes=-5",
+        "bytes=0-1,3-4",
+    ):
+        assert _single_range(header) is None, header
