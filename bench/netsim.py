@@ -23,12 +23,10 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 RUN = """
@@ -54,14 +52,12 @@ HOT = ("tufmesh/client/_scheduler.py", "tufmesh/origin/_seeding.py", "tufmesh/ne
 
 
 def compiled_copy(into: Path) -> Path:
-    """The package laid out in ``into`` as installed, its hot modules compiled."""
-    root = Path(__file__).resolve().parent.parent
-    config = tomllib.loads((root / "pyproject.toml").read_text())
-    for package, folder in config["tool"]["setuptools"]["package-dir"].items():
-        target = into.joinpath(*package.split("."))
-        target.mkdir(parents=True, exist_ok=True)
-        for source in (root / folder).glob("*.py"):
-            shutil.copy(source, target / source.name)
+    """The package laid out in ``into`` as installed, its hot modules compiled
+    (a copy: mypyc writes its extension modules next to the sources)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.helpers.layout import installed_layout
+
+    installed_layout(into, copy=True)
     subprocess.run([sys.executable, "-m", "mypyc", *HOT], cwd=into, check=True, capture_output=True)
     return into
 
