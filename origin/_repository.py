@@ -324,7 +324,7 @@ class OriginRepository(Repository):
         roots = sorted(
             int(p.name.split(".", 1)[0])
             for p in self.metadata_dir.glob("*.root.json")
-            if p.name.split(".", 1)[0].isdigit()
+            if p.name.split(".", 1)[0].isascii() and p.name.split(".", 1)[0].isdigit()
         )
         if not roots:
             raise OriginError(f"{self.metadata_dir} holds no root metadata")

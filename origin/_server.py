@@ -288,8 +288,10 @@ class _GatedResponse(_BigFileResponse):
             self.on_end(completed)
 
 
-#: One closed byte range, in ASCII digits (str.isdigit also takes "²", which
-#: int() refuses: a header byte 0xB2 was a 500).
+#: A number in a header, in ASCII digits (str.isdigit also takes "²", which
+#: int() refuses: a Range header byte 0xB2 was a 500).
+_DIGITS: Final = re.compile(r"[0-9]{1,20}")
+#: One closed byte range.
 _RANGE: Final = re.compile(r"bytes=[ \t]*([0-9]{1,20})-([0-9]{1,20})[ \t]*")
 
 
@@ -372,7 +374,7 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
         limit = repo_config.max_upload_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
             return _error(413, f"upload over the {limit}-byte limit")
         path = f"{project}/{filename}"
         outcome = await _store_body(request, limit)
