@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import string
 import subprocess
 import time
 from collections.abc import Iterator
@@ -358,3 +360,51 @@ def test_a_mirror_without_a_reachable_http_port_trades_chunks_over_libp2p(tmp_pa
     for name in ("m1", "m2"):
         replica = Mirror(tmp_path / name)
         assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
+
+
+@pytest.mark.attack
+def test_malformed_requests_get_answers_not_server_errors(tmp_path: Path) -> None:
+    """Whatever a client sends (odd paths, ranges, headers, have-queries, uploads),
+    the origin and a mirror answer it: no 5xx but a busy 503."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    rng = random.Random(5)
+    alphabet = string.printable + "\u00b2\u0661\u00e9/%.."
+
+    def junk(most: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, most)))
+
+    def raw(text: str) -> bytes:  # a header as a server decodes it: latin-1
+        return text.encode("latin-1", "ignore")
+
+    with running(repo) as origin:
+        release = post(origin.url, "demo", "demo-1.0.tar.gz", os.urandom(3 << 20), token).json()
+        with mirror_process(tmp_path / "m", root, origin.url) as url:
+            wait_for(url, release["snapshot_version"])
+            cid = _cid(repo)
+            have = [b"", b"{", b"[]", b'{"cids": 5}', b'{"cids": [5, null], "from": 7}',
+                    f'{{"cids": ["{cid}"], "from": "libp2p:/x", "snapshot": 1e300}}'.encode(),
+                    b'{"cids": ["' + b"x" * 5000 + b'"]}', b"\xff\xfe"]  # fmt: skip
+            ranges = ["bytes=0-0", "bytes=0-18446744073709551616", "bytes=3145727-99999999999",
+                      "bytes=00000000000000000000-1", "bytes=\u00b2-5"]  # fmt: skip
+            requests: list[tuple[str, str, dict[str, object]]] = []
+            for _ in range(150):
+                where = rng.choice(["/metadata/", "/targets/demo/", "/blobs/", "/have", "/"])
+                headers = {"range": raw(junk(12)), "x-tufmesh-mirror": rng.choice(["1", "patient"])}
+                requests.append(("GET", where + junk(20), {"headers": headers}))
+            requests += [("POST", "/have", {"content": body}) for body in have]
+            requests += [("GET", f"/blobs/{cid}", {"headers": {"range": raw(r)}}) for r in ranges]
+            for name in ("..", "%2e%2e", "x" * 300, "a b", "a\u00e9.whl"):
+                auth = {"authorization": f"Bearer {token}"}
+                requests.append(("POST", f"/api/v1/projects/demo/files/{name}", {"headers": auth}))
+            with httpx.Client(timeout=10) as client:
+                for base in (origin.url, url):
+                    for method, path, options in requests:
+                        try:
+                            reply = client.request(method, base + path, **options)  # type: ignore[arg-type]
+                        except (httpx.InvalidURL, httpx.LocalProtocolError, UnicodeError):
+                            continue  # httpx will not send it: not a request a server sees
+                        assert reply.status_code < 500 or reply.status_code == 503, (
+                            method, path, options, reply.status_code, reply.text[:200],
+                        )  # fmt: skip
