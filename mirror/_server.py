@@ -23,6 +23,7 @@ from tufmesh.mirror._swarm import POLL, UPLOAD_BYTES, UPLOAD_SLOTS, Swarm
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
+from tufmesh.p2p._blob import MAX_QUERY
 
 __all__ = ["build_mirror_app", "run_mirror"]
 
@@ -39,9 +40,14 @@ def build_mirror_app(
 
     async def have(request: Request) -> Response:
         assert swarm is not None
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > MAX_QUERY:
+                return JSONResponse({"error": f"a have-query is {MAX_QUERY} bytes at most"}, 413)
         try:
-            return JSONResponse(swarm.answer(await request.json()))
-        except ValueError as exc:  # not JSON, or not a have-query
+            return JSONResponse(swarm.answer(json.loads(body)))
+        except (ValueError, RecursionError) as exc:  # not JSON (or nested too deep), not a query
             return JSONResponse({"error": str(exc)}, 400)
 
     async def healthz(request: Request) -> Response:

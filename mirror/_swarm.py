@@ -19,6 +19,7 @@ Why neighbour queries rather than a Kademlia DHT or gossip: docs/adr/0011.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections.abc import Callable
@@ -47,6 +48,9 @@ __all__ = [
 POLL: Final = 0.25
 #: Neighbours asked at most; peer exchange keeps the set at this size.
 MAX_NEIGHBOURS: Final = 16
+#: A have-query's whole answer must arrive within this (a per-read timeout
+#: alone lets a neighbour that sends a byte a second hold up every round).
+QUERY_TIMEOUT: Final = 2.0
 #: A neighbour that fails this many queries in a row is forgotten.
 MAX_QUERY_FAILURES: Final = 3
 #: Chunk uploads a mirror runs at once for other mirrors; more wait (503 busy).
@@ -264,10 +268,8 @@ class Swarm:
             if url.startswith("libp2p:"):
                 record = await self.on_node(self.node.query_have, url.removeprefix("libp2p:"), body)
             else:
-                response = await client.post(f"{url}/have", json=body)
-                if response.status_code != 200 or len(response.content) > MAX_RECORD:
-                    raise ValueError(f"HTTP {response.status_code}")
-                record = response.json()
+                with trio.fail_after(QUERY_TIMEOUT):
+                    record = await _post_json(client, f"{url}/have", body, MAX_RECORD)
             if not isinstance(record, dict):
                 raise ValueError("not a have-record")
         except Exception as exc:
@@ -286,6 +288,20 @@ class Swarm:
             scheduler.add_source(url, has=())
             scheduler.add_have(url, has)
             scheduler.set_claims(url, claims)
+
+
+async def _post_json(client: Any, url: str, body: object, limit: int) -> object:
+    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most:
+    a neighbour that streams without end costs one query, not our memory."""
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            raise ValueError(f"HTTP {response.status_code}")
+        data = bytearray()
+        async for piece in response.aiter_bytes():
+            data += piece
+            if len(data) > limit:
+                raise ValueError(f"an answer over {limit} bytes")
+    return json.loads(data)
 
 
 def _holds(has_blob: Any, cid: str) -> bool:

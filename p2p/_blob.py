@@ -25,6 +25,7 @@ from tufmesh.errors import TufmeshError
 __all__ = [
     "BAD_REQUEST",
     "HAVE_PROTOCOL",
+    "MAX_QUERY",
     "MAX_RECORD",
     "MAX_RANGE",
     "MAX_REQUEST",
@@ -47,6 +48,8 @@ HAVE_PROTOCOL: Final = "/tufmesh/have/1"
 #: Largest have-query answer, over HTTP or libp2p (a bitfield per blob: 64k
 #: chunks of 1 MiB, 64 GiB, in 16 KiB of hex, and a few peers).
 MAX_RECORD: Final = 64 * 1024
+#: Largest have-query (it names a few blobs; a record answers 64 at most).
+MAX_QUERY: Final = 8 * 1024
 MAX_REQUEST: Final = 1024
 #: Largest range served in one response (a span of chunks).
 MAX_RANGE: Final = 16 << 20

@@ -32,8 +32,8 @@ from tufmesh.p2p._blob import (
     BAD_REQUEST,
     HAVE_PROTOCOL,
     HEAD,
+    MAX_QUERY,
     MAX_RECORD,
-    MAX_REQUEST,
     NOT_FOUND,
     OK,
     PROTOCOL,
@@ -259,7 +259,7 @@ class P2PNode:
         with contextlib.suppress(Exception):
             try:
                 with trio.move_on_after(_BLOB_TIMEOUT):
-                    size = json_size(await _read_exactly(stream, 4), MAX_REQUEST * 8)
+                    size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
                     query = json.loads(await _read_exactly(stream, size))
                     assert self.have_source is not None
                     record = self.have_source(query)
@@ -273,7 +273,7 @@ class P2PNode:
         stream = await self._open(address, HAVE_PROTOCOL)
         try:
             with trio.fail_after(_BLOB_TIMEOUT):
-                await stream.write(encode_json(query, MAX_REQUEST * 8))
+                await stream.write(encode_json(query, MAX_QUERY))
                 size = json_size(await _read_exactly(stream, 4), MAX_RECORD)
                 try:
                     return json.loads(await _read_exactly(stream, size))

@@ -1,12 +1,19 @@
-"""Have-records and partial blobs (sans network: the Swarm's own logic)."""
+"""Have-records and partial blobs: the Swarm's own logic, and its queries to a hostile neighbour."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
-from tufmesh.mirror._swarm import MAX_NEIGHBOURS, Partial, Swarm, parse_record
+from tufmesh.client import ChunkScheduler
+from tufmesh.mirror._swarm import MAX_NEIGHBOURS, QUERY_TIMEOUT, Partial, Swarm, parse_record
 
 
 def test_partial_covers_only_ranges_of_verified_chunks(tmp_path: Path) -> None:
@@ -90,3 +97,51 @@ def test_a_have_query_naming_a_newer_snapshot_is_a_hint() -> None:
     for bad in ([], {"cids": "x"}, {"from": "http://a"}):
         with pytest.raises(ValueError, match="expected"):
             swarm.answer(bad)
+
+
+class _Hostile:
+    """A neighbour that answers have-queries with a flood or a trickle (raw HTTP)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.sent = mode, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            conn, _ = self.listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            length = b"" if self.mode == "flood" else b"content-length: 1000\r\n"
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + length + b"\r\n"
+            )
+            end = time.monotonic() + 10  # bounded either way
+            while time.monotonic() < end and self.sent < 256 << 20:
+                piece = b"0" * 65536 if self.mode == "flood" else b" "
+                conn.sendall(piece)
+                self.sent += len(piece)
+                if self.mode == "trickle":
+                    time.sleep(0.5)  # under the per-read timeout, forever
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("mode", ["flood", "trickle"])
+def test_a_have_answer_that_never_ends_costs_one_query(mode: str) -> None:
+    hostile = _Hostile(mode)
+    swarm = Swarm(url="http://me", peers=[hostile.url])
+    scheduler = ChunkScheduler(4, [])
+
+    async def query() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+            await swarm._query(client, hostile.url, "cid", scheduler)
+
+    started = time.monotonic()
+    trio.run(query)
+    assert time.monotonic() - started < QUERY_TIMEOUT + 1
+    assert swarm._neighbours[hostile.url].failures == 1  # counted as a failed query
+    hostile.thread.join(timeout=5)  # it stops once we hang up
+    assert not hostile.thread.is_alive()
+    assert hostile.sent < 16 << 20  # read no further than a record's limit (and buffers)
