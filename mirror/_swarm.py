@@ -36,6 +36,7 @@ from tufmesh.p2p._blob import MAX_RECORD
 
 __all__ = [
     "MAX_NEIGHBOURS",
+    "MAX_UNVERIFIED",
     "POLL",
     "UPLOAD_BYTES",
     "UPLOAD_SLOTS",
@@ -48,6 +49,10 @@ __all__ = [
 POLL: Final = 0.25
 #: Neighbours asked at most; peer exchange keeps the set at this size.
 MAX_NEIGHBOURS: Final = 16
+#: Neighbours not heard from yet (named as a have-query's sender, or in a
+#: neighbour's peer list) hold this many places at most: addresses that never
+#: answer cannot crowd out the neighbours that do (docs/threat-model.md).
+MAX_UNVERIFIED: Final = 4
 #: A have-query's whole answer must arrive within this (a per-read timeout
 #: alone lets a neighbour that sends a byte a second hold up every round).
 QUERY_TIMEOUT: Final = 2.0
@@ -89,6 +94,7 @@ class Partial:
 @dataclass
 class _Neighbour:
     failures: int = 0
+    answered: bool = False  # a have-query of ours has succeeded
 
 
 @dataclass
@@ -135,7 +141,12 @@ class Swarm:
         if url in (self.url, self.origin) or len(url) > 200:
             return
         with self._lock:
-            if url not in self._neighbours and len(self._neighbours) < MAX_NEIGHBOURS:
+            if url in self._neighbours or len(self._neighbours) >= MAX_NEIGHBOURS:
+                return
+            unverified = sum(
+                1 for u, n in self._neighbours.items() if not n.answered and u not in self.peers
+            )
+            if url in self.peers or unverified < MAX_UNVERIFIED:
                 self._neighbours[url] = _Neighbour()
 
     def neighbours(self) -> list[str]:
@@ -149,6 +160,7 @@ class Swarm:
             neighbour = self._neighbours.get(url)
             if neighbour is not None:
                 neighbour.failures = 0
+                neighbour.answered = True
 
     def _failed(self, url: str) -> bool:
         """Count a failed query; True when the neighbour is forgotten."""

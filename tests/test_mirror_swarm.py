@@ -13,7 +13,15 @@ import pytest
 import trio
 
 from tufmesh.client import ChunkScheduler
-from tufmesh.mirror._swarm import MAX_NEIGHBOURS, QUERY_TIMEOUT, Partial, Swarm, parse_record
+from tufmesh.mirror._swarm import (
+    MAX_NEIGHBOURS,
+    MAX_QUERY_FAILURES,
+    MAX_UNVERIFIED,
+    QUERY_TIMEOUT,
+    Partial,
+    Swarm,
+    parse_record,
+)
 
 
 def test_partial_covers_only_ranges_of_verified_chunks(tmp_path: Path) -> None:
@@ -66,6 +74,26 @@ def test_neighbours_are_bounded_and_never_include_ourselves_or_the_origin() -> N
     assert swarm.neighbours() == ["http://peer"]
     for i in range(100):
         swarm.learn(f"http://m{i}")
+        swarm._answered(f"http://m{i}")
+    assert len(swarm.neighbours()) == MAX_NEIGHBOURS
+
+
+def test_neighbours_not_heard_from_yet_hold_few_places() -> None:
+    """Have-queries naming addresses that never answer cannot fill the list."""
+    swarm = Swarm(url="http://me", peers=["http://p1", "http://p2"])
+    for i in range(50):
+        swarm.learn(f"http://junk{i}")
+    junk = [f"http://junk{i}" for i in range(MAX_UNVERIFIED)]
+    assert swarm.neighbours() == ["http://p1", "http://p2", *junk]  # configured peers aside
+    swarm._answered("http://junk0")  # it answered: a neighbour like any other now
+    swarm.learn("http://honest")
+    assert swarm.neighbours()[-1] == "http://honest"
+    for url in junk[1:]:
+        for _ in range(MAX_QUERY_FAILURES):
+            swarm._failed(url)
+    for i in range(20):
+        swarm.learn(f"http://m{i}")
+        swarm._answered(f"http://m{i}")
     assert len(swarm.neighbours()) == MAX_NEIGHBOURS
 
 
