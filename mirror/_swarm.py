@@ -278,7 +278,8 @@ class Swarm:
         body = self.query(cid)
         try:
             if url.startswith("libp2p:"):
-                record = await self.on_node(self.node.query_have, url.removeprefix("libp2p:"), body)
+                address = url.removeprefix("libp2p:")
+                record = await self.on_node(self.node.query_have, address, body, QUERY_TIMEOUT)
             else:
                 with trio.fail_after(QUERY_TIMEOUT):
                     record = await _post_json(client, f"{url}/have", body, MAX_RECORD)

@@ -267,12 +267,17 @@ class P2PNode:
             finally:
                 await stream.close()
 
-    async def query_have(self, address: str, query: dict[str, Any]) -> Any:
+    async def query_have(
+        self, address: str, query: dict[str, Any], timeout: float = _BLOB_TIMEOUT
+    ) -> Any:
         """The have-record (parsed JSON) with which the peer at ``address``
-        answers ``query`` (``{"cids": [...], "from": URL, "newest": N}``)."""
-        stream = await self._open(address, HAVE_PROTOCOL)
+        answers ``query`` (``{"cids": [...], "from": URL, "newest": N}``),
+        within ``timeout`` seconds from the dial to the last byte."""
+        deadline = trio.current_time() + timeout
+        with trio.fail_at(deadline):
+            stream = await self._open(address, HAVE_PROTOCOL)
         try:
-            with trio.fail_after(_BLOB_TIMEOUT):
+            with trio.fail_at(deadline):
                 await stream.write(encode_json(query, MAX_QUERY))
                 size = json_size(await _read_exactly(stream, 4), MAX_RECORD)
                 try:
