@@ -176,9 +176,9 @@ class ChunkScheduler:
         self._claims_from: dict[str, Iterable[int]] = {}
         self._resting: dict[str, float] = {}
         self._patient = False  # the next fallback pick comes from the idle rule
-        self._patient_requests: set[tuple[str, int]] = (
-            set()
-        )  # source -> time it takes requests again
+        # Fallback requests made by the idle rule (the origin serves them even
+        # if it seeded the chunk elsewhere: ``patient``).
+        self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         if self.config.seed is None:
             rank = list(range(self.count))

@@ -19,7 +19,7 @@ from tuf.api.metadata import Metadata, Root
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror
-from tufmesh.mirror._swarm import POLL, UPLOAD_BYTES, UPLOAD_SLOTS, Swarm
+from tufmesh.mirror._swarm import POLL, UPLOAD_BYTES, UPLOAD_SLOTS, Swarm, read_at_most
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
@@ -40,11 +40,10 @@ def build_mirror_app(
 
     async def have(request: Request) -> Response:
         assert swarm is not None
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > MAX_QUERY:
-                return JSONResponse({"error": f"a have-query is {MAX_QUERY} bytes at most"}, 413)
+        try:
+            body = await read_at_most(request.stream(), MAX_QUERY)
+        except ValueError:
+            return JSONResponse({"error": f"a have-query is {MAX_QUERY} bytes at most"}, 413)
         try:
             return JSONResponse(swarm.answer(json.loads(body)))
         except (ValueError, RecursionError) as exc:  # not JSON (or nested too deep), not a query

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -43,6 +43,7 @@ __all__ = [
     "Partial",
     "Swarm",
     "parse_record",
+    "read_at_most",
 ]
 
 #: Seconds between two have-queries to a neighbour while replicating.
@@ -303,17 +304,23 @@ class Swarm:
             scheduler.set_claims(url, claims)
 
 
+async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:
+    """All of ``pieces`` (a body as it arrives), or ValueError once past ``limit``
+    bytes: a peer that sends without end costs one exchange, not our memory."""
+    data = bytearray()
+    async for piece in pieces:
+        data += piece
+        if len(data) > limit:
+            raise ValueError(f"over {limit} bytes")
+    return data
+
+
 async def _post_json(client: Any, url: str, body: object, limit: int) -> object:
-    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most:
-    a neighbour that streams without end costs one query, not our memory."""
+    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most."""
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}")
-        data = bytearray()
-        async for piece in response.aiter_bytes():
-            data += piece
-            if len(data) > limit:
-                raise ValueError(f"an answer over {limit} bytes")
+        data = await read_at_most(response.aiter_bytes(), limit)
     return json.loads(data)
 
 
