@@ -160,6 +160,7 @@ class ChunkScheduler:
         self._holders: list[list[str]] = [[] for _ in range(self.count)]
         self._full = sum(1 for s in self.sources if s not in self.fallback)
         self._claims: dict[str, frozenset[int]] = {}
+        self._indices = frozenset(range(self.count))
         self._claimed = [0] * self.count
         self._mine = weights(self.me, self.count) if self.me is not None else None
         self._best_peer = [-1] * self.count  # highest weight among live peers
@@ -299,14 +300,12 @@ class ChunkScheduler:
             return  # the very same record as last time
         self._claims_from[source] = indices
         claims = indices if isinstance(indices, frozenset) else frozenset(indices)
-        if claims and (min(claims) < 0 or max(claims) >= self.count):
-            claims = frozenset(i for i in claims if 0 <= i < self.count)
+        if not claims <= self._indices:
+            claims &= self._indices
         old = self._claims.pop(source, _NONE)
         claimed = self._claimed
-        for index in old - claims:
-            claimed[index] -= 1
-        for index in claims - old:
-            claimed[index] += 1
+        for index in old ^ claims:
+            claimed[index] += 1 if index in claims else -1
         if claims:
             self._claims[source] = claims
         self._dry -= self.fallback
@@ -550,10 +549,8 @@ class ChunkScheduler:
                 for source in self._holders[index]:
                     self._avail[source].add(index)
             if self._dry:  # sources holding it have something to give again
-                has = self._has
-                self._dry = {
-                    s for s in self._dry if (h := has.get(s)) is not None and index not in h
-                }
+                self._dry -= self.fallback
+                self._dry.difference_update(self._holders[index])
 
     def reasons(self) -> dict[str, str]:
         """Why each source stopped being useful (for the final error message)."""

@@ -95,7 +95,7 @@ class SeedGate:
         again: a busy gate estimates when a slot frees; a seeded chunk, ``retry``."""
         if verdict != "busy" or self._took is None or not self._running:
             return self.retry
-        oldest = min(uploads[0][0] for uploads in self._running.values())
+        oldest = min([uploads[0][0] for uploads in self._running.values()])
         return min(max(oldest + self._took - now, self.retry), MAX_RETRY)
 
     @property
