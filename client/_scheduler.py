@@ -147,7 +147,7 @@ class ChunkScheduler:
     def __post_init__(self) -> None:
         self.sources = list(self.sources)
         self.stats = {name: SourceStats(name) for name in self.sources}
-        self._waiting = set(range(self.count)) - self.have
+        self._waiting = set(chunk_indices(self.count)) - self.have
         self._inflight: dict[tuple[str, int], _Request] = {}
         self._load: dict[str, int] = dict.fromkeys(self.sources, 0)  # requests per source
         self._copies = [0] * self.count  # requests per chunk
@@ -160,7 +160,7 @@ class ChunkScheduler:
         self._holders: list[list[str]] = [[] for _ in range(self.count)]
         self._full = sum(1 for s in self.sources if s not in self.fallback)
         self._claims: dict[str, frozenset[int]] = {}
-        self._indices = frozenset(range(self.count))
+        self._indices = frozenset(chunk_indices(self.count))
         self._claimed = [0] * self.count
         self._mine = weights(self.me, self.count) if self.me is not None else None
         self._best_peer = [-1] * self.count  # highest weight among live peers
@@ -249,7 +249,7 @@ class ChunkScheduler:
         """Chunks this node is the designated fallback fetcher of among its peers."""
         if self._designated is None:
             mine, best = self._mine or [], self._best_peer
-            self._designated = {i for i in range(len(mine)) if mine[i] > best[i]}
+            self._designated = {i for i in chunk_indices(len(mine)) if mine[i] > best[i]}
         return self._designated
 
     # -- sources and have-records ------------------------------------------------
@@ -561,6 +561,22 @@ class ChunkScheduler:
 
 
 _WEIGHTS: dict[tuple[str, int], list[int]] = {}
+_INDICES: dict[int, tuple[int, ...]] = {}
+
+
+def chunk_indices(count: int) -> tuple[int, ...]:
+    """``0..count-1``, the same int objects for every scheduler of ``count`` chunks.
+
+    Sets of chunk indices are compared and probed across schedulers (a peer's
+    have-record against this node's queue); Python compares ints above 256
+    by value unless they are the same object, which costs a third of a probe.
+    """
+    indices = _INDICES.get(count)
+    if indices is None:
+        if len(_INDICES) > 64:
+            _INDICES.clear()
+        indices = _INDICES[count] = tuple(range(count))
+    return indices
 
 
 def weights(name: str, count: int) -> list[int]:
