@@ -264,7 +264,7 @@ class ChunkScheduler:
         self._order = None
         self._has[name] = None
         if self._mine is not None and name not in self.fallback:
-            self._best_peer = list(map(max, self._best_peer, weights(name, self.count)))
+            self._best_peer = _highest(self._best_peer, weights(name, self.count))
             self._designated = self._claims_cache = None
             self._dry -= self.fallback
         if has is None:
@@ -315,7 +315,7 @@ class ChunkScheduler:
         best = [-1] * self.count
         for source in self.sources:
             if source not in self.fallback and self.stats[source].banned is None:
-                best = list(map(max, best, weights(source, self.count)))
+                best = _highest(best, weights(source, self.count))
         self._best_peer = best
         self._designated = self._claims_cache = None
         self._dry -= self.fallback
@@ -385,7 +385,7 @@ class ChunkScheduler:
         else:
             candidates = waiting if self._has[source] is None else self._avail[source]
         if candidates:
-            return min(candidates, key=self._key.__getitem__)
+            return _rarest(candidates, self._key)
         if waiting or source in self.fallback:
             if waiting and (source not in self.fallback or self._inflight):
                 # Nothing to give until it says more, a chunk is requeued, or
@@ -558,6 +558,21 @@ class ChunkScheduler:
             name: stats.banned or stats.last_error or "no answer"
             for name, stats in self.stats.items()
         }
+
+
+def _rarest(candidates: Collection[int], key: list[int]) -> int:
+    """The candidate of the lowest ``key`` (a loop: there are few, often one)."""
+    best = -1
+    lowest = 0
+    for index in candidates:
+        if best < 0 or key[index] < lowest:
+            best, lowest = index, key[index]
+    return best
+
+
+def _highest(a: list[int], b: list[int]) -> list[int]:
+    """The element-wise maximum of two lists of weights."""
+    return [x if x > y else y for x, y in zip(a, b, strict=True)]
 
 
 _WEIGHTS: dict[tuple[str, int], list[int]] = {}
