@@ -11,7 +11,13 @@ from tufmesh.client._client import Client, DownloadResult
 from tufmesh.client._download import ChunkPlan, Replicating
 from tufmesh.client._fetcher import FetchConfig, MultiSourceFetcher, SourceHealth
 from tufmesh.client._home import ClientHome
-from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
+from tufmesh.client._scheduler import (
+    ChunkScheduler,
+    SchedulerConfig,
+    SourceStats,
+    chunk_mask,
+    set_bits,
+)
 
 __all__ = [
     "ChunkPlan",
@@ -25,4 +31,6 @@ __all__ = [
     "SchedulerConfig",
     "SourceHealth",
     "SourceStats",
+    "chunk_mask",
+    "set_bits",
 ]

@@ -54,7 +54,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["ChunkScheduler", "SchedulerConfig", "SourceStats"]
+__all__ = ["ChunkScheduler", "SchedulerConfig", "SourceStats", "chunk_mask", "set_bits"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,6 @@ class _Request:
 
 
 _UNMEASURED: Final = float("inf")  # try a source we know nothing about
-_NONE: Final[frozenset[int]] = frozenset()
 
 
 @dataclass
@@ -159,12 +158,16 @@ class ChunkScheduler:
         self._avail: dict[str, set[int]] = {}
         self._holders: list[list[str]] = [[] for _ in range(self.count)]
         self._full = sum(1 for s in self.sources if s not in self.fallback)
-        self._claims: dict[str, frozenset[int]] = {}
-        self._indices = frozenset(chunk_indices(self.count))
+        # Each neighbour's claims (a bitmask: bit i, chunk i), and per chunk
+        # how many neighbours claim it.
+        self._claims: dict[str, int] = {}
         self._claimed = [0] * self.count
+        self._every = (1 << self.count) - 1
+        self._have_mask = chunk_mask(self.have)
         self._mine = weights(self.me, self.count) if self.me is not None else None
         self._best_peer = [-1] * self.count  # highest weight among live peers
         self._designated: set[int] | None = None  # cache of the chunks this node owns
+        self._designated_mask = 0  # ...as a bitmask
         #: A mirror keeps the fallback closed until its first round of have-queries.
         self.fallback_open = True
         self._idle_since: float | None = None
@@ -173,8 +176,7 @@ class ChunkScheduler:
         # Peers known to have nothing this node still needs (until they
         # report more, or a chunk goes back to the queue): assign skips them.
         self._dry: set[str] = set()
-        self._claims_cache: frozenset[int] | None = None
-        self._claims_from: dict[str, Iterable[int]] = {}
+        self._claims_cache: int | None = None
         self._resting: dict[str, float] = {}
         self._patient = False  # the next fallback pick comes from the idle rule
         # Fallback requests made by the idle rule (the origin serves them even
@@ -232,17 +234,17 @@ class ChunkScheduler:
         """What ``source`` is known to hold (None: everything)."""
         return self._has.get(source)
 
-    def claims(self) -> frozenset[int]:
+    def claims(self) -> int:
         """Chunks this node fetches from a fallback, now or later as their
-        designated fetcher (its have-record says so: neighbours leave them to it).
-
-        The same object until it changes."""
+        designated fetcher (its have-record says so: neighbours leave them to
+        it), as a bitmask: bit i for chunk i."""
         if self._claims_cache is None:
             fallback = self.fallback
-            fetching = {index for source, index in self._inflight if source in fallback}
+            fetching = chunk_mask(index for source, index in self._inflight if source in fallback)
             if self._mine is not None:
-                fetching |= self.designated() - self.have
-            self._claims_cache = frozenset(fetching)
+                self.designated()
+                fetching |= self._designated_mask & ~self._have_mask
+            self._claims_cache = fetching
         return self._claims_cache
 
     def designated(self) -> set[int]:
@@ -250,6 +252,7 @@ class ChunkScheduler:
         if self._designated is None:
             mine, best = self._mine or [], self._best_peer
             self._designated = {i for i in chunk_indices(len(mine)) if mine[i] > best[i]}
+            self._designated_mask = chunk_mask(self._designated)
         return self._designated
 
     # -- sources and have-records ------------------------------------------------
@@ -294,20 +297,18 @@ class ChunkScheduler:
             self._has[source] = None
             self._full += 1
 
-    def set_claims(self, source: str, indices: Iterable[int]) -> None:
-        """``source`` says it will fetch ``indices`` from a fallback (or is doing so)."""
-        if self._claims_from.get(source) is indices:
-            return  # the very same record as last time
-        self._claims_from[source] = indices
-        claims = indices if isinstance(indices, frozenset) else frozenset(indices)
-        if not claims <= self._indices:
-            claims &= self._indices
-        old = self._claims.pop(source, _NONE)
-        claimed = self._claimed
-        for index in old ^ claims:
-            claimed[index] += 1 if index in claims else -1
+    def set_claims(self, source: str, claims: int) -> None:
+        """``source`` says it will fetch the chunks of bitmask ``claims`` (bit i:
+        chunk i) from a fallback, or is doing so (bits past the blob are ignored)."""
+        claims = claims & self._every if claims > 0 else 0
+        old = self._claims.pop(source, 0)
         if claims:
             self._claims[source] = claims
+        if claims == old:
+            return
+        claimed = self._claimed
+        for index in set_bits(old ^ claims):
+            claimed[index] += 1 if claims >> index & 1 else -1
         self._dry -= self.fallback
 
     def _designate(self) -> None:
@@ -333,7 +334,7 @@ class ChunkScheduler:
                 holders[index].remove(source)
             del self._avail[source]
         self._dry -= self.fallback
-        self.set_claims(source, ())
+        self.set_claims(source, 0)
 
     # -- decisions -------------------------------------------------------------
 
@@ -486,6 +487,7 @@ class ChunkScheduler:
         if self._designated is None or index in self._designated:
             self._claims_cache = None
         self.have.add(index)
+        self._have_mask |= 1 << index
         self._unwait(index)
         if self._copies[index]:
             for key in [k for k in self._inflight if k[1] == index]:
@@ -558,6 +560,24 @@ class ChunkScheduler:
             name: stats.banned or stats.last_error or "no answer"
             for name, stats in self.stats.items()
         }
+
+
+def chunk_mask(indices: Iterable[int]) -> int:
+    """The bitmask of chunks ``indices``: bit i for chunk i (have-records carry these)."""
+    mask = 0
+    for index in indices:
+        mask |= 1 << index
+    return mask
+
+
+def set_bits(mask: int) -> list[int]:
+    """The chunks of bitmask ``mask``, lowest first."""
+    indices = []
+    while mask:
+        low = mask & -mask
+        indices.append(low.bit_length() - 1)
+        mask ^= low
+    return indices
 
 
 def _rarest(candidates: Collection[int], key: list[int]) -> int:

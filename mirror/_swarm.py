@@ -81,7 +81,7 @@ class Partial:
     length: int
     count: int
     mask: int = 0  # bit i: chunk i verified and written
-    claims: frozenset[int] = frozenset()
+    claims: int = 0  # bit i: chunk i, fetched from the origin by this mirror (its scheduler says)
 
     def covers(self, start: int, end: int) -> bool:
         """True when every chunk overlapping bytes ``start..end`` (inclusive) is held."""
@@ -231,10 +231,9 @@ class Swarm:
             partial = self._partial.get(cid)
             if partial is not None:
                 size = (partial.count + 7) // 8
-                claims = sum(1 << i for i in partial.claims)
                 blobs[cid] = {
                     "have": partial.mask.to_bytes(size, "little").hex(),
-                    "claims": claims.to_bytes(size, "little").hex(),
+                    "claims": partial.claims.to_bytes(size, "little").hex(),
                 }
             elif self.has_blob is not None and _holds(self.has_blob, cid):
                 blobs[cid] = "all"
@@ -331,20 +330,20 @@ def _holds(has_blob: Any, cid: str) -> bool:
         return False
 
 
-def parse_record(entry: object, count: int) -> tuple[set[int] | None, set[int]]:
-    """``(chunks held, chunks claimed)`` from one blob's have-record entry.
+def parse_record(entry: object, count: int) -> tuple[set[int] | None, int]:
+    """``(chunks held, chunks claimed as a bitmask)`` from one blob's have-record entry.
 
-    ``(None, set())`` for "all" and for anything malformed (the caller tells
-    them apart); indices outside the blob are dropped.
+    ``(None, 0)`` for "all" and for anything malformed (the caller tells them
+    apart); chunks past the blob are dropped.
     """
     if not isinstance(entry, dict):
-        return None, set()
+        return None, 0
     try:
         have = int.from_bytes(bytes.fromhex(str(entry.get("have", ""))), "little")
         claims = int.from_bytes(bytes.fromhex(str(entry.get("claims", ""))), "little")
     except (ValueError, TypeError):
-        return None, set()
-    return _bits(have, count), _bits(claims, count)
+        return None, 0
+    return _bits(have, count), claims & ((1 << count) - 1)
 
 
 def _bits(mask: int, count: int) -> set[int]:

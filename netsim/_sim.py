@@ -414,7 +414,7 @@ class _Simulation:
             if peer_scheduler is not None and peer.done is None:
                 scheduler.set_claims(name, peer_scheduler.claims())
             else:
-                scheduler.set_claims(name, ())
+                scheduler.set_claims(name, 0)
 
     def _hint(self, node: _Node, peer: _Node) -> None:
         """``node``'s have-query names the release: ``peer``, if it has not heard

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tufmesh.client import ChunkScheduler, SchedulerConfig
+from tufmesh.client import ChunkScheduler, SchedulerConfig, chunk_mask, set_bits
 
 
 def test_fills_every_source_then_finishes() -> None:
@@ -97,14 +97,14 @@ def test_fallback_only_for_chunks_no_peer_holds_or_claims() -> None:
     s.add_source("origin")
     s.add_source("origin")  # already known: ignored
     s.add_source("peer", has={0, 1})
-    s.set_claims("neighbour", {2, 3})
+    s.set_claims("neighbour", chunk_mask({2, 3}))
     started = s.assign(0.0)
     by_origin = {i for src, i in started if src == "origin"}
     assert by_origin == {4, 5}
     assert {i for src, i in started if src == "peer"} == {0, 1}
-    assert s.claims() == {4, 5}
+    assert set_bits(s.claims()) == [4, 5]
     # the neighbour's claims lapse (it finished, or went away): now the origin may serve them
-    s.set_claims("neighbour", ())
+    s.set_claims("neighbour", 0)
     for src, index in started:
         s.verified(src, index, 1, 1.0)
     assert {i for src, i in s.assign(1.0) if src == "origin"} == {2, 3}
@@ -264,3 +264,18 @@ def test_a_mirror_asks_each_peer_for_one_chunk_at_a_time() -> None:
         s.add_source("p2", has=range(4))
     assert sorted(src for src, _ in user.assign(0.0)) == ["p1", "p1", "p2", "p2"]
     assert sorted(src for src, _ in mirror.assign(0.0)) == ["p1", "p2"]
+
+
+@given(st.sets(st.integers(min_value=0, max_value=2000)))
+def test_chunk_masks_round_trip(indices: set[int]) -> None:
+    assert set_bits(chunk_mask(indices)) == sorted(indices)
+
+
+def test_claims_past_the_blob_or_negative_are_ignored() -> None:
+    s = ChunkScheduler(4, [], SchedulerConfig(per_fallback=4), fallback={"origin"})
+    s.add_source("origin")
+    s.set_claims("liar", chunk_mask({1, 64, 1000}))  # only chunk 1 is in the blob
+    s.set_claims("other", -1)  # no chunk at all, not every chunk
+    assert sorted(i for _, i in s.assign(0.0)) == [0, 2, 3]
+    s.set_claims("liar", 0)  # its claim lapses: chunk 1 is the origin's to give again
+    assert s.assign(0.0) == [("origin", 1)]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from tufmesh.client import ChunkScheduler
+from tufmesh.client import ChunkScheduler, chunk_mask
 from tufmesh.mirror._swarm import (
     MAX_NEIGHBOURS,
     MAX_QUERY_FAILURES,
@@ -47,15 +47,15 @@ def test_serve_range_names_the_file_only_when_covered(tmp_path: Path) -> None:
 def test_have_record_round_trip_and_malformed_entries() -> None:
     swarm = Swarm(url="http://me", has_blob=lambda cid: cid == "stored")
     swarm.begin("arriving", Partial((Path("/nonexistent"),), 1, 12, 12, mask=0b100000000101))
-    swarm.partial("arriving").claims = frozenset({1, 11})  # type: ignore[union-attr]
+    swarm.partial("arriving").claims = chunk_mask({1, 11})  # type: ignore[union-attr]
     record = swarm.record(["arriving", "stored", "unknown", 7], asker="http://asker/")
     assert record["blobs"]["stored"] == "all" and "unknown" not in record["blobs"]
     assert record["snapshot"] == 0  # no version complete yet
-    assert parse_record(record["blobs"]["arriving"], 12) == ({0, 2, 11}, {1, 11})
-    assert parse_record(record["blobs"]["arriving"], 3) == ({0, 2}, {1})  # clipped
+    assert parse_record(record["blobs"]["arriving"], 12) == ({0, 2, 11}, chunk_mask({1, 11}))
+    assert parse_record(record["blobs"]["arriving"], 3) == ({0, 2}, chunk_mask({1}))  # clipped
     assert "http://asker" in swarm.neighbours()  # whoever asks becomes a neighbour
     for bad in ("all", None, {"have": "zz"}, {"have": 5}, [1, 2]):
-        assert parse_record(bad, 12) == (None, set())
+        assert parse_record(bad, 12) == (None, 0)
 
 
 def test_a_store_that_refuses_a_name_does_not_break_the_record() -> None:
