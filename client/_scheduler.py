@@ -307,8 +307,10 @@ class ChunkScheduler:
         if claims == old:
             return
         claimed = self._claimed
-        for index in set_bits(old ^ claims):
-            claimed[index] += 1 if claims >> index & 1 else -1
+        for index in set_bits(claims & ~old):
+            claimed[index] += 1
+        for index in set_bits(old & ~claims):
+            claimed[index] -= 1
         self._dry -= self.fallback
 
     def _designate(self) -> None:
@@ -571,12 +573,13 @@ def chunk_mask(indices: Iterable[int]) -> int:
 
 
 def set_bits(mask: int) -> list[int]:
-    """The chunks of bitmask ``mask``, lowest first."""
+    """The chunks of bitmask ``mask`` (not negative), lowest first."""
+    digits = bin(mask)[:1:-1]  # least significant first, without the "0b"
     indices = []
-    while mask:
-        low = mask & -mask
-        indices.append(low.bit_length() - 1)
-        mask ^= low
+    index = digits.find("1")
+    while index >= 0:
+        indices.append(index)
+        index = digits.find("1", index + 1)
     return indices
 
 
