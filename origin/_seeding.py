@@ -52,6 +52,8 @@ class SeedGate:
     _served: dict[Hashable, float] = field(default_factory=dict)
     # chunk -> (start, size) of each upload of it running now
     _running: dict[Hashable, list[tuple[float, int]]] = field(default_factory=dict)
+    # the start of each running upload, oldest first (admitted in time order)
+    _starts: list[float] = field(default_factory=list)
     _active: int = 0
     _bytes: int = 0
     _took: float | None = None  # a completed upload's duration (moving average)
@@ -72,6 +74,7 @@ class SeedGate:
         self._bytes += size
         self._served[chunk] = now
         self._running.setdefault(chunk, []).append((now, size))
+        self._starts.append(now)
         if len(self._served) > 1 << 20:  # bound the memory; old entries matter least
             self._served = {k: t for k, t in self._served.items() if now - t < self.window}
         return "serve"
@@ -84,6 +87,8 @@ class SeedGate:
         self._bytes -= size
         if uploads == []:
             del self._running[chunk]
+        if start is not None:
+            self._starts.remove(start)
         if not completed:
             self._served.pop(chunk, None)
         elif start is not None:
@@ -93,10 +98,9 @@ class SeedGate:
     def retry_after(self, now: float, verdict: Verdict = "busy") -> float:
         """Seconds after which a request refused with ``verdict`` should be asked
         again: a busy gate estimates when a slot frees; a seeded chunk, ``retry``."""
-        if verdict != "busy" or self._took is None or not self._running:
+        if verdict != "busy" or self._took is None or not self._starts:
             return self.retry
-        oldest = min([uploads[0][0] for uploads in self._running.values()])
-        return min(max(oldest + self._took - now, self.retry), MAX_RETRY)
+        return min(max(self._starts[0] + self._took - now, self.retry), MAX_RETRY)
 
     @property
     def active(self) -> int:
