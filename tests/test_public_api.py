@@ -71,4 +71,6 @@ def test_client_public_api() -> None:
         "SchedulerConfig",
         "SourceHealth",
         "SourceStats",
+        "chunk_mask",
+        "set_bits",
     ]
