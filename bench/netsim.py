@@ -58,7 +58,15 @@ def compiled_copy(into: Path) -> Path:
     from tests.helpers.layout import installed_layout
 
     installed_layout(into, copy=True)
-    subprocess.run([sys.executable, "-m", "mypyc", *HOT], cwd=into, check=True, capture_output=True)
+    built = subprocess.run(
+        [sys.executable, "-m", "mypyc", *HOT], cwd=into, capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        tail = (built.stderr or built.stdout).strip().splitlines()[-5:]
+        sys.exit(
+            "--compiled needs mypy (pip install -e '.[test]') and a C compiler; mypyc said:\n  "
+            + "\n  ".join(tail)
+        )
     return into
 
 
