@@ -606,12 +606,12 @@ def chunk_indices(count: int) -> tuple[int, ...]:
     """``0..count-1``, the same int objects for every scheduler of ``count`` chunks.
 
     Sets of chunk indices are compared and probed across schedulers (a peer's
-    have-record against this node's queue); Python compares ints above 256
-    by value unless they are the same object, which costs a third of a probe.
+    have-record against this node's queue); CPython compares ints above 256
+    by value, a slower path of every probe, unless they are the same object.
     """
     indices = _INDICES.get(count)
     if indices is None:
-        if len(_INDICES) > 64:
+        if len(_INDICES) > 16:  # a handful of blobs replicate at once
             _INDICES.clear()
         indices = _INDICES[count] = tuple(range(count))
     return indices
