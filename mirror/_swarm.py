@@ -30,7 +30,7 @@ from typing import Any, Final
 import trio
 
 from tufmesh._durable import read_exactly
-from tufmesh.client import ChunkPlan, ChunkScheduler
+from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
 from tufmesh.errors import TufmeshError
 from tufmesh.p2p._blob import MAX_RECORD
 
@@ -343,13 +343,8 @@ def parse_record(entry: object, count: int) -> tuple[set[int] | None, int]:
         claims = int.from_bytes(bytes.fromhex(str(entry.get("claims", ""))), "little")
     except (ValueError, TypeError):
         return None, 0
-    return _bits(have, count), claims & ((1 << count) - 1)
-
-
-def _bits(mask: int, count: int) -> set[int]:
-    """The indices of the bits set in ``mask`` below ``count``."""
-    digits = bin(mask & ((1 << count) - 1))[:1:-1]  # least significant first
-    return {i for i, bit in enumerate(digits) if bit == "1"}
+    every = (1 << count) - 1
+    return set(set_bits(have & every)), claims & every
 
 
 @dataclass
