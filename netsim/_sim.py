@@ -70,6 +70,8 @@ class _Link:
         self.n = 0  # transfers crossing it
         self.v = 0.0  # bytes each of them has been given so far (virtual time)
         self.t = 0.0
+        # The transfers whose last byte it must report, by virtual finish: an
+        # uplink's all, a downlink's those whose uplink is already done.
         self.heap: list[tuple[float, int, _Flow]] = []
         self.version = 0
         self.next_at = math.inf  # when the queued wake-up fires
@@ -471,17 +473,25 @@ class _Simulation:
     # -- links ------------------------------------------------------------------
 
     def _join_links(self, flow: _Flow) -> None:
+        """Start ``flow`` on its sender's uplink and its receiver's downlink.
+
+        The uplink watches it (a wake-up when it has carried every byte); the
+        downlink only once the uplink is done (:meth:`_link_event`): where the
+        downlink is the faster side, as it usually is, it needs no events."""
         now = self.now
-        for side, link in enumerate((flow.src.up, flow.dst.down)):
-            link.advance(now)
-            link.n += 1
-            flow.tags[side] = tag = link.v + flow.size
-            self.seq += 1
-            heapq.heappush(link.heap, (tag, self.seq, flow))
-            # Everyone else on the link now finishes later: the wake-up already
-            # queued comes early (it re-plans), unless this flow ends first.
-            if now + flow.size * link.n / link.cap < link.next_at:
-                self._reschedule(link)
+        up, down = flow.src.up, flow.dst.down
+        down.advance(now)
+        down.n += 1
+        flow.tags[1] = down.v + flow.size
+        up.advance(now)
+        up.n += 1
+        flow.tags[0] = tag = up.v + flow.size
+        self.seq += 1
+        heapq.heappush(up.heap, (tag, self.seq, flow))
+        # Everyone else on the link now finishes later: the wake-up already
+        # queued comes early (it re-plans), unless this flow ends first.
+        if now + flow.size * up.n / up.cap < up.next_at:
+            self._reschedule(up)
         flow.counted = True
 
     def _leave_links(self, flow: _Flow) -> None:
@@ -522,10 +532,19 @@ class _Simulation:
                 finished.append(flow)
         for flow in finished:
             flow.sides += 1
-            if flow.sides == 2:  # both links carried it: the last byte is on its way
-                self._leave_links(flow)
-                rtt = 2 * (flow.src.latency + flow.dst.latency)
-                self._at(self.now + rtt, _DELIVER, flow)
+            if flow.sides == 1:  # the uplink carried it; has the downlink?
+                down = flow.dst.down
+                down.advance(self.now)
+                if flow.tags[1] > down.v + 1e-3 + down.v * 1e-12:
+                    self.seq += 1
+                    heapq.heappush(down.heap, (flow.tags[1], self.seq, flow))
+                    self._reschedule(down)
+                    continue
+                flow.sides = 2
+            # Both links carried it: the last byte is on its way.
+            self._leave_links(flow)
+            rtt = 2 * (flow.src.latency + flow.dst.latency)
+            self._at(self.now + rtt, _DELIVER, flow)
         self._reschedule(link)
         return False
 
