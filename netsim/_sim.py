@@ -494,14 +494,17 @@ class _Simulation:
             self._reschedule(up)
         flow.counted = True
 
-    def _leave_links(self, flow: _Flow) -> None:
+    def _leave_links(self, flow: _Flow, replanned: _Link | None = None) -> None:
+        """Take ``flow`` off both its links; each re-plans its next wake-up, but
+        ``replanned``, whose caller does that once it is done."""
         if not flow.counted:
             return
         flow.counted = False
         for link in (flow.src.up, flow.dst.down):
             link.advance(self.now)
             link.n -= 1
-            self._reschedule(link)
+            if link is not replanned:
+                self._reschedule(link)
 
     def _reschedule(self, link: _Link) -> None:
         heap = link.heap
@@ -542,7 +545,7 @@ class _Simulation:
                     continue
                 flow.sides = 2
             # Both links carried it: the last byte is on its way.
-            self._leave_links(flow)
+            self._leave_links(flow, replanned=link)
             rtt = 2 * (flow.src.latency + flow.dst.latency)
             self._at(self.now + rtt, _DELIVER, flow)
         self._reschedule(link)
