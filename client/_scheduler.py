@@ -188,8 +188,8 @@ class ChunkScheduler:
         else:
             shuffler = random.Random(self.config.seed)  # noqa: S311 (spreading load, not secrets)
             rank = shuffler.sample(range(self.count), self.count)
-        # Sort key of each chunk: rarest first, then the tie-break order.
-        self._key = rank
+        # The tie-break order among equally rare chunks.
+        self._rank = rank
 
     # -- queries -------------------------------------------------------------
 
@@ -283,12 +283,11 @@ class ChunkScheduler:
         if has is None or self.stats[source].banned is not None:
             return  # unknown, already holds everything, or not listened to
         self._dry.discard(source)
-        key, count, holders = self._key, self.count, self._holders
+        count, holders = self.count, self._holders
         waiting, avail = self._waiting, self._avail[source]
         for index in indices:
             if index not in has and 0 <= index < count:
                 has.add(index)
-                key[index] += count
                 holders[index].append(source)
                 if index in waiting:
                     avail.add(index)
@@ -330,9 +329,8 @@ class ChunkScheduler:
             if source not in self.fallback:
                 self._full -= 1
         else:
-            key, count, holders = self._key, self.count, self._holders
+            holders = self._holders
             for index in has:
-                key[index] -= count
                 holders[index].remove(source)
             del self._avail[source]
         self._dry -= self.fallback
@@ -388,7 +386,7 @@ class ChunkScheduler:
         else:
             candidates = waiting if self._has[source] is None else self._avail[source]
         if candidates:
-            return _rarest(candidates, self._key)
+            return _rarest(candidates, self._holders, self._rank)
         if waiting or source in self.fallback:
             if waiting and (source not in self.fallback or self._inflight):
                 # Nothing to give until it says more, a chunk is requeued, or
@@ -583,13 +581,16 @@ def set_bits(mask: int) -> list[int]:
     return indices
 
 
-def _rarest(candidates: Collection[int], key: list[int]) -> int:
-    """The candidate of the lowest ``key`` (a loop: there are few, often one)."""
+def _rarest(candidates: Collection[int], holders: list[list[str]], rank: list[int]) -> int:
+    """The candidate with the fewest holders, the lowest ``rank`` among equals
+    (a loop: there are few, often one). Ranks are below ``len(rank)``."""
     best = -1
     lowest = 0
+    count = len(rank)
     for index in candidates:
-        if best < 0 or key[index] < lowest:
-            best, lowest = index, key[index]
+        key = len(holders[index]) * count + rank[index]
+        if best < 0 or key < lowest:
+            best, lowest = index, key
     return best
 
 
