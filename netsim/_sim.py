@@ -81,6 +81,12 @@ class _Link:
             self.v += self.cap / self.n * (now - self.t)
         self.t = now
 
+    def carried(self) -> float:
+        """The virtual finish up to which a transfer counts as carried: within
+        a millionth of a byte per megabyte, so that float rounding never leaves
+        one a hair short, forever rescheduled at "now"."""
+        return self.v + 1e-3 + self.v * 1e-12
+
 
 class _Flow:
     __slots__ = (
@@ -526,9 +532,7 @@ class _Simulation:
         link.advance(self.now)
         heap = link.heap
         finished = []
-        # Within a millionth of a byte per megabyte carried: float rounding
-        # must not leave a flow a hair short, forever rescheduled at "now".
-        done = link.v + 1e-3 + link.v * 1e-12
+        done = link.carried()
         while heap and heap[0][0] <= done:
             flow = heapq.heappop(heap)[2]
             if not flow.dead:
@@ -538,7 +542,7 @@ class _Simulation:
             if flow.sides == 1:  # the uplink carried it; has the downlink?
                 down = flow.dst.down
                 down.advance(self.now)
-                if flow.tags[1] > down.v + 1e-3 + down.v * 1e-12:
+                if flow.tags[1] > down.carried():
                     self.seq += 1
                     heapq.heappush(down.heap, (flow.tags[1], self.seq, flow))
                     self._reschedule(down)
