@@ -322,9 +322,9 @@ class OriginRepository(Repository):
         self._pending.clear()
         self._linked_dirs.clear()
         roots = sorted(
-            int(p.name.split(".", 1)[0])
+            int(version)
             for p in self.metadata_dir.glob("*.root.json")
-            if p.name.split(".", 1)[0].isascii() and p.name.split(".", 1)[0].isdigit()
+            if (version := p.name.split(".", 1)[0]).isascii() and version.isdigit()
         )
         if not roots:
             raise OriginError(f"{self.metadata_dir} holds no root metadata")
