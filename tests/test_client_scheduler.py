@@ -159,7 +159,11 @@ def test_designated_fetcher_asks_the_origin_only_for_its_own_chunks() -> None:
     fetched_from_origin: dict[str, set[int]] = {}
     for me in names:
         s = ChunkScheduler(
-            count, [], SchedulerConfig(per_source=64, per_fallback=64), fallback={"o"}, me=me
+            count,
+            [],
+            SchedulerConfig(per_source=64, per_fallback=64, measured_requests=64),
+            fallback={"o"},
+            me=me,
         )
         s.add_source("o")
         for peer in names:
@@ -264,6 +268,47 @@ def test_a_mirror_asks_each_peer_for_one_chunk_at_a_time() -> None:
         s.add_source("p2", has=range(4))
     assert sorted(src for src, _ in user.assign(0.0)) == ["p1", "p1", "p2", "p2"]
     assert sorted(src for src, _ in mirror.assign(0.0)) == ["p1", "p2"]
+
+
+def test_a_mirror_keeps_few_requests_to_measured_peers_in_flight() -> None:
+    # Peers that have delivered before get at most ``measured_requests`` at
+    # once; a peer not yet measured is asked regardless (a withholding peer
+    # must not hold one of the few places). An end user's download has no cap.
+    peers = ["p1", "p2", "p3", "p4"]
+    config = SchedulerConfig(measured_requests=2)
+    mirror = ChunkScheduler(16, [], config, me="m0")
+    user = ChunkScheduler(16, list(peers), config)
+    for p in peers:
+        mirror.add_source(p, has=range(16))
+    for s in (mirror, user):
+        first = s.assign(0.0)
+        assert sorted({src for src, _ in first}) == peers
+        for source, index in first:
+            s.verified(source, index, 1000, 1.0)
+    assert len(user.assign(1.0)) == 8  # two per source, as before
+    again = mirror.assign(1.0)
+    assert len(again) == 2  # all four measured now: two at a time
+    mirror.add_source("p5", has=range(16))
+    assert [src for src, _ in mirror.assign(1.0)] == ["p5"]  # a newcomer is tried at once
+    source, index = again[0]
+    mirror.failed(source, index, "reset")
+    assert len(mirror.assign(1.5)) == 1  # a place freed, however the request ended
+
+
+def test_a_mirror_at_its_cap_leaves_the_origin_alone() -> None:
+    # The fallback counts against the cap from the start: its uplink is the
+    # scarcest, and a mirror busy with its peers does not need it.
+    mirror = ChunkScheduler(16, [], SchedulerConfig(measured_requests=1), fallback={"o"}, me="m0")
+    mirror.add_source("o")
+    mirror.add_source("p1", has=[0])
+    first = sorted(mirror.assign(0.0))
+    assert [src for src, _ in first] == ["o", "p1"]  # p1 not measured yet: not counted
+    origin_chunk = first[0][1]
+    mirror.verified("p1", 0, 1000, 1.0)
+    mirror.add_have("p1", range(1, 16))
+    assert mirror.assign(1.0) == []  # the origin's request fills the one place
+    mirror.verified("o", origin_chunk, 1000, 1.5)
+    assert [src for src, _ in mirror.assign(1.5)] == ["p1"]
 
 
 @given(st.sets(st.integers(min_value=0, max_value=2000)))
