@@ -11,6 +11,7 @@ Layout (default ``$TUFMESH_HOME/client`` or the XDG data dir)::
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
@@ -60,8 +61,13 @@ class ClientHome:
         if not urls:
             raise UsageError("give at least one source (--origin URL)")
         path.mkdir(parents=True, exist_ok=True)
+        anchor = path / "root.json"
+        if anchor.is_file() and anchor.read_bytes() != root_bytes:
+            # Another trust anchor: the metadata cached under the old one
+            # (python-tuf trusts its cached root over the bootstrap) must go.
+            shutil.rmtree(path / "metadata", ignore_errors=True)
         (path / "metadata").mkdir(exist_ok=True)
-        write_atomic(path / "root.json", root_bytes)
+        write_atomic(anchor, root_bytes)
         home = cls(path)
         home.save_sources(urls)
         home.save_health([SourceHealth(u) for u in urls])

@@ -183,6 +183,26 @@ def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -
         assert missing.stderr.strip() == "Error: demo/nope-1.tar.gz is not in the signed metadata"
 
 
+def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
+    # A first init with the wrong repository's root caches nothing usable;
+    # init with the right root must replace it, cache and all.
+    home = tmp_path / "home"
+    other = init_repo(tmp_path / "other")
+    tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    wrong = tufmesh("ls", "demo", "--home", str(home), check=False)
+    assert wrong.returncode == 1 and "bad signature" in wrong.stderr
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    listing = tufmesh("ls", "demo", "--home", str(home)).stdout
+    assert f"{SMALL}\t100000\t" in listing
+    # The same root again keeps the cache (and its rollback protection).
+    cached = (home / "metadata" / "timestamp.json").read_bytes()
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    assert (home / "metadata" / "timestamp.json").read_bytes() == cached
+
+
 def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     exe = TUFMESH + "-conformance"
     meta, targets = tmp_path / "meta", tmp_path / "targets"
