@@ -22,13 +22,36 @@ from tufmesh._durable import write_atomic
 from tufmesh.client._fetcher import SourceHealth
 from tufmesh.errors import ClientError, UsageError
 
-__all__ = ["ClientHome"]
+__all__ = ["ClientHome", "read_root"]
 
 
 def _check_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"not an HTTP(S) URL: {url!r}")
     return url.rstrip("/")
+
+
+def read_root(path: Path) -> bytes:
+    """The bytes of ``path``, once checked to be root metadata signed by its own keys.
+
+    A first root is trusted on first use (a client's, a mirror's); checking
+    at least this catches a wrong, truncated or edited file now, not at the
+    first download.
+    """
+    try:
+        data = path.read_bytes()
+        root = Metadata[Root].from_bytes(data)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except Exception as exc:  # python-tuf raises several deserialization errors
+        raise UsageError(f"{path} is not TUF root metadata: {exc}") from None
+    if not isinstance(root.signed, Root):
+        raise UsageError(f"{path} is not root metadata")
+    try:
+        root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
+    except Exception as exc:
+        raise UsageError(f"{path} is not signed by its own root keys: {exc}") from None
+    return data
 
 
 class ClientHome:
@@ -41,22 +64,7 @@ class ClientHome:
     @classmethod
     def create(cls, path: Path, root_json: Path, sources: list[str]) -> ClientHome:
         """Initialise a home trusting ``root_json`` and fetching from ``sources``."""
-        try:
-            root_bytes = root_json.read_bytes()
-            root = Metadata[Root].from_bytes(root_bytes)
-        except OSError as exc:
-            raise UsageError(f"cannot read {root_json}: {exc.strerror}") from None
-        except Exception as exc:  # python-tuf raises several deserialization errors
-            raise UsageError(f"{root_json} is not TUF root metadata: {exc}") from None
-        if not isinstance(root.signed, Root):
-            raise UsageError(f"{root_json} is not root metadata")
-        # The first root is trusted on first use; check at least that it is
-        # signed by its own threshold of keys, so a truncated or edited file
-        # is caught now rather than at the first download.
-        try:
-            root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
-        except Exception as exc:
-            raise UsageError(f"{root_json} is not signed by its own root keys: {exc}") from None
+        root_bytes = read_root(root_json)
         urls = [_check_url(u) for u in sources]
         if not urls:
             raise UsageError("give at least one source (--origin URL)")

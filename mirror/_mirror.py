@@ -32,7 +32,7 @@ from tuf.api.metadata import Metadata
 
 from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore
-from tufmesh.client import Client, SourceHealth
+from tufmesh.client import Client, SourceHealth, read_root
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._swarm import Swarm
 
@@ -80,18 +80,18 @@ class Mirror:
         artifacts it keeps (the newest snapshot's artifacts, in path order,
         until the next would not fit).
         """
-        try:
-            root = root_json.read_bytes()
-            Metadata.from_bytes(root)
-        except OSError as exc:
-            raise UsageError(f"cannot read {root_json}: {exc.strerror}") from None
-        except Exception as exc:  # python-tuf's deserialisation errors
-            raise UsageError(f"{root_json} is not TUF metadata: {exc}") from None
+        root = read_root(root_json)
+        anchor = directory / "root.json"
+        if anchor.is_file() and anchor.read_bytes() != root:
+            raise UsageError(
+                f"{directory} already mirrors the repository of another root ({anchor}); "
+                "give that root, or a new --dir"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         for sub in ("tree/metadata", "tree/targets", "incoming", "client"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
-        if not (directory / "root.json").exists():
-            write_atomic(directory / "root.json", root)
+        if not anchor.exists():
+            write_atomic(anchor, root)
         from tufmesh.origin import normalize_project
 
         config = {

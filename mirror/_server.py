@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -172,9 +173,14 @@ async def run_mirror(
     async def sync_forever() -> None:
         nonlocal wake
         held = mirror.state().get("snapshot_version", 0)
+        failing: str | None = None
         while True:
             wake = trio.Event()
             report = await trio.to_thread.run_sync(mirror.sync, swarm)
+            if report.error != failing:  # say so once, not at every poll
+                failing = report.error
+                note = f"sync failed: {failing}" if failing else "sync works again"
+                print(f"mirror: {note}", file=sys.stderr, flush=True)
             if node is not None:
                 node.gate.root = _trusted_root(mirror)  # follow root rotations
                 if report.snapshot_version > held:

@@ -146,6 +146,36 @@ def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
         assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
 
 
+def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) -> None:
+    repo, other, m = init_repo(tmp_path / "repo"), init_repo(tmp_path / "other"), tmp_path / "m"
+    args = ["mirror", "run", "--dir", str(m), "--origin", "http://127.0.0.1:9", "--http-port", "0"]
+    wrong = tufmesh(*args, "--root", str(repo / "metadata" / "1.targets.json"), check=False)
+    assert wrong.returncode == 1, wrong.stderr
+    assert "is not root metadata" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert not m.exists()
+    # An origin that refuses connections: the daemon serves, and says once
+    # (not at every poll) that its syncs fail.
+    log = tmp_path / "mirror.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [TUFMESH, *args, "--root", str(repo / "metadata" / "1.root.json"), "--poll", "0.2"],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while "sync failed" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few more polls
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    failures = [line for line in log.read_text().splitlines() if "sync failed" in line]
+    assert len(failures) == 1 and "127.0.0.1:9" in failures[0], log.read_text()
+    # The directory now mirrors this repository: another root is refused.
+    again = tufmesh(*args, "--root", str(other / "metadata" / "1.root.json"), check=False)
+    assert again.returncode == 1 and "another root" in again.stderr, again.stderr
+
+
 def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")

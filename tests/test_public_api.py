@@ -72,5 +72,6 @@ def test_client_public_api() -> None:
         "SourceHealth",
         "SourceStats",
         "chunk_mask",
+        "read_root",
         "set_bits",
     ]
