@@ -19,6 +19,7 @@ import click
 from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = [
+    "PORT",
     "SIZE",
     "Group",
     "data_home",
@@ -63,6 +64,8 @@ class _SizeType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
 
 
 SIZE = _SizeType()
+#: A TCP port option (0: any free port).
+PORT = click.IntRange(0, 65535)
 
 
 def format_size(size: float) -> str:

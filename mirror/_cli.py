@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tufmesh._ui import SIZE, Group, format_size, run_service
+from tufmesh._ui import PORT, SIZE, Group, format_size, run_service
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror
 from tufmesh.mirror._server import run_mirror
@@ -34,11 +34,12 @@ def mirror() -> None:
 @click.option("--origin", "origin_url", required=True, help="The origin's URL.")
 @click.option("--peer", "peers", multiple=True, help="Another mirror's URL (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--http-port", type=int, default=8081, show_default=True, help="0 picks a free port.")
+@click.option("--http-port", type=PORT, default=8081, show_default=True,
+              help="0 picks a free port.")  # fmt: skip
 @click.option("--poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds between syncs.")  # fmt: skip
 @click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
-@click.option("--p2p-port", type=int, default=None, help="Join the peer-to-peer network here.")
+@click.option("--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network here.")
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
 @click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")
 @click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")

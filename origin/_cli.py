@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import httpx
 
-from tufmesh._ui import SIZE, Group, format_size, progress_bar, run_service
+from tufmesh._ui import PORT, SIZE, Group, format_size, progress_bar, run_service
 from tufmesh.errors import OriginError, TufmeshError, UsageError
 from tufmesh.origin._config import ROLES, OriginConfig
 from tufmesh.origin._names import check_filename
@@ -140,9 +140,9 @@ def init(
 @origin.command()
 @repo_option
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port.")
+@click.option("--port", type=PORT, default=8080, show_default=True, help="0 picks a free port.")
 @click.option(
-    "--p2p-port", type=int, default=None, help="Join the peer-to-peer network on this port."
+    "--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network on this port."
 )
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
 @click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")

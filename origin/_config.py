@@ -33,6 +33,9 @@ ROLES: Final = ("root", "targets", DELEGATING_BINS, BIN_N, "snapshot", "timestam
 ONLINE_ROLES: Final = frozenset({BIN_N, "snapshot", "timestamp"})
 OFFLINE_ROLES: Final = frozenset(ROLES) - ONLINE_ROLES
 FORMAT: Final = 1
+#: The shortest and the longest lifetime a role's metadata may be given, in days.
+MIN_EXPIRY_DAYS: Final = 1 / (24 * 60)
+MAX_EXPIRY_DAYS: Final = 36_500
 
 
 def _default_expiry_days() -> dict[str, float]:
@@ -61,6 +64,20 @@ class OriginConfig:
     chunk_size: int = 1 << 20
     #: role -> {keyid: signer URI}; only the keys this host can use appear.
     signers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from tufmesh.cas import MAX_CHUNK_SIZE
+
+        if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
+        for role, days in self.expiry_days.items():
+            # A lifetime of nothing expires at once (clients then refuse the
+            # metadata as a freeze attack); a century is past any key's life.
+            if not (isinstance(days, int | float) and MIN_EXPIRY_DAYS <= days <= MAX_EXPIRY_DAYS):
+                raise OriginError(
+                    f"expiry of {role}: {days!r} days is outside "
+                    f"one minute .. {MAX_EXPIRY_DAYS:,} days"
+                )
 
     def expiry(self, role: str) -> timedelta:
         """Lifetime of a new version of ``role`` (any ``bin-*`` role uses ``bin-n``)."""

@@ -527,7 +527,8 @@ async def start_http(
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
-    config.errorlog = None
+    config.errorlog = "-"  # an exception that escapes the app, on stderr...
+    config.loglevel = "ERROR"  # ...and nothing else
     # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
     config.h11_max_incomplete_size = 16 * 1024
     config.keep_alive_timeout = 30

@@ -265,6 +265,36 @@ def test_port_in_use_is_one_clear_line(repo: Path) -> None:
     assert proc.stderr.strip() == f"Error: cannot serve on 127.0.0.1:{port}: Address already in use"
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--chunk-size", "0"], "chunk size 0 is outside 1 .. 1073741824"),
+        (["--chunk-size", "2GiB"], "chunk size 2147483648 is outside"),
+        (["--expiry", "root=-1"], "expiry of root: -1.0 days is outside one minute .. 36,500 days"),
+        (["--expiry", "timestamp=0"], "expiry of timestamp: 0.0 days is outside"),
+        (["--expiry", "timestamp=1e9"], "expiry of timestamp: 1000000000.0 days is outside"),
+        (["--expiry", "timestamp=nan"], "expiry of timestamp: nan days is outside"),
+    ],
+)
+def test_init_refuses_settings_that_would_break_the_repository(
+    tmp_path: Path, option: list[str], said: str
+) -> None:
+    proc = tufmesh("origin", "init", "--dir", str(tmp_path / "r"), *option, check=False)
+    assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_ports_out_of_range_are_usage_errors(repo: Path, tmp_path: Path) -> None:
+    for args in (
+        ["origin", "serve", "--dir", str(repo), "--port", "70000"],
+        ["origin", "serve", "--dir", str(repo), "--p2p-port", "-1"],
+        ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
+         "--root", str(repo / "metadata" / "1.root.json"), "--http-port", "-1"],
+    ):  # fmt: skip
+        proc = tufmesh(*args, check=False)
+        assert proc.returncode == 2 and "is not in the range 0<=x<=65535" in proc.stderr, args
+
+
 def test_origin_seeds_each_chunk_to_one_mirror_at_a_time(repo: Path) -> None:
     token = add_project(repo, "demo")
     with running(repo) as origin:
