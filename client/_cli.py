@@ -10,6 +10,7 @@ import click
 from tufmesh._ui import Group, data_home, format_size, progress_bar
 from tufmesh.client._client import Client
 from tufmesh.client._home import ClientHome
+from tufmesh.errors import UsageError
 
 __all__ = ["client", "get", "ls"]
 
@@ -70,7 +71,10 @@ def get(
     targets: tuple[str, ...], output: Path, quiet: bool, as_json: bool, home: Path | None
 ) -> None:
     """Download PROJECT/FILENAME artifacts, verified, into a directory."""
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write into {output}: {exc.strerror or exc}") from None
     with Client.from_home(_home(home)) as downloader:
         for target in targets:
             length = downloader.target(target).length

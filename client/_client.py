@@ -234,8 +234,13 @@ class Client:
         holds (see :class:`ChunkScheduler`).
         """
         info = self.target(path)
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ClientError(f"cannot write into {dest_dir}: {exc.strerror or exc}") from None
         dest = dest_dir / (filename or path.rsplit("/", 1)[-1])
+        if os.path.lexists(dest) and not dest.is_file():  # a directory, a dangling link...
+            raise ClientError(f"{dest} is in the way: not a regular file, so not replaced")
         if dest.is_file():
             with open(dest, "rb") as existing:
                 try:

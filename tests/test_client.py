@@ -183,6 +183,23 @@ def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -
         assert missing.stderr.strip() == "Error: demo/nope-1.tar.gz is not in the signed metadata"
 
 
+def test_get_into_a_path_in_the_way_is_one_clear_line(origin: Server, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    (tmp_path / "out" / "demo-0.1.tar.gz").mkdir(parents=True)  # a directory where the file goes
+    (tmp_path / "a-file").write_bytes(b"")
+    for output, said in [
+        (tmp_path / "out", "is in the way: not a regular file"),
+        (tmp_path / "a-file", "is a file"),
+        (tmp_path / "a-file" / "below", "cannot write into"),
+    ]:
+        proc = tufmesh("get", SMALL, "-o", str(output), "--home", str(home), check=False)
+        assert proc.returncode in (1, 2) and said in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
     # A first init with the wrong repository's root caches nothing usable;
     # init with the right root must replace it, cache and all.
