@@ -27,7 +27,7 @@ import click
 
 from tufmesh._procs import TUFMESH, health, service
 from tufmesh._ui import SIZE, format_size
-from tufmesh.errors import TufmeshError
+from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = ["demo"]
 
@@ -41,6 +41,8 @@ def _step(text: str) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo directory instead of deleting it.")
 def demo(size: int, keep: bool) -> None:
     """Run an origin, three mirrors and a verified download on this machine."""
+    if size < 1:
+        raise UsageError("--size: the demo needs an artifact of at least one byte")
     work = Path(tempfile.mkdtemp(prefix="tufmesh-demo-"))
     try:
         _run(work, size)
@@ -109,7 +111,7 @@ def _run(work: Path, size: int) -> None:
         _step("corrupt mirror 3's copy: a flipped bit in every chunk, as a malicious mirror would")
         blob = BlobStore(work / "mirror-3" / "cas").path(answer["cid"])
         with open(blob, "r+b") as handle:
-            for offset in range(1000, size, 1 << 20):
+            for offset in range(min(1000, size - 1), size, 1 << 20):
                 handle.seek(offset)
                 byte = handle.read(1)
                 handle.seek(offset)

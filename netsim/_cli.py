@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -62,7 +63,7 @@ def run(
     **settings: object,
 ) -> None:
     """Run one scenario: flags override the scenario file's settings."""
-    from tufmesh.netsim._report import plot, table, to_json
+    from tufmesh.netsim._report import plot, pyplot, table, to_json
     from tufmesh.netsim._scenario import Scenario, load_scenario
     from tufmesh.netsim._sim import simulate
 
@@ -78,6 +79,11 @@ def run(
         names = ", ".join(sorted(shipped))
         raise UsageError(f"no scenario file {scenario_ref!r}, and no shipped one ({names})")
     scenario = scenario.replace(**settings)
+    for path in (json_path, plot_path):  # before the run, not after it
+        if path is not None and not os.access(path.parent, os.W_OK):
+            raise UsageError(f"cannot write {path}: {path.parent} is not a writable directory")
+    if plot_path is not None:
+        pyplot()
     started = time.perf_counter()
     with progress_bar("mirrors complete", scenario.mirrors, items=True) as advance:
         done = 0
@@ -89,6 +95,9 @@ def run(
 
         result = simulate(scenario, progress)
     wall = time.perf_counter() - started
+    if not quiet:
+        click.echo(table(result), nl=False)
+        click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
     if json_path is not None:
         try:
             json_path.write_text(to_json(result))
@@ -96,9 +105,6 @@ def run(
             raise UsageError(f"cannot write {json_path}: {exc.strerror}") from None
     if plot_path is not None:
         plot(result, plot_path)
-    if not quiet:
-        click.echo(table(result), nl=False)
-        click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
 
 
 @netsim.command("validate")
@@ -112,6 +118,7 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
     from tufmesh.netsim._real import matching_scenario, run_real
     from tufmesh.netsim._sim import simulate
 
+    scenario = matching_scenario(mirrors, size, rate, seed)  # its checks, before the real run
     with progress_bar("real mirrors complete", mirrors, items=True) as advance:
         done = 0
 
@@ -121,7 +128,7 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
             done = completed
 
         real = run_real(mirrors, size, rate, seed=seed, progress=progress)
-    simulated = simulate(matching_scenario(mirrors, size, rate, seed))
+    simulated = simulate(scenario)
     rows = [
         ("every mirror holds it", real.all_done, simulated.all_done, "s"),
         ("first mirror holds it", real.completion[0], simulated.completion[0], "s"),

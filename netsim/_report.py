@@ -95,8 +95,8 @@ def table(result: Result) -> str:
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 
 
-def plot(result: Result, path: Path) -> None:
-    """The completion-time CDF of honest mirrors against the lower bound, as a PNG."""
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files; a usage error if it is not installed."""
     try:
         import matplotlib
 
@@ -106,6 +106,12 @@ def plot(result: Result, path: Path) -> None:
         raise UsageError(
             "--plot needs matplotlib: pip install 'tufmesh[plot]' (or matplotlib)"
         ) from None
+    return plt
+
+
+def plot(result: Result, path: Path) -> None:
+    """The completion-time CDF of honest mirrors against the lower bound, as a PNG."""
+    plt = pyplot()
     times = [t for t in result.completion if not math.isinf(t)]
     n = max(result.honest, 1)
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)

@@ -8,6 +8,7 @@ between its bounds, so that "home" is not one link but a spread of them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +89,29 @@ class Scenario:
     link_classes: tuple[LinkClass, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.mirrors < 1:
+        # The same checks for a scenario file as for the flags: a wrong type
+        # or a value that would divide by zero, spin or exhaust memory.
+        if isinstance(self.mirrors, int) and self.mirrors < 1:
             raise UsageError("a scenario needs at least one mirror")
-        if self.size < 1 or self.chunk_size < 1:
-            raise UsageError("size and chunk size must be positive")
-        if not 0 <= self.malicious < 1 or not 0 <= self.churn <= 1:
-            raise UsageError("malicious must be in [0, 1) and churn in [0, 1]")
+        for name, (kind, low, high) in _LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name == "origin_up":
+                continue
+            _check(name, value, kind, low, high)
+        if self.chunks > MAX_CHUNKS:
+            raise UsageError(
+                f"{self.chunks} chunks: at most {MAX_CHUNKS:,} (a larger chunk size, or less size)"
+            )
+        if not 0 <= self.malicious < 1:
+            raise UsageError("malicious must be in [0, 1)")
+        for link in self.link_classes:
+            _check("a link's weight", link.weight, float, 1e-9, math.inf)
+            for what, bounds, least in (("up", link.up, 1.0), ("down", link.down, 1.0),
+                                        ("latency", link.latency, 0.0)):  # fmt: skip
+                for value in bounds:
+                    _check(f"a link's {what}", value, float, least, 1e15 if least else 60.0)
+                if bounds[0] > bounds[1]:
+                    raise UsageError(f"a link's {what} range {list(bounds)} runs backwards")
         if round(self.malicious * self.mirrors) >= self.mirrors:
             raise UsageError(f"{self.malicious:g} of {self.mirrors} mirrors leaves none honest")
         if not self.link_classes and self.links not in PROFILES:
@@ -125,6 +143,40 @@ class Scenario:
 
 
 _SIZES: Final = ("size", "chunk_size", "origin_up", "upload_bytes")
+
+#: Chunks in a release at most: each mirror's scheduler keeps a few lists of
+#: that length (1,000 mirrors and 1,024 chunks take about 0.9 GiB).
+MAX_CHUNKS: Final = 65_536
+
+#: Each numeric setting's type and bounds.
+_LIMITS: Final[dict[str, tuple[type, float, float]]] = {
+    "mirrors": (int, 1, 100_000),
+    "size": (int, 1, 1 << 40),
+    "chunk_size": (int, 1, 1 << 30),
+    "seed": (int, -math.inf, math.inf),
+    "origin_up": (float, 1.0, 1e15),
+    "degree": (int, 0, 64),
+    "upload_slots": (int, 0, 1024),
+    "upload_bytes": (int, 0, 1 << 40),
+    "gossip_degree": (int, 1, 64),
+    "gossip_hop": (float, 0.0, 60.0),
+    "metadata_rtts": (int, 0, 100),
+    "churn": (float, 0.0, 1.0),
+    "downtime": (float, 0.0, 86_400.0),
+    "malicious": (float, 0.0, 1.0),
+    "horizon": (float, 1.0, 1e7),
+}
+
+
+def _check(name: str, value: object, kind: type, low: float, high: float) -> None:
+    """``value`` is a ``kind`` (an int for a float too) between ``low`` and ``high``."""
+    kinds = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "an integer" if kind is int else "a number"
+        raise UsageError(f"{name} must be {what}, not {value!r}")
+    if not low <= value <= high:  # also catches nan
+        bounds = f"{low:g} .. {high:g}" if math.isfinite(high) else f"at least {low:g}"
+        raise UsageError(f"{name} must be {bounds}, not {value!r}")
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -158,7 +210,9 @@ def load_scenario(path: Path) -> Scenario:
                 for c in links
             )
         return Scenario(**data)
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
+        raise UsageError(f"{path}: a [[link]] needs {exc.args[0]}") from None
+    except (TypeError, ValueError, UsageError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 

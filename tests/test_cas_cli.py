@@ -154,3 +154,8 @@ def test_demo_runs_and_verifies() -> None:
     assert "identical bytes" in proc.stdout
     assert "rejected, mirror 3 banned" in proc.stdout
     assert proc.stdout.count("holds snapshot v2") == 3
+
+
+def test_demo_refuses_an_empty_artifact() -> None:
+    proc = subprocess.run([TUFMESH, "demo", "--size", "0"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "at least one byte" in proc.stderr

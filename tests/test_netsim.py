@@ -91,7 +91,15 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
         ("speed = 3", "unknown settings speed"),
         ('links = "moon"', "unknown link profile"),
         ("mirrors = [", "s.toml"),
-        ('size = "lots"', "not a size"),
+        ('size = "lots"', "s.toml: .*not a size"),
+        ('mirrors = "ten"', "s.toml: mirrors must be an integer, not 'ten'"),
+        ("mirrors = 5000000", "mirrors must be 1 .. 100000, not 5000000"),
+        ("origin_up = -5", "origin_up must be 1 .. 1e\\+15, not -5"),
+        ("horizon = -1", "horizon must be 1 .. 1e\\+07"),
+        ("chunk_size = 1", "67108864 chunks: at most 65,536"),
+        ("[[link]]\nup = 0\ndown = 1\nlatency = 0", "a link's up must be 1 .. 1e\\+15, not 0"),
+        ("[[link]]\nup = 1\ndown = 1", "a \\[\\[link\\]\\] needs latency"),
+        ("[[link]]\nup = [2, 1]\ndown = 1\nlatency = 0", "up range \\[2.0, 1.0\\] runs backwards"),
     ]:
         good.write_text(text)
         with pytest.raises(UsageError, match=message):
@@ -115,6 +123,15 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "unknown link profile" in bad.stderr
     bad = _cli("netsim", "run", "--mirrors", "3", "--malicious", "0.9")
     assert bad.returncode != 0 and "leaves none honest" in bad.stderr
+    # Paths are checked before the run, not after it; 0 is not a rate.
+    bad = _cli("netsim", "run", "--mirrors", "3", "--json", str(tmp_path / "no" / "r.json"))
+    assert bad.returncode != 0 and "is not a writable directory" in bad.stderr
+    assert "ratio to the bound" not in bad.stdout  # refused before the run
+    bad = _cli("netsim", "run", "--origin-up", "0")
+    assert bad.returncode != 0 and "origin_up must be 1 .. 1e+15, not 0" in bad.stderr
+    bad = _cli("netsim", "validate", "--rate", "0")
+    assert bad.returncode != 0 and "origin_up must be" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow
