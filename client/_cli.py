@@ -105,7 +105,9 @@ def get(
 
 
 def _sources_line(used: dict[str, int]) -> str:
-    total = sum(used.values()) or 1
+    if not used:
+        return "verified (no bytes to fetch)"
+    total = sum(used.values())
     parts = [f"{name} {100 * n / total:.0f}%" for name, n in sorted(used.items())]
     return "verified; from " + ", ".join(parts)
 

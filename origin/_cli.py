@@ -248,9 +248,14 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
 def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) -> None:
     """Publish FILES to a project on an origin; one line per file."""
     failures = 0
+    token = token.strip()
+    if not token or not token.isprintable() or not token.isascii():
+        raise UsageError("--token: an upload token is one line of printable text")
     for path in files:  # check every name before sending anything
+        if not path.exists():
+            raise UsageError(f"cannot read {path}: no such file")
         if not path.is_file():
-            raise UsageError(f"cannot read {path}: not a file")
+            raise UsageError(f"cannot read {path}: not a regular file")
         check_filename(path.name)
     with httpx.Client() as client:
         for path in files:

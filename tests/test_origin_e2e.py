@@ -50,6 +50,14 @@ def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> 
             env={**os.environ, "TUFMESH_TOKEN": token},
         ).stdout  # fmt: skip
         assert out.startswith("published demo-pkg/demo_pkg-1.0.tar.gz")
+        for path, given, said in [
+            (tmp_path / "missing.tar.gz", token, "missing.tar.gz: no such file"),
+            (tmp_path, token, ": not a regular file"),
+            (artifact, " ", "--token: an upload token is one line"),
+        ]:
+            bad = tufmesh("publish", str(path), "--origin", server.url, "--project", "demo-pkg",
+                          "--token", given, check=False)  # fmt: skip
+            assert bad.returncode == 1 and said in bad.stderr, bad.stderr
         assert (
             tuf_download(server.url, repo, "demo-pkg/demo_pkg-1.0.tar.gz") == artifact.read_bytes()
         )
