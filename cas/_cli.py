@@ -36,7 +36,10 @@ def _file_size(path: str) -> int:
 @click.pass_context
 def cas(ctx: click.Context, store_dir: Path | None) -> None:
     """The content-addressed blob store: put, get, verify, pin, gc."""
-    ctx.obj = BlobStore(store_dir or data_home() / "cas")
+    root = store_dir or data_home() / "cas"
+    if root.is_dir() and not (root / "blobs").is_dir() and any(root.iterdir()):
+        raise UsageError(f"{root} is not a blob store (no blobs/ in it): give a store or a new dir")
+    ctx.obj = BlobStore(root)
 
 
 pass_store = click.make_pass_decorator(BlobStore)
@@ -47,8 +50,9 @@ pass_store = click.make_pass_decorator(BlobStore)
 @pass_store
 def put(store: BlobStore, files: tuple[str, ...]) -> None:
     """Store FILES; print one CID per line."""
-    for path in files:
-        with progress_bar(f"put {Path(path).name}", _file_size(path)) as advance:
+    sizes = [_file_size(path) for path in files]  # all readable before any is stored
+    for path, size in zip(files, sizes, strict=True):
+        with progress_bar(f"put {Path(path).name}", size) as advance:
             cid = store.put(path, progress=advance)
         click.echo(cid)
 

@@ -135,6 +135,19 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: s
     assert message in proc.stderr
 
 
+def test_a_directory_that_is_not_a_store_is_left_alone(tmp_path: Path, files: list[Path]) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    proc = run(mine, "ls", ok=False)
+    assert "is not a blob store" in proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # put checks every file before it stores any
+    store = tmp_path / "store"
+    assert "cannot read" in run(store, "put", str(files[0]), "/nonexistent", ok=False).stderr
+    assert run(store, "ls").stdout == ""
+
+
 def test_version_and_help() -> None:
     from tufmesh import __version__
 
