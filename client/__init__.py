@@ -10,7 +10,7 @@ from __future__ import annotations
 from tufmesh.client._client import Client, DownloadResult
 from tufmesh.client._download import ChunkPlan, Replicating
 from tufmesh.client._fetcher import FetchConfig, MultiSourceFetcher, SourceHealth
-from tufmesh.client._home import ClientHome, read_root
+from tufmesh.client._home import ClientHome
 from tufmesh.client._scheduler import (
     ChunkScheduler,
     SchedulerConfig,
@@ -32,6 +32,5 @@ __all__ = [
     "SourceHealth",
     "SourceStats",
     "chunk_mask",
-    "read_root",
     "set_bits",
 ]

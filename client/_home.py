@@ -22,11 +22,12 @@ from tufmesh._durable import write_atomic
 from tufmesh.client._fetcher import SourceHealth
 from tufmesh.errors import ClientError, UsageError
 
-__all__ = ["ClientHome", "read_root"]
+__all__ = ["ClientHome", "check_url", "read_root"]
 
 
-def _check_url(url: str) -> str:
-    if not url.startswith(("http://", "https://")):
+def check_url(url: str) -> str:
+    """``url`` without a trailing slash, once checked to be an HTTP(S) URL."""
+    if not url.startswith(("http://", "https://")) or len(url.split("//", 1)[1]) == 0:
         raise UsageError(f"not an HTTP(S) URL: {url!r}")
     return url.rstrip("/")
 
@@ -65,7 +66,7 @@ class ClientHome:
     def create(cls, path: Path, root_json: Path, sources: list[str]) -> ClientHome:
         """Initialise a home trusting ``root_json`` and fetching from ``sources``."""
         root_bytes = read_root(root_json)
-        urls = [_check_url(u) for u in sources]
+        urls = [check_url(u) for u in sources]
         if not urls:
             raise UsageError("give at least one source (--origin URL)")
         path.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ class ClientHome:
         self._require()
         try:
             config = tomllib.loads((self.path / "config.toml").read_text())
-            return [_check_url(u) for u in config["sources"]]
+            return [check_url(u) for u in config["sources"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ClientError(f"bad {self.path / 'config.toml'}: {exc}") from None
 

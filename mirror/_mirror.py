@@ -32,7 +32,8 @@ from tuf.api.metadata import Metadata
 
 from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore
-from tufmesh.client import Client, SourceHealth, read_root
+from tufmesh.client import Client, SourceHealth
+from tufmesh.client._home import check_url, read_root
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._swarm import Swarm
 
@@ -81,6 +82,11 @@ class Mirror:
         until the next would not fit).
         """
         root = read_root(root_json)
+        urls = [check_url(s) for s in sources]
+        if projects is not None and not projects:
+            raise UsageError("no project named: give --projects a comma-separated list")
+        if not (directory / "mirror.json").is_file() and _non_empty(directory):
+            raise UsageError(f"{directory} is not empty and not a mirror: give a new --dir")
         anchor = directory / "root.json"
         if anchor.is_file() and anchor.read_bytes() != root:
             raise UsageError(
@@ -95,7 +101,7 @@ class Mirror:
         from tufmesh.origin import normalize_project
 
         config = {
-            "sources": [s.rstrip("/") for s in sources],
+            "sources": urls,
             "projects": sorted({normalize_project(p) for p in projects}) if projects else None,
             "quota": quota,
         }
@@ -304,3 +310,7 @@ def _version(path: Path) -> int:
         return int(json.loads(path.read_bytes())["signed"]["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def _non_empty(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())

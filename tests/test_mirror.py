@@ -153,6 +153,15 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     assert wrong.returncode == 1, wrong.stderr
     assert "is not root metadata" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not m.exists()
+    root = str(repo / "metadata" / "1.root.json")
+    for extra, said in [
+        (["--peer", "notaurl"], "not an HTTP(S) URL: 'notaurl'"),
+        (["--projects", ","], "no project named"),
+        (["--dir", str(repo)], "is not empty and not a mirror"),  # the origin's own directory
+    ]:
+        bad = tufmesh(*args, "--root", root, *extra, check=False)
+        assert bad.returncode == 1 and said in bad.stderr, bad.stderr
+    assert not m.exists()
     # An origin that refuses connections: the daemon serves, and says once
     # (not at every poll) that its syncs fail.
     log = tmp_path / "mirror.log"

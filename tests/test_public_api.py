@@ -72,6 +72,5 @@ def test_client_public_api() -> None:
         "SourceHealth",
         "SourceStats",
         "chunk_mask",
-        "read_root",
         "set_bits",
     ]
