@@ -63,6 +63,9 @@ def run(
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     if p2p_only and p2p_port is None:
         raise UsageError("--p2p-only needs --p2p-port")
+    from tufmesh.p2p import check_peer_address
+
+    bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     replica = Mirror.create(
         mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota

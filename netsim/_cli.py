@@ -79,9 +79,9 @@ def run(
         names = ", ".join(sorted(shipped))
         raise UsageError(f"no scenario file {scenario_ref!r}, and no shipped one ({names})")
     scenario = scenario.replace(**settings)
-    for path in (json_path, plot_path):  # before the run, not after it
-        if path is not None and not os.access(path.parent, os.W_OK):
-            raise UsageError(f"cannot write {path}: {path.parent} is not a writable directory")
+    for output in (json_path, plot_path):  # before the run, not after it
+        if output is not None and not os.access(output.parent, os.W_OK):
+            raise UsageError(f"cannot write {output}: {output.parent} is not a writable directory")
     if plot_path is not None:
         pyplot()
     started = time.perf_counter()

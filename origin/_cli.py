@@ -155,7 +155,10 @@ def serve(
     max_upload_rate: int | None,
 ) -> None:
     """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
+    from tufmesh.p2p import check_peer_address
+
     OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
+    bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     run_service(
         lambda ready: serve_repository(
             repo_dir,

@@ -8,6 +8,13 @@ Noise and yamux only, and GossipSub on the repository's topic.
 from __future__ import annotations
 
 from tufmesh.p2p._announce import MAX_ANNOUNCEMENT, AnnouncementGate, Verdict, topic_for
-from tufmesh.p2p._node import P2PNode
+from tufmesh.p2p._node import P2PNode, check_peer_address
 
-__all__ = ["MAX_ANNOUNCEMENT", "AnnouncementGate", "P2PNode", "Verdict", "topic_for"]
+__all__ = [
+    "MAX_ANNOUNCEMENT",
+    "AnnouncementGate",
+    "P2PNode",
+    "Verdict",
+    "check_peer_address",
+    "topic_for",
+]

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import trio
 
+from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate
 from tufmesh.p2p._blob import (
     BAD_REQUEST,
@@ -47,12 +48,27 @@ from tufmesh.p2p._blob import (
     response_head,
 )
 
-__all__ = ["P2PNode"]
+__all__ = ["P2PNode", "check_peer_address"]
 
 #: Mesh degree as in go-libp2p's defaults scaled to small networks (D=6 there).
 DEGREE: Final = 4
 #: Bound on one ``/tufmesh/blob/1`` exchange (16 MiB at 64 MB/s would take 0.25 s).
 _BLOB_TIMEOUT: Final = 30.0
+
+
+def check_peer_address(address: str) -> str:
+    """``address``, once checked to be a peer's multiaddr with its ID, as
+    ``--bootstrap`` takes it (``/ip4/HOST/tcp/PORT/p2p/ID``)."""
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    try:
+        info_from_p2p_addr(multiaddr.Multiaddr(address))
+    except Exception:  # multiaddr and libp2p raise several kinds
+        raise UsageError(
+            f"not a peer's multiaddr (/ip4/HOST/tcp/PORT/p2p/ID): {address!r}"
+        ) from None
+    return address
 
 
 async def _read_exactly(stream: Any, count: int) -> bytes:
