@@ -172,7 +172,7 @@ class MultiSourceFetcher(FetcherInterface):
             # source that hides a file that exists is outvoted by any that has
             # it, since every source is asked before we get here.
             raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
-        raise SourcesFailedError(f"every source failed for {name}: {listing}")
+        raise SourcesFailedError(f"cannot fetch metadata ({name}) from any source: {listing}")
 
     def _stream_target(self, name: str) -> Iterator[bytes]:
         """Stream an artifact from the first source that answers 200.
