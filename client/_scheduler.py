@@ -161,6 +161,9 @@ class ChunkScheduler:
         self._waiting = set(chunk_indices(self.count)) - self.have
         self._inflight: dict[tuple[str, int], _Request] = {}
         self._counted = 0  # requests in flight against ``measured_requests``
+        # The sources whose requests count against it (a mirror's fallback and
+        # the peers that have delivered); None for an end user's download.
+        self._capped: set[str] | None = set(self.fallback) if self.me is not None else None
         self._load: dict[str, int] = dict.fromkeys(self.sources, 0)  # requests per source
         self._copies = [0] * self.count  # requests per chunk
         self._has: dict[str, set[int] | None] = dict.fromkeys(self.sources)
@@ -362,7 +365,7 @@ class ChunkScheduler:
         dry, resting, load, fallback = self._dry, self._resting, self._load, self.fallback
         per_fallback = self.config.per_fallback
         per_source = self.config.per_source if self.me is None else self.config.per_peer
-        capped, cap, stats = self.me is not None, self.config.measured_requests, self.stats
+        capped, cap = self._capped, self.config.measured_requests
         for source in self.usable:
             if source in dry:
                 continue
@@ -370,14 +373,18 @@ class ChunkScheduler:
                 if resting[source] > now:
                     continue
                 del resting[source]  # rested enough
+            counted = capped is not None and source in capped
+            if counted and self._counted >= cap:
+                continue
             limit = per_fallback if source in fallback else per_source
-            counted = capped and (source in fallback or stats[source].chunks > 0)
-            while load[source] < limit and not (counted and self._counted >= cap):
+            while load[source] < limit:
                 index = self._next_for(source)
                 if index is None:
                     break
                 self._start(source, index, now, counted)
                 started.append((source, index))
+                if counted and self._counted >= cap:
+                    break
         return started
 
     def _start(self, source: str, index: int, now: float, counted: bool) -> None:
@@ -497,6 +504,8 @@ class ChunkScheduler:
         stats.bytes += nbytes
         stats.chunks += 1
         stats.consecutive_failures = 0
+        if self._capped is not None:
+            self._capped.add(source)  # measured: its requests count from now on
         if stats.chunks % 8 == 1:
             self._order = None  # re-rank by rate now and then
         if index in self.have:
