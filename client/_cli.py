@@ -118,5 +118,9 @@ def _sources_line(used: dict[str, int]) -> str:
 def ls(project: str | None, home: Path | None) -> None:
     """List the artifacts the signed metadata knows: path, length, sha256."""
     with Client.from_home(_home(home)) as downloader:
-        for target in downloader.artifacts(project):
-            click.echo(f"{target.path}\t{target.length}\t{target.hashes.get('sha256', '')}")
+        listed = downloader.artifacts(project)
+    for target in listed:
+        click.echo(f"{target.path}\t{target.length}\t{target.hashes.get('sha256', '')}")
+    if not listed:
+        where = f" of project {project!r}" if project else ""
+        raise click.ClickException(f"no artifacts{where} in the signed metadata")

@@ -213,6 +213,9 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
             "--origin", origin.url, "--home", str(home))  # fmt: skip
     listing = tufmesh("ls", "demo", "--home", str(home)).stdout
     assert f"{SMALL}\t100000\t" in listing
+    nothing = tufmesh("ls", "nosuch", "--home", str(home), check=False)
+    assert nothing.returncode == 1 and nothing.stdout == ""
+    assert "no artifacts of project 'nosuch' in the signed metadata" in nothing.stderr
     # The same root again keeps the cache (and its rollback protection).
     cached = (home / "metadata" / "timestamp.json").read_bytes()
     tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
