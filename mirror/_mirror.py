@@ -85,8 +85,10 @@ class Mirror:
         urls = [check_url(s) for s in sources]
         if projects is not None and not projects:
             raise UsageError("no project named: give --projects a comma-separated list")
-        if not (directory / "mirror.json").is_file() and _non_empty(directory):
-            raise UsageError(f"{directory} is not empty and not a mirror: give a new --dir")
+        if not (directory / "mirror.json").is_file() and _someone_elses(directory):
+            raise UsageError(
+                f"{directory} holds a repository or store, not a mirror's: give another --dir"
+            )
         anchor = directory / "root.json"
         if anchor.is_file() and anchor.read_bytes() != root:
             raise UsageError(
@@ -312,5 +314,7 @@ def _version(path: Path) -> int:
         return 0
 
 
-def _non_empty(directory: Path) -> bool:
-    return directory.is_dir() and any(directory.iterdir())
+def _someone_elses(directory: Path) -> bool:
+    """True if ``directory`` holds what a mirror would write over or share: an
+    origin's repository (``config.json``) or a store or tree of its own."""
+    return any((directory / name).exists() for name in ("config.json", "cas", "tree", "client"))

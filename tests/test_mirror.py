@@ -157,7 +157,7 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     for extra, said in [
         (["--peer", "notaurl"], "not an HTTP(S) URL: 'notaurl'"),
         (["--projects", ","], "no project named"),
-        (["--dir", str(repo)], "is not empty and not a mirror"),  # the origin's own directory
+        (["--dir", str(repo)], "holds a repository or store"),  # the origin's own directory
         (["--bootstrap", "garbage"], "not a peer's multiaddr"),
         (["--bootstrap", "/ip4/127.0.0.1/tcp/1"], "not a peer's multiaddr"),  # no peer ID
     ]:
