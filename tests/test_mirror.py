@@ -187,6 +187,14 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     assert again.returncode == 1 and "another root" in again.stderr, again.stderr
 
 
+def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None:
+    repo, m = init_repo(tmp_path / "repo"), tmp_path / "m"
+    m.mkdir()
+    (m / "1.root.json").write_bytes((repo / "metadata" / "1.root.json").read_bytes())
+    Mirror.create(m, m / "1.root.json", ["http://127.0.0.1:9"])
+    assert (m / "mirror.json").is_file() and (m / "root.json").is_file()
+
+
 def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")
