@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -71,10 +72,13 @@ def get(
     targets: tuple[str, ...], output: Path, quiet: bool, as_json: bool, home: Path | None
 ) -> None:
     """Download PROJECT/FILENAME artifacts, verified, into a directory."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot write into {output}: {exc.strerror or exc}") from None
+    # Made by the download itself, once the artifact is known: nothing is
+    # left behind for a name that is not in the metadata.
+    ancestor = output
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise UsageError(f"cannot write into {output}: {ancestor} is not a writable directory")
     with Client.from_home(_home(home)) as downloader:
         for target in targets:
             length = downloader.target(target).length

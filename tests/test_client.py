@@ -198,6 +198,9 @@ def test_get_into_a_path_in_the_way_is_one_clear_line(origin: Server, tmp_path: 
         assert proc.returncode in (1, 2) and said in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "out").glob("*.part"))
+    missing = tufmesh("get", "demo/nope-1.0.tar.gz", "-o", str(tmp_path / "new"),
+                      "--home", str(home), check=False)  # fmt: skip
+    assert missing.returncode == 1 and not (tmp_path / "new").exists()
 
 
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
