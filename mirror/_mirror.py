@@ -87,7 +87,7 @@ class Mirror:
             raise UsageError("no project named: give --projects a comma-separated list")
         if not (directory / "mirror.json").is_file() and _someone_elses(directory):
             raise UsageError(
-                f"{directory} holds a repository or store, not a mirror's: give another --dir"
+                f"{directory} holds a repository or a store, not a mirror's: give another --dir"
             )
         anchor = directory / "root.json"
         if anchor.is_file() and anchor.read_bytes() != root:
@@ -315,6 +315,10 @@ def _version(path: Path) -> int:
 
 
 def _someone_elses(directory: Path) -> bool:
-    """True if ``directory`` holds what a mirror would write over or share: an
-    origin's repository (``config.json``) or a store or tree of its own."""
-    return any((directory / name).exists() for name in ("config.json", "cas", "tree", "client"))
+    """True if ``directory`` holds what a mirror would share or write over: an
+    origin's repository (``config.json``, ``cas/``) or a blob store (``blobs/``).
+
+    A mirror makes its ``cas/`` only after ``mirror.json``, so a first run cut
+    short before that is not mistaken for someone else's directory.
+    """
+    return any((directory / name).exists() for name in ("config.json", "cas", "blobs"))

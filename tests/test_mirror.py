@@ -157,7 +157,7 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     for extra, said in [
         (["--peer", "notaurl"], "not an HTTP(S) URL: 'notaurl'"),
         (["--projects", ","], "no project named"),
-        (["--dir", str(repo)], "holds a repository or store"),  # the origin's own directory
+        (["--dir", str(repo)], "holds a repository or a store"),  # the origin's own directory
         (["--bootstrap", "garbage"], "not a peer's multiaddr"),
         (["--bootstrap", "/ip4/127.0.0.1/tcp/1"], "not a peer's multiaddr"),  # no peer ID
     ]:
@@ -191,6 +191,7 @@ def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None
     repo, m = init_repo(tmp_path / "repo"), tmp_path / "m"
     m.mkdir()
     (m / "1.root.json").write_bytes((repo / "metadata" / "1.root.json").read_bytes())
+    (m / "tree").mkdir()  # and what a first run cut short left
     Mirror.create(m, m / "1.root.json", ["http://127.0.0.1:9"])
     assert (m / "mirror.json").is_file() and (m / "root.json").is_file()
 
