@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tufmesh._durable import write_atomic
+from tufmesh.cas import MAX_CHUNK_SIZE
 from tufmesh.errors import OriginError
 
 __all__ = [
@@ -66,8 +67,6 @@ class OriginConfig:
     signers: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from tufmesh.cas import MAX_CHUNK_SIZE
-
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
         for role, days in self.expiry_days.items():
