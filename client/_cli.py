@@ -11,7 +11,7 @@ import click
 from tufmesh._ui import Group, data_home, format_size, progress_bar
 from tufmesh.client._client import Client
 from tufmesh.client._home import ClientHome
-from tufmesh.errors import UsageError
+from tufmesh.errors import NotInMetadataError, UsageError
 
 __all__ = ["client", "get", "ls"]
 
@@ -127,4 +127,4 @@ def ls(project: str | None, home: Path | None) -> None:
         click.echo(f"{target.path}\t{target.length}\t{target.hashes.get('sha256', '')}")
     if not listed:
         where = f" of project {project!r}" if project else ""
-        raise click.ClickException(f"no artifacts{where} in the signed metadata")
+        raise NotInMetadataError(f"no artifacts{where} in the signed metadata")
