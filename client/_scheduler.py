@@ -161,9 +161,6 @@ class ChunkScheduler:
         self._waiting = set(chunk_indices(self.count)) - self.have
         self._inflight: dict[tuple[str, int], _Request] = {}
         self._counted = 0  # requests in flight against ``measured_requests``
-        # The sources whose requests count against it (a mirror's fallback and
-        # the peers that have delivered); None for an end user's download.
-        self._capped: set[str] | None = set(self.fallback) if self.me is not None else None
         self._load: dict[str, int] = dict.fromkeys(self.sources, 0)  # requests per source
         self._copies = [0] * self.count  # requests per chunk
         self._has: dict[str, set[int] | None] = dict.fromkeys(self.sources)
@@ -365,7 +362,7 @@ class ChunkScheduler:
         dry, resting, load, fallback = self._dry, self._resting, self._load, self.fallback
         per_fallback = self.config.per_fallback
         per_source = self.config.per_source if self.me is None else self.config.per_peer
-        capped, cap = self._capped, self.config.measured_requests
+        capped, cap, stats = self.me is not None, self.config.measured_requests, self.stats
         for source in self.usable:
             if source in dry:
                 continue
@@ -373,7 +370,8 @@ class ChunkScheduler:
                 if resting[source] > now:
                     continue
                 del resting[source]  # rested enough
-            counted = capped is not None and source in capped
+            # A mirror's requests to the fallback and to measured peers count.
+            counted = capped and (source in fallback or stats[source].chunks > 0)
             if counted and self._counted >= cap:
                 continue
             limit = per_fallback if source in fallback else per_source
@@ -504,8 +502,6 @@ class ChunkScheduler:
         stats.bytes += nbytes
         stats.chunks += 1
         stats.consecutive_failures = 0
-        if self._capped is not None:
-            self._capped.add(source)  # measured: its requests count from now on
         if stats.chunks % 8 == 1:
             self._order = None  # re-rank by rate now and then
         if index in self.have:
