@@ -90,7 +90,11 @@ def run(
 @mirror.command()
 @dir_option
 def status(mirror_dir: Path) -> None:
-    """Versions held, blobs and bytes, sources, last sync."""
+    """Versions held, blobs and bytes, sources, last sync.
+
+    Exits 1 when the last sync failed (``/healthz`` says ``degraded``), so
+    that a monitoring script need not parse the output.
+    """
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
     state = replica.state() if replica is not None else {}
@@ -118,3 +122,5 @@ def status(mirror_dir: Path) -> None:
         click.echo(f"last error\t{last['error']}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
         click.echo(f"fetched from {source}\t{format_size(count)}")
+    if last.get("error"):
+        click.get_current_context().exit(1)

@@ -182,6 +182,9 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
         proc.wait(timeout=30)
     failures = [line for line in log.read_text().splitlines() if "sync failed" in line]
     assert len(failures) == 1 and "127.0.0.1:9" in failures[0], log.read_text()
+    # Its status says why, and exits 1 for a monitoring script.
+    status = tufmesh("mirror", "status", "--dir", str(m), check=False)
+    assert status.returncode == 1 and "last error" in status.stdout, status
     # The directory now mirrors this repository: another root is refused.
     again = tufmesh(*args, "--root", str(other / "metadata" / "1.root.json"), check=False)
     assert again.returncode == 1 and "another root" in again.stderr, again.stderr
