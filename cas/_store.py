@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeAlias, final
 
-from tufmesh._durable import fsync_dir, read_exactly
+from tufmesh._durable import fsync_dir, locked, read_exactly
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
 from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
 from tufmesh.errors import (
@@ -62,7 +62,9 @@ __all__ = [
 Source: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike[str] | Iterable[bytes]
 Progress = Callable[[int], None]
 
-_PIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,127}")
+#: Pin sets are directories: up to 200 characters (the origin's are
+#: ``project:<name>``, with names of up to 128).
+_PIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,199}")
 _TMP_PREFIX: Final = "put-"
 
 
@@ -504,20 +506,14 @@ class BlobStore:
 
     # -- pins and garbage collection ----------------------------------------
 
-    @contextlib.contextmanager
-    def _lock(self, *, shared: bool) -> Iterator[None]:
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _lock(self, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+        return locked(self.root / "lock", shared=shared)
 
     @staticmethod
     def _check_pin_name(name: str) -> None:
         if not _PIN_NAME.fullmatch(name):
             raise PinError(
-                f"bad pin-set name {name!r}: use 1-128 of A-Z a-z 0-9 . _ : @ + -, "
+                f"bad pin-set name {name!r}: use 1-200 of A-Z a-z 0-9 . _ : @ + -, "
                 "not starting with . + : @ or -"
             )
 

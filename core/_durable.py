@@ -7,10 +7,25 @@ crash, the path holds the old bytes or the new ones, never a mix.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["fsync_dir", "read_exactly", "write_atomic"]
+__all__ = ["fsync_dir", "locked", "read_exactly", "write_atomic"]
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created if missing) across processes:
+    the one way a read-modify-write of a shared file keeps every change."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

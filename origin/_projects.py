@@ -7,16 +7,18 @@ authorises uploads to exactly one project.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
 
-from tufmesh._durable import write_atomic
+from tufmesh._durable import locked, write_atomic
 from tufmesh.errors import AuthError, ForbiddenError, OriginError
 from tufmesh.origin._names import normalize_project
 
@@ -53,10 +55,17 @@ class ProjectRegistry:
             self._stamp = stamp
         return self._projects
 
-    def _save(self, projects: dict[str, dict[str, Any]]) -> None:
-        body = json.dumps({"projects": projects}, indent=2, sort_keys=True) + "\n"
-        write_atomic(self._path, body.encode())
-        self._stamp = None
+    @contextlib.contextmanager
+    def _editing(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """The projects, read afresh and written back, under a lock that two
+        maintainers' commands (an add and a token rotation) take in turn."""
+        with locked(self._path.with_name("projects.lock")):
+            self._stamp = None
+            projects = dict(self._load())
+            yield projects
+            body = json.dumps({"projects": projects}, indent=2, sort_keys=True) + "\n"
+            write_atomic(self._path, body.encode())
+            self._stamp = None
 
     def names(self) -> list[str]:
         """Registered project names (normalised), sorted."""
@@ -72,25 +81,24 @@ class ProjectRegistry:
     def add(self, name: str) -> str:
         """Register a project; return its new upload token."""
         normal = normalize_project(name)
-        projects = dict(self._load())
-        if normal in projects:
-            raise OriginError(f"project {normal!r} already exists")
-        token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        projects[normal] = {"token_sha256": _digest(token), "created": now}
-        self._save(projects)
+        with self._editing() as projects:
+            if normal in projects:
+                raise OriginError(f"project {normal!r} already exists")
+            token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            projects[normal] = {"token_sha256": _digest(token), "created": now}
         return token
 
     def rotate(self, name: str) -> str:
         """Replace a project's token; the old one stops working at once."""
         normal = normalize_project(name)
-        projects = dict(self._load())
-        if normal not in projects:
-            raise OriginError(f"no project {normal!r}")
-        token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
-        rotated = datetime.now(UTC).isoformat(timespec="seconds")
-        projects[normal] = projects[normal] | {"token_sha256": _digest(token), "rotated": rotated}
-        self._save(projects)
+        with self._editing() as projects:
+            if normal not in projects:
+                raise OriginError(f"no project {normal!r}")
+            token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+            rotated = datetime.now(UTC).isoformat(timespec="seconds")
+            entry = projects[normal] | {"token_sha256": _digest(token), "rotated": rotated}
+            projects[normal] = entry
         return token
 
     def authorize(self, project: str, token: str | None) -> None:
