@@ -22,8 +22,10 @@ _FOLD: Final = re.compile(r"[-_.]+")
 #: (``+`` local versions, ``!`` epochs, ``~`` Debian-style suffixes).
 _FILENAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~!-]*")
 MAX_PROJECT_LENGTH: Final = 128
-#: The usual limit of a file name on Linux, macOS and Windows filesystems.
-MAX_FILENAME_BYTES: Final = 255
+#: A published file is linked as ``targets/<project>/<sha256>.<filename>``:
+#: 65 bytes of prefix within the 255 bytes a file name may have on Linux,
+#: macOS and Windows filesystems.
+MAX_FILENAME_BYTES: Final = 190
 
 
 def normalize_project(name: str) -> str:

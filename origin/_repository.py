@@ -56,8 +56,14 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from tufmesh._durable import fsync_dir, write_atomic
-from tufmesh.cas import BlobStore
-from tufmesh.errors import ConflictError, OriginError
+from tufmesh.cas import BlobStore, parse_cid
+from tufmesh.errors import (
+    BlobNotFoundError,
+    ConflictError,
+    InvalidNameError,
+    OriginError,
+    StoreError,
+)
 from tufmesh.origin._config import (
     BIN_N,
     DELEGATING_BINS,
@@ -66,6 +72,7 @@ from tufmesh.origin._config import (
     OriginConfig,
 )
 from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
+from tufmesh.origin._names import target_path
 
 __all__ = [
     "REFRESH_FRACTION",
@@ -495,12 +502,14 @@ class OriginRepository(Repository):
 
         Returns, per artifact, the snapshot version that holds it, or the error
         that refused it (a :class:`ConflictError` for a path already taken).
-        On any other failure the in-memory state is reloaded from disk and the
-        exception propagates: nothing in the batch is published.
+        Each artifact is checked again here, against the store, whatever the
+        HTTP process said, and its blobs are pinned before any metadata names
+        them. On any other failure the in-memory state is reloaded from disk
+        and the exception propagates: nothing in the batch is published.
         """
         results: list[OriginError | None] = [None] * len(artifacts)
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
-        accepted: list[tuple[int, Artifact]] = []
+        accepted: list[Artifact] = []
         try:
             for i, artifact in enumerate(artifacts):
                 role = self.succinct.get_role_for_target(artifact.path)
@@ -512,16 +521,19 @@ class OriginRepository(Repository):
                             f"(sha256 {current.hashes.get('sha256')}); artifacts are immutable"
                         )
                         continue
-                    accepted.append((i, artifact))  # idempotent: same path, same bytes
+                    accepted.append(artifact)  # idempotent: same path, same bytes
                     continue
-                if not self.store.has(artifact.cid):
-                    # Deleted after its upload stored it (a refused upload of the
-                    # same bytes cleaned up): fail this one upload, not the batch.
-                    results[i] = OriginError(f"{artifact.path}: its blob vanished; upload again")
+                try:
+                    self._check(artifact)
+                    self._link_target(artifact)
+                except OriginError as exc:
+                    results[i] = exc  # this artifact only, not the batch
                     continue
-                self._link_target(artifact)
                 by_bin[role][artifact.path] = artifact.target_file()
-                accepted.append((i, artifact))
+                accepted.append(artifact)
+            # Pinned first: a blob that published metadata names is never
+            # garbage, not even between this commit and the next.
+            self._pin(accepted)
             for role, new in by_bin.items():
                 if new:
                     with self.edit_targets(role) as targets:
@@ -530,12 +542,39 @@ class OriginRepository(Repository):
                 self.do_snapshot()
                 self.do_timestamp()
                 self.flush()
-            self._pin(a for _, a in accepted)
         except BaseException:
             self.load()
             raise
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
+
+    def _check(self, artifact: Artifact) -> None:
+        """Refuse an artifact whose name, hashes or blobs do not agree with the store."""
+        project, _, filename = artifact.path.partition("/")
+        try:
+            if target_path(project, filename) != artifact.path:
+                raise InvalidNameError("not a normalised target path")
+        except InvalidNameError as exc:
+            raise OriginError(f"{artifact.path!r}: {exc}") from None
+        try:
+            canonical, digest = parse_cid(artifact.cid)
+            if canonical != artifact.cid or digest.hex() != artifact.sha256:
+                raise OriginError(f"{artifact.path}: its CID and sha256 disagree")
+            if self.store.stat(canonical).size != artifact.length:
+                raise OriginError(f"{artifact.path}: its length and its blob's disagree")
+            if artifact.manifest is not None:
+                manifest = self.store.read_manifest(artifact.manifest)
+                if (manifest.sha256, manifest.length, manifest.chunk_size) != (
+                    digest,
+                    artifact.length,
+                    artifact.chunk_size,
+                ):
+                    raise OriginError(f"{artifact.path}: its chunk manifest is another blob's")
+        except BlobNotFoundError:
+            # Deleted after its upload stored it (a gc past the grace period).
+            raise OriginError(f"{artifact.path}: its blob vanished; upload again") from None
+        except StoreError as exc:
+            raise OriginError(f"{artifact.path}: {exc}") from None
 
     def _link_target(self, artifact: Artifact) -> None:
         """Make ``targets/<project>/<sha256>.<filename>`` a hard link to the blob.
@@ -553,7 +592,7 @@ class OriginRepository(Repository):
             return
         except OSError as exc:
             if exc.errno != errno.EMLINK:
-                raise
+                raise OriginError(f"{artifact.path}: cannot link it: {exc.strerror}") from None
             # The same bytes under more names than the filesystem allows hard
             # links (65,000 on ext4): a symlink still keeps one copy.
             os.symlink(os.path.relpath(blob, directory), dest)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,6 @@ class OriginService:
         self.store = BlobStore(self.dir / "cas")
         self.projects = ProjectRegistry(self.dir)
         self._send, self._receive = trio.open_memory_channel[_Pending](self.config.max_queue)
-        self._inflight: Counter[str] = Counter()
         self.commits = 0
         self.published = 0
         self.counter: ByteCounter | None = None
@@ -163,19 +161,6 @@ class OriginService:
             self._announced = version
             with contextlib.suppress(Exception):  # gossip is best effort: mirrors also poll
                 await self.on_commit()
-
-    async def discard_if_unused(self, cid: str, manifest: str | None) -> None:
-        """Remove the blobs of a refused upload unless something else holds them."""
-        if self._inflight[cid] > 0:
-            return
-
-        def discard() -> None:
-            for blob in (cid, manifest) if manifest is not None else (cid,):
-                # Pinned by a published artifact, or already gone: keep it.
-                with contextlib.suppress(StoreError):
-                    self.store.delete(blob)
-
-        await self.run_sync(discard)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -389,17 +374,14 @@ def build_app(service: OriginService) -> ByteCounter:
             manifest=manifest,
             chunk_size=repo_config.chunk_size,
         )
-        service._inflight[cid] += 1
         try:
             version = await service.submit(artifact)
         except ConflictError as exc:
-            service._inflight[cid] -= 1
-            await service.discard_if_unused(cid, manifest)
+            # Its blobs stay, unpinned, until `cas gc`: deleting them here
+            # would race an upload of the same bytes that is about to pin them.
             return _error(409, str(exc))
         except OriginError as exc:
-            service._inflight[cid] -= 1
             return _error(500, str(exc))
-        service._inflight[cid] -= 1
         return JSONResponse(
             {
                 "target": path,

@@ -250,9 +250,7 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
             if request["op"] == "publish":
                 artifacts = [Artifact(**a) for a in request["artifacts"]]
                 results = repo.publish(artifacts)
-                answer: dict[str, Any] = {
-                    "results": [r if isinstance(r, int) else {"conflict": str(r)} for r in results]
-                }
+                answer: dict[str, Any] = {"results": [_result_to_json(r) for r in results]}
             elif request["op"] == "refresh":
                 answer = {"refreshed": repo.refresh()}
             else:

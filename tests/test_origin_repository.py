@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -310,3 +313,80 @@ def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
     assert results[0] == 2
     assert isinstance(results[1], OriginError) and "vanished" in str(results[1])
     assert repo.find("p/gone-1.tar.gz") is None and repo.find("p/kept-1.tar.gz") is not None
+
+
+def test_the_committer_checks_each_artifact_against_the_store(tmp_path: Path) -> None:
+    """The HTTP process describes an artifact; the committer signs only what agrees
+    with the store, whatever it was told, and refuses the rest one by one."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    good = stored(repo, "p/good-1.tar.gz", b"good" * 1000)
+    other = stored(repo, "p/other-1.tar.gz", b"other")
+    lies = {
+        "sha256 of other bytes": dataclasses.replace(good, path="p/a-1", sha256=other.sha256),
+        "another length": dataclasses.replace(good, path="p/b-1", length=good.length + 1),
+        "another blob's manifest": dataclasses.replace(other, path="p/c-1", manifest=good.manifest),
+        "a name never normalised": dataclasses.replace(good, path="P_x/d-1"),
+        "a path-like file name": dataclasses.replace(good, path="p/../etc"),
+        "an unknown blob": dataclasses.replace(good, path="p/e-1", cid="bafkrei" + "a" * 52),
+    }
+    results = repo.publish([good, *lies.values()])
+    assert results[0] == 2
+    for (lie, artifact), result in zip(lies.items(), results[1:], strict=True):
+        assert isinstance(result, OriginError), lie
+        assert artifact.path in str(result), (lie, result)
+    assert [t.path for t in repo.artifacts()] == ["p/good-1.tar.gz"]
+
+
+def test_blobs_are_pinned_before_metadata_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    artifact = stored(repo, "p/a-1.tar.gz", b"one" * 1000)
+    import tufmesh.origin._repository as module
+
+    real = module.write_atomic
+    pinned_at_timestamp: list[frozenset[str]] = []
+
+    def watch(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.name == "timestamp.json":
+            pinned_at_timestamp.append(repo.store.pins().get("project:p", frozenset()))
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", watch)
+    assert repo.publish([artifact]) == [2]
+    assert pinned_at_timestamp == [frozenset({artifact.cid, artifact.manifest})]
+
+
+def test_the_longest_names_publish(tmp_path: Path) -> None:
+    """Names at the limits fit the store's pin sets and the targets directory."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    project = "p" * 128
+    filename = check_filename("f" * 190)
+    artifact = stored(repo, f"{project}/{filename}", b"x" * 3000)
+    assert repo.publish([artifact]) == [2]
+    assert repo.store.pins()[f"project:{project}"] == {artifact.cid, artifact.manifest}
+    with pytest.raises(InvalidNameError, match="over 190 bytes"):
+        check_filename("f" * 191)
+
+
+def test_concurrent_project_edits_keep_every_change(tmp_path: Path) -> None:
+    """Maintainers' commands in separate processes: no add and no token rotation is lost."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    leaked = ProjectRegistry(repo).add("victim")
+    script = (
+        "import sys; from pathlib import Path;"
+        "from tufmesh.origin._projects import ProjectRegistry;"
+        "r = ProjectRegistry(Path(sys.argv[1]));"
+        "[r.add(f'{sys.argv[2]}-{i}') for i in range(100)] if sys.argv[2] != 'rotate' "
+        "else [r.rotate('victim') for _ in range(100)]"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(repo), name])
+        for name in ("a", "b", "c", "rotate")
+    ]
+    assert all(worker.wait(timeout=60) == 0 for worker in workers)
+    registry = ProjectRegistry(repo)
+    assert len(registry.names()) == 301
+    with pytest.raises(AuthError):
+        registry.authorize("victim", leaked)
