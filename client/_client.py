@@ -250,11 +250,7 @@ class Client:
                     pass  # stale or damaged: fetch again
         part = dest.with_name(dest.name + ".part")
         cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
-        # The chunked data path speaks plain HTTP (see _http.py); an https://
-        # source still serves whole artifacts through python-tuf below.
-        usable = [
-            s for s in self.fetcher.ordered() if s.serves_blobs and s.url.startswith("http://")
-        ]
+        usable = [s for s in self.fetcher.ordered() if s.serves_blobs]
         # Fallback sources join only if the others cannot finish the download.
         preferred = [s.url for s in usable if not s.fallback]
         everyone = [s.url for s in usable]

@@ -6,12 +6,15 @@ client does only what chunk fetching needs: ``GET`` with a ``Range`` on a
 keep-alive connection, the body read with ``recv_into`` straight into the
 chunk's buffer. It trusts nothing it reads: the head is bounded (16 KiB, as
 h11), the status and length must be exactly what was asked for, and a body
-longer than asked is an error, never read further. Plain ``http://`` only;
-other schemes go through httpx.
+longer than asked is an error, never read further. ``https://`` sources get
+TLS with the system's trust store and hostname checks (``SSL_CERT_FILE``
+names another CA bundle); their bytes then come through the TLS layer's
+buffers, plain ``http://`` ones straight from the socket.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -49,7 +52,23 @@ class TooLong(Exception):
 @dataclass
 class _Conn:
     sock: trio.socket.SocketType
+    tls: trio.SSLStream | None = None
     leftover: bytearray = field(default_factory=bytearray)
+
+    async def send_all(self, data: bytes) -> None:
+        if self.tls is not None:
+            await self.tls.send_all(data)
+            return
+        view = memoryview(data)
+        while view:  # trio sockets have no sendall
+            view = view[await self.sock.send(view) :]
+
+    async def recv_into(self, view: memoryview) -> int:
+        if self.tls is None:
+            return await self.sock.recv_into(view)
+        data = await self.tls.receive_some(len(view))
+        view[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         self.sock.close()
@@ -62,17 +81,27 @@ class RangePool:
     connect_timeout: float
     read_timeout: float
     _idle: dict[str, list[_Conn]] = field(default_factory=dict)
+    _tls: ssl.SSLContext | None = None
 
-    async def _connect(self, host: str, port: int) -> _Conn:
+    async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
         with trio.move_on_after(self.connect_timeout) as scope:
             sock = trio.socket.socket()
             try:
                 await sock.connect((host, port))
-            except OSError as exc:
+                sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+                conn = _Conn(sock)
+                if scheme == "https":
+                    if self._tls is None:
+                        self._tls = ssl.create_default_context()
+                    conn.tls = trio.SSLStream(
+                        trio.SocketStream(sock), self._tls, server_hostname=host,
+                        https_compatible=True,
+                    )  # fmt: skip
+                    await conn.tls.do_handshake()
+            except (OSError, trio.BrokenResourceError) as exc:
                 sock.close()
-                raise HttpError(f"cannot connect: {exc.strerror or exc}") from None
-            sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-            return _Conn(sock)
+                raise HttpError(f"cannot connect: {_reason(exc)}") from None
+            return conn
         sock.close()
         assert scope.cancelled_caught
         raise HttpError("timed out connecting")
@@ -80,9 +109,9 @@ class RangePool:
     async def _recv_into(self, conn: _Conn, view: memoryview) -> int:
         with trio.move_on_after(self.read_timeout):
             try:
-                return await conn.sock.recv_into(view)
-            except OSError as exc:
-                raise HttpError(f"connection failed: {exc.strerror or exc}") from None
+                return await conn.recv_into(view)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise HttpError(f"connection failed: {_reason(exc)}") from None
         raise HttpError("timed out")
 
     async def fetch(
@@ -97,9 +126,10 @@ class RangePool:
     ) -> bytearray:
         """``GET base+path`` bytes ``offset .. offset+length-1``; return exactly those bytes."""
         url = urlsplit(base)
-        host, port = url.hostname or "127.0.0.1", url.port or 80
+        host = url.hostname or "127.0.0.1"
+        port = url.port or (443 if url.scheme == "https" else 80)
         key = f"{host}:{port}"
-        pool = self._idle.setdefault(key, [])
+        pool = self._idle.setdefault(f"{url.scheme}://{key}", [])
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
             f"GET {url.path.rstrip('/')}{path} HTTP/1.1\r\nHost: {key}\r\n"
@@ -111,7 +141,7 @@ class RangePool:
                 return await self._exchange(pool.pop(), pool, *exchange)
             except _Stale:
                 pass  # the server closed an idle connection: not the source's fault
-        return await self._exchange(await self._connect(host, port), pool, *exchange)
+        return await self._exchange(await self._connect(url.scheme, host, port), pool, *exchange)
 
     async def _exchange(
         self,
@@ -127,11 +157,9 @@ class RangePool:
         reusable = False
         try:
             try:
-                view = memoryview(head)
-                while view:  # trio sockets have no sendall
-                    view = view[await conn.sock.send(view) :]
-            except OSError as exc:
-                raise HttpError(f"connection failed: {exc.strerror or exc}") from None
+                await conn.send_all(head)
+            except (OSError, trio.BrokenResourceError) as exc:
+                raise HttpError(f"connection failed: {_reason(exc)}") from None
             status, version, headers = await self._read_head(conn)
             whole = status == 200 and offset == 0 and length == whole_length
             refused = headers.get(b"x-tufmesh-refused")
@@ -202,8 +230,23 @@ class RangePool:
         return int(parts[1]), parts[0], headers
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection (TLS ones without a goodbye: nothing is
+        sent on them after the last response anyway)."""
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
         self._idle.clear()
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong with a connection, in a few words (TLS errors hide
+    theirs in ``__cause__``)."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
+    if isinstance(exc, OSError):
+        return str(exc.strerror or exc)
+    return str(exc) or type(exc).__name__

@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 import pytest
 import trio
 
+from tests.helpers.tls import make_ca_and_cert
 from tufmesh.client._http import HttpError, RangePool, TooLong
 
 BODY = bytes(range(256)) * 4  # 1 KiB
 
 
-async def serve_once(responses: list[bytes], task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def serve_once(
+    responses: list[bytes],
+    tls: ssl.SSLContext | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
 
-    async def handler(stream: trio.SocketStream) -> None:
+    async def handler(plain: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = plain
+        if tls is not None:
+            stream = trio.SSLStream(plain, tls, server_side=True, https_compatible=True)
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError:
+                return  # the client did not trust us
         for response in responses:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -29,19 +44,22 @@ async def serve_once(responses: list[bytes], task_status=trio.TASK_STATUS_IGNORE
     await trio.serve_listeners(handler, listeners)
 
 
-def fetch(responses: list[bytes], count: int = 1, length: int = 16) -> list[object]:
+def fetch(
+    responses: list[bytes], count: int = 1, length: int = 16, tls: ssl.SSLContext | None = None
+) -> list[object]:
     results: list[object] = []
+    scheme = "https" if tls is not None else "http"
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_once, responses)
+            port = await nursery.start(serve_once, responses, tls)
             pool = RangePool(connect_timeout=2, read_timeout=2)
             for _ in range(count):
                 try:
                     results.append(
                         bytes(
                             await pool.fetch(
-                                f"http://127.0.0.1:{port}",
+                                f"{scheme}://127.0.0.1:{port}",
                                 "/blobs/x",
                                 0,
                                 length,
@@ -85,3 +103,16 @@ def test_keep_alive_reuses_one_connection() -> None:
 def test_hostile_responses_raise_only_our_errors(response: bytes, error: type) -> None:
     (result,) = fetch([response])
     assert isinstance(result, error), result
+
+
+def test_https_ranges_are_checked_against_the_trusted_cas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    (untrusted,) = fetch([ok(BODY[:16])], tls=server)
+    assert isinstance(untrusted, HttpError) and "TLS certificate not trusted" in str(untrusted)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    # Both answers on one kept-alive TLS connection (the server's one handler).
+    assert fetch([ok(BODY[:16]), ok(BODY[16:32])], count=2, tls=server) == [BODY[:16], BODY[16:32]]

@@ -25,17 +25,23 @@ from tests.helpers.origin import (
     tuf_updater,
     tufmesh,
 )
+from tests.helpers.tls import make_ca_and_cert, tls_proxy
 from tufmesh.client import Client
 from tufmesh.mirror import Mirror
 
 
 @contextmanager
-def mirror_process(directory: Path, root: Path, origin: str, *extra: str) -> Iterator[str]:
+def mirror_process(
+    directory: Path, root: Path, origin: str, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
     args = [TUFMESH, "mirror", "run", "--dir", str(directory), "--root", str(root),
             "--origin", origin, "--http-port", "0", *extra]  # fmt: skip
     if "--poll" not in extra:
         args += ["--poll", "0.5"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env} if env else None,
+    )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
     try:
@@ -144,6 +150,37 @@ def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
         assert state["bans"] >= 1
         replica = Mirror(tmp_path / "m")
         assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
+
+
+def test_an_https_origin_serves_mirrors_and_chunked_downloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata and chunks over TLS, checked against the operator's CA; a
+    source whose certificate is not trusted is refused, with the reason."""
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    body = os.urandom(3 * (1 << 20) + 99)
+    with running(repo) as origin, tls_proxy(origin.url, cert, key) as https:
+        version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
+        trusted = {"SSL_CERT_FILE": str(ca)}
+        with mirror_process(tmp_path / "m", root, https, env=trusted) as m:
+            wait_for(m, version["snapshot_version"])
+        assert Mirror(tmp_path / "m").state()["bytes_fetched_by_source"][https] >= len(body)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        with Client(tmp_path / "client", root.read_bytes(), [https]) as client:
+            result = client.download("demo/demo-1.0.tar.gz", tmp_path / "out")
+        assert result.path.read_bytes() == body
+        assert result.sources[https].chunks == 4  # the chunked path, not one whole file
+        monkeypatch.delenv("SSL_CERT_FILE")
+        home = ["--home", str(tmp_path / "home")]
+        tufmesh("client", "init", str(root), "--origin", https, *home)
+        untrusted = tufmesh(
+            "get", "demo/demo-1.0.tar.gz", "-o", str(tmp_path / "nope"), *home, check=False
+        )
+        assert untrusted.returncode == 1 and "certificate" in untrusted.stderr, untrusted.stderr
+        assert not (tmp_path / "nope" / "demo-1.0.tar.gz").exists()
 
 
 def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) -> None:
