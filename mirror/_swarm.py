@@ -1,7 +1,7 @@
 """Have-records: which chunks each mirror holds while a version replicates.
 
-A mirror asks its neighbours, every :data:`POLL` seconds while it fetches a
-blob, which chunks of that blob they hold (``POST /have``), and answers the
+A mirror asks each neighbour, :data:`POLL` seconds after its last answer
+while it fetches a blob, which chunks of that blob it holds (``POST /have``), and answers the
 same question for its own blobs, complete or still arriving. The answers
 feed the :class:`~tufmesh.client.ChunkScheduler` as sources and have-records;
 chunks then flow from whichever neighbour holds them, before any of them has
@@ -55,7 +55,7 @@ MAX_NEIGHBOURS: Final = 16
 #: answer cannot crowd out the neighbours that do (docs/threat-model.md).
 MAX_UNVERIFIED: Final = 4
 #: A have-query's whole answer must arrive within this (a per-read timeout
-#: alone lets a neighbour that sends a byte a second hold up every round).
+#: alone lets a neighbour that sends a byte a second hold its queries forever).
 QUERY_TIMEOUT: Final = 2.0
 #: A neighbour that fails this many queries in a row is forgotten.
 MAX_QUERY_FAILURES: Final = 3
@@ -248,15 +248,39 @@ class Swarm:
         return _BlobReplication(self, cid, dest)
 
     async def follow(self, cid: str, scheduler: ChunkScheduler, poke: Any = None) -> None:
-        """Keep ``scheduler`` fed with our neighbours' have-records for ``cid``, until cancelled."""
+        """Keep ``scheduler`` fed with our neighbours' have-records for ``cid``, until cancelled.
+
+        Each neighbour is asked every :data:`POLL` seconds after its last
+        answer, on its own: one that answers slowly, or never (for up to
+        :data:`QUERY_TIMEOUT` a query), delays only its own records.
+        """
         import httpx
 
-        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        asked: set[str] = set()
+        first: set[str] = set()  # neighbours whose first answer (or failure) is due
+        opens = trio.current_time() + QUERY_TIMEOUT
+
+        async def ask(url: str) -> None:
             while True:
-                async with trio.open_nursery() as nursery:
-                    for url in self.neighbours():
-                        nursery.start_soon(self._query, client, url, cid, scheduler)
-                scheduler.fallback_open = True  # the first round is in
+                kept = await self._query(client, url, cid, scheduler)
+                first.discard(url)
+                if poke is not None:
+                    poke()
+                if not kept:
+                    asked.discard(url)  # forgotten; asked again if learnt again
+                    return
+                await trio.sleep(POLL)
+
+        timeout = httpx.Timeout(QUERY_TIMEOUT)
+        async with httpx.AsyncClient(timeout=timeout) as client, trio.open_nursery() as nursery:
+            while True:
+                for url in self.neighbours():
+                    if url not in asked:
+                        asked.add(url)
+                        first.add(url)
+                        nursery.start_soon(ask, url)
+                if not scheduler.fallback_open and (not first or trio.current_time() >= opens):
+                    scheduler.fallback_open = True  # every first answer is in
                 partial = self._partial.get(cid)
                 if partial is not None:
                     partial.claims = scheduler.claims()
@@ -274,7 +298,9 @@ class Swarm:
             lambda: trio.from_thread.run(function, *args, trio_token=token)
         )
 
-    async def _query(self, client: Any, url: str, cid: str, scheduler: ChunkScheduler) -> None:
+    async def _query(self, client: Any, url: str, cid: str, scheduler: ChunkScheduler) -> bool:
+        """Ask ``url`` for its have-record and feed it to ``scheduler``; False
+        once the neighbour is forgotten (too many failures in a row)."""
         body = self.query(cid)
         try:
             if url.startswith("libp2p:"):
@@ -288,7 +314,8 @@ class Swarm:
         except Exception as exc:
             if self._failed(url):
                 scheduler.drop(url, f"have-queries failed ({exc})")
-            return
+                return False
+            return True
         self._answered(url)
         for peer in record.get("peers", [])[:8]:
             self.learn(peer)
@@ -301,6 +328,7 @@ class Swarm:
             scheduler.add_source(url, has=())
             scheduler.add_have(url, has)
             scheduler.set_claims(url, claims)
+        return True
 
 
 async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:

@@ -13,9 +13,11 @@ have-queries). The simulator only plays the network around it:
   peers, per-hop latency plus processing); hostile nodes do not relay them. A
   mirror then spends ``metadata_rtts`` round trips on metadata and starts.
 * **Have-records** are read from each neighbour every
-  :data:`~tufmesh.mirror._swarm.POLL` seconds plus the round's slowest round
-  trip, as the daemon's have-query rounds do; a neighbour that does not
-  answer three rounds in a row is dropped. A query names the release, so a
+  :data:`~tufmesh.mirror._swarm.POLL` seconds plus the slowest neighbour's
+  round trip (the daemon asks each neighbour on its own, POLL after its
+  answer: the same on homogeneous links, and a little sooner for the near
+  neighbours of a mixed network); a neighbour that does not answer three
+  rounds in a row is dropped. A query names the release, so a
   neighbour that has not heard of it (its gossip peers are liars) starts.
 * **Chunks** are checked with the real manifest code: each chunk has a small
   stand-in content with a real BLAKE3 digest, and a hostile sender's chunk is

@@ -173,3 +173,55 @@ def test_a_have_answer_that_never_ends_costs_one_query(mode: str) -> None:
     hostile.thread.join(timeout=5)  # it stops once we hang up
     assert not hostile.thread.is_alive()
     assert hostile.sent < 16 << 20  # read no further than a record's limit (and buffers)
+
+
+@pytest.mark.attack
+def test_a_silent_neighbour_does_not_slow_the_queries_to_the_others() -> None:
+    """Each neighbour is asked on its own cadence: one that accepts and never
+    answers costs its own queries, not everyone's."""
+    asked = {"honest": 0}
+    record = b'{"snapshot": 0, "blobs": {"cid": {"have": "01", "claims": ""}}, "peers": []}'
+
+    async def honest(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    piece = await stream.receive_some(65536)
+                    if not piece:
+                        return
+                    request += piece
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += await stream.receive_some(65536)
+                asked["honest"] += 1
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(record), record)
+                )
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async def main() -> ChunkScheduler:
+        async with trio.open_nursery() as nursery:
+            urls = []
+            for handler in (silent, honest):
+                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+                urls.append(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+                nursery.start_soon(trio.serve_listeners, handler, listeners)
+            swarm = Swarm(url="http://me", peers=urls)
+            scheduler = ChunkScheduler(8, [])
+            scheduler.fallback_open = False
+            with trio.move_on_after(3.0):
+                await swarm.follow("cid", scheduler)
+            nursery.cancel_scope.cancel()
+        return scheduler
+
+    scheduler = trio.run(main)
+    # About one query per POLL after the last answer; a round that waited for
+    # the silent one would have managed two (one per QUERY_TIMEOUT).
+    assert asked["honest"] >= 6, asked
+    assert scheduler.fallback_open  # it did not wait for the silent one past its timeout
+    assert any(scheduler.holds(s) == {0} for s in scheduler.sources)
