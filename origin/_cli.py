@@ -130,7 +130,7 @@ def init(
     if root_threshold < 2 or any(p.name.startswith(("root", "targets", "bins")) for p in generated):
         click.secho(
             "warning: this is a development repository. In production, root, targets and bins "
-            "keys stay offline (hardware keys, a key ceremony, see docs/key-ceremony.md) "
+            "keys stay offline (hardware keys, a key ceremony, see docs/maintainers.md) "
             "and root needs a threshold of at least 2.",
             fg="yellow",
             err=True,

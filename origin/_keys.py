@@ -8,6 +8,7 @@ moved as a whole.
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -77,9 +78,25 @@ def public_key_from_pem(path: Path) -> Key:
 
 
 def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
-    """Load the signer behind ``uri`` for ``public_key``."""
+    """Load the signer behind ``uri`` for ``public_key``.
+
+    A signer that needs a secret (an ``hsm:`` key's PIN) asks for it on the
+    terminal when it signs; with no terminal it fails, never reading stdin
+    (the committer's stdin is its pipe). The KMS schemes need their
+    securesystemslib extras installed (``securesystemslib[gcpkms]``, ...).
+    """
+
+    def ask(secret: str) -> str:
+        try:
+            os.close(os.open("/dev/tty", os.O_RDWR))
+        except OSError:
+            raise OriginError(
+                f"{uri} needs its {secret}, and there is no terminal to ask on"
+            ) from None
+        return getpass.getpass(f"{secret} for {uri}: ")
+
     try:
-        return Signer.from_priv_key_uri(_resolve(repo, uri), public_key)
+        return Signer.from_priv_key_uri(_resolve(repo, uri), public_key, ask)
     except Exception as exc:
         raise OriginError(f"cannot load signer {uri}: {exc}") from None
 

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -390,3 +391,31 @@ def test_concurrent_project_edits_keep_every_change(tmp_path: Path) -> None:
     assert len(registry.names()) == 301
     with pytest.raises(AuthError):
         registry.authorize("victim", leaked)
+
+
+def test_a_signer_that_needs_a_pin_asks_the_terminal_only(tmp_path: Path) -> None:
+    """A signer that needs a secret (an ``hsm:`` key's PIN) gets a way to ask for
+    it; with no terminal to ask on, it fails, and never reads stdin."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner
+        from tufmesh.origin._keys import generate_file_key, load_signer
+
+        class Pin(CryptoSigner):
+            @classmethod
+            def from_priv_key_uri(cls, uri, public_key, secrets_handler=None):
+                secrets_handler("PIN")
+
+        SIGNER_FOR_URI_SCHEME["pin"] = Pin
+        _, key = generate_file_key(Path(sys.argv[1]), "k")
+        load_signer(Path(sys.argv[1]), "pin:x", key)
+        """
+    )
+    asked = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        input="123456\n", capture_output=True, text=True, start_new_session=True, timeout=60,
+    )  # fmt: skip
+    assert asked.returncode == 1
+    assert "pin:x needs its PIN, and there is no terminal to ask on" in asked.stderr, asked.stderr
