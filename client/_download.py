@@ -199,6 +199,10 @@ async def download_plan(
                     scheduler.refused(source, index, clock() + exc.retry, seeded=seeded)
                 except (HttpError, TufmeshError) as exc:  # TufmeshError: a libp2p source
                     scheduler.failed(source, index, str(exc))
+                except OSError:
+                    raise  # writing our own file: not the source's doing
+                except Exception as exc:  # whatever else a hostile answer trips: its fault
+                    scheduler.failed(source, index, f"{type(exc).__name__}: {exc}")
                 else:
                     if scheduler.verified(source, index, len(data), clock()):
                         if on_verified is not None:

@@ -26,6 +26,9 @@ __all__ = ["HttpError", "RangePool", "Refused", "TooLong"]
 
 #: Largest response head accepted (h11's default limit).
 MAX_HEAD: Final = 16 * 1024
+#: Longest ``Retry-After`` of a refusal honoured, in seconds: what our own
+#: servers ask for at most (the seeding gate's ``MAX_RETRY``).
+MAX_RETRY: Final = 10.0
 
 
 class HttpError(Exception):
@@ -165,15 +168,20 @@ class RangePool:
             refused = headers.get(b"x-tufmesh-refused")
             if status == 503 and refused in (b"busy", b"seeded"):
                 try:
-                    retry = min(max(float(headers.get(b"retry-after", b"1")), 0.05), 60.0)
+                    retry = float(headers.get(b"retry-after", b"1"))
                 except ValueError:
                     retry = 1.0
+                # Honoured up to MAX_RETRY: a peer cannot park us for long.
+                retry = min(max(retry, 0.05), MAX_RETRY) if retry == retry else 1.0
                 raise Refused(refused.decode(), retry)
             if status != 206 and not whole:
                 raise HttpError(f"HTTP {status}")
-            declared = headers.get(b"content-length")
-            if declared is not None and int(declared) > length:
-                raise TooLong(f"announced {int(declared)} bytes for a {length}-byte range")
+            declared_text = headers.get(b"content-length")
+            if declared_text is not None and not declared_text.isdigit():
+                raise HttpError(f"bad Content-Length {declared_text[:40]!r}")
+            declared = int(declared_text) if declared_text is not None else None
+            if declared is not None and declared > length:
+                raise TooLong(f"announced {declared} bytes for a {length}-byte range")
             body = bytearray(length + 1)  # one spare byte catches a longer body
             view = memoryview(body)
             got = min(len(conn.leftover), length + 1)
@@ -181,7 +189,7 @@ class RangePool:
             del conn.leftover[:got]
             if got:
                 on_bytes(got)
-            while got <= length and (declared is None or got < int(declared)):
+            while got <= length and (declared is None or got < declared):
                 count = await self._recv_into(conn, view[got:])
                 if not count:
                     break

@@ -401,7 +401,7 @@ class ChunkScheduler:
         waiting = self._waiting
         candidates: Collection[int]
         if source in self.fallback:
-            if self._full or not self.fallback_open or not waiting:
+            if not self.fallback_open or not waiting or (self._full and self._full_serves()):
                 return None  # a peer holds everything: it serves, not the origin
             candidates = self._for_fallback()
         else:
@@ -415,6 +415,21 @@ class ChunkScheduler:
                 self._dry.add(source)
             return None  # none this source can give (a fallback never duplicates)
         return self._endgame(source)
+
+    def _full_serves(self) -> bool:
+        """True unless every peer holding everything is resting after refusing us
+        without ever having delivered: an "all" that is never honoured (a busy
+        answer forever) must not keep the fallback closed."""
+        if not self._resting:
+            return True
+        stats, resting, now = self.stats, self._resting, self._now
+        return any(
+            has is None
+            and stats[s].banned is None
+            and (stats[s].chunks or resting.get(s, 0) <= now)
+            for s, has in self._has.items()
+            if s not in self.fallback
+        )
 
     def _unwait(self, index: int) -> None:
         """Chunk ``index`` left the queue (started or verified): nobody offers it."""

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -19,7 +20,7 @@ from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
-from tufmesh.mirror._mirror import Mirror
+from tufmesh.mirror._mirror import Mirror, SyncReport
 from tufmesh.mirror._swarm import POLL, UPLOAD_BYTES, UPLOAD_SLOTS, Swarm, read_at_most
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate
@@ -176,7 +177,11 @@ async def run_mirror(
         failing: str | None = None
         while True:
             wake = trio.Event()
-            report = await trio.to_thread.run_sync(mirror.sync, swarm)
+            try:
+                report = await trio.to_thread.run_sync(mirror.sync, swarm)
+            except Exception as exc:  # a bug of ours: say all of it, and keep serving
+                traceback.print_exc()
+                report = SyncReport(error=f"internal error: {type(exc).__name__}: {exc}")
             if report.error != failing:  # say so once, not at every poll
                 failing = report.error
                 note = f"sync failed: {failing}" if failing else "sync works again"

@@ -31,8 +31,9 @@ import trio
 
 from tufmesh._durable import read_exactly
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
+from tufmesh.client._http import Refused
 from tufmesh.errors import TufmeshError
-from tufmesh.p2p._blob import MAX_RECORD
+from tufmesh.p2p._blob import MAX_RECORD, BlobBusyError
 
 __all__ = [
     "MAX_NEIGHBOURS",
@@ -392,11 +393,15 @@ class _BlobReplication:
         return self.swarm.url
 
     async def fetch(self, source: str, cid: str, offset: int, length: int) -> bytes:
-        """Bytes of blob ``cid`` from a ``libp2p:`` source, over ``/tufmesh/blob/1``."""
+        """Bytes of blob ``cid`` from a ``libp2p:`` source, over ``/tufmesh/blob/1``
+        (a busy peer is a :class:`Refused`, as over HTTP)."""
         address = source.removeprefix("libp2p:")
-        data: bytes = await self.swarm.on_node(
-            self.swarm.node.fetch_range, address, cid, offset, length
-        )
+        try:
+            data: bytes = await self.swarm.on_node(
+                self.swarm.node.fetch_range, address, cid, offset, length
+            )
+        except BlobBusyError:
+            raise Refused("busy", POLL) from None
         return data
 
     def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:

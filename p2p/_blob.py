@@ -4,8 +4,10 @@ For peers with no reachable HTTP port. One request per stream:
 
 * request: a 2-byte big-endian length, then that many bytes of JSON
   ``{"cid": ..., "offset": ..., "length": ...}`` (at most :data:`MAX_REQUEST`);
-* response: a status byte (:data:`OK`, :data:`NOT_FOUND`, :data:`BAD_REQUEST`),
-  an 8-byte big-endian length, then exactly that many bytes.
+* response: a status byte (:data:`OK`, :data:`NOT_FOUND`, :data:`BAD_REQUEST`,
+  :data:`BUSY`), an 8-byte big-endian length, then exactly that many bytes.
+  ``BUSY`` (no bytes): the peer already serves as many ranges as it will, to
+  everyone or to this asker; ask again later (as HTTP's 503 ``busy``).
 
 The lengths are the point: a py-libp2p stream whose peer dies mid-transfer
 ends in a normal EOF, so without them a truncated chunk would look like a
@@ -24,6 +26,7 @@ from tufmesh.errors import TufmeshError
 
 __all__ = [
     "BAD_REQUEST",
+    "BUSY",
     "HAVE_PROTOCOL",
     "MAX_QUERY",
     "MAX_RECORD",
@@ -32,6 +35,7 @@ __all__ = [
     "NOT_FOUND",
     "OK",
     "PROTOCOL",
+    "BlobBusyError",
     "BlobRequest",
     "BlobStreamError",
     "decode_request",
@@ -53,13 +57,17 @@ MAX_QUERY: Final = 8 * 1024
 MAX_REQUEST: Final = 1024
 #: Largest range served in one response (a span of chunks).
 MAX_RANGE: Final = 16 << 20
-OK, NOT_FOUND, BAD_REQUEST = 0, 1, 2
+OK, NOT_FOUND, BAD_REQUEST, BUSY = 0, 1, 2, 3
 HEAD: Final = struct.Struct(">BQ")
 _LENGTH: Final = struct.Struct(">H")
 
 
 class BlobStreamError(TufmeshError):
     """A ``/tufmesh/blob/1`` exchange failed: refused, malformed, or cut short."""
+
+
+class BlobBusyError(BlobStreamError):
+    """The peer answered :data:`BUSY`: not a failure, ask again later."""
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate
 from tufmesh.p2p._blob import (
     BAD_REQUEST,
+    BUSY,
     HAVE_PROTOCOL,
     HEAD,
     MAX_QUERY,
@@ -38,6 +39,7 @@ from tufmesh.p2p._blob import (
     NOT_FOUND,
     OK,
     PROTOCOL,
+    BlobBusyError,
     BlobRequest,
     BlobStreamError,
     decode_request,
@@ -54,6 +56,12 @@ __all__ = ["P2PNode", "check_peer_address"]
 DEGREE: Final = 4
 #: Bound on one ``/tufmesh/blob/1`` exchange (16 MiB at 64 MB/s would take 0.25 s).
 _BLOB_TIMEOUT: Final = 30.0
+#: Ranges answered at once, in all and to one peer; more are answered BUSY.
+#: A range is read whole (a blob still arriving is served only where every
+#: chunk of the range is verified), so this bounds the memory that readers
+#: who never read can hold: 8 x 16 MiB at most, 2 x 16 MiB per peer.
+MAX_ANSWERS: Final = 8
+MAX_ANSWERS_PER_PEER: Final = 2
 
 
 def check_peer_address(address: str) -> str:
@@ -149,6 +157,7 @@ class P2PNode:
         self._host: Any = None
         self.peer_id = ""
         self.addrs: list[str] = []
+        self._answering: dict[str, int] = {}  # blob ranges being answered, per peer
 
     def _identity(self) -> Any:
         from libp2p import load_identity, save_identity
@@ -258,6 +267,20 @@ class P2PNode:
         except BlobStreamError:
             await stream.write(response_head(BAD_REQUEST, 0))
             return
+        peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
+        mine = self._answering.get(peer, 0)
+        if sum(self._answering.values()) >= MAX_ANSWERS or mine >= MAX_ANSWERS_PER_PEER:
+            await stream.write(response_head(BUSY, 0))
+            return
+        self._answering[peer] = mine + 1
+        try:
+            await self._send_range(stream, request)
+        finally:
+            self._answering[peer] -= 1
+            if not self._answering[peer]:
+                del self._answering[peer]
+
+    async def _send_range(self, stream: Any, request: BlobRequest) -> None:
         assert self.blob_source is not None
         data = await trio.to_thread.run_sync(
             self.blob_source, request.cid, request.offset, request.length
@@ -329,19 +352,31 @@ class P2PNode:
         caller checks them against the signed manifest)."""
         stream = await self._open(address, PROTOCOL)
         try:
-            with trio.fail_after(_BLOB_TIMEOUT):
-                await stream.write(encode_request(BlobRequest(cid, offset, length)))
-                status, announced = HEAD.unpack(await _read_exactly(stream, HEAD.size))
-                if status == NOT_FOUND:
-                    raise BlobStreamError(f"the peer does not hold {cid} bytes {offset}+{length}")
-                if status != OK:
-                    raise BlobStreamError(f"the peer refused the request (status {status})")
-                if announced != length:
-                    raise BlobStreamError(f"announced {announced} bytes for a {length}-byte range")
-                return await _read_exactly(stream, length)
+            with trio.move_on_after(_BLOB_TIMEOUT) as deadline:
+                return await self._exchange(stream, cid, offset, length)
+            assert deadline.cancelled_caught
+            raise BlobStreamError(f"no answer within {_BLOB_TIMEOUT:g} s")
         finally:
             with contextlib.suppress(Exception):
                 await stream.close()
+
+    async def _exchange(self, stream: Any, cid: str, offset: int, length: int) -> bytes:
+        try:
+            await stream.write(encode_request(BlobRequest(cid, offset, length)))
+            status, announced = HEAD.unpack(await _read_exactly(stream, HEAD.size))
+            if status == NOT_FOUND:
+                raise BlobStreamError(f"the peer does not hold {cid} bytes {offset}+{length}")
+            if status == BUSY:
+                raise BlobBusyError("the peer is busy")
+            if status != OK:
+                raise BlobStreamError(f"the peer refused the request (status {status})")
+            if announced != length:
+                raise BlobStreamError(f"announced {announced} bytes for a {length}-byte range")
+            return await _read_exactly(stream, length)
+        except BlobStreamError:
+            raise
+        except Exception as exc:  # a stream reset, or what else libp2p raises
+            raise BlobStreamError(f"the exchange failed: {exc}") from None
 
     def _validate(self, peer: Any, message: Any) -> bool:
         verdict = self.gate.check(bytes(message.data))

@@ -75,7 +75,9 @@ def test_one_chunk_artifact_and_listing(origin: Server, tmp_path: Path) -> None:
             client.download("demo/missing-1.0.tar.gz", tmp_path)
 
 
-CHUNK_ATTACKS = ["bitflip", "other", "truncate", "endless", "trickle", "404", "500"]
+CHUNK_ATTACKS = [
+    "bitflip", "other", "truncate", "endless", "trickle", "404", "500", "badlength",
+]  # fmt: skip
 
 
 @pytest.mark.attack

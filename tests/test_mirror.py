@@ -130,7 +130,7 @@ def test_a_corrupting_peer_cannot_poison_a_mirror(tmp_path: Path) -> None:
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("behaviour", ["bitflip", "other", "trickle"])
+@pytest.mark.parametrize("behaviour", ["bitflip", "other", "trickle", "badlength", "busy"])
 def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
     tmp_path: Path, behaviour: str
 ) -> None:
@@ -147,7 +147,7 @@ def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
         state = Mirror(tmp_path / "m").state()
         assert liar.blob_requests > 0
         assert state["bytes_fetched_by_source"].get(liar.url, 0) == 0
-        assert state["bans"] >= 1
+        assert state["bans"] >= (behaviour != "busy")  # refusing is not lying
         replica = Mirror(tmp_path / "m")
         assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
 

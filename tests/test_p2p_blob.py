@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+import tufmesh.p2p._node as node_module
 from tufmesh.cas import BlobStore
 from tufmesh.origin import OriginConfig, OriginRepository
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._blob import (
     MAX_RANGE,
     OK,
+    BlobBusyError,
     BlobRequest,
     BlobStreamError,
     decode_request,
     encode_request,
     response_head,
 )
+from tufmesh.p2p._node import MAX_ANSWERS_PER_PEER
 
 
 def test_request_frames_round_trip_and_bad_ones_are_refused() -> None:
@@ -48,9 +52,20 @@ class Quitter(P2PNode):
         await stream.write(b"x" * 2048)
 
 
+class Silent(P2PNode):
+    """A peer that takes the stream and never answers."""
+
+    async def _answer(self, stream: Any) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(3)
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
-def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(tmp_path: Path) -> None:
+def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_module, "_BLOB_TIMEOUT", 1.5)
     root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
     topic = topic_for(root)
     store = BlobStore(tmp_path / "cas")
@@ -62,10 +77,20 @@ def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(tmp_path: Path) -> N
                          blob_source=store.read_range)  # fmt: skip
         quitter = Quitter(tmp_path / "q.key", topic, AnnouncementGate(root),
                           blob_source=store.read_range)  # fmt: skip
+        silent = Silent(tmp_path / "x.key", topic, AnnouncementGate(root),
+                        blob_source=store.read_range)  # fmt: skip
+
+        def slowly(cid: str, offset: int, length: int) -> bytes | None:
+            time.sleep(1.0)
+            return store.read_range(cid, offset, length)
+
+        slow = P2PNode(tmp_path / "w.key", topic, AnnouncementGate(root), blob_source=slowly)
         client = P2PNode(tmp_path / "c.key", topic, AnnouncementGate(root))
         async with trio.open_nursery() as nursery:
             (server_addr, *_) = await nursery.start(server.run)
             (quitter_addr, *_) = await nursery.start(quitter.run)
+            (silent_addr, *_) = await nursery.start(silent.run)
+            (slow_addr, *_) = await nursery.start(slow.run)
             await nursery.start(client.run)
             got = await client.fetch_range(server_addr, cid, 1 << 20, 1 << 20)
             assert got == body[1 << 20 : 2 << 20]
@@ -78,6 +103,24 @@ def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(tmp_path: Path) -> N
             # A cut-off answer is an error, never a short success.
             with pytest.raises(BlobStreamError, match="ended after 2048 of 4096"):
                 await client.fetch_range(quitter_addr, cid, 0, 4096)
+            # Silence is an error of ours (not libp2p's, not trio's), in time.
+            with pytest.raises(BlobStreamError, match="no answer within"):
+                await client.fetch_range(silent_addr, cid, 0, 4096)
+            # A peer that asks for more ranges at once than it may is told BUSY,
+            # and what it is served stays bounded while it does not read.
+            outcomes: list[object] = []
+
+            async def ask() -> None:
+                try:
+                    outcomes.append(len(await client.fetch_range(slow_addr, cid, 0, 1 << 20)))
+                except BlobStreamError as exc:
+                    outcomes.append(type(exc))
+
+            async with trio.open_nursery() as asking:
+                for _ in range(MAX_ANSWERS_PER_PEER + 1):
+                    asking.start_soon(ask)
+            assert outcomes.count(BlobBusyError) == 1, outcomes
+            assert outcomes.count(1 << 20) == MAX_ANSWERS_PER_PEER, outcomes
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -19,7 +19,7 @@ from tufmesh.cas import BlobStore
 
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
-    "rollback", "freeze", "slow",
+    "rollback", "freeze", "slow", "badlength", "busy",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -95,8 +95,23 @@ class Mirror:
         behaviour = self.behaviour
         path = request.path
         is_blob = path.startswith("/blobs/")
+        if is_blob:
+            self.blob_requests += 1
         if behaviour in ("404", "500"):
             request.send_error(int(behaviour))
+            return
+        if behaviour == "busy" and is_blob:
+            # A refusal that is never a failure, for as long as it may ask.
+            request.send_response(503)
+            request.send_header("x-tufmesh-refused", "busy")
+            request.send_header("retry-after", "60")
+            request.send_header("content-length", "0")
+            request.end_headers()
+            return
+        if behaviour == "badlength" and is_blob:
+            request.send_response(206)
+            request.send_header("content-length", "x")
+            request.end_headers()
             return
         data = self._file(path)
         if data is None:
@@ -109,7 +124,6 @@ class Mirror:
             start, end = int(first), min(int(last), len(data) - 1)
         body = data[start : end + 1]
         if is_blob:
-            self.blob_requests += 1
             if behaviour == "bitflip":
                 flipped = bytearray(body)
                 flipped[len(flipped) // 2] ^= 0x01
