@@ -344,11 +344,18 @@ async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:
 
 
 async def _post_json(client: Any, url: str, body: object, limit: int) -> object:
-    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most."""
-    async with client.stream("POST", url, json=body) as response:
+    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most.
+
+    The bytes counted are the bytes that arrive: no content coding is asked
+    for or accepted, so a small gzip bomb cannot unpack past the limit."""
+    headers = {"accept-encoding": "identity"}
+    async with client.stream("POST", url, json=body, headers=headers) as response:
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}")
-        data = await read_at_most(response.aiter_bytes(), limit)
+        coding = response.headers.get("content-encoding", "identity").strip().lower()
+        if coding != "identity":
+            raise ValueError(f"answered with Content-Encoding {coding[:40]!r}")
+        data = await read_at_most(response.aiter_raw(), limit)
     return json.loads(data)
 
 

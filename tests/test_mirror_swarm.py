@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
+import resource
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -142,6 +145,17 @@ class _Hostile:
             conn, _ = self.listener.accept()
         with conn, contextlib.suppress(OSError):
             conn.recv(65536)
+            if self.mode == "bomb":  # a few KiB on the wire, 256 MiB once unpacked twice
+                inner = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip, built a MiB at a time
+                zeros = bytes(1 << 20)
+                packed = b"".join(inner.compress(zeros) for _ in range(256)) + inner.flush()
+                body = gzip.compress(packed, 9)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-encoding: gzip, gzip\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+                )
+                self.sent = len(body)
+                return
             length = b"" if self.mode == "flood" else b"content-length: 1000\r\n"
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + length + b"\r\n"
@@ -156,8 +170,9 @@ class _Hostile:
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("mode", ["flood", "trickle"])
+@pytest.mark.parametrize("mode", ["flood", "trickle", "bomb"])
 def test_a_have_answer_that_never_ends_costs_one_query(mode: str) -> None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     hostile = _Hostile(mode)
     swarm = Swarm(url="http://me", peers=[hostile.url])
     scheduler = ChunkScheduler(4, [])
@@ -173,6 +188,8 @@ def test_a_have_answer_that_never_ends_costs_one_query(mode: str) -> None:
     hostile.thread.join(timeout=5)  # it stops once we hang up
     assert not hostile.thread.is_alive()
     assert hostile.sent < 16 << 20  # read no further than a record's limit (and buffers)
+    # Nothing was unpacked either: the peak memory (KiB) grew by far less than a bomb.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 128 << 10
 
 
 @pytest.mark.attack
