@@ -166,13 +166,25 @@ async def run_mirror(
             hinted = trio.current_time()
             wake.set()
 
+    served = 0  # the timestamp version this mirror serves, after its last sync
+
     async def announced(data: bytes) -> None:
-        with contextlib.suppress(ValueError, KeyError, TypeError):  # the gate parsed it
-            heard.setdefault(int(json.loads(data)["signed"]["version"]), time.time())
-        wake.set()
+        """A valid announcement (the gate checked its signature): sync at once
+        for a version not heard of before; for one heard of already (mirrors
+        re-announce what they complete, and anyone may replay it), only while
+        this mirror does not serve it yet, and once a second at most."""
+        try:
+            version = int(json.loads(data)["signed"]["version"])
+        except (ValueError, KeyError, TypeError):  # the gate parsed it: not expected
+            return
+        if version > max(heard, default=0):
+            heard[version] = time.time()
+            wake.set()
+        elif version > served:
+            newer(version)
 
     async def sync_forever() -> None:
-        nonlocal wake
+        nonlocal wake, served
         held = mirror.state().get("snapshot_version", 0)
         failing: str | None = None
         while True:
@@ -196,6 +208,7 @@ async def run_mirror(
                             (mirror.tree / "metadata" / "timestamp.json").read_bytes()
                         )
             held = max(held, report.snapshot_version)
+            served = mirror.state().get("timestamp_version", served)
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
             with trio.move_on_after(poll):

@@ -326,6 +326,31 @@ def test_a_neighbours_have_query_wakes_a_mirror_that_missed_the_announcement(
 
 
 @pytest.mark.slow
+def replay_announcement(tmp_path: Path, repo: Path, bootstrap: str, times: int) -> None:
+    """Announce the repository's current timestamp ``times`` times, from a node of our own."""
+    import trio
+    from tuf.api.metadata import Metadata
+
+    from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
+
+    root = Metadata.from_bytes((repo / "metadata" / "1.root.json").read_bytes()).signed
+    current = (repo / "metadata" / "timestamp.json").read_bytes()
+
+    async def replay() -> None:
+        node = P2PNode(tmp_path / "replayer.key", topic_for(root), AnnouncementGate(root),
+                       bootstrap=[bootstrap])  # fmt: skip
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            await trio.sleep(2.5)  # the mesh forms (1 s heartbeats)
+            for _ in range(times):
+                await node.announce(current)
+                await trio.sleep(0.05)
+            await trio.sleep(1.5)
+            nursery.cancel_scope.cancel()
+
+    trio.run(replay)
+
+
 def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")
@@ -361,6 +386,11 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
                     time.sleep(0.2)
                 assert "p2p address\t/ip4/127.0.0.1/" in status and "p2p peers\t1" in status
                 assert "lag\t0 timestamp version(s) behind" in status
+                # Anyone may replay the current (validly signed) timestamp on the
+                # topic: a mirror that serves it already does not sync for it.
+                syncs = Mirror(tmp_path / "m2").state()["syncs"]
+                replay_announcement(tmp_path, repo, m1_addr, times=40)
+                assert Mirror(tmp_path / "m2").state()["syncs"] - syncs <= 1
         # The identity persists: the same peer ID after a restart.
         with mirror_process(tmp_path / "m1", root, origin.url, *p2p, "--bootstrap", origin_addr):
             again = (tmp_path / "m1" / "p2p.addr").read_text().strip()
