@@ -28,6 +28,7 @@ from tuf.api.metadata import TargetFile, Targets
 from tuf.ngclient import Updater
 
 from tufmesh.cas import Manifest, cid_of
+from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES
 from tufmesh.client._download import (
     ChunkPlan,
     Replicating,
@@ -43,7 +44,7 @@ from tufmesh.client._fetcher import (
     MultiSourceFetcher,
     SourceHealth,
     done_with,
-    pieces,
+    read_body,
 )
 from tufmesh.client._home import ClientHome
 from tufmesh.client._prefix import check_alongside
@@ -372,7 +373,14 @@ class Client:
 
         # The manifest's length is not signed, only its CID: fetch it whole.
         probe = ChunkPlan(manifest_cid, 0, 1, verify)
-        stats = _fetch_whole(probe, sources, self.fetcher.pool)
+
+        def blame(source: str, reason: str) -> None:
+            for health in self.fetcher.sources:
+                if health.url == source:  # remembered: the next run asks it later
+                    health.failures += 1
+                    health.last_error = f"chunk manifest: {reason}"
+
+        stats = _fetch_whole(probe, sources, self.fetcher.pool, self.fetcher.config, blame)
         try:
             return Manifest.decode(holder["data"]), stats
         except (KeyError, ManifestError) as exc:
@@ -385,39 +393,40 @@ class Client:
                 continue
             if stat.rate is not None and stat.bytes >= 1 << 20:  # tiny files say nothing
                 health.throughput = stat.rate
+            if stat.chunks and not stat.failures and health.failures:
+                health.failures -= 1  # a clean run forgives an old failure, one at a time
             health.failures += stat.failures
             if stat.banned or stat.last_error:
                 health.last_error = stat.banned or stat.last_error
 
 
 def _fetch_whole(
-    plan: ChunkPlan, sources: list[str], pool: urllib3.PoolManager
+    plan: ChunkPlan,
+    sources: list[str],
+    pool: urllib3.PoolManager,
+    config: FetchConfig,
+    blame: Callable[[str, str], None],
 ) -> dict[str, SourceStats]:
-    """Fetch a small blob of unsigned length (a manifest) from the first good source."""
+    """Fetch a small blob of unsigned length (a manifest) from the first good
+    source; ``blame(source, reason)`` each one that fails on the way."""
     reasons: dict[str, str] = {}
     for source in sources:
         try:
+            started = time.monotonic()
             response = pool.request(
                 "GET", f"{source}/blobs/{plan.cid}", preload_content=False, redirect=False
             )
-            whole = False
-            try:
-                if response.status != 200:
-                    reasons[source] = f"HTTP {response.status}"
-                    continue
-                body = bytearray()
-                for piece in pieces(response):
-                    body += piece
-                    if len(body) > 8 << 20:
-                        raise ChunkRejectedError("manifest over 8 MiB")
-                whole = True
-            finally:
-                done_with(response, whole=whole)
+            if response.status != 200:
+                done_with(response, whole=False)
+                reasons[source] = f"HTTP {response.status}"
+                continue
+            body, _ = read_body(response, DEFAULT_MAX_MANIFEST_BYTES, config, started)
             plan.verify(0, bytes(body))
             stat = SourceStats(source, bytes=len(body), chunks=1)
             return {source: stat}
-        except (urllib3.exceptions.HTTPError, ChunkRejectedError) as exc:
+        except (urllib3.exceptions.HTTPError, tuf_errors.DownloadError, ChunkRejectedError) as exc:
             reasons[source] = str(exc) or type(exc).__name__
+            blame(source, reasons[source])
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
 

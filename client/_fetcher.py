@@ -209,30 +209,15 @@ class MultiSourceFetcher(FetcherInterface):
 
     def _get(self, source: SourceHealth, url: str) -> bytes:
         started = time.monotonic()
-        limit = self.config.max_metadata_bytes
         try:
             response = self._pool.request("GET", url, preload_content=False, redirect=False)
-            whole = False
-            try:
-                if response.status != 200:
-                    if response.status != 404:
-                        source.failures += 1
-                        source.last_error = f"HTTP {response.status}"
-                    raise DownloadHTTPError(f"HTTP {response.status}", response.status)
-                first = None
-                body = bytearray()
-                for piece in pieces(response):
-                    now = time.monotonic()
-                    first = first or now
-                    body += piece
-                    if len(body) > limit:
-                        raise DownloadError(f"more than {limit} bytes (endless data?)")
-                    elapsed = now - started
-                    if elapsed > self.config.grace and len(body) / elapsed < self.config.min_rate:
-                        raise DownloadError(f"too slow: {len(body) / elapsed:.0f} B/s")
-                whole = True
-            finally:
-                done_with(response, whole=whole)
+            if response.status != 200:
+                done_with(response, whole=False)
+                if response.status != 404:
+                    source.failures += 1
+                    source.last_error = f"HTTP {response.status}"
+                raise DownloadHTTPError(f"HTTP {response.status}", response.status)
+            body, first = read_body(response, self.config.max_metadata_bytes, self.config, started)
         except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):
                 source.failures += 1
@@ -243,3 +228,29 @@ class MultiSourceFetcher(FetcherInterface):
         if elapsed > 0 and len(body) > 65536:
             source.throughput = len(body) / elapsed
         return bytes(body)
+
+
+def read_body(
+    response: urllib3.BaseHTTPResponse, limit: int, config: FetchConfig, started: float
+) -> tuple[bytearray, float | None]:
+    """The whole body of ``response`` and when its first byte came, or
+    :class:`DownloadError` once it is over ``limit`` bytes or, after the grace
+    period, slower than ``min_rate`` (the slow-retrieval defence of every
+    body whose length nothing signed)."""
+    whole = False
+    try:
+        first = None
+        body = bytearray()
+        for piece in pieces(response):
+            now = time.monotonic()
+            first = first or now
+            body += piece
+            if len(body) > limit:
+                raise DownloadError(f"more than {limit} bytes (endless data?)")
+            elapsed = now - started
+            if elapsed > config.grace and len(body) / elapsed < config.min_rate:
+                raise DownloadError(f"too slow: {len(body) / elapsed:.0f} B/s")
+        whole = True
+    finally:
+        done_with(response, whole=whole)
+    return body, first

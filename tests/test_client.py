@@ -88,8 +88,12 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
     out = tmp_path / "out"
     with mirrors(origin.repo, behaviour) as (liar,):  # type: ignore[arg-type]
         # With an honest source beside it: the download completes, verified.
+        started = time.monotonic()
         with client_for(origin, tmp_path, liar.url, origin.url, name="c1") as client:
             result = client.download(BIG, out)
+        # A little time wasted, not the liar's choice of how much (its trickle
+        # and its endless body would each hold a reader for 30 s).
+        assert time.monotonic() - started < 20
         assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
         stats = result.sources[liar.url]
         assert stats.chunks == 0  # not one chunk of the liar's was accepted
@@ -107,6 +111,26 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
     # And an honest update succeeds afterwards.
     with client_for(origin, tmp_path, origin.url, name="c3") as client:
         assert client.download(BIG, out).path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+
+
+@pytest.mark.attack
+def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
+    origin: Server, tmp_path: Path
+) -> None:
+    """Metadata served well, blobs a byte a second: the manifest (whose length
+    nothing signs) gets the slow-retrieval defence too, and the failure is
+    remembered, so the next run asks that mirror after the origin."""
+    with mirrors(origin.repo, "blobtrickle") as (liar,):
+        with client_for(origin, tmp_path, liar.url, origin.url, name="c") as client:
+            for health in client.fetcher.sources:
+                health.failures = 1 if health.url == origin.url else 0  # one old failure
+            started = time.monotonic()
+            result = client.download(BIG, tmp_path / "out")
+            assert time.monotonic() - started < 20
+            assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+            health = {h.url: h for h in client.fetcher.sources}[liar.url]
+            assert health.failures >= 1 and "manifest" in (health.last_error or "")
+            assert client.fetcher.ordered()[0].url == origin.url
 
 
 @pytest.mark.attack

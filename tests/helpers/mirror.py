@@ -19,7 +19,7 @@ from tufmesh.cas import BlobStore
 
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
-    "rollback", "freeze", "slow", "badlength", "busy",
+    "rollback", "freeze", "slow", "badlength", "busy", "blobtrickle",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -154,7 +154,7 @@ class Mirror:
                 request.wfile.flush()
                 request.close_connection = True
                 return
-            if behaviour == "trickle":
+            if behaviour == "trickle" or (behaviour == "blobtrickle" and is_blob):
                 deadline = time.monotonic() + 30
                 for i in range(len(body)):
                     if time.monotonic() > deadline:
