@@ -84,6 +84,8 @@ def _explain(exc: BaseException) -> str:
         return f"rollback detected ({exc})"
     if isinstance(exc, tuf_errors.UnsignedMetadataError):
         return f"bad signature ({exc})"
+    if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
+        return f"metadata too long ({exc})"
     return str(exc) or type(exc).__name__
 
 
@@ -154,7 +156,10 @@ class Client:
                     updater.refresh()
                     self._updater = updater
                 return operation(self._updater)
-            except tuf_errors.RepositoryError as exc:
+            except (tuf_errors.RepositoryError, tuf_errors.DownloadLengthMismatchError) as exc:
+                # Refused by python-tuf (a bad signature, a rollback, a file
+                # longer than its role may be): the source that served it is
+                # set aside and the others asked.
                 rejections.append(self._blame(exc))
                 self._updater = None
             except SourcesFailedError:

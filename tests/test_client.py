@@ -135,7 +135,12 @@ def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
 
 @pytest.mark.attack
 @pytest.mark.parametrize(
-    ("attack", "message"), [("rollback", "rollback detected"), ("freeze", "freeze attack")]
+    ("attack", "message"),
+    [
+        ("rollback", "rollback detected"),
+        ("freeze", "freeze attack"),
+        ("oversized", "metadata too long"),
+    ],
 )
 def test_stale_metadata_from_a_mirror_is_refused(
     origin: Server, tmp_path: Path, attack: str, message: str
@@ -146,11 +151,11 @@ def test_stale_metadata_from_a_mirror_is_refused(
     with client_for(origin, tmp_path, origin.url, name="seen") as client:
         client.target(BIG)  # this client has seen the newest timestamp
     with mirrors(origin.repo, "honest") as (liar,):
-        liar.metadata_overrides["timestamp.json"] = (
-            old
-            if attack == "rollback"
-            else resign_timestamp(origin.repo, version_delta=1, expires_in_days=-1)
-        )
+        liar.metadata_overrides["timestamp.json"] = {
+            "rollback": old,
+            "freeze": resign_timestamp(origin.repo, version_delta=1, expires_in_days=-1),
+            "oversized": old + b" " * 20_000,  # over python-tuf's limit for a timestamp
+        }[attack]
         with client_for(origin, tmp_path, liar.url, origin.url, name="seen") as client:
             assert client.download(BIG, tmp_path / "ok").path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
             assert liar.url in client.fetcher.excluded
