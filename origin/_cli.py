@@ -200,6 +200,116 @@ def status(repo_dir: Path) -> None:
     click.echo(f"{len(artifacts)} artifacts, {format_size(total)}")
 
 
+def _ceremony(repo_dir: Path) -> OriginRepository:
+    """The repository, locked against an origin serving it (and a second ceremony)."""
+    from tufmesh.origin._signer import _lock_repository
+
+    repo = OriginRepository(repo_dir)  # a clear error for a directory that is not one
+    try:
+        _lock_repository(repo_dir)  # held until this command exits
+    except OriginError:
+        raise OriginError(
+            f"an origin is serving {repo_dir}: stop it first (it would go on signing "
+            "with what it loaded), then start it again after the ceremony"
+        ) from None
+    return repo
+
+
+def _report(repo: OriginRepository, done: list[str]) -> None:
+    versions = {row.role.split(" ")[0]: row.version for row in repo.status()}
+    versions["bin-n"] = versions["bin-*"]  # the newest of the bins
+    shown = ", ".join(f"{r} v{versions[r]}" if r in versions else r for r in done)
+    click.echo(f"signed {shown}")
+    click.echo(
+        f"  timestamp v{repo.timestamp_md.signed.version}; start the origin again to serve it"
+    )
+
+
+@origin.command()
+@repo_option
+@click.argument("roles", nargs=-1, required=True)
+def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
+    """Re-sign ROLES with a fresh expiry (a ceremony for root, targets, bins).
+
+    Needs the roles' keys (file keys under REPO/keys, or their signer URIs
+    in config.json reachable here) and the origin stopped.
+    """
+    repo = _ceremony(repo_dir)
+    _report(repo, repo.resign(roles))
+
+
+@origin.command()
+@repo_option
+@click.argument("role", type=click.Choice(ROLES))
+@click.option(
+    "--signer",
+    "uris",
+    multiple=True,
+    metavar="URI",
+    help="A new key's signer URI (repeatable); none: a new Ed25519 file key.",
+)
+@click.option(
+    "--public-key",
+    "pems",
+    multiple=True,
+    metavar="PEM",
+    type=click.Path(dir_okay=False),
+    help="The public key of the matching --signer; needed for non-file signers.",
+)
+@click.option(
+    "--threshold",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keys that must sign ROLE [default: as before, at most the new keys].",
+)
+def rotate(
+    repo_dir: Path, role: str, uris: tuple[str, ...], pems: tuple[str, ...], threshold: int | None
+) -> None:  # fmt: skip
+    """Replace every key of ROLE (a compromise, or a key holder leaving).
+
+    The role that delegates to ROLE is re-signed naming the new keys (a new
+    root is signed by the old root keys and the new ones), ROLE is re-signed
+    by them, then the snapshot and the timestamp. Clients follow on their
+    next update; the old keys sign nothing that they will accept.
+    """
+    from tufmesh.origin._keys import generate_file_key, public_key_from_pem, public_key_from_uri
+
+    if len(pems) > len(uris):
+        raise UsageError("each --public-key goes with a --signer")
+    if not uris and (threshold or 1) > 1:
+        raise UsageError(f"a threshold of {threshold} needs a --signer for each key")
+    repo = _ceremony(repo_dir)
+    keys = []
+    for i, uri in enumerate(uris):
+        key = (
+            public_key_from_pem(Path(pems[i])) if i < len(pems)
+            else public_key_from_uri(repo_dir, uri)
+        )  # fmt: skip
+        keys.append((uri, key))
+    generated = None
+    if not keys:
+        n = 1
+        while (repo_dir / "keys" / f"{role}-{n}.pem").exists():
+            n += 1
+        generated = repo_dir / "keys" / f"{role}-{n}.pem"
+        keys = [generate_file_key(repo_dir, generated.stem)]
+    old = {row.role.split(" ")[0]: row.keyids for row in repo.status()}
+    try:
+        done = repo.rotate(role, keys, threshold)
+    except BaseException:
+        if generated is not None:
+            generated.unlink()  # never used: no stray key left behind
+        raise
+    if generated is not None:
+        click.echo(f"generated keys/{generated.name}")
+    _report(repo, done)
+    label = "bin-*" if role == "bin-n" else role
+    click.echo(
+        f"  {role}'s keys were {', '.join(k[:12] for k in old.get(label, ()))}: "
+        "destroy them (file keys: their .pem under keys/)"
+    )
+
+
 @origin.group(cls=Group)
 def project() -> None:
     """Register projects and manage their upload tokens."""

@@ -634,6 +634,135 @@ class OriginRepository(Repository):
             raise
         return refreshed
 
+    # -- ceremonies (offline roles; the origin must not be serving) ------------
+
+    def resign(self, roles: Iterable[str]) -> list[str]:
+        """New versions of ``roles`` with a fresh expiry, signed by their keys
+        (offline roles before they expire; any role after a doubt), then a new
+        snapshot and timestamp. Returns every role re-signed."""
+        wanted = list(dict.fromkeys(roles))
+        for role in wanted:
+            if role not in ROLES:
+                raise OriginError(f"no role {role!r}; roles: {', '.join(ROLES)}")
+        done: list[str] = []
+        try:
+            for role in wanted:
+                done += self._resign_role(role)
+            self._finish_ceremony(done)
+        except BaseException:
+            self.load()
+            raise
+        return done
+
+    def rotate(
+        self, role: str, keys: list[tuple[str, Key]], threshold: int | None = None
+    ) -> list[str]:
+        """Replace every key of ``role`` by ``keys`` (signer URI and public key).
+
+        The role that delegates to ``role`` gets a new version naming the new
+        keys (root for root, targets, snapshot and timestamp; targets for
+        bins; bins for bin-n), signed by its own keys (a new root by the old
+        root keys and the new ones, as TUF clients require to follow it), then
+        ``role`` itself is re-signed by the new keys, then the snapshot and the
+        timestamp. The old keys sign nothing after this. Returns the roles re-signed.
+        """
+        if role not in ROLES:
+            raise OriginError(f"no role {role!r}; roles: {', '.join(ROLES)}")
+        if not keys:
+            raise OriginError("a rotation needs at least one new key")
+        sample = self._bins()[0] if role == BIN_N else role
+        _, old_threshold = self._role_keys(sample)
+        threshold = threshold or min(old_threshold, len(keys))
+        if not 1 <= threshold <= len(keys):
+            raise OriginError(f"threshold {threshold} needs 1 .. {len(keys)} keys")
+        old_root_signers = list(self._signers_for("root"))
+        old_config = self.config
+        new_ids = {key.keyid: uri for uri, key in keys}
+        # Until the new metadata is on disk, the configuration names both the
+        # old keys and the new, so that a crash leaves a repository its
+        # configuration can sign.
+        both = {**old_config.signers, role: {**old_config.signers.get(role, {}), **new_ids}}
+        self._use_signers(dataclasses.replace(old_config, signers=both))
+        done: list[str] = []
+        try:
+            delegator = self._replace_keys(role, [key for _, key in keys], threshold)
+            done.append(delegator)
+            if role == "root":
+                # The old root's threshold signs the new root as well.
+                md = self._md["root"]
+                for signer in old_root_signers:
+                    if signer.public_key.keyid not in md.signatures:
+                        md.sign(signer, append=True)
+                self._bytes["root"] = md.to_bytes(_PRETTY)
+            elif role not in ("snapshot", "timestamp"):
+                done += self._resign_role(role)
+            self._finish_ceremony(done)
+        except BaseException:
+            self._use_signers(old_config)
+            self.load()
+            raise
+        self._use_signers(
+            dataclasses.replace(old_config, signers={**old_config.signers, role: new_ids})
+        )
+        return done
+
+    def _bins(self) -> list[str]:
+        return list(self.succinct.get_roles())
+
+    def _use_signers(self, config: OriginConfig) -> None:
+        config.save(self.dir)
+        self.config = config
+        self._signers.clear()
+
+    def _replace_keys(self, role: str, keys: list[Key], threshold: int) -> str:
+        """Name ``keys`` as ``role``'s keys in its delegator; return the delegator."""
+        if role in ("root", "targets", "snapshot", "timestamp"):
+            with self.edit_root() as root:
+                for keyid in list(root.roles[role].keyids):
+                    root.revoke_key(keyid, role)
+                for key in keys:
+                    root.add_key(key, role)
+                root.roles[role].threshold = threshold
+            return "root"
+        delegator = "targets" if role == DELEGATING_BINS else DELEGATING_BINS
+        with self.edit_targets(delegator) as targets:
+            delegations = targets.delegations
+            assert delegations is not None
+            spec: DelegatedRole | SuccinctRoles
+            if role == DELEGATING_BINS:
+                assert delegations.roles is not None
+                spec = delegations.roles[DELEGATING_BINS]
+            else:
+                assert delegations.succinct_roles is not None
+                spec = delegations.succinct_roles
+            for keyid in spec.keyids:
+                delegations.keys.pop(keyid, None)
+            spec.keyids = [key.keyid for key in keys]
+            spec.threshold = threshold
+            for key in keys:
+                delegations.keys[key.keyid] = key
+        return delegator
+
+    def _resign_role(self, role: str) -> list[str]:
+        """A new version of ``role`` (every bin, for bin-n), signed by its keys now."""
+        if role == "root":
+            with self.edit_root():
+                pass
+            return ["root"]
+        if role in ("snapshot", "timestamp"):
+            return [role]  # every ceremony ends with both
+        names = self._bins() if role == BIN_N else [role]
+        for name in names:
+            with self.edit_targets(name):
+                pass
+        return names if role != BIN_N else [BIN_N]
+
+    def _finish_ceremony(self, done: list[str]) -> None:
+        self.do_snapshot(force=True)
+        self.do_timestamp(force=True)
+        self.flush()
+        done += [r for r in ("snapshot", "timestamp") if r not in done]
+
     def _stale(self, role: str, now: datetime) -> bool:
         lifetime = self.config.expiry(role)
         expires: datetime = self._md[role].signed.expires

@@ -378,3 +378,33 @@ def test_init_with_signer_uris_and_their_public_keys(tmp_path: Path) -> None:
     )  # fmt: skip
     assert mismatch.returncode == 1 and "does not match" in mismatch.stderr
     assert not (tmp_path / "mismatch").exists()  # nothing half made: init can run again
+
+
+def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_path: Path) -> None:
+    """A leaked timestamp key is replaced with the origin stopped; clients that
+    trusted the old one follow; re-signing the offline roles works the same way."""
+    token = add_project(repo, "proj")
+    with running(repo) as server:
+        assert post(server.url, "proj", "a-1.tar.gz", b"before", token).status_code == 200
+        cache = tmp_path / "client"
+        tuf_updater(server.url, repo, cache).refresh()  # trusts the old timestamp key
+        busy = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp", check=False)
+        assert busy.returncode == 1 and "stop it first" in busy.stderr, busy.stderr
+    rotated = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp").stdout
+    assert "generated keys/timestamp-1.pem" in rotated and "destroy them" in rotated
+    signed = tufmesh("origin", "sign", "--dir", str(repo), "root", "targets", "bins").stdout
+    assert "signed root v3, targets v2, bins v2, snapshot" in signed, signed
+    status = tufmesh("origin", "status", "--dir", str(repo)).stdout
+    assert "timestamp" in status
+    with running(repo) as server:
+        assert post(server.url, "proj", "b-1.tar.gz", b"after", token).status_code == 200
+        updater = tuf_updater(server.url, repo, cache)
+        updater.refresh()  # follows root v2 (the new timestamp key) and v3
+        assert updater.get_targetinfo("proj/b-1.tar.gz") is not None
+        assert tuf_download(server.url, repo, "proj/a-1.tar.gz") == b"before"
+    bad = tufmesh("origin", "rotate", "--dir", str(repo), "nope", check=False)
+    assert bad.returncode == 2 and "nope" in bad.stderr
+    unreachable = tufmesh(
+        "origin", "rotate", "--dir", str(repo), "bins", "--signer", "gcpkms:x", check=False
+    )
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError
-from tuf.api.metadata import DelegatedRole, Delegations, Targets
+from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, UnsignedMetadataError
+from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
 from tuf.ngclient import FetcherInterface, Updater
 
 from tufmesh.errors import (
@@ -23,7 +23,7 @@ from tufmesh.errors import (
     OriginError,
 )
 from tufmesh.origin._config import OriginConfig
-from tufmesh.origin._keys import generate_file_key
+from tufmesh.origin._keys import generate_file_key, load_signer
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact, OriginRepository, check_single_delegator
@@ -419,3 +419,70 @@ def test_a_signer_that_needs_a_pin_asks_the_terminal_only(tmp_path: Path) -> Non
     )  # fmt: skip
     assert asked.returncode == 1
     assert "pin:x needs its PIN, and there is no terminal to ask on" in asked.stderr, asked.stderr
+
+
+def test_rotating_each_role_is_followed_by_an_unmodified_tuf_client(tmp_path: Path) -> None:
+    """After each rotation python-tuf's client, holding metadata from before,
+    updates and downloads; metadata signed by a rotated-out key is refused."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), root_threshold=2)
+    first = stored(repo, "p/a-1.tar.gz", b"one" * 1000)
+    assert repo.publish([first]) == [2]
+    client = updater_for(repo, tmp_path / "client")
+    client.refresh()
+    for role in ["timestamp", "snapshot", "bin-n", "bins", "targets", "root"]:
+        old = {k: load_signer(repo.dir, uri, repo._public_keys()[k])
+               for k, uri in repo.config.signers[role].items()}  # fmt: skip
+        if role == "timestamp":
+            # The leaked key signed a far-future version, and the client took it
+            # (fast-forward): after the rotation it must still accept the real,
+            # lower versions (TUF's recovery: metadata of a rotated key is dropped).
+            ahead = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+            ahead.signed.version += 100
+            ahead.signatures.clear()
+            for signer in old.values():
+                ahead.sign(signer, append=True)
+            real = (repo.metadata_dir / "timestamp.json").read_bytes()
+            (repo.metadata_dir / "timestamp.json").write_bytes(ahead.to_bytes())
+            updater_for(repo, tmp_path / "client").refresh()
+            (repo.metadata_dir / "timestamp.json").write_bytes(real)
+        new = [generate_file_key(repo.dir, f"{role}-new{i}") for i in (1, 2)]
+        done = repo.rotate(role, new, threshold=2 if role == "root" else 1)
+        assert role in done and {"snapshot", "timestamp"} <= set(done)
+        assert set(repo.config.signers[role]) == {key.keyid for _, key in new}
+        # Reloaded from disk, the repository signs with the new keys only.
+        repo = OriginRepository(repo.dir)
+        artifact = stored(repo, f"p/after-{role}-1.tar.gz", role.encode() * 100)
+        assert isinstance(repo.publish([artifact])[0], int)
+        client = updater_for(repo, tmp_path / "client")  # the same cache as before
+        client.refresh()
+        for path in ("p/a-1.tar.gz", artifact.path):
+            assert client.get_targetinfo(path) is not None, (role, path)
+        # What the old key signs now is refused.
+        if role == "timestamp":
+            forged = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+            forged.signed.version += 1
+            forged.signatures.clear()
+            for signer in old.values():
+                forged.sign(signer, append=True)
+            (repo.metadata_dir / "timestamp.json").write_bytes(forged.to_bytes())
+            with pytest.raises(UnsignedMetadataError):
+                updater_for(repo, tmp_path / "client").refresh()
+            repo.resign(["timestamp"])  # a fresh, validly signed one
+    root = repo._md["root"].signed
+    # v1, then one version per rotation of a key it names: timestamp, snapshot, targets, root.
+    assert root.version == 5 and root.roles["root"].threshold == 2
+
+
+def test_offline_roles_are_re_signed_by_a_ceremony(tmp_path: Path) -> None:
+    clock = Clock(datetime.now(UTC))
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=clock)
+    before = {r: repo._md[r].signed.expires for r in ("root", "targets", "bins")}
+    clock.now += timedelta(days=300)  # a year's lifetime nearly gone
+    done = repo.resign(["root", "targets", "bins"])
+    assert done == ["root", "targets", "bins", "snapshot", "timestamp"]
+    for role, expires in before.items():
+        assert repo._md[role].signed.expires > expires + timedelta(days=299)
+    client = updater_for(OriginRepository(repo.dir), tmp_path / "c")
+    client.refresh()
+    with pytest.raises(OriginError, match="no role"):
+        repo.resign(["nope"])

@@ -94,11 +94,14 @@ def post(url: str, project: str, filename: str, body: bytes, token: str | None) 
     )  # fmt: skip
 
 
-def tuf_updater(url: str, repo: Path) -> Updater:
-    """python-tuf's own client, unmodified, trusting the repository's first root."""
+def tuf_updater(url: str, repo: Path, cache: Path | None = None) -> Updater:
+    """python-tuf's own client, unmodified, trusting the repository's first root
+    (and what it cached in ``cache`` before, if given)."""
     root = (repo / "metadata" / "1.root.json").read_bytes()
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
     return Updater(
-        tempfile.mkdtemp(),
+        str(cache or tempfile.mkdtemp()),
         f"{url}/metadata/",
         tempfile.mkdtemp(),
         f"{url}/targets/",
