@@ -310,6 +310,24 @@ def rotate(
     )
 
 
+@origin.command()
+@repo_option
+@click.argument("paths", nargs=-1, required=True, metavar="PROJECT/FILENAME...")
+def remove(repo_dir: Path, paths: tuple[str, ...]) -> None:
+    """Take published artifacts out of the signed metadata (a malicious upload).
+
+    With the origin stopped. Mirrors drop them at their next sync and clients
+    no longer find them; their names are never published again.
+    """
+    repo = _ceremony(repo_dir)
+    found = {path: repo.find(path) for path in paths}
+    version = repo.remove(paths)
+    for path, target in found.items():
+        assert target is not None
+        click.echo(f"removed {path}  sha256 {target.hashes['sha256'][:16]}…")
+    click.echo(f"  snapshot v{version}; start the origin again to serve it")
+
+
 @origin.group(cls=Group)
 def project() -> None:
     """Register projects and manage their upload tokens."""

@@ -27,9 +27,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
+import json
 import os
 import shutil
 from collections import defaultdict
@@ -62,6 +64,7 @@ from tufmesh.errors import (
     ConflictError,
     InvalidNameError,
     OriginError,
+    PinError,
     StoreError,
 )
 from tufmesh.origin._config import (
@@ -514,6 +517,12 @@ class OriginRepository(Repository):
             for i, artifact in enumerate(artifacts):
                 role = self.succinct.get_role_for_target(artifact.path)
                 current = by_bin[role].get(artifact.path) or self.find(artifact.path)
+                if current is None and artifact.path in self.removed():
+                    results[i] = ConflictError(
+                        f"{artifact.path} was published and removed; its name is not "
+                        "used again (a client could take new bytes for the old ones)"
+                    )
+                    continue
                 if current is not None:
                     if current.hashes.get("sha256") != artifact.sha256:
                         results[i] = ConflictError(
@@ -633,6 +642,65 @@ class OriginRepository(Repository):
             self.load()
             raise
         return refreshed
+
+    def removed(self) -> dict[str, dict[str, str]]:
+        """Paths published once and removed since: ``{path: {"sha256", "removed"}}``."""
+        try:
+            data: dict[str, dict[str, str]] = json.loads((self.dir / "removed.json").read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise OriginError(f"cannot read {self.dir / 'removed.json'}: {exc}") from None
+        return data
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Take published artifacts out of the signed metadata (a malicious upload,
+        after a token leaked): out of their bins, their links and pins gone, their
+        names never published again. Returns the new snapshot version."""
+        wanted = list(dict.fromkeys(paths))
+        removed = self.removed()
+        now = self.clock().isoformat(timespec="seconds")
+        gone: list[TargetFile] = []
+        try:
+            for path in wanted:
+                target = self.find(path)
+                if target is None:
+                    raise OriginError(f"{path} is not published")
+                with self.edit_targets(self.succinct.get_role_for_target(path)) as bin_role:
+                    del bin_role.targets[path]
+                removed[path] = {"sha256": target.hashes["sha256"], "removed": now}
+                gone.append(target)
+            # The record first: were the commit cut short, the names stay taken.
+            write_atomic(self.dir / "removed.json", (json.dumps(removed, indent=1) + "\n").encode())
+            self.do_snapshot()
+            self.do_timestamp()
+            self.flush()
+        except BaseException:
+            self.load()
+            raise
+        for target in gone:
+            self._unlink(target)
+        return int(self._md["snapshot"].signed.version)
+
+    def _unlink(self, target: TargetFile) -> None:
+        """Drop a removed artifact's link in ``targets/`` and, if nothing else
+        published in its project has its bytes, its project's pins."""
+        project, filename = target.path.split("/", 1)
+        sha256 = target.hashes["sha256"]
+        link = self.targets_dir / project / f"{sha256}.{filename}"
+        link.unlink(missing_ok=True)
+        custom = target.unrecognized_fields.get("custom", {})
+        blobs = {custom.get("cid"), custom.get("manifest")} - {None}
+        still = {
+            t.unrecognized_fields.get("custom", {}).get(key)
+            for t in self.artifacts()
+            if t.path.startswith(f"{project}/")
+            for key in ("cid", "manifest")
+        }
+        unused = [cid for cid in blobs if cid not in still]
+        if unused:
+            with contextlib.suppress(PinError):  # no pin set: nothing to unpin
+                self.store.unpin(f"project:{project}", unused)
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------
 

@@ -408,3 +408,21 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
         "origin", "rotate", "--dir", str(repo), "bins", "--signer", "gcpkms:x", check=False
     )
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+
+
+def test_removing_a_malicious_upload_from_the_cli(repo: Path, tmp_path: Path) -> None:
+    token = add_project(repo, "proj")
+    with running(repo) as server:
+        assert post(server.url, "proj", "evil-1.tar.gz", b"malware", token).status_code == 200
+        assert post(server.url, "proj", "good-1.tar.gz", b"fine", token).status_code == 200
+    removed = tufmesh("origin", "remove", "--dir", str(repo), "proj/evil-1.tar.gz").stdout
+    assert "removed proj/evil-1.tar.gz" in removed
+    missing = tufmesh("origin", "remove", "--dir", str(repo), "proj/nope", check=False)
+    assert missing.returncode == 1 and "not published" in missing.stderr
+    with running(repo) as server:
+        updater = tuf_updater(server.url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("proj/evil-1.tar.gz") is None
+        assert tuf_download(server.url, repo, "proj/good-1.tar.gz") == b"fine"
+        again = post(server.url, "proj", "evil-1.tar.gz", b"other bytes", token)
+        assert again.status_code == 409 and "removed" in again.json()["error"]

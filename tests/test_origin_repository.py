@@ -18,6 +18,7 @@ from tuf.ngclient import FetcherInterface, Updater
 
 from tufmesh.errors import (
     AuthError,
+    ConflictError,
     ForbiddenError,
     InvalidNameError,
     OriginError,
@@ -486,3 +487,32 @@ def test_offline_roles_are_re_signed_by_a_ceremony(tmp_path: Path) -> None:
     client.refresh()
     with pytest.raises(OriginError, match="no role"):
         repo.resign(["nope"])
+
+
+def test_a_removed_artifact_leaves_the_metadata_and_its_name_stays_taken(tmp_path: Path) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    bad = stored(repo, "p/evil-1.tar.gz", b"malware" * 500)
+    twin = stored(repo, "p/twin-1.tar.gz", b"malware" * 500)  # the same bytes, another name
+    good = stored(repo, "p/good-1.tar.gz", b"fine" * 500)
+    other = stored(repo, "q/evil-1.tar.gz", b"malware" * 500)  # another project's copy
+    assert repo.publish([bad, twin, good, other]) == [2, 2, 2, 2]
+    link = repo.targets_dir / "p" / f"{bad.sha256}.evil-1.tar.gz"
+    assert link.exists()
+    assert repo.remove(["p/evil-1.tar.gz"]) == 3
+    client = updater_for(repo, tmp_path / "client")
+    client.refresh()
+    assert client.get_targetinfo("p/evil-1.tar.gz") is None
+    for kept in ("p/twin-1.tar.gz", "p/good-1.tar.gz", "q/evil-1.tar.gz"):
+        assert client.get_targetinfo(kept) is not None
+    assert not link.exists()
+    assert bad.cid in repo.store.pins()["project:p"]  # its twin still needs the bytes
+    repo.remove(["p/twin-1.tar.gz"])
+    assert bad.cid not in repo.store.pins()["project:p"]
+    assert bad.cid in repo.store.pins()["project:q"]
+    # The name is never published again, with other bytes or the same.
+    for again in (stored(repo, "p/evil-1.tar.gz", b"benign"), bad):
+        (result,) = repo.publish([again])
+        assert isinstance(result, ConflictError) and "removed" in str(result)
+    with pytest.raises(OriginError, match="not published"):
+        repo.remove(["p/never-1.tar.gz"])
+    assert set(OriginRepository(repo.dir).removed()) == {"p/evil-1.tar.gz", "p/twin-1.tar.gz"}
