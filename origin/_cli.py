@@ -204,7 +204,7 @@ def _ceremony(repo_dir: Path) -> OriginRepository:
     """The repository, locked against an origin serving it (and a second ceremony)."""
     from tufmesh.origin._signer import _lock_repository
 
-    repo = OriginRepository(repo_dir)  # a clear error for a directory that is not one
+    OriginConfig.load(repo_dir)  # a clear error for a directory that is not one
     try:
         _lock_repository(repo_dir)  # held until this command exits
     except OriginError:
@@ -212,7 +212,7 @@ def _ceremony(repo_dir: Path) -> OriginRepository:
             f"an origin is serving {repo_dir}: stop it first (it would go on signing "
             "with what it loaded), then start it again after the ceremony"
         ) from None
-    return repo
+    return OriginRepository(repo_dir)  # loaded under the lock: nobody commits meanwhile
 
 
 def _report(repo: OriginRepository, done: list[str]) -> None:

@@ -178,6 +178,7 @@ class OriginRepository(Repository):
         self.targets_dir = self.dir / "targets"
         self.clock = clock or _utcnow
         self._signers: dict[str, list[Signer]] = {}
+        self._missing: dict[str, list[str]] = {}  # why configured keys did not load
         self._bytes: dict[str, bytes] = {}
         self._md: dict[str, Metadata[Any]] = {}
         self._pending: list[str] = []
@@ -424,11 +425,15 @@ class OriginRepository(Repository):
             keyids, _ = self._role_keys(role)
             keys = self._public_keys()
             configured = self.config.signers.get(label, {})
-            self._signers[label] = [
-                load_signer(self.dir, configured[keyid], keys[keyid])
-                for keyid in keyids
-                if keyid in configured and keyid in keys
-            ]
+            loaded, missing = [], []
+            for keyid in keyids:
+                if keyid in configured and keyid in keys:
+                    try:
+                        loaded.append(load_signer(self.dir, configured[keyid], keys[keyid]))
+                    except OriginError as exc:  # a key not here: a threshold may do without
+                        missing.append(str(exc))
+            self._signers[label] = loaded
+            self._missing[label] = missing
         return self._signers[label]
 
     def _public_keys(self) -> dict[str, Key]:
@@ -445,9 +450,11 @@ class OriginRepository(Repository):
         signers = self._signers_for(role)
         _, threshold = self._role_keys(role)
         if len(signers) < threshold:
+            label = BIN_N if role.startswith("bin-") else role
+            why = "; ".join(self._missing.get(label, []))
             raise OriginError(
                 f"cannot sign {role}: {len(signers)} of the {threshold} required keys are "
-                "available here"
+                "available here" + (f" ({why})" if why else "")
             )
         for signer in signers:
             md.sign(signer, append=True)
@@ -744,6 +751,16 @@ class OriginRepository(Repository):
         if not 1 <= threshold <= len(keys):
             raise OriginError(f"threshold {threshold} needs 1 .. {len(keys)} keys")
         old_root_signers = list(self._signers_for("root"))
+        _, root_threshold = self._role_keys("root")
+        # Every rotation but bins' and bin-n's writes a root, and clients follow
+        # a new root only if the old root's threshold signed it.
+        writes_root = role in ("root", "targets", "snapshot", "timestamp")
+        if writes_root and len(old_root_signers) < root_threshold:
+            why = "; ".join(self._missing.get("root", []))
+            raise OriginError(
+                f"cannot sign a new root: {len(old_root_signers)} of the {root_threshold} "
+                f"root keys it needs are available here ({why})"
+            )
         old_config = self.config
         new_ids = {key.keyid: uri for uri, key in keys}
         # Until the new metadata is on disk, the configuration names both the

@@ -516,3 +516,15 @@ def test_a_removed_artifact_leaves_the_metadata_and_its_name_stays_taken(tmp_pat
     with pytest.raises(OriginError, match="not published"):
         repo.remove(["p/never-1.tar.gz"])
     assert set(OriginRepository(repo.dir).removed()) == {"p/evil-1.tar.gz", "p/twin-1.tar.gz"}
+
+
+def test_a_root_rotation_without_the_old_root_keys_is_refused(tmp_path: Path) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), root_threshold=2)
+    (repo.dir / "keys" / "root-2.pem").unlink()  # one root key holder is absent
+    repo = OriginRepository(repo.dir)
+    with pytest.raises(OriginError, match="1 of the 2 root keys"):
+        repo.rotate(
+            "root", [generate_file_key(repo.dir, "new-1"), generate_file_key(repo.dir, "new-2")]
+        )
+    assert repo._md["root"].signed.version == 1
+    assert repo.rotate("bin-n", [generate_file_key(repo.dir, "bins-new")])  # no root needed
