@@ -191,7 +191,13 @@ class MultiSourceFetcher(FetcherInterface):
                     reasons[source.url] = f"HTTP {response.status}"
                     continue
                 self.last_source = source.url
-                yield from pieces(response)
+                started, got = time.monotonic(), 0
+                for piece in pieces(response):  # python-tuf bounds the length; we, the rate
+                    got += len(piece)
+                    elapsed = time.monotonic() - started
+                    if elapsed > self.config.grace and got / elapsed < self.config.min_rate:
+                        raise DownloadError(f"{source.url}: too slow: {got / elapsed:.0f} B/s")
+                    yield piece
                 done_with(response, whole=True)
                 response = None
                 return

@@ -21,7 +21,7 @@ from tests.helpers.origin import (
     start_server,
     tufmesh,
 )
-from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig
+from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig, SourceHealth
 from tufmesh.errors import ClientError, MetadataRefusedError, NotInMetadataError, SourcesFailedError
 
 BIG = "demo/demo-1.0.tar.gz"  # 6.5 chunks
@@ -255,6 +255,25 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
     tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
             "--origin", origin.url, "--home", str(home))  # fmt: skip
     assert (home / "metadata" / "timestamp.json").read_bytes() == cached
+
+
+@pytest.mark.attack
+def test_a_plain_tuf_repository_that_trickles_its_targets_is_given_up(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A plain TUF repository's targets stream whole (no chunks, no /blobs/):
+    a byte a second is still abandoned after the grace period."""
+    with mirrors(origin.repo, "trickle") as (slow,):
+        source = SourceHealth(
+            slow.url, metadata_url=f"{origin.url}/metadata", targets_url=f"{slow.url}/targets"
+        )
+        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+        started = time.monotonic()
+        with Client(tmp_path / "plain", root, [source], **FAST) as client:
+            with pytest.raises(ClientError, match="too slow"):
+                client.download(SMALL, tmp_path / "out")
+        assert time.monotonic() - started < 15  # the helper trickles for 30 s
+    assert not (tmp_path / "out" / SMALL.rsplit("/", 1)[1]).exists()
 
 
 def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
