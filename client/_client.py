@@ -114,6 +114,9 @@ class Client:
             self.fetch_config,
         )
         self._updater: Updater | None = None
+        # Each source's failures when the current run began: one that failed
+        # anywhere since (metadata, manifest, chunks) is not forgiven.
+        self._failures_before = {h.url: h.failures for h in self.fetcher.sources}
 
     @classmethod
     def from_home(cls, home: ClientHome, **kwargs: Any) -> Client:
@@ -398,9 +401,11 @@ class Client:
                 continue
             if stat.rate is not None and stat.bytes >= 1 << 20:  # tiny files say nothing
                 health.throughput = stat.rate
-            if stat.chunks and not stat.failures and health.failures:
+            clean = health.failures == self._failures_before.get(health.url, 0)
+            if stat.chunks and not stat.failures and clean and health.failures:
                 health.failures -= 1  # a clean run forgives an old failure, one at a time
             health.failures += stat.failures
+            self._failures_before[health.url] = health.failures
             if stat.banned or stat.last_error:
                 health.last_error = stat.banned or stat.last_error
 

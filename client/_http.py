@@ -165,6 +165,10 @@ class RangePool:
                 raise HttpError(f"connection failed: {_reason(exc)}") from None
             status, version, headers = await self._read_head(conn)
             whole = status == 200 and offset == 0 and length == whole_length
+            declared_text = headers.get(b"content-length")
+            if declared_text is not None and not declared_text.isdigit():
+                raise HttpError(f"bad Content-Length {declared_text[:40]!r}")
+            declared = int(declared_text) if declared_text is not None else None
             refused = headers.get(b"x-tufmesh-refused")
             if status == 503 and refused in (b"busy", b"seeded"):
                 try:
@@ -173,13 +177,14 @@ class RangePool:
                     retry = 1.0
                 # Honoured up to MAX_RETRY: a peer cannot park us for long.
                 retry = min(max(retry, 0.05), MAX_RETRY) if retry == retry else 1.0
+                if declared is not None and declared <= MAX_HEAD:
+                    # Read the (empty or short) answer through: the connection
+                    # serves the next request, with no new handshake.
+                    await self._skip(conn, declared)
+                    reusable = _keep_alive(version, headers)
                 raise Refused(refused.decode(), retry)
             if status != 206 and not whole:
                 raise HttpError(f"HTTP {status}")
-            declared_text = headers.get(b"content-length")
-            if declared_text is not None and not declared_text.isdigit():
-                raise HttpError(f"bad Content-Length {declared_text[:40]!r}")
-            declared = int(declared_text) if declared_text is not None else None
             if declared is not None and declared > length:
                 raise TooLong(f"announced {declared} bytes for a {length}-byte range")
             body = bytearray(length + 1)  # one spare byte catches a longer body
@@ -199,10 +204,7 @@ class RangePool:
                 raise TooLong(f"sent more than the {length} bytes asked for")
             if got < length:
                 raise HttpError(f"connection closed after {got} of {length} bytes")
-            keep = headers.get(b"connection")
-            reusable = declared is not None and (
-                keep == b"keep-alive" if version == b"HTTP/1.0" else keep != b"close"
-            )
+            reusable = declared is not None and _keep_alive(version, headers)
             view.release()
             del body[length:]
             return body
@@ -211,6 +213,18 @@ class RangePool:
                 pool.append(conn)
             else:
                 conn.close()
+
+    async def _skip(self, conn: _Conn, count: int) -> None:
+        """Read and drop ``count`` bytes of a body."""
+        taken = min(count, len(conn.leftover))
+        del conn.leftover[:taken]
+        count -= taken
+        scratch = memoryview(bytearray(min(count, 65536) or 1))
+        while count:
+            got = await self._recv_into(conn, scratch[: min(count, len(scratch))])
+            if not got:
+                raise HttpError("connection closed in a refusal's body")
+            count -= got
 
     async def _read_head(self, conn: _Conn) -> tuple[int, bytes, dict[bytes, bytes]]:
         buffer = conn.leftover
@@ -244,6 +258,12 @@ class RangePool:
             for conn in conns:
                 conn.close()
         self._idle.clear()
+
+
+def _keep_alive(version: bytes, headers: dict[bytes, bytes]) -> bool:
+    """Whether the server keeps the connection open after this response."""
+    keep = headers.get(b"connection")
+    return keep == b"keep-alive" if version == b"HTTP/1.0" else keep != b"close"
 
 
 def _reason(exc: BaseException) -> str:

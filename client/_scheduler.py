@@ -196,6 +196,7 @@ class ChunkScheduler:
         # if it seeded the chunk elsewhere: ``patient``).
         self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
+        self._delivered: dict[str, float] = {}  # when each source last delivered a chunk
         if self.config.seed is None:
             rank = list(range(self.count))
         else:
@@ -418,15 +419,17 @@ class ChunkScheduler:
 
     def _full_serves(self) -> bool:
         """True unless every peer holding everything is resting after refusing us
-        without ever having delivered: an "all" that is never honoured (a busy
-        answer forever) must not keep the fallback closed."""
+        and has delivered nothing for ``patience``: an "all" that is not being
+        honoured (a busy answer forever, perhaps after one chunk) must not keep
+        the fallback closed."""
         if not self._resting:
             return True
-        stats, resting, now = self.stats, self._resting, self._now
+        resting, now = self._resting, self._now
+        recent = now - self.config.patience
         return any(
             has is None
-            and stats[s].banned is None
-            and (stats[s].chunks or resting.get(s, 0) <= now)
+            and self.stats[s].banned is None
+            and (resting.get(s, 0) <= now or self._delivered.get(s, -1.0) >= recent)
             for s, has in self._has.items()
             if s not in self.fallback
         )
@@ -517,6 +520,7 @@ class ChunkScheduler:
         stats.bytes += nbytes
         stats.chunks += 1
         stats.consecutive_failures = 0
+        self._delivered[source] = now
         if stats.chunks % 8 == 1:
             self._order = None  # re-rank by rate now and then
         if index in self.have:

@@ -223,7 +223,7 @@ class Mirror:
             report.error = str(exc)
         report.bytes_by_source = dict(fetched)
         report.seconds = time.monotonic() - started
-        self._record(report)
+        self.record(report)
         return report
 
     def _publish(self, client: Client, targets: list[Any]) -> int:
@@ -287,7 +287,9 @@ class Mirror:
             lambda state: state.update(p2p_peers=peers, newest_announced=newest_announced)
         )
 
-    def _record(self, report: SyncReport) -> None:
+    def record(self, report: SyncReport) -> None:
+        """Add a sync's outcome to the state ``mirror status`` and ``/healthz`` read."""
+
         def update(state: dict[str, Any]) -> None:
             totals = Counter(state.get("bytes_fetched_by_source", {}))
             totals.update(report.bytes_by_source)

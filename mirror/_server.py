@@ -191,9 +191,11 @@ async def run_mirror(
             wake = trio.Event()
             try:
                 report = await trio.to_thread.run_sync(mirror.sync, swarm)
-            except Exception as exc:  # a bug of ours: say all of it, and keep serving
-                traceback.print_exc()
+            except Exception as exc:  # a bug of ours: say all of it (once), and keep serving
                 report = SyncReport(error=f"internal error: {type(exc).__name__}: {exc}")
+                if report.error != failing:
+                    traceback.print_exc()
+                mirror.record(report)  # so /healthz and `mirror status` say so
             if report.error != failing:  # say so once, not at every poll
                 failing = report.error
                 note = f"sync failed: {failing}" if failing else "sync works again"

@@ -310,17 +310,15 @@ class Swarm:
             else:
                 with trio.fail_after(QUERY_TIMEOUT):
                     record = await _post_json(client, f"{url}/have", body, MAX_RECORD)
-            if not isinstance(record, dict):
-                raise ValueError("not a have-record")
-        except Exception as exc:
+            peers, entry = _check_record(record, cid)
+        except Exception as exc:  # no answer, or not a have-record: a failed query
             if self._failed(url):
                 scheduler.drop(url, f"have-queries failed ({exc})")
                 return False
             return True
         self._answered(url)
-        for peer in record.get("peers", [])[:8]:
+        for peer in peers[:8]:
             self.learn(peer)
-        entry = record.get("blobs", {}).get(cid) if isinstance(record.get("blobs"), dict) else None
         has, claims = parse_record(entry, scheduler.count)
         if has is None and entry == "all":
             scheduler.add_source(url)
@@ -357,6 +355,17 @@ async def _post_json(client: Any, url: str, body: object, limit: int) -> object:
             raise ValueError(f"answered with Content-Encoding {coding[:40]!r}")
         data = await read_at_most(response.aiter_raw(), limit)
     return json.loads(data)
+
+
+def _check_record(record: object, cid: str) -> tuple[list[object], object]:
+    """The peers a have-record names and its entry for ``cid``, or ValueError
+    if it is not a have-record (every field a peer sends is checked here)."""
+    if not isinstance(record, dict):
+        raise ValueError("not a have-record")
+    peers, blobs = record.get("peers", []), record.get("blobs", {})
+    if not isinstance(peers, list) or not isinstance(blobs, dict):
+        raise ValueError("not a have-record: 'peers' must be a list, 'blobs' an object")
+    return peers, blobs.get(cid)
 
 
 def _holds(has_blob: Any, cid: str) -> bool:

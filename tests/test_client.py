@@ -117,19 +117,23 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
 def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
     origin: Server, tmp_path: Path
 ) -> None:
-    """Metadata served well, blobs a byte a second: the manifest (whose length
-    nothing signs) gets the slow-retrieval defence too, and the failure is
-    remembered, so the next run asks that mirror after the origin."""
-    with mirrors(origin.repo, "blobtrickle") as (liar,):
-        with client_for(origin, tmp_path, liar.url, origin.url, name="c") as client:
-            for health in client.fetcher.sources:
-                health.failures = 1 if health.url == origin.url else 0  # one old failure
+    """Metadata and chunks served well, the manifest a byte a second: the
+    manifest (whose length nothing signs) gets the slow-retrieval defence too,
+    and the failure is remembered (its good chunks do not make up for it), so
+    the next run asks that mirror after the origin."""
+    with mirrors(origin.repo, "manifesttrickle") as (liar,):
+        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+        sources = [liar.url, SourceHealth(origin.url, failures=1)]  # one old failure
+        with Client(tmp_path / "c", root, sources, **FAST) as client:
             started = time.monotonic()
             result = client.download(BIG, tmp_path / "out")
             assert time.monotonic() - started < 20
             assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
-            health = {h.url: h for h in client.fetcher.sources}[liar.url]
-            assert health.failures >= 1 and "manifest" in (health.last_error or "")
+            health = {h.url: h for h in client.fetcher.sources}
+            assert result.sources[liar.url].chunks > 0  # its chunks were good
+            assert health[liar.url].failures == 1, health[liar.url]
+            assert "manifest" in (health[liar.url].last_error or "")
+            assert health[origin.url].failures == 0  # a clean run forgave its old one
             assert client.fetcher.ordered()[0].url == origin.url
 
 

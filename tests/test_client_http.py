@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from tests.helpers.tls import make_ca_and_cert
-from tufmesh.client._http import HttpError, RangePool, TooLong
+from tufmesh.client._http import HttpError, RangePool, Refused, TooLong
 
 BODY = bytes(range(256)) * 4  # 1 KiB
 
@@ -116,3 +116,23 @@ def test_https_ranges_are_checked_against_the_trusted_cas(
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     # Both answers on one kept-alive TLS connection (the server's one handler).
     assert fetch([ok(BODY[:16]), ok(BODY[16:32])], count=2, tls=server) == [BODY[:16], BODY[16:32]]
+
+
+BUSY = b"HTTP/1.1 503 Busy\r\nx-tufmesh-refused: busy\r\nretry-after: 1\r\ncontent-length: 5\r\n\r\nbusy\n"
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_refusal_keeps_the_connection_for_the_next_request(
+    tls: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answers on one connection only: a second answer proves reuse
+    (over TLS, a handshake saved per refusal)."""
+    context = None
+    if tls:
+        ca, cert, key = make_ca_and_cert(tmp_path)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    refused, served = fetch([BUSY, ok(BODY[:16])], count=2, tls=context)
+    assert isinstance(refused, Refused) and refused.retry == 1.0
+    assert served == BODY[:16]

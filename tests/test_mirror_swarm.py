@@ -145,6 +145,14 @@ class _Hostile:
             conn, _ = self.listener.accept()
         with conn, contextlib.suppress(OSError):
             conn.recv(65536)
+            if self.mode in ("null-peers", "list-blobs"):  # well-formed JSON, not a record
+                body = b'{"peers": null}' if self.mode == "null-peers" else b'{"blobs": [1]}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                self.sent = len(body)
+                return
             if self.mode == "bomb":  # a few KiB on the wire, 256 MiB once unpacked twice
                 inner = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip, built a MiB at a time
                 zeros = bytes(1 << 20)
@@ -170,8 +178,8 @@ class _Hostile:
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("mode", ["flood", "trickle", "bomb"])
-def test_a_have_answer_that_never_ends_costs_one_query(mode: str) -> None:
+@pytest.mark.parametrize("mode", ["flood", "trickle", "bomb", "null-peers", "list-blobs"])
+def test_a_hostile_have_answer_costs_one_query(mode: str) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     hostile = _Hostile(mode)
     swarm = Swarm(url="http://me", peers=[hostile.url])

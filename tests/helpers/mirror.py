@@ -19,7 +19,7 @@ from tufmesh.cas import BlobStore
 
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
-    "rollback", "freeze", "slow", "badlength", "busy", "blobtrickle",
+    "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -100,7 +100,9 @@ class Mirror:
         if behaviour in ("404", "500"):
             request.send_error(int(behaviour))
             return
-        if behaviour == "busy" and is_blob:
+        if is_blob and (
+            behaviour == "busy" or (behaviour == "busyafterone" and self.blob_requests > 1)
+        ):
             # A refusal that is never a failure, for as long as it may ask.
             request.send_response(503)
             request.send_header("x-tufmesh-refused", "busy")
@@ -154,7 +156,10 @@ class Mirror:
                 request.wfile.flush()
                 request.close_connection = True
                 return
-            if behaviour == "trickle" or (behaviour == "blobtrickle" and is_blob):
+            # "manifesttrickle": a whole blob (a manifest) a byte a second, ranges honestly.
+            if behaviour == "trickle" or (
+                behaviour == "manifesttrickle" and is_blob and not ranged
+            ):
                 deadline = time.monotonic() + 30
                 for i in range(len(body)):
                     if time.monotonic() > deadline:
