@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import httpx
 
 from tufmesh._ui import PORT, SIZE, Group, format_size, progress_bar, run_service
 from tufmesh.errors import OriginError, TufmeshError, UsageError
-from tufmesh.origin._config import ROLES, OriginConfig
+from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._names import check_filename
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._publish import upload
@@ -19,6 +21,8 @@ from tufmesh.origin._repository import OriginRepository
 from tufmesh.origin._server import serve as serve_repository
 
 __all__ = ["origin", "publish"]
+
+T = TypeVar("T")
 
 repo_option = click.option(
     "--dir",
@@ -157,7 +161,8 @@ def serve(
     """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
     from tufmesh.p2p import check_peer_address
 
-    OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
+    repo = OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
+    _refuse_broken(repo)
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     run_service(
         lambda ready: serve_repository(
@@ -174,11 +179,30 @@ def serve(
     )
 
 
+def _refuse_broken(repo: OriginRepository) -> None:
+    """Refuse to serve offline roles that clients would refuse (the online ones
+    the committer re-signs as it starts)."""
+    offline = [r for r in repo.broken if r in OFFLINE_ROLES]
+    if offline:
+        raise OriginError(
+            f"{', '.join(offline)} not signed by the keys now named for it (a ceremony "
+            f"cut short?): run 'tufmesh origin sign --dir {repo.dir} {' '.join(offline)}'"
+        )
+
+
 @origin.command()
 @repo_option
 def status(repo_dir: Path) -> None:
     """Roles, versions, keys, thresholds and expiries."""
     repo = OriginRepository(repo_dir)
+    if repo.broken:
+        click.secho(
+            f"warning: {', '.join(repo.broken)} not signed by the keys now named for them: "
+            "clients refuse them until they are signed again ('origin sign', or 'origin "
+            "serve' for the online roles)",
+            fg="yellow",
+            err=True,
+        )
     now = datetime.now(UTC)
     click.echo(f"repository {repo_dir}")
     click.echo(
@@ -235,18 +259,14 @@ def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
     in config.json reachable here) and the origin stopped.
     """
     repo = _ceremony(repo_dir)
-    _report(repo, repo.resign(roles))
+    _report(repo, _on_disk(lambda: repo.resign(roles)))
 
 
 @origin.command()
 @repo_option
 @click.argument("role", type=click.Choice(ROLES))
 @click.option(
-    "--signer",
-    "uris",
-    multiple=True,
-    metavar="URI",
-    help="A new key's signer URI (repeatable); none: a new Ed25519 file key.",
+    "--signer", "uris", multiple=True, metavar="URI", help="A new key's signer URI (repeatable)."
 )
 @click.option(
     "--public-key",
@@ -257,13 +277,21 @@ def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
     help="The public key of the matching --signer; needed for non-file signers.",
 )
 @click.option(
+    "--new-keys",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Also generate this many Ed25519 file keys under REPO/keys "
+    "[default: one, if no --signer].",
+)
+@click.option(
     "--threshold",
     type=click.IntRange(min=1),
     default=None,
-    help="Keys that must sign ROLE [default: as before, at most the new keys].",
+    help="Keys that must sign ROLE [default: as before].",
 )
 def rotate(
-    repo_dir: Path, role: str, uris: tuple[str, ...], pems: tuple[str, ...], threshold: int | None
+    repo_dir: Path, role: str, uris: tuple[str, ...], pems: tuple[str, ...],
+    new_keys: int | None, threshold: int | None,
 ) -> None:  # fmt: skip
     """Replace every key of ROLE (a compromise, or a key holder leaving).
 
@@ -276,8 +304,6 @@ def rotate(
 
     if len(pems) > len(uris):
         raise UsageError("each --public-key goes with a --signer")
-    if not uris and (threshold or 1) > 1:
-        raise UsageError(f"a threshold of {threshold} needs a --signer for each key")
     repo = _ceremony(repo_dir)
     keys = []
     for i, uri in enumerate(uris):
@@ -286,28 +312,43 @@ def rotate(
             else public_key_from_uri(repo_dir, uri)
         )  # fmt: skip
         keys.append((uri, key))
-    generated = None
-    if not keys:
+    generated: list[Path] = []
+    for _ in range(new_keys if new_keys is not None else 0 if uris else 1):
         n = 1
         while (repo_dir / "keys" / f"{role}-{n}.pem").exists():
             n += 1
-        generated = repo_dir / "keys" / f"{role}-{n}.pem"
-        keys = [generate_file_key(repo_dir, generated.stem)]
-    old = {row.role.split(" ")[0]: row.keyids for row in repo.status()}
-    try:
-        done = repo.rotate(role, keys, threshold)
-    except BaseException:
-        if generated is not None:
-            generated.unlink()  # never used: no stray key left behind
-        raise
-    if generated is not None:
-        click.echo(f"generated keys/{generated.name}")
-    _report(repo, done)
+        generated.append(repo_dir / "keys" / f"{role}-{n}.pem")
+        keys.append(generate_file_key(repo_dir, generated[-1].stem))
+    sample = repo.status()
     label = "bin-*" if role == "bin-n" else role
-    click.echo(
-        f"  {role}'s keys were {', '.join(k[:12] for k in old.get(label, ()))}: "
-        "destroy them (file keys: their .pem under keys/)"
-    )
+    old = next(row.keyids for row in sample if row.role.split(" ")[0] == label)
+    try:
+        done = _on_disk(lambda: repo.rotate(role, keys, threshold))
+    except BaseException:
+        # A key the configuration does not name (the rotation never reached the
+        # disk) is no key at all: leave no stray one behind.
+        named = OriginConfig.load(repo_dir).signers.get(role, {}).values()
+        for path in generated:
+            if f"keys/{path.name}" not in " ".join(named):
+                path.unlink(missing_ok=True)
+        raise
+    for path in generated:
+        click.echo(f"generated keys/{path.name}")
+    _report(repo, done)
+    retired = [k for k in old if k not in {key.keyid for _, key in keys}]
+    if retired:
+        click.echo(
+            f"  retired {role} keys {', '.join(k[:12] for k in retired)}: destroy them "
+            "(file keys: their .pem under keys/)"
+        )
+
+
+def _on_disk(operation: Callable[[], T]) -> T:
+    """Run a ceremony's ``operation``; a failing disk is one line, not a traceback."""
+    try:
+        return operation()
+    except OSError as exc:
+        raise OriginError(f"the ceremony stopped: {exc.strerror or exc}") from None
 
 
 @origin.command()
@@ -317,14 +358,14 @@ def remove(repo_dir: Path, paths: tuple[str, ...]) -> None:
     """Take published artifacts out of the signed metadata (a malicious upload).
 
     With the origin stopped. Mirrors drop them at their next sync and clients
-    no longer find them; their names are never published again.
+    no longer find them; their names are never published again. A removal
+    cut short is finished by running it again.
     """
     repo = _ceremony(repo_dir)
-    found = {path: repo.find(path) for path in paths}
-    version = repo.remove(paths)
-    for path, target in found.items():
-        assert target is not None
-        click.echo(f"removed {path}  sha256 {target.hashes['sha256'][:16]}…")
+    version = _on_disk(lambda: repo.remove(paths))
+    removed = repo.removed()
+    for path in dict.fromkeys(paths):
+        click.echo(f"removed {path}  sha256 {removed[path]['sha256'][:16]}…")
     click.echo(f"  snapshot v{version}; start the origin again to serve it")
 
 

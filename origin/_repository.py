@@ -179,6 +179,7 @@ class OriginRepository(Repository):
         self.clock = clock or _utcnow
         self._signers: dict[str, list[Signer]] = {}
         self._missing: dict[str, list[str]] = {}  # why configured keys did not load
+        self.broken: list[str] = []  # roles not signed as their delegator says (see load)
         self._bytes: dict[str, bytes] = {}
         self._md: dict[str, Metadata[Any]] = {}
         self._pending: list[str] = []
@@ -347,6 +348,28 @@ class OriginRepository(Repository):
         for filename, meta in snapshot.meta.items():
             role = filename.removesuffix(".json")
             self._read(role, self.metadata_dir / f"{meta.version}.{filename}")
+        self.broken = self._unverified()
+
+    def _unverified(self) -> list[str]:
+        """Roles whose published version is not signed by the keys their
+        delegator names now: what a ceremony cut short between the new root (or
+        delegation) and the metadata it re-signs leaves behind. Clients refuse
+        them; ``refresh`` re-signs the online ones, ``resign`` any."""
+        broken = []
+        for role, md in self._md.items():
+            if role == "root":
+                continue
+            if role in ("targets", "snapshot", "timestamp"):
+                delegator: Root | Targets = self._md["root"].signed
+            elif role == DELEGATING_BINS:
+                delegator = self._md["targets"].signed
+            else:
+                delegator = self._md[DELEGATING_BINS].signed
+            try:
+                delegator.verify_delegate(role, md.signed_bytes, md.signatures)
+            except Exception:  # UnsignedMetadataError, or a role it no longer delegates
+                broken.append(role)
+        return sorted(broken)
 
     def _read(self, role: str, path: Path) -> None:
         try:
@@ -632,28 +655,31 @@ class OriginRepository(Repository):
         """
         now = self.clock()
         refreshed = []
+        broken = set(self.broken)  # online roles a cut-short ceremony left unsigned
         try:
             for role in sorted(self._md):
-                if role.startswith("bin-") and (force or self._stale(role, now)):
+                due = force or role in broken or self._stale(role, now)
+                if role.startswith("bin-") and due:
                     with self.edit_targets(role):
                         pass
                     refreshed.append(role)
-            snap_stale = force or self._stale("snapshot", now)
+            snap_stale = force or "snapshot" in broken or self._stale("snapshot", now)
             if self.do_snapshot(force=snap_stale)[0]:
                 refreshed.append("snapshot")
-            ts_stale = force or self._stale("timestamp", now)
+            ts_stale = force or "timestamp" in broken or self._stale("timestamp", now)
             if self.do_timestamp(force=ts_stale)[0]:
                 refreshed.append("timestamp")
             self.flush()
+            self.broken = [r for r in self.broken if r not in refreshed]
         except BaseException:
             self.load()
             raise
         return refreshed
 
-    def removed(self) -> dict[str, dict[str, str]]:
+    def removed(self) -> dict[str, dict[str, Any]]:
         """Paths published once and removed since: ``{path: {"sha256", "removed"}}``."""
         try:
-            data: dict[str, dict[str, str]] = json.loads((self.dir / "removed.json").read_text())
+            data: dict[str, dict[str, Any]] = json.loads((self.dir / "removed.json").read_text())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -662,52 +688,65 @@ class OriginRepository(Repository):
 
     def remove(self, paths: Iterable[str]) -> int:
         """Take published artifacts out of the signed metadata (a malicious upload,
-        after a token leaked): out of their bins, their links and pins gone, their
-        names never published again. Returns the new snapshot version."""
+        after a token leaked): out of their bins, then their links, pins and (unless
+        another project holds the same bytes) blobs gone, and their names never
+        published again. A path removed already is cleaned up again (a removal
+        cut short after its commit). Returns the snapshot version."""
         wanted = list(dict.fromkeys(paths))
         removed = self.removed()
         now = self.clock().isoformat(timespec="seconds")
-        gone: list[TargetFile] = []
+        edited = False
         try:
             for path in wanted:
                 target = self.find(path)
                 if target is None:
+                    if path in removed:
+                        continue  # its metadata is gone already; clean up below
                     raise OriginError(f"{path} is not published")
                 with self.edit_targets(self.succinct.get_role_for_target(path)) as bin_role:
                     del bin_role.targets[path]
-                removed[path] = {"sha256": target.hashes["sha256"], "removed": now}
-                gone.append(target)
-            # The record first: were the commit cut short, the names stay taken.
-            write_atomic(self.dir / "removed.json", (json.dumps(removed, indent=1) + "\n").encode())
-            self.do_snapshot()
-            self.do_timestamp()
-            self.flush()
+                custom = target.unrecognized_fields.get("custom", {})
+                removed[path] = {
+                    "sha256": target.hashes["sha256"],
+                    "blobs": sorted({custom.get("cid"), custom.get("manifest")} - {None}),
+                    "removed": now,
+                }
+                edited = True
+            if edited:
+                # The record first: were the commit cut short, the names stay taken.
+                data = (json.dumps(removed, indent=1) + "\n").encode()
+                write_atomic(self.dir / "removed.json", data)
+                self.do_snapshot()
+                self.do_timestamp()
+                self.flush()
         except BaseException:
             self.load()
             raise
-        for target in gone:
-            self._unlink(target)
+        for path in wanted:
+            self._unlink(path, removed[path])
         return int(self._md["snapshot"].signed.version)
 
-    def _unlink(self, target: TargetFile) -> None:
+    def _unlink(self, path: str, record: dict[str, Any]) -> None:
         """Drop a removed artifact's link in ``targets/`` and, if nothing else
-        published in its project has its bytes, its project's pins."""
-        project, filename = target.path.split("/", 1)
-        sha256 = target.hashes["sha256"]
-        link = self.targets_dir / project / f"{sha256}.{filename}"
+        published in its project has its bytes, its pins and its blobs."""
+        project, filename = path.split("/", 1)
+        link = self.targets_dir / project / f"{record['sha256']}.{filename}"
         link.unlink(missing_ok=True)
-        custom = target.unrecognized_fields.get("custom", {})
-        blobs = {custom.get("cid"), custom.get("manifest")} - {None}
         still = {
             t.unrecognized_fields.get("custom", {}).get(key)
             for t in self.artifacts()
             if t.path.startswith(f"{project}/")
             for key in ("cid", "manifest")
         }
-        unused = [cid for cid in blobs if cid not in still]
-        if unused:
-            with contextlib.suppress(PinError):  # no pin set: nothing to unpin
-                self.store.unpin(f"project:{project}", unused)
+        unused = [cid for cid in record.get("blobs", []) if cid not in still]
+        if not unused:
+            return
+        with contextlib.suppress(PinError):  # no pin set: nothing to unpin
+            self.store.unpin(f"project:{project}", unused)
+        for cid in unused:
+            # Gone at once, not at the next gc; kept if another project pins it.
+            with contextlib.suppress(PinError, BlobNotFoundError):
+                self.store.delete(cid)
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------
 
@@ -727,6 +766,7 @@ class OriginRepository(Repository):
         except BaseException:
             self.load()
             raise
+        self.broken = self._unverified()
         return done
 
     def rotate(
@@ -746,10 +786,18 @@ class OriginRepository(Repository):
         if not keys:
             raise OriginError("a rotation needs at least one new key")
         sample = self._bins()[0] if role == BIN_N else role
-        _, old_threshold = self._role_keys(sample)
-        threshold = threshold or min(old_threshold, len(keys))
+        old_keyids, old_threshold = self._role_keys(sample)
+        if threshold is None:
+            if len(keys) < old_threshold:
+                raise OriginError(
+                    f"{role} has a threshold of {old_threshold}: give that many new keys, "
+                    "or lower it explicitly (--threshold)"
+                )
+            threshold = old_threshold
         if not 1 <= threshold <= len(keys):
             raise OriginError(f"threshold {threshold} needs 1 .. {len(keys)} keys")
+        if {key.keyid for _, key in keys} == set(old_keyids):
+            raise OriginError(f"those are {role}'s keys already: nothing to rotate")
         old_root_signers = list(self._signers_for("root"))
         _, root_threshold = self._role_keys("root")
         # Every rotation but bins' and bin-n's writes a root, and clients follow
@@ -783,8 +831,12 @@ class OriginRepository(Repository):
                 done += self._resign_role(role)
             self._finish_ceremony(done)
         except BaseException:
-            self._use_signers(old_config)
             self.load()
+            # What reached the disk decides: once published metadata names the
+            # new keys, the configuration must keep them (and the old ones, for
+            # what is still signed by them) or nothing could sign that role.
+            if not set(self._role_keys(sample)[0]) & set(new_ids):
+                self._use_signers(old_config)
             raise
         self._use_signers(
             dataclasses.replace(old_config, signers={**old_config.signers, role: new_ids})

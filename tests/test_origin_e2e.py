@@ -408,6 +408,18 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
         "origin", "rotate", "--dir", str(repo), "bins", "--signer", "gcpkms:x", check=False
     )
     assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    # Root to two new keys, both needed; then one key alone would lower that.
+    doubled = tufmesh("origin", "rotate", "--dir", str(repo), "root", "--new-keys", "2",
+                      "--threshold", "2").stdout  # fmt: skip
+    assert "generated keys/root-2.pem" in doubled and "generated keys/root-3.pem" in doubled
+    assert "retired root keys" in doubled
+    weaker = tufmesh("origin", "rotate", "--dir", str(repo), "root", check=False)
+    assert weaker.returncode == 1 and "threshold of 2" in weaker.stderr
+    assert not (repo / "keys" / "root-4.pem").exists()  # the unused new key is not left behind
+    with running(repo) as server:
+        updater = tuf_updater(server.url, repo, cache)
+        updater.refresh()  # root v4: signed by the old root key and both new ones
+        assert updater.get_targetinfo("proj/b-1.tar.gz") is not None
 
 
 def test_removing_a_malicious_upload_from_the_cli(repo: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, Unsigned
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
 from tuf.ngclient import FetcherInterface, Updater
 
+from tests.helpers.origin import tufmesh
 from tufmesh.errors import (
     AuthError,
     ConflictError,
@@ -249,7 +251,6 @@ def test_same_bytes_beyond_the_hard_link_limit_fall_back_to_a_symlink(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import errno
-    import os
 
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
 
@@ -528,3 +529,75 @@ def test_a_root_rotation_without_the_old_root_keys_is_refused(tmp_path: Path) ->
         )
     assert repo._md["root"].signed.version == 1
     assert repo.rotate("bin-n", [generate_file_key(repo.dir, "bins-new")])  # no root needed
+
+
+@pytest.mark.parametrize("role", ["root", "targets", "bins", "bin-n", "timestamp"])
+def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    """The disk fails as the new timestamp is written (the last write): whatever
+    reached the disk, the configuration can sign it, the repository says which
+    roles clients would refuse, and signing them again (the origin does so by
+    itself for the online ones) gives metadata python-tuf's client accepts."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    assert repo.publish([stored(repo, "p/a-1.tar.gz", b"one" * 100)]) == [2]
+    import tufmesh.origin._repository as module
+
+    real = module.write_atomic
+
+    def full_disk(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.name == "timestamp.json":
+            raise OSError(28, "No space left on device")
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", full_disk)
+    new = [generate_file_key(repo.dir, f"{role}-new")]
+    with pytest.raises(OSError, match="No space"):
+        repo.rotate(role, new)
+    monkeypatch.undo()
+    reopened = OriginRepository(repo.dir)
+    # The new key is kept wherever published metadata names it already.
+    named = reopened._role_keys(reopened._bins()[0] if role == "bin-n" else role)[0]
+    assert set(named) <= set(reopened.config.signers[role])
+    offline = [r for r in reopened.broken if r in ("targets", "bins")]
+    if offline:  # an origin will not serve what clients would refuse, and says why
+        refused = tufmesh("origin", "serve", "--dir", str(repo.dir), "--port", "0", check=False)
+        assert refused.returncode == 1, refused
+        assert f"run 'tufmesh origin sign --dir {repo.dir} {offline[0]}'" in refused.stderr
+        reopened.resign(offline)
+    reopened.refresh()  # what `origin serve` does as it starts
+    assert reopened.broken == []
+    client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    client.refresh()
+    assert client.get_targetinfo("p/a-1.tar.gz") is not None
+
+
+def test_a_rotation_never_lowers_a_threshold_unasked(tmp_path: Path) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), root_threshold=2)
+    with pytest.raises(OriginError, match="threshold of 2"):
+        repo.rotate("root", [generate_file_key(repo.dir, "only-one")])
+    same = [(uri, repo._public_keys()[k]) for k, uri in repo.config.signers["timestamp"].items()]
+    with pytest.raises(OriginError, match="already"):
+        repo.rotate("timestamp", same)
+    assert repo.rotate("root", [generate_file_key(repo.dir, "lone")], threshold=1)
+
+
+def test_a_removal_cut_short_is_finished_by_running_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    bad = stored(repo, "p/evil-1.tar.gz", b"malware" * 500)
+    assert repo.publish([bad]) == [2]
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt  # as if killed after its commit, before the cleanup
+
+    monkeypatch.setattr(OriginRepository, "_unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        repo.remove(["p/evil-1.tar.gz"])
+    monkeypatch.undo()
+    assert repo.store.has(bad.cid)  # still there, still pinned
+    again = OriginRepository(repo.dir)
+    assert again.remove(["p/evil-1.tar.gz"]) == 3  # nothing new to sign
+    assert not repo.store.has(bad.cid) and not repo.store.has(bad.manifest)  # gone at once
+    assert not (repo.targets_dir / "p" / f"{bad.sha256}.evil-1.tar.gz").exists()
