@@ -536,3 +536,45 @@ def test_malformed_requests_get_answers_not_server_errors(tmp_path: Path) -> Non
                         assert reply.status_code < 500 or reply.status_code == 503, (
                             method, path, options, reply.status_code, reply.text[:200],
                         )  # fmt: skip
+
+
+def test_a_bug_in_a_sync_is_reported_and_the_daemon_keeps_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An exception no one expected (a bug of ours) ends one sync, not the
+    daemon: /healthz and `mirror status` report it, its traceback is printed
+    once, and the next sync runs."""
+    import trio
+
+    from tufmesh.mirror._server import run_mirror
+
+    repo = init_repo(tmp_path / "repo")
+    root = repo / "metadata" / "1.root.json"
+    calls = []
+
+    class Buggy(Mirror):
+        def sync(self, swarm: object = None) -> object:  # type: ignore[override]
+            calls.append(1)
+            raise RuntimeError("a bug")
+
+    replica = Mirror.create(tmp_path / "m", root, ["http://127.0.0.1:9"])
+    buggy = Buggy(replica.dir)
+    health: list[dict] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                lambda task_status: run_mirror(
+                    buggy, "127.0.0.1", 0, 0.2, on_ready=task_status.started
+                )
+            )
+            await trio.sleep(1.0)
+            async with httpx.AsyncClient() as client:
+                health.append((await client.get(f"{url}/healthz")).json())
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(calls) >= 3  # it went on syncing
+    assert health[0]["status"] == "degraded"
+    assert "internal error: RuntimeError: a bug" in (health[0]["last_error"] or "")
+    assert capsys.readouterr().err.count("Traceback") == 1
