@@ -188,6 +188,12 @@ def _refuse_broken(repo: OriginRepository) -> None:
             f"{', '.join(offline)} not signed by the keys now named for it (a ceremony "
             f"cut short?): run 'tufmesh origin sign --dir {repo.dir} {' '.join(offline)}'"
         )
+    if repo.unremoved:
+        raise OriginError(
+            f"{', '.join(repo.unremoved)} recorded as removed but still published (a removal "
+            f"cut short): run 'tufmesh origin remove --dir {repo.dir} "
+            f"{' '.join(repo.unremoved)}' again"
+        )
 
 
 @origin.command()
@@ -195,6 +201,13 @@ def _refuse_broken(repo: OriginRepository) -> None:
 def status(repo_dir: Path) -> None:
     """Roles, versions, keys, thresholds and expiries."""
     repo = OriginRepository(repo_dir)
+    if repo.unremoved:
+        click.secho(
+            f"warning: {', '.join(repo.unremoved)} recorded as removed but still published: "
+            "run 'origin remove' again",
+            fg="yellow",
+            err=True,
+        )
     if repo.broken:
         click.secho(
             f"warning: {', '.join(repo.broken)} not signed by the keys now named for them: "
@@ -260,6 +273,7 @@ def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
     """
     repo = _ceremony(repo_dir)
     _report(repo, _on_disk(lambda: repo.resign(roles)))
+    _retired(repo, "", repo.retire_signers())  # e.g. a rotation this ceremony finished
 
 
 @origin.command()
@@ -313,16 +327,15 @@ def rotate(
         )  # fmt: skip
         keys.append((uri, key))
     generated: list[Path] = []
-    for _ in range(new_keys if new_keys is not None else 0 if uris else 1):
-        n = 1
-        while (repo_dir / "keys" / f"{role}-{n}.pem").exists():
-            n += 1
-        generated.append(repo_dir / "keys" / f"{role}-{n}.pem")
-        keys.append(generate_file_key(repo_dir, generated[-1].stem))
-    sample = repo.status()
     label = "bin-*" if role == "bin-n" else role
-    old = next(row.keyids for row in sample if row.role.split(" ")[0] == label)
+    old = next(row.keyids for row in repo.status() if row.role.split(" ")[0] == label)
     try:
+        for _ in range(new_keys if new_keys is not None else 0 if uris else 1):
+            n = 1
+            while (repo_dir / "keys" / f"{role}-{n}.pem").exists():
+                n += 1
+            generated.append(repo_dir / "keys" / f"{role}-{n}.pem")
+            keys.append(_on_disk(lambda: generate_file_key(repo_dir, generated[-1].stem)))
         done = _on_disk(lambda: repo.rotate(role, keys, threshold))
     except BaseException:
         # A key the configuration does not name (the rotation never reached the
@@ -335,11 +348,15 @@ def rotate(
     for path in generated:
         click.echo(f"generated keys/{path.name}")
     _report(repo, done)
-    retired = [k for k in old if k not in {key.keyid for _, key in keys}]
-    if retired:
+    in_use = repo.keyids_in_use()  # a key may serve another role too: not retired then
+    _retired(repo, f"{role} ", [k for k in old if k not in in_use] + repo.retire_signers())
+
+
+def _retired(repo: OriginRepository, what: str, keyids: list[str]) -> None:
+    if keyids:
         click.echo(
-            f"  retired {role} keys {', '.join(k[:12] for k in retired)}: destroy them "
-            "(file keys: their .pem under keys/)"
+            f"  retired {what}keys {', '.join(k[:12] for k in dict.fromkeys(keyids))}: no role "
+            "names them any more; destroy them (file keys: their .pem under keys/)"
         )
 
 

@@ -58,7 +58,7 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from tufmesh._durable import fsync_dir, write_atomic
-from tufmesh.cas import BlobStore, parse_cid
+from tufmesh.cas import BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
     BlobNotFoundError,
     ConflictError,
@@ -179,7 +179,7 @@ class OriginRepository(Repository):
         self.clock = clock or _utcnow
         self._signers: dict[str, list[Signer]] = {}
         self._missing: dict[str, list[str]] = {}  # why configured keys did not load
-        self.broken: list[str] = []  # roles not signed as their delegator says (see load)
+        self._broken: list[str] | None = None  # see ``broken``
         self._bytes: dict[str, bytes] = {}
         self._md: dict[str, Metadata[Any]] = {}
         self._pending: list[str] = []
@@ -348,13 +348,20 @@ class OriginRepository(Repository):
         for filename, meta in snapshot.meta.items():
             role = filename.removesuffix(".json")
             self._read(role, self.metadata_dir / f"{meta.version}.{filename}")
-        self.broken = self._unverified()
+        self._broken = None
 
-    def _unverified(self) -> list[str]:
+    @property
+    def broken(self) -> list[str]:
         """Roles whose published version is not signed by the keys their
         delegator names now: what a ceremony cut short between the new root (or
         delegation) and the metadata it re-signs leaves behind. Clients refuse
-        them; ``refresh`` re-signs the online ones, ``resign`` any."""
+        them; ``refresh`` re-signs the online ones, ``resign`` any. Checked once
+        per load, when first asked (a signature check per role)."""
+        if self._broken is None:
+            self._broken = self._unverified()
+        return self._broken
+
+    def _unverified(self) -> list[str]:
         broken = []
         for role, md in self._md.items():
             if role == "root":
@@ -655,7 +662,7 @@ class OriginRepository(Repository):
         """
         now = self.clock()
         refreshed = []
-        broken = set(self.broken)  # online roles a cut-short ceremony left unsigned
+        broken = set(self.broken)  # roles a cut-short ceremony left unsigned
         try:
             for role in sorted(self._md):
                 due = force or role in broken or self._stale(role, now)
@@ -670,11 +677,35 @@ class OriginRepository(Repository):
             if self.do_timestamp(force=ts_stale)[0]:
                 refreshed.append("timestamp")
             self.flush()
-            self.broken = [r for r in self.broken if r not in refreshed]
+            self._broken = [r for r in broken if r not in refreshed]
         except BaseException:
             self.load()
             raise
         return refreshed
+
+    def keyids_in_use(self) -> set[str]:
+        """Every key some role is delegated to now (root's roles, the bins
+        delegation, the hash bins)."""
+        return set(self._public_keys())
+
+    def retire_signers(self) -> list[str]:
+        """Drop from the configuration the keys no role names any more (after a
+        rotation, or a ceremony finished by ``resign``); return their key ids."""
+        used = self.keyids_in_use()
+        retired = sorted({k for keys in self.config.signers.values() for k in keys} - used)
+        if retired:
+            kept = {
+                role: {k: uri for k, uri in keys.items() if k in used}
+                for role, keys in self.config.signers.items()
+            }
+            self._use_signers(dataclasses.replace(self.config, signers=kept))
+        return retired
+
+    @property
+    def unremoved(self) -> list[str]:
+        """Paths recorded as removed that the metadata still publishes: a
+        removal cut short before its commit (running it again finishes it)."""
+        return sorted(path for path in self.removed() if self.find(path) is not None)
 
     def removed(self) -> dict[str, dict[str, Any]]:
         """Paths published once and removed since: ``{path: {"sha256", "removed"}}``."""
@@ -738,7 +769,10 @@ class OriginRepository(Repository):
             if t.path.startswith(f"{project}/")
             for key in ("cid", "manifest")
         }
-        unused = [cid for cid in record.get("blobs", []) if cid not in still]
+        # A record without its blobs (written before they were recorded) still
+        # names the artifact's own: its sha256 is its CID.
+        blobs = record.get("blobs") or [cid_from_sha256(bytes.fromhex(record["sha256"]))]
+        unused = [cid for cid in blobs if cid not in still]
         if not unused:
             return
         with contextlib.suppress(PinError):  # no pin set: nothing to unpin
@@ -766,7 +800,7 @@ class OriginRepository(Repository):
         except BaseException:
             self.load()
             raise
-        self.broken = self._unverified()
+        self._broken = None
         return done
 
     def rotate(
@@ -835,7 +869,7 @@ class OriginRepository(Repository):
             # What reached the disk decides: once published metadata names the
             # new keys, the configuration must keep them (and the old ones, for
             # what is still signed by them) or nothing could sign that role.
-            if not set(self._role_keys(sample)[0]) & set(new_ids):
+            if not set(self._role_keys(sample)[0]) & (set(new_ids) - set(old_keyids)):
                 self._use_signers(old_config)
             raise
         self._use_signers(

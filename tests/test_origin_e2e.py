@@ -438,3 +438,15 @@ def test_removing_a_malicious_upload_from_the_cli(repo: Path, tmp_path: Path) ->
         assert tuf_download(server.url, repo, "proj/good-1.tar.gz") == b"fine"
         again = post(server.url, "proj", "evil-1.tar.gz", b"other bytes", token)
         assert again.status_code == 409 and "removed" in again.json()["error"]
+
+
+def test_a_key_two_roles_share_is_not_retired_with_one_of_them(tmp_path: Path) -> None:
+    generate_file_key(tmp_path, "shared")  # outside the repository: init wants it empty
+    shared = f"file2:{tmp_path / 'keys' / 'shared.pem'}"
+    repo = tmp_path / "repo"
+    tufmesh("origin", "init", "--dir", str(repo), "--bins", "4",
+            "--signer", f"targets={shared}", "--signer", f"bins={shared}")  # fmt: skip
+    out = tufmesh("origin", "rotate", "--dir", str(repo), "targets").stdout
+    assert "retired" not in out, out  # bins still signs with it
+    out = tufmesh("origin", "rotate", "--dir", str(repo), "bins").stdout
+    assert "retired bins keys" in out, out  # now nothing names it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -531,6 +532,20 @@ def test_a_root_rotation_without_the_old_root_keys_is_refused(tmp_path: Path) ->
     assert repo.rotate("bin-n", [generate_file_key(repo.dir, "bins-new")])  # no root needed
 
 
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The disk fills up as the repository writes the file ``name``."""
+    import tufmesh.origin._repository as module
+
+    real = module.write_atomic
+
+    def full_disk(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.name == name:
+            raise OSError(28, "No space left on device")
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", full_disk)
+
+
 @pytest.mark.parametrize("role", ["root", "targets", "bins", "bin-n", "timestamp"])
 def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
@@ -541,17 +556,9 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     itself for the online ones) gives metadata python-tuf's client accepts."""
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     assert repo.publish([stored(repo, "p/a-1.tar.gz", b"one" * 100)]) == [2]
-    import tufmesh.origin._repository as module
-
-    real = module.write_atomic
-
-    def full_disk(path: Path, data: bytes, **kwargs: bool) -> None:
-        if path.name == "timestamp.json":
-            raise OSError(28, "No space left on device")
-        real(path, data, **kwargs)
-
-    monkeypatch.setattr(module, "write_atomic", full_disk)
+    fill_disk_at(monkeypatch, "timestamp.json")
     new = [generate_file_key(repo.dir, f"{role}-new")]
+    old_keyids = set(repo.config.signers[role])
     with pytest.raises(OSError, match="No space"):
         repo.rotate(role, new)
     monkeypatch.undo()
@@ -567,6 +574,10 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
         reopened.resign(offline)
     reopened.refresh()  # what `origin serve` does as it starts
     assert reopened.broken == []
+    # Once the new key is named, the old one is named by nothing: retired.
+    published = new[0][1].keyid in reopened.keyids_in_use()
+    assert set(reopened.retire_signers()) == (old_keyids if published else set())
+    assert set(reopened.config.signers[role]) == {new[0][1].keyid} if published else old_keyids
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
     client.refresh()
     assert client.get_targetinfo("p/a-1.tar.gz") is not None
@@ -601,3 +612,35 @@ def test_a_removal_cut_short_is_finished_by_running_it_again(
     assert again.remove(["p/evil-1.tar.gz"]) == 3  # nothing new to sign
     assert not repo.store.has(bad.cid) and not repo.store.has(bad.manifest)  # gone at once
     assert not (repo.targets_dir / "p" / f"{bad.sha256}.evil-1.tar.gz").exists()
+
+
+def test_a_removal_cut_short_before_its_commit_is_reported_and_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    bad = stored(repo, "p/evil-1.tar.gz", b"malware" * 500)
+    assert repo.publish([bad]) == [2]
+    fill_disk_at(monkeypatch, "timestamp.json")
+    with pytest.raises(OSError, match="No space"):
+        repo.remove(["p/evil-1.tar.gz"])
+    monkeypatch.undo()
+    reopened = OriginRepository(repo.dir)
+    assert reopened.unremoved == ["p/evil-1.tar.gz"]  # `status` warns, `serve` refuses
+    refused = tufmesh("origin", "serve", "--dir", str(repo.dir), "--port", "0", check=False)
+    assert refused.returncode == 1 and "origin remove" in refused.stderr, refused.stderr
+    reopened.remove(["p/evil-1.tar.gz"])
+    assert reopened.unremoved == [] and not reopened.store.has(bad.cid)
+
+
+def test_a_removal_recorded_without_its_blobs_still_deletes_the_bytes(tmp_path: Path) -> None:
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    bad = stored(repo, "p/evil-1.tar.gz", b"malware")  # one chunk: the blob alone
+    assert repo.publish([bad]) == [2]
+    with pytest.MonkeyPatch.context() as patch:  # the removal's cleanup never ran
+        patch.setattr(OriginRepository, "_unlink", lambda *args: None)
+        repo.remove(["p/evil-1.tar.gz"])
+    record = json.loads((repo.dir / "removed.json").read_text())
+    del record["p/evil-1.tar.gz"]["blobs"]  # as written before blobs were recorded
+    (repo.dir / "removed.json").write_text(json.dumps(record))
+    OriginRepository(repo.dir).remove(["p/evil-1.tar.gz"])
+    assert not repo.store.has(bad.cid)
