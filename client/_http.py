@@ -87,9 +87,9 @@ class RangePool:
     _tls: ssl.SSLContext | None = None
 
     async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
-        with trio.move_on_after(self.connect_timeout) as scope:
-            sock = trio.socket.socket()
-            try:
+        sock = trio.socket.socket()
+        try:
+            with trio.move_on_after(self.connect_timeout):
                 await sock.connect((host, port))
                 sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
                 conn = _Conn(sock)
@@ -101,13 +101,14 @@ class RangePool:
                         https_compatible=True,
                     )  # fmt: skip
                     await conn.tls.do_handshake()
-            except (OSError, trio.BrokenResourceError) as exc:
-                sock.close()
-                raise HttpError(f"cannot connect: {_reason(exc)}") from None
-            return conn
-        sock.close()
-        assert scope.cancelled_caught
-        raise HttpError("timed out connecting")
+                return conn
+            raise HttpError("timed out connecting")
+        except (OSError, trio.BrokenResourceError) as exc:
+            sock.close()
+            raise HttpError(f"cannot connect: {_reason(exc)}") from None
+        except BaseException:  # timed out, or cancelled (a duplicate lost): no socket left open
+            sock.close()
+            raise
 
     async def _recv_into(self, conn: _Conn, view: memoryview) -> int:
         with trio.move_on_after(self.read_timeout):

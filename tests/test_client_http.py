@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import ssl
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,30 @@ def test_a_refusal_keeps_the_connection_for_the_next_request(
     refused, served = fetch([BUSY, ok(BODY[:16])], count=2, tls=context)
     assert isinstance(refused, Refused) and refused.retry == 1.0
     assert served == BODY[:16]
+
+
+def test_a_connection_cancelled_while_it_opens_leaves_no_socket_behind() -> None:
+    """A request cancelled mid-handshake (an endgame duplicate that lost, a
+    download that ended) closes its socket at once, not at garbage collection."""
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+
+        async def mute(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()  # takes the connection, never says a word
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, mute, listeners)
+            pool = RangePool(connect_timeout=30, read_timeout=30)
+            with trio.move_on_after(0.3):
+                await pool.fetch(f"https://127.0.0.1:{port}", "/x", 0, 1, 1, lambda n: None)
+            pool.close()
+            nursery.cancel_scope.cancel()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trio.run(main)
+        gc.collect()
+    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, [str(w.message) for w in leaks]
