@@ -550,11 +550,12 @@ class OriginRepository(Repository):
         results: list[OriginError | None] = [None] * len(artifacts)
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
         accepted: list[Artifact] = []
+        removed = self.removed()
         try:
             for i, artifact in enumerate(artifacts):
                 role = self.succinct.get_role_for_target(artifact.path)
                 current = by_bin[role].get(artifact.path) or self.find(artifact.path)
-                if current is None and artifact.path in self.removed():
+                if current is None and artifact.path in removed:
                     results[i] = ConflictError(
                         f"{artifact.path} was published and removed; its name is not "
                         "used again (a client could take new bytes for the old ones)"
@@ -585,9 +586,7 @@ class OriginRepository(Repository):
                     with self.edit_targets(role) as targets:
                         targets.targets.update(new)
             if any(by_bin.values()):
-                self.do_snapshot()
-                self.do_timestamp()
-                self.flush()
+                self._commit()
         except BaseException:
             self.load()
             raise
@@ -747,9 +746,7 @@ class OriginRepository(Repository):
                 # The record first: were the commit cut short, the names stay taken.
                 data = (json.dumps(removed, indent=1) + "\n").encode()
                 write_atomic(self.dir / "removed.json", data)
-                self.do_snapshot()
-                self.do_timestamp()
-                self.flush()
+                self._commit()
         except BaseException:
             self.load()
             raise
@@ -928,10 +925,14 @@ class OriginRepository(Repository):
                 pass
         return names if role != BIN_N else [BIN_N]
 
-    def _finish_ceremony(self, done: list[str]) -> None:
-        self.do_snapshot(force=True)
-        self.do_timestamp(force=True)
+    def _commit(self, *, force: bool = False) -> None:
+        """A new snapshot and timestamp over the edited roles, written (timestamp last)."""
+        self.do_snapshot(force=force)
+        self.do_timestamp(force=force)
         self.flush()
+
+    def _finish_ceremony(self, done: list[str]) -> None:
+        self._commit(force=True)
         done += [r for r in ("snapshot", "timestamp") if r not in done]
 
     def _stale(self, role: str, now: datetime) -> bool:

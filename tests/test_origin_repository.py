@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, UnsignedMetadataError
@@ -424,6 +425,16 @@ def test_a_signer_that_needs_a_pin_asks_the_terminal_only(tmp_path: Path) -> Non
     assert "pin:x needs its PIN, and there is no terminal to ask on" in asked.stderr, asked.stderr
 
 
+def timestamp_ahead(repo: OriginRepository, versions: int, signers: dict[str, Any]) -> bytes:
+    """The published timestamp, ``versions`` ahead, signed by ``signers`` (a leaked key's)."""
+    md = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
+    md.signed.version += versions
+    md.signatures.clear()
+    for signer in signers.values():
+        md.sign(signer, append=True)
+    return md.to_bytes()
+
+
 def test_rotating_each_role_is_followed_by_an_unmodified_tuf_client(tmp_path: Path) -> None:
     """After each rotation python-tuf's client, holding metadata from before,
     updates and downloads; metadata signed by a rotated-out key is refused."""
@@ -439,13 +450,8 @@ def test_rotating_each_role_is_followed_by_an_unmodified_tuf_client(tmp_path: Pa
             # The leaked key signed a far-future version, and the client took it
             # (fast-forward): after the rotation it must still accept the real,
             # lower versions (TUF's recovery: metadata of a rotated key is dropped).
-            ahead = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
-            ahead.signed.version += 100
-            ahead.signatures.clear()
-            for signer in old.values():
-                ahead.sign(signer, append=True)
             real = (repo.metadata_dir / "timestamp.json").read_bytes()
-            (repo.metadata_dir / "timestamp.json").write_bytes(ahead.to_bytes())
+            (repo.metadata_dir / "timestamp.json").write_bytes(timestamp_ahead(repo, 100, old))
             updater_for(repo, tmp_path / "client").refresh()
             (repo.metadata_dir / "timestamp.json").write_bytes(real)
         new = [generate_file_key(repo.dir, f"{role}-new{i}") for i in (1, 2)]
@@ -462,12 +468,7 @@ def test_rotating_each_role_is_followed_by_an_unmodified_tuf_client(tmp_path: Pa
             assert client.get_targetinfo(path) is not None, (role, path)
         # What the old key signs now is refused.
         if role == "timestamp":
-            forged = Metadata.from_bytes((repo.metadata_dir / "timestamp.json").read_bytes())
-            forged.signed.version += 1
-            forged.signatures.clear()
-            for signer in old.values():
-                forged.sign(signer, append=True)
-            (repo.metadata_dir / "timestamp.json").write_bytes(forged.to_bytes())
+            (repo.metadata_dir / "timestamp.json").write_bytes(timestamp_ahead(repo, 1, old))
             with pytest.raises(UnsignedMetadataError):
                 updater_for(repo, tmp_path / "client").refresh()
             repo.resign(["timestamp"])  # a fresh, validly signed one
