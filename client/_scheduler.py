@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from array import array
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -158,18 +159,25 @@ class ChunkScheduler:
     def __post_init__(self) -> None:
         self.sources = list(self.sources)
         self.stats = {name: SourceStats(name) for name in self.sources}
-        self._waiting = set(chunk_indices(self.count)) - self.have
+        self._waiting = set(chunk_indices(self.count))
+        self._waiting -= self.have  # in place: a set of half the size
         self._inflight: dict[tuple[str, int], _Request] = {}
         self._counted = 0  # requests in flight against ``measured_requests``
         self._load: dict[str, int] = dict.fromkeys(self.sources, 0)  # requests per source
         self._copies = [0] * self.count  # requests per chunk
-        self._has: dict[str, set[int] | None] = dict.fromkeys(self.sources)
-        # For each source that holds some chunks: the waiting ones among them
-        # (what it can be asked for), kept up to date as chunks start, land and
-        # go back to the queue; and, for each chunk, the usable sources that
-        # hold some chunks and hold it (its rarity), and how many hold all.
+        # What each source that holds some chunks holds: a byte per chunk (a
+        # set of a thousand ints costs 32 KiB, and a thousand simulated mirrors
+        # with eight neighbours each then spill out of the CPU's cache), and
+        # how many of them.
+        self._has: dict[str, bytearray | None] = dict.fromkeys(self.sources)
+        self._held: dict[str, int] = {}
+        # For each usable source that holds some chunks: its record, and the
+        # waiting chunks among them (what it can be asked for), kept up to date
+        # as chunks start, land and go back to the queue; for each chunk, how
+        # many of these sources hold it (its rarity), and how many hold all.
+        self._live: dict[str, bytearray] = {}
         self._avail: dict[str, set[int]] = {}
-        self._holders: list[list[str]] = [[] for _ in range(self.count)]
+        self._rarity = [0] * self.count
         self._full = sum(1 for s in self.sources if s not in self.fallback)
         # Each neighbour's claims (a bitmask: bit i, chunk i), and per chunk
         # how many neighbours claim it.
@@ -178,7 +186,7 @@ class ChunkScheduler:
         self._every = (1 << self.count) - 1
         self._have_mask = chunk_mask(self.have)
         self._mine = weights(self.me, self.count) if self.me is not None else None
-        self._best_peer = [-1] * self.count  # highest weight among live peers
+        self._best_peer = _NO_WEIGHTS * self.count  # highest weight among live peers
         self._designated: set[int] | None = None  # cache of the chunks this node owns
         self._designated_mask = 0  # ...as a bitmask
         #: A mirror keeps the fallback closed until its first round of have-queries.
@@ -197,11 +205,12 @@ class ChunkScheduler:
         self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         self._delivered: dict[str, float] = {}  # when each source last delivered a chunk
+        indices = chunk_indices(self.count)
         if self.config.seed is None:
-            rank = list(range(self.count))
+            rank = list(indices)
         else:
             shuffler = random.Random(self.config.seed)  # noqa: S311 (spreading load, not secrets)
-            rank = shuffler.sample(range(self.count), self.count)
+            rank = [indices[i] for i in shuffler.sample(range(self.count), self.count)]
         # The tie-break order among equally rare chunks.
         self._rank = rank
 
@@ -230,7 +239,7 @@ class ChunkScheduler:
             return False
         missing = set(range(self.count)) - self.have
         return not any(
-            has is None or not has.isdisjoint(missing)
+            has is None or any(has[i] for i in missing)
             for s, has in self._has.items()
             if self.stats[s].banned is None
         )
@@ -246,7 +255,8 @@ class ChunkScheduler:
 
     def holds(self, source: str) -> set[int] | None:
         """What ``source`` is known to hold (None: everything)."""
-        return self._has.get(source)
+        has = self._has.get(source)
+        return None if has is None else set(_held_indices(has))
 
     def claims(self) -> int:
         """Chunks this node fetches from a fallback, now or later as their
@@ -264,7 +274,7 @@ class ChunkScheduler:
     def designated(self) -> set[int]:
         """Chunks this node is the designated fallback fetcher of among its peers."""
         if self._designated is None:
-            mine, best = self._mine or [], self._best_peer
+            mine, best = self._mine or _NO_WEIGHTS[:0], self._best_peer
             self._designated = {i for i in chunk_indices(len(mine)) if mine[i] > best[i]}
             self._designated_mask = chunk_mask(self._designated)
         return self._designated
@@ -287,7 +297,8 @@ class ChunkScheduler:
         if has is None:
             self._full += name not in self.fallback
         else:
-            self._has[name] = set()
+            self._has[name] = self._live[name] = bytearray(self.count)
+            self._held[name] = 0
             self._avail[name] = set()
             self.add_have(name, has)
 
@@ -297,15 +308,18 @@ class ChunkScheduler:
         if has is None or self.stats[source].banned is not None:
             return  # unknown, already holds everything, or not listened to
         self._dry.discard(source)
-        count, holders = self.count, self._holders
+        count, rarity = self.count, self._rarity
         waiting, avail = self._waiting, self._avail[source]
+        held = self._held[source]
         for index in indices:
-            if index not in has and 0 <= index < count:
-                has.add(index)
-                holders[index].append(source)
+            if 0 <= index < count and not has[index]:
+                has[index] = 1
+                held += 1
+                rarity[index] += 1
                 if index in waiting:
                     avail.add(index)
-        if len(has) == count:  # complete: cheaper as a full holder
+        self._held[source] = held
+        if held == count:  # complete: cheaper as a full holder
             self._forget(source)
             self._has[source] = None
             self._full += 1
@@ -328,7 +342,7 @@ class ChunkScheduler:
 
     def _designate(self) -> None:
         """Recompute the best peer weights (after a peer left)."""
-        best = [-1] * self.count
+        best = _NO_WEIGHTS * self.count
         for source in self.sources:
             if source not in self.fallback and self.stats[source].banned is None:
                 best = _highest(best, weights(source, self.count))
@@ -343,10 +357,11 @@ class ChunkScheduler:
             if source not in self.fallback:
                 self._full -= 1
         else:
-            holders = self._holders
-            for index in has:
-                holders[index].remove(source)
-            del self._avail[source]
+            rarity = self._rarity
+            for index in _held_indices(has):
+                rarity[index] -= 1
+            del self._avail[source], self._live[source]
+            del self._held[source]
         self._dry -= self.fallback
         self.set_claims(source, 0)
 
@@ -408,7 +423,7 @@ class ChunkScheduler:
         else:
             candidates = waiting if self._has[source] is None else self._avail[source]
         if candidates:
-            return _rarest(candidates, self._holders, self._rank)
+            return _rarest(candidates, self._rarity, self._rank)
         if waiting or source in self.fallback:
             if waiting and (source not in self.fallback or self._inflight):
                 # Nothing to give until it says more, a chunk is requeued, or
@@ -438,25 +453,26 @@ class ChunkScheduler:
         """Chunk ``index`` left the queue (started or verified): nobody offers it."""
         if index in self._waiting:
             self._waiting.discard(index)
-            for source in self._holders[index]:
-                self._avail[source].discard(index)
+            if self._rarity[index]:
+                for avail in self._avail.values():
+                    avail.discard(index)
 
     def _for_fallback(self) -> list[int]:
         """Chunks to ask a fallback for: no peer holds them, no neighbour claims
         them, and (for a mirror) this node is their designated fetcher, unless it
         has been idle past its patience."""
-        holders, claimed = self._holders, self._claimed
+        rarity, claimed = self._rarity, self._claimed
         if self._mine is None:
             pool = self._waiting - self._seeded
-            return [i for i in pool if not holders[i] and not claimed[i]]
+            return [i for i in pool if not rarity[i] and not claimed[i]]
         idle = self._idle_since is not None and self._now - self._idle_since >= self.config.patience
         if idle and not self._inflight:
             # Nothing from anyone for a while: any chunk no peer holds, claimed
             # or not (a claimant may be lying, or gone).
             self._patient = True
-            return [i for i in self._waiting if not holders[i]]
+            return [i for i in self._waiting if not rarity[i]]
         pool = (self.designated() & self._waiting) - self._seeded
-        return [i for i in pool if not holders[i] and not claimed[i]]
+        return [i for i in pool if not rarity[i] and not claimed[i]]
 
     def _endgame(self, source: str) -> int | None:
         """Duplicate the in-flight chunk with the fewest copies that ``source`` holds."""
@@ -468,7 +484,7 @@ class ChunkScheduler:
                 continue
             if request.started > young:
                 continue  # it may well finish before a copy would
-            if has is not None and index not in has:
+            if has is not None and not has[index]:
                 continue
             if (source, index) in self._inflight:
                 continue
@@ -589,11 +605,17 @@ class ChunkScheduler:
         if index not in self.have and not self._copies[index]:
             if index not in self._waiting:
                 self._waiting.add(index)
-                for source in self._holders[index]:
+                for source in self._holders(index):
                     self._avail[source].add(index)
             if self._dry:  # sources holding it have something to give again
                 self._dry -= self.fallback
-                self._dry.difference_update(self._holders[index])
+                self._dry.difference_update(self._holders(index))
+
+    def _holders(self, index: int) -> list[str]:
+        """The usable sources holding some chunks that hold chunk ``index``."""
+        if not self._rarity[index]:
+            return []
+        return [source for source, has in self._live.items() if has[index]]
 
     def reasons(self) -> dict[str, str]:
         """Why each source stopped being useful (for the final error message)."""
@@ -622,25 +644,38 @@ def set_bits(mask: int) -> list[int]:
     return indices
 
 
-def _rarest(candidates: Collection[int], holders: list[list[str]], rank: list[int]) -> int:
+def _held_indices(has: bytearray) -> list[int]:
+    """The chunks a byte-per-chunk record marks as held, lowest first."""
+    indices = []
+    index = has.find(1)
+    while index >= 0:
+        indices.append(index)
+        index = has.find(1, index + 1)
+    return indices
+
+
+def _rarest(candidates: Collection[int], rarity: list[int], rank: list[int]) -> int:
     """The candidate with the fewest holders, the lowest ``rank`` among equals
     (a loop: there are few, often one). Ranks are below ``len(rank)``."""
     best = -1
     lowest = 0
     count = len(rank)
     for index in candidates:
-        key = len(holders[index]) * count + rank[index]
+        key = rarity[index] * count + rank[index]
         if best < 0 or key < lowest:
             best, lowest = index, key
     return best
 
 
-def _highest(a: list[int], b: list[int]) -> list[int]:
-    """The element-wise maximum of two lists of weights."""
-    return [x if x > y else y for x, y in zip(a, b, strict=True)]
+def _highest(a: array[int], b: array[int]) -> array[int]:
+    """The element-wise maximum of two arrays of weights."""
+    return array("q", [x if x > y else y for x, y in zip(a, b, strict=True)])
 
 
-_WEIGHTS: dict[tuple[str, int], list[int]] = {}
+#: Weights are CRC-32s, kept in arrays: a thousand of them as Python ints take
+#: 40 KiB, and a simulation of a thousand mirrors has a thousand names.
+_NO_WEIGHTS: Final = array("q", [-1])
+_WEIGHTS: dict[tuple[str, int], array[int]] = {}
 _INDICES: dict[int, tuple[int, ...]] = {}
 
 
@@ -659,13 +694,13 @@ def chunk_indices(count: int) -> tuple[int, ...]:
     return indices
 
 
-def weights(name: str, count: int) -> list[int]:
+def weights(name: str, count: int) -> array[int]:
     """Rendezvous weights of ``name`` for chunks ``0..count-1`` (the same on every node)."""
     key = (name, count)
     cached = _WEIGHTS.get(key)
     if cached is None:
         seed = zlib.crc32(name.encode() + b"/")
-        cached = [zlib.crc32(b"%d" % i, seed) for i in range(count)]
+        cached = array("q", [zlib.crc32(b"%d" % i, seed) for i in range(count)])
         if len(_WEIGHTS) > 100_000:
             _WEIGHTS.clear()
         _WEIGHTS[key] = cached
