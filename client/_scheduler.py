@@ -108,7 +108,7 @@ class SchedulerConfig:
     seed: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceStats:
     """What one source did during a download."""
 
@@ -194,6 +194,10 @@ class ChunkScheduler:
         self._idle_since: float | None = None
         self._now = 0.0
         self._order: list[str] | None = None  # usable sources, cached
+        # The fallback and the sources that have delivered a chunk: a mirror's
+        # requests to them count against ``measured_requests`` (a set, so that
+        # a pick need not read every source's statistics).
+        self._measured = set(self.fallback)
         # Peers known to have nothing this node still needs (until they
         # report more, or a chunk goes back to the queue): assign skips them.
         self._dry: set[str] = set()
@@ -378,7 +382,7 @@ class ChunkScheduler:
         dry, resting, load, fallback = self._dry, self._resting, self._load, self.fallback
         per_fallback = self.config.per_fallback
         per_source = self.config.per_source if self.me is None else self.config.per_peer
-        capped, cap, stats = self.me is not None, self.config.measured_requests, self.stats
+        capped, cap, measured = self.me is not None, self.config.measured_requests, self._measured
         for source in self.usable:
             if source in dry:
                 continue
@@ -387,7 +391,7 @@ class ChunkScheduler:
                     continue
                 del resting[source]  # rested enough
             # A mirror's requests to the fallback and to measured peers count.
-            counted = capped and (source in fallback or stats[source].chunks > 0)
+            counted = capped and source in measured
             if counted and self._counted >= cap:
                 continue
             limit = per_fallback if source in fallback else per_source
@@ -535,6 +539,7 @@ class ChunkScheduler:
             stats.busy_seconds += max(now - request.started, 1e-6)
         stats.bytes += nbytes
         stats.chunks += 1
+        self._measured.add(source)
         stats.consecutive_failures = 0
         self._delivered[source] = now
         if stats.chunks % 8 == 1:

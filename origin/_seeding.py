@@ -40,7 +40,7 @@ Verdict = Literal["serve", "busy", "seeded"]
 MAX_RETRY: Final = 10.0
 
 
-@dataclass
+@dataclass(slots=True)
 class SeedGate:
     """Which mirror chunk requests the origin serves now."""
 
