@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,6 +259,9 @@ class Client:
                 except tuf_errors.LengthOrHashMismatchError:
                     pass  # stale or damaged: fetch again
         part = dest.with_name(dest.name + ".part")
+        if os.path.lexists(part) and not stat.S_ISREG(os.lstat(part).st_mode):
+            # A link there would have the download write wherever it points.
+            raise ClientError(f"{part} is in the way: not a regular file, so not written to")
         cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
         usable = [s for s in self.fetcher.ordered() if s.serves_blobs]
         # Fallback sources join only if the others cannot finish the download.
@@ -342,8 +346,8 @@ class Client:
                 on_verified=on_verified,
             )
         )
-        for name, stat in manifest_stats.items():  # the manifest's bytes count too
-            stats[name].bytes += stat.bytes
+        for name, extra in manifest_stats.items():  # the manifest's bytes count too
+            stats[name].bytes += extra.bytes
         self._record(stats)
         return stats
 

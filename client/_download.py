@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
 from tufmesh.client._http import HttpError, RangePool, Refused, TooLong
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
-from tufmesh.errors import ChunkRejectedError, SourcesFailedError, TufmeshError
+from tufmesh.errors import ChunkRejectedError, ClientError, SourcesFailedError, TufmeshError
 
 __all__ = [
     "ChunkPlan",
@@ -162,7 +163,16 @@ async def download_plan(
     scheduler.fallback_open = replicating is None
     pool = RangePool(fetch_config.connect_timeout, fetch_config.read_timeout)
     scopes: dict[tuple[str, int], trio.CancelScope] = {}
-    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Never through a link (another user's, in a shared directory), never into
+    # anything but a regular file.
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644)
+    except OSError as exc:  # a link (ELOOP), a directory...
+        raise ClientError(f"cannot write {part}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ClientError(f"{part} is not a regular file")
     wake = trio.Event()
 
     def store(index: int, data: bytearray) -> None:

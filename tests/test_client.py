@@ -238,6 +238,33 @@ def test_get_into_a_path_in_the_way_is_one_clear_line(origin: Server, tmp_path: 
     assert missing.returncode == 1 and not (tmp_path / "new").exists()
 
 
+def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:
+    # In a shared directory another user may plant NAME.part: a link to a
+    # file of ours must not be overwritten, a dangling one must not be created.
+    home = tmp_path / "home"
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    out = tmp_path / "shared"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    name = SMALL.rsplit("/", 1)[-1]
+    part = out / f"{name}.part"
+    for target in (victim, tmp_path / "nowhere", None):
+        if target is None:
+            part.mkdir()
+        else:
+            part.symlink_to(target)
+        proc = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
+        assert proc.returncode == 1 and "is in the way" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert victim.read_bytes() == b"precious\n" and not (tmp_path / "nowhere").exists()
+        assert not (out / name).exists()
+        part.unlink() if target is not None else part.rmdir()
+    tufmesh("get", SMALL, "-o", str(out), "--home", str(home))  # and then it works
+    assert (out / name).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+
+
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
     # A first init with the wrong repository's root caches nothing usable;
     # init with the right root must replace it, cache and all.
