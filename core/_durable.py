@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["fsync_dir", "locked", "read_exactly", "write_atomic"]
+__all__ = ["fsync_dir", "hold_lock", "locked", "read_exactly", "write_atomic"]
 
 
 @contextlib.contextmanager
@@ -26,6 +27,23 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def hold_lock(path: Path, *, wait: float = 0.0) -> int | None:
+    """Take the exclusive lock on ``path`` (created if missing) for as long as
+    the returned descriptor stays open (the process's life: one daemon per
+    directory); None if another process still holds it after ``wait`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
 
 
 def fsync_dir(path: Path) -> None:

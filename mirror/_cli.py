@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from tufmesh._durable import hold_lock
 from tufmesh._ui import PORT, SIZE, Group, format_size, run_service
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror
@@ -70,6 +71,8 @@ def run(
     replica = Mirror.create(
         mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
     )
+    if hold_lock(mirror_dir / "mirror.lock") is None:  # held until the process ends
+        raise UsageError(f"another mirror is running in {mirror_dir} (it holds mirror.lock)")
     run_service(
         lambda ready: run_mirror(
             replica,

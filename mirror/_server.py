@@ -190,7 +190,15 @@ async def run_mirror(
         while True:
             wake = trio.Event()
             try:
-                report = await trio.to_thread.run_sync(mirror.sync, swarm)
+                # Abandoned on cancellation (SIGTERM, Ctrl-C), not waited for: a
+                # sync of a large release takes minutes, and what it leaves half
+                # done (a .part file) the next run resumes. (trio-typing, which
+                # libp2p pulls in, has stubs from before abandon_on_cancel.)
+                report = await trio.to_thread.run_sync(
+                    mirror.sync,
+                    swarm,
+                    abandon_on_cancel=True,  # type: ignore[call-arg,unused-ignore]
+                )
             except Exception as exc:  # a bug of ours: say all of it (once), and keep serving
                 report = SyncReport(error=f"internal error: {type(exc).__name__}: {exc}")
                 if report.error != failing:

@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import random
+import signal
 import string
 import subprocess
 import time
@@ -581,3 +582,33 @@ def test_a_bug_in_a_sync_is_reported_and_the_daemon_keeps_serving(
     assert health[0]["status"] == "degraded"
     assert "internal error: RuntimeError: a bug" in (health[0]["last_error"] or "")
     assert capsys.readouterr().err.count("Traceback") == 1
+
+
+def test_one_mirror_per_directory_and_a_stop_does_not_wait_for_a_sync(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    args = [TUFMESH, "mirror", "run", "--dir", str(tmp_path / "m"), "--root", str(root),
+            "--http-port", "0", "--poll", "0.5"]  # fmt: skip
+    with running(repo, "--max-upload-rate", "1MiB") as origin:
+        post(origin.url, "demo", "demo-1.0.tar.gz", os.urandom(24 << 20), token)
+        # A sync of 24 MiB at 1 MiB/s has 20 s to go after 2 s: a stop
+        # (SIGTERM, then Ctrl-C) ends it at once, and the next run takes over.
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            proc = subprocess.Popen(
+                [*args, "--origin", origin.url],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert proc.stdout is not None and "serving on" in proc.stdout.readline()
+            second = subprocess.run(
+                [*args, "--origin", origin.url], capture_output=True, text=True, timeout=60
+            )
+            assert second.returncode == 1, second.stderr
+            assert "another mirror is running in" in second.stderr
+            assert "Traceback" not in second.stderr
+            time.sleep(1.5)  # into the sync
+            started = time.monotonic()
+            proc.send_signal(stop)
+            _, err = proc.communicate(timeout=60)
+            assert time.monotonic() - started < 10, err
+            assert "Traceback" not in err, err
