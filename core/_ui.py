@@ -82,16 +82,26 @@ def fail_on_errors() -> Iterator[None]:
     """Turn expected errors into one clear line and exit status 1."""
     try:
         yield
-    except TufmeshError as exc:
-        raise click.ClickException(str(exc)) from None
+    except (TufmeshError, OSError) as exc:
+        raise click.ClickException(_one_line(exc)) from None
     except BaseExceptionGroup as group:  # raised through a trio nursery
-        expected, unexpected = group.split(TufmeshError)
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise click.Abort from None  # Ctrl-C: "Aborted!", as anywhere else
+        expected, unexpected = group.split((TufmeshError, OSError))
         if expected is None or unexpected is not None:
             raise
         first: BaseException = expected
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        raise click.ClickException(str(first)) from None
+        raise click.ClickException(_one_line(first)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """What to say of an expected error: an OSError (a directory that cannot be
+    written, a full disk) by its reason and the file it concerns."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 class Group(click.Group):
@@ -183,6 +193,9 @@ def run_service(
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
     except (OSError, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
+            click.echo("stopped", err=True)  # Ctrl-C, delivered inside a nursery
+            return
         # Binding fails inside the server's nursery, so it arrives grouped.
         failed, _ = exc.split(OSError) if isinstance(exc, BaseExceptionGroup) else (exc, None)
         if failed is None:

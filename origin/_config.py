@@ -101,7 +101,7 @@ class OriginConfig:
             ) from None
         except (OSError, ValueError) as exc:
             raise OriginError(f"cannot read {path}: {exc}") from None
-        if body.pop("format", None) != FORMAT:
+        if not isinstance(body, dict) or body.pop("format", None) != FORMAT:
             raise OriginError(f"{path}: unsupported config format")
         try:
             return cls(**body)

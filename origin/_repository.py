@@ -54,6 +54,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
@@ -383,8 +384,16 @@ class OriginRepository(Repository):
             data = path.read_bytes()
         except OSError as exc:
             raise OriginError(f"cannot read published metadata {path}: {exc.strerror}") from None
+        try:
+            md: Metadata[Any] = Metadata.from_bytes(data)
+        except DeserializationError as exc:
+            raise OriginError(
+                f"published metadata {path} is damaged ({exc}): restore it from a backup"
+            ) from None
+        if md.signed.type != ("targets" if role not in ("root", "snapshot", "timestamp") else role):
+            raise OriginError(f"published metadata {path} is not {role} metadata")
         self._bytes[role] = data
-        self._md[role] = Metadata.from_bytes(data)
+        self._md[role] = md
 
     @property
     def timestamp_md(self) -> Metadata[Timestamp]:
@@ -466,6 +475,25 @@ class OriginRepository(Repository):
             self._missing[label] = missing
         return self._signers[label]
 
+    def _enough_signers(self, role: str) -> list[Signer]:
+        """The signers of ``role``, if they reach its threshold."""
+        signers = self._signers_for(role)
+        _, threshold = self._role_keys(role)
+        if len(signers) < threshold:
+            label = BIN_N if role.startswith("bin-") else role
+            why = "; ".join(self._missing.get(label, []))
+            raise OriginError(
+                f"cannot sign {role}: {len(signers)} of the {threshold} required keys are "
+                "available here" + (f" ({why})" if why else "")
+            )
+        return signers
+
+    def check_online_keys(self) -> None:
+        """Raise :class:`OriginError` unless every online role can be signed here
+        (a service that starts without them would let its metadata expire)."""
+        for role in ("timestamp", "snapshot", self._bins()[0]):
+            self._enough_signers(role)
+
     def _public_keys(self) -> dict[str, Key]:
         keys: dict[str, Key] = dict(self._md["root"].signed.keys)
         for role in ("targets", DELEGATING_BINS):
@@ -477,16 +505,7 @@ class OriginRepository(Repository):
         """Sign ``md`` with every available key of ``role`` and stage it for :meth:`flush`."""
         md.signatures.clear()
         self._md[role] = md  # root must be current for _role_keys of later roles
-        signers = self._signers_for(role)
-        _, threshold = self._role_keys(role)
-        if len(signers) < threshold:
-            label = BIN_N if role.startswith("bin-") else role
-            why = "; ".join(self._missing.get(label, []))
-            raise OriginError(
-                f"cannot sign {role}: {len(signers)} of the {threshold} required keys are "
-                "available here" + (f" ({why})" if why else "")
-            )
-        for signer in signers:
+        for signer in self._enough_signers(role):
             md.sign(signer, append=True)
         serializer = _PRETTY if role in ("root", "targets", DELEGATING_BINS) else _COMPACT
         self._bytes[role] = md.to_bytes(serializer)

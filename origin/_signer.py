@@ -22,13 +22,11 @@ commit while a restarted origin starts a new one.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
-import os
+import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +35,7 @@ from typing import Any, BinaryIO, Final, Protocol
 
 import trio
 
+from tufmesh._durable import hold_lock
 from tufmesh.errors import ConflictError, OriginError
 from tufmesh.origin._repository import Artifact, OriginRepository
 
@@ -220,19 +219,10 @@ class SignerProcess:
 
 
 def _lock_repository(repo_dir: Path) -> int:
-    fd = os.open(repo_dir / "origin.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise OriginError(
-                    f"another origin is serving {repo_dir} (it holds origin.lock)"
-                ) from None
-            time.sleep(0.05)
+    fd = hold_lock(repo_dir / "origin.lock", wait=LOCK_WAIT)
+    if fd is None:
+        raise OriginError(f"another origin is serving {repo_dir} (it holds origin.lock)")
+    return fd
 
 
 def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -> None:
@@ -263,12 +253,16 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
 
 def main() -> None:
     """Entry point of the committer process (``SignerProcess.start`` runs it)."""
+    # Ctrl-C at the origin's terminal reaches this process too: the origin
+    # stops it by closing the pipe, between two commits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     repo_dir = Path(sys.argv[1])
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the pipe
     try:
         _lock_repository(repo_dir)
         repo = OriginRepository(repo_dir)
+        repo.check_online_keys()
     except OriginError as exc:
         stdout.write(_encode({"error": str(exc)}))
         stdout.flush()

@@ -18,6 +18,7 @@ Settings, each for a reason found by running py-libp2p 0.8.1
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -239,6 +240,8 @@ class P2PNode:
                 host.set_stream_handler(TProtocol(HAVE_PROTOCOL), self._serve_have)
             self.trio_token = trio.lowlevel.current_trio_token()
             self.addrs = [str(a) for a in host.get_addrs()]
+            if not self.addrs:  # libp2p logs a listener that failed, and carries on
+                raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {self.listen}")
             self.peer_id = str(host.get_id())
             task_status.started(self.addrs)
             while True:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import (
 from tuf.api.metadata import Metadata, Root
 
 from tests.helpers.origin import (
+    TUFMESH,
     add_project,
     init_repo,
     post,
@@ -450,3 +451,56 @@ def test_a_key_two_roles_share_is_not_retired_with_one_of_them(tmp_path: Path) -
     assert "retired" not in out, out  # bins still signs with it
     out = tufmesh("origin", "rotate", "--dir", str(repo), "bins").stdout
     assert "retired bins keys" in out, out  # now nothing names it
+
+
+def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
+    repo: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    def refused(directory: Path, said: str, *commands: str) -> None:
+        for command in commands:
+            proc = tufmesh("origin", command, "--dir", str(directory), *(
+                ["--port", "0"] if command == "serve" else []), check=False)  # fmt: skip
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+    # An online key gone: serving would let the metadata expire unsigned.
+    keyless = tmp_path / "keyless"
+    shutil.copytree(repo, keyless)
+    (keyless / "keys" / "timestamp.pem").unlink()
+    refused(keyless, "cannot sign timestamp: 0 of the 1 required keys", "serve")
+    # Published metadata damaged on disk: named, not a traceback.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(repo, damaged)
+    (damaged / "metadata" / "timestamp.json").write_text("garbage")
+    refused(damaged, "timestamp.json is damaged", "serve", "status")
+    (damaged / "metadata" / "timestamp.json").write_bytes(
+        (repo / "metadata" / "1.snapshot.json").read_bytes()
+    )
+    refused(damaged, "timestamp.json is not timestamp metadata", "status")
+    (damaged / "config.json").write_text("[]")
+    refused(damaged, "config.json: unsupported config format", "status")
+
+
+def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> None:
+    import signal
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = tufmesh("origin", "serve", "--dir", str(repo), "--port", "0",
+                       "--p2p-port", str(port), check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().endswith(f"cannot listen on /ip4/127.0.0.1/tcp/{port}")
+    # Ctrl-C at a terminal reaches the origin and its committer (one process group).
+    server = subprocess.Popen(
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert server.stdout is not None and "serving" in server.stdout.readline()
+    os.killpg(server.pid, signal.SIGINT)
+    _, err = server.communicate(timeout=60)
+    assert err.strip().endswith("stopped") and "Traceback" not in err, err
