@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
@@ -25,10 +26,16 @@ from tufmesh.errors import ClientError, UsageError
 __all__ = ["ClientHome", "check_url", "read_root"]
 
 
-def check_url(url: str) -> str:
-    """``url`` without a trailing slash, once checked to be an HTTP(S) URL."""
-    if not url.startswith(("http://", "https://")) or len(url.split("//", 1)[1]) == 0:
+def check_url(url: object) -> str:
+    """``url`` without a trailing slash, once checked to be a usable HTTP(S) URL."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise UsageError(f"not an HTTP(S) URL: {url!r}")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"not a usable URL: {url!r} ({exc})") from None
+    if not parsed.host or not 0 < (parsed.port or 1) < 65536:
+        raise UsageError(f"not a usable URL: {url!r} (no host, or a port past 65535)")
     return url.rstrip("/")
 
 
@@ -99,8 +106,11 @@ class ClientHome:
         self._require()
         try:
             config = tomllib.loads((self.path / "config.toml").read_text())
-            return [check_url(u) for u in config["sources"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            sources = config["sources"]
+            if not isinstance(sources, list):
+                raise ValueError("sources must be a list of URLs")
+            return [check_url(u) for u in sources]
+        except (OSError, ValueError, KeyError, TypeError, UsageError) as exc:
             raise ClientError(f"bad {self.path / 'config.toml'}: {exc}") from None
 
     def save_sources(self, urls: list[str]) -> None:

@@ -14,7 +14,7 @@ import httpx
 from tufmesh._ui import PORT, SIZE, Group, format_size, progress_bar, run_service
 from tufmesh.errors import OriginError, TufmeshError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
-from tufmesh.origin._names import check_filename
+from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._publish import upload
 from tufmesh.origin._repository import OriginRepository
@@ -398,7 +398,9 @@ def project_add(repo_dir: Path, name: str) -> None:
     """Register project NAME; print its upload token on the last line."""
     OriginRepository(repo_dir, load=False)
     token = ProjectRegistry(repo_dir).add(name)
-    click.echo(f"registered project {name}; its upload token (shown once, keep it secret):")
+    normal = normalize_project(name)
+    also = "" if normal == name else f" (the normal form of {name})"
+    click.echo(f"registered project {normal}{also}; its upload token (shown once, keep it secret):")
     click.echo(token)
 
 
@@ -436,6 +438,9 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
 )
 def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) -> None:
     """Publish FILES to a project on an origin; one line per file."""
+    from tufmesh.client._home import check_url
+
+    origin_url = check_url(origin_url)
     failures = 0
     token = token.strip()
     if not token or not token.isprintable() or not token.isascii():

@@ -57,11 +57,20 @@ def upload(
         )
     except httpx.HTTPError as exc:
         raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
+    except OSError as exc:  # reading the file
+        raise PublishError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         body = response.json()
     except ValueError:
+        body = None
+    if not isinstance(body, dict):
         body = {"error": response.text[:200]}
     if response.status_code != 200:
         reason = body.get("error", response.reason_phrase)
         raise PublishError(f"{path.name}: refused by the origin ({response.status_code}): {reason}")
-    return dict(body)
+    if not {"target", "length", "sha256", "snapshot_version"} <= body.keys():
+        raise PublishError(
+            f"{path.name}: {origin} answered, but not as a tufmesh origin does: "
+            "is --origin the origin's URL?"
+        )
+    return body

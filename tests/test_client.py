@@ -331,3 +331,19 @@ def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "not in the signed metadata" in missing.stderr
     unreachable = run(*common, "--metadata-url", "http://127.0.0.1:9/metadata", "refresh")
     assert unreachable.returncode == 1
+
+
+def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    root = str(origin.repo / "metadata" / "1.root.json")
+    for bad in ("http://[::1", "http://127.0.0.1:99999", "http://", "file:///etc"):
+        proc = tufmesh("client", "init", root, "--origin", bad, "--home", str(home), check=False)
+        assert proc.returncode == 1 and "URL" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
+    config = home / "config.toml"
+    for text in ("sources = [1, 2]\n", 'sources = "http://x"\n', ""):
+        config.write_text(text)
+        proc = tufmesh("ls", "demo", "--home", str(home), check=False)
+        assert proc.returncode == 1 and f"bad {config}" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -504,3 +504,46 @@ def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> No
     os.killpg(server.pid, signal.SIGINT)
     _, err = server.communicate(timeout=60)
     assert err.strip().endswith("stopped") and "Traceback" not in err, err
+
+
+def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path) -> None:
+    import http.server
+
+    class NotAnOrigin(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # a proxy's or a web site's page
+            self.rfile.read(int(self.headers["content-length"]))
+            body = b"<html>welcome</html>" if self.path.endswith(".tar.gz") else b"[1, 2]"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    artifact = tmp_path / "x-1.0.tar.gz"
+    artifact.write_bytes(b"x")
+    odd = tmp_path / "x-1.0.zip"
+    odd.write_bytes(b"y")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAnOrigin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = tufmesh("publish", str(artifact), str(odd), "--origin", url, "--project", "x",
+                       "--token", "t", check=False)  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("not as a tufmesh origin does") == 2, proc.stderr
+    for bad in ("http://[::1", "http://127.0.0.1:99999", "ftp://x"):
+        proc = tufmesh("publish", str(artifact), "--origin", bad, "--project", "x",
+                       "--token", "t", check=False)  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "URL" in proc.stderr, proc.stderr
+
+
+def test_project_add_says_the_name_it_registered(repo: Path) -> None:
+    out = tufmesh("origin", "project", "add", "--dir", str(repo), "De_mo").stdout
+    assert out.startswith("registered project de-mo (the normal form of De_mo);")
