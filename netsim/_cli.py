@@ -118,6 +118,8 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
     from tufmesh.netsim._real import matching_scenario, run_real
     from tufmesh.netsim._sim import simulate
 
+    if rate < 1:
+        raise UsageError("--rate must be at least 1 byte per second")
     scenario = matching_scenario(mirrors, size, rate, seed)  # its checks, before the real run
     with progress_bar("real mirrors complete", mirrors, items=True) as advance:
         done = 0

@@ -79,7 +79,12 @@ def table(result: Result) -> str:
         ("completion p50 / p90 / p99", f"{sec(t['p50'])} / {sec(t['p90'])} / {sec(t['p99'])}"),
         ("every honest mirror", sec(t["max"])),
         ("lower bound", sec(s["lower_bound_seconds"])),
-        ("ratio to the bound", f"{s['ratio_to_bound']}"),
+        (
+            "ratio to the bound",
+            f"{s['ratio_to_bound']}"
+            if s["ratio_to_bound"] is not None
+            else f"none: not every honest mirror completed within the horizon, {sc.horizon:g} s",
+        ),
         ("origin served", f"{s['origin_bytes_per_release']} x the release"),
         ("duplicate bytes", f"{s['duplicate_bytes_per_mirror_release']} x per mirror"),
         (

@@ -155,7 +155,7 @@ _LIMITS: Final[dict[str, tuple[type, float, float]]] = {
     "chunk_size": (int, 1, 1 << 30),
     "seed": (int, -math.inf, math.inf),
     "origin_up": (float, 1.0, 1e15),
-    "degree": (int, 0, 64),
+    "degree": (int, 1, 64),
     "upload_slots": (int, 0, 1024),
     "upload_bytes": (int, 0, 1 << 40),
     "gossip_degree": (int, 1, 64),
@@ -175,8 +175,16 @@ def _check(name: str, value: object, kind: type, low: float, high: float) -> Non
         what = "an integer" if kind is int else "a number"
         raise UsageError(f"{name} must be {what}, not {value!r}")
     if not low <= value <= high:  # also catches nan
-        bounds = f"{low:g} .. {high:g}" if math.isfinite(high) else f"at least {low:g}"
+        if math.isfinite(high):
+            bounds = f"{_number(low)} .. {_number(high)}"
+        else:
+            bounds = f"at least {_number(low)}"
         raise UsageError(f"{name} must be {bounds}, not {value!r}")
+
+
+def _number(value: float) -> str:
+    """``1,099,511,627,776``, ``0.5``: no exponents in a message."""
+    return f"{value:,.0f}" if math.isfinite(value) and value == int(value) else f"{value:,}"
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -93,11 +93,12 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
         ("mirrors = [", "s.toml"),
         ('size = "lots"', "s.toml: .*not a size"),
         ('mirrors = "ten"', "s.toml: mirrors must be an integer, not 'ten'"),
-        ("mirrors = 5000000", "mirrors must be 1 .. 100000, not 5000000"),
-        ("origin_up = -5", "origin_up must be 1 .. 1e\\+15, not -5"),
-        ("horizon = -1", "horizon must be 1 .. 1e\\+07"),
+        ("mirrors = 5000000", "mirrors must be 1 .. 100,000, not 5000000"),
+        ("origin_up = -5", "origin_up must be 1 .. 1,000,000,000,000,000, not -5"),
+        ("horizon = -1", "horizon must be 1 .. 10,000,000"),
         ("chunk_size = 1", "67108864 chunks: at most 65,536"),
-        ("[[link]]\nup = 0\ndown = 1\nlatency = 0", "a link's up must be 1 .. 1e\\+15, not 0"),
+        ("degree = 0", "degree must be 1 .. 64, not 0"),
+        ("[[link]]\nup = 0\ndown = 1\nlatency = 0", "a link's up must be 1 .. 1,000,000,000,000,000, not 0"),
         ("[[link]]\nup = 1\ndown = 1", "a \\[\\[link\\]\\] needs latency"),
         ("[[link]]\nup = [2, 1]\ndown = 1\nlatency = 0", "up range \\[2.0, 1.0\\] runs backwards"),
     ]:
@@ -128,9 +129,11 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "is not a writable directory" in bad.stderr
     assert "ratio to the bound" not in bad.stdout  # refused before the run
     bad = _cli("netsim", "run", "--origin-up", "0")
-    assert bad.returncode != 0 and "origin_up must be 1 .. 1e+15, not 0" in bad.stderr
+    assert bad.returncode != 0 and "origin_up must be 1 .. 1,000,000,000,000,000, not 0" in bad.stderr
+    stalled = _cli("netsim", "run", "--mirrors", "3", "--size", "4MiB", "--origin-up", "1")
+    assert "none: not every honest mirror completed within the horizon" in stalled.stdout
     bad = _cli("netsim", "validate", "--rate", "0")
-    assert bad.returncode != 0 and "origin_up must be" in bad.stderr
+    assert bad.returncode != 0 and "--rate must be at least 1 byte per second" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
