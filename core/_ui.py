@@ -48,7 +48,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(f"not a size: {text!r} (try 4096, 512KiB, 1MiB, 2GB, 100Mbit)")
-    return int(float(match.group(1)) * _UNITS[unit])
+    value = float(match.group(1)) * _UNITS[unit]
+    if (value < 1 and value != 0) or (_UNITS[unit] == 1 and value != int(value)):
+        raise UsageError(f"not a whole number of bytes: {text!r}")
+    return int(value)
 
 
 class _SizeType(click.ParamType):  # type: ignore[type-arg,unused-ignore]

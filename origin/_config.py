@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from tufmesh._durable import write_atomic
 from tufmesh.cas import MAX_CHUNK_SIZE
+from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES
 from tufmesh.errors import OriginError
 
 __all__ = [
@@ -69,6 +70,20 @@ class OriginConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
+        if self.max_upload_bytes < 1:
+            raise OriginError(
+                f"the upload limit must be at least 1 byte, not {self.max_upload_bytes}"
+            )
+        # The largest upload's manifest must fit what clients and mirrors accept.
+        chunks = -(-self.max_upload_bytes // self.chunk_size)
+        most = (DEFAULT_MAX_MANIFEST_BYTES - 64) // 32  # a 32-byte digest per chunk
+        if chunks > most:
+            least = -(-self.max_upload_bytes // most)
+            raise OriginError(
+                f"chunk size {self.chunk_size} would give a {self.max_upload_bytes}-byte upload "
+                f"a manifest of {chunks:,} chunks, past the {DEFAULT_MAX_MANIFEST_BYTES:,} bytes "
+                f"clients accept: at least {least} bytes with this upload limit"
+            )
         for role, days in self.expiry_days.items():
             # A lifetime of nothing expires at once (clients then refuse the
             # metadata as a freeze attack); a century is past any key's life.

@@ -98,7 +98,10 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
         ("horizon = -1", "horizon must be 1 .. 10,000,000"),
         ("chunk_size = 1", "67108864 chunks: at most 65,536"),
         ("degree = 0", "degree must be 1 .. 64, not 0"),
-        ("[[link]]\nup = 0\ndown = 1\nlatency = 0", "a link's up must be 1 .. 1,000,000,000,000,000, not 0"),
+        (
+            "[[link]]\nup = 0\ndown = 1\nlatency = 0",
+            "a link's up must be 1 .. 1,000,000,000,000,000, not 0",
+        ),
         ("[[link]]\nup = 1\ndown = 1", "a \\[\\[link\\]\\] needs latency"),
         ("[[link]]\nup = [2, 1]\ndown = 1\nlatency = 0", "up range \\[2.0, 1.0\\] runs backwards"),
     ]:
@@ -129,7 +132,9 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "is not a writable directory" in bad.stderr
     assert "ratio to the bound" not in bad.stdout  # refused before the run
     bad = _cli("netsim", "run", "--origin-up", "0")
-    assert bad.returncode != 0 and "origin_up must be 1 .. 1,000,000,000,000,000, not 0" in bad.stderr
+    assert (
+        bad.returncode != 0 and "origin_up must be 1 .. 1,000,000,000,000,000, not 0" in bad.stderr
+    )
     stalled = _cli("netsim", "run", "--mirrors", "3", "--size", "4MiB", "--origin-up", "1")
     assert "none: not every honest mirror completed within the horizon" in stalled.stdout
     bad = _cli("netsim", "validate", "--rate", "0")
