@@ -19,7 +19,7 @@ from typing import Any, Final, final
 
 import trio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -421,6 +421,8 @@ def build_app(service: OriginService) -> ByteCounter:
 
             rest, buffer = bytes(buffer), bytearray()
             cid, manifest_cid = await trio.to_thread.run_sync(finish, rest, writer)
+        except ClientDisconnect:  # the developer's side gave up: nothing to publish
+            return _error(400, "the upload was cut short")
         finally:
             if writer is not None:
                 writer.abort()

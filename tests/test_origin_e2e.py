@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -550,3 +551,26 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
 def test_project_add_says_the_name_it_registered(repo: Path) -> None:
     out = tufmesh("origin", "project", "add", "--dir", str(repo), "De_mo").stdout
     assert out.startswith("registered project de-mo (the normal form of De_mo);")
+
+
+def test_an_upload_cut_short_leaves_no_traceback_and_no_file(repo: Path) -> None:
+    import socket
+
+    token = add_project(repo, "cut")
+    server = start_server(repo)
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                b"POST /api/v1/projects/cut/files/cut-1.0.tar.gz HTTP/1.1\r\n"
+                b"host: x\r\nauthorization: Bearer " + token.encode() + b"\r\n"
+                b"content-length: 9000000\r\n\r\n" + b"x" * 300_000
+            )
+            time.sleep(0.5)
+        time.sleep(0.5)
+        assert post(server.url, "cut", "cut-2.0.tar.gz", b"whole", token).status_code == 200
+        assert not list((repo / "cas" / "tmp").iterdir())  # the cut upload's bytes are gone
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        _, err = server.proc.communicate(timeout=30)
+    assert "Traceback" not in err and "ClientDisconnect" not in err, err
