@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import trio
 import urllib3
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile, Targets
+from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater
 
 from tufmesh.cas import Manifest, cid_of
@@ -141,6 +142,12 @@ class Client:
     def _new_updater(self) -> Updater:
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         cached = (self.metadata_dir / "root.json").exists()
+        if cached and not _is_root(self.metadata_dir / "root.json"):
+            # Damaged on disk: python-tuf would refuse every source's answer
+            # against it. The trust anchor walks the root chain again.
+            shutil.rmtree(self.metadata_dir)
+            self.metadata_dir.mkdir()
+            cached = False
         return Updater(
             str(self.metadata_dir),
             METADATA_BASE,
@@ -443,6 +450,14 @@ def _fetch_whole(
             blame(source, reasons[source])
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
+
+
+def _is_root(path: Path) -> bool:
+    """True if ``path`` parses as root metadata (its signatures are python-tuf's to check)."""
+    try:
+        return Metadata.from_bytes(path.read_bytes()).signed.type == "root"
+    except (OSError, tuf_errors.RepositoryError, ValueError):
+        return False
 
 
 def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:

@@ -73,7 +73,7 @@ class ClientHome:
     def create(cls, path: Path, root_json: Path, sources: list[str]) -> ClientHome:
         """Initialise a home trusting ``root_json`` and fetching from ``sources``."""
         root_bytes = read_root(root_json)
-        urls = [check_url(u) for u in sources]
+        urls = list(dict.fromkeys(check_url(u) for u in sources))  # each once
         if not urls:
             raise UsageError("give at least one source (--origin URL)")
         path.mkdir(parents=True, exist_ok=True)

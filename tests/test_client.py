@@ -347,3 +347,21 @@ def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: P
         proc = tufmesh("ls", "demo", "--home", str(home), check=False)
         assert proc.returncode == 1 and f"bad {config}" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_a_damaged_metadata_cache_heals_and_a_new_root_is_said(
+    origin: Server, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    root = str(origin.repo / "metadata" / "1.root.json")
+    made = tufmesh("client", "init", root, "--origin", origin.url, "--mirror", origin.url + "/",
+                   "--home", str(home)).stdout  # fmt: skip
+    assert "1 source(s)" in made  # the same URL once
+    tufmesh("ls", "demo", "--home", str(home))
+    (home / "metadata" / "root.json").write_text("garbage")  # a damaged disk
+    listing = tufmesh("ls", "demo", "--home", str(home), check=False)
+    assert listing.returncode == 0 and SMALL in listing.stdout, listing.stderr
+    other = init_repo(tmp_path / "other")
+    again = tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
+                    "--origin", origin.url, "--home", str(home)).stdout  # fmt: skip
+    assert "the trusted root was replaced" in again
