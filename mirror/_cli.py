@@ -101,8 +101,12 @@ def status(mirror_dir: Path) -> None:
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
     state = replica.state() if replica is not None else {}
-    if replica is None or not state:
+    if replica is None:
         raise TufmeshError(f"{mirror_dir} has not synced yet (is it a mirror directory?)")
+    if not state:
+        raise TufmeshError(
+            f"{replica.state_file} is damaged; the mirror's next sync writes it again"
+        )
     blobs = list(replica.store)
     size = sum(replica.store.stat(cid).size for cid in blobs)
     last = state.get("last_sync", {})

@@ -145,10 +145,10 @@ class Mirror:
     def state(self) -> dict[str, Any]:
         """The last sync report and totals (``tufmesh mirror status``)."""
         try:
-            state: dict[str, Any] = json.loads(self.state_file.read_text())
-            return state
+            state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return {}
+        return state if isinstance(state, dict) else {}
 
     def _update_state(self, change: Callable[[dict[str, Any]], None]) -> None:
         with self._state_lock:

@@ -105,6 +105,9 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     typo = tufmesh("mirror", "status", "--dir", str(tmp_path / "m3"), check=False)
     assert typo.returncode == 1 and "has not synced yet" in typo.stderr
     assert not (tmp_path / "m3").exists()  # asking created nothing
+    (tmp_path / "m2" / "state.json").write_text("[]")
+    damaged = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
+    assert damaged.returncode == 1 and "state.json is damaged" in damaged.stderr, damaged.stderr
 
 
 @pytest.mark.attack
