@@ -6,6 +6,7 @@ import datetime
 import os
 import sys
 from pathlib import Path
+from stat import S_ISREG
 
 import click
 
@@ -19,9 +20,12 @@ __all__ = ["cas"]
 
 def _file_size(path: str) -> int:
     try:
-        return os.stat(path).st_size
+        info = os.stat(path)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    if not S_ISREG(info.st_mode):  # a pipe would be read forever, a directory not at all
+        raise UsageError(f"cannot read {path}: not a regular file")
+    return info.st_size
 
 
 @click.group(cls=Group)

@@ -42,7 +42,9 @@ def mirror() -> None:
 @click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
 @click.option("--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network here.")
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
-@click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")
+@click.option(
+    "--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second (0: none)."
+)
 @click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
 @click.option("--p2p-only", is_flag=True,
               help="Peers reach this mirror over libp2p (no reachable HTTP port).")  # fmt: skip

@@ -149,7 +149,9 @@ def init(
     "--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network on this port."
 )
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
-@click.option("--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second.")
+@click.option(
+    "--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second (0: none)."
+)
 def serve(
     repo_dir: Path,
     host: str,
