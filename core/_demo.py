@@ -18,6 +18,7 @@ import contextlib
 import json
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -50,7 +51,13 @@ def demo(size: int, keep: bool) -> None:
         if keep:
             click.echo(f"\nkept {work}")
         else:
-            shutil.rmtree(work, ignore_errors=True)
+            # Not cut short by another Ctrl-C: a half-deleted demo would leave
+            # its keys behind.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                shutil.rmtree(work, ignore_errors=True)
+            finally:
+                signal.signal(signal.SIGINT, previous)
 
 
 def _run(work: Path, size: int) -> None:
