@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import stat
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from tufmesh.client._download import (
     ChunkPlan,
     Replicating,
     download_plan,
+    own_file,
     plan_for_manifest,
     plan_for_whole_blob,
     span_for,
@@ -258,7 +259,7 @@ class Client:
         dest = dest_dir / (filename or path.rsplit("/", 1)[-1])
         if os.path.lexists(dest) and not dest.is_file():  # a directory, a dangling link...
             raise ClientError(f"{dest} is in the way: not a regular file, so not replaced")
-        if dest.is_file():
+        if own_file(dest):  # not through a link, nor a file another user may change
             with open(dest, "rb") as existing:
                 try:
                     info.verify_length_and_hashes(existing)
@@ -266,9 +267,12 @@ class Client:
                 except tuf_errors.LengthOrHashMismatchError:
                     pass  # stale or damaged: fetch again
         part = dest.with_name(dest.name + ".part")
-        if os.path.lexists(part) and not stat.S_ISREG(os.lstat(part).st_mode):
-            # A link there would have the download write wherever it points.
-            raise ClientError(f"{part} is in the way: not a regular file, so not written to")
+        if os.path.lexists(part) and not own_file(part):
+            # A link there would have the download write wherever it points; a
+            # file of another user's (a shared directory) they could change.
+            raise ClientError(
+                f"{part} is in the way: not a regular file of this user's, so not written to"
+            )
         cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
         usable = [s for s in self.fetcher.ordered() if s.serves_blobs]
         # Fallback sources join only if the others cannot finish the download.
@@ -296,9 +300,14 @@ class Client:
                 # prefix of the file as the chunks land (_prefix.py).
                 stats = check_alongside(info.verify_length_and_hashes, part, info.length, chunks)
             else:
-                stats = self._download_whole(info, part, progress)
-                with open(part, "rb") as handle:
-                    info.verify_length_and_hashes(handle)  # python-tuf's own check
+                # python-tuf opens the path it writes by name: a directory of
+                # our own, not one anybody may plant a link in.
+                with tempfile.TemporaryDirectory(prefix=".tufmesh-", dir=dest_dir) as private:
+                    whole = Path(private) / dest.name
+                    stats = self._download_whole(info, whole, progress)
+                    with open(whole, "rb") as handle:
+                        info.verify_length_and_hashes(handle)  # python-tuf's own check
+                    os.replace(whole, part)
         except tuf_errors.LengthOrHashMismatchError as exc:
             raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
         os.replace(part, dest)

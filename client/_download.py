@@ -28,6 +28,7 @@ from tufmesh.errors import ChunkRejectedError, ClientError, SourcesFailedError, 
 
 __all__ = [
     "ChunkPlan",
+    "own_file",
     "Replicating",
     "download_plan",
     "plan_for_manifest",
@@ -82,6 +83,19 @@ class Replicating(Protocol):
     async def fetch(self, source: str, cid: str, offset: int, length: int) -> bytes:
         """Bytes from a source that is not an HTTP URL (a ``libp2p:`` peer);
         exactly ``length`` of them, or a :class:`TufmeshError`."""
+
+
+def own_file(path: Path | int) -> bool:
+    """True if ``path`` (or an open descriptor) is a regular file, not a link,
+    of this user's, with no other name: what a download may read as its own
+    or write into. A hard link or a file another user owns in a shared
+    directory would let them read or change what was verified."""
+    try:
+        info = os.fstat(path) if isinstance(path, int) else os.lstat(path)
+    except OSError:
+        return False
+    owner = os.geteuid() if hasattr(os, "geteuid") else info.st_uid
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_uid == owner
 
 
 def plan_for_manifest(manifest: Manifest, span: int = 1) -> ChunkPlan:
@@ -170,9 +184,9 @@ async def download_plan(
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644)
     except OSError as exc:  # a link (ELOOP), a directory...
         raise ClientError(f"cannot write {part}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    if not own_file(fd):
         os.close(fd)
-        raise ClientError(f"{part} is not a regular file")
+        raise ClientError(f"{part} is not a regular file of this user's")
     wake = trio.Event()
 
     def store(index: int, data: bytearray) -> None:

@@ -34,7 +34,7 @@ def check_url(url: object) -> str:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise UsageError(f"not a usable URL: {url!r} ({exc})") from None
-    if not parsed.host or not 0 < (parsed.port or 1) < 65536:
+    if not parsed.host or (parsed.port is not None and not 0 < parsed.port < 65536):
         raise UsageError(f"not a usable URL: {url!r} (no host, or a port past 65535)")
     return url.rstrip("/")
 

@@ -30,10 +30,14 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
 
 
 def hold_lock(path: Path, *, wait: float = 0.0) -> int | None:
-    """Take the exclusive lock on ``path`` (created if missing) for as long as
-    the returned descriptor stays open (the process's life: one daemon per
-    directory); None if another process still holds it after ``wait`` seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Take the exclusive lock on ``path`` (a directory, or a file created if
+    missing) for as long as the returned descriptor stays open (the process's
+    life: one daemon per directory); None if another process still holds it
+    after ``wait`` seconds."""
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + wait
     while True:
         try:

@@ -103,6 +103,8 @@ def _one_line(exc: BaseException) -> str:
     """What to say of an expected error: an OSError (a directory that cannot be
     written, a full disk) by its reason and the file it concerns."""
     if isinstance(exc, OSError) and exc.strerror:
+        if exc.filename2:  # a rename, a link
+            return f"{exc.strerror}: {exc.filename} -> {exc.filename2}"
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc)
 

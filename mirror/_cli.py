@@ -70,11 +70,14 @@ def run(
 
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
+    # The directory itself is locked, before anything in it is written: a
+    # second run must not even rewrite the first one's settings.
+    mirror_dir.mkdir(parents=True, exist_ok=True)
+    if hold_lock(mirror_dir) is None:  # held until the process ends
+        raise UsageError(f"another mirror is running in {mirror_dir}")
     replica = Mirror.create(
         mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
     )
-    if hold_lock(mirror_dir / "mirror.lock") is None:  # held until the process ends
-        raise UsageError(f"another mirror is running in {mirror_dir} (it holds mirror.lock)")
     run_service(
         lambda ready: run_mirror(
             replica,
@@ -107,7 +110,8 @@ def status(mirror_dir: Path) -> None:
         raise TufmeshError(f"{mirror_dir} has not synced yet (is it a mirror directory?)")
     if not state:
         raise TufmeshError(
-            f"{replica.state_file} is damaged; the mirror's next sync writes it again"
+            f"{replica.state_file} cannot be read or is damaged; "
+            "the mirror's next sync writes it again"
         )
     blobs = list(replica.store)
     size = sum(replica.store.stat(cid).size for cid in blobs)

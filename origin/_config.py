@@ -70,6 +70,18 @@ class OriginConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
+        for role, days in self.expiry_days.items():
+            # A lifetime of nothing expires at once (clients then refuse the
+            # metadata as a freeze attack); a century is past any key's life.
+            if not (isinstance(days, int | float) and MIN_EXPIRY_DAYS <= days <= MAX_EXPIRY_DAYS):
+                raise OriginError(
+                    f"expiry of {role}: {days!r} days is outside "
+                    f"one minute .. {MAX_EXPIRY_DAYS:,} days"
+                )
+
+    def check_limits(self) -> None:
+        """Refuse upload limits a new repository could not serve (checked at
+        creation: a repository made before a rule was added still opens)."""
         if self.max_upload_bytes < 1:
             raise OriginError(
                 f"the upload limit must be at least 1 byte, not {self.max_upload_bytes}"
@@ -84,14 +96,6 @@ class OriginConfig:
                 f"a manifest of {chunks:,} chunks, past the {DEFAULT_MAX_MANIFEST_BYTES:,} bytes "
                 f"clients accept: at least {least} bytes with this upload limit"
             )
-        for role, days in self.expiry_days.items():
-            # A lifetime of nothing expires at once (clients then refuse the
-            # metadata as a freeze attack); a century is past any key's life.
-            if not (isinstance(days, int | float) and MIN_EXPIRY_DAYS <= days <= MAX_EXPIRY_DAYS):
-                raise OriginError(
-                    f"expiry of {role}: {days!r} days is outside "
-                    f"one minute .. {MAX_EXPIRY_DAYS:,} days"
-                )
 
     def expiry(self, role: str) -> timedelta:
         """Lifetime of a new version of ``role`` (any ``bin-*`` role uses ``bin-n``)."""

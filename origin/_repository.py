@@ -208,6 +208,7 @@ class OriginRepository(Repository):
         URIs, whose key file holds it.
         """
         config = config or OriginConfig()
+        config.check_limits()
         bins = config.bins
         if bins < 2 or bins > 1 << 16 or bins & (bins - 1):
             raise OriginError(f"the number of bins must be a power of two, 2 .. 65536, not {bins}")

@@ -250,18 +250,29 @@ def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_pa
     victim.write_bytes(b"precious\n")
     name = SMALL.rsplit("/", 1)[-1]
     part = out / f"{name}.part"
-    for target in (victim, tmp_path / "nowhere", None):
-        if target is None:
-            part.mkdir()
+    for plant in ("link", "dangling link", "hard link", "directory"):
+        if plant == "link":
+            part.symlink_to(victim)
+        elif plant == "dangling link":
+            part.symlink_to(tmp_path / "nowhere")
+        elif plant == "hard link":  # a regular file, but the victim's too
+            os.link(victim, part)
         else:
-            part.symlink_to(target)
+            part.mkdir()
         proc = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
-        assert proc.returncode == 1 and "is in the way" in proc.stderr, proc.stderr
+        assert proc.returncode == 1 and "is in the way" in proc.stderr, (plant, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert victim.read_bytes() == b"precious\n" and not (tmp_path / "nowhere").exists()
         assert not (out / name).exists()
-        part.unlink() if target is not None else part.rmdir()
-    tufmesh("get", SMALL, "-o", str(out), "--home", str(home))  # and then it works
+        part.rmdir() if plant == "directory" else part.unlink()
+    # A link at the artifact's own name to a file with the right bytes is no
+    # cached copy (its owner could change it): the link is replaced.
+    lookalike = tmp_path / "lookalike"
+    lookalike.write_bytes(origin.contents[SMALL])  # type: ignore[attr-defined]
+    (out / name).symlink_to(lookalike)
+    got = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), "--json").stdout
+    assert '"cached": false' in got
+    assert not (out / name).is_symlink()
     assert (out / name).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
 
 
@@ -336,7 +347,7 @@ def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
 def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: Path) -> None:
     home = tmp_path / "home"
     root = str(origin.repo / "metadata" / "1.root.json")
-    for bad in ("http://[::1", "http://127.0.0.1:99999", "http://", "file:///etc"):
+    for bad in ("http://[::1", "http://127.0.0.1:99999", "http://x:0", "http://", "file:///etc"):
         proc = tufmesh("client", "init", root, "--origin", bad, "--home", str(home), check=False)
         assert proc.returncode == 1 and "URL" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr

@@ -107,7 +107,9 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     assert not (tmp_path / "m3").exists()  # asking created nothing
     (tmp_path / "m2" / "state.json").write_text("[]")
     damaged = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
-    assert damaged.returncode == 1 and "state.json is damaged" in damaged.stderr, damaged.stderr
+    assert (
+        damaged.returncode == 1 and "state.json cannot be read or is damaged" in damaged.stderr
+    ), damaged.stderr
 
 
 @pytest.mark.attack
@@ -603,12 +605,15 @@ def test_one_mirror_per_directory_and_a_stop_does_not_wait_for_a_sync(tmp_path: 
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert proc.stdout is not None and "serving on" in proc.stdout.readline()
+            settings = (tmp_path / "m" / "mirror.json").read_bytes()
             second = subprocess.run(
-                [*args, "--origin", origin.url], capture_output=True, text=True, timeout=60
-            )
+                [*args, "--origin", "http://127.0.0.1:1", "--quota", "1", "--projects", "x"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
             assert second.returncode == 1, second.stderr
             assert "another mirror is running in" in second.stderr
             assert "Traceback" not in second.stderr
+            assert (tmp_path / "m" / "mirror.json").read_bytes() == settings  # untouched
             time.sleep(1.5)  # into the sync
             started = time.monotonic()
             proc.send_signal(stop)

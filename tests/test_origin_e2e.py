@@ -574,3 +574,13 @@ def test_an_upload_cut_short_leaves_no_traceback_and_no_file(repo: Path) -> None
         server.proc.send_signal(signal.SIGTERM)
         _, err = server.proc.communicate(timeout=30)
     assert "Traceback" not in err and "ClientDisconnect" not in err, err
+
+
+def test_a_repository_made_before_a_limit_was_added_still_opens(repo: Path) -> None:
+    # init now refuses chunks too small for the upload limit's manifest; a
+    # repository created with them before must still be served and managed.
+    config = json.loads((repo / "config.json").read_text())
+    config["chunk_size"] = 4096
+    (repo / "config.json").write_text(json.dumps(config))
+    assert "timestamp" in tufmesh("origin", "status", "--dir", str(repo)).stdout
+    add_project(repo, "old")
