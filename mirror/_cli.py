@@ -78,6 +78,7 @@ def run(
     replica = Mirror.create(
         mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
     )
+    replica.tidy()
     run_service(
         lambda ready: run_mirror(
             replica,

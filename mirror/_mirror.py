@@ -34,7 +34,7 @@ from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore
 from tufmesh.client import Client, SourceHealth
 from tufmesh.client._home import check_url, read_root
-from tufmesh.errors import TufmeshError, UsageError
+from tufmesh.errors import StoreError, TufmeshError, UsageError
 from tufmesh.mirror._swarm import Swarm
 
 __all__ = ["Mirror", "SyncReport"]
@@ -109,6 +109,26 @@ class Mirror:
         }
         write_atomic(directory / "mirror.json", (json.dumps(config, indent=1) + "\n").encode())
         return cls(directory)
+
+    def tidy(self) -> int:
+        """Remove what a daemon stopped mid-sync left behind (call it holding
+        the directory's lock): downloads of blobs the store already holds, and
+        temporary files of atomic writes. Downloads still missing from the
+        store stay: the next sync resumes them. Returns the files removed."""
+        removed = 0
+        for path in (self.dir / "incoming").iterdir():
+            try:
+                held = self.store.has(path.name.removesuffix(".part"))
+            except StoreError:  # not named by a CID: not ours to judge
+                continue
+            if held:
+                path.unlink()
+                removed += 1
+        for folder in (self.dir, self.tree / "metadata"):
+            for path in folder.glob(".*.tmp-*"):
+                path.unlink()
+                removed += 1
+        return removed
 
     def _config(self) -> dict[str, Any]:
         try:

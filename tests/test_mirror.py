@@ -620,3 +620,16 @@ def test_one_mirror_per_directory_and_a_stop_does_not_wait_for_a_sync(tmp_path: 
             _, err = proc.communicate(timeout=60)
             assert time.monotonic() - started < 10, err
             assert "Traceback" not in err, err
+    # What a stop mid-sync leaves is tidied at the next start: a download the
+    # store already holds, an atomic write's temporary file; not a download
+    # still to resume.
+    replica = Mirror(tmp_path / "m")
+    held = replica.store.put(b"already stored")
+    leftovers = [tmp_path / "m" / "incoming" / held, tmp_path / "m" / ".state.json.tmp-1"]
+    for path in leftovers:
+        path.write_bytes(b"x")
+    resumable = list((tmp_path / "m" / "incoming").glob("*.part"))
+    assert resumable  # the 24 MiB download cut short
+    with mirror_process(tmp_path / "m", root, "http://127.0.0.1:1"):
+        assert not any(path.exists() for path in leftovers)
+        assert all(path.exists() for path in resumable)
