@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -72,12 +73,18 @@ def run(
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     # The directory itself is locked, before anything in it is written: a
     # second run must not even rewrite the first one's settings.
+    created = not mirror_dir.exists()
     mirror_dir.mkdir(parents=True, exist_ok=True)
-    if hold_lock(mirror_dir) is None:  # held until the process ends
-        raise UsageError(f"another mirror is running in {mirror_dir}")
-    replica = Mirror.create(
-        mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
-    )
+    try:
+        if hold_lock(mirror_dir) is None:  # held until the process ends
+            raise UsageError(f"another mirror is running in {mirror_dir}")
+        replica = Mirror.create(
+            mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
+        )
+    except BaseException:
+        if created:  # a run refused (a wrong root, say) leaves nothing behind
+            shutil.rmtree(mirror_dir, ignore_errors=True)
+        raise
     replica.tidy()
     run_service(
         lambda ready: run_mirror(
