@@ -60,6 +60,8 @@ _VERSION: Final = 1
 _BLAKE3_CODE: Final = 0x1E
 _HEADER: Final = struct.Struct(">4sBBHIQ32s")
 _DIGEST: Final = 32
+#: Chunks a manifest of at most DEFAULT_MAX_MANIFEST_BYTES can list.
+MAX_MANIFEST_CHUNKS: Final = (DEFAULT_MAX_MANIFEST_BYTES - _HEADER.size) // _DIGEST
 
 
 def _chunk_count(length: int, chunk_size: int) -> int:

@@ -39,9 +39,10 @@ def client() -> None:
 @home_option
 def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path | None) -> None:
     """Trust ROOT_JSON and fetch from the origin and mirrors."""
-    anchor = _home(home).path / "root.json"
+    path = _home(home).path
+    anchor = path / "root.json"
     before = anchor.read_bytes() if anchor.is_file() else None
-    made = ClientHome.create(_home(home).path, root_json, [origin_url, *mirrors])
+    made = ClientHome.create(path, root_json, [origin_url, *mirrors])
     click.echo(f"client set up in {made.path}: {len(made.sources())} source(s)")
     if before is not None and before != anchor.read_bytes():
         click.echo(f"the trusted root was replaced by {root_json}, and the cached metadata cleared")

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import trio
 import urllib3
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.metadata import TargetFile, Targets
 from tuf.ngclient import Updater
 
 from tufmesh.cas import Manifest, cid_of
@@ -49,7 +49,7 @@ from tufmesh.client._fetcher import (
     done_with,
     read_body,
 )
-from tufmesh.client._home import ClientHome
+from tufmesh.client._home import ClientHome, read_root
 from tufmesh.client._prefix import check_alongside
 from tufmesh.client._scheduler import SchedulerConfig, SourceStats
 from tufmesh.errors import (
@@ -60,6 +60,7 @@ from tufmesh.errors import (
     NotInMetadataError,
     SourcesFailedError,
     TufmeshError,
+    UsageError,
 )
 
 __all__ = ["Client", "DownloadResult"]
@@ -462,11 +463,13 @@ def _fetch_whole(
 
 
 def _is_root(path: Path) -> bool:
-    """True if ``path`` parses as root metadata (its signatures are python-tuf's to check)."""
+    """True if ``path`` is root metadata signed by its own keys (as every root
+    of a chain is): what python-tuf can start from."""
     try:
-        return Metadata.from_bytes(path.read_bytes()).signed.type == "root"
-    except (OSError, tuf_errors.RepositoryError, ValueError):
+        read_root(path)
+    except UsageError:
         return False
+    return True
 
 
 def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from tufmesh._durable import write_atomic
 from tufmesh.cas import MAX_CHUNK_SIZE
-from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES
+from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES, MAX_MANIFEST_CHUNKS
 from tufmesh.errors import OriginError
 
 __all__ = [
@@ -88,9 +88,8 @@ class OriginConfig:
             )
         # The largest upload's manifest must fit what clients and mirrors accept.
         chunks = -(-self.max_upload_bytes // self.chunk_size)
-        most = (DEFAULT_MAX_MANIFEST_BYTES - 64) // 32  # a 32-byte digest per chunk
-        if chunks > most:
-            least = -(-self.max_upload_bytes // most)
+        if chunks > MAX_MANIFEST_CHUNKS:
+            least = -(-self.max_upload_bytes // MAX_MANIFEST_CHUNKS)
             raise OriginError(
                 f"chunk size {self.chunk_size} would give a {self.max_upload_bytes}-byte upload "
                 f"a manifest of {chunks:,} chunks, past the {DEFAULT_MAX_MANIFEST_BYTES:,} bytes "
