@@ -31,10 +31,10 @@ from typing import Any
 from tuf.api.metadata import Metadata
 
 from tufmesh._durable import fsync_dir, write_atomic
-from tufmesh.cas import BlobStore
+from tufmesh.cas import BlobStore, parse_cid
 from tufmesh.client import Client, SourceHealth
 from tufmesh.client._home import check_url, read_root
-from tufmesh.errors import StoreError, TufmeshError, UsageError
+from tufmesh.errors import InvalidCIDError, InvalidNameError, StoreError, TufmeshError, UsageError
 from tufmesh.mirror._swarm import Swarm
 
 __all__ = ["Mirror", "SyncReport"]
@@ -201,7 +201,7 @@ class Mirror:
                 origin, *peers = self.sources[-1:] + self.sources[:-1]
                 sources = [SourceHealth(origin)] + [SourceHealth(p, fallback=True) for p in peers]
             with Client(self.dir / "client", root, list(sources)) as client:
-                targets = self.wanted(client.artifacts())
+                targets = self.wanted([t for t in client.artifacts() if servable(t)])
                 if swarm is not None:
                     swarm.syncing = _version(client.metadata_dir / "snapshot.json")
                 for target in targets:
@@ -271,24 +271,22 @@ class Mirror:
             if not out.exists():
                 write_atomic(out, old_root.read_bytes(), sync_dir=False)
         for target in targets:
-            cid = target.custom.get("cid")
-            if not isinstance(cid, str) or not self.store.has(cid):
+            entry = servable(target)
+            if entry is None or not self.store.has(entry.cid):
                 continue
-            project, _, filename = target.path.rpartition("/")
-            directory = self.tree / "targets" / project
+            directory = self.tree / "targets" / entry.project
             directory.mkdir(parents=True, exist_ok=True)
-            link = directory / f"{target.hashes['sha256']}.{filename}"
+            link = directory / f"{entry.sha256}.{entry.filename}"
             if not link.exists():
-                os.link(self.store.path(cid), link)
+                os.link(self.store.path(entry.cid), link)
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
         snapshot = versions.get("snapshot", 0)
         held: set[str] = set()
         for target in targets:
-            custom = target.custom if isinstance(target.custom, dict) else {}
-            held.update(
-                v for k, v in custom.items() if k in ("cid", "manifest") and isinstance(v, str)
-            )
+            entry = servable(target)
+            if entry is not None:
+                held.update(cid for cid in (entry.cid, entry.manifest) if cid is not None)
         held = {cid for cid in held if self.store.has(cid)}
         if held:
             self.store.pin(f"snapshot-{snapshot}", held)
@@ -326,6 +324,49 @@ class Mirror:
             )
 
         self._update_state(update)
+
+
+@dataclass(frozen=True)
+class Servable:
+    """A signed target as a mirror keeps and serves it."""
+
+    cid: str
+    manifest: str | None
+    project: str
+    filename: str
+    sha256: str
+
+
+def servable(target: Any) -> Servable | None:
+    """What a mirror may keep of ``target``, or None.
+
+    A mirror names its copy ``targets/<project>/<sha256>.<filename>`` from the
+    signed entry, and may hold the blob already (another target's), so the
+    entry is never compared with the bytes on the way: its path must be a
+    valid project and file name (no ``..``, no separators), and its SHA-256
+    the blob's own (the CID's digest). A signing key, even the origin's,
+    must not be able to name a file outside the tree or a blob that is not
+    the artifact.
+    """
+    from tufmesh.origin._names import check_filename, normalize_project
+
+    custom = target.custom if isinstance(target.custom, dict) else {}
+    cid, manifest = custom.get("cid"), custom.get("manifest")
+    hashes = target.hashes if isinstance(target.hashes, dict) else {}
+    project, _, filename = str(target.path).partition("/")
+    try:
+        if not isinstance(cid, str) or not isinstance(manifest, str | None):
+            return None
+        canonical, digest = parse_cid(cid)
+        if manifest is not None and parse_cid(manifest)[0] != manifest:
+            return None
+        if normalize_project(project) != project or check_filename(filename) != filename:
+            return None
+    except (InvalidCIDError, InvalidNameError):
+        return None
+    if canonical != cid or hashes.get("sha256") != digest.hex():
+        return None
+    return Servable(cid, manifest, project, filename, digest.hex())
 
 
 def _version(path: Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import os
 import random
 import signal
@@ -633,3 +634,53 @@ def test_one_mirror_per_directory_and_a_stop_does_not_wait_for_a_sync(tmp_path: 
     with mirror_process(tmp_path / "m", root, "http://127.0.0.1:1"):
         assert not any(path.exists() for path in leftovers)
         assert all(path.exists() for path in resumable)
+
+
+def test_signed_entries_cannot_name_files_outside_the_tree_or_other_blobs(
+    tmp_path: Path,
+) -> None:
+    """A mirror names its copy of a target from the signed entry; a holder of a
+    signing key (even the origin's online bin key) must not be able to make it
+    write outside its tree, or serve one blob under another artifact's name."""
+    from tuf.api.metadata import TargetFile
+
+    from tufmesh.mirror._mirror import servable
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    mirror = Mirror(tmp_path / "mirror")
+    for sub in ("tree/metadata", "tree/targets", "client"):
+        (mirror.dir / sub).mkdir(parents=True, exist_ok=True)
+    payload, other = b"import os  # an artifact the attacker published\n", b"the real artifact\n"
+    cid = mirror.store.put(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+
+    def entry(path: str, sha256: str, **custom: object) -> TargetFile:
+        return TargetFile(
+            len(payload),
+            {"sha256": sha256},
+            path,
+            unrecognized_fields={"custom": {"cid": cid, **custom}},
+        )
+
+    bad = [
+        entry("proj/pth", f"{outside}/evil"),  # an absolute digest
+        entry("proj/pth", f"../../../{outside.name}/evil"),  # a relative one
+        entry("../outside/x.whl", sha),  # a path out of the tree
+        entry("proj/sub/x.whl", sha),  # a separator in the file name
+        entry("Proj/x.whl", sha),  # not the project's normal form
+        entry("proj/x.whl", hashlib.sha256(other).hexdigest()),  # not this blob
+        entry("proj/x.whl", sha, manifest="../../etc"),  # a manifest that is no CID
+    ]
+    good = entry("proj/x.whl", sha)
+    assert [servable(t) for t in bad] == [None] * len(bad)
+    assert servable(good) is not None
+
+    class Cache:
+        metadata_dir = mirror.dir / "client"
+
+    mirror._publish(Cache(), [*bad, good])  # type: ignore[arg-type]
+    assert list(outside.iterdir()) == []
+    linked = sorted(p.relative_to(mirror.tree) for p in (mirror.tree / "targets").rglob("*"))
+    assert linked == [Path("targets/proj"), Path(f"targets/proj/{sha}.x.whl")]
+    assert (mirror.tree / "targets" / "proj" / f"{sha}.x.whl").read_bytes() == payload
