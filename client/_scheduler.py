@@ -103,6 +103,14 @@ class SchedulerConfig:
     #: have-query rounds; netsim: shorter waits make the origin re-serve
     #: seeded chunks, 1.05-1.14x the release instead of 1.00-1.03x).
     patience: float = 2.0
+    #: With no chunk from a peer for this long, the fallback is asked for any
+    #: missing chunk, one after another, whatever the peers claim to hold,
+    #: until a peer delivers again: peers that claim chunks and never serve
+    #: them (busy for ever; one liar or a stream of new ones) must not hold a
+    #: download hostage, since the fallback is otherwise not asked for chunks
+    #: a peer holds. In an honest network a replicating mirror gets a chunk
+    #: from a peer every second or so.
+    max_stall: float = 60.0
     #: Random tie-break between equally rare chunks (replication); None keeps
     #: index order (a download fills the file from the front).
     seed: int | None = None
@@ -209,6 +217,7 @@ class ChunkScheduler:
         self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         self._delivered: dict[str, float] = {}  # when each source last delivered a chunk
+        self._progress: float | None = None  # when a peer last delivered a chunk (or the start)
         indices = chunk_indices(self.count)
         if self.config.seed is None:
             rank = list(indices)
@@ -379,11 +388,18 @@ class ChunkScheduler:
         elif self._idle_since is None:
             self._idle_since = now
         self._now = now
+        order = self.usable
+        if self._progress is None:
+            self._progress = now
+        elif self._stalled():
+            # The fallback first, ahead of the peers that claim what it lacks.
+            self._dry -= self.fallback
+            order = sorted(order, key=lambda source: source not in self.fallback)
         dry, resting, load, fallback = self._dry, self._resting, self._load, self.fallback
         per_fallback = self.config.per_fallback
         per_source = self.config.per_source if self.me is None else self.config.per_peer
         capped, cap, measured = self.me is not None, self.config.measured_requests, self._measured
-        for source in self.usable:
+        for source in order:
             if source in dry:
                 continue
             if resting and source in resting:
@@ -421,7 +437,9 @@ class ChunkScheduler:
         waiting = self._waiting
         candidates: Collection[int]
         if source in self.fallback:
-            if not self.fallback_open or not waiting or (self._full and self._full_serves()):
+            if not self.fallback_open or not waiting:
+                return None
+            if self._full and not self._stalled() and self._full_serves():
                 return None  # a peer holds everything: it serves, not the origin
             candidates = self._for_fallback()
         else:
@@ -453,6 +471,10 @@ class ChunkScheduler:
             if s not in self.fallback
         )
 
+    def _stalled(self) -> bool:
+        """True when no peer has delivered a chunk for ``max_stall``."""
+        return self._progress is not None and self._now - self._progress >= self.config.max_stall
+
     def _unwait(self, index: int) -> None:
         """Chunk ``index`` left the queue (started or verified): nobody offers it."""
         if index in self._waiting:
@@ -466,6 +488,10 @@ class ChunkScheduler:
         them, and (for a mirror) this node is their designated fetcher, unless it
         has been idle past its patience."""
         rarity, claimed = self._rarity, self._claimed
+        if self._stalled():
+            # What the peers claim is not reaching us: any missing chunk.
+            self._patient = True
+            return list(self._waiting)
         if self._mine is None:
             pool = self._waiting - self._seeded
             return [i for i in pool if not rarity[i] and not claimed[i]]
@@ -550,6 +576,8 @@ class ChunkScheduler:
             self._claims_cache = None
         self.have.add(index)
         self._have_mask |= 1 << index
+        if source not in self.fallback:
+            self._progress = now
         self._unwait(index)
         if self._copies[index]:
             for key in [k for k in self._inflight if k[1] == index]:

@@ -178,6 +178,53 @@ def test_designated_fetcher_asks_the_origin_only_for_its_own_chunks() -> None:
     assert sum(len(c) for c in fetched_from_origin.values()) == count
 
 
+def _run(s: ChunkScheduler, refuses: set[str], until: float) -> tuple[float, dict[str, int]]:
+    """Play a download: sources in ``refuses`` answer busy (ask again in 0.01 s:
+    never resting when the next pick comes), the others deliver at once."""
+    now, served = 0.0, {}
+    while not s.complete and now < until:
+        for src, index in s.assign(now):
+            if src in refuses:
+                s.refused(src, index, now + 0.01)
+            else:
+                served[src] = served.get(src, 0) + 1
+                s.verified(src, index, 1, now)
+        now += 0.5
+    return now, served
+
+
+@pytest.mark.parametrize("claim", [{0, 1, 2}, None], ids=["all-but-one", "all"])
+def test_peers_that_only_say_busy_cannot_hold_a_download_hostage(claim: set[int] | None) -> None:
+    """Neighbours claiming chunks and answering every request busy: the origin
+    is not asked for chunks a peer holds (nor at all while a peer holding
+    everything answers), so without a limit the download would wait for ever."""
+    s = ChunkScheduler(4, [], SchedulerConfig(max_stall=30.0), fallback={"o"}, me="http://a")
+    s.add_source("o")
+    s.add_source("http://liar", has=claim)
+    s.add_source("http://liar2", has=claim)
+    s.add_source("http://honest", has={1})
+    now, served = _run(s, {"http://liar", "http://liar2"}, until=100)
+    assert s.complete and 30 <= now <= 35  # held up for max_stall, not for ever
+    assert served == {"http://honest": 1, "o": 3}
+    assert all(s.patient("o", i) is False for i in range(4))  # requests over: none left
+
+
+def test_a_peer_that_delivers_now_and_then_keeps_the_origin_out() -> None:
+    s = ChunkScheduler(40, [], SchedulerConfig(max_stall=30.0), fallback={"o"}, me="http://a")
+    s.add_source("o")
+    s.add_source("http://slow")  # holds everything, serves a chunk every 20 s
+    now, served = 0.0, {"o": 0, "http://slow": 0}
+    while not s.complete and now < 2000:
+        for src, index in s.assign(now):
+            if src == "http://slow" and int(now) % 20:
+                s.refused(src, index, now + 0.01)
+            else:
+                served[src] += 1
+                s.verified(src, index, 1, now)
+        now += 1.0
+    assert s.complete and served["http://slow"] >= 39 and served["o"] <= 1
+
+
 def test_an_idle_mirror_asks_the_origin_for_any_chunk_after_patience() -> None:
     config = SchedulerConfig(per_fallback=1, patience=0.5)
     s = ChunkScheduler(8, [], config, fallback={"o"}, me="http://a")
