@@ -638,14 +638,18 @@ class _VerifyingReader:
         self._cid = cid
         self._sha = hashlib.sha256()
         self._checked = False
+        self._corrupt = False
 
     def _account(self, data: bytes | memoryview) -> None:
+        """Hash ``data``; at the end (an empty read of a non-empty request),
+        check the whole. A corrupt blob raises at every read from then on."""
         if data:
             self._sha.update(data)
         elif not self._checked:
             self._checked = True
-            if cid_from_sha256(self._sha.digest()) != self._cid:
-                raise CorruptBlobError(f"blob {self._cid} is corrupt: its bytes no longer match")
+            self._corrupt = cid_from_sha256(self._sha.digest()) != self._cid
+        if self._corrupt:
+            raise CorruptBlobError(f"blob {self._cid} is corrupt: its bytes no longer match")
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -653,11 +657,15 @@ class _VerifyingReader:
             self._sha.update(data)
             self._account(b"")
             return data
+        if size == 0:
+            return b""  # asks for nothing: not the end of the blob
         data = self._handle.read(size)
         self._account(data)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
+        if not len(buffer):
+            return 0
         count = self._handle.readinto(buffer)  # type: ignore[attr-defined]
         self._account(memoryview(buffer)[:count])
         return int(count)

@@ -146,6 +146,21 @@ def test_verified_reader_passes_good_blob(store: BlobStore) -> None:
     assert buf[:n] == DATA
 
 
+def test_empty_reads_are_not_the_end_and_a_corrupt_blob_stays_corrupt(store: BlobStore) -> None:
+    store.put(DATA)
+    with store.open(CID, verify=True) as handle:
+        assert handle.read(0) == b"" and handle.readinto(bytearray()) == 0
+        assert handle.read() == DATA  # the check at the end passes
+    corrupt(store, CID, offset=0)
+    with store.open(CID, verify=True) as handle:
+        assert handle.read(0) == b""
+        with pytest.raises(CorruptBlobError):
+            while handle.read(65536):
+                pass
+        with pytest.raises(CorruptBlobError):  # caught, read on: still corrupt
+            handle.read(1)
+
+
 def test_put_heals_a_corrupt_copy(store: BlobStore) -> None:
     store.put(DATA)
     corrupt(store, CID)
