@@ -227,6 +227,10 @@ def tree_routes(
             path = partial(cid, *span) if partial is not None and span is not None else None
             if path is None or not path.is_file():
                 return _error(404, str(exc))
+            if "if-range" in request.headers:
+                # A failed If-Range turns a range request into the whole file,
+                # unverified chunks and all.
+                return _error(404, f"{cid} is still arriving: ranges only, without If-Range")
         if gate is not None and span is not None and MIRROR_HEADER in request.headers:
             patient = request.headers[MIRROR_HEADER] == "patient"
             return _gated(gate, (cid, span[0]), span[1] - span[0] + 1, path, patient)

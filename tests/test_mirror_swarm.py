@@ -47,6 +47,37 @@ def test_serve_range_names_the_file_only_when_covered(tmp_path: Path) -> None:
     assert swarm.serve_range("cid", 0, 9) is None
 
 
+def test_a_blob_still_arriving_is_served_only_where_verified(tmp_path: Path) -> None:
+    """Over HTTP too: a range of unverified chunks is a 404, and so is an
+    If-Range, which would turn the request into the whole file."""
+    from starlette.applications import Starlette
+
+    from tufmesh.cas import BlobStore, cid_of
+    from tufmesh.origin._server import tree_routes
+
+    (tmp_path / "tree" / "metadata").mkdir(parents=True)
+    verified, unverified = b"A" * 1024, b"stale bytes of an earlier run".ljust(1024, b"?")
+    cid = cid_of(verified + b"B" * 1024)
+    part = tmp_path / f"{cid}.part"
+    part.write_bytes(verified + unverified)  # chunk 0 verified, chunk 1 not
+    swarm = Swarm()
+    swarm.begin(cid, Partial((part, tmp_path / cid), 1024, 2048, 2, mask=0b01))
+    routes = tree_routes(tmp_path / "tree", BlobStore(tmp_path / "cas"), swarm.serve_range)
+    transport = httpx.ASGITransport(app=Starlette(routes=routes))
+
+    async def ask(span: str, if_range: str | None = None) -> httpx.Response:
+        headers = {"Range": span} | ({"If-Range": if_range} if if_range else {})
+        async with httpx.AsyncClient(transport=transport, base_url="http://mirror") as http:
+            return await http.get(f"/blobs/{cid}", headers=headers)
+
+    ok = trio.run(ask, "bytes=0-1023")
+    assert ok.status_code == 206 and ok.content == verified
+    assert trio.run(ask, "bytes=1000-1100").status_code == 404
+    for if_range in ('"nope"', "Thu, 01 Jan 1970 00:00:00 GMT"):
+        answer = trio.run(ask, "bytes=0-0", if_range)
+        assert answer.status_code == 404 and b"stale" not in answer.content
+
+
 def test_have_record_round_trip_and_malformed_entries() -> None:
     swarm = Swarm(url="http://me", has_blob=lambda cid: cid == "stored")
     swarm.begin("arriving", Partial((Path("/nonexistent"),), 1, 12, 12, mask=0b100000000101))
