@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ class ServiceConfig:
     #: Never sleep longer than this between expiry checks (so a clock jump
     #: or a changed config is noticed within the hour).
     max_refresh_sleep: float = 3600.0
+    #: A failed re-signing is retried at most this long after the last try.
+    max_refresh_retry: float = 60.0
 
 
 class _BigFileResponse(FileResponse):
@@ -109,6 +112,7 @@ class OriginService:
         self._send, self._receive = trio.open_memory_channel[_Pending](self.config.max_queue)
         self.commits = 0
         self.published = 0
+        self.refresh_failures = 0
         self.counter: ByteCounter | None = None
         #: Called after every commit and refresh that changed the timestamp.
         self.on_commit: Callable[[], Awaitable[None]] | None = None
@@ -147,9 +151,30 @@ class OriginService:
                 pending.done.set()
 
     async def run_refresher(self) -> None:
-        """Re-sign online roles before a quarter of their lifetime remains, forever."""
+        """Re-sign online roles before a quarter of their lifetime remains, forever.
+
+        A failure (a signer out of reach, a full disk) is said once and retried,
+        1 s later, then twice as long each time up to ``max_refresh_retry``: it
+        must not stop the origin, whose metadata would then surely expire.
+        """
+        failing: str | None = None
+        retry = 1.0
         while True:
-            await self.committer.refresh()
+            try:
+                await self.committer.refresh()
+            except OriginError as exc:
+                if str(exc) != failing:
+                    failing = str(exc)
+                    print(
+                        f"origin: re-signing failed, retrying: {exc}", file=sys.stderr, flush=True
+                    )
+                self.refresh_failures += 1
+                await trio.sleep(retry)
+                retry = min(retry * 2, self.config.max_refresh_retry)
+                continue
+            if failing is not None:
+                print("origin: re-signing works again", file=sys.stderr, flush=True)
+                failing, retry = None, 1.0
             await self._announce_if_new()
             state = self.committer.state
             due = (state.next_refresh - state.now).total_seconds()

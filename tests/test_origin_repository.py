@@ -309,6 +309,52 @@ def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
     assert versions == sorted(versions) and versions[-1] >= 30  # re-signed at least daily
 
 
+def test_a_failed_re_signing_is_retried_and_the_origin_keeps_running(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A signer out of reach for a while (here: a day) must not stop the origin."""
+    import trio
+    import trio.testing
+
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._signer import LocalCommitter
+
+    mock = trio.testing.MockClock(autojump_threshold=0)
+    base = datetime.now(UTC)
+
+    def clock() -> datetime:
+        return base + timedelta(seconds=mock.current_time())
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=clock)
+
+    async def inline(fn, *args):  # no threads: virtual time sees every step
+        return fn(*args)
+
+    class Flaky(LocalCommitter):
+        async def refresh(self) -> None:
+            if 3600 < mock.current_time() < 3 * 86400:
+                raise OriginError("cannot sign timestamp: the KMS timed out")
+            await super().refresh()
+
+    service = OriginService(repo.dir, Flaky(repo, run_sync=inline), run_sync=inline)
+    service.config = type(service.config)(max_refresh_sleep=7200)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_refresher)
+            await trio.sleep(3 * 86400 + 120)
+            assert repo.timestamp_md.signed.expires > clock()  # re-signed once it could
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock)
+    # retried once a minute through the outage (from its first try, up to 2 h
+    # after it began), not in a busy loop and not given up
+    assert (3 * 86400 - 7200) / 60 <= service.refresh_failures <= (3 * 86400 - 3600) / 60 + 10
+    err = capfd.readouterr().err
+    assert err.count("re-signing failed") == 1 and "the KMS timed out" in err
+    assert "re-signing works again" in err
+
+
 def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     kept = stored(repo, "p/kept-1.tar.gz", b"kept")
