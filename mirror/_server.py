@@ -21,7 +21,14 @@ from tuf.api.metadata import Metadata, Root
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror, SyncReport
-from tufmesh.mirror._swarm import POLL, UPLOAD_BYTES, UPLOAD_SLOTS, Swarm, read_at_most
+from tufmesh.mirror._swarm import (
+    POLL,
+    QUERY_TIMEOUT,
+    UPLOAD_BYTES,
+    UPLOAD_SLOTS,
+    Swarm,
+    read_at_most,
+)
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
@@ -43,9 +50,14 @@ def build_mirror_app(
     async def have(request: Request) -> Response:
         assert swarm is not None
         try:
-            body = await read_at_most(request.stream(), MAX_QUERY)
+            # The asker gives up after QUERY_TIMEOUT; a body trickling in longer
+            # would only hold a connection.
+            with trio.move_on_after(QUERY_TIMEOUT) as deadline:
+                body = await read_at_most(request.stream(), MAX_QUERY)
         except ValueError:
             return JSONResponse({"error": f"a have-query is {MAX_QUERY} bytes at most"}, 413)
+        if deadline.cancelled_caught:
+            return JSONResponse({"error": f"a have-query takes {QUERY_TIMEOUT} s at most"}, 408)
         try:
             return JSONResponse(swarm.answer(json.loads(body)))
         except (ValueError, RecursionError) as exc:  # not JSON (or nested too deep), not a query

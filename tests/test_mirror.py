@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import string
 import subprocess
 import time
@@ -31,6 +32,7 @@ from tests.helpers.origin import (
 from tests.helpers.tls import make_ca_and_cert, tls_proxy
 from tufmesh.client import Client
 from tufmesh.mirror import Mirror
+from tufmesh.mirror._swarm import QUERY_TIMEOUT
 
 
 @contextmanager
@@ -546,6 +548,15 @@ def test_malformed_requests_get_answers_not_server_errors(tmp_path: Path) -> Non
                         assert reply.status_code < 500 or reply.status_code == 503, (
                             method, path, options, reply.status_code, reply.text[:200],
                         )  # fmt: skip
+            # A have-query whose body never finishes holds its connection for
+            # QUERY_TIMEOUT, not for ever.
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as slow:
+                slow.sendall(b"POST /have HTTP/1.1\r\nHost: m\r\nContent-Length: 8000\r\n\r\n{")
+                started = time.monotonic()
+                answer = slow.recv(200)
+                assert answer.startswith(b"HTTP/1.1 408"), answer
+                assert time.monotonic() - started < QUERY_TIMEOUT + 5
 
 
 def test_a_bug_in_a_sync_is_reported_and_the_daemon_keeps_serving(
