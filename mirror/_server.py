@@ -178,7 +178,8 @@ async def run_mirror(
             hinted = trio.current_time()
             wake.set()
 
-    served = 0  # the timestamp version this mirror serves, after its last sync
+    # The timestamp version this mirror serves (since its last sync, or its last run).
+    served: int = mirror.state().get("timestamp_version", 0)
 
     async def announced(data: bytes) -> None:
         """A valid announcement (the gate checked its signature): sync at once
@@ -231,6 +232,8 @@ async def run_mirror(
                         )
             held = max(held, report.snapshot_version)
             served = mirror.state().get("timestamp_version", served)
+            if node is not None:
+                node.gate.newest = max(node.gate.newest, served)
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
             with trio.move_on_after(poll):
@@ -256,10 +259,13 @@ async def run_mirror(
                     return swarm.read_range(cid, offset, length)
                 return stored
 
+            # Announcements older than what it serves are stale to this mirror
+            # from its start (relaying one, it would be scored down by its
+            # up-to-date peers); the gate learns each version it then serves.
             node = P2PNode(
                 mirror.dir / "p2p.key",
                 topic_for(root),
-                AnnouncementGate(root),
+                AnnouncementGate(root, newest=served),
                 host=host,
                 port=p2p_port,
                 bootstrap=bootstrap,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -121,6 +122,18 @@ def score_params() -> Any:
     )
 
 
+def message_id(message: Any) -> bytes:
+    """A gossip message's identity: its publisher and its bytes.
+
+    libp2p's default, the publisher and a sequence number, made every copy of
+    the same signed timestamp that one peer publishes again a new message,
+    validated, delivered and relayed by every node. Now one peer's copies
+    count once (for the seen-messages window); a mirror re-announcing the
+    timestamp it has just completed is still news.
+    """
+    return hashlib.sha256(bytes(message.from_id) + b"\0" + bytes(message.data)).digest()
+
+
 class P2PNode:
     """A libp2p host that gossips and receives repository announcements."""
 
@@ -211,7 +224,7 @@ class P2PNode:
         )
         self._router = router
         self._host = host
-        pubsub = Pubsub(host, router)
+        pubsub = Pubsub(host, router, msg_id_constructor=message_id)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
             await stack.enter_async_context(background_trio_service(pubsub))
