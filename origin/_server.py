@@ -11,6 +11,7 @@ commits, not of uploads.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -188,6 +189,52 @@ class OriginService:
                 await self.on_commit()
 
 
+class _Published:
+    """Which versioned metadata files the current ``timestamp.json`` reaches.
+
+    A commit writes ``N.snapshot.json`` and ``N.bin-k.json`` before the
+    timestamp that names them, and a commit that fails in between leaves them
+    unnamed, for the next commit to write again with other bytes. Served
+    before they are named (a client may guess N), they would be cached as
+    immutable (by a CDN too) and then fail every client behind that cache.
+    So a versioned role file is served only up to the version the published
+    snapshot names (roots: always; they are written atomically, by ceremonies).
+    """
+
+    def __init__(self, metadata_dir: Path) -> None:
+        self.dir = metadata_dir
+        self._seen: tuple[int, int, int] | None = None
+        self._versions: dict[str, int] = {}
+
+    def reachable(self, name: str) -> bool:
+        version, dot, role = name.removesuffix(".json").partition(".")
+        if not dot or not version.isdigit() or role == "root":
+            return True  # timestamp.json, root.json, N.root.json
+        self._refresh()
+        return int(version) <= self._versions.get(role, 0)
+
+    def _refresh(self) -> None:
+        try:
+            stat = (self.dir / "timestamp.json").stat()
+        except OSError:
+            self._seen, self._versions = None, {}
+            return
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if seen == self._seen:
+            return
+        versions: dict[str, int] = {}
+        try:
+            timestamp = json.loads((self.dir / "timestamp.json").read_bytes())
+            snapshot = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
+            versions["snapshot"] = snapshot
+            listed = json.loads((self.dir / f"{snapshot}.snapshot.json").read_bytes())
+            for file, meta in listed["signed"]["meta"].items():
+                versions[str(file).removesuffix(".json")] = int(meta["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not (yet) a complete tree: only what was read
+        self._seen, self._versions = seen, versions
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -213,12 +260,14 @@ def tree_routes(
     def file(path: Path, media_type: str | None, cache: str) -> Response:
         return _BigFileResponse(path, media_type=media_type, headers={"cache-control": cache})
 
+    published = _Published(metadata_dir)
+
     async def metadata(request: Request) -> Response:
         name = request.path_params["name"]
         if not _METADATA_NAME.fullmatch(name):
             return _error(404, "no such metadata")
         path = metadata_dir / name
-        if not path.is_file():
+        if not path.is_file() or not published.reachable(name):
             return _error(404, f"no metadata {name}")
         # Versioned files never change; the unversioned ones must be re-fetched.
         unversioned = name in ("timestamp.json", "root.json")

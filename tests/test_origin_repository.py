@@ -355,6 +355,59 @@ def test_a_failed_re_signing_is_retried_and_the_origin_keeps_running(
     assert "re-signing works again" in err
 
 
+def test_versions_are_served_only_once_the_published_timestamp_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that fails before its timestamp leaves N.snapshot.json and
+    N.bin-k.json behind, which the next commit writes again with other bytes:
+    served (as immutable) meanwhile, a cache would keep the wrong ones."""
+    import httpx
+    import trio
+    from starlette.applications import Starlette
+
+    from tufmesh.origin import _repository
+    from tufmesh.origin._server import tree_routes
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    repo.publish([stored(repo, "p/a-1.whl", b"first")])
+    published = repo.snapshot().version
+    role = repo.succinct.get_role_for_target("p/b-1.whl")
+    transport = httpx.ASGITransport(app=Starlette(routes=tree_routes(repo.dir, repo.store)))
+
+    def get(name: str) -> httpx.Response:
+        async def ask() -> httpx.Response:
+            async with httpx.AsyncClient(transport=transport, base_url="http://origin") as http:
+                return await http.get(f"/metadata/{name}")
+
+        return trio.run(ask)
+
+    real = _repository.write_atomic
+
+    def full_disk(path: Path, data: bytes, **options: object) -> None:
+        if path.name == "timestamp.json":
+            raise OSError(28, "No space left on device")
+        real(path, data, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_repository, "write_atomic", full_disk)
+    bin_left = f"{repo.targets(role).version + 1}.{role}.json"
+    with pytest.raises(OSError, match="No space"):
+        repo.publish([stored(repo, "p/b-1.whl", b"second")])
+    monkeypatch.setattr(_repository, "write_atomic", real)
+    left = f"{published + 1}.snapshot.json"
+    assert (repo.dir / "metadata" / left).exists()  # written, never named
+    assert (repo.dir / "metadata" / bin_left).exists()
+    for name in (left, bin_left, f"{published + 5}.snapshot.json"):
+        assert get(name).status_code == 404, name
+    current = get(f"{published}.snapshot.json")
+    assert current.status_code == 200 and "immutable" in current.headers["cache-control"]
+    assert get("timestamp.json").status_code == get("1.root.json").status_code == 200
+
+    repo = OriginRepository(repo.dir)  # the origin restarts
+    repo.publish([stored(repo, "p/c-1.whl", b"third")])
+    named = get(left)
+    assert named.status_code == 200 and named.content == (repo.dir / "metadata" / left).read_bytes()
+
+
 def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     kept = stored(repo, "p/kept-1.tar.gz", b"kept")
