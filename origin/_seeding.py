@@ -49,6 +49,11 @@ class SeedGate:
     retry: float = 1.0
     #: Bytes of uploads running at once at most (one upload always may run).
     max_bytes: int | None = None
+    #: An admitted upload must be taken at this rate at least, after ``grace``
+    #: (the requester's own slow-retrieval floor): a requester that reads
+    #: slower, or not at all, would otherwise hold a slot for ever.
+    min_rate: float = 64 * 1024
+    grace: float = 3.0
     _served: dict[Hashable, float] = field(default_factory=dict)
     # chunk -> (start, size) of each upload of it running now
     _running: dict[Hashable, list[tuple[float, int]]] = field(default_factory=dict)
@@ -94,6 +99,10 @@ class SeedGate:
         elif start is not None:
             took = now - start
             self._took = took if self._took is None else 0.75 * self._took + 0.25 * took
+
+    def deadline(self, size: int) -> float:
+        """Seconds an admitted upload of ``size`` bytes may take before it is cut."""
+        return self.grace + size / self.min_rate
 
     def retry_after(self, now: float, verdict: Verdict = "busy") -> float:
         """Seconds after which a request refused with ``verdict`` should be asked

@@ -332,23 +332,42 @@ def _gated(
         media_type="application/octet-stream",
         headers={"cache-control": _IMMUTABLE},
         on_end=lambda completed: gate.done(chunk, trio.current_time(), completed=completed),
+        deadline=gate.deadline(size),
     )
 
 
 class _GatedResponse(_BigFileResponse):
-    """A file response that reports its end (sent whole, or not) to the gate."""
+    """A file response that reports its end to the gate: sent whole, or not,
+    or still running past its deadline (its slot then goes to others: a
+    requester that does not read must not hold one for ever; the send itself
+    cannot be cut, hypercorn shields it)."""
 
-    def __init__(self, *args: Any, on_end: Callable[[bool], None], **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_end: Callable[[bool], None], deadline: float, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_end = on_end
+        self.deadline = deadline
+        self._ended = False
+
+    def _end(self, completed: bool) -> None:
+        if not self._ended:
+            self._ended = True
+            self.on_end(completed)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        completed = False
+        async def overdue() -> None:
+            await trio.sleep(self.deadline)
+            self._end(False)
+
         try:
-            await super().__call__(scope, receive, send)
-            completed = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(overdue)
+                await super().__call__(scope, receive, send)
+                self._end(True)
+                nursery.cancel_scope.cancel()
         finally:
-            self.on_end(completed)
+            self._end(False)
 
 
 #: A number in a header, in ASCII digits (str.isdigit also takes "²", which

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -90,3 +93,51 @@ def test_range_headers() -> None:
         "bytes=0-1,3-4",
     ):
         assert _single_range(header) is None, header
+
+
+def test_requesters_that_do_not_read_lose_their_upload_slots(tmp_path: Path) -> None:
+    """Four connections asking for chunks as a mirror and never reading held the
+    origin's four slots for ever: every real mirror was told busy. Past its
+    deadline (the requesters' own slow-retrieval floor) a slot goes to others."""
+    import httpx
+    import trio
+    from starlette.applications import Starlette
+
+    from tufmesh.cas import BlobStore
+    from tufmesh.origin._server import ByteCounter, start_http, tree_routes
+
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(32 << 20))
+    (tmp_path / "metadata").mkdir()
+    gate = SeedGate(min_rate=10 << 20, grace=0.5)  # 32 MiB: cut after 3.7 s
+    app = ByteCounter(Starlette(routes=tree_routes(tmp_path, store, gate=gate)))
+    mirror = {"x-tufmesh-mirror": "1"}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await start_http(nursery, app, "127.0.0.1", 0, None, None)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            stalled = []
+            try:
+                for i in range(4):
+                    stream = await trio.open_tcp_stream(host, int(port))
+                    stalled.append(stream)  # never read
+                    await stream.send_all(
+                        f"GET /blobs/{cid} HTTP/1.1\r\nHost: o\r\nx-tufmesh-mirror: 1\r\n"
+                        f"Range: bytes={i}-{(32 << 20) - 1}\r\n\r\n".encode()
+                    )
+                await trio.sleep(0.5)
+                assert gate.active == 4
+                async with httpx.AsyncClient(base_url=url) as http:
+                    chunk = {"range": "bytes=0-1023", **mirror}
+                    busy = await http.get(f"/blobs/{cid}", headers=chunk)
+                    assert busy.status_code == 503
+                    await trio.sleep(gate.deadline(32 << 20))
+                    served = await http.get(f"/blobs/{cid}", headers=chunk)
+                    assert served.status_code == 206 and len(served.content) == 1024
+            finally:
+                for stream in stalled:  # else the server's shutdown waits for them
+                    await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
