@@ -64,6 +64,11 @@ class Mirror:
         self.tree = directory / "tree"
         self.state_file = directory / "state.json"
         self._state_lock = threading.Lock()  # syncs (a thread) and the daemon both update it
+        # The last complete sync: (timestamp version, config) and its report.
+        # A sync that finds both unchanged stops after the timestamp: anyone
+        # may wake a mirror (a have-query naming a newer release), and a full
+        # pass reads every bin, rewrites the tree and collects garbage.
+        self._synced: tuple[tuple[int, str], SyncReport] | None = None
 
     @classmethod
     def create(
@@ -201,50 +206,64 @@ class Mirror:
                 origin, *peers = self.sources[-1:] + self.sources[:-1]
                 sources = [SourceHealth(origin)] + [SourceHealth(p, fallback=True) for p in peers]
             with Client(self.dir / "client", root, list(sources)) as client:
-                targets = self.wanted([t for t in client.artifacts() if servable(t)])
-                if swarm is not None:
-                    swarm.syncing = _version(client.metadata_dir / "snapshot.json")
-                for target in targets:
-                    cid = target.custom.get("cid") if isinstance(target.custom, dict) else None
-                    if not isinstance(cid, str):
-                        continue
-                    manifest_cid = target.custom.get("manifest")
-                    if isinstance(manifest_cid, str) and not self.store.has(manifest_cid):
-                        # Fetched (and checked against its signed CID) only
-                        # when missing: a sync must not re-download every
-                        # manifest of a repository it already holds.
-                        manifest = client.manifest(target)
-                        assert manifest is not None
-                        self.store.put(manifest.encoded, expect=manifest.cid)
-                    if self.store.has(cid):
-                        continue
-                    incoming = self.dir / "incoming"
-                    replicating = swarm.replicating(cid, incoming / cid) if swarm else None
-                    try:
-                        result = client.download(
-                            target.path, incoming, filename=cid, replicating=replicating
-                        )
-                        # The store hashes it once more on the way in: a blob
-                        # is never kept under a name its bytes do not have.
-                        self.store.put(result.path, expect=cid)
-                    finally:
-                        if swarm is not None:
-                            swarm.end(cid)
-                    result.path.unlink()
-                    report.fetched += 1
-                    for source, stats in result.sources.items():
-                        fetched[source] += stats.bytes
-                        report.failed_requests += stats.failures
-                        if stats.banned:
-                            report.bans[source] = stats.banned
-                report.artifacts = len(targets)
-                report.snapshot_version = self._publish(client, targets)
+                client.refresh()
+                seen = (
+                    _version(client.metadata_dir / "timestamp.json"),
+                    json.dumps(self._config(), sort_keys=True),
+                )
+                if self._synced is not None and self._synced[0] == seen:
+                    report.artifacts = self._synced[1].artifacts
+                    report.snapshot_version = self._synced[1].snapshot_version
+                else:
+                    self._replicate(client, swarm, report, fetched)
+                    self._synced = (seen, report)
         except TufmeshError as exc:
             report.error = str(exc)
         report.bytes_by_source = dict(fetched)
         report.seconds = time.monotonic() - started
         self.record(report)
         return report
+
+    def _replicate(
+        self, client: Client, swarm: Swarm | None, report: SyncReport, fetched: Counter[str]
+    ) -> None:
+        """Fetch the blobs the policy wants that the store lacks, then publish."""
+        targets = self.wanted([t for t in client.artifacts() if servable(t)])
+        if swarm is not None:
+            swarm.syncing = _version(client.metadata_dir / "snapshot.json")
+        for target in targets:
+            cid = target.custom["cid"]  # servable: a CID
+            manifest_cid = target.custom.get("manifest")
+            if isinstance(manifest_cid, str) and not self.store.has(manifest_cid):
+                # Fetched (and checked against its signed CID) only when
+                # missing: a sync must not re-download every manifest of a
+                # repository it already holds.
+                manifest = client.manifest(target)
+                assert manifest is not None
+                self.store.put(manifest.encoded, expect=manifest.cid)
+            if self.store.has(cid):
+                continue
+            incoming = self.dir / "incoming"
+            replicating = swarm.replicating(cid, incoming / cid) if swarm else None
+            try:
+                result = client.download(
+                    target.path, incoming, filename=cid, replicating=replicating
+                )
+                # The store hashes it once more on the way in: a blob is never
+                # kept under a name its bytes do not have.
+                self.store.put(result.path, expect=cid)
+            finally:
+                if swarm is not None:
+                    swarm.end(cid)
+            result.path.unlink()
+            report.fetched += 1
+            for source, stats in result.sources.items():
+                fetched[source] += stats.bytes
+                report.failed_requests += stats.failures
+                if stats.banned:
+                    report.bans[source] = stats.banned
+        report.artifacts = len(targets)
+        report.snapshot_version = self._publish(client, targets)
 
     def _publish(self, client: Client, targets: list[Any]) -> int:
         """Write the verified metadata as a static TUF tree, timestamp last; pin and gc."""

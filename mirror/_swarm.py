@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
@@ -140,6 +141,8 @@ class Swarm:
         if not isinstance(url, str) or not url.startswith(("http://", "https://", "libp2p:/")):
             return
         url = url.rstrip("/")
+        if url.startswith("http") and url not in self.peers and not _ORIGIN_URL.fullmatch(url):
+            return  # one heard of is scheme://host:port: no path, query or user to aim our POSTs
         if url in (self.url, self.origin) or len(url) > 200:
             return
         with self._lock:
@@ -328,6 +331,11 @@ class Swarm:
             scheduler.add_have(url, has)
             scheduler.set_claims(url, claims)
         return True
+
+
+#: What a learned HTTP neighbour may look like: scheme, host (a name, IPv4 or
+#: [IPv6]) and port, nothing else.
+_ORIGIN_URL: Final = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:

@@ -297,9 +297,19 @@ def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
         post(origin.url, "other", "x-1.tar.gz", b"not wanted", tokens["other"])
         only = Mirror.create(tmp_path / "only", root, [origin.url], projects=["Kept"])
         assert only.sync().artifacts == 3
+        # Woken with nothing new (anyone may wake a mirror): it stops at the
+        # timestamp, and leaves its tree alone.
+        served = (only.tree / "metadata" / "timestamp.json").stat().st_ino
+        again = only.sync()
+        assert again.artifacts == 3 and again.error is None and again.fetched == 0
+        assert (only.tree / "metadata" / "timestamp.json").stat().st_ino == served
+        post(origin.url, "kept", "d-1.tar.gz", b"new", tokens["kept"])
+        assert only.sync().artifacts == 4
+        assert (only.tree / "metadata" / "timestamp.json").stat().st_ino != served
         capped = Mirror.create(tmp_path / "capped", root, [origin.url], quota=250_000)
         assert capped.sync().artifacts == 2
     assert {t.split("/")[0] for t in _published(only)} == {"kept"}
+    assert len(_published(only)) == 4
     assert len(list(capped.store)) == 2
 
 

@@ -103,9 +103,18 @@ def test_a_store_that_refuses_a_name_does_not_break_the_record() -> None:
 
 def test_neighbours_are_bounded_and_never_include_ourselves_or_the_origin() -> None:
     swarm = Swarm(url="http://me", origin="http://origin", peers=["http://peer"])
-    for url in ["http://me", "http://origin/", "ftp://x", 42, "http://" + "a" * 300]:
-        swarm.learn(url)
+    assert Swarm(peers=["https://m.example/tufmesh"]).neighbours() == ["https://m.example/tufmesh"]
+    odd = ["http://10.0.0.5:8080/admin?x=", "http://user@x:1", "http://x:1#f", "http://x y"]
+    for url in ["http://me", "http://origin/", "ftp://x", 42, "http://" + "a" * 300, *odd]:
+        swarm.learn(url)  # nor addresses with a path, query or user for our POSTs
     assert swarm.neighbours() == ["http://peer"]
+    for url in ["http://m.example:8080", "https://[::1]:9", "http://127.0.0.1:5/"]:
+        swarm.learn(url)
+    assert swarm.neighbours()[1:] == [
+        "http://m.example:8080",
+        "https://[::1]:9",
+        "http://127.0.0.1:5",
+    ]
     for i in range(100):
         swarm.learn(f"http://m{i}")
         swarm._answered(f"http://m{i}")
