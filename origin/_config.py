@@ -51,6 +51,11 @@ def _default_expiry_days() -> dict[str, float]:
     }
 
 
+#: The largest a hash bin may be set to grow: python-tuf's default
+#: ``targets_max_length`` (5,000,000 bytes), less room for a few signatures.
+MAX_BIN_BYTES: Final = 4_500_000
+
+
 @dataclass(frozen=True)
 class OriginConfig:
     """Repository settings."""
@@ -66,6 +71,12 @@ class OriginConfig:
     chunk_size: int = 1 << 20
     #: role -> {keyid: signer URI}; only the keys this host can use appear.
     signers: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Largest signed hash bin. TUF clients refuse a targets role past a
+    #: limit (python-tuf: 5,000,000 bytes) and then resolve nothing in it, so a
+    #: bin is never allowed to grow that far: an upload that would is refused
+    #: (one project filling a bin with many files would otherwise make every
+    #: other project in it uninstallable). About 15,000 artifacts per bin.
+    max_bin_bytes: int = 4_000_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
@@ -82,6 +93,11 @@ class OriginConfig:
     def check_limits(self) -> None:
         """Refuse upload limits a new repository could not serve (checked at
         creation: a repository made before a rule was added still opens)."""
+        if not 64 * 1024 <= self.max_bin_bytes <= MAX_BIN_BYTES:
+            raise OriginError(
+                f"a hash bin's limit must be 65,536 .. {MAX_BIN_BYTES:,} bytes (what TUF "
+                f"clients accept, less room for signatures), not {self.max_bin_bytes:,}"
+            )
         if self.max_upload_bytes < 1:
             raise OriginError(
                 f"the upload limit must be at least 1 byte, not {self.max_upload_bytes}"

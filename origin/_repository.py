@@ -265,11 +265,8 @@ class OriginRepository(Repository):
                 f"root threshold {root_threshold} needs at least that many root keys, "
                 f"got {len(keys['root'])}"
             )
-        config = OriginConfig(
-            bins=config.bins,
-            expiry_days=config.expiry_days,
-            max_upload_bytes=config.max_upload_bytes,
-            chunk_size=config.chunk_size,
+        config = dataclasses.replace(
+            config,
             signers={role: {key.keyid: uri for uri, key in pairs} for role, pairs in keys.items()},
         )
         config.save(path)
@@ -569,6 +566,7 @@ class OriginRepository(Repository):
         """
         results: list[OriginError | None] = [None] * len(artifacts)
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
+        sizes: dict[str, int] = {}  # each touched bin's signed size, as it will be
         accepted: list[Artifact] = []
         removed = self.removed()
         try:
@@ -590,13 +588,23 @@ class OriginRepository(Repository):
                         continue
                     accepted.append(artifact)  # idempotent: same path, same bytes
                     continue
+                target = artifact.target_file()
+                if role not in sizes:
+                    sizes[role] = self._signed_size(role)
+                grown = sizes[role] + _entry_size(target)
                 try:
+                    if grown > self.config.max_bin_bytes:
+                        raise OriginError(
+                            f"{artifact.path}: its hash bin ({role}) is full: "
+                            f"{self.config.max_bin_bytes:,} bytes, what TUF clients accept"
+                        )
                     self._check(artifact)
                     self._link_target(artifact)
                 except OriginError as exc:
                     results[i] = exc  # this artifact only, not the batch
                     continue
-                by_bin[role][artifact.path] = artifact.target_file()
+                sizes[role] = grown
+                by_bin[role][artifact.path] = target
                 accepted.append(artifact)
             # Pinned first: a blob that published metadata names is never
             # garbage, not even between this commit and the next.
@@ -612,6 +620,14 @@ class OriginRepository(Repository):
             raise
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
+
+    def _signed_size(self, role: str) -> int:
+        """Bytes of the published ``role``'s file (its staged bytes, if newer)."""
+        staged = self._bytes.get(role)
+        if staged is not None:
+            return len(staged)
+        path = self.metadata_dir / f"{self._md[role].signed.version}.{role}.json"
+        return path.stat().st_size
 
     def _check(self, artifact: Artifact) -> None:
         """Refuse an artifact whose name, hashes or blobs do not agree with the store."""
@@ -1003,3 +1019,9 @@ class OriginRepository(Repository):
             for target in md.signed.targets.values()
         ]
         return sorted(found, key=lambda t: t.path)
+
+
+def _entry_size(target: TargetFile) -> int:
+    """Bytes ``target`` adds to its bin's compact JSON: ``"path":{...},``."""
+    entry = json.dumps(target.to_dict(), separators=(",", ":"), sort_keys=True)
+    return len(json.dumps(target.path)) + len(entry) + 2

@@ -408,6 +408,34 @@ def test_versions_are_served_only_once_the_published_timestamp_names_them(
     assert named.status_code == 200 and named.content == (repo.dir / "metadata" / left).read_bytes()
 
 
+def test_a_hash_bin_never_grows_past_what_clients_accept(tmp_path: Path) -> None:
+    """One project publishing many names that hash into another's bin would make
+    the bin larger than a TUF client fetches, and the other's artifacts
+    unresolvable: uploads that would pass the limit are refused instead."""
+    limit = 64 * 1024
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4, max_bin_bytes=limit))
+    victim = "victim/v-1.whl"
+    role = repo.succinct.get_role_for_target(victim)
+    assert repo.publish([stored(repo, victim, b"the victim's artifact")]) == [2]
+    blob = stored(repo, "attacker/x-0.whl", b"x")  # one blob under many names
+    names = (f"attacker/x-{i}.whl" for i in range(100_000))
+    aimed = [n for n in names if repo.succinct.get_role_for_target(n) == role][:400]
+    results = []
+    for start in range(0, len(aimed), 100):
+        batch = [dataclasses.replace(blob, path=name) for name in aimed[start : start + 100]]
+        results += repo.publish(batch)
+    refused = [r for r in results if isinstance(r, OriginError)]
+    assert 0 < len(refused) < len(aimed) and all("is full" in str(r) for r in refused)
+    assert refused == results[len(results) - len(refused) :]  # once full, full
+    signed = repo.metadata_dir / f"{repo.targets(role).version}.{role}.json"
+    assert limit - 1000 < signed.stat().st_size <= limit
+    info = updater_for(repo, tmp_path / "client").get_targetinfo(victim)
+    assert info is not None and info.length == len(b"the victim's artifact")
+    other = next(f"victim/v-{i}.whl" for i in range(2, 99) if repo.succinct.get_role_for_target(
+        f"victim/v-{i}.whl") != role)  # fmt: skip
+    assert isinstance(repo.publish([stored(repo, other, b"elsewhere")])[0], int)
+
+
 def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     kept = stored(repo, "p/kept-1.tar.gz", b"kept")
