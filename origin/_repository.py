@@ -569,6 +569,8 @@ class OriginRepository(Repository):
         sizes: dict[str, int] = {}  # each touched bin's signed size, as it will be
         accepted: list[Artifact] = []
         removed = self.removed()
+        pinned = self.store.pins()  # to undo this batch's pins if it fails
+        linked: list[Path] = []  # ...and its new links
         try:
             for i, artifact in enumerate(artifacts):
                 role = self.succinct.get_role_for_target(artifact.path)
@@ -599,7 +601,8 @@ class OriginRepository(Repository):
                             f"{self.config.max_bin_bytes:,} bytes, what TUF clients accept"
                         )
                     self._check(artifact)
-                    self._link_target(artifact)
+                    if self._link_target(artifact):
+                        linked.append(self._target_link(artifact))
                 except OriginError as exc:
                     results[i] = exc  # this artifact only, not the batch
                     continue
@@ -617,6 +620,13 @@ class OriginRepository(Repository):
                 self._commit()
         except BaseException:
             self.load()
+            # Nothing of the batch is published: nor pinned (its blobs would
+            # never be collected), nor linked (served under a target name).
+            for name, cids in self.store.pins().items():
+                if name.startswith("project:") and cids - pinned.get(name, frozenset()):
+                    self.store.unpin(name, cids - pinned.get(name, frozenset()))
+            for link in linked:
+                link.unlink(missing_ok=True)
             raise
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
@@ -657,20 +667,22 @@ class OriginRepository(Repository):
         except StoreError as exc:
             raise OriginError(f"{artifact.path}: {exc}") from None
 
-    def _link_target(self, artifact: Artifact) -> None:
-        """Make ``targets/<project>/<sha256>.<filename>`` a hard link to the blob.
-
-        The name holds the hash, so an existing link already has these bytes.
-        """
+    def _target_link(self, artifact: Artifact) -> Path:
+        """``targets/<project>/<sha256>.<filename>``: where clients fetch it."""
         project, filename = artifact.path.split("/", 1)
-        directory = self.targets_dir / project
+        return self.targets_dir / project / f"{artifact.sha256}.{filename}"
+
+    def _link_target(self, artifact: Artifact) -> bool:
+        """Make the target's link (:meth:`_target_link`) a hard link to the blob;
+        False if it existed (the name holds the hash: it has these bytes)."""
+        dest = self._target_link(artifact)
+        directory = dest.parent
         directory.mkdir(exist_ok=True)
         blob = self.store.path(artifact.cid)
-        dest = directory / f"{artifact.sha256}.{filename}"
         try:
             os.link(blob, dest)
         except FileExistsError:
-            return
+            return False
         except OSError as exc:
             if exc.errno != errno.EMLINK:
                 raise OriginError(f"{artifact.path}: cannot link it: {exc.strerror}") from None
@@ -678,6 +690,7 @@ class OriginRepository(Repository):
             # links (65,000 on ext4): a symlink still keeps one copy.
             os.symlink(os.path.relpath(blob, directory), dest)
         self._linked_dirs.add(directory)
+        return True
 
     def _pin(self, artifacts: Iterable[Artifact]) -> None:
         per_project: dict[str, set[str]] = defaultdict(set)

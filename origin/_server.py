@@ -34,6 +34,7 @@ from tufmesh.errors import (
     InvalidNameError,
     OriginError,
     StoreError,
+    TufmeshError,
 )
 from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
@@ -74,6 +75,10 @@ class ServiceConfig:
     max_refresh_sleep: float = 3600.0
     #: A failed re-signing is retried at most this long after the last try.
     max_refresh_retry: float = 60.0
+    #: How often the store's garbage is collected: blobs no published
+    #: artifact pins (uploads refused by the committer, a failed batch's,
+    #: removed artifacts'), once past the store's grace period.
+    gc_interval: float = 3600.0
 
 
 class _BigFileResponse(FileResponse):
@@ -114,6 +119,7 @@ class OriginService:
         self.commits = 0
         self.published = 0
         self.refresh_failures = 0
+        self.collected = 0  # blobs deleted as garbage
         self.counter: ByteCounter | None = None
         #: Called after every commit and refresh that changed the timestamp.
         self.on_commit: Callable[[], Awaitable[None]] | None = None
@@ -180,6 +186,17 @@ class OriginService:
             state = self.committer.state
             due = (state.next_refresh - state.now).total_seconds()
             await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
+
+    async def run_collector(self) -> None:
+        """Collect the store's garbage every ``gc_interval``, forever."""
+        while True:
+            await trio.sleep(self.config.gc_interval)
+            try:
+                report = await self.run_sync(self.store.gc)
+            except (OSError, TufmeshError) as exc:  # a full or failing disk: next time
+                print(f"origin: collecting garbage failed: {exc}", file=sys.stderr, flush=True)
+                continue
+            self.collected += len(report.deleted)
 
     async def _announce_if_new(self) -> None:
         version = self.committer.state.timestamp_version
@@ -567,6 +584,7 @@ async def serve(
                 service.on_commit = announce
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
+            nursery.start_soon(service.run_collector)
             await start_http(nursery, build_app(service), host, port, max_upload_rate, on_ready)
     finally:
         with trio.CancelScope(shield=True):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -390,9 +391,15 @@ def test_versions_are_served_only_once_the_published_timestamp_names_them(
 
     monkeypatch.setattr(_repository, "write_atomic", full_disk)
     bin_left = f"{repo.targets(role).version + 1}.{role}.json"
+    failed = stored(repo, "p/b-1.whl", b"second")
     with pytest.raises(OSError, match="No space"):
-        repo.publish([stored(repo, "p/b-1.whl", b"second")])
+        repo.publish([failed])
     monkeypatch.setattr(_repository, "write_atomic", real)
+    # Nothing of the failed batch is kept: not its pins (its blobs would never
+    # be collected), not its link (served under a target name).
+    assert {failed.cid, failed.manifest}.isdisjoint(repo.store.pins()["project:p"])
+    assert not (repo.dir / "targets" / "p" / f"{failed.sha256}.b-1.whl").exists()
+    assert (repo.dir / "targets" / "p").is_dir() and len(repo.store.pins()["project:p"]) == 2
     left = f"{published + 1}.snapshot.json"
     assert (repo.dir / "metadata" / left).exists()  # written, never named
     assert (repo.dir / "metadata" / bin_left).exists()
@@ -434,6 +441,42 @@ def test_a_hash_bin_never_grows_past_what_clients_accept(tmp_path: Path) -> None
     other = next(f"victim/v-{i}.whl" for i in range(2, 99) if repo.succinct.get_role_for_target(
         f"victim/v-{i}.whl") != role)  # fmt: skip
     assert isinstance(repo.publish([stored(repo, other, b"elsewhere")])[0], int)
+
+
+def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
+    """An upload the committer refused (its path taken with other bytes) or a
+    failed batch leaves a stored blob no metadata names: it must not stay for ever."""
+    import trio
+    import trio.testing
+
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._signer import LocalCommitter
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    kept = stored(repo, "p/kept-1.whl", b"published")
+    repo.publish([kept])
+    refused = stored(repo, "p/kept-1.whl", b"other bytes, same name")
+    assert isinstance(repo.publish([refused])[0], OriginError)
+    fresh = repo.store.put(b"an upload waiting for its commit")
+    hour_ago = time.time() - 3600
+    for cid in (kept.cid, refused.cid, refused.manifest):
+        os.utime(repo.store.path(cid), (hour_ago, hour_ago))
+
+    async def inline(fn, *args):
+        return fn(*args)
+
+    service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_collector)
+            await trio.sleep(service.config.gc_interval + 1)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert service.collected == 2
+    assert not repo.store.has(refused.cid) and not repo.store.has(refused.manifest)
+    assert repo.store.has(kept.cid) and repo.store.has(kept.manifest) and repo.store.has(fresh)
 
 
 def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
