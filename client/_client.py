@@ -210,22 +210,35 @@ class Client:
         """Every artifact the signed metadata lists (of one project, if given)."""
 
         def walk(updater: Updater) -> list[TargetFile]:
-            found: list[TargetFile] = []
+            found: dict[str, TargetFile] = {}
             # python-tuf has no public listing call; _load_targets is its own
             # verified loader for a delegated role (signature, version, expiry).
-            stack: list[tuple[str, str]] = [("targets", "root")]
+            # A role's entries count only for the paths delegated to it (and to
+            # every role above it), the first in TUF's pre-order walk winning,
+            # as get_targetinfo resolves them (but for terminating delegations,
+            # which this repository's role graph has none of): a bin's key
+            # cannot add paths that belong to another bin.
+            Check = Callable[[str], bool]
+            stack: list[tuple[str, str, tuple[Check, ...]]] = [("targets", "root", ())]
             while stack:
-                role, parent = stack.pop()
+                role, parent, checks = stack.pop()
                 targets: Targets = updater._load_targets(role, parent)
-                found.extend(targets.targets.values())
+                for path, target in targets.targets.items():
+                    if path not in found and all(check(path) for check in checks):
+                        found[path] = target
                 delegations = targets.delegations
-                if delegations is not None:
-                    if delegations.succinct_roles is not None:
-                        children = list(delegations.succinct_roles.get_roles())
-                    else:
-                        children = list(delegations.roles or {})
-                    stack.extend((name, role) for name in reversed(children))
-            return found
+                children: list[tuple[str, Check]] = []
+                if delegations is not None and delegations.succinct_roles is not None:
+                    succinct = delegations.succinct_roles
+                    for name in succinct.get_roles():
+                        children.append(
+                            (name, lambda p, n=name, s=succinct: s.get_role_for_target(p) == n)
+                        )
+                elif delegations is not None:
+                    for name, child in (delegations.roles or {}).items():
+                        children.append((name, child.is_delegated_path))
+                stack.extend((name, role, (*checks, check)) for name, check in reversed(children))
+            return list(found.values())
 
         everything = self._with_failover(walk)
         if project is not None:

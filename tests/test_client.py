@@ -18,6 +18,7 @@ from tests.helpers.origin import (
     add_project,
     init_repo,
     post,
+    running,
     start_server,
     tufmesh,
 )
@@ -376,3 +377,27 @@ def test_a_damaged_metadata_cache_heals_and_a_new_root_is_said(
     again = tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
                     "--origin", origin.url, "--home", str(home)).stdout  # fmt: skip
     assert "the trusted root was replaced" in again
+
+
+def test_a_bins_entries_count_only_for_the_paths_delegated_to_it(tmp_path: Path) -> None:
+    """A bin lists a path that hashes to another bin (its key is online, and
+    compromised): the listing must not take it, as python-tuf's own lookup
+    does not (mirrors replicate what the listing names)."""
+    from tuf.api.metadata import TargetFile
+
+    from tufmesh.origin import OriginRepository
+
+    repo_dir = init_repo(tmp_path / "repo")
+    repo = OriginRepository(repo_dir)
+    stray, placed = "demo/stray-1.whl", "demo/placed-1.whl"
+    right = repo.succinct.get_role_for_target(stray)
+    wrong = next(r for r in repo.succinct.get_roles() if r != right)
+    for role, path in ((wrong, stray), (repo.succinct.get_role_for_target(placed), placed)):
+        with repo.edit_targets(role) as targets:
+            targets.targets[path] = TargetFile(1, {"sha256": "00" * 32}, path)
+    repo._commit()
+    with running(repo_dir) as origin, client_for(origin, tmp_path, origin.url) as client:
+        assert [t.path for t in client.artifacts()] == [placed]
+        with pytest.raises(NotInMetadataError):
+            client.target(stray)  # python-tuf's walk, the reference
+        assert client.target(placed).path == placed
