@@ -11,6 +11,7 @@ escapes is a bug.
      ├── OriginError             the repository service (tufmesh.origin)
      │    ├── InvalidNameError    a project or file name that is not allowed
      │    ├── ConflictError       a different artifact already has that path
+     │    ├── BinFullError        its hash bin is as large as clients accept (HTTP 507)
      │    ├── AuthError           a missing or unknown upload token (HTTP 401)
      │    │    └── ForbiddenError  a token for another project (HTTP 403)
      │    ├── TooLargeError       an upload over the size limit
@@ -36,6 +37,7 @@ from tuf.api.exceptions import DownloadError
 
 __all__ = [
     "AuthError",
+    "BinFullError",
     "BlobNotFoundError",
     "ChunkRejectedError",
     "ClientError",
@@ -112,6 +114,10 @@ class InvalidNameError(OriginError, ValueError):
 
 class ConflictError(OriginError):
     """A different artifact is already published under that path; artifacts are immutable."""
+
+
+class BinFullError(OriginError):
+    """The artifact's hash bin is as large as TUF clients accept (``max_bin_bytes``)."""
 
 
 class AuthError(OriginError):

@@ -61,6 +61,7 @@ from tuf.repository import Repository
 from tufmesh._durable import fsync_dir, write_atomic
 from tufmesh.cas import BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
+    BinFullError,
     BlobNotFoundError,
     ConflictError,
     InvalidNameError,
@@ -596,7 +597,7 @@ class OriginRepository(Repository):
                 grown = sizes[role] + _entry_size(target)
                 try:
                     if grown > self.config.max_bin_bytes:
-                        raise OriginError(
+                        raise BinFullError(
                             f"{artifact.path}: its hash bin ({role}) is full: "
                             f"{self.config.max_bin_bytes:,} bytes, what TUF clients accept"
                         )

@@ -29,6 +29,7 @@ from tufmesh._durable import write_atomic
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     AuthError,
+    BinFullError,
     ConflictError,
     ForbiddenError,
     InvalidNameError,
@@ -494,6 +495,8 @@ def build_app(service: OriginService) -> ByteCounter:
             # Its blobs stay, unpinned, until `cas gc`: deleting them here
             # would race an upload of the same bytes that is about to pin them.
             return _error(409, str(exc))
+        except BinFullError as exc:
+            return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
         except OriginError as exc:
             return _error(500, str(exc))
         return JSONResponse(
