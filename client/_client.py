@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import trio
 import urllib3
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import TargetFile, Targets
+from tuf.api.metadata import SuccinctRoles, TargetFile, Targets
 from tuf.ngclient import Updater
 
 from tufmesh.cas import Manifest, cid_of
@@ -230,10 +230,9 @@ class Client:
                 children: list[tuple[str, Check]] = []
                 if delegations is not None and delegations.succinct_roles is not None:
                     succinct = delegations.succinct_roles
-                    for name in succinct.get_roles():
-                        children.append(
-                            (name, lambda p, n=name, s=succinct: s.get_role_for_target(p) == n)
-                        )
+                    children.extend(
+                        (name, _bin_check(succinct, name)) for name in succinct.get_roles()
+                    )
                 elif delegations is not None:
                     for name, child in (delegations.roles or {}).items():
                         children.append((name, child.is_delegated_path))
@@ -503,3 +502,8 @@ def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:
                 continue
             have.add(index)
     return have
+
+
+def _bin_check(succinct: SuccinctRoles, name: str) -> Callable[[str], bool]:
+    """Whether a path is delegated to hash bin ``name``."""
+    return lambda path: succinct.get_role_for_target(path) == name

@@ -109,8 +109,11 @@ def test_concurrent_uploads_are_group_committed(repo: Path) -> None:
     with running(repo) as server:
         before = snapshot_version(repo)
 
+        together = threading.Barrier(50)  # all at once, as a busy origin sees them
+
         def send(i: int) -> httpx.Response:
             project = ("alpha", "beta", "gamma")[i % 3]
+            together.wait()
             return post(server.url, project, f"{project}-{i}.tar.gz", bodies[i], tokens[project])
 
         with ThreadPoolExecutor(max_workers=50) as pool:
@@ -120,7 +123,9 @@ def test_concurrent_uploads_are_group_committed(repo: Path) -> None:
         assert len(set(targets)) == 50
         commits = snapshot_version(repo) - before
         print(f"{commits} snapshots for 50 uploads")
-        assert 1 <= commits <= 25, f"{commits} snapshots for 50 uploads"
+        # Without group commit, 50. Here 6-17 on two idle cores, 28 once while
+        # the machine was loaded: a bound well under one per upload.
+        assert 1 <= commits <= 35, f"{commits} snapshots for 50 uploads"
         updater = tuf_updater(server.url, repo)
         updater.refresh()
         for i, target in enumerate(targets):
