@@ -391,7 +391,7 @@ class ChunkScheduler:
         order = self.usable
         if self._progress is None:
             self._progress = now
-        elif self._stalled():
+        elif now - self._progress >= self.config.max_stall:  # _stalled(), inline: hot
             # The fallback first, ahead of the peers that claim what it lacks.
             self._dry -= self.fallback
             order = sorted(order, key=lambda source: source not in self.fallback)
