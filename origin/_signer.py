@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Final, Protocol
 import trio
 
 from tufmesh._durable import hold_lock
-from tufmesh.errors import ConflictError, OriginError
+from tufmesh.errors import BinFullError, ConflictError, OriginError
 from tufmesh.origin._repository import Artifact, OriginRepository
 
 __all__ = ["CommitState", "Committer", "LocalCommitter", "SignerProcess", "main"]
@@ -118,17 +118,23 @@ class LocalCommitter:
         return refreshed
 
 
+#: The refusals that cross the pipe as their own kind (the HTTP status differs).
+_KINDS: Final[dict[str, type[OriginError]]] = {"conflict": ConflictError, "bin_full": BinFullError}
+
+
 def _result_to_json(result: int | OriginError) -> int | dict[str, str]:
     if isinstance(result, int):
         return result
-    return {"conflict" if isinstance(result, ConflictError) else "error": str(result)}
+    kind = next((k for k, cls in _KINDS.items() if isinstance(result, cls)), "error")
+    return {kind: str(result)}
 
 
 def _result_from_json(result: int | dict[str, str]) -> int | OriginError:
     if isinstance(result, int):
         return result
-    if "conflict" in result:
-        return ConflictError(result["conflict"])
+    for kind, cls in _KINDS.items():
+        if kind in result:
+            return cls(result[kind])
     return OriginError(result["error"])
 
 

@@ -480,6 +480,31 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
     assert repo.store.has(kept.cid) and repo.store.has(kept.manifest) and repo.store.has(fresh)
 
 
+def test_the_committer_process_reports_each_refusal_as_its_kind(tmp_path: Path) -> None:
+    """What `serve` uses: the kind of a refusal decides the HTTP status (409, 507)."""
+    import trio
+
+    from tufmesh.origin._signer import SignerProcess
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=2, max_bin_bytes=65536))
+    first = stored(repo, "p/taken-1.whl", b"first")
+    repo.publish([first])
+    batch = [stored(repo, "p/taken-1.whl", b"other bytes")]
+    batch += [stored(repo, f"p/f-{i}.whl", b"%d" % i) for i in range(500)]
+
+    async def main() -> list[int | OriginError]:
+        signer = await SignerProcess.start(repo.dir)
+        try:
+            return await signer.publish(batch)
+        finally:
+            await signer.aclose()
+
+    results = trio.run(main)
+    assert type(results[0]) is ConflictError
+    full = [r for r in results[1:] if isinstance(r, OriginError)]
+    assert full and all(type(r) is BinFullError and "is full" in str(r) for r in full)
+
+
 def test_a_vanished_blob_fails_its_upload_only(tmp_path: Path) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     kept = stored(repo, "p/kept-1.tar.gz", b"kept")
