@@ -633,10 +633,10 @@ async def start_http(
     config.loglevel = "ERROR"  # ...and nothing else
     # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
     config.h11_max_incomplete_size = 16 * 1024
+    # Also closes a connection that sends no request at all. (Hypercorn's
+    # read_timeout is not for this: it runs during responses too, and would
+    # cut every honest download that takes longer.)
     config.keep_alive_timeout = 30
-    # A connection that sends nothing for a minute is closed (the default
-    # waits for ever: a few hundred silent sockets would use up the descriptors).
-    config.read_timeout = 60
     app.max_rate = max_rate
     binds = await nursery.start(hypercorn_serve, app, config)
     if on_ready is not None:
