@@ -590,6 +590,7 @@ class OriginRepository(Repository):
                         )
                         continue
                     accepted.append(artifact)  # idempotent: same path, same bytes
+                    self._link_target(artifact)  # ...whose link a failure may have lost
                     continue
                 target = artifact.target_file()
                 if role not in sizes:
@@ -621,16 +622,30 @@ class OriginRepository(Repository):
                 self._commit()
         except BaseException:
             self.load()
-            # Nothing of the batch is published: nor pinned (its blobs would
-            # never be collected), nor linked (served under a target name).
-            for name, cids in self.store.pins().items():
-                if name.startswith("project:") and cids - pinned.get(name, frozenset()):
-                    self.store.unpin(name, cids - pinned.get(name, frozenset()))
-            for link in linked:
-                link.unlink(missing_ok=True)
+            self._undo(accepted, pinned, linked)
             raise
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
+
+    def _undo(
+        self, accepted: list[Artifact], pinned: dict[str, frozenset[str]], linked: list[Path]
+    ) -> None:
+        """After a failed commit (memory reloaded from disk): take back the pins
+        and links of what the published chain does not hold (its blobs would
+        never be collected, and be served under a target name). The chain may
+        hold all of it: a failure after the timestamp was replaced."""
+        unpublished = [
+            a
+            for a in accepted
+            if (found := self.find(a.path)) is None or found.hashes.get("sha256") != a.sha256
+        ]
+        keep = {cid for a in accepted if a not in unpublished for cid in (a.cid, a.manifest)}
+        for name, cids in self.store.pins().items():
+            extra = cids - pinned.get(name, frozenset()) - keep
+            if name.startswith("project:") and extra:
+                self.store.unpin(name, extra)
+        for link in set(linked) & {self._target_link(a) for a in unpublished}:
+            link.unlink(missing_ok=True)
 
     def _signed_size(self, role: str) -> int:
         """Bytes of the published ``role``'s file (its staged bytes, if newer)."""

@@ -237,7 +237,7 @@ class _Published:
         except OSError:
             self._seen, self._versions = None, {}
             return
-        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        seen: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if seen == self._seen:
             return
         versions: dict[str, int] = {}
@@ -249,7 +249,7 @@ class _Published:
             for file, meta in listed["signed"]["meta"].items():
                 versions[str(file).removesuffix(".json")] = int(meta["version"])
         except (OSError, ValueError, KeyError, TypeError):
-            pass  # not (yet) a complete tree: only what was read
+            seen = None  # not (yet) a complete tree, or a failed read: again next time
         self._seen, self._versions = seen, versions
 
 

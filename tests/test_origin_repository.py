@@ -414,6 +414,41 @@ def test_versions_are_served_only_once_the_published_timestamp_names_them(
     repo.publish([stored(repo, "p/c-1.whl", b"third")])
     named = get(left)
     assert named.status_code == 200 and named.content == (repo.dir / "metadata" / left).read_bytes()
+    # A failed read (here: the new snapshot briefly gone) is not remembered.
+    repo.publish([stored(repo, "p/d-1.whl", b"fourth")])
+    snapshot = repo.dir / "metadata" / f"{repo.snapshot().version}.snapshot.json"
+    snapshot.rename(snapshot.with_suffix(".away"))
+    assert get(f"1.{role}.json").status_code == 404
+    snapshot.with_suffix(".away").rename(snapshot)
+    assert get(f"1.{role}.json").status_code == 200
+
+
+def test_a_failure_after_the_timestamp_keeps_what_it_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timestamp replaced, then its directory's fsync fails: the batch is
+    published, and must keep its pins (or gc deletes it) and its link."""
+    from tufmesh.origin import _repository
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    artifact = stored(repo, "p/a-1.whl", b"published after all")
+    real = _repository.write_atomic
+
+    def late_failure(path: Path, data: bytes, **options: object) -> None:
+        real(path, data, **options)  # type: ignore[arg-type]
+        if path.name == "timestamp.json":
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_repository, "write_atomic", late_failure)
+    with pytest.raises(OSError, match="Input/output"):
+        repo.publish([artifact])
+    monkeypatch.setattr(_repository, "write_atomic", real)
+    link = repo.dir / "targets" / "p" / f"{artifact.sha256}.a-1.whl"
+    assert repo.find(artifact.path) is not None
+    assert {artifact.cid, artifact.manifest} <= repo.store.pins()["project:p"]
+    assert link.exists()
+    link.unlink()  # as an older version of this code did: a retry brings it back
+    assert repo.publish([artifact]) == [repo.snapshot().version] and link.exists()
 
 
 def test_a_hash_bin_never_grows_past_what_clients_accept(tmp_path: Path) -> None:
