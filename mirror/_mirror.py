@@ -211,7 +211,7 @@ class Mirror:
                     _version(client.metadata_dir / "timestamp.json"),
                     json.dumps(self._config(), sort_keys=True),
                 )
-                if self._synced is not None and self._synced[0] == seen:
+                if self._synced is not None and self._synced[0] == seen and self._intact():
                     report.artifacts = self._synced[1].artifacts
                     report.snapshot_version = self._synced[1].snapshot_version
                 else:
@@ -223,6 +223,13 @@ class Mirror:
         report.seconds = time.monotonic() - started
         self.record(report)
         return report
+
+    def _intact(self) -> bool:
+        """True if the store still holds every blob the last sync kept (one
+        may have been quarantined or deleted since: the next sync fetches it)."""
+        assert self._synced is not None
+        held = self.store.pins().get(f"snapshot-{self._synced[1].snapshot_version}", frozenset())
+        return all(self.store.has(cid) for cid in held)
 
     def _replicate(
         self, client: Client, swarm: Swarm | None, report: SyncReport, fetched: Counter[str]

@@ -30,6 +30,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tests.helpers.tls import make_ca_and_cert, tls_proxy
+from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
 from tufmesh.mirror import Mirror
 from tufmesh.mirror._swarm import QUERY_TIMEOUT
@@ -303,6 +304,11 @@ def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
         again = only.sync()
         assert again.artifacts == 3 and again.error is None and again.fetched == 0
         assert (only.tree / "metadata" / "timestamp.json").stat().st_ino == served
+        # An artifact's blob quarantined, say: the next sync fetches it again.
+        linked = next((only.tree / "targets").glob("*/*"))
+        lost = cid_from_sha256(bytes.fromhex(linked.name.split(".", 1)[0]))
+        only.store.path(lost).unlink()
+        assert only.sync().fetched == 1 and only.store.has(lost)
         post(origin.url, "kept", "d-1.tar.gz", b"new", tokens["kept"])
         assert only.sync().artifacts == 4
         assert (only.tree / "metadata" / "timestamp.json").stat().st_ino != served
