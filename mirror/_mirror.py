@@ -235,13 +235,14 @@ class Mirror:
         self, client: Client, swarm: Swarm | None, report: SyncReport, fetched: Counter[str]
     ) -> None:
         """Fetch the blobs the policy wants that the store lacks, then publish."""
-        targets = self.wanted([t for t in client.artifacts() if servable(t)])
+        listed = client.artifacts()
+        entries = {t.path: e for t in listed if (e := servable(t)) is not None}
+        targets = self.wanted([t for t in listed if t.path in entries])
         if swarm is not None:
             swarm.syncing = _version(client.metadata_dir / "snapshot.json")
         for target in targets:
-            cid = target.custom["cid"]  # servable: a CID
-            manifest_cid = target.custom.get("manifest")
-            if isinstance(manifest_cid, str) and not self.store.has(manifest_cid):
+            cid, manifest_cid = entries[target.path].cid, entries[target.path].manifest
+            if manifest_cid is not None and not self.store.has(manifest_cid):
                 # Fetched (and checked against its signed CID) only when
                 # missing: a sync must not re-download every manifest of a
                 # repository it already holds.
@@ -270,9 +271,9 @@ class Mirror:
                 if stats.banned:
                     report.bans[source] = stats.banned
         report.artifacts = len(targets)
-        report.snapshot_version = self._publish(client, targets)
+        report.snapshot_version = self._publish(client, [entries[t.path] for t in targets])
 
-    def _publish(self, client: Client, targets: list[Any]) -> int:
+    def _publish(self, client: Client, entries: list[Servable]) -> int:
         """Write the verified metadata as a static TUF tree, timestamp last; pin and gc."""
         cache = client.metadata_dir
         metadata = self.tree / "metadata"
@@ -296,9 +297,8 @@ class Mirror:
             out = metadata / old_root.name
             if not out.exists():
                 write_atomic(out, old_root.read_bytes(), sync_dir=False)
-        for target in targets:
-            entry = servable(target)
-            if entry is None or not self.store.has(entry.cid):
+        for entry in entries:
+            if not self.store.has(entry.cid):
                 continue
             directory = self.tree / "targets" / entry.project
             directory.mkdir(parents=True, exist_ok=True)
@@ -308,12 +308,12 @@ class Mirror:
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
         snapshot = versions.get("snapshot", 0)
-        held: set[str] = set()
-        for target in targets:
-            entry = servable(target)
-            if entry is not None:
-                held.update(cid for cid in (entry.cid, entry.manifest) if cid is not None)
-        held = {cid for cid in held if self.store.has(cid)}
+        held = {
+            cid
+            for entry in entries
+            for cid in (entry.cid, entry.manifest)
+            if cid is not None and self.store.has(cid)
+        }
         if held:
             self.store.pin(f"snapshot-{snapshot}", held)
         for name in self.store.pins():

@@ -570,8 +570,7 @@ class OriginRepository(Repository):
         sizes: dict[str, int] = {}  # each touched bin's signed size, as it will be
         accepted: list[Artifact] = []
         removed = self.removed()
-        pinned = self.store.pins()  # to undo this batch's pins if it fails
-        linked: list[Path] = []  # ...and its new links
+        linked: list[Path] = []  # this batch's new links, to undo if it fails
         try:
             for i, artifact in enumerate(artifacts):
                 role = self.succinct.get_role_for_target(artifact.path)
@@ -594,7 +593,7 @@ class OriginRepository(Repository):
                     continue
                 target = artifact.target_file()
                 if role not in sizes:
-                    sizes[role] = self._signed_size(role)
+                    sizes[role] = len(self._bytes[role])  # load() read every bin
                 grown = sizes[role] + _entry_size(target)
                 try:
                     if grown > self.config.max_bin_bytes:
@@ -622,14 +621,12 @@ class OriginRepository(Repository):
                 self._commit()
         except BaseException:
             self.load()
-            self._undo(accepted, pinned, linked)
+            self._undo(accepted, linked)
             raise
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
 
-    def _undo(
-        self, accepted: list[Artifact], pinned: dict[str, frozenset[str]], linked: list[Path]
-    ) -> None:
+    def _undo(self, accepted: list[Artifact], linked: list[Path]) -> None:
         """After a failed commit (memory reloaded from disk): take back the pins
         and links of what the published chain does not hold (its blobs would
         never be collected, and be served under a target name). The chain may
@@ -639,21 +636,14 @@ class OriginRepository(Repository):
             for a in accepted
             if (found := self.find(a.path)) is None or found.hashes.get("sha256") != a.sha256
         ]
-        keep = {cid for a in accepted if a not in unpublished for cid in (a.cid, a.manifest)}
-        for name, cids in self.store.pins().items():
-            extra = cids - pinned.get(name, frozenset()) - keep
-            if name.startswith("project:") and extra:
-                self.store.unpin(name, extra)
+        blobs: dict[str, set[str]] = defaultdict(set)
+        for artifact in unpublished:
+            own = blobs[artifact.path.split("/", 1)[0]]
+            own.update(cid for cid in (artifact.cid, artifact.manifest) if cid is not None)
+        for project, cids in blobs.items():
+            self._release(project, cids)
         for link in set(linked) & {self._target_link(a) for a in unpublished}:
             link.unlink(missing_ok=True)
-
-    def _signed_size(self, role: str) -> int:
-        """Bytes of the published ``role``'s file (its staged bytes, if newer)."""
-        staged = self._bytes.get(role)
-        if staged is not None:
-            return len(staged)
-        path = self.metadata_dir / f"{self._md[role].signed.version}.{role}.json"
-        return path.stat().st_size
 
     def _check(self, artifact: Artifact) -> None:
         """Refuse an artifact whose name, hashes or blobs do not agree with the store."""
@@ -825,24 +815,28 @@ class OriginRepository(Repository):
         project, filename = path.split("/", 1)
         link = self.targets_dir / project / f"{record['sha256']}.{filename}"
         link.unlink(missing_ok=True)
+        # A record without its blobs (written before they were recorded) still
+        # names the artifact's own: its sha256 is its CID.
+        blobs = record.get("blobs") or [cid_from_sha256(bytes.fromhex(record["sha256"]))]
+        for cid in self._release(project, blobs):
+            # Gone at once, not at the next gc; kept if another project pins it.
+            with contextlib.suppress(PinError, BlobNotFoundError):
+                self.store.delete(cid)
+
+    def _release(self, project: str, cids: Iterable[str]) -> list[str]:
+        """Unpin, from ``project``'s pin set, those of ``cids`` that nothing
+        published in the project names any more; return them."""
         still = {
             t.unrecognized_fields.get("custom", {}).get(key)
             for t in self.artifacts()
             if t.path.startswith(f"{project}/")
             for key in ("cid", "manifest")
         }
-        # A record without its blobs (written before they were recorded) still
-        # names the artifact's own: its sha256 is its CID.
-        blobs = record.get("blobs") or [cid_from_sha256(bytes.fromhex(record["sha256"]))]
-        unused = [cid for cid in blobs if cid not in still]
-        if not unused:
-            return
-        with contextlib.suppress(PinError):  # no pin set: nothing to unpin
-            self.store.unpin(f"project:{project}", unused)
-        for cid in unused:
-            # Gone at once, not at the next gc; kept if another project pins it.
-            with contextlib.suppress(PinError, BlobNotFoundError):
-                self.store.delete(cid)
+        unused = [cid for cid in cids if cid not in still]
+        if unused:
+            with contextlib.suppress(PinError):  # no pin set: nothing to unpin
+                self.store.unpin(f"project:{project}", unused)
+        return unused
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------
 

@@ -492,8 +492,8 @@ def build_app(service: OriginService) -> ByteCounter:
         try:
             version = await service.submit(artifact)
         except ConflictError as exc:
-            # Its blobs stay, unpinned, until `cas gc`: deleting them here
-            # would race an upload of the same bytes that is about to pin them.
+            # Its blobs stay, unpinned, for the hourly collector: deleting them
+            # here would race an upload of the same bytes about to pin them.
             return _error(409, str(exc))
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
