@@ -129,7 +129,7 @@ class Mirror:
             if held:
                 path.unlink()
                 removed += 1
-        for folder in (self.dir, self.tree / "metadata"):
+        for folder in (self.dir, self.tree / "metadata", *self.tree.glob("targets/*")):
             for path in folder.glob(".*.tmp-*"):
                 path.unlink()
                 removed += 1
@@ -297,16 +297,18 @@ class Mirror:
             out = metadata / old_root.name
             if not out.exists():
                 write_atomic(out, old_root.read_bytes(), sync_dir=False)
+        linked: set[Path] = set()
         for entry in entries:
             if not self.store.has(entry.cid):
                 continue
             directory = self.tree / "targets" / entry.project
             directory.mkdir(parents=True, exist_ok=True)
             link = directory / f"{entry.sha256}.{entry.filename}"
-            if not link.exists():
-                os.link(self.store.path(entry.cid), link)
+            _link(self.store.path(entry.cid), link)
+            linked.add(link)
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
+        self._prune(linked)
         snapshot = versions.get("snapshot", 0)
         held = {
             cid
@@ -321,6 +323,20 @@ class Mirror:
                 self.store.unpin(name)
         self.store.gc()
         return snapshot
+
+    def _prune(self, linked: set[Path]) -> None:
+        """Remove the target links the published version does not list: an
+        artifact the origin removed (a malicious upload, say) or one the
+        policy no longer keeps. Its blob goes with the store's next gc."""
+        targets = self.tree / "targets"
+        if not targets.is_dir():
+            return
+        for project in list(targets.iterdir()):
+            for path in list(project.iterdir()):
+                if path not in linked and not path.name.startswith("."):
+                    path.unlink()
+            if not any(project.iterdir()):
+                project.rmdir()
 
     def _served_timestamp_version(self) -> int:
         return _version(self.tree / "metadata" / "timestamp.json")
@@ -393,6 +409,21 @@ def servable(target: Any) -> Servable | None:
     if canonical != cid or hashes.get("sha256") != digest.hex():
         return None
     return Servable(cid, manifest, project, filename, digest.hex())
+
+
+def _link(blob: Path, link: Path) -> None:
+    """Make ``link`` a hard link to the store's ``blob``. A link to other bytes
+    is replaced: the store fetched a quarantined blob again (a new file), and
+    the old link still holds the corrupt one."""
+    try:
+        if os.path.samestat(link.stat(), blob.stat()):
+            return
+    except FileNotFoundError:
+        pass
+    temp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    os.link(blob, temp)
+    os.replace(temp, link)
 
 
 def _version(path: Path) -> int:

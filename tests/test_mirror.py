@@ -319,6 +319,35 @@ def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
     assert len(list(capped.store)) == 2
 
 
+def test_a_mirror_drops_removed_artifacts_and_relinks_repaired_ones(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "proj")
+    root = repo / "metadata" / "1.root.json"
+    with running(repo) as origin:
+        post(origin.url, "proj", "evil-1.tar.gz", b"malware", token)
+        post(origin.url, "proj", "good-1.tar.gz", b"fine", token)
+        replica = Mirror.create(tmp_path / "mirror", root, [origin.url])
+        assert replica.sync().artifacts == 2
+    assert sorted(_published(replica)) == ["proj/evil-1.tar.gz", "proj/good-1.tar.gz"]
+    tufmesh("origin", "remove", "--dir", str(repo), "proj/evil-1.tar.gz")
+    with running(repo) as origin:
+        replica = Mirror.create(tmp_path / "mirror", root, [origin.url])
+        assert replica.sync().artifacts == 1
+        # The removed artifact is no longer served, under any name.
+        assert _published(replica) == ["proj/good-1.tar.gz"]
+        # Bit rot in the served copy: fsck quarantines the blob, the next sync
+        # fetches it again, and the served file is the good one, not the old
+        # link to the corrupt bytes.
+        (link,) = (replica.tree / "targets" / "proj").iterdir()
+        cid = cid_from_sha256(bytes.fromhex(link.name.split(".", 1)[0]))
+        os.chmod(link, 0o644)
+        link.write_bytes(b"FINE")
+        assert replica.store.fsck(quarantine=True).corrupt == [cid]
+        assert replica.sync().fetched == 1
+        assert link.read_bytes() == b"fine" and replica.store.has(cid)
+    assert [p.name for p in (replica.tree / "targets" / "proj").iterdir()] == [link.name]
+
+
 def _published(replica: Mirror) -> list[str]:
     return [
         f"{p.parent.name}/{p.name.split('.', 1)[1]}" for p in (replica.tree / "targets").glob("*/*")
