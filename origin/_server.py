@@ -11,6 +11,7 @@ commits, not of uploads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -82,10 +83,39 @@ class ServiceConfig:
     gc_interval: float = 3600.0
 
 
+#: Where a file gone before its answer started can be found now (or None).
+_Again = Callable[[], Path | None] | None
+
+
 class _BigFileResponse(FileResponse):
+    """A file response; with ``again``, a file that is gone before the answer
+    starts (a blob still arriving, stored meanwhile) is served from the path
+    ``again`` then gives, if any."""
+
     # Starlette's default 64 KiB chunks serve at an eighth of nginx's speed;
     # 4 MiB chunks come close to it (shared/notes/http-throughput.md).
     chunk_size = 4 << 20
+
+    def __init__(self, *args: Any, again: _Again = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.again = again
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, watched)
+        except (RuntimeError, FileNotFoundError):  # Starlette: "File at path ... does not exist"
+            path = self.again() if self.again is not None and not started else None
+            if path is None:
+                raise
+            self.path, self.again = path, None
+            await super().__call__(scope, receive, send)
 
 
 @dataclass
@@ -275,8 +305,14 @@ def tree_routes(
     metadata_dir = (root / "metadata").resolve()
     targets_dir = (root / "targets").resolve()
 
-    def file(path: Path, media_type: str | None, cache: str) -> Response:
-        return _BigFileResponse(path, media_type=media_type, headers={"cache-control": cache})
+    def file(
+        path: Path,
+        media_type: str | None,
+        cache: str,
+        again: Callable[[], Path | None] | None = None,
+    ) -> Response:
+        headers = {"cache-control": cache}
+        return _BigFileResponse(path, media_type=media_type, headers=headers, again=again)
 
     published = _Published(metadata_dir)
 
@@ -311,6 +347,7 @@ def tree_routes(
         except StoreError as exc:
             return _error(404, str(exc))
         path: Path | None
+        again = None
         try:
             path = store.path(cid)
         except StoreError as exc:
@@ -323,10 +360,11 @@ def tree_routes(
                 # A failed If-Range turns a range request into the whole file,
                 # unverified chunks and all.
                 return _error(404, f"{cid} is still arriving: ranges only, without If-Range")
+            again = functools.partial(_stored, store, cid)  # if it completes meanwhile
         if gate is not None and span is not None and MIRROR_HEADER in request.headers:
             patient = request.headers[MIRROR_HEADER] == "patient"
-            return _gated(gate, (cid, span[0]), span[1] - span[0] + 1, path, patient)
-        return file(path, "application/octet-stream", _IMMUTABLE)
+            return _gated(gate, (cid, span[0]), span[1] - span[0] + 1, path, patient, again)
+        return file(path, "application/octet-stream", _IMMUTABLE, again)
 
     return [
         Route("/metadata/{name}", metadata, methods=["GET", "HEAD"]),
@@ -335,8 +373,21 @@ def tree_routes(
     ]
 
 
+def _stored(store: BlobStore, cid: str) -> Path | None:
+    """Where the store holds ``cid``, or None."""
+    try:
+        return store.path(cid)
+    except StoreError:
+        return None
+
+
 def _gated(
-    gate: SeedGate, chunk: tuple[str, int], size: int, path: Path, patient: bool
+    gate: SeedGate,
+    chunk: tuple[str, int],
+    size: int,
+    path: Path,
+    patient: bool,
+    again: _Again,
 ) -> Response:
     """A mirror's request for ``size`` bytes of a chunk, as the seeding gate decides."""
     now = trio.current_time()
@@ -351,6 +402,7 @@ def _gated(
         headers={"cache-control": _IMMUTABLE},
         on_end=lambda completed: gate.done(chunk, trio.current_time(), completed=completed),
         deadline=gate.deadline(size),
+        again=again,
     )
 
 

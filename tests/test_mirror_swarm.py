@@ -78,6 +78,43 @@ def test_a_blob_still_arriving_is_served_only_where_verified(tmp_path: Path) -> 
         assert answer.status_code == 404 and b"stale" not in answer.content
 
 
+def test_a_blob_stored_while_its_range_is_answered_is_served_from_the_store(
+    tmp_path: Path,
+) -> None:
+    """The partial file can go (the blob completed, was stored, and its
+    download removed) between the route's check and the response opening
+    it: the answer comes from the store, not a 500."""
+    from starlette.applications import Starlette
+
+    from tufmesh.cas import BlobStore, cid_of
+    from tufmesh.origin._server import tree_routes
+
+    (tmp_path / "tree" / "metadata").mkdir(parents=True)
+    blob = bytes(range(256)) * 8
+    cid = cid_of(blob)
+    store = BlobStore(tmp_path / "cas")
+    part = tmp_path / f"{cid}.part"
+    part.write_bytes(blob)
+
+    class Vanishing(type(part)):  # type: ignore[misc]
+        def is_file(self) -> bool:
+            found = super().is_file()
+            store.put(self.read_bytes())  # completed and stored...
+            self.unlink()  # ...and the download removed, before the answer
+            return found
+
+    routes = tree_routes(tmp_path / "tree", store, lambda c, s, e: Vanishing(part))
+    transport = httpx.ASGITransport(app=Starlette(routes=routes))
+
+    async def ask() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://mirror") as http:
+            return await http.get(f"/blobs/{cid}", headers={"Range": "bytes=10-19"})
+
+    answer = trio.run(ask)
+    assert answer.status_code == 206 and answer.content == blob[10:20]
+    assert not part.exists()
+
+
 def test_have_record_round_trip_and_malformed_entries() -> None:
     swarm = Swarm(url="http://me", has_blob=lambda cid: cid == "stored")
     swarm.begin("arriving", Partial((Path("/nonexistent"),), 1, 12, 12, mask=0b100000000101))
