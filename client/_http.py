@@ -35,6 +35,13 @@ class HttpError(Exception):
     """The source failed: connection, timeout, status, or a short body."""
 
 
+def tls_context() -> ssl.SSLContext:
+    """The one trust store of every HTTPS connection tufmesh makes (chunks,
+    metadata, have-queries, uploads): the system's CAs, or the bundle
+    ``SSL_CERT_FILE`` names (httpx's own default would be certifi's)."""
+    return ssl.create_default_context()
+
+
 class Refused(HttpError):
     """The source declined the request for now (an origin seeding mirrors): not a failure."""
 
@@ -95,7 +102,7 @@ class RangePool:
                 conn = _Conn(sock)
                 if scheme == "https":
                     if self._tls is None:
-                        self._tls = ssl.create_default_context()
+                        self._tls = tls_context()
                     conn.tls = trio.SSLStream(
                         trio.SocketStream(sock), self._tls, server_hostname=host,
                         https_compatible=True,

@@ -32,7 +32,7 @@ import trio
 
 from tufmesh._durable import read_exactly
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
-from tufmesh.client._http import Refused
+from tufmesh.client._http import Refused, tls_context
 from tufmesh.errors import TufmeshError
 from tufmesh.p2p._blob import MAX_RECORD, BlobBusyError
 
@@ -276,7 +276,8 @@ class Swarm:
                 await trio.sleep(POLL)
 
         timeout = httpx.Timeout(QUERY_TIMEOUT)
-        async with httpx.AsyncClient(timeout=timeout) as client, trio.open_nursery() as nursery:
+        client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
+        async with client, trio.open_nursery() as nursery:
             while True:
                 for url in self.neighbours():
                     if url not in asked:

@@ -453,7 +453,9 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) 
         if not path.is_file():
             raise UsageError(f"cannot read {path}: not a regular file")
         check_filename(path.name)
-    with httpx.Client() as client:
+    from tufmesh.client._http import tls_context
+
+    with httpx.Client(verify=tls_context()) as client:
         for path in files:
             try:
                 with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
