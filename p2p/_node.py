@@ -25,12 +25,12 @@ import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from tufmesh.errors import UsageError
-from tufmesh.p2p._announce import AnnouncementGate
+from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
     BAD_REQUEST,
     BUSY,
@@ -51,6 +51,9 @@ from tufmesh.p2p._blob import (
     request_size,
     response_head,
 )
+
+if TYPE_CHECKING:
+    from tuf.api.metadata import Root
 
 __all__ = ["P2PNode", "check_peer_address"]
 
@@ -167,6 +170,7 @@ class P2PNode:
         self.rejected = 0
         self.accepted = 0
         self._pubsub: Any = None
+        self._subscription: Any = None
         self._router: Any = None
         self._host: Any = None
         self.peer_id = ""
@@ -240,7 +244,7 @@ class P2PNode:
             stack.push_async_callback(close_host)
             await pubsub.wait_until_ready()
             pubsub.set_topic_validator(self.topic, self._validate, is_async_validator=False)
-            subscription = await pubsub.subscribe(self.topic)
+            self._subscription = await pubsub.subscribe(self.topic)
             for address in self.bootstrap:
                 # A bootstrap peer that is down is not fatal: others, or
                 # the HTTP poll, still bring new versions.
@@ -260,7 +264,10 @@ class P2PNode:
             while True:
                 # Only messages the gate accepted get here (it ran as the
                 # topic validator, before delivery and before relaying).
-                message = await subscription.get()
+                try:
+                    message = await self._subscription.get()
+                except trio.EndOfChannel:
+                    continue  # the topic moved (follow_root): read the new one
                 if self.on_announcement is not None:
                     result = self.on_announcement(bytes(message.data))
                     if result is not None:
@@ -401,6 +408,21 @@ class P2PNode:
         else:
             self.rejected += 1
         return verdict.accept
+
+    async def follow_root(self, root: Root) -> None:
+        """Trust ``root`` from now on (the repository rotated its root keys):
+        check announcements against it, and move to the topic it names, where
+        the origin announces once it runs with the new root."""
+        self.gate.root = root
+        topic = topic_for(root)
+        if topic == self.topic or self._pubsub is None:
+            self.topic = topic
+            return
+        old, self.topic = self.topic, topic
+        self._pubsub.set_topic_validator(topic, self._validate, is_async_validator=False)
+        self._subscription = await self._pubsub.subscribe(topic)
+        await self._pubsub.unsubscribe(old)  # ends the old subscription's reads
+        self._pubsub.remove_topic_validator(old)
 
     def peer_count(self) -> int:
         """Peers this node is connected to."""

@@ -86,3 +86,42 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
     assert behind[:1] == received
     assert replays in ([], received)  # at most the liar's first copy
     assert len(behind) <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_a_node_follows_the_repository_to_its_new_topic_after_a_root_rotation(
+    tmp_path: Path,
+) -> None:
+    """The topic is named from the root keys: once the root is rotated, the
+    origin announces on another topic, and a mirror that learns the new root
+    moves there (it used to stay on the old one, and heard nothing more)."""
+    from tufmesh.origin._keys import generate_file_key
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    old_root = repo.root()
+    repo.rotate("root", [generate_file_key(repo.dir, "root-new")])
+    new_root = OriginRepository(repo.dir).root()
+    assert topic_for(new_root) != topic_for(old_root)
+    received: list[bytes] = []
+
+    async def main() -> None:
+        mirror = P2PNode(tmp_path / "mirror.key", topic_for(old_root), AnnouncementGate(old_root),
+                         on_announcement=received.append)  # fmt: skip
+        origin = P2PNode(tmp_path / "origin.key", topic_for(new_root), AnnouncementGate(new_root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(mirror.run)
+            origin.bootstrap = [address]
+            await nursery.start(origin.run)
+            await mirror.follow_root(new_root)  # what its sync loop does after a sync
+            assert mirror.topic == topic_for(new_root) and mirror.gate.root == new_root
+            await trio.sleep(2.5)  # mesh formation: 1 s heartbeats
+            await origin.announce(timestamp(repo, version=60))
+            with trio.fail_after(10):
+                while not received:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert AnnouncementGate(new_root).check(received[0]).version == 60
