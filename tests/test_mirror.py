@@ -497,10 +497,6 @@ def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None
             for name in urls:
                 wait_for(urls[name], version, deadline=60)
             served = httpx.get(f"{url}/healthz").json()["bytes_served"]
-            import subprocess
-            import sys
-
-            subprocess.run([sys.executable, "/tmp/dbg_five.py", str(tmp_path)])
             assert served <= 2 * len(body), f"origin served {served / len(body):.2f}x"
             with Client(tmp_path / "client", root.read_bytes(), list(urls.values())) as client:
                 result = client.download("demo/demo-1.0.tar.gz", tmp_path / "out")
