@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -401,3 +402,63 @@ def test_a_bins_entries_count_only_for_the_paths_delegated_to_it(tmp_path: Path)
         with pytest.raises(NotInMetadataError):
             client.target(stray)  # python-tuf's walk, the reference
         assert client.target(placed).path == placed
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [("this artifact", "does not verify"), ("its own blob", "describes another blob")],
+)
+def test_chunks_that_match_a_signed_manifest_of_other_bytes_are_not_kept(
+    tmp_path: Path, claims: str, error: str
+) -> None:
+    """A holder of the online bin key signs an entry whose manifest lists the
+    chunks of other bytes, and a mirror serves those bytes. A manifest that
+    claims the artifact's own SHA-256 and length: every chunk verifies
+    against it, and python-tuf's check of the whole file refuses the result.
+    One that names the blob it really describes is refused before any chunk.
+    Nothing is written under the artifact's name."""
+    import blake3
+
+    from tufmesh.cas import Manifest
+    from tufmesh.origin import OriginRepository
+
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    real, fake = os.urandom(3 * (1 << 20) + 77), os.urandom(3 * (1 << 20) + 77)
+    with running(repo) as server:
+        assert post(server.url, "demo", "demo-1.0.tar.gz", real, token).status_code == 200
+    origin = OriginRepository(repo)
+    role = origin.succinct.get_role_for_target(BIG)
+    entry = origin.find(BIG)
+    assert entry is not None
+    size = entry.custom["chunk_size"]
+    forged = Manifest(
+        chunk_size=size,
+        length=len(real),
+        sha256=bytes.fromhex(entry.hashes["sha256"])
+        if claims == "this artifact"
+        else hashlib.sha256(fake).digest(),
+        digests=tuple(
+            blake3.blake3(fake[i : i + size]).digest() for i in range(0, len(fake), size)
+        ),
+    )
+    origin.store.put(forged.encoded)
+    with origin.edit_targets(role) as targets:
+        targets.targets[BIG].unrecognized_fields["custom"]["manifest"] = forged.cid
+    origin._commit()
+    del origin  # its lock, before the server takes it
+    out = tmp_path / "out"
+    with running(repo) as server, mirrors(repo, "honest") as (liar,):
+        liar.blob_overrides[entry.custom["cid"]] = fake  # what it serves as the artifact
+        root = (repo / "metadata" / "1.root.json").read_bytes()
+        with Client(tmp_path / "client", root, [liar.url], **FAST) as client:
+            with pytest.raises(ClientError, match=error):
+                client.download(BIG, out)
+        assert not (out / "demo-1.0.tar.gz").exists()
+        # The origin serves the real bytes, which fail the forged manifest: a
+        # wrong signed entry is an error, never the wrong file.
+        with Client(tmp_path / "client", root, [server.url], **FAST) as client:
+            with pytest.raises(ClientError):
+                client.download(BIG, out)
+        assert not (out / "demo-1.0.tar.gz").exists()

@@ -25,13 +25,15 @@ ENDLESS_CAP = 64 << 20
 
 
 class Mirror:
-    """A mirror of ``repo`` at ``url``; ``metadata_overrides`` replace files by name."""
+    """A mirror of ``repo`` at ``url``; ``metadata_overrides`` replace files by
+    name, ``blob_overrides`` blobs by CID."""
 
     def __init__(self, repo: Path, behaviour: Behaviour = "honest") -> None:
         self.repo = repo
         self.behaviour = behaviour
         self.store = BlobStore(repo / "cas")
         self.metadata_overrides: dict[str, bytes] = {}
+        self.blob_overrides: dict[str, bytes] = {}
         self.blob_requests = 0
         self.blob_bytes = 0
         mirror = self
@@ -68,6 +70,8 @@ class Mirror:
                 return target.read_bytes()
             return None
         if kind == "blobs":
+            if name in self.blob_overrides:
+                return self.blob_overrides[name]
             try:
                 return self.store.read(name, verify=False)
             except Exception:
