@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.durability import durability_trace
 from tufmesh.cas import BlobStore, StoreConfig, cid_of
 from tufmesh.errors import (
     BlobNotFoundError,
@@ -284,3 +285,29 @@ def test_writer_streams_pieces_and_stores_only_on_commit(store: BlobStore) -> No
     assert manifest is not None and manifest.count == 1 and not store.has(manifest.cid)
     with pytest.raises(StoreError, match="closed"):
         writer.write(b"more")
+
+
+@pytest.mark.parametrize("how", ["put", "assemble"])
+def test_a_blobs_bytes_are_durable_before_its_name_and_its_name_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The ordering a crash test cannot see (a killed process loses nothing
+    the kernel holds): fsync the file, rename it, fsync its directory."""
+    from tufmesh.cas import build_manifest
+
+    store = BlobStore(tmp_path / "store")
+    data = os.urandom(3 * 4096 + 5)
+    trace = durability_trace(monkeypatch)
+    if how == "put":
+        cid = store.put(data)
+    else:
+        chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+        with store.assemble(build_manifest(chunks, chunk_size=4096)) as assembly:
+            for index in reversed(range(len(chunks))):
+                assembly.add(index, chunks[index])
+            cid = assembly.commit()
+    final = str(store.path(cid))
+    (renamed,) = [i for i, (op, _, dst) in enumerate(trace) if op == "replace" and dst == final]
+    temporary = trace[renamed][1]
+    assert ("fsync", temporary, "") in trace[:renamed]  # the bytes, then the name
+    assert ("fsync", os.path.dirname(final), "") in trace[renamed + 1 :]  # then the name's entry

@@ -191,6 +191,29 @@ def test_publish_is_immutable_and_idempotent_within_a_batch(tmp_path: Path) -> N
     assert repo.store.pins()["project:p"] >= {one.cid, one.manifest, second.cid}
 
 
+def test_a_commits_files_are_durable_before_the_timestamp_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every versioned file of a commit (bin, snapshot) and the link to its
+    blob are on disk before ``timestamp.json`` is replaced: after a power cut,
+    a timestamp never names a file that is not there."""
+    from tests.helpers.durability import durability_trace
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    artifact = stored(repo, "p/a-1.tar.gz", b"one")
+    before = set(repo.metadata_dir.iterdir())
+    trace = durability_trace(monkeypatch)
+    repo.publish([artifact])
+    monkeypatch.undo()
+    timestamp = str(repo.metadata_dir / "timestamp.json")
+    (named,) = [i for i, (op, _, dst) in enumerate(trace) if op == "replace" and dst == timestamp]
+    synced = {path for op, path, _ in trace[:named] if op == "fsync"}
+    written = {str(p) for p in set(repo.metadata_dir.iterdir()) - before if p.name[0].isdigit()}
+    assert written and written <= synced  # the new N.bin-x.json and N.snapshot.json...
+    assert str(repo.metadata_dir) in synced  # ...and their directory entries
+    assert str(repo.targets_dir / "p") in synced  # the artifact's link too
+
+
 def test_crash_before_timestamp_leaves_previous_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
