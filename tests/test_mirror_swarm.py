@@ -268,7 +268,9 @@ def test_a_hostile_have_answer_costs_one_query(mode: str) -> None:
 
     started = time.monotonic()
     trio.run(query)
-    assert time.monotonic() - started < QUERY_TIMEOUT + 1
+    # Cut at its deadline, not after the hostile answer's 10 s (margin for a
+    # loaded machine: it once took 4.6 s).
+    assert time.monotonic() - started < QUERY_TIMEOUT + 5
     assert swarm._neighbours[hostile.url].failures == 1  # counted as a failed query
     hostile.thread.join(timeout=5)  # it stops once we hang up
     assert not hostile.thread.is_alive()
