@@ -229,7 +229,10 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
         deadline = time.monotonic() + 20
         while "sync failed" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
-        time.sleep(1.0)  # a few more polls
+        # A few more failed polls (each one would say so again, if it did).
+        while Mirror(m).state().get("sync_failures", 0) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert Mirror(m).state()["sync_failures"] >= 4
     finally:
         proc.terminate()
         proc.wait(timeout=30)

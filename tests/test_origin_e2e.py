@@ -574,6 +574,9 @@ def test_an_upload_cut_short_leaves_no_traceback_and_no_file(repo: Path) -> None
             time.sleep(0.5)
         time.sleep(0.5)
         assert post(server.url, "cut", "cut-2.0.tar.gz", b"whole", token).status_code == 200
+        deadline = time.monotonic() + 10
+        while list((repo / "cas" / "tmp").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not list((repo / "cas" / "tmp").iterdir())  # the cut upload's bytes are gone
     finally:
         server.proc.send_signal(signal.SIGTERM)
