@@ -188,6 +188,7 @@ async def download_plan(
         os.close(fd)
         raise ClientError(f"{part} is not a regular file of this user's")
     wake = trio.Event()
+    stalled = False
 
     def store(index: int, data: bytearray) -> None:
         plan.verify(index, data)  # raises ChunkRejectedError: nothing is written
@@ -195,6 +196,16 @@ async def download_plan(
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
+
+    # When a byte last arrived from anyone: an end user's download with none
+    # for ``max_stall`` fails (sources that only ever say "busy" must not
+    # keep it waiting for ever); a mirror's asks its fallback instead.
+    progressed = clock()
+
+    def arrived(source: str, index: int, count: int) -> None:
+        nonlocal progressed
+        progressed = clock()
+        scheduler.received(source, index, count)
 
     async def fetch(source: str, index: int) -> None:
         scope = scopes[(source, index)]
@@ -204,7 +215,7 @@ async def download_plan(
                     offset, length = plan.span(index)
                     if replicating is not None and not source.startswith("http"):
                         data = bytearray(await replicating.fetch(source, plan.cid, offset, length))
-                        scheduler.received(source, index, len(data))
+                        arrived(source, index, len(data))
                     else:
                         data = await pool.fetch(
                             source,
@@ -212,7 +223,7 @@ async def download_plan(
                             offset,
                             length,
                             plan.length,
-                            lambda n: scheduler.received(source, index, n),
+                            lambda n: arrived(source, index, n),
                             _mirror_headers(scheduler, source, index) if replicating else None,
                         )
                     await trio.to_thread.run_sync(store, index, data)
@@ -220,7 +231,8 @@ async def download_plan(
                     scheduler.rejected(source, index, str(exc))
                 except Refused as exc:
                     seeded = exc.reason == "seeded"
-                    scheduler.refused(source, index, clock() + exc.retry, seeded=seeded)
+                    until = clock() + exc.retry
+                    scheduler.refused(source, index, until, seeded=seeded, reason=str(exc))
                 except (HttpError, TufmeshError) as exc:  # TufmeshError: a libp2p source
                     scheduler.failed(source, index, str(exc))
                 except OSError:
@@ -267,6 +279,9 @@ async def download_plan(
                     nursery.start_soon(fetch, source, index)
                 if scheduler.stuck and not scopes:
                     break
+                if replicating is None and now - progressed >= scheduler.config.max_stall:
+                    stalled = True
+                    break
                 wake = trio.Event()
                 with trio.move_on_after(_TICK):
                     await wake.wait()
@@ -276,5 +291,8 @@ async def download_plan(
         pool.close()
     if not scheduler.complete:
         reasons = "; ".join(f"{s}: {r}" for s, r in scheduler.reasons().items())
+        if stalled:
+            stall = scheduler.config.max_stall
+            raise SourcesFailedError(f"no source sent a byte for {stall:g} s: {reasons}")
         raise SourcesFailedError(f"every source failed: {reasons}")
     return scheduler.stats

@@ -109,7 +109,8 @@ class SchedulerConfig:
     #: them (busy for ever; one liar or a stream of new ones) must not hold a
     #: download hostage, since the fallback is otherwise not asked for chunks
     #: a peer holds. In an honest network a replicating mirror gets a chunk
-    #: from a peer every second or so.
+    #: from a peer every second or so. An end user's download with no byte
+    #: from any source for this long fails, naming each source's answer.
     max_stall: float = 60.0
     #: Random tie-break between equally rare chunks (replication); None keeps
     #: index order (a download fills the file from the front).
@@ -604,14 +605,20 @@ class ChunkScheduler:
             self._ban(source, f"failed {stats.consecutive_failures} times in a row ({reason})")
         self._requeue(index)
 
-    def refused(self, source: str, index: int, until: float, *, seeded: bool = False) -> None:
+    def refused(
+        self, source: str, index: int, until: float, *, seeded: bool = False, reason: str = ""
+    ) -> None:
         """``source`` declined chunk ``index`` without failing; ask it again at ``until``.
 
-        ``seeded``: it gave the chunk to another mirror, so this one waits for
-        its peers to hold it (or for its patience to run out).
+        ``seeded``: it gave the chunk to another mirror, so this one (a mirror:
+        ``me`` given) waits for its peers to hold it (or for its patience to
+        run out). Nobody seeds an end user: for one, it is a busy answer (a
+        source saying so must not be asked again at once, for ever).
         """
         self._finish(source, index)
-        if seeded:
+        if reason:
+            self.stats[source].last_error = reason
+        if seeded and self.me is not None:
             self._seeded.add(index)
         else:
             self._resting[source] = until

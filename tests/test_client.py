@@ -116,6 +116,35 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
 
 
 @pytest.mark.attack
+@pytest.mark.parametrize("behaviour", ["seeded", "busy"])
+def test_a_source_that_only_refuses_neither_holds_a_download_nor_hangs_one(
+    origin: Server, tmp_path: Path, behaviour: str
+) -> None:
+    """A source that refuses every chunk ("seeded", which only mirrors are
+    told, or "busy" for ever, the manifest too): with the origin beside it
+    the download completes from the origin; alone, it fails (once no byte
+    has come for ``max_stall``, or at the manifest), saying why, and leaves
+    nothing under the name."""
+    patient = {**FAST, "scheduler_config": SchedulerConfig(grace=1.0, max_stall=3.0)}
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    out = tmp_path / "out"
+    with mirrors(origin.repo, behaviour) as (liar,):  # type: ignore[arg-type]
+        with Client(tmp_path / "c1", root, [liar.url, origin.url], **patient) as client:
+            result = client.download(BIG, out)
+        assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        assert result.sources[liar.url].chunks == 0
+        assert liar.blob_requests < 50  # rested after each refusal, not asked in a loop
+        result.path.unlink()
+        started = time.monotonic()
+        with Client(tmp_path / "c2", root, [liar.url], **patient) as client:
+            said = "no source sent a byte for 3 s" if behaviour == "seeded" else "HTTP 503"
+            with pytest.raises(SourcesFailedError, match=said):
+                client.download(BIG, out)
+        assert time.monotonic() - started < 30
+        assert not (out / "demo-1.0.tar.gz").exists()
+
+
+@pytest.mark.attack
 def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
     origin: Server, tmp_path: Path
 ) -> None:

@@ -20,6 +20,7 @@ from tufmesh.cas import BlobStore
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
+    "seeded",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -105,12 +106,16 @@ class Mirror:
             request.send_error(int(behaviour))
             return
         if is_blob and (
-            behaviour == "busy" or (behaviour == "busyafterone" and self.blob_requests > 1)
+            behaviour == "busy"
+            or (behaviour == "seeded" and request.headers.get("range"))
+            or (behaviour == "busyafterone" and self.blob_requests > 1)
         ):
-            # A refusal that is never a failure, for as long as it may ask.
+            # A refusal that is never a failure, for as long as it may ask
+            # ("seeded": ask your peers, at once, for every chunk; the
+            # manifest, a whole blob, it serves).
             request.send_response(503)
-            request.send_header("x-tufmesh-refused", "busy")
-            request.send_header("retry-after", "60")
+            request.send_header("x-tufmesh-refused", "seeded" if behaviour == "seeded" else "busy")
+            request.send_header("retry-after", "0" if behaviour == "seeded" else "60")
             request.send_header("content-length", "0")
             request.end_headers()
             return
