@@ -11,10 +11,13 @@ aside and refresh again from the others (see ``_client.py``).
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import urllib3
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
@@ -52,6 +55,11 @@ class FetchConfig:
     #: (slow retrieval: a byte every few seconds never trips a read timeout).
     min_rate: float = 64 * 1024
     grace: float = 3.0
+    #: A response's status line and headers (a few hundred bytes) must have
+    #: come by then: sent a byte every few seconds, or after endless "100
+    #: Continue" answers, they would trip no read timeout, and hold the
+    #: metadata refresh for ever.
+    head_timeout: float = 10.0
 
 
 @dataclass
@@ -105,9 +113,51 @@ def pieces(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
 
 
 def new_pool(config: FetchConfig) -> urllib3.PoolManager:
-    """A connection pool with the timeouts of ``config``, no retries, no redirects."""
+    """A connection pool with the timeouts of ``config`` (the response head's
+    included), no retries, no redirects."""
     timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
-    return urllib3.PoolManager(timeout=timeout, retries=False)
+    manager = urllib3.PoolManager(timeout=timeout, retries=False)
+    manager.pool_classes_by_scheme = {
+        scheme: _with_head_deadline(pool, config.head_timeout)
+        for scheme, pool in manager.pool_classes_by_scheme.items()
+    }
+    return manager
+
+
+class _HeadDeadline:
+    """A connection whose response head must arrive within ``head_timeout``:
+    past it, a timer shuts the socket down under the reading thread, whose
+    read then fails (urllib3 has per-read timeouts only)."""
+
+    head_timeout: float
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        timer = threading.Timer(self.head_timeout, self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            timer.cancel()
+
+    def _cut(self) -> None:
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown, under a TLS one too: the TLS
+                # object stays the reading thread's, which sees the end.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _with_head_deadline(pool: type[Any], head_timeout: float) -> type[Any]:
+    """``pool`` (an urllib3 connection pool class) with :class:`_HeadDeadline` connections."""
+    connection = type(
+        f"Deadline{pool.ConnectionCls.__name__}",
+        (_HeadDeadline, pool.ConnectionCls),
+        {"head_timeout": head_timeout},
+    )
+    return type(f"Deadline{pool.__name__}", (pool,), {"ConnectionCls": connection})
 
 
 @dataclass

@@ -116,6 +116,25 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
 
 
 @pytest.mark.attack
+@pytest.mark.parametrize("behaviour", ["headtrickle", "continue"])
+def test_a_response_head_that_never_ends_costs_seconds(
+    origin: Server, tmp_path: Path, behaviour: str
+) -> None:
+    """Every answer's head sent a byte a second, or as endless "100 Continue"
+    lines: no read ever times out. The client asks every source for the next
+    root (the origin's 404 is not enough), so even listed after the origin
+    the liar is asked; it may cost the head deadline, not the download."""
+    config = FetchConfig(read_timeout=3.0, grace=1.0, head_timeout=2.0)
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    with mirrors(origin.repo, behaviour) as (liar,):  # type: ignore[arg-type]
+        started = time.monotonic()
+        with Client(tmp_path / "c", root, [origin.url, liar.url], fetch_config=config) as client:
+            result = client.download(BIG, tmp_path / "out")
+        assert time.monotonic() - started < 20  # the liar holds its answers 30 s
+    assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+
+
+@pytest.mark.attack
 @pytest.mark.parametrize("behaviour", ["seeded", "busy"])
 def test_a_source_that_only_refuses_neither_holds_a_download_nor_hangs_one(
     origin: Server, tmp_path: Path, behaviour: str

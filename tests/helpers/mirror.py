@@ -20,7 +20,7 @@ from tufmesh.cas import BlobStore
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
-    "seeded",
+    "seeded", "headtrickle", "continue",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -99,6 +99,19 @@ class Mirror:
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         behaviour = self.behaviour
         path = request.path
+        if behaviour in ("headtrickle", "continue"):
+            # Every answer's head never ends: a byte a second, or one "100
+            # Continue" after another (each trips no per-read timeout).
+            piece = b"H" if behaviour == "headtrickle" else b"HTTP/1.1 100 Continue\r\n\r\n"
+            deadline = time.monotonic() + 30
+            with contextlib.suppress(OSError):
+                request.wfile.write(b"HTTP/1.1 200 OK\r\n" if behaviour == "headtrickle" else b"")
+                while time.monotonic() < deadline:
+                    request.wfile.write(piece)
+                    request.wfile.flush()
+                    time.sleep(1.0 if behaviour == "headtrickle" else 0.01)
+            request.close_connection = True
+            return
         is_blob = path.startswith("/blobs/")
         if is_blob:
             self.blob_requests += 1
