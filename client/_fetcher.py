@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import urllib3
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
@@ -172,6 +172,7 @@ class MultiSourceFetcher(FetcherInterface):
 
     def __post_init__(self) -> None:
         self.last_source: str | None = None
+        self._limit: int | None = None  # python-tuf's bound for the file being fetched
         # urllib3, not httpx: python-tuf imports it anyway, and httpx would add
         # 55 ms to every `tufmesh get` start-up (docs/results.md).
         self._pool = new_pool(self.config)
@@ -190,6 +191,18 @@ class MultiSourceFetcher(FetcherInterface):
         return sorted(
             (s for s in self.sources if s.url not in self.excluded), key=SourceHealth.score
         )
+
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """python-tuf's download, whose ``max_length`` (a role's own bound: 512
+        KB for a root, 16 KB for a timestamp, or the length its parent signed)
+        bounds what is read from each source, not only what it accepts."""
+        self._limit = max_length
+        try:
+            with super().download_file(url, max_length) as file:
+                yield file
+        finally:
+            self._limit = None
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if url.startswith(METADATA_BASE):
@@ -273,7 +286,10 @@ class MultiSourceFetcher(FetcherInterface):
                     source.failures += 1
                     source.last_error = f"HTTP {response.status}"
                 raise DownloadHTTPError(f"HTTP {response.status}", response.status)
-            body, first = read_body(response, self.config.max_metadata_bytes, self.config, started)
+            limit = min(
+                self.config.max_metadata_bytes, self._limit or self.config.max_metadata_bytes
+            )
+            body, first = read_body(response, limit, self.config, started)
         except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):
                 source.failures += 1

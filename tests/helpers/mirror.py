@@ -20,7 +20,7 @@ from tufmesh.cas import BlobStore
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
-    "seeded", "headtrickle", "continue",
+    "seeded", "headtrickle", "continue", "slowroot",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -138,6 +138,19 @@ class Mirror:
             request.end_headers()
             return
         data = self._file(path)
+        if data is None and behaviour == "slowroot" and path.endswith(".root.json"):
+            # The next root, which does not exist: megabytes of it, just above
+            # the slow-retrieval floor (100 KiB/s), until 30 s have passed.
+            request.send_response(200)
+            request.end_headers()
+            deadline = time.monotonic() + 30
+            with contextlib.suppress(OSError):
+                while time.monotonic() < deadline:
+                    request.wfile.write(b"x" * 10240)
+                    request.wfile.flush()
+                    time.sleep(0.1)
+            request.close_connection = True
+            return
         if data is None:
             request.send_error(404)
             return
