@@ -286,10 +286,12 @@ class MultiSourceFetcher(FetcherInterface):
                     source.failures += 1
                     source.last_error = f"HTTP {response.status}"
                 raise DownloadHTTPError(f"HTTP {response.status}", response.status)
-            limit = min(
-                self.config.max_metadata_bytes, self._limit or self.config.max_metadata_bytes
-            )
-            body, first = read_body(response, limit, self.config, started)
+            limit, cut = self.config.max_metadata_bytes, False
+            if self._limit is not None and self._limit < limit:
+                # One byte past python-tuf's bound is enough for it to refuse
+                # the file (and us to blame its source, as for a bad one).
+                limit, cut = self._limit, True
+            body, first = read_body(response, limit, self.config, started, cut=cut)
         except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):
                 source.failures += 1
@@ -303,10 +305,16 @@ class MultiSourceFetcher(FetcherInterface):
 
 
 def read_body(
-    response: urllib3.BaseHTTPResponse, limit: int, config: FetchConfig, started: float
+    response: urllib3.BaseHTTPResponse,
+    limit: int,
+    config: FetchConfig,
+    started: float,
+    *,
+    cut: bool = False,
 ) -> tuple[bytearray, float | None]:
     """The whole body of ``response`` and when its first byte came, or
-    :class:`DownloadError` once it is over ``limit`` bytes or, after the grace
+    :class:`DownloadError` once it is over ``limit`` bytes (with ``cut``: its
+    first ``limit + 1`` bytes then) or, after the grace
     period, slower than ``min_rate`` (the slow-retrieval defence of every
     body whose length nothing signed)."""
     whole = False
@@ -318,6 +326,9 @@ def read_body(
             first = first or now
             body += piece
             if len(body) > limit:
+                if cut:
+                    del body[limit + 1 :]
+                    return body, first
                 raise DownloadError(f"more than {limit} bytes (endless data?)")
             elapsed = now - started
             if elapsed > config.grace and len(body) / elapsed < config.min_rate:
