@@ -12,6 +12,7 @@ aside and refresh again from the others (see ``_client.py``).
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -215,7 +216,15 @@ class MultiSourceFetcher(FetcherInterface):
             return self._stream_target(name)
         reasons: dict[str, str] = {}
         not_found = 0
-        for source in self.ordered():
+        # The timestamp, from every source (fallbacks only if none answers):
+        # the newest wins. Taking the first answer, one mirror replaying the
+        # previous, still valid timestamp hid every newer release from its
+        # clients until it expired, and nobody was to blame for it.
+        newest: tuple[int, int, SourceHealth, bytes] | None = None
+        everyone = name == "timestamp.json"
+        for rank, source in enumerate(self.ordered()):
+            if newest is not None and source.fallback:
+                break
             try:
                 data = self._get(source, f"{source.base(kind)}{name}")
             except DownloadHTTPError as exc:
@@ -225,9 +234,13 @@ class MultiSourceFetcher(FetcherInterface):
             except (urllib3.exceptions.HTTPError, DownloadError) as exc:
                 reasons[source.url] = str(exc) or type(exc).__name__
                 continue
-            self.served_by[name] = source.url
-            self.last_source = source.url
-            return iter([data])
+            if not everyone:
+                return self._served(name, source, data)
+            answer = (_signed_version(data), -rank, source, data)
+            if newest is None or answer[:2] > newest[:2]:
+                newest = answer  # the healthiest among equals
+        if newest is not None:
+            return self._served(name, newest[2], newest[3])
         listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
         if not_found:
             # A source says it does not exist and none served it: that is an
@@ -236,6 +249,13 @@ class MultiSourceFetcher(FetcherInterface):
             # it, since every source is asked before we get here.
             raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
         raise SourcesFailedError(f"cannot fetch metadata ({name}) from any source: {listing}")
+
+    def _served(self, name: str, source: SourceHealth, data: bytes) -> Iterator[bytes]:
+        """``data``, the answer of ``source`` for ``name`` (blamed on it if
+        python-tuf refuses it)."""
+        self.served_by[name] = source.url
+        self.last_source = source.url
+        return iter([data])
 
     def _stream_target(self, name: str) -> Iterator[bytes]:
         """Stream an artifact from the first source that answers 200.
@@ -302,6 +322,16 @@ class MultiSourceFetcher(FetcherInterface):
         if elapsed > 0 and len(body) > 65536:
             source.throughput = len(body) / elapsed
         return bytes(body)
+
+
+def _signed_version(data: bytes) -> int:
+    """The version a metadata file says it is, unverified (-1 if unreadable):
+    only to choose which answer python-tuf then checks."""
+    try:
+        version = json.loads(data)["signed"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return version if type(version) is int else -1
 
 
 def read_body(

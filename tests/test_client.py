@@ -215,11 +215,33 @@ def test_stale_metadata_from_a_mirror_is_refused(
         }[attack]
         with client_for(origin, tmp_path, liar.url, origin.url, name="seen") as client:
             assert client.download(BIG, tmp_path / "ok").path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
-            assert liar.url in client.fetcher.excluded
+            # The newest timestamp of all wins: the older one (or the cut
+            # one) is outvoted, the expired newer one refused and blamed.
+            assert (liar.url in client.fetcher.excluded) == (attack == "freeze")
         with client_for(origin, tmp_path, liar.url, name="seen") as client:
             with pytest.raises(MetadataRefusedError, match=message):
                 client.download(BIG, tmp_path / "no")
         assert not (tmp_path / "no" / "demo-1.0.tar.gz").exists()
+
+
+@pytest.mark.attack
+def test_a_mirror_replaying_the_previous_timestamp_hides_no_release(tmp_path: Path) -> None:
+    """The previous timestamp, validly signed and not expired, served by the
+    healthiest source: the client still sees the release published since
+    (it asks every source for the timestamp, and takes the newest)."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = (repo / "metadata" / "1.root.json").read_bytes()
+    with running(repo) as server, mirrors(repo, "honest") as (replayer,):
+        assert post(server.url, "demo", "demo-1.0.tar.gz", b"one", token).status_code == 200
+        replayer.metadata_overrides["timestamp.json"] = (
+            repo / "metadata" / "timestamp.json"
+        ).read_bytes()
+        assert post(server.url, "demo", "demo-2.0.tar.gz", b"two", token).status_code == 200
+        with Client(tmp_path / "c", root, [replayer.url, server.url], **FAST) as client:
+            assert client.fetcher.ordered()[0].url == replayer.url  # asked first
+            result = client.download("demo/demo-2.0.tar.gz", tmp_path / "out")
+        assert result.path.read_bytes() == b"two"
 
 
 def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
