@@ -80,7 +80,9 @@ class Replicating(Protocol):
     async def follow(self, scheduler: ChunkScheduler, poke: Callable[[], None]) -> None:
         """Feed ``scheduler`` new sources and have-records until cancelled; ``poke`` wakes it."""
 
-    async def fetch(self, source: str, cid: str, offset: int, length: int) -> bytes:
+    async def fetch(
+        self, source: str, cid: str, offset: int, length: int, *, patient: bool = False
+    ) -> bytes:
         """Bytes from a source that is not an HTTP URL (a ``libp2p:`` peer);
         exactly ``length`` of them, or a :class:`TufmeshError`."""
 
@@ -214,7 +216,12 @@ async def download_plan(
                 try:
                     offset, length = plan.span(index)
                     if replicating is not None and not source.startswith("http"):
-                        data = bytearray(await replicating.fetch(source, plan.cid, offset, length))
+                        patient = scheduler.patient(source, index)
+                        data = bytearray(
+                            await replicating.fetch(
+                                source, plan.cid, offset, length, patient=patient
+                            )
+                        )
                         arrived(source, index, len(data))
                     else:
                         data = await pool.fetch(

@@ -37,14 +37,22 @@ from tufmesh.p2p._blob import MAX_QUERY
 __all__ = ["build_mirror_app", "run_mirror"]
 
 
+def upload_slots() -> SeedGate:
+    """A mirror's upload slots: a few fast chunk uploads to other mirrors rather
+    than many slow ones (ADR 12, 14); end users are never refused."""
+    return SeedGate(slots=UPLOAD_SLOTS, window=0.0, retry=POLL, max_bytes=UPLOAD_BYTES)
+
+
 def build_mirror_app(
     mirror: Mirror,
     node: P2PNode | None = None,
     swarm: Swarm | None = None,
     heard: dict[int, float] | None = None,
+    uploads: SeedGate | None = None,
 ) -> ByteCounter:
     """The mirror's gateway: the static TUF tree, ``/blobs``, ``/healthz``, ``/metrics``,
-    and with ``swarm`` the have-records (``POST /have``) and chunks of blobs still arriving."""
+    and with ``swarm`` the have-records (``POST /have``) and chunks of blobs still arriving.
+    ``uploads``: its upload slots, shared with its libp2p node."""
     counter: ByteCounter
 
     async def have(request: Request) -> Response:
@@ -124,9 +132,7 @@ def build_mirror_app(
             mirror.tree,
             mirror.store,
             swarm.serve_range if swarm else None,
-            # Upload slots: a few fast chunk uploads to other mirrors rather
-            # than many slow ones (ADR 12); end users are never refused.
-            SeedGate(slots=UPLOAD_SLOTS, window=0.0, retry=POLL, max_bytes=UPLOAD_BYTES),
+            uploads if uploads is not None else upload_slots(),
         ),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -166,6 +172,7 @@ async def run_mirror(
     wake = trio.Event()
     node: P2PNode | None = None
     swarm: Swarm | None = None
+    uploads = upload_slots()  # over HTTP and libp2p alike
 
     heard: dict[int, float] = {}  # timestamp version -> first heard (Unix time)
 
@@ -272,6 +279,7 @@ async def run_mirror(
                 on_announcement=announced,
                 blob_source=blob_source,
                 have_source=lambda query: swarm.answer(query) if swarm else {},
+                uploads=uploads,  # HTTP's slots; its rate once the app is built
             )
             addrs = await nursery.start(node.run)
             write_atomic(mirror.dir / "p2p.addr", (addrs[0] + "\n").encode())
@@ -283,7 +291,9 @@ async def run_mirror(
             node=node,
             on_newer=newer,
         )
-        app = build_mirror_app(mirror, node, swarm, heard)
+        app = build_mirror_app(mirror, node, swarm, heard, uploads)
+        if node is not None:
+            node.pace = app.pace
         swarm.url = await start_http(nursery, app, host, port, max_upload_rate, on_ready)
         if p2p_only and node is not None:
             swarm.url = f"libp2p:{node.addrs[0]}"

@@ -19,6 +19,7 @@ Why neighbour queries rather than a Kademlia DHT or gossip: docs/adr/0011.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -32,7 +33,7 @@ import trio
 
 from tufmesh._durable import read_exactly
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
-from tufmesh.client._http import Refused, tls_context
+from tufmesh.client._http import MAX_RETRY, Refused, tls_context
 from tufmesh.errors import TufmeshError
 from tufmesh.p2p._blob import MAX_RECORD, BlobBusyError
 
@@ -417,16 +418,18 @@ class _BlobReplication:
     def me(self) -> str | None:
         return self.swarm.url
 
-    async def fetch(self, source: str, cid: str, offset: int, length: int) -> bytes:
+    async def fetch(
+        self, source: str, cid: str, offset: int, length: int, *, patient: bool = False
+    ) -> bytes:
         """Bytes of blob ``cid`` from a ``libp2p:`` source, over ``/tufmesh/blob/1``
-        (a busy peer is a :class:`Refused`, as over HTTP)."""
+        (a refusal is a :class:`Refused`, as over HTTP)."""
         address = source.removeprefix("libp2p:")
+        fetch = functools.partial(self.swarm.node.fetch_range, patient=patient)
         try:
-            data: bytes = await self.swarm.on_node(
-                self.swarm.node.fetch_range, address, cid, offset, length
-            )
-        except BlobBusyError:
-            raise Refused("busy", POLL) from None
+            data: bytes = await self.swarm.on_node(fetch, address, cid, offset, length)
+        except BlobBusyError as exc:
+            retry = min(exc.retry, MAX_RETRY) if exc.retry is not None else POLL
+            raise Refused(exc.reason, max(retry, 0.05)) from None
         return data
 
     def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:

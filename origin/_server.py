@@ -152,6 +152,8 @@ class OriginService:
         self.refresh_failures = 0
         self.collected = 0  # blobs deleted as garbage
         self.counter: ByteCounter | None = None
+        #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
+        self.uploads = SeedGate()
         #: Called after every commit and refresh that changed the timestamp.
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
@@ -475,20 +477,24 @@ class ByteCounter:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         async def counting(message: Any) -> None:
             if message["type"] == "http.response.body":
-                size = len(message.get("body", b""))
-                self.served += size
-                if self.max_rate:
-                    now = trio.current_time()
-                    start = max(self._next, now)
-                    self._next = start + size / self.max_rate
-                    if size >= _SMALL:
-                        await trio.sleep(start - now)
-                    # A small body (metadata, a have-record, an error) does
-                    # not queue behind the chunks being paced: it still spends
-                    # its share of the budget, so the average rate holds.
+                await self.pace(len(message.get("body", b"")))
             await send(message)
 
         await self.app(scope, receive, counting)
+
+    async def pace(self, size: int) -> None:
+        """Count ``size`` bytes about to be sent (over HTTP, or over libp2p by
+        the same server), and wait for their turn within ``max_rate``."""
+        self.served += size
+        if self.max_rate:
+            now = trio.current_time()
+            start = max(self._next, now)
+            self._next = start + size / self.max_rate
+            if size >= _SMALL:
+                await trio.sleep(start - now)
+            # A small body (metadata, a have-record, an error) does not queue
+            # behind the chunks being paced: it still spends its share of the
+            # budget, so the average rate holds.
 
 
 def build_app(service: OriginService) -> ByteCounter:
@@ -598,7 +604,7 @@ def build_app(service: OriginService) -> ByteCounter:
         return cid, manifest_cid, size
 
     routes = [
-        *tree_routes(service.dir, store, gate=SeedGate()),
+        *tree_routes(service.dir, store, gate=service.uploads),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/projects/{project}/files/{filename}", upload, methods=["POST", "PUT"]),
     ]
@@ -628,9 +634,12 @@ async def serve(
     try:
         service = OriginService(repo_dir, committer, service_config)
         await committer.refresh()  # anything stale is re-signed before the first request
+        app = build_app(service)
         async with trio.open_nursery() as nursery:
             if p2p_port is not None:
-                node = await _start_p2p(nursery, repo_dir, host, p2p_port, p2p_bootstrap or [])
+                node = await _start_p2p(
+                    nursery, service, host, p2p_port, p2p_bootstrap or [], app.pace
+                )
                 timestamp = repo_dir / "metadata" / "timestamp.json"
 
                 async def announce() -> None:
@@ -640,17 +649,23 @@ async def serve(
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
             nursery.start_soon(service.run_collector)
-            await start_http(nursery, build_app(service), host, port, max_upload_rate, on_ready)
+            await start_http(nursery, app, host, port, max_upload_rate, on_ready)
     finally:
         with trio.CancelScope(shield=True):
             await committer.aclose()
 
 
 async def _start_p2p(
-    nursery: trio.Nursery, repo_dir: Path, host: str, port: int, bootstrap: list[str]
+    nursery: trio.Nursery,
+    service: OriginService,
+    host: str,
+    port: int,
+    bootstrap: list[str],
+    pace: Callable[[int], Awaitable[None]],
 ) -> P2PNode:
     from tuf.api.metadata import Metadata
 
+    repo_dir = service.dir
     root = Metadata.from_bytes((repo_dir / "metadata" / "root.json").read_bytes()).signed
     node = P2PNode(
         repo_dir / "p2p.key",
@@ -660,6 +675,8 @@ async def _start_p2p(
         port=port,
         bootstrap=bootstrap,
         blob_source=BlobStore(repo_dir / "cas").read_range,
+        uploads=service.uploads,  # the seeding gate and the upload rate of HTTP's
+        pace=pace,
     )
     addrs = await nursery.start(node.run)
     write_atomic(repo_dir / "p2p.addr", (addrs[0] + "\n").encode())

@@ -3,11 +3,15 @@
 For peers with no reachable HTTP port. One request per stream:
 
 * request: a 2-byte big-endian length, then that many bytes of JSON
-  ``{"cid": ..., "offset": ..., "length": ...}`` (at most :data:`MAX_REQUEST`);
+  ``{"cid": ..., "offset": ..., "length": ...}`` (at most :data:`MAX_REQUEST`),
+  plus ``"patient": true`` from a mirror that waited for its peers in vain
+  (HTTP's ``X-Tufmesh-Mirror: patient``);
 * response: a status byte (:data:`OK`, :data:`NOT_FOUND`, :data:`BAD_REQUEST`,
   :data:`BUSY`), an 8-byte big-endian length, then exactly that many bytes.
-  ``BUSY`` (no bytes): the peer already serves as many ranges as it will, to
-  everyone or to this asker; ask again later (as HTTP's 503 ``busy``).
+  ``BUSY``: the peer serves as many ranges as it will, or (an origin) gave
+  this chunk to another mirror; the bytes, JSON ``{"refused": "busy" or
+  "seeded", "retry": seconds}``, say which and when to ask again, as HTTP's
+  503 with ``X-Tufmesh-Refused`` and ``Retry-After`` do (none: busy).
 
 The lengths are the point: a py-libp2p stream whose peer dies mid-transfer
 ends in a normal EOF, so without them a truncated chunk would look like a
@@ -29,8 +33,9 @@ __all__ = [
     "BUSY",
     "HAVE_PROTOCOL",
     "MAX_QUERY",
-    "MAX_RECORD",
     "MAX_RANGE",
+    "MAX_RECORD",
+    "MAX_REFUSAL",
     "MAX_REQUEST",
     "NOT_FOUND",
     "OK",
@@ -38,8 +43,10 @@ __all__ = [
     "BlobBusyError",
     "BlobRequest",
     "BlobStreamError",
+    "decode_refusal",
     "decode_request",
     "encode_json",
+    "encode_refusal",
     "encode_request",
     "json_size",
     "response_head",
@@ -67,7 +74,12 @@ class BlobStreamError(TufmeshError):
 
 
 class BlobBusyError(BlobStreamError):
-    """The peer answered :data:`BUSY`: not a failure, ask again later."""
+    """The peer answered :data:`BUSY`: not a failure, ask again after ``retry`` s."""
+
+    def __init__(self, reason: str = "busy", retry: float | None = None) -> None:
+        super().__init__(f"the peer refused: {reason}")
+        self.reason = reason
+        self.retry = retry
 
 
 @dataclass(frozen=True)
@@ -77,13 +89,17 @@ class BlobRequest:
     cid: str
     offset: int
     length: int
+    patient: bool = False
 
 
 def encode_request(request: BlobRequest) -> bytes:
     """The request frame."""
-    body = json.dumps(
-        {"cid": request.cid, "offset": request.offset, "length": request.length}
-    ).encode()
+    fields: dict[str, object] = {
+        "cid": request.cid, "offset": request.offset, "length": request.length
+    }  # fmt: skip
+    if request.patient:
+        fields["patient"] = True
+    body = json.dumps(fields).encode()
     if len(body) > MAX_REQUEST:
         raise BlobStreamError("request too large")
     return _LENGTH.pack(len(body)) + body
@@ -99,12 +115,37 @@ def decode_request(frame: bytes) -> BlobRequest:
     try:
         data = json.loads(frame[_LENGTH.size :])
         cid, offset, length = data["cid"], data["offset"], data["length"]
-    except (ValueError, KeyError, TypeError):
+        patient = data.get("patient", False)
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise BlobStreamError("malformed request") from None
     valid_numbers = all(type(n) is int for n in (offset, length))
     if not isinstance(cid, str) or not valid_numbers or offset < 0 or not 0 < length <= MAX_RANGE:
         raise BlobStreamError("invalid request")
-    return BlobRequest(cid, offset, length)
+    if type(patient) is not bool:
+        raise BlobStreamError("invalid request")
+    return BlobRequest(cid, offset, length, patient)
+
+
+#: Largest refusal body read (its JSON is a few dozen bytes).
+MAX_REFUSAL: Final = 256
+
+
+def encode_refusal(reason: str, retry: float) -> bytes:
+    """A :data:`BUSY` answer: why (``busy``/``seeded``), and when to ask again."""
+    body = json.dumps({"refused": reason, "retry": round(retry, 3)}).encode()
+    return response_head(BUSY, len(body)) + body
+
+
+def decode_refusal(body: bytes) -> BlobBusyError:
+    """The refusal a :data:`BUSY` answer's bytes carry (a busy one if unreadable)."""
+    try:
+        data = json.loads(body)
+        reason, retry = data["refused"], data["retry"]
+    except (ValueError, KeyError, TypeError):
+        return BlobBusyError()
+    if reason not in ("busy", "seeded") or type(retry) not in (int, float) or not retry >= 0:
+        return BlobBusyError()
+    return BlobBusyError(reason, float(retry))
 
 
 def request_size(prefix: bytes) -> int:

@@ -21,11 +21,12 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
@@ -38,14 +39,17 @@ from tufmesh.p2p._blob import (
     HEAD,
     MAX_QUERY,
     MAX_RECORD,
+    MAX_REFUSAL,
     NOT_FOUND,
     OK,
     PROTOCOL,
     BlobBusyError,
     BlobRequest,
     BlobStreamError,
+    decode_refusal,
     decode_request,
     encode_json,
+    encode_refusal,
     encode_request,
     json_size,
     request_size,
@@ -53,7 +57,26 @@ from tufmesh.p2p._blob import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable
+
     from tuf.api.metadata import Root
+
+
+class UploadGate(Protocol):
+    """Who gets an upload slot (:class:`tufmesh.origin._seeding.SeedGate`)."""
+
+    def admit(self, chunk: Hashable, now: float, *, patient: bool = False, size: int = 0) -> str:
+        """``"serve"``, or why not (``"busy"``, ``"seeded"``)."""
+
+    def retry_after(self, now: float, verdict: Any = "busy") -> float:
+        """When to ask again after a refusal."""
+
+    def done(self, chunk: Hashable, now: float, *, completed: bool = True) -> None:
+        """An admitted upload ended."""
+
+    def deadline(self, size: int) -> float:
+        """Seconds an upload of ``size`` bytes may take."""
+
 
 __all__ = ["P2PNode", "check_peer_address"]
 
@@ -152,11 +175,17 @@ class P2PNode:
         on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
         blob_source: Callable[[str, int, int], bytes | None] | None = None,
         have_source: Callable[[object], dict[str, Any]] | None = None,
+        uploads: UploadGate | None = None,
+        pace: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         """``blob_source(cid, offset, length)`` answers ``/tufmesh/blob/1`` requests
         with verified bytes (blocking: it runs in a worker thread), or None;
         ``have_source(query)`` answers ``/tufmesh/have/1`` have-queries (the
-        parsed JSON; it raises ValueError for one that is not)."""
+        parsed JSON; it raises ValueError for one that is not). ``uploads``
+        admits each range request as the HTTP server's gate admits a mirror's
+        (the same object: its slots and its seeding hold over both), and
+        ``await pace(n)`` before ``n`` bytes go out keeps them within the
+        server's upload rate (``--max-upload-rate``, over both too)."""
         self.key_path = key_path
         self.topic = topic
         self.gate = gate
@@ -165,6 +194,8 @@ class P2PNode:
         self.on_announcement = on_announcement
         self.blob_source = blob_source
         self.have_source = have_source
+        self.uploads = uploads
+        self.pace = pace
         #: Set once running: lets other threads' trio loops call into this node.
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self.rejected = 0
@@ -295,26 +326,46 @@ class P2PNode:
         if sum(self._answering.values()) >= MAX_ANSWERS or mine >= MAX_ANSWERS_PER_PEER:
             await stream.write(response_head(BUSY, 0))
             return
+        uploads, chunk = self.uploads, (request.cid, request.offset)
+        if uploads is not None:
+            now = trio.current_time()
+            verdict = uploads.admit(chunk, now, patient=request.patient, size=request.length)
+            if verdict != "serve":
+                await stream.write(encode_refusal(verdict, uploads.retry_after(now, verdict)))
+                return
         self._answering[peer] = mine + 1
+        sent = False
         try:
-            await self._send_range(stream, request)
+            # An admitted upload that overruns its deadline is cut: its
+            # requester, reading slower than its own slow-retrieval floor,
+            # has given up on it anyway.
+            limit = uploads.deadline(request.length) if uploads is not None else math.inf
+            with trio.move_on_after(limit):
+                sent = await self._send_range(stream, request)
         finally:
             self._answering[peer] -= 1
             if not self._answering[peer]:
                 del self._answering[peer]
+            if uploads is not None:
+                uploads.done(chunk, trio.current_time(), completed=sent)
 
-    async def _send_range(self, stream: Any, request: BlobRequest) -> None:
+    async def _send_range(self, stream: Any, request: BlobRequest) -> bool:
+        """Send the range, or NOT_FOUND; True if the bytes went out."""
         assert self.blob_source is not None
         data = await trio.to_thread.run_sync(
             self.blob_source, request.cid, request.offset, request.length
         )
         if data is None or len(data) != request.length:
             await stream.write(response_head(NOT_FOUND, 0))
-            return
+            return False
         await stream.write(response_head(OK, len(data)))
         view = memoryview(data)
         for start in range(0, len(view), 1 << 20):
-            await stream.write(bytes(view[start : start + (1 << 20)]))
+            piece = bytes(view[start : start + (1 << 20)])
+            if self.pace is not None:
+                await self.pace(len(piece))
+            await stream.write(piece)
+        return True
 
     async def _serve_have(self, stream: Any) -> None:
         """Answer one have-query (``/tufmesh/have/1``)."""
@@ -368,29 +419,37 @@ class P2PNode:
         except (Exception, trio.TooSlowError) as exc:  # libp2p raises many kinds
             raise BlobStreamError(f"cannot open a stream to {address}: {exc}") from None
 
-    async def fetch_range(self, address: str, cid: str, offset: int, length: int) -> bytes:
+    async def fetch_range(
+        self, address: str, cid: str, offset: int, length: int, *, patient: bool = False
+    ) -> bytes:
         """Bytes ``offset .. offset+length-1`` of blob ``cid`` from the peer at ``address``.
 
-        Exactly ``length`` bytes or :class:`BlobStreamError`; not verified (the
-        caller checks them against the signed manifest)."""
+        Exactly ``length`` bytes or :class:`BlobStreamError` (a refusal:
+        :class:`BlobBusyError`); not verified (the caller checks them against
+        the signed manifest). ``patient``: see :class:`BlobRequest`."""
         stream = await self._open(address, PROTOCOL)
         try:
             with trio.move_on_after(_BLOB_TIMEOUT) as deadline:
-                return await self._exchange(stream, cid, offset, length)
+                return await self._exchange(stream, BlobRequest(cid, offset, length, patient))
             assert deadline.cancelled_caught
             raise BlobStreamError(f"no answer within {_BLOB_TIMEOUT:g} s")
         finally:
             with contextlib.suppress(Exception):
                 await stream.close()
 
-    async def _exchange(self, stream: Any, cid: str, offset: int, length: int) -> bytes:
+    async def _exchange(self, stream: Any, request: BlobRequest) -> bytes:
+        cid, offset, length = request.cid, request.offset, request.length
         try:
-            await stream.write(encode_request(BlobRequest(cid, offset, length)))
+            await stream.write(encode_request(request))
             status, announced = HEAD.unpack(await _read_exactly(stream, HEAD.size))
             if status == NOT_FOUND:
                 raise BlobStreamError(f"the peer does not hold {cid} bytes {offset}+{length}")
             if status == BUSY:
-                raise BlobBusyError("the peer is busy")
+                if not announced:
+                    raise BlobBusyError()
+                if announced > MAX_REFUSAL:
+                    raise BlobStreamError(f"a refusal of {announced} bytes")
+                raise decode_refusal(await _read_exactly(stream, announced))
             if status != OK:
                 raise BlobStreamError(f"the peer refused the request (status {status})")
             if announced != length:

@@ -21,7 +21,9 @@ from tufmesh.p2p._blob import (
     BlobBusyError,
     BlobRequest,
     BlobStreamError,
+    decode_refusal,
     decode_request,
+    encode_refusal,
     encode_request,
     response_head,
 )
@@ -31,6 +33,8 @@ from tufmesh.p2p._node import MAX_ANSWERS_PER_PEER
 def test_request_frames_round_trip_and_bad_ones_are_refused() -> None:
     request = BlobRequest("bafkrei" + "a" * 52, 1 << 20, 4096)
     assert decode_request(encode_request(request)) == request
+    patient = BlobRequest("bafkrei" + "a" * 52, 0, 1, patient=True)
+    assert decode_request(encode_request(patient)) == patient
     frame = encode_request(request)
     for bad in (
         frame[:-1],  # truncated
@@ -39,9 +43,68 @@ def test_request_frames_round_trip_and_bad_ones_are_refused() -> None:
         encode_request(BlobRequest("x", -1, 10)),
         encode_request(BlobRequest("x", 0, 0)),
         encode_request(BlobRequest("x", 0, MAX_RANGE + 1)),
+        b"\x00\x3a" + b'{"cid": "x", "offset": 0, "length": 1, "patient": "yes"}'.ljust(58),
+        b"\x00\x02[]",
     ):
         with pytest.raises(BlobStreamError):
             decode_request(bad)
+
+
+def test_refusals_say_why_and_when_and_a_bad_one_is_a_busy_one() -> None:
+    head = len(response_head(0, 0))
+    refusal = decode_refusal(encode_refusal("seeded", 30.0)[head:])
+    assert (refusal.reason, refusal.retry) == ("seeded", 30.0)
+    for junk in (
+        b"",
+        b"[]",
+        b'{"refused": "gone", "retry": 1}',
+        b'{"refused": "busy", "retry": -1}',
+    ):
+        assert (decode_refusal(junk).reason, decode_refusal(junk).retry) == ("busy", None)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_ranges_over_libp2p_share_the_servers_upload_slots_and_rate(tmp_path: Path) -> None:
+    """The origin's seeding gate and upload rate hold over libp2p as over HTTP:
+    a chunk it gave one mirror is refused to the next ("seeded", with when to
+    ask again) unless that one has waited for its peers in vain ("patient"),
+    and the bytes it sends are paced by the same budget."""
+    from tufmesh.origin._seeding import SeedGate
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(2 << 20)
+    cid = store.put(body)
+    paced: list[int] = []
+
+    async def pace(size: int) -> None:
+        paced.append(size)
+
+    async def main() -> None:
+        origin = P2PNode(tmp_path / "o.key", topic, AnnouncementGate(root),
+                         blob_source=store.read_range, uploads=SeedGate(), pace=pace)  # fmt: skip
+        first = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
+        second = P2PNode(tmp_path / "b.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(origin.run)
+            await nursery.start(first.run)
+            await nursery.start(second.run)
+            assert await first.fetch_range(address, cid, 0, 1 << 20) == body[: 1 << 20]
+            with pytest.raises(BlobBusyError) as refused:
+                await second.fetch_range(address, cid, 0, 1 << 20)
+            assert refused.value.reason == "seeded" and refused.value.retry == SeedGate().retry
+            other = await second.fetch_range(address, cid, 1 << 20, 1 << 20)  # another chunk
+            assert other == body[1 << 20 :]
+            again = await second.fetch_range(address, cid, 0, 1 << 20, patient=True)
+            assert again == body[: 1 << 20]
+            assert origin.uploads is not None and origin.uploads.active == 0  # slots given back
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert paced == [1 << 20] * 3  # every byte sent went through the budget
 
 
 class Quitter(P2PNode):
