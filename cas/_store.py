@@ -127,11 +127,32 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 
 def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
+    """Copy ``count`` bytes at ``offset`` from ``src`` to the same place in ``dst``:
+    in the kernel where it can (``copy_file_range``), else through a buffer
+    (another file system, on kernels that refuse that: EXDEV; or none)."""
     while count:
-        copied = os.copy_file_range(src, dst, count, offset, offset)
+        try:
+            copied = os.copy_file_range(src, dst, count, offset, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            break
         if not copied:
             raise OSError(errno.EIO, "blob shrank while it was copied")
         offset, count = offset + copied, count - copied
+    while count:
+        piece = os.pread(src, min(count, 4 << 20), offset)
+        if not piece:
+            raise OSError(errno.EIO, "blob shrank while it was copied")
+        _write_at(dst, piece, offset)
+        offset, count = offset + len(piece), count - len(piece)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 # Below this size a piece is hashed inline; above it, hashing runs on a second
@@ -402,7 +423,11 @@ class BlobStore:
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
         sha = hashlib.sha256()
         try:
-            with open(path, "rb", buffering=0) as src, open(tmp, "xb", buffering=0) as out:
+            src = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below, with out)
+        except OSError as exc:
+            raise StoreError(f"cannot read blob {canonical}: {exc.strerror}") from None
+        try:
+            with src, open(tmp, "xb", buffering=0) as out:
                 offset = 0
                 for piece in _read_pieces(src, self.config.buffer_size):
                     # Hash the piece just read while the kernel copies the same
@@ -421,7 +446,7 @@ class BlobStore:
                     )
                 # No fsync: this is the user's copy, not the store's; like curl
                 # or cp, durability is left to the page cache.
-                size = out.tell()
+                size = offset  # (positional copies leave the file offset at 0)
             os.replace(tmp, dest)
         except OSError as exc:
             raise StoreError(f"cannot write {dest}: {exc.strerror}") from None
