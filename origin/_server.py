@@ -11,6 +11,7 @@ commits, not of uploads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import re
@@ -571,22 +572,28 @@ def build_app(service: OriginService) -> ByteCounter:
     async def _store_body(request: Request, limit: int) -> tuple[str, str | None, int] | Response:
         def store_all(first: bytes, writer: BlobWriter | None = None) -> BlobWriter:
             writer = writer or store.writer(chunk_size=repo_config.chunk_size)
-            writer.write(first)
+            try:
+                writer.write(first)
+            except BaseException:
+                writer.abort()  # a new one is not the caller's to abort yet
+                raise
             return writer
 
         writer: BlobWriter | None = None
         try:
             buffer = bytearray()
             size = 0
-            async for piece in request.stream():
-                size += len(piece)
-                if size > limit:
-                    return _error(413, f"upload over the {limit}-byte limit")
-                buffer += piece
-                if len(buffer) >= service.config.upload_buffer:
-                    data = bytes(buffer)
-                    buffer.clear()
-                    writer = await trio.to_thread.run_sync(store_all, data, writer)
+            # Closed at once on an early answer (413, 507), not at garbage collection.
+            async with contextlib.aclosing(request.stream()) as body:
+                async for piece in body:
+                    size += len(piece)
+                    if size > limit:
+                        return _error(413, f"upload over the {limit}-byte limit")
+                    buffer += piece
+                    if len(buffer) >= service.config.upload_buffer:
+                        data = bytes(buffer)
+                        buffer.clear()
+                        writer = await trio.to_thread.run_sync(store_all, data, writer)
 
             def finish(rest: bytes, writer: BlobWriter | None) -> tuple[str, str | None]:
                 # A small upload is stored in this one thread hop, start to end.
@@ -598,6 +605,12 @@ def build_app(service: OriginService) -> ByteCounter:
             cid, manifest_cid = await trio.to_thread.run_sync(finish, rest, writer)
         except ClientDisconnect:  # the developer's side gave up: nothing to publish
             return _error(400, "the upload was cut short")
+        except OSError as exc:  # the store's disk: say so, in a line, to both sides
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                print(f"origin: cannot store an upload: {exc.strerror}", file=sys.stderr)
+                return _error(507, "the origin's disk is full; try again later")
+            print(f"origin: cannot store an upload: {exc}", file=sys.stderr)
+            return _error(500, f"the origin cannot store the upload ({exc.strerror})")
         finally:
             if writer is not None:
                 writer.abort()

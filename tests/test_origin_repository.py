@@ -899,3 +899,50 @@ def test_a_removal_recorded_without_its_blobs_still_deletes_the_bytes(tmp_path: 
     (repo.dir / "removed.json").write_text(json.dumps(record))
     OriginRepository(repo.dir).remove(["p/evil-1.tar.gz"])
     assert not repo.store.has(bad.cid)
+
+
+def test_a_full_disk_is_a_507_with_a_reason_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store's disk fills mid-upload: the uploader is told, in one line,
+    and the origin's log says so in one line (it was a 500 and a traceback)."""
+    import errno
+
+    import httpx
+    import trio
+
+    import tufmesh.cas._store as store_module
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._server import build_app
+    from tufmesh.origin._signer import LocalCommitter
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    token = ProjectRegistry(repo.dir).add("p")
+    service = OriginService(repo.dir, LocalCommitter(repo))
+    transport = httpx.ASGITransport(app=build_app(service))
+    written = store_module._write_all
+
+    def full(fd: int, data: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    async def upload(body: bytes) -> httpx.Response:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            async with httpx.AsyncClient(transport=transport, base_url="http://origin") as http:
+                answer = await http.post(
+                    "/api/v1/projects/p/files/p-1.0.tar.gz", content=body,
+                    headers={"authorization": f"Bearer {token}"},
+                )  # fmt: skip
+            nursery.cancel_scope.cancel()
+        return answer
+
+    monkeypatch.setattr(store_module, "_write_all", full)
+    answer = trio.run(upload, os.urandom(3 << 20))
+    assert answer.status_code == 507 and "disk is full" in answer.json()["error"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "origin: cannot store an upload: No space left on device"
+    ]
+    assert list(repo.store) == [] and not list((repo.dir / "cas" / "tmp").iterdir())
+    monkeypatch.setattr(store_module, "_write_all", written)
+    assert trio.run(upload, b"fine").status_code == 200  # and it works again once there is room
