@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Final
 
 import click
 
@@ -44,6 +45,8 @@ def demo(size: int, keep: bool) -> None:
     """Run an origin, three mirrors and a verified download on this machine."""
     if size < 1:
         raise UsageError("--size: the demo needs an artifact of at least one byte")
+    if size > _MAX_SIZE:
+        raise UsageError(f"--size: the demo takes at most {format_size(_MAX_SIZE)}")
     work = Path(tempfile.mkdtemp(prefix="tufmesh-demo-"))
     try:
         _run(work, size)
@@ -58,6 +61,19 @@ def demo(size: int, keep: bool) -> None:
                 shutil.rmtree(work, ignore_errors=True)
             finally:
                 signal.signal(signal.SIGINT, previous)
+
+
+#: Five copies of it go on disk (the origin, three mirrors, the download).
+_MAX_SIZE: Final = 4 << 30
+
+
+def _write_random(path: Path, size: int) -> None:
+    """``size`` reproducible random bytes (16 MiB at a time: one call for
+    gigabytes overflows, and would hold them all in memory)."""
+    rng = random.Random(2026)  # noqa: S311 - demo data
+    with open(path, "wb") as out:
+        for start in range(0, size, 16 << 20):
+            out.write(rng.randbytes(min(16 << 20, size - start)))
 
 
 def _run(work: Path, size: int) -> None:
@@ -96,7 +112,7 @@ def _run(work: Path, size: int) -> None:
 
         _step(f"publish a {format_size(size)} artifact through the upload API")
         artifact = work / "example-1.0.tar.gz"
-        artifact.write_bytes(random.Random(2026).randbytes(size))  # noqa: S311 - demo data
+        _write_random(artifact, size)
         with httpx.Client() as client:
             answer = upload(client, origin, "example", artifact, token)
         version = int(answer["snapshot_version"])

@@ -193,6 +193,8 @@ def load_scenario(path: Path) -> Scenario:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a scenario file (TOML text)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: {exc}") from None
     data.pop("description", None)
@@ -220,7 +222,7 @@ def load_scenario(path: Path) -> Scenario:
         return Scenario(**data)
     except KeyError as exc:
         raise UsageError(f"{path}: a [[link]] needs {exc.args[0]}") from None
-    except (TypeError, ValueError, UsageError) as exc:
+    except (TypeError, ValueError, AttributeError, UsageError) as exc:
         raise UsageError(f"{path}: {exc}") from None
 
 

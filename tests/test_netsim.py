@@ -104,10 +104,14 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
         ),
         ("[[link]]\nup = 1\ndown = 1", "a \\[\\[link\\]\\] needs latency"),
         ("[[link]]\nup = [2, 1]\ndown = 1\nlatency = 0", "up range \\[2.0, 1.0\\] runs backwards"),
+        ("[link]\nup = 1\ndown = 1\nlatency = 0", "s.toml: "),  # a table, not a list of them
     ]:
         good.write_text(text)
         with pytest.raises(UsageError, match=message):
             load_scenario(good)
+    good.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")  # not text at all
+    with pytest.raises(UsageError, match="not a scenario file"):
+        load_scenario(good)
 
 
 def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
