@@ -168,12 +168,20 @@ class Mirror:
         return list(self._config()["sources"])
 
     def state(self) -> dict[str, Any]:
-        """The last sync report and totals (``tufmesh mirror status``)."""
+        """The last sync report and totals (``tufmesh mirror status``); an entry
+        of the wrong type (a hand-edited or damaged file) is left out, and
+        counted again from zero."""
         try:
             state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return {}
-        return state if isinstance(state, dict) else {}
+        if not isinstance(state, dict):
+            return {}
+        kept = {k: v for k, v in state.items() if isinstance(v, _STATE_TYPES.get(k, object))}
+        fetched = kept.get("bytes_fetched_by_source", {})
+        if not all(type(count) is int for count in fetched.values()):
+            del kept["bytes_fetched_by_source"]
+        return kept
 
     def _update_state(self, change: Callable[[dict[str, Any]], None]) -> None:
         with self._state_lock:
@@ -366,6 +374,22 @@ class Mirror:
             )
 
         self._update_state(update)
+
+
+#: The type of each entry of ``state.json``.
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "last_sync": dict,
+    "last_sync_at": (int, float),
+    "bytes_fetched_by_source": dict,
+    "syncs": int,
+    "sync_failures": int,
+    "failed_requests": int,
+    "bans": int,
+    "snapshot_version": int,
+    "timestamp_version": int,
+    "p2p_peers": int,
+    "newest_announced": int,
+}
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,19 @@ class ProjectRegistry:
         stamp = (st.st_mtime_ns, st.st_ino)
         if stamp != self._stamp:
             try:
-                self._projects = json.loads(self._path.read_text())["projects"]
-            except (OSError, ValueError, KeyError) as exc:
+                data = json.loads(self._path.read_text())
+            except (OSError, ValueError) as exc:
                 raise OriginError(f"cannot read {self._path}: {exc}") from None
+            projects = data.get("projects") if isinstance(data, dict) else None
+            if not isinstance(projects, dict) or not all(
+                isinstance(entry, dict) and isinstance(entry.get("token_sha256"), str)
+                for entry in projects.values()
+            ):
+                raise OriginError(
+                    f"{self._path} is damaged: expected "
+                    '{"projects": {NAME: {"token_sha256": ..., ...}, ...}}'
+                )
+            self._projects = projects
             self._stamp = stamp
         return self._projects
 

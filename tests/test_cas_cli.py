@@ -170,7 +170,9 @@ def test_demo_runs_and_verifies() -> None:
     assert proc.stdout.count("holds snapshot v2") == 3
 
 
-@pytest.mark.parametrize(("size", "said"), [("0", "at least one byte"), ("5GiB", "at most 4.0 GiB")])
+@pytest.mark.parametrize(
+    ("size", "said"), [("0", "at least one byte"), ("5GiB", "at most 4.0 GiB")]
+)
 def test_demo_refuses_an_empty_or_a_huge_artifact(size: str, said: str) -> None:
     proc = subprocess.run([TUFMESH, "demo", "--size", size], capture_output=True, text=True)
     assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import json
 import os
 import random
 import signal
@@ -109,6 +110,12 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     typo = tufmesh("mirror", "status", "--dir", str(tmp_path / "m3"), check=False)
     assert typo.returncode == 1 and "has not synced yet" in typo.stderr
     assert not (tmp_path / "m3").exists()  # asking created nothing
+    # Entries of the wrong type (a hand edit): left out, the rest still shown.
+    state = Mirror(tmp_path / "m2").state()
+    state |= {"syncs": "many", "bytes_fetched_by_source": {"x": "lots"}, "last_sync_at": None}
+    (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
+    mistyped = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"))
+    assert "syncs\t0" in mistyped.stdout and "artifacts\t2" in mistyped.stdout
     (tmp_path / "m2" / "state.json").write_text("[]")
     damaged = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
     assert (

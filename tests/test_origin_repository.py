@@ -125,6 +125,22 @@ def test_tokens_are_hashed_and_scoped(tmp_path: Path) -> None:
         registry.authorize("proj-b", token_b)
 
 
+@pytest.mark.parametrize(
+    "damage", ["[]", "{}", '{"projects": []}', '{"projects": {"a": 5}}', '{"projects": {"a": {}}}']
+)
+def test_a_damaged_project_registry_is_named_not_a_crash(tmp_path: Path, damage: str) -> None:
+    (tmp_path / "projects.json").write_text(damage)
+    for use in (
+        lambda r: r.names(),
+        lambda r: r.add("new"),
+        lambda r: r.rotate("a"),
+        lambda r: r.authorize("a", "tufmesh_x"),
+    ):
+        with pytest.raises(OriginError, match=r"projects\.json is damaged: expected"):
+            use(ProjectRegistry(tmp_path))
+    assert (tmp_path / "projects.json").read_text() == damage  # left for its owner to mend
+
+
 def test_diamond_delegations_are_refused() -> None:
     def delegating(*children: str) -> Targets:
         roles = {
