@@ -81,6 +81,9 @@ class OriginConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
+        missing = set(_default_expiry_days()) - set(self.expiry_days)
+        if missing:
+            raise OriginError(f"no expiry for {', '.join(sorted(missing))} (expiry_days)")
         for role, days in self.expiry_days.items():
             # A lifetime of nothing expires at once (clients then refuse the
             # metadata as a freeze attack); a century is past any key's life.

@@ -269,8 +269,9 @@ def main() -> None:
         _lock_repository(repo_dir)
         repo = OriginRepository(repo_dir)
         repo.check_online_keys()
-    except OriginError as exc:
-        stdout.write(_encode({"error": str(exc)}))
+    except (OriginError, OSError) as exc:  # a read-only repository, say: one line
+        reason = str(exc) if isinstance(exc, OriginError) else f"{exc.strerror}: {exc.filename}"
+        stdout.write(_encode({"error": reason}))
         stdout.flush()
         sys.exit(1)
     _serve_requests(repo, stdin, stdout)

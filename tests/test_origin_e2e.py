@@ -490,6 +490,13 @@ def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
     refused(damaged, "timestamp.json is not timestamp metadata", "status")
     (damaged / "config.json").write_text("[]")
     refused(damaged, "config.json: unsupported config format", "status")
+    # A setting left out by hand: named by both (serve's committer said KeyError).
+    config = tmp_path / "config"
+    shutil.copytree(repo, config)
+    settings = json.loads((config / "config.json").read_text())
+    del settings["expiry_days"]["timestamp"]
+    (config / "config.json").write_text(json.dumps(settings))
+    refused(config, "no expiry for timestamp", "serve", "status")
 
 
 def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> None:
