@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import os
+import signal
 import sys
 import threading
 from typing import Any, NoReturn
@@ -56,11 +57,19 @@ def cli() -> None:
 
 def main() -> NoReturn:
     """Console-script entry point."""
+    # SIGTERM (a service manager, `timeout`, `kill`) stops a command as Ctrl-C
+    # does: its clean-up runs (the demo's processes and directory, a
+    # download's part file). The daemons take it over while they serve.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli()
     except SystemExit as exc:
         _leave(exc.code)
     _leave(0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _leave(code: str | int | None) -> NoReturn:

@@ -170,6 +170,29 @@ def test_demo_runs_and_verifies() -> None:
     assert proc.stdout.count("holds snapshot v2") == 3
 
 
+@pytest.mark.slow
+def test_a_terminated_demo_cleans_up_as_after_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM (``timeout``, a service manager) stops the demo as Ctrl-C does:
+    its processes stop and its directory goes (it used to stay behind)."""
+    import os
+    import signal
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [TUFMESH, "demo", "--size", "8MiB"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=env, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # until its processes run
+        if "mirror 1" in line:
+            break
+    assert list(tmp_path.glob("tufmesh-demo-*"))
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not list(tmp_path.glob("tufmesh-demo-*"))
+
+
 @pytest.mark.parametrize(
     ("size", "said"), [("0", "at least one byte"), ("5GiB", "at most 4.0 GiB")]
 )
