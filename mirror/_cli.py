@@ -67,6 +67,8 @@ def run(
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     if p2p_only and p2p_port is None:
         raise UsageError("--p2p-only needs --p2p-port")
+    if bootstrap and p2p_port is None:
+        raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
     from tufmesh.p2p import check_peer_address
 
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)

@@ -599,3 +599,15 @@ def test_a_repository_made_before_a_limit_was_added_still_opens(repo: Path) -> N
     (repo / "config.json").write_text(json.dumps(config))
     assert "timestamp" in tufmesh("origin", "status", "--dir", str(repo)).stdout
     add_project(repo, "old")
+
+
+def test_bootstrap_without_a_p2p_port_is_refused_not_ignored(repo: Path, tmp_path: Path) -> None:
+    peer = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWH6aSgAE3gYqf1rijpXL8twWYh6h2cfFHFQbcYj4xwiNG"
+    for args in (
+        ["origin", "serve", "--dir", str(repo), "--port", "0", "--bootstrap", peer],
+        ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
+         "--root", str(repo / "metadata" / "1.root.json"), "--bootstrap", peer],
+    ):  # fmt: skip
+        proc = tufmesh(*args, check=False)
+        assert proc.returncode == 1 and "--bootstrap needs --p2p-port" in proc.stderr, args
+    assert not (tmp_path / "m").exists()
