@@ -11,7 +11,6 @@ from stat import S_ISREG
 import click
 
 from tufmesh._ui import SIZE, Group, data_home, format_size, progress_bar
-from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE
 from tufmesh.cas._store import BlobStore
 from tufmesh.errors import CorruptBlobError, UsageError
 
@@ -190,7 +189,7 @@ def gc(store: BlobStore, dry_run: bool, grace: float | None) -> None:
 
 @cas.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--chunk-size", type=SIZE, default=DEFAULT_CHUNK_SIZE, show_default="1MiB")
+@click.option("--chunk-size", type=SIZE, default="1MiB", show_default=True, help="Chunk size.")
 @pass_store
 def manifest(store: BlobStore, file: str, chunk_size: int) -> None:
     """Store FILE with its chunk manifest; print the manifest's CID and chunk count."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,13 +18,16 @@ from tufmesh.mirror._server import run_mirror
 
 __all__ = ["mirror"]
 
-dir_option = click.option(
-    "--dir",
-    "mirror_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The mirror's directory (created on first run).",
-)
+
+def dir_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--dir`` option, with what it means to the command."""
+    return click.option(
+        "--dir",
+        "mirror_dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )
 
 
 @click.group(cls=Group)
@@ -31,8 +36,14 @@ def mirror() -> None:
 
 
 @mirror.command()
-@dir_option
-@click.option("--root", "root_json", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@dir_option("The mirror's directory (created on first run).")
+@click.option(
+    "--root",
+    "root_json",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The repository's trusted root (its 1.root.json, from its maintainers).",
+)
 @click.option("--origin", "origin_url", required=True, help="The origin's URL.")
 @click.option("--peer", "peers", multiple=True, help="Another mirror's URL (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -106,12 +117,12 @@ def run(
 
 
 @mirror.command()
-@dir_option
+@dir_option("The mirror's directory.")
 def status(mirror_dir: Path) -> None:
     """Versions held, blobs and bytes, sources, last sync.
 
-    Exits 1 when the last sync failed (``/healthz`` says ``degraded``), so
-    that a monitoring script need not parse the output.
+    Exits 1 when the last sync failed (/healthz says "degraded"), so that a
+    monitoring script need not parse the output.
     """
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None

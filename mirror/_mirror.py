@@ -177,8 +177,10 @@ class Mirror:
             return {}
         if not isinstance(state, dict):
             return {}
-        kept = {k: v for k, v in state.items() if isinstance(v, _STATE_TYPES.get(k, object))}
-        fetched = kept.get("bytes_fetched_by_source", {})
+        kept: dict[str, Any] = {
+            k: v for k, v in state.items() if isinstance(v, _STATE_TYPES.get(k, object))
+        }
+        fetched: dict[str, Any] = kept.get("bytes_fetched_by_source", {})
         if not all(type(count) is int for count in fetched.values()):
             del kept["bytes_fetched_by_source"]
         return kept

@@ -32,7 +32,7 @@ def netsim() -> None:
 
 @netsim.command("scenarios")
 def scenarios() -> None:
-    """List the scenarios that come with tufmesh (use them with ``run --scenario NAME``)."""
+    """List the scenarios that come with tufmesh (use them with run --scenario NAME)."""
     for name, text in sorted(_shipped().items()):
         first = next((line for line in text.splitlines() if line.startswith("description")), "")
         description = first.partition("=")[2].strip().strip('"')
@@ -108,11 +108,23 @@ def run(
 
 
 @netsim.command("validate")
-@click.option("--mirrors", type=click.IntRange(1, 30), default=5, show_default=True)
+@click.option(
+    "--mirrors",
+    type=click.IntRange(1, 30),
+    default=5,
+    show_default=True,
+    help="Mirror processes to start (and to simulate).",
+)
 @click.option("--size", type=SIZE, default="16MiB", show_default=True, help="Size of the release.")
 @click.option("--rate", type=SIZE, default="4MiB", show_default=True,
               help="Every node's upload cap, per second.")  # fmt: skip
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="The simulation's random seed (the real run's graph is drawn with it too).",
+)
 def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
     """Run a release over real processes on 127.0.0.1 and in the simulator; compare."""
     from tufmesh.netsim._real import matching_scenario, run_real

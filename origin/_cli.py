@@ -60,7 +60,13 @@ def origin() -> None:
 @origin.command()
 @repo_option
 @click.option("--bins", type=int, default=256, show_default=True, help="Hash bins (a power of 2).")
-@click.option("--root-threshold", type=int, default=1, show_default=True)
+@click.option(
+    "--root-threshold",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Root keys that must sign a new root (production: 2 or more, held apart).",
+)
 @click.option(
     "--expiry",
     multiple=True,
@@ -79,8 +85,16 @@ def origin() -> None:
     metavar="ROLE=PEM",
     help="Public key (PEM file) of the matching --signer; needed for non-file signers.",
 )
-@click.option("--max-upload", type=SIZE, default="1GiB", show_default=True)
-@click.option("--chunk-size", type=SIZE, default="1MiB", show_default=True)
+@click.option(
+    "--max-upload", type=SIZE, default="1GiB", show_default=True, help="Largest upload accepted."
+)
+@click.option(
+    "--chunk-size",
+    type=SIZE,
+    default="1MiB",
+    show_default=True,
+    help="Chunk size of new artifacts' manifests (docs/adr/0003).",
+)
 def init(
     repo_dir: Path,
     bins: int,
