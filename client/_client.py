@@ -323,7 +323,19 @@ class Client:
                     os.replace(whole, part)
         except tuf_errors.LengthOrHashMismatchError as exc:
             raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
-        os.replace(part, dest)
+        try:
+            os.replace(part, dest)
+        except FileNotFoundError:
+            # Another download of the same file into the same place finished
+            # (and renamed the part file) just before: its file is the answer.
+            if not own_file(dest):
+                raise
+            with open(dest, "rb") as existing:
+                try:
+                    info.verify_length_and_hashes(existing)
+                except tuf_errors.LengthOrHashMismatchError as exc:
+                    raise ClientError(f"{dest} changed under this download: {exc}") from None
+            return DownloadResult(path, dest, info.length, cached=True)
         elapsed = time.perf_counter() - started
         return DownloadResult(path, dest, info.length, sources=stats, transfer_seconds=elapsed)
 

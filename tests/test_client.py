@@ -244,6 +244,36 @@ def test_a_mirror_replaying_the_previous_timestamp_hides_no_release(tmp_path: Pa
         assert result.path.read_bytes() == b"two"
 
 
+def test_two_downloads_into_one_place_do_not_trip_over_each_other(
+    origin: Server, tmp_path: Path
+) -> None:
+    """Two `tufmesh get` of one artifact into one directory at once: both end
+    with the verified file (they write the same verified bytes into one part
+    file, and whichever renames it second finds the file there), never with
+    "No such file or directory"."""
+    import threading
+
+    outcomes: list[object] = []
+    with mirrors(origin.repo, "slow") as (slow,):  # a second per chunk: they overlap
+
+        def get(name: str) -> None:
+            root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+            try:
+                with Client(tmp_path / name, root, [slow.url]) as client:  # default patience
+                    outcomes.append(client.download(BIG, tmp_path / "out").path.read_bytes())
+            except ClientError as exc:
+                outcomes.append(str(exc))
+
+        threads = [threading.Thread(target=get, args=(f"c{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    big = origin.contents[BIG]  # type: ignore[attr-defined]
+    assert outcomes == [big, big], outcomes
+    assert (tmp_path / "out" / "demo-1.0.tar.gz").read_bytes() == big
+
+
 def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
     with client_for(origin, tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:1") as client:
         with pytest.raises(SourcesFailedError) as info:
