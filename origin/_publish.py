@@ -64,9 +64,10 @@ def upload(
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        body = {"error": response.text[:200]}
+        # Not an origin's answer (an HTML error page, say): its status says enough.
+        body = {"error": response.reason_phrase or "not a tufmesh answer"}
     if response.status_code != 200:
-        reason = body.get("error", response.reason_phrase)
+        reason = " ".join(str(body.get("error", response.reason_phrase)).split())[:300]
         raise PublishError(f"{path.name}: refused by the origin ({response.status_code}): {reason}")
     if not {"target", "length", "sha256", "snapshot_version"} <= body.keys():
         raise PublishError(

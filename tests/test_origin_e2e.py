@@ -528,6 +528,9 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
     class NotAnOrigin(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # a proxy's or a web site's page
             self.rfile.read(int(self.headers["content-length"]))
+            if self.path.endswith(".whl"):  # an error page of many lines
+                self.send_error(501, explain="line one\nline two\n" * 5)
+                return
             body = b"<html>welcome</html>" if self.path.endswith(".tar.gz") else b"[1, 2]"
             self.send_response(200)
             self.send_header("content-length", str(len(body)))
@@ -541,18 +544,23 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
     artifact.write_bytes(b"x")
     odd = tmp_path / "x-1.0.zip"
     odd.write_bytes(b"y")
+    wheel = tmp_path / "x-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"z")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAnOrigin)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        proc = tufmesh("publish", str(artifact), str(odd), "--origin", url, "--project", "x",
-                       "--token", "t", check=False)  # fmt: skip
+        proc = tufmesh("publish", str(artifact), str(odd), str(wheel), "--origin", url,
+                       "--project", "x", "--token", "t", check=False)  # fmt: skip
     finally:
         server.shutdown()
         server.server_close()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("not as a tufmesh origin does") == 2, proc.stderr
+    # An error page is its status, not its HTML.
+    assert "refused by the origin (501): Not Implemented" in proc.stderr, proc.stderr
+    assert "<" not in proc.stderr and "line two" not in proc.stderr, proc.stderr
     for bad in ("http://[::1", "http://127.0.0.1:99999", "ftp://x"):
         proc = tufmesh("publish", str(artifact), "--origin", bad, "--project", "x",
                        "--token", "t", check=False)  # fmt: skip
