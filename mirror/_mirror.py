@@ -96,6 +96,13 @@ class Mirror:
             )
         anchor = directory / "root.json"
         if anchor.is_file() and anchor.read_bytes() != root:
+            try:
+                read_root(anchor)
+            except UsageError:
+                raise UsageError(
+                    f"{anchor} is damaged: put the repository's root there again "
+                    "(the one it was first given), or give a new --dir"
+                ) from None
             raise UsageError(
                 f"{directory} already mirrors the repository of another root ({anchor}); "
                 "give that root, or a new --dir"

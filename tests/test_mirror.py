@@ -251,6 +251,10 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     # The directory now mirrors this repository: another root is refused.
     again = tufmesh(*args, "--root", str(other / "metadata" / "1.root.json"), check=False)
     assert again.returncode == 1 and "another root" in again.stderr, again.stderr
+    # Its own root file damaged: said so, not "another root".
+    (m / "root.json").write_text("{")
+    damaged = tufmesh(*args, "--root", str(repo / "metadata" / "1.root.json"), check=False)
+    assert damaged.returncode == 1 and "root.json is damaged" in damaged.stderr, damaged.stderr
 
 
 def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None:
