@@ -78,11 +78,11 @@ def run(
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     if p2p_only and p2p_port is None:
         raise UsageError("--p2p-only needs --p2p-port")
-    if bootstrap and p2p_port is None:
-        raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
     from tufmesh.p2p import check_peer_address
 
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
+    if bootstrap and p2p_port is None:
+        raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     # The directory itself is locked, before anything in it is written: a
     # second run must not even rewrite the first one's settings.

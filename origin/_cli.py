@@ -177,11 +177,11 @@ def serve(
     """Serve the repository over HTTP (metadata, targets, blobs, uploads)."""
     from tufmesh.p2p import check_peer_address
 
-    if bootstrap and p2p_port is None:
-        raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
     repo = OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
     _refuse_broken(repo)
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
+    if bootstrap and p2p_port is None:
+        raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
     run_service(
         lambda ready: serve_repository(
             repo_dir,
