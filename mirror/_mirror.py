@@ -90,10 +90,16 @@ class Mirror:
         urls = [check_url(s) for s in sources]
         if projects is not None and not projects:
             raise UsageError("no project named: give --projects a comma-separated list")
-        if not (directory / "mirror.json").is_file() and _someone_elses(directory):
-            raise UsageError(
-                f"{directory} holds a repository or a store, not a mirror's: give another --dir"
-            )
+        if not (directory / "mirror.json").is_file():
+            if _someone_elses(directory):
+                raise UsageError(
+                    f"{directory} holds a repository or a store, not a mirror's: give another --dir"
+                )
+            if _foreign(directory):
+                raise UsageError(
+                    f"{directory} holds files of its own and is not a mirror's: a mirror "
+                    "writes cas/, tree/, client/ and more there; give an empty or new --dir"
+                )
         anchor = directory / "root.json"
         if anchor.is_file() and anchor.read_bytes() != root:
             try:
@@ -465,6 +471,21 @@ def _version(path: Path) -> int:
         return int(json.loads(path.read_bytes())["signed"]["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def _foreign(directory: Path) -> list[str]:
+    """What ``directory`` (no ``mirror.json`` yet) holds beyond what a mirror's
+    first run, cut short, leaves, and the root file its operator put there."""
+    try:
+        names = [p.name for p in directory.iterdir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    ours = {"tree", "incoming", "client", "root.json", "state.json", "p2p.key", "p2p.addr"}
+    return [
+        n
+        for n in names
+        if n not in ours and not n.endswith(".root.json") and not n.startswith(".mirror.json.tmp-")
+    ]
 
 
 def _someone_elses(directory: Path) -> bool:

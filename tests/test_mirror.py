@@ -33,6 +33,7 @@ from tests.helpers.origin import (
 from tests.helpers.tls import make_ca_and_cert, tls_proxy
 from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
+from tufmesh.errors import UsageError
 from tufmesh.mirror import Mirror
 from tufmesh.mirror._swarm import QUERY_TIMEOUT
 
@@ -264,6 +265,13 @@ def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None
     (m / "tree").mkdir()  # and what a first run cut short left
     Mirror.create(m, m / "1.root.json", ["http://127.0.0.1:9"])
     assert (m / "mirror.json").is_file() and (m / "root.json").is_file()
+    # A directory of someone's own files is not taken over.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="holds files of its own"):
+        Mirror.create(home, m / "1.root.json", ["http://127.0.0.1:9"])
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
 
 
 def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
