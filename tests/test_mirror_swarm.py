@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import resource
 import socket
 import threading
@@ -25,6 +26,7 @@ from tufmesh.mirror._swarm import (
     Swarm,
     parse_record,
 )
+from tufmesh.p2p._blob import MAX_RECORD
 
 
 def test_partial_covers_only_ranges_of_verified_chunks(tmp_path: Path) -> None:
@@ -127,6 +129,21 @@ def test_have_record_round_trip_and_malformed_entries() -> None:
     assert "http://asker" in swarm.neighbours()  # whoever asks becomes a neighbour
     for bad in ("all", None, {"have": "zz"}, {"have": 5}, [1, 2]):
         assert parse_record(bad, 12) == (None, 0)
+
+
+def test_a_have_record_answers_for_64_blobs_at_most() -> None:
+    """A query naming thousands of blobs costs the answerer 64 lookups, and
+    the answer stays under the size a record may have."""
+    looked: list[str] = []
+
+    def has_blob(cid: str) -> bool:
+        looked.append(cid)
+        return True
+
+    cids = [f"bafkrei{i:052d}" for i in range(5000)]
+    record = Swarm(has_blob=has_blob).record(cids)
+    assert len(record["blobs"]) == 64 and len(looked) == 64
+    assert len(json.dumps(record)) < MAX_RECORD
 
 
 def test_a_store_that_refuses_a_name_does_not_break_the_record() -> None:

@@ -188,3 +188,47 @@ def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(
 
     trio.run(main)
     gc.collect()  # collect the library's leaked sockets here, under this test's filter
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_ranges_answered_at_once_are_capped_for_everyone_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the cap per peer, one across all peers: many peers asking at
+    once (each within its own share) are told BUSY past it."""
+    monkeypatch.setattr(node_module, "MAX_ANSWERS", 3)
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(1 << 20))
+
+    def slowly(cid: str, offset: int, length: int) -> bytes | None:
+        time.sleep(1.0)
+        return store.read_range(cid, offset, length)
+
+    outcomes: list[object] = []
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root), blob_source=slowly)
+        askers = [P2PNode(tmp_path / f"{i}.key", topic, AnnouncementGate(root)) for i in range(2)]
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(server.run)
+            for asker in askers:
+                await nursery.start(asker.run)
+
+            async def ask(asker: P2PNode) -> None:
+                try:
+                    outcomes.append(len(await asker.fetch_range(address, cid, 0, 4096)))
+                except BlobBusyError:
+                    outcomes.append(BlobBusyError)
+
+            async with trio.open_nursery() as asking:
+                for asker in askers:  # two each: within MAX_ANSWERS_PER_PEER
+                    asking.start_soon(ask, asker)
+                    asking.start_soon(ask, asker)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert sorted(map(str, outcomes)) == sorted(map(str, [4096] * 3 + [BlobBusyError])), outcomes
