@@ -332,7 +332,13 @@ def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
         only.store.path(lost).unlink()
         assert only.sync().fetched == 1 and only.store.has(lost)
         post(origin.url, "kept", "d-1.tar.gz", b"new", tokens["kept"])
-        assert only.sync().artifacts == 4
+        report = only.sync()
+        assert report.artifacts == 4
+        # One version's pins kept: the newest, complete one (gc reclaims the rest).
+        pins = only.store.pins()
+        assert [n for n in pins if n.startswith("snapshot-")] == [
+            f"snapshot-{report.snapshot_version}"
+        ]
         assert (only.tree / "metadata" / "timestamp.json").stat().st_ino != served
         capped = Mirror.create(tmp_path / "capped", root, [origin.url], quota=250_000)
         assert capped.sync().artifacts == 2
