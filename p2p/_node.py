@@ -289,7 +289,9 @@ class P2PNode:
             self.trio_token = trio.lowlevel.current_trio_token()
             self.addrs = [str(a) for a in host.get_addrs()]
             if not self.addrs:  # libp2p logs a listener that failed, and carries on
-                raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {self.listen}")
+                raise OSError(
+                    errno.EADDRNOTAVAIL, f"libp2p cannot listen on {self.listen} (--p2p-port)"
+                )
             self.peer_id = str(host.get_id())
             task_status.started(self.addrs)
             while True:
