@@ -95,8 +95,13 @@ def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
             ) from None
         return getpass.getpass(f"{secret} for {uri}: ")
 
+    resolved = _resolve(repo, uri)
+    parsed = urlparse(resolved)
+    if parsed.scheme == "file2" and not os.path.isfile(parsed.path):
+        # (securesystemslib's own message for this is hard to read)
+        raise OriginError(f"cannot load signer {uri}: no key file at {parsed.path}")
     try:
-        return Signer.from_priv_key_uri(_resolve(repo, uri), public_key, ask)
+        return Signer.from_priv_key_uri(resolved, public_key, ask)
     except Exception as exc:
         raise OriginError(f"cannot load signer {uri}: {exc}") from None
 

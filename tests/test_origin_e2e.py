@@ -479,6 +479,7 @@ def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
     shutil.copytree(repo, keyless)
     (keyless / "keys" / "timestamp.pem").unlink()
     refused(keyless, "cannot sign timestamp: 0 of the 1 required keys", "serve")
+    refused(keyless, f"no key file at {keyless / 'keys' / 'timestamp.pem'}", "serve")
     # Published metadata damaged on disk: named, not a traceback.
     damaged = tmp_path / "damaged"
     shutil.copytree(repo, damaged)
