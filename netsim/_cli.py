@@ -78,7 +78,14 @@ def run(
     else:
         names = ", ".join(sorted(shipped))
         raise UsageError(f"no scenario file {scenario_ref!r}, and no shipped one ({names})")
-    scenario = scenario.replace(**settings)
+    try:
+        scenario = scenario.replace(**settings)
+    except UsageError as exc:  # named as the flag that set it, if one did
+        message = str(exc)
+        for name, value in settings.items():
+            if value is not None and message.startswith(f"{name} "):
+                message = f"--{name.replace('_', '-')}{message[len(name) :]}"
+        raise UsageError(message) from None
     for output in (json_path, plot_path):  # before the run, not after it
         if output is not None and not os.access(output.parent, os.W_OK):
             raise UsageError(f"cannot write {output}: {output.parent} is not a writable directory")

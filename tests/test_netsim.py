@@ -137,7 +137,8 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert "ratio to the bound" not in bad.stdout  # refused before the run
     bad = _cli("netsim", "run", "--origin-up", "0")
     assert (
-        bad.returncode != 0 and "origin_up must be 1 .. 1,000,000,000,000,000, not 0" in bad.stderr
+        bad.returncode != 0
+        and "--origin-up must be 1 .. 1,000,000,000,000,000, not 0" in bad.stderr
     )
     stalled = _cli("netsim", "run", "--mirrors", "3", "--size", "4MiB", "--origin-up", "1")
     assert "none: not every honest mirror completed within the horizon" in stalled.stdout
