@@ -62,10 +62,16 @@ def main() -> NoReturn:
     # download's part file). The daemons take it over while they serve.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        cli()
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:  # Ctrl-C (or SIGTERM): the shell's convention
+        click.echo("Aborted!", err=True)
+        _leave(130)
+    except click.ClickException as exc:
+        exc.show()
+        _leave(exc.exit_code)
     except SystemExit as exc:
         _leave(exc.code)
-    _leave(0)
+    _leave(code if isinstance(code, int) else 0)
 
 
 def _interrupt(signum: int, frame: object) -> None:
