@@ -134,21 +134,24 @@ class _HeadDeadline:
     sock: socket.socket | None
 
     def getresponse(self) -> Any:
-        timer = threading.Timer(self.head_timeout, self._cut)
+        answered = threading.Event()
+        sock = self.sock  # this request's socket, not whatever the connection has later
+
+        def cut() -> None:
+            if sock is not None and not answered.is_set():
+                with contextlib.suppress(Exception):  # OSError; not a socket (a TLS proxy)
+                    # The plain socket's shutdown, under a TLS one too: the TLS
+                    # object stays the reading thread's, which sees the end.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+        timer = threading.Timer(self.head_timeout, cut)
         timer.daemon = True
         timer.start()
         try:
             return super().getresponse()  # type: ignore[misc]
         finally:
+            answered.set()
             timer.cancel()
-
-    def _cut(self) -> None:
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # The plain socket's shutdown, under a TLS one too: the TLS
-                # object stays the reading thread's, which sees the end.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _with_head_deadline(pool: type[Any], head_timeout: float) -> type[Any]:

@@ -16,7 +16,7 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, final
@@ -117,6 +117,25 @@ class _BigFileResponse(FileResponse):
                 raise
             self.path, self.again = path, None
             await super().__call__(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[Any]:
+        # Starlette opens the file after it has sent the head: gone by then
+        # (stored meanwhile), the same bytes are where ``again`` says.
+        import anyio
+
+        try:
+            file = await anyio.open_file(self.path, mode="rb")
+        except FileNotFoundError:
+            path = self.again() if self.again is not None else None
+            if path is None:
+                raise
+            file = await anyio.open_file(path, mode="rb")
+        try:
+            yield file
+        finally:
+            with anyio.CancelScope(shield=True):
+                await file.aclose()
 
 
 @dataclass

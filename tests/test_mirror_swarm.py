@@ -117,6 +117,44 @@ def test_a_blob_stored_while_its_range_is_answered_is_served_from_the_store(
     assert not part.exists()
 
 
+def test_a_blob_stored_after_its_range_head_went_out_is_read_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later still: the head (from the partial file's size) has gone out and
+    the file is opened only then, by name; gone by now, the same bytes are
+    read from the store instead of a cut answer and a traceback."""
+    import anyio
+    from starlette.applications import Starlette
+
+    from tufmesh.cas import BlobStore, cid_of
+    from tufmesh.origin._server import tree_routes
+
+    (tmp_path / "tree" / "metadata").mkdir(parents=True)
+    blob = bytes(range(256)) * 8
+    cid = cid_of(blob)
+    store = BlobStore(tmp_path / "cas")
+    part = tmp_path / f"{cid}.part"
+    part.write_bytes(blob)
+    opened = anyio.open_file
+
+    async def stored_first(path: object, *args: object, **kwargs: object) -> object:
+        if str(path) == str(part) and part.exists():
+            store.put(part.read_bytes())  # completed and stored just now
+            part.unlink()
+        return await opened(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(anyio, "open_file", stored_first)
+    routes = tree_routes(tmp_path / "tree", store, lambda c, s, e: part if part.exists() else None)
+    transport = httpx.ASGITransport(app=Starlette(routes=routes))
+
+    async def ask() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://mirror") as http:
+            return await http.get(f"/blobs/{cid}", headers={"Range": "bytes=100-199"})
+
+    answer = trio.run(ask)
+    assert answer.status_code == 206 and answer.content == blob[100:200]
+
+
 def test_have_record_round_trip_and_malformed_entries() -> None:
     swarm = Swarm(url="http://me", has_blob=lambda cid: cid == "stored")
     swarm.begin("arriving", Partial((Path("/nonexistent"),), 1, 12, 12, mask=0b100000000101))
