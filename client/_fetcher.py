@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import queue
 import socket
 import threading
 import time
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 METADATA_BASE: Final = "tufmesh:///metadata/"
+#: How long the other sources' timestamps are waited for once one has come:
+#: one that replays an older one is outvoted by a faster honest source, and a
+#: silent one costs a refresh this much, not its timeouts.
+NEWEST_GRACE: Final = 2.0
 TARGET_BASE: Final = "tufmesh:///targets/"
 
 
@@ -219,31 +225,32 @@ class MultiSourceFetcher(FetcherInterface):
             return self._stream_target(name)
         reasons: dict[str, str] = {}
         not_found = 0
-        # The timestamp, from every source (fallbacks only if none answers):
-        # the newest wins. Taking the first answer, one mirror replaying the
-        # previous, still valid timestamp hid every newer release from its
-        # clients until it expired, and nobody was to blame for it.
-        newest: tuple[int, int, SourceHealth, bytes] | None = None
-        everyone = name == "timestamp.json"
-        for rank, source in enumerate(self.ordered()):
-            if newest is not None and source.fallback:
-                break
-            try:
-                data = self._get(source, f"{source.base(kind)}{name}")
-            except DownloadHTTPError as exc:
-                reasons[source.url] = f"HTTP {exc.status_code}"
-                not_found += exc.status_code == 404
-                continue
-            except (urllib3.exceptions.HTTPError, DownloadError) as exc:
-                reasons[source.url] = str(exc) or type(exc).__name__
-                continue
-            if not everyone:
+        if name == "timestamp.json":
+            # From every source at once (fallbacks only if none answers), the
+            # newest wins. Taking the first answer, one mirror replaying the
+            # previous, still valid timestamp hid every newer release from its
+            # clients until it expired, and nobody was to blame for it.
+            ordered = self.ordered()
+            for group in (
+                [s for s in ordered if not s.fallback],
+                [s for s in ordered if s.fallback],
+            ):
+                newest = self._newest(kind, name, group, reasons)
+                if newest is not None:
+                    return self._served(name, *newest)
+            not_found = sum(r == "HTTP 404" for r in reasons.values())
+        else:
+            for source in self.ordered():
+                try:
+                    data = self._get(source, f"{source.base(kind)}{name}")
+                except DownloadHTTPError as exc:
+                    reasons[source.url] = f"HTTP {exc.status_code}"
+                    not_found += exc.status_code == 404
+                    continue
+                except (urllib3.exceptions.HTTPError, DownloadError) as exc:
+                    reasons[source.url] = str(exc) or type(exc).__name__
+                    continue
                 return self._served(name, source, data)
-            answer = (_signed_version(data), -rank, source, data)
-            if newest is None or answer[:2] > newest[:2]:
-                newest = answer  # the healthiest among equals
-        if newest is not None:
-            return self._served(name, newest[2], newest[3])
         listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
         if not_found:
             # A source says it does not exist and none served it: that is an
@@ -252,6 +259,46 @@ class MultiSourceFetcher(FetcherInterface):
             # it, since every source is asked before we get here.
             raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
         raise SourcesFailedError(f"cannot fetch metadata ({name}) from any source: {listing}")
+
+    def _newest(
+        self, kind: str, name: str, sources: list[SourceHealth], reasons: dict[str, str]
+    ) -> tuple[SourceHealth, bytes] | None:
+        """The answer with the highest signed version among ``sources``, asked
+        at once: the others get :data:`NEWEST_GRACE` seconds after the first
+        good answer (a slow or silent source must not slow every refresh;
+        its request ends in the background, by its own timeouts)."""
+        answers: queue.SimpleQueue[tuple[int, SourceHealth, bytes | BaseException]] = (
+            queue.SimpleQueue()
+        )
+
+        def ask(rank: int, source: SourceHealth) -> None:
+            try:
+                answers.put((rank, source, self._get(source, f"{source.base(kind)}{name}")))
+            except BaseException as exc:
+                answers.put((rank, source, exc))
+
+        for rank, source in enumerate(sources):
+            threading.Thread(target=ask, args=(rank, source), daemon=True).start()
+        newest: tuple[int, int, SourceHealth, bytes] | None = None
+        deadline = math.inf
+        for _ in sources:
+            try:
+                wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+                rank, source, data = answers.get(timeout=wait)
+            except queue.Empty:
+                break  # the grace is over: the others are not waited for
+            if isinstance(data, DownloadHTTPError):
+                reasons[source.url] = f"HTTP {data.status_code}"
+            elif isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
+                reasons[source.url] = str(data) or type(data).__name__
+            elif isinstance(data, BaseException):
+                raise data
+            else:
+                answer = (_signed_version(data), -rank, source, data)
+                if newest is None or answer[:2] > newest[:2]:
+                    newest = answer  # the healthiest among equals
+                deadline = min(deadline, time.monotonic() + NEWEST_GRACE)
+        return None if newest is None else (newest[2], newest[3])
 
     def _served(self, name: str, source: SourceHealth, data: bytes) -> Iterator[bytes]:
         """``data``, the answer of ``source`` for ``name`` (blamed on it if

@@ -274,6 +274,21 @@ def test_two_downloads_into_one_place_do_not_trip_over_each_other(
     assert (tmp_path / "out" / "demo-1.0.tar.gz").read_bytes() == big
 
 
+def test_a_slow_source_costs_a_refresh_seconds_not_its_timeouts(
+    origin: Server, tmp_path: Path
+) -> None:
+    """The timestamp is asked of every source at once: once one has answered,
+    the others get two seconds (a source 8 s slow was waited for, at every
+    refresh, one source after another)."""
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    with mirrors(origin.repo, "slowtimestamp") as (slow,):
+        with Client(tmp_path / "c", root, [slow.url, origin.url]) as client:
+            started = time.monotonic()
+            client.refresh()
+            assert time.monotonic() - started < 6
+            assert client.fetcher.served_by["timestamp.json"] == origin.url
+
+
 def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
     with client_for(origin, tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:1") as client:
         with pytest.raises(SourcesFailedError) as info:

@@ -20,7 +20,7 @@ from tufmesh.cas import BlobStore
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
-    "seeded", "headtrickle", "continue", "slowroot",
+    "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -169,6 +169,8 @@ class Mirror:
                 body = (b"another artifact entirely " * (len(body) // 26 + 1))[: len(body)]
         if behaviour == "slow" and is_blob:
             time.sleep(1.0)
+        if behaviour == "slowtimestamp" and path.endswith("/timestamp.json"):
+            time.sleep(8.0)  # under the read timeout: a slow source, not a dead one
         status = 206 if ranged else 200
         if behaviour == "endless" and is_blob:
             request.send_response(status)
