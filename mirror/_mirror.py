@@ -355,6 +355,8 @@ class Mirror:
         if not targets.is_dir():
             return
         for project in list(targets.iterdir()):
+            if not project.is_dir() or project.is_symlink():
+                continue  # not a project's folder: not ours to judge
             for path in list(project.iterdir()):
                 if path not in linked and not path.name.startswith("."):
                     path.unlink()
@@ -484,7 +486,7 @@ def _foreign(directory: Path) -> list[str]:
     return [
         n
         for n in names
-        if n not in ours and not n.endswith(".root.json") and not n.startswith(".mirror.json.tmp-")
+        if n not in ours and not n.endswith(".root.json") and not (n[0] == "." and ".tmp-" in n)
     ]
 
 

@@ -297,9 +297,12 @@ class P2PNode:
             while True:
                 # Only messages the gate accepted get here (it ran as the
                 # topic validator, before delivery and before relaying).
+                subscription = self._subscription
                 try:
-                    message = await self._subscription.get()
+                    message = await subscription.get()
                 except trio.EndOfChannel:
+                    if subscription is self._subscription:
+                        return  # closed, not moved: the node is stopping
                     continue  # the topic moved (follow_root): read the new one
                 if self.on_announcement is not None:
                     result = self.on_announcement(bytes(message.data))
@@ -326,7 +329,11 @@ class P2PNode:
         peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
         mine = self._answering.get(peer, 0)
         if sum(self._answering.values()) >= MAX_ANSWERS or mine >= MAX_ANSWERS_PER_PEER:
-            await stream.write(response_head(BUSY, 0))
+            uploads = self.uploads
+            retry = uploads.retry_after(trio.current_time()) if uploads is not None else None
+            await stream.write(
+                encode_refusal("busy", retry) if retry is not None else response_head(BUSY, 0)
+            )
             return
         uploads, chunk = self.uploads, (request.cid, request.offset)
         if uploads is not None:

@@ -210,7 +210,12 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
     outcomes: list[object] = []
 
     async def main() -> None:
-        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root), blob_source=slowly)
+        from tufmesh.origin._seeding import SeedGate
+
+        # Slots enough for all: the refusal is the node's own cap, which then
+        # says when to ask again as the server's gate would.
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root), blob_source=slowly,
+                         uploads=SeedGate(slots=100, window=0.0))  # fmt: skip
         askers = [P2PNode(tmp_path / f"{i}.key", topic, AnnouncementGate(root)) for i in range(2)]
         async with trio.open_nursery() as nursery:
             (address, *_) = await nursery.start(server.run)
@@ -220,8 +225,8 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
             async def ask(asker: P2PNode) -> None:
                 try:
                     outcomes.append(len(await asker.fetch_range(address, cid, 0, 4096)))
-                except BlobBusyError:
-                    outcomes.append(BlobBusyError)
+                except BlobBusyError as exc:
+                    outcomes.append((exc.reason, exc.retry))
 
             async with trio.open_nursery() as asking:
                 for asker in askers:  # two each: within MAX_ANSWERS_PER_PEER
@@ -231,4 +236,6 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
 
     trio.run(main)
     gc.collect()
-    assert sorted(map(str, outcomes)) == sorted(map(str, [4096] * 3 + [BlobBusyError])), outcomes
+    from tufmesh.origin._seeding import SeedGate
+
+    assert sorted(map(str, outcomes)) == sorted(map(str, [4096] * 3 + [("busy", SeedGate().retry)]))
