@@ -80,49 +80,15 @@ def test_a_blob_still_arriving_is_served_only_where_verified(tmp_path: Path) -> 
         assert answer.status_code == 404 and b"stale" not in answer.content
 
 
+@pytest.mark.parametrize("when", ["before the answer", "after its head"])
 def test_a_blob_stored_while_its_range_is_answered_is_served_from_the_store(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
 ) -> None:
     """The partial file can go (the blob completed, was stored, and its
-    download removed) between the route's check and the response opening
-    it: the answer comes from the store, not a 500."""
-    from starlette.applications import Starlette
-
-    from tufmesh.cas import BlobStore, cid_of
-    from tufmesh.origin._server import tree_routes
-
-    (tmp_path / "tree" / "metadata").mkdir(parents=True)
-    blob = bytes(range(256)) * 8
-    cid = cid_of(blob)
-    store = BlobStore(tmp_path / "cas")
-    part = tmp_path / f"{cid}.part"
-    part.write_bytes(blob)
-
-    class Vanishing(type(part)):  # type: ignore[misc]
-        def is_file(self) -> bool:
-            found = super().is_file()
-            store.put(self.read_bytes())  # completed and stored...
-            self.unlink()  # ...and the download removed, before the answer
-            return found
-
-    routes = tree_routes(tmp_path / "tree", store, lambda c, s, e: Vanishing(part))
-    transport = httpx.ASGITransport(app=Starlette(routes=routes))
-
-    async def ask() -> httpx.Response:
-        async with httpx.AsyncClient(transport=transport, base_url="http://mirror") as http:
-            return await http.get(f"/blobs/{cid}", headers={"Range": "bytes=10-19"})
-
-    answer = trio.run(ask)
-    assert answer.status_code == 206 and answer.content == blob[10:20]
-    assert not part.exists()
-
-
-def test_a_blob_stored_after_its_range_head_went_out_is_read_from_the_store(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Later still: the head (from the partial file's size) has gone out and
-    the file is opened only then, by name; gone by now, the same bytes are
-    read from the store instead of a cut answer and a traceback."""
+    download removed) between the route's check and the response's stat, or
+    after the head (sized from the partial file) went out and before Starlette
+    opens the file by name: either way the same bytes come from the store,
+    not a 500 or a cut answer and a traceback."""
     import anyio
     from starlette.applications import Starlette
 
@@ -135,24 +101,39 @@ def test_a_blob_stored_after_its_range_head_went_out_is_read_from_the_store(
     store = BlobStore(tmp_path / "cas")
     part = tmp_path / f"{cid}.part"
     part.write_bytes(blob)
+
+    def complete() -> None:
+        store.put(part.read_bytes())  # completed and stored...
+        part.unlink()  # ...and the download removed
+
+    class Vanishing(type(part)):  # type: ignore[misc]
+        def is_file(self) -> bool:
+            found = super().is_file()
+            complete()
+            return found
+
     opened = anyio.open_file
 
     async def stored_first(path: object, *args: object, **kwargs: object) -> object:
         if str(path) == str(part) and part.exists():
-            store.put(part.read_bytes())  # completed and stored just now
-            part.unlink()
+            complete()
         return await opened(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(anyio, "open_file", stored_first)
-    routes = tree_routes(tmp_path / "tree", store, lambda c, s, e: part if part.exists() else None)
+    if when == "after its head":
+        monkeypatch.setattr(anyio, "open_file", stored_first)
+        partial = part
+    else:
+        partial = Vanishing(part)
+    routes = tree_routes(tmp_path / "tree", store, lambda c, s, e: partial)
     transport = httpx.ASGITransport(app=Starlette(routes=routes))
 
     async def ask() -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://mirror") as http:
-            return await http.get(f"/blobs/{cid}", headers={"Range": "bytes=100-199"})
+            return await http.get(f"/blobs/{cid}", headers={"Range": "bytes=10-19"})
 
     answer = trio.run(ask)
-    assert answer.status_code == 206 and answer.content == blob[100:200]
+    assert answer.status_code == 206 and answer.content == blob[10:20]
+    assert not part.exists()
 
 
 def test_have_record_round_trip_and_malformed_entries() -> None:
