@@ -376,6 +376,37 @@ def test_a_mirror_drops_removed_artifacts_and_relinks_repaired_ones(tmp_path: Pa
     assert [p.name for p in (replica.tree / "targets" / "proj").iterdir()] == [link.name]
 
 
+def test_a_blob_that_changes_after_its_download_is_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth behind the client's whole-file check: the store hashes
+    a downloaded blob once more as it enters, against the CID it is kept
+    under, so bytes changed in between (another process writing into
+    incoming/, a disk error) are refused, not kept and served."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "proj")
+    root = repo / "metadata" / "1.root.json"
+    download = Client.download
+
+    def tampered(self: Client, *args: object, **kwargs: object) -> object:
+        result = download(self, *args, **kwargs)  # type: ignore[arg-type]
+        with open(result.path, "r+b") as handle:  # after python-tuf's check
+            handle.write(b"X")
+        return result
+
+    with running(repo) as origin:
+        post(origin.url, "proj", "proj-1.tar.gz", os.urandom(3 << 20), token)
+        replica = Mirror.create(tmp_path / "mirror", root, [origin.url])
+        monkeypatch.setattr(Client, "download", tampered)
+        report = replica.sync()
+        assert report.error is not None and "hash" in report.error, report.error
+        assert _published(replica) == []
+        blobs = [cid for cid in replica.store if replica.store.stat(cid).size > 1 << 20]
+        assert blobs == []  # the changed bytes were not kept under any name
+        monkeypatch.undo()
+        assert replica.sync().artifacts == 1 and _published(replica) == ["proj/proj-1.tar.gz"]
+
+
 def _published(replica: Mirror) -> list[str]:
     return [
         f"{p.parent.name}/{p.name.split('.', 1)[1]}" for p in (replica.tree / "targets").glob("*/*")
