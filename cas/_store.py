@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Final, TypeAlias, final
 
-from tufmesh._durable import fsync_dir, locked, read_exactly
+from tufmesh._durable import fsync_dir, locked, read_exactly, write_at
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
 from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
 from tufmesh.errors import (
@@ -144,15 +144,8 @@ def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
         piece = os.pread(src, min(count, 4 << 20), offset)
         if not piece:
             raise OSError(errno.EIO, "blob shrank while it was copied")
-        _write_at(dst, piece, offset)
+        write_at(dst, piece, offset)
         offset, count = offset + len(piece), count - len(piece)
-
-
-def _write_at(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 # Below this size a piece is hashed inline; above it, hashing runs on a second
@@ -825,11 +818,7 @@ class ChunkAssembly:
         self.manifest.verify_chunk(index, data)
         if self._have[index]:
             return False
-        offset, _ = self.manifest.chunk_span(index)
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
+        write_at(self._fd, data, self.manifest.chunk_span(index)[0])
         self._have[index] = 1
         self._missing -= 1
         return True

@@ -20,6 +20,7 @@ from typing import Final, Protocol
 
 import trio
 
+from tufmesh._durable import write_at
 from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
 from tufmesh.client._http import HttpError, RangePool, Refused, TooLong
@@ -194,10 +195,7 @@ async def download_plan(
 
     def store(index: int, data: bytearray) -> None:
         plan.verify(index, data)  # raises ChunkRejectedError: nothing is written
-        view, offset = memoryview(data), plan.span(index)[0]
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        write_at(fd, data, plan.span(index)[0])
 
     # When a byte last arrived from anyone: an end user's download with none
     # for ``max_stall`` fails (sources that only ever say "busy" must not

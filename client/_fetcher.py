@@ -39,11 +39,11 @@ __all__ = [
 ]
 
 METADATA_BASE: Final = "tufmesh:///metadata/"
+TARGET_BASE: Final = "tufmesh:///targets/"
 #: How long the other sources' timestamps are waited for once one has come:
 #: one that replays an older one is outvoted by a faster honest source, and a
 #: silent one costs a refresh this much, not its timeouts.
 NEWEST_GRACE: Final = 2.0
-TARGET_BASE: Final = "tufmesh:///targets/"
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,6 @@ class MultiSourceFetcher(FetcherInterface):
         if kind == "targets":
             return self._stream_target(name)
         reasons: dict[str, str] = {}
-        not_found = 0
         if name == "timestamp.json":
             # From every source at once (fallbacks only if none answers), the
             # newest wins. Taking the first answer, one mirror replaying the
@@ -238,21 +237,16 @@ class MultiSourceFetcher(FetcherInterface):
                 newest = self._newest(kind, name, group, reasons)
                 if newest is not None:
                     return self._served(name, *newest)
-            not_found = sum(r == "HTTP 404" for r in reasons.values())
         else:
             for source in self.ordered():
                 try:
                     data = self._get(source, f"{source.base(kind)}{name}")
-                except DownloadHTTPError as exc:
-                    reasons[source.url] = f"HTTP {exc.status_code}"
-                    not_found += exc.status_code == 404
-                    continue
                 except (urllib3.exceptions.HTTPError, DownloadError) as exc:
-                    reasons[source.url] = str(exc) or type(exc).__name__
+                    reasons[source.url] = _reason(exc)
                     continue
                 return self._served(name, source, data)
         listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
-        if not_found:
+        if _NOT_FOUND in reasons.values():
             # A source says it does not exist and none served it: that is an
             # answer (python-tuf asks for root N+1 until it gets a 404). A
             # source that hides a file that exists is outvoted by any that has
@@ -287,10 +281,8 @@ class MultiSourceFetcher(FetcherInterface):
                 rank, source, data = answers.get(timeout=wait)
             except queue.Empty:
                 break  # the grace is over: the others are not waited for
-            if isinstance(data, DownloadHTTPError):
-                reasons[source.url] = f"HTTP {data.status_code}"
-            elif isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
-                reasons[source.url] = str(data) or type(data).__name__
+            if isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
+                reasons[source.url] = _reason(data)
             elif isinstance(data, BaseException):
                 raise data
             else:
@@ -372,6 +364,16 @@ class MultiSourceFetcher(FetcherInterface):
         if elapsed > 0 and len(body) > 65536:
             source.throughput = len(body) / elapsed
         return bytes(body)
+
+
+_NOT_FOUND: Final = "HTTP 404"
+
+
+def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
+    """Why a source did not serve a metadata file, in a few words."""
+    if isinstance(exc, DownloadHTTPError):
+        return f"HTTP {exc.status_code}"
+    return str(exc) or type(exc).__name__
 
 
 def _signed_version(data: bytes) -> int:

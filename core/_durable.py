@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["fsync_dir", "hold_lock", "locked", "read_exactly", "write_atomic"]
+__all__ = ["fsync_dir", "hold_lock", "locked", "read_exactly", "write_at", "write_atomic"]
 
 
 @contextlib.contextmanager
@@ -83,3 +83,11 @@ def read_exactly(path: str | os.PathLike[str], offset: int, length: int) -> byte
     except OSError:
         return None
     return data if len(data) == length else None
+
+
+def write_at(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite`` may write less)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -331,7 +331,7 @@ def tree_routes(
         path: Path,
         media_type: str | None,
         cache: str,
-        again: Callable[[], Path | None] | None = None,
+        again: _Again = None,
     ) -> Response:
         headers = {"cache-control": cache}
         return _BigFileResponse(path, media_type=media_type, headers=headers, again=again)

@@ -328,20 +328,21 @@ class P2PNode:
             return
         peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
         mine = self._answering.get(peer, 0)
-        if sum(self._answering.values()) >= MAX_ANSWERS or mine >= MAX_ANSWERS_PER_PEER:
-            uploads = self.uploads
-            retry = uploads.retry_after(trio.current_time()) if uploads is not None else None
+        uploads, chunk, now = self.uploads, (request.cid, request.offset), trio.current_time()
+        verdict = "busy"
+        if sum(self._answering.values()) < MAX_ANSWERS and mine < MAX_ANSWERS_PER_PEER:
+            verdict = (
+                uploads.admit(chunk, now, patient=request.patient, size=request.length)
+                if uploads is not None
+                else "serve"
+            )
+        if verdict != "serve":
             await stream.write(
-                encode_refusal("busy", retry) if retry is not None else response_head(BUSY, 0)
+                encode_refusal(verdict, uploads.retry_after(now, verdict))
+                if uploads is not None
+                else response_head(BUSY, 0)
             )
             return
-        uploads, chunk = self.uploads, (request.cid, request.offset)
-        if uploads is not None:
-            now = trio.current_time()
-            verdict = uploads.admit(chunk, now, patient=request.patient, size=request.length)
-            if verdict != "serve":
-                await stream.write(encode_refusal(verdict, uploads.retry_after(now, verdict)))
-                return
         self._answering[peer] = mine + 1
         sent = False
         try:
