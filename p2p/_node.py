@@ -129,11 +129,14 @@ async def _read_exactly(stream: Any, count: int) -> bytes:
 def score_params() -> Any:
     """GossipSub v1.1 peer scoring with thresholds actually set.
 
-    py-libp2p's thresholds default to minus infinity, i.e. scoring off. These
-    follow go-libp2p's attack tests: one invalid message weighs -99, so a
-    peer that forwards a forgery drops below the gossip threshold (-100) on
-    its second one, stops being published to at -200 and is ignored at -300.
-    The counter decays by 10% a heartbeat, so a peer that behaves recovers.
+    py-libp2p's thresholds default to minus infinity, i.e. scoring off. One
+    invalid message weighs -99, so a peer that forwards a forgery drops below
+    the gossip threshold (-100) on its second one, and below the publish
+    (-200) and graylist (-250) thresholds on its third: its messages are then
+    dropped unread, and its control messages ignored. (py-libp2p applies the
+    publish threshold to what it receives, so the count of invalid messages
+    stops at three: go-libp2p's -300 would never be reached.) The counter
+    decays by 10% a heartbeat, so a peer that behaves recovers.
     """
     from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 
@@ -143,7 +146,7 @@ def score_params() -> Any:
         p4_invalid_messages=TopicScoreParams(weight=99.0, cap=1000.0, decay=0.9),
         gossip_threshold=-100.0,
         publish_threshold=-200.0,
-        graylist_threshold=-300.0,
+        graylist_threshold=-250.0,
         accept_px_threshold=0.0,
     )
 

@@ -11,6 +11,7 @@ import trio
 from tests.test_p2p_announce import timestamp
 from tufmesh.origin import OriginConfig, OriginRepository
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
+from tufmesh.p2p._node import score_params
 
 
 class Liar(AnnouncementGate):
@@ -53,15 +54,27 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
             await trio.sleep(2.5)  # mesh formation: 1 s heartbeats
             from securesystemslib.signer import CryptoSigner
 
-            for version in (50, 51, 52):
+            for version in (49, 50, 51, 52):
                 forged = timestamp(repo, version=version, signer=CryptoSigner.generate_ed25519())
                 await liar.announce(forged)
-            await trio.sleep(1.0)
+            with trio.fail_after(5):
+                while honest.rejected < 3:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)  # the fourth, had it been read
             assert received == []  # nothing forged reached the application
-            assert honest.rejected >= 3
-            assert honest.score(liar.peer_id) < -100  # below the gossip threshold
-            # An honest announcement (from the origin's node) still gets through.
+            # Past the third forgery the liar's messages are dropped unread,
+            # and it is graylisted (the score decays 10% a heartbeat: at most
+            # one has passed).
+            assert honest.rejected == 3
+            assert honest.score(liar.peer_id) < score_params().graylist_threshold
+            # From now on even a genuine announcement that the liar sends first
+            # is dropped unread: a forger cannot make the honest node spend
+            # validations on it, nor relay for it.
             genuine = timestamp(repo, version=53)
+            await liar.announce(genuine)
+            await trio.sleep(1.0)
+            assert received == [] and behind == []
+            # The same announcement from the origin's node gets through.
             await publisher.announce(genuine)
             with trio.fail_after(10):
                 while not received or not behind:
