@@ -498,6 +498,16 @@ class ByteCounter:
         async def counting(message: Any) -> None:
             if message["type"] == "http.response.body":
                 await self.pace(len(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    # Hypercorn ends the exchange inside this call: it tells
+                    # the app the client is gone, and only then starts the
+                    # connection's idle timer. Starlette's file and streaming
+                    # responses cancel their send on that news, and the timer
+                    # never started: a client could hold the connection open
+                    # for ever after one request.
+                    with trio.CancelScope(shield=True):
+                        await send(message)
+                    return
             await send(message)
 
         await self.app(scope, receive, counting)
@@ -722,8 +732,12 @@ async def start_http(
     port: int,
     max_rate: float | None,
     on_ready: Callable[[str], Awaitable[None] | None] | None,
+    *,
+    idle_timeout: float = 30.0,
 ) -> str:
-    """Start serving ``app`` (hypercorn, trio worker) in ``nursery``; return its URL."""
+    """Start serving ``app`` (hypercorn, trio worker) in ``nursery``; return its URL.
+
+    A connection with no request running is closed after ``idle_timeout`` s."""
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
@@ -737,7 +751,7 @@ async def start_http(
     # Also closes a connection that sends no request at all. (Hypercorn's
     # read_timeout is not for this: it runs during responses too, and would
     # cut every honest download that takes longer.)
-    config.keep_alive_timeout = 30
+    config.keep_alive_timeout = idle_timeout
     app.max_rate = max_rate
     binds = await nursery.start(hypercorn_serve, app, config)
     if on_ready is not None:

@@ -1,0 +1,104 @@
+"""The HTTP server's connection limits, on a real socket: what a client that
+holds connections open, or sends an endless request head, costs the server."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from starlette.applications import Starlette
+
+from tufmesh.cas import BlobStore
+from tufmesh.origin._server import ByteCounter, start_http, tree_routes
+
+Connect = Callable[[], Awaitable[trio.SocketStream]]
+
+
+def _serve(tmp_path: Path, client: object) -> None:
+    """Run ``await client(connect, cid)`` against a tree server (a 1 s idle
+    timeout) that holds ``metadata/timestamp.json`` and blob ``cid``."""
+    (tmp_path / "metadata").mkdir()
+    (tmp_path / "metadata" / "timestamp.json").write_bytes(b"{}")
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(bytes(range(256)) * 4096)
+    app = ByteCounter(Starlette(routes=tree_routes(tmp_path, store)))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await start_http(nursery, app, "127.0.0.1", 0, None, None, idle_timeout=1.0)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            streams: list[trio.SocketStream] = []
+
+            async def connect() -> trio.SocketStream:
+                streams.append(await trio.open_tcp_stream(host, int(port)))
+                return streams[-1]
+
+            try:
+                await client(connect, cid)  # type: ignore[operator]
+            finally:
+                for stream in streams:
+                    await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def _closed_within(stream: trio.SocketStream, seconds: float) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    with trio.fail_after(seconds):
+        while piece := await stream.receive_some():
+            data += piece
+    return data
+
+
+def test_a_connection_is_closed_after_the_idle_timeout_with_or_without_a_request(
+    tmp_path: Path,
+) -> None:
+    """Without the close, one request per connection held a socket of the
+    server's for ever: Starlette's file responses cancelled hypercorn's idle
+    timer as they ended (see ``ByteCounter``)."""
+
+    async def client(connect: Connect, cid: str) -> None:
+        silent = await connect()
+        # Others ask once (a metadata file; a blob's range, the big-file
+        # path), keep the connection alive, and then say nothing.
+        kept = [await connect() for _ in range(2)]
+        await kept[0].send_all(b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: o\r\n\r\n")
+        await kept[1].send_all(
+            f"GET /blobs/{cid} HTTP/1.1\r\nHost: o\r\nRange: bytes=0-9\r\n\r\n".encode()
+        )
+        start = trio.current_time()
+        assert await _closed_within(silent, 5) == b""
+        metadata, blob = [await _closed_within(stream, 5) for stream in kept]
+        assert metadata.startswith(b"HTTP/1.1 200") and metadata.endswith(b"\r\n\r\n{}")
+        assert blob.startswith(b"HTTP/1.1 206") and blob.endswith(b"\r\n\r\n" + bytes(range(10)))
+        assert trio.current_time() - start >= 0.9
+        # The server still answers new connections.
+        fresh = await connect()
+        await fresh.send_all(
+            b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n"
+        )
+        assert (await _closed_within(fresh, 5)).startswith(b"HTTP/1.1 200")
+
+    _serve(tmp_path, client)
+
+
+def test_an_endless_request_head_is_cut_off_at_16_kib(tmp_path: Path) -> None:
+    async def client(connect: Connect, cid: str) -> None:
+        stream = await connect()
+        await stream.send_all(b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: o\r\n")
+        sent = 0
+        try:
+            with trio.fail_after(5):
+                while sent < 1 << 20:  # a megabyte of headers, if it were let in
+                    await stream.send_all(b"X-Padding: " + b"a" * 1000 + b"\r\n")
+                    sent += 1013
+        except trio.BrokenResourceError:
+            pass  # the server closed the connection under us
+        answer = await _closed_within(stream, 5)
+        assert sent < 1 << 20
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+
+    _serve(tmp_path, client)
