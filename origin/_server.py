@@ -383,9 +383,22 @@ def tree_routes(
                 # unverified chunks and all.
                 return _error(404, f"{cid} is still arriving: ranges only, without If-Range")
             again = functools.partial(_stored, store, cid)  # if it completes meanwhile
-        if gate is not None and span is not None and MIRROR_HEADER in request.headers:
-            patient = request.headers[MIRROR_HEADER] == "patient"
-            return _gated(gate, (cid, span[0]), span[1] - span[0] + 1, path, patient, again)
+        if (
+            gate is not None
+            and span is not None
+            and MIRROR_HEADER in request.headers
+            and request.method == "GET"  # a HEAD sends nothing: it seeds nothing
+        ):
+            # The gate is charged what will be sent, not what was asked for
+            # (bytes=0-99999999999999999999 held a slot and the byte budget
+            # for ever); a range past the end is Starlette's 416, ungated.
+            try:
+                size = min(span[1] + 1, path.stat().st_size) - span[0]
+            except OSError:
+                size = 0  # gone meanwhile: ``again`` or a 404 will say
+            if size > 0:
+                patient = request.headers[MIRROR_HEADER] == "patient"
+                return _gated(gate, (cid, span[0]), size, path, patient, again)
         return file(path, "application/octet-stream", _IMMUTABLE, again)
 
     return [
@@ -423,24 +436,32 @@ def _gated(
         media_type="application/octet-stream",
         headers={"cache-control": _IMMUTABLE},
         on_end=lambda completed: gate.done(chunk, trio.current_time(), completed=completed),
-        deadline=gate.deadline(size),
+        deadline=gate.deadline,
         again=again,
     )
 
 
 class _GatedResponse(_BigFileResponse):
     """A file response that reports its end to the gate: sent whole, or not,
-    or still running past its deadline (its slot then goes to others: a
-    requester that does not read must not hold one for ever; the send itself
-    cannot be cut, hypercorn shields it)."""
+    or fallen behind its deadline (its slot then goes to others: a requester
+    that does not read must not hold one for ever; the send itself cannot be
+    cut, hypercorn shields it).
+
+    ``deadline(n)`` is how long the first ``n`` bytes may take: the answer is
+    overdue once the pieces begun so far are due and no new one has begun.
+    A piece is at most ``chunk_size``, so a requester that stops reading
+    loses its slot within the deadline of the bytes before it stopped plus
+    one piece, however long the range it asked for."""
 
     def __init__(
-        self, *args: Any, on_end: Callable[[bool], None], deadline: float, **kwargs: Any
-    ) -> None:
+        self, *args: Any, on_end: Callable[[bool], None], deadline: Callable[[int], float],
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.on_end = on_end
         self.deadline = deadline
         self._ended = False
+        self._begun = 0  # body bytes handed to the server so far
 
     def _end(self, completed: bool) -> None:
         if not self._ended:
@@ -448,14 +469,22 @@ class _GatedResponse(_BigFileResponse):
             self.on_end(completed)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def counting(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self._begun += len(message.get("body", b""))
+            await send(message)
+
         async def overdue() -> None:
-            await trio.sleep(self.deadline)
+            start, due = trio.current_time(), -1
+            while self._begun != due:
+                due = self._begun
+                await trio.sleep_until(start + self.deadline(due))
             self._end(False)
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(overdue)
-                await super().__call__(scope, receive, send)
+                await super().__call__(scope, receive, counting)
                 self._end(True)
                 nursery.cancel_scope.cancel()
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -119,12 +120,14 @@ def test_requesters_that_do_not_read_lose_their_upload_slots(tmp_path: Path) -> 
             host, port = url.removeprefix("http://").rsplit(":", 1)
             stalled = []
             try:
-                for i in range(4):
+                # The first asks past the end: the gate was charged what was
+                # asked for (a deadline of 10^13 s), not what is sent.
+                for i, end in enumerate(["99999999999999999999", (32 << 20) - 1, 1 << 20, 1 << 21]):
                     stream = await trio.open_tcp_stream(host, int(port))
                     stalled.append(stream)  # never read
                     await stream.send_all(
                         f"GET /blobs/{cid} HTTP/1.1\r\nHost: o\r\nx-tufmesh-mirror: 1\r\n"
-                        f"Range: bytes={i}-{(32 << 20) - 1}\r\n\r\n".encode()
+                        f"Range: bytes={i}-{end}\r\n\r\n".encode()
                     )
                 with trio.fail_after(10):
                     while gate.active < 4:
@@ -140,5 +143,85 @@ def test_requesters_that_do_not_read_lose_their_upload_slots(tmp_path: Path) -> 
                 for stream in stalled:  # else the server's shutdown waits for them
                     await stream.aclose()
             nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_requester_that_stops_reading_loses_its_slot_by_what_it_was_sent(
+    tmp_path: Path,
+) -> None:
+    """The deadline follows the pieces begun, not the range asked for: a
+    requester that stops reading a whole-blob range after its first piece
+    loses the slot when two pieces are due, not when the whole blob would be
+    (virtual time; the server's side of one answer)."""
+    import trio
+    import trio.testing
+
+    from tufmesh.origin._server import _BigFileResponse, _GatedResponse
+
+    piece = _BigFileResponse.chunk_size
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * piece))
+    gate = SeedGate(min_rate=1 << 20, grace=0.5)
+    ended: list[tuple[float, bool]] = []
+    bodies: list[float] = []
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        if message["type"] == "http.response.body":
+            bodies.append(trio.current_time())
+            if len(bodies) == 2:
+                await trio.sleep_forever()  # the requester stops reading
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def main() -> None:
+        response = _GatedResponse(
+            path,
+            on_end=lambda completed: ended.append((trio.current_time(), completed)),
+            deadline=gate.deadline,
+        )
+        scope = {"type": "http", "method": "GET", "headers": [(b"range", b"bytes=0-")]}
+        with trio.move_on_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(response, scope, receive, send)
+                while not ended:
+                    await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
+    assert len(bodies) == 2
+    ((at, completed),) = ended
+    assert not completed
+    assert at == pytest.approx(gate.deadline(2 * piece), abs=0.2)  # not deadline(3 pieces)
+
+
+def test_a_head_request_seeds_nothing(tmp_path: Path) -> None:
+    """A HEAD as a mirror went through the gate and counted as a completed
+    upload: a liar could mark every chunk seeded without taking a byte, and
+    honest mirrors were told to ask the peers for chunks nobody held."""
+    import httpx
+    import trio
+    from starlette.applications import Starlette
+
+    from tufmesh.cas import BlobStore
+    from tufmesh.origin._server import tree_routes
+
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(1 << 20))
+    gate = SeedGate()
+    app = Starlette(routes=tree_routes(tmp_path, store, gate=gate))
+    chunk = {"range": "bytes=0-1023", "x-tufmesh-mirror": "1"}
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://o") as http:
+            head = await http.head(f"/blobs/{cid}", headers=chunk)
+            assert head.status_code == 206 and head.content == b""
+            first = await http.get(f"/blobs/{cid}", headers=chunk)
+            assert first.status_code == 206 and len(first.content) == 1024
+            again = await http.get(f"/blobs/{cid}", headers=chunk)  # the gate works
+            assert again.status_code == 503 and again.headers["x-tufmesh-refused"] == "seeded"
 
     trio.run(main)
