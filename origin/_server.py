@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -506,8 +507,11 @@ def _single_range(header: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-#: Response bodies below this size skip the upload pacing queue (ByteCounter).
+#: Response bodies below this size skip the upload pacing queue (ByteCounter)...
 _SMALL: Final = 64 * 1024
+#: ...as long as, among themselves, they keep within the rate after a burst
+#: of this many seconds' worth of it.
+_SMALL_BURST: Final = 0.5
 
 
 @dataclass
@@ -521,7 +525,8 @@ class ByteCounter:
     app: Any
     served: int = 0
     max_rate: float | None = None
-    _next: float = 0.0
+    _next: float = 0.0  # when the bytes counted so far will have left, at max_rate
+    _small_next: float = -math.inf  # the same for the small bodies alone
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         async def counting(message: Any) -> None:
@@ -546,14 +551,19 @@ class ByteCounter:
         the same server), and wait for their turn within ``max_rate``."""
         self.served += size
         if self.max_rate:
-            now = trio.current_time()
+            now, seconds = trio.current_time(), size / self.max_rate
             start = max(self._next, now)
-            self._next = start + size / self.max_rate
+            self._next = start + seconds
             if size >= _SMALL:
                 await trio.sleep(start - now)
+                return
             # A small body (metadata, a have-record, an error) does not queue
-            # behind the chunks being paced: it still spends its share of the
-            # budget, so the average rate holds.
+            # behind the chunks being paced; it still spends its share of the
+            # budget, so the average rate holds. Small bodies among themselves
+            # keep to the rate after a short burst: else ranges of 64 KiB less
+            # a byte went out unpaced, and held back everyone's chunks.
+            self._small_next = max(self._small_next, now - _SMALL_BURST) + seconds
+            await trio.sleep(max(self._small_next - now, 0.0))
 
 
 def build_app(service: OriginService) -> ByteCounter:
