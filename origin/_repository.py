@@ -481,6 +481,7 @@ class OriginRepository(Repository):
         if len(signers) < threshold:
             label = BIN_N if role.startswith("bin-") else role
             why = "; ".join(self._missing.get(label, []))
+            del self._signers[label]  # loaded again next time: a KMS back, a key restored
             raise OriginError(
                 f"cannot sign {role}: {len(signers)} of the {threshold} required keys are "
                 "available here" + (f" ({why})" if why else "")

@@ -625,7 +625,10 @@ def build_app(service: OriginService) -> ByteCounter:
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
         except OriginError as exc:
-            return _error(500, str(exc))
+            # The detail (a key's path, a KMS key's name) is the operator's,
+            # not every token holder's.
+            print(f"origin: publishing {path} failed: {exc}", file=sys.stderr, flush=True)
+            return _error(500, "publishing failed; the origin's log says why")
         return JSONResponse(
             {
                 "target": path,

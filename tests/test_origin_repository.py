@@ -962,3 +962,48 @@ def test_a_full_disk_is_a_507_with_a_reason_and_leaves_nothing(
     assert list(repo.store) == [] and not list((repo.dir / "cas" / "tmp").iterdir())
     monkeypatch.setattr(store_module, "_write_all", written)
     assert trio.run(upload, b"fine").status_code == 200  # and it works again once there is room
+
+
+def test_a_failed_publication_tells_the_uploader_nothing_of_the_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The committer's reason names key files, KMS keys and paths: it goes to
+    the operator's log, and the uploader gets a 500 that says where to look.
+    Once the key is back the next upload is published: a failed load was
+    remembered, and only a restart of the origin undid it (a KMS that was
+    unreachable for a moment stopped every commit and re-signing)."""
+    import httpx
+    import trio
+
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._server import build_app
+    from tufmesh.origin._signer import LocalCommitter
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    token = ProjectRegistry(repo.dir).add("p")
+    service = OriginService(repo.dir, LocalCommitter(repo))
+    transport = httpx.ASGITransport(app=build_app(service))
+    key = repo.dir / "keys" / "bin-n.pem"
+    good = key.read_bytes()
+
+    async def upload(name: str) -> httpx.Response:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            async with httpx.AsyncClient(transport=transport, base_url="http://origin") as http:
+                answer = await http.post(
+                    f"/api/v1/projects/p/files/{name}", content=b"bytes",
+                    headers={"authorization": f"Bearer {token}"},
+                )  # fmt: skip
+            nursery.cancel_scope.cancel()
+        return answer
+
+    key.write_text("not a key")
+    answer = trio.run(upload, "p-1.0.tar.gz")
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "publishing failed; the origin's log says why"}
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("origin: publishing p/p-1.0.tar.gz failed: cannot sign bin-")
+    assert "keys/bin-n.pem" in line
+    key.write_bytes(good)
+    assert trio.run(upload, "p-1.0.tar.gz").status_code == 200
