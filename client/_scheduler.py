@@ -716,6 +716,10 @@ def _highest(a: array[int], b: array[int]) -> array[int]:
 #: 40 KiB, and a simulation of a thousand mirrors has a thousand names.
 _NO_WEIGHTS: Final = array("q", [-1])
 _WEIGHTS: dict[tuple[str, int], array[int]] = {}
+_WEIGHTS_HELD = 0  # the weights in _WEIGHTS, all names together
+#: 32 MiB of weights: a simulated network of 1,000 mirrors and 1,024 chunks
+#: holds a quarter of it.
+_MAX_WEIGHTS_HELD: Final = 4 << 20
 _INDICES: dict[int, tuple[int, ...]] = {}
 
 
@@ -741,7 +745,12 @@ def weights(name: str, count: int) -> array[int]:
     if cached is None:
         seed = zlib.crc32(name.encode() + b"/")
         cached = array("q", [zlib.crc32(b"%d" % i, seed) for i in range(count)])
-        if len(_WEIGHTS) > 100_000:
+        # Bounded by weights held, not names: peers' names come from peers,
+        # and a 64 GiB blob's 65,536 chunks weigh 512 KiB a name.
+        global _WEIGHTS_HELD
+        if _WEIGHTS_HELD + count > _MAX_WEIGHTS_HELD:
             _WEIGHTS.clear()
+            _WEIGHTS_HELD = 0
         _WEIGHTS[key] = cached
+        _WEIGHTS_HELD += count
     return cached

@@ -374,3 +374,19 @@ def test_claims_past_the_blob_or_negative_are_ignored() -> None:
     assert sorted(i for _, i in s.assign(0.0)) == [0, 2, 3]
     s.set_claims("liar", 0)  # its claim lapses: chunk 1 is the origin's to give again
     assert s.assign(0.0) == [("origin", 1)]
+
+
+def test_the_weights_cache_is_bounded_by_weights_not_names() -> None:
+    """Peers' names come from peers: a neighbour listing names by the
+    thousand, for a blob of many chunks, grew the cache by 8 bytes a chunk a
+    name (a 64 GiB blob: 512 KiB a name, 1.2 GiB for 2,000 names)."""
+    from tufmesh.client import _scheduler
+    from tufmesh.client._scheduler import weights
+
+    count = 1 << 20
+    first = weights("http://h0.example", count)
+    for i in range(1, 5):
+        weights(f"http://h{i}.example", count)
+    held = sum(len(w) for w in _scheduler._WEIGHTS.values())
+    assert held == _scheduler._WEIGHTS_HELD <= _scheduler._MAX_WEIGHTS_HELD
+    assert weights("http://h0.example", count) == first  # recomputed, the same
