@@ -19,6 +19,7 @@ Why neighbour queries rather than a Kademlia DHT or gossip: docs/adr/0011.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
@@ -73,6 +74,29 @@ UPLOAD_SLOTS: Final = 4
 #: upload at a time was best for 16 MiB chunks (1.37x the bound, against 1.60x
 #: with four), two for 4 MiB (1.44x against 1.57x), four for 1 MiB.
 UPLOAD_BYTES: Final = 8 << 20
+
+
+async def in_loop(token: trio.lowlevel.TrioToken, function: Any, *args: Any) -> Any:
+    """``await function(*args)`` in the trio loop of ``token`` (another
+    thread's), from this loop. Cancelled here, it is cancelled there too: a
+    libp2p peer that never answers costs the slow-retrieval limit, not the
+    call's own 30 s timeouts, and does not hold a worker thread meanwhile."""
+    scope = trio.CancelScope()
+
+    async def call() -> Any:
+        with scope:
+            return await function(*args)
+        raise TufmeshError("cancelled")  # only once the caller has gone
+
+    try:
+        # trio-typing's outdated stubs (see P2PNode.run) lack abandon_on_cancel.
+        return await trio.to_thread.run_sync(  # type: ignore[call-arg]
+            lambda: trio.from_thread.run(call, trio_token=token), abandon_on_cancel=True
+        )
+    except trio.Cancelled:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(scope.cancel)
+        raise
 
 
 @dataclass
@@ -299,10 +323,7 @@ class Swarm:
         daemon's trio loop, from a download's own loop in a worker thread."""
         if self.node is None or self.node.trio_token is None:
             raise TufmeshError("no libp2p node to reach libp2p peers with")
-        token = self.node.trio_token
-        return await trio.to_thread.run_sync(
-            lambda: trio.from_thread.run(function, *args, trio_token=token)
-        )
+        return await in_loop(self.node.trio_token, function, *args)
 
     async def _query(self, client: Any, url: str, cid: str, scheduler: ChunkScheduler) -> bool:
         """Ask ``url`` for its have-record and feed it to ``scheduler``; False

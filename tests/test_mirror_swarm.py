@@ -365,3 +365,57 @@ def test_a_silent_neighbour_does_not_slow_the_queries_to_the_others() -> None:
     assert asked["honest"] >= 6, asked
     assert scheduler.fallback_open  # it did not wait for the silent one past its timeout
     assert any(scheduler.holds(s) == {0} for s in scheduler.sources)
+
+
+def test_a_call_into_the_nodes_loop_is_cancelled_there_with_its_caller() -> None:
+    """A download's call into the libp2p node's loop (another thread) ignored
+    its cancellation: a peer that never answered held the download for the
+    call's own timeouts (30 s), past the 3 s slow-retrieval limit, and held
+    a worker thread meanwhile."""
+    import threading
+
+    import trio
+
+    from tufmesh.mirror._swarm import in_loop
+
+    tokens: list[trio.lowlevel.TrioToken] = []
+    ready, stop = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    async def node_loop() -> None:
+        tokens.append(trio.lowlevel.current_trio_token())
+        ready.set()
+        while not stop.is_set():
+            await trio.sleep(0.01)
+
+    async def silent_peer(name: str) -> bytes:
+        try:
+            await trio.sleep(10)  # the call's own timeout
+        except trio.Cancelled:
+            seen.append(f"{name} cancelled in the node's loop")
+            raise
+        return b""
+
+    async def answering_peer(name: str) -> str:
+        await trio.sleep(0)
+        return f"{name} answered"
+
+    async def download() -> None:
+        assert await in_loop(tokens[0], answering_peer, "honest") == "honest answered"
+        start = trio.current_time()
+        with trio.move_on_after(0.5):
+            await in_loop(tokens[0], silent_peer, "silent")
+        assert trio.current_time() - start < 2
+        with trio.fail_after(2):
+            while not seen:
+                await trio.sleep(0.01)
+
+    node = threading.Thread(target=trio.run, args=(node_loop,))
+    node.start()
+    try:
+        assert ready.wait(10)
+        trio.run(download)
+    finally:
+        stop.set()
+        node.join(10)
+    assert seen == ["silent cancelled in the node's loop"]
