@@ -506,7 +506,7 @@ class OriginRepository(Repository):
         md.signatures.clear()
         self._md[role] = md  # root must be current for _role_keys of later roles
         for signer in self._enough_signers(role):
-            md.sign(signer, append=True)
+            _sign(md, signer, role)
         serializer = _PRETTY if role in ("root", "targets", DELEGATING_BINS) else _COMPACT
         self._bytes[role] = md.to_bytes(serializer)
         if role not in self._pending:
@@ -916,7 +916,7 @@ class OriginRepository(Repository):
                 md = self._md["root"]
                 for signer in old_root_signers:
                     if signer.public_key.keyid not in md.signatures:
-                        md.sign(signer, append=True)
+                        _sign(md, signer, "root")
                 self._bytes["root"] = md.to_bytes(_PRETTY)
             elif role not in ("snapshot", "timestamp"):
                 done += self._resign_role(role)
@@ -1049,3 +1049,19 @@ def _entry_size(target: TargetFile) -> int:
     """Bytes ``target`` adds to its bin's compact JSON: ``"path":{...},``."""
     entry = json.dumps(target.to_dict(), separators=(",", ":"), sort_keys=True)
     return len(json.dumps(target.path)) + len(entry) + 2
+
+
+def _sign(md: Metadata[Any], signer: Signer, role: str) -> None:
+    """Sign ``md`` with ``signer``, and check the signature with the public key
+    the metadata names: a signer URI paired with another key's public key
+    (a slip at a ceremony) made metadata that no client would accept, a new
+    root included, and the origin published it."""
+    signature = md.sign(signer, append=True)
+    try:
+        signer.public_key.verify_signature(signature, md.signed_bytes)
+    except Exception:  # UnverifiedSignatureError, or a key type it cannot check
+        keyid = signer.public_key.keyid
+        raise OriginError(
+            f"the signer given for {role} key {keyid[:16]} signs with another key: "
+            "check that each --signer and its --public-key are a pair"
+        ) from None

@@ -1007,3 +1007,62 @@ def test_a_failed_publication_tells_the_uploader_nothing_of_the_keys(
     assert "keys/bin-n.pem" in line
     key.write_bytes(good)
     assert trio.run(upload, "p-1.0.tar.gz").status_code == 200
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["file-key", "unchecked-signer"])
+@pytest.mark.parametrize("role", ["root", "timestamp", "bin-n"])
+def test_a_signer_paired_with_another_keys_public_key_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str, checked: bool
+) -> None:
+    """A ceremony's slip: the signer URI of one key, the public key of another.
+    A file key's loader refuses the pair; a KMS or HSM signer need not, and the
+    metadata named the one key and was signed by the other: no client would
+    follow it (a new root: every client stuck), and it was published."""
+    from securesystemslib.signer import Key, Signature, Signer
+
+    import tufmesh.origin._repository as module
+
+    class Unchecked(Signer):
+        """What a KMS signer may be: it signs with its key, whatever it is told."""
+
+        def __init__(self, inner: Signer, public_key: Key) -> None:
+            self.inner, self.named = inner, public_key
+
+        @property
+        def public_key(self) -> Key:
+            return self.named
+
+        def sign(self, payload: bytes) -> Signature:
+            return Signature(self.named.keyid, self.inner.sign(payload).signature)
+
+        @classmethod
+        def from_priv_key_uri(cls, *args: object, **kwargs: object) -> Signer:
+            raise NotImplementedError
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    assert repo.publish([stored(repo, "p/a-1.tar.gz", b"one")]) == [2]
+    before = sorted(p.name for p in (repo.dir / "metadata").iterdir())
+    timestamp = (repo.dir / "metadata" / "timestamp.json").read_bytes()
+    uri, held = generate_file_key(repo.dir, "held")
+    _, other = generate_file_key(repo.dir, "named")
+    if not checked:
+        real = module.load_signer
+
+        def unchecked(repo_dir: Path, signer_uri: str, public_key: Key) -> Signer:
+            if signer_uri != uri:
+                return real(repo_dir, signer_uri, public_key)
+            return Unchecked(real(repo_dir, signer_uri, held), public_key)
+
+        monkeypatch.setattr(module, "load_signer", unchecked)
+    expected = "private key does not match" if checked else "signs with another key: check that"
+    with pytest.raises(OriginError, match=expected):
+        repo.rotate(role, [(uri, other)])
+    monkeypatch.undo()
+    assert sorted(p.name for p in (repo.dir / "metadata").iterdir()) == before
+    assert (repo.dir / "metadata" / "timestamp.json").read_bytes() == timestamp
+    reopened = OriginRepository(repo.dir)
+    assert other.keyid not in reopened.keyids_in_use() and reopened.broken == []
+    assert reopened.publish([stored(reopened, "p/b-1.tar.gz", b"two")]) == [3]
+    client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    client.refresh()
+    assert client.get_targetinfo("p/b-1.tar.gz") is not None
