@@ -566,10 +566,20 @@ class ByteCounter:
             await trio.sleep(max(self._small_next - now, 0.0))
 
 
+#: Uploads in flight at once, per project and in all: each holds a temp
+#: file and a megabyte of buffer. Past these an upload waits, its body
+#: unread, up to UPLOAD_WAIT seconds for its turn, then gets a 503.
+MAX_PROJECT_UPLOADS: Final = 16
+MAX_UPLOADS: Final = 64
+UPLOAD_WAIT: Final = 30.0
+
+
 def build_app(service: OriginService) -> ByteCounter:
     """The ASGI application of one origin (counting the bytes it serves)."""
     store = service.store
     repo_config = service.repo_config
+    uploading: dict[str, int] = {}  # uploads in flight, per project
+    ended = [trio.Event()]  # set, and replaced, as an upload ends
 
     async def healthz(request: Request) -> Response:
         state = service.committer.state
@@ -603,6 +613,28 @@ def build_app(service: OriginService) -> ByteCounter:
         declared = request.headers.get("content-length")
         if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
             return _error(413, f"upload over the {limit}-byte limit")
+
+        def full() -> bool:
+            in_flight = uploading.get(project, 0)
+            return in_flight >= MAX_PROJECT_UPLOADS or sum(uploading.values()) >= MAX_UPLOADS
+
+        with trio.move_on_after(UPLOAD_WAIT):
+            while full():
+                await ended[0].wait()
+        if full():
+            busy = f"too many uploads at once (at most {MAX_PROJECT_UPLOADS} a project)"
+            return _error(503, busy, headers={"retry-after": "5"})
+        uploading[project] = uploading.get(project, 0) + 1
+        try:
+            return await _publish(request, project, filename, limit)
+        finally:
+            uploading[project] -= 1
+            if not uploading[project]:
+                del uploading[project]
+            ended[0].set()
+            ended[0] = trio.Event()
+
+    async def _publish(request: Request, project: str, filename: str, limit: int) -> Response:
         path = f"{project}/{filename}"
         outcome = await _store_body(request, limit)
         if isinstance(outcome, Response):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -1066,3 +1066,71 @@ def test_a_signer_paired_with_another_keys_public_key_publishes_nothing(
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
     client.refresh()
     assert client.get_targetinfo("p/b-1.tar.gz") is not None
+
+
+def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token holder's thousand parallel uploads each held a temp file and a
+    megabyte of buffer. Past the cap an upload waits, its body unread, and
+    past the wait it is told to come back; other projects are not held up."""
+    import httpx
+    import trio
+
+    import tufmesh.origin._server as server
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._signer import LocalCommitter
+
+    monkeypatch.setattr(server, "MAX_PROJECT_UPLOADS", 2)
+    monkeypatch.setattr(server, "UPLOAD_WAIT", 1.0)
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    tokens = {name: ProjectRegistry(repo.dir).add(name) for name in ("p", "q")}
+    service = OriginService(repo.dir, LocalCommitter(repo))
+    transport = httpx.ASGITransport(app=server.build_app(service))
+    release = trio.Event()
+    answers: dict[str, int] = {}
+
+    async def body(name: str, held: bool) -> AsyncIterator[bytes]:
+        yield name.encode()
+        if held:
+            await release.wait()
+        yield b" bytes"
+
+    async def upload(http: httpx.AsyncClient, project: str, name: str, held: bool) -> None:
+        answer = await http.post(
+            f"/api/v1/projects/{project}/files/{name}", content=body(name, held),
+            headers={"authorization": f"Bearer {tokens[project]}"},
+        )  # fmt: skip
+        answers[name] = answer.status_code
+        if answer.status_code == 503:
+            assert answer.headers["retry-after"] and "too many uploads" in answer.json()["error"]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            async with httpx.AsyncClient(transport=transport, base_url="http://origin") as http:
+                async with trio.open_nursery() as uploads:
+                    for i in range(2):  # the project's two slots, held
+                        uploads.start_soon(upload, http, "p", f"p-{i}.tar.gz", True)
+                    await trio.sleep(0.2)
+                    uploads.start_soon(upload, http, "p", "p-late.tar.gz", False)
+                    await upload(http, "q", "q-1.tar.gz", False)  # another project: at once
+                    assert answers == {"q-1.tar.gz": 200}
+                    await trio.sleep(1.5)
+                    assert answers["p-late.tar.gz"] == 503  # waited its second, in vain
+                    # One that waits less than that gets the slot freed meanwhile.
+                    uploads.start_soon(upload, http, "p", "p-next.tar.gz", False)
+                    await trio.sleep(0.3)
+                    release.set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert answers == {
+        "q-1.tar.gz": 200, "p-late.tar.gz": 503,
+        "p-0.tar.gz": 200, "p-1.tar.gz": 200, "p-next.tar.gz": 200,
+    }  # fmt: skip
+    published = OriginRepository(repo.dir)
+    assert (
+        published.find("p/p-next.tar.gz") is not None and published.find("p/p-late.tar.gz") is None
+    )
