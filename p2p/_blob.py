@@ -119,7 +119,9 @@ def decode_request(frame: bytes) -> BlobRequest:
     except (ValueError, KeyError, TypeError, AttributeError):
         raise BlobStreamError("malformed request") from None
     valid_numbers = all(type(n) is int for n in (offset, length))
-    if not isinstance(cid, str) or not valid_numbers or offset < 0 or not 0 < length <= MAX_RANGE:
+    if not isinstance(cid, str) or not valid_numbers or not 0 < length <= MAX_RANGE:
+        raise BlobStreamError("invalid request")
+    if not 0 <= offset < 1 << 62:  # os.pread takes a signed 64-bit offset
         raise BlobStreamError("invalid request")
     if type(patient) is not bool:
         raise BlobStreamError("invalid request")

@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -90,6 +90,13 @@ _BLOB_TIMEOUT: Final = 30.0
 #: who never read can hold: 8 x 16 MiB at most, 2 x 16 MiB per peer.
 MAX_ANSWERS: Final = 8
 MAX_ANSWERS_PER_PEER: Final = 2
+#: Incoming blob and have streams open at once, from one peer and in all:
+#: past these a new one is closed unread (a peer cannot open thousands of
+#: streams that each wait for a request).
+MAX_STREAMS_PER_PEER: Final = 16
+MAX_STREAMS: Final = 256
+#: A request (at most a kilobyte, or a have-query's 8 KiB) must arrive within this.
+_REQUEST_TIMEOUT: Final = 5.0
 
 
 def check_peer_address(address: str) -> str:
@@ -210,6 +217,7 @@ class P2PNode:
         self.peer_id = ""
         self.addrs: list[str] = []
         self._answering: dict[str, int] = {}  # blob ranges being answered, per peer
+        self._streams: dict[str, int] = {}  # incoming streams open, per peer
 
     def _identity(self) -> Any:
         from libp2p import load_identity, save_identity
@@ -312,24 +320,43 @@ class P2PNode:
                     if result is not None:
                         await result
 
+    @contextlib.contextmanager
+    def _stream_slot(self, stream: Any) -> Iterator[str | None]:
+        """The peer behind an incoming ``stream``, counted among the streams open
+        while the block runs; None (not counted) past the caps."""
+        peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
+        mine = self._streams.get(peer, 0)
+        if mine >= MAX_STREAMS_PER_PEER or sum(self._streams.values()) >= MAX_STREAMS:
+            yield None
+            return
+        self._streams[peer] = mine + 1
+        try:
+            yield peer
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
+
     async def _serve_blob(self, stream: Any) -> None:
         """Answer one ``/tufmesh/blob/1`` request (a peer that goes away mid-answer
         is its own problem: nothing to report)."""
         with contextlib.suppress(Exception):
             try:
-                with trio.move_on_after(_BLOB_TIMEOUT):
-                    await self._answer(stream)
+                with self._stream_slot(stream) as peer, trio.move_on_after(_BLOB_TIMEOUT):
+                    if peer is not None:
+                        await self._answer(stream, peer)
             finally:
                 await stream.close()
 
-    async def _answer(self, stream: Any) -> None:
+    async def _answer(self, stream: Any, peer: str) -> None:
         try:
-            prefix = await _read_exactly(stream, 2)
-            request = decode_request(prefix + await _read_exactly(stream, request_size(prefix) - 2))
+            with trio.fail_after(_REQUEST_TIMEOUT):
+                prefix = await _read_exactly(stream, 2)
+                size = request_size(prefix)
+                request = decode_request(prefix + await _read_exactly(stream, size - 2))
         except BlobStreamError:
             await stream.write(response_head(BAD_REQUEST, 0))
             return
-        peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
         mine = self._answering.get(peer, 0)
         uploads, chunk, now = self.uploads, (request.cid, request.offset), trio.current_time()
         verdict = "busy"
@@ -384,7 +411,9 @@ class P2PNode:
         """Answer one have-query (``/tufmesh/have/1``)."""
         with contextlib.suppress(Exception):
             try:
-                with trio.move_on_after(_BLOB_TIMEOUT):
+                with self._stream_slot(stream) as peer, trio.move_on_after(_REQUEST_TIMEOUT):
+                    if peer is None:
+                        return
                     size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
                     query = json.loads(await _read_exactly(stream, size))
                     assert self.have_source is not None

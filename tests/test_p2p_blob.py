@@ -41,6 +41,7 @@ def test_request_frames_round_trip_and_bad_ones_are_refused() -> None:
         frame + b"x",  # longer than announced
         b"\x00\x04null",
         encode_request(BlobRequest("x", -1, 10)),
+        encode_request(BlobRequest("x", 1 << 63, 10)),  # os.pread: OverflowError
         encode_request(BlobRequest("x", 0, 0)),
         encode_request(BlobRequest("x", 0, MAX_RANGE + 1)),
         b"\x00\x3a" + b'{"cid": "x", "offset": 0, "length": 1, "patient": "yes"}'.ljust(58),
@@ -110,7 +111,7 @@ def test_ranges_over_libp2p_share_the_servers_upload_slots_and_rate(tmp_path: Pa
 class Quitter(P2PNode):
     """A peer that announces a whole range, sends half of it, and hangs up."""
 
-    async def _answer(self, stream: Any) -> None:
+    async def _answer(self, stream: Any, peer: str) -> None:
         await stream.write(response_head(OK, 4096))
         await stream.write(b"x" * 2048)
 
@@ -118,7 +119,7 @@ class Quitter(P2PNode):
 class Silent(P2PNode):
     """A peer that takes the stream and never answers."""
 
-    async def _answer(self, stream: Any) -> None:
+    async def _answer(self, stream: Any, peer: str) -> None:
         with trio.CancelScope(shield=True):
             await trio.sleep(3)
 
@@ -239,3 +240,61 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
     from tufmesh.origin._seeding import SeedGate
 
     assert sorted(map(str, outcomes)) == sorted(map(str, [4096] * 3 + [("busy", SeedGate().retry)]))
+
+
+@pytest.mark.attack
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # py-libp2p's
+def test_streams_that_send_no_request_are_capped_and_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer opened streams by the thousand and sent nothing on them: each
+    waited 30 s for a request. Past 16 from one peer a stream is closed
+    unread, and each is closed once its request is late; others are served."""
+    from tufmesh.p2p._blob import HAVE_PROTOCOL, PROTOCOL
+
+    monkeypatch.setattr(node_module, "_REQUEST_TIMEOUT", 1.5)
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(1 << 16))
+    closed: list[float] = []
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=store.read_range, have_source=lambda query: {})  # fmt: skip
+        flooder = P2PNode(tmp_path / "f.key", topic, AnnouncementGate(root))
+        honest = P2PNode(tmp_path / "h.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(server.run)
+            await nursery.start(flooder.run)
+            await nursery.start(honest.run)
+            start = trio.current_time()
+
+            async def silent(protocol: str) -> None:
+                stream = await flooder._open(address, protocol)
+                try:
+                    with trio.fail_after(10):
+                        while await stream.read(1024):
+                            pass
+                except Exception:  # the end of the stream, in any of its forms
+                    pass
+                closed.append(trio.current_time() - start)
+
+            async with trio.open_nursery() as streams:
+                for i in range(17):
+                    streams.start_soon(silent, PROTOCOL if i % 2 else HAVE_PROTOCOL)
+                    await trio.sleep(0.02)
+                with trio.fail_after(5):
+                    while not closed:
+                        await trio.sleep(0.02)
+                assert closed[0] < 1.0  # the seventeenth, at once
+                # Another peer is served meanwhile.
+                data = await honest.fetch_range(address, cid, 0, 4096)
+                assert data == store.read_range(cid, 0, 4096)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert len(closed) == 17
+    assert all(1.0 <= t < 5.0 for t in closed[1:])  # each, once its request was late
