@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -459,6 +460,13 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) 
     from tufmesh.client._home import check_url
 
     origin_url = check_url(origin_url)
+    host = httpx.URL(origin_url).host
+    if origin_url.startswith("http://") and not _loopback(host):
+        click.echo(
+            f"warning: the upload token goes to {host} unencrypted (http://): "
+            "use https:// unless the network between is yours",
+            err=True,
+        )
     failures = 0
     token = token.strip()
     if not token or not token.isprintable() or not token.isascii():
@@ -486,3 +494,13 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) 
             )
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files were not published")
+
+
+def _loopback(host: str) -> bool:
+    """True for a name or address of this machine's loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -569,6 +569,14 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
                        "--token", "t", check=False)  # fmt: skip
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "URL" in proc.stderr, proc.stderr
+    # The token in clear to another machine is said (the missing file stops
+    # the command before anything is sent: no connection leaves this host).
+    for origin, warned in [("http://192.0.2.1:8080", True), ("https://192.0.2.1", False),
+                           ("http://localhost:1", False), ("http://[::1]:1", False)]:  # fmt: skip
+        proc = tufmesh("publish", str(tmp_path / "missing-1.0.tar.gz"), "--origin", origin,
+                       "--project", "x", "--token", "t", check=False)  # fmt: skip
+        assert proc.returncode == 1 and "no such file" in proc.stderr, proc.stderr
+        assert ("unencrypted" in proc.stderr) == warned, (origin, proc.stderr)
 
 
 def test_project_add_says_the_name_it_registered(repo: Path) -> None:
