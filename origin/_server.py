@@ -822,6 +822,11 @@ async def start_http(
     config.loglevel = "ERROR"  # ...and nothing else
     # Bodies stream to the store; this only bounds request heads (h11 default 16 KiB).
     config.h11_max_incomplete_size = 16 * 1024
+    # Hypercorn also speaks HTTP/2 here (h2c): it says the same bound on
+    # headers (advice: the h2 library does not enforce it), and allows a few
+    # streams per connection, not a hundred unread answers per socket.
+    config.h2_max_header_list_size = 16 * 1024
+    config.h2_max_concurrent_streams = 8
     # Also closes a connection that sends no request at all. (Hypercorn's
     # read_timeout is not for this: it runs during responses too, and would
     # cut every honest download that takes longer.)

@@ -102,3 +102,29 @@ def test_an_endless_request_head_is_cut_off_at_16_kib(tmp_path: Path) -> None:
         assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
 
     _serve(tmp_path, client)
+
+
+def test_http2_connections_say_the_same_bounds(tmp_path: Path) -> None:
+    """Hypercorn answers HTTP/2 with prior knowledge on the same port: it said
+    header lists of 64 KiB, and 100 streams (unread answers) per connection."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    async def client(connect: Connect, cid: str) -> None:
+        stream = await connect()
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        await stream.send_all(h2c.data_to_send())
+        with trio.fail_after(5):
+            while True:
+                events = h2c.receive_data(await stream.receive_some())
+                changed = [e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)]
+                if changed:
+                    break
+        said = {code: setting.new_value for code, setting in changed[0].changed_settings.items()}
+        assert said[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 8
+        assert said[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] == 16 * 1024
+
+    _serve(tmp_path, client)
