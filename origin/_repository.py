@@ -699,6 +699,35 @@ class OriginRepository(Repository):
         self._linked_dirs.add(directory)
         return True
 
+    def tidy(self) -> list[str]:
+        """Take back what a commit killed between its links and its timestamp
+        left behind (a failure that raises is undone at once): target links
+        and project pins that the published chain does not name. Run before
+        the first commit (the committer holds the repository's lock); returns
+        what it removed."""
+        links: dict[str, set[str]] = defaultdict(set)
+        blobs: dict[str, set[str]] = defaultdict(set)
+        for target in self.artifacts():
+            project, filename = target.path.split("/", 1)
+            links[project].add(f"{target.hashes['sha256']}.{filename}")
+            custom = target.unrecognized_fields.get("custom", {})
+            blobs[project].update(custom.get(key) for key in ("cid", "manifest"))
+        removed = []
+        directories = self.targets_dir.iterdir() if self.targets_dir.is_dir() else iter(())
+        for directory in sorted(directories):
+            if directory.is_dir() and not directory.is_symlink():
+                for link in sorted(directory.iterdir()):
+                    if link.name not in links.get(directory.name, ()):
+                        link.unlink()
+                        removed.append(f"targets/{directory.name}/{link.name}")
+        for name, cids in sorted(self.store.pins().items()):
+            project = name.removeprefix("project:")
+            stale = sorted(cids - blobs.get(project, set())) if name != project else []
+            if stale:
+                self.store.unpin(name, stale)
+                removed += [f"pin {name} {cid}" for cid in stale]
+        return removed
+
     def _pin(self, artifacts: Iterable[Artifact]) -> None:
         per_project: dict[str, set[str]] = defaultdict(set)
         for artifact in artifacts:

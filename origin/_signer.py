@@ -269,6 +269,14 @@ def main() -> None:
         _lock_repository(repo_dir)
         repo = OriginRepository(repo_dir)
         repo.check_online_keys()
+        tidied = repo.tidy()
+        if tidied:
+            print(
+                f"origin: took back {len(tidied)} links and pins of a commit cut short "
+                f"({', '.join(tidied[:3])}{', ...' if len(tidied) > 3 else ''})",
+                file=sys.stderr,
+                flush=True,
+            )
     except (OriginError, OSError) as exc:  # a read-only repository, say: one line
         reason = str(exc) if isinstance(exc, OriginError) else f"{exc.strerror}: {exc.filename}"
         stdout.write(_encode({"error": reason}))

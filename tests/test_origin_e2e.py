@@ -34,6 +34,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tufmesh.cas import BlobStore
+from tufmesh.origin import OriginRepository
 from tufmesh.origin._keys import generate_file_key
 
 
@@ -237,6 +238,13 @@ def test_kill_9_during_uploads_loses_no_acknowledged_upload(repo: Path) -> None:
             info = updater.get_targetinfo(target)
             assert info is not None, f"acknowledged {target} is missing"
             assert Path(updater.download_target(info)).read_bytes() == body
+        # What the commit cut short linked, and never published, is taken back.
+        published = {
+            f"{t.path.split('/')[0]}/{t.hashes['sha256']}.{t.path.split('/', 1)[1]}"
+            for t in OriginRepository(repo).artifacts()
+        }
+        linked = {str(p.relative_to(repo / "targets")) for p in (repo / "targets").rglob("*.bin")}
+        assert linked == published
         # The restarted origin accepts new uploads on top of the recovered state.
         assert post(restarted.url, "crash", "after-1.bin", b"after", token).status_code == 200
         assert tuf_download(restarted.url, repo, "crash/after-1.bin") == b"after"

@@ -1134,3 +1134,41 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
     assert (
         published.find("p/p-next.tar.gz") is not None and published.find("p/p-late.tar.gz") is None
     )
+
+
+def test_what_a_killed_commit_linked_and_pinned_is_taken_back_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill -9 between a commit's links and pins and its timestamp: the
+    link was served (immutable) for an artifact never published, and the pin
+    kept its bytes from the collector for ever."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    kept = stored(repo, "p/a-1.tar.gz", b"one" * 100)
+    assert repo.publish([kept]) == [2]
+    lost = stored(repo, "p/b-1.tar.gz", b"two" * 100)
+    other = stored(repo, "q/c-1.tar.gz", b"three" * 100)
+    fill_disk_at(monkeypatch, "timestamp.json")
+    monkeypatch.setattr(OriginRepository, "_undo", lambda *args: None)  # killed: no undo
+    with pytest.raises(OSError, match="No space"):
+        repo.publish([lost, other])
+    monkeypatch.undo()
+    assert (repo.dir / "targets" / "p" / f"{lost.sha256}.b-1.tar.gz").exists()
+    reopened = OriginRepository(repo.dir)
+    assert reopened.find("p/b-1.tar.gz") is None
+    tidied = reopened.tidy()
+    assert f"targets/p/{lost.sha256}.b-1.tar.gz" in tidied
+    assert f"targets/q/{other.sha256}.c-1.tar.gz" in tidied
+    assert f"pin project:p {lost.cid}" in tidied and f"pin project:q {other.cid}" in tidied
+    assert sorted(p.name for p in (repo.dir / "targets").rglob("*") if p.is_file()) == [
+        f"{kept.sha256}.a-1.tar.gz"
+    ]
+    assert reopened.store.pins() == {"project:p": frozenset({kept.cid, kept.manifest})}
+    assert reopened.tidy() == []  # nothing more
+    reopened.store.gc(grace_seconds=0)
+    assert not reopened.store.has(lost.cid) and reopened.store.has(kept.cid)
+    # The name is free: it was never published.
+    again = stored(reopened, "p/b-1.tar.gz", b"two" * 100)
+    assert reopened.publish([again]) == [3]
+    client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    client.refresh()
+    assert client.get_targetinfo("p/b-1.tar.gz") is not None
