@@ -37,12 +37,18 @@ from typing import IO, BinaryIO, Final, TypeAlias, final
 
 from tufmesh._durable import fsync_dir, locked, read_exactly, write_at
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
-from tufmesh.cas._manifest import DEFAULT_CHUNK_SIZE, Manifest, ManifestBuilder
+from tufmesh.cas._manifest import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_MANIFEST_BYTES,
+    Manifest,
+    ManifestBuilder,
+)
 from tufmesh.errors import (
     BlobNotFoundError,
     ChunkRejectedError,
     CorruptBlobError,
     DigestMismatchError,
+    ManifestError,
     PinError,
     StoreError,
 )
@@ -385,7 +391,10 @@ class BlobStore:
     def read(self, cid: str, *, verify: bool = True) -> bytes:
         """Return a whole blob; verified against its name unless ``verify=False``."""
         canonical, path = self._existing(cid)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # deleted (gc, fsck) since we looked
+            raise BlobNotFoundError(f"no blob {canonical} in the store") from None
         if verify and cid_from_sha256(hashlib.sha256(data).digest()) != canonical:
             raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
         return data
@@ -393,6 +402,8 @@ class BlobStore:
     def read_range(self, cid: str, offset: int, length: int) -> bytes | None:
         """Bytes ``offset .. offset+length-1`` of a stored blob, not verified (the
         reader checks them against a signed manifest); None if not stored or short."""
+        if not 0 <= offset < 1 << 62 or length < 0:
+            return None  # os.pread takes a signed 64-bit offset
         try:
             path = self._existing(cid)[1]
         except StoreError:
@@ -400,7 +411,13 @@ class BlobStore:
         return read_exactly(path, offset, length)
 
     def read_manifest(self, cid: str) -> Manifest:
-        """Load and verify the chunk manifest stored under ``cid``."""
+        """Load and verify the chunk manifest stored under ``cid`` (refused
+        unread if it is bigger than a manifest may be: the CID may name any blob)."""
+        size = self.stat(cid).size
+        if size > DEFAULT_MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"manifest of {size} bytes exceeds the {DEFAULT_MAX_MANIFEST_BYTES}-byte limit"
+            )
         return Manifest.decode(self.read(cid))
 
     def export(
@@ -450,15 +467,26 @@ class BlobStore:
 
     def verify(self, cid: str, *, progress: Progress | None = None) -> None:
         """Raise :class:`CorruptBlobError` unless the blob's bytes still match its name."""
+        canonical, intact, _ = self._hash(cid, progress)
+        if not intact:
+            raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
+
+    def _hash(self, cid: str, progress: Progress | None) -> tuple[str, bool, os.stat_result]:
+        """The canonical CID, whether the bytes match it, and the status of the
+        file read (for fsck: a blob stored again meanwhile is another file)."""
         canonical, path = self._existing(cid)
         sha = hashlib.sha256()
-        with open(path, "rb", buffering=0) as handle:
+        try:
+            handle = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        except FileNotFoundError:  # deleted (gc, fsck) since we looked
+            raise BlobNotFoundError(f"no blob {canonical} in the store") from None
+        with handle:
+            status = os.fstat(handle.fileno())
             for piece in _read_pieces(handle, self.config.buffer_size):
                 sha.update(piece)
                 if progress is not None:
                     progress(len(piece))
-        if cid_from_sha256(sha.digest()) != canonical:
-            raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
+        return canonical, cid_from_sha256(sha.digest()) == canonical, status
 
     def __iter__(self) -> Iterator[str]:
         """Yield the CID of every stored blob (in no particular order)."""
@@ -507,20 +535,32 @@ class BlobStore:
         report = FsckReport()
         for cid, path in list(self._scan(report.strays)):
             try:
-                self.verify(cid, progress=progress)
+                _, intact, status = self._hash(cid, progress)
             except BlobNotFoundError:
                 continue  # deleted while we were looking
-            except CorruptBlobError:
+            if not intact:
                 report.corrupt.append(cid)
-                if quarantine:
-                    target = self._quarantine / f"{cid}.{int(time.time())}"
-                    with contextlib.suppress(FileNotFoundError):
-                        os.replace(path, target)
-                        report.quarantined.append(cid)
+                if quarantine and self._quarantine_file(path, status):
+                    report.quarantined.append(cid)
             report.checked += 1
             with contextlib.suppress(FileNotFoundError):
                 report.bytes_checked += path.stat().st_size
         return report
+
+    def _quarantine_file(self, path: Path, corrupt: os.stat_result) -> bool:
+        """Move ``path`` aside if it is still the ``corrupt`` file: stored
+        again meanwhile (healed), it is a good copy, and stays."""
+        with self._lock(shared=False):  # no put renames a copy in meanwhile
+            try:
+                if not os.path.samestat(os.stat(path), corrupt):
+                    return False
+                os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
+            except FileNotFoundError:
+                return False
+            if self.config.fsync:
+                fsync_dir(path.parent)
+                fsync_dir(self._quarantine)
+        return True
 
     # -- pins and garbage collection ----------------------------------------
 

@@ -14,6 +14,7 @@ from tufmesh.errors import (
     CorruptBlobError,
     DigestMismatchError,
     InvalidCIDError,
+    ManifestError,
     PinError,
     StoreError,
 )
@@ -187,6 +188,62 @@ def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
     assert store.has(good)
     assert len(list((store.root / "quarantine").iterdir())) == 1
     assert store.fsck().corrupt == []
+
+
+def test_fsck_does_not_quarantine_a_copy_stored_again_while_it_looked(store: BlobStore) -> None:
+    """A put of the same bytes between fsck's hash and its move heals the blob:
+    fsck moved whatever was at the name by then, the good copy."""
+    store.put(DATA)
+    corrupt(store, CID)
+
+    def stored_again(_n: int) -> None:
+        if store.path(CID).read_bytes() != DATA:
+            store.put(DATA)  # another writer heals it mid-check
+
+    report = store.fsck(quarantine=True, progress=stored_again)
+    assert report.corrupt == [CID] and report.quarantined == []
+    store.verify(CID)
+    assert not list((store.root / "quarantine").iterdir())
+
+
+def test_a_blob_deleted_while_it_is_read_is_not_found_not_an_oserror(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc or fsck removing a blob between the look and the open let a bare
+    FileNotFoundError out, and one such blob stopped a whole fsck."""
+    store.put(DATA)
+    real = BlobStore._existing
+
+    def then_gone(self: BlobStore, cid: str) -> tuple[str, Path]:
+        found = real(self, cid)
+        found[1].unlink()
+        return found
+
+    monkeypatch.setattr(BlobStore, "_existing", then_gone)
+    for read in (store.read, store.verify):
+        store.put(DATA)
+        with pytest.raises(BlobNotFoundError):
+            read(CID)
+    store.put(DATA)
+    assert store.fsck().checked == 0  # gone meanwhile: skipped, not a crash
+
+
+def test_a_manifest_too_big_to_be_one_is_refused_unread(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any blob's CID may be named as a manifest (the committer reads the one
+    an upload names): a release of gigabytes was read into memory whole."""
+    big = store.put(bytes(9 << 20))
+    monkeypatch.setattr(store, "read", lambda *args, **kwargs: pytest.fail("read whole"))
+    with pytest.raises(ManifestError, match="exceeds the 8388608-byte limit"):
+        store.read_manifest(big)
+
+
+def test_read_range_past_any_file_is_none(store: BlobStore) -> None:
+    store.put(DATA)
+    assert store.read_range(CID, 1 << 63, 10) is None  # os.pread: OverflowError
+    assert store.read_range(CID, -1, 10) is None
+    assert store.read_range(CID, 0, 10) == DATA[:10]
 
 
 def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
