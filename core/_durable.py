@@ -8,13 +8,24 @@ crash, the path holds the old bytes or the new ones, never a mix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["fsync_dir", "hold_lock", "locked", "read_exactly", "write_at", "write_atomic"]
+__all__ = [
+    "fsync_dir",
+    "hard_link",
+    "hold_lock",
+    "locked",
+    "read_exactly",
+    "write_at",
+    "write_atomic",
+]
 
 
 @contextlib.contextmanager
@@ -65,14 +76,47 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     With ``sync_dir=False`` the caller fsyncs the directory itself, once for
     many files (see :func:`fsync_dir`).
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk, say: no temp file left for ever
+        raise
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def _temp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, this thread's own."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def hard_link(source: Path, link: Path) -> Literal["kept", "made", "replaced"]:
+    """Make ``link`` name the file that ``source`` names, atomically: "kept"
+    if it did, "made" if it was missing, "replaced" if it named another file
+    (the store holds the bytes anew: a quarantined blob fetched or uploaded
+    again, the old link still holding the corrupt copy). Past the
+    filesystem's limit of hard links to one file, a relative symlink."""
+    try:
+        if os.path.samestat(os.stat(link), os.stat(source)):
+            return "kept"
+        outcome: Literal["made", "replaced"] = "replaced"
+    except FileNotFoundError:  # no link (or a dangling symlink)
+        outcome = "replaced" if os.path.islink(link) else "made"
+    temp = _temp_name(link)
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError as exc:
+        if exc.errno != errno.EMLINK:
+            raise
+        os.symlink(os.path.relpath(source, link.parent), temp)
+    os.replace(temp, link)
+    return outcome
 
 
 def read_exactly(path: str | os.PathLike[str], offset: int, length: int) -> bytes | None:

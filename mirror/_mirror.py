@@ -19,7 +19,6 @@ next and will drive the same ``sync``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from typing import Any
 
 from tuf.api.metadata import Metadata
 
-from tufmesh._durable import fsync_dir, write_atomic
+from tufmesh._durable import fsync_dir, hard_link, write_atomic
 from tufmesh.cas import BlobStore, parse_cid
 from tufmesh.client import Client, SourceHealth
 from tufmesh.client._home import check_url, read_root
@@ -327,7 +326,7 @@ class Mirror:
             directory = self.tree / "targets" / entry.project
             directory.mkdir(parents=True, exist_ok=True)
             link = directory / f"{entry.sha256}.{entry.filename}"
-            _link(self.store.path(entry.cid), link)
+            hard_link(self.store.path(entry.cid), link)
             linked.add(link)
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
@@ -450,21 +449,6 @@ def servable(target: Any) -> Servable | None:
     if canonical != cid or hashes.get("sha256") != digest.hex():
         return None
     return Servable(cid, manifest, project, filename, digest.hex())
-
-
-def _link(blob: Path, link: Path) -> None:
-    """Make ``link`` a hard link to the store's ``blob``. A link to other bytes
-    is replaced: the store fetched a quarantined blob again (a new file), and
-    the old link still holds the corrupt one."""
-    try:
-        if os.path.samestat(link.stat(), blob.stat()):
-            return
-    except FileNotFoundError:
-        pass
-    temp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    os.link(blob, temp)
-    os.replace(temp, link)
 
 
 def _version(path: Path) -> int:

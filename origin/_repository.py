@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -58,7 +57,7 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
-from tufmesh._durable import fsync_dir, write_atomic
+from tufmesh._durable import fsync_dir, hard_link, write_atomic
 from tufmesh.cas import BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
     BinFullError,
@@ -681,38 +680,48 @@ class OriginRepository(Repository):
 
     def _link_target(self, artifact: Artifact) -> bool:
         """Make the target's link (:meth:`_target_link`) a hard link to the blob;
-        False if it existed (the name holds the hash: it has these bytes)."""
+        True if the link is new. One to another file is replaced (the store
+        holds the bytes anew: fsck quarantined the file the link held)."""
         dest = self._target_link(artifact)
         directory = dest.parent
         directory.mkdir(exist_ok=True)
-        blob = self.store.path(artifact.cid)
         try:
-            os.link(blob, dest)
-        except FileExistsError:
-            return False
+            # Past the filesystem's hard-link limit (65,000 on ext4: the same
+            # bytes under as many names), a symlink still keeps one copy.
+            outcome = hard_link(self.store.path(artifact.cid), dest)
         except OSError as exc:
-            if exc.errno != errno.EMLINK:
-                raise OriginError(f"{artifact.path}: cannot link it: {exc.strerror}") from None
-            # The same bytes under more names than the filesystem allows hard
-            # links (65,000 on ext4): a symlink still keeps one copy.
-            os.symlink(os.path.relpath(blob, directory), dest)
-        self._linked_dirs.add(directory)
-        return True
+            raise OriginError(f"{artifact.path}: cannot link it: {exc.strerror}") from None
+        if outcome != "kept":
+            self._linked_dirs.add(directory)
+        return outcome == "made"
 
     def tidy(self) -> list[str]:
         """Take back what a commit killed between its links and its timestamp
         left behind (a failure that raises is undone at once): target links
-        and project pins that the published chain does not name. Run before
-        the first commit (the committer holds the repository's lock); returns
-        what it removed."""
+        and project pins that the published chain does not name; and make
+        again the links of published artifacts that are lost or stale. Run
+        before the first commit (the committer holds the repository's lock);
+        returns what it changed."""
         links: dict[str, set[str]] = defaultdict(set)
         blobs: dict[str, set[str]] = defaultdict(set)
+        removed = []
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
-            links[project].add(f"{target.hashes['sha256']}.{filename}")
+            name = f"{target.hashes['sha256']}.{filename}"
+            links[project].add(name)
             custom = target.unrecognized_fields.get("custom", {})
             blobs[project].update(custom.get(key) for key in ("cid", "manifest"))
-        removed = []
+            # And the other way: a link lost, or left holding a quarantined
+            # file while the store holds the bytes anew, is made again.
+            cid = custom.get("cid")
+            if isinstance(cid, str) and self.store.has(cid):
+                (self.targets_dir / project).mkdir(parents=True, exist_ok=True)
+                if hard_link(self.store.path(cid), self.targets_dir / project / name) != "kept":
+                    self._linked_dirs.add(self.targets_dir / project)
+                    removed.append(f"relinked targets/{project}/{name}")
+        for directory in self._linked_dirs:
+            fsync_dir(directory)
+        self._linked_dirs.clear()
         directories = self.targets_dir.iterdir() if self.targets_dir.is_dir() else iter(())
         for directory in sorted(directories):
             if directory.is_dir() and not directory.is_symlink():

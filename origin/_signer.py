@@ -272,8 +272,9 @@ def main() -> None:
         tidied = repo.tidy()
         if tidied:
             print(
-                f"origin: took back {len(tidied)} links and pins of a commit cut short "
-                f"({', '.join(tidied[:3])}{', ...' if len(tidied) > 3 else ''})",
+                f"origin: tidied {len(tidied)} target links and pins that the published "
+                f"metadata disagreed with ({', '.join(tidied[:3])}"
+                f"{', ...' if len(tidied) > 3 else ''})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -419,3 +419,23 @@ def test_a_put_between_gcs_look_and_its_delete_is_not_lost(tmp_path: Path) -> No
     store.gc(grace_seconds=60)
     put.join(timeout=30)
     assert store.has(cid) and store.read(cid) == data
+
+
+def test_a_failed_atomic_write_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk in the middle of write_atomic left its temp file for ever."""
+    from tufmesh._durable import write_atomic
+
+    target = tmp_path / "state.json"
+    write_atomic(target, b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(target, b"new")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    assert target.read_bytes() == b"old"

@@ -1172,3 +1172,35 @@ def test_what_a_killed_commit_linked_and_pinned_is_taken_back_at_the_next_start(
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
     client.refresh()
     assert client.get_targetinfo("p/b-1.tar.gz") is not None
+
+
+def test_a_target_whose_blob_fsck_quarantined_is_linked_again_to_the_bytes_stored_anew(
+    tmp_path: Path,
+) -> None:
+    """fsck moves a corrupt blob aside; the target's hard link kept the corrupt
+    file, and an upload of the same bytes (or a start) never linked it again:
+    every client failed on that artifact for good."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    data = os.urandom(3000)
+    artifact = stored(repo, "p/a-1.tar.gz", data)
+    assert repo.publish([artifact]) == [2]
+    link = repo.dir / "targets" / "p" / f"{artifact.sha256}.a-1.tar.gz"
+    with open(repo.store.path(artifact.cid), "r+b") as blob:  # the disk flips a bit
+        blob.write(bytes([data[0] ^ 1]))
+    assert link.read_bytes() != data  # the same file
+    assert repo.store.fsck(quarantine=True).quarantined == [artifact.cid]
+    # The developer uploads it again: an idempotent success, and the link heals.
+    assert repo.publish([stored(repo, "p/a-1.tar.gz", data)]) == [2]
+    assert link.read_bytes() == data
+    # Or the bytes come back by other means (a restore): the next start heals.
+    with open(repo.store.path(artifact.cid), "r+b") as blob:
+        blob.write(bytes([data[0] ^ 1]))
+    repo.store.fsck(quarantine=True)
+    repo.store.put(data)
+    assert OriginRepository(repo.dir).tidy() == [f"relinked targets/p/{artifact.sha256}.a-1.tar.gz"]
+    assert link.read_bytes() == data
+    updater = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    updater.refresh()
+    info = updater.get_targetinfo("p/a-1.tar.gz")
+    assert info is not None
+    info.verify_length_and_hashes(link.read_bytes())
