@@ -91,8 +91,9 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
 
 
 def _temp_name(path: Path) -> Path:
-    """A temporary name beside ``path``, this thread's own."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    """A temporary name beside ``path``, this thread's own (and within the
+    255 bytes a name may have, however long ``path``'s own is)."""
+    return path.with_name(f".{path.name[:64]}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
 def hard_link(source: Path, link: Path) -> Literal["kept", "made", "replaced"]:
