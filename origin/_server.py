@@ -383,7 +383,10 @@ def tree_routes(
                 # A failed If-Range turns a range request into the whole file,
                 # unverified chunks and all.
                 return _error(404, f"{cid} is still arriving: ranges only, without If-Range")
-            again = functools.partial(_stored, store, cid)  # if it completes meanwhile
+            # If it completes meanwhile: renamed (the partial's next path),
+            # then stored (by then no longer partial).
+            arriving = functools.partial(partial, cid, *span)
+            again = lambda: arriving() or _stored(store, cid)  # noqa: E731
         if (
             gate is not None
             and span is not None
