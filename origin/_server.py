@@ -376,7 +376,10 @@ def tree_routes(
         except StoreError as exc:
             # A blob still arriving (a mirror): the range, if every chunk in it
             # is verified. A file gone meanwhile completed: asked again, it is stored.
-            path = partial(cid, *span) if partial is not None and span is not None else None
+            if partial is None or span is None:
+                return _error(404, str(exc))
+            arriving = functools.partial(partial, cid, span[0], span[1])
+            path = arriving()
             if path is None or not path.is_file():
                 return _error(404, str(exc))
             if "if-range" in request.headers:
@@ -385,7 +388,6 @@ def tree_routes(
                 return _error(404, f"{cid} is still arriving: ranges only, without If-Range")
             # If it completes meanwhile: renamed (the partial's next path),
             # then stored (by then no longer partial).
-            arriving = functools.partial(partial, cid, *span)
             again = lambda: arriving() or _stored(store, cid)  # noqa: E731
         if (
             gate is not None
