@@ -43,8 +43,11 @@ def _step(text: str) -> None:
 @click.option("--keep", is_flag=True, help="Keep the demo directory instead of deleting it.")
 def demo(size: int, keep: bool) -> None:
     """Run an origin, three mirrors and a verified download on this machine."""
-    if size < 1:
-        raise UsageError("--size: the demo needs an artifact of at least one byte")
+    if size < _MIN_SIZE:
+        raise UsageError(
+            f"--size: the demo takes at least {format_size(_MIN_SIZE)}: eight 1 MiB chunks, "
+            "so that the download asks every mirror, the corrupt one too"
+        )
     if size > _MAX_SIZE:
         raise UsageError(f"--size: the demo takes at most {format_size(_MAX_SIZE)}")
     work = Path(tempfile.mkdtemp(prefix="tufmesh-demo-"))
@@ -63,6 +66,8 @@ def demo(size: int, keep: bool) -> None:
                 signal.signal(signal.SIGINT, previous)
 
 
+#: Eight chunks at least: the download asks each source for two at a time.
+_MIN_SIZE: Final = 8 << 20
 #: Five copies of it go on disk (the origin, three mirrors, the download).
 _MAX_SIZE: Final = 4 << 30
 
@@ -142,8 +147,8 @@ def _run(work: Path, size: int) -> None:
 
         _step("tufmesh get, from the three mirrors only")
         home = work / "client"
-        # Mirror 3 first: a new client knows nothing of its sources, so the
-        # corrupt mirror gets the first requests.
+        # The download asks its sources two chunks at a time each, the fastest
+        # first: with eight chunks or more (_MIN_SIZE), all three are asked.
         init = ["client", "init", str(root), "--home", str(home), "--origin", mirrors[2]]
         for url in mirrors[:2]:
             init += ["--mirror", url]

@@ -13,7 +13,7 @@ from typing import Final
 
 import trio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from tuf.api.metadata import Metadata, Root
@@ -62,6 +62,8 @@ def build_mirror_app(
             # would only hold a connection.
             with trio.move_on_after(QUERY_TIMEOUT) as deadline:
                 body = await read_at_most(request.stream(), MAX_QUERY)
+        except ClientDisconnect:  # the asker gave up: nobody reads an answer
+            return Response(status_code=400)
         except ValueError:
             return JSONResponse({"error": f"a have-query is {MAX_QUERY} bytes at most"}, 413)
         if deadline.cancelled_caught:

@@ -40,8 +40,14 @@ from tufmesh.mirror._swarm import QUERY_TIMEOUT
 
 @contextmanager
 def mirror_process(
-    directory: Path, root: Path, origin: str, *extra: str, env: dict[str, str] | None = None
+    directory: Path,
+    root: Path,
+    origin: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    log: list[str] | None = None,
 ) -> Iterator[str]:
+    """A ``tufmesh mirror run`` process; its URL. ``log`` gets its stderr at the end."""
     args = [TUFMESH, "mirror", "run", "--dir", str(directory), "--root", str(root),
             "--origin", origin, "--http-port", "0", *extra]  # fmt: skip
     if "--poll" not in extra:
@@ -57,7 +63,9 @@ def mirror_process(
         yield line.rsplit(" on ", 1)[1].strip()
     finally:
         proc.terminate()
-        proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
+        if log is not None:
+            log.append(err)
 
 
 def wait_for(url: str, version: int, deadline: float = 60) -> dict:
@@ -627,9 +635,10 @@ def test_malformed_requests_get_answers_not_server_errors(tmp_path: Path) -> Non
     def raw(text: str) -> bytes:  # a header as a server decodes it: latin-1
         return text.encode("latin-1", "ignore")
 
+    log: list[str] = []
     with running(repo) as origin:
         release = post(origin.url, "demo", "demo-1.0.tar.gz", os.urandom(3 << 20), token).json()
-        with mirror_process(tmp_path / "m", root, origin.url) as url:
+        with mirror_process(tmp_path / "m", root, origin.url, log=log) as url:
             wait_for(url, release["snapshot_version"])
             cid = _cid(repo)
             have = [b"", b"{", b"[]", b'{"cids": 5}', b'{"cids": [5, null], "from": 7}',
@@ -669,6 +678,13 @@ def test_malformed_requests_get_answers_not_server_errors(tmp_path: Path) -> Non
                 answer = slow.recv(200)
                 assert answer.startswith(b"HTTP/1.1 408"), answer
                 assert time.monotonic() - started < QUERY_TIMEOUT + 5
+            # One whose asker hangs up mid-body (a have-query given up on).
+            with socket.create_connection((host, int(port)), timeout=10) as gone:
+                gone.sendall(b"POST /have HTTP/1.1\r\nHost: m\r\nContent-Length: 8000\r\n\r\n{")
+            wait_for(url, release["snapshot_version"])  # still serving
+    # ...and not one of these left a traceback in the mirror's log (a client
+    # that hung up mid-query did: Starlette's ClientDisconnect).
+    assert "Traceback" not in log[0], log[0]
 
 
 def test_a_bug_in_a_sync_is_reported_and_the_daemon_keeps_serving(
