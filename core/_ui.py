@@ -85,6 +85,10 @@ def fail_on_errors() -> Iterator[None]:
     """Turn expected errors into one clear line and exit status 1."""
     try:
         yield
+    except BrokenPipeError:
+        # The reader (``| head``) has what it wanted: click's own handling
+        # ends the command quietly (status 1), not "Error: Broken pipe".
+        raise
     except (TufmeshError, OSError) as exc:
         raise click.ClickException(_one_line(exc)) from None
     except BaseExceptionGroup as group:  # raised through a trio nursery

@@ -45,3 +45,20 @@ def test_exit_handlers_still_run(tmp_path: Path) -> None:
         f"atexit.register(lambda: open({str(mark)!r}, 'w').write('ran')); _leave(0)"
     )
     assert proc.returncode == 0 and mark.read_text() == "ran"
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``tufmesh origin status | head -1`` said "Error: Broken pipe"."""
+    from tests.helpers.origin import init_repo
+    from tufmesh._procs import TUFMESH
+
+    repo = init_repo(tmp_path / "repo")
+    proc = subprocess.Popen(
+        [*TUFMESH, "origin", "status", "--dir", str(repo)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it writes a line
+    with proc.stderr:
+        assert proc.wait(timeout=60) == 1
+        assert proc.stderr.read() == ""
