@@ -373,6 +373,14 @@ def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
     """Why a source did not serve a metadata file, in a few words."""
     if isinstance(exc, DownloadHTTPError):
         return f"HTTP {exc.status_code}"
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return "cannot resolve its host name"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        # Not urllib3's text, which names its connection class and host again.
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot connect ({cause.strerror.lower()})"
+        return "cannot connect"
     return str(exc) or type(exc).__name__
 
 

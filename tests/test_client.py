@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -580,3 +581,18 @@ def test_chunks_that_match_a_signed_manifest_of_other_bytes_are_not_kept(
             with pytest.raises(ClientError):
                 client.download(BIG, out)
         assert not (out / "demo-1.0.tar.gz").exists()
+
+
+def test_a_source_that_cannot_be_reached_is_said_so_in_plain_words(tmp_path: Path) -> None:
+    """It was "DeadlineHTTPConnection(host='127.0.0.1', port=9): Failed to
+    establish a new connection: [Errno 111] Connection refused"."""
+    repo = init_repo(tmp_path / "repo")
+    root = (repo / "metadata" / "1.root.json").read_bytes()
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        with Client(tmp_path / "c", root, [url], **FAST) as client:
+            with pytest.raises(SourcesFailedError) as failed:
+                client.refresh()
+    assert f"{url}: cannot connect (connection refused)" in str(failed.value)
+    assert "HTTPConnection" not in str(failed.value)
