@@ -12,7 +12,7 @@ import click
 
 from tufmesh._ui import SIZE, Group, data_home, format_size, progress_bar
 from tufmesh.cas._store import BlobStore
-from tufmesh.errors import CorruptBlobError, UsageError
+from tufmesh.errors import BlobNotFoundError, CorruptBlobError, UsageError
 
 __all__ = ["cas"]
 
@@ -128,23 +128,26 @@ def verify(store: BlobStore, cids: tuple[str, ...]) -> None:
 
 
 @cas.command()
-@click.option("--quarantine", is_flag=True, help="Move corrupt blobs to quarantine/.")
+@click.option(
+    "--quarantine", is_flag=True, help="Move corrupt blobs and stray files to quarantine/."
+)
 @pass_store
 def fsck(store: BlobStore, quarantine: bool) -> None:
     """Verify the whole store and report corrupt blobs and stray files."""
-    total = sum(store.stat(cid).size for cid in store)
+    total = sum(_size(store, cid) for cid in store)
     with progress_bar("fsck", total) as advance:
         report = store.fsck(quarantine=quarantine, progress=advance)
-    for cid in report.corrupt:
-        moved = " (quarantined)" if cid in report.quarantined else ""
-        click.echo(f"CORRUPT\t{cid}{moved}")
-    for stray in report.strays:
-        click.echo(f"STRAY\t{stray}")
+    for kind, names in (("CORRUPT", report.corrupt), ("STRAY", report.strays)):
+        for name in names:
+            moved = " (quarantined)" if name in report.quarantined else ""
+            click.echo(f"{kind}\t{name}{moved}")
     click.echo(
         f"checked {report.checked} blobs, {format_size(report.bytes_checked)}: "
         f"{len(report.corrupt)} corrupt, {len(report.strays)} stray"
     )
     if not report.ok:
+        if not quarantine:
+            click.echo("run 'tufmesh cas fsck --quarantine' to move them aside", err=True)
         raise click.exceptions.Exit(1)
 
 
@@ -199,3 +202,11 @@ def manifest(store: BlobStore, file: str, chunk_size: int) -> None:
     click.echo(f"chunks\t{built.count}")
     click.echo(f"chunk-size\t{built.chunk_size}")
     click.echo(f"blob\t{cid}")
+
+
+def _size(store: BlobStore, cid: str) -> int:
+    """A blob's size; 0 if it went meanwhile (a gc, an fsck of another process)."""
+    try:
+        return store.stat(cid).size
+    except BlobNotFoundError:
+        return 0

@@ -531,7 +531,8 @@ class BlobStore:
                 fsync_dir(path.parent)
 
     def fsck(self, *, quarantine: bool = False, progress: Progress | None = None) -> FsckReport:
-        """Verify every blob; report (and optionally quarantine) the corrupt ones."""
+        """Verify every blob; report (and optionally move to quarantine) the
+        corrupt ones and the stray files (names that are not a blob's)."""
         report = FsckReport()
         for cid, path in list(self._scan(report.strays)):
             try:
@@ -545,14 +546,22 @@ class BlobStore:
             report.checked += 1
             with contextlib.suppress(FileNotFoundError):
                 report.bytes_checked += path.stat().st_size
+        if quarantine:
+            for stray in report.strays:
+                try:
+                    status = os.lstat(self.root / stray)
+                except FileNotFoundError:
+                    continue
+                if self._quarantine_file(self.root / stray, status):
+                    report.quarantined.append(stray)
         return report
 
     def _quarantine_file(self, path: Path, corrupt: os.stat_result) -> bool:
-        """Move ``path`` aside if it is still the ``corrupt`` file: stored
-        again meanwhile (healed), it is a good copy, and stays."""
+        """Move ``path`` aside if it is still the ``corrupt`` file (or stray):
+        a blob stored again meanwhile (healed) is a good copy, and stays."""
         with self._lock(shared=False):  # no put renames a copy in meanwhile
             try:
-                if not os.path.samestat(os.stat(path), corrupt):
+                if not os.path.samestat(os.lstat(path), corrupt):
                     return False
                 os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
             except FileNotFoundError:

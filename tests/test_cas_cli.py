@@ -161,7 +161,7 @@ def test_version_and_help() -> None:
 @pytest.mark.slow
 def test_demo_runs_and_verifies() -> None:
     proc = subprocess.run(
-        [TUFMESH, "demo", "--size", "6MiB"], capture_output=True, text=True, timeout=300
+        [TUFMESH, "demo", "--size", "8MiB"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every byte was verified, and the corrupt mirror was caught" in proc.stdout
