@@ -128,7 +128,9 @@ def status(mirror_dir: Path) -> None:
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
     state = replica.state() if replica is not None else {}
     if replica is None:
-        raise TufmeshError(f"{mirror_dir} has not synced yet (is it a mirror directory?)")
+        if (mirror_dir / "mirror.json").is_file():
+            raise TufmeshError(f"{mirror_dir} is a mirror whose first sync has not completed yet")
+        raise TufmeshError(f"{mirror_dir} is not a mirror's directory (no mirror.json)")
     if not state:
         raise TufmeshError(
             f"{replica.state_file} cannot be read or is damaged; "
@@ -143,7 +145,9 @@ def status(mirror_dir: Path) -> None:
     if p2p.exists():
         click.echo(f"p2p address\t{p2p.read_text().strip()}")
     click.echo(f"snapshot version\t{state.get('snapshot_version', 0)}")
-    click.echo(f"artifacts\t{last.get('artifacts', 0)}")
+    targets = mirror_dir / "tree" / "targets"
+    served = sum(1 for path in targets.rglob("*") if path.is_file()) if targets.is_dir() else 0
+    click.echo(f"artifacts served\t{served}")
     click.echo(f"blobs\t{len(blobs)}, {format_size(size)}")
     click.echo(f"syncs\t{state.get('syncs', 0)} ({state.get('sync_failures', 0)} failed)")
     if "last_sync_at" in state:
@@ -151,7 +155,10 @@ def status(mirror_dir: Path) -> None:
     if "p2p_peers" in state:
         behind = max(0, state.get("newest_announced", 0) - state.get("timestamp_version", 0))
         click.echo(f"p2p peers\t{state['p2p_peers']}")
-        click.echo(f"lag\t{behind} timestamp version(s) behind the newest announcement")
+        if state["p2p_peers"]:
+            click.echo(f"lag\t{behind} timestamp version(s) behind the newest announcement")
+        else:
+            click.echo("lag\tunknown: no p2p peer to hear announcements from (the poll still runs)")
     if last.get("error"):
         click.echo(f"last error\t{last['error']}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):

@@ -95,6 +95,8 @@ MAX_ANSWERS_PER_PEER: Final = 2
 #: streams that each wait for a request).
 MAX_STREAMS_PER_PEER: Final = 16
 MAX_STREAMS: Final = 256
+#: Seconds between tries to reach the bootstrap peers a node has lost.
+REDIAL: Final = 30.0
 #: A request (at most a kilobyte, or a have-query's 8 KiB) must arrive within this.
 _REQUEST_TIMEOUT: Final = 5.0
 
@@ -305,20 +307,42 @@ class P2PNode:
                 )
             self.peer_id = str(host.get_id())
             task_status.started(self.addrs)
-            while True:
-                # Only messages the gate accepted get here (it ran as the
-                # topic validator, before delivery and before relaying).
-                subscription = self._subscription
-                try:
-                    message = await subscription.get()
-                except trio.EndOfChannel:
-                    if subscription is self._subscription:
-                        return  # closed, not moved: the node is stopping
-                    continue  # the topic moved (follow_root): read the new one
-                if self.on_announcement is not None:
-                    result = self.on_announcement(bytes(message.data))
-                    if result is not None:
-                        await result
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._redial, host, info_from_p2p_addr)
+                await self._deliver()
+                tasks.cancel_scope.cancel()
+
+    async def _deliver(self) -> None:
+        """Hand each announcement to ``on_announcement`` until the node stops."""
+        while True:
+            # Only messages the gate accepted get here (it ran as the topic
+            # validator, before delivery and before relaying).
+            subscription = self._subscription
+            try:
+                message = await subscription.get()
+            except trio.EndOfChannel:
+                if subscription is self._subscription:
+                    return  # closed, not moved: the node is stopping
+                continue  # the topic moved (follow_root): read the new one
+            if self.on_announcement is not None:
+                result = self.on_announcement(bytes(message.data))
+                if result is not None:
+                    await result
+
+    async def _redial(self, host: Any, info_from_p2p_addr: Any) -> None:
+        """Dial again, now and then, the bootstrap peers this node is not
+        connected to: a restarted origin is otherwise heard of again only
+        when some peer dials us, and gossip waits for the HTTP poll."""
+        import multiaddr
+
+        while True:
+            await trio.sleep(REDIAL)
+            connected = {str(peer) for peer in host.get_connected_peers()}
+            for address in self.bootstrap:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+                if str(info.peer_id) not in connected:
+                    with trio.move_on_after(10), contextlib.suppress(Exception):
+                        await host.connect(info)
 
     @contextlib.contextmanager
     def _stream_slot(self, stream: Any) -> Iterator[str | None]:

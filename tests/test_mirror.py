@@ -115,16 +115,28 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         assert replica.store.fsck().ok
         assert replica.state()["snapshot_version"] >= second["snapshot_version"]
     status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
-    assert "snapshot version" in status and "artifacts\t2" in status
+    assert "snapshot version" in status and "artifacts served\t2" in status
     typo = tufmesh("mirror", "status", "--dir", str(tmp_path / "m3"), check=False)
-    assert typo.returncode == 1 and "has not synced yet" in typo.stderr
+    assert typo.returncode == 1 and "is not a mirror's directory" in typo.stderr
     assert not (tmp_path / "m3").exists()  # asking created nothing
+    (tmp_path / "m4").mkdir()  # a mirror in its first sync
+    (tmp_path / "m4" / "mirror.json").write_bytes((tmp_path / "m2" / "mirror.json").read_bytes())
+    first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
+    assert first.returncode == 1 and "first sync has not completed yet" in first.stderr
+    # A failed sync: what the mirror serves is still counted (it said 0).
+    state = Mirror(tmp_path / "m2").state()
+    failed = state | {"last_sync": {"artifacts": 0, "error": "the origin is down"}}
+    (tmp_path / "m2" / "state.json").write_text(json.dumps(failed))
+    after = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
+    assert after.returncode == 1 and "artifacts served\t2" in after.stdout
+    assert "last error\tthe origin is down" in after.stdout
+    (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
     # Entries of the wrong type (a hand edit): left out, the rest still shown.
     state = Mirror(tmp_path / "m2").state()
     state |= {"syncs": "many", "bytes_fetched_by_source": {"x": "lots"}, "last_sync_at": None}
     (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
     mistyped = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"))
-    assert "syncs\t0" in mistyped.stdout and "artifacts\t2" in mistyped.stdout
+    assert "syncs\t0" in mistyped.stdout and "artifacts served\t2" in mistyped.stdout
     (tmp_path / "m2" / "state.json").write_text("[]")
     damaged = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
     assert (

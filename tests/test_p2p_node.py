@@ -138,3 +138,51 @@ def test_a_node_follows_the_repository_to_its_new_topic_after_a_root_rotation(
     trio.run(main)
     gc.collect()
     assert AnnouncementGate(new_root).check(received[0]).version == 60
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_a_node_dials_its_bootstrap_peer_again_after_it_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror bootstrapped to the origin lost it when the origin restarted,
+    and heard no announcement more until its HTTP poll."""
+    import tufmesh.p2p._node as node_module
+
+    monkeypatch.setattr(node_module, "REDIAL", 0.5)
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    root = repo.root()
+    topic = topic_for(root)
+    received: list[bytes] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            origin = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root))
+            async with trio.open_nursery() as first_life:
+                (address, *_) = await first_life.start(origin.run)
+                mirror = P2PNode(tmp_path / "mirror.key", topic, AnnouncementGate(root),
+                                 bootstrap=[address], on_announcement=received.append)  # fmt: skip
+                await nursery.start(mirror.run)
+                await trio.sleep(1.0)
+                assert mirror.peer_count() == 1
+                first_life.cancel_scope.cancel()  # the origin stops...
+            with trio.fail_after(10):
+                while mirror.peer_count():
+                    await trio.sleep(0.1)
+            # ...and starts again: the same identity, the same port.
+            port = int(address.split("/tcp/")[1].split("/")[0])
+            again = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root), port=port)
+            await nursery.start(again.run)
+            with trio.fail_after(15):
+                while mirror.peer_count() == 0:
+                    await trio.sleep(0.1)
+            await trio.sleep(2.5)  # mesh formation: 1 s heartbeats
+            await again.announce(timestamp(repo, version=70))
+            with trio.fail_after(10):
+                while not received:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert AnnouncementGate(root).check(received[0]).version == 70
