@@ -292,7 +292,8 @@ def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
     """
     repo = _ceremony(repo_dir)
     _report(repo, _on_disk(lambda: repo.resign(roles)))
-    _retired(repo, "", repo.retire_signers())  # e.g. a rotation this ceremony finished
+    places = _signer_uris(repo)
+    _retired(repo, "", repo.retire_signers(), places)  # e.g. a rotation this ceremony finished
 
 
 @origin.command()
@@ -348,6 +349,7 @@ def rotate(
     generated: list[Path] = []
     label = "bin-*" if role == "bin-n" else role
     old = next(row.keyids for row in repo.status() if row.role.split(" ")[0] == label)
+    places = _signer_uris(repo)  # where the old keys are, to say so once they are retired
     try:
         for _ in range(new_keys if new_keys is not None else 0 if uris else 1):
             n = 1
@@ -368,15 +370,28 @@ def rotate(
         click.echo(f"generated keys/{path.name}")
     _report(repo, done)
     in_use = repo.keyids_in_use()  # a key may serve another role too: not retired then
-    _retired(repo, f"{role} ", [k for k in old if k not in in_use] + repo.retire_signers())
+    retired = [k for k in old if k not in in_use] + repo.retire_signers()
+    _retired(repo, f"{role} ", retired, places)
 
 
-def _retired(repo: OriginRepository, what: str, keyids: list[str]) -> None:
+def _retired(repo: OriginRepository, what: str, keyids: list[str], uris: dict[str, str]) -> None:
+    """Say which keys no role names any more, and where each is (``uris``: the
+    signer URIs by key id, as configured before they were retired)."""
     if keyids:
         click.echo(
             f"  retired {what}keys {', '.join(k[:12] for k in dict.fromkeys(keyids))}: no role "
-            "names them any more; destroy them (file keys: their .pem under keys/)"
+            "names them any more; destroy them:"
         )
+        for keyid in dict.fromkeys(keyids):
+            uri = uris.get(keyid, "")
+            scheme, _, rest = uri.partition(":")
+            where = str(repo.dir / rest) if scheme in ("file", "file2") else uri
+            click.echo(f"    {keyid[:12]}  {where or '(not configured here)'}")
+
+
+def _signer_uris(repo: OriginRepository) -> dict[str, str]:
+    """Every configured signer URI, by key id."""
+    return {k: uri for keys in repo.config.signers.values() for k, uri in keys.items()}
 
 
 def _on_disk(operation: Callable[[], T]) -> T:

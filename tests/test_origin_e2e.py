@@ -431,6 +431,8 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
                       "--threshold", "2").stdout  # fmt: skip
     assert "generated keys/root-2.pem" in doubled and "generated keys/root-3.pem" in doubled
     assert "retired root keys" in doubled
+    said = doubled.split("retired root keys")[1]  # where the key to destroy is
+    assert f"{repo}/keys/root-" in said and ".pem" in said, doubled
     weaker = tufmesh("origin", "rotate", "--dir", str(repo), "root", check=False)
     assert weaker.returncode == 1 and "threshold of 2" in weaker.stderr
     assert not (repo / "keys" / "root-4.pem").exists()  # the unused new key is not left behind
@@ -468,6 +470,7 @@ def test_a_key_two_roles_share_is_not_retired_with_one_of_them(tmp_path: Path) -
     assert "retired" not in out, out  # bins still signs with it
     out = tufmesh("origin", "rotate", "--dir", str(repo), "bins").stdout
     assert "retired bins keys" in out, out  # now nothing names it
+    assert str(tmp_path / "keys" / "shared.pem") in out, out  # ...and where it is
 
 
 def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
