@@ -467,10 +467,8 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
     "--origin", "origin_url", required=True, help="Origin URL, e.g. http://127.0.0.1:8080"
 )
 @click.option("--project", required=True, help="Project to publish to.")
-@click.option(
-    "--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token [env TUFMESH_TOKEN]."
-)
-def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) -> None:
+@click.option("--token", envvar="TUFMESH_TOKEN", help="Upload token [env TUFMESH_TOKEN].")
+def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str | None) -> None:
     """Publish FILES to a project on an origin; one line per file."""
     from tufmesh.client._home import check_url
 
@@ -483,6 +481,11 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str) 
             err=True,
         )
     failures = 0
+    if token is None:
+        raise UsageError(
+            "an upload token is needed: --token, or TUFMESH_TOKEN in the environment "
+            "(`tufmesh origin project add` printed it)"
+        )
     token = token.strip()
     if not token or not token.isprintable() or not token.isascii():
         raise UsageError("--token: an upload token is one line of printable text")

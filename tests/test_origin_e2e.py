@@ -580,6 +580,10 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
                        "--token", "t", check=False)  # fmt: skip
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "URL" in proc.stderr, proc.stderr
+    untokened = tufmesh("publish", str(artifact), "--origin", "http://127.0.0.1:1",
+                        "--project", "x", check=False,
+                        env={k: v for k, v in os.environ.items() if k != "TUFMESH_TOKEN"})  # fmt: skip
+    assert untokened.returncode == 1 and "TUFMESH_TOKEN" in untokened.stderr, untokened.stderr
     # The token in clear to another machine is said (the missing file stops
     # the command before anything is sent: no connection leaves this host).
     for origin, warned in [("http://192.0.2.1:8080", True), ("https://192.0.2.1", False),
