@@ -11,7 +11,7 @@ import click
 from tufmesh._ui import Group, data_home, format_size, progress_bar
 from tufmesh.client._client import Client
 from tufmesh.client._home import ClientHome
-from tufmesh.errors import NotInMetadataError, UsageError
+from tufmesh.errors import NotInMetadataError, TufmeshError, UsageError
 
 __all__ = ["client", "get", "ls"]
 
@@ -42,8 +42,15 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
     path = _home(home).path
     anchor = path / "root.json"
     before = anchor.read_bytes() if anchor.is_file() else None
+    try:
+        earlier = _home(home).sources() if before is not None else []
+    except TufmeshError:  # a damaged configuration: replaced, as asked
+        earlier = []
     made = ClientHome.create(path, root_json, [origin_url, *mirrors])
     click.echo(f"client set up in {made.path}: {len(made.sources())} source(s)")
+    dropped = [url for url in earlier if url not in made.sources()]
+    if dropped:
+        click.echo(f"sources no longer used (init lists them all): {', '.join(dropped)}")
     if before is not None and before != anchor.read_bytes():
         click.echo(f"the trusted root was replaced by {root_json}, and the cached metadata cleared")
 
