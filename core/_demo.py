@@ -61,7 +61,13 @@ def demo(size: int, keep: bool) -> None:
             # its keys behind.
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                shutil.rmtree(work, ignore_errors=True)
+                # The origin's committer finishes its last commit after the
+                # origin stops: what it writes meanwhile is removed next round.
+                for _ in range(50):
+                    shutil.rmtree(work, ignore_errors=True)
+                    if not work.exists():
+                        break
+                    time.sleep(0.1)
             finally:
                 signal.signal(signal.SIGINT, previous)
 
@@ -97,7 +103,9 @@ def _run(work: Path, size: int) -> None:
     with contextlib.ExitStack() as stack:
         _step("start the origin and three mirrors, each its own process")
         serve = ["origin", "serve", "--dir", str(repo.dir), "--port", "0", "--p2p-port", "0"]
-        origin = stack.enter_context(service(serve, "origin"))
+        logs = work / "logs"  # the services' own messages (kept with --keep)
+        logs.mkdir()
+        origin = stack.enter_context(service(serve, "origin", logs / "origin.log"))
         p2p = (repo.dir / "p2p.addr").read_text().strip()
         click.echo(f"    origin    {origin}  p2p {p2p}")
         mirrors: list[str] = []
@@ -109,7 +117,8 @@ def _run(work: Path, size: int) -> None:
             args = ["mirror", "run", "--dir", str(directory), "--root", str(root),
                     "--origin", origin, *upstream, "--http-port", "0", "--poll", "10",
                     "--p2p-port", "0", "--bootstrap", p2p]  # fmt: skip
-            mirrors.append(stack.enter_context(service(args, f"mirror {n + 1}")))
+            mirror = service(args, f"mirror {n + 1}", logs / f"mirror-{n + 1}.log")
+            mirrors.append(stack.enter_context(mirror))
             p2p = (directory / "p2p.addr").read_text().strip()
             via = f"peer: mirror {n}; origin as the fallback" if n else "origin as the fallback"
             click.echo(f"    mirror {n + 1}  {mirrors[-1]}  ({via})")

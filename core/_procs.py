@@ -21,11 +21,13 @@ TUFMESH = [sys.executable, "-c", "from tufmesh.cli import main; main()"]
 def service(args: list[str], what: str, log: Path | None = None) -> Iterator[str]:
     """Start ``tufmesh ARGS`` (a server); yield the URL it prints; stop it on exit.
 
-    Its standard error goes to ``log`` if given (else it is inherited)."""
+    Its standard error goes to ``log`` if given (else it is inherited). It runs
+    in a session of its own: a Ctrl-C at the terminal reaches the command that
+    started it, which stops it (each one also saying "stopped" was noise)."""
     with open(log, "w") if log is not None else contextlib.nullcontext() as err:
         proc = subprocess.Popen(
             [*TUFMESH, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            stderr=err, text=True,
+            stderr=err, text=True, start_new_session=True,
         )  # fmt: skip
     try:
         assert proc.stdout is not None
