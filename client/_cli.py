@@ -96,8 +96,23 @@ def get(
             length = downloader.target(target).length
             in_use = len(downloader.fetcher.ordered())
             label = f"get {target} from {in_use} source{'s' if in_use != 1 else ''}"
-            with progress_bar(label, length) as advance:
-                result = downloader.download(target, output, progress=None if quiet else advance)
+            try:
+                with progress_bar(label, length) as advance:
+                    progress = None if quiet else advance
+                    result = downloader.download(target, output, progress=progress)
+            except BaseException as exc:
+                interrupted = isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)) or (
+                    isinstance(exc, BaseExceptionGroup)
+                    and exc.subgroup(KeyboardInterrupt) is not None
+                )
+                part = output / (target.rsplit("/", 1)[-1] + ".part")
+                if interrupted and part.exists():
+                    click.echo(
+                        f"interrupted: the chunks verified so far are kept in {part}; "
+                        "the same command resumes from them",
+                        err=True,
+                    )
+                raise
             used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
             if as_json:
                 click.echo(

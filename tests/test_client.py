@@ -297,7 +297,10 @@ def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> 
     assert "127.0.0.1:9" in str(info.value) and "127.0.0.1:1" in str(info.value)
 
 
-def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_cli_get_resumes_after_kill_and_caches(
+    origin: Server, tmp_path: Path, stop: signal.Signals
+) -> None:
     home = tmp_path / "home"
     out = tmp_path / "out"
     with mirrors(origin.repo, "slow", "honest") as (slow, honest):
@@ -305,7 +308,7 @@ def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -
                 "--origin", slow.url, "--home", str(home))  # fmt: skip
         proc = subprocess.Popen(
             [TUFMESH, "get", BIG, "-o", str(out), "--home", str(home), "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         part = out / "demo-1.0.tar.gz.part"
         deadline = time.monotonic() + 20
@@ -314,9 +317,12 @@ def test_cli_get_resumes_after_kill_and_caches(origin: Server, tmp_path: Path) -
         while slow.blob_requests < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(stop)
+        _, err = proc.communicate(timeout=60)
         assert part.exists() and not (out / "demo-1.0.tar.gz").exists()
+        if stop == signal.SIGINT:  # Ctrl-C: it says what it kept, and how to go on
+            assert proc.returncode == 130
+            assert f"interrupted: the chunks verified so far are kept in {part}" in err, err
         ClientHome(home).save_sources([honest.url])
         done = tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--json")
         import json
