@@ -25,6 +25,7 @@ __all__ = [
     "data_home",
     "fail_on_errors",
     "format_size",
+    "p2p_line",
     "parse_size",
     "progress_bar",
     "run_service",
@@ -214,3 +215,13 @@ def run_service(
             first = first.exceptions[0]
         reason = first.strerror if isinstance(first, OSError) and first.strerror else first
         raise TufmeshError(f"cannot serve on {where}: {reason}") from None
+
+
+def p2p_line(directory: Path, p2p_port: int | None) -> str:
+    """A second banner line: the libp2p address others ``--bootstrap`` from."""
+    if p2p_port is None:
+        return ""
+    try:
+        return f"\nlibp2p {(directory / 'p2p.addr').read_text().strip()}  (for --bootstrap)"
+    except OSError:
+        return ""

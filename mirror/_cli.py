@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tufmesh._durable import hold_lock
-from tufmesh._ui import PORT, SIZE, Group, format_size, run_service
+from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, run_service
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror
 from tufmesh.mirror._server import run_mirror
@@ -111,7 +111,7 @@ def run(
             max_upload_rate=max_upload_rate,
             p2p_only=p2p_only,
         ),
-        banner=lambda url: f"mirror {mirror_dir} serving on {url}",
+        banner=lambda url: f"mirror {mirror_dir} serving on {url}" + p2p_line(mirror_dir, p2p_port),
         where=f"{host}:{http_port}",
     )
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 import click
 import httpx
 
-from tufmesh._ui import PORT, SIZE, Group, format_size, progress_bar, run_service
+from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, progress_bar, run_service
 from tufmesh.errors import OriginError, TufmeshError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
@@ -193,7 +193,7 @@ def serve(
             p2p_bootstrap=list(bootstrap),
             max_upload_rate=max_upload_rate,
         ),
-        banner=lambda url: f"serving {repo_dir} on {url}",
+        banner=lambda url: f"serving {repo_dir} on {url}" + p2p_line(repo_dir, p2p_port),
         where=f"{host}:{port}",
     )
 

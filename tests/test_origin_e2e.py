@@ -527,10 +527,13 @@ def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> No
     )
     # Ctrl-C at a terminal reaches the origin and its committer (one process group).
     server = subprocess.Popen(
-        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0", "--p2p-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     assert server.stdout is not None and "serving" in server.stdout.readline()
+    # The address to --bootstrap from is said, not only written to p2p.addr.
+    said = server.stdout.readline()
+    assert said == f"libp2p {(repo / 'p2p.addr').read_text().strip()}  (for --bootstrap)\n"
     os.killpg(server.pid, signal.SIGINT)
     _, err = server.communicate(timeout=60)
     assert err.strip().endswith("stopped") and "Traceback" not in err, err
