@@ -23,6 +23,16 @@ class Liar(AnnouncementGate):
         return Verdict(True, "anything goes", 0, True)
 
 
+async def heard_once_meshed(announcer: P2PNode, data: bytes, received: list[bytes]) -> None:
+    """Let the mesh form (1 s heartbeats), announce ``data``, and wait until
+    something is received."""
+    await trio.sleep(2.5)
+    await announcer.announce(data)
+    with trio.fail_after(10):
+        while not received:
+            await trio.sleep(0.1)
+
+
 @pytest.mark.attack
 @pytest.mark.slow
 # py-libp2p 0.8.1 leaves the sockets it dialled to the garbage collector when a
@@ -128,11 +138,7 @@ def test_a_node_follows_the_repository_to_its_new_topic_after_a_root_rotation(
             await nursery.start(origin.run)
             await mirror.follow_root(new_root)  # what its sync loop does after a sync
             assert mirror.topic == topic_for(new_root) and mirror.gate.root == new_root
-            await trio.sleep(2.5)  # mesh formation: 1 s heartbeats
-            await origin.announce(timestamp(repo, version=60))
-            with trio.fail_after(10):
-                while not received:
-                    await trio.sleep(0.1)
+            await heard_once_meshed(origin, timestamp(repo, version=60), received)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -176,11 +182,7 @@ def test_a_node_dials_its_bootstrap_peer_again_after_it_restarts(
             with trio.fail_after(15):
                 while mirror.peer_count() == 0:
                     await trio.sleep(0.1)
-            await trio.sleep(2.5)  # mesh formation: 1 s heartbeats
-            await again.announce(timestamp(repo, version=70))
-            with trio.fail_after(10):
-                while not received:
-                    await trio.sleep(0.1)
+            await heard_once_meshed(again, timestamp(repo, version=70), received)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
