@@ -512,6 +512,8 @@ def _single_range(header: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+#: How long the end of a response may wait, shielded from cancellation (ByteCounter).
+_END_WAIT: Final = 5.0
 #: Response bodies below this size skip the upload pacing queue (ByteCounter)...
 _SMALL: Final = 64 * 1024
 #: ...as long as, among themselves, they keep within the rate after a burst
@@ -535,19 +537,25 @@ class ByteCounter:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         async def counting(message: Any) -> None:
-            if message["type"] == "http.response.body":
-                await self.pace(len(message.get("body", b"")))
-                if not message.get("more_body", False):
-                    # Hypercorn ends the exchange inside this call: it tells
-                    # the app the client is gone, and only then starts the
-                    # connection's idle timer. Starlette's file and streaming
-                    # responses cancel their send on that news, and the timer
-                    # never started: a client could hold the connection open
-                    # for ever after one request.
-                    with trio.CancelScope(shield=True):
-                        await send(message)
-                    return
-            await send(message)
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body = message.get("body", b"")
+            await self.pace(len(body))
+            if message.get("more_body", False):
+                await send(message)
+                return
+            # Hypercorn ends the exchange inside the last send: it tells the
+            # app the client is gone, and only then starts the connection's
+            # idle timer. Starlette's file and streaming responses cancel
+            # their send on that news, and the timer never started: a client
+            # could hold the connection open for ever after one request. So
+            # the bytes go first, as any others, and the end alone is shielded,
+            # for a while (it can wait on a client that reads nothing more).
+            if body:
+                await send({**message, "more_body": True})
+            with trio.CancelScope(deadline=trio.current_time() + _END_WAIT, shield=True):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         await self.app(scope, receive, counting)
 
@@ -555,7 +563,7 @@ class ByteCounter:
         """Count ``size`` bytes about to be sent (over HTTP, or over libp2p by
         the same server), and wait for their turn within ``max_rate``."""
         self.served += size
-        if self.max_rate:
+        if self.max_rate and size:
             now, seconds = trio.current_time(), size / self.max_rate
             start = max(self._next, now)
             self._next = start + seconds

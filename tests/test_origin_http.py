@@ -128,3 +128,50 @@ def test_http2_connections_say_the_same_bounds(tmp_path: Path) -> None:
         assert said[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE] == 16 * 1024
 
     _serve(tmp_path, client)
+
+
+_H2_STALLED = """
+import sys, tempfile, trio
+from pathlib import Path
+import h2.config, h2.connection
+from starlette.applications import Starlette
+from tufmesh.cas import BlobStore
+from tufmesh.origin._server import ByteCounter, start_http, tree_routes
+
+root = Path(tempfile.mkdtemp())
+(root / "metadata").mkdir()
+store = BlobStore(root / "cas")
+cid = store.put(bytes(range(256)) * 4096)  # 1 MiB: past HTTP/2's first 64 KiB window
+app = ByteCounter(Starlette(routes=tree_routes(root, store)))
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        url = await start_http(nursery, app, "127.0.0.1", 0, None, None)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        client.send_headers(1, [(":method", "GET"), (":path", f"/blobs/{cid}"),
+                                (":scheme", "http"), (":authority", "o")], end_stream=True)
+        await stream.send_all(client.data_to_send())
+        with trio.move_on_after(1):  # read, and never open the window again
+            while await stream.receive_some():
+                pass
+        nursery.cancel_scope.cancel()  # the server stops
+    print("stopped")
+
+trio.run(main)
+"""
+
+
+def test_a_client_that_never_opens_its_http2_window_cannot_hold_the_server_up() -> None:
+    """The end of a response was sent shielded from cancellation, with no
+    deadline: over HTTP/2 a client that acknowledges no data held it, and
+    the server could not stop (for ever)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _H2_STALLED], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "stopped", proc.stderr[-2000:]
