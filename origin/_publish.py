@@ -15,9 +15,10 @@ from tufmesh.origin._names import check_filename, normalize_project
 
 __all__ = ["upload"]
 
-#: Uploads wait for the group commit that publishes them; a commit normally
-#: takes well under a second, so five minutes only bounds a stuck origin.
-_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0)
+#: Uploads wait for the group commit that publishes them (a commit normally
+#: takes well under a second), and, past the origin's cap on uploads at once,
+#: for their turn with their body unsent: five minutes only bound a stuck origin.
+_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=10.0)
 _PIECE = 1 << 20
 
 

@@ -580,11 +580,12 @@ class ByteCounter:
 
 
 #: Uploads in flight at once, per project and in all: each holds a temp
-#: file and a megabyte of buffer. Past these an upload waits, its body
-#: unread, up to UPLOAD_WAIT seconds for its turn, then gets a 503.
+#: file and a megabyte of buffer. Past these an upload waits its turn, its
+#: body unread (it queues: the uploader's write waits too, so this stays
+#: below `tufmesh publish`'s 5-minute timeouts), then gets a 503.
 MAX_PROJECT_UPLOADS: Final = 16
 MAX_UPLOADS: Final = 64
-UPLOAD_WAIT: Final = 30.0
+UPLOAD_WAIT: Final = 240.0
 
 
 def build_app(service: OriginService) -> ByteCounter:
@@ -635,7 +636,11 @@ def build_app(service: OriginService) -> ByteCounter:
             while full():
                 await ended[0].wait()
         if full():
-            busy = f"too many uploads at once (at most {MAX_PROJECT_UPLOADS} a project)"
+            busy = (
+                f"too many uploads of {project} at once (at most {MAX_PROJECT_UPLOADS})"
+                if uploading.get(project, 0) >= MAX_PROJECT_UPLOADS
+                else f"too many uploads at once (at most {MAX_UPLOADS})"
+            )
             return _error(503, busy, headers={"retry-after": "5"})
         uploading[project] = uploading.get(project, 0) + 1
         try:

@@ -1104,7 +1104,8 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
         )  # fmt: skip
         answers[name] = answer.status_code
         if answer.status_code == 503:
-            assert answer.headers["retry-after"] and "too many uploads" in answer.json()["error"]
+            assert answer.headers["retry-after"]
+            assert "too many uploads of p at once (at most 2)" in answer.json()["error"]
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -1204,3 +1205,55 @@ def test_a_target_whose_blob_fsck_quarantined_is_linked_again_to_the_bytes_store
     info = updater.get_targetinfo("p/a-1.tar.gz")
     assert info is not None
     info.verify_length_and_hashes(link.read_bytes())
+
+
+def test_a_big_upload_past_the_cap_waits_its_turn_on_a_real_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a real connection the waiting uploader's own write stalls (its
+    body is not read): it must resume once a slot frees, not time out."""
+    import httpx
+    import trio
+
+    import tufmesh.origin._server as server
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._signer import LocalCommitter
+
+    monkeypatch.setattr(server, "MAX_PROJECT_UPLOADS", 1)
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    token = ProjectRegistry(repo.dir).add("p")
+    service = OriginService(repo.dir, LocalCommitter(repo))
+    big = os.urandom(16 << 20)  # far past the socket buffers
+    release = trio.Event()
+    answers: dict[str, int] = {}
+
+    async def held() -> AsyncIterator[bytes]:
+        yield b"first"
+        await release.wait()
+
+    async def upload(http: httpx.AsyncClient, name: str, body: object) -> None:
+        answer = await http.post(f"/api/v1/projects/p/files/{name}", content=body,  # type: ignore[arg-type]
+                                 headers={"authorization": f"Bearer {token}"})  # fmt: skip
+        answers[name] = answer.status_code
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            app = server.build_app(service)
+            url = await server.start_http(nursery, app, "127.0.0.1", 0, None, None)
+            timeout = httpx.Timeout(30.0)
+            async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+                async with trio.open_nursery() as uploads:
+                    uploads.start_soon(upload, http, "p-0.tar.gz", held())
+                    await trio.sleep(0.3)
+                    uploads.start_soon(upload, http, "p-big.tar.gz", big)
+                    await trio.sleep(2.0)
+                    assert answers == {}  # the big one waits, its body unread
+                    release.set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert answers == {"p-0.tar.gz": 200, "p-big.tar.gz": 200}
+    found = OriginRepository(repo.dir).find("p/p-big.tar.gz")
+    assert found is not None and found.length == len(big)
