@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,10 +12,12 @@ from typing import Any
 
 from tufmesh.errors import TufmeshError
 
-__all__ = ["TUFMESH", "health", "service"]
+__all__ = ["STOP_WITH", "TUFMESH", "health", "service"]
 
 #: The ``tufmesh`` command of this very installation (no PATH lookup).
 TUFMESH = [sys.executable, "-c", "from tufmesh.cli import main; main()"]
+#: The environment variable naming the process a service stops with (``run_service``).
+STOP_WITH = "TUFMESH_STOP_WITH"
 
 
 @contextlib.contextmanager
@@ -23,11 +26,14 @@ def service(args: list[str], what: str, log: Path | None = None) -> Iterator[str
 
     Its standard error goes to ``log`` if given (else it is inherited). It runs
     in a session of its own: a Ctrl-C at the terminal reaches the command that
-    started it, which stops it (each one also saying "stopped" was noise)."""
+    started it, which stops it (each one also saying "stopped" was noise). It
+    also stops by itself if this process goes first (killed, or interrupted
+    while starting it)."""
+    env = {**os.environ, STOP_WITH: str(os.getpid())}  # see run_service
     with open(log, "w") if log is not None else contextlib.nullcontext() as err:
         proc = subprocess.Popen(
             [*TUFMESH, *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            stderr=err, text=True, start_new_session=True,
+            stderr=err, text=True, start_new_session=True, env=env,
         )  # fmt: skip
     try:
         assert proc.stdout is not None

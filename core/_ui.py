@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tufmesh._procs import STOP_WITH
 from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = [
@@ -194,7 +195,17 @@ def run_service(
                     async for _ in signals:
                         nursery.cancel_scope.cancel()
 
+                async def stop_with_parent(parent: int) -> None:
+                    # Started by a command (the demo) that went first: its
+                    # clean-up cannot stop us any more, so we stop.
+                    while os.getppid() == parent:
+                        await trio.sleep(0.5)
+                    nursery.cancel_scope.cancel()
+
                 nursery.start_soon(stop_on_signal)
+                parent = os.environ.get(STOP_WITH, "")
+                if parent.isdigit():
+                    nursery.start_soon(stop_with_parent, int(parent))
                 await start(ready)
                 nursery.cancel_scope.cancel()
 

@@ -61,6 +61,9 @@ def main() -> NoReturn:
     # does: its clean-up runs (the demo's processes and directory, a
     # download's part file). The daemons take it over while they serve.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A closed terminal too: the demo's services run in sessions of their own,
+    # and the hang-up reaches only the demo, which must stop them.
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:  # Ctrl-C (or SIGTERM): the shell's convention

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,7 +173,9 @@ def test_demo_runs_and_verifies() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM to the demo", "Ctrl-C at its terminal"])
+@pytest.mark.parametrize(
+    "how", ["SIGTERM to the demo", "Ctrl-C at its terminal", "its terminal closed"]
+)
 def test_an_interrupted_demo_cleans_up_and_says_so_once(tmp_path: Path, how: str) -> None:
     """SIGTERM (``timeout``, a service manager) stops the demo as Ctrl-C does:
     its processes stop and its directory goes (it used to stay behind). Ctrl-C
@@ -193,11 +197,27 @@ def test_an_interrupted_demo_cleans_up_and_says_so_once(tmp_path: Path, how: str
     if how == "SIGTERM to the demo":
         proc.send_signal(signal.SIGTERM)
     else:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT if how.startswith("Ctrl-C") else signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130  # interrupted, as the shell says it (it was 1)
     assert not list(tmp_path.glob("tufmesh-demo-*"))
     assert err.strip() == "Aborted!", err
+    # ...and none of its processes outlives it for long (they run in sessions of
+    # their own; one it was starting as it was stopped stops by itself).
+    deadline = time.monotonic() + 10
+    while alive := _processes_naming(tmp_path):
+        assert time.monotonic() < deadline, alive
+        time.sleep(0.2)
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """The command lines of running processes that name ``path``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if str(path).encode() in (line := cmdline.read_bytes()):
+                found.append(line.replace(b"\0", b" ").decode(errors="replace"))
+    return found
 
 
 @pytest.mark.parametrize(

@@ -62,3 +62,48 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) ->
     with proc.stderr:
         assert proc.wait(timeout=60) == 1
         assert proc.stderr.read() == ""
+
+
+def test_a_service_stops_by_itself_when_the_command_that_started_it_dies(
+    tmp_path: Path,
+) -> None:
+    """The demo's services run in sessions of their own (a Ctrl-C reaches the
+    demo alone, which stops them): killed, or interrupted between starting
+    one and holding it, the demo could not stop them, and they ran on."""
+    import os
+    import signal
+    import time
+
+    from tests.helpers.origin import init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from tufmesh._procs import service\n"
+         f"with service(['origin', 'serve', '--dir', {str(repo)!r}, '--port', '0'], 'origin')"
+         " as url:\n"
+         "    print(url, flush=True); time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None and parent.stdout.readline().startswith("http://")
+    parent.send_signal(signal.SIGKILL)  # no clean-up of its own
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while True:
+        serving = [
+            p for p in Path("/proc").glob("[0-9]*/cmdline")
+            if os.path.exists(p) and str(repo).encode() in _read(p)
+        ]  # fmt: skip
+        if not serving:
+            break
+        assert time.monotonic() < deadline, "the origin outlived the command that started it"
+        time.sleep(0.2)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
