@@ -563,7 +563,9 @@ class BlobStore:
             try:
                 if not os.path.samestat(os.lstat(path), corrupt):
                     return False
-                os.replace(path, self._quarantine / f"{path.name}.{int(time.time())}")
+                # The shard's name too (two strays may share a name), and the time.
+                moved = f"{path.parent.name}-{path.name}.{time.time_ns()}"
+                os.replace(path, self._quarantine / moved)
             except FileNotFoundError:
                 return False
             if self.config.fsync:

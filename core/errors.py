@@ -36,6 +36,7 @@ from __future__ import annotations
 from tuf.api.exceptions import DownloadError
 
 __all__ = [
+    "ArtifactRefusedError",
     "AuthError",
     "BinFullError",
     "BlobNotFoundError",
@@ -118,6 +119,12 @@ class ConflictError(OriginError):
 
 class BinFullError(OriginError):
     """The artifact's hash bin is as large as TUF clients accept (``max_bin_bytes``)."""
+
+
+class ArtifactRefusedError(OriginError):
+    """One artifact of a commit does not agree with the store (its blob gone
+    meanwhile, its hashes another blob's): said to its uploader, unlike a
+    failure of the commit itself, whose reason is the operator's."""
 
 
 class AuthError(OriginError):

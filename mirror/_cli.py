@@ -146,7 +146,11 @@ def status(mirror_dir: Path) -> None:
         click.echo(f"p2p address\t{p2p.read_text().strip()}")
     click.echo(f"snapshot version\t{state.get('snapshot_version', 0)}")
     targets = mirror_dir / "tree" / "targets"
-    served = sum(1 for path in targets.rglob("*") if path.is_file()) if targets.is_dir() else 0
+    served = (
+        sum(1 for path in targets.rglob("*") if path.is_file() and not path.name.startswith("."))
+        if targets.is_dir()
+        else 0
+    )  # (a name starting with a dot: a link being made)
     click.echo(f"artifacts served\t{served}")
     click.echo(f"blobs\t{len(blobs)}, {format_size(size)}")
     click.echo(f"syncs\t{state.get('syncs', 0)} ({state.get('sync_failures', 0)} failed)")

@@ -60,6 +60,7 @@ from tuf.repository import Repository
 from tufmesh._durable import fsync_dir, hard_link, write_atomic
 from tufmesh.cas import BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
+    ArtifactRefusedError,
     BinFullError,
     BlobNotFoundError,
     ConflictError,
@@ -652,13 +653,13 @@ class OriginRepository(Repository):
             if target_path(project, filename) != artifact.path:
                 raise InvalidNameError("not a normalised target path")
         except InvalidNameError as exc:
-            raise OriginError(f"{artifact.path!r}: {exc}") from None
+            raise ArtifactRefusedError(f"{artifact.path!r}: {exc}") from None
         try:
             canonical, digest = parse_cid(artifact.cid)
             if canonical != artifact.cid or digest.hex() != artifact.sha256:
-                raise OriginError(f"{artifact.path}: its CID and sha256 disagree")
+                raise ArtifactRefusedError(f"{artifact.path}: its CID and sha256 disagree")
             if self.store.stat(canonical).size != artifact.length:
-                raise OriginError(f"{artifact.path}: its length and its blob's disagree")
+                raise ArtifactRefusedError(f"{artifact.path}: its length and its blob's disagree")
             if artifact.manifest is not None:
                 manifest = self.store.read_manifest(artifact.manifest)
                 if (manifest.sha256, manifest.length, manifest.chunk_size) != (
@@ -666,12 +667,16 @@ class OriginRepository(Repository):
                     artifact.length,
                     artifact.chunk_size,
                 ):
-                    raise OriginError(f"{artifact.path}: its chunk manifest is another blob's")
+                    raise ArtifactRefusedError(
+                        f"{artifact.path}: its chunk manifest is another blob's"
+                    )
         except BlobNotFoundError:
             # Deleted after its upload stored it (a gc past the grace period).
-            raise OriginError(f"{artifact.path}: its blob vanished; upload again") from None
+            raise ArtifactRefusedError(
+                f"{artifact.path}: its blob vanished; upload again"
+            ) from None
         except StoreError as exc:
-            raise OriginError(f"{artifact.path}: {exc}") from None
+            raise ArtifactRefusedError(f"{artifact.path}: {exc}") from None
 
     def _target_link(self, artifact: Artifact) -> Path:
         """``targets/<project>/<sha256>.<filename>``: where clients fetch it."""

@@ -31,6 +31,7 @@ from starlette.routing import Route
 from tufmesh._durable import write_atomic
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
+    ArtifactRefusedError,
     AuthError,
     BinFullError,
     ConflictError,
@@ -674,6 +675,8 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(409, str(exc))
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
+        except ArtifactRefusedError as exc:  # this artifact's own trouble: its uploader's to know
+            return _error(500, str(exc))
         except OriginError as exc:
             # The detail (a key's path, a KMS key's name) is the operator's,
             # not every token holder's.

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Final, Protocol
 import trio
 
 from tufmesh._durable import hold_lock
-from tufmesh.errors import BinFullError, ConflictError, OriginError
+from tufmesh.errors import ArtifactRefusedError, BinFullError, ConflictError, OriginError
 from tufmesh.origin._repository import Artifact, OriginRepository
 
 __all__ = ["CommitState", "Committer", "LocalCommitter", "SignerProcess", "main"]
@@ -119,7 +119,11 @@ class LocalCommitter:
 
 
 #: The refusals that cross the pipe as their own kind (the HTTP status differs).
-_KINDS: Final[dict[str, type[OriginError]]] = {"conflict": ConflictError, "bin_full": BinFullError}
+_KINDS: Final[dict[str, type[OriginError]]] = {
+    "conflict": ConflictError,
+    "bin_full": BinFullError,
+    "refused": ArtifactRefusedError,
+}
 
 
 def _result_to_json(result: int | OriginError) -> int | dict[str, str]:

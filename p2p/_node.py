@@ -92,9 +92,11 @@ MAX_ANSWERS: Final = 8
 MAX_ANSWERS_PER_PEER: Final = 2
 #: Incoming blob and have streams open at once, from one peer and in all:
 #: past these a new one is closed unread (a peer cannot open thousands of
-#: streams that each wait for a request).
-MAX_STREAMS_PER_PEER: Final = 16
-MAX_STREAMS: Final = 256
+#: streams that each wait for a request). Peer identities cost nothing, so
+#: the whole is large (a waiting stream costs a task and a few buffers) and
+#: it is the share of one that is small.
+MAX_STREAMS_PER_PEER: Final = 8
+MAX_STREAMS: Final = 1024
 #: Seconds between tries to reach the bootstrap peers a node has lost.
 REDIAL: Final = 30.0
 #: A request (at most a kilobyte, or a have-query's 8 KiB) must arrive within this.

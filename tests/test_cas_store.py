@@ -182,11 +182,13 @@ def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
     assert report.strays == ["blobs/zz/junk"]
     assert not report.ok
     assert store.has(CID)
+    (store.root / "blobs" / "yy").mkdir()
+    (store.root / "blobs" / "yy" / "junk").write_bytes(b"y")  # the same name: both kept
     report = store.fsck(quarantine=True)
-    assert report.quarantined == [CID, "blobs/zz/junk"]  # strays too, as the README says
+    assert report.quarantined == [CID, "blobs/yy/junk", "blobs/zz/junk"]  # strays too
+    assert len(list((store.root / "quarantine").iterdir())) == 3
     assert not store.has(CID)
     assert store.has(good)
-    assert len(list((store.root / "quarantine").iterdir())) == 2
     assert store.fsck().ok
 
 

@@ -1257,3 +1257,45 @@ def test_a_big_upload_past_the_cap_waits_its_turn_on_a_real_socket(
     assert answers == {"p-0.tar.gz": 200, "p-big.tar.gz": 200}
     found = OriginRepository(repo.dir).find("p/p-big.tar.gz")
     assert found is not None and found.length == len(big)
+
+
+def test_an_artifacts_own_refusal_is_said_to_its_uploader_across_the_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike a failed commit's reason (the operator's), what is wrong with
+    one artifact is its uploader's to know: "upload again" must reach them."""
+    import httpx
+    import trio
+
+    from tufmesh.errors import ArtifactRefusedError
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._server import build_app
+    from tufmesh.origin._signer import LocalCommitter, _result_from_json, _result_to_json
+
+    said = ArtifactRefusedError("p/p-1.0.tar.gz: its blob vanished; upload again")
+    crossed = _result_from_json(_result_to_json(said))  # the committer process's pipe
+    assert isinstance(crossed, ArtifactRefusedError) and str(crossed) == str(said)
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    token = ProjectRegistry(repo.dir).add("p")
+    service = OriginService(repo.dir, LocalCommitter(repo))
+
+    def vanished(self: OriginRepository, artifact: Artifact) -> None:
+        raise said
+
+    monkeypatch.setattr(OriginRepository, "_check", vanished)
+
+    async def upload() -> httpx.Response:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            transport = httpx.ASGITransport(app=build_app(service))
+            async with httpx.AsyncClient(transport=transport, base_url="http://origin") as http:
+                answer = await http.post(
+                    "/api/v1/projects/p/files/p-1.0.tar.gz", content=b"bytes",
+                    headers={"authorization": f"Bearer {token}"},
+                )  # fmt: skip
+            nursery.cancel_scope.cancel()
+        return answer
+
+    answer = trio.run(upload)
+    assert answer.status_code == 500 and answer.json()["error"] == str(said)

@@ -249,8 +249,9 @@ def test_streams_that_send_no_request_are_capped_and_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer opened streams by the thousand and sent nothing on them: each
-    waited 30 s for a request. Past 16 from one peer a stream is closed
-    unread, and each is closed once its request is late; others are served."""
+    waited 30 s for a request. Past MAX_STREAMS_PER_PEER from one peer a
+    stream is closed unread, and each is closed once its request is late;
+    others are served."""
     from tufmesh.p2p._blob import HAVE_PROTOCOL, PROTOCOL
 
     monkeypatch.setattr(node_module, "_REQUEST_TIMEOUT", 1.5)
@@ -282,13 +283,13 @@ def test_streams_that_send_no_request_are_capped_and_closed(
                 closed.append(trio.current_time() - start)
 
             async with trio.open_nursery() as streams:
-                for i in range(17):
+                for i in range(node_module.MAX_STREAMS_PER_PEER + 1):
                     streams.start_soon(silent, PROTOCOL if i % 2 else HAVE_PROTOCOL)
                     await trio.sleep(0.02)
                 with trio.fail_after(5):
                     while not closed:
                         await trio.sleep(0.02)
-                assert closed[0] < 1.0  # the seventeenth, at once
+                assert closed[0] < 1.0  # the one past the share, at once
                 # Another peer is served meanwhile.
                 data = await honest.fetch_range(address, cid, 0, 4096)
                 assert data == store.read_range(cid, 0, 4096)
@@ -296,5 +297,5 @@ def test_streams_that_send_no_request_are_capped_and_closed(
 
     trio.run(main)
     gc.collect()
-    assert len(closed) == 17
+    assert len(closed) == node_module.MAX_STREAMS_PER_PEER + 1
     assert all(1.0 <= t < 5.0 for t in closed[1:])  # each, once its request was late
