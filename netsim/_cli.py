@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tufmesh._ui import SIZE, Group, progress_bar
+from tufmesh._ui import SIZE, Group, format_size, progress_bar
 from tufmesh.errors import UsageError
 
 __all__ = ["netsim"]
@@ -140,6 +140,11 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
     if rate < 1:
         raise UsageError("--rate must be at least 1 byte per second")
     scenario = matching_scenario(mirrors, size, rate, seed)  # its checks, before the real run
+    click.echo(
+        f"a release of {format_size(size)} to an origin and {mirrors} mirrors, real processes "
+        "on 127.0.0.1, then the same in the simulator...",
+        err=True,
+    )
     with progress_bar("real mirrors complete", mirrors, items=True) as advance:
         done = 0
 

@@ -78,10 +78,10 @@ def table(result: Result) -> str:
         ("completed", f"{s['completed']} of {s['honest_mirrors']} honest mirrors"),
         ("completion p50 / p90 / p99", f"{sec(t['p50'])} / {sec(t['p90'])} / {sec(t['p99'])}"),
         ("every honest mirror", sec(t["max"])),
-        ("lower bound", sec(s["lower_bound_seconds"])),
+        ("lower bound (no network does better)", sec(s["lower_bound_seconds"])),
         (
             "ratio to the bound",
-            f"{s['ratio_to_bound']}"
+            f"{s['ratio_to_bound']:.2f}"
             if s["ratio_to_bound"] is not None
             else f"none: not every honest mirror completed within the horizon, {sc.horizon:g} s",
         ),
@@ -92,7 +92,7 @@ def table(result: Result) -> str:
             f"{s['chunks_rejected']} / {s['corrupt_chunks_accepted']}",
         ),
         ("bans", f"{s['bans']}"),
-        ("last announcement", sec(s["announcement_last_seconds"])),
+        ("last mirror told of the release", sec(s["announcement_last_seconds"])),
     ]
     if s["rejoined"]:
         rows.append(("rejoined, then completed", f"{s['rejoined']}, {s['rejoined_completed']}"))
