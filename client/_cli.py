@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import click
@@ -53,6 +54,25 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         click.echo(f"sources no longer used (init lists them all): {', '.join(dropped)}")
     if before is not None and before != anchor.read_bytes():
         click.echo(f"the trusted root was replaced by {root_json}, and the cached metadata cleared")
+    for url in made.sources():  # a typo in a URL is better found now than at the first get
+        if (reason := _unreachable(url)) is not None:
+            click.echo(f"warning: {url} does not answer now ({reason})", err=True)
+
+
+def _unreachable(url: str) -> str | None:
+    """Why ``url`` serves no TUF metadata right now (a short look), or None."""
+    import httpx
+
+    from tufmesh.client._http import tls_context
+
+    try:
+        answer = httpx.get(f"{url}/metadata/timestamp.json", timeout=3.0, verify=tls_context())
+    except httpx.HTTPError as exc:
+        text = str(exc) or type(exc).__name__
+        return re.sub(r"^\[Errno -?\d+\] ", "", text).lower()  # "connection refused"
+    if answer.status_code != 200:
+        return f"HTTP {answer.status_code} for metadata/timestamp.json"
+    return None
 
 
 @client.command()

@@ -421,9 +421,10 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
     assert "no artifacts of project 'nosuch' in the signed metadata" in nothing.stderr
     # The same root again keeps the cache (and its rollback protection).
     cached = (home / "metadata" / "timestamp.json").read_bytes()
-    mirror = "http://127.0.0.1:1"
-    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
-            "--origin", origin.url, "--mirror", mirror, "--home", str(home))  # fmt: skip
+    mirror = "http://127.0.0.1:1"  # nobody there: said at once, a typo is found early
+    warned = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                     "--origin", origin.url, "--mirror", mirror, "--home", str(home))  # fmt: skip
+    assert warned.stderr == f"warning: {mirror} does not answer now (connection refused)\n"
     assert (home / "metadata" / "timestamp.json").read_bytes() == cached
     # init lists every source: one left out is said to be dropped.
     again = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
