@@ -165,6 +165,8 @@ def status(mirror_dir: Path) -> None:
             click.echo("lag\tunknown: no p2p peer to hear announcements from (the poll still runs)")
     if last.get("error"):
         click.echo(f"last error\t{last['error']}")
+    if unknown := last.get("unknown_projects"):
+        click.echo(f"--projects with nothing published\t{', '.join(map(str, unknown))}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
         click.echo(f"fetched from {source}\t{format_size(count)}")
     if last.get("error"):

@@ -52,6 +52,8 @@ class SyncReport:
     bans: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    #: Projects of ``--projects`` that nothing published belongs to (a typo?).
+    unknown_projects: list[str] = field(default_factory=list)
 
 
 class Mirror:
@@ -260,6 +262,8 @@ class Mirror:
         listed = client.artifacts()
         entries = {t.path: e for t in listed if (e := servable(t)) is not None}
         targets = self.wanted([t for t in listed if t.path in entries])
+        published = {t.path.split("/", 1)[0] for t in listed}
+        report.unknown_projects = sorted(set(self._config().get("projects") or ()) - published)
         if swarm is not None:
             swarm.syncing = _version(client.metadata_dir / "snapshot.json")
         for target in targets:

@@ -362,6 +362,11 @@ def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
         assert (only.tree / "metadata" / "timestamp.json").stat().st_ino != served
         capped = Mirror.create(tmp_path / "capped", root, [origin.url], quota=250_000)
         assert capped.sync().artifacts == 2
+        # A project nothing is published under (a typo?) is said, not just empty.
+        typo = Mirror.create(tmp_path / "typo", root, [origin.url], projects=["Kept", "Kpet"])
+        assert typo.sync().unknown_projects == ["kpet"]
+        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "typo")).stdout
+        assert "--projects with nothing published\tkpet" in status
     assert {t.split("/")[0] for t in _published(only)} == {"kept"}
     assert len(_published(only)) == 4
     assert len(list(capped.store)) == 2
