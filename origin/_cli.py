@@ -237,18 +237,20 @@ def status(repo_dir: Path) -> None:
         )
     now = datetime.now(UTC)
     click.echo(f"repository {repo_dir}")
+    rows = repo.status()
+    width = max(34, *(len(row.role) for row in rows))
     click.echo(
-        f"{'role':34} {'ver':>5} {'expires':25} {'':>12} {'thr':>3}  {'kind':8} keys (signers)"
+        f"{'role':{width}} {'ver':>5} {'expires':25} {'':>12} {'thr':>3}  {'kind':8} keys (signers)"
     )
     from tufmesh.origin._keys import signer_kind
 
-    for row in repo.status():
+    for row in rows:
         left = _human_delta((row.expires - now).total_seconds())
         kinds = ",".join(sorted({signer_kind(uri) for uri in row.signers})) or "none here"
         mode = "online" if row.online else "offline"
         keyids = ", ".join(k[:12] for k in row.keyids)
         click.echo(
-            f"{row.role:34} {row.version:>5} {row.expires.isoformat():25} {left:>12} "
+            f"{row.role:{width}} {row.version:>5} {row.expires.isoformat():25} {left:>12} "
             f"{row.threshold:>3}  {mode:8} {keyids} ({kinds})"
         )
     artifacts = repo.artifacts()

@@ -1058,10 +1058,10 @@ class OriginRepository(Repository):
         for role in ("root", "targets", DELEGATING_BINS, "snapshot", "timestamp"):
             rows.append(self._role_status(role, role))
         bins = sorted(r for r in self._md if r.startswith("bin-"))
+        # The row is the bin that expires first (its version, its expiry).
         soonest = min(bins, key=lambda r: self._md[r].signed.expires)
-        newest = max(bins, key=lambda r: self._md[r].signed.version)
         row = self._role_status(soonest, BIN_N)
-        label = f"bin-* ({len(bins)} bins, newest v{self._md[newest].signed.version})"
+        label = f"bin-* ({len(bins)} bins: {soonest} expires first)"
         rows.insert(3, dataclasses.replace(row, role=label))
         return rows
 
