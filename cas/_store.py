@@ -176,6 +176,10 @@ def _hash_and_write(
         hashing.result()  # the buffer is reused after we return
 
 
+#: The alphabet of CIDv1 names in base32 (lower case, no padding).
+_BASE32: Final = "abcdefghijklmnopqrstuvwxyz234567"
+
+
 def _shard(cid: str) -> str:
     # The leading characters of a raw/sha2-256 CIDv1 are constant ("bafkrei");
     # like go-ds-flatfs "next-to-last/2", shard on characters near the end.
@@ -201,9 +205,23 @@ class BlobStore:
             for path in (self.root, self._blobs, self._tmp, self._pins, self._quarantine):
                 path.mkdir(parents=True, exist_ok=True)
             (self.root / "lock").touch(exist_ok=True)
+            if not any(self._blobs.iterdir()):
+                self._make_shards()
         except OSError as exc:
             raise StoreError(f"cannot open store at {self.root}: {exc.strerror}") from None
         self.remove_leftovers()
+
+    def _make_shards(self) -> None:
+        """Every shard directory of a new store, made durable once: made on
+        demand, a shard another writer had just made could hold a blob whose
+        name outlived a power cut while the shard's own entry did not (the
+        other writer's fsync of ``blobs/`` still to come)."""
+        for first in _BASE32:
+            for second in _BASE32:
+                (self._blobs / (first + second)).mkdir(exist_ok=True)
+        if self.config.fsync:
+            fsync_dir(self._blobs)
+            fsync_dir(self.root)
 
     def __repr__(self) -> str:
         return f"BlobStore({str(self.root)!r})"

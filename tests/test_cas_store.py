@@ -174,7 +174,7 @@ def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
     good = store.put(b"good")
     store.put(DATA)
     corrupt(store, CID)
-    (store.root / "blobs" / "zz").mkdir()
+    (store.root / "blobs" / "zz").mkdir(exist_ok=True)
     (store.root / "blobs" / "zz" / "junk").write_bytes(b"x")
     report = store.fsck()
     assert report.checked == 2
@@ -182,7 +182,7 @@ def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
     assert report.strays == ["blobs/zz/junk"]
     assert not report.ok
     assert store.has(CID)
-    (store.root / "blobs" / "yy").mkdir()
+    (store.root / "blobs" / "yy").mkdir(exist_ok=True)
     (store.root / "blobs" / "yy" / "junk").write_bytes(b"y")  # the same name: both kept
     report = store.fsck(quarantine=True)
     assert report.quarantined == [CID, "blobs/yy/junk", "blobs/zz/junk"]  # strays too
@@ -441,3 +441,17 @@ def test_a_failed_atomic_write_leaves_no_temp_file(
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
     assert target.read_bytes() == b"old"
+
+
+def test_a_new_store_has_every_shard_and_they_are_durable_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made on demand, a shard another writer had just made (its fsync of
+    blobs/ still to come) could lose a blob to a power cut after put returned."""
+    trace = durability_trace(monkeypatch)
+    store = BlobStore(tmp_path / "store")
+    shards = sorted(p.name for p in (store.root / "blobs").iterdir())
+    assert len(shards) == 32 * 32 and shards[0] == "22" and shards[-1] == "zz"
+    assert ("fsync", str(store.root / "blobs"), "") in trace
+    cid = store.put(DATA)
+    assert store.path(cid).parent.name in shards
