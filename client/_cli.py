@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tufmesh._ui import Group, data_home, format_size, progress_bar
-from tufmesh.client._client import Client
+from tufmesh.client._client import Client, part_path
 from tufmesh.client._home import ClientHome
 from tufmesh.errors import NotInMetadataError, TufmeshError, UsageError
 
@@ -125,7 +125,7 @@ def get(
                     isinstance(exc, BaseExceptionGroup)
                     and exc.subgroup(KeyboardInterrupt) is not None
                 )
-                part = output / (target.rsplit("/", 1)[-1] + ".part")
+                part = part_path(output / target.rsplit("/", 1)[-1])
                 if interrupted and part.exists():
                     click.echo(
                         f"interrupted: the chunks verified so far are kept in {part}; "

@@ -279,7 +279,7 @@ class Client:
                     return DownloadResult(path, dest, info.length, cached=True)
                 except tuf_errors.LengthOrHashMismatchError:
                     pass  # stale or damaged: fetch again
-        part = dest.with_name(dest.name + ".part")
+        part = part_path(dest)
         if os.path.lexists(part) and not own_file(part):
             # A link there would have the download write wherever it points; a
             # file of another user's (a shared directory) they could change.
@@ -519,3 +519,8 @@ def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:
 def _bin_check(succinct: SuccinctRoles, name: str) -> Callable[[str], bool]:
     """Whether a path is delegated to hash bin ``name``."""
     return lambda path: succinct.get_role_for_target(path) == name
+
+
+def part_path(dest: Path) -> Path:
+    """Where a download to ``dest`` keeps its verified chunks until it completes."""
+    return dest.with_name(dest.name + ".part")

@@ -46,6 +46,8 @@ class Refused(HttpError):
     """The source declined the request for now (an origin seeding mirrors): not a failure."""
 
     def __init__(self, reason: str, retry: float) -> None:
+        # Honoured up to MAX_RETRY, whoever said it: a peer cannot park us for long.
+        retry = min(max(retry, 0.05), MAX_RETRY) if retry == retry else 1.0
         super().__init__(f"refused ({reason}); retry in {retry:g} s")
         self.reason = reason
         self.retry = retry
@@ -183,8 +185,6 @@ class RangePool:
                     retry = float(headers.get(b"retry-after", b"1"))
                 except ValueError:
                     retry = 1.0
-                # Honoured up to MAX_RETRY: a peer cannot park us for long.
-                retry = min(max(retry, 0.05), MAX_RETRY) if retry == retry else 1.0
                 if declared is not None and declared <= MAX_HEAD:
                     # Read the (empty or short) answer through: the connection
                     # serves the next request, with no new handshake.

@@ -34,7 +34,7 @@ import trio
 
 from tufmesh._durable import read_exactly
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
-from tufmesh.client._http import MAX_RETRY, Refused, tls_context
+from tufmesh.client._http import Refused, tls_context
 from tufmesh.errors import TufmeshError
 from tufmesh.p2p._blob import MAX_RECORD, BlobBusyError
 
@@ -449,8 +449,7 @@ class _BlobReplication:
         try:
             data: bytes = await self.swarm.on_node(fetch, address, cid, offset, length)
         except BlobBusyError as exc:
-            retry = min(exc.retry, MAX_RETRY) if exc.retry is not None else POLL
-            raise Refused(exc.reason, max(retry, 0.05)) from None
+            raise Refused(exc.reason, exc.retry if exc.retry is not None else POLL) from None
         return data
 
     def started(self, plan: ChunkPlan, part: Path, have: set[int]) -> None:

@@ -386,9 +386,10 @@ def _retired(repo: OriginRepository, what: str, keyids: list[str], uris: dict[st
         )
         for keyid in dict.fromkeys(keyids):
             uri = uris.get(keyid, "")
-            scheme, _, rest = uri.partition(":")
-            where = str(repo.dir / rest) if scheme in ("file", "file2") else uri
-            click.echo(f"    {keyid[:12]}  {where or '(not configured here)'}")
+            from tufmesh.origin._keys import key_file
+
+            where = key_file(repo.dir, uri) if uri else None
+            click.echo(f"    {keyid[:12]}  {where or uri or '(not configured here)'}")
 
 
 def _signer_uris(repo: OriginRepository) -> dict[str, str]:

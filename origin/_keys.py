@@ -48,6 +48,13 @@ def _resolve(repo: Path, uri: str) -> str:
     return uri
 
 
+def key_file(repo: Path, uri: str) -> Path | None:
+    """The file a ``file2:`` signer URI names (relative ones under ``repo``);
+    None for a key that lives elsewhere (a KMS, an HSM)."""
+    parsed = urlparse(_resolve(repo, uri))
+    return Path(parsed.path) if parsed.scheme == "file2" else None
+
+
 def public_key_from_uri(repo: Path, uri: str) -> Key:
     """Derive the public key of a ``file2:`` private key (other schemes need it given)."""
     resolved = _resolve(repo, uri)
@@ -95,13 +102,12 @@ def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
             ) from None
         return getpass.getpass(f"{secret} for {uri}: ")
 
-    resolved = _resolve(repo, uri)
-    parsed = urlparse(resolved)
-    if parsed.scheme == "file2" and not os.path.isfile(parsed.path):
+    path = key_file(repo, uri)
+    if path is not None and not path.is_file():
         # (securesystemslib's own message for this is hard to read)
-        raise OriginError(f"cannot load signer {uri}: no key file at {parsed.path}")
+        raise OriginError(f"cannot load signer {uri}: no key file at {path}")
     try:
-        return Signer.from_priv_key_uri(resolved, public_key, ask)
+        return Signer.from_priv_key_uri(_resolve(repo, uri), public_key, ask)
     except Exception as exc:
         raise OriginError(f"cannot load signer {uri}: {exc}") from None
 

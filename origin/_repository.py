@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 from securesystemslib.signer import Key, Signer
 from tuf.api.metadata import (
@@ -687,18 +687,21 @@ class OriginRepository(Repository):
         """Make the target's link (:meth:`_target_link`) a hard link to the blob;
         True if the link is new. One to another file is replaced (the store
         holds the bytes anew: fsck quarantined the file the link held)."""
-        dest = self._target_link(artifact)
-        directory = dest.parent
-        directory.mkdir(exist_ok=True)
         try:
-            # Past the filesystem's hard-link limit (65,000 on ext4: the same
-            # bytes under as many names), a symlink still keeps one copy.
-            outcome = hard_link(self.store.path(artifact.cid), dest)
+            return self._link(artifact.cid, self._target_link(artifact)) == "made"
         except OSError as exc:
             raise OriginError(f"{artifact.path}: cannot link it: {exc.strerror}") from None
+
+    def _link(self, cid: str, dest: Path) -> Literal["kept", "made", "replaced"]:
+        """Make ``dest`` a link to blob ``cid`` (:func:`hard_link`); its directory
+        is synced with the commit's (:meth:`flush`)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Past the filesystem's hard-link limit (65,000 on ext4: the same bytes
+        # under as many names), a symlink still keeps one copy.
+        outcome = hard_link(self.store.path(cid), dest)
         if outcome != "kept":
-            self._linked_dirs.add(directory)
-        return outcome == "made"
+            self._linked_dirs.add(dest.parent)
+        return outcome
 
     def tidy(self) -> list[str]:
         """Take back what a commit killed between its links and its timestamp
@@ -719,10 +722,12 @@ class OriginRepository(Repository):
             # And the other way: a link lost, or left holding a quarantined
             # file while the store holds the bytes anew, is made again.
             cid = custom.get("cid")
-            if isinstance(cid, str) and self.store.has(cid):
-                (self.targets_dir / project).mkdir(parents=True, exist_ok=True)
-                if hard_link(self.store.path(cid), self.targets_dir / project / name) != "kept":
-                    self._linked_dirs.add(self.targets_dir / project)
+            if isinstance(cid, str):
+                try:
+                    outcome = self._link(cid, self.targets_dir / project / name)
+                except StoreError:
+                    continue  # its blob is not stored (quarantined, gone): nothing to link
+                if outcome != "kept":
                     removed.append(f"relinked targets/{project}/{name}")
         for directory in self._linked_dirs:
             fsync_dir(directory)

@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tufmesh._durable import write_atomic
+from tufmesh._shares import Shares
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -104,6 +105,9 @@ class _BigFileResponse(FileResponse):
         self.again = again
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.again is None:  # nowhere else to look: Starlette's own answer
+            await super().__call__(scope, receive, send)
+            return
         started = False
 
         async def watched(message: Any) -> None:
@@ -114,7 +118,7 @@ class _BigFileResponse(FileResponse):
         try:
             await super().__call__(scope, receive, watched)
         except (RuntimeError, FileNotFoundError):  # Starlette: "File at path ... does not exist"
-            path = self.again() if self.again is not None and not started else None
+            path = self.again() if not started else None
             if path is None:
                 raise
             self.path, self.again = path, None
@@ -593,8 +597,8 @@ def build_app(service: OriginService) -> ByteCounter:
     """The ASGI application of one origin (counting the bytes it serves)."""
     store = service.store
     repo_config = service.repo_config
-    uploading: dict[str, int] = {}  # uploads in flight, per project
-    ended = [trio.Event()]  # set, and replaced, as an upload ends
+    uploading = Shares(MAX_PROJECT_UPLOADS, MAX_UPLOADS)  # uploads in flight, per project
+    turns = trio.lowlevel.ParkingLot()  # uploads waiting for one of them to end
 
     async def healthz(request: Request) -> Response:
         state = service.committer.state
@@ -629,29 +633,21 @@ def build_app(service: OriginService) -> ByteCounter:
         if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
             return _error(413, f"upload over the {limit}-byte limit")
 
-        def full() -> bool:
-            in_flight = uploading.get(project, 0)
-            return in_flight >= MAX_PROJECT_UPLOADS or sum(uploading.values()) >= MAX_UPLOADS
-
         with trio.move_on_after(UPLOAD_WAIT):
-            while full():
-                await ended[0].wait()
-        if full():
+            while uploading.full(project):
+                await turns.park()
+        if cap := uploading.full(project):
             busy = (
                 f"too many uploads of {project} at once (at most {MAX_PROJECT_UPLOADS})"
-                if uploading.get(project, 0) >= MAX_PROJECT_UPLOADS
+                if cap == "key"
                 else f"too many uploads at once (at most {MAX_UPLOADS})"
             )
             return _error(503, busy, headers={"retry-after": "5"})
-        uploading[project] = uploading.get(project, 0) + 1
         try:
-            return await _publish(request, project, filename, limit)
+            with uploading.hold(project):
+                return await _publish(request, project, filename, limit)
         finally:
-            uploading[project] -= 1
-            if not uploading[project]:
-                del uploading[project]
-            ended[0].set()
-            ended[0] = trio.Event()
+            turns.unpark_all()
 
     async def _publish(request: Request, project: str, filename: str, limit: int) -> Response:
         path = f"{project}/{filename}"

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
+from tufmesh._shares import Shares
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
@@ -220,8 +221,8 @@ class P2PNode:
         self._host: Any = None
         self.peer_id = ""
         self.addrs: list[str] = []
-        self._answering: dict[str, int] = {}  # blob ranges being answered, per peer
-        self._streams: dict[str, int] = {}  # incoming streams open, per peer
+        self._answering = Shares(MAX_ANSWERS_PER_PEER, MAX_ANSWERS)  # blob ranges answered
+        self._streams = Shares(MAX_STREAMS_PER_PEER, MAX_STREAMS)  # incoming streams open
 
     def _identity(self) -> Any:
         from libp2p import load_identity, save_identity
@@ -351,17 +352,11 @@ class P2PNode:
         """The peer behind an incoming ``stream``, counted among the streams open
         while the block runs; None (not counted) past the caps."""
         peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
-        mine = self._streams.get(peer, 0)
-        if mine >= MAX_STREAMS_PER_PEER or sum(self._streams.values()) >= MAX_STREAMS:
+        if self._streams.full(peer) is not None:
             yield None
             return
-        self._streams[peer] = mine + 1
-        try:
+        with self._streams.hold(peer):
             yield peer
-        finally:
-            self._streams[peer] -= 1
-            if not self._streams[peer]:
-                del self._streams[peer]
 
     async def _serve_blob(self, stream: Any) -> None:
         """Answer one ``/tufmesh/blob/1`` request (a peer that goes away mid-answer
@@ -383,10 +378,9 @@ class P2PNode:
         except BlobStreamError:
             await stream.write(response_head(BAD_REQUEST, 0))
             return
-        mine = self._answering.get(peer, 0)
         uploads, chunk, now = self.uploads, (request.cid, request.offset), trio.current_time()
         verdict = "busy"
-        if sum(self._answering.values()) < MAX_ANSWERS and mine < MAX_ANSWERS_PER_PEER:
+        if self._answering.full(peer) is None:
             verdict = (
                 uploads.admit(chunk, now, patient=request.patient, size=request.length)
                 if uploads is not None
@@ -399,19 +393,15 @@ class P2PNode:
                 else response_head(BUSY, 0)
             )
             return
-        self._answering[peer] = mine + 1
         sent = False
         try:
             # An admitted upload that overruns its deadline is cut: its
             # requester, reading slower than its own slow-retrieval floor,
             # has given up on it anyway.
             limit = uploads.deadline(request.length) if uploads is not None else math.inf
-            with trio.move_on_after(limit):
+            with self._answering.hold(peer), trio.move_on_after(limit):
                 sent = await self._send_range(stream, request)
         finally:
-            self._answering[peer] -= 1
-            if not self._answering[peer]:
-                del self._answering[peer]
             if uploads is not None:
                 uploads.done(chunk, trio.current_time(), completed=sent)
 

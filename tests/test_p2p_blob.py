@@ -89,9 +89,7 @@ def test_ranges_over_libp2p_share_the_servers_upload_slots_and_rate(tmp_path: Pa
         first = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
         second = P2PNode(tmp_path / "b.key", topic, AnnouncementGate(root))
         async with trio.open_nursery() as nursery:
-            (address, *_) = await nursery.start(origin.run)
-            await nursery.start(first.run)
-            await nursery.start(second.run)
+            address = await serving(nursery, origin, first, second)
             assert await first.fetch_range(address, cid, 0, 1 << 20) == body[: 1 << 20]
             with pytest.raises(BlobBusyError) as refused:
                 await second.fetch_range(address, cid, 0, 1 << 20)
@@ -106,6 +104,14 @@ def test_ranges_over_libp2p_share_the_servers_upload_slots_and_rate(tmp_path: Pa
     trio.run(main)
     gc.collect()
     assert paced == [1 << 20] * 3  # every byte sent went through the budget
+
+
+async def serving(nursery: trio.Nursery, server: P2PNode, *askers: P2PNode) -> str:
+    """Start ``server`` and ``askers`` in ``nursery``; the server's address."""
+    (address, *_) = await nursery.start(server.run)
+    for asker in askers:
+        await nursery.start(asker.run)
+    return address
 
 
 class Quitter(P2PNode):
@@ -219,9 +225,7 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
                          uploads=SeedGate(slots=100, window=0.0))  # fmt: skip
         askers = [P2PNode(tmp_path / f"{i}.key", topic, AnnouncementGate(root)) for i in range(2)]
         async with trio.open_nursery() as nursery:
-            (address, *_) = await nursery.start(server.run)
-            for asker in askers:
-                await nursery.start(asker.run)
+            address = await serving(nursery, server, *askers)
 
             async def ask(asker: P2PNode) -> None:
                 try:
@@ -267,9 +271,7 @@ def test_streams_that_send_no_request_are_capped_and_closed(
         flooder = P2PNode(tmp_path / "f.key", topic, AnnouncementGate(root))
         honest = P2PNode(tmp_path / "h.key", topic, AnnouncementGate(root))
         async with trio.open_nursery() as nursery:
-            (address, *_) = await nursery.start(server.run)
-            await nursery.start(flooder.run)
-            await nursery.start(honest.run)
+            address = await serving(nursery, server, flooder, honest)
             start = trio.current_time()
 
             async def silent(protocol: str) -> None:

@@ -1,0 +1,42 @@
+"""Things in progress, counted per key and in all, each count against a cap:
+the uploads of a project at the origin, the streams and the answers of a
+libp2p peer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+__all__ = ["Shares"]
+
+
+class Shares:
+    """At most ``per_key`` at once for one key, ``total`` for all keys together."""
+
+    def __init__(self, per_key: int, total: int) -> None:
+        self.per_key = per_key
+        self.total = total
+        self._counts: dict[str, int] = {}
+        self._all = 0
+
+    def full(self, key: str) -> Literal["key", "total"] | None:
+        """The cap one more for ``key`` would pass, or None."""
+        if self._counts.get(key, 0) >= self.per_key:
+            return "key"
+        if self._all >= self.total:
+            return "total"
+        return None
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Count one for ``key`` while the block runs (the caller checked :meth:`full`)."""
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._all += 1
+        try:
+            yield
+        finally:
+            self._all -= 1
+            self._counts[key] -= 1
+            if not self._counts[key]:
+                del self._counts[key]
