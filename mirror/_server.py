@@ -31,6 +31,7 @@ from tufmesh.mirror._swarm import (
 )
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate
+from tufmesh.origin._server import NoAnswer
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._blob import MAX_QUERY
 
@@ -63,7 +64,7 @@ def build_mirror_app(
             with trio.move_on_after(QUERY_TIMEOUT) as deadline:
                 body = await read_at_most(request.stream(), MAX_QUERY)
         except ClientDisconnect:  # the asker gave up: nobody reads an answer
-            return Response(status_code=400)
+            return NoAnswer()
         except ValueError:
             return JSONResponse({"error": f"a have-query is {MAX_QUERY} bytes at most"}, 413)
         if deadline.cancelled_caught:

@@ -315,6 +315,15 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class NoAnswer(Response):
+    """What a client that has hung up gets: nothing. (An answer raced
+    hypercorn closing the connection, which shuts the socket's sending side
+    meanwhile: a BusyResourceError and a traceback in the log.)"""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        return
+
+
 def tree_routes(
     root: Path,
     store: BlobStore,
@@ -724,7 +733,7 @@ def build_app(service: OriginService) -> ByteCounter:
             rest, buffer = bytes(buffer), bytearray()
             cid, manifest_cid = await trio.to_thread.run_sync(finish, rest, writer)
         except ClientDisconnect:  # the developer's side gave up: nothing to publish
-            return _error(400, "the upload was cut short")
+            return NoAnswer()  # the developer's side is gone
         except OSError as exc:  # the store's disk: say so, in a line, to both sides
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 print(f"origin: cannot store an upload: {exc.strerror}", file=sys.stderr)
