@@ -137,6 +137,16 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
     mistyped = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"))
     assert "syncs\t0" in mistyped.stdout and "artifacts served\t2" in mistyped.stdout
+    # The lag behind the network, as the p2p layer reports it; unknown with no peer.
+    (tmp_path / "m2" / "state.json").write_text(json.dumps(Mirror(tmp_path / "m2").state()))
+    held = Mirror(tmp_path / "m2").state()["timestamp_version"]
+    Mirror(tmp_path / "m2").note_network(3, held + 2)
+    lagging = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
+    assert "p2p peers\t3" in lagging
+    assert "lag\t2 timestamp version(s) behind the newest announcement" in lagging
+    Mirror(tmp_path / "m2").note_network(0, held + 2)
+    alone = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
+    assert "p2p peers\t0" in alone and "lag\tunknown: no p2p peer" in alone
     (tmp_path / "m2" / "state.json").write_text("[]")
     damaged = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
     assert (

@@ -1083,9 +1083,10 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
     from tufmesh.origin._signer import LocalCommitter
 
     monkeypatch.setattr(server, "MAX_PROJECT_UPLOADS", 2)
+    monkeypatch.setattr(server, "MAX_UPLOADS", 3)
     monkeypatch.setattr(server, "UPLOAD_WAIT", 1.0)
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
-    tokens = {name: ProjectRegistry(repo.dir).add(name) for name in ("p", "q")}
+    tokens = {name: ProjectRegistry(repo.dir).add(name) for name in ("p", "q", "r")}
     service = OriginService(repo.dir, LocalCommitter(repo))
     transport = httpx.ASGITransport(app=server.build_app(service))
     release = trio.Event()
@@ -1105,7 +1106,11 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
         answers[name] = answer.status_code
         if answer.status_code == 503:
             assert answer.headers["retry-after"]
-            assert "too many uploads of p at once (at most 2)" in answer.json()["error"]
+            busy = answer.json()["error"]
+            if project == "p":
+                assert "too many uploads of p at once (at most 2)" in busy
+            else:  # the origin's own cap: every project's uploads count
+                assert "too many uploads at once (at most 3)" in busy
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -1120,6 +1125,11 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
                     assert answers == {"q-1.tar.gz": 200}
                     await trio.sleep(1.5)
                     assert answers["p-late.tar.gz"] == 503  # waited its second, in vain
+                    # The third slot in all, held: another project's upload waits too.
+                    uploads.start_soon(upload, http, "q", "q-held.tar.gz", True)
+                    await trio.sleep(0.2)
+                    await upload(http, "r", "r-1.tar.gz", False)
+                    assert answers["r-1.tar.gz"] == 503
                     # One that waits less than that gets the slot freed meanwhile.
                     uploads.start_soon(upload, http, "p", "p-next.tar.gz", False)
                     await trio.sleep(0.3)
@@ -1128,7 +1138,7 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
 
     trio.run(main)
     assert answers == {
-        "q-1.tar.gz": 200, "p-late.tar.gz": 503,
+        "q-1.tar.gz": 200, "p-late.tar.gz": 503, "r-1.tar.gz": 503, "q-held.tar.gz": 200,
         "p-0.tar.gz": 200, "p-1.tar.gz": 200, "p-next.tar.gz": 200,
     }  # fmt: skip
     published = OriginRepository(repo.dir)
