@@ -16,6 +16,8 @@ Invariants (each one is tested):
   period. It holds the store lock exclusively; pinning takes the same lock and
   publishing a blob takes it shared, so a blob that was just written, or
   rewritten by a second put of the same bytes, is always inside the grace period.
+* A store this process may not write (a read-only mount, another user's)
+  opens for reading: every read works, every write is refused up front.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def _hash_and_write(
 
 #: The alphabet of CIDv1 names in base32 (lower case, no padding).
 _BASE32: Final = "abcdefghijklmnopqrstuvwxyz234567"
+_SHARDS: Final = frozenset(a + b for a in _BASE32 for b in _BASE32)
 
 
 def _shard(cid: str) -> str:
@@ -201,24 +204,31 @@ class BlobStore:
         self._tmp = self.root / "tmp"
         self._pins = self.root / "pins"
         self._quarantine = self.root / "quarantine"
+        lock = self.root / "lock"
+        #: False for a store this process may only read.
+        self.writable = not (lock.is_file() and self._blobs.is_dir()) or all(
+            os.access(path, os.W_OK) for path in (self.root, self._blobs, self._tmp, lock)
+        )
+        if not self.writable:
+            return  # nothing to make, and leftovers are their writer's to remove
         try:
             for path in (self.root, self._blobs, self._tmp, self._pins, self._quarantine):
                 path.mkdir(parents=True, exist_ok=True)
-            (self.root / "lock").touch(exist_ok=True)
-            if not any(self._blobs.iterdir()):
+            lock.touch(exist_ok=True)
+            if not set(os.listdir(self._blobs)) >= _SHARDS:
                 self._make_shards()
         except OSError as exc:
             raise StoreError(f"cannot open store at {self.root}: {exc.strerror}") from None
         self.remove_leftovers()
 
     def _make_shards(self) -> None:
-        """Every shard directory of a new store, made durable once: made on
-        demand, a shard another writer had just made could hold a blob whose
-        name outlived a power cut while the shard's own entry did not (the
-        other writer's fsync of ``blobs/`` still to come)."""
-        for first in _BASE32:
-            for second in _BASE32:
-                (self._blobs / (first + second)).mkdir(exist_ok=True)
+        """Every shard directory, made durable at once (for a new store, and
+        one made before shards were made up front): made on demand, a shard
+        another writer had just made could hold a blob whose name outlived a
+        power cut while the shard's own entry did not (the other writer's
+        fsync of ``blobs/`` still to come)."""
+        for shard in sorted(_SHARDS):
+            (self._blobs / shard).mkdir(exist_ok=True)
         if self.config.fsync:
             fsync_dir(self._blobs)
             fsync_dir(self.root)
@@ -301,6 +311,7 @@ class BlobStore:
     @contextlib.contextmanager
     def _temp_file(self) -> Iterator[tuple[int, Path]]:
         """Create a temporary file in ``tmp/`` held under ``flock``; remove it unless published."""
+        self._check_writable()
         while True:
             path = self._tmp / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
@@ -336,6 +347,7 @@ class BlobStore:
 
     def remove_leftovers(self) -> list[str]:
         """Remove temporary files left by writers that died; return their names."""
+        self._check_writable()
         removed = []
         for path in self._tmp.iterdir():
             try:
@@ -594,7 +606,15 @@ class BlobStore:
     # -- pins and garbage collection ----------------------------------------
 
     def _lock(self, *, shared: bool) -> contextlib.AbstractContextManager[None]:
+        if not shared:  # taken to change the store
+            self._check_writable()
         return locked(self.root / "lock", shared=shared)
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(
+                f"the store at {self.root} is read-only to this user: it can be read, not changed"
+            )
 
     @staticmethod
     def _check_pin_name(name: str) -> None:
@@ -670,7 +690,7 @@ class BlobStore:
         """Delete every blob that is in no pin set and older than the grace period."""
         grace = self.config.gc_grace_seconds if grace_seconds is None else grace_seconds
         report = GcReport(dry_run=dry_run)
-        with self._lock(shared=False):
+        with self._lock(shared=dry_run):  # a dry run changes nothing
             pinned = frozenset().union(*self._read_pins().values())
             cutoff = time.time() - grace
             touched: set[Path] = set()

@@ -31,8 +31,15 @@ __all__ = [
 @contextlib.contextmanager
 def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
     """Hold an advisory lock on ``path`` (created if missing) across processes:
-    the one way a read-modify-write of a shared file keeps every change."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    the one way a read-modify-write of a shared file keeps every change.
+    A lock file this process may not write (a read-only mount, another
+    user's) is still locked: ``flock`` needs no write access."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield

@@ -228,3 +228,54 @@ def test_demo_refuses_a_small_or_a_huge_artifact(size: str, said: str) -> None:
     third, and the demo failed ("NOT caught")."""
     proc = subprocess.run([TUFMESH, "demo", "--size", size], capture_output=True, text=True)
     assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _read_only_mount() -> list[str] | None:
+    """A command prefix that runs what follows with ``$1`` bind-mounted
+    read-only on ``$2`` in a mount namespace of its own; None where this
+    machine allows no such namespace."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    script = 'mount --bind "$1" "$2" && mount -o remount,ro,bind "$2" && shift 2 && exec "$@"'
+    prefix = [unshare, "-m" if os.geteuid() == 0 else "-rm", "sh", "-c", script, "sh"]
+    probe = subprocess.run([*prefix, "/", "/mnt", "true"], capture_output=True, timeout=30)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_a_store_it_may_not_write_is_read_and_never_changed(tmp_path: Path) -> None:
+    """A store on a read-only mount (a backup, a monitoring user's view) could
+    not be opened even to read: opening wrote its lock file and shards."""
+    prefix = _read_only_mount()
+    if prefix is None:
+        pytest.skip("this machine allows no mount namespace (unshare -m)")
+    store = BlobStore(tmp_path / "store")
+    cid = store.put(b"kept")
+    store.pin("release", [cid])
+    (tmp_path / "ro").mkdir()
+    before = sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*"))
+
+    def ro(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [TUFMESH, "cas", "--store", str(tmp_path / "ro"), *args]
+        return subprocess.run(
+            [*prefix, str(store.root), str(tmp_path / "ro"), *command],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    listed = ro("ls")
+    assert listed.returncode == 0 and listed.stdout.split() == [cid, "4", "release"], listed
+    got = ro("get", cid)
+    assert got.returncode == 0 and got.stdout == "kept", got
+    checked = ro("fsck")
+    assert checked.returncode == 0 and "0 corrupt" in checked.stdout, checked
+    dry = ro("gc", "--dry-run", "--grace", "0")
+    assert dry.returncode == 0, dry
+    (tmp_path / "new").write_bytes(b"new")
+    for refused in (("put", str(tmp_path / "new")), ("unpin", "release"), ("gc", "--grace", "0")):
+        answer = ro(*refused)
+        assert answer.returncode == 1 and "Traceback" not in answer.stderr, answer
+        assert answer.stderr.strip().splitlines() == [
+            f"Error: the store at {tmp_path / 'ro'} is read-only to this user: "
+            "it can be read, not changed"
+        ], answer.stderr
+    assert sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*")) == before

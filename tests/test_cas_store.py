@@ -455,3 +455,13 @@ def test_a_new_store_has_every_shard_and_they_are_durable_at_once(
     assert ("fsync", str(store.root / "blobs"), "") in trace
     cid = store.put(DATA)
     assert store.path(cid).parent.name in shards
+    # A store made before shards were made up front gets the missing ones
+    # when it opens, durable at once too.
+    empty = [shard for shard in shards if shard != store.path(cid).parent.name][:100]
+    for shard in empty:
+        (store.root / "blobs" / shard).rmdir()
+    trace.clear()
+    again = BlobStore(tmp_path / "store")
+    assert sorted(p.name for p in (again.root / "blobs").iterdir()) == shards
+    assert ("fsync", str(store.root / "blobs"), "") in trace
+    assert again.read(cid) == DATA
