@@ -504,7 +504,10 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str |
         for path in files:
             try:
                 with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
-                    answer = upload(client, origin_url, project, path, token, progress=advance)
+                    answer = upload(
+                        client, origin_url, project, path, token,
+                        progress=advance, on_retry=lambda why: click.echo(why, err=True),
+                    )  # fmt: skip
             except TufmeshError as exc:
                 failures += 1
                 click.echo(f"error: {exc}", err=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
@@ -20,6 +21,16 @@ __all__ = ["upload"]
 #: for their turn with their body unsent: five minutes only bound a stuck origin.
 _TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=300.0, pool=10.0)
 _PIECE = 1 << 20
+#: A busy origin (past its cap on uploads at once: a 503) is asked again
+#: after the wait it names, up to this many times; so is one whose connection
+#: broke mid-upload. Asking again is safe: an upload is idempotent (the same
+#: bytes under the same name publish once, and the answer is the same).
+RETRIES: Final = 3
+_BROKEN_WAIT: Final = 5.0
+_LONGEST_WAIT: Final = 60.0
+#: The connection broke after it was made: the origin, or a proxy before it,
+#: dropped it (as a busy origin does to a big upload it never read).
+_BROKEN: Final = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
 
 
 def _pieces(path: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
@@ -38,8 +49,12 @@ def upload(
     token: str,
     *,
     progress: Callable[[int], None] | None = None,
+    on_retry: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Upload one file; return the origin's JSON answer or raise :class:`PublishError`."""
+    """Upload one file; return the origin's JSON answer or raise :class:`PublishError`.
+
+    ``progress(n)`` is called with each piece sent (negative: what a retry
+    sends again); ``on_retry(why)`` before each wait to ask again."""
     filename = check_filename(path.name)
     project = normalize_project(project)
     try:
@@ -52,14 +67,41 @@ def upload(
         "content-length": str(size),
         "content-type": "application/octet-stream",
     }
-    try:
-        response = client.post(
-            url, content=_pieces(path, progress), headers=headers, timeout=_TIMEOUT
-        )
-    except httpx.HTTPError as exc:
-        raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
-    except OSError as exc:  # reading the file
-        raise PublishError(f"cannot read {path}: {exc.strerror or exc}") from None
+    retries = 0
+    while True:
+        sent = 0
+
+        def counted(n: int) -> None:
+            nonlocal sent
+            sent += n
+            if progress is not None:
+                progress(n)
+
+        try:
+            response = client.post(
+                url, content=_pieces(path, counted), headers=headers, timeout=_TIMEOUT
+            )
+        except _BROKEN as exc:
+            if retries == RETRIES:
+                raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
+            wait, why = _BROKEN_WAIT, f"the connection broke mid-upload ({exc})"
+        except httpx.HTTPError as exc:
+            raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
+        except OSError as exc:  # reading the file
+            raise PublishError(f"cannot read {path}: {exc.strerror or exc}") from None
+        else:
+            if response.status_code != 503 or retries == RETRIES:
+                return _answer(response, path, origin)
+            wait, why = _retry_after(response), f"busy: {_reason(_body(response), response)}"
+        if progress is not None and sent:
+            progress(-sent)
+        if on_retry is not None:
+            on_retry(f"{path.name}: {why}; asking again in {wait:.0f} s")
+        time.sleep(wait)
+        retries += 1
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
@@ -67,9 +109,28 @@ def upload(
     if not isinstance(body, dict):
         # Not an origin's answer (an HTML error page, say): its status says enough.
         body = {"error": response.reason_phrase or "not a tufmesh answer"}
+    return body
+
+
+def _reason(body: dict[str, Any], response: httpx.Response) -> str:
+    return " ".join(str(body.get("error", response.reason_phrase)).split())[:300]
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The wait a busy answer names (in seconds only), within reason."""
+    named = response.headers.get("retry-after", "")
+    wait = float(named) if named.isdigit() else _BROKEN_WAIT
+    return min(max(wait, 1.0), _LONGEST_WAIT)
+
+
+def _answer(response: httpx.Response, path: Path, origin: str) -> dict[str, Any]:
+    """The origin's JSON answer to a finished upload, or :class:`PublishError`."""
+    body = _body(response)
     if response.status_code != 200:
-        reason = " ".join(str(body.get("error", response.reason_phrase)).split())[:300]
-        raise PublishError(f"{path.name}: refused by the origin ({response.status_code}): {reason}")
+        raise PublishError(
+            f"{path.name}: refused by the origin ({response.status_code}): "
+            f"{_reason(body, response)}"
+        )
     if not {"target", "length", "sha256", "snapshot_version"} <= body.keys():
         raise PublishError(
             f"{path.name}: {origin} answered, but not as a tufmesh origin does: "

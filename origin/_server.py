@@ -489,6 +489,15 @@ class _GatedResponse(_BigFileResponse):
             self.on_end(completed)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        unread = _has_body(scope)  # a request body not yet read to its end
+
+        async def receiving() -> Any:
+            nonlocal unread
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                unread = False
+            return message
+
         async def counting(message: Any) -> None:
             if message["type"] == "http.response.body":
                 self._begun += len(message.get("body", b""))
@@ -550,6 +559,15 @@ class ByteCounter:
     _small_next: float = -math.inf  # the same for the small bodies alone
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        unread = _has_body(scope)  # a request body not yet read to its end
+
+        async def receiving() -> Any:
+            nonlocal unread
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                unread = False
+            return message
+
         async def counting(message: Any) -> None:
             if message["type"] != "http.response.body":
                 await send(message)
@@ -568,10 +586,21 @@ class ByteCounter:
             # for a while (it can wait on a client that reads nothing more).
             if body:
                 await send({**message, "more_body": True})
+            end = {"type": "http.response.body", "body": b"", "more_body": False}
             with trio.CancelScope(deadline=trio.current_time() + _END_WAIT, shield=True):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not unread:
+                    await send(end)
+                    return
+                # An answer before the body was read (a refusal): hypercorn
+                # then closes the connection, but first hands the app the news
+                # on the queue its unread body fills, and waits for room there
+                # for ever (the uploader's write with it). Room is made here.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_discard, receiving)
+                    await send(end)
+                    nursery.cancel_scope.cancel()
 
-        await self.app(scope, receive, counting)
+        await self.app(scope, receiving, counting)
 
     async def pace(self, size: int) -> None:
         """Count ``size`` bytes about to be sent (over HTTP, or over libp2p by
@@ -593,13 +622,32 @@ class ByteCounter:
             await trio.sleep(max(self._small_next - now, 0.0))
 
 
+def _has_body(scope: Any) -> bool:
+    """Whether an HTTP request comes with a body (a GET's is empty)."""
+    if scope.get("type") != "http":
+        return False
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def _discard(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Read and drop what is left of a request, until the client is gone."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 #: Uploads in flight at once, per project and in all: each holds a temp
 #: file and a megabyte of buffer. Past these an upload waits its turn, its
 #: body unread (it queues: the uploader's write waits too, so this stays
-#: below `tufmesh publish`'s 5-minute timeouts), then gets a 503.
+#: below `tufmesh publish`'s 5-minute timeouts), then gets a 503, and
+#: `publish` asks again after :data:`UPLOAD_RETRY_AFTER`.
 MAX_PROJECT_UPLOADS: Final = 16
 MAX_UPLOADS: Final = 64
 UPLOAD_WAIT: Final = 240.0
+#: What a busy answer says to wait before asking again, in seconds.
+UPLOAD_RETRY_AFTER: Final = 5
 
 
 def build_app(service: OriginService) -> ByteCounter:
@@ -651,7 +699,7 @@ def build_app(service: OriginService) -> ByteCounter:
                 if cap == "key"
                 else f"too many uploads at once (at most {MAX_UPLOADS})"
             )
-            return _error(503, busy, headers={"retry-after": "5"})
+            return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
         try:
             with uploading.hold(project):
                 return await _publish(request, project, filename, limit)

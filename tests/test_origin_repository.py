@@ -1269,6 +1269,112 @@ def test_a_big_upload_past_the_cap_waits_its_turn_on_a_real_socket(
     assert found is not None and found.length == len(big)
 
 
+@pytest.mark.parametrize("case", ["small", "big", "dropped"])
+def test_publish_asks_again_a_busy_origin_or_a_dropped_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """Past the cap and its wait, an upload was refused for good, and a big
+    one never even read its refusal: hypercorn waited for room on the queue
+    its unread body had filled, and the uploader's write with it, until the
+    5-minute timeout. Now every refusal is read, `publish` asks again after
+    the Retry-After (also when a connection drops mid-upload: through a proxy
+    that cuts the first one), and its progress starts over."""
+    import httpx
+    import trio
+
+    import tufmesh.origin._server as server
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._publish import upload
+    from tufmesh.origin._signer import LocalCommitter
+
+    monkeypatch.setattr(server, "MAX_PROJECT_UPLOADS", 1)
+    monkeypatch.setattr(server, "UPLOAD_WAIT", 0.5)
+    monkeypatch.setattr(server, "UPLOAD_RETRY_AFTER", 1)
+    monkeypatch.setattr("tufmesh.origin._publish._BROKEN_WAIT", 1.0)
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    token = ProjectRegistry(repo.dir).add("p")
+    service = OriginService(repo.dir, LocalCommitter(repo))
+    size = 10 if case == "small" else 16 << 20
+    artifact = tmp_path / "p-1.0.tar.gz"
+    artifact.write_bytes(os.urandom(size))
+    release = trio.Event()
+    said: list[str] = []
+    progress: list[int] = []
+
+    async def held(http: httpx.AsyncClient) -> None:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first"
+            await release.wait()
+
+        answer = await http.post("/api/v1/projects/p/files/p-0.tar.gz", content=body(),
+                                 headers={"authorization": f"Bearer {token}"})  # fmt: skip
+        assert answer.status_code == 200
+
+    async def cutting_proxy(to: str, task_status: Any) -> None:
+        """Relays to the origin, but cuts the first connection 1 MiB in."""
+        port = int(to.rsplit(":", 1)[1])
+        first = True
+
+        async def relay(client: trio.SocketStream) -> None:
+            nonlocal first
+            cut, first = first, False
+            async with client, await trio.open_tcp_stream("127.0.0.1", port) as origin:
+
+                async def pipe(a: trio.SocketStream, b: trio.SocketStream, limit: int) -> None:
+                    moved = 0
+                    while moved < limit and (data := await a.receive_some(65536)):
+                        await b.send_all(data)
+                        moved += len(data)
+                    nursery.cancel_scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pipe, client, origin, 1 << 20 if cut else 1 << 40)
+                    nursery.start_soon(pipe, origin, client, 1 << 40)
+
+        await trio.serve_tcp(relay, 0, host="127.0.0.1", task_status=task_status)
+
+    def publish(url: str) -> dict[str, object]:
+        with httpx.Client() as client:
+            return upload(client, url, "p", artifact, token, progress=progress.append,
+                          on_retry=said.append)  # fmt: skip
+
+    async def release_after_first_refusal() -> None:
+        while not said:
+            await trio.sleep(0.05)
+        release.set()
+
+    async def main() -> dict[str, object]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            url = await server.start_http(
+                nursery, server.build_app(service), "127.0.0.1", 0, None, None
+            )
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as http:
+                if case == "dropped":
+                    release.set()  # no rush at the origin: the network fails
+                    listeners = await nursery.start(cutting_proxy, url)
+                    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+                else:
+                    nursery.start_soon(held, http)
+                    await trio.sleep(0.3)
+                    nursery.start_soon(release_after_first_refusal)
+                answer = await trio.to_thread.run_sync(publish, url)
+            nursery.cancel_scope.cancel()
+        return answer
+
+    answer = trio.run(main)
+    assert answer["target"] == "p/p-1.0.tar.gz" and answer["length"] == size
+    if case == "dropped":
+        assert len(said) == 1 and "the connection broke mid-upload" in said[0], said
+    else:
+        busy = "p-1.0.tar.gz: busy: too many uploads of p at once (at most 1); asking again in 1 s"
+        assert said and set(said) == {busy}, said
+    assert sum(progress) == size  # what a failed attempt had sent was taken back
+    found = OriginRepository(repo.dir).find("p/p-1.0.tar.gz")
+    assert found is not None and found.length == size
+
+
 def test_an_artifacts_own_refusal_is_said_to_its_uploader_across_the_pipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
