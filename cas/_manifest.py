@@ -136,6 +136,12 @@ class Manifest:
         if blake3.blake3(data).digest() != self.digests[index]:
             raise ChunkRejectedError(f"chunk {index} does not match its BLAKE3 digest")
 
+    @staticmethod
+    def encoded_size(length: int, chunk_size: int) -> int:
+        """How many bytes the manifest of a ``length``-byte blob in chunks of
+        ``chunk_size`` takes (known before it is fetched, from signed data)."""
+        return _HEADER.size + _DIGEST * _chunk_count(length, chunk_size)
+
     @classmethod
     def decode(
         cls, data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_MANIFEST_BYTES

@@ -30,7 +30,7 @@ from tuf.api.metadata import SuccinctRoles, TargetFile, Targets
 from tuf.ngclient import Updater
 
 from tufmesh.cas import Manifest, cid_of
-from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES
+from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES, MAX_CHUNK_SIZE
 from tufmesh.client._download import (
     ChunkPlan,
     Replicating,
@@ -355,7 +355,7 @@ class Client:
         manifest_stats: dict[str, SourceStats] = {}
         if "manifest" in custom:
             manifest, manifest_stats = self._fetch_manifest(
-                custom["manifest"], [*sources, *(fallback or [])]
+                custom["manifest"], [*sources, *(fallback or [])], _manifest_size(info)
             )
             if manifest.blob_cid != cid or manifest.length != info.length:
                 raise ClientError(f"{info.path}: the signed manifest describes another blob")
@@ -412,10 +412,10 @@ class Client:
         if not isinstance(manifest_cid, str):
             return None
         sources = [s.url for s in self.fetcher.ordered() if s.serves_blobs]
-        return self._fetch_manifest(manifest_cid, sources)[0]
+        return self._fetch_manifest(manifest_cid, sources, _manifest_size(info))[0]
 
     def _fetch_manifest(
-        self, manifest_cid: str, sources: list[str]
+        self, manifest_cid: str, sources: list[str], size: int | None
     ) -> tuple[Manifest, dict[str, SourceStats]]:
         holder: dict[str, bytes] = {}
 
@@ -424,7 +424,8 @@ class Client:
                 raise ChunkRejectedError("manifest does not match its signed CID")
             holder["data"] = bytes(data)
 
-        # The manifest's length is not signed, only its CID: fetch it whole.
+        # Its CID is signed, and so, through the artifact's length and chunk
+        # size, is its length: a source sending more is cut one byte past it.
         probe = ChunkPlan(manifest_cid, 0, 1, verify)
 
         def blame(source: str, reason: str) -> None:
@@ -433,7 +434,7 @@ class Client:
                     health.failures += 1
                     health.last_error = f"chunk manifest: {reason}"
 
-        stats = _fetch_whole(probe, sources, self.fetcher.pool, self.fetcher.config, blame)
+        stats = _fetch_whole(probe, size, sources, self.fetcher.pool, self.fetcher.config, blame)
         try:
             return Manifest.decode(holder["data"]), stats
         except (KeyError, ManifestError) as exc:
@@ -455,15 +456,26 @@ class Client:
                 health.last_error = stat.banned or stat.last_error
 
 
+def _manifest_size(info: TargetFile) -> int | None:
+    """The size of the chunk manifest ``info`` names, from its signed length
+    and chunk size; None if its ``custom`` says no chunk size."""
+    chunk_size = info.custom.get("chunk_size") if isinstance(info.custom, dict) else None
+    if type(chunk_size) is not int or not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        return None
+    return Manifest.encoded_size(info.length, chunk_size)
+
+
 def _fetch_whole(
     plan: ChunkPlan,
+    size: int | None,
     sources: list[str],
     pool: urllib3.PoolManager,
     config: FetchConfig,
     blame: Callable[[str, str], None],
 ) -> dict[str, SourceStats]:
-    """Fetch a small blob of unsigned length (a manifest) from the first good
-    source; ``blame(source, reason)`` each one that fails on the way."""
+    """Fetch a small blob (a manifest) of ``size`` bytes, or of at most
+    :data:`DEFAULT_MAX_MANIFEST_BYTES` if unknown, from the first good source;
+    ``blame(source, reason)`` each one that fails on the way."""
     reasons: dict[str, str] = {}
     for source in sources:
         try:
@@ -475,7 +487,10 @@ def _fetch_whole(
                 done_with(response, whole=False)
                 reasons[source] = f"HTTP {response.status}"
                 continue
-            body, _ = read_body(response, DEFAULT_MAX_MANIFEST_BYTES, config, started)
+            if size is None or size > DEFAULT_MAX_MANIFEST_BYTES:
+                body, _ = read_body(response, DEFAULT_MAX_MANIFEST_BYTES, config, started)
+            else:  # one byte more fails the CID check, and blames its source
+                body, _ = read_body(response, size, config, started, cut=True)
             plan.verify(0, bytes(body))
             stat = SourceStats(source, bytes=len(body), chunks=1)
             return {source: stat}

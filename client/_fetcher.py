@@ -283,6 +283,9 @@ class MultiSourceFetcher(FetcherInterface):
                 break  # the grace is over: the others are not waited for
             if isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
                 reasons[source.url] = _reason(data)
+            elif isinstance(data, Exception):  # unforeseen: still that source's alone
+                source.failures += 1
+                source.last_error = reasons[source.url] = str(data) or type(data).__name__
             elif isinstance(data, BaseException):
                 raise data
             else:
@@ -389,7 +392,7 @@ def _signed_version(data: bytes) -> int:
     only to choose which answer python-tuf then checks."""
     try:
         version = json.loads(data)["signed"]["version"]
-    except (ValueError, KeyError, TypeError):
+    except Exception:  # any garbage, such as JSON nested past the recursion limit
         return -1
     return version if type(version) is int else -1
 

@@ -191,6 +191,24 @@ def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
             assert client.fetcher.ordered()[0].url == origin.url
 
 
+def test_a_mirror_that_pads_the_manifest_is_cut_at_its_signed_length(
+    origin: Server, tmp_path: Path
+) -> None:
+    """The manifest, then 8 MiB more at twice the slow-retrieval floor: read
+    to the 8 MiB cap, it cost a minute per such source. Its length follows
+    from the artifact's signed length and chunk size: one byte past it, the
+    source is blamed, and the origin serves it."""
+    with mirrors(origin.repo, "manifestpadded") as (liar,):
+        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+        with Client(tmp_path / "c", root, [liar.url, origin.url], **FAST) as client:
+            started = time.monotonic()
+            result = client.download(BIG, tmp_path / "out")
+            assert time.monotonic() - started < 20
+            assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+            health = {h.url: h for h in client.fetcher.sources}
+            assert "manifest does not match its signed CID" in (health[liar.url].last_error or "")
+
+
 @pytest.mark.attack
 @pytest.mark.parametrize(
     ("attack", "message"),
@@ -243,6 +261,19 @@ def test_a_mirror_replaying_the_previous_timestamp_hides_no_release(tmp_path: Pa
             assert client.fetcher.ordered()[0].url == replayer.url  # asked first
             result = client.download("demo/demo-2.0.tar.gz", tmp_path / "out")
         assert result.path.read_bytes() == b"two"
+
+
+@pytest.mark.attack
+def test_a_timestamp_nested_past_the_recursion_limit_stops_no_refresh(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A mirror answering ``[[[[...`` for the timestamp: reading its version
+    raised RecursionError, which ended every refresh ("cannot fetch metadata
+    from any source") with nobody blamed, for every client listing it."""
+    with mirrors(origin.repo, "honest") as (liar,):
+        liar.metadata_overrides["timestamp.json"] = b"[" * 3000
+        with client_for(origin, tmp_path, liar.url, origin.url) as client:
+            assert client.download(BIG, tmp_path / "out").path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
 
 
 def test_two_downloads_into_one_place_do_not_trip_over_each_other(

@@ -20,7 +20,7 @@ from tufmesh.cas import BlobStore
 Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
-    "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
+    "manifestpadded", "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -172,6 +172,20 @@ class Mirror:
         if behaviour == "slowtimestamp" and path.endswith("/timestamp.json"):
             time.sleep(8.0)  # under the read timeout: a slow source, not a dead one
         status = 206 if ranged else 200
+        if behaviour == "manifestpadded" and is_blob and not ranged:
+            # A whole blob (a manifest) followed by 8 MiB more, at 128 KiB/s:
+            # above the slow-retrieval floor, so only a cap on length stops it.
+            request.send_response(status)
+            request.send_header("content-length", str(len(body) + (8 << 20)))
+            request.end_headers()
+            with contextlib.suppress(OSError):
+                request.wfile.write(body)
+                deadline = time.monotonic() + 70
+                while time.monotonic() < deadline:
+                    request.wfile.write(b"\0" * 8192)
+                    request.wfile.flush()
+                    time.sleep(1 / 16)
+            return
         if behaviour == "endless" and is_blob:
             request.send_response(status)
             request.send_header("content-type", "application/octet-stream")
