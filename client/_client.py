@@ -29,6 +29,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import SuccinctRoles, TargetFile, Targets
 from tuf.ngclient import Updater
 
+from tufmesh._durable import fsync_dir
 from tufmesh.cas import Manifest, cid_of
 from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES, MAX_CHUNK_SIZE
 from tufmesh.client._download import (
@@ -323,8 +324,19 @@ class Client:
                     os.replace(whole, part)
         except tuf_errors.LengthOrHashMismatchError as exc:
             raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
+        durable = replicating is None  # a mirror's store keeps (and syncs) its own copy
         try:
+            if durable:
+                # On disk before it has its name: after a power cut, the name
+                # must not hold zeros that other programs would take as it.
+                fd = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             os.replace(part, dest)
+            if durable:
+                fsync_dir(dest_dir)
         except FileNotFoundError:
             # Another download of the same file into the same place finished
             # (and renamed the part file) just before: its file is the answer.

@@ -54,6 +54,10 @@ def check_filename(name: str) -> str:
             f"bad file name {shown}: use letters, digits and . _ + ~ ! -, "
             "starting with a letter or digit"
         )
+    if name.lower().endswith(".part"):
+        # A download keeps its verified chunks in NAME.part: an artifact of
+        # that name would be taken for another's unfinished download.
+        raise InvalidNameError(f"file name {shown} ends in '.part', a download's own suffix")
     return name
 
 

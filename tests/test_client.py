@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.durability import durability_trace
 from tests.helpers.mirror import mirrors, resign_timestamp
 from tests.helpers.origin import (
     TUFMESH,
@@ -25,6 +26,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig, SourceHealth
+from tufmesh.client._client import part_path
 from tufmesh.errors import ClientError, MetadataRefusedError, NotInMetadataError, SourcesFailedError
 
 BIG = "demo/demo-1.0.tar.gz"  # 6.5 chunks
@@ -57,11 +59,20 @@ def client_for(origin: Server, tmp_path: Path, *sources: str, name: str = "clien
     return Client(metadata, root, list(sources), **FAST)
 
 
-def test_honest_multi_source_download(origin: Server, tmp_path: Path) -> None:
+def test_honest_multi_source_download(
+    origin: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = durability_trace(monkeypatch)
     with mirrors(origin.repo, "honest", "honest") as (a, b):
         with client_for(origin, tmp_path, origin.url, a.url, b.url) as client:
             result = client.download(BIG, tmp_path / "out")
         assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        # The file is on disk before it has its name, and the name after:
+        # a power cut never leaves the name on bytes that are not the artifact.
+        part, dest = str(part_path(result.path)), str(result.path)
+        named = trace.index(("replace", part, dest))
+        assert ("fsync", part, "") in trace[:named], trace
+        assert ("fsync", str(tmp_path / "out"), "") in trace[named:], trace
         served = {name: s.bytes for name, s in result.sources.items()}
         assert all(served.get(url, 0) > 0 for url in (origin.url, a.url, b.url)), served
         assert not (tmp_path / "out" / "demo-1.0.tar.gz.part").exists()

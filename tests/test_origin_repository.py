@@ -92,8 +92,10 @@ def test_bad_project_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["a/b", "a\\b", "..", "a..b", ".x", "a\x00b", "a\nb", "a\x7fb", "é" * 200, "", "a b"]
-)
+    "name",
+    ["a/b", "a\\b", "..", "a..b", ".x", "a\x00b", "a\nb", "a\x7fb", "é" * 200, "", "a b",
+     "demo-1.0.tar.gz.part", "x.PART"],
+)  # fmt: skip
 def test_bad_filenames(name: str) -> None:
     with pytest.raises(InvalidNameError):
         check_filename(name)
