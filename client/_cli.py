@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
+import time
 from pathlib import Path
+from typing import Final
 
 import click
 
@@ -54,25 +57,45 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         click.echo(f"sources no longer used (init lists them all): {', '.join(dropped)}")
     if before is not None and before != anchor.read_bytes():
         click.echo(f"the trusted root was replaced by {root_json}, and the cached metadata cleared")
-    for url in made.sources():  # a typo in a URL is better found now than at the first get
-        if (reason := _unreachable(url)) is not None:
-            click.echo(f"warning: {url} does not answer now ({reason})", err=True)
+    # A typo in a URL is better found now than at the first get.
+    for url, reason in _unreachable(made.sources()).items():
+        click.echo(f"warning: {url} does not answer now ({reason})", err=True)
 
 
-def _unreachable(url: str) -> str | None:
-    """Why ``url`` serves no TUF metadata right now (a short look), or None."""
+#: How long ``client init`` looks at its sources, all at once.
+PROBE_SECONDS: Final = 5.0
+
+
+def _unreachable(urls: list[str]) -> dict[str, str]:
+    """Why each of ``urls`` that serves no TUF metadata right now does not (a
+    short look at each, at once: only the status is read, never the body,
+    and a source still answering after :data:`PROBE_SECONDS` is left to it)."""
     import httpx
 
     from tufmesh.client._http import tls_context
 
-    try:
-        answer = httpx.get(f"{url}/metadata/timestamp.json", timeout=3.0, verify=tls_context())
-    except httpx.HTTPError as exc:
-        text = str(exc) or type(exc).__name__
-        return re.sub(r"^\[Errno -?\d+\] ", "", text).lower()  # "connection refused"
-    if answer.status_code != 200:
-        return f"HTTP {answer.status_code} for metadata/timestamp.json"
-    return None
+    reasons: dict[str, str | None] = {}
+
+    def probe(url: str) -> None:
+        try:
+            with httpx.stream(
+                "GET", f"{url}/metadata/timestamp.json", timeout=3.0, verify=tls_context(),
+                headers={"accept-encoding": "identity"},
+            ) as answer:  # fmt: skip
+                ok = answer.status_code == 200
+                reasons[url] = None if ok else f"HTTP {answer.status_code} for its timestamp"
+        except httpx.HTTPError as exc:
+            text = str(exc) or type(exc).__name__
+            reasons[url] = re.sub(r"^\[Errno -?\d+\] ", "", text).lower()  # "connection refused"
+
+    threads = [threading.Thread(target=probe, args=(url,), daemon=True) for url in urls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + PROBE_SECONDS
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = f"no answer within {PROBE_SECONDS:.0f} s"
+    return {url: reason for url in urls if (reason := reasons.get(url, late)) is not None}
 
 
 @client.command()

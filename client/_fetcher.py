@@ -240,7 +240,7 @@ class MultiSourceFetcher(FetcherInterface):
         else:
             for source in self.ordered():
                 try:
-                    data = self._get(source, f"{source.base(kind)}{name}")
+                    data = self._get(source, f"{source.base(kind)}{name}", self._limit)
                 except (urllib3.exceptions.HTTPError, DownloadError) as exc:
                     reasons[source.url] = _reason(exc)
                     continue
@@ -265,9 +265,11 @@ class MultiSourceFetcher(FetcherInterface):
             queue.SimpleQueue()
         )
 
+        bound = self._limit  # now: the requests past the grace end after the download
+
         def ask(rank: int, source: SourceHealth) -> None:
             try:
-                answers.put((rank, source, self._get(source, f"{source.base(kind)}{name}")))
+                answers.put((rank, source, self._get(source, f"{source.base(kind)}{name}", bound)))
             except BaseException as exc:
                 answers.put((rank, source, exc))
 
@@ -341,7 +343,9 @@ class MultiSourceFetcher(FetcherInterface):
             raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
         raise SourcesFailedError(f"every source failed for {name}: {listing}")
 
-    def _get(self, source: SourceHealth, url: str) -> bytes:
+    def _get(self, source: SourceHealth, url: str, bound: int | None) -> bytes:
+        """The body of ``url`` from ``source``, read up to ``bound`` (python-tuf's
+        bound for the file) if it is below our own."""
         started = time.monotonic()
         try:
             response = self._pool.request("GET", url, preload_content=False, redirect=False)
@@ -352,10 +356,10 @@ class MultiSourceFetcher(FetcherInterface):
                     source.last_error = f"HTTP {response.status}"
                 raise DownloadHTTPError(f"HTTP {response.status}", response.status)
             limit, cut = self.config.max_metadata_bytes, False
-            if self._limit is not None and self._limit < limit:
+            if bound is not None and bound < limit:
                 # One byte past python-tuf's bound is enough for it to refuse
                 # the file (and us to blame its source, as for a bad one).
-                limit, cut = self._limit, True
+                limit, cut = bound, True
             body, first = read_body(response, limit, self.config, started, cut=cut)
         except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):

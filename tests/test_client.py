@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -445,6 +447,46 @@ def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_pa
     assert (out / name).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
 
 
+@contextlib.contextmanager
+def _hostile_http(kind: str) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers each request with a head sent
+    a byte a second ("dribble") or a 200 whose body never ends ("endless"),
+    for at most 30 s; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            deadline = time.monotonic() + 30
+            if kind == "dribble":
+                for byte in b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"a" * 100:
+                    if stop.is_set() or time.monotonic() > deadline:
+                        return
+                    conn.sendall(bytes([byte]))
+                    time.sleep(1.0)
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n\r\n")
+                while not stop.is_set() and time.monotonic() < deadline:
+                    conn.sendall(b"\0" * 65536)
+
+    def serve() -> None:
+        with listener:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
     # A first init with the wrong repository's root caches nothing usable;
     # init with the right root must replace it, cache and all.
@@ -472,6 +514,15 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
     again = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
                     "--origin", origin.url, "--home", str(home)).stdout  # fmt: skip
     assert f"sources no longer used (init lists them all): {mirror}" in again
+    # A source that answers forever (its head a byte a second, or an endless
+    # body): init looks at each for a few seconds, reads no body, and goes on.
+    with _hostile_http("dribble") as dribbler, _hostile_http("endless") as endless:
+        started = time.monotonic()
+        looked = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                         "--origin", origin.url, "--mirror", dribbler, "--mirror", endless,
+                         "--home", str(home))  # fmt: skip
+        assert time.monotonic() - started < 15
+        assert looked.stderr == f"warning: {dribbler} does not answer now (no answer within 5 s)\n"
 
 
 @pytest.mark.attack
