@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import IO, BinaryIO, Final, TypeAlias, final
 
 from tufmesh._durable import fsync_dir, locked, read_exactly, write_at
@@ -460,6 +461,16 @@ class BlobStore:
         """
         canonical, path = self._existing(cid)
         dest = Path(dest)
+        try:
+            kind = os.lstat(dest).st_mode
+        except FileNotFoundError:
+            kind = None
+        except OSError as exc:
+            raise StoreError(f"cannot write {dest}: {exc.strerror}") from None
+        if kind is not None and not S_ISREG(kind):
+            # Renamed over, a device (/dev/full), a link (/dev/stdout) or a
+            # directory would be replaced by a plain file, not written to.
+            raise StoreError(f"{dest} is not a regular file, so not replaced by the blob")
         tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
         sha = hashlib.sha256()
         try:

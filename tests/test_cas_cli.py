@@ -56,6 +56,17 @@ def test_put_get_ls_stat_verify_roundtrip(tmp_path: Path, files: list[Path]) -> 
     got = tmp_path / "got"
     run(store, "get", big, "-o", str(got))
     assert got.read_bytes() == files[2].read_bytes()
+    run(store, "get", out[1], "-o", str(got))  # a file there is replaced
+    assert got.read_bytes() == files[1].read_bytes()
+    # Anything else there (a fifo or a device, a link such as /dev/stdout)
+    # was renamed over, not written to: it is refused and left as it was.
+    fifo, link = tmp_path / "fifo", tmp_path / "link"
+    os.mkfifo(fifo)
+    link.symlink_to(got)
+    for path in (fifo, link):  # (a directory: refused by the option already)
+        refused = run(store, "get", big, "-o", str(path), ok=False)
+        assert f"{path} is not a regular file, so not replaced by the blob" in refused.stderr
+    assert fifo.is_fifo() and link.is_symlink() and got.read_bytes() == files[1].read_bytes()
     stdout = subprocess.run(
         [TUFMESH, "cas", "--store", str(store), "get", out[1]], capture_output=True, check=True
     ).stdout
