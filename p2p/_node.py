@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -205,6 +206,7 @@ class P2PNode:
         self.topic = topic
         self.gate = gate
         self.listen = f"/ip4/{host}/tcp/{port}"
+        self._address = (host, port)
         self.bootstrap = list(bootstrap or [])
         self.on_announcement = on_announcement
         self.blob_source = blob_source
@@ -234,6 +236,23 @@ class P2PNode:
             os.chmod(self.key_path, 0o600)
         return load_identity(str(self.key_path))
 
+    def _check_port_free(self) -> None:
+        """Fail as a taken HTTP port does: libp2p listens with SO_REUSEPORT,
+        so a second node on a port another already serves (a mirror started
+        twice with one --p2p-port) shared it silently, and half the peers
+        dialling the first reached the second, under another identity."""
+        host, port = self._address
+        if not port:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"libp2p cannot listen on {self.listen} (--p2p-port): {exc.strerror}"
+                ) from None
+
     async def run(
         self,
         *,
@@ -257,6 +276,7 @@ class P2PNode:
         from libp2p.stream_muxer.yamux.yamux import Yamux
         from libp2p.tools.anyio_service import background_trio_service
 
+        self._check_port_free()
         key_pair = self._identity()
         host = new_host(
             key_pair=key_pair,

@@ -188,3 +188,31 @@ def test_a_node_dials_its_bootstrap_peer_again_after_it_restarts(
     trio.run(main)
     gc.collect()
     assert AnnouncementGate(root).check(received[0]).version == 70
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_second_node_on_a_taken_port_fails_to_start(tmp_path: Path) -> None:
+    """libp2p listens with SO_REUSEPORT: a mirror started twice with one
+    --p2p-port shared the port without a word, and peers dialling the first
+    reached the second half the time, under another identity."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    root = repo.root()
+    topic = topic_for(root)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            first = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
+            async with trio.open_nursery() as life:
+                (address, *_) = await life.start(first.run)
+                port = int(address.split("/tcp/")[1].split("/")[0])
+                second = P2PNode(tmp_path / "b.key", topic, AnnouncementGate(root), port=port)
+                with pytest.raises(OSError, match=f"tcp/{port} .*Address already in use"):
+                    await nursery.start(second.run)
+                life.cancel_scope.cancel()
+            # Once the first has stopped, the port is free again.
+            third = P2PNode(tmp_path / "b.key", topic, AnnouncementGate(root), port=port)
+            assert await nursery.start(third.run)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
