@@ -213,7 +213,8 @@ def test_a_mirror_that_pads_the_manifest_is_cut_at_its_signed_length(
     source is blamed, and the origin serves it."""
     with mirrors(origin.repo, "manifestpadded") as (liar,):
         root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-        with Client(tmp_path / "c", root, [liar.url, origin.url], **FAST) as client:
+        sources = [liar.url, SourceHealth(origin.url, failures=1)]  # the liar asked first
+        with Client(tmp_path / "c", root, sources, **FAST) as client:
             started = time.monotonic()
             result = client.download(BIG, tmp_path / "out")
             assert time.monotonic() - started < 20
