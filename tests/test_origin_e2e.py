@@ -523,7 +523,7 @@ def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> No
                        "--p2p-port", str(port), check=False)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().endswith(
-        f"libp2p cannot listen on /ip4/127.0.0.1/tcp/{port} (--p2p-port)"
+        f"libp2p cannot listen on /ip4/127.0.0.1/tcp/{port} (--p2p-port): Address already in use"
     )
     # Ctrl-C at a terminal reaches the origin and its committer (one process group).
     server = subprocess.Popen(
