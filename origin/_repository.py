@@ -423,9 +423,14 @@ class OriginRepository(Repository):
 
     @property
     def targets_infos(self) -> dict[str, MetaFile]:
-        """Versions of every targets role (targets, bins, bin-N), for the snapshot."""
+        """Version and length of every targets role (targets, bins, bin-N),
+        for the snapshot. With its length signed, a client reads a role from
+        a source only up to that length: a source padding or trickling it
+        costs the role's size at the slow-retrieval floor, not python-tuf's
+        5 MB bound for a targets file. (A version is signed once, so its
+        length never changes: a new length comes with a new version.)"""
         return {
-            f"{role}.json": MetaFile(version=md.signed.version)
+            f"{role}.json": MetaFile(version=md.signed.version, length=len(self._bytes[role]))
             for role, md in self._md.items()
             if isinstance(md.signed, Targets)
         }

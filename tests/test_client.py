@@ -278,6 +278,35 @@ def test_a_mirror_replaying_the_previous_timestamp_hides_no_release(tmp_path: Pa
 
 
 @pytest.mark.attack
+def test_a_mirror_that_pads_the_targets_roles_is_refused_at_their_signed_length(
+    origin: Server, tmp_path: Path
+) -> None:
+    """The snapshot signs each targets role's length: a role with a megabyte
+    of blanks after it (its signature still valid: it covers the signed part)
+    was read to python-tuf's 5 MB bound and accepted. Now it is cut one
+    byte past its length, refused, and its source blamed; the origin's copy
+    is used."""
+    import json
+
+    snapshot = json.loads((origin.repo / "metadata" / "timestamp.json").read_bytes())
+    version = snapshot["signed"]["meta"]["snapshot.json"]["version"]
+    meta = json.loads((origin.repo / "metadata" / f"{version}.snapshot.json").read_bytes())
+    roles = meta["signed"]["meta"]
+    assert roles and all(isinstance(entry.get("length"), int) for entry in roles.values())
+    with mirrors(origin.repo, "honest") as (liar,):
+        for name, entry in roles.items():
+            real = (origin.repo / "metadata" / f"{entry['version']}.{name}").read_bytes()
+            assert len(real) == entry["length"]
+            liar.metadata_overrides[f"{entry['version']}.{name}"] = real + b" " * (1 << 20)
+        sources = [liar.url, SourceHealth(origin.url, failures=1)]  # the liar asked first
+        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+        with Client(tmp_path / "c", root, sources, **FAST) as client:
+            assert client.download(BIG, tmp_path / "out").path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+            health = {h.url: h for h in client.fetcher.sources}
+            assert health[liar.url].failures >= 1, health[liar.url]
+
+
+@pytest.mark.attack
 def test_a_timestamp_nested_past_the_recursion_limit_stops_no_refresh(
     origin: Server, tmp_path: Path
 ) -> None:
