@@ -489,15 +489,6 @@ class _GatedResponse(_BigFileResponse):
             self.on_end(completed)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        unread = _has_body(scope)  # a request body not yet read to its end
-
-        async def receiving() -> Any:
-            nonlocal unread
-            message = await receive()
-            if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                unread = False
-            return message
-
         async def counting(message: Any) -> None:
             if message["type"] == "http.response.body":
                 self._begun += len(message.get("body", b""))

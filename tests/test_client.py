@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,22 @@ def client_for(origin: Server, tmp_path: Path, *sources: str, name: str = "clien
     metadata = tmp_path / name
     root = (origin.repo / "metadata" / "1.root.json").read_bytes()
     return Client(metadata, root, list(sources), **FAST)
+
+
+def liar_first(origin: Server, tmp_path: Path, liar: str) -> Client:
+    """A client that asks ``liar`` first: the origin, its other source, has an
+    old failure."""
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    return Client(tmp_path / "c", root, [liar, SourceHealth(origin.url, failures=1)], **FAST)
+
+
+def download_within(client: Client, origin: Server, tmp_path: Path, seconds: float) -> Any:
+    """Download the big artifact, check its bytes, and that it took under ``seconds``."""
+    started = time.monotonic()
+    result = client.download(BIG, tmp_path / "out")
+    assert time.monotonic() - started < seconds
+    assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+    return result
 
 
 def test_honest_multi_source_download(
@@ -189,13 +206,8 @@ def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
     and the failure is remembered (its good chunks do not make up for it), so
     the next run asks that mirror after the origin."""
     with mirrors(origin.repo, "manifesttrickle") as (liar,):
-        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-        sources = [liar.url, SourceHealth(origin.url, failures=1)]  # one old failure
-        with Client(tmp_path / "c", root, sources, **FAST) as client:
-            started = time.monotonic()
-            result = client.download(BIG, tmp_path / "out")
-            assert time.monotonic() - started < 20
-            assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        with liar_first(origin, tmp_path, liar.url) as client:
+            result = download_within(client, origin, tmp_path, 20)
             health = {h.url: h for h in client.fetcher.sources}
             assert result.sources[liar.url].chunks > 0  # its chunks were good
             assert health[liar.url].failures == 1, health[liar.url]
@@ -212,13 +224,8 @@ def test_a_mirror_that_pads_the_manifest_is_cut_at_its_signed_length(
     from the artifact's signed length and chunk size: one byte past it, the
     source is blamed, and the origin serves it."""
     with mirrors(origin.repo, "manifestpadded") as (liar,):
-        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-        sources = [liar.url, SourceHealth(origin.url, failures=1)]  # the liar asked first
-        with Client(tmp_path / "c", root, sources, **FAST) as client:
-            started = time.monotonic()
-            result = client.download(BIG, tmp_path / "out")
-            assert time.monotonic() - started < 20
-            assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        with liar_first(origin, tmp_path, liar.url) as client:
+            download_within(client, origin, tmp_path, 20)
             health = {h.url: h for h in client.fetcher.sources}
             assert "manifest does not match its signed CID" in (health[liar.url].last_error or "")
 
@@ -298,10 +305,8 @@ def test_a_mirror_that_pads_the_targets_roles_is_refused_at_their_signed_length(
             real = (origin.repo / "metadata" / f"{entry['version']}.{name}").read_bytes()
             assert len(real) == entry["length"]
             liar.metadata_overrides[f"{entry['version']}.{name}"] = real + b" " * (1 << 20)
-        sources = [liar.url, SourceHealth(origin.url, failures=1)]  # the liar asked first
-        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-        with Client(tmp_path / "c", root, sources, **FAST) as client:
-            assert client.download(BIG, tmp_path / "out").path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        with liar_first(origin, tmp_path, liar.url) as client:
+            download_within(client, origin, tmp_path, 20)
             health = {h.url: h for h in client.fetcher.sources}
             assert health[liar.url].failures >= 1, health[liar.url]
 
