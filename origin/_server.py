@@ -864,6 +864,42 @@ async def _start_p2p(
     return node
 
 
+def _guard_http2() -> None:
+    """Mend hypercorn's HTTP/2 (h2c, spoken on the same port) before serving.
+
+    Answered before its body had come (a refusal, a 401), an HTTP/2 request
+    left hypercorn 0.18 a stream it had dropped, and the next DATA frame for
+    it raised KeyError, which ended the whole server: one request, no token
+    needed, stopped an origin or a mirror (hypercorn issue 329). The data of
+    a stream that is gone is now acknowledged and dropped, as HTTP/2 says."""
+    import h2.events
+    import hypercorn.protocol
+    from hypercorn.protocol.h2 import H2Protocol
+
+    if issubclass(hypercorn.protocol.H2Protocol, H2Protocol) and getattr(
+        hypercorn.protocol.H2Protocol, "_tufmesh_guarded", False
+    ):
+        return
+
+    class GuardedH2Protocol(H2Protocol):
+        _tufmesh_guarded = True
+
+        async def _handle_events(self, events: list[h2.events.Event]) -> None:
+            # One at a time: a stream comes to exist mid-batch.
+            for event in events:
+                if isinstance(event, h2.events.DataReceived) and (
+                    event.stream_id not in self.streams
+                ):
+                    self.connection.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    await self._flush()
+                    continue
+                await super()._handle_events([event])
+
+    hypercorn.protocol.H2Protocol = GuardedH2Protocol  # what ProtocolWrapper makes
+
+
 async def start_http(
     nursery: trio.Nursery,
     app: ByteCounter,
@@ -880,6 +916,7 @@ async def start_http(
     from hypercorn.config import Config
     from hypercorn.trio import serve as hypercorn_serve
 
+    _guard_http2()
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -130,6 +130,46 @@ def test_http2_connections_say_the_same_bounds(tmp_path: Path) -> None:
     _serve(tmp_path, client)
 
 
+def test_an_http2_body_that_comes_after_its_answer_stops_nothing(tmp_path: Path) -> None:
+    """A request answered before its body came (any GET, a refusal): over
+    HTTP/2 the body's next frame raised KeyError in hypercorn, which ended
+    the whole server. Now it is dropped, and the connection serves on."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def head(path: str) -> list[tuple[str, str]]:
+        return [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
+
+    async def until(stream: trio.SocketStream, h2c: h2.connection.H2Connection,
+                    wanted: type, stream_id: int) -> h2.events.Event:  # fmt: skip
+        with trio.fail_after(5):
+            while True:
+                data = await stream.receive_some()
+                assert data, "the server hung up"
+                for event in h2c.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    if isinstance(event, wanted) and event.stream_id == stream_id:  # type: ignore[attr-defined]
+                        return event
+                await stream.send_all(h2c.data_to_send())
+
+    async def client(connect: Connect, cid: str) -> None:
+        stream = await connect()
+        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2c.initiate_connection()
+        h2c.send_headers(1, head("/metadata/timestamp.json"))  # a body to follow
+        await stream.send_all(h2c.data_to_send())
+        await until(stream, h2c, h2.events.StreamEnded, 1)  # answered already
+        h2c.send_data(1, b"x" * 1000, end_stream=True)
+        h2c.send_headers(3, head("/metadata/timestamp.json"), end_stream=True)
+        await stream.send_all(h2c.data_to_send())
+        answer = await until(stream, h2c, h2.events.ResponseReceived, 3)
+        assert dict(answer.headers)[b":status"] == b"200"  # type: ignore[attr-defined]
+
+    _serve(tmp_path, client)
+
+
 _H2_STALLED = """
 import sys, tempfile, trio
 from pathlib import Path
