@@ -876,9 +876,8 @@ def _guard_http2() -> None:
     import hypercorn.protocol
     from hypercorn.protocol.h2 import H2Protocol
 
-    if issubclass(hypercorn.protocol.H2Protocol, H2Protocol) and getattr(
-        hypercorn.protocol.H2Protocol, "_tufmesh_guarded", False
-    ):
+    made_by_wrapper = vars(hypercorn.protocol)  # ProtocolWrapper's H2Protocol is this one
+    if getattr(made_by_wrapper["H2Protocol"], "_tufmesh_guarded", False):
         return
 
     class GuardedH2Protocol(H2Protocol):
@@ -897,7 +896,7 @@ def _guard_http2() -> None:
                     continue
                 await super()._handle_events([event])
 
-    hypercorn.protocol.H2Protocol = GuardedH2Protocol  # what ProtocolWrapper makes
+    made_by_wrapper["H2Protocol"] = GuardedH2Protocol
 
 
 async def start_http(
