@@ -82,10 +82,18 @@ class Replicating(Protocol):
         """Feed ``scheduler`` new sources and have-records until cancelled; ``poke`` wakes it."""
 
     async def fetch(
-        self, source: str, cid: str, offset: int, length: int, *, patient: bool = False
+        self,
+        source: str,
+        cid: str,
+        offset: int,
+        length: int,
+        *,
+        patient: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> bytes:
         """Bytes from a source that is not an HTTP URL (a ``libp2p:`` peer);
-        exactly ``length`` of them, or a :class:`TufmeshError`."""
+        exactly ``length`` of them, or a :class:`TufmeshError`. ``progress(n)``
+        is told of the bytes as they come (in the caller's loop)."""
 
 
 def own_file(path: Path | int) -> bool:
@@ -217,10 +225,14 @@ async def download_plan(
                         patient = scheduler.patient(source, index)
                         data = bytearray(
                             await replicating.fetch(
-                                source, plan.cid, offset, length, patient=patient
+                                source,
+                                plan.cid,
+                                offset,
+                                length,
+                                patient=patient,
+                                progress=lambda n: arrived(source, index, n),
                             )
                         )
-                        arrived(source, index, len(data))
                     else:
                         data = await pool.fetch(
                             source,

@@ -340,7 +340,11 @@ class ChunkScheduler:
 
     def set_claims(self, source: str, claims: int) -> None:
         """``source`` says it will fetch the chunks of bitmask ``claims`` (bit i:
-        chunk i) from a fallback, or is doing so (bits past the blob are ignored)."""
+        chunk i) from a fallback, or is doing so (bits past the blob are ignored).
+        A banned source's claims count for nothing, as its have-records."""
+        stats = self.stats.get(source)
+        if stats is not None and stats.banned is not None:
+            claims = 0
         claims = claims & self._every if claims > 0 else 0
         old = self._claims.pop(source, 0)
         if claims:

@@ -440,12 +440,27 @@ class _BlobReplication:
         return self.swarm.url
 
     async def fetch(
-        self, source: str, cid: str, offset: int, length: int, *, patient: bool = False
+        self,
+        source: str,
+        cid: str,
+        offset: int,
+        length: int,
+        *,
+        patient: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> bytes:
         """Bytes of blob ``cid`` from a ``libp2p:`` source, over ``/tufmesh/blob/1``
-        (a refusal is a :class:`Refused`, as over HTTP)."""
+        (a refusal is a :class:`Refused`, as over HTTP); ``progress(n)`` is
+        called here, in this loop, as the bytes come into the node's."""
         address = source.removeprefix("libp2p:")
-        fetch = functools.partial(self.swarm.node.fetch_range, patient=patient)
+        here = trio.lowlevel.current_trio_token()
+
+        def arrived(count: int) -> None:  # in the node's loop: told to this one
+            if progress is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    here.run_sync_soon(progress, count)
+
+        fetch = functools.partial(self.swarm.node.fetch_range, patient=patient, progress=arrived)
         try:
             data: bytes = await self.swarm.on_node(fetch, address, cid, offset, length)
         except BlobBusyError as exc:

@@ -120,8 +120,11 @@ def check_peer_address(address: str) -> str:
     return address
 
 
-async def _read_exactly(stream: Any, count: int) -> bytes:
+async def _read_exactly(
+    stream: Any, count: int, progress: Callable[[int], None] | None = None
+) -> bytes:
     """``count`` bytes from a libp2p stream; a stream that ends early is an error.
+    ``progress(n)`` is told of each piece as it comes.
 
     py-libp2p reports a peer that died mid-transfer as a normal end of stream:
     only the announced length tells a cut-off answer from a complete one."""
@@ -136,7 +139,22 @@ async def _read_exactly(stream: Any, count: int) -> bytes:
         if not piece:
             raise BlobStreamError(f"the stream ended after {len(data)} of {count} bytes")
         data += piece
+        if progress is not None:
+            progress(len(piece))
     return bytes(data)
+
+
+async def _end_stream(stream: Any, *, whole: bool) -> None:
+    """Close a stream whose exchange ended as the protocol says; reset one left
+    midway (failed, or cancelled: a slow-retrieval cut, a lost endgame race).
+    Closing needs a lock a cancelled task cannot take: such a stream was
+    never closed, its sender kept sending (holding its answer slots), and the
+    session kept every byte that came, for as long as the connection lived."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(Exception):
+        if whole:
+            await stream.close()
+        else:
+            await stream.reset()
 
 
 def score_params() -> Any:
@@ -467,17 +485,19 @@ class P2PNode:
         deadline = trio.current_time() + timeout
         with trio.fail_at(deadline):
             stream = await self._open(address, HAVE_PROTOCOL)
+        whole = False
         try:
             with trio.fail_at(deadline):
                 await stream.write(encode_json(query, MAX_QUERY))
                 size = json_size(await _read_exactly(stream, 4), MAX_RECORD)
-                try:
-                    return json.loads(await _read_exactly(stream, size))
-                except ValueError:
-                    raise BlobStreamError("the have-record is not JSON") from None
+                body = await _read_exactly(stream, size)
+                whole = True
+            try:
+                return json.loads(body)
+            except ValueError:
+                raise BlobStreamError("the have-record is not JSON") from None
         finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+            await _end_stream(stream, whole=whole)
 
     async def _open(self, address: str, protocol: str) -> Any:
         """A new stream to the peer at ``address`` (dialling it only if not connected:
@@ -498,24 +518,41 @@ class P2PNode:
             raise BlobStreamError(f"cannot open a stream to {address}: {exc}") from None
 
     async def fetch_range(
-        self, address: str, cid: str, offset: int, length: int, *, patient: bool = False
+        self,
+        address: str,
+        cid: str,
+        offset: int,
+        length: int,
+        *,
+        patient: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> bytes:
         """Bytes ``offset .. offset+length-1`` of blob ``cid`` from the peer at ``address``.
 
         Exactly ``length`` bytes or :class:`BlobStreamError` (a refusal:
         :class:`BlobBusyError`); not verified (the caller checks them against
-        the signed manifest). ``patient``: see :class:`BlobRequest`."""
+        the signed manifest). ``patient``: see :class:`BlobRequest`.
+        ``progress(n)`` is told of the range's bytes as they come (the
+        slow-retrieval defence judges a peer by its rate, as over HTTP)."""
         stream = await self._open(address, PROTOCOL)
+        whole = False
         try:
             with trio.move_on_after(_BLOB_TIMEOUT) as deadline:
-                return await self._exchange(stream, BlobRequest(cid, offset, length, patient))
+                request = BlobRequest(cid, offset, length, patient)
+                data = await self._exchange(stream, request, progress)
+                whole = True
+                return data
             assert deadline.cancelled_caught
             raise BlobStreamError(f"no answer within {_BLOB_TIMEOUT:g} s")
+        except BlobBusyError:
+            whole = True  # a refusal is a whole answer too
+            raise
         finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+            await _end_stream(stream, whole=whole)
 
-    async def _exchange(self, stream: Any, request: BlobRequest) -> bytes:
+    async def _exchange(
+        self, stream: Any, request: BlobRequest, progress: Callable[[int], None] | None = None
+    ) -> bytes:
         cid, offset, length = request.cid, request.offset, request.length
         try:
             await stream.write(encode_request(request))
@@ -532,7 +569,7 @@ class P2PNode:
                 raise BlobStreamError(f"the peer refused the request (status {status})")
             if announced != length:
                 raise BlobStreamError(f"announced {announced} bytes for a {length}-byte range")
-            return await _read_exactly(stream, length)
+            return await _read_exactly(stream, length, progress)
         except BlobStreamError:
             raise
         except Exception as exc:  # a stream reset, or what else libp2p raises

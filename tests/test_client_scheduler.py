@@ -376,6 +376,20 @@ def test_claims_past_the_blob_or_negative_are_ignored() -> None:
     assert s.assign(0.0) == [("origin", 1)]
 
 
+def test_a_banned_peers_claims_count_for_nothing() -> None:
+    """Banned for a bad chunk, a peer's claims were cleared, and its next
+    have-record (a quarter second later) claimed them again: the origin held
+    back the chunks a banned liar said it would fetch."""
+    s = ChunkScheduler(3, [], SchedulerConfig(per_source=1, per_fallback=4), fallback={"origin"})
+    s.add_source("origin")
+    s.add_source("liar", has={0})
+    s.set_claims("liar", chunk_mask({1, 2}))
+    assert s.assign(0.0) == [("liar", 0)]  # the origin waits for the claimed chunks
+    s.rejected("liar", 0, "BLAKE3 mismatch")
+    s.set_claims("liar", chunk_mask({1, 2}))  # its next record, after the ban
+    assert sorted(i for src, i in s.assign(1.0) if src == "origin") == [0, 1, 2]
+
+
 def test_the_weights_cache_is_bounded_by_weights_not_names() -> None:
     """Peers' names come from peers: a neighbour listing names by the
     thousand, for a blob of many chunks, grew the cache by 8 bytes a chunk a

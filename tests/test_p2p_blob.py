@@ -301,3 +301,51 @@ def test_streams_that_send_no_request_are_capped_and_closed(
     gc.collect()
     assert len(closed) == node_module.MAX_STREAMS_PER_PEER + 1
     assert all(1.0 <= t < 5.0 for t in closed[1:])  # each, once its request was late
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_range_given_up_midway_stops_its_sender_and_progress_is_told_as_it_comes(
+    tmp_path: Path,
+) -> None:
+    """A fetch cancelled midway (the slow-retrieval cut, a lost endgame race)
+    never closed its stream: the sender sent the whole range on, holding its
+    answer slot, and the asker's session kept every byte. It is now reset.
+    And the asker hears of a range's bytes as they come, not only at its end:
+    an honest peer slower than 3 s a chunk was cut and banned however fast."""
+    from tufmesh.origin._seeding import SeedGate
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(8 << 20)
+    cid = store.put(body)
+
+    async def pace(size: int) -> None:  # 2 MiB/s, a MiB at a time: 4 s for the range
+        await trio.sleep(size / (2 << 20))
+
+    async def main() -> None:
+        gate = SeedGate(window=0.0)
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=store.read_range, uploads=gate, pace=pace)  # fmt: skip
+        asker = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            with trio.move_on_after(0.8):
+                await asker.fetch_range(address, cid, 0, len(body))
+            assert gate.active == 1  # the server is still pacing the range out...
+            with trio.fail_after(1.5):  # ...and learns at its next piece that nobody reads it
+                while gate.active:
+                    await trio.sleep(0.05)
+            told: list[tuple[float, int]] = []
+            started = trio.current_time()
+            data = await asker.fetch_range(
+                address, cid, 0, 4 << 20,
+                progress=lambda n: told.append((trio.current_time() - started, n)),
+            )  # fmt: skip
+            assert data == body[: 4 << 20] and sum(n for _, n in told) == 4 << 20
+            assert told[0][0] < 1.0 < 1.5 < told[-1][0], told  # long before the end
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
