@@ -206,9 +206,10 @@ class BlobStore:
         self._pins = self.root / "pins"
         self._quarantine = self.root / "quarantine"
         lock = self.root / "lock"
-        #: False for a store this process may only read.
-        self.writable = not (lock.is_file() and self._blobs.is_dir()) or all(
-            os.access(path, os.W_OK) for path in (self.root, self._blobs, self._tmp, lock)
+        #: False for a store this process may only read (judged by what is
+        #: there: a part missing, such as tmp/, is made again when it may be).
+        self.writable = not self._blobs.is_dir() or all(
+            os.access(path, os.W_OK) for path in (self.root, self._blobs, lock) if path.exists()
         )
         if not self.writable:
             return  # nothing to make, and leftovers are their writer's to remove
@@ -216,7 +217,10 @@ class BlobStore:
             for path in (self.root, self._blobs, self._tmp, self._pins, self._quarantine):
                 path.mkdir(parents=True, exist_ok=True)
             lock.touch(exist_ok=True)
-            if not set(os.listdir(self._blobs)) >= _SHARDS:
+            # Only in a store of our own: root reading another user's store
+            # would leave it shards its owner cannot write into.
+            ours = os.stat(self._blobs).st_uid == os.geteuid()
+            if ours and not set(os.listdir(self._blobs)) >= _SHARDS:
                 self._make_shards()
         except OSError as exc:
             raise StoreError(f"cannot open store at {self.root}: {exc.strerror}") from None

@@ -348,6 +348,8 @@ class Client:
                 except tuf_errors.LengthOrHashMismatchError as exc:
                     raise ClientError(f"{dest} changed under this download: {exc}") from None
             return DownloadResult(path, dest, info.length, cached=True)
+        except OSError as exc:  # a sync's late write error (a full disk, a quota, NFS)
+            raise ClientError(f"cannot write {dest}: {exc.strerror or exc}") from None
         elapsed = time.perf_counter() - started
         return DownloadResult(path, dest, info.length, sources=stats, transfer_seconds=elapsed)
 

@@ -33,13 +33,21 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
     """Hold an advisory lock on ``path`` (created if missing) across processes:
     the one way a read-modify-write of a shared file keeps every change.
     A lock file this process may not write (a read-only mount, another
-    user's) is still locked: ``flock`` needs no write access."""
+    user's) is still locked: ``flock`` needs no write access; and where it
+    may not even be made, a reader (``shared``) goes on unlocked: nobody
+    who may write there has opened it since it went."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not shared:
+                raise exc from None
+            yield
+            return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield

@@ -119,7 +119,7 @@ def _reason(body: dict[str, Any], response: httpx.Response) -> str:
 def _retry_after(response: httpx.Response) -> float:
     """The wait a busy answer names (in seconds only), within reason."""
     named = response.headers.get("retry-after", "")
-    wait = float(named) if named.isdigit() else _BROKEN_WAIT
+    wait = float(named) if named.isascii() and named.isdigit() else _BROKEN_WAIT
     return min(max(wait, 1.0), _LONGEST_WAIT)
 
 

@@ -290,3 +290,6 @@ def test_a_store_it_may_not_write_is_read_and_never_changed(tmp_path: Path) -> N
             "it can be read, not changed"
         ], answer.stderr
     assert sorted(str(p.relative_to(store.root)) for p in store.root.rglob("*")) == before
+    (store.root / "lock").unlink()  # and with no lock file, nor a way to make one
+    listed = ro("ls")
+    assert listed.returncode == 0 and listed.stdout.split() == [cid, "4", "release"], listed

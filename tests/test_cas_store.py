@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -465,3 +466,14 @@ def test_a_new_store_has_every_shard_and_they_are_durable_at_once(
     assert sorted(p.name for p in (again.root / "blobs").iterdir()) == shards
     assert ("fsync", str(store.root / "blobs"), "") in trace
     assert again.read(cid) == DATA
+    # Not in another user's store, though (root reading it left it shards
+    # its owner could not write into); and a store missing its tmp/ is
+    # still its owner's to write (tmp/ is made again).
+    (store.root / "blobs" / empty[0]).rmdir()
+    real = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: real + 1)
+    assert BlobStore(tmp_path / "store").read(cid) == DATA
+    assert not (store.root / "blobs" / empty[0]).exists()
+    monkeypatch.setattr(os, "geteuid", lambda: real)
+    shutil.rmtree(store.root / "tmp")
+    assert BlobStore(tmp_path / "store").put(b"again") == cid_of(b"again")

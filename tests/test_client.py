@@ -198,6 +198,25 @@ def test_a_source_that_only_refuses_neither_holds_a_download_nor_hangs_one(
 
 
 @pytest.mark.attack
+def test_a_write_error_that_only_the_sync_reports_is_one_line(
+    origin: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync reports late write errors (a full disk, a quota, NFS): a
+    ClientError saying where, not a traceback; the name is not taken."""
+    import errno
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with client_for(origin, tmp_path, origin.url) as client:
+        with pytest.raises(
+            ClientError, match=r"cannot write .*demo-1\.0\.tar\.gz: Input/output error"
+        ):
+            client.download(BIG, tmp_path / "out")
+    assert not (tmp_path / "out" / "demo-1.0.tar.gz").exists()
+
+
 def test_a_mirror_that_trickles_the_manifest_costs_seconds_and_its_rank(
     origin: Server, tmp_path: Path
 ) -> None:

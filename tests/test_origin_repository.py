@@ -1377,6 +1377,20 @@ def test_publish_asks_again_a_busy_origin_or_a_dropped_connection(
     assert found is not None and found.length == size
 
 
+def test_a_busy_answers_wait_is_read_in_seconds_within_reason() -> None:
+    import httpx
+
+    from tufmesh.origin._publish import _retry_after
+
+    def wait(named: str) -> float:  # (as a server's bytes: "²" is 0xB2 in Latin-1)
+        head = [(b"retry-after", named.encode("latin-1"))]
+        return _retry_after(httpx.Response(503, headers=head))
+
+    assert (wait("7"), wait("0"), wait("3600")) == (7.0, 1.0, 60.0)
+    # Not seconds (a date, "²" which isdigit() takes and float() does not): 5 s.
+    assert {wait("Wed, 21 Oct 2026 07:28:00 GMT"), wait("²"), wait("-3"), wait("")} == {5.0}
+
+
 def test_an_artifacts_own_refusal_is_said_to_its_uploader_across_the_pipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
