@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -99,6 +100,9 @@ MAX_ANSWERS_PER_PEER: Final = 2
 #: it is the share of one that is small.
 MAX_STREAMS_PER_PEER: Final = 8
 MAX_STREAMS: Final = 1024
+#: ...and from one address (an IPv6 /64): identities cost nothing, addresses
+#: do, so 128 identities on one machine cannot take every stream.
+MAX_STREAMS_PER_HOST: Final = 128
 #: Seconds between tries to reach the bootstrap peers a node has lost.
 REDIAL: Final = 30.0
 #: A request (at most a kilobyte, or a have-query's 8 KiB) must arrive within this.
@@ -142,6 +146,19 @@ async def _read_exactly(
         if progress is not None:
             progress(len(piece))
     return bytes(data)
+
+
+def _host_of(stream: Any) -> str:
+    """The address an incoming stream comes from (an IPv6 address's /64: one
+    machine's share), or "?" where libp2p does not say."""
+    try:
+        address = stream.get_remote_address()
+        ip = ipaddress.ip_address(address[0])
+    except Exception:  # no address, or not an IP one
+        return "?"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 async def _end_stream(stream: Any, *, whole: bool) -> None:
@@ -243,6 +260,7 @@ class P2PNode:
         self.addrs: list[str] = []
         self._answering = Shares(MAX_ANSWERS_PER_PEER, MAX_ANSWERS)  # blob ranges answered
         self._streams = Shares(MAX_STREAMS_PER_PEER, MAX_STREAMS)  # incoming streams open
+        self._hosts = Shares(MAX_STREAMS_PER_HOST, MAX_STREAMS)  # ...by the address they come from
 
     def _identity(self) -> Any:
         from libp2p import load_identity, save_identity
@@ -390,10 +408,11 @@ class P2PNode:
         """The peer behind an incoming ``stream``, counted among the streams open
         while the block runs; None (not counted) past the caps."""
         peer = str(getattr(stream.muxed_conn, "peer_id", "?"))
-        if self._streams.full(peer) is not None:
+        host = _host_of(stream)
+        if self._streams.full(peer) is not None or self._hosts.full(host) is not None:
             yield None
             return
-        with self._streams.hold(peer):
+        with self._streams.hold(peer), self._hosts.hold(host):
             yield peer
 
     async def _serve_blob(self, stream: Any) -> None:

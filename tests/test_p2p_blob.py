@@ -305,6 +305,55 @@ def test_streams_that_send_no_request_are_capped_and_closed(
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_identities_on_one_address_share_its_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peer identities cost nothing: 128 of them could take all 1,024
+    streams of a mirror. The streams from one address are capped too (here
+    at 4: two identities, three silent streams each, and two are closed at
+    once although neither identity is past its own 8)."""
+    from tufmesh.p2p._blob import HAVE_PROTOCOL
+
+    monkeypatch.setattr(node_module, "MAX_STREAMS_PER_HOST", 4)
+    monkeypatch.setattr(node_module, "_REQUEST_TIMEOUT", 1.5)
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    closed: list[float] = []
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         have_source=lambda query: {})  # fmt: skip
+        sybils = [P2PNode(tmp_path / f"{i}.key", topic, AnnouncementGate(root)) for i in (1, 2)]
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, *sybils)
+            start = trio.current_time()
+
+            async def silent(sybil: P2PNode) -> None:
+                stream = await sybil._open(address, HAVE_PROTOCOL)
+                try:
+                    with trio.fail_after(10):
+                        while await stream.read(1024):
+                            pass
+                except Exception:  # the end of the stream, in any of its forms
+                    pass
+                closed.append(trio.current_time() - start)
+
+            async with trio.open_nursery() as streams:
+                for _ in range(3):
+                    for sybil in sybils:
+                        streams.start_soon(silent, sybil)
+                        await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert len(closed) == 6
+    assert sum(1 for t in closed if t < 1.0) == 2, closed  # the two past the address's share
+    assert all(1.0 <= t < 5.0 for t in sorted(closed)[2:]), closed  # the rest: late requests
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_range_given_up_midway_stops_its_sender_and_progress_is_told_as_it_comes(
     tmp_path: Path,
 ) -> None:
