@@ -206,9 +206,16 @@ class BlobStore:
         self._pins = self.root / "pins"
         self._quarantine = self.root / "quarantine"
         lock = self.root / "lock"
+        parts = (self.root, self._blobs, self._tmp, self._pins, self._quarantine, lock)
+        existing = self._blobs.is_dir()
+        if existing and os.stat(self._blobs).st_uid != os.geteuid():
+            # Another user's store is used as it is: what we made in it (root
+            # listing it, say) its owner could not write into.
+            self.writable = all(p.exists() and os.access(p, os.W_OK) for p in parts)
+            return
         #: False for a store this process may only read (judged by what is
         #: there: a part missing, such as tmp/, is made again when it may be).
-        self.writable = not self._blobs.is_dir() or all(
+        self.writable = not existing or all(
             os.access(path, os.W_OK) for path in (self.root, self._blobs, lock) if path.exists()
         )
         if not self.writable:
@@ -217,10 +224,7 @@ class BlobStore:
             for path in (self.root, self._blobs, self._tmp, self._pins, self._quarantine):
                 path.mkdir(parents=True, exist_ok=True)
             lock.touch(exist_ok=True)
-            # Only in a store of our own: root reading another user's store
-            # would leave it shards its owner cannot write into.
-            ours = os.stat(self._blobs).st_uid == os.geteuid()
-            if ours and not set(os.listdir(self._blobs)) >= _SHARDS:
+            if not set(os.listdir(self._blobs)) >= _SHARDS:
                 self._make_shards()
         except OSError as exc:
             raise StoreError(f"cannot open store at {self.root}: {exc.strerror}") from None

@@ -872,7 +872,9 @@ def _guard_http2() -> None:
     it raised KeyError, which ended the whole server: one request, no token
     needed, stopped an origin or a mirror (hypercorn issue 329). The data of
     a stream that is gone is now acknowledged and dropped, as HTTP/2 says."""
+    import h2.errors
     import h2.events
+    import h2.exceptions
     import hypercorn.protocol
     from hypercorn.protocol.h2 import H2Protocol
 
@@ -889,6 +891,11 @@ def _guard_http2() -> None:
                 if isinstance(event, h2.events.DataReceived) and (
                     event.stream_id not in self.streams
                 ):
+                    # Reset first (RFC 9113 8.1: the answer is complete), so
+                    # that the acknowledgement credits the connection only,
+                    # not a stream the client could then feed for ever.
+                    with contextlib.suppress(h2.exceptions.ProtocolError):
+                        self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
                     self.connection.acknowledge_received_data(
                         event.flow_controlled_length, event.stream_id
                     )

@@ -470,10 +470,13 @@ def test_a_new_store_has_every_shard_and_they_are_durable_at_once(
     # its owner could not write into); and a store missing its tmp/ is
     # still its owner's to write (tmp/ is made again).
     (store.root / "blobs" / empty[0]).rmdir()
+    shutil.rmtree(store.root / "tmp")
+    (store.root / "lock").unlink()
     real = os.geteuid()
     monkeypatch.setattr(os, "geteuid", lambda: real + 1)
-    assert BlobStore(tmp_path / "store").read(cid) == DATA
-    assert not (store.root / "blobs" / empty[0]).exists()
+    other = BlobStore(tmp_path / "store")  # nothing is made in another user's store
+    assert other.read(cid) == DATA and not other.writable
+    for made in ("blobs/" + empty[0], "tmp", "lock"):
+        assert not (store.root / made).exists(), made
     monkeypatch.setattr(os, "geteuid", lambda: real)
-    shutil.rmtree(store.root / "tmp")
     assert BlobStore(tmp_path / "store").put(b"again") == cid_of(b"again")

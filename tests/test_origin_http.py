@@ -133,7 +133,9 @@ def test_http2_connections_say_the_same_bounds(tmp_path: Path) -> None:
 def test_an_http2_body_that_comes_after_its_answer_stops_nothing(tmp_path: Path) -> None:
     """A request answered before its body came (any GET, a refusal): over
     HTTP/2 the body's next frame raised KeyError in hypercorn, which ended
-    the whole server. Now it is dropped, and the connection serves on."""
+    the whole server. Now it is dropped, the connection serves on, and the
+    stream is reset: acknowledging its data credited it, and a client could
+    pour half a gigabyte into it in 3 s."""
     import h2.config
     import h2.connection
     import h2.events
@@ -161,7 +163,19 @@ def test_an_http2_body_that_comes_after_its_answer_stops_nothing(tmp_path: Path)
         h2c.send_headers(1, head("/metadata/timestamp.json"))  # a body to follow
         await stream.send_all(h2c.data_to_send())
         await until(stream, h2c, h2.events.StreamEnded, 1)  # answered already
-        h2c.send_data(1, b"x" * 1000, end_stream=True)
+        sent, reset = 0, False
+        with trio.move_on_after(2):
+            while not reset:
+                window = min(h2c.local_flow_control_window(1), 16384)
+                if window > 0:
+                    h2c.send_data(1, b"x" * window)
+                    sent += window
+                    await stream.send_all(h2c.data_to_send())
+                    continue
+                for event in h2c.receive_data(await stream.receive_some()):
+                    reset = reset or isinstance(event, h2.events.StreamReset)
+                await stream.send_all(h2c.data_to_send())
+        assert reset and sent <= 1 << 20, sent  # the first window at most, then a reset
         h2c.send_headers(3, head("/metadata/timestamp.json"), end_stream=True)
         await stream.send_all(h2c.data_to_send())
         answer = await until(stream, h2c, h2.events.ResponseReceived, 3)
