@@ -36,6 +36,7 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
     user's) is still locked: ``flock`` needs no write access; and where it
     may not even be made, a reader (``shared``) goes on unlocked: nobody
     who may write there has opened it since it went."""
+    fd: int | None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -46,8 +47,10 @@ def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
         except FileNotFoundError:
             if not shared:
                 raise exc from None
-            yield
-            return
+            fd = None
+    if fd is None:  # (outside the except: errors of the block are not chained to it)
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
