@@ -114,6 +114,21 @@ async def serving(nursery: trio.Nursery, server: P2PNode, *askers: P2PNode) -> s
     return address
 
 
+async def held_silent(
+    asker: P2PNode, address: str, protocol: str, closed: list[float], start: float
+) -> None:
+    """Open a ``protocol`` stream to ``address``, send nothing on it, and note
+    in ``closed`` when (since ``start``) the server closed it."""
+    stream = await asker._open(address, protocol)
+    try:
+        with trio.fail_after(10):
+            while await stream.read(1024):
+                pass
+    except Exception:  # the end of the stream, in any of its forms
+        pass
+    closed.append(trio.current_time() - start)
+
+
 class Quitter(P2PNode):
     """A peer that announces a whole range, sends half of it, and hangs up."""
 
@@ -273,20 +288,10 @@ def test_streams_that_send_no_request_are_capped_and_closed(
         async with trio.open_nursery() as nursery:
             address = await serving(nursery, server, flooder, honest)
             start = trio.current_time()
-
-            async def silent(protocol: str) -> None:
-                stream = await flooder._open(address, protocol)
-                try:
-                    with trio.fail_after(10):
-                        while await stream.read(1024):
-                            pass
-                except Exception:  # the end of the stream, in any of its forms
-                    pass
-                closed.append(trio.current_time() - start)
-
             async with trio.open_nursery() as streams:
                 for i in range(node_module.MAX_STREAMS_PER_PEER + 1):
-                    streams.start_soon(silent, PROTOCOL if i % 2 else HAVE_PROTOCOL)
+                    protocol = PROTOCOL if i % 2 else HAVE_PROTOCOL
+                    streams.start_soon(held_silent, flooder, address, protocol, closed, start)
                     await trio.sleep(0.02)
                 with trio.fail_after(5):
                     while not closed:
@@ -327,21 +332,12 @@ def test_identities_on_one_address_share_its_streams(
         async with trio.open_nursery() as nursery:
             address = await serving(nursery, server, *sybils)
             start = trio.current_time()
-
-            async def silent(sybil: P2PNode) -> None:
-                stream = await sybil._open(address, HAVE_PROTOCOL)
-                try:
-                    with trio.fail_after(10):
-                        while await stream.read(1024):
-                            pass
-                except Exception:  # the end of the stream, in any of its forms
-                    pass
-                closed.append(trio.current_time() - start)
-
             async with trio.open_nursery() as streams:
                 for _ in range(3):
                     for sybil in sybils:
-                        streams.start_soon(silent, sybil)
+                        streams.start_soon(
+                            held_silent, sybil, address, HAVE_PROTOCOL, closed, start
+                        )
                         await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
 

@@ -29,7 +29,10 @@ def main() -> None:
             cid = store.put(iter([data[: len(data) // 2], data[len(data) // 2 :]]))
         else:
             cid = store.put(data)
-        print(index, cid, flush=True)
+        # One write, so a kill never leaves half a line: print() writes each
+        # piece on its own when stdout is unbuffered (PYTHONUNBUFFERED).
+        sys.stdout.write(f"{index} {cid}\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
