@@ -207,18 +207,17 @@ class BlobStore:
         self._quarantine = self.root / "quarantine"
         lock = self.root / "lock"
         parts = (self.root, self._blobs, self._tmp, self._pins, self._quarantine, lock)
+        there = [path for path in parts if path.exists()]
         existing = self._blobs.is_dir()
-        if existing and os.stat(self._blobs).st_uid != os.geteuid():
-            # Another user's store is used as it is: what we made in it (root
-            # listing it, say) its owner could not write into.
-            self.writable = all(p.exists() and os.access(p, os.W_OK) for p in parts)
-            return
+        # Another user's store is used as it is: what we made in it (root
+        # listing it, say) its owner could not write into.
+        ours = not existing or os.stat(self._blobs).st_uid == os.geteuid()
         #: False for a store this process may only read (judged by what is
-        #: there: a part missing, such as tmp/, is made again when it may be).
-        self.writable = not existing or all(
-            os.access(path, os.W_OK) for path in (self.root, self._blobs, lock) if path.exists()
+        #: there: a part missing, such as tmp/, is made again in a store of our own).
+        self.writable = not existing or (
+            all(os.access(path, os.W_OK) for path in there) and (ours or there == list(parts))
         )
-        if not self.writable:
+        if not (self.writable and ours):
             return  # nothing to make, and leftovers are their writer's to remove
         try:
             for path in (self.root, self._blobs, self._tmp, self._pins, self._quarantine):

@@ -870,8 +870,8 @@ def _guard_http2() -> None:
     Answered before its body had come (a refusal, a 401), an HTTP/2 request
     left hypercorn 0.18 a stream it had dropped, and the next DATA frame for
     it raised KeyError, which ended the whole server: one request, no token
-    needed, stopped an origin or a mirror (hypercorn issue 329). The data of
-    a stream that is gone is now acknowledged and dropped, as HTTP/2 says."""
+    needed, stopped an origin or a mirror (hypercorn issue 329). Such a
+    stream is now reset, and its data acknowledged and dropped."""
     import h2.errors
     import h2.events
     import h2.exceptions
