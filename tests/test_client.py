@@ -388,6 +388,26 @@ def test_a_slow_source_costs_a_refresh_seconds_not_its_timeouts(
             assert client.fetcher.served_by["timestamp.json"] == origin.url
 
 
+@pytest.mark.attack
+def test_a_timestamp_past_the_grace_is_still_read_only_to_its_bound(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A source that answers the timestamp after the grace is no longer waited
+    for, but its request goes on in the background: it must keep python-tuf's
+    16 KB bound for a timestamp, not fall back to the 48 MiB this client
+    allows any metadata file once the refresh has moved on."""
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    config = FetchConfig(read_timeout=5.0, max_metadata_bytes=48 << 20)
+    with mirrors(origin.repo, "latetimestamp") as (late,):
+        with Client(tmp_path / "c", root, [late.url, origin.url], fetch_config=config) as client:
+            client.refresh()
+            assert client.fetcher.served_by["timestamp.json"] == origin.url
+            assert late.late_done.wait(20), "the late timestamp is still being read"
+    # What the client read, plus what the kernel's buffers took for it before
+    # it hung up (a few MiB on loopback): far below the 48 MiB it would read.
+    assert late.late_bytes < 24 << 20, late.late_bytes
+
+
 def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
     with client_for(origin, tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:1") as client:
         with pytest.raises(SourcesFailedError) as info:

@@ -21,6 +21,7 @@ Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
     "manifestpadded", "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
+    "latetimestamp",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -37,6 +38,8 @@ class Mirror:
         self.blob_overrides: dict[str, bytes] = {}
         self.blob_requests = 0
         self.blob_bytes = 0
+        self.late_bytes = 0  # "latetimestamp": what it could write before the client hung up
+        self.late_done = threading.Event()
         mirror = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -171,6 +174,20 @@ class Mirror:
             time.sleep(1.0)
         if behaviour == "slowtimestamp" and path.endswith("/timestamp.json"):
             time.sleep(8.0)  # under the read timeout: a slow source, not a dead one
+        if behaviour == "latetimestamp" and path.endswith("/timestamp.json"):
+            # Past the 2 s a client waits for other sources once one has
+            # answered (within its 3 s slow-retrieval grace), a timestamp that
+            # never ends (up to 64 MiB), as fast as the client reads.
+            time.sleep(2.5)
+            request.send_response(200)
+            request.end_headers()
+            with contextlib.suppress(OSError):
+                while self.late_bytes < ENDLESS_CAP:
+                    request.wfile.write(b" " * 65536)
+                    self.late_bytes += 65536
+            request.close_connection = True
+            self.late_done.set()
+            return
         status = 206 if ranged else 200
         if behaviour == "manifestpadded" and is_blob and not ranged:
             # A whole blob (a manifest) followed by 8 MiB more, at 128 KiB/s:
