@@ -30,6 +30,7 @@ from tests.helpers.origin import (
 )
 from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig, SourceHealth
 from tufmesh.client._client import part_path
+from tufmesh.client._fetcher import METADATA_BASE, MultiSourceFetcher
 from tufmesh.errors import ClientError, MetadataRefusedError, NotInMetadataError, SourcesFailedError
 
 BIG = "demo/demo-1.0.tar.gz"  # 6.5 chunks
@@ -406,6 +407,28 @@ def test_a_timestamp_past_the_grace_is_still_read_only_to_its_bound(
     # What the client read, plus what the kernel's buffers took for it before
     # it hung up (a few MiB on loopback): far below the 48 MiB it would read.
     assert late.late_bytes < 24 << 20, late.late_bytes
+
+
+def test_an_unforeseen_error_with_one_source_is_that_sources_failure(origin: Server) -> None:
+    """The timestamp is asked of every source at once, each in its own
+    thread: an exception nobody foresaw, in one source's request, counts
+    against that source; the others' answers still win."""
+
+    class OneBroken(MultiSourceFetcher):
+        def _get(self, source: SourceHealth, url: str, bound: int | None) -> bytes:
+            if source.url == broken.url:
+                raise RuntimeError("a bug")
+            return super()._get(source, url, bound)
+
+    broken = SourceHealth("http://127.0.0.1:9")
+    fetcher = OneBroken([broken, SourceHealth(origin.url)])
+    try:
+        data = b"".join(fetcher._fetch(f"{METADATA_BASE}timestamp.json"))
+    finally:
+        fetcher.close()
+    assert data == (origin.repo / "metadata" / "timestamp.json").read_bytes()
+    assert fetcher.served_by["timestamp.json"] == origin.url
+    assert (broken.failures, broken.last_error) == (1, "a bug")
 
 
 def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
