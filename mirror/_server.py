@@ -30,7 +30,7 @@ from tufmesh.mirror._swarm import (
     read_at_most,
 )
 from tufmesh.origin import ByteCounter, start_http, tree_routes
-from tufmesh.origin._seeding import SeedGate
+from tufmesh.origin._seeding import SeedGate, slots_within
 from tufmesh.origin._server import NoAnswer
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._blob import MAX_QUERY
@@ -38,10 +38,11 @@ from tufmesh.p2p._blob import MAX_QUERY
 __all__ = ["build_mirror_app", "run_mirror"]
 
 
-def upload_slots() -> SeedGate:
+def upload_slots(max_upload_rate: float | None = None) -> SeedGate:
     """A mirror's upload slots: a few fast chunk uploads to other mirrors rather
     than many slow ones (ADR 12, 14); end users are never refused."""
-    return SeedGate(slots=UPLOAD_SLOTS, window=0.0, retry=POLL, max_bytes=UPLOAD_BYTES)
+    slots = slots_within(UPLOAD_SLOTS, max_upload_rate)
+    return SeedGate(slots=slots, window=0.0, retry=POLL, max_bytes=UPLOAD_BYTES)
 
 
 def build_mirror_app(
@@ -175,7 +176,7 @@ async def run_mirror(
     wake = trio.Event()
     node: P2PNode | None = None
     swarm: Swarm | None = None
-    uploads = upload_slots()  # over HTTP and libp2p alike
+    uploads = upload_slots(max_upload_rate)  # over HTTP and libp2p alike
 
     heard: dict[int, float] = {}  # timestamp version -> first heard (Unix time)
 

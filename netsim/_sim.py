@@ -45,7 +45,7 @@ from tufmesh.client import ChunkScheduler, SchedulerConfig
 from tufmesh.errors import ChunkRejectedError
 from tufmesh.mirror._swarm import MAX_QUERY_FAILURES, POLL
 from tufmesh.netsim._scenario import Scenario
-from tufmesh.origin._seeding import SeedGate
+from tufmesh.origin._seeding import SeedGate, slots_within
 
 __all__ = ["Result", "simulate"]
 
@@ -248,7 +248,10 @@ class _Simulation:
         for node in self.mirrors:
             if node.behaviour is None and sc.upload_slots:
                 node.gate = SeedGate(
-                    slots=sc.upload_slots, window=0.0, retry=POLL, max_bytes=sc.upload_bytes or None
+                    slots=slots_within(sc.upload_slots, node.up.cap),  # as for --max-upload-rate
+                    window=0.0,
+                    retry=POLL,
+                    max_bytes=sc.upload_bytes or None,
                 )
         self.honest = [n for n in self.mirrors if n.behaviour is None]
         # Have-record neighbours: a random graph of the given degree.

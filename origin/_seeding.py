@@ -28,7 +28,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-__all__ = ["MIRROR_HEADER", "SeedGate"]
+__all__ = ["MIRROR_HEADER", "SeedGate", "slots_within"]
 
 #: Request header by which a mirror asks for a chunk while replicating: ``1``,
 #: or ``patient`` once its peers could not give it the chunk.
@@ -38,6 +38,19 @@ Verdict = Literal["serve", "busy", "seeded"]
 
 #: The longest a busy gate asks a requester to wait (an estimate can be wrong).
 MAX_RETRY: Final = 10.0
+#: The slow-retrieval floor of every requester (the client's and the mirrors'
+#: schedulers): a request slower than this after its grace is abandoned.
+MIN_RATE: Final = 64 * 1024
+
+
+def slots_within(slots: int, upload_rate: float | None) -> int:
+    """``slots``, or fewer if an uplink capped at ``upload_rate`` bytes a second
+    could not give each upload twice the requesters' slow-retrieval floor. Four
+    uploads sharing 200 KiB/s went at 50 KiB/s each: every requester gave them
+    up as too slow, and after three, banned an honest peer."""
+    if not upload_rate:
+        return slots
+    return max(1, min(slots, int(upload_rate // (2 * MIN_RATE))))
 
 
 @dataclass(slots=True)
@@ -52,7 +65,7 @@ class SeedGate:
     #: An admitted upload must be taken at this rate at least, after ``grace``
     #: (the requester's own slow-retrieval floor): a requester that reads
     #: slower, or not at all, would otherwise hold a slot for ever.
-    min_rate: float = 64 * 1024
+    min_rate: float = MIN_RATE
     grace: float = 3.0
     _served: dict[Hashable, float] = field(default_factory=dict)
     # chunk -> (start, size) of each upload of it running now

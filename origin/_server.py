@@ -46,9 +46,9 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact
-from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate
+from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
-from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
+from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
 
 __all__ = [
     "ByteCounter",
@@ -564,6 +564,19 @@ class ByteCounter:
                 await send(message)
                 return
             body = message.get("body", b"")
+            if self.max_rate and len(body) > PACED_PIECE:
+                # Paced piece by piece, so that the body flows (see PACED_PIECE).
+                view = memoryview(body)
+                *pieces, last = (
+                    view[i : i + PACED_PIECE] for i in range(0, len(view), PACED_PIECE)
+                )
+                for piece in pieces:
+                    await self.pace(len(piece))
+                    await send(
+                        {"type": "http.response.body", "body": bytes(piece), "more_body": True}
+                    )
+                body = bytes(last)
+                message = {**message, "body": body}
             await self.pace(len(body))
             if message.get("more_body", False):
                 await send(message)
@@ -814,6 +827,7 @@ async def serve(
     committer = await SignerProcess.start(repo_dir)
     try:
         service = OriginService(repo_dir, committer, service_config)
+        service.uploads.slots = slots_within(service.uploads.slots, max_upload_rate)
         await committer.refresh()  # anything stale is re-signed before the first request
         app = build_app(service)
         async with trio.open_nursery() as nursery:

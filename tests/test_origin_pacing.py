@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from tufmesh.origin import ByteCounter
+from tufmesh.p2p import PACED_PIECE
 
 
 def test_big_bodies_are_paced_and_small_ones_are_not_held_back() -> None:
@@ -22,9 +24,11 @@ def test_big_bodies_are_paced_and_small_ones_are_not_held_back() -> None:
             sent.append((trio.current_time(), len(message["body"])))
 
     async def main() -> None:
-        # Four 1 MiB chunks queue up: they leave at 0, 1, 2, 3 s.
+        # Four 1 MiB chunks queue up: they flow, a 64 KiB piece every 1/16 s
+        # from 0 s, the first byte of each chunk at 0, 1, 2, 3 s.
         await counter({"sizes": [1 << 20] * 4}, None, send)
-        assert [round(t) for t, _ in sent] == [0, 1, 2, 3]
+        assert [size for _, size in sent] == [PACED_PIECE] * 64
+        assert [t for t, _ in sent] == pytest.approx([i / 16 for i in range(64)])
         # A metadata file sent now is not held behind the queue ...
         before = trio.current_time()
         await counter({"sizes": [4096]}, None, send)
@@ -60,5 +64,39 @@ def test_small_bodies_cannot_bypass_the_cap_together() -> None:
         assert 160 * ((64 << 10) - 1) / (1 << 20) - 0.5 - 0.01 <= took <= 10.0
         # The first few went at once (metadata is not held back).
         assert times[:4] == [start] * 4
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_answers_sent_at_once_share_the_rate_from_their_first_byte() -> None:
+    """Two 1 MiB answers at 1 MiB/s: the second's first bytes come within a
+    sixteenth of a second, and both end near 2 s. Paced whole, the second
+    waited its turn, 1 s of nothing (5 s at 200 KiB/s: its requester, which
+    judges the rate after 3 s, gave it up), and then came at once."""
+    first_byte: dict[str, float] = {}
+    last_byte: dict[str, float] = {}
+
+    async def app(scope: object, receive: object, send) -> None:  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.body", "body": b"x" * (1 << 20)})
+
+    counter = ByteCounter(app, max_rate=1 << 20)
+
+    async def main() -> None:
+        start = trio.current_time()
+
+        async def answer(name: str) -> None:
+            async def send(message: dict) -> None:  # type: ignore[type-arg]
+                if message["body"]:
+                    first_byte.setdefault(name, trio.current_time() - start)
+                    last_byte[name] = trio.current_time() - start
+
+            await counter({}, None, send)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer, "a")
+            nursery.start_soon(answer, "b")
+        assert max(first_byte.values()) <= 1 / 16 + 1e-9, first_byte
+        assert min(last_byte.values()) >= 1.8, last_byte  # each at about half the rate
+        assert max(last_byte.values()) == pytest.approx(2 - 1 / 16)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

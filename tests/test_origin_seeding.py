@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tufmesh.origin._seeding import MAX_RETRY, SeedGate
+from tufmesh.origin._seeding import MAX_RETRY, SeedGate, slots_within
 from tufmesh.origin._server import _single_range
 
 
@@ -225,3 +225,13 @@ def test_a_head_request_seeds_nothing(tmp_path: Path) -> None:
             assert again.status_code == 503 and again.headers["x-tufmesh-refused"] == "seeded"
 
     trio.run(main)
+
+
+def test_an_uplink_capped_low_runs_fewer_uploads_each_above_the_floor() -> None:
+    """Four uploads sharing 200 KiB/s went at 50 KiB/s each, under every
+    requester's 64 KiB/s slow-retrieval floor: each gets twice the floor."""
+    assert slots_within(4, None) == 4
+    assert slots_within(4, 200 << 10) == 1
+    assert slots_within(4, 256 << 10) == 2
+    assert slots_within(4, 1) == 1  # one always runs
+    assert slots_within(4, 100 << 20) == 4
