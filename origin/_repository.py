@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +255,7 @@ class OriginRepository(Repository):
                     (uri, key if key is not None else public_key_from_uri(path, uri))
                     for uri, key in given[role]
                 ]
+                check_new_keys(path, role, keys[role])
             elif role == "root":
                 keys[role] = [
                     generate_file_key(path, f"root-{i + 1}") for i in range(root_threshold)
@@ -514,6 +515,13 @@ class OriginRepository(Repository):
             _sign(md, signer, role)
         serializer = _PRETTY if role in ("root", "targets", DELEGATING_BINS) else _COMPACT
         self._bytes[role] = md.to_bytes(serializer)
+        if role in ("root", "targets", DELEGATING_BINS):
+            # Written at ceremonies only: parsed back as a client would before
+            # it is written (python-tuf's checks, such as a key named twice).
+            try:
+                Metadata[Any].from_bytes(self._bytes[role])
+            except Exception as exc:
+                raise OriginError(f"the new {role} metadata would not parse: {exc}") from None
         if role not in self._pending:
             self._pending.append(role)
 
@@ -942,6 +950,7 @@ class OriginRepository(Repository):
             raise OriginError(f"threshold {threshold} needs 1 .. {len(keys)} keys")
         if {key.keyid for _, key in keys} == set(old_keyids):
             raise OriginError(f"those are {role}'s keys already: nothing to rotate")
+        check_new_keys(self.dir, role, keys, kept=set(old_keyids))
         old_root_signers = list(self._signers_for("root"))
         _, root_threshold = self._role_keys("root")
         # Every rotation but bins' and bin-n's writes a root, and clients follow
@@ -1102,6 +1111,36 @@ def _entry_size(target: TargetFile) -> int:
     """Bytes ``target`` adds to its bin's compact JSON: ``"path":{...},``."""
     entry = json.dumps(target.to_dict(), separators=(",", ":"), sort_keys=True)
     return len(json.dumps(target.path)) + len(entry) + 2
+
+
+def check_new_keys(
+    repo: Path, role: str, keys: list[tuple[str, Key]], kept: Set[str] = frozenset()
+) -> None:
+    """Refuse a key given twice (it would count twice towards a threshold, and
+    python-tuf refuses the metadata) and a new key that cannot sign here: one
+    named in metadata without ever signing may be unusable or mispaired (a
+    typo in a KMS URI), and the threshold would count it. ``kept``: key ids
+    the role has already (they need not be here)."""
+    seen: set[str] = set()
+    for uri, key in keys:
+        if key.keyid in seen:
+            raise OriginError(
+                f"{role}: key {key.keyid[:16]}... is given twice (again as {uri}); "
+                "each key counts once towards a threshold"
+            )
+        seen.add(key.keyid)
+    failed = []
+    for uri, key in keys:
+        if key.keyid not in kept:
+            try:
+                load_signer(repo, uri, key)
+            except OriginError as exc:
+                failed.append(str(exc))
+    if failed:
+        raise OriginError(
+            f"every new {role} key must sign at its ceremony, and these cannot here: "
+            + "; ".join(failed)
+        )
 
 
 def _sign(md: Metadata[Any], signer: Signer, role: str) -> None:

@@ -866,6 +866,44 @@ def test_a_rotation_never_lowers_a_threshold_unasked(tmp_path: Path) -> None:
     assert repo.rotate("root", [generate_file_key(repo.dir, "lone")], threshold=1)
 
 
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("role", ["root", "bins", "bin-n"])
+def test_a_key_given_twice_is_refused_and_nothing_changes(tmp_path: Path, role: str) -> None:
+    """Twice the same key (here by two spellings of its file) looked like 2 of
+    2 and was one; for bins and bin-n it published metadata python-tuf cannot
+    parse (duplicate key ids), and every command then called it damaged."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    before = _files(repo.dir / "metadata"), _files(repo.dir)
+    uri, key = generate_file_key(repo.dir, "new")
+    again = "file2:" + str(repo.dir / "keys" / "new.pem")
+    with pytest.raises(OriginError, match="given twice"):
+        repo.rotate(role, [(uri, key), (again, key)], threshold=2)
+    assert (_files(repo.dir / "metadata"), _files(repo.dir)) == before
+    assert not OriginRepository(repo.dir).broken
+    with pytest.raises(OriginError, match="given twice"):
+        OriginRepository.create(tmp_path / "other", signers={role: [(uri, key), (again, key)]})
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_new_key_that_cannot_sign_here_is_refused(tmp_path: Path) -> None:
+    """A new root key whose signer does not load (a typo in its URI) was named
+    in root unsigned: 2 of 3 keys, of which only 2 could ever sign."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    before = _files(repo.dir / "metadata"), _files(repo.dir)
+    good = [generate_file_key(repo.dir, f"new-{i}") for i in (1, 2)]
+    _, key = generate_file_key(tmp_path, "typo")
+    typo = ("file2:/nowhere/typo.pem", key)
+    with pytest.raises(OriginError, match=r"must sign at its ceremony.*no key file"):
+        repo.rotate("root", [*good, typo], threshold=2)
+    assert (_files(repo.dir / "metadata"), _files(repo.dir)) == before
+    with pytest.raises(OriginError, match="must sign at its ceremony"):
+        OriginRepository.create(tmp_path / "other", signers={"root": [*good, typo]})
+    assert repo.rotate("root", good, threshold=2)  # the keys that can sign, still
+
+
 def test_a_removal_cut_short_is_finished_by_running_it_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
