@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,6 +181,8 @@ def serve(
 
     repo = OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
     _refuse_broken(repo)
+    for warning in repo.offline_expiry()[0]:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     if bootstrap and p2p_port is None:
         raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
@@ -235,6 +238,9 @@ def status(repo_dir: Path) -> None:
             fg="yellow",
             err=True,
         )
+    warnings, expired = repo.offline_expiry()
+    for warning in warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     now = datetime.now(UTC)
     click.echo(f"repository {repo_dir}")
     rows = repo.status()
@@ -256,6 +262,8 @@ def status(repo_dir: Path) -> None:
     artifacts = repo.artifacts()
     total = sum(t.length for t in artifacts)
     click.echo(f"{len(artifacts)} artifacts, {format_size(total)}")
+    if expired:
+        sys.exit(1)  # for a monitoring check: the repository serves nothing a client takes
 
 
 def _ceremony(repo_dir: Path) -> OriginRepository:

@@ -36,7 +36,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, final
 
@@ -92,6 +92,11 @@ _COMPACT: Final = JSONSerializer(compact=True)
 _PRETTY: Final = JSONSerializer(compact=False)
 #: Re-sign an online role once less than this fraction of its lifetime remains.
 REFRESH_FRACTION: Final = 0.25
+
+
+#: An offline role closer than this to its expiry is warned of (``status``,
+#: ``serve``): a ceremony needs its key holders, who need notice.
+OFFLINE_WARNING: Final = timedelta(days=30)
 
 
 def _utcnow() -> datetime:
@@ -342,6 +347,13 @@ class OriginRepository(Repository):
         if not roots:
             raise OriginError(f"{self.metadata_dir} holds no root metadata")
         self._read("root", self.metadata_dir / f"{roots[-1]}.root.json")
+        unversioned = self.metadata_dir / "root.json"
+        with contextlib.suppress(OSError):  # (a read-only copy: only the served file is stale)
+            if unversioned.read_bytes() != self._bytes["root"]:
+                # A ceremony stopped between the two writes of a new root: the
+                # unversioned copy (served, and what the p2p topic and the
+                # announcement gate are built from) follows the newest.
+                write_atomic(unversioned, self._bytes["root"])
         self._read("timestamp", self.metadata_dir / "timestamp.json")
         snapshot_version = self.timestamp_md.signed.snapshot_meta.version
         self._read("snapshot", self.metadata_dir / f"{snapshot_version}.snapshot.json")
@@ -1061,6 +1073,29 @@ class OriginRepository(Repository):
         lifetime = self.config.expiry(role)
         expires: datetime = self._md[role].signed.expires
         return expires - now < lifetime * REFRESH_FRACTION
+
+    def offline_expiry(self, now: datetime | None = None) -> tuple[list[str], bool]:
+        """Warnings for the offline roles, which only a ceremony re-signs, that
+        have expired or expire within :data:`OFFLINE_WARNING`, and whether any
+        has expired (clients then refuse every download)."""
+        now = now or self.clock()
+        warnings, expired = [], False
+        for role in ("root", "targets", DELEGATING_BINS):
+            expires: datetime = self._md[role].signed.expires
+            sign = f"'tufmesh origin sign --dir {self.dir} {role}'"
+            if expires <= now:
+                expired = True
+                warnings.append(
+                    f"{role} expired on {expires:%Y-%m-%d %H:%M} UTC: clients refuse every "
+                    f"download until it is signed again ({sign}, with its offline keys)"
+                )
+            elif expires - now < OFFLINE_WARNING:
+                days = (expires - now).total_seconds() / 86400
+                warnings.append(
+                    f"{role} expires in {days:.0f} days ({expires:%Y-%m-%d}): hold a "
+                    f"ceremony before then ({sign})"
+                )
+        return warnings, expired
 
     def next_refresh(self) -> datetime:
         """When the earliest online role becomes stale."""

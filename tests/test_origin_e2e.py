@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tufmesh.cas import BlobStore
-from tufmesh.origin import OriginRepository
+from tufmesh.origin import OriginConfig, OriginRepository
 from tufmesh.origin._keys import generate_file_key
 
 
@@ -248,6 +249,19 @@ def test_kill_9_during_uploads_loses_no_acknowledged_upload(repo: Path) -> None:
         # The restarted origin accepts new uploads on top of the recovered state.
         assert post(restarted.url, "crash", "after-1.bin", b"after", token).status_code == 200
         assert tuf_download(restarted.url, repo, "crash/after-1.bin") == b"after"
+
+
+def test_status_warns_of_offline_roles_near_expiry_and_fails_past_it(tmp_path: Path) -> None:
+    soon = tmp_path / "soon"
+    tufmesh("origin", "init", "--dir", str(soon), "--expiry", "targets=10")
+    status = tufmesh("origin", "status", "--dir", str(soon))
+    assert "warning: targets expires in 10 days" in status.stderr
+    late = tmp_path / "late"  # made 400 days ago, never signed since
+    a_while_ago = datetime.now(UTC) - timedelta(days=400)
+    OriginRepository.create(late, OriginConfig(bins=4), clock=lambda: a_while_ago)
+    status = tufmesh("origin", "status", "--dir", str(late), check=False)
+    assert status.returncode == 1 and "warning: bins expired on" in status.stderr
+    assert "bin-*" in status.stdout  # the table still
 
 
 def test_status_and_projects_cli(repo: Path) -> None:

@@ -904,6 +904,34 @@ def test_a_new_key_that_cannot_sign_here_is_refused(tmp_path: Path) -> None:
     assert repo.rotate("root", good, threshold=2)  # the keys that can sign, still
 
 
+def test_a_root_rotation_stopped_between_its_two_writes_is_finished_at_load(
+    tmp_path: Path,
+) -> None:
+    """``N.root.json`` is written, then ``root.json``: a kill in between left
+    the origin serving the old root as ``root.json``, and building its p2p
+    topic and announcement gate from it."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    repo.rotate("root", [generate_file_key(repo.dir, "new")])
+    metadata = repo.dir / "metadata"
+    (metadata / "root.json").write_bytes((metadata / "1.root.json").read_bytes())
+    OriginRepository(repo.dir)
+    assert (metadata / "root.json").read_bytes() == (metadata / "2.root.json").read_bytes()
+
+
+def test_offline_roles_near_or_past_their_expiry_are_warned_of(tmp_path: Path) -> None:
+    """Nothing re-signs root, targets and bins but a ceremony: a year on, an
+    origin served on, silently, metadata every client refused."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    now = repo.clock()
+    assert repo.offline_expiry(now) == ([], False)
+    soon, expired = repo.offline_expiry(now + timedelta(days=350))
+    assert not expired and [w.split()[:2] for w in soon] == [
+        ["root", "expires"], ["targets", "expires"], ["bins", "expires"],
+    ]  # fmt: skip
+    late, expired = repo.offline_expiry(now + timedelta(days=400))
+    assert expired and all("expired on" in w and "origin sign" in w for w in late)
+
+
 def test_a_removal_cut_short_is_finished_by_running_it_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
