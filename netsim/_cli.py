@@ -44,11 +44,14 @@ def scenarios() -> None:
 @click.option("--mirrors", type=click.IntRange(1, 100_000), help="Mirrors [default: 100].")
 @click.option("--size", type=SIZE, help="Size of the release [default: 64MiB].")
 @click.option("--chunk-size", type=SIZE, help="Chunk size [default: 1MiB].")
-@click.option("--seed", type=int, help="Random seed: same seed, same result [default: 1].")
+@click.option(
+    "--seed", type=click.IntRange(0), help="Random seed: same seed, same result [default: 1]."
+)
 @click.option("--links", help="Link profile: homogeneous, datacentre, home, mixed.")
 @click.option("--origin-up", type=SIZE, help="The origin's upload, per second.")
 @click.option("--degree", type=click.IntRange(1, 64), help="Have-record neighbours [default: 8].")
-@click.option("--churn", type=click.FloatRange(0, 1), help="Fraction of mirrors that leave once.")
+@click.option("--churn", type=click.FloatRange(0, 1),
+              help="Chance that an honest mirror leaves once, mid-release.")  # fmt: skip
 @click.option("--malicious", type=click.FloatRange(0, 0.99), help="Fraction of hostile mirrors.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the result as JSON.")  # fmt: skip
@@ -78,6 +81,8 @@ def run(
     else:
         names = ", ".join(sorted(shipped))
         raise UsageError(f"no scenario file {scenario_ref!r}, and no shipped one ({names})")
+    if settings.get("links") is not None:
+        settings["link_classes"] = ()  # a profile named on the command line wins over [[link]]
     try:
         scenario = scenario.replace(**settings)
     except UsageError as exc:  # named as the flag that set it, if one did
@@ -92,7 +97,8 @@ def run(
     if plot_path is not None:
         pyplot()
     started = time.perf_counter()
-    with progress_bar("mirrors complete", scenario.mirrors, items=True) as advance:
+    honest = scenario.mirrors - round(scenario.malicious * scenario.mirrors)
+    with progress_bar("honest mirrors complete", honest, items=True) as advance:
         done = 0
 
         def progress(completed: int, honest: int) -> None:
@@ -100,7 +106,13 @@ def run(
             advance(completed - done)
             done = completed
 
-        result = simulate(scenario, progress)
+        try:
+            result = simulate(scenario, progress)
+        except MemoryError:
+            raise UsageError(
+                f"out of memory for {scenario.mirrors:,} mirrors x {scenario.chunks:,} chunks: "
+                "a larger chunk size, or fewer mirrors"
+            ) from None
     wall = time.perf_counter() - started
     if not quiet:
         click.echo(table(result), nl=False)
@@ -127,7 +139,7 @@ def run(
               help="Every node's upload cap, per second.")  # fmt: skip
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(0),
     default=1,
     show_default=True,
     help="The simulation's random seed (the real run's graph is drawn with it too).",

@@ -59,7 +59,7 @@ def matching_scenario(mirrors: int, size: int, rate: float, seed: int = 1) -> Sc
         seed=seed,
         origin_up=rate,
         link_classes=(loopback,),
-        degree=min(16, mirrors - 1),  # peer exchange: on loopback everyone finds everyone
+        degree=max(1, min(16, mirrors - 1)),  # peer exchange: on loopback everyone finds everyone
         links="custom",
     )
 

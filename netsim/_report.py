@@ -9,6 +9,7 @@ from typing import Any
 
 from tufmesh._ui import format_size
 from tufmesh.errors import UsageError
+from tufmesh.netsim._scenario import Scenario
 from tufmesh.netsim._sim import Result
 
 __all__ = ["plot", "table", "to_json"]
@@ -17,6 +18,11 @@ __all__ = ["plot", "table", "to_json"]
 def _seconds(value: float) -> float | None:
     """Rounded to the microsecond (stable JSON); None for never."""
     return None if math.isinf(value) else round(value, 6)
+
+
+def _links(scenario: Scenario) -> str:
+    """The link profile's name, or "custom" for a scenario file's own classes."""
+    return "custom" if scenario.link_classes else scenario.links
 
 
 def summary(result: Result) -> dict[str, Any]:
@@ -33,6 +39,7 @@ def summary(result: Result) -> dict[str, Any]:
             "max": _seconds(done),
         },
         "lower_bound_seconds": _seconds(result.lower_bound),
+        "churn_floor_seconds": _seconds(result.churn_floor),
         "ratio_to_bound": None if math.isinf(done) else round(done / result.lower_bound, 4),
         "origin_bytes": result.origin_bytes,
         "origin_bytes_per_release": round(result.origin_bytes / size, 4),
@@ -72,13 +79,18 @@ def table(result: Result) -> str:
         (
             "scenario",
             f"{sc.mirrors} mirrors ({s['honest_mirrors']} honest), {format_size(sc.size)} in "
-            f"{sc.chunks} chunks, links {sc.links if not sc.link_classes else 'custom'}, "
+            f"{sc.chunks} chunks, links {_links(sc)}, "
             f"seed {sc.seed}",
         ),
         ("completed", f"{s['completed']} of {s['honest_mirrors']} honest mirrors"),
         ("completion p50 / p90 / p99", f"{sec(t['p50'])} / {sec(t['p90'])} / {sec(t['p99'])}"),
         ("every honest mirror", sec(t["max"])),
         ("lower bound (no network does better)", sec(s["lower_bound_seconds"])),
+        *(
+            [("bound set by", "churn (mirrors away before any network could finish them)")]
+            if result.churn_floor >= result.lower_bound
+            else []
+        ),
         (
             "ratio to the bound",
             f"{s['ratio_to_bound']:.2f}"
@@ -124,7 +136,7 @@ def plot(result: Result, path: Path) -> None:
     axes.axvline(result.lower_bound, color="black", linestyle="--", label="lower bound")
     sc = result.scenario
     axes.set_title(
-        f"{sc.mirrors} mirrors, {format_size(sc.size)}, links {sc.links}, seed {sc.seed}"
+        f"{sc.mirrors} mirrors, {format_size(sc.size)}, links {_links(sc)}, seed {sc.seed}"
     )
     axes.set_xlabel("seconds since the release was committed")
     axes.set_ylabel("fraction of honest mirrors holding it")

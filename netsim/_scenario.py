@@ -62,7 +62,7 @@ class Scenario:
     chunk_size: int = 1 << 20
     seed: int = 1
     links: str = "homogeneous"
-    #: The origin's upload (None: the profile's first class, at its top).
+    #: The origin's upload (None: the fastest upload of any link class).
     origin_up: float | None = None
     #: Neighbours each mirror asks for have-records (a random graph).
     degree: int = 8
@@ -76,8 +76,9 @@ class Scenario:
     #: Round trips between an announcement and the first chunk request
     #: (timestamp, snapshot, targets, bin, manifest: from the origin).
     metadata_rtts: int = 5
-    #: Fraction of honest mirrors that leave once, mid-replication, and come
-    #: back after ``downtime`` seconds.
+    #: Each honest mirror leaves once with this probability, at a random time
+    #: mid-replication if it is still incomplete then, and comes back after
+    #: ``downtime`` seconds.
     churn: float = 0.0
     downtime: float = 20.0
     #: Fraction of mirrors that are hostile, and how (cycled through the list).
@@ -102,6 +103,12 @@ class Scenario:
             raise UsageError(
                 f"{self.chunks} chunks: at most {MAX_CHUNKS:,} (a larger chunk size, or less size)"
             )
+        if self.mirrors * self.chunks > MAX_CELLS:
+            raise UsageError(
+                f"{self.mirrors:,} mirrors x {self.chunks:,} chunks: at most {MAX_CELLS:,} "
+                "(each mirror keeps a record per chunk and per neighbour; a larger chunk "
+                "size, or fewer mirrors)"
+            )
         if not 0 <= self.malicious < 1:
             raise UsageError("malicious must be in [0, 1)")
         for link in self.link_classes:
@@ -116,8 +123,10 @@ class Scenario:
             raise UsageError(f"{self.malicious:g} of {self.mirrors} mirrors leaves none honest")
         if not self.link_classes and self.links not in PROFILES:
             raise UsageError(f"unknown link profile {self.links!r}; one of {', '.join(PROFILES)}")
+        if self.malicious and not self.behaviours:
+            raise UsageError("malicious mirrors need at least one behaviour")
         for behaviour in self.behaviours:
-            if behaviour not in BEHAVIOURS:
+            if not isinstance(behaviour, str) or behaviour not in BEHAVIOURS:
                 raise UsageError(f"unknown behaviour {behaviour!r}; one of {', '.join(BEHAVIOURS)}")
 
     @property
@@ -145,15 +154,19 @@ class Scenario:
 _SIZES: Final = ("size", "chunk_size", "origin_up", "upload_bytes")
 
 #: Chunks in a release at most: each mirror's scheduler keeps a few lists of
-#: that length (1,000 mirrors and 1,024 chunks take about 0.9 GiB).
+#: that length.
 MAX_CHUNKS: Final = 65_536
+#: Mirrors x chunks at most: 110-900 bytes each (1,000 mirrors and 1,024
+#: chunks take 251 MiB, 10,000 mirrors and 256 chunks 2.2 GiB), so at most
+#: about 15 GiB.
+MAX_CELLS: Final = 1 << 24
 
 #: Each numeric setting's type and bounds.
 _LIMITS: Final[dict[str, tuple[type, float, float]]] = {
     "mirrors": (int, 1, 100_000),
     "size": (int, 1, 1 << 40),
     "chunk_size": (int, 1, 1 << 30),
-    "seed": (int, -math.inf, math.inf),
+    "seed": (int, 0, (1 << 64) - 1),  # (random.Random takes -n for n)
     "origin_up": (float, 1.0, 1e15),
     "degree": (int, 1, 64),
     "upload_slots": (int, 0, 1024),
@@ -200,6 +213,13 @@ def load_scenario(path: Path) -> Scenario:
     data.pop("description", None)
     known = {f.name for f in dataclasses.fields(Scenario)}
     links = data.pop("link", None)
+    if links is not None and not (
+        isinstance(links, list) and all(isinstance(c, dict) for c in links)
+    ):
+        raise UsageError(f"{path}: links are [[link]] tables (each with up, down and latency)")
+    for c in links or ():
+        if extra := set(c) - {"weight", "up", "down", "latency"}:
+            raise UsageError(f"{path}: a [[link]] has no setting {', '.join(sorted(extra))}")
     unknown = set(data) - known
     if unknown:
         raise UsageError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
@@ -208,6 +228,8 @@ def load_scenario(path: Path) -> Scenario:
             if isinstance(data.get(name), str):
                 data[name] = parse_size(data[name])
         if "behaviours" in data:
+            if not isinstance(data["behaviours"], list):
+                raise UsageError(f"behaviours is a list, such as {list(BEHAVIOURS)}")
             data["behaviours"] = tuple(data["behaviours"])
         if links:
             data["link_classes"] = tuple(
@@ -229,5 +251,15 @@ def load_scenario(path: Path) -> Scenario:
 def _range(value: Any, *, size: bool = True) -> tuple[float, float]:
     """``[low, high]`` or one value; sizes may be strings like ``"2MiB"``."""
     items = value if isinstance(value, list) else [value, value]
-    low, high = (parse_size(v) if size and isinstance(v, str) else float(v) for v in items)
-    return float(low), float(high)
+    if len(items) != 2:
+        raise UsageError(f"a range is [low, high] or one value, not {value!r}")
+    low, high = (_value(v, size=size) for v in items)
+    return low, high
+
+
+def _value(value: Any, *, size: bool) -> float:
+    if size and isinstance(value, str):
+        return float(parse_size(value))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{value!r} is not a number" + (" or a size" if size else ""))
+    return float(value)

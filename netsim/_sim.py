@@ -42,7 +42,7 @@ from typing import Any, Final
 
 from tufmesh.cas import build_manifest
 from tufmesh.client import ChunkScheduler, SchedulerConfig
-from tufmesh.errors import ChunkRejectedError
+from tufmesh.errors import ChunkRejectedError, UsageError
 from tufmesh.mirror._swarm import MAX_QUERY_FAILURES, POLL
 from tufmesh.netsim._scenario import Scenario
 from tufmesh.origin._seeding import SeedGate, slots_within
@@ -153,6 +153,8 @@ class Result:
     scenario: Scenario
     completion: list[float]  # per honest mirror, sorted; inf if it never completed
     lower_bound: float
+    #: What churn alone adds to the bound (0: nothing): see :func:`churn_floor`.
+    churn_floor: float
     origin_bytes: int
     duplicate_bytes: int
     chunks_rejected: int
@@ -179,6 +181,14 @@ def lower_bound(origin_up: float, ups: list[float], downs: list[float], size: in
     """max(F/u_origin, F/d_min, N*F/(u_origin + sum u_i)): no schedule beats it."""
     n = len(ups)
     return max(size / origin_up, size / min(downs), n * size / (origin_up + sum(ups)))
+
+
+def churn_floor(size: int, downtime: float, leaving: list[tuple[float, float]]) -> float:
+    """The latest completion churn forces: a mirror made to leave (at ``t``, of
+    ``(t, downlink)`` in ``leaving``) before its own downlink could have brought
+    it the release is incomplete then however well the rest go, and cannot
+    hold it before ``size / downlink + downtime``."""
+    return max((size / down + downtime for t, down in leaving if t < size / down), default=0.0)
 
 
 def simulate(scenario: Scenario, progress: Callable[[int, int], None] | None = None) -> Result:
@@ -261,10 +271,25 @@ class _Simulation:
             slowest = max((p.latency for p in node.neighbours), default=0.0)
             node.round_time = POLL + 2 * (node.latency + slowest)
         self._announce()
+        leaving: list[tuple[float, float]] = []
         for node in self.honest:
             if rng.random() < sc.churn:
-                self._at(self._leave_time(node), _LEAVE, node)
+                leaving.append((self._leave_time(node), node.down.cap))
+                self._at(leaving[-1][0], _LEAVE, node)
             self._at(node.announced + self._metadata_time(node), _START, node)
+        self.bound = lower_bound(
+            self.origin.up.cap,
+            [n.up.cap for n in self.honest],
+            [n.down.cap for n in self.honest],
+            sc.size,
+        )
+        self.churn_floor = churn_floor(sc.size, sc.downtime, leaving)
+        if max(self.bound, self.churn_floor) > sc.horizon:
+            raise UsageError(
+                f"no network could finish within the horizon ({sc.horizon:g} s): the lower "
+                f"bound is {max(self.bound, self.churn_floor):,.0f} s (faster links, or a "
+                "longer horizon)"
+            )
 
     def _random_graph(self, nodes: list[_Node], degree: int) -> dict[str, list[_Node]]:
         """Each node links to ``degree`` random others (links are mutual)."""
@@ -724,9 +749,6 @@ class _Simulation:
         sc = self.sc
         honest = self.honest
         completion = sorted(n.done if n.done is not None else math.inf for n in honest)
-        bound = lower_bound(
-            self.origin.up.cap, [n.up.cap for n in honest], [n.down.cap for n in honest], sc.size
-        )
         for node in honest:
             if node.done is None:
                 self._count_bans(node)
@@ -736,7 +758,8 @@ class _Simulation:
         return Result(
             scenario=sc,
             completion=completion,
-            lower_bound=bound,
+            lower_bound=max(self.bound, self.churn_floor),
+            churn_floor=self.churn_floor,
             origin_bytes=self.origin_bytes,
             duplicate_bytes=max(0, duplicate),
             chunks_rejected=self.rejected,

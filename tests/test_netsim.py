@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,8 @@ import pytest
 
 from tufmesh.errors import UsageError
 from tufmesh.netsim import Scenario, load_scenario, simulate
+from tufmesh.netsim._real import matching_scenario
+from tufmesh.netsim._sim import churn_floor
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -76,6 +79,20 @@ def test_mirrors_that_leave_and_rejoin_catch_up() -> None:
     assert all(not math.isinf(t) for t in result.completion)
 
 
+def test_churn_raises_the_bound_by_the_downtime_it_forces() -> None:
+    """A mirror made to leave before its own downlink could have brought it the
+    release cannot hold it before that time plus its downtime, whatever the
+    network does: the bound says so, and the ratio measures the protocol."""
+    assert churn_floor(100, 5.0, [(0.5, 100.0), (2.0, 100.0), (0.9, 50.0)]) == 7.0
+    assert churn_floor(100, 5.0, [(2.0, 100.0)]) == churn_floor(100, 5.0, []) == 0.0
+    scenario = Scenario(mirrors=30, size=32 << 20, links="home", churn=1.0, downtime=20, seed=2)
+    result = simulate(scenario)
+    assert result.churn_floor > 20 and result.lower_bound == result.churn_floor
+    assert result.all_done >= result.lower_bound
+    assert simulate(dataclasses.replace(scenario, churn=0.0)).churn_floor == 0.0
+    assert matching_scenario(1, 1 << 20, 1 << 20, 1).degree == 1  # (validate --mirrors 1)
+
+
 def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
     good = tmp_path / "s.toml"
     good.write_text(
@@ -104,7 +121,15 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
         ),
         ("[[link]]\nup = 1\ndown = 1", "a \\[\\[link\\]\\] needs latency"),
         ("[[link]]\nup = [2, 1]\ndown = 1\nlatency = 0", "up range \\[2.0, 1.0\\] runs backwards"),
-        ("[link]\nup = 1\ndown = 1\nlatency = 0", "s.toml: "),  # a table, not a list of them
+        ("[link]\nup = 1\ndown = 1\nlatency = 0", "s.toml: links are"),  # not a list of them
+        ("link = [1, 2]", "s.toml: links are \\[\\[link\\]\\] tables"),
+        ("[[link]]\nup = 1\ndown = 1\nlatency = 0\ncolour = 1", "has no setting colour"),
+        ("[[link]]\nup = [1, 2, 3]\ndown = 1\nlatency = 0", "a range is \\[low, high\\]"),
+        ("[[link]]\nup = true\ndown = 1\nlatency = 0", "True is not a number"),
+        ("malicious = 0.2\nbehaviours = []", "need at least one behaviour"),
+        ('behaviours = "corrupt"', "behaviours is a list"),
+        ("seed = -7", "seed must be 0 .. "),  # (-7 drew what 7 draws)
+        ('mirrors = 100000\nsize = "64GiB"', "100,000 mirrors x 65,536 chunks: at most"),
     ]:
         good.write_text(text)
         with pytest.raises(UsageError, match=message):
@@ -140,8 +165,24 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
         bad.returncode != 0
         and "--origin-up must be 1 .. 1,000,000,000,000,000, not 0" in bad.stderr
     )
-    stalled = _cli("netsim", "run", "--mirrors", "3", "--size", "4MiB", "--origin-up", "1")
+    # A bound past the horizon is refused at once (it ran to the horizon, a
+    # round a quarter of a second per mirror); a run that fails is reported.
+    hopeless = _cli("netsim", "run", "--mirrors", "3", "--size", "4MiB", "--origin-up", "1")
+    assert hopeless.returncode != 0 and "no network could finish within the horizon" in (
+        hopeless.stderr
+    )
+    stalled = _cli("netsim", "run", "--mirrors", "3", "--size", "4MiB", "--origin-up", "1400")
     assert "none: not every honest mirror completed within the horizon" in stalled.stdout
+    custom = tmp_path / "custom.toml"
+    custom.write_text(
+        'mirrors = 4\nsize = "1MiB"\n[[link]]\nup = "1MiB"\ndown = "1MiB"\nlatency = 0\n'
+    )
+    named = _cli("netsim", "run", "--scenario", str(custom), "--links", "home")
+    assert named.returncode == 0 and "links home" in named.stdout  # the flag wins
+    bad = _cli("netsim", "run", "--scenario", str(custom), "--links", "moon")
+    assert bad.returncode != 0 and "unknown link profile 'moon'" in bad.stderr
+    bad = _cli("netsim", "run", "--seed", "-1")
+    assert bad.returncode != 0 and "--seed" in bad.stderr
     bad = _cli("netsim", "validate", "--rate", "0")
     assert bad.returncode != 0 and "--rate must be at least 1 byte per second" in bad.stderr
     assert "Traceback" not in bad.stderr
