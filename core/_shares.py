@@ -5,10 +5,24 @@ libp2p peer."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Iterator
 from typing import Literal
 
-__all__ = ["Shares"]
+__all__ = ["Shares", "machine_of"]
+
+
+def machine_of(address: str) -> str:
+    """The key under which ``address`` (an IP address) is counted: itself, or
+    for IPv6 its /64, one machine's share (a single host gets 2**64 of them);
+    "?" for anything that is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "?"
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class Shares:

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import re
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tufmesh._durable import write_atomic
-from tufmesh._shares import Shares
+from tufmesh._shares import Shares, machine_of
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -97,8 +98,10 @@ class _BigFileResponse(FileResponse):
     ``again`` then gives, if any."""
 
     # Starlette's default 64 KiB chunks serve at an eighth of nginx's speed;
-    # 4 MiB chunks come close to it (shared/notes/http-throughput.md).
-    chunk_size = 4 << 20
+    # 4 MiB chunks come close to it (shared/notes/http-throughput.md), 1 MiB
+    # not far behind. Each answer a client does not read holds one in memory
+    # (300 such held 1.3 GB with 4 MiB): 1 MiB, as chunks are.
+    chunk_size = 1 << 20
 
     def __init__(self, *args: Any, again: _Again = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -528,6 +531,18 @@ def _single_range(header: str | None) -> tuple[int, int] | None:
 
 #: How long the end of a response may wait, shielded from cancellation (ByteCounter).
 _END_WAIT: Final = 5.0
+#: Downloads (GET, HEAD) answered at once for one client address (an IPv6
+#: /64), and for all: more are refused (503, ask again in a second). Each
+#: holds up to a chunk in memory while its client reads, for as long as the
+#: client lets it (a client that reads nothing is dropped after
+#: ``SEND_TIMEOUT``; one that reads a byte now and then is not).
+MAX_DOWNLOADS_PER_HOST: Final = 64
+MAX_DOWNLOADS: Final = 512
+#: A connection whose client takes none of the data sent for this long is
+#: dropped by the kernel (``TCP_USER_TIMEOUT``, which Linux applies to a closed
+#: receive window too). Hypercorn has no send timeout: a client that asked
+#: and never read held its answer's memory and a socket for ever.
+SEND_TIMEOUT: Final = 60.0
 #: Response bodies below this size skip the upload pacing queue (ByteCounter)...
 _SMALL: Final = 64 * 1024
 #: ...as long as, among themselves, they keep within the rate after a burst
@@ -546,6 +561,7 @@ class ByteCounter:
     app: Any
     served: int = 0
     max_rate: float | None = None
+    downloads: Shares = field(default_factory=lambda: Shares(MAX_DOWNLOADS_PER_HOST, MAX_DOWNLOADS))
     _next: float = 0.0  # when the bytes counted so far will have left, at max_rate
     _small_next: float = -math.inf  # the same for the small bodies alone
 
@@ -604,7 +620,16 @@ class ByteCounter:
                     await send(end)
                     nursery.cancel_scope.cancel()
 
-        await self.app(scope, receiving, counting)
+        if scope.get("type") != "http" or scope.get("method") not in ("GET", "HEAD"):
+            await self.app(scope, receiving, counting)
+            return
+        client = scope.get("client")
+        host = machine_of(str(client[0])) if client else "?"
+        if self.downloads.full(host):
+            await _refuse_busy(send)
+            return
+        with self.downloads.hold(host):
+            await self.app(scope, receiving, counting)
 
     async def pace(self, size: int) -> None:
         """Count ``size`` bytes about to be sent (over HTTP, or over libp2p by
@@ -624,6 +649,13 @@ class ByteCounter:
             # a byte went out unpaced, and held back everyone's chunks.
             self._small_next = max(self._small_next, now - _SMALL_BURST) + seconds
             await trio.sleep(max(self._small_next - now, 0.0))
+
+
+async def _refuse_busy(send: Any) -> None:
+    """Answer 503 busy, to be asked again in a second."""
+    headers = [(b"retry-after", b"1"), (b"x-tufmesh-refused", b"busy"), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _has_body(scope: Any) -> bool:
@@ -929,15 +961,26 @@ async def start_http(
     on_ready: Callable[[str], Awaitable[None] | None] | None,
     *,
     idle_timeout: float = 30.0,
+    send_timeout: float = SEND_TIMEOUT,
 ) -> str:
     """Start serving ``app`` (hypercorn, trio worker) in ``nursery``; return its URL.
 
-    A connection with no request running is closed after ``idle_timeout`` s."""
-    from hypercorn.config import Config
+    A connection with no request running is closed after ``idle_timeout`` s,
+    one whose client takes none of the data sent after ``send_timeout`` s."""
+    from hypercorn.config import Config, Sockets
     from hypercorn.trio import serve as hypercorn_serve
 
+    class _Config(Config):
+        def create_sockets(self) -> Sockets:
+            sockets = super().create_sockets()
+            option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+            for sock in sockets.insecure_sockets if option is not None else ():
+                # (the sockets it accepts inherit it)
+                sock.setsockopt(socket.IPPROTO_TCP, option, int(send_timeout * 1000))
+            return sockets
+
     _guard_http2()
-    config = Config()
+    config = _Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = "-"  # an exception that escapes the app, on stderr...

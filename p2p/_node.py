@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import ipaddress
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
-from tufmesh._shares import Shares
+from tufmesh._shares import Shares, machine_of
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
@@ -159,13 +158,9 @@ def _host_of(stream: Any) -> str:
     """The address an incoming stream comes from (an IPv6 address's /64: one
     machine's share), or "?" where libp2p does not say."""
     try:
-        address = stream.get_remote_address()
-        ip = ipaddress.ip_address(address[0])
-    except Exception:  # no address, or not an IP one
+        return machine_of(str(stream.get_remote_address()[0]))
+    except Exception:  # no address
         return "?"
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 async def _end_stream(stream: Any, *, whole: bool) -> None:

@@ -3,6 +3,7 @@ holds connections open, or sends an endless request head, costs the server."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -10,28 +11,37 @@ import trio
 from starlette.applications import Starlette
 
 from tufmesh.cas import BlobStore
-from tufmesh.origin._server import ByteCounter, start_http, tree_routes
+from tufmesh.origin._server import MAX_DOWNLOADS_PER_HOST, ByteCounter, start_http, tree_routes
 
-Connect = Callable[[], Awaitable[trio.SocketStream]]
+Connect = Callable[..., Awaitable[trio.SocketStream]]
 
 
-def _serve(tmp_path: Path, client: object) -> None:
+def _serve(tmp_path: Path, client: object, *, mib: int = 1, send_timeout: float = 60.0) -> None:
     """Run ``await client(connect, cid)`` against a tree server (a 1 s idle
-    timeout) that holds ``metadata/timestamp.json`` and blob ``cid``."""
+    timeout) that holds ``metadata/timestamp.json`` and blob ``cid`` (``mib``
+    MiB). ``connect(small=True)`` opens a connection with a small receive
+    buffer (a client that reads nothing then holds the server's send)."""
     (tmp_path / "metadata").mkdir()
     (tmp_path / "metadata" / "timestamp.json").write_bytes(b"{}")
     store = BlobStore(tmp_path / "cas")
-    cid = store.put(bytes(range(256)) * 4096)
+    cid = store.put(bytes(range(256)) * 4096 * mib)
     app = ByteCounter(Starlette(routes=tree_routes(tmp_path, store)))
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            url = await start_http(nursery, app, "127.0.0.1", 0, None, None, idle_timeout=1.0)
+            url = await start_http(
+                nursery, app, "127.0.0.1", 0, None, None, idle_timeout=1.0,
+                send_timeout=send_timeout,
+            )  # fmt: skip
             host, port = url.removeprefix("http://").rsplit(":", 1)
             streams: list[trio.SocketStream] = []
 
-            async def connect() -> trio.SocketStream:
-                streams.append(await trio.open_tcp_stream(host, int(port)))
+            async def connect(*, small: bool = False) -> trio.SocketStream:
+                sock = trio.socket.socket()
+                if small:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                await sock.connect((host, int(port)))
+                streams.append(trio.SocketStream(sock))
                 return streams[-1]
 
             try:
@@ -83,6 +93,62 @@ def test_a_connection_is_closed_after_the_idle_timeout_with_or_without_a_request
         assert (await _closed_within(fresh, 5)).startswith(b"HTTP/1.1 200")
 
     _serve(tmp_path, client)
+
+
+async def _get(stream: trio.SocketStream, cid: str) -> None:
+    await stream.send_all(f"GET /blobs/{cid} HTTP/1.1\r\nHost: o\r\n\r\n".encode())
+
+
+async def _drain(stream: trio.SocketStream, seconds: float) -> int:
+    """Bytes read until the server closes or resets the connection."""
+    got = 0
+    with trio.fail_after(seconds):
+        try:
+            while piece := await stream.receive_some():
+                got += len(piece)
+        except trio.BrokenResourceError:  # reset: what the kernel's timeout sends
+            pass
+    return got
+
+
+def test_a_client_that_asks_and_never_reads_is_dropped(tmp_path: Path) -> None:
+    """Hypercorn has no send timeout: a client that asked for a blob and read
+    nothing held the server's socket and a chunk of its memory for ever (300
+    of them held 1.3 GB). The kernel now drops it (TCP_USER_TIMEOUT)."""
+
+    async def client(connect: Connect, cid: str) -> None:
+        stream = await connect(small=True)
+        await _get(stream, cid)
+        await trio.sleep(4)  # reading nothing, twice the send timeout
+        got = await _drain(stream, 10)
+        assert 0 < got < 8 << 20, got  # not the whole 16 MiB: cut off
+
+    _serve(tmp_path, client, mib=16, send_timeout=2.0)
+
+
+def test_downloads_at_once_from_one_address_are_capped(tmp_path: Path) -> None:
+    """Each download a client does not read holds up to a chunk of the
+    server's memory: one address gets 64 at once, more are asked to wait."""
+
+    async def client(connect: Connect, cid: str) -> None:
+        held = [await connect(small=True) for _ in range(MAX_DOWNLOADS_PER_HOST)]
+        for stream in held:
+            await _get(stream, cid)
+        await trio.sleep(0.5)
+        extra = await connect()
+        await _get(extra, cid)
+        with trio.fail_after(5):
+            answer = await extra.receive_some()
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
+        for stream in held:
+            await stream.aclose()
+        await trio.sleep(0.5)  # their answers end with their connections
+        fresh = await connect()
+        await _get(fresh, cid)
+        with trio.fail_after(5):
+            assert (await fresh.receive_some()).startswith(b"HTTP/1.1 200")
+
+    _serve(tmp_path, client, mib=16)
 
 
 def test_an_endless_request_head_is_cut_off_at_16_kib(tmp_path: Path) -> None:
