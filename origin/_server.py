@@ -973,10 +973,10 @@ async def start_http(
     class _Config(Config):
         def create_sockets(self) -> Sockets:
             sockets = super().create_sockets()
-            option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
-            for sock in sockets.insecure_sockets if option is not None else ():
-                # (the sockets it accepts inherit it)
-                sock.setsockopt(socket.IPPROTO_TCP, option, int(send_timeout * 1000))
+            option: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux only
+            if option is not None:
+                for sock in sockets.insecure_sockets:  # (the sockets it accepts inherit it)
+                    sock.setsockopt(socket.IPPROTO_TCP, option, int(send_timeout * 1000))
             return sockets
 
     _guard_http2()
