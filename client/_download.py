@@ -200,6 +200,7 @@ async def download_plan(
         raise ClientError(f"{part} is not a regular file of this user's")
     wake = trio.Event()
     stalled = False
+    unwritten: OSError | None = None  # our own disk failed (full, gone): the end of it
 
     def store(index: int, data: bytearray) -> None:
         plan.verify(index, data)  # raises ChunkRejectedError: nothing is written
@@ -216,6 +217,7 @@ async def download_plan(
         scheduler.received(source, index, count)
 
     async def fetch(source: str, index: int) -> None:
+        nonlocal unwritten
         scope = scopes[(source, index)]
         try:
             with scope:
@@ -252,8 +254,10 @@ async def download_plan(
                     scheduler.refused(source, index, until, seeded=seeded, reason=str(exc))
                 except (HttpError, TufmeshError) as exc:  # TufmeshError: a libp2p source
                     scheduler.failed(source, index, str(exc))
-                except OSError:
-                    raise  # writing our own file: not the source's doing
+                except OSError as exc:  # writing our own file: not the source's doing
+                    unwritten = unwritten or exc
+                    scheduler.failed(source, index, "not written here")
+                    nursery.cancel_scope.cancel()
                 except Exception as exc:  # whatever else a hostile answer trips: its fault
                     scheduler.failed(source, index, f"{type(exc).__name__}: {exc}")
                 else:
@@ -306,6 +310,8 @@ async def download_plan(
     finally:
         os.close(fd)
         pool.close()
+    if unwritten is not None:
+        raise ClientError(f"cannot write {part}: {unwritten.strerror or unwritten}")
     if not scheduler.complete:
         reasons = "; ".join(f"{s}: {r}" for s, r in scheduler.reasons().items())
         if stalled:

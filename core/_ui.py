@@ -184,8 +184,12 @@ def run_service(
 
     import trio
 
+    serving = False
+
     async def main() -> None:
         def ready(url: str) -> None:
+            nonlocal serving
+            serving = True
             click.echo(banner(url))
 
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
@@ -225,6 +229,10 @@ def run_service(
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         reason = first.strerror if isinstance(first, OSError) and first.strerror else first
+        if isinstance(first, OSError) and first.filename:
+            reason = f"{reason}: {first.filename}"
+        if serving:  # not a failure to listen: a file it could not write, say
+            raise TufmeshError(f"stopped: {reason}") from None
         raise TufmeshError(f"cannot serve on {where}: {reason}") from None
 
 

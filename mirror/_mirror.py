@@ -70,6 +70,8 @@ class Mirror:
         # may wake a mirror (a have-query naming a newer release), and a full
         # pass reads every bin, rewrites the tree and collects garbage.
         self._synced: tuple[tuple[int, str], SyncReport] | None = None
+        #: The last sync's report, while the disk would not take it (full).
+        self._unrecorded: dict[str, Any] | None = None
 
     @classmethod
     def create(
@@ -197,6 +199,8 @@ class Mirror:
         fetched: dict[str, Any] = kept.get("bytes_fetched_by_source", {})
         if not all(type(count) is int for count in fetched.values()):
             del kept["bytes_fetched_by_source"]
+        if self._unrecorded is not None:  # the newest sync, which the disk did not take
+            kept["last_sync"] = self._unrecorded
         return kept
 
     def _update_state(self, change: Callable[[dict[str, Any]], None]) -> None:
@@ -243,6 +247,8 @@ class Mirror:
                     self._synced = (seen, report)
         except TufmeshError as exc:
             report.error = str(exc)
+        except OSError as exc:  # our own disk: full, read-only, gone
+            report.error = f"cannot write in {self.dir}: {_os_reason(exc)}"
         report.bytes_by_source = dict(fetched)
         report.seconds = time.monotonic() - started
         self.record(report)
@@ -376,7 +382,9 @@ class Mirror:
         )
 
     def record(self, report: SyncReport) -> None:
-        """Add a sync's outcome to the state ``mirror status`` and ``/healthz`` read."""
+        """Add a sync's outcome to the state ``mirror status`` and ``/healthz``
+        read. A disk that cannot take it (full) only leaves the state as it
+        was, and the report says so: the mirror goes on serving what it holds."""
 
         def update(state: dict[str, Any]) -> None:
             totals = Counter(state.get("bytes_fetched_by_source", {}))
@@ -393,7 +401,18 @@ class Mirror:
                 timestamp_version=self._served_timestamp_version(),
             )
 
-        self._update_state(update)
+        try:
+            self._update_state(update)
+            self._unrecorded = None
+        except OSError as exc:
+            report.error = report.error or f"cannot record the sync: {_os_reason(exc)}"
+            self._unrecorded = asdict(report)
+
+
+def _os_reason(exc: OSError) -> str:
+    """``No space left on device: /srv/m/state.json``, or as near as it says."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 #: The type of each entry of ``state.json``.

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import string
@@ -681,6 +682,62 @@ def test_a_peer_on_a_slow_uplink_is_taken_at_its_pace_not_banned(tmp_path: Path)
     assert from_m2 >= 1 << 20, state  # a whole chunk at least, at m2's pace
     assert state["bans"] == 0, state
     assert Mirror(tmp_path / "m1").store.read(_cid(repo)) == body
+
+
+def _small_disk() -> list[str] | None:
+    """A command prefix that runs what follows with a 12 MiB tmpfs mounted on
+    ``$1``, in a mount namespace of its own; None where this machine allows none."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    script = 'mount -t tmpfs -o size=12m tmpfs "$1" && shift && exec "$@"'
+    prefix = [unshare, "-m" if os.geteuid() == 0 else "-rm", "sh", "-c", script, "sh"]
+    probe = subprocess.run([*prefix, "/mnt", "true"], capture_output=True, timeout=30)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_a_full_disk_fails_a_sync_and_the_mirror_serves_on(tmp_path: Path) -> None:
+    """A release bigger than the mirror's disk ended the daemon with a
+    traceback and "cannot serve on ...: No space left on device"."""
+    prefix = _small_disk()
+    if prefix is None:
+        pytest.skip("this machine allows no mount namespace (unshare -m)")
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    small, big = os.urandom(100_000), os.urandom(20 << 20)
+    (tmp_path / "m").mkdir()
+    with running(repo) as origin:
+        version = post(origin.url, "demo", "small-1.0.tar.gz", small, token).json()
+        args = [TUFMESH, "mirror", "run", "--dir", str(tmp_path / "m"), "--root",
+                str(repo / "metadata" / "1.root.json"), "--origin", origin.url,
+                "--http-port", "0", "--poll", "0.5"]  # fmt: skip
+        proc = subprocess.Popen(
+            [*prefix, str(tmp_path / "m"), *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().rsplit(" on ", 1)[1].strip()
+            wait_for(url, version["snapshot_version"])
+            post(origin.url, "demo", "big-1.0.tar.gz", big, token)
+            end = time.monotonic() + 60
+            while "No space left on device" not in str(
+                health := httpx.get(f"{url}/healthz").json()
+            ):
+                assert time.monotonic() < end and proc.poll() is None, health
+                time.sleep(0.2)
+            assert health["status"] == "degraded", health
+            time.sleep(2)  # syncs go on failing, and the daemon on serving
+            served = httpx.get(
+                f"{url}/targets/demo/{hashlib.sha256(small).hexdigest()}.small-1.0.tar.gz"
+            )
+            assert proc.poll() is None and served.content == small
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err
+    failures = [line for line in err.splitlines() if "sync failed" in line]
+    assert failures and all("cannot write" in f and "No space left" in f for f in failures), err
 
 
 @pytest.mark.attack
