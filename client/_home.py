@@ -36,6 +36,11 @@ def check_url(url: object) -> str:
         raise UsageError(f"not a usable URL: {url!r} ({exc})") from None
     if not parsed.host or (parsed.port is not None and not 0 < parsed.port < 65536):
         raise UsageError(f"not a usable URL: {url!r} (no host, or a port past 65535)")
+    if parsed.userinfo:
+        # URLs are shown in messages and metrics, and a mirror tells its
+        # neighbours its peers' URLs: a password in one went to anybody.
+        shown = url.replace(parsed.userinfo.decode(), "...", 1)
+        raise UsageError(f"a URL with a user name or password is refused: {shown}")
     return url.rstrip("/")
 
 

@@ -242,6 +242,7 @@ class Mirror:
                 if self._synced is not None and self._synced[0] == seen and self._intact():
                     report.artifacts = self._synced[1].artifacts
                     report.snapshot_version = self._synced[1].snapshot_version
+                    report.unknown_projects = self._synced[1].unknown_projects
                 else:
                     self._replicate(client, swarm, report, fetched)
                     self._synced = (seen, report)

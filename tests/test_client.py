@@ -674,6 +674,17 @@ def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: P
         proc = tufmesh("client", "init", root, "--origin", bad, "--home", str(home), check=False)
         assert proc.returncode == 1 and "URL" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+    # A password in a URL would be shown in messages and metrics, and a
+    # mirror shares its peers' URLs with whoever asks: refused, and not said.
+    with_password = origin.url.replace("http://", "http://op:s3cret@")
+    proc = tufmesh(
+        "client", "init", root, "--origin", with_password, "--home", str(home), check=False
+    )
+    assert proc.returncode == 1 and "user name or password is refused" in proc.stderr
+    assert "s3cret" not in proc.stderr
+    proc = tufmesh("mirror", "run", "--dir", str(tmp_path / "m"), "--root", root, "--origin",
+                   origin.url, "--peer", with_password, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "user name or password is refused" in proc.stderr
     tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
     config = home / "config.toml"
     for text in ("sources = [1, 2]\n", 'sources = "http://x"\n', ""):
