@@ -519,6 +519,16 @@ class BlobStore:
         if not intact:
             raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
 
+    def quarantine_if_corrupt(self, cid: str) -> bool:
+        """Verify one blob and, if its bytes no longer match, move it to
+        quarantine (as ``fsck --quarantine`` does); True if it was corrupt. A
+        blob gone meanwhile is not."""
+        try:
+            canonical, intact, status = self._hash(cid, None)
+        except BlobNotFoundError:
+            return False
+        return not intact and self._quarantine_file(self._path(canonical), status)
+
     def _hash(self, cid: str, progress: Progress | None) -> tuple[str, bool, os.stat_result]:
         """The canonical CID, whether the bytes match it, and the status of the
         file read (for fsck: a blob stored again meanwhile is another file)."""

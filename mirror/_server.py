@@ -38,6 +38,10 @@ from tufmesh.p2p._blob import MAX_QUERY
 __all__ = ["build_mirror_app", "run_mirror"]
 
 
+#: Seconds between two scrub steps (Mirror.scrub), or the poll if shorter.
+SCRUB_INTERVAL: Final = 10.0
+
+
 def upload_slots(max_upload_rate: float | None = None) -> SeedGate:
     """A mirror's upload slots: a few fast chunk uploads to other mirrors rather
     than many slow ones (ADR 12, 14); end users are never refused."""
@@ -84,6 +88,7 @@ def build_mirror_app(
                 "snapshot_version": state.get("snapshot_version", 0),
                 "artifacts": last.get("artifacts", 0),
                 "last_error": last.get("error"),
+                "quarantined": state.get("quarantined", 0),
                 "bytes_served": counter.served,
                 # When the newest announcement arrived (timestamp version, Unix time).
                 "announced": ({"version": max(heard), "at": heard[max(heard)]} if heard else None),
@@ -118,6 +123,9 @@ def build_mirror_app(
             "# HELP tufmesh_mirror_bans_total Sources banned during syncs.",
             "# TYPE tufmesh_mirror_bans_total counter",
             f"tufmesh_mirror_bans_total {state.get('bans', 0)}",
+            "# HELP tufmesh_mirror_quarantined_total Stored blobs found corrupt, fetched again.",
+            "# TYPE tufmesh_mirror_quarantined_total counter",
+            f"tufmesh_mirror_quarantined_total {state.get('quarantined', 0)}",
         ]
         if node is not None:
             lines += [
@@ -251,6 +259,20 @@ async def run_mirror(
             with trio.move_on_after(poll):
                 await wake.wait()
 
+    async def scrub_forever() -> None:
+        """Check the store a little at a time; fetch what was corrupt again."""
+        while True:
+            await trio.sleep(min(poll, SCRUB_INTERVAL))
+            found = await trio.to_thread.run_sync(mirror.scrub)
+            if found:
+                print(
+                    f"mirror: {len(found)} blob(s) corrupt on disk, quarantined, to be fetched "
+                    f"again: {', '.join(found)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                wake.set()
+
     async def note_network(node: P2PNode) -> None:
         """Keep ``mirror status`` current: record the p2p view when it changes."""
         noted = None
@@ -303,6 +325,7 @@ async def run_mirror(
         if p2p_only and node is not None:
             swarm.url = f"libp2p:{node.addrs[0]}"
         nursery.start_soon(sync_forever)
+        nursery.start_soon(scrub_forever)
         if node is not None:
             nursery.start_soon(note_network, node)
 

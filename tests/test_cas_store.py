@@ -193,6 +193,17 @@ def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
     assert store.fsck().ok
 
 
+def test_one_blob_is_checked_and_quarantined_if_corrupt(store: BlobStore) -> None:
+    good = store.put(b"good")
+    store.put(DATA)
+    assert not store.quarantine_if_corrupt(CID) and store.has(CID)
+    corrupt(store, CID)
+    assert store.quarantine_if_corrupt(CID) and not store.has(CID)
+    assert not store.quarantine_if_corrupt(CID)  # gone: nothing to do
+    assert not store.quarantine_if_corrupt(good) and store.has(good)
+    assert len(list((store.root / "quarantine").iterdir())) == 1
+
+
 def test_fsck_does_not_quarantine_a_copy_stored_again_while_it_looked(store: BlobStore) -> None:
     """A put of the same bytes between fsck's hash and its move heals the blob:
     fsck moved whatever was at the name by then, the good copy."""

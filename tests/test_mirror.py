@@ -413,6 +413,37 @@ def test_a_mirror_drops_removed_artifacts_and_relinks_repaired_ones(tmp_path: Pa
     assert [p.name for p in (replica.tree / "targets" / "proj").iterdir()] == [link.name]
 
 
+def test_a_running_mirror_finds_a_blob_its_disk_changed_and_fetches_it_again(
+    tmp_path: Path,
+) -> None:
+    """Bytes changed on disk were served, and the mirror told its neighbours it
+    held them, until each had banned it; /healthz said "ok" throughout."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "proj")
+    body = os.urandom(300_000)
+    log: list[str] = []
+    with running(repo) as origin:
+        version = post(origin.url, "proj", "a-1.tar.gz", body, token).json()
+        with mirror_process(tmp_path / "m", repo / "metadata" / "1.root.json", origin.url,
+                            log=log) as url:  # fmt: skip
+            wait_for(url, version["snapshot_version"])
+            served = f"{url}/targets/proj/{hashlib.sha256(body).hexdigest()}.a-1.tar.gz"
+            assert httpx.get(served).content == body
+            blob = Mirror(tmp_path / "m").store.path(_cid(repo))
+            with open(blob, "r+b") as handle:  # (the tree's file is the same inode)
+                handle.seek(1000)
+                handle.write(b"\xff" * 8)
+            assert httpx.get(served).content != body
+            end = time.monotonic() + 30
+            while httpx.get(served).content != body:
+                assert time.monotonic() < end, "never fetched again"
+                time.sleep(0.2)
+            assert httpx.get(f"{url}/healthz").json()["quarantined"] == 1
+            assert "tufmesh_mirror_quarantined_total 1" in httpx.get(f"{url}/metrics").text
+    assert f"1 blob(s) corrupt on disk, quarantined, to be fetched again: {_cid(repo)}" in log[0]
+    assert len(list((tmp_path / "m" / "cas" / "quarantine").iterdir())) == 1
+
+
 def test_a_blob_that_changes_after_its_download_is_not_stored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
