@@ -154,6 +154,10 @@ def status(mirror_dir: Path) -> None:
     click.echo(f"artifacts served\t{served}")
     click.echo(f"blobs\t{len(blobs)}, {format_size(size)}")
     click.echo(f"syncs\t{state.get('syncs', 0)} ({state.get('sync_failures', 0)} failed)")
+    click.echo(
+        f"sources banned\t{state.get('bans', 0)} ({state.get('failed_requests', 0)} requests "
+        f"failed; blobs found corrupt on disk: {state.get('quarantined', 0)})"
+    )
     if "last_sync_at" in state:
         click.echo(f"last sync\t{time.time() - state['last_sync_at']:.0f} s ago")
     if "p2p_peers" in state:

@@ -39,6 +39,12 @@ from tufmesh.mirror._swarm import Swarm
 
 __all__ = ["Mirror", "SyncReport"]
 
+#: Sources whose fetched bytes ``state.json`` (and ``/metrics``) keeps by
+#: name; the others are summed as :data:`OTHER_SOURCES`. Every neighbour a
+#: mirror ever learnt stayed, a label each, for ever.
+MAX_SOURCES_KEPT: Final = 64
+OTHER_SOURCES: Final = "others"
+
 #: Bytes of stored blobs a scrub step checks (the daemon takes one every 10 s
 #: at most: 1.6 MiB/s, a pass over 100 GiB in about 18 hours).
 SCRUB_BYTES: Final = 16 << 20
@@ -341,7 +347,22 @@ class Mirror:
                 if stats.banned:
                     report.bans[source] = stats.banned
         report.artifacts = len(targets)
+        self._drop_unwanted_downloads({entries[t.path].cid for t in targets})
         report.snapshot_version = self._publish(client, [entries[t.path] for t in targets])
+
+    def _drop_unwanted_downloads(self, wanted: set[str]) -> None:
+        """Remove downloads left unfinished (a stop mid-sync) of blobs no longer
+        wanted: removed at the origin, or outside a changed policy. They stayed
+        for ever, each up to an artifact's size."""
+        for path in (self.dir / "incoming").iterdir():
+            name = path.name.removesuffix(".part")
+            try:
+                parse_cid(name)
+            except InvalidCIDError:
+                continue  # not a download of ours
+            if name not in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _publish(self, client: Client, entries: list[Servable]) -> int:
         """Write the verified metadata as a static TUF tree, timestamp last; pin and gc."""
@@ -427,6 +448,10 @@ class Mirror:
         def update(state: dict[str, Any]) -> None:
             totals = Counter(state.get("bytes_fetched_by_source", {}))
             totals.update(report.bytes_by_source)
+            if len(totals) > MAX_SOURCES_KEPT:  # neighbours come and go: the most, and the rest
+                kept = dict(totals.most_common(MAX_SOURCES_KEPT - 1))
+                kept[OTHER_SOURCES] = sum(totals.values()) - sum(kept.values())
+                totals = Counter(kept)
             state.update(
                 last_sync=asdict(report),
                 last_sync_at=time.time(),

@@ -84,7 +84,9 @@ def build_mirror_app(
         last = state.get("last_sync", {})
         return JSONResponse(
             {
-                "status": "ok" if not last.get("error") else "degraded",
+                # "starting" until a first sync has ended (an origin out of
+                # reach, a first release of hours): no sync has failed yet.
+                "status": "starting" if not last else "ok" if not last.get("error") else "degraded",
                 "snapshot_version": state.get("snapshot_version", 0),
                 "artifacts": last.get("artifacts", 0),
                 "last_error": last.get("error"),
@@ -236,6 +238,8 @@ async def run_mirror(
                 if report.error != failing:
                     traceback.print_exc()
                 mirror.record(report)  # so /healthz and `mirror status` say so
+            for source, why in report.bans.items():
+                print(f"mirror: banned {source} for this sync: {why}", file=sys.stderr, flush=True)
             if report.error != failing:  # say so once, not at every poll
                 failing = report.error
                 note = f"sync failed: {failing}" if failing else "sync works again"

@@ -36,6 +36,7 @@ from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
 from tufmesh.errors import UsageError
 from tufmesh.mirror import Mirror
+from tufmesh.mirror._mirror import MAX_SOURCES_KEPT, SyncReport
 from tufmesh.mirror._swarm import QUERY_TIMEOUT
 
 
@@ -190,9 +191,10 @@ def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
     token = add_project(repo, "demo")
     root = repo / "metadata" / "1.root.json"
     body = os.urandom(3 * (1 << 20) + 5)
+    log: list[str] = []
     with running(repo) as origin, helper_mirrors(repo, behaviour) as (liar,):
         # The liar's have-records claim every chunk: the daemon asks it first.
-        with mirror_process(tmp_path / "m", root, origin.url, "--peer", liar.url) as url:
+        with mirror_process(tmp_path / "m", root, origin.url, "--peer", liar.url, log=log) as url:
             wait_for(url, 1)
             version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
             wait_for(url, version["snapshot_version"], deadline=60)
@@ -203,6 +205,8 @@ def test_a_lying_neighbour_cannot_poison_a_replicating_daemon(
         honest_once = behaviour == "busyafterone"
         assert state["bytes_fetched_by_source"].get(liar.url, 0) <= (1 << 20 if honest_once else 0)
         assert state["bans"] >= (not behaviour.startswith("busy"))  # refusing is not lying
+        banned = f"mirror: banned {liar.url} for this sync: " in log[0]
+        assert banned == (state["bans"] > 0), log[0]  # the operator is told
         replica = Mirror(tmp_path / "m")
         assert replica.store.fsck().ok and replica.store.read(_cid(repo)) == body
 
@@ -289,6 +293,17 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     assert damaged.returncode == 1 and "root.json is damaged" in damaged.stderr, damaged.stderr
 
 
+def test_a_mirror_says_it_is_starting_until_its_first_sync_ends(tmp_path: Path) -> None:
+    """/healthz said "ok", with nothing held, while the first sync waited on an
+    origin that does not answer (or for hours, on a first big release)."""
+    repo = init_repo(tmp_path / "repo")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        origin = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with mirror_process(tmp_path / "m", repo / "metadata" / "1.root.json", origin) as url:
+            health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "starting" and health["snapshot_version"] == 0, health
+
+
 def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None:
     repo, m = init_repo(tmp_path / "repo"), tmp_path / "m"
     m.mkdir()
@@ -303,6 +318,32 @@ def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None
     with pytest.raises(UsageError, match="holds files of its own"):
         Mirror.create(home, m / "1.root.json", ["http://127.0.0.1:9"])
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+
+
+def test_leftovers_of_a_stop_and_a_crowd_of_sources_do_not_pile_up(tmp_path: Path) -> None:
+    """A download left unfinished of a blob no longer wanted (removed at the
+    origin, or outside a changed policy) stayed for ever, and every source a
+    mirror ever fetched from stayed in its state, a metrics label each."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    root = repo / "metadata" / "1.root.json"
+    with running(repo) as origin:
+        post(origin.url, "demo", "demo-1.0.tar.gz", b"one", token)
+        replica = Mirror.create(tmp_path / "m", root, [origin.url])
+        stale = tmp_path / "m" / "incoming" / f"{cid_from_sha256(bytes(32))}.part"
+        stale.write_bytes(b"half of something removed since")
+        mine = tmp_path / "m" / "incoming" / "notes.txt"
+        mine.write_text("not a download")
+        report = replica.sync()
+        assert report.artifacts == 1 and report.error is None
+        assert not stale.exists() and mine.exists()
+        crowd = SyncReport(bytes_by_source={f"http://10.0.0.{i}": i for i in range(1, 100)})
+        replica.record(crowd)
+        fetched = replica.state()["bytes_fetched_by_source"]
+        assert len(fetched) == MAX_SOURCES_KEPT and fetched["http://10.0.0.99"] == 99
+        assert sum(fetched.values()) == sum(range(1, 100)) + sum(report.bytes_by_source.values())
+        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+        assert "sources banned\t0" in status
 
 
 def test_a_restarted_mirror_catches_up(tmp_path: Path) -> None:
