@@ -12,7 +12,7 @@ from typing import Final
 
 import click
 
-from tufmesh._ui import Group, data_home, format_size, progress_bar
+from tufmesh._ui import PORT, Group, data_home, format_size, progress_bar, run_service
 from tufmesh.client._client import Client, part_path
 from tufmesh.client._home import ClientHome
 from tufmesh.errors import NotInMetadataError, TufmeshError, UsageError
@@ -96,6 +96,24 @@ def _unreachable(urls: list[str]) -> dict[str, str]:
         thread.join(max(0.0, deadline - time.monotonic()))
     late = f"no answer within {PROBE_SECONDS:.0f} s"
     return {url: reason for url in urls if (reason := reasons.get(url, late)) is not None}
+
+
+@client.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where to listen (this machine only, by default).")  # fmt: skip
+@click.option("--port", type=PORT, default=3141, show_default=True, help="HTTP port (0: any).")
+@home_option
+def proxy(host: str, port: int, home: Path | None) -> None:
+    """Serve a package index (PEP 503, 691) for pip and uv; every file verified first."""
+    from tufmesh.client._proxy import serve_proxy
+
+    path = _home(home)
+    path.sources()  # not set up, or a bad config: one line, before anything listens
+    run_service(
+        lambda ready: serve_proxy(path.path, host, port, on_ready=ready),
+        banner=lambda url: f"index on {url}/simple/  (pip install --index-url {url}/simple/ ...)",
+        where=f"{host}:{port}",
+    )
 
 
 @client.command()

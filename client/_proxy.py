@@ -1,0 +1,238 @@
+"""A local package index (PEP 503 and 691) over the verified client: pip and uv
+install from it, and every byte they get was checked against TUF first.
+
+``tufmesh client proxy`` serves, on 127.0.0.1:
+
+* ``/simple/`` and ``/simple/<project>/``: the projects and their files, from
+  the signed metadata (HTML by default, JSON for
+  ``Accept: application/vnd.pypi.simple.v1+json``), each link carrying the
+  file's signed SHA-256, which pip checks again;
+* ``/files/<project>/<filename>``: the artifact, downloaded by the client from
+  any of its sources, in parallel, verified (chunks against the signed
+  manifest, the whole against the signed length and hashes) before a byte
+  of it is sent.
+
+:class:`ProjectIndex` is the sans-IO core (metadata in, pages out); the
+server around it is a thin trio shell. Listing a project walks every hash
+bin (a project's files are spread over all of them), so the index is built
+once per snapshot version and then answered from memory.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from tuf.api.metadata import TargetFile
+
+from tufmesh.errors import NotInMetadataError, TufmeshError
+from tufmesh.origin._names import normalize_project
+
+__all__ = ["JSON_TYPE", "ProjectIndex", "serve_proxy"]
+
+#: PEP 691's JSON form of the simple API (version 1.0 of it).
+JSON_TYPE: Final = "application/vnd.pypi.simple.v1+json"
+HTML_TYPE: Final = "application/vnd.pypi.simple.v1+html"
+#: The metadata is refreshed at most this often (seconds): pip asks for one
+#: page per requirement, and a refresh is a round trip to every source.
+REFRESH_EVERY: Final = 10.0
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """One artifact, as an index lists it."""
+
+    filename: str
+    sha256: str
+    size: int
+
+
+class ProjectIndex:
+    """The simple API's pages for a set of signed artifacts (sans I/O)."""
+
+    def __init__(self, artifacts: Iterable[TargetFile]) -> None:
+        projects: dict[str, list[IndexFile]] = {}
+        for target in artifacts:
+            project, _, filename = target.path.partition("/")
+            sha256 = target.hashes.get("sha256")
+            if not filename or "/" in filename or not isinstance(sha256, str):
+                continue  # not an artifact of a project (tufmesh paths are project/file)
+            projects.setdefault(project, []).append(IndexFile(filename, sha256, target.length))
+        self.projects = {
+            name: sorted(files, key=lambda f: f.filename) for name, files in projects.items()
+        }
+
+    def files(self, project: str) -> list[IndexFile]:
+        """The files of ``project`` (any spelling PEP 503 normalises to it)."""
+        try:
+            name = normalize_project(project)
+        except TufmeshError:
+            raise NotInMetadataError(f"no project {project!r}") from None
+        if name not in self.projects:
+            raise NotInMetadataError(f"no project {project!r} in the signed metadata")
+        return self.projects[name]
+
+    def root_page(self, *, as_json: bool) -> str:
+        """``/simple/``: every project."""
+        names = sorted(self.projects)
+        if as_json:
+            return _json({"meta": {"api-version": "1.0"}, "projects": [{"name": n} for n in names]})
+        links = "".join(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br/>\n' for n in names)
+        return _page("Simple index", links)
+
+    def project_page(self, project: str, *, as_json: bool) -> str:
+        """``/simple/<project>/``: its files, each with its signed SHA-256."""
+        files = self.files(project)
+        name = normalize_project(project)
+        if as_json:
+            entries = [
+                {
+                    "filename": f.filename,
+                    "url": _file_url(name, f),
+                    "hashes": {"sha256": f.sha256},
+                }
+                for f in files
+            ]
+            return _json({"meta": {"api-version": "1.0"}, "name": name, "files": entries})
+        links = "".join(
+            f'<a href="{html.escape(_file_url(name, f))}">{html.escape(f.filename)}</a><br/>\n'
+            for f in files
+        )
+        return _page(f"Links for {name}", links)
+
+
+def _file_url(project: str, file: IndexFile) -> str:
+    """The file's link from its project page, with its hash for pip to check."""
+    return f"../../files/{project}/{file.filename}#sha256={file.sha256}"
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html><head><meta name="pypi:repository-version" content="1.0">'
+        f"<title>{html.escape(title)}</title></head>\n<body><h1>{html.escape(title)}</h1>\n"
+        f"{body}</body></html>\n"
+    )
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True) + "\n"
+
+
+def wants_json(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for PEP 691's JSON (before HTML)."""
+    offered = [part.split(";")[0].strip() for part in accept.split(",")]
+    for kind in offered:
+        if kind == JSON_TYPE:
+            return True
+        if kind in (HTML_TYPE, "text/html"):
+            return False
+    return False
+
+
+class _Index:
+    """The client and the index built from it, shared by the server's
+    requests (one at a time: the client is not made for threads)."""
+
+    def __init__(self, home: Path) -> None:
+        from tufmesh.client._client import Client
+        from tufmesh.client._home import ClientHome
+
+        self.home = ClientHome(home)
+        self.client = Client.from_home(self.home)
+        self.cache = home / "proxy"
+        self.lock = threading.Lock()
+        self.index: ProjectIndex | None = None
+        self.snapshot = -1
+        self.refreshed = -REFRESH_EVERY
+
+    def current(self) -> ProjectIndex:
+        """The index of the newest signed metadata (refreshed now and then)."""
+        with self.lock:
+            now = time.monotonic()
+            if self.index is None or now - self.refreshed >= REFRESH_EVERY:
+                self.client.refresh()
+                self.refreshed = now
+                snapshot = json.loads((self.client.metadata_dir / "snapshot.json").read_bytes())
+                version = snapshot["signed"]["version"]
+                if version != self.snapshot or self.index is None:
+                    self.index = ProjectIndex(self.client.artifacts())
+                    self.snapshot = version
+            return self.index
+
+    def fetch(self, project: str, filename: str) -> Path:
+        """The verified artifact, downloaded into the proxy's cache if need be."""
+        index = self.current()
+        if filename not in {f.filename for f in index.files(project)}:
+            raise NotInMetadataError(f"no file {filename!r} of {project!r} in the signed metadata")
+        name = normalize_project(project)
+        with self.lock:
+            return self.client.download(f"{name}/{filename}", self.cache / name).path
+
+    def close(self) -> None:
+        with self.lock:
+            self.client.close()
+
+
+async def serve_proxy(
+    home: Path,
+    host: str = "127.0.0.1",
+    port: int = 3141,
+    *,
+    on_ready: Callable[[str], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve the index of the client set up in ``home`` until cancelled."""
+    import trio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from tufmesh.origin._server import ByteCounter, start_http
+
+    index = _Index(home)
+
+    def refused(exc: TufmeshError) -> Response:
+        status = 404 if isinstance(exc, NotInMetadataError) else 502
+        return PlainTextResponse(f"{exc}\n", status)
+
+    async def page(request: Request) -> Response:
+        as_json = wants_json(request.headers.get("accept", ""))
+        project = request.path_params.get("project")
+        try:
+            current = await trio.to_thread.run_sync(index.current)
+            body = (
+                current.root_page(as_json=as_json)
+                if project is None
+                else current.project_page(project, as_json=as_json)
+            )
+        except TufmeshError as exc:
+            return refused(exc)
+        kind = JSON_TYPE if as_json else "text/html; charset=utf-8"
+        return Response(body, media_type=kind)
+
+    async def file(request: Request) -> Response:
+        project, filename = request.path_params["project"], request.path_params["filename"]
+        try:
+            path = await trio.to_thread.run_sync(index.fetch, project, filename)
+        except TufmeshError as exc:
+            return refused(exc)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    app = Starlette(
+        routes=[
+            Route("/simple/", page, methods=["GET", "HEAD"]),
+            Route("/simple/{project}/", page, methods=["GET", "HEAD"]),
+            Route("/files/{project}/{filename}", file, methods=["GET", "HEAD"]),
+        ]
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await start_http(nursery, ByteCounter(app), host, port, None, on_ready)
+    finally:
+        index.close()

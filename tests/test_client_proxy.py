@@ -1,0 +1,114 @@
+"""The local package index (PEP 503/691) that pip installs through, verified."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from tuf.api.metadata import TargetFile
+
+from tests.helpers.mirror import mirrors
+from tests.helpers.origin import TUFMESH, add_project, init_repo, post, running, tufmesh
+from tufmesh.client._proxy import JSON_TYPE, ProjectIndex, wants_json
+from tufmesh.errors import NotInMetadataError
+
+
+def _target(path: str, body: bytes) -> TargetFile:
+    return TargetFile(len(body), {"sha256": hashlib.sha256(body).hexdigest()}, path)
+
+
+def test_pages_list_each_projects_files_with_their_signed_hashes() -> None:
+    index = ProjectIndex(
+        [_target("b-proj/b-1.0.tar.gz", b"b"), _target("a/a-2.0.whl", b"2"),
+         _target("a/a-1.0.whl", b"1"), _target("toplevel-file", b"x")]
+    )  # fmt: skip
+    assert sorted(index.projects) == ["a", "b-proj"]
+    page = index.project_page("B_Proj", as_json=False)  # PEP 503 normalisation
+    digest = hashlib.sha256(b"b").hexdigest()
+    assert f'<a href="../../files/b-proj/b-1.0.tar.gz#sha256={digest}">b-1.0.tar.gz</a>' in page
+    data = index.project_page("a", as_json=True)
+    assert '"filename": "a-1.0.whl"' in data and data.index("a-1.0") < data.index("a-2.0")
+    assert '"api-version": "1.0"' in index.root_page(as_json=True)
+    assert 'href="a/"' in index.root_page(as_json=False)
+    for missing in ("c", "not a name!"):
+        with pytest.raises(NotInMetadataError):
+            index.project_page(missing, as_json=False)
+    assert wants_json(f"{JSON_TYPE}, text/html;q=0.1") and not wants_json("text/html")
+    assert not wants_json("") and not wants_json("*/*")
+
+
+def _wheel(name: str, version: str) -> tuple[str, bytes]:
+    """A minimal pure-Python wheel: ``name`` with ``VALUE = 42``, and 2.5 MiB
+    of data (three chunks: the download takes them from several sources)."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"VALUE = 42\n",
+        f"{name}/data.bin": os.urandom(5 << 19),
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = ""
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{path},sha256={digest},{len(data)}\n"
+    files[f"{dist}/RECORD"] = (record + f"{dist}/RECORD,,\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "tinypkg")
+    filename, wheel = _wheel("tinypkg", "1.0")
+    home = tmp_path / "home"
+    with running(repo) as origin, mirrors(repo, "bitflip") as (liar,):
+        assert post(origin.url, "tinypkg", filename, wheel, token).status_code == 200
+        root = str(repo / "metadata" / "1.root.json")
+        # The lying mirror first: it flips a bit in every chunk it serves.
+        tufmesh("client", "init", root, "--origin", origin.url, "--mirror", liar.url,
+                "--home", str(home))  # fmt: skip
+        proxy = subprocess.Popen(
+            [TUFMESH, "client", "proxy", "--home", str(home), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert proxy.stdout is not None
+            line = proxy.stdout.readline()
+            assert line.startswith("index on "), line + proxy.stderr.read()
+            index = line.split()[2]
+            page = httpx.get(f"{index}tinypkg/", headers={"accept": JSON_TYPE})
+            assert page.headers["content-type"] == JSON_TYPE
+            (entry,) = page.json()["files"]
+            assert entry["hashes"]["sha256"] == hashlib.sha256(wheel).hexdigest()
+            assert httpx.get(f"{index}nosuchproject/").status_code == 404
+            base = index.removesuffix("simple/")
+            assert httpx.get(f"{base}files/tinypkg/other-1.0.whl").status_code == 404
+            installed = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--index-url", index, "--target",
+                 str(tmp_path / "site"), "--no-deps", "--no-cache-dir",
+                 "--disable-pip-version-check", "tinypkg"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert installed.returncode == 0, installed.stdout + installed.stderr
+        finally:
+            proxy.terminate()
+            _, err = proxy.communicate(timeout=30)
+    assert (tmp_path / "site" / "tinypkg" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert liar.blob_requests > 0  # asked, caught, and banned: pip got the signed bytes
+    assert (home / "proxy" / "tinypkg" / filename).read_bytes() == wheel
+    assert "Traceback" not in err, err
