@@ -520,14 +520,20 @@ class BlobStore:
             raise CorruptBlobError(f"blob {canonical} is corrupt: its bytes no longer match")
 
     def quarantine_if_corrupt(self, cid: str) -> bool:
-        """Verify one blob and, if its bytes no longer match, move it to
-        quarantine (as ``fsck --quarantine`` does); True if it was corrupt. A
-        blob gone meanwhile is not."""
+        """Verify one blob and, if its bytes no longer match or cannot be read
+        (a bad sector), move it to quarantine (as ``fsck --quarantine`` does);
+        True if it was corrupt. A blob gone meanwhile is not."""
+        path = self._path(parse_cid(cid)[0])
         try:
-            canonical, intact, status = self._hash(cid, None)
+            _, intact, status = self._hash(cid, None)
         except BlobNotFoundError:
             return False
-        return not intact and self._quarantine_file(self._path(canonical), status)
+        except OSError:  # unreadable: as good as corrupt, and never served right
+            try:
+                status, intact = os.lstat(path), False
+            except OSError:
+                return False
+        return not intact and self._quarantine_file(path, status)
 
     def _hash(self, cid: str, progress: Progress | None) -> tuple[str, bool, os.stat_result]:
         """The canonical CID, whether the bytes match it, and the status of the

@@ -20,6 +20,8 @@ def machine_of(address: str) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return "?"
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack bind
+        return str(ip.ipv4_mapped)
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
@@ -41,6 +43,10 @@ class Shares:
         if self._all >= self.total:
             return "total"
         return None
+
+    def total_full(self) -> bool:
+        """Whether one more for any key would pass the cap for all."""
+        return self._all >= self.total
 
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[None]:

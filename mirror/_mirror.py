@@ -215,12 +215,27 @@ class Mirror:
             kept["last_sync"] = self._unrecorded
         return kept
 
-    def _update_state(self, change: Callable[[dict[str, Any]], None]) -> None:
+    def _update_state(
+        self, change: Callable[[dict[str, Any]], None], report: SyncReport | None = None
+    ) -> None:
+        """Apply ``change`` to ``state.json``. With ``report`` (a sync's), one the
+        disk will not take is kept in memory instead, and said so in the
+        report (under the same lock: another update must not write an older
+        report back over a newer one)."""
         with self._state_lock:
             state = self.state()
             change(state)
             data = (json.dumps(state, indent=1) + "\n").encode()
-            write_atomic(self.state_file, data, sync_dir=False)
+            try:
+                write_atomic(self.state_file, data, sync_dir=False)
+            except OSError as exc:
+                if report is None:
+                    raise
+                report.error = report.error or f"cannot record the sync: {_os_reason(exc)}"
+                self._unrecorded = asdict(report)
+            else:
+                if report is not None:
+                    self._unrecorded = None
 
     def sync(self, swarm: Swarm | None = None) -> SyncReport:
         """Bring the mirror up to the newest version any source serves.
@@ -267,16 +282,18 @@ class Mirror:
         self.record(report)
         return report
 
-    def scrub(self, budget: int = SCRUB_BYTES) -> list[str]:
-        """Check about ``budget`` bytes of stored blobs against their names, on
-        from where the last call stopped (pass after pass), and quarantine the
-        corrupt ones: the next sync fetches them again and relinks the tree.
-        Without it, a blob a disk or a slip had changed was served, and said
-        held to every neighbour, until each of them had banned this mirror.
-        Returns the blobs quarantined."""
+    def scrub(self, budget: int = SCRUB_BYTES) -> tuple[list[str], int]:
+        """Check stored blobs against their names, about ``budget`` bytes (a
+        blob is checked whole), on from where the last call stopped (pass after
+        pass), and quarantine the corrupt and the unreadable ones: the next
+        sync fetches them again and relinks the tree. Without it, a blob a disk
+        or a slip had changed was served, and said held to every neighbour,
+        until each of them had banned this mirror. Returns the blobs
+        quarantined and the bytes read."""
         found: list[str] = []
+        read = 0
         refilled = False
-        while budget > 0:
+        while read < budget:
             if not self._unscrubbed:
                 if refilled:
                     break  # the whole store, within the budget
@@ -284,11 +301,11 @@ class Mirror:
                 continue
             cid = self._unscrubbed.pop()
             try:
-                budget -= max(self.store.stat(cid).size, 1)
-            except StoreError:  # gone since the pass began
+                read += max(self.store.stat(cid).size, 1)
+                if self.store.quarantine_if_corrupt(cid):
+                    found.append(cid)
+            except (OSError, StoreError):  # gone since the pass began, or not movable
                 continue
-            if self.store.quarantine_if_corrupt(cid):
-                found.append(cid)
         if found:
 
             def count(state: dict[str, Any]) -> None:
@@ -296,7 +313,7 @@ class Mirror:
 
             with contextlib.suppress(OSError):  # (a full disk: the log still says it)
                 self._update_state(count)
-        return found
+        return found, read
 
     def _intact(self) -> bool:
         """True if the store still holds every blob the last sync kept (one
@@ -314,6 +331,9 @@ class Mirror:
         targets = self.wanted([t for t in listed if t.path in entries])
         published = {t.path.split("/", 1)[0] for t in listed}
         report.unknown_projects = sorted(set(self._config().get("projects") or ()) - published)
+        # Before the downloads: on a full disk they fail, and the leftovers
+        # of a stop are likely what fills it.
+        self._drop_unwanted_downloads({entries[t.path].cid for t in targets})
         if swarm is not None:
             swarm.syncing = _version(client.metadata_dir / "snapshot.json")
         for target in targets:
@@ -347,7 +367,6 @@ class Mirror:
                 if stats.banned:
                     report.bans[source] = stats.banned
         report.artifacts = len(targets)
-        self._drop_unwanted_downloads({entries[t.path].cid for t in targets})
         report.snapshot_version = self._publish(client, [entries[t.path] for t in targets])
 
     def _drop_unwanted_downloads(self, wanted: set[str]) -> None:
@@ -449,8 +468,9 @@ class Mirror:
             totals = Counter(state.get("bytes_fetched_by_source", {}))
             totals.update(report.bytes_by_source)
             if len(totals) > MAX_SOURCES_KEPT:  # neighbours come and go: the most, and the rest
+                others = totals.pop(OTHER_SOURCES, 0)
                 kept = dict(totals.most_common(MAX_SOURCES_KEPT - 1))
-                kept[OTHER_SOURCES] = sum(totals.values()) - sum(kept.values())
+                kept[OTHER_SOURCES] = others + sum(totals.values()) - sum(kept.values())
                 totals = Counter(kept)
             state.update(
                 last_sync=asdict(report),
@@ -464,12 +484,7 @@ class Mirror:
                 timestamp_version=self._served_timestamp_version(),
             )
 
-        try:
-            self._update_state(update)
-            self._unrecorded = None
-        except OSError as exc:
-            report.error = report.error or f"cannot record the sync: {_os_reason(exc)}"
-            self._unrecorded = asdict(report)
+        self._update_state(update, report)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -20,7 +21,7 @@ from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
-from tufmesh.mirror._mirror import Mirror, SyncReport
+from tufmesh.mirror._mirror import SCRUB_BYTES, Mirror, SyncReport
 from tufmesh.mirror._swarm import (
     POLL,
     QUERY_TIMEOUT,
@@ -264,10 +265,22 @@ async def run_mirror(
                 await wake.wait()
 
     async def scrub_forever() -> None:
-        """Check the store a little at a time; fetch what was corrupt again."""
+        """Check the store a little at a time, SCRUB_BYTES per SCRUB_INTERVAL on
+        average however big the blobs; fetch what was corrupt again."""
+        read = 0
+        failing: str | None = None
         while True:
-            await trio.sleep(min(poll, SCRUB_INTERVAL))
-            found = await trio.to_thread.run_sync(mirror.scrub)
+            await trio.sleep(max(min(poll, SCRUB_INTERVAL), read / SCRUB_BYTES * SCRUB_INTERVAL))
+            try:
+                found, read = await trio.to_thread.run_sync(
+                    mirror.scrub,
+                    abandon_on_cancel=True,  # type: ignore[call-arg,unused-ignore]
+                )
+            except Exception as exc:  # never the daemon's end: say it once, try again later
+                found, read = [], SCRUB_BYTES
+                if str(exc) != failing:
+                    failing = str(exc)
+                    print(f"mirror: checking the store failed: {exc}", file=sys.stderr, flush=True)
             if found:
                 print(
                     f"mirror: {len(found)} blob(s) corrupt on disk, quarantined, to be fetched "
@@ -324,7 +337,7 @@ async def run_mirror(
         )
         app = build_mirror_app(mirror, node, swarm, heard, uploads)
         if node is not None:
-            node.pace = app.pace
+            node.pace = functools.partial(app.pace, piece=True)
         swarm.url = await start_http(nursery, app, host, port, max_upload_rate, on_ready)
         if p2p_only and node is not None:
             swarm.url = f"libp2p:{node.addrs[0]}"

@@ -278,7 +278,9 @@ def _ceremony(repo_dir: Path) -> OriginRepository:
             f"an origin is serving {repo_dir}: stop it first (it would go on signing "
             "with what it loaded), then start it again after the ceremony"
         ) from None
-    return OriginRepository(repo_dir)  # loaded under the lock: nobody commits meanwhile
+    repo = OriginRepository(repo_dir)  # loaded under the lock: nobody commits meanwhile
+    repo.repair_root_copy()
+    return repo
 
 
 def _report(repo: OriginRepository, done: list[str]) -> None:

@@ -347,13 +347,6 @@ class OriginRepository(Repository):
         if not roots:
             raise OriginError(f"{self.metadata_dir} holds no root metadata")
         self._read("root", self.metadata_dir / f"{roots[-1]}.root.json")
-        unversioned = self.metadata_dir / "root.json"
-        with contextlib.suppress(OSError):  # (a read-only copy: only the served file is stale)
-            if unversioned.read_bytes() != self._bytes["root"]:
-                # A ceremony stopped between the two writes of a new root: the
-                # unversioned copy (served, and what the p2p topic and the
-                # announcement gate are built from) follows the newest.
-                write_atomic(unversioned, self._bytes["root"])
         self._read("timestamp", self.metadata_dir / "timestamp.json")
         snapshot_version = self.timestamp_md.signed.snapshot_meta.version
         self._read("snapshot", self.metadata_dir / f"{snapshot_version}.snapshot.json")
@@ -728,6 +721,21 @@ class OriginRepository(Repository):
             self._linked_dirs.add(dest.parent)
         return outcome
 
+    def repair_root_copy(self) -> list[str]:
+        """Make ``root.json`` the newest root again if a ceremony stopped between
+        the two writes of a new one (``N.root.json``, then the unversioned
+        copy: served, and what the p2p topic and the announcement gate are
+        built from). Only under the repository's lock (a ceremony's, the
+        committer's): a reader racing a ceremony would write an old root back."""
+        unversioned = self.metadata_dir / "root.json"
+        try:
+            if unversioned.read_bytes() == self._bytes["root"]:
+                return []
+        except FileNotFoundError:
+            pass
+        write_atomic(unversioned, self._bytes["root"])
+        return ["metadata/root.json"]
+
     def tidy(self) -> list[str]:
         """Take back what a commit killed between its links and its timestamp
         left behind (a failure that raises is undone at once): target links
@@ -737,7 +745,7 @@ class OriginRepository(Repository):
         returns what it changed."""
         links: dict[str, set[str]] = defaultdict(set)
         blobs: dict[str, set[str]] = defaultdict(set)
-        removed = []
+        removed = self.repair_root_copy()
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
             name = f"{target.hashes['sha256']}.{filename}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import ipaddress
 import json
 import math
 import re
@@ -580,20 +581,24 @@ class ByteCounter:
                 await send(message)
                 return
             body = message.get("body", b"")
-            if self.max_rate and len(body) > PACED_PIECE:
-                # Paced piece by piece, so that the body flows (see PACED_PIECE).
+            split = bool(self.max_rate) and len(body) > PACED_PIECE
+            if split:
+                # Paced piece by piece, so that the body flows (see PACED_PIECE),
+                # every piece in the queue (a short last one too: as a small
+                # body of its own it skipped the queue, and ranges of 128 KiB
+                # less a byte went at twice the rate).
                 view = memoryview(body)
                 *pieces, last = (
                     view[i : i + PACED_PIECE] for i in range(0, len(view), PACED_PIECE)
                 )
                 for piece in pieces:
-                    await self.pace(len(piece))
+                    await self.pace(len(piece), piece=True)
                     await send(
                         {"type": "http.response.body", "body": bytes(piece), "more_body": True}
                     )
                 body = bytes(last)
                 message = {**message, "body": body}
-            await self.pace(len(body))
+            await self.pace(len(body), piece=split)
             if message.get("more_body", False):
                 await send(message)
                 return
@@ -623,23 +628,31 @@ class ByteCounter:
         if scope.get("type") != "http" or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receiving, counting)
             return
+        path = scope.get("path", "")
+        if not path.startswith(_BIG_ANSWERS):  # metadata, health: small, and never refused
+            await self.app(scope, receiving, counting)
+            return
         client = scope.get("client")
-        host = machine_of(str(client[0])) if client else "?"
-        if self.downloads.full(host):
+        address = str(client[0]) if client else "?"
+        host = machine_of(address)
+        # A client on this machine (a reverse proxy in front, which speaks
+        # for everyone; the operator's own tools) counts in the total only.
+        if self.downloads.total_full() or (self.downloads.full(host) and not _loopback(address)):
             await _refuse_busy(send)
             return
         with self.downloads.hold(host):
             await self.app(scope, receiving, counting)
 
-    async def pace(self, size: int) -> None:
+    async def pace(self, size: int, *, piece: bool = False) -> None:
         """Count ``size`` bytes about to be sent (over HTTP, or over libp2p by
-        the same server), and wait for their turn within ``max_rate``."""
+        the same server), and wait for their turn within ``max_rate``. A
+        ``piece`` of something bigger always waits in the queue."""
         self.served += size
         if self.max_rate and size:
             now, seconds = trio.current_time(), size / self.max_rate
             start = max(self._next, now)
             self._next = start + seconds
-            if size >= _SMALL:
+            if size >= _SMALL or piece:
                 await trio.sleep(start - now)
                 return
             # A small body (metadata, a have-record, an error) does not queue
@@ -649,6 +662,18 @@ class ByteCounter:
             # a byte went out unpaced, and held back everyone's chunks.
             self._small_next = max(self._small_next, now - _SMALL_BURST) + seconds
             await trio.sleep(max(self._small_next - now, 0.0))
+
+
+#: The answers the download caps count: blobs and artifacts (and the local
+#: index's files), whose bodies are big.
+_BIG_ANSWERS: Final = ("/blobs/", "/targets/", "/files/")
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 async def _refuse_busy(send: Any) -> None:
@@ -865,7 +890,12 @@ async def serve(
         async with trio.open_nursery() as nursery:
             if p2p_port is not None:
                 node = await _start_p2p(
-                    nursery, service, host, p2p_port, p2p_bootstrap or [], app.pace
+                    nursery,
+                    service,
+                    host,
+                    p2p_port,
+                    p2p_bootstrap or [],
+                    functools.partial(app.pace, piece=True),
                 )
                 timestamp = repo_dir / "metadata" / "timestamp.json"
 

@@ -82,11 +82,13 @@ class UploadGate(Protocol):
 
 __all__ = ["PACED_PIECE", "P2PNode", "check_peer_address"]
 
-#: With an upload rate (``pace``), ranges go out in pieces of this size, each
-#: paced: a piece waits for its turn and then goes at once, so a 1 MiB chunk
-#: paced whole at 200 KiB/s came after 5 s of nothing, and its requester,
-#: which judges the rate after 3 s, gave it up (and, after three, banned an
-#: honest peer). Over HTTP too, where 64 KiB pieces still reach 250 MB/s.
+#: With ``pace`` (the daemons always give one: it counts what they serve, and
+#: keeps to ``--max-upload-rate`` if one is set), ranges go out in pieces of
+#: this size, each paced: a piece waits for its turn and then goes at once,
+#: so a 1 MiB chunk paced whole at 200 KiB/s came after 5 s of nothing, and
+#: its requester, which judges the rate after 3 s, gave it up (and, after
+#: three, banned an honest peer). Noise frames carry 64 KiB at most anyway.
+#: Over HTTP too, under a rate only, where 64 KiB pieces still reach 250 MB/s.
 PACED_PIECE: Final = 64 * 1024
 
 #: Mesh degree as in go-libp2p's defaults scaled to small networks (D=6 there).

@@ -5,6 +5,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,6 +203,27 @@ def test_one_blob_is_checked_and_quarantined_if_corrupt(store: BlobStore) -> Non
     assert not store.quarantine_if_corrupt(CID)  # gone: nothing to do
     assert not store.quarantine_if_corrupt(good) and store.has(good)
     assert len(list((store.root / "quarantine").iterdir())) == 1
+
+
+def test_a_blob_that_cannot_be_read_is_quarantined_too(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad sector (EIO on read) is as good as corrupt: a mirror's scrub
+    that let the error through stopped the whole daemon."""
+    import builtins
+    import errno
+
+    store.put(DATA)
+    bad = store.path(CID)
+    real_open = builtins.open
+
+    def failing_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(file) == bad:
+            raise OSError(errno.EIO, "Input/output error", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    assert store.quarantine_if_corrupt(CID) and not store.has(CID)
 
 
 def test_fsck_does_not_quarantine_a_copy_stored_again_while_it_looked(store: BlobStore) -> None:

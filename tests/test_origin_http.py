@@ -6,17 +6,27 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
+import trio.testing
 from starlette.applications import Starlette
 
+from tufmesh._shares import Shares
 from tufmesh.cas import BlobStore
-from tufmesh.origin._server import MAX_DOWNLOADS_PER_HOST, ByteCounter, start_http, tree_routes
+from tufmesh.origin._server import ByteCounter, start_http, tree_routes
 
 Connect = Callable[..., Awaitable[trio.SocketStream]]
 
 
-def _serve(tmp_path: Path, client: object, *, mib: int = 1, send_timeout: float = 60.0) -> None:
+def _serve(
+    tmp_path: Path,
+    client: object,
+    *,
+    mib: int = 1,
+    send_timeout: float = 60.0,
+    downloads: Shares | None = None,
+) -> None:
     """Run ``await client(connect, cid)`` against a tree server (a 1 s idle
     timeout) that holds ``metadata/timestamp.json`` and blob ``cid`` (``mib``
     MiB). ``connect(small=True)`` opens a connection with a small receive
@@ -26,6 +36,8 @@ def _serve(tmp_path: Path, client: object, *, mib: int = 1, send_timeout: float 
     store = BlobStore(tmp_path / "cas")
     cid = store.put(bytes(range(256)) * 4096 * mib)
     app = ByteCounter(Starlette(routes=tree_routes(tmp_path, store)))
+    if downloads is not None:
+        app.downloads = downloads
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -126,12 +138,13 @@ def test_a_client_that_asks_and_never_reads_is_dropped(tmp_path: Path) -> None:
     _serve(tmp_path, client, mib=16, send_timeout=2.0)
 
 
-def test_downloads_at_once_from_one_address_are_capped(tmp_path: Path) -> None:
+def test_downloads_at_once_are_capped_and_metadata_is_never_refused(tmp_path: Path) -> None:
     """Each download a client does not read holds up to a chunk of the
-    server's memory: one address gets 64 at once, more are asked to wait."""
+    server's memory: past the cap, downloads are asked to wait (503, in a
+    second); metadata, small, is still served."""
 
     async def client(connect: Connect, cid: str) -> None:
-        held = [await connect(small=True) for _ in range(MAX_DOWNLOADS_PER_HOST)]
+        held = [await connect(small=True) for _ in range(4)]
         for stream in held:
             await _get(stream, cid)
         await trio.sleep(0.5)
@@ -140,6 +153,10 @@ def test_downloads_at_once_from_one_address_are_capped(tmp_path: Path) -> None:
         with trio.fail_after(5):
             answer = await extra.receive_some()
         assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
+        metadata = await connect()
+        await metadata.send_all(b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: o\r\n\r\n")
+        with trio.fail_after(5):
+            assert (await metadata.receive_some()).startswith(b"HTTP/1.1 200")
         for stream in held:
             await stream.aclose()
         await trio.sleep(0.5)  # their answers end with their connections
@@ -148,7 +165,53 @@ def test_downloads_at_once_from_one_address_are_capped(tmp_path: Path) -> None:
         with trio.fail_after(5):
             assert (await fresh.receive_some()).startswith(b"HTTP/1.1 200")
 
-    _serve(tmp_path, client, mib=16)
+    _serve(tmp_path, client, mib=16, downloads=Shares(per_key=2, total=4))
+
+
+def test_one_address_gets_its_share_and_this_machine_only_the_total() -> None:
+    """Per address (an IPv6 /64, an IPv4 client of a dual-stack bind as
+    itself): 2 here. Loopback clients (a reverse proxy in front speaks for
+    everyone) count in the total only."""
+
+    async def main() -> None:
+        release = trio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await release.wait()
+            await send({"type": "http.response.body", "body": b"x"})
+
+        counter = ByteCounter(app, downloads=Shares(per_key=2, total=5))
+        statuses: dict[str, list[int]] = {}
+
+        async def get(address: str, path: str = "/blobs/x") -> None:
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.setdefault(address, []).append(message["status"])
+
+            scope = {"type": "http", "method": "GET", "path": path, "client": (address, 1)}
+            await counter(scope, None, send)
+
+        async with trio.open_nursery() as nursery:
+            for address in ("203.0.113.5", "::ffff:203.0.113.5", "203.0.113.5",
+                            "2001:db8::1", "2001:db8::2", "2001:db8::3",
+                            "127.0.0.1", "127.0.0.1", "127.0.0.1"):  # fmt: skip
+                nursery.start_soon(get, address)
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(get, "198.51.100.1", "/metadata/timestamp.json")  # not counted
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        assert statuses == {
+            "203.0.113.5": [200, 503],
+            "::ffff:203.0.113.5": [200],
+            "2001:db8::1": [200],
+            "2001:db8::2": [200],
+            "2001:db8::3": [503],
+            "127.0.0.1": [200, 503, 503],  # the total: 5 held already
+            "198.51.100.1": [200],
+        }, statuses
+
+    trio.run(main)
 
 
 def test_an_endless_request_head_is_cut_off_at_16_kib(tmp_path: Path) -> None:

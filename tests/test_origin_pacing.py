@@ -100,3 +100,28 @@ def test_answers_sent_at_once_share_the_rate_from_their_first_byte() -> None:
         assert max(last_byte.values()) == pytest.approx(2 - 1 / 16)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_body_just_over_a_piece_cannot_send_its_tail_outside_the_queue() -> None:
+    """A body of 128 KiB less a byte was sent as a 64 KiB piece and a tail
+    under 64 KiB, which as a small body of its own skipped the queue: 200
+    such ranges at once went out at twice the cap."""
+    size = (128 << 10) - 1
+    sent: list[tuple[float, int]] = []
+
+    async def app(scope: object, receive: object, send) -> None:  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.body", "body": b"x" * size})
+
+    counter = ByteCounter(app, max_rate=1 << 20)
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        sent.append((trio.current_time(), len(message["body"])))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(counter, {}, None, send)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    by_five = sum(n for t, n in sent if t <= 5.0)
+    assert by_five <= (5 + 0.5) * (1 << 20) + PACED_PIECE, by_five / (1 << 20)

@@ -914,7 +914,9 @@ def test_a_root_rotation_stopped_between_its_two_writes_is_finished_at_load(
     repo.rotate("root", [generate_file_key(repo.dir, "new")])
     metadata = repo.dir / "metadata"
     (metadata / "root.json").write_bytes((metadata / "1.root.json").read_bytes())
-    OriginRepository(repo.dir)
+    OriginRepository(repo.dir)  # a reader (status) does not write: it holds no lock
+    assert (metadata / "root.json").read_bytes() == (metadata / "1.root.json").read_bytes()
+    assert OriginRepository(repo.dir).tidy() == ["metadata/root.json"]  # the committer, at start
     assert (metadata / "root.json").read_bytes() == (metadata / "2.root.json").read_bytes()
 
 
