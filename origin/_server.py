@@ -228,6 +228,7 @@ class OriginService:
         must not stop the origin, whose metadata would then surely expire.
         """
         failing: str | None = None
+        warned: tuple[str, ...] = self.committer.state.warnings  # said at start already
         retry = 1.0
         while True:
             try:
@@ -247,6 +248,10 @@ class OriginService:
                 failing, retry = None, 1.0
             await self._announce_if_new()
             state = self.committer.state
+            if state.warnings != warned:  # an offline role nearer its end: said once
+                warned = state.warnings
+                for warning in warned:
+                    print(f"origin: warning: {warning}", file=sys.stderr, flush=True)
             due = (state.next_refresh - state.now).total_seconds()
             await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
 
@@ -722,7 +727,9 @@ def build_app(service: OriginService) -> ByteCounter:
         state = service.committer.state
         return JSONResponse(
             {
-                "status": "ok",
+                # degraded: an offline role has expired, and clients refuse all
+                "status": "degraded" if state.expired else "ok",
+                "warnings": list(state.warnings),
                 "timestamp_version": state.timestamp_version,
                 "snapshot_version": state.snapshot_version,
                 "timestamp_expires": state.timestamp_expires.isoformat(),

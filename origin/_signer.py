@@ -62,16 +62,23 @@ class CommitState:
     timestamp_expires: datetime
     next_refresh: datetime
     now: datetime
+    #: Offline roles near or past their expiry (only a ceremony re-signs them).
+    warnings: tuple[str, ...] = ()
+    expired: bool = False
 
     @classmethod
     def of(cls, repo: OriginRepository) -> CommitState:
         timestamp = repo.timestamp_md.signed
+        now = repo.clock()
+        warnings, expired = repo.offline_expiry(now)
         return cls(
             timestamp_version=timestamp.version,
             snapshot_version=timestamp.snapshot_meta.version,
             timestamp_expires=timestamp.expires,
             next_refresh=repo.next_refresh(),
-            now=repo.clock(),
+            now=now,
+            warnings=tuple(warnings),
+            expired=expired,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +93,7 @@ class CommitState:
         fields: dict[str, Any] = {
             k: datetime.fromisoformat(v) if k in dates else v for k, v in body.items()
         }
+        fields["warnings"] = tuple(fields.get("warnings", ()))
         return cls(**fields)
 
 

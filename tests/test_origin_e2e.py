@@ -262,6 +262,9 @@ def test_status_warns_of_offline_roles_near_expiry_and_fails_past_it(tmp_path: P
     status = tufmesh("origin", "status", "--dir", str(late), check=False)
     assert status.returncode == 1 and "warning: bins expired on" in status.stderr
     assert "bin-*" in status.stdout  # the table still
+    with running(late) as origin:  # it serves (the online roles re-signed), and says so
+        health = httpx.get(f"{origin.url}/healthz").json()
+    assert health["status"] == "degraded" and len(health["warnings"]) == 3, health
 
 
 def test_status_and_projects_cli(repo: Path) -> None:
