@@ -50,7 +50,6 @@ class IndexFile:
 
     filename: str
     sha256: str
-    size: int
 
 
 class ProjectIndex:
@@ -63,7 +62,7 @@ class ProjectIndex:
             sha256 = target.hashes.get("sha256")
             if not filename or "/" in filename or not isinstance(sha256, str):
                 continue  # not an artifact of a project (tufmesh paths are project/file)
-            projects.setdefault(project, []).append(IndexFile(filename, sha256, target.length))
+            projects.setdefault(project, []).append(IndexFile(filename, sha256))
         self.projects = {
             name: sorted(files, key=lambda f: f.filename) for name, files in projects.items()
         }
