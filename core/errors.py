@@ -121,6 +121,10 @@ class BinFullError(OriginError):
     """The artifact's hash bin is as large as TUF clients accept (``max_bin_bytes``)."""
 
 
+class QuotaError(OriginError):
+    """Publishing the artifact would take its project past its quota (``project_quota``)."""
+
+
 class ArtifactRefusedError(OriginError):
     """One artifact of a commit does not agree with the store (its blob gone
     meanwhile, its hashes another blob's): said to its uploader, unlike a

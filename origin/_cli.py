@@ -97,6 +97,13 @@ def origin() -> None:
     show_default=True,
     help="Chunk size of new artifacts' manifests (docs/adr/0003).",
 )
+@click.option(
+    "--project-quota",
+    type=SIZE,
+    default="10GiB",
+    show_default=True,
+    help="The most bytes of artifacts one project may publish.",
+)
 def init(
     repo_dir: Path,
     bins: int,
@@ -106,6 +113,7 @@ def init(
     public_key: tuple[str, ...],
     max_upload: int,
     chunk_size: int,
+    project_quota: int,
 ) -> None:
     """Create a new repository in an empty directory."""
     from securesystemslib.signer import Key
@@ -136,7 +144,11 @@ def init(
             raise UsageError(str(exc)) from None
         keys[role][slots[0]] = (keys[role][slots[0]][0], key)
     config = OriginConfig(
-        bins=bins, expiry_days=days, max_upload_bytes=max_upload, chunk_size=chunk_size
+        bins=bins,
+        expiry_days=days,
+        max_upload_bytes=max_upload,
+        chunk_size=chunk_size,
+        project_quota=project_quota,
     )
     repo = OriginRepository.create(repo_dir, config, root_threshold=root_threshold, signers=keys)
     click.echo(f"created repository {repo_dir}")

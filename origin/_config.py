@@ -77,6 +77,10 @@ class OriginConfig:
     #: (one project filling a bin with many files would otherwise make every
     #: other project in it uninstallable). About 15,000 artifacts per bin.
     max_bin_bytes: int = 4_000_000
+    #: The most bytes of artifacts one project may publish: a token's holder
+    #: (a leaked token, say) cannot fill the origin's disk. PyPI's default
+    #: project limit is 10 GB.
+    project_quota: int = 10 << 30
 
     def __post_init__(self) -> None:
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
@@ -100,6 +104,10 @@ class OriginConfig:
             raise OriginError(
                 f"a hash bin's limit must be 65,536 .. {MAX_BIN_BYTES:,} bytes (what TUF "
                 f"clients accept, less room for signatures), not {self.max_bin_bytes:,}"
+            )
+        if self.project_quota < 1:
+            raise OriginError(
+                f"the project quota must be at least 1 byte, not {self.project_quota}"
             )
         if self.max_upload_bytes < 1:
             raise OriginError(

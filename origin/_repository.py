@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +67,7 @@ from tufmesh.errors import (
     InvalidNameError,
     OriginError,
     PinError,
+    QuotaError,
     StoreError,
 )
 from tufmesh.origin._config import (
@@ -355,6 +356,7 @@ class OriginRepository(Repository):
             role = filename.removesuffix(".json")
             self._read(role, self.metadata_dir / f"{meta.version}.{filename}")
         self._broken = None
+        self._used: Counter[str] | None = None  # per project, counted when first asked
 
     @property
     def broken(self) -> list[str]:
@@ -585,6 +587,8 @@ class OriginRepository(Repository):
         and the exception propagates: nothing in the batch is published.
         """
         results: list[OriginError | None] = [None] * len(artifacts)
+        used = self._project_bytes()
+        adding: Counter[str] = Counter()  # this batch's new bytes, per project
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
         sizes: dict[str, int] = {}  # each touched bin's signed size, as it will be
         accepted: list[Artifact] = []
@@ -614,7 +618,15 @@ class OriginRepository(Repository):
                 if role not in sizes:
                     sizes[role] = len(self._bytes[role])  # load() read every bin
                 grown = sizes[role] + _entry_size(target)
+                project = artifact.path.split("/", 1)[0]
                 try:
+                    held = used[project] + adding[project]
+                    if held + artifact.length > self.config.project_quota:
+                        raise QuotaError(
+                            f"{artifact.path}: {project} would hold "
+                            f"{held + artifact.length:,} bytes of artifacts, past its quota "
+                            f"of {self.config.project_quota:,}"
+                        )
                     if grown > self.config.max_bin_bytes:
                         raise BinFullError(
                             f"{artifact.path}: its hash bin ({role}) is full: "
@@ -627,6 +639,7 @@ class OriginRepository(Repository):
                     results[i] = exc  # this artifact only, not the batch
                     continue
                 sizes[role] = grown
+                adding[project] += artifact.length
                 by_bin[role][artifact.path] = target
                 accepted.append(artifact)
             # Pinned first: a blob that published metadata names is never
@@ -642,8 +655,20 @@ class OriginRepository(Repository):
             self.load()
             self._undo(accepted, linked)
             raise
+        used.update(adding)
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
+
+    def _project_bytes(self) -> Counter[str]:
+        """Bytes of artifacts each project has published (for its quota):
+        counted from every bin once per load, then kept up to date."""
+        if self._used is None:
+            self._used = Counter()
+            for role, md in self._md.items():
+                if role.startswith("bin-"):
+                    for path, target in md.signed.targets.items():
+                        self._used[path.split("/", 1)[0]] += target.length
+        return self._used
 
     def _undo(self, accepted: list[Artifact], linked: list[Path]) -> None:
         """After a failed commit (memory reloaded from disk): take back the pins
@@ -887,6 +912,7 @@ class OriginRepository(Repository):
         except BaseException:
             self.load()
             raise
+        self._used = None  # counted again when next asked
         for path in wanted:
             self._unlink(path, removed[path])
         return int(self._md["snapshot"].signed.version)

@@ -41,6 +41,7 @@ from tufmesh.errors import (
     ForbiddenError,
     InvalidNameError,
     OriginError,
+    QuotaError,
     StoreError,
     TufmeshError,
 )
@@ -796,6 +797,8 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(409, str(exc))
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
+        except QuotaError as exc:
+            return _error(413, str(exc))  # the project's, not this upload's, size
         except ArtifactRefusedError as exc:  # this artifact's own trouble: its uploader's to know
             return _error(500, str(exc))
         except OriginError as exc:

@@ -36,7 +36,13 @@ from typing import Any, BinaryIO, Final, Protocol
 import trio
 
 from tufmesh._durable import hold_lock
-from tufmesh.errors import ArtifactRefusedError, BinFullError, ConflictError, OriginError
+from tufmesh.errors import (
+    ArtifactRefusedError,
+    BinFullError,
+    ConflictError,
+    OriginError,
+    QuotaError,
+)
 from tufmesh.origin._repository import Artifact, OriginRepository
 
 __all__ = ["CommitState", "Committer", "LocalCommitter", "SignerProcess", "main"]
@@ -130,6 +136,7 @@ class LocalCommitter:
 _KINDS: Final[dict[str, type[OriginError]]] = {
     "conflict": ConflictError,
     "bin_full": BinFullError,
+    "quota": QuotaError,
     "refused": ArtifactRefusedError,
 }
 

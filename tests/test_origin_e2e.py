@@ -179,6 +179,20 @@ def test_refusals_publish_nothing_and_leave_only_garbage(repo: Path) -> None:
         assert tuf_download(server.url, repo, "proj-b/b-1.0.tar.gz") == b"fine"
 
 
+def test_a_project_past_its_quota_is_refused_in_one_line(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo", "--project-quota", "100KiB")
+    token = add_project(repo, "greedy")
+    (tmp_path / "a.whl").write_bytes(os.urandom(60_000))
+    (tmp_path / "b.whl").write_bytes(os.urandom(60_000))
+    with running(repo) as server:
+        publish = ("publish", "--origin", server.url, "--project", "greedy", "--token", token)
+        tufmesh(*publish, str(tmp_path / "a.whl"))
+        version = snapshot_version(repo)
+        refused = tufmesh(*publish, str(tmp_path / "b.whl"), check=False)
+        assert refused.returncode == 1 and "past its quota of 102,400" in refused.stderr
+        assert "Traceback" not in refused.stderr and snapshot_version(repo) == version
+
+
 def test_size_limit(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "repo", "--max-upload", "64KiB")
     token = add_project(repo, "big")

@@ -28,6 +28,7 @@ from tufmesh.errors import (
     ForbiddenError,
     InvalidNameError,
     OriginError,
+    QuotaError,
 )
 from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._keys import generate_file_key, load_signer
@@ -518,6 +519,22 @@ def test_a_hash_bin_never_grows_past_what_clients_accept(tmp_path: Path) -> None
     other = next(f"victim/v-{i}.whl" for i in range(2, 99) if repo.succinct.get_role_for_target(
         f"victim/v-{i}.whl") != role)  # fmt: skip
     assert isinstance(repo.publish([stored(repo, other, b"elsewhere")])[0], int)
+
+
+def test_a_project_cannot_publish_past_its_quota(tmp_path: Path) -> None:
+    """A token's holder (a leaked token) could publish without end and fill
+    the origin's disk; other projects are not touched by its quota."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4, project_quota=1000))
+    first = stored(repo, "greedy/a-1.whl", b"a" * 600)
+    assert repo.publish([first]) == [2]
+    batch = [stored(repo, "greedy/b-1.whl", b"b" * 300), stored(repo, "greedy/c-1.whl", b"c" * 300)]
+    ok, refused = repo.publish(batch)  # the second of one batch counts the first
+    assert ok == 3 and isinstance(refused, QuotaError) and "greedy would hold 1,200" in str(refused)
+    assert repo.publish([first]) == [3]  # the same artifact again: nothing new
+    assert repo.publish([stored(repo, "other/x-1.whl", b"x" * 900)]) == [4]
+    again = OriginRepository(repo.dir)  # counted afresh from the signed bins
+    assert isinstance(again.publish([stored(again, "greedy/d-1.whl", b"d" * 200)])[0], QuotaError)
+    assert again.publish([stored(again, "greedy/e-1.whl", b"e" * 100)]) == [5]
 
 
 def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
