@@ -587,7 +587,7 @@ class OriginRepository(Repository):
         and the exception propagates: nothing in the batch is published.
         """
         results: list[OriginError | None] = [None] * len(artifacts)
-        used = self._project_bytes()
+        used = self.project_bytes()
         adding: Counter[str] = Counter()  # this batch's new bytes, per project
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
         sizes: dict[str, int] = {}  # each touched bin's signed size, as it will be
@@ -659,7 +659,7 @@ class OriginRepository(Repository):
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
 
-    def _project_bytes(self) -> Counter[str]:
+    def project_bytes(self) -> Counter[str]:
         """Bytes of artifacts each project has published (for its quota):
         counted from every bin once per load, then kept up to date."""
         if self._used is None:

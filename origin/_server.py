@@ -758,6 +758,15 @@ def build_app(service: OriginService) -> ByteCounter:
         declared = request.headers.get("content-length")
         if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
             return _error(413, f"upload over the {limit}-byte limit")
+        # A project known to be near its quota (from its last publication) is
+        # refused before its body is read, and read no further than its quota
+        # allows: the commit checks again, but bytes it refuses would wait on
+        # the disk for the collector, as many as a token's holder cares to send.
+        left = repo_config.project_quota - service.committer.used.get(project, 0)
+        if left < limit:
+            limit = left
+            if left <= 0 or (declared is not None and int(declared) > left):
+                return _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
 
         with trio.move_on_after(UPLOAD_WAIT):
             while uploading.full(project):

@@ -107,6 +107,9 @@ class Committer(Protocol):
     """Publishes batches and refreshes expiring roles, one operation at a time."""
 
     state: CommitState
+    #: Bytes of artifacts of each project a publication has touched since the
+    #: start (for the quota's check before an upload is read).
+    used: dict[str, int]
 
     async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]: ...
 
@@ -120,10 +123,12 @@ class LocalCommitter:
         self.repo = repo
         self.run_sync = run_sync
         self.state = CommitState.of(repo)
+        self.used: dict[str, int] = {}
 
     async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
         results: list[int | OriginError] = await self.run_sync(self.repo.publish, artifacts)
         self.state = CommitState.of(self.repo)
+        self.used.update(_used(self.repo, artifacts))
         return results
 
     async def refresh(self) -> list[str]:
@@ -139,6 +144,12 @@ _KINDS: Final[dict[str, type[OriginError]]] = {
     "quota": QuotaError,
     "refused": ArtifactRefusedError,
 }
+
+
+def _used(repo: OriginRepository, artifacts: list[Artifact]) -> dict[str, int]:
+    """The bytes each project of ``artifacts`` now holds."""
+    counted = repo.project_bytes()
+    return {project: counted[project] for project in {a.path.split("/")[0] for a in artifacts}}
 
 
 def _result_to_json(result: int | OriginError) -> int | dict[str, str]:
@@ -175,6 +186,7 @@ class SignerProcess:
     def __init__(self, process: trio.Process, state: CommitState) -> None:
         self._process = process
         self.state = state
+        self.used: dict[str, int] = {}
         self._lock = trio.Lock()
 
     @classmethod
@@ -226,6 +238,7 @@ class SignerProcess:
     async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
         request = {"op": "publish", "artifacts": [dataclasses.asdict(a) for a in artifacts]}
         reply = await self._call(request)
+        self.used.update(reply.get("used", {}))
         return [_result_from_json(r) for r in reply["results"]]
 
     async def refresh(self) -> list[str]:
@@ -265,7 +278,10 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
             if request["op"] == "publish":
                 artifacts = [Artifact(**a) for a in request["artifacts"]]
                 results = repo.publish(artifacts)
-                answer: dict[str, Any] = {"results": [_result_to_json(r) for r in results]}
+                answer: dict[str, Any] = {
+                    "results": [_result_to_json(r) for r in results],
+                    "used": _used(repo, artifacts),
+                }
             elif request["op"] == "refresh":
                 answer = {"refreshed": repo.refresh()}
             else:
