@@ -135,33 +135,49 @@ def wants_json(accept: str) -> bool:
 
 
 class _Index:
-    """The client and the index built from it, shared by the server's
-    requests (one at a time: the client is not made for threads)."""
+    """The index of the newest verified metadata, refreshed now and then, for
+    the server's requests (any thread). Each refresh and each download has a
+    client of its own (a client is not made for threads, and python-tuf
+    refreshes an ``Updater`` once): a download does not hold up the pages."""
 
     def __init__(self, home: Path) -> None:
-        from tufmesh.client._client import Client
         from tufmesh.client._home import ClientHome
 
         self.home = ClientHome(home)
-        self.client = Client.from_home(self.home)
         self.cache = home / "proxy"
         self.lock = threading.Lock()
         self.index: ProjectIndex | None = None
         self.snapshot = -1
+        self.expires = 0.0  # the index's timestamp expiry (Unix time)
         self.refreshed = -REFRESH_EVERY
 
+    def _client(self) -> Any:
+        from tufmesh.client._client import Client
+
+        return Client.from_home(self.home)
+
     def current(self) -> ProjectIndex:
-        """The index of the newest signed metadata (refreshed now and then)."""
+        """The index of the newest signed metadata (refreshed now and then). If
+        no source answers, the last index is kept while its timestamp has not
+        expired (a client with that metadata would still trust it)."""
         with self.lock:
             now = time.monotonic()
-            if self.index is None or now - self.refreshed >= REFRESH_EVERY:
-                self.client.refresh()
-                self.refreshed = now
-                snapshot = json.loads((self.client.metadata_dir / "snapshot.json").read_bytes())
-                version = snapshot["signed"]["version"]
-                if version != self.snapshot or self.index is None:
-                    self.index = ProjectIndex(self.client.artifacts())
-                    self.snapshot = version
+            if self.index is not None and now - self.refreshed < REFRESH_EVERY:
+                return self.index
+            try:
+                with self._client() as client:
+                    client.refresh()
+                    cache = client.metadata_dir
+                    snapshot = json.loads((cache / "snapshot.json").read_bytes())
+                    if snapshot["signed"]["version"] != self.snapshot or self.index is None:
+                        self.index = ProjectIndex(client.artifacts())
+                        self.snapshot = snapshot["signed"]["version"]
+                    timestamp = json.loads((cache / "timestamp.json").read_bytes())
+                    self.expires = _unix(timestamp["signed"]["expires"])
+            except TufmeshError:
+                if self.index is None or time.time() >= self.expires:
+                    raise
+            self.refreshed = now
             return self.index
 
     def fetch(self, project: str, filename: str) -> Path:
@@ -170,12 +186,15 @@ class _Index:
         if filename not in {f.filename for f in index.files(project)}:
             raise NotInMetadataError(f"no file {filename!r} of {project!r} in the signed metadata")
         name = normalize_project(project)
-        with self.lock:
-            return self.client.download(f"{name}/{filename}", self.cache / name).path
+        with self._client() as client:
+            return Path(client.download(f"{name}/{filename}", self.cache / name).path)
 
-    def close(self) -> None:
-        with self.lock:
-            self.client.close()
+
+def _unix(expires: str) -> float:
+    """A TUF ``expires`` (``2026-11-27T12:00:00Z``) as Unix time."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp()
 
 
 async def serve_proxy(
@@ -213,7 +232,7 @@ async def serve_proxy(
         except TufmeshError as exc:
             return refused(exc)
         kind = JSON_TYPE if as_json else "text/html; charset=utf-8"
-        return Response(body, media_type=kind)
+        return Response(body, media_type=kind, headers={"vary": "Accept"})
 
     async def file(request: Request) -> Response:
         project, filename = request.path_params["project"], request.path_params["filename"]
@@ -230,8 +249,5 @@ async def serve_proxy(
             Route("/files/{project}/{filename}", file, methods=["GET", "HEAD"]),
         ]
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            await start_http(nursery, ByteCounter(app), host, port, None, on_ready)
-    finally:
-        index.close()
+    async with trio.open_nursery() as nursery:
+        await start_http(nursery, ByteCounter(app), host, port, None, on_ready)

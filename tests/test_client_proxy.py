@@ -112,3 +112,30 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
     assert liar.blob_requests > 0  # asked, caught, and banned: pip got the signed bytes
     assert (home / "proxy" / "tinypkg" / filename).read_bytes() == wheel
     assert "Traceback" not in err, err
+
+
+def test_the_index_follows_new_releases_and_outlives_a_short_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's client refreshed once (python-tuf refreshes an Updater
+    once): new releases never appeared, nor did removals, and expiry was
+    never checked again. With every source down, the last index stays while
+    its timestamp has not expired."""
+    from tufmesh.client import _proxy
+
+    monkeypatch.setattr(_proxy, "REFRESH_EVERY", 0.0)
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "tinypkg")
+    home = tmp_path / "home"
+    with running(repo) as origin:
+        post(origin.url, "tinypkg", "tinypkg-1.0.tar.gz", b"one", token)
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin", origin.url,
+                "--home", str(home))  # fmt: skip
+        index = _proxy._Index(home)
+        assert [f.filename for f in index.current().files("tinypkg")] == ["tinypkg-1.0.tar.gz"]
+        post(origin.url, "tinypkg", "tinypkg-1.1.tar.gz", b"two", token)
+        listed = [f.filename for f in index.current().files("tinypkg")]
+        assert listed == ["tinypkg-1.0.tar.gz", "tinypkg-1.1.tar.gz"]
+        assert index.fetch("tinypkg", "tinypkg-1.1.tar.gz").read_bytes() == b"two"
+    # The origin is gone: the last index, still unexpired, is served.
+    assert len(index.current().files("tinypkg")) == 2
