@@ -21,6 +21,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -181,6 +182,7 @@ class OriginService:
         self.commits = 0
         self.published = 0
         self.refresh_failures = 0
+        self.refresh_failing = False  # the last attempt to re-sign failed
         self.collected = 0  # blobs deleted as garbage
         self.counter: ByteCounter | None = None
         #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
@@ -241,9 +243,11 @@ class OriginService:
                         f"origin: re-signing failed, retrying: {exc}", file=sys.stderr, flush=True
                     )
                 self.refresh_failures += 1
+                self.refresh_failing = True
                 await trio.sleep(retry)
                 retry = min(retry * 2, self.config.max_refresh_retry)
                 continue
+            self.refresh_failing = False
             if failing is not None:
                 print("origin: re-signing works again", file=sys.stderr, flush=True)
                 failing, retry = None, 1.0
@@ -726,10 +730,12 @@ def build_app(service: OriginService) -> ByteCounter:
 
     async def healthz(request: Request) -> Response:
         state = service.committer.state
+        # degraded: clients refuse what is served (an expired offline role, or
+        # a timestamp the refresher could not re-sign in time), or soon will.
+        stale = state.timestamp_expires <= datetime.now(UTC)
         return JSONResponse(
             {
-                # degraded: an offline role has expired, and clients refuse all
-                "status": "degraded" if state.expired else "ok",
+                "status": "degraded" if state.expired or stale or service.refresh_failing else "ok",
                 "warnings": list(state.warnings),
                 "timestamp_version": state.timestamp_version,
                 "snapshot_version": state.snapshot_version,

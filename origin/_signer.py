@@ -228,7 +228,10 @@ class SignerProcess:
         async with self._lock:
             stdin = self._process.stdin
             assert stdin is not None
-            await stdin.send_all(_encode(request))
+            try:
+                await stdin.send_all(_encode(request))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise OriginError("the committer process exited; see its error output") from None
             reply = await self._receive()
         if "error" in reply:
             raise OriginError(reply["error"])
