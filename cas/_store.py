@@ -23,7 +23,6 @@ Invariants (each one is tested):
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -135,33 +134,42 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[written:]
 
 
-def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
-    """Copy ``count`` bytes at ``offset`` from ``src`` to the same place in ``dst``:
-    in the kernel where it can (``copy_file_range``), else through a buffer
-    (another file system, on kernels that refuse that: EXDEV; or none)."""
-    while count:
-        try:
-            copied = os.copy_file_range(src, dst, count, offset, offset)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-            break
-        if not copied:
-            raise OSError(errno.EIO, "blob shrank while it was copied")
-        offset, count = offset + copied, count - copied
-    while count:
-        piece = os.pread(src, min(count, 4 << 20), offset)
-        if not piece:
-            raise OSError(errno.EIO, "blob shrank while it was copied")
-        write_at(dst, piece, offset)
-        offset, count = offset + len(piece), count - len(piece)
+def _regular(path: Path) -> bool:
+    """A regular file, not followed through a link."""
+    try:
+        return S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """The same file, unchanged: inode numbers are reused (a put right after a
+    blob was deleted can get the corrupt copy's number), change times are not."""
+    fields = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
 # Below this size a piece is hashed inline; above it, hashing runs on a second
 # core while this thread writes (hashlib and blake3 release the GIL), which
 # turns hash + write into max(hash, write).
 _PARALLEL_MIN: Final = 256 << 10
-_hash_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="tufmesh-hash")
+
+
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="tufmesh-hash")
+
+
+_hash_pool = _pool()
+
+
+def _new_hash_pool() -> None:
+    """A forked child has no pool threads, but the pool counted them as idle:
+    its next put waited for ever. It gets a pool of its own."""
+    global _hash_pool
+    _hash_pool = _pool()
+
+
+os.register_at_fork(after_in_child=_new_hash_pool)
 
 
 def _hash_and_write(
@@ -347,8 +355,10 @@ class BlobStore:
                 final_path.parent.mkdir(exist_ok=True)
                 if self.config.fsync:
                     fsync_dir(self._blobs)
-            # Replacing an existing copy heals a corrupt one and refreshes its
-            # mtime, which keeps it inside the gc grace period.
+            # Its age starts now (gc's grace period counts from the mtime: a
+            # writer committed long after its last write was "old" at once).
+            # Replacing an existing copy heals a corrupt one.
+            os.utime(tmp)
             os.replace(tmp, final_path)
             if self.config.fsync:
                 fsync_dir(final_path.parent)
@@ -358,9 +368,14 @@ class BlobStore:
         self._check_writable()
         removed = []
         for path in self._tmp.iterdir():
+            if not path.name.startswith(_TMP_PREFIX):
+                continue  # not a writer's (a FIFO there hung every open)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:  # gone, a link, ...
+                continue
+            if not S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -385,13 +400,13 @@ class BlobStore:
     def _existing(self, cid: str) -> tuple[str, Path]:
         canonical, _ = parse_cid(cid)
         path = self._path(canonical)
-        if not path.is_file():
+        if not _regular(path):
             raise BlobNotFoundError(f"no blob {canonical} in the store")
         return canonical, path
 
     def has(self, cid: str) -> bool:
         """True if a blob is stored under ``cid`` (raises on a malformed CID)."""
-        return self._path(parse_cid(cid)[0]).is_file()
+        return _regular(self._path(parse_cid(cid)[0]))
 
     def stat(self, cid: str) -> BlobStat:
         """Size and modification time of a stored blob."""
@@ -488,13 +503,11 @@ class BlobStore:
             with src, open(tmp, "xb", buffering=0) as out:
                 offset = 0
                 for piece in _read_pieces(src, self.config.buffer_size):
-                    # Hash the piece just read while the kernel copies the same
-                    # range, still in the page cache, with no trip through Python.
-                    hashing = _hash_pool.submit(sha.update, piece)
-                    try:
-                        _copy_range(src.fileno(), out.fileno(), offset, len(piece))
-                    finally:
-                        hashing.result()
+                    # The very bytes hashed are written: a copy of the range
+                    # from the file again (in the kernel, faster) could take
+                    # bytes changed meanwhile, through a served tree's hard
+                    # link, into a copy that was then called verified.
+                    _hash_and_write(sha.update, out.fileno(), piece)
                     offset += len(piece)
                     if progress is not None:
                         progress(len(piece))
@@ -572,7 +585,13 @@ class BlobStore:
                     canonical, _ = parse_cid(name)
                 except StoreError:
                     canonical = ""
-                if canonical != name or _shard(name) != shard.name:
+                try:
+                    regular = S_ISREG(os.lstat(path).st_mode)
+                except FileNotFoundError:
+                    continue
+                # A link (to a corrupt file, to /dev/zero) or a directory under
+                # a blob's name is not a blob: a stray, quarantined by fsck.
+                if canonical != name or _shard(name) != shard.name or not regular:
                     if strays is not None:
                         strays.append(str(path.relative_to(self.root)))
                     continue
@@ -625,7 +644,7 @@ class BlobStore:
         a blob stored again meanwhile (healed) is a good copy, and stays."""
         with self._lock(shared=False):  # no put renames a copy in meanwhile
             try:
-                if not os.path.samestat(os.lstat(path), corrupt):
+                if not _same_file(os.lstat(path), corrupt):
                     return False
                 # The shard's name too (two strays may share a name), and the time.
                 moved = f"{path.parent.name}-{path.name}.{time.time_ns()}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -513,3 +514,62 @@ def test_a_new_store_has_every_shard_and_they_are_durable_at_once(
         assert not (store.root / made).exists(), made
     monkeypatch.setattr(os, "geteuid", lambda: real)
     assert BlobStore(tmp_path / "store").put(b"again") == cid_of(b"again")
+
+
+def test_a_link_or_a_directory_under_a_blobs_name_is_a_stray(store: BlobStore) -> None:
+    """A link (to other bytes, to /dev/zero) was read and served as the blob,
+    and never quarantined; a directory made fsck say all was clean, failed
+    every put of those bytes, and stopped gc for good."""
+    elsewhere = store.root.parent / "evil"
+    elsewhere.write_bytes(b"evil bytes")
+    link = store._path(CID)  # (no blob there yet: where it would be)
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(elsewhere)
+    assert not store.has(CID) and store.read_range(CID, 0, 4) is None
+    other = cid_of(b"other")
+    folder = store._path(other)
+    folder.parent.mkdir(exist_ok=True)
+    folder.mkdir()
+    os.utime(folder, (0, 0))  # well past the grace period
+    assert store.gc(grace_seconds=0).deleted == []  # it goes on, and stops at nothing
+    report = store.fsck(quarantine=True)
+    assert sorted(report.strays) == sorted(str(p.relative_to(store.root)) for p in (link, folder))
+    assert store.put(DATA) == CID and store.put(b"other") == other
+    assert store.read(CID) == DATA and elsewhere.read_bytes() == b"evil bytes"
+
+
+def test_a_fifo_in_tmp_does_not_hang_opening_the_store(store: BlobStore) -> None:
+    os.mkfifo(store.root / "tmp" / "put-1-fifo")
+    (store.root / "tmp" / "notes").mkdir()
+    assert BlobStore(store.root).put(b"x") == cid_of(b"x")  # (it used to block for ever)
+
+
+def test_a_blob_is_young_from_its_commit_not_its_last_write(store: BlobStore) -> None:
+    """gc's grace period counts from a blob's mtime, which was its last write:
+    a writer committed long after it was collectable at once."""
+    writer = store.writer()
+    writer.write(b"slowly")
+    os.utime(writer._tmp, (1, 1))  # written long ago
+    cid, _ = writer.commit()
+    assert store.gc(grace_seconds=60).deleted == [] and store.has(cid)
+
+
+def test_a_forked_child_can_still_put() -> None:
+    """The hash pool's threads do not survive a fork, but it counted them as
+    idle: the child's next put of more than 256 KiB waited for ever."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        store = BlobStore(Path(directory) / "s")
+        store.put(os.urandom(1 << 20))  # the pool has threads now
+        pid = os.fork()
+        if pid == 0:  # the child: exit without pytest's clean-up
+            code = 1
+            try:
+                signal.alarm(20)  # a hang ends in SIGALRM
+                store.put(os.urandom(1 << 20))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
