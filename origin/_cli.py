@@ -264,7 +264,7 @@ def status(repo_dir: Path) -> None:
 
     for row in rows:
         left = _human_delta((row.expires - now).total_seconds())
-        kinds = ",".join(sorted({signer_kind(uri) for uri in row.signers})) or "none here"
+        kinds = ",".join(sorted({signer_kind(uri, repo.dir) for uri in row.signers})) or "none here"
         mode = "online" if row.online else "offline"
         keyids = ", ".join(k[:12] for k in row.keyids)
         click.echo(
@@ -274,7 +274,15 @@ def status(repo_dir: Path) -> None:
     artifacts = repo.artifacts()
     total = sum(t.length for t in artifacts)
     click.echo(f"{len(artifacts)} artifacts, {format_size(total)}")
-    if expired:
+    stale = [row.role for row in rows if row.expires <= now]  # the online ones too
+    if stale and not expired:
+        click.secho(
+            f"warning: {', '.join(stale)} expired: clients refuse them (is the origin serving? "
+            "it re-signs them)",
+            fg="yellow",
+            err=True,
+        )
+    if expired or stale:
         sys.exit(1)  # for a monitoring check: the repository serves nothing a client takes
 
 

@@ -112,9 +112,12 @@ def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
         raise OriginError(f"cannot load signer {uri}: {exc}") from None
 
 
-def signer_kind(uri: str) -> str:
-    """A short description of where a key lives, from its URI scheme."""
+def signer_kind(uri: str, repo: Path | None = None) -> str:
+    """A short description of where a key lives, from its URI scheme (with
+    ``repo``: a file key whose file is not on this host says so)."""
     scheme = urlparse(uri).scheme
+    if repo is not None and (path := key_file(repo, uri)) is not None and not path.is_file():
+        return "file, not here"
     return {
         "file2": "file",
         "gcpkms": "GCP KMS",

@@ -145,6 +145,7 @@ def test_manifest(tmp_path: Path, files: list[Path]) -> None:
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
+    BlobStore(tmp_path / "store")  # an empty store
     proc = run(tmp_path / "store", *args, ok=False)
     assert message in proc.stderr
 
@@ -293,3 +294,18 @@ def test_a_store_it_may_not_write_is_read_and_never_changed(tmp_path: Path) -> N
     (store.root / "lock").unlink()  # and with no lock file, nor a way to make one
     listed = ro("ls")
     assert listed.returncode == 0 and listed.stdout.split() == [cid, "4", "release"], listed
+
+
+def test_only_put_makes_a_store(tmp_path: Path) -> None:
+    """A typo in --store made a whole new, empty store (1,026 directories)
+    for a command that only reads."""
+    typo = tmp_path / "typo"
+    for command in (("ls",), ("fsck",), ("gc", "--dry-run")):
+        proc = subprocess.run([TUFMESH, "cas", "--store", str(typo), *command],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode != 0 and "no blob store at" in proc.stderr, proc
+        assert not typo.exists()
+    (tmp_path / "f").write_bytes(b"x")
+    made = subprocess.run([TUFMESH, "cas", "--store", str(typo), "put", str(tmp_path / "f")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0 and (typo / "blobs").is_dir()

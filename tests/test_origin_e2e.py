@@ -284,6 +284,17 @@ def test_status_warns_of_offline_roles_near_expiry_and_fails_past_it(tmp_path: P
     with running(late) as origin:  # it serves (the online roles re-signed), and says so
         health = httpx.get(f"{origin.url}/healthz").json()
     assert health["status"] == "degraded" and len(health["warnings"]) == 3, health
+    # An origin that has not served for two days: its timestamp has expired.
+    idle = tmp_path / "idle"
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    OriginRepository.create(idle, OriginConfig(bins=4), clock=lambda: two_days_ago)
+    status = tufmesh("origin", "status", "--dir", str(idle), check=False)
+    assert status.returncode == 1 and "timestamp expired: clients refuse" in status.stderr
+    # Offline keys taken off the host are said to be elsewhere, not "file".
+    (soon / "keys" / "targets.pem").rename(tmp_path / "targets.pem")
+    row = next(r for r in tufmesh("origin", "status", "--dir", str(soon)).stdout.splitlines()
+               if r.startswith("targets "))  # fmt: skip
+    assert row.endswith("(file, not here)"), row
 
 
 def test_status_and_projects_cli(repo: Path) -> None:
