@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,6 +53,8 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         earlier = []
     made = ClientHome.create(path, root_json, [origin_url, *mirrors])
     click.echo(f"client set up in {made.path}: {len(made.sources())} source(s)")
+    digest = hashlib.sha256(made.trusted_root).hexdigest()
+    click.echo(f"trusted root sha256 {digest}: check it against the one the maintainers publish")
     dropped = [url for url in earlier if url not in made.sources()]
     if dropped:
         click.echo(f"sources no longer used (init lists them all): {', '.join(dropped)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import sys
@@ -153,7 +154,10 @@ def init(
     repo = OriginRepository.create(repo_dir, config, root_threshold=root_threshold, signers=keys)
     click.echo(f"created repository {repo_dir}")
     click.echo(f"  {bins} hash bins, consistent snapshots, root threshold {root_threshold}")
-    click.echo(f"  trusted root: {repo.metadata_dir / '1.root.json'} (give this to clients)")
+    first = repo.metadata_dir / "1.root.json"
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    click.echo(f"  trusted root: {first} (give this to clients)")
+    click.echo(f"  its sha256: {digest} (publish it apart, for them to check)")
     generated = sorted((repo_dir / "keys").glob("*.pem")) if (repo_dir / "keys").exists() else []
     if generated:
         click.echo(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import ipaddress
 import json
 import math
@@ -190,6 +191,17 @@ class OriginService:
         #: Called after every commit and refresh that changed the timestamp.
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
+
+    def audit(self, entry: dict[str, Any]) -> None:
+        """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
+        when, from which address, with which token, what): after a token
+        leaked, what was published with it, and since when. A log that cannot
+        be written is said, and the publication stands (it is signed already)."""
+        try:
+            with open(self.dir / "uploads.log", "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry, sort_keys=True) + "\n")
+        except OSError as exc:
+            print(f"origin: cannot write uploads.log: {exc.strerror}", file=sys.stderr, flush=True)
 
     async def submit(self, artifact: Artifact) -> int:
         """Publish ``artifact`` (already stored); return the snapshot version holding it."""
@@ -786,11 +798,13 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
         try:
             with uploading.hold(project):
-                return await _publish(request, project, filename, limit)
+                return await _publish(request, project, filename, limit, token)
         finally:
             turns.unpark_all()
 
-    async def _publish(request: Request, project: str, filename: str, limit: int) -> Response:
+    async def _publish(
+        request: Request, project: str, filename: str, limit: int, token: str | None
+    ) -> Response:
         path = f"{project}/{filename}"
         outcome = await _store_body(request, limit)
         if isinstance(outcome, Response):
@@ -821,6 +835,17 @@ def build_app(service: OriginService) -> ByteCounter:
             # not every token holder's.
             print(f"origin: publishing {path} failed: {exc}", file=sys.stderr, flush=True)
             return _error(500, "publishing failed; the origin's log says why")
+        client = request.scope.get("client")
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "from": client[0] if client else None,
+            "token": hashlib.sha256(token.encode()).hexdigest()[:12] if token else None,
+            "target": path,
+            "sha256": artifact.sha256,
+            "length": length,
+            "snapshot_version": version,
+        }
+        await trio.to_thread.run_sync(service.audit, entry)
         return JSONResponse(
             {
                 "target": path,

@@ -685,7 +685,10 @@ def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: P
     proc = tufmesh("mirror", "run", "--dir", str(tmp_path / "m"), "--root", root, "--origin",
                    origin.url, "--peer", with_password, check=False)  # fmt: skip
     assert proc.returncode == 1 and "user name or password is refused" in proc.stderr
-    tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
+    made = tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
+    # The root it now trusts, for its user to check against the maintainers' word.
+    digest = hashlib.sha256(Path(root).read_bytes()).hexdigest()
+    assert f"trusted root sha256 {digest}" in made.stdout
     config = home / "config.toml"
     for text in ("sources = [1, 2]\n", 'sources = "http://x"\n', ""):
         config.write_text(text)

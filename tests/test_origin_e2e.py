@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -54,6 +55,11 @@ def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> 
             env={**os.environ, "TUFMESH_TOKEN": token},
         ).stdout  # fmt: skip
         assert out.startswith("published demo-pkg/demo_pkg-1.0.tar.gz")
+        # Who published what, and when: after a token leaks, what came with it.
+        (entry,) = [json.loads(line) for line in (repo / "uploads.log").read_text().splitlines()]
+        assert entry["target"] == "demo-pkg/demo_pkg-1.0.tar.gz" and entry["from"] == "127.0.0.1"
+        assert entry["token"] == hashlib.sha256(token.encode()).hexdigest()[:12]
+        assert entry["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
         for path, given, said in [
             (tmp_path / "missing.tar.gz", token, "missing.tar.gz: no such file"),
             (tmp_path, token, ": not a regular file"),
