@@ -46,7 +46,8 @@ def mirror() -> None:
 )
 @click.option("--origin", "origin_url", required=True, help="The origin's URL.")
 @click.option("--peer", "peers", multiple=True, help="Another mirror's URL (repeatable).")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where to listen, HTTP and libp2p (this machine only, by default).")  # fmt: skip
 @click.option("--http-port", type=PORT, default=8081, show_default=True,
               help="0 picks a free port.")  # fmt: skip
 @click.option("--poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,

@@ -175,7 +175,8 @@ def init(
 
 @origin.command()
 @repo_option
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where to listen, HTTP and libp2p (this machine only, by default).")  # fmt: skip
 @click.option("--port", type=PORT, default=8080, show_default=True, help="0 picks a free port.")
 @click.option(
     "--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network on this port."
