@@ -163,11 +163,16 @@ def init(
         click.echo(
             f"  generated keys: {', '.join(p.name for p in generated)} in {repo_dir / 'keys'}"
         )
-    if root_threshold < 2 or any(p.name.startswith(("root", "targets", "bins")) for p in generated):
+    offline = sorted(
+        {p.stem.split("-")[0] for p in generated if p.stem.startswith(("root", "targets", "bins"))}
+    )
+    if root_threshold < 2 or offline:
+        why = [f"{', '.join(offline)} keys are files here"] if offline else []
+        why += [f"a root threshold of {root_threshold}"] if root_threshold < 2 else []
         click.secho(
-            "warning: this is a development repository. In production, root, targets and bins "
-            "keys stay offline (hardware keys, a key ceremony, see docs/maintainers.md) "
-            "and root needs a threshold of at least 2.",
+            f"warning: this is a development repository ({'; '.join(why)}). In production, "
+            "root, targets and bins keys stay offline (hardware keys, a key ceremony, see "
+            "docs/maintainers.md) and root needs a threshold of at least 2.",
             fg="yellow",
             err=True,
         )
