@@ -23,7 +23,7 @@ import trio
 from tufmesh._durable import write_at
 from tufmesh.cas import Manifest
 from tufmesh.client._fetcher import FetchConfig
-from tufmesh.client._http import HttpError, RangePool, Refused, TooLong
+from tufmesh.client._http import HttpError, NotHeld, RangePool, Refused, TooLong
 from tufmesh.client._scheduler import ChunkScheduler, SchedulerConfig, SourceStats
 from tufmesh.errors import ChunkRejectedError, ClientError, SourcesFailedError, TufmeshError
 
@@ -248,6 +248,14 @@ async def download_plan(
                     await trio.to_thread.run_sync(store, index, data)
                 except (ChunkRejectedError, TooLong) as exc:
                     scheduler.rejected(source, index, str(exc))
+                except NotHeld as exc:
+                    if replicating is None:
+                        # A mirror of some projects only: asked no more for this
+                        # artifact, and not counted against it (a failure each
+                        # time ranked it last for everything it does hold).
+                        scheduler.drop(source, str(exc))
+                    else:  # a peer still replicating it may hold it soon
+                        scheduler.failed(source, index, str(exc))
                 except Refused as exc:
                     seeded = exc.reason == "seeded"
                     until = clock() + exc.retry

@@ -53,6 +53,11 @@ class Refused(HttpError):
         self.retry = retry
 
 
+class NotHeld(HttpError):
+    """The source does not hold the blob (404): a mirror of some projects
+    only, or one still replicating it; not a failure of the source."""
+
+
 class _Stale(HttpError):
     """A connection closed before any response: on a pooled one, retry once."""
 
@@ -191,6 +196,8 @@ class RangePool:
                     await self._skip(conn, declared)
                     reusable = _keep_alive(version, headers)
                 raise Refused(refused.decode(), retry)
+            if status == 404:
+                raise NotHeld("HTTP 404: not held there")
             if status != 206 and not whole:
                 raise HttpError(f"HTTP {status}")
             if declared is not None and declared > length:
