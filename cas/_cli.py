@@ -42,7 +42,13 @@ def cas(ctx: click.Context, store_dir: Path | None) -> None:
     root = store_dir or data_home() / "cas"
     if root.is_dir() and not (root / "blobs").is_dir() and any(root.iterdir()):
         raise UsageError(f"{root} is not a blob store (no blobs/ in it): give a store or a new dir")
-    if ctx.invoked_subcommand not in ("put", "manifest") and not (root / "blobs").is_dir():
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        return  # (parsed by the subcommand, after this: it needs no store)
+    if (
+        store_dir is not None
+        and ctx.invoked_subcommand not in ("put", "manifest")
+        and not (root / "blobs").is_dir()
+    ):
         # Only storing makes a store: a typo in --store made a whole new one.
         raise UsageError(f"no blob store at {root} ('tufmesh cas put' makes one)")
     ctx.obj = BlobStore(root)

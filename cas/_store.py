@@ -144,8 +144,10 @@ def _regular(path: Path) -> bool:
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     """The same file, unchanged: inode numbers are reused (a put right after a
-    blob was deleted can get the corrupt copy's number), change times are not."""
-    fields = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+    blob was deleted can get the corrupt copy's number), and a put's file is
+    stamped with the time it is published. (Not the change time: a hard link
+    made or removed, as served trees do, changes it.)"""
+    fields = ("st_dev", "st_ino", "st_size", "st_mtime_ns")
     return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 

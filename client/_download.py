@@ -249,12 +249,12 @@ async def download_plan(
                 except (ChunkRejectedError, TooLong) as exc:
                     scheduler.rejected(source, index, str(exc))
                 except NotHeld as exc:
-                    if replicating is None:
+                    if replicating is None and not scheduler.stats[source].chunks:
                         # A mirror of some projects only: asked no more for this
                         # artifact, and not counted against it (a failure each
                         # time ranked it last for everything it does hold).
                         scheduler.drop(source, str(exc))
-                    else:  # a peer still replicating it may hold it soon
+                    else:  # one that has served some of it is replicating it still
                         scheduler.failed(source, index, str(exc))
                 except Refused as exc:
                     seeded = exc.reason == "seeded"

@@ -116,8 +116,13 @@ def signer_kind(uri: str, repo: Path | None = None) -> str:
     """A short description of where a key lives, from its URI scheme (with
     ``repo``: a file key whose file is not on this host says so)."""
     scheme = urlparse(uri).scheme
-    if repo is not None and (path := key_file(repo, uri)) is not None and not path.is_file():
-        return "file, not here"
+    if repo is not None and (path := key_file(repo, uri)) is not None:
+        try:
+            here = path.is_file()
+        except OSError:  # a directory this user may not read
+            here = False
+        if not here:
+            return "file, not here"
     return {
         "file2": "file",
         "gcpkms": "GCP KMS",

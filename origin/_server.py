@@ -17,6 +17,7 @@ import hashlib
 import ipaddress
 import json
 import math
+import os
 import re
 import socket
 import sys
@@ -191,6 +192,15 @@ class OriginService:
         #: Called after every commit and refresh that changed the timestamp.
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
+
+    def published_name(self, project: str, filename: str) -> bool:
+        """Whether ``project/filename`` is published (its link is in the tree:
+        ``targets/<project>/<sha256>.<filename>``)."""
+        try:
+            with os.scandir(self.dir / "targets" / project) as entries:
+                return any(e.name[64:] == f".{filename}" for e in entries)
+        except OSError:
+            return False
 
     def audit(self, entry: dict[str, Any]) -> None:
         """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
@@ -781,7 +791,9 @@ def build_app(service: OriginService) -> ByteCounter:
         # allows: the commit checks again, but bytes it refuses would wait on
         # the disk for the collector, as many as a token's holder cares to send.
         left = repo_config.project_quota - service.committer.used.get(project, 0)
-        if left < limit:
+        # (Not for a path published already: sending the same bytes again, a
+        # retry whose answer was lost, is answered as before, at no cost.)
+        if left < limit and not service.published_name(project, filename):
             limit = left
             if left <= 0 or (declared is not None and int(declared) > left):
                 return _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")

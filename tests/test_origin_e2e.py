@@ -202,6 +202,9 @@ def test_a_project_past_its_quota_is_refused_in_one_line(tmp_path: Path) -> None
         )
         assert "Traceback" not in refused.stderr and snapshot_version(repo) == version
         assert set(BlobStore(repo / "cas")) == blobs
+        # The same bytes again (a retry whose answer was lost): published, as before.
+        again = post(server.url, "greedy", "a.whl", (tmp_path / "a.whl").read_bytes(), token)
+        assert again.status_code == 200 and snapshot_version(repo) == version
 
 
 def test_size_limit(tmp_path: Path) -> None:
