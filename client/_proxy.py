@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Metadata, TargetFile, Timestamp
 
 from tufmesh.errors import NotInMetadataError, TufmeshError
 from tufmesh.origin._names import normalize_project
@@ -167,13 +167,13 @@ class _Index:
             try:
                 with self._client() as client:
                     client.refresh()
-                    cache = client.metadata_dir
-                    snapshot = json.loads((cache / "snapshot.json").read_bytes())
-                    if snapshot["signed"]["version"] != self.snapshot or self.index is None:
+                    # The timestamp just verified names the snapshot version.
+                    data = (client.metadata_dir / "timestamp.json").read_bytes()
+                    timestamp: Timestamp = Metadata[Timestamp].from_bytes(data).signed
+                    if timestamp.snapshot_meta.version != self.snapshot or self.index is None:
                         self.index = ProjectIndex(client.artifacts())
-                        self.snapshot = snapshot["signed"]["version"]
-                    timestamp = json.loads((cache / "timestamp.json").read_bytes())
-                    self.expires = _unix(timestamp["signed"]["expires"])
+                        self.snapshot = timestamp.snapshot_meta.version
+                    self.expires = timestamp.expires.timestamp()
             except TufmeshError:
                 if self.index is None or time.time() >= self.expires:
                     raise
@@ -188,13 +188,6 @@ class _Index:
         name = normalize_project(project)
         with self._client() as client:
             return Path(client.download(f"{name}/{filename}", self.cache / name).path)
-
-
-def _unix(expires: str) -> float:
-    """A TUF ``expires`` (``2026-11-27T12:00:00Z``) as Unix time."""
-    from datetime import datetime
-
-    return datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp()
 
 
 async def serve_proxy(

@@ -23,6 +23,7 @@ __all__ = [
     "PORT",
     "SIZE",
     "Group",
+    "one_line",
     "data_home",
     "fail_on_errors",
     "format_size",
@@ -92,7 +93,7 @@ def fail_on_errors() -> Iterator[None]:
         # ends the command quietly (status 1), not "Error: Broken pipe".
         raise
     except (TufmeshError, OSError) as exc:
-        raise click.ClickException(_one_line(exc)) from None
+        raise click.ClickException(one_line(exc)) from None
     except BaseExceptionGroup as group:  # raised through a trio nursery
         if group.subgroup(KeyboardInterrupt) is not None:
             raise click.Abort from None  # Ctrl-C: "Aborted!", as anywhere else
@@ -102,10 +103,10 @@ def fail_on_errors() -> Iterator[None]:
         first: BaseException = expected
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        raise click.ClickException(_one_line(first)) from None
+        raise click.ClickException(one_line(first)) from None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """What to say of an expected error: an OSError (a directory that cannot be
     written, a full disk) by its reason and the file it concerns."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -228,9 +229,7 @@ def run_service(
         first: BaseException = failed
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        reason = first.strerror if isinstance(first, OSError) and first.strerror else first
-        if isinstance(first, OSError) and first.filename:
-            reason = f"{reason}: {first.filename}"
+        reason = one_line(first)
         if serving:  # not a failure to listen: a file it could not write, say
             raise TufmeshError(f"stopped: {reason}") from None
         raise TufmeshError(f"cannot serve on {where}: {reason}") from None

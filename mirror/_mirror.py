@@ -31,6 +31,7 @@ from typing import Any, Final
 from tuf.api.metadata import Metadata
 
 from tufmesh._durable import fsync_dir, hard_link, write_atomic
+from tufmesh._ui import one_line
 from tufmesh.cas import BlobStore, parse_cid
 from tufmesh.client import Client, SourceHealth
 from tufmesh.client._home import check_url, read_root
@@ -231,7 +232,7 @@ class Mirror:
             except OSError as exc:
                 if report is None:
                     raise
-                report.error = report.error or f"cannot record the sync: {_os_reason(exc)}"
+                report.error = report.error or f"cannot record the sync: {one_line(exc)}"
                 self._unrecorded = asdict(report)
             else:
                 if report is not None:
@@ -276,7 +277,7 @@ class Mirror:
         except TufmeshError as exc:
             report.error = str(exc)
         except OSError as exc:  # our own disk: full, read-only, gone
-            report.error = f"cannot write in {self.dir}: {_os_reason(exc)}"
+            report.error = f"cannot write in {self.dir}: {one_line(exc)}"
         report.bytes_by_source = dict(fetched)
         report.seconds = time.monotonic() - started
         self.record(report)
@@ -485,12 +486,6 @@ class Mirror:
             )
 
         self._update_state(update, report)
-
-
-def _os_reason(exc: OSError) -> str:
-    """``No space left on device: /srv/m/state.json``, or as near as it says."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{reason}: {exc.filename}" if exc.filename else reason
 
 
 #: The type of each entry of ``state.json``.
