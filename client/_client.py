@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import trio
 import urllib3
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import SuccinctRoles, TargetFile, Targets
+from tuf.api.metadata import DelegatedRole, SuccinctRoles, TargetFile, Targets
 from tuf.ngclient import Updater
 
 from tufmesh._durable import fsync_dir
@@ -119,6 +119,9 @@ class Client:
             self.fetch_config,
         )
         self._updater: Updater | None = None
+        #: Roles the last listing left out: expired delegated roles (a claimed
+        #: project whose developers let its metadata lapse, docs/adr/0022).
+        self.lapsed: list[str] = []
         # Each source's failures when the current run began: one that failed
         # anywhere since (metadata, manifest, chunks) is not forgiven.
         self._failures_before = {h.url: h.failures for h in self.fetcher.sources}
@@ -216,14 +219,21 @@ class Client:
             # verified loader for a delegated role (signature, version, expiry).
             # A role's entries count only for the paths delegated to it (and to
             # every role above it), the first in TUF's pre-order walk winning,
-            # as get_targetinfo resolves them (but for terminating delegations,
-            # which this repository's role graph has none of): a bin's key
-            # cannot add paths that belong to another bin.
+            # as get_targetinfo resolves them: a bin's key cannot add paths
+            # that belong to another bin, and none of the paths a terminating
+            # delegation names (a claimed project's) count in a later role.
             Check = Callable[[str], bool]
             stack: list[tuple[str, str, tuple[Check, ...]]] = [("targets", "root", ())]
+            lapsed = []
             while stack:
                 role, parent, checks = stack.pop()
-                targets: Targets = updater._load_targets(role, parent)
+                try:
+                    targets: Targets = updater._load_targets(role, parent)
+                except tuf_errors.ExpiredMetadataError:
+                    if parent != "targets" or role == "bins":
+                        raise
+                    lapsed.append(role)  # its own paths only: the others list on
+                    continue
                 for path, target in targets.targets.items():
                     if path not in found and all(check(path) for check in checks):
                         found[path] = target
@@ -235,9 +245,13 @@ class Client:
                         (name, _bin_check(succinct, name)) for name in succinct.get_roles()
                     )
                 elif delegations is not None:
+                    ended: list[DelegatedRole] = []  # earlier terminating siblings
                     for name, child in (delegations.roles or {}).items():
-                        children.append((name, child.is_delegated_path))
+                        children.append((name, _after(child, tuple(ended))))
+                        if child.terminating:
+                            ended.append(child)
                 stack.extend((name, role, (*checks, check)) for name, check in reversed(children))
+            self.lapsed = lapsed
             return list(found.values())
 
         everything = self._with_failover(walk)
@@ -543,6 +557,15 @@ def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:
                 continue
             have.add(index)
     return have
+
+
+def _after(role: DelegatedRole, ended: tuple[DelegatedRole, ...]) -> Callable[[str], bool]:
+    """Whether a path is ``role``'s to list: delegated to it, and to no
+    terminating delegation before it (TUF's search stops at that one)."""
+    return lambda path: (
+        role.is_delegated_path(path)
+        and not any(earlier.is_delegated_path(path) for earlier in ended)
+    )
 
 
 def _bin_check(succinct: SuccinctRoles, name: str) -> Callable[[str], bool]:

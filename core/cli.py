@@ -31,6 +31,7 @@ _COMMANDS = {
     "mirror": "tufmesh.mirror._cli:mirror",
     "netsim": "tufmesh.netsim._cli:netsim",
     "origin": "tufmesh.origin._cli:origin",
+    "developer": "tufmesh.origin._cli:developer",
     "publish": "tufmesh.origin._cli:publish",
 }
 

@@ -52,6 +52,7 @@ __all__ = [
     "MetadataRefusedError",
     "NotInMetadataError",
     "OriginError",
+    "OwnedMetadataError",
     "PinError",
     "PublishError",
     "SourcesFailedError",
@@ -129,6 +130,12 @@ class ArtifactRefusedError(OriginError):
     """One artifact of a commit does not agree with the store (its blob gone
     meanwhile, its hashes another blob's): said to its uploader, unlike a
     failure of the commit itself, whose reason is the operator's."""
+
+
+class OwnedMetadataError(OriginError):
+    """A project's own signed metadata (docs/adr/0022) that the origin does not
+    publish: not signed by the project's keys, another role's, not the next
+    version, expired, or naming what the project may not."""
 
 
 class AuthError(OriginError):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import httpx
@@ -23,7 +24,7 @@ from tufmesh.origin._publish import upload
 from tufmesh.origin._repository import OriginRepository
 from tufmesh.origin._server import serve as serve_repository
 
-__all__ = ["origin", "publish"]
+__all__ = ["developer", "origin", "publish"]
 
 T = TypeVar("T")
 
@@ -284,6 +285,21 @@ def status(repo_dir: Path) -> None:
     artifacts = repo.artifacts()
     total = sum(t.length for t in artifacts)
     click.echo(f"{len(artifacts)} artifacts, {format_size(total)}")
+    owned = repo.owned()
+    if owned:
+        click.echo(f"{len(owned)} projects sign their own metadata (project-<name>):")
+    for name, (version, expires) in sorted(owned.items()):
+        left = _human_delta((expires - now).total_seconds())
+        click.echo(f"  {name:{width - 2}} {version:>5} {expires.isoformat():25} {left:>12}")
+        if expires - now < timedelta(days=30):
+            # Theirs to sign, not the maintainers': the other projects are served on.
+            click.secho(
+                f"warning: {name}'s own metadata {'expired' if expires <= now else 'expires'} "
+                f"on {expires:%Y-%m-%d}: clients find none of its artifacts after that until "
+                "its developers sign it again ('tufmesh developer sign')",
+                fg="yellow",
+                err=True,
+            )
     stale = [row.role for row in rows if row.expires <= now]  # the online ones too
     if stale and not expired:
         click.secho(
@@ -493,6 +509,34 @@ def project_list(repo_dir: Path) -> None:
         click.echo(f"{name}\tcreated {info['created']}{rotated}")
 
 
+@project.command("claim")
+@repo_option
+@click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
+def project_claim(repo_dir: Path, request: Path) -> None:
+    """Hand a project to its developers' keys (a ceremony: the targets keys sign).
+
+    REQUEST is what 'tufmesh developer claim' wrote: the developers' public
+    key and the first version of the project's metadata, signed by it and
+    listing every artifact the project has published. From then on only that
+    key publishes the project's artifacts, not the origin's online keys. A
+    project claimed already gets the request's key instead (its next version).
+    With the origin stopped.
+    """
+    from tufmesh.origin._developer import read_claim
+
+    project, keys, threshold, data = read_claim(request)
+    if project not in ProjectRegistry(repo_dir).names():
+        raise OriginError(f"no project {project} here ('origin project add' registers it)")
+    repo = _ceremony(repo_dir)
+    done = _on_disk(lambda: repo.claim(project, keys, threshold, data))
+    listed = sum(1 for t in repo.artifacts() if t.path.startswith(f"{project}/"))
+    click.echo(
+        f"claimed {project}: its artifacts ({listed}) are signed by "
+        f"{', '.join(k.keyid[:12] for k in keys)} (threshold {threshold}) from now on"
+    )
+    _report(repo, done)
+
+
 @project.command("token-rotate")
 @repo_option
 @click.argument("name")
@@ -511,7 +555,16 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
 )
 @click.option("--project", required=True, help="Project to publish to.")
 @click.option("--token", envvar="TUFMESH_TOKEN", help="Upload token [env TUFMESH_TOKEN].")
-def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str | None) -> None:
+@click.option(
+    "--key",
+    envvar="TUFMESH_KEY",
+    help="The project's own signing key (a PEM file or file2: URI) if the project is "
+    "claimed: the files are published in one new version of its metadata, signed "
+    "here [env TUFMESH_KEY].",
+)
+def publish(
+    files: tuple[Path, ...], origin_url: str, project: str, token: str | None, key: str | None
+) -> None:
     """Publish FILES to a project on an origin; one line per file."""
     from tufmesh.client._home import check_url
 
@@ -539,7 +592,10 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str |
             raise UsageError(f"cannot read {path}: not a regular file")
         check_filename(path.name)
     from tufmesh.client._http import tls_context
+    from tufmesh.origin._developer import load_key
 
+    signer = load_key(key) if key is not None else None
+    stored: list[tuple[Path, dict[str, Any]]] = []  # for the project's own keys to sign
     with httpx.Client(verify=tls_context()) as client:
         for path in files:
             try:
@@ -552,12 +608,63 @@ def publish(files: tuple[Path, ...], origin_url: str, project: str, token: str |
                 failures += 1
                 click.echo(f"error: {exc}", err=True)
                 continue
+            if "signed_by" in answer and not answer.get("published"):
+                if signer is None:
+                    failures += 1
+                    click.echo(
+                        f"error: {path.name}: stored, not published: {normalize_project(project)} "
+                        "signs its own metadata (publish with --key)",
+                        err=True,
+                    )
+                else:
+                    stored.append((path, answer))
+                continue
+            version = answer.get("snapshot_version")
             click.echo(
                 f"published {answer['target']}  {format_size(answer['length'])}  "
-                f"sha256 {answer['sha256'][:16]}…  snapshot v{answer['snapshot_version']}"
+                f"sha256 {answer['sha256'][:16]}…"
+                + (f"  snapshot v{version}" if version is not None else "  (already)")
             )
+        if stored and signer is not None:
+            failures += _sign_stored(client, origin_url, project, token, signer, stored)
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files were not published")
+
+
+def _sign_stored(
+    client: httpx.Client,
+    origin_url: str,
+    project: str,
+    token: str,
+    signer: Any,
+    stored: list[tuple[Path, dict[str, Any]]],
+) -> int:
+    """Sign the next version of the claimed project's metadata listing the
+    ``stored`` files (their entries computed here, from the files) and send
+    it; print a line per file; return the failures (all of them, or none)."""
+    from tufmesh.origin._developer import next_version, published_version, send_version, target_of
+
+    project = normalize_project(project)
+    try:
+        adding = []
+        for path, answer in stored:
+            target = target_of(path, project, int(answer["chunk_size"]))
+            if target.hashes["sha256"] != answer["sha256"]:
+                raise UsageError(f"{path} changed while it was uploaded: publish it again")
+            adding.append(target)
+        current = published_version(client, origin_url, project)
+        data = next_version(current, [signer], add=adding)
+        answer = send_version(client, origin_url, project, data, token)
+    except TufmeshError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return len(stored)
+    for target in adding:
+        click.echo(
+            f"published {target.path}  {format_size(target.length)}  "
+            f"sha256 {target.hashes['sha256'][:16]}…  {answer['role']} v{answer['version']}, "
+            f"snapshot v{answer['snapshot_version']}"
+        )
+    return 0
 
 
 def _loopback(host: str) -> bool:
@@ -568,3 +675,103 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@click.group(cls=Group)
+def developer() -> None:
+    """A project's own signing key: claim the project, re-sign its metadata.
+
+    A claimed project's artifacts are signed by its developers' key, so that
+    not even the origin's online keys can publish or change them (PEP 480;
+    'tufmesh publish --key' publishes to it).
+    """
+
+
+@developer.command("keygen")
+@click.argument("keyfile", type=click.Path(dir_okay=False, path_type=Path))
+def developer_keygen(keyfile: Path) -> None:
+    """Make a new Ed25519 signing key in KEYFILE (mode 0600; keep it secret, and a copy)."""
+    from tufmesh.origin._developer import generate_key
+
+    key = generate_key(keyfile)
+    click.echo(f"wrote {keyfile}: key id {key.keyid}")
+
+
+@developer.command("claim")
+@click.argument("project")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the request [default: PROJECT.claim.json].",
+)
+@click.option(
+    "--chunk-size",
+    type=SIZE,
+    default="1MiB",
+    show_default=True,
+    help="The origin's chunk size (tufmesh publish prints it).",
+)
+def developer_claim(
+    project: str, files: tuple[Path, ...], key: str, output: Path | None, chunk_size: int
+) -> None:
+    """Write the request to claim PROJECT for KEY, listing FILES: every
+    artifact the project has published (the origin refuses a claim that
+    leaves one out or differs; 'tufmesh get' fetches those you lack).
+    Hand the request to the repository's maintainers."""
+    from tufmesh.origin._developer import claim_request, load_key, target_of
+
+    signer = load_key(key)
+    project = normalize_project(project)
+    request = claim_request(project, signer, [target_of(f, project, chunk_size) for f in files])
+    output = output or Path(f"{project}.claim.json")
+    try:
+        with open(output, "x", encoding="utf-8") as handle:
+            json.dump(request, handle, indent=1)
+            handle.write("\n")
+    except FileExistsError:
+        raise UsageError(f"{output} exists already") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(
+        f"wrote {output}: {project} for key {signer.public_key.keyid[:12]}, "
+        f"{len(files)} artifacts; the maintainers run 'tufmesh origin project claim' with it"
+    )
+
+
+@developer.command("sign")
+@click.argument("project")
+@click.option("--origin", "origin_url", required=True, help="Origin URL.")
+@click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
+@click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
+@click.option(
+    "--drop",
+    "drops",
+    multiple=True,
+    metavar="FILENAME",
+    help="Take an artifact out (its name is never published again). Repeatable.",
+)
+def developer_sign(
+    project: str, origin_url: str, token: str, key: str, drops: tuple[str, ...]
+) -> None:
+    """Sign PROJECT's metadata anew (a fresh year's expiry), dropping any
+    --drop artifacts, and send it to the origin."""
+    from tufmesh.client._home import check_url
+    from tufmesh.client._http import tls_context
+    from tufmesh.origin._developer import load_key, next_version, published_version, send_version
+
+    origin_url = check_url(origin_url)
+    signer = load_key(key)
+    project = normalize_project(project)
+    paths = [f"{project}/{check_filename(name)}" for name in drops]
+    with httpx.Client(verify=tls_context()) as client:
+        current = published_version(client, origin_url, project)
+        data = next_version(current, [signer], drop=paths)
+        answer = send_version(client, origin_url, project, data, token.strip())
+    for path in paths:
+        click.echo(f"dropped {path}")
+    click.echo(
+        f"signed {answer['role']} v{answer['version']}, snapshot v{answer['snapshot_version']}"
+    )

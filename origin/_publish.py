@@ -126,12 +126,16 @@ def _retry_after(response: httpx.Response) -> float:
 def _answer(response: httpx.Response, path: Path, origin: str) -> dict[str, Any]:
     """The origin's JSON answer to a finished upload, or :class:`PublishError`."""
     body = _body(response)
-    if response.status_code != 200:
+    # 202: stored, for a claimed project's developers to sign (docs/adr/0022).
+    if response.status_code not in (200, 202):
         raise PublishError(
             f"{path.name}: refused by the origin ({response.status_code}): "
             f"{_reason(body, response)}"
         )
-    if not {"target", "length", "sha256", "snapshot_version"} <= body.keys():
+    expected = {"target", "length", "sha256"} | (
+        {"signed_by", "chunk_size"} if "signed_by" in body else {"snapshot_version"}
+    )
+    if not expected <= body.keys():
         raise PublishError(
             f"{path.name}: {origin} answered, but not as a tufmesh origin does: "
             "is --origin the origin's URL?"

@@ -2,12 +2,13 @@
 
 Role graph (docs/adr/0005)::
 
-    root ──> targets ──> bins ──(succinct, TAP 15)──> bin-00 .. bin-ff
-                 └─> (later: one role per developer-signed project, PEP 480,
-                      delegated before "bins", terminating)
+    root ──> targets ──> project-<name> ... (claimed projects, PEP 480:
+                 │          before the bins, terminating, their developers' keys)
+                 └─> bins ──(succinct, TAP 15)──> bin-00 .. bin-ff
 
 root, targets and bins are signed with offline keys, once at init and then in
-key ceremonies; bin-N, snapshot and timestamp with online keys, by this process.
+key ceremonies; bin-N, snapshot and timestamp with online keys, by this process;
+a claimed project's role by its developers' keys, never here (docs/adr/0022).
 
 Invariants:
 
@@ -66,6 +67,7 @@ from tufmesh.errors import (
     ConflictError,
     InvalidNameError,
     OriginError,
+    OwnedMetadataError,
     PinError,
     QuotaError,
     StoreError,
@@ -79,6 +81,7 @@ from tufmesh.origin._config import (
 )
 from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
 from tufmesh.origin._names import target_path
+from tufmesh.origin._owned import owned_delegation, owned_project, owned_role, parse_owned
 
 __all__ = [
     "REFRESH_FRACTION",
@@ -116,6 +119,29 @@ class Artifact:
     #: verified whole against its CID (docs/adr/0005).
     manifest: str | None
     chunk_size: int
+
+    @classmethod
+    def from_target(cls, target: TargetFile) -> Artifact:
+        """The artifact ``target`` describes, if it is written exactly as
+        :meth:`target_file` writes one (a developer's own entry, say), else
+        :class:`OwnedMetadataError`: mirrors and clients read only these fields."""
+        custom = target.unrecognized_fields.get("custom")
+        if not isinstance(custom, dict):
+            custom = {}
+        cid, manifest, size = custom.get("cid"), custom.get("manifest"), custom.get("chunk_size")
+        if (
+            isinstance(cid, str)
+            and isinstance(manifest, str | None)
+            and type(size) is int
+            and isinstance(target.hashes.get("sha256"), str)
+        ):
+            artifact = cls(target.path, target.length, target.hashes["sha256"], cid, manifest, size)
+            if artifact.target_file() == target:
+                return artifact
+        raise OwnedMetadataError(
+            f"{target.path}: not an entry as the origin writes one (length, hashes with "
+            "sha256 alone, custom with cid, chunk_size and, for more than one chunk, manifest)"
+        )
 
     def target_file(self) -> TargetFile:
         """The TUF target entry: length, sha256, and the CIDs peers need in ``custom``."""
@@ -374,17 +400,21 @@ class OriginRepository(Repository):
         for role, md in self._md.items():
             if role == "root":
                 continue
-            if role in ("targets", "snapshot", "timestamp"):
-                delegator: Root | Targets = self._md["root"].signed
-            elif role == DELEGATING_BINS:
-                delegator = self._md["targets"].signed
-            else:
-                delegator = self._md[DELEGATING_BINS].signed
+            delegator: Root | Targets = self._md[self._delegator(role)].signed
             try:
                 delegator.verify_delegate(role, md.signed_bytes, md.signatures)
             except Exception:  # UnsignedMetadataError, or a role it no longer delegates
                 broken.append(role)
         return sorted(broken)
+
+    @staticmethod
+    def _delegator(role: str) -> str:
+        """The role that delegates to ``role`` (which signs its keys)."""
+        if role in ("targets", "snapshot", "timestamp"):
+            return "root"
+        if role == DELEGATING_BINS or owned_project(role) is not None:
+            return "targets"
+        return DELEGATING_BINS
 
     def _read(self, role: str, path: Path) -> None:
         try:
@@ -463,9 +493,9 @@ class OriginRepository(Repository):
         if role in ("root", "targets", "snapshot", "timestamp"):
             spec = self._md["root"].signed.roles[role]
             return list(spec.keyids), spec.threshold
-        if role == DELEGATING_BINS:
+        if self._delegator(role) == "targets":
             delegations = self._md["targets"].signed.delegations
-            spec = delegations.roles[DELEGATING_BINS]
+            spec = delegations.roles[role]
             return list(spec.keyids), spec.threshold
         return list(self.succinct.keyids), self.succinct.threshold
 
@@ -572,9 +602,29 @@ class OriginRepository(Repository):
 
     def find(self, path: str) -> TargetFile | None:
         """The published target at ``path``, if any."""
-        role = self.succinct.get_role_for_target(path)
-        found: TargetFile | None = self._md[role].signed.targets.get(path)
+        found: TargetFile | None = self._md[self._role_of(path)].signed.targets.get(path)
         return found
+
+    def _role_of(self, path: str) -> str:
+        """The role that lists ``path``: its project's own if claimed, else its bin."""
+        owned = owned_role(path.split("/", 1)[0])
+        return owned if owned in self._md else self.succinct.get_role_for_target(path)
+
+    def claimed(self, project: str) -> bool:
+        """Whether ``project`` signs its own metadata (docs/adr/0022)."""
+        return owned_role(project) in self._md
+
+    def owned(self) -> dict[str, tuple[int, datetime]]:
+        """Each claimed project's role version and expiry."""
+        return {
+            project: (md.signed.version, md.signed.expires)
+            for role, md in self._md.items()
+            if (project := owned_project(role)) is not None
+        }
+
+    def _listing(self, role: str) -> bool:
+        """Whether ``role`` lists artifacts (a bin, a claimed project's role)."""
+        return role.startswith("bin-") or owned_project(role) is not None
 
     def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
         """Publish a batch of stored artifacts in one new snapshot (group commit).
@@ -596,6 +646,12 @@ class OriginRepository(Repository):
         linked: list[Path] = []  # this batch's new links, to undo if it fails
         try:
             for i, artifact in enumerate(artifacts):
+                project = artifact.path.split("/", 1)[0]
+                if self.claimed(project):
+                    results[i] = ArtifactRefusedError(
+                        f"{artifact.path}: {project} signs its own metadata (publish with its key)"
+                    )
+                    continue
                 role = self.succinct.get_role_for_target(artifact.path)
                 current = by_bin[role].get(artifact.path) or self.find(artifact.path)
                 if current is None and artifact.path in removed:
@@ -618,7 +674,6 @@ class OriginRepository(Repository):
                 if role not in sizes:
                     sizes[role] = len(self._bytes[role])  # load() read every bin
                 grown = sizes[role] + _entry_size(target)
-                project = artifact.path.split("/", 1)[0]
                 try:
                     held = used[project] + adding[project]
                     if held + artifact.length > self.config.project_quota:
@@ -665,7 +720,7 @@ class OriginRepository(Repository):
         if self._used is None:
             self._used = Counter()
             for role, md in self._md.items():
-                if role.startswith("bin-"):
+                if self._listing(role):
                     for path, target in md.signed.targets.items():
                         self._used[path.split("/", 1)[0]] += target.length
         return self._used
@@ -825,9 +880,8 @@ class OriginRepository(Repository):
         refreshed = []
         broken = set(self.broken)  # roles a cut-short ceremony left unsigned
         try:
-            for role in sorted(self._md):
-                due = force or role in broken or self._stale(role, now)
-                if role.startswith("bin-") and due:
+            for role in sorted(r for r in self._md if r.startswith("bin-")):
+                if force or role in broken or self._stale(role, now):
                     with self.edit_targets(role):
                         pass
                     refreshed.append(role)
@@ -895,19 +949,18 @@ class OriginRepository(Repository):
                     if path in removed:
                         continue  # its metadata is gone already; clean up below
                     raise OriginError(f"{path} is not published")
+                if self.claimed(path.split("/", 1)[0]):
+                    raise OriginError(
+                        f"{path}: its project signs its own metadata, which only its keys "
+                        "change (or 'origin project claim' gives the project new keys)"
+                    )
                 with self.edit_targets(self.succinct.get_role_for_target(path)) as bin_role:
                     del bin_role.targets[path]
-                custom = target.unrecognized_fields.get("custom", {})
-                removed[path] = {
-                    "sha256": target.hashes["sha256"],
-                    "blobs": sorted({custom.get("cid"), custom.get("manifest")} - {None}),
-                    "removed": now,
-                }
+                removed[path] = _removal(target, now)
                 edited = True
             if edited:
                 # The record first: were the commit cut short, the names stay taken.
-                data = (json.dumps(removed, indent=1) + "\n").encode()
-                write_atomic(self.dir / "removed.json", data)
+                self._record_removed(removed)
                 self._commit()
         except BaseException:
             self.load()
@@ -916,6 +969,9 @@ class OriginRepository(Repository):
         for path in wanted:
             self._unlink(path, removed[path])
         return int(self._md["snapshot"].signed.version)
+
+    def _record_removed(self, removed: dict[str, dict[str, Any]]) -> None:
+        write_atomic(self.dir / "removed.json", (json.dumps(removed, indent=1) + "\n").encode())
 
     def _unlink(self, path: str, record: dict[str, Any]) -> None:
         """Drop a removed artifact's link in ``targets/`` and, if nothing else
@@ -945,6 +1001,165 @@ class OriginRepository(Repository):
             with contextlib.suppress(PinError):  # no pin set: nothing to unpin
                 self.store.unpin(f"project:{project}", unused)
         return unused
+
+    # -- claimed projects: metadata their developers sign (docs/adr/0022) -------
+
+    def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+        """Publish claimed ``project``'s next metadata version, signed by its
+        developers (``data``, as they sent it): the artifacts it adds must be
+        stored, the ones it keeps unchanged, and the ones it drops are removed
+        (their names never used again). Returns the role's version and the
+        snapshot's."""
+        role = owned_role(project)
+        if role not in self._md:
+            raise OwnedMetadataError(
+                f"{project} is not claimed: the origin signs its artifacts (a ceremony, "
+                "'origin project claim', hands it to its developers' keys)"
+            )
+        delegations = self._md["targets"].signed.delegations
+        current: Targets = self._md[role].signed
+        md = parse_owned(
+            project,
+            data,
+            keys=delegations.keys,
+            delegation=delegations.roles[role],
+            version=current.version + 1,
+            now=self.clock(),
+            limit=self.config.max_bin_bytes,
+        )
+        self._adopt(project, md, data, dict(current.targets))
+        return md.signed.version, int(self._md["snapshot"].signed.version)
+
+    def claim(self, project: str, keys: list[Key], threshold: int, data: bytes) -> list[str]:
+        """A ceremony (the targets keys sign): delegate ``project``'s paths to
+        ``keys`` before the bins, terminating, and publish the first version of
+        its role, ``data``, signed by them. Every artifact the project has
+        published must be in it, unchanged; they leave the bins. A project
+        claimed already gets the new keys (``data`` then its next version)."""
+        role = owned_role(project)
+        delegation = owned_delegation(project, keys, threshold)
+        delegations = self._md["targets"].signed.delegations
+        assert delegations is not None and delegations.roles is not None
+        if role in self._md:
+            previous = dict(self._md[role].signed.targets)
+            version = self._md[role].signed.version + 1
+        else:
+            previous = {t.path: t for t in self.artifacts() if t.path.startswith(f"{project}/")}
+            version = 1
+        md = parse_owned(
+            project,
+            data,
+            keys={key.keyid: key for key in keys},
+            delegation=delegation,
+            version=version,
+            now=self.clock(),
+            limit=self.config.max_bin_bytes,
+        )
+        missing = sorted(set(previous) - set(md.signed.targets))
+        if missing:
+            raise OwnedMetadataError(
+                f"the project's metadata leaves out what it has published: {', '.join(missing)}"
+            )
+        try:
+            with self.edit_targets("targets") as targets:
+                edited = targets.delegations
+                assert edited is not None and edited.roles is not None
+                old = edited.roles.pop(role, None)
+                # Projects first, in the order claimed: the bins come last.
+                claimed = {k: v for k, v in edited.roles.items() if k != DELEGATING_BINS}
+                edited.roles = {
+                    **claimed,
+                    role: delegation,
+                    DELEGATING_BINS: edited.roles[DELEGATING_BINS],
+                }
+                still = {k for r in edited.roles.values() for k in r.keyids}
+                for keyid in old.keyids if old is not None else ():
+                    if keyid not in still:
+                        edited.keys.pop(keyid, None)
+                edited.keys.update({key.keyid: key for key in keys})
+            check_single_delegator(
+                {
+                    "targets": self._md["targets"].signed,
+                    DELEGATING_BINS: self._md[DELEGATING_BINS].signed,
+                }
+            )
+            bins = {self.succinct.get_role_for_target(p) for p in previous}
+            if version == 1:
+                for name in sorted(bins):
+                    with self.edit_targets(name) as listed:
+                        for path in previous:
+                            listed.targets.pop(path, None)
+            self._adopt(project, md, data, previous, ceremony=True)
+        except BaseException:
+            self.load()
+            raise
+        self._broken = None
+        return ["targets", *(sorted(bins) if version == 1 else []), role, "snapshot", "timestamp"]
+
+    def _adopt(
+        self,
+        project: str,
+        md: Metadata[Targets],
+        data: bytes,
+        previous: dict[str, TargetFile],
+        *,
+        ceremony: bool = False,
+    ) -> None:
+        """Publish ``md`` (as ``data``) as the project's role: its new artifacts
+        checked against the store, pinned and linked, those it drops recorded
+        as removed, then a new snapshot and timestamp. Undone on failure."""
+        role = owned_role(project)
+        removed = self.removed()
+        adding: list[Artifact] = []
+        for path, target in md.signed.targets.items():
+            if path in previous:
+                if previous[path] != target:
+                    raise ConflictError(
+                        f"{path} is published with other bytes or CIDs (sha256 "
+                        f"{previous[path].hashes.get('sha256')}); artifacts are immutable"
+                    )
+                continue
+            if path in removed:
+                raise ConflictError(f"{path} was published and removed; its name is not used again")
+            artifact = Artifact.from_target(target)
+            try:
+                self._check(artifact)
+            except ArtifactRefusedError as exc:
+                raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
+            adding.append(artifact)
+        total = sum(t.length for t in md.signed.targets.values())
+        if total > self.config.project_quota:
+            raise QuotaError(
+                f"{project} would hold {total:,} bytes of artifacts, past its quota of "
+                f"{self.config.project_quota:,}"
+            )
+        dropped = [path for path in previous if path not in md.signed.targets]
+        now = self.clock().isoformat(timespec="seconds")
+        linked: list[Path] = []
+        try:
+            self._pin(adding)
+            for artifact in adding:
+                if self._link_target(artifact):
+                    linked.append(self._target_link(artifact))
+            for path in dropped:
+                removed[path] = _removal(previous[path], now)
+            if dropped:  # the record first, as for a removal
+                self._record_removed(removed)
+            self._md[role] = md
+            self._bytes[role] = data
+            if role not in self._pending:
+                self._pending.append(role)
+            if ceremony:
+                self._finish_ceremony([])
+            else:
+                self._commit()
+        except BaseException:
+            self.load()
+            self._undo(adding, linked)
+            raise
+        self._used = None  # counted again when next asked
+        for path in dropped:
+            self._unlink(path, removed[path])
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------
 
@@ -1170,10 +1385,20 @@ class OriginRepository(Repository):
         found = [
             target
             for role, md in self._md.items()
-            if role.startswith("bin-")
+            if self._listing(role)
             for target in md.signed.targets.values()
         ]
         return sorted(found, key=lambda t: t.path)
+
+
+def _removal(target: TargetFile, when: str) -> dict[str, Any]:
+    """The record of a removed artifact (``removed.json``): its sha256 and blobs."""
+    custom = target.unrecognized_fields.get("custom", {})
+    return {
+        "sha256": target.hashes["sha256"],
+        "blobs": sorted({custom.get("cid"), custom.get("manifest")} - {None}),
+        "removed": when,
+    }
 
 
 def _entry_size(target: TargetFile) -> int:

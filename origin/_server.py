@@ -44,12 +44,14 @@ from tufmesh.errors import (
     ForbiddenError,
     InvalidNameError,
     OriginError,
+    OwnedMetadataError,
     QuotaError,
     StoreError,
     TufmeshError,
 )
 from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
@@ -193,14 +195,14 @@ class OriginService:
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
 
-    def published_name(self, project: str, filename: str) -> bool:
-        """Whether ``project/filename`` is published (its link is in the tree:
-        ``targets/<project>/<sha256>.<filename>``)."""
+    def published_sha256(self, project: str, filename: str) -> str | None:
+        """The sha256 of ``project/filename`` if it is published (its link is
+        in the tree: ``targets/<project>/<sha256>.<filename>``)."""
         try:
             with os.scandir(self.dir / "targets" / project) as entries:
-                return any(e.name[64:] == f".{filename}" for e in entries)
+                return next((e.name[:64] for e in entries if e.name[64:] == f".{filename}"), None)
         except OSError:
-            return False
+            return None
 
     def audit(self, entry: dict[str, Any]) -> None:
         """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
@@ -768,12 +770,8 @@ def build_app(service: OriginService) -> ByteCounter:
             }
         )
 
-    async def upload(request: Request) -> Response:
-        try:
-            project = normalize_project(request.path_params["project"])
-            filename = check_filename(request.path_params["filename"])
-        except InvalidNameError as exc:
-            return _error(400, str(exc))
+    def _authorized(request: Request, project: str) -> str | Response | None:
+        """The request's upload token if it may publish to ``project``, else the answer."""
         auth = request.headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         try:
@@ -782,6 +780,29 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(403, str(exc))
         except AuthError as exc:
             return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
+        return token
+
+    async def _audit(request: Request, token: str | None, entry: dict[str, Any]) -> None:
+        """Log a publication with when, from where and with which token (a prefix
+        of its hash): ``uploads.log`` (:meth:`OriginService.audit`)."""
+        client = request.scope.get("client")
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "from": client[0] if client else None,
+            "token": hashlib.sha256(token.encode()).hexdigest()[:12] if token else None,
+            **entry,
+        }
+        await trio.to_thread.run_sync(service.audit, entry)
+
+    async def upload(request: Request) -> Response:
+        try:
+            project = normalize_project(request.path_params["project"])
+            filename = check_filename(request.path_params["filename"])
+        except InvalidNameError as exc:
+            return _error(400, str(exc))
+        token = _authorized(request, project)
+        if isinstance(token, Response):
+            return token
         limit = repo_config.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
@@ -793,7 +814,7 @@ def build_app(service: OriginService) -> ByteCounter:
         left = repo_config.project_quota - service.committer.used.get(project, 0)
         # (Not for a path published already: sending the same bytes again, a
         # retry whose answer was lost, is answered as before, at no cost.)
-        if left < limit and not service.published_name(project, filename):
+        if left < limit and service.published_sha256(project, filename) is None:
             limit = left
             if left <= 0 or (declared is not None and int(declared) > left):
                 return _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
@@ -830,6 +851,8 @@ def build_app(service: OriginService) -> ByteCounter:
             manifest=manifest,
             chunk_size=repo_config.chunk_size,
         )
+        if project in service.committer.state.claimed:
+            return _stored(artifact)
         try:
             version = await service.submit(artifact)
         except ConflictError as exc:
@@ -847,17 +870,8 @@ def build_app(service: OriginService) -> ByteCounter:
             # not every token holder's.
             print(f"origin: publishing {path} failed: {exc}", file=sys.stderr, flush=True)
             return _error(500, "publishing failed; the origin's log says why")
-        client = request.scope.get("client")
-        entry = {
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "from": client[0] if client else None,
-            "token": hashlib.sha256(token.encode()).hexdigest()[:12] if token else None,
-            "target": path,
-            "sha256": artifact.sha256,
-            "length": length,
-            "snapshot_version": version,
-        }
-        await trio.to_thread.run_sync(service.audit, entry)
+        entry = {"target": path, "sha256": artifact.sha256, "length": length}
+        await _audit(request, token, {**entry, "snapshot_version": version})
         return JSONResponse(
             {
                 "target": path,
@@ -867,6 +881,71 @@ def build_app(service: OriginService) -> ByteCounter:
                 "manifest": manifest,
                 "snapshot_version": version,
             }
+        )
+
+    def _stored(artifact: Artifact) -> Response:
+        """The answer to an upload to a claimed project: stored, and published
+        only once its developers sign a version of the project's metadata that
+        names it (docs/adr/0022)."""
+        project, filename = artifact.path.split("/", 1)
+        published = service.published_sha256(project, filename)
+        if published is not None and published != artifact.sha256:
+            return _error(
+                409,
+                f"{artifact.path} is already published with different bytes (sha256 "
+                f"{published}); artifacts are immutable",
+            )
+        body = {
+            "target": artifact.path,
+            "length": artifact.length,
+            "sha256": artifact.sha256,
+            "cid": artifact.cid,
+            "manifest": artifact.manifest,
+            "chunk_size": artifact.chunk_size,
+            "signed_by": owned_role(project),
+            "published": published is not None,
+        }
+        return JSONResponse(body, status_code=200 if published else 202)
+
+    async def owned_metadata(request: Request) -> Response:
+        """A claimed project's next metadata version, signed by its developers."""
+        try:
+            project = normalize_project(request.path_params["project"])
+        except InvalidNameError as exc:
+            return _error(400, str(exc))
+        token = _authorized(request, project)
+        if isinstance(token, Response):
+            return token
+        limit = repo_config.max_bin_bytes
+        data = bytearray()
+        try:
+            async with contextlib.aclosing(request.stream()) as body:
+                async for piece in body:
+                    data += piece
+                    if len(data) > limit:
+                        return _error(413, f"metadata over the {limit:,} bytes clients read")
+        except ClientDisconnect:
+            return NoAnswer()
+        try:
+            version, snapshot = await service.committer.take_owned(project, bytes(data))
+        except OwnedMetadataError as exc:
+            return _error(400, str(exc))
+        except ConflictError as exc:
+            return _error(409, str(exc))
+        except QuotaError as exc:
+            return _error(413, str(exc))
+        except ArtifactRefusedError as exc:
+            return _error(400, str(exc))
+        except OriginError as exc:
+            print(f"origin: publishing {project}'s metadata failed: {exc}", file=sys.stderr)
+            return _error(500, "publishing failed; the origin's log says why")
+        service.commits += 1
+        await service._announce_if_new()
+        entry = {"role": owned_role(project), "version": version}
+        entry["sha256"] = hashlib.sha256(data).hexdigest()
+        await _audit(request, token, {**entry, "snapshot_version": snapshot})
+        return JSONResponse(
+            {"role": owned_role(project), "version": version, "snapshot_version": snapshot}
         )
 
     async def _store_body(request: Request, limit: int) -> tuple[str, str | None, int] | Response:
@@ -920,6 +999,7 @@ def build_app(service: OriginService) -> ByteCounter:
         *tree_routes(service.dir, store, gate=service.uploads),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/api/v1/projects/{project}/files/{filename}", upload, methods=["POST", "PUT"]),
+        Route("/api/v1/projects/{project}/metadata", owned_metadata, methods=["POST", "PUT"]),
     ]
     service.counter = ByteCounter(Starlette(routes=routes))
     return service.counter

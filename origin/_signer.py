@@ -21,6 +21,7 @@ commit while a restarted origin starts a new one.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import signal
@@ -41,6 +42,7 @@ from tufmesh.errors import (
     BinFullError,
     ConflictError,
     OriginError,
+    OwnedMetadataError,
     QuotaError,
 )
 from tufmesh.origin._repository import Artifact, OriginRepository
@@ -71,6 +73,8 @@ class CommitState:
     #: Offline roles near or past their expiry (only a ceremony re-signs them).
     warnings: tuple[str, ...] = ()
     expired: bool = False
+    #: Projects that sign their own metadata (docs/adr/0022).
+    claimed: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, repo: OriginRepository) -> CommitState:
@@ -85,6 +89,7 @@ class CommitState:
             now=now,
             warnings=tuple(warnings),
             expired=expired,
+            claimed=tuple(sorted(repo.owned())),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +105,7 @@ class CommitState:
             k: datetime.fromisoformat(v) if k in dates else v for k, v in body.items()
         }
         fields["warnings"] = tuple(fields.get("warnings", ()))
+        fields["claimed"] = tuple(fields.get("claimed", ()))
         return cls(**fields)
 
 
@@ -115,6 +121,11 @@ class Committer(Protocol):
 
     async def refresh(self) -> list[str]: ...
 
+    async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+        """Publish a claimed project's own signed metadata (see
+        :meth:`OriginRepository.take_owned`)."""
+        ...
+
 
 class LocalCommitter:
     """Runs the repository in this process; ``run_sync`` runs its blocking work."""
@@ -124,17 +135,27 @@ class LocalCommitter:
         self.run_sync = run_sync
         self.state = CommitState.of(repo)
         self.used: dict[str, int] = {}
+        self._lock = trio.Lock()  # one operation at a time, as in the committer process
 
     async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
-        results: list[int | OriginError] = await self.run_sync(self.repo.publish, artifacts)
-        self.state = CommitState.of(self.repo)
+        async with self._lock:
+            results: list[int | OriginError] = await self.run_sync(self.repo.publish, artifacts)
+            self.state = CommitState.of(self.repo)
         self.used.update(_used(self.repo, artifacts))
         return results
 
     async def refresh(self) -> list[str]:
-        refreshed: list[str] = await self.run_sync(self.repo.refresh)
-        self.state = CommitState.of(self.repo)
+        async with self._lock:
+            refreshed: list[str] = await self.run_sync(self.repo.refresh)
+            self.state = CommitState.of(self.repo)
         return refreshed
+
+    async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+        async with self._lock:
+            versions: tuple[int, int] = await self.run_sync(self.repo.take_owned, project, data)
+            self.state = CommitState.of(self.repo)
+        self.used[project] = self.repo.project_bytes()[project]
+        return versions
 
 
 #: The refusals that cross the pipe as their own kind (the HTTP status differs).
@@ -143,6 +164,7 @@ _KINDS: Final[dict[str, type[OriginError]]] = {
     "bin_full": BinFullError,
     "quota": QuotaError,
     "refused": ArtifactRefusedError,
+    "owned": OwnedMetadataError,
 }
 
 
@@ -248,6 +270,16 @@ class SignerProcess:
         refreshed: list[str] = (await self._call({"op": "refresh"}))["refreshed"]
         return refreshed
 
+    async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+        request = {"op": "owned", "project": project, "data": base64.b64encode(data).decode()}
+        reply = await self._call(request)
+        if "refused" in reply:
+            refusal = _result_from_json(reply["refused"])
+            assert isinstance(refusal, OriginError)
+            raise refusal
+        self.used.update(reply.get("used", {}))
+        return reply["version"], reply["snapshot_version"]
+
     async def aclose(self) -> None:
         """Close the pipe; the committer finishes what it is doing and exits."""
         if self._process.stdin is not None:
@@ -287,6 +319,14 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
                 }
             elif request["op"] == "refresh":
                 answer = {"refreshed": repo.refresh()}
+            elif request["op"] == "owned":
+                project = request["project"]
+                try:
+                    version, snapshot = repo.take_owned(project, base64.b64decode(request["data"]))
+                    answer = {"version": version, "snapshot_version": snapshot}
+                except (ConflictError, QuotaError, ArtifactRefusedError, OwnedMetadataError) as exc:
+                    answer = {"refused": _result_to_json(exc)}  # the developers' to know
+                answer["used"] = {project: repo.project_bytes()[project]}
             else:
                 raise OriginError(f"unknown committer operation {request['op']!r}")
             answer["state"] = CommitState.of(repo).to_json()

@@ -1,0 +1,248 @@
+"""The developers' side of a claimed project (docs/adr/0022): their key, the
+claim they hand to the maintainers, and each new version of the project's
+metadata, signed here and sent to the origin.
+
+Nothing here trusts the origin: every entry signed is computed from the
+developer's own file, and a new version is built only on a published one that
+the project's own key signed (so an origin serving a forged "current"
+version cannot have it endorsed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+from securesystemslib.signer import CryptoSigner, Key, Signer
+from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.serialization.json import JSONSerializer
+
+from tufmesh.cas import DEFAULT_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
+from tufmesh.errors import OriginError, PublishError, UsageError
+from tufmesh.origin._keys import load_signer, public_key_from_uri
+from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._owned import owned_role
+from tufmesh.origin._repository import Artifact
+
+__all__ = [
+    "EXPIRY_DAYS",
+    "claim_request",
+    "generate_key",
+    "load_key",
+    "next_version",
+    "read_claim",
+    "send_version",
+    "target_of",
+]
+
+#: A project's metadata lives a year unless its developers say otherwise:
+#: each publication signs it anew, and a project that publishes nothing for a
+#: year re-signs it (``tufmesh developer sign``).
+EXPIRY_DAYS: Final = 365
+_PIECE: Final = 1 << 20
+_TIMEOUT: Final = httpx.Timeout(30.0)
+
+
+def generate_key(path: Path) -> Key:
+    """A new Ed25519 key in PEM file ``path`` (made anew, mode 0600); its public key."""
+    signer = CryptoSigner.generate_ed25519()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} exists already: a key is never overwritten") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(signer.private_bytes)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return signer.public_key
+
+
+def load_key(key: str) -> Signer:
+    """The signer of a developer's key: a PEM file's path or ``file2:`` URI.
+    (Other signer URIs, a KMS or an HSM, work once their public key is known;
+    the origin's own keys show how, docs/maintainers.md.)"""
+    uri = key if ":" in key.split("/", 1)[0] else f"file2:{os.path.abspath(key)}"
+    try:
+        return load_signer(Path.cwd(), uri, public_key_from_uri(Path.cwd(), uri))
+    except OriginError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def target_of(path: Path, project: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargetFile:
+    """The entry the origin writes for ``path`` published to ``project``,
+    computed from the file itself (its sha256, CID and chunk manifest)."""
+    builder = ManifestBuilder(chunk_size)
+    try:
+        with open(path, "rb") as handle:
+            while piece := handle.read(_PIECE):
+                builder.update(piece)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    manifest = builder.finish()
+    artifact = Artifact(
+        path=f"{normalize_project(project)}/{check_filename(path.name)}",
+        length=manifest.length,
+        sha256=manifest.sha256.hex(),
+        cid=cid_from_sha256(manifest.sha256),
+        manifest=manifest.cid if manifest.count >= 2 else None,
+        chunk_size=chunk_size,
+    )
+    return artifact.target_file()
+
+
+def _expiry(days: int) -> datetime:
+    return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
+
+
+def _signed(md: Metadata[Targets], signers: Iterable[Signer]) -> bytes:
+    md.signatures.clear()
+    for signer in signers:
+        md.sign(signer, append=True)
+    return md.to_bytes(JSONSerializer(compact=False))
+
+
+def claim_request(
+    project: str, signer: Signer, targets: list[TargetFile], days: int = EXPIRY_DAYS
+) -> dict[str, Any]:
+    """What the developers of ``project`` hand its maintainers to claim it: their
+    public key and version 1 of the project's metadata, signed, listing every
+    artifact the project has published (their own files'
+    entries: the origin refuses a claim that leaves one out or differs)."""
+    project = normalize_project(project)
+    md = Metadata(Targets(version=1, expires=_expiry(days)))
+    for target in targets:
+        md.signed.targets[target.path] = target
+    signed = json.loads(_signed(md, [signer]))
+    return {
+        "project": project,
+        "keys": [{"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}],
+        "threshold": 1,
+        "metadata": signed,
+    }
+
+
+def read_claim(path: Path) -> tuple[str, list[Key], int, bytes]:
+    """Project, keys, threshold and signed metadata of a claim request file."""
+    try:
+        request = json.loads(path.read_bytes())
+        project = normalize_project(request["project"])
+        keys = [Key.from_dict(k.pop("keyid"), k) for k in request["keys"]]
+        threshold = int(request["threshold"])
+        data = json.dumps(request["metadata"]).encode()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(
+            f"{path} is not a claim request ('tufmesh developer claim'): {exc}"
+        ) from None
+    return project, keys, threshold, data
+
+
+def _get(client: httpx.Client, url: str) -> bytes:
+    try:
+        response = client.get(url, timeout=_TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise PublishError(f"cannot reach {url}: {exc}") from None
+    if response.status_code != 200:
+        raise PublishError(f"{url}: {response.status_code} {response.reason_phrase}")
+    return response.content
+
+
+def published_version(client: httpx.Client, origin: str, project: str) -> Metadata[Targets]:
+    """The project's metadata the origin publishes now (its role's version in
+    the origin's current snapshot). Not verified here: see :func:`next_version`."""
+    base = f"{origin.rstrip('/')}/metadata/"
+    role = owned_role(project)
+    try:
+        timestamp = json.loads(_get(client, base + "timestamp.json"))
+        snapshot_version = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
+        snapshot = json.loads(_get(client, f"{base}{snapshot_version}.snapshot.json"))
+        meta = snapshot["signed"]["meta"].get(f"{role}.json")
+        if meta is None:
+            raise PublishError(
+                f"{project} is not claimed on {origin}: its maintainers claim it for your key "
+                "('tufmesh developer claim' makes the request)"
+            )
+        md: Metadata[Any] = Metadata.from_bytes(
+            _get(client, f"{base}{int(meta['version'])}.{quote(role, '')}.json")
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
+    if not isinstance(md.signed, Targets):
+        raise PublishError(f"{origin} serves {md.signed.type} metadata as {role}")
+    return md
+
+
+def next_version(
+    current: Metadata[Targets],
+    signers: list[Signer],
+    *,
+    add: Iterable[TargetFile] = (),
+    drop: Iterable[str] = (),
+    days: int = EXPIRY_DAYS,
+) -> bytes:
+    """The version after ``current``, signed by ``signers``: ``add`` listed,
+    ``drop`` (paths) no longer, a fresh expiry. ``current`` must carry the
+    signatures of ``signers`` (the project's own keys), or nothing is signed:
+    the origin could otherwise have its developers endorse what it forged."""
+    for signer in signers:
+        signature = current.signatures.get(signer.public_key.keyid)
+        try:
+            if signature is None:
+                raise ValueError("unsigned")
+            signer.public_key.verify_signature(signature, current.signed_bytes)
+        except Exception:
+            raise PublishError(
+                f"the published version {current.signed.version} is not signed by key "
+                f"{signer.public_key.keyid[:12]}: not signing on top of it (the origin may "
+                "be serving a forged version; ask its maintainers)"
+            ) from None
+    targets = dict(current.signed.targets)
+    for target in add:
+        known = targets.get(target.path)
+        if known is not None and known != target:
+            raise PublishError(
+                f"{target.path} is published with other bytes (sha256 "
+                f"{known.hashes.get('sha256')}); artifacts are immutable"
+            )
+        targets[target.path] = target
+    for path in drop:
+        if targets.pop(path, None) is None:
+            raise UsageError(f"{path} is not in the project's metadata")
+    signed = Targets(version=current.signed.version + 1, expires=_expiry(days), targets=targets)
+    return _signed(Metadata(signed), signers)
+
+
+def send_version(
+    client: httpx.Client, origin: str, project: str, data: bytes, token: str
+) -> dict[str, Any]:
+    """Send a signed version of the project's metadata to the origin; its answer."""
+    url = f"{origin.rstrip('/')}/api/v1/projects/{quote(project)}/metadata"
+    try:
+        response = client.post(
+            url,
+            content=data,
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            timeout=httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0),
+        )
+    except httpx.HTTPError as exc:
+        raise PublishError(f"cannot reach {origin}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code != 200 or not isinstance(body, dict) or "version" not in body:
+        reason = body.get("error") if isinstance(body, dict) else None
+        raise PublishError(
+            f"{owned_role(project)}: refused by the origin ({response.status_code}): "
+            f"{reason or response.reason_phrase}"
+        )
+    return body

@@ -1,0 +1,107 @@
+"""Projects that sign their own metadata (PEP 480; docs/adr/0022): the rules.
+
+A claimed project has a role of its own, ``project-<name>``, delegated by the
+offline ``targets`` role before the hash bins, for the paths ``<name>/*``
+only, terminating (no bin is consulted for its paths, so the origin's online
+keys cannot add to it) and signed by keys its developers hold. The origin
+publishes the bytes they send if they pass :func:`parse_owned`, after the
+repository's own checks (the blobs stored, immutability, quota); it never
+signs them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+from securesystemslib.signer import Key
+from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
+
+from tufmesh.errors import InvalidNameError, OwnedMetadataError
+from tufmesh.origin._names import target_path
+
+__all__ = ["PREFIX", "owned_delegation", "owned_project", "owned_role", "parse_owned"]
+
+#: ``project-<name>``: no name of the origin's own roles (``bins``, ``bin-…``)
+#: can be mistaken for one.
+PREFIX: Final = "project-"
+
+
+def owned_role(project: str) -> str:
+    """The role that signs the artifacts of claimed ``project`` (normal form)."""
+    return PREFIX + project
+
+
+def owned_project(role: str) -> str | None:
+    """The project whose own role ``role`` is, or None for the origin's roles."""
+    return role.removeprefix(PREFIX) if role.startswith(PREFIX) else None
+
+
+def owned_delegation(project: str, keys: list[Key], threshold: int) -> DelegatedRole:
+    """The delegation ``targets`` makes to claimed ``project``."""
+    seen = {key.keyid for key in keys}
+    if len(seen) != len(keys):
+        raise OwnedMetadataError(f"{project}: a key is given twice; each counts once")
+    if not 1 <= threshold <= len(keys):
+        raise OwnedMetadataError(f"{project}: threshold {threshold} needs 1 .. {len(keys)} keys")
+    return DelegatedRole(
+        name=owned_role(project),
+        keyids=[key.keyid for key in keys],
+        threshold=threshold,
+        terminating=True,
+        paths=[f"{project}/*"],
+    )
+
+
+def parse_owned(
+    project: str,
+    data: bytes,
+    *,
+    keys: dict[str, Key],
+    delegation: DelegatedRole,
+    version: int,
+    now: datetime,
+    limit: int,
+) -> Metadata[Targets]:
+    """The project's signed metadata in ``data``, if the origin may publish it:
+    at most ``limit`` bytes (what clients read of a role), targets metadata
+    signed by a threshold of the delegation's ``keys``, of ``version``, not
+    expired, without delegations of its own, naming only well-formed paths of
+    ``project``. Otherwise :class:`OwnedMetadataError`, saying why."""
+    role = owned_role(project)
+    if len(data) > limit:
+        raise OwnedMetadataError(
+            f"{role} metadata of {len(data):,} bytes is over the {limit:,} clients read"
+        )
+    try:
+        md: Metadata[Any] = Metadata.from_bytes(data)
+    except Exception as exc:  # DeserializationError, and python-tuf's own checks
+        raise OwnedMetadataError(f"not TUF metadata: {exc}") from None
+    if not isinstance(md.signed, Targets):
+        raise OwnedMetadataError(f"{md.signed.type} metadata, not targets metadata for {role}")
+    delegator = Targets(delegations=Delegations(keys=keys, roles={role: delegation}))
+    try:
+        delegator.verify_delegate(role, md.signed_bytes, md.signatures)
+    except Exception:  # UnsignedMetadataError
+        raise OwnedMetadataError(
+            f"not signed by {delegation.threshold} of {project}'s keys "
+            f"({', '.join(k[:12] for k in delegation.keyids)})"
+        ) from None
+    signed: Targets = md.signed
+    if signed.version != version:
+        raise OwnedMetadataError(
+            f"{role} version {signed.version}: the next one is {version} (sign it anew from "
+            "the published version)"
+        )
+    if signed.expires <= now:
+        raise OwnedMetadataError(f"{role} expired on {signed.expires:%Y-%m-%d %H:%M} UTC")
+    if signed.delegations is not None:
+        raise OwnedMetadataError(f"{role} delegates further: not supported")
+    for path in signed.targets:
+        name, _, filename = path.partition("/")
+        try:
+            if name != project or target_path(name, filename) != path:
+                raise InvalidNameError("not a normalised path of the project")
+        except InvalidNameError as exc:
+            raise OwnedMetadataError(f"{role} names {path[:200]!r}: {exc}") from None
+    return md

@@ -1,0 +1,394 @@
+"""Projects that sign their own metadata (PEP 480, docs/adr/0022), as real
+processes, with python-tuf's own client as the judge: once claimed, a
+project's artifacts are published only by its developers' key, and the
+origin's online keys can neither add to it nor change it."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from securesystemslib.signer import CryptoSigner, Signer
+from tuf.api.metadata import Metadata, TargetFile, Targets
+
+from tests.helpers.origin import (
+    add_project,
+    init_repo,
+    post,
+    running,
+    tuf_download,
+    tuf_updater,
+    tufmesh,
+)
+from tufmesh.client import Client, SourceHealth
+from tufmesh.errors import OriginError, OwnedMetadataError
+from tufmesh.mirror import Mirror
+from tufmesh.origin import Artifact, OriginRepository
+from tufmesh.origin._developer import (
+    claim_request,
+    generate_key,
+    load_key,
+    next_version,
+    published_version,
+    read_claim,
+    target_of,
+)
+
+
+def _publish(*args: str, token: str, key: Path | None = None, check: bool = True) -> str:
+    env = {**os.environ, "TUFMESH_TOKEN": token}
+    extra = ["--key", str(key)] if key is not None else []
+    proc = tufmesh("publish", *args, *extra, check=check, env=env)
+    return proc.stdout + proc.stderr
+
+
+def _claimed_repo(tmp_path: Path) -> tuple[Path, str, Path, Path]:
+    """A repository whose project ``demo`` published one artifact through the
+    bins, then was claimed for a developer's key: (repo, token, key, artifact)."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    first = tmp_path / "demo-1.0.tar.gz"
+    first.write_bytes(os.urandom(2_500_000))  # three chunks: a manifest too
+    with running(repo) as server:
+        assert "published demo/demo-1.0.tar.gz" in _publish(
+            str(first), "--origin", server.url, "--project", "demo", token=token
+        )
+    key = tmp_path / "demo.pem"
+    tufmesh("developer", "keygen", str(key))
+    request = tmp_path / "demo.claim.json"
+    tufmesh("developer", "claim", "demo", str(first), "--key", str(key), "-o", str(request))
+    out = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
+    assert out.startswith("claimed demo: its artifacts (1) are signed by")
+    status = tufmesh("origin", "status", "--dir", str(repo)).stdout
+    assert "1 projects sign their own metadata" in status and "\n  demo " in status
+    return repo, token, key, first
+
+
+def test_a_claimed_project_is_published_by_its_own_key_alone(tmp_path: Path) -> None:
+    repo, token, key, first = _claimed_repo(tmp_path)
+    second = tmp_path / "demo-2.0.tar.gz"
+    second.write_bytes(os.urandom(1_500_000))
+    with running(repo) as server:
+        url = server.url
+        # The artifact published before the claim is now the project's own.
+        assert tuf_download(url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
+        targets = json.loads(httpx.get(f"{url}/metadata/2.targets.json").content)["signed"]
+        roles = targets["delegations"]["roles"]
+        assert [r["name"] for r in roles] == ["project-demo", "bins"]
+        assert roles[0]["paths"] == ["demo/*"] and roles[0]["terminating"] is True
+
+        # Without the key, the upload is stored but not published.
+        out = _publish(str(second), "--origin", url, "--project", "demo", token=token, check=False)
+        assert "stored, not published: demo signs its own metadata" in out
+        updater = tuf_updater(url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None
+
+        # With it, one new version of the project's role names it.
+        out = _publish(str(second), "--origin", url, "--project", "demo", token=token, key=key)
+        assert "published demo/demo-2.0.tar.gz" in out and "project-demo v2" in out
+        assert tuf_download(url, repo, "demo/demo-2.0.tar.gz") == second.read_bytes()
+        entry = json.loads((repo / "uploads.log").read_text().splitlines()[-1])
+        assert entry["role"] == "project-demo" and entry["version"] == 2
+
+        # Our own client lists both, through the project's role.
+        client = Client(
+            tmp_path / "c", (repo / "metadata" / "1.root.json").read_bytes(), [SourceHealth(url)]
+        )
+        with client:
+            assert [t.path for t in client.artifacts("demo")] == [
+                "demo/demo-1.0.tar.gz",
+                "demo/demo-2.0.tar.gz",
+            ]
+
+        # The developers take an artifact back: gone, and its name never reused.
+        tufmesh(
+            "developer", "sign", "demo", "--origin", url, "--token", token, "--key", str(key),
+            "--drop", "demo-2.0.tar.gz",
+        )  # fmt: skip
+        updater = tuf_updater(url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None
+        assert updater.get_targetinfo("demo/demo-1.0.tar.gz") is not None
+        out = _publish(
+            str(second), "--origin", url, "--project", "demo", token=token, key=key, check=False
+        )
+        assert "was published and removed" in out
+
+        # A mirror replicates the project's role and its artifacts, and
+        # python-tuf verifies them from the mirror's tree alone.
+        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [url])
+        report = replica.sync()
+        assert report.error is None and report.artifacts == 1
+    with _static(tmp_path / "m" / "tree") as mirror_url:
+        assert tuf_download(mirror_url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
+
+
+def test_the_origins_online_keys_cannot_publish_into_a_claimed_project(tmp_path: Path) -> None:
+    repo, token, _key, _first = _claimed_repo(tmp_path)
+    # Whoever holds the online keys (the origin broken into) signs a bin that
+    # lists an artifact of the claimed project...
+    evil = tmp_path / "demo-6.6.6.tar.gz"
+    evil.write_bytes(b"malware")
+    forged = _forge_into_bin(repo, evil, "demo")
+    with running(repo) as server:
+        updater = tuf_updater(server.url, repo)
+        updater.refresh()
+        # ...and no client finds it: the project's delegation is terminating.
+        assert updater.get_targetinfo(forged) is None
+        assert updater.get_targetinfo("demo/demo-1.0.tar.gz") is not None
+        client = Client(
+            tmp_path / "c",
+            (repo / "metadata" / "1.root.json").read_bytes(),
+            [SourceHealth(server.url)],
+        )
+        with client:
+            assert forged not in [t.path for t in client.artifacts()]
+        # Nor can those keys sign the project's role itself.
+        online = load_key(str(repo / "keys" / "bin-n.pem"))
+        current = _published(server.url, "demo")
+        current.signatures.clear()
+        current.sign(online)
+        answer = _send(
+            server.url, token, next_version(current, [online], add=[target_of(evil, "demo")])
+        )
+        assert (
+            answer.status_code == 400 and "not signed by 1 of demo's keys" in answer.json()["error"]
+        )
+
+
+def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_version(
+    tmp_path: Path,
+) -> None:
+    repo, token, key, first = _claimed_repo(tmp_path)
+    signer = load_key(str(key))
+    other = tmp_path / "demo-3.0.tar.gz"
+    other.write_bytes(os.urandom(5000))
+    with running(repo) as server:
+        url = server.url
+        assert post(url, "demo", other.name, other.read_bytes(), token).status_code == 202
+        current = _published(url, "demo")
+        stranger = CryptoSigner.generate_ed25519()
+        changed = target_of(first, "demo")
+        changed.length += 1
+        unknown = tmp_path / "never-uploaded.tar.gz"
+        unknown.write_bytes(b"not on the origin")
+        cases = {
+            # a replay of the published version
+            (400, "the next one is 2"): _raw(current),
+            # another key's signature
+            (400, "not signed by"): _resigned(current, stranger),
+            # an artifact published before, changed
+            (409, "immutable"): _with(current, signer, changed),
+            # a path of another project
+            (400, "not a normalised path of the project"): _with(
+                current, signer, _renamed(target_of(other, "demo"), "other/demo-3.0.tar.gz")
+            ),
+            # an artifact whose bytes the origin never received
+            (400, "upload it before signing it"): _with(
+                current, signer, target_of(unknown, "demo")
+            ),
+            # expired
+            (400, "expired"): _with(
+                current, signer, expires=datetime.now(UTC) - timedelta(hours=1)
+            ),
+            # not metadata at all
+            (400, "not TUF metadata"): b"{]",
+        }
+        for (status, reason), data in cases.items():
+            answer = _send(url, token, data)
+            assert answer.status_code == status and reason in answer.json()["error"], (
+                reason,
+                answer.text,
+            )
+        assert _send(
+            url, "wrong-token", _with(current, signer, target_of(other, "demo"))
+        ).status_code in (401, 403)
+        # Refusals change nothing; the honest next version is published.
+        assert (
+            _send(url, token, _with(current, signer, target_of(other, "demo"))).status_code == 200
+        )
+        assert tuf_download(url, repo, "demo/demo-3.0.tar.gz") == other.read_bytes()
+
+
+def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    add_project(repo, "demo")
+    origin = OriginRepository(repo)
+    kept = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    origin.publish([kept])
+    key = tmp_path / "k.pem"
+    generate_key(key)
+    signer = load_key(str(key))
+    empty = claim_request("demo", signer, [])
+    path = tmp_path / "claim.json"
+    path.write_text(json.dumps(empty))
+    project, keys, threshold, data = read_claim(path)
+    with pytest.raises(
+        OwnedMetadataError, match=r"leaves out what it has published: demo/demo-1\.0"
+    ):
+        origin.claim(project, keys, threshold, data)
+    # A request signed by a key it does not name is refused too.
+    stranger = CryptoSigner.generate_ed25519()
+    forged = claim_request("demo", stranger, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
+    with pytest.raises(OwnedMetadataError, match="not signed by"):
+        origin.claim(project, keys, threshold, json.dumps(forged["metadata"]).encode())
+    assert not origin.claimed("demo")
+    good = claim_request("demo", signer, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
+    origin.claim(project, keys, threshold, json.dumps(good["metadata"]).encode())
+    assert origin.claimed("demo") and origin.find("demo/demo-1.0.tar.gz") is not None
+    assert [t.path for t in origin.artifacts()] == ["demo/demo-1.0.tar.gz"]  # once, not twice
+    # The maintainers cannot remove it themselves any more; the bins path refuses it.
+    with pytest.raises(OriginError, match="signs its own metadata"):
+        origin.remove(["demo/demo-1.0.tar.gz"])
+    again = _stored_artifact(origin, tmp_path, "demo", "demo-2.0.tar.gz", b"two")
+    (result,) = origin.publish([again])
+    assert isinstance(result, OriginError) and "signs its own metadata" in str(result)
+    # Reloaded from disk, the same: the published chain holds the role.
+    assert OriginRepository(repo).claimed("demo")
+    assert (
+        tufmesh(
+            "origin",
+            "project",
+            "claim",
+            "--dir",
+            str(repo),
+            str(tmp_path / "nope.json"),
+            check=False,
+        ).returncode
+        != 0
+    )
+
+
+def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> None:
+    repo, token, key, _first = _claimed_repo(tmp_path)
+    other_token = add_project(repo, "other")
+    signer = load_key(str(key))
+    with running(repo) as server:
+        url = server.url
+        assert post(url, "other", "other-1.0.tar.gz", b"other", other_token).status_code == 200
+        current = _published(url, "demo")
+        soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+        assert _send(url, token, _with(current, signer, expires=soon)).status_code == 200
+        import time
+
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 1.1)
+        client = Client(
+            tmp_path / "c", (repo / "metadata" / "1.root.json").read_bytes(), [SourceHealth(url)]
+        )
+        with client:
+            assert [t.path for t in client.artifacts()] == ["other/other-1.0.tar.gz"]
+            assert client.lapsed == ["project-demo"]
+        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [url])
+        report = replica.sync()
+        assert report.error is None and report.artifacts == 1
+        # The developers sign again: listed again.
+        tufmesh("developer", "sign", "demo", "--origin", url, "--token", token, "--key", str(key))
+        with Client(
+            tmp_path / "c", (repo / "metadata" / "1.root.json").read_bytes(), [SourceHealth(url)]
+        ) as client:
+            assert len(client.artifacts()) == 2 and client.lapsed == []
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _published(url: str, project: str) -> Metadata[Targets]:
+    with httpx.Client() as client:
+        return published_version(client, url, project)
+
+
+def _send(url: str, token: str, data: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{url}/api/v1/projects/demo/metadata",
+        content=data,
+        headers={"authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+
+
+def _raw(md: Metadata[Targets]) -> bytes:
+    return md.to_bytes()
+
+
+def _resigned(current: Metadata[Targets], signer: Signer) -> bytes:
+    md = Metadata(
+        Targets(
+            version=current.signed.version + 1,
+            expires=current.signed.expires,
+            targets=dict(current.signed.targets),
+        )
+    )
+    md.sign(signer)
+    return md.to_bytes()
+
+
+def _with(
+    current: Metadata[Targets],
+    signer: Signer,
+    *targets: TargetFile,
+    expires: datetime | None = None,
+) -> bytes:
+    listed = dict(current.signed.targets)
+    listed.update({t.path: t for t in targets})
+    md = Metadata(
+        Targets(
+            version=current.signed.version + 1,
+            expires=expires or current.signed.expires,
+            targets=listed,
+        )
+    )
+    md.sign(signer)
+    return md.to_bytes()
+
+
+def _renamed(target: TargetFile, path: str) -> TargetFile:
+    return TargetFile(target.length, target.hashes, path, target.unrecognized_fields)
+
+
+def _stored_artifact(
+    origin: OriginRepository, tmp_path: Path, project: str, name: str, body: bytes
+) -> Artifact:
+    origin.store.put(body)
+    source = tmp_path / name
+    source.write_bytes(body)
+    return Artifact.from_target(target_of(source, project))
+
+
+def _forge_into_bin(repo: Path, evil: Path, project: str) -> str:
+    """Sign, with the online bin keys, a bin listing ``evil`` as ``project``'s."""
+    origin = OriginRepository(repo)
+    target = target_of(evil, project)
+    origin.store.put(evil.read_bytes())
+    role = origin.succinct.get_role_for_target(target.path)
+    with origin.edit_targets(role) as listed:
+        listed.targets[target.path] = target
+    origin._commit()
+    return target.path
+
+
+@contextmanager
+def _static(directory: Path) -> Iterator[str]:
+    handler = functools.partial(_Quiet, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
