@@ -919,8 +919,13 @@ class OriginRepository(Repository):
     @property
     def unremoved(self) -> list[str]:
         """Paths recorded as removed that the metadata still publishes: a
-        removal cut short before its commit (running it again finishes it)."""
-        return sorted(path for path in self.removed() if self.find(path) is not None)
+        removal cut short before its commit (running it again finishes it).
+        Not a claimed project's: only its developers' next version drops it."""
+        return sorted(
+            path
+            for path in self.removed()
+            if self.find(path) is not None and not self.claimed(path.split("/", 1)[0])
+        )
 
     def removed(self) -> dict[str, dict[str, Any]]:
         """Paths published once and removed since: ``{path: {"sha256", "removed"}}``."""
@@ -1135,6 +1140,7 @@ class OriginRepository(Repository):
             )
         dropped = [path for path in previous if path not in md.signed.targets]
         now = self.clock().isoformat(timespec="seconds")
+        recorded = dict(removed)  # as it was
         linked: list[Path] = []
         try:
             self._pin(adding)
@@ -1156,6 +1162,9 @@ class OriginRepository(Repository):
         except BaseException:
             self.load()
             self._undo(adding, linked)
+            if dropped and all(self.find(path) is not None for path in dropped):
+                with contextlib.suppress(OSError):  # else: a drop its developers repeat
+                    self._record_removed(recorded)
             raise
         self._used = None  # counted again when next asked
         for path in dropped:

@@ -392,3 +392,37 @@ def _static(directory: Path) -> Iterator[str]:
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = OriginRepository.create(tmp_path / "repo")
+    first = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    second = _stored_artifact(origin, tmp_path, "demo", "demo-2.0.tar.gz", b"two")
+    origin.publish([first, second])
+    signer = CryptoSigner.generate_ed25519()
+    request = claim_request("demo", signer, [first.target_file(), second.target_file()])
+    origin.claim("demo", [signer.public_key], 1, json.dumps(request["metadata"]).encode())
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    dropping = next_version(current, [signer], drop=["demo/demo-2.0.tar.gz"])
+
+    def full_disk(self: OriginRepository) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OriginRepository, "flush", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            origin.take_owned("demo", dropping)
+    # Nothing recorded: the origin still starts ('unremoved' would stop it),
+    # and the developers send the same version again.
+    assert origin.removed() == {} and origin.unremoved == []
+    assert origin.find("demo/demo-2.0.tar.gz") is not None
+    assert origin.take_owned("demo", dropping)[0] == 2
+    assert origin.find("demo/demo-2.0.tar.gz") is None
+    assert list(origin.removed()) == ["demo/demo-2.0.tar.gz"]
+    assert (
+        not (tmp_path / "repo/targets/demo").joinpath(f"{second.sha256}.demo-2.0.tar.gz").exists()
+    )
