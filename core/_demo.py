@@ -4,7 +4,9 @@ On 127.0.0.1, in a temporary directory: an origin and three mirrors run as
 separate processes (the second mirror knows the first, the third the second,
 and they trade chunks with every mirror they meet, the origin serving only
 what no mirror holds; the origin announces each new version over libp2p
-gossip, which is what makes the mirrors sync); an artifact is published; once
+gossip, which is what makes the mirrors sync); the project's developers
+hold its signing key (a claimed project, PEP 480: not even the origin's keys
+can publish to it), and an artifact is published, signed with it; once
 every mirror holds it, one mirror's copy is corrupted on purpose, and ``tufmesh get`` downloads the
 artifact from the three mirrors alone, verifying every chunk: the corrupt
 mirror is caught and banned, the bytes come from the honest ones. python-tuf's
@@ -93,12 +95,30 @@ def _run(work: Path, size: int) -> None:
 
     from tufmesh.cas import BlobStore
     from tufmesh.origin import OriginConfig, OriginRepository, ProjectRegistry, upload
+    from tufmesh.origin._developer import (
+        claim_request,
+        generate_key,
+        load_key,
+        next_version,
+        published_version,
+        send_version,
+        target_of,
+    )
 
     _step("create a repository: root, targets, bins -> 16 hash bins, snapshot, timestamp")
     repo = OriginRepository.create(work / "repo", OriginConfig(bins=16))
     token = ProjectRegistry(repo.dir).add("example")
     root = repo.metadata_dir / "1.root.json"
     click.echo(f"    trusted root: {root}")
+    _step("project 'example' is claimed for its developers' own key (PEP 480)")
+    generate_key(work / "example.pem")
+    developer = load_key(str(work / "example.pem"))
+    request = claim_request("example", developer, [])
+    repo.claim("example", [developer.public_key], 1, json.dumps(request["metadata"]).encode())
+    click.echo(
+        f"    targets delegates example/* to key {developer.public_key.keyid[:12]}, before "
+        "the hash bins: the origin's own keys cannot publish to it"
+    )
 
     with contextlib.ExitStack() as stack:
         _step("start the origin and three mirrors, each its own process")
@@ -124,13 +144,19 @@ def _run(work: Path, size: int) -> None:
             click.echo(f"    mirror {n + 1}  {mirrors[-1]}  ({via})")
         time.sleep(2)  # the gossip mesh forms on 1 s heartbeats
 
-        _step(f"publish a {format_size(size)} artifact through the upload API")
+        _step(f"publish a {format_size(size)} artifact, signed with the developers' key")
         artifact = work / "example-1.0.tar.gz"
         _write_random(artifact, size)
         with httpx.Client() as client:
-            answer = upload(client, origin, "example", artifact, token)
-        version = int(answer["snapshot_version"])
-        click.echo(f"    {answer['target']} in snapshot v{version}, cid {answer['cid']}")
+            answer = upload(client, origin, "example", artifact, token)  # stored, not published
+            current = published_version(client, origin, "example")
+            signed = next_version(current, [developer], add=[target_of(artifact, "example")])
+            sent = send_version(client, origin, "example", signed, token)
+        version = int(sent["snapshot_version"])
+        click.echo(
+            f"    {answer['target']} in {sent['role']} v{sent['version']}, snapshot v{version}, "
+            f"cid {answer['cid']}"
+        )
 
         _step("wait until every mirror holds it, verified (announced over libp2p gossip)")
         published_at = time.monotonic()

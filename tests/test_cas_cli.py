@@ -181,7 +181,8 @@ def test_demo_runs_and_verifies() -> None:
     assert "every byte was verified, and the corrupt mirror was caught" in proc.stdout
     assert "identical bytes" in proc.stdout
     assert "rejected, mirror 3 banned" in proc.stdout
-    assert proc.stdout.count("holds snapshot v2") == 3
+    assert proc.stdout.count("holds snapshot v3") == 3
+    assert "in project-example v2, snapshot v3" in proc.stdout
 
 
 @pytest.mark.slow
