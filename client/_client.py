@@ -172,7 +172,17 @@ class Client:
                     updater = self._new_updater()
                     updater.refresh()
                     self._updater = updater
-                return operation(self._updater)
+                try:
+                    return operation(self._updater)
+                except tuf_errors.ExpiredMetadataError as exc:
+                    # A delegated role, after a verified refresh: python-tuf
+                    # checks its version (and hash) against the snapshot
+                    # before its expiry, so it is the repository's own file,
+                    # expired there (a claimed project's developers let it
+                    # lapse), not a source's doing: no source is blamed.
+                    raise MetadataRefusedError(
+                        f"{exc}: the repository has not signed it again in time"
+                    ) from None
             except (tuf_errors.RepositoryError, tuf_errors.DownloadLengthMismatchError) as exc:
                 # Refused by python-tuf (a bad signature, a rollback, a file
                 # longer than its role may be): the source that served it is
@@ -204,7 +214,11 @@ class Client:
         self._with_failover(lambda updater: None)
 
     def target(self, path: str) -> TargetFile:
-        """The signed target entry for ``path``."""
+        """The signed target entry for ``path``, looked up under its normal
+        form (``Demo_Pkg/f`` is ``demo-pkg/f``): another spelling would miss a
+        claimed project's delegation and fall through to the hash bins, where
+        the origin's online keys could sign it (docs/adr/0022)."""
+        path = _normal(path)
         info = self._with_failover(lambda u: u.get_targetinfo(path))
         if info is None:
             raise NotInMetadataError(f"{path} is not in the signed metadata")
@@ -227,6 +241,8 @@ class Client:
             lapsed = []
             while stack:
                 role, parent, checks = stack.pop()
+                if role == "targets":
+                    checks = (_is_normal,)  # as the origin writes paths, no other spelling
                 try:
                     targets: Targets = updater._load_targets(role, parent)
                 except tuf_errors.ExpiredMetadataError:
@@ -557,6 +573,25 @@ def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:
                 continue
             have.add(index)
     return have
+
+
+def _normal(path: str) -> str:
+    """``path`` with its project name in normal form; NotInMetadataError if it
+    is no artifact path at all."""
+    from tufmesh.origin._names import target_path
+
+    project, _, filename = path.partition("/")
+    try:
+        return target_path(project, filename)
+    except TufmeshError:
+        raise NotInMetadataError(f"{path[:200]!r} is not an artifact path") from None
+
+
+def _is_normal(path: str) -> bool:
+    try:
+        return _normal(path) == path
+    except NotInMetadataError:
+        return False
 
 
 def _after(role: DelegatedRole, ended: tuple[DelegatedRole, ...]) -> Callable[[str], bool]:

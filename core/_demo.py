@@ -99,9 +99,7 @@ def _run(work: Path, size: int) -> None:
         claim_request,
         generate_key,
         load_key,
-        next_version,
-        published_version,
-        send_version,
+        release,
         target_of,
     )
 
@@ -113,10 +111,11 @@ def _run(work: Path, size: int) -> None:
     _step("project 'example' is claimed for its developers' own key (PEP 480)")
     generate_key(work / "example.pem")
     developer = load_key(str(work / "example.pem"))
-    request = claim_request("example", developer, [])
-    repo.claim("example", [developer.public_key], 1, json.dumps(request["metadata"]).encode())
+    request = claim_request("example", developer.signer, [])
+    key = developer.signer.public_key
+    repo.claim("example", [key], 1, json.dumps(request["metadata"]).encode())
     click.echo(
-        f"    targets delegates example/* to key {developer.public_key.keyid[:12]}, before "
+        f"    targets delegates example/* to key {key.keyid[:12]}, before "
         "the hash bins: the origin's own keys cannot publish to it"
     )
 
@@ -149,9 +148,8 @@ def _run(work: Path, size: int) -> None:
         _write_random(artifact, size)
         with httpx.Client() as client:
             answer = upload(client, origin, "example", artifact, token)  # stored, not published
-            current = published_version(client, origin, "example")
-            signed = next_version(current, [developer], add=[target_of(artifact, "example")])
-            sent = send_version(client, origin, "example", signed, token)
+            adding = [target_of(artifact, "example")]
+            sent = release(client, origin, "example", developer, token, add=adding)
         version = int(sent["snapshot_version"])
         click.echo(
             f"    {answer['target']} in {sent['role']} v{sent['version']}, snapshot v{version}, "

@@ -18,6 +18,7 @@ import httpx
 from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, progress_bar, run_service
 from tufmesh.errors import OriginError, TufmeshError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
+from tufmesh.origin._developer import DeveloperKey
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._publish import upload
@@ -594,7 +595,7 @@ def publish(
     from tufmesh.client._http import tls_context
     from tufmesh.origin._developer import load_key
 
-    signer = load_key(key) if key is not None else None
+    developer = load_key(key) if key is not None else None
     stored: list[tuple[Path, dict[str, Any]]] = []  # for the project's own keys to sign
     with httpx.Client(verify=tls_context()) as client:
         for path in files:
@@ -609,7 +610,7 @@ def publish(
                 click.echo(f"error: {exc}", err=True)
                 continue
             if "signed_by" in answer and not answer.get("published"):
-                if signer is None:
+                if developer is None:
                     failures += 1
                     click.echo(
                         f"error: {path.name}: stored, not published: {normalize_project(project)} "
@@ -625,8 +626,8 @@ def publish(
                 f"sha256 {answer['sha256'][:16]}…"
                 + (f"  snapshot v{version}" if version is not None else "  (already)")
             )
-        if stored and signer is not None:
-            failures += _sign_stored(client, origin_url, project, token, signer, stored)
+        if stored and developer is not None:
+            failures += _sign_stored(client, origin_url, project, token, developer, stored)
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files were not published")
 
@@ -636,13 +637,13 @@ def _sign_stored(
     origin_url: str,
     project: str,
     token: str,
-    signer: Any,
+    developer: DeveloperKey,
     stored: list[tuple[Path, dict[str, Any]]],
 ) -> int:
     """Sign the next version of the claimed project's metadata listing the
     ``stored`` files (their entries computed here, from the files) and send
     it; print a line per file; return the failures (all of them, or none)."""
-    from tufmesh.origin._developer import next_version, published_version, send_version, target_of
+    from tufmesh.origin._developer import release, target_of
 
     project = normalize_project(project)
     try:
@@ -652,9 +653,7 @@ def _sign_stored(
             if target.hashes["sha256"] != answer["sha256"]:
                 raise UsageError(f"{path} changed while it was uploaded: publish it again")
             adding.append(target)
-        current = published_version(client, origin_url, project)
-        data = next_version(current, [signer], add=adding)
-        answer = send_version(client, origin_url, project, data, token)
+        answer = release(client, origin_url, project, developer, token, add=adding)
     except TufmeshError as exc:
         click.echo(f"error: {exc}", err=True)
         return len(stored)
@@ -723,9 +722,10 @@ def developer_claim(
     Hand the request to the repository's maintainers."""
     from tufmesh.origin._developer import claim_request, load_key, target_of
 
-    signer = load_key(key)
+    developer = load_key(key)
     project = normalize_project(project)
-    request = claim_request(project, signer, [target_of(f, project, chunk_size) for f in files])
+    targets = [target_of(f, project, chunk_size) for f in files]
+    request = claim_request(project, developer.signer, targets)
     output = output or Path(f"{project}.claim.json")
     try:
         with open(output, "x", encoding="utf-8") as handle:
@@ -735,8 +735,9 @@ def developer_claim(
         raise UsageError(f"{output} exists already") from None
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    developer.remember(project, json.dumps(request["metadata"]).encode())
     click.echo(
-        f"wrote {output}: {project} for key {signer.public_key.keyid[:12]}, "
+        f"wrote {output}: {project} for key {developer.signer.public_key.keyid[:12]}, "
         f"{len(files)} artifacts; the maintainers run 'tufmesh origin project claim' with it"
     )
 
@@ -760,16 +761,14 @@ def developer_sign(
     --drop artifacts, and send it to the origin."""
     from tufmesh.client._home import check_url
     from tufmesh.client._http import tls_context
-    from tufmesh.origin._developer import load_key, next_version, published_version, send_version
+    from tufmesh.origin._developer import load_key, release
 
     origin_url = check_url(origin_url)
-    signer = load_key(key)
+    developer = load_key(key)
     project = normalize_project(project)
     paths = [f"{project}/{check_filename(name)}" for name in drops]
     with httpx.Client(verify=tls_context()) as client:
-        current = published_version(client, origin_url, project)
-        data = next_version(current, [signer], drop=paths)
-        answer = send_version(client, origin_url, project, data, token.strip())
+        answer = release(client, origin_url, project, developer, token.strip(), drop=paths)
     for path in paths:
         click.echo(f"dropped {path}")
     click.echo(

@@ -5,14 +5,18 @@ metadata, signed here and sent to the origin.
 Nothing here trusts the origin: every entry signed is computed from the
 developer's own file, and a new version is built only on a published one that
 the project's own key signed (so an origin serving a forged "current"
-version cannot have it endorsed).
+version cannot have it endorsed) and that is not older than the last version
+this key had published (kept beside the key file: an origin serving an old
+version, from before an artifact was dropped, cannot have it revived).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +27,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
+from tufmesh._durable import write_atomic
 from tufmesh.cas import DEFAULT_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
 from tufmesh.errors import OriginError, PublishError, UsageError
 from tufmesh.origin._keys import load_signer, public_key_from_uri
@@ -32,11 +37,14 @@ from tufmesh.origin._repository import Artifact
 
 __all__ = [
     "EXPIRY_DAYS",
+    "DeveloperKey",
     "claim_request",
     "generate_key",
     "load_key",
     "next_version",
+    "published_version",
     "read_claim",
+    "release",
     "send_version",
     "target_of",
 ]
@@ -65,15 +73,73 @@ def generate_key(path: Path) -> Key:
     return signer.public_key
 
 
-def load_key(key: str) -> Signer:
-    """The signer of a developer's key: a PEM file's path or ``file2:`` URI.
-    (Other signer URIs, a KMS or an HSM, work once their public key is known;
-    the origin's own keys show how, docs/maintainers.md.)"""
-    uri = key if ":" in key.split("/", 1)[0] else f"file2:{os.path.abspath(key)}"
+@dataclass(frozen=True)
+class DeveloperKey:
+    """A developer's signing key, and what it last had published per project
+    (``KEYFILE.versions.json``)."""
+
+    signer: Signer
+    memory: Path
+
+    def _versions(self) -> dict[str, dict[str, Any]]:
+        try:
+            versions: dict[str, dict[str, Any]] = json.loads(self.memory.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {self.memory}: {exc}") from None
+        return versions
+
+    def sign_next(
+        self,
+        project: str,
+        current: Metadata[Targets],
+        *,
+        add: Iterable[TargetFile] = (),
+        drop: Iterable[str] = (),
+        days: int = EXPIRY_DAYS,
+    ) -> bytes:
+        """:func:`next_version`, if ``current`` is not older than the last
+        version this key had published for ``project``."""
+        last = self._versions().get(project)
+        if last is not None:
+            digest = hashlib.sha256(current.signed_bytes).hexdigest()
+            version = current.signed.version
+            if version < last["version"] or (
+                version == last["version"] and digest != last["sha256"]
+            ):
+                raise PublishError(
+                    f"the origin serves version {version} of {owned_role(project)}, but this key "
+                    f"had version {last['version']} published: not signing on top of an older "
+                    "one (the origin may be rolling the project back; ask its maintainers)"
+                )
+        return next_version(current, [self.signer], add=add, drop=drop, days=days)
+
+    def remember(self, project: str, data: bytes) -> None:
+        """Note ``data`` (signed metadata) as the project's newest published version."""
+        md: Metadata[Any] = Metadata.from_bytes(data)
+        versions = self._versions()
+        versions[project] = {
+            "version": md.signed.version,
+            "sha256": hashlib.sha256(md.signed_bytes).hexdigest(),
+        }
+        try:
+            write_atomic(self.memory, (json.dumps(versions, indent=1) + "\n").encode())
+        except OSError as exc:
+            raise UsageError(f"cannot write {self.memory}: {exc.strerror}") from None
+
+
+def load_key(key: str) -> DeveloperKey:
+    """A developer's key: a PEM file's path or ``file2:`` URI. (Other signer
+    URIs, a KMS or an HSM, would work once their public key is known; not
+    wired here, docs/adr/0022.)"""
+    path = Path(key.removeprefix("file2:") if key.startswith("file2:") else key).absolute()
+    uri = f"file2:{path}"
     try:
-        return load_signer(Path.cwd(), uri, public_key_from_uri(Path.cwd(), uri))
+        signer = load_signer(Path.cwd(), uri, public_key_from_uri(Path.cwd(), uri))
     except OriginError as exc:
         raise UsageError(str(exc)) from None
+    return DeveloperKey(signer, path.with_name(path.name + ".versions.json"))
 
 
 def target_of(path: Path, project: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargetFile:
@@ -246,3 +312,22 @@ def send_version(
             f"{reason or response.reason_phrase}"
         )
     return body
+
+
+def release(
+    client: httpx.Client,
+    origin: str,
+    project: str,
+    key: DeveloperKey,
+    token: str,
+    *,
+    add: Iterable[TargetFile] = (),
+    drop: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Sign and send the project's next version (``add`` listed, ``drop`` not),
+    built on the one the origin publishes, and remember it once accepted."""
+    current = published_version(client, origin, project)
+    data = key.sign_next(project, current, add=add, drop=drop)
+    answer = send_version(client, origin, project, data, token)
+    key.remember(project, data)
+    return answer

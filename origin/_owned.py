@@ -14,7 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from securesystemslib.signer import Key
+from securesystemslib.signer import Key, SSlibKey
+from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
 
 from tufmesh.errors import InvalidNameError, OwnedMetadataError
@@ -39,6 +40,16 @@ def owned_project(role: str) -> str | None:
 
 def owned_delegation(project: str, keys: list[Key], threshold: int) -> DelegatedRole:
     """The delegation ``targets`` makes to claimed ``project``."""
+    for key in keys:
+        # A key id is the hash of its key: one named otherwise (a request
+        # naming the bins key's id beside another key) would replace that
+        # key wherever targets names it.
+        if not isinstance(key, SSlibKey) or key.keyid != compute_default_keyid(
+            key.keytype, key.scheme, key.keyval
+        ):
+            raise OwnedMetadataError(
+                f"{project}: key {key.keyid[:16]}... is not named by its own hash"
+            )
     seen = {key.keyid for key in keys}
     if len(seen) != len(keys):
         raise OwnedMetadataError(f"{project}: a key is given twice; each counts once")

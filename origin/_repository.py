@@ -466,9 +466,18 @@ class OriginRepository(Repository):
         a source only up to that length: a source padding or trickling it
         costs the role's size at the slow-retrieval floor, not python-tuf's
         5 MB bound for a targets file. (A version is signed once, so its
-        length never changes: a new length comes with a new version.)"""
+        length never changes: a new length comes with a new version.) A
+        claimed project's role also has its hash: its developers may sign two
+        different files of one version (one refused, then another), and a
+        source must not serve the one the origin did not publish."""
         return {
-            f"{role}.json": MetaFile(version=md.signed.version, length=len(self._bytes[role]))
+            f"{role}.json": MetaFile(
+                version=md.signed.version,
+                length=len(self._bytes[role]),
+                hashes=None
+                if owned_project(role) is None
+                else {"sha256": hashlib.sha256(self._bytes[role]).hexdigest()},
+            )
             for role, md in self._md.items()
             if isinstance(md.signed, Targets)
         }
@@ -1045,6 +1054,18 @@ class OriginRepository(Repository):
         delegation = owned_delegation(project, keys, threshold)
         delegations = self._md["targets"].signed.delegations
         assert delegations is not None and delegations.roles is not None
+        bin_n = self._md[DELEGATING_BINS].signed.delegations
+        assert bin_n is not None
+        ours = {*self._md["root"].signed.keys, *bin_n.keys}
+        ours.update(delegations.roles[DELEGATING_BINS].keyids)
+        for key in keys:
+            if key.keyid in ours:
+                raise OwnedMetadataError(
+                    f"{project}: key {key.keyid[:16]}... is one of the repository's own keys"
+                )
+            known = delegations.keys.get(key.keyid)
+            if known is not None and known.to_dict() != key.to_dict():
+                raise OwnedMetadataError(f"{project}: key {key.keyid[:16]}... is another key's id")
         if role in self._md:
             previous = dict(self._md[role].signed.targets)
             version = self._md[role].signed.version + 1

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -188,6 +189,10 @@ class OriginService:
         self.refresh_failures = 0
         self.refresh_failing = False  # the last attempt to re-sign failed
         self.collected = 0  # blobs deleted as garbage
+        #: Bytes stored for claimed projects and not yet in their signed
+        #: metadata: counted against their quota until the developers' next
+        #: version, or the next collection, which deletes what is left.
+        self.staged: Counter[str] = Counter()
         self.counter: ByteCounter | None = None
         #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
         self.uploads = SeedGate()
@@ -294,6 +299,7 @@ class OriginService:
                 print(f"origin: collecting garbage failed: {exc}", file=sys.stderr, flush=True)
                 continue
             self.collected += len(report.deleted)
+            self.staged.clear()
 
     async def _announce_if_new(self) -> None:
         version = self.committer.state.timestamp_version
@@ -812,6 +818,7 @@ def build_app(service: OriginService) -> ByteCounter:
         # allows: the commit checks again, but bytes it refuses would wait on
         # the disk for the collector, as many as a token's holder cares to send.
         left = repo_config.project_quota - service.committer.used.get(project, 0)
+        left -= service.staged[project]
         # (Not for a path published already: sending the same bytes again, a
         # retry whose answer was lost, is answered as before, at no cost.)
         if left < limit and service.published_sha256(project, filename) is None:
@@ -905,6 +912,8 @@ def build_app(service: OriginService) -> ByteCounter:
             "signed_by": owned_role(project),
             "published": published is not None,
         }
+        if published is None:
+            service.staged[project] += artifact.length
         return JSONResponse(body, status_code=200 if published else 202)
 
     async def owned_metadata(request: Request) -> Response:
@@ -917,6 +926,22 @@ def build_app(service: OriginService) -> ByteCounter:
         if isinstance(token, Response):
             return token
         limit = repo_config.max_bin_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
+            return _error(413, f"metadata over the {limit:,} bytes clients read")
+        # One slot of the project's uploads: as many bodies held at once, no more.
+        if uploading.full(project):
+            busy = f"too many uploads of {project} at once"
+            return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
+        try:
+            with uploading.hold(project):
+                return await _take_owned(request, project, token, limit)
+        finally:
+            turns.unpark_all()
+
+    async def _take_owned(
+        request: Request, project: str, token: str | None, limit: int
+    ) -> Response:
         data = bytearray()
         try:
             async with contextlib.aclosing(request.stream()) as body:
@@ -940,6 +965,7 @@ def build_app(service: OriginService) -> ByteCounter:
             print(f"origin: publishing {project}'s metadata failed: {exc}", file=sys.stderr)
             return _error(500, "publishing failed; the origin's log says why")
         service.commits += 1
+        service.staged.pop(project, None)
         await service._announce_if_new()
         entry = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()

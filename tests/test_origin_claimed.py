@@ -6,6 +6,7 @@ origin's online keys can neither add to it nor change it."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from securesystemslib.signer import CryptoSigner, Signer
+from securesystemslib.signer import CryptoSigner, Key, Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from tests.helpers.origin import (
@@ -30,7 +31,13 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tufmesh.client import Client, SourceHealth
-from tufmesh.errors import OriginError, OwnedMetadataError
+from tufmesh.errors import (
+    MetadataRefusedError,
+    NotInMetadataError,
+    OriginError,
+    OwnedMetadataError,
+    PublishError,
+)
 from tufmesh.mirror import Mirror
 from tufmesh.origin import Artifact, OriginRepository
 from tufmesh.origin._developer import (
@@ -51,10 +58,10 @@ def _publish(*args: str, token: str, key: Path | None = None, check: bool = True
     return proc.stdout + proc.stderr
 
 
-def _claimed_repo(tmp_path: Path) -> tuple[Path, str, Path, Path]:
+def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     """A repository whose project ``demo`` published one artifact through the
     bins, then was claimed for a developer's key: (repo, token, key, artifact)."""
-    repo = init_repo(tmp_path / "repo")
+    repo = init_repo(tmp_path / "repo", *extra)
     token = add_project(repo, "demo")
     first = tmp_path / "demo-1.0.tar.gz"
     first.write_bytes(os.urandom(2_500_000))  # three chunks: a manifest too
@@ -123,6 +130,18 @@ def test_a_claimed_project_is_published_by_its_own_key_alone(tmp_path: Path) -> 
             str(second), "--origin", url, "--project", "demo", token=token, key=key, check=False
         )
         assert "was published and removed" in out
+        # An origin serving an older version (from before the drop) as the
+        # current one cannot have the developers' tool sign the drop away.
+        older = Metadata[Targets].from_bytes((repo / "metadata/2.project-demo.json").read_bytes())
+        with pytest.raises(PublishError, match="rolling the project back"):
+            load_key(str(key)).sign_next("demo", older)
+        # The snapshot names the role's hash as well as its version.
+        snapshot = json.loads(httpx.get(f"{url}/metadata/timestamp.json").content)["signed"]
+        version = snapshot["meta"]["snapshot.json"]["version"]
+        meta = json.loads(httpx.get(f"{url}/metadata/{version}.snapshot.json").content)
+        entry = meta["signed"]["meta"]["project-demo.json"]
+        role = (repo / "metadata" / f"{entry['version']}.project-demo.json").read_bytes()
+        assert entry["hashes"] == {"sha256": hashlib.sha256(role).hexdigest()}
 
         # A mirror replicates the project's role and its artifacts, and
         # python-tuf verifies them from the mirror's tree alone.
@@ -140,6 +159,9 @@ def test_the_origins_online_keys_cannot_publish_into_a_claimed_project(tmp_path:
     evil = tmp_path / "demo-6.6.6.tar.gz"
     evil.write_bytes(b"malware")
     forged = _forge_into_bin(repo, evil, "demo")
+    # (and under another spelling of the project's name, which the delegation's
+    # pattern does not match: python-tuf looks in the bins for that path)
+    spelled = _forge_into_bin(repo, evil, "Demo")
     with running(repo) as server:
         updater = tuf_updater(server.url, repo)
         updater.refresh()
@@ -152,9 +174,13 @@ def test_the_origins_online_keys_cannot_publish_into_a_claimed_project(tmp_path:
             [SourceHealth(server.url)],
         )
         with client:
-            assert forged not in [t.path for t in client.artifacts()]
+            assert [t.path for t in client.artifacts()] == ["demo/demo-1.0.tar.gz"]
+            # Ours asks for a name's normal form only, which is the project's.
+            for path in (forged, spelled):
+                with pytest.raises(NotInMetadataError):
+                    client.target(path)
         # Nor can those keys sign the project's role itself.
-        online = load_key(str(repo / "keys" / "bin-n.pem"))
+        online = load_key(str(repo / "keys" / "bin-n.pem")).signer
         current = _published(server.url, "demo")
         current.signatures.clear()
         current.sign(online)
@@ -169,13 +195,18 @@ def test_the_origins_online_keys_cannot_publish_into_a_claimed_project(tmp_path:
 def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_version(
     tmp_path: Path,
 ) -> None:
-    repo, token, key, first = _claimed_repo(tmp_path)
-    signer = load_key(str(key))
+    repo, token, key, first = _claimed_repo(tmp_path, "--project-quota", "4500000")
+    signer = load_key(str(key)).signer
     other = tmp_path / "demo-3.0.tar.gz"
     other.write_bytes(os.urandom(5000))
     with running(repo) as server:
         url = server.url
         assert post(url, "demo", other.name, other.read_bytes(), token).status_code == 202
+        # Stored and not yet signed, uploads count against the project's
+        # quota all the same: a token alone cannot fill the origin's disk.
+        body = os.urandom(1_500_000)
+        answers = [post(url, "demo", f"big-{n}.tar.gz", body, token).status_code for n in range(4)]
+        assert answers == [202, 202, 413, 413]
         current = _published(url, "demo")
         stranger = CryptoSigner.generate_ed25519()
         changed = target_of(first, "demo")
@@ -204,6 +235,7 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
             # not metadata at all
             (400, "not TUF metadata"): b"{]",
         }
+        cases[(413, "bytes clients read")] = b" " * 4_000_001
         for (status, reason), data in cases.items():
             answer = _send(url, token, data)
             assert answer.status_code == status and reason in answer.json()["error"], (
@@ -228,7 +260,7 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     origin.publish([kept])
     key = tmp_path / "k.pem"
     generate_key(key)
-    signer = load_key(str(key))
+    signer = load_key(str(key)).signer
     empty = claim_request("demo", signer, [])
     path = tmp_path / "claim.json"
     path.write_text(json.dumps(empty))
@@ -242,6 +274,16 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     forged = claim_request("demo", stranger, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
     with pytest.raises(OwnedMetadataError, match="not signed by"):
         origin.claim(project, keys, threshold, json.dumps(forged["metadata"]).encode())
+    # A key named by another key's id (the bins key's), or one of the
+    # repository's own keys, is refused.
+    bins_keyid = next(iter(origin._md["targets"].signed.delegations.roles["bins"].keyids))
+    posing = Key.from_dict(bins_keyid, signer.public_key.to_dict())
+    with pytest.raises(OwnedMetadataError, match="not named by its own hash"):
+        origin.claim(project, [posing], 1, data)
+    online = load_key(str(tmp_path / "repo" / "keys" / "bin-n.pem")).signer
+    request = claim_request("demo", online, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
+    with pytest.raises(OwnedMetadataError, match="one of the repository's own keys"):
+        origin.claim(project, [online.public_key], 1, json.dumps(request["metadata"]).encode())
     assert not origin.claimed("demo")
     good = claim_request("demo", signer, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
     origin.claim(project, keys, threshold, json.dumps(good["metadata"]).encode())
@@ -272,7 +314,7 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
 def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> None:
     repo, token, key, _first = _claimed_repo(tmp_path)
     other_token = add_project(repo, "other")
-    signer = load_key(str(key))
+    signer = load_key(str(key)).signer
     with running(repo) as server:
         url = server.url
         assert post(url, "other", "other-1.0.tar.gz", b"other", other_token).status_code == 200
@@ -288,6 +330,10 @@ def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> No
         with client:
             assert [t.path for t in client.artifacts()] == ["other/other-1.0.tar.gz"]
             assert client.lapsed == ["project-demo"]
+            with pytest.raises(MetadataRefusedError, match="expired"):
+                client.target("demo/demo-1.0.tar.gz")
+            # The repository's lapse, not the source's: it is not blamed.
+            assert [s.failures for s in client.fetcher.sources] == [0]
         replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [url])
         report = replica.sync()
         assert report.error is None and report.artifacts == 1
@@ -367,7 +413,9 @@ def _stored_artifact(
 def _forge_into_bin(repo: Path, evil: Path, project: str) -> str:
     """Sign, with the online bin keys, a bin listing ``evil`` as ``project``'s."""
     origin = OriginRepository(repo)
-    target = target_of(evil, project)
+    target = target_of(evil, "demo")
+    if project != "demo":
+        target = _renamed(target, f"{project}/{evil.name}")
     origin.store.put(evil.read_bytes())
     role = origin.succinct.get_role_for_target(target.path)
     with origin.edit_targets(role) as listed:
