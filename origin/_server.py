@@ -776,8 +776,16 @@ def build_app(service: OriginService) -> ByteCounter:
             }
         )
 
-    def _authorized(request: Request, project: str) -> str | Response | None:
-        """The request's upload token if it may publish to ``project``, else the answer."""
+    def _admit(
+        request: Request, limit: int, too_big: str
+    ) -> tuple[str, str | None, str | None] | Response:
+        """A publishing request's project (normalised), token and declared
+        length, or the answer refusing it: a bad project name, a token that
+        may not publish to it, a declared body over ``limit``."""
+        try:
+            project = normalize_project(request.path_params["project"])
+        except InvalidNameError as exc:
+            return _error(400, str(exc))
         auth = request.headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         try:
@@ -786,7 +794,10 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(403, str(exc))
         except AuthError as exc:
             return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
-        return token
+        declared = request.headers.get("content-length")
+        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
+            return _error(413, too_big)
+        return project, token, declared
 
     async def _audit(request: Request, token: str | None, entry: dict[str, Any]) -> None:
         """Log a publication with when, from where and with which token (a prefix
@@ -802,17 +813,14 @@ def build_app(service: OriginService) -> ByteCounter:
 
     async def upload(request: Request) -> Response:
         try:
-            project = normalize_project(request.path_params["project"])
             filename = check_filename(request.path_params["filename"])
         except InvalidNameError as exc:
             return _error(400, str(exc))
-        token = _authorized(request, project)
-        if isinstance(token, Response):
-            return token
         limit = repo_config.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
-            return _error(413, f"upload over the {limit}-byte limit")
+        admitted = _admit(request, limit, f"upload over the {limit}-byte limit")
+        if isinstance(admitted, Response):
+            return admitted
+        project, token, declared = admitted
         # A project known to be near its quota (from its last publication) is
         # refused before its body is read, and read no further than its quota
         # allows: the commit checks again, but bytes it refuses would wait on
@@ -918,17 +926,11 @@ def build_app(service: OriginService) -> ByteCounter:
 
     async def owned_metadata(request: Request) -> Response:
         """A claimed project's next metadata version, signed by its developers."""
-        try:
-            project = normalize_project(request.path_params["project"])
-        except InvalidNameError as exc:
-            return _error(400, str(exc))
-        token = _authorized(request, project)
-        if isinstance(token, Response):
-            return token
         limit = repo_config.max_bin_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
-            return _error(413, f"metadata over the {limit:,} bytes clients read")
+        admitted = _admit(request, limit, f"metadata over the {limit:,} bytes clients read")
+        if isinstance(admitted, Response):
+            return admitted
+        project, token, _ = admitted
         # One slot of the project's uploads: as many bodies held at once, no more.
         if uploading.full(project):
             busy = f"too many uploads of {project} at once"
