@@ -172,6 +172,8 @@ def status(mirror_dir: Path) -> None:
         click.echo(f"last error\t{last['error']}")
     if unknown := last.get("unknown_projects"):
         click.echo(f"--projects with nothing published\t{', '.join(map(str, unknown))}")
+    if lapsed := last.get("lapsed"):
+        click.echo(f"projects whose own metadata expired\t{', '.join(map(str, lapsed))}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
         click.echo(f"fetched from {source}\t{format_size(count)}")
     if last.get("error"):

@@ -66,6 +66,9 @@ class SyncReport:
     error: str | None = None
     #: Projects of ``--projects`` that nothing published belongs to (a typo?).
     unknown_projects: list[str] = field(default_factory=list)
+    #: Claimed projects whose own metadata expired: not mirrored until their
+    #: developers sign it again (docs/adr/0022).
+    lapsed: list[str] = field(default_factory=list)
 
 
 class Mirror:
@@ -271,6 +274,7 @@ class Mirror:
                     report.artifacts = self._synced[1].artifacts
                     report.snapshot_version = self._synced[1].snapshot_version
                     report.unknown_projects = self._synced[1].unknown_projects
+                    report.lapsed = self._synced[1].lapsed
                 else:
                     self._replicate(client, swarm, report, fetched)
                     self._synced = (seen, report)
@@ -328,6 +332,7 @@ class Mirror:
     ) -> None:
         """Fetch the blobs the policy wants that the store lacks, then publish."""
         listed = client.artifacts()
+        report.lapsed = [role.removeprefix("project-") for role in client.lapsed]
         entries = {t.path: e for t in listed if (e := servable(t)) is not None}
         targets = self.wanted([t for t in listed if t.path in entries])
         published = {t.path.split("/", 1)[0] for t in listed}

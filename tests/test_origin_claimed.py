@@ -336,7 +336,9 @@ def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> No
             assert [s.failures for s in client.fetcher.sources] == [0]
         replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [url])
         report = replica.sync()
-        assert report.error is None and report.artifacts == 1
+        assert report.error is None and report.artifacts == 1 and report.lapsed == ["demo"]
+        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+        assert "projects whose own metadata expired\tdemo" in status
         # The developers sign again: listed again.
         tufmesh("developer", "sign", "demo", "--origin", url, "--token", token, "--key", str(key))
         with Client(
