@@ -119,6 +119,9 @@ class Client:
             self.fetch_config,
         )
         self._updater: Updater | None = None
+        #: Paths are tufmesh's ``<project>/<filename>`` (False for any TUF
+        #: repository: the conformance client's).
+        self.artifact_paths = True
         #: Roles the last listing left out: expired delegated roles (a claimed
         #: project whose developers let its metadata lapse, docs/adr/0022).
         self.lapsed: list[str] = []
@@ -218,7 +221,8 @@ class Client:
         form (``Demo_Pkg/f`` is ``demo-pkg/f``): another spelling would miss a
         claimed project's delegation and fall through to the hash bins, where
         the origin's online keys could sign it (docs/adr/0022)."""
-        path = _normal(path)
+        if self.artifact_paths:
+            path = _normal(path)
         info = self._with_failover(lambda u: u.get_targetinfo(path))
         if info is None:
             raise NotInMetadataError(f"{path} is not in the signed metadata")
@@ -241,7 +245,7 @@ class Client:
             lapsed = []
             while stack:
                 role, parent, checks = stack.pop()
-                if role == "targets":
+                if role == "targets" and self.artifact_paths:
                     checks = (_is_normal,)  # as the origin writes paths, no other spelling
                 try:
                     targets: Targets = updater._load_targets(role, parent)

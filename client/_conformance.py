@@ -27,7 +27,9 @@ def _client(metadata_dir: Path, metadata_url: str, target_base_url: str | None) 
     source = SourceHealth(
         metadata_url, metadata_url=metadata_url, targets_url=target_base_url or metadata_url
     )
-    return Client(metadata_dir, root, [source])
+    client = Client(metadata_dir, root, [source])
+    client.artifact_paths = False  # any TUF repository's target names
+    return client
 
 
 @click.group()

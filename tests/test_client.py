@@ -26,6 +26,7 @@ from tests.helpers.origin import (
     post,
     running,
     start_server,
+    static_server,
     tufmesh,
 )
 from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig, SourceHealth
@@ -671,6 +672,52 @@ def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "not in the signed metadata" in missing.stderr
     unreachable = run(*common, "--metadata-url", "http://127.0.0.1:9/metadata", "refresh")
     assert unreachable.returncode == 1
+
+
+def test_conformance_cli_on_any_tuf_repository(tmp_path: Path) -> None:
+    """Target names of any shape, as the TUF conformance suite uses them: not
+    only tufmesh's ``<project>/<filename>``."""
+    from datetime import UTC, datetime, timedelta
+
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+
+    signer = CryptoSigner.generate_ed25519()
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    files = {"target_file.txt": b"one", "path/to/a/target_file.txt": b"two"}
+    root = Root(expires=expires, consistent_snapshot=False)
+    for role in ("root", "targets", "snapshot", "timestamp"):
+        root.add_key(signer.public_key, role)
+    targets = Targets(expires=expires)
+    for name, data in files.items():
+        targets.targets[name] = TargetFile.from_data(name, data, ["sha256"])
+        (tmp_path / "repo" / "targets" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "repo" / "targets" / name).write_bytes(data)
+    snapshot = Snapshot(expires=expires, meta={"targets.json": MetaFile(1)})
+    timestamp = Timestamp(expires=expires, snapshot_meta=MetaFile(1))
+    (tmp_path / "repo" / "metadata").mkdir()
+    for name, signed in (("root", root), ("targets", targets), ("snapshot", snapshot),
+                         ("timestamp", timestamp)):  # fmt: skip
+        md = Metadata(signed)
+        md.sign(signer)
+        md.to_file(str(tmp_path / "repo" / "metadata" / f"{name}.json"))
+    exe = TUFMESH + "-conformance"
+    meta, out = tmp_path / "meta", tmp_path / "out"
+    common = ["--metadata-dir", str(meta)]
+    with static_server(tmp_path / "repo") as url:
+        urls = ["--metadata-url", f"{url}/metadata", "--target-base-url", f"{url}/targets",
+                "--target-dir", str(out)]  # fmt: skip
+        init = [exe, *common, "init", str(tmp_path / "repo" / "metadata" / "root.json")]
+        assert subprocess.run(init, capture_output=True, timeout=120).returncode == 0
+        names = [arg for name in files for arg in ("--target-name", name)]
+        done = subprocess.run(
+            [exe, *common, *urls, *names, "download"], capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 0, done.stderr
+    from urllib.parse import quote
+
+    for name, data in files.items():
+        assert (out / quote(name, safe="")).read_bytes() == data
 
 
 def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: Path) -> None:

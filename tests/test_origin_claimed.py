@@ -5,15 +5,10 @@ origin's online keys can neither add to it nor change it."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,6 +21,7 @@ from tests.helpers.origin import (
     init_repo,
     post,
     running,
+    static_server,
     tuf_download,
     tuf_updater,
     tufmesh,
@@ -148,7 +144,7 @@ def test_a_claimed_project_is_published_by_its_own_key_alone(tmp_path: Path) -> 
         replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [url])
         report = replica.sync()
         assert report.error is None and report.artifacts == 1
-    with _static(tmp_path / "m" / "tree") as mirror_url:
+    with static_server(tmp_path / "m" / "tree") as mirror_url:
         assert tuf_download(mirror_url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
 
 
@@ -424,55 +420,3 @@ def _forge_into_bin(repo: Path, evil: Path, project: str) -> str:
         listed.targets[target.path] = target
     origin._commit()
     return target.path
-
-
-@contextmanager
-def _static(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_Quiet, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    origin = OriginRepository.create(tmp_path / "repo")
-    first = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
-    second = _stored_artifact(origin, tmp_path, "demo", "demo-2.0.tar.gz", b"two")
-    origin.publish([first, second])
-    signer = CryptoSigner.generate_ed25519()
-    request = claim_request("demo", signer, [first.target_file(), second.target_file()])
-    origin.claim("demo", [signer.public_key], 1, json.dumps(request["metadata"]).encode())
-    current = Metadata[Targets].from_bytes(
-        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
-    )
-    dropping = next_version(current, [signer], drop=["demo/demo-2.0.tar.gz"])
-
-    def full_disk(self: OriginRepository) -> None:
-        raise OSError(28, "No space left on device")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(OriginRepository, "flush", full_disk)
-        with pytest.raises(OSError, match="No space left"):
-            origin.take_owned("demo", dropping)
-    # Nothing recorded: the origin still starts ('unremoved' would stop it),
-    # and the developers send the same version again.
-    assert origin.removed() == {} and origin.unremoved == []
-    assert origin.find("demo/demo-2.0.tar.gz") is not None
-    assert origin.take_owned("demo", dropping)[0] == 2
-    assert origin.find("demo/demo-2.0.tar.gz") is None
-    assert list(origin.removed()) == ["demo/demo-2.0.tar.gz"]
-    assert (
-        not (tmp_path / "repo/targets/demo").joinpath(f"{second.sha256}.demo-2.0.tar.gz").exists()
-    )

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -123,3 +126,23 @@ def snapshot_version(repo: Path) -> int:
     return json.loads((repo / "metadata" / "timestamp.json").read_text())["signed"]["meta"][
         "snapshot.json"
     ]["version"]
+
+
+@contextmanager
+def static_server(directory: Path) -> Iterator[str]:
+    """A plain static web server of ``directory`` on 127.0.0.1 (as nginx or S3
+    would serve a published tree); its URL."""
+    handler = functools.partial(_Quiet, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
