@@ -513,7 +513,14 @@ def project_list(repo_dir: Path) -> None:
 @project.command("claim")
 @repo_option
 @click.argument("request", type=click.Path(dir_okay=False, path_type=Path))
-def project_claim(repo_dir: Path, request: Path) -> None:
+@click.option(
+    "--remove-missing",
+    is_flag=True,
+    help="Remove the project's published artifacts the request leaves out (what a leaked "
+    "key published, say) instead of refusing it.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what the request asks, change nothing.")
+def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: bool) -> None:
     """Hand a project to its developers' keys (a ceremony: the targets keys sign).
 
     REQUEST is what 'tufmesh developer claim' wrote: the developers' public
@@ -521,18 +528,29 @@ def project_claim(repo_dir: Path, request: Path) -> None:
     listing every artifact the project has published. From then on only that
     key publishes the project's artifacts, not the origin's online keys. A
     project claimed already gets the request's key instead (its next version).
-    With the origin stopped.
+    Check the key id with the developers first (--dry-run shows it). With the
+    origin stopped.
     """
     from tufmesh.origin._developer import read_claim
 
     project, keys, threshold, data = read_claim(request)
     if project not in ProjectRegistry(repo_dir).names():
         raise OriginError(f"no project {project} here ('origin project add' registers it)")
+    listing = json.loads(data)["signed"].get("targets", {})
+    click.echo(f"{project}: {len(listing)} artifacts, threshold {threshold}, key ids:")
+    for key in keys:
+        click.echo(f"  {key.keyid}")
+    if dry_run:
+        return
     repo = _ceremony(repo_dir)
-    done = _on_disk(lambda: repo.claim(project, keys, threshold, data))
-    listed = sum(1 for t in repo.artifacts() if t.path.startswith(f"{project}/"))
+    before = {t.path for t in repo.artifacts() if t.path.startswith(f"{project}/")}
+    done = _on_disk(
+        lambda: repo.claim(project, keys, threshold, data, remove_missing=remove_missing)
+    )
+    for path in sorted(before - set(listing)):
+        click.echo(f"removed {path}")
     click.echo(
-        f"claimed {project}: its artifacts ({listed}) are signed by "
+        f"claimed {project}: its artifacts ({len(listing)}) are signed by "
         f"{', '.join(k.keyid[:12] for k in keys)} (threshold {threshold}) from now on"
     )
     _report(repo, done)
@@ -598,6 +616,8 @@ def publish(
     developer = load_key(key) if key is not None else None
     stored: list[tuple[Path, dict[str, Any]]] = []  # for the project's own keys to sign
     with httpx.Client(verify=tls_context()) as client:
+        if developer is not None:
+            developer = _ready_to_sign(client, origin_url, project, developer)
         for path in files:
             try:
                 with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
@@ -632,6 +652,25 @@ def publish(
         raise click.ClickException(f"{failures} of {len(files)} files were not published")
 
 
+def _ready_to_sign(
+    client: httpx.Client, origin_url: str, project: str, developer: DeveloperKey
+) -> DeveloperKey | None:
+    """``developer`` if it can sign the project's next version (checked before
+    anything is uploaded: a wrong key costs nothing), None if the project is
+    not claimed (said: the origin signs its artifacts)."""
+    from tufmesh.origin._developer import claimed_version, published_version
+
+    project = normalize_project(project)
+    if claimed_version(client, origin_url, project) is None:
+        click.echo(
+            f"warning: {project} is not claimed: the origin signs its artifacts, --key is not used",
+            err=True,
+        )
+        return None
+    developer.sign_next(project, published_version(client, origin_url, project))
+    return developer
+
+
 def _sign_stored(
     client: httpx.Client,
     origin_url: str,
@@ -663,6 +702,8 @@ def _sign_stored(
             f"sha256 {target.hashes['sha256'][:16]}…  {answer['role']} v{answer['version']}, "
             f"snapshot v{answer['snapshot_version']}"
         )
+    if "warning" in answer:
+        click.echo(f"warning: {answer['warning']}", err=True)
     return 0
 
 
@@ -694,6 +735,7 @@ def developer_keygen(keyfile: Path) -> None:
 
     key = generate_key(keyfile)
     click.echo(f"wrote {keyfile}: key id {key.keyid}")
+    click.echo("  keep a copy offline, and keep it secret: it publishes the project's artifacts")
 
 
 @developer.command("claim")
@@ -711,21 +753,40 @@ def developer_keygen(keyfile: Path) -> None:
     type=SIZE,
     default="1MiB",
     show_default=True,
-    help="The origin's chunk size (tufmesh publish prints it).",
+    help="The origin's chunk size ('chunk_size' in its config.json; 1 MiB unless set at init).",
+)
+@click.option(
+    "--origin",
+    "origin_url",
+    help="The origin, for a project claimed already (a new key after one was lost or "
+    "leaked): the request is then the next version of its metadata.",
 )
 def developer_claim(
-    project: str, files: tuple[Path, ...], key: str, output: Path | None, chunk_size: int
+    project: str,
+    files: tuple[Path, ...],
+    key: str,
+    output: Path | None,
+    chunk_size: int,
+    origin_url: str | None,
 ) -> None:
     """Write the request to claim PROJECT for KEY, listing FILES: every
     artifact the project has published (the origin refuses a claim that
-    leaves one out or differs; 'tufmesh get' fetches those you lack).
-    Hand the request to the repository's maintainers."""
-    from tufmesh.origin._developer import claim_request, load_key, target_of
+    leaves one out or differs, unless its maintainers remove those; 'tufmesh
+    get' fetches those you lack). Hand the request to the maintainers."""
+    from tufmesh.origin._developer import claim_request, claimed_version, load_key, target_of
 
     developer = load_key(key)
     project = normalize_project(project)
+    version = 1
+    if origin_url is not None:
+        from tufmesh.client._home import check_url
+        from tufmesh.client._http import tls_context
+
+        with httpx.Client(verify=tls_context()) as client:
+            current = claimed_version(client, check_url(origin_url), project)
+        version = 1 if current is None else current + 1
     targets = [target_of(f, project, chunk_size) for f in files]
-    request = claim_request(project, developer.signer, targets)
+    request = claim_request(project, developer.signer, targets, version=version)
     output = output or Path(f"{project}.claim.json")
     try:
         with open(output, "x", encoding="utf-8") as handle:
@@ -735,11 +796,11 @@ def developer_claim(
         raise UsageError(f"{output} exists already") from None
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    developer.remember(project, json.dumps(request["metadata"]).encode())
     click.echo(
-        f"wrote {output}: {project} for key {developer.signer.public_key.keyid[:12]}, "
-        f"{len(files)} artifacts; the maintainers run 'tufmesh origin project claim' with it"
+        f"wrote {output}: {project}, {len(files)} artifacts, version {version}, for key "
+        f"{developer.signer.public_key.keyid}"
     )
+    click.echo("  hand it to the maintainers ('tufmesh origin project claim'), with the key id")
 
 
 @developer.command("sign")
@@ -771,6 +832,8 @@ def developer_sign(
         answer = release(client, origin_url, project, developer, token.strip(), drop=paths)
     for path in paths:
         click.echo(f"dropped {path}")
+    if "warning" in answer:
+        click.echo(f"warning: {answer['warning']}", err=True)
     click.echo(
         f"signed {answer['role']} v{answer['version']}, snapshot v{answer['snapshot_version']}"
     )

@@ -39,6 +39,7 @@ __all__ = [
     "EXPIRY_DAYS",
     "DeveloperKey",
     "claim_request",
+    "claimed_version",
     "generate_key",
     "load_key",
     "next_version",
@@ -58,9 +59,11 @@ _TIMEOUT: Final = httpx.Timeout(30.0)
 
 
 def generate_key(path: Path) -> Key:
-    """A new Ed25519 key in PEM file ``path`` (made anew, mode 0600); its public key."""
+    """A new Ed25519 key in PEM file ``path`` (made anew, mode 0600, its
+    directory too if missing, mode 0700); its public key."""
     signer = CryptoSigner.generate_ed25519()
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise UsageError(f"{path} exists already: a key is never overwritten") from None
@@ -83,11 +86,21 @@ class DeveloperKey:
 
     def _versions(self) -> dict[str, dict[str, Any]]:
         try:
-            versions: dict[str, dict[str, Any]] = json.loads(self.memory.read_bytes())
+            versions = json.loads(self.memory.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {self.memory}: {exc}") from None
+        if not isinstance(versions, dict) or not all(
+            isinstance(v, dict)
+            and type(v.get("version")) is int
+            and isinstance(v.get("sha256"), str)
+            for v in versions.values()
+        ):
+            raise UsageError(
+                f"{self.memory} is damaged: restore it, or remove it to start afresh (it "
+                "only keeps an origin from rolling a project back under this key)"
+            )
         return versions
 
     def sign_next(
@@ -108,10 +121,12 @@ class DeveloperKey:
             if version < last["version"] or (
                 version == last["version"] and digest != last["sha256"]
             ):
+                which = "an older version" if version < last["version"] else "another version"
                 raise PublishError(
-                    f"the origin serves version {version} of {owned_role(project)}, but this key "
-                    f"had version {last['version']} published: not signing on top of an older "
-                    "one (the origin may be rolling the project back; ask its maintainers)"
+                    f"the origin serves {which} of {owned_role(project)} (v{version}) than the "
+                    f"one this key had published (v{last['version']}, noted in {self.memory}): "
+                    "not signing on top of it (the origin may be rolling the project back; "
+                    "ask its maintainers)"
                 )
         return next_version(current, [self.signer], add=add, drop=drop, days=days)
 
@@ -176,14 +191,20 @@ def _signed(md: Metadata[Targets], signers: Iterable[Signer]) -> bytes:
 
 
 def claim_request(
-    project: str, signer: Signer, targets: list[TargetFile], days: int = EXPIRY_DAYS
+    project: str,
+    signer: Signer,
+    targets: list[TargetFile],
+    days: int = EXPIRY_DAYS,
+    *,
+    version: int = 1,
 ) -> dict[str, Any]:
     """What the developers of ``project`` hand its maintainers to claim it: their
-    public key and version 1 of the project's metadata, signed, listing every
-    artifact the project has published (their own files'
+    public key and the first version of the project's metadata under it
+    (``version``: 1, or the next of a project claimed already), signed,
+    listing every artifact the project has published (their own files'
     entries: the origin refuses a claim that leaves one out or differs)."""
     project = normalize_project(project)
-    md = Metadata(Targets(version=1, expires=_expiry(days)))
+    md = Metadata(Targets(version=version, expires=_expiry(days)))
     for target in targets:
         md.signed.targets[target.path] = target
     signed = json.loads(_signed(md, [signer]))
@@ -222,26 +243,35 @@ def _get(client: httpx.Client, url: str) -> bytes:
     return response.content
 
 
-def published_version(client: httpx.Client, origin: str, project: str) -> Metadata[Targets]:
-    """The project's metadata the origin publishes now (its role's version in
-    the origin's current snapshot). Not verified here: see :func:`next_version`."""
+def claimed_version(client: httpx.Client, origin: str, project: str) -> int | None:
+    """The version of the project's own metadata in the origin's current
+    snapshot; None if the project is not claimed. Not verified here."""
     base = f"{origin.rstrip('/')}/metadata/"
-    role = owned_role(project)
     try:
         timestamp = json.loads(_get(client, base + "timestamp.json"))
         snapshot_version = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
         snapshot = json.loads(_get(client, f"{base}{snapshot_version}.snapshot.json"))
-        meta = snapshot["signed"]["meta"].get(f"{role}.json")
-        if meta is None:
-            raise PublishError(
-                f"{project} is not claimed on {origin}: its maintainers claim it for your key "
-                "('tufmesh developer claim' makes the request)"
-            )
-        md: Metadata[Any] = Metadata.from_bytes(
-            _get(client, f"{base}{int(meta['version'])}.{quote(role, '')}.json")
-        )
-    except (ValueError, KeyError, TypeError) as exc:
+        meta = snapshot["signed"]["meta"].get(f"{owned_role(project)}.json")
+        return None if meta is None else int(meta["version"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
+
+
+def published_version(client: httpx.Client, origin: str, project: str) -> Metadata[Targets]:
+    """The project's metadata the origin publishes now (its role's version in
+    the origin's current snapshot). Not verified here: see :func:`next_version`."""
+    version = claimed_version(client, origin, project)
+    if version is None:
+        raise PublishError(
+            f"{project} is not claimed on {origin}: its maintainers claim it for your key "
+            "('tufmesh developer claim' makes the request)"
+        )
+    role = owned_role(project)
+    url = f"{origin.rstrip('/')}/metadata/{version}.{quote(role, '')}.json"
+    try:
+        md: Metadata[Any] = Metadata.from_bytes(_get(client, url))
+    except ValueError as exc:  # DeserializationError
+        raise PublishError(f"{url} is not TUF metadata: {exc}") from None
     if not isinstance(md.signed, Targets):
         raise PublishError(f"{origin} serves {md.signed.type} metadata as {role}")
     return md
@@ -268,8 +298,8 @@ def next_version(
         except Exception:
             raise PublishError(
                 f"the published version {current.signed.version} is not signed by key "
-                f"{signer.public_key.keyid[:12]}: not signing on top of it (the origin may "
-                "be serving a forged version; ask its maintainers)"
+                f"{signer.public_key.keyid[:12]}: is it the project's key? If it is, the "
+                "origin may be serving a forged version (ask its maintainers); nothing is signed"
             ) from None
     targets = dict(current.signed.targets)
     for target in add:
@@ -329,5 +359,8 @@ def release(
     current = published_version(client, origin, project)
     data = key.sign_next(project, current, add=add, drop=drop)
     answer = send_version(client, origin, project, data, token)
-    key.remember(project, data)
+    try:
+        key.remember(project, data)
+    except UsageError as exc:  # published all the same: said, not failed
+        answer["warning"] = f"{exc} (the version is published; the next one will not know it)"
     return answer

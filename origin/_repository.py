@@ -1044,12 +1044,22 @@ class OriginRepository(Repository):
         self._adopt(project, md, data, dict(current.targets))
         return md.signed.version, int(self._md["snapshot"].signed.version)
 
-    def claim(self, project: str, keys: list[Key], threshold: int, data: bytes) -> list[str]:
+    def claim(
+        self,
+        project: str,
+        keys: list[Key],
+        threshold: int,
+        data: bytes,
+        *,
+        remove_missing: bool = False,
+    ) -> list[str]:
         """A ceremony (the targets keys sign): delegate ``project``'s paths to
         ``keys`` before the bins, terminating, and publish the first version of
         its role, ``data``, signed by them. Every artifact the project has
-        published must be in it, unchanged; they leave the bins. A project
-        claimed already gets the new keys (``data`` then its next version)."""
+        published must be in it, unchanged (they leave the bins), unless
+        ``remove_missing``: those it leaves out are then removed (what a leaked
+        key published, say). A project claimed already gets the new keys
+        (``data`` then its next version)."""
         role = owned_role(project)
         delegation = owned_delegation(project, keys, threshold)
         delegations = self._md["targets"].signed.delegations
@@ -1082,9 +1092,10 @@ class OriginRepository(Repository):
             limit=self.config.max_bin_bytes,
         )
         missing = sorted(set(previous) - set(md.signed.targets))
-        if missing:
+        if missing and not remove_missing:
             raise OwnedMetadataError(
-                f"the project's metadata leaves out what it has published: {', '.join(missing)}"
+                f"the project's metadata leaves out what it has published: {', '.join(missing)} "
+                "(to remove those, claim with --remove-missing)"
             )
         try:
             with self.edit_targets("targets") as targets:
@@ -1140,10 +1151,7 @@ class OriginRepository(Repository):
         for path, target in md.signed.targets.items():
             if path in previous:
                 if previous[path] != target:
-                    raise ConflictError(
-                        f"{path} is published with other bytes or CIDs (sha256 "
-                        f"{previous[path].hashes.get('sha256')}); artifacts are immutable"
-                    )
+                    raise ConflictError(_difference(path, previous[path], target))
                 continue
             if path in removed:
                 raise ConflictError(f"{path} was published and removed; its name is not used again")
@@ -1419,6 +1427,23 @@ class OriginRepository(Repository):
             for target in md.signed.targets.values()
         ]
         return sorted(found, key=lambda t: t.path)
+
+
+def _difference(path: str, published: TargetFile, given: TargetFile) -> str:
+    """Why ``given`` is not the entry ``published`` at ``path`` (immutable)."""
+    if published.hashes != given.hashes or published.length != given.length:
+        return (
+            f"{path} is published with other bytes (sha256 {published.hashes.get('sha256')}, "
+            f"{published.length:,} bytes); artifacts are immutable"
+        )
+    ours = published.unrecognized_fields.get("custom", {})
+    theirs = given.unrecognized_fields.get("custom", {})
+    if ours.get("chunk_size") != theirs.get("chunk_size"):
+        return (
+            f"{path} is published in chunks of {ours.get('chunk_size')} bytes, not "
+            f"{theirs.get('chunk_size')} (the entry was made with another chunk size)"
+        )
+    return f"{path} is published with other CIDs ({ours}); artifacts are immutable"
 
 
 def _removal(target: TargetFile, when: str) -> dict[str, Any]:

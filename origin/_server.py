@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections import Counter
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,7 +192,8 @@ class OriginService:
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
-        self.staged: Counter[str] = Counter()
+        #: (Per project, by file name: an upload sent again counts once.)
+        self.staged: defaultdict[str, dict[str, int]] = defaultdict(dict)
         self.counter: ByteCounter | None = None
         #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
         self.uploads = SeedGate()
@@ -826,7 +827,7 @@ def build_app(service: OriginService) -> ByteCounter:
         # allows: the commit checks again, but bytes it refuses would wait on
         # the disk for the collector, as many as a token's holder cares to send.
         left = repo_config.project_quota - service.committer.used.get(project, 0)
-        left -= service.staged[project]
+        left -= sum(size for name, size in service.staged[project].items() if name != filename)
         # (Not for a path published already: sending the same bytes again, a
         # retry whose answer was lost, is answered as before, at no cost.)
         if left < limit and service.published_sha256(project, filename) is None:
@@ -867,7 +868,11 @@ def build_app(service: OriginService) -> ByteCounter:
             chunk_size=repo_config.chunk_size,
         )
         if project in service.committer.state.claimed:
-            return _stored(artifact)
+            answer = _stored(artifact)
+            if answer.status_code == 202:
+                entry = {"target": path, "sha256": artifact.sha256, "length": length}
+                await _audit(request, token, {**entry, "stored": "awaiting its signed metadata"})
+            return answer
         try:
             version = await service.submit(artifact)
         except ConflictError as exc:
@@ -910,6 +915,19 @@ def build_app(service: OriginService) -> ByteCounter:
                 f"{artifact.path} is already published with different bytes (sha256 "
                 f"{published}); artifacts are immutable",
             )
+        staged = service.staged[project]
+        if published is None:
+            # Counted as stored (uploads at once each passed the check before
+            # their bodies): past the quota, its bytes wait for the collector.
+            held = service.committer.used.get(project, 0) + artifact.length
+            held += sum(size for name, size in staged.items() if name != filename)
+            if held > repo_config.project_quota:
+                return _error(
+                    413,
+                    f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
+                    f"its signature, past its quota of {repo_config.project_quota:,}",
+                )
+            staged[filename] = artifact.length
         body = {
             "target": artifact.path,
             "length": artifact.length,
@@ -920,8 +938,6 @@ def build_app(service: OriginService) -> ByteCounter:
             "signed_by": owned_role(project),
             "published": published is not None,
         }
-        if published is None:
-            service.staged[project] += artifact.length
         return JSONResponse(body, status_code=200 if published else 202)
 
     async def owned_metadata(request: Request) -> Response:

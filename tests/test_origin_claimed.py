@@ -33,6 +33,7 @@ from tufmesh.errors import (
     OriginError,
     OwnedMetadataError,
     PublishError,
+    UsageError,
 )
 from tufmesh.mirror import Mirror
 from tufmesh.origin import Artifact, OriginRepository
@@ -70,7 +71,7 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     request = tmp_path / "demo.claim.json"
     tufmesh("developer", "claim", "demo", str(first), "--key", str(key), "-o", str(request))
     out = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
-    assert out.startswith("claimed demo: its artifacts (1) are signed by")
+    assert "\nclaimed demo: its artifacts (1) are signed by" in out
     status = tufmesh("origin", "status", "--dir", str(repo)).stdout
     assert "1 projects sign their own metadata" in status and "\n  demo " in status
     return repo, token, key, first
@@ -203,6 +204,17 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
         body = os.urandom(1_500_000)
         answers = [post(url, "demo", f"big-{n}.tar.gz", body, token).status_code for n in range(4)]
         assert answers == [202, 202, 413, 413]
+        # The same upload sent again (a retry) counts once.
+        assert post(url, "demo", "big-0.tar.gz", body, token).status_code == 202
+        stored = [json.loads(line) for line in (repo / "uploads.log").read_text().splitlines()]
+        assert [e["target"] for e in stored if "stored" in e].count("demo/big-0.tar.gz") == 2
+        # Another key than the project's is refused before anything is sent.
+        stranger_key = tmp_path / "stranger.pem"
+        generate_key(stranger_key)
+        out = _publish(str(other), "--origin", url, "--project", "demo", token=token,
+                       key=stranger_key, check=False)  # fmt: skip
+        assert "is it the project's key?" in out
+        assert len((repo / "uploads.log").read_text().splitlines()) == len(stored)
         current = _published(url, "demo")
         stranger = CryptoSigner.generate_ed25519()
         changed = target_of(first, "demo")
@@ -313,7 +325,11 @@ def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> No
     signer = load_key(str(key)).signer
     with running(repo) as server:
         url = server.url
-        assert post(url, "other", "other-1.0.tar.gz", b"other", other_token).status_code == 200
+        # --key for a project that is not claimed: said, and the origin signs.
+        lone = tmp_path / "other-1.0.tar.gz"
+        lone.write_bytes(b"other")
+        out = _publish(str(lone), "--origin", url, "--project", "other", token=other_token, key=key)
+        assert "other is not claimed" in out and "published other/other-1.0.tar.gz" in out
         current = _published(url, "demo")
         soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
         assert _send(url, token, _with(current, signer, expires=soon)).status_code == 200
@@ -420,3 +436,91 @@ def _forge_into_bin(repo: Path, evil: Path, project: str) -> str:
         listed.targets[target.path] = target
     origin._commit()
     return target.path
+
+
+def test_a_new_key_for_a_claimed_project_whose_key_leaked(tmp_path: Path) -> None:
+    repo, token, key, first = _claimed_repo(tmp_path)
+    planted = tmp_path / "demo-6.6.6.tar.gz"
+    planted.write_bytes(b"published with the leaked key")
+    with running(repo) as server:
+        _publish(str(planted), "--origin", server.url, "--project", "demo", token=token, key=key)
+        # The developers make a new key and a request naming what the project
+        # should hold, as the next version of its metadata.
+        new = tmp_path / "keys" / "new.pem"  # (a directory made for it)
+        tufmesh("developer", "keygen", str(new))
+        request = tmp_path / "again.json"
+        out = tufmesh(
+            "developer", "claim", "demo", str(first), "--key", str(new), "-o", str(request),
+            "--origin", server.url,
+        ).stdout  # fmt: skip
+        assert "version 3" in out
+    claim = ["origin", "project", "claim", "--dir", str(repo), str(request)]
+    refused = tufmesh(*claim, check=False)
+    assert refused.returncode == 1 and "--remove-missing" in refused.stderr
+    shown = tufmesh(*claim, "--dry-run").stdout
+    assert load_key(str(new)).signer.public_key.keyid in shown
+    done = tufmesh(*claim, "--remove-missing").stdout
+    assert "removed demo/demo-6.6.6.tar.gz" in done
+    with running(repo) as server:
+        url = server.url
+        updater = tuf_updater(url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("demo/demo-6.6.6.tar.gz") is None
+        assert tuf_download(url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
+        # The leaked key publishes nothing more; the new one does.
+        late = tmp_path / "demo-7.0.tar.gz"
+        late.write_bytes(b"seven")
+        out = _publish(str(late), "--origin", url, "--project", "demo", token=token, key=key,
+                       check=False)  # fmt: skip
+        assert "is it the project's key?" in out
+        out = _publish(str(late), "--origin", url, "--project", "demo", token=token, key=new)
+        assert "project-demo v4" in out
+        assert tuf_download(url, repo, "demo/demo-7.0.tar.gz") == b"seven"
+
+
+def test_the_developers_memory_of_versions_says_when_it_cannot_help(tmp_path: Path) -> None:
+    key = tmp_path / "k.pem"
+    generate_key(key)
+    developer = load_key(str(key))
+    md = Metadata(Targets(version=1))
+    md.sign(developer.signer)
+    developer.remember("demo", md.to_bytes())
+    assert developer.sign_next("demo", md)  # the version it had published: fine
+    for damaged in ("[]", '{"demo": 5}', '{"demo": {}}', '{"demo": {"version": "9"}}', "{"):
+        developer.memory.write_text(damaged)
+        with pytest.raises(UsageError, match=r"damaged|cannot read"):
+            developer.sign_next("demo", md)
+
+
+def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin = OriginRepository.create(tmp_path / "repo")
+    first = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    second = _stored_artifact(origin, tmp_path, "demo", "demo-2.0.tar.gz", b"two")
+    origin.publish([first, second])
+    signer = CryptoSigner.generate_ed25519()
+    request = claim_request("demo", signer, [first.target_file(), second.target_file()])
+    origin.claim("demo", [signer.public_key], 1, json.dumps(request["metadata"]).encode())
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    dropping = next_version(current, [signer], drop=["demo/demo-2.0.tar.gz"])
+
+    def full_disk(self: OriginRepository) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OriginRepository, "flush", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            origin.take_owned("demo", dropping)
+    # Nothing recorded: the origin still starts ('unremoved' would stop it),
+    # and the developers send the same version again.
+    assert origin.removed() == {} and origin.unremoved == []
+    assert origin.find("demo/demo-2.0.tar.gz") is not None
+    assert origin.take_owned("demo", dropping)[0] == 2
+    assert origin.find("demo/demo-2.0.tar.gz") is None
+    assert list(origin.removed()) == ["demo/demo-2.0.tar.gz"]
+    assert (
+        not (tmp_path / "repo/targets/demo").joinpath(f"{second.sha256}.demo-2.0.tar.gz").exists()
+    )
