@@ -214,8 +214,18 @@ def ls(project: str | None, home: Path | None) -> None:
     """List the artifacts the signed metadata knows: path, length, sha256."""
     with Client.from_home(_home(home)) as downloader:
         listed = downloader.artifacts(project)
+        lapsed = [role.removeprefix("project-") for role in downloader.lapsed]
     for target in listed:
         click.echo(f"{target.path}\t{target.length}\t{target.hashes.get('sha256', '')}")
+    from tufmesh.origin._names import normalize_project
+
+    for name in lapsed:
+        if project is None or normalize_project(project) == name:
+            click.echo(
+                f"warning: {name} signs its own metadata, and it expired: its artifacts are "
+                "not listed until its developers sign it again",
+                err=True,
+            )
     if not listed:
         where = f" of project {project!r}" if project else ""
         raise NotInMetadataError(f"no artifacts{where} in the signed metadata")

@@ -289,9 +289,14 @@ def status(repo_dir: Path) -> None:
     owned = repo.owned()
     if owned:
         click.echo(f"{len(owned)} projects sign their own metadata (project-<name>):")
-    for name, (version, expires) in sorted(owned.items()):
+    for name, row in sorted(owned.items()):
+        expires = row.expires
         left = _human_delta((expires - now).total_seconds())
-        click.echo(f"  {name:{width - 2}} {version:>5} {expires.isoformat():25} {left:>12}")
+        keyids = ", ".join(k[:12] for k in row.keyids)
+        click.echo(
+            f"  {name:{width - 2}} {row.version:>5} {expires.isoformat():25} {left:>12} "
+            f"{row.threshold:>3}  {'own':8} {keyids} (the developers')"
+        )
         if expires - now < timedelta(days=30):
             # Theirs to sign, not the maintainers': the other projects are served on.
             click.secho(

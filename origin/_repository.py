@@ -623,11 +623,11 @@ class OriginRepository(Repository):
         """Whether ``project`` signs its own metadata (docs/adr/0022)."""
         return owned_role(project) in self._md
 
-    def owned(self) -> dict[str, tuple[int, datetime]]:
-        """Each claimed project's role version and expiry."""
+    def owned(self) -> dict[str, RoleStatus]:
+        """Each claimed project's role: version, expiry, its developers' keys."""
         return {
-            project: (md.signed.version, md.signed.expires)
-            for role, md in self._md.items()
+            project: self._role_status(role, role)
+            for role in self._md
             if (project := owned_project(role)) is not None
         }
 

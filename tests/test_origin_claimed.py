@@ -351,6 +351,12 @@ def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> No
         assert report.error is None and report.artifacts == 1 and report.lapsed == ["demo"]
         status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
         assert "projects whose own metadata expired\tdemo" in status
+        home = str(tmp_path / "home")
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin", url,
+                "--home", home)  # fmt: skip
+        listed = tufmesh("ls", "--home", home)
+        assert listed.stdout.startswith("other/other-1.0.tar.gz")
+        assert "demo signs its own metadata, and it expired" in listed.stderr
         # The developers sign again: listed again.
         tufmesh("developer", "sign", "demo", "--origin", url, "--token", token, "--key", str(key))
         with Client(
