@@ -530,3 +530,28 @@ def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
     assert (
         not (tmp_path / "repo/targets/demo").joinpath(f"{second.sha256}.demo-2.0.tar.gz").exists()
     )
+
+
+def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers.durability import durability_trace
+
+    origin = OriginRepository.create(tmp_path / "repo")
+    signer = CryptoSigner.generate_ed25519()
+    request = claim_request("demo", signer, [])
+    origin.claim("demo", [signer.public_key], 1, json.dumps(request["metadata"]).encode())
+    release = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    trace = durability_trace(monkeypatch)
+    origin.take_owned("demo", next_version(current, [signer], add=[release.target_file()]))
+    monkeypatch.undo()
+    timestamp = str(origin.metadata_dir / "timestamp.json")
+    (named,) = [i for i, (op, _, dst) in enumerate(trace) if op == "replace" and dst == timestamp]
+    synced = {path for op, path, _ in trace[:named] if op == "fsync"}
+    assert str(origin.metadata_dir / "2.project-demo.json") in synced
+    assert str(origin.metadata_dir) in synced and str(origin.targets_dir / "demo") in synced
+    # ...and what a client reads of it is what the developers signed, byte for byte.
+    assert OriginRepository(origin.dir).find("demo/demo-1.0.tar.gz") == release.target_file()
