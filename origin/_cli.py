@@ -545,7 +545,13 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
     click.echo(f"{project}: {len(listing)} artifacts, threshold {threshold}, key ids:")
     for key in keys:
         click.echo(f"  {key.keyid}")
-    if dry_run:
+    if dry_run:  # every check of the ceremony, nothing signed
+        missing = OriginRepository(repo_dir).claim(
+            project, keys, threshold, data, remove_missing=remove_missing, dry_run=True
+        )
+        for path in missing:
+            click.echo(f"would remove {path}")
+        click.echo("the request passes every check; run again without --dry-run to claim")
         return
     repo = _ceremony(repo_dir)
     before = {t.path for t in repo.artifacts() if t.path.startswith(f"{project}/")}
@@ -609,6 +615,7 @@ def publish(
     token = token.strip()
     if not token or not token.isprintable() or not token.isascii():
         raise UsageError("--token: an upload token is one line of printable text")
+    _distinct_names(files)
     for path in files:  # check every name before sending anything
         if not path.exists():
             raise UsageError(f"cannot read {path}: no such file")
@@ -634,7 +641,7 @@ def publish(
                 failures += 1
                 click.echo(f"error: {exc}", err=True)
                 continue
-            if "signed_by" in answer and not answer.get("published"):
+            if "signed_by" in answer:
                 if developer is None:
                     failures += 1
                     click.echo(
@@ -655,6 +662,18 @@ def publish(
             failures += _sign_stored(client, origin_url, project, token, developer, stored)
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} files were not published")
+
+
+def _distinct_names(files: tuple[Path, ...]) -> None:
+    """Refuse two files of one name: an artifact's name is its path in the project."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in seen:
+            raise UsageError(
+                f"{seen[path.name]} and {path}: two files named {path.name} (or one given "
+                "twice); a project's artifacts have distinct names"
+            )
+        seen[path.name] = path
 
 
 def _ready_to_sign(
@@ -780,6 +799,7 @@ def developer_claim(
     get' fetches those you lack). Hand the request to the maintainers."""
     from tufmesh.origin._developer import claim_request, claimed_version, load_key, target_of
 
+    _distinct_names(files)
     developer = load_key(key)
     project = normalize_project(project)
     version = 1

@@ -298,8 +298,9 @@ def next_version(
         except Exception:
             raise PublishError(
                 f"the published version {current.signed.version} is not signed by key "
-                f"{signer.public_key.keyid[:12]}: is it the project's key? If it is, the "
-                "origin may be serving a forged version (ask its maintainers); nothing is signed"
+                f"{signer.public_key.keyid[:12]}: is it the project's key (was the project "
+                "claimed again for a new one)? If it is, the origin may be serving a forged "
+                "version (ask its maintainers); nothing is signed"
             ) from None
     targets = dict(current.signed.targets)
     for target in add:

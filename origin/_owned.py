@@ -21,7 +21,14 @@ from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
 from tufmesh.errors import InvalidNameError, OwnedMetadataError
 from tufmesh.origin._names import target_path
 
-__all__ = ["PREFIX", "owned_delegation", "owned_project", "owned_role", "parse_owned"]
+__all__ = [
+    "PREFIX",
+    "owned_delegation",
+    "owned_pattern",
+    "owned_project",
+    "owned_role",
+    "parse_owned",
+]
 
 #: ``project-<name>``: no name of the origin's own roles (``bins``, ``bin-…``)
 #: can be mistaken for one.
@@ -60,8 +67,23 @@ def owned_delegation(project: str, keys: list[Key], threshold: int) -> Delegated
         keyids=[key.keyid for key in keys],
         threshold=threshold,
         terminating=True,
-        paths=[f"{project}/*"],
+        paths=[owned_pattern(project)],
     )
+
+
+def owned_pattern(project: str) -> str:
+    """The paths of claimed ``project`` (normal form), in every spelling that
+    PEP 503 folds into it with single separators: ``demo-pkg/*`` is
+    ``[dD][eE][mM][oO][-_.][pP][kK][gG]/*``. A stock TUF client asked for
+    ``Demo_Pkg/f`` stops at this terminating delegation, instead of going
+    on to the hash bins, where the origin's online keys could sign that path
+    (the origin itself publishes normal paths only). Runs of separators
+    (``demo__pkg``) the pattern language cannot fold without matching other
+    projects' names: a client asks for the normal name."""
+    folded = "".join(
+        f"[{c}{c.upper()}]" if c.isalpha() else "[-_.]" if c == "-" else c for c in project
+    )
+    return f"{folded}/*"
 
 
 def parse_owned(
@@ -73,6 +95,7 @@ def parse_owned(
     version: int,
     now: datetime,
     limit: int,
+    stale: str = "sign it anew from the published version",
 ) -> Metadata[Targets]:
     """The project's signed metadata in ``data``, if the origin may publish it:
     at most ``limit`` bytes (what clients read of a role), targets metadata
@@ -101,8 +124,7 @@ def parse_owned(
     signed: Targets = md.signed
     if signed.version != version:
         raise OwnedMetadataError(
-            f"{role} version {signed.version}: the next one is {version} (sign it anew from "
-            "the published version)"
+            f"{role} version {signed.version}: the next one is {version} ({stale})"
         )
     if signed.expires <= now:
         raise OwnedMetadataError(f"{role} expired on {signed.expires:%Y-%m-%d %H:%M} UTC")

@@ -656,13 +656,14 @@ class OriginRepository(Repository):
         try:
             for i, artifact in enumerate(artifacts):
                 project = artifact.path.split("/", 1)[0]
-                if self.claimed(project):
+                role = self.succinct.get_role_for_target(artifact.path)
+                current = by_bin[role].get(artifact.path) or self.find(artifact.path)
+                if current is None and self.claimed(project):
+                    # (Sent again, a published artifact is linked again below.)
                     results[i] = ArtifactRefusedError(
                         f"{artifact.path}: {project} signs its own metadata (publish with its key)"
                     )
                     continue
-                role = self.succinct.get_role_for_target(artifact.path)
-                current = by_bin[role].get(artifact.path) or self.find(artifact.path)
                 if current is None and artifact.path in removed:
                     results[i] = ConflictError(
                         f"{artifact.path} was published and removed; its name is not "
@@ -1052,6 +1053,7 @@ class OriginRepository(Repository):
         data: bytes,
         *,
         remove_missing: bool = False,
+        dry_run: bool = False,
     ) -> list[str]:
         """A ceremony (the targets keys sign): delegate ``project``'s paths to
         ``keys`` before the bins, terminating, and publish the first version of
@@ -1059,7 +1061,8 @@ class OriginRepository(Repository):
         published must be in it, unchanged (they leave the bins), unless
         ``remove_missing``: those it leaves out are then removed (what a leaked
         key published, say). A project claimed already gets the new keys
-        (``data`` then its next version)."""
+        (``data`` then its next version). ``dry_run``: every check, no change;
+        returns the paths the claim would remove."""
         role = owned_role(project)
         delegation = owned_delegation(project, keys, threshold)
         delegations = self._md["targets"].signed.delegations
@@ -1090,6 +1093,7 @@ class OriginRepository(Repository):
             version=version,
             now=self.clock(),
             limit=self.config.max_bin_bytes,
+            stale="the developers make the request anew: 'tufmesh developer claim --origin URL'",
         )
         missing = sorted(set(previous) - set(md.signed.targets))
         if missing and not remove_missing:
@@ -1097,6 +1101,9 @@ class OriginRepository(Repository):
                 f"the project's metadata leaves out what it has published: {', '.join(missing)} "
                 "(to remove those, claim with --remove-missing)"
             )
+        self._vet(project, md, previous)
+        if dry_run:
+            return missing
         try:
             with self.edit_targets("targets") as targets:
                 edited = targets.delegations
@@ -1147,27 +1154,7 @@ class OriginRepository(Repository):
         as removed, then a new snapshot and timestamp. Undone on failure."""
         role = owned_role(project)
         removed = self.removed()
-        adding: list[Artifact] = []
-        for path, target in md.signed.targets.items():
-            if path in previous:
-                if previous[path] != target:
-                    raise ConflictError(_difference(path, previous[path], target))
-                continue
-            if path in removed:
-                raise ConflictError(f"{path} was published and removed; its name is not used again")
-            artifact = Artifact.from_target(target)
-            try:
-                self._check(artifact)
-            except ArtifactRefusedError as exc:
-                raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
-            adding.append(artifact)
-        total = sum(t.length for t in md.signed.targets.values())
-        if total > self.config.project_quota:
-            raise QuotaError(
-                f"{project} would hold {total:,} bytes of artifacts, past its quota of "
-                f"{self.config.project_quota:,}"
-            )
-        dropped = [path for path in previous if path not in md.signed.targets]
+        adding, dropped = self._vet(project, md, previous)
         now = self.clock().isoformat(timespec="seconds")
         recorded = dict(removed)  # as it was
         linked: list[Path] = []
@@ -1198,6 +1185,35 @@ class OriginRepository(Repository):
         self._used = None  # counted again when next asked
         for path in dropped:
             self._unlink(path, removed[path])
+
+    def _vet(
+        self, project: str, md: Metadata[Targets], previous: dict[str, TargetFile]
+    ) -> tuple[list[Artifact], list[str]]:
+        """Check a claimed project's new version against the repository before
+        anything changes (what it adds stored, what it keeps unchanged, removed
+        names not reused, the quota); return what it adds and what it drops."""
+        removed = self.removed()
+        adding: list[Artifact] = []
+        for path, target in md.signed.targets.items():
+            if path in previous:
+                if previous[path] != target:
+                    raise ConflictError(_difference(path, previous[path], target))
+                continue
+            if path in removed:
+                raise ConflictError(f"{path} was published and removed; its name is not used again")
+            artifact = Artifact.from_target(target)
+            try:
+                self._check(artifact)
+            except ArtifactRefusedError as exc:
+                raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
+            adding.append(artifact)
+        total = sum(t.length for t in md.signed.targets.values())
+        if total > self.config.project_quota:
+            raise QuotaError(
+                f"{project} would hold {total:,} bytes of artifacts, past its quota of "
+                f"{self.config.project_quota:,}"
+            )
+        return adding, [path for path in previous if path not in md.signed.targets]
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------
 

@@ -867,8 +867,11 @@ def build_app(service: OriginService) -> ByteCounter:
             manifest=manifest,
             chunk_size=repo_config.chunk_size,
         )
-        if project in service.committer.state.claimed:
-            answer = _stored(artifact)
+        published = service.published_sha256(project, filename)
+        if project in service.committer.state.claimed and published != artifact.sha256:
+            # (The same bytes sent again go on to the committer, which links
+            # them again, as for any project.)
+            answer = _stored(artifact, published)
             if answer.status_code == 202:
                 entry = {"target": path, "sha256": artifact.sha256, "length": length}
                 await _audit(request, token, {**entry, "stored": "awaiting its signed metadata"})
@@ -903,31 +906,30 @@ def build_app(service: OriginService) -> ByteCounter:
             }
         )
 
-    def _stored(artifact: Artifact) -> Response:
-        """The answer to an upload to a claimed project: stored, and published
-        only once its developers sign a version of the project's metadata that
-        names it (docs/adr/0022)."""
+    def _stored(artifact: Artifact, published: str | None) -> Response:
+        """The answer to an upload to a claimed project (``published``: the
+        sha256 its path has, if any): stored, and published only once its
+        developers sign a version of the project's metadata that names it
+        (docs/adr/0022)."""
         project, filename = artifact.path.split("/", 1)
-        published = service.published_sha256(project, filename)
-        if published is not None and published != artifact.sha256:
+        if published is not None:
             return _error(
                 409,
                 f"{artifact.path} is already published with different bytes (sha256 "
                 f"{published}); artifacts are immutable",
             )
+        # Counted as stored (uploads at once each passed the check before
+        # their bodies): past the quota, its bytes wait for the collector.
         staged = service.staged[project]
-        if published is None:
-            # Counted as stored (uploads at once each passed the check before
-            # their bodies): past the quota, its bytes wait for the collector.
-            held = service.committer.used.get(project, 0) + artifact.length
-            held += sum(size for name, size in staged.items() if name != filename)
-            if held > repo_config.project_quota:
-                return _error(
-                    413,
-                    f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
-                    f"its signature, past its quota of {repo_config.project_quota:,}",
-                )
-            staged[filename] = artifact.length
+        held = service.committer.used.get(project, 0) + artifact.length
+        held += sum(size for name, size in staged.items() if name != filename)
+        if held > repo_config.project_quota:
+            return _error(
+                413,
+                f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
+                f"its signature, past its quota of {repo_config.project_quota:,}",
+            )
+        staged[filename] = artifact.length
         body = {
             "target": artifact.path,
             "length": artifact.length,
@@ -936,9 +938,8 @@ def build_app(service: OriginService) -> ByteCounter:
             "manifest": artifact.manifest,
             "chunk_size": artifact.chunk_size,
             "signed_by": owned_role(project),
-            "published": published is not None,
         }
-        return JSONResponse(body, status_code=200 if published else 202)
+        return JSONResponse(body, status_code=202)
 
     async def owned_metadata(request: Request) -> Response:
         """A claimed project's next metadata version, signed by its developers."""
