@@ -29,6 +29,14 @@ __all__ = ["developer", "origin", "publish"]
 
 T = TypeVar("T")
 
+public_key_option = click.option(
+    "--public-key",
+    envvar="TUFMESH_PUBLIC_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The public key (PEM) of a --key that is a KMS or HSM signer URI "
+    "(gcpkms:..., hsm:...) [env TUFMESH_PUBLIC_KEY].",
+)
+
 repo_option = click.option(
     "--dir",
     "repo_dir",
@@ -588,12 +596,18 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
 @click.option(
     "--key",
     envvar="TUFMESH_KEY",
-    help="The project's own signing key (a PEM file or file2: URI) if the project is "
-    "claimed: the files are published in one new version of its metadata, signed "
-    "here [env TUFMESH_KEY].",
+    help="The project's own signing key (a PEM file, or a signer URI with --public-key) if "
+    "the project is claimed: the files are published in one new version of its metadata, "
+    "signed here [env TUFMESH_KEY].",
 )
+@public_key_option
 def publish(
-    files: tuple[Path, ...], origin_url: str, project: str, token: str | None, key: str | None
+    files: tuple[Path, ...],
+    origin_url: str,
+    project: str,
+    token: str | None,
+    key: str | None,
+    public_key: Path | None,
 ) -> None:
     """Publish FILES to a project on an origin; one line per file."""
     from tufmesh.client._home import check_url
@@ -625,7 +639,7 @@ def publish(
     from tufmesh.client._http import tls_context
     from tufmesh.origin._developer import load_key
 
-    developer = load_key(key) if key is not None else None
+    developer = load_key(key, public_key) if key is not None else None
     stored: list[tuple[Path, dict[str, Any]]] = []  # for the project's own keys to sign
     with httpx.Client(verify=tls_context()) as client:
         if developer is not None:
@@ -766,6 +780,7 @@ def developer_keygen(keyfile: Path) -> None:
 @click.argument("project")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
+@public_key_option
 @click.option(
     "-o",
     "--output",
@@ -789,6 +804,7 @@ def developer_claim(
     project: str,
     files: tuple[Path, ...],
     key: str,
+    public_key: Path | None,
     output: Path | None,
     chunk_size: int,
     origin_url: str | None,
@@ -800,7 +816,7 @@ def developer_claim(
     from tufmesh.origin._developer import claim_request, claimed_version, load_key, target_of
 
     _distinct_names(files)
-    developer = load_key(key)
+    developer = load_key(key, public_key)
     project = normalize_project(project)
     version = 1
     if origin_url is not None:
@@ -833,6 +849,7 @@ def developer_claim(
 @click.option("--origin", "origin_url", required=True, help="Origin URL.")
 @click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
 @click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
+@public_key_option
 @click.option(
     "--drop",
     "drops",
@@ -841,7 +858,12 @@ def developer_claim(
     help="Take an artifact out (its name is never published again). Repeatable.",
 )
 def developer_sign(
-    project: str, origin_url: str, token: str, key: str, drops: tuple[str, ...]
+    project: str,
+    origin_url: str,
+    token: str,
+    key: str,
+    public_key: Path | None,
+    drops: tuple[str, ...],
 ) -> None:
     """Sign PROJECT's metadata anew (a fresh year's expiry), dropping any
     --drop artifacts, and send it to the origin."""
@@ -850,7 +872,7 @@ def developer_sign(
     from tufmesh.origin._developer import load_key, release
 
     origin_url = check_url(origin_url)
-    developer = load_key(key)
+    developer = load_key(key, public_key)
     project = normalize_project(project)
     paths = [f"{project}/{check_filename(name)}" for name in drops]
     with httpx.Client(verify=tls_context()) as client:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,9 +29,10 @@ from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
 from tufmesh._durable import write_atomic
+from tufmesh._ui import data_home
 from tufmesh.cas import DEFAULT_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
 from tufmesh.errors import OriginError, PublishError, UsageError
-from tufmesh.origin._keys import load_signer, public_key_from_uri
+from tufmesh.origin._keys import load_signer, public_key_from_pem, public_key_from_uri
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._repository import Artifact
@@ -55,6 +57,8 @@ __all__ = [
 #: year re-signs it (``tufmesh developer sign``).
 EXPIRY_DAYS: Final = 365
 _PIECE: Final = 1 << 20
+#: A signer URI's scheme (``gcpkms:``, ``hsm:``); anything else names a file.
+_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]*:")
 _TIMEOUT: Final = httpx.Timeout(30.0)
 
 
@@ -139,22 +143,31 @@ class DeveloperKey:
             "sha256": hashlib.sha256(md.signed_bytes).hexdigest(),
         }
         try:
+            self.memory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(self.memory, (json.dumps(versions, indent=1) + "\n").encode())
         except OSError as exc:
             raise UsageError(f"cannot write {self.memory}: {exc.strerror}") from None
 
 
-def load_key(key: str) -> DeveloperKey:
-    """A developer's key: a PEM file's path or ``file2:`` URI. (Other signer
-    URIs, a KMS or an HSM, would work once their public key is known; not
-    wired here, docs/adr/0022.)"""
-    path = Path(key.removeprefix("file2:") if key.startswith("file2:") else key).absolute()
-    uri = f"file2:{path}"
+def load_key(key: str, public_key: Path | None = None) -> DeveloperKey:
+    """A developer's key: a PEM file's path or ``file2:`` URI (what it had
+    published noted beside it), or any securesystemslib signer URI, a KMS key
+    or an HSM (``gcpkms:...``, ``hsm:``), with its public key in PEM file
+    ``public_key`` (noted under the data directory, by key id)."""
+    scheme = key.split(":", 1)[0] if _SCHEME.match(key) else "file2"
     try:
-        signer = load_signer(Path.cwd(), uri, public_key_from_uri(Path.cwd(), uri))
+        if scheme == "file2":
+            path = Path(key.removeprefix("file2:")).absolute()
+            uri = f"file2:{path}"
+            signer = load_signer(Path.cwd(), uri, public_key_from_uri(Path.cwd(), uri))
+            return DeveloperKey(signer, path.with_name(path.name + ".versions.json"))
+        if public_key is None:
+            raise UsageError(f"{key}: give its public key too (--public-key PEM)")
+        known = public_key_from_pem(public_key)
+        signer = load_signer(Path.cwd(), key, known)
     except OriginError as exc:
         raise UsageError(str(exc)) from None
-    return DeveloperKey(signer, path.with_name(path.name + ".versions.json"))
+    return DeveloperKey(signer, data_home() / "developer" / f"{known.keyid}.versions.json")
 
 
 def target_of(path: Path, project: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargetFile:

@@ -572,3 +572,47 @@ def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
     assert str(origin.metadata_dir) in synced and str(origin.targets_dir / "demo") in synced
     # ...and what a client reads of it is what the developers signed, byte for byte.
     assert OriginRepository(origin.dir).find("demo/demo-1.0.tar.gz") == release.target_file()
+
+
+def test_a_developer_key_may_live_in_a_kms_or_an_hsm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any securesystemslib signer URI, with its public key given: here a
+    stand-in scheme for a KMS, whose private key this test holds."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+    from securesystemslib.signer import SIGNER_FOR_URI_SCHEME
+
+    pem = tmp_path / "held-by-the-kms.pem"
+    generate_key(pem)
+    private = load_pem_private_key(pem.read_bytes(), None)
+    public = tmp_path / "public.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+
+    class _Kms(CryptoSigner):
+        @classmethod
+        def from_priv_key_uri(cls, priv_key_uri, public_key, secrets_handler=None):  # type: ignore[no-untyped-def, override]
+            return cls(load_pem_private_key(pem.read_bytes(), None), public_key)
+
+    monkeypatch.setitem(SIGNER_FOR_URI_SCHEME, "testkms", _Kms)
+    monkeypatch.setenv("TUFMESH_HOME", str(tmp_path / "home"))
+    with pytest.raises(UsageError, match="--public-key"):
+        load_key("testkms:projects/demo/keys/1")
+    developer = load_key("testkms:projects/demo/keys/1", public)
+    assert developer.signer.public_key == load_key(str(pem)).signer.public_key
+    md = Metadata(Targets(version=1))
+    md.sign(developer.signer)
+    developer.remember("demo", md.to_bytes())
+    keyid = developer.signer.public_key.keyid
+    assert (tmp_path / "home" / "developer" / f"{keyid}.versions.json").is_file()
+    older = Metadata(
+        Targets(version=1, targets={"demo/x": TargetFile(1, {"sha256": "00"}, "demo/x")})
+    )
+    older.sign(developer.signer)
+    with pytest.raises(PublishError, match="another version"):
+        developer.sign_next("demo", older)
