@@ -16,7 +16,8 @@ import click
 import httpx
 
 from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, progress_bar, run_service
-from tufmesh.errors import OriginError, TufmeshError, UsageError
+from tufmesh.cas import MAX_CHUNK_SIZE
+from tufmesh.errors import OriginError, PublishError, TufmeshError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._developer import DeveloperKey
 from tufmesh.origin._names import check_filename, normalize_project
@@ -666,11 +667,9 @@ def publish(
                 else:
                     stored.append((path, answer))
                 continue
-            version = answer.get("snapshot_version")
             click.echo(
                 f"published {answer['target']}  {format_size(answer['length'])}  "
-                f"sha256 {answer['sha256'][:16]}…"
-                + (f"  snapshot v{version}" if version is not None else "  (already)")
+                f"sha256 {answer['sha256'][:16]}…  snapshot v{answer['snapshot_version']}"
             )
         if stored and developer is not None:
             failures += _sign_stored(client, origin_url, project, token, developer, stored)
@@ -726,7 +725,10 @@ def _sign_stored(
     try:
         adding = []
         for path, answer in stored:
-            target = target_of(path, project, int(answer["chunk_size"]))
+            size = answer["chunk_size"]
+            if type(size) is not int or not 0 < size <= MAX_CHUNK_SIZE:
+                raise PublishError(f"{origin_url} answered a chunk size of {size!r}")
+            target = target_of(path, project, size)
             if target.hashes["sha256"] != answer["sha256"]:
                 raise UsageError(f"{path} changed while it was uploaded: publish it again")
             adding.append(target)
