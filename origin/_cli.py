@@ -17,6 +17,7 @@ import httpx
 
 from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, progress_bar, run_service
 from tufmesh.cas import MAX_CHUNK_SIZE
+from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
 from tufmesh.errors import OriginError, PublishError, TufmeshError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._developer import DeveloperKey
@@ -555,8 +556,10 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
     for key in keys:
         click.echo(f"  {key.keyid}")
     if dry_run:  # every check of the ceremony, nothing signed
-        missing = OriginRepository(repo_dir).claim(
-            project, keys, threshold, data, remove_missing=remove_missing, dry_run=True
+        missing = _on_disk(
+            lambda: OriginRepository(repo_dir).claim(
+                project, keys, threshold, data, remove_missing=remove_missing, dry_run=True
+            )
         )
         for path in missing:
             click.echo(f"would remove {path}")
@@ -726,7 +729,13 @@ def _sign_stored(
         adding = []
         for path, answer in stored:
             size = answer["chunk_size"]
-            if type(size) is not int or not 0 < size <= MAX_CHUNK_SIZE:
+            # (One a manifest holds for this file: a hostile origin answering
+            # 1 would have a digest computed for every byte.)
+            if (
+                type(size) is not int
+                or not 0 < size <= MAX_CHUNK_SIZE
+                or -(-path.stat().st_size // size) > MAX_MANIFEST_CHUNKS
+            ):
                 raise PublishError(f"{origin_url} answered a chunk size of {size!r}")
             target = target_of(path, project, size)
             if target.hashes["sha256"] != answer["sha256"]:
@@ -735,6 +744,9 @@ def _sign_stored(
         answer = release(client, origin_url, project, developer, token, add=adding)
     except TufmeshError as exc:
         click.echo(f"error: {exc}", err=True)
+        return len(stored)
+    except OSError as exc:  # a file gone or unreadable since its upload
+        click.echo(f"error: cannot read {exc.filename}: {exc.strerror}", err=True)
         return len(stored)
     for target in adding:
         click.echo(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
-from securesystemslib.signer import CryptoSigner, Key, Signer
+from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization.json import JSONSerializer
 
@@ -57,8 +56,6 @@ __all__ = [
 #: year re-signs it (``tufmesh developer sign``).
 EXPIRY_DAYS: Final = 365
 _PIECE: Final = 1 << 20
-#: A signer URI's scheme (``gcpkms:``, ``hsm:``); anything else names a file.
-_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]*:")
 _TIMEOUT: Final = httpx.Timeout(30.0)
 
 
@@ -154,20 +151,25 @@ def load_key(key: str, public_key: Path | None = None) -> DeveloperKey:
     published noted beside it), or any securesystemslib signer URI, a KMS key
     or an HSM (``gcpkms:...``, ``hsm:``), with its public key in PEM file
     ``public_key`` (noted under the data directory, by key id)."""
-    scheme = key.split(":", 1)[0] if _SCHEME.match(key) else "file2"
+    scheme = key.split(":", 1)[0]
+    if scheme not in SIGNER_FOR_URI_SCHEME:  # a file's name, a colon in it or not
+        scheme, key = "file2", f"file2:{key}"
     try:
+        given = public_key_from_pem(public_key) if public_key is not None else None
         if scheme == "file2":
             path = Path(key.removeprefix("file2:")).absolute()
             uri = f"file2:{path}"
-            signer = load_signer(Path.cwd(), uri, public_key_from_uri(Path.cwd(), uri))
+            known = public_key_from_uri(Path.cwd(), uri)
+            if given is not None and given != known:
+                raise UsageError(f"{public_key} is not the public key of {path}")
+            signer = load_signer(Path.cwd(), uri, known)
             return DeveloperKey(signer, path.with_name(path.name + ".versions.json"))
-        if public_key is None:
+        if given is None:
             raise UsageError(f"{key}: give its public key too (--public-key PEM)")
-        known = public_key_from_pem(public_key)
-        signer = load_signer(Path.cwd(), key, known)
+        signer = load_signer(Path.cwd(), key, given)
     except OriginError as exc:
         raise UsageError(str(exc)) from None
-    return DeveloperKey(signer, data_home() / "developer" / f"{known.keyid}.versions.json")
+    return DeveloperKey(signer, data_home() / "developer" / f"{given.keyid}.versions.json")
 
 
 def target_of(path: Path, project: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> TargetFile:
@@ -199,7 +201,14 @@ def _expiry(days: int) -> datetime:
 def _signed(md: Metadata[Targets], signers: Iterable[Signer]) -> bytes:
     md.signatures.clear()
     for signer in signers:
-        md.sign(signer, append=True)
+        signature = md.sign(signer, append=True)
+        try:  # a KMS or HSM key given with another key's public key
+            signer.public_key.verify_signature(signature, md.signed_bytes)
+        except Exception:
+            raise UsageError(
+                f"key {signer.public_key.keyid[:12]} signs with another key: check that "
+                "--key and --public-key are a pair"
+            ) from None
     return md.to_bytes(JSONSerializer(compact=False))
 
 

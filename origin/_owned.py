@@ -72,18 +72,16 @@ def owned_delegation(project: str, keys: list[Key], threshold: int) -> Delegated
 
 
 def owned_pattern(project: str) -> str:
-    """The paths of claimed ``project`` (normal form), in every spelling that
-    PEP 503 folds into it with single separators: ``demo-pkg/*`` is
-    ``[dD][eE][mM][oO][-_.][pP][kK][gG]/*``. A stock TUF client asked for
-    ``Demo_Pkg/f`` stops at this terminating delegation, instead of going
-    on to the hash bins, where the origin's online keys could sign that path
-    (the origin itself publishes normal paths only). Runs of separators
-    (``demo__pkg``) the pattern language cannot fold without matching other
-    projects' names: a client asks for the normal name."""
-    folded = "".join(
-        f"[{c}{c.upper()}]" if c.isalpha() else "[-_.]" if c == "-" else c for c in project
-    )
-    return f"{folded}/*"
+    """The paths of claimed ``project`` (normal form) in any case:
+    ``demo-pkg/*`` is ``[dD][eE][mM][oO]-[pP][kK][gG]/*``. A stock TUF client
+    asked for ``Demo-Pkg/f`` stops at this terminating delegation, instead of
+    going on to the hash bins, where the origin's online keys could sign that
+    path (the origin itself publishes normal paths only). Separators are not
+    folded: no character class holding ``-`` reads the same in Python's
+    fnmatch and in Go's filepath.Match (go-tuf), which refuses a class that
+    starts with one, and so would skip the delegation altogether. A client
+    asks for the normal name's separators (``demo-pkg``, not ``demo_pkg``)."""
+    return "".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in project) + "/*"
 
 
 def parse_owned(

@@ -677,8 +677,12 @@ class OriginRepository(Repository):
                             f"(sha256 {current.hashes.get('sha256')}); artifacts are immutable"
                         )
                         continue
-                    accepted.append(artifact)  # idempotent: same path, same bytes
-                    self._link_target(artifact)  # ...whose link a failure may have lost
+                    # Idempotent: same path, same bytes; its link (which a failure
+                    # may have lost) made again to the blob its entry names.
+                    published = Artifact.from_target(current)
+                    accepted.append(published)
+                    with contextlib.suppress(StoreError):  # not stored: nothing to link
+                        self._link_target(published)
                     continue
                 target = artifact.target_file()
                 if role not in sizes:
@@ -1102,7 +1106,10 @@ class OriginRepository(Repository):
                 "(to remove those, claim with --remove-missing)"
             )
         self._vet(project, md, previous)
-        if dry_run:
+        if dry_run:  # and the keys the ceremony signs with are here
+            self._enough_signers("targets")
+            if version == 1 and previous:
+                self._enough_signers(self.succinct.get_role_for_target(next(iter(previous))))
             return missing
         try:
             with self.edit_targets("targets") as targets:

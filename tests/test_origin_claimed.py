@@ -5,6 +5,7 @@ origin's online keys can neither add to it nor change it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from securesystemslib.signer import CryptoSigner, Key, Signer
-from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 
 from tests.helpers.origin import (
     add_project,
@@ -616,3 +617,56 @@ def test_a_developer_key_may_live_in_a_kms_or_an_hsm(
     older.sign(developer.signer)
     with pytest.raises(PublishError, match="another version"):
         developer.sign_next("demo", older)
+
+
+def test_the_delegation_folds_case_and_reads_the_same_in_go() -> None:
+    from tufmesh.origin._owned import owned_pattern
+
+    pattern = owned_pattern("demo-pkg2")
+    # No character class starts with '-': go-tuf's filepath.Match refuses those,
+    # and would walk past the delegation to the bins.
+    assert pattern == "[dD][eE][mM][oO]-[pP][kK][gG]2/*" and "[-" not in pattern
+    role = DelegatedRole("project-demo-pkg2", [], 1, True, [pattern])
+    for path in ("demo-pkg2/a", "Demo-Pkg2/a", "DEMO-PKG2/a"):
+        assert role.is_delegated_path(path)
+    for path in ("demo-pkg/a", "demo-pkg22/a", "demo-pkg2/sub/a", "xdemo-pkg2/a"):
+        assert not role.is_delegated_path(path)
+
+
+def test_a_republished_artifact_is_linked_to_the_blob_its_entry_names(tmp_path: Path) -> None:
+    origin = OriginRepository.create(tmp_path / "repo")
+    artifact = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    origin.publish([artifact])
+    link = origin.targets_dir / "demo" / f"{artifact.sha256}.demo-1.0.tar.gz"
+    link.unlink()  # lost, say
+    # Sent again with another blob's CID (the HTTP side is not trusted here):
+    other = origin.store.put(b"evil bytes")
+    (result,) = origin.publish([dataclasses.replace(artifact, cid=other, length=10)])
+    assert isinstance(result, int)
+    assert link.read_bytes() == b"one"
+    assert other not in origin.store.pins().get("project:demo", set())
+
+
+def test_developer_keys_named_oddly_or_paired_wrongly_are_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "x:y.pem"  # a file, not a signer URI of scheme "x"
+    generate_key(odd)
+    assert load_key("x:y.pem").memory == tmp_path / "x:y.pem.versions.json"
+    other = tmp_path / "other.pem"
+    generate_key(other)
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    public = tmp_path / "other.pub"
+    public.write_bytes(
+        load_pem_private_key(other.read_bytes(), None)
+        .public_key()
+        .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(UsageError, match="is not the public key of"):
+        load_key("x:y.pem", public)
