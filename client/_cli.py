@@ -212,13 +212,14 @@ def _sources_line(used: dict[str, int]) -> str:
 @home_option
 def ls(project: str | None, home: Path | None) -> None:
     """List the artifacts the signed metadata knows: path, length, sha256."""
+    from tufmesh.origin._names import normalize_project
+    from tufmesh.origin._owned import owned_project
+
     with Client.from_home(_home(home)) as downloader:
         listed = downloader.artifacts(project)
-        lapsed = [role.removeprefix("project-") for role in downloader.lapsed]
+        lapsed = [p for role in downloader.lapsed if (p := owned_project(role)) is not None]
     for target in listed:
         click.echo(f"{target.path}\t{target.length}\t{target.hashes.get('sha256', '')}")
-    from tufmesh.origin._names import normalize_project
-
     for name in lapsed:
         if project is None or normalize_project(project) == name:
             click.echo(

@@ -169,6 +169,7 @@ class Client:
     def _with_failover(self, operation: Callable[[Updater], T]) -> T:
         """Run ``operation`` on a refreshed updater; on a TUF rejection, blame and retry."""
         rejections: list[str] = []
+        expired: str | None = None
         for _ in range(len(self.fetcher.sources) + 1):
             try:
                 if self._updater is None:
@@ -180,12 +181,13 @@ class Client:
                 except tuf_errors.ExpiredMetadataError as exc:
                     # A delegated role, after a verified refresh: python-tuf
                     # checks its version (and hash) against the snapshot
-                    # before its expiry, so it is the repository's own file,
-                    # expired there (a claimed project's developers let it
-                    # lapse), not a source's doing: no source is blamed.
-                    raise MetadataRefusedError(
-                        f"{exc}: the repository has not signed it again in time"
-                    ) from None
+                    # before its expiry, so it is the file that snapshot
+                    # names, expired (a claimed project's developers let it
+                    # lapse), not a source's forgery: the others are asked
+                    # (one may hold a newer snapshot), none is blamed.
+                    rejections.append(self._blame(exc, counted=False))
+                    expired = f"{exc}: the repository has not signed it again in time"
+                    self._updater = None
             except (tuf_errors.RepositoryError, tuf_errors.DownloadLengthMismatchError) as exc:
                 # Refused by python-tuf (a bad signature, a rollback, a file
                 # longer than its role may be): the source that served it is
@@ -198,16 +200,18 @@ class Client:
                 raise SourcesFailedError(f"cannot fetch metadata from any source: {exc}") from None
             if not self.fetcher.ordered():
                 break
+        if expired is not None:
+            raise MetadataRefusedError(expired)
         raise MetadataRefusedError(
             "no source served metadata that verifies: " + "; ".join(rejections)
         )
 
-    def _blame(self, exc: BaseException) -> str:
+    def _blame(self, exc: BaseException, *, counted: bool = True) -> str:
         source = self.fetcher.last_source
         if source is not None:
             self.fetcher.excluded.add(source)
             for health in self.fetcher.sources:
-                if health.url == source:
+                if health.url == source and counted:
                     health.failures += 1
                     health.last_error = _explain(exc)
         return f"{source or 'a source'}: {_explain(exc)}"

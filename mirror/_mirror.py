@@ -332,7 +332,9 @@ class Mirror:
     ) -> None:
         """Fetch the blobs the policy wants that the store lacks, then publish."""
         listed = client.artifacts()
-        report.lapsed = [role.removeprefix("project-") for role in client.lapsed]
+        from tufmesh.origin._owned import owned_project
+
+        report.lapsed = [p for role in client.lapsed if (p := owned_project(role)) is not None]
         entries = {t.path: e for t in listed if (e := servable(t)) is not None}
         targets = self.wanted([t for t in listed if t.path in entries])
         published = {t.path.split("/", 1)[0] for t in listed}

@@ -707,7 +707,7 @@ def _ready_to_sign(
             err=True,
         )
         return None
-    developer.sign_next(project, published_version(client, origin_url, project))
+    developer.check(project, published_version(client, origin_url, project))
     return developer
 
 

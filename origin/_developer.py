@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from tufmesh._durable import write_atomic
@@ -113,8 +114,14 @@ class DeveloperKey:
         drop: Iterable[str] = (),
         days: int = EXPIRY_DAYS,
     ) -> bytes:
-        """:func:`next_version`, if ``current`` is not older than the last
-        version this key had published for ``project``."""
+        """:func:`next_version`, after :meth:`check`."""
+        self.check(project, current)
+        return next_version(current, [self.signer], add=add, drop=drop, days=days)
+
+    def check(self, project: str, current: Metadata[Targets]) -> None:
+        """Refuse ``current`` unless this key signed it, and it is not older
+        than the last version this key had published for ``project``."""
+        _signed_by(current, [self.signer])
         last = self._versions().get(project)
         if last is not None:
             digest = hashlib.sha256(current.signed_bytes).hexdigest()
@@ -129,7 +136,6 @@ class DeveloperKey:
                     "not signing on top of it (the origin may be rolling the project back; "
                     "ask its maintainers)"
                 )
-        return next_version(current, [self.signer], add=add, drop=drop, days=days)
 
     def remember(self, project: str, data: bytes) -> None:
         """Note ``data`` (signed metadata) as the project's newest published version."""
@@ -246,9 +252,11 @@ def read_claim(path: Path) -> tuple[str, list[Key], int, bytes]:
         keys = [Key.from_dict(k.pop("keyid"), k) for k in request["keys"]]
         threshold = int(request["threshold"])
         data = json.dumps(request["metadata"]).encode()
+        if not isinstance(Metadata.from_bytes(data).signed, Targets):
+            raise ValueError("its metadata is not targets metadata")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, DeserializationError) as exc:
         raise UsageError(
             f"{path} is not a claim request ('tufmesh developer claim'): {exc}"
         ) from None
@@ -292,7 +300,7 @@ def published_version(client: httpx.Client, origin: str, project: str) -> Metada
     url = f"{origin.rstrip('/')}/metadata/{version}.{quote(role, '')}.json"
     try:
         md: Metadata[Any] = Metadata.from_bytes(_get(client, url))
-    except ValueError as exc:  # DeserializationError
+    except DeserializationError as exc:
         raise PublishError(f"{url} is not TUF metadata: {exc}") from None
     if not isinstance(md.signed, Targets):
         raise PublishError(f"{origin} serves {md.signed.type} metadata as {role}")
@@ -311,19 +319,7 @@ def next_version(
     ``drop`` (paths) no longer, a fresh expiry. ``current`` must carry the
     signatures of ``signers`` (the project's own keys), or nothing is signed:
     the origin could otherwise have its developers endorse what it forged."""
-    for signer in signers:
-        signature = current.signatures.get(signer.public_key.keyid)
-        try:
-            if signature is None:
-                raise ValueError("unsigned")
-            signer.public_key.verify_signature(signature, current.signed_bytes)
-        except Exception:
-            raise PublishError(
-                f"the published version {current.signed.version} is not signed by key "
-                f"{signer.public_key.keyid[:12]}: is it the project's key (was the project "
-                "claimed again for a new one)? If it is, the origin may be serving a forged "
-                "version (ask its maintainers); nothing is signed"
-            ) from None
+    _signed_by(current, signers)
     targets = dict(current.signed.targets)
     for target in add:
         known = targets.get(target.path)
@@ -387,3 +383,21 @@ def release(
     except UsageError as exc:  # published all the same: said, not failed
         answer["warning"] = f"{exc} (the version is published; the next one will not know it)"
     return answer
+
+
+def _signed_by(current: Metadata[Targets], signers: list[Signer]) -> None:
+    """Refuse to build on ``current`` unless each of ``signers`` signed it: the
+    origin could otherwise have its developers endorse what it forged."""
+    for signer in signers:
+        signature = current.signatures.get(signer.public_key.keyid)
+        try:
+            if signature is None:
+                raise ValueError("unsigned")
+            signer.public_key.verify_signature(signature, current.signed_bytes)
+        except Exception:
+            raise PublishError(
+                f"the published version {current.signed.version} is not signed by key "
+                f"{signer.public_key.keyid[:12]}: is it the project's key (was the project "
+                "claimed again for a new one)? If it is, the origin may be serving a forged "
+                "version (ask its maintainers); nothing is signed"
+            ) from None

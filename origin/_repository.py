@@ -59,7 +59,7 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
 from tufmesh._durable import fsync_dir, hard_link, write_atomic
-from tufmesh.cas import BlobStore, cid_from_sha256, parse_cid
+from tufmesh.cas import MAX_CHUNK_SIZE, BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
     BinFullError,
@@ -766,6 +766,15 @@ class OriginRepository(Repository):
                 raise InvalidNameError("not a normalised target path")
         except InvalidNameError as exc:
             raise ArtifactRefusedError(f"{artifact.path!r}: {exc}") from None
+        chunks = -(-artifact.length // artifact.chunk_size) if artifact.chunk_size > 0 else 0
+        if not 1 <= artifact.chunk_size <= MAX_CHUNK_SIZE or (
+            artifact.manifest is None and chunks >= 2
+        ):
+            # (A blob of two chunks or more has a manifest: its chunks are
+            # verified as they arrive, from any peer.)
+            raise ArtifactRefusedError(
+                f"{artifact.path}: chunk size {artifact.chunk_size} and its manifest disagree"
+            )
         try:
             canonical, digest = parse_cid(artifact.cid)
             if canonical != artifact.cid or digest.hex() != artifact.sha256:
@@ -914,7 +923,7 @@ class OriginRepository(Repository):
 
     def keyids_in_use(self) -> set[str]:
         """Every key some role is delegated to now (root's roles, the bins
-        delegation, the hash bins)."""
+        delegation, the hash bins, the claimed projects' developers' keys)."""
         return set(self._public_keys())
 
     def retire_signers(self) -> list[str]:
@@ -1105,8 +1114,8 @@ class OriginRepository(Repository):
                 f"the project's metadata leaves out what it has published: {', '.join(missing)} "
                 "(to remove those, claim with --remove-missing)"
             )
-        self._vet(project, md, previous)
-        if dry_run:  # and the keys the ceremony signs with are here
+        if dry_run:  # the checks of _adopt, and the keys the ceremony signs with are here
+            self._vet(project, md, previous)
             self._enough_signers("targets")
             if version == 1 and previous:
                 self._enough_signers(self.succinct.get_role_for_target(next(iter(previous))))
@@ -1128,12 +1137,6 @@ class OriginRepository(Repository):
                     if keyid not in still:
                         edited.keys.pop(keyid, None)
                 edited.keys.update({key.keyid: key for key in keys})
-            check_single_delegator(
-                {
-                    "targets": self._md["targets"].signed,
-                    DELEGATING_BINS: self._md[DELEGATING_BINS].signed,
-                }
-            )
             bins = {self.succinct.get_role_for_target(p) for p in previous}
             if version == 1:
                 for name in sorted(bins):
@@ -1460,7 +1463,8 @@ def _difference(path: str, published: TargetFile, given: TargetFile) -> str:
             f"{published.length:,} bytes); artifacts are immutable"
         )
     ours = published.unrecognized_fields.get("custom", {})
-    theirs = given.unrecognized_fields.get("custom", {})
+    theirs = given.unrecognized_fields.get("custom")
+    theirs = theirs if isinstance(theirs, dict) else {}
     if ours.get("chunk_size") != theirs.get("chunk_size"):
         return (
             f"{path} is published in chunks of {ours.get('chunk_size')} bytes, not "

@@ -210,6 +210,15 @@ class OriginService:
         except OSError:
             return None
 
+    def removed_names(self) -> set[str]:
+        """The paths published once and removed since (``REPO/removed.json``,
+        which the committer writes): never published again."""
+        try:
+            removed = json.loads((self.dir / "removed.json").read_bytes())
+        except (OSError, ValueError):
+            return set()  # none yet (a damaged file: the committer refuses at signing)
+        return set(removed) if isinstance(removed, dict) else set()
+
     def audit(self, entry: dict[str, Any]) -> None:
         """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
         when, from which address, with which token, what): after a token
@@ -912,6 +921,10 @@ def build_app(service: OriginService) -> ByteCounter:
         developers sign a version of the project's metadata that names it
         (docs/adr/0022)."""
         project, filename = artifact.path.split("/", 1)
+        if artifact.path in service.removed_names():
+            return _error(
+                409, f"{artifact.path} was published and removed; its name is not used again"
+            )
         if published is not None:
             return _error(
                 409,
@@ -984,7 +997,9 @@ def build_app(service: OriginService) -> ByteCounter:
             print(f"origin: publishing {project}'s metadata failed: {exc}", file=sys.stderr)
             return _error(500, "publishing failed; the origin's log says why")
         service.commits += 1
-        service.staged.pop(project, None)
+        staged = service.staged[project]
+        for path in json.loads(data)["signed"]["targets"]:  # (verified by the committer)
+            staged.pop(path.split("/", 1)[1], None)
         await service._announce_if_new()
         entry = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()

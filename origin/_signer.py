@@ -138,10 +138,14 @@ class LocalCommitter:
         self._lock = trio.Lock()  # one operation at a time, as in the committer process
 
     async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
+        def publish() -> tuple[list[int | OriginError], dict[str, int]]:
+            return self.repo.publish(artifacts), _used(self.repo, artifacts)
+
         async with self._lock:
-            results: list[int | OriginError] = await self.run_sync(self.repo.publish, artifacts)
+            done: tuple[list[int | OriginError], dict[str, int]] = await self.run_sync(publish)
             self.state = CommitState.of(self.repo)
-        self.used.update(_used(self.repo, artifacts))
+        results, used = done
+        self.used.update(used)
         return results
 
     async def refresh(self) -> list[str]:
@@ -151,10 +155,14 @@ class LocalCommitter:
         return refreshed
 
     async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+        def take() -> tuple[tuple[int, int], int]:
+            return self.repo.take_owned(project, data), self.repo.project_bytes()[project]
+
         async with self._lock:
-            versions: tuple[int, int] = await self.run_sync(self.repo.take_owned, project, data)
+            done: tuple[tuple[int, int], int] = await self.run_sync(take)
             self.state = CommitState.of(self.repo)
-        self.used[project] = self.repo.project_bytes()[project]
+        versions, used = done
+        self.used[project] = used
         return versions
 
 

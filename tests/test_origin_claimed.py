@@ -245,6 +245,16 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
             (400, "not a normalised path of the project"): _with(
                 current, signer, _renamed(target_of(other, "demo"), "other/demo-3.0.tar.gz")
             ),
+            # an entry of the published artifact whose custom is not an object
+            (409, "is published in chunks of"): _with(
+                current,
+                signer,
+                TargetFile(changed.length - 1, changed.hashes, changed.path, {"custom": "x"}),
+            ),
+            # a chunk size the origin never writes
+            (400, "chunk size 0 and its manifest disagree"): _with(
+                current, signer, _chunked(target_of(other, "demo"), 0)
+            ),
             # an artifact whose bytes the origin never received
             (400, "upload it before signing it"): _with(
                 current, signer, target_of(unknown, "demo")
@@ -286,6 +296,10 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     path = tmp_path / "claim.json"
     path.write_text(json.dumps(empty))
     project, keys, threshold, data = read_claim(path)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**empty, "metadata": "x"}))
+    with pytest.raises(UsageError, match="is not a claim request"):
+        read_claim(broken)
     with pytest.raises(
         OwnedMetadataError, match=r"leaves out what it has published: demo/demo-1\.0"
     ):
@@ -428,6 +442,11 @@ def _with(
     )
     md.sign(signer)
     return md.to_bytes()
+
+
+def _chunked(target: TargetFile, size: int) -> TargetFile:
+    custom = dict(target.unrecognized_fields["custom"], chunk_size=size)
+    return TargetFile(target.length, target.hashes, target.path, {"custom": custom})
 
 
 def _renamed(target: TargetFile, path: str) -> TargetFile:
