@@ -952,13 +952,7 @@ class OriginRepository(Repository):
 
     def removed(self) -> dict[str, dict[str, Any]]:
         """Paths published once and removed since: ``{path: {"sha256", "removed"}}``."""
-        try:
-            data: dict[str, dict[str, Any]] = json.loads((self.dir / "removed.json").read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise OriginError(f"cannot read {self.dir / 'removed.json'}: {exc}") from None
-        return data
+        return read_removed(self.dir)
 
     def remove(self, paths: Iterable[str]) -> int:
         """Take published artifacts out of the signed metadata (a malicious upload,
@@ -1471,6 +1465,17 @@ def _difference(path: str, published: TargetFile, given: TargetFile) -> str:
             f"{theirs.get('chunk_size')} (the entry was made with another chunk size)"
         )
     return f"{path} is published with other CIDs ({ours}); artifacts are immutable"
+
+
+def read_removed(repo: Path) -> dict[str, dict[str, Any]]:
+    """``REPO/removed.json``: the paths published once and removed since."""
+    try:
+        data: dict[str, dict[str, Any]] = json.loads((repo / "removed.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise OriginError(f"cannot read {repo / 'removed.json'}: {exc}") from None
+    return data
 
 
 def _removal(target: TargetFile, when: str) -> dict[str, Any]:

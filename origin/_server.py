@@ -54,7 +54,7 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact
+from tufmesh.origin._repository import Artifact, read_removed
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
@@ -214,10 +214,17 @@ class OriginService:
         """The paths published once and removed since (``REPO/removed.json``,
         which the committer writes): never published again."""
         try:
-            removed = json.loads((self.dir / "removed.json").read_bytes())
-        except (OSError, ValueError):
-            return set()  # none yet (a damaged file: the committer refuses at signing)
-        return set(removed) if isinstance(removed, dict) else set()
+            return set(read_removed(self.dir))
+        except OriginError:  # damaged: the committer refuses at signing
+            return set()
+
+    def held(self, project: str, filename: str) -> int:
+        """Bytes ``project`` holds, as its quota counts them: published (as
+        known from its last publication) and stored awaiting its developers'
+        signature, but for ``filename`` (an upload of that name replaces its own)."""
+        staged = self.staged[project]
+        used = self.committer.used.get(project, 0)
+        return used + sum(size for name, size in staged.items() if name != filename)
 
     def audit(self, entry: dict[str, Any]) -> None:
         """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
@@ -835,8 +842,7 @@ def build_app(service: OriginService) -> ByteCounter:
         # refused before its body is read, and read no further than its quota
         # allows: the commit checks again, but bytes it refuses would wait on
         # the disk for the collector, as many as a token's holder cares to send.
-        left = repo_config.project_quota - service.committer.used.get(project, 0)
-        left -= sum(size for name, size in service.staged[project].items() if name != filename)
+        left = repo_config.project_quota - service.held(project, filename)
         # (Not for a path published already: sending the same bytes again, a
         # retry whose answer was lost, is answered as before, at no cost.)
         if left < limit and service.published_sha256(project, filename) is None:
@@ -933,16 +939,14 @@ def build_app(service: OriginService) -> ByteCounter:
             )
         # Counted as stored (uploads at once each passed the check before
         # their bodies): past the quota, its bytes wait for the collector.
-        staged = service.staged[project]
-        held = service.committer.used.get(project, 0) + artifact.length
-        held += sum(size for name, size in staged.items() if name != filename)
+        held = service.held(project, filename) + artifact.length
         if held > repo_config.project_quota:
             return _error(
                 413,
                 f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
                 f"its signature, past its quota of {repo_config.project_quota:,}",
             )
-        staged[filename] = artifact.length
+        service.staged[project][filename] = artifact.length
         body = {
             "target": artifact.path,
             "length": artifact.length,
