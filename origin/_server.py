@@ -633,9 +633,26 @@ class ByteCounter:
                 unread = False
             return message
 
+        closing = False
+
+        async def forward(message: Any) -> None:
+            """``send``, until hypercorn closes the connection under it: when
+            the client leaves, hypercorn shuts the socket down (``send_eof``)
+            outside its send lock, and a send at that moment raised
+            BusyResourceError out of the app (a traceback in the log, where a
+            send on the closed socket that follows is quietly dropped). Both
+            mean the same: nobody reads the rest."""
+            nonlocal closing
+            if closing:
+                return
+            try:
+                await send(message)
+            except trio.BusyResourceError:
+                closing = True
+
         async def counting(message: Any) -> None:
             if message["type"] != "http.response.body":
-                await send(message)
+                await forward(message)
                 return
             body = message.get("body", b"")
             split = bool(self.max_rate) and len(body) > PACED_PIECE
@@ -650,14 +667,14 @@ class ByteCounter:
                 )
                 for piece in pieces:
                     await self.pace(len(piece), piece=True)
-                    await send(
+                    await forward(
                         {"type": "http.response.body", "body": bytes(piece), "more_body": True}
                     )
                 body = bytes(last)
                 message = {**message, "body": body}
             await self.pace(len(body), piece=split)
             if message.get("more_body", False):
-                await send(message)
+                await forward(message)
                 return
             # Hypercorn ends the exchange inside the last send: it tells the
             # app the client is gone, and only then starts the connection's
@@ -667,11 +684,11 @@ class ByteCounter:
             # the bytes go first, as any others, and the end alone is shielded,
             # for a while (it can wait on a client that reads nothing more).
             if body:
-                await send({**message, "more_body": True})
+                await forward({**message, "more_body": True})
             end = {"type": "http.response.body", "body": b"", "more_body": False}
             with trio.CancelScope(deadline=trio.current_time() + _END_WAIT, shield=True):
                 if not unread:
-                    await send(end)
+                    await forward(end)
                     return
                 # An answer before the body was read (a refusal): hypercorn
                 # then closes the connection, but first hands the app the news
@@ -679,7 +696,7 @@ class ByteCounter:
                 # for ever (the uploader's write with it). Room is made here.
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_discard, receiving)
-                    await send(end)
+                    await forward(end)
                     nursery.cancel_scope.cancel()
 
         if scope.get("type") != "http" or scope.get("method") not in ("GET", "HEAD"):

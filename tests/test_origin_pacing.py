@@ -125,3 +125,23 @@ def test_a_body_just_over_a_piece_cannot_send_its_tail_outside_the_queue() -> No
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     by_five = sum(n for t, n in sent if t <= 5.0)
     assert by_five <= (5 + 0.5) * (1 << 20) + PACED_PIECE, by_five / (1 << 20)
+
+
+def test_a_send_racing_hypercorns_close_ends_the_answer_quietly() -> None:
+    """When the client leaves, hypercorn shuts the socket down outside its send
+    lock: a send at that moment raised BusyResourceError out of the app, a
+    traceback in the server's log. It ends the answer, as a closed socket does."""
+    tried: list[dict] = []
+
+    async def app(scope: object, receive: object, send) -> None:  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * 10, "more_body": True})
+        await send({"type": "http.response.body", "body": b"y" * 10})
+
+    async def send(message: dict) -> None:
+        tried.append(message)
+        if message["type"] == "http.response.body":
+            raise trio.BusyResourceError("another task is currently sending data")
+
+    trio.run(ByteCounter(app), {"type": "websocket"}, None, send)
+    assert [m["type"] for m in tried] == ["http.response.start", "http.response.body"]
