@@ -115,6 +115,9 @@ MAX_STREAMS_PER_HOST: Final = 128
 REDIAL: Final = 30.0
 #: A request (at most a kilobyte, or a have-query's 8 KiB) must arrive within this.
 _REQUEST_TIMEOUT: Final = 5.0
+#: After its answer, a peer has this long to close its end of the stream (it
+#: has at most a receive window of the answer left to read); then it is reset.
+LINGER: Final = 10.0
 
 
 def check_peer_address(address: str) -> str:
@@ -170,12 +173,33 @@ async def _end_stream(stream: Any, *, whole: bool) -> None:
     midway (failed, or cancelled: a slow-retrieval cut, a lost endgame race).
     Closing needs a lock a cancelled task cannot take: such a stream was
     never closed, its sender kept sending (holding its answer slots), and the
-    session kept every byte that came, for as long as the connection lived."""
+    session kept every byte that came, for as long as the connection lived.
+
+    A stream whose peer has not closed its end too is reset once closed: the
+    session would otherwise keep it, and what the peer sends on it, for as
+    long as the connection lives (a stream a peer keeps open after each
+    exchange, one exchange after another)."""
     with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(Exception):
         if whole:
             await stream.close()
+            if not getattr(stream.muxed_stream, "recv_closed", True):
+                await stream.reset()
         else:
             await stream.reset()
+
+
+async def _peer_ends(stream: Any) -> bool:
+    """Close our end of a stream this node has answered and wait, at most
+    :data:`LINGER` seconds, for the peer's end (it has read the answer): True
+    if it came. Anything more from the peer is a breach of the protocol."""
+    with contextlib.suppress(Exception):
+        await stream.close()
+        with trio.move_on_after(LINGER):
+            try:
+                return not await stream.read(1)
+            except Exception:  # the end (EOF), or a reset: the peer is done
+                return True
+    return False
 
 
 def score_params() -> Any:
@@ -313,15 +337,16 @@ class P2PNode:
         from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
         from libp2p.security.noise.transport import Transport as NoiseTransport
         from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
-        from libp2p.stream_muxer.yamux.yamux import Yamux
         from libp2p.tools.anyio_service import background_trio_service
+
+        from tufmesh.p2p._muxer import install
 
         self._check_port_free()
         key_pair = self._identity()
         host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)},
-            muxer_opt={TProtocol(YAMUX_ID): Yamux},
+            muxer_opt={TProtocol(YAMUX_ID): install()},
             connection_config=ConnectionConfig(max_connections_per_peer=1),
         )
         router = GossipSub(
@@ -422,13 +447,15 @@ class P2PNode:
     async def _serve_blob(self, stream: Any) -> None:
         """Answer one ``/tufmesh/blob/1`` request (a peer that goes away mid-answer
         is its own problem: nothing to report)."""
+        answered = False
         with contextlib.suppress(Exception):
             try:
                 with self._stream_slot(stream) as peer, trio.move_on_after(_BLOB_TIMEOUT):
                     if peer is not None:
                         await self._answer(stream, peer)
+                        answered = await _peer_ends(stream)
             finally:
-                await stream.close()
+                await _end_stream(stream, whole=answered)
 
     async def _answer(self, stream: Any, peer: str) -> None:
         try:
@@ -487,6 +514,7 @@ class P2PNode:
 
     async def _serve_have(self, stream: Any) -> None:
         """Answer one have-query (``/tufmesh/have/1``)."""
+        answered = False
         with contextlib.suppress(Exception):
             try:
                 with self._stream_slot(stream) as peer, trio.move_on_after(_REQUEST_TIMEOUT):
@@ -497,8 +525,9 @@ class P2PNode:
                     assert self.have_source is not None
                     record = self.have_source(query)
                     await stream.write(encode_json(record, MAX_RECORD))
+                    answered = await _peer_ends(stream)
             finally:
-                await stream.close()
+                await _end_stream(stream, whole=answered)
 
     async def query_have(
         self, address: str, query: dict[str, Any], timeout: float = _BLOB_TIMEOUT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -120,9 +121,10 @@ async def held_silent(
     asker: P2PNode, address: str, protocol: str, closed: list[float], start: float
 ) -> None:
     """Open a ``protocol`` stream to ``address``, send nothing on it, and note
-    in ``closed`` when (since ``start``) the server closed it."""
-    stream = await asker._open(address, protocol)
+    in ``closed`` when (since ``start``) the server closed or reset it (a
+    stream reset as it opens fails to open)."""
     try:
+        stream = await asker._open(address, protocol)
         with trio.fail_after(10):
             while await stream.read(1024):
                 pass
@@ -396,3 +398,126 @@ def test_a_range_given_up_midway_stops_its_sender_and_progress_is_told_as_it_com
 
     trio.run(main)
     gc.collect()
+
+
+def _session(node: P2PNode, peer: P2PNode) -> Any:
+    """``node``'s yamux session with ``peer`` (None once disconnected)."""
+    from libp2p.peer.id import ID
+
+    assert node._host is not None and peer._host is not None
+    connections = node._host.get_network().connections.get(ID(peer._host.get_id().to_bytes()))
+    if not connections:
+        return None
+    connection = connections[0] if isinstance(connections, list) else connections
+    return connection.muxed_conn
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_peer_that_sends_past_the_window_is_disconnected(tmp_path: Path) -> None:
+    """Yamux lets a peer send a stream its receive window, no more. py-libp2p's
+    session kept whatever came past it, so a peer that ignored flow control
+    on a stream nobody reads grew a mirror's memory by gigabytes (here: a
+    server waiting for its upload budget while the peer sends). Now the
+    frame past the window (which py-libp2p grows up to 16 MiB) is dropped
+    and the connection closed."""
+    from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE
+
+    from tufmesh.p2p._blob import PROTOCOL
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(1 << 20))
+    buffered: list[int] = []
+    sent = 0
+
+    async def budget(size: int) -> None:
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        nonlocal sent
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=store.read_range, pace=budget)  # fmt: skip
+        flooder = P2PNode(tmp_path / "f.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, flooder)
+            stream = await flooder._open(address, PROTOCOL)
+            await stream.write(encode_request(BlobRequest(cid, 0, 1 << 20)))
+            session = _session(server, flooder)
+            assert session is not None
+            with trio.move_on_after(10), contextlib.suppress(Exception):
+                while sent < 64 << 20:
+                    stream.muxed_stream.send_window = 1 << 40  # flow control ignored
+                    await stream.write(b"x" * 60_000)
+                    sent += 60_000
+                    buffered.append(sum(len(b) for b in session.stream_buffers.values()))
+            with trio.fail_after(10):
+                while _session(server, flooder) is not None:
+                    await trio.sleep(0.05)
+            assert session.violation is not None
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert sent < 64 << 20  # cut off long before
+    assert max(buffered) <= MAX_WINDOW_SIZE
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_stream_the_peer_keeps_open_after_its_answer_is_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that never closes its end after an answer left each stream in
+    the session (with what it sent on it) for as long as the connection
+    lived, one exchange after another. Now the server waits LINGER for the
+    peer's end, then resets the stream; a peer that closes is not kept."""
+    from tufmesh.p2p._blob import PROTOCOL
+
+    monkeypatch.setattr(node_module, "LINGER", 1.0)
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(1 << 16))
+    counts: dict[str, int] = {}
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=store.read_range)  # fmt: skip
+        holder = P2PNode(tmp_path / "h.key", topic, AnnouncementGate(root))
+        honest = P2PNode(tmp_path / "o.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, holder, honest)
+            await honest.fetch_range(address, cid, 0, 10)  # connected, both
+            await holder.fetch_range(address, cid, 0, 10)
+            await trio.sleep(0.5)
+            # (gossip and identify hold streams of their own)
+            counts["base"] = len(_session(server, holder).streams)
+            counts["honest base"] = len(_session(server, honest).streams)
+            for _ in range(6):
+                assert await honest.fetch_range(address, cid, 0, 10) == store.read_range(cid, 0, 10)
+                stream = await holder._open(address, PROTOCOL)
+                await stream.write(encode_request(BlobRequest(cid, 0, 10)))
+                await _read_all(stream, HEAD_SIZE + 10)  # and its end never closed
+            counts["held"] = len(_session(server, holder).streams)
+            await trio.sleep(2.5)
+            counts["after"] = len(_session(server, holder).streams)
+            counts["honest"] = len(_session(server, honest).streams)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert counts["held"] == counts["base"] + 6  # the server waits for their ends...
+    assert counts["after"] == counts["base"]  # ...then resets them
+    assert counts["honest"] == counts["honest base"]  # an honest peer's end came at once
+
+
+HEAD_SIZE = len(response_head(OK, 0))
+
+
+async def _read_all(stream: Any, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        data += await stream.read(count - len(data))
+    return data

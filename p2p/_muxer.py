@@ -1,0 +1,87 @@
+"""py-libp2p 0.8.1's yamux session with its receive window enforced.
+
+Yamux gives each stream a receive window: a peer may send that many bytes
+before the receiver has read them and said so. py-libp2p's session appends
+whatever arrives to the stream's buffer and, past the window, only logs
+"peer exceeded receive window": a peer that ignores flow control can fill a
+mirror's memory through one stream nobody reads (a stream already answered,
+or one not yet given to a protocol). go-yamux ends such a session
+(``ErrRecvWindowExceeded``), and so does this one: the frame is dropped and
+the connection closed. A stream then holds at most its window unread.
+
+py-libp2p makes its sessions itself: its muxer negotiation builds a
+``Yamux`` for the yamux protocol whatever class the host was given for it, so
+:func:`install` points that name at this class. (py-libp2p is pinned; this
+reads its session's internals: the test
+``test_a_peer_that_sends_past_the_window_is_disconnected`` is the check.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from libp2p.stream_muxer import muxer_multistream
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+__all__ = ["WindowedYamux", "install"]
+
+
+class _Window(bytearray):
+    """One stream's receive buffer, which refuses bytes past the stream's window."""
+
+    def __init__(self, session: WindowedYamux, stream_id: int, data: bytes | bytearray) -> None:
+        super().__init__(data)
+        self.session = session
+        self.stream_id = stream_id
+
+    def extend(self, data: Any) -> None:
+        # The session extends a stream's buffer and then takes the bytes off
+        # its window: here the window is still what the peer was granted.
+        stream = self.session.streams.get(self.stream_id)
+        if stream is not None and len(data) > stream.recv_window:
+            self.session.exceeded(self.stream_id, len(data) - stream.recv_window)
+            return
+        super().extend(data)
+
+
+class _Buffers(dict[int, bytearray]):
+    """The session's buffers by stream id, each a :class:`_Window`."""
+
+    def __init__(self, session: WindowedYamux) -> None:
+        super().__init__()
+        self.session = session
+
+    def __setitem__(self, stream_id: int, data: bytearray) -> None:
+        super().__setitem__(stream_id, _Window(self.session, stream_id, data))
+
+
+class WindowedYamux(Yamux):
+    """A yamux session that closes its connection to a peer that sends a stream
+    more than its receive window."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_buffers = _Buffers(self)
+        self.violation: str | None = None
+
+    def exceeded(self, stream_id: int, excess: int) -> None:
+        """The peer sent stream ``stream_id`` ``excess`` bytes past its window:
+        the frame is dropped, and the session ends after it."""
+        if self.violation is None:
+            self.violation = f"stream {stream_id}: {excess} bytes past its receive window"
+        self.event_shutting_down.set()  # the session's loop stops after this frame
+
+    async def handle_incoming(self) -> None:
+        try:
+            await super().handle_incoming()
+        finally:
+            if self.violation is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._cleanup_on_error()
+
+
+def install() -> type[WindowedYamux]:
+    """Have py-libp2p make every yamux session a :class:`WindowedYamux`."""
+    muxer_multistream.Yamux = WindowedYamux  # type: ignore[misc]
+    return WindowedYamux
