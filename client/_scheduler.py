@@ -616,13 +616,16 @@ class ChunkScheduler:
 
         ``seeded``: it gave the chunk to another mirror, so this one (a mirror:
         ``me`` given) waits for its peers to hold it (or for its patience to
-        run out). Nobody seeds an end user: for one, it is a busy answer (a
-        source saying so must not be asked again at once, for ever).
+        run out). Only the fallback (the origin) seeds, and nobody seeds an end
+        user: from anyone else, and for one, it is a busy answer (a source
+        saying so must not be asked again at once, for ever: a neighbour that
+        claimed every chunk and said "seeded" to each request kept a mirror's
+        fallback closed, and was asked again at once, until the stall rule).
         """
         self._finish(source, index)
         if reason:
             self.stats[source].last_error = reason
-        if seeded and self.me is not None:
+        if seeded and self.me is not None and source in self.fallback:
             self._seeded.add(index)
         else:
             self._resting[source] = until

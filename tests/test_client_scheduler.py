@@ -212,6 +212,33 @@ def test_peers_that_only_say_busy_cannot_hold_a_download_hostage(claim: set[int]
     assert all(s.patient("o", i) is False for i in range(4))  # requests over: none left
 
 
+def test_only_the_origin_seeds_a_peer_saying_so_rests_like_a_busy_one() -> None:
+    """A neighbour that claimed every chunk and answered each request "seeded"
+    (only the origin seeds) was asked again at once, hundreds of thousands
+    of times, and kept the origin closed until max_stall, a minute a blob."""
+    s = ChunkScheduler(4, [], SchedulerConfig(max_stall=60.0), fallback={"o"}, me="http://a")
+    s.add_source("o")
+    s.add_source("http://liar")  # holds everything, it says
+    now, asked = 0.0, 0
+    while not s.complete and now < 100:
+        for src, index in s.assign(now):
+            if src == "http://liar":
+                asked += 1
+                s.refused(src, index, now + 1.0, seeded=True)
+            else:
+                s.verified(src, index, 1, now)
+        now += 0.01
+    assert s.complete and now < 10  # after its patience, not max_stall
+    assert asked < 20
+    # From the origin, "seeded" still means: wait for the peers to hold it.
+    s = ChunkScheduler(2, [], SchedulerConfig(), fallback={"o"}, me="http://a")
+    s.add_source("o")
+    s.add_source("http://b", has=())
+    ((src, index),) = [a for a in s.assign(0.0) if a[0] == "o"]
+    s.refused("o", index, 1.0, seeded=True)
+    assert index not in {i for _, i in s.assign(0.5)}  # left to the peers for now
+
+
 def test_a_peer_that_delivers_now_and_then_keeps_the_origin_out() -> None:
     s = ChunkScheduler(40, [], SchedulerConfig(max_stall=30.0), fallback={"o"}, me="http://a")
     s.add_source("o")
