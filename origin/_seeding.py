@@ -24,6 +24,7 @@ link, not the mirrors', sets the pace).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -41,6 +42,11 @@ MAX_RETRY: Final = 10.0
 #: The slow-retrieval floor of every requester (the client's and the mirrors'
 #: schedulers): a request slower than this after its grace is abandoned.
 MIN_RATE: Final = 64 * 1024
+#: Chunks remembered as seeded at most (those served within the window, the
+#: oldest forgotten first): an origin sending 1 GiB/s in 1 MiB chunks serves
+#: 30,720 in a 30 s window. Requests for ranges of their own choosing would
+#: otherwise grow the memory by a few hundred bytes each.
+MAX_SEEDED: Final = 1 << 16
 
 
 def slots_within(slots: int, upload_rate: float | None) -> int:
@@ -67,7 +73,8 @@ class SeedGate:
     #: slower, or not at all, would otherwise hold a slot for ever.
     min_rate: float = MIN_RATE
     grace: float = 3.0
-    _served: dict[Hashable, float] = field(default_factory=dict)
+    # chunk -> when it was last seeded, oldest first (only while ``window``)
+    _served: OrderedDict[Hashable, float] = field(default_factory=OrderedDict)
     # chunk -> (start, size) of each upload of it running now
     _running: dict[Hashable, list[tuple[float, int]]] = field(default_factory=dict)
     # the start of each running upload, oldest first (admitted in time order)
@@ -90,12 +97,22 @@ class SeedGate:
             return "busy"
         self._active += 1
         self._bytes += size
-        self._served[chunk] = now
+        if self.window > 0:  # (a gate without one seeds nothing: nothing to keep)
+            self._seed(chunk, now)
         self._running.setdefault(chunk, []).append((now, size))
         self._starts.append(now)
-        if len(self._served) > 1 << 20:  # bound the memory; old entries matter least
-            self._served = {k: t for k, t in self._served.items() if now - t < self.window}
         return "serve"
+
+    def _seed(self, chunk: Hashable, now: float) -> None:
+        """Note ``chunk`` as seeded ``now``, and forget what is past the window."""
+        served = self._served
+        served[chunk] = now
+        served.move_to_end(chunk)
+        while served:
+            oldest, at = next(iter(served.items()))
+            if now - at < self.window and len(served) <= MAX_SEEDED:
+                break
+            del served[oldest]
 
     def done(self, chunk: Hashable, now: float, *, completed: bool = True) -> None:
         """An admitted upload ended; if it did not complete, the chunk is not seeded."""

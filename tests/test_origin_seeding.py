@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tufmesh.origin._seeding import MAX_RETRY, SeedGate, slots_within
+from tufmesh.origin._seeding import MAX_RETRY, MAX_SEEDED, SeedGate, slots_within
 from tufmesh.origin._server import _single_range
 
 
@@ -25,6 +25,27 @@ def test_each_chunk_once_per_window_and_a_few_at_a_time() -> None:
     gate.done("b", 3.0)
     assert gate.admit("a", 11.5) == "serve"  # the window passed: served again
     assert gate.active == 1
+
+
+def test_what_the_gate_remembers_is_bounded_by_its_window_and_a_count() -> None:
+    """Each chunk served was remembered (a range of its requester's choosing,
+    a few hundred bytes each) up to a million entries: a mirror's gate, which
+    seeds nothing, kept 260 MB for 1-byte ranges asked one after another."""
+    mirror = SeedGate(slots=1, window=0.0)
+    for i in range(1000):
+        assert mirror.admit(("cid", i), i * 0.001) == "serve"
+        mirror.done(("cid", i), i * 0.001)
+    assert len(mirror._served) == 0
+    origin = SeedGate(slots=1, window=10.0)
+    for i in range(MAX_SEEDED + 100):  # all within the window
+        origin.admit(("cid", i), 1.0)
+        origin.done(("cid", i), 1.0)
+    assert len(origin._served) == MAX_SEEDED  # the oldest forgotten
+    assert origin.admit(("cid", 0), 1.0) == "serve"
+    origin.done(("cid", 0), 1.0)
+    assert origin.admit(("cid", MAX_SEEDED + 99), 1.0) == "seeded"
+    origin.admit("late", 20.0)  # the window passed for all the others
+    assert list(origin._served) == ["late"]
 
 
 def test_an_upload_that_did_not_complete_does_not_count_as_seeded() -> None:
