@@ -88,15 +88,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``path`` so that it holds either the old or the new bytes, durably.
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 0o666) -> None:
+    """Write ``path`` so that it holds either the old or the new bytes, durably
+    (a new file with ``mode``, less the umask: 0o600 for a secret).
 
     With ``sync_dir=False`` the caller fsyncs the directory itself, once for
     many files (see :func:`fsync_dir`).
     """
     tmp = _temp_name(path)
     try:
-        with open(tmp, "wb") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -828,6 +828,9 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(403, str(exc))
         except AuthError as exc:
             return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
+        except OriginError as exc:  # projects.json damaged while serving
+            print(f"origin: refusing uploads: {exc}", file=sys.stderr, flush=True)
+            return _error(503, "the origin cannot read its list of projects; its log says why")
         declared = request.headers.get("content-length")
         if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
             return _error(413, too_big)

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
+from tufmesh._durable import write_atomic
 from tufmesh._shares import Shares, machine_of
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
@@ -202,6 +204,16 @@ async def _peer_ends(stream: Any) -> bool:
     return False
 
 
+def _quiet_libp2p() -> None:
+    """Keep py-libp2p's log off the service's stderr, unless LIBP2P_DEBUG asks
+    for it: py-libp2p logs what it recovers from (a bootstrap peer that cannot
+    be dialled, every 30 s) with no handler of its own, so Python's last resort
+    printed it where operators read tufmesh's own lines."""
+    log = logging.getLogger("libp2p")
+    if not os.environ.get("LIBP2P_DEBUG") and not log.handlers:
+        log.addHandler(logging.NullHandler())
+
+
 def score_params() -> Any:
     """GossipSub v1.1 peer scoring with thresholds actually set.
 
@@ -291,14 +303,24 @@ class P2PNode:
         self._hosts = Shares(MAX_STREAMS_PER_HOST, MAX_STREAMS)  # ...by the address they come from
 
     def _identity(self) -> Any:
-        from libp2p import load_identity, save_identity
+        """The node's key pair, made on first start (written whole or not at
+        all: an empty file left by a crash stopped every later start)."""
+        from libp2p import load_identity
         from libp2p.crypto.ed25519 import create_new_key_pair
 
-        if not self.key_path.exists():
-            self.key_path.parent.mkdir(parents=True, exist_ok=True)
-            save_identity(create_new_key_pair(), str(self.key_path))
-            os.chmod(self.key_path, 0o600)
-        return load_identity(str(self.key_path))
+        path = self.key_path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, create_new_key_pair().private_key.serialize(), mode=0o600)
+        try:
+            return load_identity(str(path))
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        except ValueError:
+            raise UsageError(
+                f"{path} is damaged (not a libp2p key): remove it and a new identity is made "
+                "(peers that --bootstrap from this node then need its new address)"
+            ) from None
 
     def _check_port_free(self) -> None:
         """Fail as a taken HTTP port does: libp2p listens with SO_REUSEPORT,
@@ -312,9 +334,9 @@ class P2PNode:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT only
             try:
                 probe.bind((host, port))
-            except OSError as exc:
-                raise OSError(
-                    exc.errno, f"libp2p cannot listen on {self.listen} (--p2p-port): {exc.strerror}"
+            except OSError as exc:  # (said as is: the HTTP port is not the one taken)
+                raise UsageError(
+                    f"libp2p cannot listen on {self.listen} (--p2p-port): {exc.strerror}"
                 ) from None
 
     async def run(
@@ -342,6 +364,7 @@ class P2PNode:
         from tufmesh.p2p._muxer import install
 
         self._check_port_free()
+        _quiet_libp2p()
         key_pair = self._identity()
         host = new_host(
             key_pair=key_pair,

@@ -205,6 +205,12 @@ def test_a_project_past_its_quota_is_refused_in_one_line(tmp_path: Path) -> None
         # The same bytes again (a retry whose answer was lost): published, as before.
         again = post(server.url, "greedy", "a.whl", (tmp_path / "a.whl").read_bytes(), token)
         assert again.status_code == 200 and snapshot_version(repo) == version
+        # The list of projects damaged while serving: a refusal that says so,
+        # not a server error with a traceback in the log.
+        (repo / "projects.json").write_text("garbage")
+        damaged = post(server.url, "greedy", "a.whl", b"x", token)
+        assert damaged.status_code == 503 and "list of projects" in damaged.json()["error"]
+    assert "refusing uploads: cannot read" in server.stderr and "Traceback" not in server.stderr
 
 
 def test_size_limit(tmp_path: Path) -> None:
@@ -492,6 +498,9 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
     weaker = tufmesh("origin", "rotate", "--dir", str(repo), "root", check=False)
     assert weaker.returncode == 1 and "threshold of 2" in weaker.stderr
     assert not (repo / "keys" / "root-4.pem").exists()  # the unused new key is not left behind
+    short = tufmesh("origin", "rotate", "--dir", str(repo), "targets", "--threshold", "3",
+                    check=False)  # fmt: skip
+    assert short.returncode == 1 and "a threshold of 3 needs at least 3 keys" in short.stderr
     with running(repo) as server:
         updater = tuf_updater(server.url, repo, cache)
         updater.refresh()  # root v4: signed by the old root key and both new ones
@@ -565,6 +574,12 @@ def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
     del settings["expiry_days"]["timestamp"]
     (config / "config.json").write_text(json.dumps(settings))
     refused(config, "no expiry for timestamp", "serve", "status")
+    # The list of projects damaged: serve refused every upload with a traceback.
+    projects = tmp_path / "projects"
+    shutil.copytree(repo, projects)
+    (projects / "projects.json").write_text("garbage")
+    refused(projects, "cannot read", "serve")
+    refused(projects, "projects.json", "serve")
 
 
 def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> None:
@@ -704,3 +719,12 @@ def test_bootstrap_without_a_p2p_port_is_refused_not_ignored(repo: Path, tmp_pat
         proc = tufmesh(*args, check=False)
         assert proc.returncode == 1 and "--bootstrap needs --p2p-port" in proc.stderr, args
     assert not (tmp_path / "m").exists()
+
+
+def test_a_bootstrap_peer_that_is_down_is_not_logged_by_libp2p(repo: Path) -> None:
+    """py-libp2p logged each failed dial ("Failed to open TCP stream: ...",
+    every 30 s) on the service's stderr, where operators read tufmesh's lines."""
+    peer = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWH6aSgAE3gYqf1rijpXL8twWYh6h2cfFHFQbcYj4xwiNG"
+    with running(repo, "--p2p-port", "0", "--bootstrap", peer) as server:
+        time.sleep(1.5)  # the dial at start has failed by now
+    assert server.stderr == "", server.stderr

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from tests.test_p2p_announce import timestamp
+from tufmesh.errors import UsageError
 from tufmesh.origin import OriginConfig, OriginRepository
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._node import score_params
@@ -206,7 +207,7 @@ def test_a_second_node_on_a_taken_port_fails_to_start(tmp_path: Path) -> None:
                 (address, *_) = await life.start(first.run)
                 port = int(address.split("/tcp/")[1].split("/")[0])
                 second = P2PNode(tmp_path / "b.key", topic, AnnouncementGate(root), port=port)
-                with pytest.raises(OSError, match=f"tcp/{port} .*Address already in use"):
+                with pytest.raises(UsageError, match=f"tcp/{port} .*Address already in use"):
                     await nursery.start(second.run)
                 life.cancel_scope.cancel()
             # Once the first has stopped, the port is free again.
@@ -215,4 +216,30 @@ def test_a_second_node_on_a_taken_port_fails_to_start(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+    gc.collect()
+
+
+def test_a_node_key_is_made_whole_and_a_damaged_one_is_one_line(tmp_path: Path) -> None:
+    """The key was written in place: a crash or a full disk at the first start
+    left an empty file, and every later start of the mirror or origin ended
+    in a traceback from the key parser."""
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    key = tmp_path / "p2p.key"
+
+    async def start() -> str:
+        async with trio.open_nursery() as nursery:
+            node = P2PNode(key, topic_for(root), AnnouncementGate(root))
+            (address, *_) = await nursery.start(node.run)
+            nursery.cancel_scope.cancel()
+        return str(address)
+
+    first = trio.run(start)
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert trio.run(start).split("/p2p/")[1] == first.split("/p2p/")[1]  # the same identity
+    key.write_bytes(b"")
+    with pytest.raises(BaseExceptionGroup) as failed:
+        trio.run(start)
+    (error,) = failed.value.exceptions
+    assert isinstance(error, UsageError)
+    assert str(error).startswith(f"{key} is damaged (not a libp2p key): remove it")
     gc.collect()

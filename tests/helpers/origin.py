@@ -46,20 +46,21 @@ class Server:
     url: str
     repo: Path
     proc: subprocess.Popen[str]
+    stderr: str = ""  # what it said, once stopped
 
     def kill(self) -> None:
         self.proc.kill()
-        self.proc.communicate(timeout=30)
+        self.stderr = self.proc.communicate(timeout=30)[1] or ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.communicate(timeout=30)
+                self.stderr = self.proc.communicate(timeout=30)[1] or ""
             except subprocess.TimeoutExpired:
                 self.kill()
         else:
-            self.proc.communicate(timeout=30)
+            self.stderr = self.proc.communicate(timeout=30)[1] or ""
 
 
 def start_server(repo: Path, *extra: str) -> Server:
