@@ -215,6 +215,7 @@ def serve(
 
     repo = OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
     _refuse_broken(repo)
+    ProjectRegistry(repo_dir).names()  # a damaged projects.json: said now, not at each upload
     for warning in repo.offline_expiry()[0]:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
@@ -555,6 +556,9 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
     click.echo(f"{project}: {len(listing)} artifacts, threshold {threshold}, key ids:")
     for key in keys:
         click.echo(f"  {key.keyid}")
+    if _on_disk(lambda: OriginRepository(repo_dir).holds_claim(project, keys, threshold, data)):
+        click.echo(f"{project} is claimed by this request already: nothing to do")
+        return
     if dry_run:  # every check of the ceremony, nothing signed
         missing = _on_disk(
             lambda: OriginRepository(repo_dir).claim(

@@ -61,7 +61,10 @@ def owned_delegation(project: str, keys: list[Key], threshold: int) -> Delegated
     if len(seen) != len(keys):
         raise OwnedMetadataError(f"{project}: a key is given twice; each counts once")
     if not 1 <= threshold <= len(keys):
-        raise OwnedMetadataError(f"{project}: threshold {threshold} needs 1 .. {len(keys)} keys")
+        raise OwnedMetadataError(
+            f"{project}: a threshold of {threshold} with {len(keys)} key(s): it must be 1 .. "
+            f"{len(keys)}"
+        )
     return DelegatedRole(
         name=owned_role(project),
         keyids=[key.keyid for key in keys],

@@ -623,6 +623,22 @@ class OriginRepository(Repository):
         """Whether ``project`` signs its own metadata (docs/adr/0022)."""
         return owned_role(project) in self._md
 
+    def holds_claim(self, project: str, keys: list[Key], threshold: int, data: bytes) -> bool:
+        """Whether the claim request of ``keys``, ``threshold`` and role
+        version ``data`` is in place already (a ceremony run twice)."""
+        role = owned_role(project)
+        if role not in self._md:
+            return False
+        keyids, held = self._role_keys(role)
+        try:
+            signed_bytes = Metadata.from_bytes(data).signed_bytes
+        except Exception:  # not metadata: parse_owned says why
+            return False
+        return (set(keyids), held) == (
+            {k.keyid for k in keys},
+            threshold,
+        ) and signed_bytes == self._md[role].signed_bytes
+
     def owned(self) -> dict[str, RoleStatus]:
         """Each claimed project's role: version, expiry, its developers' keys."""
         return {
@@ -1266,7 +1282,12 @@ class OriginRepository(Repository):
                 )
             threshold = old_threshold
         if not 1 <= threshold <= len(keys):
-            raise OriginError(f"threshold {threshold} needs 1 .. {len(keys)} keys")
+            raise OriginError(
+                f"a threshold of {threshold} needs at least {threshold} keys "
+                f"(--new-keys {threshold}, or {threshold} --signer), {len(keys)} given"
+                if threshold > len(keys)
+                else f"a threshold of {threshold}: it must be 1 or more"
+            )
         if {key.keyid for _, key in keys} == set(old_keyids):
             raise OriginError(f"those are {role}'s keys already: nothing to rotate")
         check_new_keys(self.dir, role, keys, kept=set(old_keyids))

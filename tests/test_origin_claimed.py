@@ -22,6 +22,7 @@ from tests.helpers.origin import (
     init_repo,
     post,
     running,
+    snapshot_version,
     static_server,
     tuf_download,
     tuf_updater,
@@ -73,6 +74,12 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     tufmesh("developer", "claim", "demo", str(first), "--key", str(key), "-o", str(request))
     out = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
     assert "\nclaimed demo: its artifacts (1) are signed by" in out
+    # The ceremony run twice: in place, nothing to do (it told the developers
+    # to make their request anew).
+    version = snapshot_version(repo)
+    again = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
+    assert "demo is claimed by this request already: nothing to do" in again
+    assert snapshot_version(repo) == version
     status = tufmesh("origin", "status", "--dir", str(repo)).stdout
     assert "1 projects sign their own metadata" in status and "\n  demo " in status
     return repo, token, key, first
