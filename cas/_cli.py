@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shlex
 import sys
 from pathlib import Path
 from stat import S_ISREG
@@ -55,6 +56,12 @@ def cas(ctx: click.Context, store_dir: Path | None) -> None:
 
 
 pass_store = click.make_pass_decorator(BlobStore)
+
+
+def _fsck_again(store: BlobStore) -> str:
+    """The command that quarantines what is wrong in ``store`` (the default
+    store unless named: the hint, run as said, checked the wrong one)."""
+    return f"tufmesh cas --store {shlex.quote(str(store.root))} fsck --quarantine"
 
 
 @cas.command()
@@ -133,7 +140,7 @@ def verify(store: BlobStore, cids: tuple[str, ...]) -> None:
         else:
             click.echo(f"ok\t{cid}")
     if bad:
-        raise click.ClickException(f"{bad} corrupt blob(s); run 'tufmesh cas fsck --quarantine'")
+        raise click.ClickException(f"{bad} corrupt blob(s); run '{_fsck_again(store)}'")
 
 
 @cas.command()
@@ -156,7 +163,7 @@ def fsck(store: BlobStore, quarantine: bool) -> None:
     )
     if not report.ok:
         if not quarantine:
-            click.echo("run 'tufmesh cas fsck --quarantine' to move them aside", err=True)
+            click.echo(f"run '{_fsck_again(store)}' to move them aside", err=True)
         raise click.exceptions.Exit(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -155,6 +156,14 @@ def get(
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
         raise UsageError(f"cannot write into {output}: {ancestor} is not a writable directory")
+    saved_as: dict[str, str] = {}
+    for target in targets:  # the second would replace the first, both said saved
+        other = saved_as.setdefault(target.rsplit("/", 1)[-1], target)
+        if other != target:
+            raise UsageError(
+                f"{other} and {target} would both be saved as "
+                f"{output / target.rsplit('/', 1)[-1]}: get them into different directories (-o)"
+            )
     with Client.from_home(_home(home)) as downloader:
         for target in targets:
             length = downloader.target(target).length
@@ -170,10 +179,13 @@ def get(
                     and exc.subgroup(KeyboardInterrupt) is not None
                 )
                 part = part_path(output / target.rsplit("/", 1)[-1])
-                if interrupted and part.exists():
+                with contextlib.suppress(OSError):
+                    stat = part.stat()  # (as long as the artifact, sparse: its blocks count)
+                    kept = format_size(min(stat.st_blocks * 512, stat.st_size))
                     click.echo(
-                        f"interrupted: the chunks verified so far are kept in {part}; "
-                        "the same command resumes from them",
+                        f"{'interrupted' if interrupted else 'failed'}: the chunks verified so "
+                        f"far are kept in {part} ({kept} on disk); the same command resumes from "
+                        "them (or delete it)",
                         err=True,
                     )
                 raise

@@ -168,11 +168,24 @@ class Mirror:
         return removed
 
     def _config(self) -> dict[str, Any]:
+        path = self.dir / "mirror.json"
         try:
-            config: dict[str, Any] = json.loads((self.dir / "mirror.json").read_text())
-            return config
+            config = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise TufmeshError(f"{self.dir} is not a mirror: {exc}") from None
+        if not (
+            isinstance(config, dict)
+            and isinstance(config.get("sources"), list)
+            and config["sources"]
+            and all(isinstance(s, str) for s in config["sources"])
+            and _list_of_str_or_none(config.get("projects"))
+            and (config.get("quota") is None or type(config.get("quota")) is int)
+        ):
+            raise TufmeshError(
+                f"{path} is damaged (expected sources, projects and quota): 'tufmesh mirror "
+                "run' with its --origin, --peer, --projects and --quota writes it again"
+            )
+        return config
 
     def wanted(self, targets: list[Any]) -> list[Any]:
         """The targets this mirror's policy keeps: its projects, within its quota."""
@@ -576,6 +589,10 @@ def _foreign(directory: Path) -> list[str]:
         for n in names
         if n not in ours and not n.endswith(".root.json") and not (n[0] == "." and ".tmp-" in n)
     ]
+
+
+def _list_of_str_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
 def _someone_elses(directory: Path) -> bool:

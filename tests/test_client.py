@@ -470,7 +470,7 @@ def test_cli_get_resumes_after_kill_and_caches(
         assert part.exists() and not (out / "demo-1.0.tar.gz").exists()
         if stop == signal.SIGINT:  # Ctrl-C: it says what it kept, and how to go on
             assert proc.returncode == 130
-            assert f"interrupted: the chunks verified so far are kept in {part}" in err, err
+            assert f"interrupted: the chunks verified so far are kept in {part} (" in err, err
         ClientHome(home).save_sources([honest.url])
         done = tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--json")
         import json
@@ -511,6 +511,12 @@ def test_get_into_a_path_in_the_way_is_one_clear_line(origin: Server, tmp_path: 
     missing = tufmesh("get", "demo/nope-1.0.tar.gz", "-o", str(tmp_path / "new"),
                       "--home", str(home), check=False)  # fmt: skip
     assert missing.returncode == 1 and not (tmp_path / "new").exists()
+    # Two artifacts of one file name (other projects): the second replaced the
+    # first, and both were said saved. Refused before anything is fetched.
+    twins = tufmesh("get", SMALL, "other/" + SMALL.split("/")[1], "-o", str(tmp_path / "new"),
+                    "--home", str(home), check=False)  # fmt: skip
+    assert twins.returncode == 1 and "would both be saved as" in twins.stderr, twins.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:

@@ -154,6 +154,13 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     assert (
         damaged.returncode == 1 and "state.json cannot be read or is damaged" in damaged.stderr
     ), damaged.stderr
+    # mirror.json as JSON of another shape (a hand edit): one line, not a TypeError.
+    (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
+    for shape in ("[]", '{"sources": 5}', '{"sources": ["http://a"], "quota": "lots"}'):
+        (tmp_path / "m2" / "mirror.json").write_text(shape)
+        bad = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
+        assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+        assert "mirror.json is damaged" in bad.stderr, bad.stderr
 
 
 @pytest.mark.attack
