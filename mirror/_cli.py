@@ -13,7 +13,7 @@ import click
 from tufmesh._durable import hold_lock
 from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, run_service
 from tufmesh.errors import TufmeshError, UsageError
-from tufmesh.mirror._mirror import Mirror
+from tufmesh.mirror._mirror import Mirror, read_progress
 from tufmesh.mirror._server import run_mirror
 
 __all__ = ["mirror"]
@@ -117,6 +117,28 @@ def run(
     )
 
 
+def _progress_line(progress: dict[str, Any]) -> str:
+    """A sync under way: how far, for how long, and when it last said so."""
+    total = progress["bytes"]
+    share = f" ({100 * progress['bytes_held'] / total:.0f}%)" if total else ""
+    now = time.time()
+    return (
+        f"snapshot version {progress['snapshot_version']}: {progress['held']} of "
+        f"{progress['artifacts']} artifacts, {format_size(progress['bytes_held'])} of "
+        f"{format_size(total)}{share}; for {_ago(now - progress['started'])}, "
+        f"said {_ago(now - progress['updated'])} ago"
+    )
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @mirror.command()
 @dir_option("The mirror's directory.")
 def status(mirror_dir: Path) -> None:
@@ -128,10 +150,18 @@ def status(mirror_dir: Path) -> None:
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
     state = replica.state() if replica is not None else {}
+    progress = read_progress(mirror_dir)
     if replica is None:
-        if (mirror_dir / "mirror.json").is_file():
-            raise TufmeshError(f"{mirror_dir} is a mirror whose first sync has not completed yet")
-        raise TufmeshError(f"{mirror_dir} is not a mirror's directory (no mirror.json)")
+        if not (mirror_dir / "mirror.json").is_file():
+            raise TufmeshError(f"{mirror_dir} is not a mirror's directory (no mirror.json)")
+        if progress is None:
+            raise TufmeshError(
+                f"{mirror_dir} is a mirror whose first sync has not completed yet (nor begun "
+                "to fetch artifacts: is 'tufmesh mirror run' running, and its origin up?)"
+            )
+        click.echo(f"mirror {mirror_dir}")
+        click.echo(f"first sync	{_progress_line(progress)}")
+        return  # on its way: not a failure
     if not state:
         raise TufmeshError(
             f"{replica.state_file} cannot be read or is damaged; "
@@ -168,6 +198,8 @@ def status(mirror_dir: Path) -> None:
             click.echo(f"lag\t{behind} timestamp version(s) behind the newest announcement")
         else:
             click.echo("lag\tunknown: no p2p peer to hear announcements from (the poll still runs)")
+    if progress is not None:
+        click.echo(f"syncing\t{_progress_line(progress)}")
     if last.get("error"):
         click.echo(f"last error\t{last['error']}")
     if unknown := last.get("unknown_projects"):

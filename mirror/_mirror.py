@@ -79,6 +79,8 @@ class Mirror:
         self.store = BlobStore(directory / "cas")
         self.tree = directory / "tree"
         self.state_file = directory / "state.json"
+        #: How far the sync under way is (:func:`read_progress`).
+        self.progress_file = directory / "progress.json"
         self._state_lock = threading.Lock()  # syncs (a thread) and the daemon both update it
         # The last complete sync: (timestamp version, config) and its report.
         # A sync that finds both unchanged stops after the timestamp: anyone
@@ -161,6 +163,7 @@ class Mirror:
             if held:
                 path.unlink()
                 removed += 1
+        self.progress_file.unlink(missing_ok=True)  # a sync's that was stopped
         for folder in (self.dir, self.tree / "metadata", *self.tree.glob("targets/*")):
             for path in folder.glob(".*.tmp-*"):
                 path.unlink()
@@ -289,7 +292,10 @@ class Mirror:
                     report.unknown_projects = self._synced[1].unknown_projects
                     report.lapsed = self._synced[1].lapsed
                 else:
-                    self._replicate(client, swarm, report, fetched)
+                    try:
+                        self._replicate(client, swarm, report, fetched)
+                    finally:
+                        self.progress_file.unlink(missing_ok=True)
                     self._synced = (seen, report)
         except TufmeshError as exc:
             report.error = str(exc)
@@ -355,9 +361,12 @@ class Mirror:
         # Before the downloads: on a full disk they fail, and the leftovers
         # of a stop are likely what fills it.
         self._drop_unwanted_downloads({entries[t.path].cid for t in targets})
+        snapshot = _version(client.metadata_dir / "snapshot.json")
         if swarm is not None:
-            swarm.syncing = _version(client.metadata_dir / "snapshot.json")
+            swarm.syncing = snapshot
+        progress = _Progress(self.progress_file, snapshot, targets)
         for target in targets:
+            progress.note(target)
             cid, manifest_cid = entries[target.path].cid, entries[target.path].manifest
             if manifest_cid is not None and not self.store.has(manifest_cid):
                 # Fetched (and checked against its signed CID) only when
@@ -367,6 +376,7 @@ class Mirror:
                 assert manifest is not None
                 self.store.put(manifest.encoded, expect=manifest.cid)
             if self.store.has(cid):
+                progress.held(target)
                 continue
             incoming = self.dir / "incoming"
             replicating = swarm.replicating(cid, incoming / cid) if swarm else None
@@ -381,6 +391,7 @@ class Mirror:
                 if swarm is not None:
                     swarm.end(cid)
             result.path.unlink()
+            progress.held(target)
             report.fetched += 1
             for source, stats in result.sources.items():
                 fetched[source] += stats.bytes
@@ -534,6 +545,57 @@ class Servable:
     project: str
     filename: str
     sha256: str
+
+
+class _Progress:
+    """A sync's progress, written to ``progress.json`` (at most once a second)
+    for ``mirror status``: a first sync of a large repository takes hours."""
+
+    def __init__(self, path: Path, snapshot: int, targets: list[Any]) -> None:
+        self.path = path
+        now = time.time()
+        self.state: dict[str, Any] = {
+            "snapshot_version": snapshot,
+            "artifacts": len(targets),
+            "held": 0,
+            "bytes": sum(t.length for t in targets),
+            "bytes_held": 0,
+            "started": now,
+            "updated": now,
+        }
+        self._written = 0.0
+        self._write(now)
+
+    def held(self, target: Any) -> None:
+        """``target`` is in the store now."""
+        self.state["held"] += 1
+        self.state["bytes_held"] += target.length
+
+    def note(self, target: Any) -> None:
+        """About to see to ``target``: say how far the sync is, now and then."""
+        now = time.time()
+        if now - self._written >= 1.0:
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        self.state["updated"] = self._written = now
+        with contextlib.suppress(OSError):  # only a report: a full disk fails the sync anyway
+            write_atomic(self.path, json.dumps(self.state).encode(), sync_dir=False)
+
+
+def read_progress(directory: Path) -> dict[str, Any] | None:
+    """How far the mirror's sync under way is, as it last said: None if no
+    sync is fetching artifacts (or the file is unreadable)."""
+    try:
+        progress = json.loads((directory / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("snapshot_version", "artifacts", "held", "bytes", "bytes_held")
+    if not isinstance(progress, dict) or not all(type(progress.get(k)) is int for k in keys):
+        return None
+    if not all(type(progress.get(k)) in (int, float) for k in ("started", "updated")):
+        return None
+    return progress
 
 
 def servable(target: Any) -> Servable | None:

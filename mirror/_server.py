@@ -21,7 +21,7 @@ from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
 from tufmesh.errors import TufmeshError
-from tufmesh.mirror._mirror import SCRUB_BYTES, Mirror, SyncReport
+from tufmesh.mirror._mirror import SCRUB_BYTES, Mirror, SyncReport, read_progress
 from tufmesh.mirror._swarm import (
     POLL,
     QUERY_TIMEOUT,
@@ -92,6 +92,8 @@ def build_mirror_app(
                 "artifacts": last.get("artifacts", 0),
                 "last_error": last.get("error"),
                 "quarantined": state.get("quarantined", 0),
+                # How far the sync under way is (mirror status), or None.
+                "syncing": read_progress(mirror.dir),
                 "bytes_served": counter.served,
                 # When the newest announcement arrived (timestamp version, Unix time).
                 "announced": ({"version": max(heard), "at": heard[max(heard)]} if heard else None),

@@ -32,6 +32,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tests.helpers.tls import make_ca_and_cert, tls_proxy
+from tufmesh._ui import format_size
 from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
 from tufmesh.errors import UsageError
@@ -161,6 +162,38 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         bad = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
         assert "mirror.json is damaged" in bad.stderr, bad.stderr
+
+
+def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
+    """A first sync of a large repository takes hours, and 'mirror status'
+    said only that it had not completed, with exit 1: monitoring saw a
+    failure. Now it shows how far the sync is, and exits 0."""
+    import threading
+
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    lengths = [300_000, 200_000, 100_000]
+    seen: list[str] = []
+    with running(repo) as origin:
+        for i, length in enumerate(lengths):
+            post(origin.url, "demo", f"demo-{i}.tar.gz", os.urandom(length), token)
+        with helper_mirrors(repo, "slow") as (slow,):  # 1 s a blob
+            replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [slow.url])
+            sync = threading.Thread(target=replica.sync)
+            sync.start()
+            deadline = time.monotonic() + 20
+            while sync.is_alive() and time.monotonic() < deadline:
+                status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m"), check=False)
+                if "first sync" in status.stdout:
+                    assert status.returncode == 0, status.stderr
+                    seen.append(status.stdout)
+                time.sleep(0.2)
+            sync.join()
+    assert seen, "the sync was never seen under way"
+    assert "of 3 artifacts, " in seen[-1] and f"of {format_size(sum(lengths))}" in seen[-1]
+    assert not (tmp_path / "m" / "progress.json").exists()  # over: said by the report
+    done = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+    assert "syncing" not in done and "snapshot version" in done
 
 
 @pytest.mark.attack
