@@ -100,21 +100,32 @@ def run(
             shutil.rmtree(mirror_dir, ignore_errors=True)
         raise
     replica.tidy()
-    run_service(
-        lambda ready: run_mirror(
-            replica,
-            host,
-            http_port,
-            poll,
-            on_ready=ready,
-            p2p_port=p2p_port,
-            bootstrap=list(bootstrap),
-            max_upload_rate=max_upload_rate,
-            p2p_only=p2p_only,
-        ),
-        banner=lambda url: f"mirror {mirror_dir} serving on {url}" + p2p_line(mirror_dir, p2p_port),
-        where=f"{host}:{http_port}",
-    )
+    serving: list[str] = []
+
+    def banner(url: str) -> str:
+        serving.append(url)
+        return f"mirror {mirror_dir} serving on {url}" + p2p_line(mirror_dir, p2p_port)
+
+    try:
+        run_service(
+            lambda ready: run_mirror(
+                replica,
+                host,
+                http_port,
+                poll,
+                on_ready=ready,
+                p2p_port=p2p_port,
+                bootstrap=list(bootstrap),
+                max_upload_rate=max_upload_rate,
+                p2p_only=p2p_only,
+            ),
+            banner=banner,
+            where=f"{host}:{http_port}",
+        )
+    except BaseException:
+        if created and not serving:  # it never served (a port taken): nothing to keep
+            shutil.rmtree(mirror_dir, ignore_errors=True)
+        raise
 
 
 def _progress_line(progress: dict[str, Any]) -> str:

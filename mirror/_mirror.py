@@ -130,6 +130,12 @@ class Mirror:
                     f"{anchor} is damaged: put the repository's root there again "
                     "(the one it was first given), or give a new --dir"
                 ) from None
+            if not (directory / "tree" / "metadata" / "timestamp.json").exists():
+                raise UsageError(
+                    f"{directory} was set up for another root ({anchor}) and has never "
+                    "completed a sync: remove it (nothing in it is worth keeping), or give a "
+                    "new --dir"
+                )
             raise UsageError(
                 f"{directory} already mirrors the repository of another root ({anchor}); "
                 "give that root, or a new --dir"

@@ -155,6 +155,10 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     assert (
         damaged.returncode == 1 and "state.json cannot be read or is damaged" in damaged.stderr
     ), damaged.stderr
+    # A mirror that has synced is refused another repository's root.
+    other = init_repo(tmp_path / "other")
+    with pytest.raises(UsageError, match="already mirrors the repository of another root"):
+        Mirror.create(tmp_path / "m2", other / "metadata" / "1.root.json", [origin.url])
     # mirror.json as JSON of another shape (a hand edit): one line, not a TypeError.
     (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
     for shape in ("[]", '{"sources": 5}', '{"sources": ["http://a"], "quota": "lots"}'):
@@ -324,9 +328,18 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     # Its status says why, and exits 1 for a monitoring script.
     status = tufmesh("mirror", "status", "--dir", str(m), check=False)
     assert status.returncode == 1 and "last error" in status.stdout, status
-    # The directory now mirrors this repository: another root is refused.
+    # The directory is set up for this root: another is refused, and, as no
+    # sync ever completed, it says the directory is not worth keeping (it
+    # said "already mirrors the repository of another root").
     again = tufmesh(*args, "--root", str(other / "metadata" / "1.root.json"), check=False)
-    assert again.returncode == 1 and "another root" in again.stderr, again.stderr
+    assert again.returncode == 1 and "has never completed a sync: remove it" in again.stderr
+    # A first run whose port is taken leaves no directory tied to its root.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        busy = tufmesh("mirror", "run", "--dir", str(tmp_path / "busy"), "--origin",
+                       "http://127.0.0.1:9", "--http-port", port, "--root", root, check=False)  # fmt: skip
+    assert busy.returncode == 1 and "Address already in use" in busy.stderr, busy.stderr
+    assert not (tmp_path / "busy").exists()
     # Its own root file damaged: said so, not "another root".
     (m / "root.json").write_text("{")
     damaged = tufmesh(*args, "--root", str(repo / "metadata" / "1.root.json"), check=False)
