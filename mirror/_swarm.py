@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import random
 import re
@@ -29,10 +30,12 @@ from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import trio
 
 from tufmesh._durable import read_exactly
+from tufmesh._shares import machine_of
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
 from tufmesh.client._http import Refused, tls_context
 from tufmesh.errors import TufmeshError
@@ -40,6 +43,7 @@ from tufmesh.p2p._blob import MAX_RECORD, BlobBusyError
 
 __all__ = [
     "MAX_NEIGHBOURS",
+    "MAX_PER_MACHINE",
     "MAX_UNVERIFIED",
     "POLL",
     "UPLOAD_BYTES",
@@ -58,6 +62,11 @@ MAX_NEIGHBOURS: Final = 16
 #: neighbour's peer list) hold this many places at most: addresses that never
 #: answer cannot crowd out the neighbours that do (docs/threat-model.md).
 MAX_UNVERIFIED: Final = 4
+#: Neighbours learnt (not configured) on one machine at most (an IPv6 /64, or
+#: a host name): addresses that answer cost an attacker ports, which are
+#: free, so without it one host could fill every place (an eclipse: the
+#: mirror then fetches everything from the origin). Loopback is not counted.
+MAX_PER_MACHINE: Final = 2
 #: A have-query's whole answer must arrive within this (a per-read timeout
 #: alone lets a neighbour that sends a byte a second hold its queries forever).
 QUERY_TIMEOUT: Final = 2.0
@@ -173,10 +182,14 @@ class Swarm:
         with self._lock:
             if url in self._neighbours or len(self._neighbours) >= MAX_NEIGHBOURS:
                 return
-            unverified = sum(
-                1 for u, n in self._neighbours.items() if not n.answered and u not in self.peers
-            )
-            if url in self.peers or unverified < MAX_UNVERIFIED:
+            if url in self.peers:
+                self._neighbours[url] = _Neighbour()
+                return
+            learnt = [u for u in self._neighbours if u not in self.peers]
+            unverified = sum(1 for u in learnt if not self._neighbours[u].answered)
+            machine = _machine(url)
+            same = sum(1 for u in learnt if machine is not None and _machine(u) == machine)
+            if unverified < MAX_UNVERIFIED and same < MAX_PER_MACHINE:
                 self._neighbours[url] = _Neighbour()
 
     def neighbours(self) -> list[str]:
@@ -358,6 +371,22 @@ class Swarm:
 
 #: What a learned HTTP neighbour may look like: scheme, host (a name, IPv4 or
 #: [IPv6]) and port, nothing else.
+def _machine(url: str) -> str | None:
+    """The machine a neighbour's URL (``http://host:port``, ``libp2p:/ip4/...``)
+    is on, as :data:`MAX_PER_MACHINE` counts it; None for loopback."""
+    if url.startswith("libp2p:"):
+        parts = url.split("/")
+        host = parts[2] if len(parts) > 2 else ""
+    else:
+        host = urlsplit(url).hostname or ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a name: counted as itself
+        return None if host.lower() == "localhost" else host.lower()
+    return machine_of(host)
+
+
 _ORIGIN_URL: Final = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 

@@ -220,6 +220,32 @@ def test_neighbours_not_heard_from_yet_hold_few_places() -> None:
     assert len(swarm.neighbours()) == MAX_NEIGHBOURS
 
 
+def test_one_machine_holds_few_places_however_many_ports_answer() -> None:
+    """Addresses that answer were not capped: one host, listening on sixteen
+    ports (or naming sixteen libp2p addresses), could take every place."""
+    swarm = Swarm(url="http://me", peers=["http://203.0.113.5:1", "http://203.0.113.5:2"])
+    for port in range(10, 40):
+        for url in (f"http://203.0.113.5:{port}", f"http://[2001:db8::{port}]:80",
+                    f"libp2p:/ip4/198.51.100.7/tcp/{port}/p2p/Qm{port}"):  # fmt: skip
+            swarm.learn(url)
+            swarm._answered(url)
+    assert swarm.neighbours() == [
+        "http://203.0.113.5:1",  # configured: kept, and not counted
+        "http://203.0.113.5:2",
+        "http://203.0.113.5:10",
+        "http://[2001:db8::10]:80",  # one /64, one machine
+        "libp2p:/ip4/198.51.100.7/tcp/10/p2p/Qm10",
+        "http://203.0.113.5:11",
+        "http://[2001:db8::11]:80",
+        "libp2p:/ip4/198.51.100.7/tcp/11/p2p/Qm11",
+    ]
+    local = Swarm(url="http://me")
+    for port in range(10, 20):  # mirrors side by side on one machine's loopback
+        local.learn(f"http://127.0.0.1:{port}")
+        local._answered(f"http://127.0.0.1:{port}")
+    assert len(local.neighbours()) == 10
+
+
 def test_a_neighbour_is_forgotten_after_three_failed_rounds_in_a_row() -> None:
     swarm = Swarm(url="http://me", peers=["http://kept"])
     swarm.learn("http://flaky")
