@@ -652,13 +652,24 @@ def publish(
     with httpx.Client(verify=tls_context()) as client:
         if developer is not None:
             developer = _ready_to_sign(client, origin_url, project, developer)
-        for path in files:
+        for done, path in enumerate(files):
             try:
                 with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
                     answer = upload(
                         client, origin_url, project, path, token,
                         progress=advance, on_retry=lambda why: click.echo(why, err=True),
                     )  # fmt: skip
+            except KeyboardInterrupt:
+                rest = ", ".join(p.name for p in files[done + 1 :])
+                waiting = ", ".join(p.name for p, _ in stored)
+                click.echo(
+                    f"interrupted: {path.name} may or may not be published (the same command "
+                    "again publishes it, or says it is)"
+                    + (f"; stored, not yet signed: {waiting}" if waiting else "")
+                    + (f"; not sent: {rest}" if rest else ""),
+                    err=True,
+                )
+                raise
             except TufmeshError as exc:
                 failures += 1
                 click.echo(f"error: {exc}", err=True)

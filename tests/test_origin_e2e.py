@@ -728,3 +728,26 @@ def test_a_bootstrap_peer_that_is_down_is_not_logged_by_libp2p(repo: Path) -> No
     with running(repo, "--p2p-port", "0", "--bootstrap", peer) as server:
         time.sleep(1.5)  # the dial at start has failed by now
     assert server.stderr == "", server.stderr
+
+
+def test_ctrl_c_during_publish_says_what_was_not_published(tmp_path: Path) -> None:
+    """Ctrl-C mid-upload said only "Aborted!": not which files were sent."""
+    import signal
+    import socket
+
+    files = [tmp_path / name for name in ("a-1.tar.gz", "b-1.tar.gz")]
+    for path in files:
+        path.write_bytes(os.urandom(32 << 20))
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never reads
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [TUFMESH, "publish", "--origin", url, "--project", "p", "--token", "t",
+             *map(str, files)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(2)  # its first upload fills the socket's buffers, and waits
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted: a-1.tar.gz may or may not be published" in err, err
+    assert "not sent: b-1.tar.gz" in err, err
