@@ -195,7 +195,11 @@ async def _peer_ends(stream: Any) -> bool:
     :data:`LINGER` seconds, for the peer's end (it has read the answer): True
     if it came. Anything more from the peer is a breach of the protocol."""
     with contextlib.suppress(Exception):
-        await stream.close()
+        # Closing waits for the session's write lock: shielded from the
+        # answer's deadline, which cut it short with the end unsent (the
+        # stream was then reset, and the peer lost the answer's tail).
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await stream.close()
         with trio.move_on_after(LINGER):
             try:
                 return not await stream.read(1)
@@ -473,9 +477,12 @@ class P2PNode:
         answered = False
         with contextlib.suppress(Exception):
             try:
-                with self._stream_slot(stream) as peer, trio.move_on_after(_BLOB_TIMEOUT):
-                    if peer is not None:
+                with self._stream_slot(stream) as peer:
+                    if peer is None:
+                        return
+                    with trio.move_on_after(_BLOB_TIMEOUT) as answering:
                         await self._answer(stream, peer)
+                    if not answering.cancelled_caught:
                         answered = await _peer_ends(stream)
             finally:
                 await _end_stream(stream, whole=answered)
@@ -540,15 +547,17 @@ class P2PNode:
         answered = False
         with contextlib.suppress(Exception):
             try:
-                with self._stream_slot(stream) as peer, trio.move_on_after(_REQUEST_TIMEOUT):
+                with self._stream_slot(stream) as peer:
                     if peer is None:
                         return
-                    size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
-                    query = json.loads(await _read_exactly(stream, size))
-                    assert self.have_source is not None
-                    record = self.have_source(query)
-                    await stream.write(encode_json(record, MAX_RECORD))
-                    answered = await _peer_ends(stream)
+                    with trio.move_on_after(_REQUEST_TIMEOUT) as answering:
+                        size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
+                        query = json.loads(await _read_exactly(stream, size))
+                        assert self.have_source is not None
+                        record = self.have_source(query)
+                        await stream.write(encode_json(record, MAX_RECORD))
+                    if not answering.cancelled_caught:
+                        answered = await _peer_ends(stream)
             finally:
                 await _end_stream(stream, whole=answered)
 

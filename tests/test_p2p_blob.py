@@ -430,13 +430,13 @@ def test_a_peer_that_sends_past_the_window_is_disconnected(tmp_path: Path) -> No
     store = BlobStore(tmp_path / "cas")
     cid = store.put(os.urandom(1 << 20))
     buffered: list[int] = []
-    sent = 0
+    sent = granted = 0
 
     async def budget(size: int) -> None:
         await trio.sleep_forever()
 
     async def main() -> None:
-        nonlocal sent
+        nonlocal sent, granted
         server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
                          blob_source=store.read_range, pace=budget)  # fmt: skip
         flooder = P2PNode(tmp_path / "f.key", topic, AnnouncementGate(root))
@@ -446,6 +446,8 @@ def test_a_peer_that_sends_past_the_window_is_disconnected(tmp_path: Path) -> No
             await stream.write(encode_request(BlobRequest(cid, 0, 1 << 20)))
             session = _session(server, flooder)
             assert session is not None
+            await trio.sleep(0.3)  # the request read, and a window granted for more
+            granted = session.streams[stream.muxed_stream.stream_id].recv_window
             with trio.move_on_after(10), contextlib.suppress(Exception):
                 while sent < 64 << 20:
                     stream.muxed_stream.send_window = 1 << 40  # flow control ignored
@@ -461,7 +463,7 @@ def test_a_peer_that_sends_past_the_window_is_disconnected(tmp_path: Path) -> No
     trio.run(main)
     gc.collect()
     assert sent < 64 << 20  # cut off long before
-    assert max(buffered) <= MAX_WINDOW_SIZE
+    assert max(buffered) <= granted <= MAX_WINDOW_SIZE  # what the peer was allowed, no more
 
 
 @pytest.mark.slow
@@ -475,7 +477,7 @@ def test_a_stream_the_peer_keeps_open_after_its_answer_is_reset(
     peer's end, then resets the stream; a peer that closes is not kept."""
     from tufmesh.p2p._blob import PROTOCOL
 
-    monkeypatch.setattr(node_module, "LINGER", 1.0)
+    monkeypatch.setattr(node_module, "LINGER", 3.0)
     root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
     topic = topic_for(root)
     store = BlobStore(tmp_path / "cas")
@@ -501,7 +503,7 @@ def test_a_stream_the_peer_keeps_open_after_its_answer_is_reset(
                 await stream.write(encode_request(BlobRequest(cid, 0, 10)))
                 await _read_all(stream, HEAD_SIZE + 10)  # and its end never closed
             counts["held"] = len(_session(server, holder).streams)
-            await trio.sleep(2.5)
+            await trio.sleep(4.0)
             counts["after"] = len(_session(server, holder).streams)
             counts["honest"] = len(_session(server, honest).streams)
             nursery.cancel_scope.cancel()
