@@ -79,6 +79,23 @@ def hold_lock(path: Path, *, wait: float = 0.0) -> int | None:
             time.sleep(0.05)
 
 
+def is_held(path: Path) -> bool:
+    """Whether another process holds the lock :func:`hold_lock` takes on
+    ``path`` (a daemon runs there). Asks for a shared lock and lets it go at
+    once: a daemon starting that instant waits for it (``hold_lock``'s wait)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def fsync_dir(path: Path) -> None:
     """Make the entries of directory ``path`` (creations, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from tufmesh._durable import hold_lock
+from tufmesh._durable import hold_lock, is_held
 from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, run_service
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror, read_progress
@@ -90,7 +90,8 @@ def run(
     created = not mirror_dir.exists()
     mirror_dir.mkdir(parents=True, exist_ok=True)
     try:
-        if hold_lock(mirror_dir) is None:  # held until the process ends
+        # (a second's wait: 'mirror status' probes the lock for an instant)
+        if hold_lock(mirror_dir, wait=1.0) is None:  # held until the process ends
             raise UsageError(f"another mirror is running in {mirror_dir}")
         replica = Mirror.create(
             mirror_dir, root_json, [*peers, origin_url], projects=wanted, quota=quota
@@ -122,10 +123,9 @@ def run(
             banner=banner,
             where=f"{host}:{http_port}",
         )
-    except BaseException:
+    finally:  # (a failure, or a stop, Ctrl-C, before it served)
         if created and not serving:  # it never served (a port taken): nothing to keep
             shutil.rmtree(mirror_dir, ignore_errors=True)
-        raise
 
 
 def _progress_line(progress: dict[str, Any]) -> str:
@@ -161,14 +161,17 @@ def status(mirror_dir: Path) -> None:
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
     state = replica.state() if replica is not None else {}
-    progress = read_progress(mirror_dir)
+    running = is_held(mirror_dir)
+    # (a stopped daemon's sync may have left its progress: not under way)
+    progress = read_progress(mirror_dir) if running else None
     if replica is None:
         if not (mirror_dir / "mirror.json").is_file():
             raise TufmeshError(f"{mirror_dir} is not a mirror's directory (no mirror.json)")
         if progress is None:
+            why = "its origin up?" if running else "no 'tufmesh mirror run' runs in it"
             raise TufmeshError(
-                f"{mirror_dir} is a mirror whose first sync has not completed yet (nor begun "
-                "to fetch artifacts: is 'tufmesh mirror run' running, and its origin up?)"
+                f"{mirror_dir} is a mirror whose first sync has not completed yet, nor begun "
+                f"to fetch artifacts ({why})"
             )
         click.echo(f"mirror {mirror_dir}")
         click.echo(f"first sync	{_progress_line(progress)}")

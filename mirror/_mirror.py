@@ -130,11 +130,11 @@ class Mirror:
                     f"{anchor} is damaged: put the repository's root there again "
                     "(the one it was first given), or give a new --dir"
                 ) from None
-            if not (directory / "tree" / "metadata" / "timestamp.json").exists():
+            held = (directory / "cas").is_dir() and next(iter(BlobStore(directory / "cas")), None)
+            if not (directory / "tree" / "metadata" / "timestamp.json").exists() and not held:
                 raise UsageError(
-                    f"{directory} was set up for another root ({anchor}) and has never "
-                    "completed a sync: remove it (nothing in it is worth keeping), or give a "
-                    "new --dir"
+                    f"{directory} was set up for another root ({anchor}) and holds nothing "
+                    "yet (no sync completed, no blob fetched): remove it, or give a new --dir"
                 )
             raise UsageError(
                 f"{directory} already mirrors the repository of another root ({anchor}); "

@@ -369,8 +369,6 @@ class Swarm:
         return True
 
 
-#: What a learned HTTP neighbour may look like: scheme, host (a name, IPv4 or
-#: [IPv6]) and port, nothing else.
 def _machine(url: str) -> str | None:
     """The machine a neighbour's URL (``http://host:port``, ``libp2p:/ip4/...``)
     is on, as :data:`MAX_PER_MACHINE` counts it; None for loopback."""
@@ -387,6 +385,8 @@ def _machine(url: str) -> str | None:
     return machine_of(host)
 
 
+#: What a learned HTTP neighbour may look like: scheme, host (a name, IPv4 or
+#: [IPv6]) and port, nothing else.
 _ORIGIN_URL: Final = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 

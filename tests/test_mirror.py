@@ -32,6 +32,7 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tests.helpers.tls import make_ca_and_cert, tls_proxy
+from tufmesh._durable import hold_lock
 from tufmesh._ui import format_size
 from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
@@ -183,6 +184,7 @@ def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
             post(origin.url, "demo", f"demo-{i}.tar.gz", os.urandom(length), token)
         with helper_mirrors(repo, "slow") as (slow,):  # 1 s a blob
             replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [slow.url])
+            daemon = hold_lock(tmp_path / "m")  # as the daemon holds it
             sync = threading.Thread(target=replica.sync)
             sync.start()
             deadline = time.monotonic() + 20
@@ -194,6 +196,15 @@ def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
                 time.sleep(0.2)
             sync.join()
     assert seen, "the sync was never seen under way"
+    # A sync's progress left by a daemon that stopped is not a sync under way.
+    (tmp_path / "m" / "progress.json").write_text(json.dumps(json.loads(
+        '{"snapshot_version": 4, "artifacts": 3, "held": 1, "bytes": 9, "bytes_held": 3, '
+        '"started": 1, "updated": 2}')))  # fmt: skip
+    assert "syncing" in tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+    assert daemon is not None
+    os.close(daemon)
+    assert "syncing" not in tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+    (tmp_path / "m" / "progress.json").unlink()
     assert "of 3 artifacts, " in seen[-1] and f"of {format_size(sum(lengths))}" in seen[-1]
     assert not (tmp_path / "m" / "progress.json").exists()  # over: said by the report
     done = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
@@ -329,10 +340,10 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     status = tufmesh("mirror", "status", "--dir", str(m), check=False)
     assert status.returncode == 1 and "last error" in status.stdout, status
     # The directory is set up for this root: another is refused, and, as no
-    # sync ever completed, it says the directory is not worth keeping (it
-    # said "already mirrors the repository of another root").
+    # sync ever completed nor fetched a blob, it says the directory holds
+    # nothing (it said "already mirrors the repository of another root").
     again = tufmesh(*args, "--root", str(other / "metadata" / "1.root.json"), check=False)
-    assert again.returncode == 1 and "has never completed a sync: remove it" in again.stderr
+    assert again.returncode == 1 and "holds nothing yet" in again.stderr, again.stderr
     # A first run whose port is taken leaves no directory tied to its root.
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
