@@ -16,6 +16,7 @@ import click
 
 from tufmesh._ui import PORT, Group, data_home, format_size, progress_bar, run_service
 from tufmesh.client._client import Client, part_path
+from tufmesh.client._download import own_file
 from tufmesh.client._home import ClientHome
 from tufmesh.errors import NotInMetadataError, TufmeshError, UsageError
 
@@ -179,15 +180,16 @@ def get(
                     and exc.subgroup(KeyboardInterrupt) is not None
                 )
                 part = part_path(output / target.rsplit("/", 1)[-1])
-                with contextlib.suppress(OSError):
-                    stat = part.stat()  # (as long as the artifact, sparse: its blocks count)
-                    kept = format_size(min(stat.st_blocks * 512, stat.st_size))
-                    click.echo(
-                        f"{'interrupted' if interrupted else 'failed'}: the chunks verified so "
-                        f"far are kept in {part} ({kept} on disk); the same command resumes from "
-                        "them (or delete it)",
-                        err=True,
-                    )
+                if own_file(part):  # (none, or one in the way: the error says so)
+                    with contextlib.suppress(OSError):
+                        stat = part.lstat()  # as long as the artifact, sparse: count its blocks
+                        kept = format_size(min(stat.st_blocks * 512, stat.st_size))
+                        click.echo(
+                            f"{'interrupted' if interrupted else 'failed'}: the chunks verified "
+                            f"so far are kept in {part} ({kept} on disk); the same command "
+                            "resumes from them (or delete it)",
+                            err=True,
+                        )
                 raise
             used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
             if as_json:

@@ -194,6 +194,8 @@ class OriginService:
         #: version, or the next collection, which deletes what is left.
         #: (Per project, by file name: an upload sent again counts once.)
         self.staged: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        #: Why projects.json cannot be read, once said (None: it can).
+        self.projects_damaged: str | None = None
         self.counter: ByteCounter | None = None
         #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
         self.uploads = SeedGate()
@@ -828,9 +830,12 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(403, str(exc))
         except AuthError as exc:
             return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
-        except OriginError as exc:  # projects.json damaged while serving
-            print(f"origin: refusing uploads: {exc}", file=sys.stderr, flush=True)
+        except OriginError as exc:  # projects.json damaged while serving: said once
+            if str(exc) != service.projects_damaged:
+                service.projects_damaged = str(exc)
+                print(f"origin: refusing uploads: {exc}", file=sys.stderr, flush=True)
             return _error(503, "the origin cannot read its list of projects; its log says why")
+        service.projects_damaged = None
         declared = request.headers.get("content-length")
         if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
             return _error(413, too_big)
