@@ -159,7 +159,8 @@ def get(
         raise UsageError(f"cannot write into {output}: {ancestor} is not a writable directory")
     saved_as: dict[str, str] = {}
     for target in targets:  # the second would replace the first, both said saved
-        other = saved_as.setdefault(target.rsplit("/", 1)[-1], target)
+        # (in any case: Foo.whl and foo.whl are one file on macOS and Windows)
+        other = saved_as.setdefault(target.rsplit("/", 1)[-1].casefold(), target)
         if other != target:
             raise UsageError(
                 f"{other} and {target} would both be saved as "

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import trio
 import urllib3
@@ -67,6 +67,10 @@ from tufmesh.errors import (
 __all__ = ["Client", "DownloadResult"]
 
 T = TypeVar("T")
+
+#: Roles a listing walks at most, hash bins included (an origin's bins are
+#: 2**14 at most): a delegation to itself, or to 2**32 bins, must end.
+MAX_ROLES: Final = 1 << 16
 
 
 @dataclass
@@ -247,8 +251,17 @@ class Client:
             Check = Callable[[str], bool]
             stack: list[tuple[str, str, tuple[Check, ...]]] = [("targets", "root", ())]
             lapsed = []
+            visited: set[str] = set()  # as python-tuf's search: a role once (a cycle ends)
             while stack:
                 role, parent, checks = stack.pop()
+                if role in visited:
+                    continue
+                visited.add(role)
+                if len(visited) > MAX_ROLES:
+                    raise ClientError(
+                        f"the signed metadata delegates to more than {MAX_ROLES:,} roles: not "
+                        "listed (a repository's bins, or its metadata, are amiss)"
+                    )
                 if role == "targets" and self.artifact_paths:
                     checks = (_is_normal,)  # as the origin writes paths, no other spelling
                 try:
@@ -265,6 +278,11 @@ class Client:
                 children: list[tuple[str, Check]] = []
                 if delegations is not None and delegations.succinct_roles is not None:
                     succinct = delegations.succinct_roles
+                    if succinct.number_of_bins > MAX_ROLES:
+                        raise ClientError(
+                            f"{role} delegates to {succinct.number_of_bins:,} hash bins: more "
+                            f"than the {MAX_ROLES:,} roles a listing walks"
+                        )
                     children.extend(
                         (name, _bin_check(succinct, name)) for name in succinct.get_roles()
                     )
@@ -347,7 +365,7 @@ class Client:
                 return self._download_chunks(info, cid, everyone, part, progress, mark)
 
         try:
-            if isinstance(cid, str) and (replicating is not None or everyone):
+            if _chunked(info) and (replicating is not None or everyone):
                 # python-tuf's own length and SHA-256 check reads the verified
                 # prefix of the file as the chunks land (_prefix.py).
                 stats = check_alongside(info.verify_length_and_hashes, part, info.length, chunks)
@@ -506,6 +524,20 @@ class Client:
             self._failures_before[health.url] = health.failures
             if stat.banned or stat.last_error:
                 health.last_error = stat.banned or stat.last_error
+
+
+def _chunked(info: TargetFile) -> bool:
+    """Whether ``info`` is an entry tufmesh fetches by chunks from its sources:
+    a CID and a SHA-256, and a chunk manifest unless it is one chunk. Any
+    other (a plain TUF repository's, or one no origin of ours writes: a blob
+    of gigabytes with no manifest would be fetched as one chunk, in memory)
+    goes through python-tuf's own streaming download."""
+    custom = info.custom if isinstance(info.custom, dict) else {}
+    return (
+        isinstance(custom.get("cid"), str)
+        and isinstance(info.hashes.get("sha256"), str)
+        and ("manifest" in custom or info.length <= MAX_CHUNK_SIZE)
+    )
 
 
 def _manifest_size(info: TargetFile) -> int | None:

@@ -20,11 +20,12 @@ once per snapshot version and then answered from memory.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -146,6 +147,7 @@ class _Index:
         self.home = ClientHome(home)
         self.cache = home / "proxy"
         self.lock = threading.Lock()
+        self._files: dict[str, threading.Lock] = {}  # a lock per artifact fetched
         self.index: ProjectIndex | None = None
         self.snapshot = -1
         self.expires = 0.0  # the index's timestamp expiry (Unix time)
@@ -186,8 +188,17 @@ class _Index:
         if filename not in {f.filename for f in index.files(project)}:
             raise NotInMetadataError(f"no file {filename!r} of {project!r} in the signed metadata")
         name = normalize_project(project)
-        with self._client() as client:
+        with self._downloading(f"{name}/{filename}"), self._client() as client:
             return Path(client.download(f"{name}/{filename}", self.cache / name).path)
+
+    @contextlib.contextmanager
+    def _downloading(self, path: str) -> Iterator[None]:
+        """One download of ``path`` at a time (pip may ask twice at once): two
+        shared one part file, and the second could find it renamed under it."""
+        with self.lock:
+            lock = self._files.setdefault(path, threading.Lock())
+        with lock:
+            yield
 
 
 async def serve_proxy(

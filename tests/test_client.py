@@ -516,6 +516,9 @@ def test_get_into_a_path_in_the_way_is_one_clear_line(origin: Server, tmp_path: 
     twins = tufmesh("get", SMALL, "other/" + SMALL.split("/")[1], "-o", str(tmp_path / "new"),
                     "--home", str(home), check=False)  # fmt: skip
     assert twins.returncode == 1 and "would both be saved as" in twins.stderr, twins.stderr
+    cased = tufmesh("get", "a/Foo-1.whl", "b/foo-1.whl", "-o", str(tmp_path / "new"),
+                    "--home", str(home), check=False)  # fmt: skip
+    assert cased.returncode == 1 and "would both be saved as" in cased.stderr  # macOS: one file
     assert not (tmp_path / "new").exists()
 
 
@@ -796,6 +799,47 @@ def test_a_bins_entries_count_only_for_the_paths_delegated_to_it(tmp_path: Path)
         with pytest.raises(NotInMetadataError):
             client.target(stray)  # python-tuf's walk, the reference
         assert client.target(placed).path == placed
+
+
+@pytest.mark.attack
+def test_a_bin_that_delegates_to_itself_cannot_hang_the_listing(tmp_path: Path) -> None:
+    """A holder of the online bin key has a bin delegate to itself: the
+    listing (ls, the pip proxy, every mirror) went round for ever, its memory
+    growing; python-tuf's own lookup keeps a visited set. An entry with a CID
+    but no SHA-256 was a KeyError traceback in get: python-tuf's own download
+    takes it (here it finds no such file, and nothing is kept)."""
+    from tuf.api.metadata import DelegatedRole, Delegations, TargetFile
+
+    from tufmesh.origin import OriginRepository
+
+    repo_dir = init_repo(tmp_path / "repo")
+    repo = OriginRepository(repo_dir)
+    bins = repo._md["bins"].signed.delegations
+    assert bins is not None and bins.succinct_roles is not None
+    keyids = bins.succinct_roles.keyids
+    odd = "demo/odd-1.whl"
+    role = repo.succinct.get_role_for_target(odd)
+    with repo.edit_targets(role) as targets:
+        targets.delegations = Delegations(
+            keys={k: bins.keys[k] for k in keyids},
+            roles={role: DelegatedRole(role, list(keyids), 1, False, paths=["*"])},
+        )
+        targets.targets[odd] = TargetFile(
+            10, {"sha512": "00" * 64}, odd, unrecognized_fields={"custom": {"cid": "b" + "a" * 58}}
+        )
+    repo._commit()
+    root = (repo_dir / "metadata" / "1.root.json").read_bytes()
+    # (a static copy of the tree: the origin's own committer refuses such an entry)
+    with static_server(repo_dir) as url, Client(tmp_path / "c", root, [url], **FAST) as client:
+        listed: list[list[TargetFile]] = []
+        walker = threading.Thread(target=lambda: listed.append(client.artifacts()), daemon=True)
+        walker.start()
+        walker.join(30)
+        assert listed, "the listing did not end"
+        assert [t.path for t in listed[0]] == [odd]
+        with pytest.raises(ClientError, match="not found on any source"):
+            client.download(odd, tmp_path / "out")  # (no such file: python-tuf asked)
+    assert not (tmp_path / "out" / "odd-1.whl").exists()
 
 
 @pytest.mark.attack
