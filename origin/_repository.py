@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
@@ -96,6 +97,8 @@ _COMPACT: Final = JSONSerializer(compact=True)
 _PRETTY: Final = JSONSerializer(compact=False)
 #: Re-sign an online role once less than this fraction of its lifetime remains.
 REFRESH_FRACTION: Final = 0.25
+#: Seconds a superseded version of a role's metadata stays (see _prune).
+SUPERSEDED_GRACE: Final = 600.0
 
 
 #: An offline role closer than this to its expiry is warned of (``status``,
@@ -605,7 +608,39 @@ class OriginRepository(Repository):
         self._linked_dirs.clear()
         if "timestamp" in self._pending:
             write_atomic(self.metadata_dir / "timestamp.json", self._bytes["timestamp"])
+            for path in written:
+                self._prune(path.name.split(".", 1)[1].removesuffix(".json"))
         self._pending.clear()
+
+    def _prune(self, role: str) -> int:
+        """Delete the versions of ``role`` (not root: clients walk its chain)
+        that a newer one replaced :data:`SUPERSEDED_GRACE` seconds ago or more.
+
+        Every commit writes a new version of each bin it touches and of the
+        snapshot, and none was ever deleted: a token holder's uploads of empty
+        files, one commit each, grew the metadata without bound (600 of them:
+        41.5 MB, quadratically), whatever the quota. A client or mirror mid-
+        update reads what the timestamp it read names: versions stay for the
+        grace after a newer one is published, and one deleted under a slow
+        reader is fetched anew at its next refresh. Returns the files deleted."""
+        if role == "root" or role not in self._md:
+            return 0
+        current = self._md[role].signed.version
+        cutoff = time.time() - SUPERSEDED_GRACE
+        deleted, version = 0, current - 1
+        while version >= 1:
+            path = self.metadata_dir / f"{version}.{role}.json"
+            if not path.exists():
+                break
+            try:
+                replaced_at = (self.metadata_dir / f"{version + 1}.{role}.json").stat().st_mtime
+            except FileNotFoundError:
+                replaced_at = 0.0  # its successor went already: long replaced
+            if replaced_at <= cutoff:
+                path.unlink(missing_ok=True)
+                deleted += 1
+            version -= 1
+        return deleted
 
     # -- operations -----------------------------------------------------------
 
@@ -861,10 +896,12 @@ class OriginRepository(Repository):
         and project pins that the published chain does not name; and make
         again the links of published artifacts that are lost or stale. Run
         before the first commit (the committer holds the repository's lock);
-        returns what it changed."""
+        returns what it changed. Deletes superseded metadata, as commits do."""
         links: dict[str, set[str]] = defaultdict(set)
         blobs: dict[str, set[str]] = defaultdict(set)
         removed = self.repair_root_copy()
+        for role in list(self._md):  # (routine: what commits before a stop left)
+            self._prune(role)
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
             name = f"{target.hashes['sha256']}.{filename}"

@@ -537,6 +537,47 @@ def test_a_project_cannot_publish_past_its_quota(tmp_path: Path) -> None:
     assert again.publish([stored(again, "greedy/e-1.whl", b"e" * 100)]) == [5]
 
 
+def test_superseded_metadata_goes_after_its_grace_and_clients_still_follow(
+    tmp_path: Path,
+) -> None:
+    """Each commit wrote a new version of the bins it touched and of the
+    snapshot, and none was deleted: a token holder's empty uploads, one
+    commit each, grew the metadata without bound whatever the quota. A
+    version replaced SUPERSEDED_GRACE ago or more is now deleted (root's
+    chain stays), at the next commit that touches its role or at start."""
+    import tufmesh.origin._repository as repository
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    path = "proj/a-1.tar.gz"
+    for i in range(4):  # four commits
+        assert isinstance(repo.publish([stored(repo, f"proj/a-{i}.tar.gz", bytes([i]))])[0], int)
+    versions = lambda name: sorted(  # noqa: E731
+        int(p.name.split(".", 1)[0]) for p in repo.metadata_dir.glob(f"*.{name}.json")
+    )
+    assert len(versions("snapshot")) >= 5  # all kept: replaced just now
+    old = time.time() - repository.SUPERSEDED_GRACE - 1
+    for p in repo.metadata_dir.glob("*.json"):
+        os.utime(p, (old, old))  # as if written before the grace
+    assert isinstance(repo.publish([stored(repo, "proj/b-1.tar.gz", b"b")])[0], int)
+    snapshot = repo._md["snapshot"].signed.version
+    # The versions replaced long ago went; the one replaced now stays.
+    assert versions("snapshot") == [snapshot - 1, snapshot]
+    assert len(versions("root")) == 1 and (repo.metadata_dir / "1.root.json").exists()
+    touched = repo.succinct.get_role_for_target("proj/b-1.tar.gz")
+    assert len(versions(touched)) <= 2
+    # At start, every role's (here: the bins no commit touched since).
+    untouched = [r for r in repo.succinct.get_roles() if r != touched]
+    for p in repo.metadata_dir.glob("*.json"):
+        os.utime(p, (old, old))
+    OriginRepository(repo.dir).tidy()
+    assert all(len(versions(r)) == 1 for r in untouched)
+    assert versions("snapshot") == [snapshot]
+    # A stock client, new or with old metadata, follows.
+    updater = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    updater.refresh()
+    assert updater.get_targetinfo(path) is not None
+
+
 def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
     """An upload the committer refused (its path taken with other bytes) or a
     failed batch leaves a stored blob no metadata names: it must not stay for ever."""
