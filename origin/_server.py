@@ -1134,6 +1134,7 @@ async def serve(
                     await node.announce(timestamp.read_bytes())
 
                 service.on_commit = announce
+            nursery.start_soon(_stop_with_committer, committer)
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
             nursery.start_soon(service.run_collector)
@@ -1141,6 +1142,18 @@ async def serve(
     finally:
         with trio.CancelScope(shield=True):
             await committer.aclose()
+
+
+async def _stop_with_committer(committer: SignerProcess) -> None:
+    """Stop the origin if its committer exits: it could then neither publish
+    nor re-sign the timestamp, which would expire while /healthz said "ok" and
+    a supervisor saw a live process (the committer killed: OOM, kill -9)."""
+    code = await committer.wait()
+    await trio.sleep(1)  # a stop (Ctrl-C reaches both processes) cancels this first
+    raise OriginError(
+        f"the committer process exited (status {code}): the origin stops with it, for its "
+        "supervisor to start both again"
+    )
 
 
 async def _start_p2p(

@@ -288,6 +288,11 @@ class SignerProcess:
         self.used.update(reply.get("used", {}))
         return reply["version"], reply["snapshot_version"]
 
+    async def wait(self) -> int:
+        """Wait for the committer to exit; its exit status."""
+        code: int = await self._process.wait()
+        return code
+
     async def aclose(self) -> None:
         """Close the pipe; the committer finishes what it is doing and exits."""
         if self._process.stdin is not None:

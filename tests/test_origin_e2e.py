@@ -753,3 +753,22 @@ def test_ctrl_c_during_publish_says_what_was_not_published(tmp_path: Path) -> No
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted: a-1.tar.gz may or may not be published" in err, err
     assert "not sent: b-1.tar.gz" in err, err
+
+
+def test_an_origin_whose_committer_dies_stops_for_its_supervisor(repo: Path) -> None:
+    """The committer killed (the OOM killer, kill -9): the origin answered
+    every upload with a 500 and /healthz "ok" while its timestamp went
+    unsigned toward expiry, a live process to its supervisor. It stops now."""
+    import signal
+
+    server = start_server(repo)
+    try:
+        tasks = Path(f"/proc/{server.proc.pid}/task").glob("*/children")
+        (committer,) = (int(pid) for task in tasks for pid in task.read_text().split())
+        os.kill(committer, signal.SIGKILL)
+        server.proc.wait(timeout=20)
+    finally:
+        server.stop()
+    assert server.proc.returncode == 1, server.stderr
+    assert "the committer process exited (status -9)" in server.stderr, server.stderr
+    assert "Traceback" not in server.stderr
