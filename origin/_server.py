@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -192,8 +192,14 @@ class OriginService:
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
-        #: (Per project, by file name: an upload sent again counts once.)
-        self.staged: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        #: (Per project, CID -> (file name, length): the same bytes sent again
+        #: count once, other bytes under the same name twice, as both are on
+        #: the disk.)
+        self.staged: defaultdict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
+        #: Bytes of uploads stored and then refused (other bytes under a
+        #: published or removed name): on the disk until the next collection,
+        #: and counted against their project's quota until then.
+        self.refused: Counter[str] = Counter()
         #: Why projects.json cannot be read, once said (None: it can).
         self.projects_damaged: str | None = None
         self.counter: ByteCounter | None = None
@@ -206,11 +212,19 @@ class OriginService:
     def published_sha256(self, project: str, filename: str) -> str | None:
         """The sha256 of ``project/filename`` if it is published (its link is
         in the tree: ``targets/<project>/<sha256>.<filename>``)."""
+        found = self.published_entry(project, filename)
+        return found[0] if found is not None else None
+
+    def published_entry(self, project: str, filename: str) -> tuple[str, int] | None:
+        """The sha256 and length of ``project/filename`` if it is published."""
         try:
             with os.scandir(self.dir / "targets" / project) as entries:
-                return next((e.name[:64] for e in entries if e.name[64:] == f".{filename}"), None)
+                for entry in entries:
+                    if entry.name[64:] == f".{filename}":
+                        return entry.name[:64], entry.stat().st_size
         except OSError:
-            return None
+            pass
+        return None
 
     def removed_names(self) -> set[str]:
         """The paths published once and removed since (``REPO/removed.json``,
@@ -220,13 +234,14 @@ class OriginService:
         except OriginError:  # damaged: the committer refuses at signing
             return set()
 
-    def held(self, project: str, filename: str) -> int:
+    def held(self, project: str, besides: str | None = None) -> int:
         """Bytes ``project`` holds, as its quota counts them: published (as
-        known from its last publication) and stored awaiting its developers'
-        signature, but for ``filename`` (an upload of that name replaces its own)."""
-        staged = self.staged[project]
-        used = self.committer.used.get(project, 0)
-        return used + sum(size for name, size in staged.items() if name != filename)
+        known from its last publication), stored awaiting its developers'
+        signature, and stored then refused (until the next collection); but
+        for what is stored under file name ``besides`` (before an upload's
+        body: the same bytes sent again count once)."""
+        used = self.committer.used.get(project, 0) + self.refused[project]
+        return used + sum(n for name, n in self.staged[project].values() if name != besides)
 
     def audit(self, entry: dict[str, Any]) -> None:
         """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
@@ -319,6 +334,7 @@ class OriginService:
                 continue
             self.collected += len(report.deleted)
             self.staged.clear()
+            self.refused.clear()
 
     async def _announce_if_new(self) -> None:
         version = self.committer.state.timestamp_version
@@ -867,10 +883,28 @@ def build_app(service: OriginService) -> ByteCounter:
         # refused before its body is read, and read no further than its quota
         # allows: the commit checks again, but bytes it refuses would wait on
         # the disk for the collector, as many as a token's holder cares to send.
-        left = repo_config.project_quota - service.held(project, filename)
-        # (Not for a path published already: sending the same bytes again, a
-        # retry whose answer was lost, is answered as before, at no cost.)
-        if left < limit and service.published_sha256(project, filename) is None:
+        left = repo_config.project_quota - service.held(project, besides=filename)
+        published = service.published_entry(project, filename)
+        if published is not None:
+            # Only the same bytes again (a retry whose answer was lost) can
+            # publish here, answered as before at no cost: no more bytes are
+            # read than the published length, and another length is refused
+            # unread (other bytes of that length wait for the collector, and
+            # count against the quota meanwhile).
+            limit = published[1]
+            if service.refused[project] + limit > repo_config.project_quota:
+                return _error(
+                    413,
+                    f"{project} has sent a quota's worth of refused uploads; they wait for the "
+                    "origin's next collection (within the hour)",
+                )
+            if declared is not None and int(declared) != published[1]:
+                return _error(
+                    409,
+                    f"{project}/{filename} is already published with different bytes (sha256 "
+                    f"{published[0]}); artifacts are immutable",
+                )
+        elif left < limit:
             limit = left
             if left <= 0 or (declared is not None and int(declared) > left):
                 return _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
@@ -919,8 +953,10 @@ def build_app(service: OriginService) -> ByteCounter:
         try:
             version = await service.submit(artifact)
         except ConflictError as exc:
-            # Its blobs stay, unpinned, for the hourly collector: deleting them
-            # here would race an upload of the same bytes about to pin them.
+            # Its blobs stay, unpinned, for the hourly collector (deleting them
+            # here would race an upload of the same bytes about to pin them),
+            # counted against the project's quota until then.
+            service.refused[project] += length
             return _error(409, str(exc))
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
@@ -952,11 +988,14 @@ def build_app(service: OriginService) -> ByteCounter:
         developers sign a version of the project's metadata that names it
         (docs/adr/0022)."""
         project, filename = artifact.path.split("/", 1)
-        if artifact.path in service.removed_names():
-            return _error(
-                409, f"{artifact.path} was published and removed; its name is not used again"
-            )
-        if published is not None:
+        staged = service.staged[project]
+        if artifact.path in service.removed_names() or published is not None:
+            if artifact.cid not in staged:
+                service.refused[project] += artifact.length  # on the disk until collected
+            if published is None:
+                return _error(
+                    409, f"{artifact.path} was published and removed; its name is not used again"
+                )
             return _error(
                 409,
                 f"{artifact.path} is already published with different bytes (sha256 "
@@ -964,14 +1003,15 @@ def build_app(service: OriginService) -> ByteCounter:
             )
         # Counted as stored (uploads at once each passed the check before
         # their bodies): past the quota, its bytes wait for the collector.
-        held = service.held(project, filename) + artifact.length
+        held = service.held(project) + (0 if artifact.cid in staged else artifact.length)
         if held > repo_config.project_quota:
+            service.refused[project] += artifact.length
             return _error(
                 413,
                 f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
                 f"its signature, past its quota of {repo_config.project_quota:,}",
             )
-        service.staged[project][filename] = artifact.length
+        staged[artifact.cid] = (filename, artifact.length)
         body = {
             "target": artifact.path,
             "length": artifact.length,
@@ -1027,8 +1067,8 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(500, "publishing failed; the origin's log says why")
         service.commits += 1
         staged = service.staged[project]
-        for path in json.loads(data)["signed"]["targets"]:  # (verified by the committer)
-            staged.pop(path.split("/", 1)[1], None)
+        for target in json.loads(data)["signed"]["targets"].values():  # (verified)
+            staged.pop(target["custom"]["cid"], None)
         await service._announce_if_new()
         entry = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()

@@ -221,11 +221,15 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
         assert post(url, "demo", other.name, other.read_bytes(), token).status_code == 202
         # Stored and not yet signed, uploads count against the project's
         # quota all the same: a token alone cannot fill the origin's disk.
-        body = os.urandom(1_500_000)
-        answers = [post(url, "demo", f"big-{n}.tar.gz", body, token).status_code for n in range(4)]
+        bodies = [os.urandom(1_500_000) for _ in range(4)]
+        answers = [post(url, "demo", f"big-{n}.tar.gz", body, token).status_code
+                   for n, body in enumerate(bodies)]  # fmt: skip
         assert answers == [202, 202, 413, 413]
         # The same upload sent again (a retry) counts once.
-        assert post(url, "demo", "big-0.tar.gz", body, token).status_code == 202
+        assert post(url, "demo", "big-0.tar.gz", bodies[0], token).status_code == 202
+        # Other bytes under a staged name are on the disk too: both count.
+        again = post(url, "demo", "big-0.tar.gz", os.urandom(1_600_000), token)
+        assert again.status_code == 413 and "past its quota" in again.json()["error"]
         stored = [json.loads(line) for line in (repo / "uploads.log").read_text().splitlines()]
         assert [e["target"] for e in stored if "stored" in e].count("demo/big-0.tar.gz") == 2
         # Another key than the project's is refused before anything is sent.

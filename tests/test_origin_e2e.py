@@ -153,7 +153,9 @@ def test_refusals_publish_nothing_and_leave_only_garbage(repo: Path) -> None:
             ("missing token", post(server.url, "proj-a", "a-2.tar.gz", b"x", None), 401),
             ("wrong token", post(server.url, "proj-a", "a-2.tar.gz", b"x", "tufmesh_nope"), 401),
             ("other project", post(server.url, "proj-a", "a-2.tar.gz", b"x", token_b), 403),
+            # (another length: refused unread; the same length: stored, then refused)
             ("immutable", post(server.url, "proj-a", "a-1.0.tar.gz", b"changed", token_a), 409),
+            ("same length", post(server.url, "proj-a", "a-1.0.tar.gz", b"ORIGINAL", token_a), 409),
             ("bad project", post(server.url, "-bad-", "a-2.tar.gz", b"x", token_a), 400),
             ("dotdot", post(server.url, "proj-a", "a..tar.gz", b"x", token_a), 400),
             ("hidden", post(server.url, "proj-a", ".hidden", b"x", token_a), 400),
@@ -167,7 +169,8 @@ def test_refusals_publish_nothing_and_leave_only_garbage(repo: Path) -> None:
             assert response.json()["error"], name
             assert snapshot_version(repo) == version, name
         # The refused bytes of the 409 stay in the store unpinned (deleting them
-        # at once would race an upload of the same bytes), and gc removes them.
+        # at once would race an upload of the same bytes), and gc removes them;
+        # meanwhile they count against the project's quota.
         pinned = frozenset().union(*store.pins().values())
         assert blobs <= pinned and set(store) - blobs
         assert not (set(store) - blobs) & pinned
@@ -205,6 +208,16 @@ def test_a_project_past_its_quota_is_refused_in_one_line(tmp_path: Path) -> None
         # The same bytes again (a retry whose answer was lost): published, as before.
         again = post(server.url, "greedy", "a.whl", (tmp_path / "a.whl").read_bytes(), token)
         assert again.status_code == 200 and snapshot_version(repo) == version
+        # Other bytes of the same length under the published name: each is
+        # stored, then refused, and waits for the collector; they count
+        # against the quota meanwhile (they filled the disk unbounded).
+        statuses = [
+            post(server.url, "greedy", "a.whl", os.urandom(60_000), token).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [409, 413, 413], statuses
+        other = post(server.url, "greedy", "c.whl", b"small", token)
+        assert other.status_code == 413 and "quota" in other.json()["error"]
         # The list of projects damaged while serving: a refusal that says so,
         # not a server error with a traceback in the log.
         (repo / "projects.json").write_text("garbage")
