@@ -904,7 +904,10 @@ class OriginRepository(Repository):
             self._prune(role)
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
-            name = f"{target.hashes['sha256']}.{filename}"
+            sha256 = target.hashes.get("sha256")
+            if not isinstance(sha256, str):
+                continue  # not an entry the origin writes (a bin key's forgery): no link
+            name = f"{sha256}.{filename}"
             links[project].add(name)
             custom = target.unrecognized_fields.get("custom", {})
             blobs[project].update(custom.get(key) for key in ("cid", "manifest"))
@@ -1052,11 +1055,14 @@ class OriginRepository(Repository):
         """Drop a removed artifact's link in ``targets/`` and, if nothing else
         published in its project has its bytes, its pins and its blobs."""
         project, filename = path.split("/", 1)
-        link = self.targets_dir / project / f"{record['sha256']}.{filename}"
+        sha256 = record.get("sha256")
+        if not isinstance(sha256, str):  # an entry the origin did not write: no link, no blob
+            return
+        link = self.targets_dir / project / f"{sha256}.{filename}"
         link.unlink(missing_ok=True)
         # A record without its blobs (written before they were recorded) still
         # names the artifact's own: its sha256 is its CID.
-        blobs = record.get("blobs") or [cid_from_sha256(bytes.fromhex(record["sha256"]))]
+        blobs = record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
         for cid in self._release(project, blobs):
             # Gone at once, not at the next gc; kept if another project pins it.
             with contextlib.suppress(PinError, BlobNotFoundError):
@@ -1540,7 +1546,7 @@ def _removal(target: TargetFile, when: str) -> dict[str, Any]:
     """The record of a removed artifact (``removed.json``): its sha256 and blobs."""
     custom = target.unrecognized_fields.get("custom", {})
     return {
-        "sha256": target.hashes["sha256"],
+        "sha256": target.hashes.get("sha256"),
         "blobs": sorted({custom.get("cid"), custom.get("manifest")} - {None}),
         "removed": when,
     }

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, UnsignedMetadataError
-from tuf.api.metadata import DelegatedRole, Delegations, Metadata, Targets
+from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater
 
 from tests.helpers.origin import tufmesh
@@ -576,6 +576,21 @@ def test_superseded_metadata_goes_after_its_grace_and_clients_still_follow(
     updater = updater_for(OriginRepository(repo.dir), tmp_path / "client")
     updater.refresh()
     assert updater.get_targetinfo(path) is not None
+
+
+def test_an_entry_the_origin_does_not_write_cannot_stop_it_from_starting(tmp_path: Path) -> None:
+    """An entry with no SHA-256 (signed with a leaked online bin key) made the
+    committer's start-up tidy a KeyError: the origin could not start, and so
+    not serve the recovery (``origin remove`` of that entry)."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    odd = "proj/odd-1.whl"
+    with repo.edit_targets(repo.succinct.get_role_for_target(odd)) as targets:
+        targets.targets[odd] = TargetFile(1, {"sha512": "00" * 64}, odd)
+    repo._commit()
+    OriginRepository(repo.dir).tidy()  # no KeyError
+    fresh = OriginRepository(repo.dir)
+    fresh.remove([odd])
+    assert fresh.find(odd) is None
 
 
 def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
