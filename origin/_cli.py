@@ -492,7 +492,9 @@ def remove(repo_dir: Path, paths: tuple[str, ...]) -> None:
     version = _on_disk(lambda: repo.remove(paths))
     removed = repo.removed()
     for path in dict.fromkeys(paths):
-        click.echo(f"removed {path}  sha256 {removed[path]['sha256'][:16]}…")
+        sha256 = removed[path].get("sha256")
+        said = f"sha256 {sha256[:16]}…" if isinstance(sha256, str) else "(no sha256)"
+        click.echo(f"removed {path}  {said}")
     click.echo(f"  snapshot v{version}; start the origin again to serve it")
 
 

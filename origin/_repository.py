@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, TypeGuard, final
 
 from securesystemslib.signer import Key, Signer
 from tuf.api.metadata import (
@@ -627,19 +628,22 @@ class OriginRepository(Repository):
             return 0
         current = self._md[role].signed.version
         cutoff = time.time() - SUPERSEDED_GRACE
-        deleted, version = 0, current - 1
-        while version >= 1:
-            path = self.metadata_dir / f"{version}.{role}.json"
-            if not path.exists():
+        versions = sorted(
+            int(number)
+            for path in self.metadata_dir.glob(f"*.{role}.json")
+            if (number := path.name.split(".", 1)[0]).isascii() and number.isdigit()
+        )
+        deleted = 0
+        for older, newer in itertools.pairwise(versions):
+            if older >= current:
                 break
             try:
-                replaced_at = (self.metadata_dir / f"{version + 1}.{role}.json").stat().st_mtime
-            except FileNotFoundError:
-                replaced_at = 0.0  # its successor went already: long replaced
-            if replaced_at <= cutoff:
-                path.unlink(missing_ok=True)
-                deleted += 1
-            version -= 1
+                replaced_at = (self.metadata_dir / f"{newer}.{role}.json").stat().st_mtime
+                if replaced_at <= cutoff:  # (the next one kept says when it was replaced)
+                    (self.metadata_dir / f"{older}.{role}.json").unlink(missing_ok=True)
+                    deleted += 1
+            except OSError:  # gone meanwhile, or a disk that refuses: next time
+                continue
         return deleted
 
     # -- operations -----------------------------------------------------------
@@ -905,12 +909,15 @@ class OriginRepository(Repository):
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
             sha256 = target.hashes.get("sha256")
-            if not isinstance(sha256, str):
+            if not _is_sha256(sha256):
                 continue  # not an entry the origin writes (a bin key's forgery): no link
             name = f"{sha256}.{filename}"
             links[project].add(name)
-            custom = target.unrecognized_fields.get("custom", {})
-            blobs[project].update(custom.get(key) for key in ("cid", "manifest"))
+            custom = target.unrecognized_fields.get("custom")
+            custom = custom if isinstance(custom, dict) else {}
+            blobs[project].update(
+                v for k in ("cid", "manifest") if isinstance(v := custom.get(k), str)
+            )
             # And the other way: a link lost, or left holding a quarantined
             # file while the store holds the bytes anew, is made again.
             cid = custom.get("cid")
@@ -1056,7 +1063,7 @@ class OriginRepository(Repository):
         published in its project has its bytes, its pins and its blobs."""
         project, filename = path.split("/", 1)
         sha256 = record.get("sha256")
-        if not isinstance(sha256, str):  # an entry the origin did not write: no link, no blob
+        if not _is_sha256(sha256):  # an entry the origin did not write: no link, no blob
             return
         link = self.targets_dir / project / f"{sha256}.{filename}"
         link.unlink(missing_ok=True)
@@ -1542,12 +1549,22 @@ def read_removed(repo: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _is_sha256(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a SHA-256 as the origin writes one (64 hex digits)."""
+    return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
+
+
+_HEX: Final = frozenset("0123456789abcdef")
+
+
 def _removal(target: TargetFile, when: str) -> dict[str, Any]:
     """The record of a removed artifact (``removed.json``): its sha256 and blobs."""
-    custom = target.unrecognized_fields.get("custom", {})
+    custom = target.unrecognized_fields.get("custom")
+    custom = custom if isinstance(custom, dict) else {}
+    sha256 = target.hashes.get("sha256")
     return {
-        "sha256": target.hashes.get("sha256"),
-        "blobs": sorted({custom.get("cid"), custom.get("manifest")} - {None}),
+        "sha256": sha256 if _is_sha256(sha256) else None,
+        "blobs": sorted({v for k in ("cid", "manifest") if isinstance(v := custom.get(k), str)}),
         "removed": when,
     }
 

@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -199,7 +199,7 @@ class OriginService:
         #: Bytes of uploads stored and then refused (other bytes under a
         #: published or removed name): on the disk until the next collection,
         #: and counted against their project's quota until then.
-        self.refused: Counter[str] = Counter()
+        self.refused: defaultdict[str, dict[str, int]] = defaultdict(dict)  # CID -> length
         #: Why projects.json cannot be read, once said (None: it can).
         self.projects_damaged: str | None = None
         self.counter: ByteCounter | None = None
@@ -240,7 +240,7 @@ class OriginService:
         signature, and stored then refused (until the next collection); but
         for what is stored under file name ``besides`` (before an upload's
         body: the same bytes sent again count once)."""
-        used = self.committer.used.get(project, 0) + self.refused[project]
+        used = self.committer.used.get(project, 0) + sum(self.refused[project].values())
         return used + sum(n for name, n in self.staged[project].values() if name != besides)
 
     def audit(self, entry: dict[str, Any]) -> None:
@@ -333,8 +333,11 @@ class OriginService:
                 print(f"origin: collecting garbage failed: {exc}", file=sys.stderr, flush=True)
                 continue
             self.collected += len(report.deleted)
-            self.staged.clear()
-            self.refused.clear()
+            # What it deleted stops counting; what it kept (younger than its
+            # grace, or stored while it ran) is still on the disk, and counts.
+            gone = set(report.deleted)
+            _forget(self.staged, gone)
+            _forget(self.refused, gone)
 
     async def _announce_if_new(self) -> None:
         version = self.committer.state.timestamp_version
@@ -892,7 +895,7 @@ def build_app(service: OriginService) -> ByteCounter:
             # unread (other bytes of that length wait for the collector, and
             # count against the quota meanwhile).
             limit = published[1]
-            if service.refused[project] + limit > repo_config.project_quota:
+            if sum(service.refused[project].values()) + limit > repo_config.project_quota:
                 return _error(
                     413,
                     f"{project} has sent a quota's worth of refused uploads; they wait for the "
@@ -956,7 +959,7 @@ def build_app(service: OriginService) -> ByteCounter:
             # Its blobs stay, unpinned, for the hourly collector (deleting them
             # here would race an upload of the same bytes about to pin them),
             # counted against the project's quota until then.
-            service.refused[project] += length
+            service.refused[project][cid] = length
             return _error(409, str(exc))
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
@@ -991,7 +994,7 @@ def build_app(service: OriginService) -> ByteCounter:
         staged = service.staged[project]
         if artifact.path in service.removed_names() or published is not None:
             if artifact.cid not in staged:
-                service.refused[project] += artifact.length  # on the disk until collected
+                service.refused[project][artifact.cid] = artifact.length  # until collected
             if published is None:
                 return _error(
                     409, f"{artifact.path} was published and removed; its name is not used again"
@@ -1005,7 +1008,8 @@ def build_app(service: OriginService) -> ByteCounter:
         # their bodies): past the quota, its bytes wait for the collector.
         held = service.held(project) + (0 if artifact.cid in staged else artifact.length)
         if held > repo_config.project_quota:
-            service.refused[project] += artifact.length
+            if artifact.cid not in staged:
+                service.refused[project][artifact.cid] = artifact.length
             return _error(
                 413,
                 f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
@@ -1067,8 +1071,10 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(500, "publishing failed; the origin's log says why")
         service.commits += 1
         staged = service.staged[project]
-        for target in json.loads(data)["signed"]["targets"].values():  # (verified)
-            staged.pop(target["custom"]["cid"], None)
+        for target in json.loads(data)["signed"]["targets"].values():
+            custom = target.get("custom")  # (an entry kept from the bins may have none)
+            if isinstance(custom, dict) and isinstance(custom.get("cid"), str):
+                staged.pop(custom["cid"], None)
         await service._announce_if_new()
         entry = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
@@ -1184,12 +1190,21 @@ async def serve(
             await committer.aclose()
 
 
+def _forget(counts: dict[str, dict[str, Any]], gone: set[str]) -> None:
+    """Drop the blobs in ``gone`` from per-project counts keyed by CID."""
+    for project, blobs in list(counts.items()):
+        for cid in gone.intersection(blobs):
+            del blobs[cid]
+        if not blobs:
+            del counts[project]
+
+
 async def _stop_with_committer(committer: SignerProcess) -> None:
     """Stop the origin if its committer exits: it could then neither publish
     nor re-sign the timestamp, which would expire while /healthz said "ok" and
     a supervisor saw a live process (the committer killed: OOM, kill -9)."""
     code = await committer.wait()
-    await trio.sleep(1)  # a stop (Ctrl-C reaches both processes) cancels this first
+    await trio.sleep(1)  # a stop of both (SIGTERM to the group) cancels this first
     raise OriginError(
         f"the committer process exited (status {code}): the origin stops with it, for its "
         "supervisor to start both again"

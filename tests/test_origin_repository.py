@@ -583,14 +583,19 @@ def test_an_entry_the_origin_does_not_write_cannot_stop_it_from_starting(tmp_pat
     committer's start-up tidy a KeyError: the origin could not start, and so
     not serve the recovery (``origin remove`` of that entry)."""
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
-    odd = "proj/odd-1.whl"
+    odd, odder = "proj/odd-1.whl", "proj/odder-1.whl"
     with repo.edit_targets(repo.succinct.get_role_for_target(odd)) as targets:
         targets.targets[odd] = TargetFile(1, {"sha512": "00" * 64}, odd)
+    with repo.edit_targets(repo.succinct.get_role_for_target(odder)) as targets:
+        targets.targets[odder] = TargetFile(
+            1, {"sha256": "../x"}, odder, unrecognized_fields={"custom": None}
+        )
     repo._commit()
-    OriginRepository(repo.dir).tidy()  # no KeyError
+    OriginRepository(repo.dir).tidy()  # no KeyError, no AttributeError
+    said = tufmesh("origin", "remove", "--dir", str(repo.dir), odd, odder).stdout
+    assert f"removed {odd}  (no sha256)" in said and f"removed {odder}  (no sha256)" in said
     fresh = OriginRepository(repo.dir)
-    fresh.remove([odd])
-    assert fresh.find(odd) is None
+    assert fresh.find(odd) is None and fresh.find(odder) is None
 
 
 def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
@@ -616,6 +621,10 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
         return fn(*args)
 
     service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
+    # Refused and staged bytes count against the quota while on the disk:
+    # what the collection deleted stops counting, what it kept does not.
+    service.refused["p"] = {refused.cid: 22, fresh: 32}
+    service.staged["q"] = {fresh: ("f-1.whl", 32)}
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -624,6 +633,10 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert service.refused == {"p": {fresh: 32}} and service.staged == {
+        "q": {fresh: ("f-1.whl", 32)}
+    }
+    assert service.held("p") == service.committer.used.get("p", 0) + 32
     assert service.collected == 2
     assert not repo.store.has(refused.cid) and not repo.store.has(refused.manifest)
     assert repo.store.has(kept.cid) and repo.store.has(kept.manifest) and repo.store.has(fresh)
