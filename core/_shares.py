@@ -60,3 +60,29 @@ class Shares:
             self._counts[key] -= 1
             if not self._counts[key]:
                 del self._counts[key]
+
+
+class Pace:
+    """At most ``burst`` at once, then one every ``interval`` seconds, per key
+    (the generic cell rate algorithm: one timestamp a key, no timers)."""
+
+    def __init__(self, interval: float, burst: int) -> None:
+        self.interval = interval
+        self.burst = burst
+        self._next: dict[str, float] = {}  # when a key's bucket is empty again
+
+    def delay(self, key: str, now: float, *, at_most: float) -> float | None:
+        """Seconds ``key``'s next one must wait (its turn then taken), or None
+        if that is more than ``at_most`` (nothing taken: refused)."""
+        due = max(self._next.get(key, now), now)
+        wait = max(0.0, due - now - (self.burst - 1) * self.interval)
+        if wait > at_most:
+            return None
+        self._next[key] = due + self.interval
+        if len(self._next) > 1 << 16:  # (keys are projects; bounded all the same)
+            self._forget(now)
+        return wait
+
+    def _forget(self, now: float) -> None:
+        """Drop the keys whose bucket is full again (they wait for nothing)."""
+        self._next = {k: t for k, t in self._next.items() if t > now}

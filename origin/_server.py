@@ -35,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tufmesh._durable import write_atomic
-from tufmesh._shares import Shares, machine_of
+from tufmesh._shares import Pace, Shares, machine_of
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -804,6 +804,13 @@ MAX_UPLOADS: Final = 64
 UPLOAD_WAIT: Final = 240.0
 #: What a busy answer says to wait before asking again, in seconds.
 UPLOAD_RETRY_AFTER: Final = 5
+#: Publications (uploads and signed project metadata) per project: this many
+#: at once, then one a second. Each is a commit, which writes a new version
+#: of a bin (up to 4 MB) and of the snapshot: many small uploads filled the
+#: disk faster than superseded versions go (ten minutes after). Past the
+#: pace a publication waits (up to UPLOAD_WAIT), then is told to ask again.
+PUBLISH_BURST: Final = 60
+PUBLISH_INTERVAL: Final = 1.0
 
 
 def build_app(service: OriginService) -> ByteCounter:
@@ -811,6 +818,17 @@ def build_app(service: OriginService) -> ByteCounter:
     store = service.store
     repo_config = service.repo_config
     uploading = Shares(MAX_PROJECT_UPLOADS, MAX_UPLOADS)  # uploads in flight, per project
+    publishing = Pace(PUBLISH_INTERVAL, PUBLISH_BURST)  # commits, per project
+
+    async def _paced(project: str) -> Response | None:
+        """Wait for ``project``'s turn to publish, or the answer refusing it."""
+        wait = publishing.delay(project, trio.current_time(), at_most=UPLOAD_WAIT)
+        if wait is None:
+            busy = f"{project} publishes more than one file a second; ask again later"
+            return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
+        await trio.sleep(wait)
+        return None
+
     turns = trio.lowlevel.ParkingLot()  # uploads waiting for one of them to end
 
     async def healthz(request: Request) -> Response:
@@ -912,6 +930,8 @@ def build_app(service: OriginService) -> ByteCounter:
             if left <= 0 or (declared is not None and int(declared) > left):
                 return _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
 
+        if (refused := await _paced(project)) is not None:
+            return refused
         with trio.move_on_after(UPLOAD_WAIT):
             while uploading.full(project):
                 await turns.park()
@@ -1034,6 +1054,8 @@ def build_app(service: OriginService) -> ByteCounter:
         if isinstance(admitted, Response):
             return admitted
         project, token, _ = admitted
+        if (refused := await _paced(project)) is not None:
+            return refused
         # One slot of the project's uploads: as many bodies held at once, no more.
         if uploading.full(project):
             busy = f"too many uploads of {project} at once"

@@ -785,3 +785,31 @@ def test_an_origin_whose_committer_dies_stops_for_its_supervisor(repo: Path) -> 
     assert server.proc.returncode == 1, server.stderr
     assert "the committer process exited (status -9)" in server.stderr, server.stderr
     assert "Traceback" not in server.stderr
+
+
+def test_a_projects_publications_are_paced_past_a_burst(repo: Path) -> None:
+    """One commit per small upload rewrote a bin of up to 4 MB each time: a
+    token could write metadata faster than superseded versions go. Past
+    PUBLISH_BURST, a project's uploads wait their turn, one a second; other
+    projects' do not."""
+    from tufmesh.origin._server import PUBLISH_BURST, PUBLISH_INTERVAL
+
+    token, other = add_project(repo, "busy"), add_project(repo, "calm")
+    extra = 3
+    with running(repo) as server, httpx.Client(timeout=60) as client:
+
+        def send(project: str, token: str, n: int) -> int:
+            url = f"{server.url}/api/v1/projects/{project}/files/f-{n}.whl"
+            headers = {"authorization": f"Bearer {token}"}
+            return client.post(url, content=str(n).encode(), headers=headers).status_code
+
+        started = time.monotonic()
+        assert [send("busy", token, n) for n in range(PUBLISH_BURST)] == [200] * PUBLISH_BURST
+        burst = time.monotonic() - started
+        assert send("calm", other, 0) == 200
+        started = time.monotonic()
+        assert [send("busy", token, PUBLISH_BURST + n) for n in range(extra)] == [200] * extra
+        paced = time.monotonic() - started
+    # The n-th publication of a project goes no sooner than (n - burst)
+    # intervals after the first: here the last, extra intervals after.
+    assert burst + paced >= extra * PUBLISH_INTERVAL - 0.05, (burst, paced)

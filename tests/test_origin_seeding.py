@@ -256,3 +256,16 @@ def test_an_uplink_capped_low_runs_fewer_uploads_each_above_the_floor() -> None:
     assert slots_within(4, 256 << 10) == 2
     assert slots_within(4, 1) == 1  # one always runs
     assert slots_within(4, 100 << 20) == 4
+
+
+def test_publications_are_paced_per_project_after_a_burst() -> None:
+    """A commit per small upload rewrote a bin of up to 4 MB: a project's
+    publications go at once up to a burst, then one an interval."""
+    from tufmesh._shares import Pace
+
+    pace = Pace(interval=1.0, burst=3)
+    assert [pace.delay("a", 0.0, at_most=10) for _ in range(5)] == [0.0, 0.0, 0.0, 1.0, 2.0]
+    assert pace.delay("b", 0.0, at_most=10) == 0.0  # another project's own pace
+    assert pace.delay("a", 0.0, at_most=2.5) is None  # 3 s away: refused, nothing taken
+    assert pace.delay("a", 0.5, at_most=10) == 2.5
+    assert pace.delay("a", 100.0, at_most=10) == 0.0  # the bucket filled up again meanwhile
