@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -822,7 +823,7 @@ def build_app(service: OriginService) -> ByteCounter:
 
     async def _paced(project: str) -> Response | None:
         """Wait for ``project``'s turn to publish, or the answer refusing it."""
-        wait = publishing.delay(project, trio.current_time(), at_most=UPLOAD_WAIT)
+        wait = publishing.delay(project, time.monotonic(), at_most=UPLOAD_WAIT)
         if wait is None:
             busy = f"{project} publishes more than one file a second; ask again later"
             return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
