@@ -160,11 +160,12 @@ def get(
     saved_as: dict[str, str] = {}
     for target in targets:  # the second would replace the first, both said saved
         # (in any case: Foo.whl and foo.whl are one file on macOS and Windows)
-        other = saved_as.setdefault(target.rsplit("/", 1)[-1].casefold(), target)
+        name = target.rsplit("/", 1)[-1]
+        other = saved_as.setdefault(name.casefold(), target)
         if other != target:
             raise UsageError(
-                f"{other} and {target} would both be saved as "
-                f"{output / target.rsplit('/', 1)[-1]}: get them into different directories (-o)"
+                f"{other} and {target} would both be saved as {output / name}: get them into "
+                "different directories (-o)"
             )
     with Client.from_home(_home(home)) as downloader:
         for target in targets:

@@ -83,6 +83,14 @@ def format_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` (not negative) as people read it: 42s, 3.5m, 2.0h, 364.9d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 @contextlib.contextmanager
 def fail_on_errors() -> Iterator[None]:
     """Turn expected errors into one clear line and exit status 1."""

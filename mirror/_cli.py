@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tufmesh._durable import hold_lock, is_held
-from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, run_service
+from tufmesh._ui import PORT, SIZE, Group, format_duration, format_size, p2p_line, run_service
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror, read_progress
 from tufmesh.mirror._server import run_mirror
@@ -136,18 +136,9 @@ def _progress_line(progress: dict[str, Any]) -> str:
     return (
         f"snapshot version {progress['snapshot_version']}: {progress['held']} of "
         f"{progress['artifacts']} artifacts, {format_size(progress['bytes_held'])} of "
-        f"{format_size(total)}{share}; for {_ago(now - progress['started'])}, "
-        f"said {_ago(now - progress['updated'])} ago"
+        f"{format_size(total)}{share}; for {format_duration(max(0, now - progress['started']))}, "
+        f"said {format_duration(max(0, now - progress['updated']))} ago"
     )
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @mirror.command()

@@ -372,7 +372,7 @@ class Mirror:
             swarm.syncing = snapshot
         progress = _Progress(self.progress_file, snapshot, targets)
         for target in targets:
-            progress.note(target)
+            progress.note()
             cid, manifest_cid = entries[target.path].cid, entries[target.path].manifest
             if manifest_cid is not None and not self.store.has(manifest_cid):
                 # Fetched (and checked against its signed CID) only when
@@ -567,9 +567,8 @@ class _Progress:
             "bytes": sum(t.length for t in targets),
             "bytes_held": 0,
             "started": now,
-            "updated": now,
+            "updated": 0.0,
         }
-        self._written = 0.0
         self._write(now)
 
     def held(self, target: Any) -> None:
@@ -577,14 +576,14 @@ class _Progress:
         self.state["held"] += 1
         self.state["bytes_held"] += target.length
 
-    def note(self, target: Any) -> None:
-        """About to see to ``target``: say how far the sync is, now and then."""
+    def note(self) -> None:
+        """Say how far the sync is, now and then (at most once a second)."""
         now = time.time()
-        if now - self._written >= 1.0:
+        if now - self.state["updated"] >= 1.0:
             self._write(now)
 
     def _write(self, now: float) -> None:
-        self.state["updated"] = self._written = now
+        self.state["updated"] = now
         with contextlib.suppress(OSError):  # only a report: a full disk fails the sync anyway
             write_atomic(self.path, json.dumps(self.state).encode(), sync_dir=False)
 

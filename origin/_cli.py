@@ -15,7 +15,16 @@ from typing import Any, TypeVar
 import click
 import httpx
 
-from tufmesh._ui import PORT, SIZE, Group, format_size, p2p_line, progress_bar, run_service
+from tufmesh._ui import (
+    PORT,
+    SIZE,
+    Group,
+    format_duration,
+    format_size,
+    p2p_line,
+    progress_bar,
+    run_service,
+)
 from tufmesh.cas import MAX_CHUNK_SIZE
 from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
 from tufmesh.errors import OriginError, PublishError, TufmeshError, UsageError
@@ -59,12 +68,7 @@ def _pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
 
 
 def _human_delta(seconds: float) -> str:
-    sign = "in " if seconds >= 0 else "EXPIRED "
-    seconds = abs(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{sign}{seconds / size:.1f}{unit}"
-    return f"{sign}{seconds:.0f}s"
+    return ("in " if seconds >= 0 else "EXPIRED ") + format_duration(abs(seconds))
 
 
 @click.group(cls=Group)

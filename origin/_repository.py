@@ -609,13 +609,13 @@ class OriginRepository(Repository):
         self._linked_dirs.clear()
         if "timestamp" in self._pending:
             write_atomic(self.metadata_dir / "timestamp.json", self._bytes["timestamp"])
-            for path in written:
-                self._prune(path.name.split(".", 1)[1].removesuffix(".json"))
+            self._prune({path.name.split(".", 1)[1].removesuffix(".json") for path in written})
         self._pending.clear()
 
-    def _prune(self, role: str) -> int:
-        """Delete the versions of ``role`` (not root: clients walk its chain)
-        that a newer one replaced :data:`SUPERSEDED_GRACE` seconds ago or more.
+    def _prune(self, roles: set[str]) -> int:
+        """Delete the versions of ``roles`` (not root: clients walk its chain)
+        that a newer one replaced :data:`SUPERSEDED_GRACE` seconds ago or more
+        (one read of the metadata directory for them all: it holds every bin).
 
         Every commit writes a new version of each bin it touches and of the
         snapshot, and none was ever deleted: a token holder's uploads of empty
@@ -624,26 +624,27 @@ class OriginRepository(Repository):
         update reads what the timestamp it read names: versions stay for the
         grace after a newer one is published, and one deleted under a slow
         reader is fetched anew at its next refresh. Returns the files deleted."""
-        if role == "root" or role not in self._md:
-            return 0
-        current = self._md[role].signed.version
+        roles = {role for role in roles if role != "root" and role in self._md}
+        versions: dict[str, list[int]] = defaultdict(list)
+        for path in self.metadata_dir.iterdir() if roles else ():
+            number, _, rest = path.name.partition(".")
+            role = rest.removesuffix(".json")
+            if role in roles and number.isascii() and number.isdigit():
+                versions[role].append(int(number))
         cutoff = time.time() - SUPERSEDED_GRACE
-        versions = sorted(
-            int(number)
-            for path in self.metadata_dir.glob(f"*.{role}.json")
-            if (number := path.name.split(".", 1)[0]).isascii() and number.isdigit()
-        )
         deleted = 0
-        for older, newer in itertools.pairwise(versions):
-            if older >= current:
-                break
-            try:
-                replaced_at = (self.metadata_dir / f"{newer}.{role}.json").stat().st_mtime
-                if replaced_at <= cutoff:  # (the next one kept says when it was replaced)
-                    (self.metadata_dir / f"{older}.{role}.json").unlink(missing_ok=True)
-                    deleted += 1
-            except OSError:  # gone meanwhile, or a disk that refuses: next time
-                continue
+        for role, numbers in versions.items():
+            current = self._md[role].signed.version
+            for older, newer in itertools.pairwise(sorted(numbers)):
+                if older >= current:
+                    break
+                try:
+                    replaced_at = (self.metadata_dir / f"{newer}.{role}.json").stat().st_mtime
+                    if replaced_at <= cutoff:  # (the next one kept says when it was replaced)
+                        (self.metadata_dir / f"{older}.{role}.json").unlink(missing_ok=True)
+                        deleted += 1
+                except OSError:  # gone meanwhile, or a disk that refuses: next time
+                    continue
         return deleted
 
     # -- operations -----------------------------------------------------------
@@ -904,8 +905,7 @@ class OriginRepository(Repository):
         links: dict[str, set[str]] = defaultdict(set)
         blobs: dict[str, set[str]] = defaultdict(set)
         removed = self.repair_root_copy()
-        for role in list(self._md):  # (routine: what commits before a stop left)
-            self._prune(role)
+        self._prune(set(self._md))  # (routine: what commits before a stop left)
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
             sha256 = target.hashes.get("sha256")

@@ -210,14 +210,9 @@ class OriginService:
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
 
-    def published_sha256(self, project: str, filename: str) -> str | None:
-        """The sha256 of ``project/filename`` if it is published (its link is
-        in the tree: ``targets/<project>/<sha256>.<filename>``)."""
-        found = self.published_entry(project, filename)
-        return found[0] if found is not None else None
-
     def published_entry(self, project: str, filename: str) -> tuple[str, int] | None:
-        """The sha256 and length of ``project/filename`` if it is published."""
+        """The sha256 and length of ``project/filename`` if it is published (its
+        link is in the tree: ``targets/<project>/<sha256>.<filename>``)."""
         try:
             with os.scandir(self.dir / "targets" / project) as entries:
                 for entry in entries:
@@ -241,8 +236,19 @@ class OriginService:
         signature, and stored then refused (until the next collection); but
         for what is stored under file name ``besides`` (before an upload's
         body: the same bytes sent again count once)."""
-        used = self.committer.used.get(project, 0) + sum(self.refused[project].values())
+        used = self.committer.used.get(project, 0) + self.wasted(project)
         return used + sum(n for name, n in self.staged[project].values() if name != besides)
+
+    def wasted(self, project: str) -> int:
+        """Bytes of ``project``'s uploads stored and then refused, on the disk
+        until the collector deletes them."""
+        return sum(self.refused[project].values())
+
+    def refuse(self, project: str, cid: str, length: int) -> None:
+        """Count a stored upload refused (unless it is staged already: the
+        same blob awaits its developers' signature, and counts as that)."""
+        if cid not in self.staged[project]:
+            self.refused[project][cid] = length
 
     def audit(self, entry: dict[str, Any]) -> None:
         """Append one publication to ``REPO/uploads.log`` (a JSON object a line:
@@ -915,7 +921,7 @@ def build_app(service: OriginService) -> ByteCounter:
             # unread (other bytes of that length wait for the collector, and
             # count against the quota meanwhile).
             limit = published[1]
-            if sum(service.refused[project].values()) + limit > repo_config.project_quota:
+            if service.wasted(project) + limit > repo_config.project_quota:
                 return _error(
                     413,
                     f"{project} has sent a quota's worth of refused uploads; they wait for the "
@@ -966,7 +972,8 @@ def build_app(service: OriginService) -> ByteCounter:
             manifest=manifest,
             chunk_size=repo_config.chunk_size,
         )
-        published = service.published_sha256(project, filename)
+        found = service.published_entry(project, filename)
+        published = found[0] if found is not None else None
         if project in service.committer.state.claimed and published != artifact.sha256:
             # (The same bytes sent again go on to the committer, which links
             # them again, as for any project.)
@@ -981,7 +988,7 @@ def build_app(service: OriginService) -> ByteCounter:
             # Its blobs stay, unpinned, for the hourly collector (deleting them
             # here would race an upload of the same bytes about to pin them),
             # counted against the project's quota until then.
-            service.refused[project][cid] = length
+            service.refuse(project, cid, length)
             return _error(409, str(exc))
         except BinFullError as exc:
             return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
@@ -1015,8 +1022,7 @@ def build_app(service: OriginService) -> ByteCounter:
         project, filename = artifact.path.split("/", 1)
         staged = service.staged[project]
         if artifact.path in service.removed_names() or published is not None:
-            if artifact.cid not in staged:
-                service.refused[project][artifact.cid] = artifact.length  # until collected
+            service.refuse(project, artifact.cid, artifact.length)
             if published is None:
                 return _error(
                     409, f"{artifact.path} was published and removed; its name is not used again"
@@ -1030,8 +1036,7 @@ def build_app(service: OriginService) -> ByteCounter:
         # their bodies): past the quota, its bytes wait for the collector.
         held = service.held(project) + (0 if artifact.cid in staged else artifact.length)
         if held > repo_config.project_quota:
-            if artifact.cid not in staged:
-                service.refused[project][artifact.cid] = artifact.length
+            service.refuse(project, artifact.cid, artifact.length)
             return _error(
                 413,
                 f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "

@@ -474,14 +474,21 @@ class P2PNode:
     async def _serve_blob(self, stream: Any) -> None:
         """Answer one ``/tufmesh/blob/1`` request (a peer that goes away mid-answer
         is its own problem: nothing to report)."""
+        await self._serve(stream, _BLOB_TIMEOUT, self._answer)
+
+    async def _serve(
+        self, stream: Any, deadline: float, answer: Callable[[Any, str], Awaitable[None]]
+    ) -> None:
+        """Run ``answer(stream, peer)`` on an incoming stream within ``deadline``
+        seconds, in a slot of its peer's; then end the stream both ways."""
         answered = False
         with contextlib.suppress(Exception):
             try:
                 with self._stream_slot(stream) as peer:
                     if peer is None:
                         return
-                    with trio.move_on_after(_BLOB_TIMEOUT) as answering:
-                        await self._answer(stream, peer)
+                    with trio.move_on_after(deadline) as answering:
+                        await answer(stream, peer)
                     if not answering.cancelled_caught:
                         answered = await _peer_ends(stream)
             finally:
@@ -544,22 +551,13 @@ class P2PNode:
 
     async def _serve_have(self, stream: Any) -> None:
         """Answer one have-query (``/tufmesh/have/1``)."""
-        answered = False
-        with contextlib.suppress(Exception):
-            try:
-                with self._stream_slot(stream) as peer:
-                    if peer is None:
-                        return
-                    with trio.move_on_after(_REQUEST_TIMEOUT) as answering:
-                        size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
-                        query = json.loads(await _read_exactly(stream, size))
-                        assert self.have_source is not None
-                        record = self.have_source(query)
-                        await stream.write(encode_json(record, MAX_RECORD))
-                    if not answering.cancelled_caught:
-                        answered = await _peer_ends(stream)
-            finally:
-                await _end_stream(stream, whole=answered)
+        await self._serve(stream, _REQUEST_TIMEOUT, self._answer_have)
+
+    async def _answer_have(self, stream: Any, peer: str) -> None:
+        size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
+        query = json.loads(await _read_exactly(stream, size))
+        assert self.have_source is not None
+        await stream.write(encode_json(self.have_source(query), MAX_RECORD))
 
     async def query_have(
         self, address: str, query: dict[str, Any], timeout: float = _BLOB_TIMEOUT
