@@ -113,7 +113,7 @@ def _run(work: Path, size: int) -> None:
     developer = load_key(str(work / "example.pem"))
     request = claim_request("example", developer.signer, [])
     key = developer.signer.public_key
-    repo.claim("example", [key], 1, json.dumps(request["metadata"]).encode())
+    repo.claim("example", [key], 1, request.data)
     click.echo(
         f"    targets delegates example/* to key {key.keyid[:12]}, before "
         "the hash bins: the origin's own keys cannot publish to it"

@@ -31,8 +31,8 @@ _COMMANDS = {
     "mirror": "tufmesh.mirror._cli:mirror",
     "netsim": "tufmesh.netsim._cli:netsim",
     "origin": "tufmesh.origin._cli:origin",
-    "developer": "tufmesh.origin._cli:developer",
-    "publish": "tufmesh.origin._cli:publish",
+    "developer": "tufmesh.origin._developer_cli:developer",
+    "publish": "tufmesh.origin._developer_cli:publish",
 }
 
 

@@ -1,19 +1,16 @@
-"""``tufmesh origin ...`` for maintainers and ``tufmesh publish`` for developers."""
+"""``tufmesh origin ...``: the maintainers' commands."""
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
-import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
-import httpx
 
 from tufmesh._ui import (
     PORT,
@@ -22,31 +19,18 @@ from tufmesh._ui import (
     format_duration,
     format_size,
     p2p_line,
-    progress_bar,
     run_service,
 )
-from tufmesh.cas import MAX_CHUNK_SIZE
-from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
-from tufmesh.errors import OriginError, PublishError, TufmeshError, UsageError
+from tufmesh.errors import OriginError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
-from tufmesh.origin._developer import DeveloperKey
-from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._names import normalize_project
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._publish import upload
 from tufmesh.origin._repository import OriginRepository
 from tufmesh.origin._server import serve as serve_repository
 
-__all__ = ["developer", "origin", "publish"]
+__all__ = ["origin"]
 
 T = TypeVar("T")
-
-public_key_option = click.option(
-    "--public-key",
-    envvar="TUFMESH_PUBLIC_KEY",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The public key (PEM) of a --key that is a KMS or HSM signer URI "
-    "(gcpkms:..., hsm:...) [env TUFMESH_PUBLIC_KEY].",
-)
 
 repo_option = click.option(
     "--dir",
@@ -558,10 +542,12 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
     project, keys, threshold, data = read_claim(request)
     if project not in ProjectRegistry(repo_dir).names():
         raise OriginError(f"no project {project} here ('origin project add' registers it)")
-    listing = json.loads(data)["signed"].get("targets", {})
+    request_md = json.loads(data)
+    listing = request_md["signed"].get("targets", {})
+    signed = {s.get("keyid") for s in request_md.get("signatures", []) if isinstance(s, dict)}
     click.echo(f"{project}: {len(listing)} artifacts, threshold {threshold}, key ids:")
     for key in keys:
-        click.echo(f"  {key.keyid}")
+        click.echo(f"  {key.keyid}  {'signed' if key.keyid in signed else 'not signed'}")
     if _on_disk(lambda: OriginRepository(repo_dir).holds_claim(project, keys, threshold, data)):
         click.echo(f"{project} is claimed by this request already: nothing to do")
         return
@@ -598,324 +584,3 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
     token = ProjectRegistry(repo_dir).rotate(name)
     click.echo(f"new upload token for {name} (the old one no longer works):")
     click.echo(token)
-
-
-@click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--origin", "origin_url", required=True, help="Origin URL, e.g. http://127.0.0.1:8080"
-)
-@click.option("--project", required=True, help="Project to publish to.")
-@click.option("--token", envvar="TUFMESH_TOKEN", help="Upload token [env TUFMESH_TOKEN].")
-@click.option(
-    "--key",
-    envvar="TUFMESH_KEY",
-    help="The project's own signing key (a PEM file, or a signer URI with --public-key) if "
-    "the project is claimed: the files are published in one new version of its metadata, "
-    "signed here [env TUFMESH_KEY].",
-)
-@public_key_option
-def publish(
-    files: tuple[Path, ...],
-    origin_url: str,
-    project: str,
-    token: str | None,
-    key: str | None,
-    public_key: Path | None,
-) -> None:
-    """Publish FILES to a project on an origin; one line per file."""
-    from tufmesh.client._home import check_url
-
-    origin_url = check_url(origin_url)
-    host = httpx.URL(origin_url).host
-    if origin_url.startswith("http://") and not _loopback(host):
-        click.echo(
-            f"warning: the upload token goes to {host} unencrypted (http://): "
-            "use https:// unless the network between is yours",
-            err=True,
-        )
-    failures = 0
-    if token is None:
-        raise UsageError(
-            "an upload token is needed: --token, or TUFMESH_TOKEN in the environment "
-            "(`tufmesh origin project add` printed it)"
-        )
-    token = token.strip()
-    if not token or not token.isprintable() or not token.isascii():
-        raise UsageError("--token: an upload token is one line of printable text")
-    _distinct_names(files)
-    for path in files:  # check every name before sending anything
-        if not path.exists():
-            raise UsageError(f"cannot read {path}: no such file")
-        if not path.is_file():
-            raise UsageError(f"cannot read {path}: not a regular file")
-        check_filename(path.name)
-    from tufmesh.client._http import tls_context
-    from tufmesh.origin._developer import load_key
-
-    developer = load_key(key, public_key) if key is not None else None
-    stored: list[tuple[Path, dict[str, Any]]] = []  # for the project's own keys to sign
-    with httpx.Client(verify=tls_context()) as client:
-        if developer is not None:
-            developer = _ready_to_sign(client, origin_url, project, developer)
-        for done, path in enumerate(files):
-            try:
-                with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
-                    answer = upload(
-                        client, origin_url, project, path, token,
-                        progress=advance, on_retry=lambda why: click.echo(why, err=True),
-                    )  # fmt: skip
-            except KeyboardInterrupt:
-                rest = ", ".join(p.name for p in files[done + 1 :])
-                waiting = ", ".join(p.name for p, _ in stored)
-                click.echo(
-                    f"interrupted: {path.name} may or may not be published (the same command "
-                    "again publishes it, or says it is)"
-                    + (f"; stored, not yet signed: {waiting}" if waiting else "")
-                    + (f"; not sent: {rest}" if rest else ""),
-                    err=True,
-                )
-                raise
-            except TufmeshError as exc:
-                failures += 1
-                click.echo(f"error: {exc}", err=True)
-                continue
-            if "signed_by" in answer:
-                if developer is None:
-                    failures += 1
-                    click.echo(
-                        f"error: {path.name}: stored, not published: {normalize_project(project)} "
-                        "signs its own metadata (publish with --key)",
-                        err=True,
-                    )
-                else:
-                    stored.append((path, answer))
-                continue
-            click.echo(
-                f"published {answer['target']}  {format_size(answer['length'])}  "
-                f"sha256 {answer['sha256'][:16]}…  snapshot v{answer['snapshot_version']}"
-            )
-        if stored and developer is not None:
-            failures += _sign_stored(client, origin_url, project, token, developer, stored)
-    if failures:
-        raise click.ClickException(f"{failures} of {len(files)} files were not published")
-
-
-def _distinct_names(files: tuple[Path, ...]) -> None:
-    """Refuse two files of one name: an artifact's name is its path in the project."""
-    seen: dict[str, Path] = {}
-    for path in files:
-        if path.name in seen:
-            raise UsageError(
-                f"{seen[path.name]} and {path}: two files named {path.name} (or one given "
-                "twice); a project's artifacts have distinct names"
-            )
-        seen[path.name] = path
-
-
-def _ready_to_sign(
-    client: httpx.Client, origin_url: str, project: str, developer: DeveloperKey
-) -> DeveloperKey | None:
-    """``developer`` if it can sign the project's next version (checked before
-    anything is uploaded: a wrong key costs nothing), None if the project is
-    not claimed (said: the origin signs its artifacts)."""
-    from tufmesh.origin._developer import claimed_version, published_version
-
-    project = normalize_project(project)
-    if claimed_version(client, origin_url, project) is None:
-        click.echo(
-            f"warning: {project} is not claimed: the origin signs its artifacts, --key is not used",
-            err=True,
-        )
-        return None
-    developer.check(project, published_version(client, origin_url, project))
-    return developer
-
-
-def _sign_stored(
-    client: httpx.Client,
-    origin_url: str,
-    project: str,
-    token: str,
-    developer: DeveloperKey,
-    stored: list[tuple[Path, dict[str, Any]]],
-) -> int:
-    """Sign the next version of the claimed project's metadata listing the
-    ``stored`` files (their entries computed here, from the files) and send
-    it; print a line per file; return the failures (all of them, or none)."""
-    from tufmesh.origin._developer import release, target_of
-
-    project = normalize_project(project)
-    try:
-        adding = []
-        for path, answer in stored:
-            size = answer["chunk_size"]
-            # (One a manifest holds for this file: a hostile origin answering
-            # 1 would have a digest computed for every byte.)
-            if (
-                type(size) is not int
-                or not 0 < size <= MAX_CHUNK_SIZE
-                or -(-path.stat().st_size // size) > MAX_MANIFEST_CHUNKS
-            ):
-                raise PublishError(f"{origin_url} answered a chunk size of {size!r}")
-            target = target_of(path, project, size)
-            if target.hashes["sha256"] != answer["sha256"]:
-                raise UsageError(f"{path} changed while it was uploaded: publish it again")
-            adding.append(target)
-        answer = release(client, origin_url, project, developer, token, add=adding)
-    except TufmeshError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return len(stored)
-    except OSError as exc:  # a file gone or unreadable since its upload
-        click.echo(f"error: cannot read {exc.filename}: {exc.strerror}", err=True)
-        return len(stored)
-    for target in adding:
-        click.echo(
-            f"published {target.path}  {format_size(target.length)}  "
-            f"sha256 {target.hashes['sha256'][:16]}…  {answer['role']} v{answer['version']}, "
-            f"snapshot v{answer['snapshot_version']}"
-        )
-    if "warning" in answer:
-        click.echo(f"warning: {answer['warning']}", err=True)
-    return 0
-
-
-def _loopback(host: str) -> bool:
-    """True for a name or address of this machine's loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@click.group(cls=Group)
-def developer() -> None:
-    """A project's own signing key: claim the project, re-sign its metadata.
-
-    A claimed project's artifacts are signed by its developers' key, so that
-    not even the origin's online keys can publish or change them (PEP 480;
-    'tufmesh publish --key' publishes to it).
-    """
-
-
-@developer.command("keygen")
-@click.argument("keyfile", type=click.Path(dir_okay=False, path_type=Path))
-def developer_keygen(keyfile: Path) -> None:
-    """Make a new Ed25519 signing key in KEYFILE (mode 0600; keep it secret, and a copy)."""
-    from tufmesh.origin._developer import generate_key
-
-    key = generate_key(keyfile)
-    click.echo(f"wrote {keyfile}: key id {key.keyid}")
-    click.echo("  keep a copy offline, and keep it secret: it publishes the project's artifacts")
-
-
-@developer.command("claim")
-@click.argument("project")
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
-@public_key_option
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the request [default: PROJECT.claim.json].",
-)
-@click.option(
-    "--chunk-size",
-    type=SIZE,
-    default="1MiB",
-    show_default=True,
-    help="The origin's chunk size ('chunk_size' in its config.json; 1 MiB unless set at init).",
-)
-@click.option(
-    "--origin",
-    "origin_url",
-    help="The origin, for a project claimed already (a new key after one was lost or "
-    "leaked): the request is then the next version of its metadata.",
-)
-def developer_claim(
-    project: str,
-    files: tuple[Path, ...],
-    key: str,
-    public_key: Path | None,
-    output: Path | None,
-    chunk_size: int,
-    origin_url: str | None,
-) -> None:
-    """Write the request to claim PROJECT for KEY, listing FILES: every
-    artifact the project has published (the origin refuses a claim that
-    leaves one out or differs, unless its maintainers remove those; 'tufmesh
-    get' fetches those you lack). Hand the request to the maintainers."""
-    from tufmesh.origin._developer import claim_request, claimed_version, load_key, target_of
-
-    _distinct_names(files)
-    developer = load_key(key, public_key)
-    project = normalize_project(project)
-    version = 1
-    if origin_url is not None:
-        from tufmesh.client._home import check_url
-        from tufmesh.client._http import tls_context
-
-        with httpx.Client(verify=tls_context()) as client:
-            current = claimed_version(client, check_url(origin_url), project)
-        version = 1 if current is None else current + 1
-    targets = [target_of(f, project, chunk_size) for f in files]
-    request = claim_request(project, developer.signer, targets, version=version)
-    output = output or Path(f"{project}.claim.json")
-    try:
-        with open(output, "x", encoding="utf-8") as handle:
-            json.dump(request, handle, indent=1)
-            handle.write("\n")
-    except FileExistsError:
-        raise UsageError(f"{output} exists already") from None
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-    click.echo(
-        f"wrote {output}: {project}, {len(files)} artifacts, version {version}, for key "
-        f"{developer.signer.public_key.keyid}"
-    )
-    click.echo("  hand it to the maintainers ('tufmesh origin project claim'), with the key id")
-
-
-@developer.command("sign")
-@click.argument("project")
-@click.option("--origin", "origin_url", required=True, help="Origin URL.")
-@click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
-@click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
-@public_key_option
-@click.option(
-    "--drop",
-    "drops",
-    multiple=True,
-    metavar="FILENAME",
-    help="Take an artifact out (its name is never published again). Repeatable.",
-)
-def developer_sign(
-    project: str,
-    origin_url: str,
-    token: str,
-    key: str,
-    public_key: Path | None,
-    drops: tuple[str, ...],
-) -> None:
-    """Sign PROJECT's metadata anew (a fresh year's expiry), dropping any
-    --drop artifacts, and send it to the origin."""
-    from tufmesh.client._home import check_url
-    from tufmesh.client._http import tls_context
-    from tufmesh.origin._developer import load_key, release
-
-    origin_url = check_url(origin_url)
-    developer = load_key(key, public_key)
-    project = normalize_project(project)
-    paths = [f"{project}/{check_filename(name)}" for name in drops]
-    with httpx.Client(verify=tls_context()) as client:
-        answer = release(client, origin_url, project, developer, token.strip(), drop=paths)
-    for path in paths:
-        click.echo(f"dropped {path}")
-    if "warning" in answer:
-        click.echo(f"warning: {answer['warning']}", err=True)
-    click.echo(
-        f"signed {answer['role']} v{answer['version']}, snapshot v{answer['snapshot_version']}"
-    )

@@ -1,13 +1,18 @@
-"""The developers' side of a claimed project (docs/adr/0022): their key, the
-claim they hand to the maintainers, and each new version of the project's
-metadata, signed here and sent to the origin.
+"""The developers' side of a claimed project (docs/adr/0022, 0024): their
+keys, the claim they hand to the maintainers, and each new version of the
+project's metadata, signed here and sent to the origin.
 
 Nothing here trusts the origin: every entry signed is computed from the
 developer's own file, and a new version is built only on a published one that
-the project's own key signed (so an origin serving a forged "current"
-version cannot have it endorsed) and that is not older than the last version
+this key signed, or a threshold of the project's keys as this key's holder
+noted them when the claim was made (so an origin serving a forged "current"
+version cannot have it endorsed), and that is not older than the last version
 this key had published (kept beside the key file: an origin serving an old
 version, from before an artifact was dropped, cannot have it revived).
+
+A project may need several of its holders' keys to sign (a threshold): one
+holder signs a new version into a signing request (a file), the others each
+check it and add their signature (:func:`cosign`), and the last one sends it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from tuf.api.serialization.json import JSONSerializer
 
 from tufmesh._durable import write_atomic
 from tufmesh._ui import data_home
-from tufmesh.cas import DEFAULT_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
+from tufmesh.cas import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
+from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
 from tufmesh.errors import OriginError, PublishError, UsageError
 from tufmesh.origin._keys import load_signer, public_key_from_pem, public_key_from_uri
 from tufmesh.origin._names import check_filename, normalize_project
@@ -40,16 +46,26 @@ from tufmesh.origin._repository import Artifact
 __all__ = [
     "EXPIRY_DAYS",
     "DeveloperKey",
+    "Holders",
+    "SigningRequest",
+    "changes",
+    "check_files",
     "claim_request",
+    "cosign",
     "claimed_version",
     "generate_key",
     "load_key",
     "next_version",
+    "publish_version",
     "published_version",
+    "signatures_needed",
     "read_claim",
+    "read_request",
     "release",
+    "release_request",
     "send_version",
     "target_of",
+    "write_request",
 ]
 
 #: A project's metadata lives a year unless its developers say otherwise:
@@ -62,8 +78,18 @@ _TIMEOUT: Final = httpx.Timeout(30.0)
 
 def generate_key(path: Path) -> Key:
     """A new Ed25519 key in PEM file ``path`` (made anew, mode 0600, its
-    directory too if missing, mode 0700); its public key."""
+    directory too if missing, mode 0700), its public key in ``path.pub``
+    (what the project's other holders are given: ``developer claim
+    --holder``); its public key."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
     signer = CryptoSigner.generate_ed25519()
+    public = load_pem_private_key(signer.private_bytes, None).public_key()
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -75,12 +101,54 @@ def generate_key(path: Path) -> Key:
         handle.write(signer.private_bytes)
         handle.flush()
         os.fsync(handle.fileno())
+    try:
+        write_atomic(path.with_name(path.name + ".pub"), pem, mode=0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}.pub: {exc.strerror}") from None
     return signer.public_key
 
 
 @dataclass(frozen=True)
+class Holders:
+    """A project's keys and how many of them must sign its metadata."""
+
+    keys: dict[str, Key]
+    threshold: int
+
+    def signed(self, md: Metadata[Targets]) -> set[str]:
+        """The ids of the keys among these whose signature of ``md`` is good."""
+        good = set()
+        for keyid, signature in md.signatures.items():
+            key = self.keys.get(keyid)
+            if key is None:
+                continue
+            try:
+                key.verify_signature(signature, md.signed_bytes)
+            except Exception:  # noqa: S112 (a bad signature counts for nothing)
+                continue
+            good.add(keyid)
+        return good
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keys": {keyid: key.to_dict() for keyid, key in self.keys.items()},
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Holders:
+        """Raises ValueError (or KeyError, TypeError) unless ``data`` is one."""
+        keys = {keyid: Key.from_dict(keyid, dict(key)) for keyid, key in data["keys"].items()}
+        threshold = data["threshold"]
+        if type(threshold) is not int or not 1 <= threshold <= len(keys):
+            raise ValueError(f"a threshold of {threshold!r} with {len(keys)} keys")
+        return cls(keys, threshold)
+
+
+@dataclass(frozen=True)
 class DeveloperKey:
-    """A developer's signing key, and what it last had published per project
+    """A developer's signing key, and per project what it last had published
+    and the project's keys as they were when it was claimed
     (``KEYFILE.versions.json``)."""
 
     signer: Signer
@@ -93,17 +161,32 @@ class DeveloperKey:
             return {}
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {self.memory}: {exc}") from None
-        if not isinstance(versions, dict) or not all(
-            isinstance(v, dict)
-            and type(v.get("version")) is int
-            and isinstance(v.get("sha256"), str)
-            for v in versions.values()
-        ):
+        if not isinstance(versions, dict) or not all(map(_remembered, versions.values())):
             raise UsageError(
                 f"{self.memory} is damaged: restore it, or remove it to start afresh (it "
-                "only keeps an origin from rolling a project back under this key)"
+                "keeps an origin from rolling a project back under this key, and notes the "
+                "project's other keys)"
             )
         return versions
+
+    def holders(self, project: str) -> Holders | None:
+        """The project's keys and threshold, as noted when its claim was made
+        or cosigned with this key; None if never."""
+        entry = self._versions().get(project, {})
+        return Holders.from_dict(entry) if "keys" in entry else None
+
+    def note_holders(self, project: str, holders: Holders) -> None:
+        """Note ``holders`` as the project's keys (a claim this key signs)."""
+        versions = self._versions()
+        versions.setdefault(project, {}).update(holders.to_dict())
+        self._save(versions)
+
+    def _save(self, versions: dict[str, dict[str, Any]]) -> None:
+        try:
+            self.memory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self.memory, (json.dumps(versions, indent=1) + "\n").encode())
+        except OSError as exc:
+            raise UsageError(f"cannot write {self.memory}: {exc.strerror}") from None
 
     def sign_next(
         self,
@@ -119,11 +202,28 @@ class DeveloperKey:
         return next_version(current, [self.signer], add=add, drop=drop, days=days)
 
     def check(self, project: str, current: Metadata[Targets]) -> None:
-        """Refuse ``current`` unless this key signed it, and it is not older
-        than the last version this key had published for ``project``."""
-        _signed_by(current, [self.signer])
-        last = self._versions().get(project)
-        if last is not None:
+        """Refuse ``current`` unless this key signed it, or a threshold of the
+        project's keys noted here did, and unless it is not older than the
+        last version this key had published for ``project``."""
+        holders = self.holders(project)
+        mine = Holders({self.signer.public_key.keyid: self.signer.public_key}, 1)
+        if not mine.signed(current) and not (
+            holders is not None and len(holders.signed(current)) >= holders.threshold
+        ):
+            noted = (
+                f", nor by {holders.threshold} of the {len(holders.keys)} keys noted when "
+                "the project was claimed"
+                if holders is not None
+                else ""
+            )
+            raise PublishError(
+                f"the published version {current.signed.version} is not signed by key "
+                f"{self.signer.public_key.keyid[:12]}{noted}: is it the project's key (was the "
+                "project claimed again for a new one)? If it is, the origin may be serving a "
+                "forged version (ask its maintainers); nothing is signed"
+            )
+        last = self._versions().get(project, {})
+        if "version" in last:
             digest = hashlib.sha256(current.signed_bytes).hexdigest()
             version = current.signed.version
             if version < last["version"] or (
@@ -141,15 +241,26 @@ class DeveloperKey:
         """Note ``data`` (signed metadata) as the project's newest published version."""
         md: Metadata[Any] = Metadata.from_bytes(data)
         versions = self._versions()
-        versions[project] = {
-            "version": md.signed.version,
-            "sha256": hashlib.sha256(md.signed_bytes).hexdigest(),
-        }
+        versions.setdefault(project, {}).update(
+            version=md.signed.version, sha256=hashlib.sha256(md.signed_bytes).hexdigest()
+        )
+        self._save(versions)
+
+
+def _remembered(entry: Any) -> bool:
+    """Whether ``entry`` reads as a project's entry in a key's memory."""
+    if not isinstance(entry, dict):
+        return False
+    if ("version" in entry or "sha256" in entry) and not (
+        type(entry.get("version")) is int and isinstance(entry.get("sha256"), str)
+    ):
+        return False
+    if "keys" in entry or "threshold" in entry:
         try:
-            self.memory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(self.memory, (json.dumps(versions, indent=1) + "\n").encode())
-        except OSError as exc:
-            raise UsageError(f"cannot write {self.memory}: {exc.strerror}") from None
+            Holders.from_dict(entry)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+    return bool(entry)
 
 
 def load_key(key: str, public_key: Path | None = None) -> DeveloperKey:
@@ -204,8 +315,10 @@ def _expiry(days: int) -> datetime:
     return (datetime.now(UTC) + timedelta(days=days)).replace(microsecond=0)
 
 
-def _signed(md: Metadata[Targets], signers: Iterable[Signer]) -> bytes:
-    md.signatures.clear()
+def _signed(md: Metadata[Targets], signers: Iterable[Signer], *, keep: bool = False) -> bytes:
+    """``md`` signed by ``signers`` (``keep``: beside the signatures it has)."""
+    if not keep:
+        md.signatures.clear()
     for signer in signers:
         signature = md.sign(signer, append=True)
         try:  # a KMS or HSM key given with another key's public key
@@ -218,6 +331,35 @@ def _signed(md: Metadata[Targets], signers: Iterable[Signer]) -> bytes:
     return md.to_bytes(JSONSerializer(compact=False))
 
 
+@dataclass(frozen=True)
+class SigningRequest:
+    """A version of a project's metadata on its way to a threshold of its
+    keys' signatures: a claim's first version (``holders``: the keys it
+    delegates to) or a release's next version (``holders`` None)."""
+
+    project: str
+    metadata: Metadata[Targets]
+    holders: Holders | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The metadata as the origin is sent it."""
+        return self.metadata.to_bytes(JSONSerializer(compact=False))
+
+    @property
+    def version(self) -> int:
+        return self.metadata.signed.version
+
+    def to_dict(self) -> dict[str, Any]:
+        request: dict[str, Any] = {"project": self.project}
+        if self.holders is not None:
+            keys = self.holders.keys.items()
+            request["keys"] = [{"keyid": keyid, **key.to_dict()} for keyid, key in keys]
+            request["threshold"] = self.holders.threshold
+        request["metadata"] = json.loads(self.data)
+        return request
+
+
 def claim_request(
     project: str,
     signer: Signer,
@@ -225,42 +367,180 @@ def claim_request(
     days: int = EXPIRY_DAYS,
     *,
     version: int = 1,
-) -> dict[str, Any]:
-    """What the developers of ``project`` hand its maintainers to claim it: their
-    public key and the first version of the project's metadata under it
-    (``version``: 1, or the next of a project claimed already), signed,
-    listing every artifact the project has published (their own files'
-    entries: the origin refuses a claim that leaves one out or differs)."""
+    holders: Iterable[Key] = (),
+    threshold: int = 1,
+) -> SigningRequest:
+    """What the developers of ``project`` hand its maintainers to claim it:
+    their public keys (``signer``'s and the other ``holders``', of which
+    ``threshold`` must sign) and the first version of the project's metadata
+    under them (``version``: 1, or the next of a project claimed already),
+    signed by ``signer``, listing every artifact the project has published
+    (their own files' entries: the origin refuses a claim that leaves one out
+    or differs). Each other holder then adds a signature (:func:`cosign`)."""
     project = normalize_project(project)
+    keys = {key.keyid: key for key in [signer.public_key, *holders]}
+    if not 1 <= threshold <= len(keys):
+        raise UsageError(
+            f"a threshold of {threshold} with {len(keys)} distinct key(s): it must be 1 .. "
+            f"{len(keys)}"
+        )
     md = Metadata(Targets(version=version, expires=_expiry(days)))
     for target in targets:
         md.signed.targets[target.path] = target
-    signed = json.loads(_signed(md, [signer]))
-    return {
-        "project": project,
-        "keys": [{"keyid": signer.public_key.keyid, **signer.public_key.to_dict()}],
-        "threshold": 1,
-        "metadata": signed,
-    }
+    _signed(md, [signer])
+    return SigningRequest(project, md, Holders(keys, threshold))
 
 
-def read_claim(path: Path) -> tuple[str, list[Key], int, bytes]:
-    """Project, keys, threshold and signed metadata of a claim request file."""
+def release_request(project: str, data: bytes) -> SigningRequest:
+    """The request for the other holders to sign ``data``, a release's version."""
+    return SigningRequest(normalize_project(project), Metadata[Targets].from_bytes(data))
+
+
+def write_request(path: Path, request: SigningRequest, *, new: bool = False) -> None:
+    """Write ``request`` to ``path`` (``new``: refuse to replace a file)."""
+    body = (json.dumps(request.to_dict(), indent=1) + "\n").encode()
+    try:
+        if new:
+            with open(path, "xb") as handle:
+                handle.write(body)
+        else:
+            write_atomic(path, body)
+    except FileExistsError:
+        raise UsageError(f"{path} exists already") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def read_request(path: Path) -> SigningRequest:
+    """The signing request in file ``path`` (a claim's or a release's)."""
     try:
         request = json.loads(path.read_bytes())
         project = normalize_project(request["project"])
-        keys = [Key.from_dict(k.pop("keyid"), k) for k in request["keys"]]
-        threshold = int(request["threshold"])
-        data = json.dumps(request["metadata"]).encode()
-        if not isinstance(Metadata.from_bytes(data).signed, Targets):
+        holders = None
+        if "keys" in request:
+            keys = {}
+            for k in request["keys"]:
+                key = dict(k)
+                keyid = key.pop("keyid")
+                keys[keyid] = Key.from_dict(keyid, key)
+            holders = Holders(keys, int(request["threshold"]))
+        md: Metadata[Any] = Metadata.from_bytes(json.dumps(request["metadata"]).encode())
+        if not isinstance(md.signed, Targets):
             raise ValueError("its metadata is not targets metadata")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError, AttributeError, DeserializationError) as exc:
         raise UsageError(
-            f"{path} is not a claim request ('tufmesh developer claim'): {exc}"
+            f"{path} is not a signing request ('tufmesh developer claim', or a release "
+            f"signed by fewer keys than the project needs): {exc}"
         ) from None
-    return project, keys, threshold, data
+    return SigningRequest(project, md, holders)
+
+
+def read_claim(path: Path) -> tuple[str, list[Key], int, bytes]:
+    """Project, keys, threshold and signed metadata of a claim request file."""
+    request = read_request(path)
+    if request.holders is None:
+        raise UsageError(f"{path} is a release's signing request, not a claim request")
+    holders = request.holders
+    return request.project, list(holders.keys.values()), holders.threshold, request.data
+
+
+def cosign(
+    request: SigningRequest, key: DeveloperKey, current: Metadata[Targets] | None = None
+) -> SigningRequest:
+    """``request`` with ``key``'s signature added, once checked: every
+    signature it carries is a good one of the project's keys (the claim's,
+    or those noted when it was claimed), and a release's version follows
+    ``current``, the published one, as :meth:`DeveloperKey.check` requires
+    of any base (its changes are :func:`changes`; the caller shows them)."""
+    keyid = key.signer.public_key.keyid
+    holders = request.holders
+    if holders is not None:  # a claim: it names the keys
+        if keyid not in holders.keys:
+            raise UsageError(
+                f"key {keyid[:12]} is not one of the request's keys "
+                f"({', '.join(k[:12] for k in holders.keys)})"
+            )
+    else:
+        assert current is not None, "a release is checked against the published version"
+        key.check(request.project, current)
+        changes(current, request.metadata)
+        holders = key.holders(request.project)
+    if holders is not None:
+        good = holders.signed(request.metadata)
+        if set(request.metadata.signatures) - good:
+            raise PublishError(
+                f"the request carries signatures that are not good ones of {request.project}'s "
+                "keys: it was changed after it was signed, or is not for these keys; nothing "
+                "is signed"
+            )
+    md = Metadata[Targets].from_bytes(request.data)
+    if keyid not in md.signatures:
+        _signed(md, [key.signer], keep=True)
+    if request.holders is not None:
+        key.note_holders(request.project, request.holders)
+    return SigningRequest(request.project, md, request.holders)
+
+
+def changes(
+    current: Metadata[Targets], proposed: Metadata[Targets], now: datetime | None = None
+) -> tuple[list[TargetFile], list[str]]:
+    """What ``proposed`` adds to ``current`` and drops from it (entries,
+    paths), if it may follow it: the next version, not expired, delegating
+    nothing, and every published entry it keeps unchanged."""
+    signed, base = proposed.signed, current.signed
+    if signed.version != base.version + 1:
+        raise PublishError(
+            f"the request is version {signed.version} and the published version is "
+            f"{base.version}: it is stale (or the origin is behind); sign a new one"
+        )
+    if signed.expires <= (now or datetime.now(UTC)):
+        raise PublishError(f"the request expired on {signed.expires:%Y-%m-%d %H:%M} UTC")
+    if signed.delegations is not None:
+        raise PublishError("the request delegates to other keys: not supported")
+    for path, entry in base.targets.items():
+        known = signed.targets.get(path)
+        if known is not None and known != entry:
+            raise PublishError(f"the request changes {path}, published already: refused")
+    added = [t for path, t in signed.targets.items() if path not in base.targets]
+    dropped = [path for path in base.targets if path not in signed.targets]
+    return added, dropped
+
+
+def check_files(entries: Iterable[TargetFile], files: Iterable[Path], project: str) -> None:
+    """Refuse unless ``files`` are exactly the artifacts ``entries`` describe,
+    each entry computed again from its file, at the entry's chunk size."""
+    listed = {t.path: t for t in entries}
+    given = {f"{normalize_project(project)}/{check_filename(f.name)}": f for f in files}
+    if set(listed) != set(given):
+        missing = sorted(set(listed) - set(given))
+        extra = sorted(set(given) - set(listed))
+        raise PublishError(
+            "the files given are not those the request lists"
+            + (f"; not given: {', '.join(missing)}" if missing else "")
+            + (f"; not listed: {', '.join(extra)}" if extra else "")
+        )
+    for path, entry in listed.items():
+        custom = entry.unrecognized_fields.get("custom")
+        size = custom.get("chunk_size") if isinstance(custom, dict) else None
+        if type(size) is not int or not 0 < size <= MAX_CHUNK_SIZE:
+            raise PublishError(f"the request's entry for {path} names no usable chunk size")
+        file = given[path]
+        if _file_size(file) > size * MAX_MANIFEST_CHUNKS:
+            raise PublishError(f"{file} is over what chunks of {size} bytes describe")
+        if target_of(file, project, size) != entry:
+            raise PublishError(
+                f"{file} is not the artifact the request lists as {path} (sha256 "
+                f"{entry.hashes.get('sha256')}): nothing is signed"
+            )
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _get(client: httpx.Client, url: str) -> bytes:
@@ -273,18 +553,46 @@ def _get(client: httpx.Client, url: str) -> bytes:
     return response.content
 
 
-def claimed_version(client: httpx.Client, origin: str, project: str) -> int | None:
-    """The version of the project's own metadata in the origin's current
-    snapshot; None if the project is not claimed. Not verified here."""
+def _published_meta(client: httpx.Client, origin: str) -> dict[str, Any]:
+    """The origin's current snapshot's ``meta``: each role's version. Not verified."""
     base = f"{origin.rstrip('/')}/metadata/"
     try:
         timestamp = json.loads(_get(client, base + "timestamp.json"))
         snapshot_version = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
         snapshot = json.loads(_get(client, f"{base}{snapshot_version}.snapshot.json"))
-        meta = snapshot["signed"]["meta"].get(f"{owned_role(project)}.json")
-        return None if meta is None else int(meta["version"])
+        meta = snapshot["signed"]["meta"]
+        if not isinstance(meta, dict):
+            raise TypeError("its snapshot's meta is not an object")
+        return meta
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
+
+
+def claimed_version(client: httpx.Client, origin: str, project: str) -> int | None:
+    """The version of the project's own metadata in the origin's current
+    snapshot; None if the project is not claimed. Not verified here."""
+    meta = _published_meta(client, origin).get(f"{owned_role(project)}.json")
+    try:
+        return None if meta is None else int(meta["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
+
+
+def signatures_needed(client: httpx.Client, origin: str, project: str) -> int:
+    """How many of the project's keys must sign its metadata, as the origin's
+    current targets metadata delegates it (not verified here: it only says
+    whether to send a version now or ask the other holders first; the origin
+    checks the signatures, and clients check them again)."""
+    base = f"{origin.rstrip('/')}/metadata/"
+    try:
+        version = int(_published_meta(client, origin)["targets.json"]["version"])
+        targets = json.loads(_get(client, f"{base}{version}.targets.json"))
+        for role in targets["signed"]["delegations"]["roles"]:
+            if role["name"] == owned_role(project):
+                return max(1, int(role["threshold"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
+    raise PublishError(f"{project} is not claimed on {origin}")
 
 
 def published_version(client: httpx.Client, origin: str, project: str) -> Metadata[Targets]:
@@ -316,10 +624,10 @@ def next_version(
     days: int = EXPIRY_DAYS,
 ) -> bytes:
     """The version after ``current``, signed by ``signers``: ``add`` listed,
-    ``drop`` (paths) no longer, a fresh expiry. ``current`` must carry the
-    signatures of ``signers`` (the project's own keys), or nothing is signed:
-    the origin could otherwise have its developers endorse what it forged."""
-    _signed_by(current, signers)
+    ``drop`` (paths) no longer, a fresh expiry. The caller checks ``current``
+    first (:meth:`DeveloperKey.check`, as :meth:`DeveloperKey.sign_next`
+    does): the origin could otherwise have its developers endorse what it
+    forged."""
     targets = dict(current.signed.targets)
     for target in add:
         known = targets.get(target.path)
@@ -373,31 +681,32 @@ def release(
     add: Iterable[TargetFile] = (),
     drop: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """Sign and send the project's next version (``add`` listed, ``drop`` not),
-    built on the one the origin publishes, and remember it once accepted."""
+    """Sign the project's next version (``add`` listed, ``drop`` not), built
+    on the one the origin publishes, and send it (remembered once accepted);
+    or, if the project needs more signatures than this key's, the answer's
+    ``request`` is the :class:`SigningRequest` for its other holders."""
     current = published_version(client, origin, project)
     data = key.sign_next(project, current, add=add, drop=drop)
+    needed = signatures_needed(client, origin, project)
+    if needed > 1:
+        return {"request": release_request(project, data), "needed": needed}
+    return publish_version(client, origin, project, data, token, key)
+
+
+def publish_version(
+    client: httpx.Client,
+    origin: str,
+    project: str,
+    data: bytes,
+    token: str,
+    key: DeveloperKey | None = None,
+) -> dict[str, Any]:
+    """Send ``data``, the project's signed next version, to the origin; its
+    answer. ``key``, if given, remembers it once accepted."""
     answer = send_version(client, origin, project, data, token)
     try:
-        key.remember(project, data)
+        if key is not None:
+            key.remember(project, data)
     except UsageError as exc:  # published all the same: said, not failed
         answer["warning"] = f"{exc} (the version is published; the next one will not know it)"
     return answer
-
-
-def _signed_by(current: Metadata[Targets], signers: list[Signer]) -> None:
-    """Refuse to build on ``current`` unless each of ``signers`` signed it: the
-    origin could otherwise have its developers endorse what it forged."""
-    for signer in signers:
-        signature = current.signatures.get(signer.public_key.keyid)
-        try:
-            if signature is None:
-                raise ValueError("unsigned")
-            signer.public_key.verify_signature(signature, current.signed_bytes)
-        except Exception:
-            raise PublishError(
-                f"the published version {current.signed.version} is not signed by key "
-                f"{signer.public_key.keyid[:12]}: is it the project's key (was the project "
-                "claimed again for a new one)? If it is, the origin may be serving a forged "
-                "version (ask its maintainers); nothing is signed"
-            ) from None

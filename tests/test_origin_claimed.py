@@ -40,7 +40,11 @@ from tufmesh.errors import (
 from tufmesh.mirror import Mirror
 from tufmesh.origin import Artifact, OriginRepository
 from tufmesh.origin._developer import (
+    DeveloperKey,
+    changes,
+    check_files,
     claim_request,
+    cosign,
     generate_key,
     load_key,
     next_version,
@@ -305,11 +309,11 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     signer = load_key(str(key)).signer
     empty = claim_request("demo", signer, [])
     path = tmp_path / "claim.json"
-    path.write_text(json.dumps(empty))
+    path.write_text(json.dumps(empty.to_dict()))
     project, keys, threshold, data = read_claim(path)
     broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({**empty, "metadata": "x"}))
-    with pytest.raises(UsageError, match="is not a claim request"):
+    broken.write_text(json.dumps({**empty.to_dict(), "metadata": "x"}))
+    with pytest.raises(UsageError, match="is not a signing request"):
         read_claim(broken)
     with pytest.raises(
         OwnedMetadataError, match=r"leaves out what it has published: demo/demo-1\.0"
@@ -319,7 +323,7 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     stranger = CryptoSigner.generate_ed25519()
     forged = claim_request("demo", stranger, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
     with pytest.raises(OwnedMetadataError, match="not signed by"):
-        origin.claim(project, keys, threshold, json.dumps(forged["metadata"]).encode())
+        origin.claim(project, keys, threshold, forged.data)
     # A key named by another key's id (the bins key's), or one of the
     # repository's own keys, is refused.
     bins_keyid = next(iter(origin._md["targets"].signed.delegations.roles["bins"].keyids))
@@ -329,10 +333,10 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     online = load_key(str(tmp_path / "repo" / "keys" / "bin-n.pem")).signer
     request = claim_request("demo", online, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
     with pytest.raises(OwnedMetadataError, match="one of the repository's own keys"):
-        origin.claim(project, [online.public_key], 1, json.dumps(request["metadata"]).encode())
+        origin.claim(project, [online.public_key], 1, request.data)
     assert not origin.claimed("demo")
     good = claim_request("demo", signer, [origin.find("demo/demo-1.0.tar.gz")])  # type: ignore[list-item]
-    origin.claim(project, keys, threshold, json.dumps(good["metadata"]).encode())
+    origin.claim(project, keys, threshold, good.data)
     assert origin.claimed("demo") and origin.find("demo/demo-1.0.tar.gz") is not None
     assert [t.path for t in origin.artifacts()] == ["demo/demo-1.0.tar.gz"]  # once, not twice
     # The maintainers cannot remove it themselves any more; the bins path refuses it.
@@ -555,7 +559,7 @@ def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
     origin.publish([first, second])
     signer = CryptoSigner.generate_ed25519()
     request = claim_request("demo", signer, [first.target_file(), second.target_file()])
-    origin.claim("demo", [signer.public_key], 1, json.dumps(request["metadata"]).encode())
+    origin.claim("demo", [signer.public_key], 1, request.data)
     current = Metadata[Targets].from_bytes(
         (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
     )
@@ -588,7 +592,7 @@ def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
     origin = OriginRepository.create(tmp_path / "repo")
     signer = CryptoSigner.generate_ed25519()
     request = claim_request("demo", signer, [])
-    origin.claim("demo", [signer.public_key], 1, json.dumps(request["metadata"]).encode())
+    origin.claim("demo", [signer.public_key], 1, request.data)
     release = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
     current = Metadata[Targets].from_bytes(
         (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
@@ -700,3 +704,157 @@ def test_developer_keys_named_oddly_or_paired_wrongly_are_said(
     )
     with pytest.raises(UsageError, match="is not the public key of"):
         load_key("x:y.pem", public)
+
+
+def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
+    """Three holders, two of whom must sign each version: one signs a release
+    into a request, another checks it against their own files and sends it;
+    one key alone publishes nothing, and a holder whose key did not sign the
+    published version builds on it all the same (a threshold of the keys
+    noted at the claim did)."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    first = tmp_path / "demo-1.0.tar.gz"
+    first.write_bytes(os.urandom(300_000))
+    with running(repo) as server:
+        _publish(str(first), "--origin", server.url, "--project", "demo", token=token)
+    a, b, c = (tmp_path / f"{name}.pem" for name in "abc")
+    for key in (a, b, c):
+        assert "wrote" in tufmesh("developer", "keygen", str(key)).stdout
+    request = tmp_path / "demo.claim.json"
+    out = tufmesh(
+        "developer", "claim", "demo", str(first), "--key", str(a), "--holder", f"{b}.pub",
+        "--holder", f"{c}.pub", "--threshold", "2", "-o", str(request),
+    ).stdout  # fmt: skip
+    assert "(2 of 3 must sign)" in out and "developer cosign" in out
+    claim = ["origin", "project", "claim", "--dir", str(repo), str(request)]
+    refused = tufmesh(*claim, check=False)
+    assert refused.returncode != 0 and "not signed by 2 of demo's keys" in refused.stderr
+    # A holder checks the listing against their own copy of the files.
+    forged = tmp_path / "mine" / first.name
+    forged.parent.mkdir()
+    forged.write_bytes(b"other bytes")
+    out = tufmesh("developer", "cosign", str(request), str(forged), "--key", str(b), check=False)
+    assert out.returncode != 0 and "is not the artifact the request lists" in out.stderr
+    for key in (b, c):
+        out = tufmesh("developer", "cosign", str(request), str(first), "--key", str(key)).stdout
+    assert "signed " in out and "3 signatures, 2 needed" in out
+    assert "claimed demo" in tufmesh(*claim).stdout
+
+    second = tmp_path / "demo-2.0.tar.gz"
+    second.write_bytes(os.urandom(200_000))
+    with running(repo) as server:
+        url = server.url
+        # One holder's key publishes nothing: the release waits for another.
+        out = _publish_in(tmp_path, str(second), "--origin", url, "--project", "demo",
+                          token=token, key=a)  # fmt: skip
+        assert "signed demo/demo-2.0.tar.gz: not yet published" in out
+        pending = tmp_path / "demo-v2.request.json"
+        assert "wrote demo-v2.request.json" in out and "signed by 1 key, 2 needed" in out
+        updater = tuf_updater(url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None
+        sent = tufmesh("developer", "send", str(pending), "--origin", url, "--token", token,
+                       check=False)  # fmt: skip
+        assert sent.returncode != 0 and "not signed by 2 of demo's keys" in sent.stderr
+        # The second holder checks it against their own copy and sends it,
+        # uploading the file again (the origin may have collected the first).
+        out = tufmesh("developer", "cosign", str(pending), str(second), "--key", str(b),
+                      "--origin", url, "--token", token).stdout  # fmt: skip
+        assert "adds demo/demo-2.0.tar.gz" in out and "2 signatures, 2 needed" in out
+        assert "sent " in out and "project-demo v2" in out
+        assert tuf_download(url, repo, "demo/demo-2.0.tar.gz") == second.read_bytes()
+        # The third holder's key did not sign v2; two of the keys it noted at
+        # the claim did, so it builds v3 on it: a drop, which the first holder
+        # cosigns (nothing added: nothing to check but the listing).
+        out = tufmesh("developer", "sign", "demo", "--origin", url, "--token", token,
+                      "--key", str(c), "--drop", second.name, cwd=tmp_path).stdout  # fmt: skip
+        assert "wrote demo-v3.request.json" in out
+        pending = tmp_path / "demo-v3.request.json"
+        cosigning = ["developer", "cosign", str(pending), "--key", str(a), "--origin", url]
+        asked = tufmesh(*cosigning, "--token", token, check=False)
+        assert asked.returncode != 0 and "--yes to take out what it drops" in asked.stderr
+        out = tufmesh(*cosigning, "--token", token, "--yes").stdout
+        assert "drops demo/demo-2.0.tar.gz" in out and "project-demo v3" in out
+        updater = tuf_updater(url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None
+        assert tuf_download(url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
+        # A request sent once is stale: cosigning it again is refused.
+        again = tufmesh("developer", "cosign", str(pending), "--key", str(b), "--origin", url,
+                        check=False)  # fmt: skip
+        assert again.returncode != 0 and "it is stale" in again.stderr
+
+
+def _publish_in(cwd: Path, *args: str, token: str, key: Path) -> str:
+    env = {**os.environ, "TUFMESH_TOKEN": token}
+    proc = tufmesh("publish", *args, "--key", str(key), env=env, cwd=cwd)
+    return proc.stdout + proc.stderr
+
+
+def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Path) -> None:
+    """The checks behind a cosignature, without an origin."""
+    a, b, c = (CryptoSigner.generate_ed25519() for _ in range(3))
+    holder = DeveloperKey(a, tmp_path / "a.versions.json")
+    claim = claim_request("demo", a, [], holders=[b.public_key, c.public_key], threshold=2)
+    assert claim.holders is not None and next(iter(claim.holders.keys)) == a.public_key.keyid
+    with pytest.raises(UsageError, match="a threshold of 4 with 3 distinct"):
+        claim_request("demo", a, [], holders=[b.public_key, c.public_key], threshold=4)
+    # A key the claim does not name cannot sign it; a claim changed after it
+    # was signed is refused.
+    with pytest.raises(UsageError, match="not one of the request's keys"):
+        cosign(claim, DeveloperKey(CryptoSigner.generate_ed25519(), tmp_path / "x.json"))
+    changed = dataclasses.replace(claim, metadata=Metadata[Targets].from_bytes(claim.data))
+    changed.metadata.signed.version = 7
+    with pytest.raises(PublishError, match="changed after it was signed"):
+        cosign(changed, DeveloperKey(b, tmp_path / "b.versions.json"))
+    # Cosigning notes the project's keys beside the key.
+    signed = cosign(claim, DeveloperKey(c, tmp_path / "c.versions.json"))
+    assert set(signed.metadata.signatures) == {a.public_key.keyid, c.public_key.keyid}
+    holder.note_holders("demo", claim.holders)
+    assert DeveloperKey(c, tmp_path / "c.versions.json").holders("demo") == claim.holders
+
+    published = Metadata[Targets].from_bytes(signed.data)  # v1: signed by a and c
+    # A base signed by b and c (not a): two of the noted keys, so a builds on it.
+    by_others = Metadata[Targets].from_bytes(signed.data)
+    by_others.signatures.clear()
+    for signer in (b, c):
+        by_others.sign(signer, append=True)
+    holder.check("demo", by_others)
+    # Signed by c alone: one of two, and not a's own: refused.
+    by_one = Metadata[Targets].from_bytes(signed.data)
+    by_one.signatures.clear()
+    by_one.sign(c)
+    with pytest.raises(PublishError, match="nor by 2 of the 3 keys noted"):
+        holder.check("demo", by_one)
+
+    artifact = tmp_path / "demo-1.0.tar.gz"
+    artifact.write_bytes(b"one")
+    entry = target_of(artifact, "demo")
+    nxt = Metadata[Targets].from_bytes(holder.sign_next("demo", published, add=[entry]))
+    assert changes(published, nxt) == ([entry], [])
+    check_files([entry], [artifact], "demo")
+    other = tmp_path / "other" / artifact.name
+    other.parent.mkdir()
+    other.write_bytes(b"two")
+    with pytest.raises(PublishError, match="is not the artifact the request lists"):
+        check_files([entry], [other], "demo")
+    with pytest.raises(PublishError, match=r"not given: demo/demo-1\.0\.tar\.gz"):
+        check_files([entry], [], "demo")
+    # A version that skips one, or changes what was published, never follows.
+    later = Metadata[Targets].from_bytes(holder.sign_next("demo", nxt))
+    with pytest.raises(PublishError, match="it is stale"):
+        changes(published, later)
+    changed_entry = target_of(artifact, "demo")
+    changed_entry.length += 1
+    forged = Metadata[Targets].from_bytes(nxt.to_bytes())
+    forged.signed.version += 1
+    forged.signed.targets[entry.path] = changed_entry
+    with pytest.raises(PublishError, match=r"changes demo/demo-1\.0\.tar\.gz"):
+        changes(nxt, forged)
+    # The memory of a key reads back; a damaged one is said.
+    holder.remember("demo", nxt.to_bytes())
+    assert holder.holders("demo") == claim.holders
+    holder.memory.write_text('{"demo": {"keys": {}, "threshold": 1}}')
+    with pytest.raises(UsageError, match="damaged"):
+        holder.holders("demo")
