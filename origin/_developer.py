@@ -258,7 +258,7 @@ def _remembered(entry: Any) -> bool:
     if "keys" in entry or "threshold" in entry:
         try:
             Holders.from_dict(entry)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except Exception:  # securesystemslib raises several kinds for a bad key
             return False
     return bool(entry)
 
@@ -423,7 +423,10 @@ def read_request(path: Path) -> SigningRequest:
                 key = dict(k)
                 keyid = key.pop("keyid")
                 keys[keyid] = Key.from_dict(keyid, key)
-            holders = Holders(keys, int(request["threshold"]))
+            threshold = request["threshold"]
+            if type(threshold) is not int or not 1 <= threshold <= len(keys):
+                raise ValueError(f"a threshold of {threshold!r} with {len(keys)} key(s)")
+            holders = Holders(keys, threshold)
         md: Metadata[Any] = Metadata.from_bytes(json.dumps(request["metadata"]).encode())
         if not isinstance(md.signed, Targets):
             raise ValueError("its metadata is not targets metadata")

@@ -50,6 +50,7 @@ from tufmesh.origin._developer import (
     next_version,
     published_version,
     read_claim,
+    read_request,
     target_of,
 )
 
@@ -808,6 +809,13 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     changed.metadata.signed.version = 7
     with pytest.raises(PublishError, match="changed after it was signed"):
         cosign(changed, DeveloperKey(b, tmp_path / "b.versions.json"))
+    # A request whose threshold its keys cannot meet is not one (noted, it
+    # would leave the holder's memory unreadable).
+    for threshold in (0, 4, "2"):
+        odd = tmp_path / "odd.json"
+        odd.write_text(json.dumps({**claim.to_dict(), "threshold": threshold}))
+        with pytest.raises(UsageError, match=r"is not a signing request.*a threshold of"):
+            read_request(odd)
     # Cosigning notes the project's keys beside the key.
     signed = cosign(claim, DeveloperKey(c, tmp_path / "c.versions.json"))
     assert set(signed.metadata.signatures) == {a.public_key.keyid, c.public_key.keyid}
