@@ -17,6 +17,7 @@ check it and add their signature (:func:`cosign`), and the last one sends it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,7 +41,13 @@ from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
 from tufmesh.errors import OriginError, PublishError, UsageError
 from tufmesh.origin._keys import load_signer, public_key_from_pem, public_key_from_uri
 from tufmesh.origin._names import check_filename, normalize_project
-from tufmesh.origin._owned import owned_role
+from tufmesh.origin._owned import (
+    CLAIM_FIELD,
+    MAX_LIFETIME,
+    claim_statement,
+    key_material,
+    owned_role,
+)
 from tufmesh.origin._repository import Artifact
 
 __all__ = [
@@ -197,9 +204,19 @@ class DeveloperKey:
         drop: Iterable[str] = (),
         days: int = EXPIRY_DAYS,
     ) -> bytes:
-        """:func:`next_version`, after :meth:`check`."""
+        """:func:`next_version`, after :meth:`check` (and :meth:`floor`)."""
         self.check(project, current)
+        self.floor(project, current)
         return next_version(current, [self.signer], add=add, drop=drop, days=days)
+
+    def floor(self, project: str, current: Metadata[Targets]) -> None:
+        """Note ``current``, a published version this key has checked, as the
+        oldest it builds on from now on (best effort: a key kept where nothing
+        can be written, a CI secret, keeps only what it noted before)."""
+        last = self._versions().get(project, {})
+        if last.get("version", 0) < current.signed.version:
+            with contextlib.suppress(UsageError):
+                self.remember(project, current.to_bytes())
 
     def check(self, project: str, current: Metadata[Targets]) -> None:
         """Refuse ``current`` unless this key signed it, or a threshold of the
@@ -214,7 +231,8 @@ class DeveloperKey:
                 f", nor by {holders.threshold} of the {len(holders.keys)} keys noted when "
                 "the project was claimed"
                 if holders is not None
-                else ""
+                else " (a holder of several builds on the others' versions once it has "
+                "cosigned the project's claim)"
             )
             raise PublishError(
                 f"the published version {current.signed.version} is not signed by key "
@@ -378,13 +396,32 @@ def claim_request(
     (their own files' entries: the origin refuses a claim that leaves one out
     or differs). Each other holder then adds a signature (:func:`cosign`)."""
     project = normalize_project(project)
-    keys = {key.keyid: key for key in [signer.public_key, *holders]}
+    keys: dict[str, Key] = {}
+    seen: dict[bytes, str] = {}
+    for key in [signer.public_key, *holders]:
+        material = _material(key)
+        if material in seen:
+            mine = seen[material] == signer.public_key.keyid
+            raise UsageError(
+                f"key {key.keyid[:12]} is given twice"
+                + (" (a holder's key is your own --key)" if mine else "")
+                + ": each holder counts once"
+            )
+        seen[material] = key.keyid
+        keys[key.keyid] = key
     if not 1 <= threshold <= len(keys):
         raise UsageError(
             f"a threshold of {threshold} with {len(keys)} distinct key(s): it must be 1 .. "
             f"{len(keys)}"
         )
-    md = Metadata(Targets(version=version, expires=_expiry(days)))
+    statement = claim_statement(project, list(keys.values()), threshold)
+    md = Metadata(
+        Targets(
+            version=version,
+            expires=_expiry(days),
+            unrecognized_fields={CLAIM_FIELD: statement},
+        )
+    )
     for target in targets:
         md.signed.targets[target.path] = target
     _signed(md, [signer])
@@ -426,6 +463,8 @@ def read_request(path: Path) -> SigningRequest:
             threshold = request["threshold"]
             if type(threshold) is not int or not 1 <= threshold <= len(keys):
                 raise ValueError(f"a threshold of {threshold!r} with {len(keys)} key(s)")
+            if len({_material(key) for key in keys.values()}) != len(keys):
+                raise ValueError("a key is named twice")
             holders = Holders(keys, threshold)
         md: Metadata[Any] = Metadata.from_bytes(json.dumps(request["metadata"]).encode())
         if not isinstance(md.signed, Targets):
@@ -459,46 +498,70 @@ def cosign(
     of any base (its changes are :func:`changes`; the caller shows them)."""
     keyid = key.signer.public_key.keyid
     holders = request.holders
-    if holders is not None:  # a claim: it names the keys
+    signed = request.metadata.signed
+    if holders is not None:  # a claim: it names the keys, and so does what they sign
         if keyid not in holders.keys:
             raise UsageError(
                 f"key {keyid[:12]} is not one of the request's keys "
                 f"({', '.join(k[:12] for k in holders.keys)})"
             )
+        said = signed.unrecognized_fields.get(CLAIM_FIELD)
+        if said != claim_statement(request.project, list(holders.keys), holders.threshold):
+            raise PublishError(
+                "the claim's signed metadata does not name the project, keys and threshold "
+                "the request does: it was changed after it was made; nothing is signed"
+            )
+        if current is not None:  # a project claimed already: what it would drop is shown
+            changes(current, request.metadata, claim=True)
     else:
-        assert current is not None, "a release is checked against the published version"
+        if current is None:
+            raise UsageError("a release is checked against the published version")
         key.check(request.project, current)
         changes(current, request.metadata)
         holders = key.holders(request.project)
     if holders is not None:
         good = holders.signed(request.metadata)
-        if set(request.metadata.signatures) - good:
+        if set(request.metadata.signatures) - good - {keyid}:
             raise PublishError(
                 f"the request carries signatures that are not good ones of {request.project}'s "
                 "keys: it was changed after it was signed, or is not for these keys; nothing "
                 "is signed"
             )
     md = Metadata[Targets].from_bytes(request.data)
-    if keyid not in md.signatures:
-        _signed(md, [key.signer], keep=True)
+    md.signatures.pop(keyid, None)  # this key's, made anew (a bad one is not kept)
+    _signed(md, [key.signer], keep=True)
     if request.holders is not None:
         key.note_holders(request.project, request.holders)
+    elif current is not None:
+        key.floor(request.project, current)
     return SigningRequest(request.project, md, request.holders)
 
 
 def changes(
-    current: Metadata[Targets], proposed: Metadata[Targets], now: datetime | None = None
+    current: Metadata[Targets],
+    proposed: Metadata[Targets],
+    now: datetime | None = None,
+    *,
+    claim: bool = False,
 ) -> tuple[list[TargetFile], list[str]]:
     """What ``proposed`` adds to ``current`` and drops from it (entries,
-    paths), if it may follow it: the next version, not expired, delegating
-    nothing, and every published entry it keeps unchanged."""
+    paths), if it may follow it: the next version, neither expired nor
+    living past the origin's limit, delegating nothing, every published
+    entry it keeps unchanged, and a release unless ``claim``."""
     signed, base = proposed.signed, current.signed
+    now = now or datetime.now(UTC)
+    if not claim and CLAIM_FIELD in signed.unrecognized_fields:
+        raise PublishError("the request is a claim's metadata, not a release: nothing is signed")
+    if signed.expires > now + MAX_LIFETIME:
+        raise PublishError(
+            f"the request expires on {signed.expires:%Y-%m-%d}, past what the origin accepts"
+        )
     if signed.version != base.version + 1:
         raise PublishError(
             f"the request is version {signed.version} and the published version is "
             f"{base.version}: it is stale (or the origin is behind); sign a new one"
         )
-    if signed.expires <= (now or datetime.now(UTC)):
+    if signed.expires <= now:
         raise PublishError(f"the request expired on {signed.expires:%Y-%m-%d %H:%M} UTC")
     if signed.delegations is not None:
         raise PublishError("the request delegates to other keys: not supported")
@@ -537,6 +600,13 @@ def check_files(entries: Iterable[TargetFile], files: Iterable[Path], project: s
                 f"{file} is not the artifact the request lists as {path} (sha256 "
                 f"{entry.hashes.get('sha256')}): nothing is signed"
             )
+
+
+def _material(key: Key) -> bytes:
+    try:
+        return key_material(key)
+    except OriginError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _file_size(path: Path) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
 from tufmesh.errors import PublishError, TufmeshError, UsageError
 from tufmesh.origin._developer import DeveloperKey, SigningRequest
 from tufmesh.origin._names import check_filename, normalize_project
-from tufmesh.origin._owned import owned_role as owned
+from tufmesh.origin._owned import owned_role
 from tufmesh.origin._publish import upload
 
 __all__ = ["developer", "publish"]
@@ -220,13 +221,17 @@ def _hand_on(request: SigningRequest, needed: int, origin_url: str, files: list[
     from tufmesh.origin._developer import write_request
 
     path = Path(f"{request.project}-v{request.version}.request.json")
-    write_request(path, request)
+    for n in range(2, 1000):  # another release on the same version: both kept
+        if not path.exists():
+            break
+        path = Path(f"{request.project}-v{request.version}-{n}.request.json")
+    write_request(path, request, new=True)
     signed = len(request.metadata.signatures)
     for file in files:
         click.echo(f"signed {request.project}/{file.name}: not yet published")
     names = " ".join(str(f) for f in files) or "[FILES]"
     click.echo(
-        f"wrote {path}: {owned(request.project)} v{request.version}, signed by {signed} key, "
+        f"wrote {path}: {owned_role(request.project)} v{request.version}, signed by {signed} key, "
         f"{needed} needed. Each other holder checks it against their own copy of the files "
         f"and signs it; the last one sends it:\n"
         f"  tufmesh developer cosign {path} {names} --origin {origin_url} --key KEY"
@@ -253,7 +258,7 @@ def _show(request: SigningRequest, added: list[TargetFile], dropped: list[str]) 
             click.echo(f"  key {keyid}  {signed}")
     else:
         click.echo(
-            f"{owned(request.project)} v{md.signed.version} (expires "
+            f"{owned_role(request.project)} v{md.signed.version} (expires "
             f"{md.signed.expires:%Y-%m-%d}), signed by {len(md.signatures)} key(s) so far:"
         )
     for target in added:
@@ -390,12 +395,12 @@ def developer_claim(
         f"{'s' if len(keys) > 1 else ''} {', '.join(keys)}"
         + (f" ({threshold} of {len(keys)} must sign)" if len(keys) > 1 else "")
     )
-    if threshold > 1:
+    if len(keys) > 1:
         click.echo(
-            f"  each other holder signs it ('tufmesh developer cosign {output} FILES --key "
-            "KEY') until it carries "
-            f"{threshold} signatures; then hand it to the maintainers ('tufmesh origin project "
-            "claim'), with the key ids"
+            f"  each other holder signs it ('tufmesh developer cosign {shlex.quote(str(output))} "
+            "FILES --key KEY'), even past the threshold (a holder who has not builds only on "
+            "versions their own key signs); then hand it to the maintainers ('tufmesh origin "
+            "project claim'), with the key ids"
         )
     else:
         click.echo(
@@ -499,48 +504,100 @@ def developer_cosign(
     request = read_request(request_file)
     developer = load_key(key, public_key)
     _distinct_names(files)
-    if request.holders is not None:  # a claim
+    if request.holders is not None and request.version == 1:  # a first claim
         added = list(request.metadata.signed.targets.values())
         _show(request, added, [])
+        _replacing(developer, request, yes)
         _vouch(request, added, [], files, yes)
-        signed = cosign(request, developer)
-        write_request(request_file, signed)
-        count = len(signed.holders.signed(signed.metadata)) if signed.holders else 0
-        needed = request.holders.threshold
-        click.echo(f"signed {request_file}: {count} signatures, {needed} needed")
-        click.echo(
-            "  hand it to the maintainers ('tufmesh origin project claim')"
-            if count >= needed
-            else f"  the next holder: tufmesh developer cosign {request_file} FILES --key KEY"
-        )
+        _claim_signed(request_file, cosign(request, developer))
         return
     if origin_url is None:
-        raise UsageError("a release is checked against the published version: give --origin URL")
+        raise UsageError(
+            f"{request_file} is checked against the project's published version: give --origin URL"
+        )
     origin_url = check_url(origin_url)
     with httpx.Client(verify=tls_context()) as client:
         current = published_version(client, origin_url, request.project)
-        added, dropped = changes(current, request.metadata)
+        if request.holders is None:
+            developer.check(request.project, current)
+        claiming = request.holders is not None
+        added, dropped = changes(current, request.metadata, claim=claiming)
         _show(request, added, dropped)
+        if claiming:  # a project claimed already, for new keys
+            _replacing(developer, request, yes)
         _vouch(request, added, dropped, files, yes)
         signed = cosign(request, developer, current)
+        if claiming:
+            _claim_signed(request_file, signed)
+            return
         write_request(request_file, signed)
         needed = signatures_needed(client, origin_url, request.project)
         count = len(signed.metadata.signatures)
         click.echo(f"signed {request_file}: {count} signatures, {needed} needed")
+        names = " ".join(shlex.quote(str(f)) for f in files) or "FILES"
         if count < needed:
             click.echo(
-                f"  the next holder: tufmesh developer cosign {request_file} FILES "
-                f"--origin {origin_url} --key KEY"
+                f"  the next holder: tufmesh developer cosign {shlex.quote(str(request_file))} "
+                f"FILES --origin {origin_url} --key KEY"
             )
             return
         if token is None:
-            names = " ".join(str(f) for f in files) or "[FILES]"
             click.echo(
-                f"  send it (with the upload token): tufmesh developer send {request_file} "
-                f"{names} --origin {origin_url}"
+                "  send it (with the upload token): tufmesh developer send "
+                f"{shlex.quote(str(request_file))} {names} --origin {origin_url}"
             )
             return
         _send(client, origin_url, request_file, signed, files, token, developer)
+
+
+def _claim_signed(request_file: Path, signed: SigningRequest) -> None:
+    """Write a claim signed once more, and say what comes next."""
+    from tufmesh.origin._developer import write_request
+
+    write_request(request_file, signed)
+    holders = signed.holders
+    assert holders is not None  # a claim's request names its keys
+    count, needed = len(holders.signed(signed.metadata)), holders.threshold
+    click.echo(f"signed {request_file}: {count} signatures, {needed} needed")
+    missing = len(holders.keys) - count
+    if count < needed:
+        click.echo(
+            f"  the next holder: tufmesh developer cosign {shlex.quote(str(request_file))} "
+            "FILES --key KEY"
+        )
+    elif missing:
+        click.echo(
+            f"  hand it to the maintainers ('tufmesh origin project claim'); the {missing} "
+            "holder(s) who have not signed it build only on versions their own key signs"
+        )
+    else:
+        click.echo("  hand it to the maintainers ('tufmesh origin project claim')")
+
+
+def _replacing(developer: DeveloperKey, request: SigningRequest, yes: bool) -> None:
+    """A claim naming other keys than those this key noted for the project
+    replaces them: said, and confirmed (``--yes``, or asked)."""
+    noted = developer.holders(request.project)
+    if noted is None or noted == request.holders:
+        return
+    assert request.holders is not None
+    gone = sorted(set(noted.keys) - set(request.holders.keys))
+    new = sorted(set(request.holders.keys) - set(noted.keys))
+    click.echo(
+        f"  it replaces the keys noted for {request.project} ({noted.threshold} of "
+        f"{len(noted.keys)}) by these ({request.holders.threshold} of "
+        f"{len(request.holders.keys)}): new {', '.join(k[:12] for k in new) or 'none'}; "
+        f"gone {', '.join(k[:12] for k in gone) or 'none'}"
+    )
+    _confirm(yes, "Replace the project's keys noted here?", "to replace the keys noted")
+
+
+def _confirm(yes: bool, question: str, what: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"give --yes {what} (nothing is signed)")
+    click.confirm(question, abort=True)
 
 
 @developer.command("send")
@@ -556,7 +613,7 @@ def developer_send(
     minutes before it must be signed)."""
     from tufmesh.client._home import check_url
     from tufmesh.client._http import tls_context
-    from tufmesh.origin._developer import read_request
+    from tufmesh.origin._developer import check_files, read_request
 
     request = read_request(request_file)
     if request.holders is not None:
@@ -565,6 +622,7 @@ def developer_send(
             "claim')"
         )
     _distinct_names(files)
+    check_files(_listed(request, files), files, request.project)
     with httpx.Client(verify=tls_context()) as client:
         _send(client, check_url(origin_url), request_file, request, files, token, None)
 
@@ -581,19 +639,32 @@ def _vouch(
     ``--yes``, or asked."""
     from tufmesh.origin._developer import check_files
 
-    if files or not added:
-        check_files(added, files, request.project)
-        if files:
-            click.echo(f"  checked: each of the {len(files)} files given is the artifact listed")
-    if yes or not (dropped or (added and not files)):
-        return
-    what = "drop what it drops" if not added or files else "sign it without checking the files"
-    if not sys.stdin.isatty():
-        raise UsageError(
-            "give your own copy of the files to check the entries against, and --yes to "
-            "take out what it drops (or to sign a listing unchecked)"
+    listed = _listed(request, files)
+    check_files(listed, files, request.project)
+    if files:
+        click.echo(f"  checked: each of the {len(files)} file(s) given is the artifact listed")
+    unchecked = [t.path for t in added if t not in listed]
+    if unchecked:
+        click.echo(f"  not checked (no file given): {', '.join(unchecked)}")
+    if unchecked or dropped:
+        _confirm(
+            yes,
+            "Sign what it drops, and what no file given checks?",
+            "to sign what it drops, or what no file given checks",
         )
-    click.confirm(f"{what[0].upper()}{what[1:]}?", abort=True)
+
+
+def _listed(request: SigningRequest, files: tuple[Path, ...]) -> list[TargetFile]:
+    """The entries of ``request`` that ``files`` are (by name); a file it does
+    not list is refused."""
+    targets = request.metadata.signed.targets
+    listed = []
+    for path in files:
+        name = f"{request.project}/{check_filename(path.name)}"
+        if name not in targets:
+            raise UsageError(f"{path.name} is not in the request: nothing is signed or sent")
+        listed.append(targets[name])
+    return listed
 
 
 def _send(
@@ -609,10 +680,6 @@ def _send(
     from tufmesh.origin._developer import publish_version
 
     token = token.strip()
-    listed = request.metadata.signed.targets
-    for path in files:
-        if f"{request.project}/{check_filename(path.name)}" not in listed:
-            raise UsageError(f"{path.name} is not in {request_file}: not sent")
     for path in files:
         with progress_bar(f"upload {path.name}", os.stat(path).st_size) as advance:
             upload(client, origin_url, request.project, path, token, progress=advance)

@@ -11,7 +11,7 @@ signs them.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from securesystemslib.signer import Key, SSlibKey
@@ -22,7 +22,11 @@ from tufmesh.errors import InvalidNameError, OwnedMetadataError
 from tufmesh.origin._names import target_path
 
 __all__ = [
+    "CLAIM_FIELD",
+    "MAX_LIFETIME",
     "PREFIX",
+    "claim_statement",
+    "key_material",
     "owned_delegation",
     "owned_pattern",
     "owned_project",
@@ -33,6 +37,13 @@ __all__ = [
 #: ``project-<name>``: no name of the origin's own roles (``bins``, ``bin-…``)
 #: can be mistaken for one.
 PREFIX: Final = "project-"
+#: The field of a claim's signed metadata that names the project, its keys
+#: and threshold (docs/adr/0024): each holder's signature covers them, and a
+#: claim's version is never taken as a release.
+CLAIM_FIELD: Final = "x-tufmesh-claim"
+#: The longest a project's version may live: a year and a month. An older
+#: version signed to live for ever could be served (withheld updates) for ever.
+MAX_LIFETIME: Final = timedelta(days=396)
 
 
 def owned_role(project: str) -> str:
@@ -43,6 +54,36 @@ def owned_role(project: str) -> str:
 def owned_project(role: str) -> str | None:
     """The project whose own role ``role`` is, or None for the origin's roles."""
     return role.removeprefix(PREFIX) if role.startswith(PREFIX) else None
+
+
+def claim_statement(project: str, keys: list[Key] | list[str], threshold: int) -> dict[str, Any]:
+    """What a claim's signed metadata says of itself (:data:`CLAIM_FIELD`)."""
+    ids = sorted(k if isinstance(k, str) else k.keyid for k in keys)
+    return {"project": project, "keys": ids, "threshold": threshold}
+
+
+def key_material(key: Key) -> bytes:
+    """The public key itself, however it is written (hex in either case, PEM
+    laid out otherwise, another signing scheme): two names of one key would
+    count it twice toward a threshold."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_public_key,
+    )
+
+    public = key.keyval.get("public")
+    try:
+        if not isinstance(public, str):
+            raise TypeError("no public value")
+        if key.keytype == "ed25519":
+            return b"ed25519:" + bytes.fromhex(public)
+        loaded = load_pem_public_key(public.encode())
+        return loaded.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except Exception:  # cryptography raises several kinds for what it cannot read
+        raise OwnedMetadataError(
+            f"key {key.keyid[:16]}... is not a public key that reads"
+        ) from None
 
 
 def owned_delegation(project: str, keys: list[Key], threshold: int) -> DelegatedRole:
@@ -57,7 +98,7 @@ def owned_delegation(project: str, keys: list[Key], threshold: int) -> Delegated
             raise OwnedMetadataError(
                 f"{project}: key {key.keyid[:16]}... is not named by its own hash"
             )
-    seen = {key.keyid for key in keys}
+    seen = {key_material(key) for key in keys}
     if len(seen) != len(keys):
         raise OwnedMetadataError(f"{project}: a key is given twice; each counts once")
     if not 1 <= threshold <= len(keys):
@@ -97,12 +138,15 @@ def parse_owned(
     now: datetime,
     limit: int,
     stale: str = "sign it anew from the published version",
+    claim: dict[str, Any] | None = None,
 ) -> Metadata[Targets]:
     """The project's signed metadata in ``data``, if the origin may publish it:
     at most ``limit`` bytes (what clients read of a role), targets metadata
     signed by a threshold of the delegation's ``keys``, of ``version``, not
-    expired, without delegations of its own, naming only well-formed paths of
-    ``project``. Otherwise :class:`OwnedMetadataError`, saying why."""
+    expired nor living past :data:`MAX_LIFETIME`, without delegations of its
+    own, naming only well-formed paths of ``project``; a claim's version
+    saying ``claim`` of itself (:func:`claim_statement`), a release's saying
+    nothing of the kind. Otherwise :class:`OwnedMetadataError`, saying why."""
     role = owned_role(project)
     if len(data) > limit:
         raise OwnedMetadataError(
@@ -129,6 +173,23 @@ def parse_owned(
         )
     if signed.expires <= now:
         raise OwnedMetadataError(f"{role} expired on {signed.expires:%Y-%m-%d %H:%M} UTC")
+    if signed.expires > now + MAX_LIFETIME:
+        raise OwnedMetadataError(
+            f"{role} expires on {signed.expires:%Y-%m-%d}: more than {MAX_LIFETIME.days} days "
+            "from now (an old version must not be servable for ever)"
+        )
+    said = signed.unrecognized_fields.get(CLAIM_FIELD)
+    if claim is not None and said != claim:
+        raise OwnedMetadataError(
+            f"the claim's signed metadata does not name its project, keys and threshold as "
+            f"the request does (it says {str(said)[:200]}): the developers make it anew "
+            "('tufmesh developer claim')"
+        )
+    if claim is None and said is not None:
+        raise OwnedMetadataError(
+            f"a claim's {role} metadata is not a release: the maintainers carry a claim out "
+            "('tufmesh origin project claim')"
+        )
     if signed.delegations is not None:
         raise OwnedMetadataError(f"{role} delegates further: not supported")
     for path in signed.targets:

@@ -83,7 +83,13 @@ from tufmesh.origin._config import (
 )
 from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from_uri
 from tufmesh.origin._names import target_path
-from tufmesh.origin._owned import owned_delegation, owned_project, owned_role, parse_owned
+from tufmesh.origin._owned import (
+    claim_statement,
+    owned_delegation,
+    owned_project,
+    owned_role,
+    parse_owned,
+)
 
 __all__ = [
     "REFRESH_FRACTION",
@@ -1167,6 +1173,7 @@ class OriginRepository(Repository):
             now=self.clock(),
             limit=self.config.max_bin_bytes,
             stale="the developers make the request anew: 'tufmesh developer claim --origin URL'",
+            claim=claim_statement(project, keys, threshold),
         )
         missing = sorted(set(previous) - set(md.signed.targets))
         if missing and not remove_missing:

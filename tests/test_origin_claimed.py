@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from securesystemslib.signer import CryptoSigner, Key, Signer
+from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 
 from tests.helpers.origin import (
@@ -41,6 +42,7 @@ from tufmesh.mirror import Mirror
 from tufmesh.origin import Artifact, OriginRepository
 from tufmesh.origin._developer import (
     DeveloperKey,
+    Holders,
     changes,
     check_files,
     claim_request,
@@ -53,6 +55,7 @@ from tufmesh.origin._developer import (
     read_request,
     target_of,
 )
+from tufmesh.origin._owned import owned_delegation
 
 
 def _publish(*args: str, token: str, key: Path | None = None, check: bool = True) -> str:
@@ -752,6 +755,21 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         assert "signed demo/demo-2.0.tar.gz: not yet published" in out
         pending = tmp_path / "demo-v2.request.json"
         assert "wrote demo-v2.request.json" in out and "signed by 1 key, 2 needed" in out
+        # Another release on the same version: a request of its own, the
+        # first one kept.
+        other = tmp_path / "demo-2.1.tar.gz"
+        other.write_bytes(os.urandom(1000))
+        out = _publish_in(tmp_path, str(other), "--origin", url, "--project", "demo",
+                          token=token, key=a)  # fmt: skip
+        assert "wrote demo-v2-2.request.json" in out
+        assert "demo/demo-2.0.tar.gz" in pending.read_text()
+        # Sent with a file other than the one it lists, nothing is uploaded.
+        wrong = tmp_path / "wrong" / second.name
+        wrong.parent.mkdir()
+        wrong.write_bytes(b"not the release")
+        sent = tufmesh("developer", "send", str(pending), str(wrong), "--origin", url,
+                       "--token", token, check=False)  # fmt: skip
+        assert sent.returncode != 0 and "is not the artifact the request lists" in sent.stderr
         updater = tuf_updater(url, repo)
         updater.refresh()
         assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None
@@ -774,7 +792,7 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         pending = tmp_path / "demo-v3.request.json"
         cosigning = ["developer", "cosign", str(pending), "--key", str(a), "--origin", url]
         asked = tufmesh(*cosigning, "--token", token, check=False)
-        assert asked.returncode != 0 and "--yes to take out what it drops" in asked.stderr
+        assert asked.returncode != 0 and "give --yes to sign what it drops" in asked.stderr
         out = tufmesh(*cosigning, "--token", token, "--yes").stdout
         assert "drops demo/demo-2.0.tar.gz" in out and "project-demo v3" in out
         updater = tuf_updater(url, repo)
@@ -866,3 +884,62 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     holder.memory.write_text('{"demo": {"keys": {}, "threshold": 1}}')
     with pytest.raises(UsageError, match="damaged"):
         holder.holders("demo")
+
+
+def test_a_claims_keys_are_signed_and_counted_once(tmp_path: Path) -> None:
+    """What the review of ADR 24 found: a claim's keys and threshold outside
+    its signatures (a cosigner's noted keys could be replaced), one key
+    written twice counting twice, a claim's version taken as a release, a
+    version that lives for ever, a base a holder checked and then forgot."""
+    a, b, c = (CryptoSigner.generate_ed25519() for _ in range(3))
+    claim = claim_request("demo", a, [], holders=[b.public_key, c.public_key], threshold=2)
+    assert claim.holders is not None
+    # Keys or threshold changed in the request, the signatures intact: refused.
+    x = CryptoSigner.generate_ed25519()
+    widened = dataclasses.replace(
+        claim, holders=Holders({**claim.holders.keys, x.public_key.keyid: x.public_key}, 1)
+    )
+    bob = DeveloperKey(b, tmp_path / "b.versions.json")
+    with pytest.raises(PublishError, match="does not name the project, keys and threshold"):
+        cosign(widened, bob)
+    assert bob.holders("demo") is None
+    # One key written twice (its hex in capitals: another key id) is refused
+    # by the tool and by the origin.
+    shout = a.public_key.to_dict()
+    shout["keyval"] = {"public": shout["keyval"]["public"].upper()}
+    twice = Key.from_dict(compute_default_keyid(shout["keytype"], shout["scheme"],
+                                                shout["keyval"]), dict(shout))  # fmt: skip
+    with pytest.raises(UsageError, match="is given twice"):
+        claim_request("demo", a, [], holders=[twice], threshold=2)
+    with pytest.raises(OwnedMetadataError, match="a key is given twice"):
+        owned_delegation("demo", [a.public_key, twice], 2)
+    # A claim's version is not a release, for the tool nor the origin.
+    origin = OriginRepository.create(tmp_path / "repo")
+    signed = cosign(claim, bob)
+    origin.claim("demo", list(claim.holders.keys.values()), 2, signed.data)
+    published = Metadata[Targets].from_bytes(signed.data)
+    again = claim_request(
+        "demo", a, [], holders=[b.public_key, c.public_key], threshold=2, version=2
+    )
+    both = cosign(again, bob, published)
+    with pytest.raises(PublishError, match="a claim's metadata, not a release"):
+        changes(published, both.metadata)
+    with pytest.raises(OwnedMetadataError, match="is not a release"):
+        origin.take_owned("demo", both.data)
+    # Nor may a version live past the origin's limit.
+    alice = DeveloperKey(a, tmp_path / "a.versions.json")
+    forever = Metadata[Targets].from_bytes(alice.sign_next("demo", published, days=3650))
+    with pytest.raises(PublishError, match="past what the origin accepts"):
+        changes(published, forever)
+    forever.signatures.clear()
+    for signer in (a, b):
+        forever.sign(signer, append=True)
+    with pytest.raises(OwnedMetadataError, match="more than 396 days from now"):
+        origin.take_owned("demo", forever.to_bytes())
+    # A base a holder built on is its floor from then on, sent or not.
+    alice.note_holders("demo", claim.holders)
+    v2 = Metadata[Targets].from_bytes(alice.sign_next("demo", published))
+    v2.sign(b, append=True)
+    alice.sign_next("demo", v2)
+    with pytest.raises(PublishError, match="rolling the project back"):
+        alice.sign_next("demo", published)
