@@ -44,6 +44,7 @@ from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import (
     CLAIM_FIELD,
     MAX_LIFETIME,
+    PROJECT_FIELD,
     claim_statement,
     key_material,
     owned_role,
@@ -207,7 +208,7 @@ class DeveloperKey:
         """:func:`next_version`, after :meth:`check` (and :meth:`floor`)."""
         self.check(project, current)
         self.floor(project, current)
-        return next_version(current, [self.signer], add=add, drop=drop, days=days)
+        return next_version(current, [self.signer], add=add, drop=drop, days=days, project=project)
 
     def floor(self, project: str, current: Metadata[Targets]) -> None:
         """Note ``current``, a published version this key has checked, as the
@@ -518,6 +519,9 @@ def cosign(
             raise UsageError("a release is checked against the published version")
         key.check(request.project, current)
         changes(current, request.metadata)
+        named = signed.unrecognized_fields.get(PROJECT_FIELD, request.project)
+        if named != request.project:
+            raise PublishError(f"the request is another project's ({str(named)[:100]})")
         holders = key.holders(request.project)
     if holders is not None:
         good = holders.signed(request.metadata)
@@ -695,12 +699,13 @@ def next_version(
     add: Iterable[TargetFile] = (),
     drop: Iterable[str] = (),
     days: int = EXPIRY_DAYS,
+    project: str | None = None,
 ) -> bytes:
     """The version after ``current``, signed by ``signers``: ``add`` listed,
-    ``drop`` (paths) no longer, a fresh expiry. The caller checks ``current``
-    first (:meth:`DeveloperKey.check`, as :meth:`DeveloperKey.sign_next`
-    does): the origin could otherwise have its developers endorse what it
-    forged."""
+    ``drop`` (paths) no longer, a fresh expiry, naming ``project`` if given.
+    The caller checks ``current`` first (:meth:`DeveloperKey.check`, as
+    :meth:`DeveloperKey.sign_next` does): the origin could otherwise have
+    its developers endorse what it forged."""
     targets = dict(current.signed.targets)
     for target in add:
         known = targets.get(target.path)
@@ -713,7 +718,13 @@ def next_version(
     for path in drop:
         if targets.pop(path, None) is None:
             raise UsageError(f"{path} is not in the project's metadata")
-    signed = Targets(version=current.signed.version + 1, expires=_expiry(days), targets=targets)
+    named = {PROJECT_FIELD: normalize_project(project)} if project is not None else None
+    signed = Targets(
+        version=current.signed.version + 1,
+        expires=_expiry(days),
+        targets=targets,
+        unrecognized_fields=named,
+    )
     return _signed(Metadata(signed), signers)
 
 

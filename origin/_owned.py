@@ -25,6 +25,7 @@ __all__ = [
     "CLAIM_FIELD",
     "MAX_LIFETIME",
     "PREFIX",
+    "PROJECT_FIELD",
     "claim_statement",
     "key_material",
     "owned_delegation",
@@ -41,6 +42,10 @@ PREFIX: Final = "project-"
 #: and threshold (docs/adr/0024): each holder's signature covers them, and a
 #: claim's version is never taken as a release.
 CLAIM_FIELD: Final = "x-tufmesh-claim"
+#: The field of a release's signed metadata that names its project: keys two
+#: projects share cannot have one's version taken as the other's (an empty
+#: one names no path that would tell).
+PROJECT_FIELD: Final = "x-tufmesh-project"
 #: The longest a project's version may live: a year and a month. An older
 #: version signed to live for ever could be served (withheld updates) for ever.
 MAX_LIFETIME: Final = timedelta(days=396)
@@ -178,6 +183,9 @@ def parse_owned(
             f"{role} expires on {signed.expires:%Y-%m-%d}: more than {MAX_LIFETIME.days} days "
             "from now (an old version must not be servable for ever)"
         )
+    named = signed.unrecognized_fields.get(PROJECT_FIELD, project)
+    if named != project:
+        raise OwnedMetadataError(f"{role} metadata names another project: {str(named)[:100]}")
     said = signed.unrecognized_fields.get(CLAIM_FIELD)
     if claim is not None and said != claim:
         raise OwnedMetadataError(

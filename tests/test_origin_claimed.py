@@ -43,6 +43,7 @@ from tufmesh.origin import Artifact, OriginRepository
 from tufmesh.origin._developer import (
     DeveloperKey,
     Holders,
+    SigningRequest,
     changes,
     check_files,
     claim_request,
@@ -936,6 +937,18 @@ def test_a_claims_keys_are_signed_and_counted_once(tmp_path: Path) -> None:
         forever.sign(signer, append=True)
     with pytest.raises(OwnedMetadataError, match="more than 396 days from now"):
         origin.take_owned("demo", forever.to_bytes())
+    # A release names its project: another project's is refused, by the
+    # origin and by a holder's tool.
+    elsewhere = Metadata[Targets].from_bytes(alice.sign_next("demo", published))
+    assert elsewhere.signed.unrecognized_fields == {"x-tufmesh-project": "demo"}
+    elsewhere.signed.unrecognized_fields["x-tufmesh-project"] = "other"
+    elsewhere.signatures.clear()
+    for signer in (a, b):
+        elsewhere.sign(signer, append=True)
+    with pytest.raises(OwnedMetadataError, match="names another project: other"):
+        origin.take_owned("demo", elsewhere.to_bytes())
+    with pytest.raises(PublishError, match="another project's"):
+        cosign(SigningRequest("demo", elsewhere), bob, published)
     # A base a holder built on is its floor from then on, sent or not.
     alice.note_holders("demo", claim.holders)
     v2 = Metadata[Targets].from_bytes(alice.sign_next("demo", published))
