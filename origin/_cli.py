@@ -537,14 +537,15 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
     Check the key id with the developers first (--dry-run shows it). With the
     origin stopped.
     """
-    from tufmesh.origin._developer import read_claim
+    from tuf.api.metadata import Metadata
+
+    from tufmesh.origin._developer import Holders, read_claim
 
     project, keys, threshold, data = read_claim(request)
     if project not in ProjectRegistry(repo_dir).names():
         raise OriginError(f"no project {project} here ('origin project add' registers it)")
-    request_md = json.loads(data)
-    listing = request_md["signed"].get("targets", {})
-    signed = {s.get("keyid") for s in request_md.get("signatures", []) if isinstance(s, dict)}
+    listing = json.loads(data)["signed"].get("targets", {})
+    signed = Holders({k.keyid: k for k in keys}, threshold).signed(Metadata.from_bytes(data))
     click.echo(f"{project}: {len(listing)} artifacts, threshold {threshold}, key ids:")
     for key in keys:
         click.echo(f"  {key.keyid}  {'signed' if key.keyid in signed else 'not signed'}")

@@ -29,7 +29,8 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
-from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, Signer
+from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, Signer, SSlibKey
+from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
@@ -66,7 +67,7 @@ __all__ = [
     "next_version",
     "publish_version",
     "published_version",
-    "signatures_needed",
+    "published_holders",
     "read_claim",
     "read_request",
     "release",
@@ -146,11 +147,29 @@ class Holders:
     @classmethod
     def from_dict(cls, data: Any) -> Holders:
         """Raises ValueError (or KeyError, TypeError) unless ``data`` is one."""
-        keys = {keyid: Key.from_dict(keyid, dict(key)) for keyid, key in data["keys"].items()}
-        threshold = data["threshold"]
-        if type(threshold) is not int or not 1 <= threshold <= len(keys):
-            raise ValueError(f"a threshold of {threshold!r} with {len(keys)} keys")
-        return cls(keys, threshold)
+        return cls.checked(list(data["keys"].items()), data["threshold"])
+
+    @classmethod
+    def checked(cls, keys: list[tuple[Any, Any]], threshold: Any) -> Holders:
+        """The holders of ``keys`` (key id, key dict), once each key is named
+        by its own hash, none twice however it is written, and ``threshold``
+        is one they can meet; ValueError (or KeyError, TypeError) otherwise."""
+        held: dict[str, Key] = {}
+        materials = set()
+        for keyid, fields in keys:
+            key = Key.from_dict(keyid, dict(fields))
+            if not isinstance(key, SSlibKey) or keyid != compute_default_keyid(
+                key.keytype, key.scheme, key.keyval
+            ):
+                raise ValueError(f"key {str(keyid)[:16]}... is not named by its own hash")
+            material = _material(key)
+            if keyid in held or material in materials:
+                raise ValueError(f"key {keyid[:16]}... is named twice")
+            held[keyid] = key
+            materials.add(material)
+        if type(threshold) is not int or not 1 <= threshold <= len(held):
+            raise ValueError(f"a threshold of {threshold!r} with {len(held)} key(s)")
+        return cls(held, threshold)
 
 
 @dataclass(frozen=True)
@@ -183,10 +202,22 @@ class DeveloperKey:
         entry = self._versions().get(project, {})
         return Holders.from_dict(entry) if "keys" in entry else None
 
-    def note_holders(self, project: str, holders: Holders) -> None:
-        """Note ``holders`` as the project's keys (a claim this key signs)."""
+    def claimed(self, project: str) -> int:
+        """The version of the newest claim of ``project`` this key signed (0: none)."""
+        claim = self._versions().get(project, {}).get("claim", 0)
+        return claim if type(claim) is int else 0
+
+    def note_holders(self, project: str, holders: Holders, version: int) -> None:
+        """Note ``holders`` as the project's keys: those of a claim, of
+        ``version``, that this key signs. An older claim is refused (one
+        replayed, to have the keys it named noted again)."""
+        if version < self.claimed(project):
+            raise PublishError(
+                f"this claim is version {version}; this key signed a newer claim of "
+                f"{project}, version {self.claimed(project)}: it is stale, nothing is signed"
+            )
         versions = self._versions()
-        versions.setdefault(project, {}).update(holders.to_dict())
+        versions.setdefault(project, {}).update(holders.to_dict(), claim=version)
         self._save(versions)
 
     def _save(self, versions: dict[str, dict[str, Any]]) -> None:
@@ -232,15 +263,16 @@ class DeveloperKey:
                 f", nor by {holders.threshold} of the {len(holders.keys)} keys noted when "
                 "the project was claimed"
                 if holders is not None
-                else " (a holder of several builds on the others' versions once it has "
-                "cosigned the project's claim)"
+                else ""
             )
             raise PublishError(
                 f"the published version {current.signed.version} is not signed by key "
                 f"{self.signer.public_key.keyid[:12]}{noted}: is it the project's key (was the "
                 "project claimed again for a new one)? If it is, the origin may be serving a "
-                "forged version (ask its maintainers); nothing is signed"
+                "forged version (ask its maintainers); nothing is signed. (Where several keys "
+                "sign, a holder builds on the others' versions once it has cosigned the claim.)"
             )
+        _names(current, project, "the published version")
         last = self._versions().get(project, {})
         if "version" in last:
             digest = hashlib.sha256(current.signed_bytes).hexdigest()
@@ -279,6 +311,8 @@ def _remembered(entry: Any) -> bool:
             Holders.from_dict(entry)
         except Exception:  # securesystemslib raises several kinds for a bad key
             return False
+    if "claim" in entry and type(entry["claim"]) is not int:
+        return False
     return bool(entry)
 
 
@@ -456,17 +490,10 @@ def read_request(path: Path) -> SigningRequest:
         project = normalize_project(request["project"])
         holders = None
         if "keys" in request:
-            keys = {}
-            for k in request["keys"]:
-                key = dict(k)
-                keyid = key.pop("keyid")
-                keys[keyid] = Key.from_dict(keyid, key)
-            threshold = request["threshold"]
-            if type(threshold) is not int or not 1 <= threshold <= len(keys):
-                raise ValueError(f"a threshold of {threshold!r} with {len(keys)} key(s)")
-            if len({_material(key) for key in keys.values()}) != len(keys):
-                raise ValueError("a key is named twice")
-            holders = Holders(keys, threshold)
+            keys = [
+                (k["keyid"], {f: v for f, v in k.items() if f != "keyid"}) for k in request["keys"]
+            ]
+            holders = Holders.checked(keys, request["threshold"])
         md: Metadata[Any] = Metadata.from_bytes(json.dumps(request["metadata"]).encode())
         if not isinstance(md.signed, Targets):
             raise ValueError("its metadata is not targets metadata")
@@ -474,8 +501,8 @@ def read_request(path: Path) -> SigningRequest:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError, AttributeError, DeserializationError) as exc:
         raise UsageError(
-            f"{path} is not a signing request ('tufmesh developer claim', or a release "
-            f"signed by fewer keys than the project needs): {exc}"
+            f"{path} is not a signing request (what 'tufmesh developer claim' writes, or "
+            f"'publish --key' for a project several keys sign): {exc}"
         ) from None
     return SigningRequest(project, md, holders)
 
@@ -512,6 +539,7 @@ def cosign(
                 "the claim's signed metadata does not name the project, keys and threshold "
                 "the request does: it was changed after it was made; nothing is signed"
             )
+        _lifetime(signed.expires, datetime.now(UTC))
         if current is not None:  # a project claimed already: what it would drop is shown
             changes(current, request.metadata, claim=True)
     else:
@@ -519,9 +547,7 @@ def cosign(
             raise UsageError("a release is checked against the published version")
         key.check(request.project, current)
         changes(current, request.metadata)
-        named = signed.unrecognized_fields.get(PROJECT_FIELD, request.project)
-        if named != request.project:
-            raise PublishError(f"the request is another project's ({str(named)[:100]})")
+        _names(request.metadata, request.project, "the request")
         holders = key.holders(request.project)
     if holders is not None:
         good = holders.signed(request.metadata)
@@ -535,7 +561,7 @@ def cosign(
     md.signatures.pop(keyid, None)  # this key's, made anew (a bad one is not kept)
     _signed(md, [key.signer], keep=True)
     if request.holders is not None:
-        key.note_holders(request.project, request.holders)
+        key.note_holders(request.project, request.holders, request.version)
     elif current is not None:
         key.floor(request.project, current)
     return SigningRequest(request.project, md, request.holders)
@@ -556,17 +582,12 @@ def changes(
     now = now or datetime.now(UTC)
     if not claim and CLAIM_FIELD in signed.unrecognized_fields:
         raise PublishError("the request is a claim's metadata, not a release: nothing is signed")
-    if signed.expires > now + MAX_LIFETIME:
-        raise PublishError(
-            f"the request expires on {signed.expires:%Y-%m-%d}, past what the origin accepts"
-        )
+    _lifetime(signed.expires, now)
     if signed.version != base.version + 1:
         raise PublishError(
             f"the request is version {signed.version} and the published version is "
             f"{base.version}: it is stale (or the origin is behind); sign a new one"
         )
-    if signed.expires <= now:
-        raise PublishError(f"the request expired on {signed.expires:%Y-%m-%d %H:%M} UTC")
     if signed.delegations is not None:
         raise PublishError("the request delegates to other keys: not supported")
     for path, entry in base.targets.items():
@@ -604,6 +625,30 @@ def check_files(entries: Iterable[TargetFile], files: Iterable[Path], project: s
                 f"{file} is not the artifact the request lists as {path} (sha256 "
                 f"{entry.hashes.get('sha256')}): nothing is signed"
             )
+
+
+def _lifetime(expires: datetime, now: datetime) -> None:
+    """Refuse a request that has expired, or that would live past what the origin accepts."""
+    if expires <= now:
+        raise PublishError(f"the request expired on {expires:%Y-%m-%d %H:%M} UTC")
+    if expires > now + MAX_LIFETIME:
+        raise PublishError(
+            f"the request expires on {expires:%Y-%m-%d}, past what the origin accepts"
+        )
+
+
+def _names(md: Metadata[Targets], project: str, what: str) -> None:
+    """Refuse ``md`` unless it is ``project``'s: a release naming it, or its
+    claim, and every path its own (a version of another project the same key
+    signs must not pass for this one's)."""
+    fields = md.signed.unrecognized_fields
+    claim = fields.get(CLAIM_FIELD)
+    named = claim.get("project") if isinstance(claim, dict) else fields.get(PROJECT_FIELD)
+    if named != project or any(not p.startswith(f"{project}/") for p in md.signed.targets):
+        raise PublishError(
+            f"{what} (v{md.signed.version}) is not {project}'s (it names "
+            f"{str(named)[:100]}): nothing is signed"
+        )
 
 
 def _material(key: Key) -> bytes:
@@ -655,19 +700,22 @@ def claimed_version(client: httpx.Client, origin: str, project: str) -> int | No
         raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
 
 
-def signatures_needed(client: httpx.Client, origin: str, project: str) -> int:
-    """How many of the project's keys must sign its metadata, as the origin's
-    current targets metadata delegates it (not verified here: it only says
-    whether to send a version now or ask the other holders first; the origin
-    checks the signatures, and clients check them again)."""
+def published_holders(client: httpx.Client, origin: str, project: str) -> Holders:
+    """The project's keys and how many must sign, as the origin's current
+    targets metadata delegates them. Not verified here: they only say whether
+    a version has the signatures to be sent now or goes to the other holders
+    first; the origin checks the signatures, and clients check them again."""
     base = f"{origin.rstrip('/')}/metadata/"
     try:
         version = int(_published_meta(client, origin)["targets.json"]["version"])
-        targets = json.loads(_get(client, f"{base}{version}.targets.json"))
-        for role in targets["signed"]["delegations"]["roles"]:
+        delegations = json.loads(_get(client, f"{base}{version}.targets.json"))["signed"][
+            "delegations"
+        ]
+        for role in delegations["roles"]:
             if role["name"] == owned_role(project):
-                return max(1, int(role["threshold"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                keys = [(k, delegations["keys"][k]) for k in role["keyids"]]
+                return Holders.checked(keys, role["threshold"])
+    except Exception as exc:  # whatever the origin serves: said, not a traceback
         raise PublishError(f"{origin} serves no TUF metadata that reads: {exc}") from None
     raise PublishError(f"{project} is not claimed on {origin}")
 
@@ -699,10 +747,10 @@ def next_version(
     add: Iterable[TargetFile] = (),
     drop: Iterable[str] = (),
     days: int = EXPIRY_DAYS,
-    project: str | None = None,
+    project: str,
 ) -> bytes:
     """The version after ``current``, signed by ``signers``: ``add`` listed,
-    ``drop`` (paths) no longer, a fresh expiry, naming ``project`` if given.
+    ``drop`` (paths) no longer, a fresh expiry, naming ``project``.
     The caller checks ``current`` first (:meth:`DeveloperKey.check`, as
     :meth:`DeveloperKey.sign_next` does): the origin could otherwise have
     its developers endorse what it forged."""
@@ -718,7 +766,7 @@ def next_version(
     for path in drop:
         if targets.pop(path, None) is None:
             raise UsageError(f"{path} is not in the project's metadata")
-    named = {PROJECT_FIELD: normalize_project(project)} if project is not None else None
+    named = {PROJECT_FIELD: normalize_project(project)}
     signed = Targets(
         version=current.signed.version + 1,
         expires=_expiry(days),
@@ -771,7 +819,7 @@ def release(
     ``request`` is the :class:`SigningRequest` for its other holders."""
     current = published_version(client, origin, project)
     data = key.sign_next(project, current, add=add, drop=drop)
-    needed = signatures_needed(client, origin, project)
+    needed = published_holders(client, origin, project).threshold
     if needed > 1:
         return {"request": release_request(project, data), "needed": needed}
     return publish_version(client, origin, project, data, token, key)

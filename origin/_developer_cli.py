@@ -321,6 +321,7 @@ def developer_keygen(keyfile: Path) -> None:
     show_default=True,
     help="How many of the keys must sign each version of the project's metadata.",
 )
+@click.option("--yes", is_flag=True, help="Replace the project's keys noted beside KEY, if other.")
 @click.option(
     "-o",
     "--output",
@@ -350,6 +351,7 @@ def developer_claim(
     origin_url: str | None,
     holders: tuple[Path, ...],
     threshold: int,
+    yes: bool,
 ) -> None:
     """Write the request to claim PROJECT for KEY (and each --holder's key),
     listing FILES: every artifact the project has published (the origin
@@ -387,8 +389,9 @@ def developer_claim(
     )
     assert request.holders is not None
     output = output or Path(f"{project}.claim.json")
+    _replacing(developer, request, yes)
     write_request(output, request, new=True)
-    developer.note_holders(project, request.holders)
+    developer.note_holders(project, request.holders, version)
     keys = list(request.holders.keys)
     click.echo(
         f"wrote {output}: {project}, {len(files)} artifacts, version {version}, for key"
@@ -495,9 +498,9 @@ def developer_cosign(
         changes,
         cosign,
         load_key,
+        published_holders,
         published_version,
         read_request,
-        signatures_needed,
         write_request,
     )
 
@@ -531,8 +534,8 @@ def developer_cosign(
             _claim_signed(request_file, signed)
             return
         write_request(request_file, signed)
-        needed = signatures_needed(client, origin_url, request.project)
-        count = len(signed.metadata.signatures)
+        published = published_holders(client, origin_url, request.project)
+        count, needed = len(published.signed(signed.metadata)), published.threshold
         click.echo(f"signed {request_file}: {count} signatures, {needed} needed")
         names = " ".join(shlex.quote(str(f)) for f in files) or "FILES"
         if count < needed:

@@ -183,20 +183,23 @@ def parse_owned(
             f"{role} expires on {signed.expires:%Y-%m-%d}: more than {MAX_LIFETIME.days} days "
             "from now (an old version must not be servable for ever)"
         )
-    named = signed.unrecognized_fields.get(PROJECT_FIELD, project)
-    if named != project:
-        raise OwnedMetadataError(f"{role} metadata names another project: {str(named)[:100]}")
-    said = signed.unrecognized_fields.get(CLAIM_FIELD)
+    fields = signed.unrecognized_fields
+    said = fields.get(CLAIM_FIELD)
     if claim is not None and said != claim:
         raise OwnedMetadataError(
             f"the claim's signed metadata does not name its project, keys and threshold as "
             f"the request does (it says {str(said)[:200]}): the developers make it anew "
             "('tufmesh developer claim')"
         )
-    if claim is None and said is not None:
+    if claim is None and CLAIM_FIELD in fields:
         raise OwnedMetadataError(
             f"a claim's {role} metadata is not a release: the maintainers carry a claim out "
             "('tufmesh origin project claim')"
+        )
+    if claim is None and fields.get(PROJECT_FIELD) != project:
+        raise OwnedMetadataError(
+            f"{role} metadata names another project than {project} "
+            f"({PROJECT_FIELD}: {str(fields.get(PROJECT_FIELD))[:100]})"
         )
     if signed.delegations is not None:
         raise OwnedMetadataError(f"{role} delegates further: not supported")

@@ -58,6 +58,9 @@ from tufmesh.origin._developer import (
 )
 from tufmesh.origin._owned import owned_delegation
 
+#: What a release of project demo says of itself (its signed metadata names it).
+_DEMO = {"x-tufmesh-project": "demo"}
+
 
 def _publish(*args: str, token: str, key: Path | None = None, check: bool = True) -> str:
     env = {**os.environ, "TUFMESH_TOKEN": token}
@@ -211,7 +214,9 @@ def test_the_origins_online_keys_cannot_publish_into_a_claimed_project(tmp_path:
         current.signatures.clear()
         current.sign(online)
         answer = _send(
-            server.url, token, next_version(current, [online], add=[target_of(evil, "demo")])
+            server.url,
+            token,
+            next_version(current, [online], add=[target_of(evil, "demo")], project="demo"),
         )
         assert (
             answer.status_code == 400 and "not signed by 1 of demo's keys" in answer.json()["error"]
@@ -439,6 +444,7 @@ def _resigned(current: Metadata[Targets], signer: Signer) -> bytes:
             version=current.signed.version + 1,
             expires=current.signed.expires,
             targets=dict(current.signed.targets),
+            unrecognized_fields=_DEMO,
         )
     )
     md.sign(signer)
@@ -458,6 +464,7 @@ def _with(
             version=current.signed.version + 1,
             expires=expires or current.signed.expires,
             targets=listed,
+            unrecognized_fields=_DEMO,
         )
     )
     md.sign(signer)
@@ -545,7 +552,7 @@ def test_the_developers_memory_of_versions_says_when_it_cannot_help(tmp_path: Pa
     key = tmp_path / "k.pem"
     generate_key(key)
     developer = load_key(str(key))
-    md = Metadata(Targets(version=1))
+    md = Metadata(Targets(version=1, unrecognized_fields=_DEMO))
     md.sign(developer.signer)
     developer.remember("demo", md.to_bytes())
     assert developer.sign_next("demo", md)  # the version it had published: fine
@@ -568,7 +575,7 @@ def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
     current = Metadata[Targets].from_bytes(
         (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
     )
-    dropping = next_version(current, [signer], drop=["demo/demo-2.0.tar.gz"])
+    dropping = next_version(current, [signer], drop=["demo/demo-2.0.tar.gz"], project="demo")
 
     def full_disk(self: OriginRepository) -> None:
         raise OSError(28, "No space left on device")
@@ -603,7 +610,9 @@ def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
         (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
     )
     trace = durability_trace(monkeypatch)
-    origin.take_owned("demo", next_version(current, [signer], add=[release.target_file()]))
+    origin.take_owned(
+        "demo", next_version(current, [signer], add=[release.target_file()], project="demo")
+    )
     monkeypatch.undo()
     timestamp = str(origin.metadata_dir / "timestamp.json")
     (named,) = [i for i, (op, _, dst) in enumerate(trace) if op == "replace" and dst == timestamp]
@@ -645,13 +654,17 @@ def test_a_developer_key_may_live_in_a_kms_or_an_hsm(
         load_key("testkms:projects/demo/keys/1")
     developer = load_key("testkms:projects/demo/keys/1", public)
     assert developer.signer.public_key == load_key(str(pem)).signer.public_key
-    md = Metadata(Targets(version=1))
+    md = Metadata(Targets(version=1, unrecognized_fields=_DEMO))
     md.sign(developer.signer)
     developer.remember("demo", md.to_bytes())
     keyid = developer.signer.public_key.keyid
     assert (tmp_path / "home" / "developer" / f"{keyid}.versions.json").is_file()
     older = Metadata(
-        Targets(version=1, targets={"demo/x": TargetFile(1, {"sha256": "00"}, "demo/x")})
+        Targets(
+            version=1,
+            targets={"demo/x": TargetFile(1, {"sha256": "00"}, "demo/x")},
+            unrecognized_fields=_DEMO,
+        )
     )
     older.sign(developer.signer)
     with pytest.raises(PublishError, match="another version"):
@@ -838,7 +851,7 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     # Cosigning notes the project's keys beside the key.
     signed = cosign(claim, DeveloperKey(c, tmp_path / "c.versions.json"))
     assert set(signed.metadata.signatures) == {a.public_key.keyid, c.public_key.keyid}
-    holder.note_holders("demo", claim.holders)
+    holder.note_holders("demo", claim.holders, 1)
     assert DeveloperKey(c, tmp_path / "c.versions.json").holders("demo") == claim.holders
 
     published = Metadata[Targets].from_bytes(signed.data)  # v1: signed by a and c
@@ -945,12 +958,33 @@ def test_a_claims_keys_are_signed_and_counted_once(tmp_path: Path) -> None:
     elsewhere.signatures.clear()
     for signer in (a, b):
         elsewhere.sign(signer, append=True)
-    with pytest.raises(OwnedMetadataError, match="names another project: other"):
+    with pytest.raises(OwnedMetadataError, match="names another project than demo"):
         origin.take_owned("demo", elsewhere.to_bytes())
-    with pytest.raises(PublishError, match="another project's"):
+    with pytest.raises(PublishError, match="is not demo's"):
         cosign(SigningRequest("demo", elsewhere), bob, published)
+    # Nor is a base another project's, though the same keys signed it.
+    other = Metadata[Targets].from_bytes(published.to_bytes())
+    other.signed.unrecognized_fields["x-tufmesh-claim"]["project"] = "other"
+    other.signatures.clear()
+    other.sign(a)
+    with pytest.raises(PublishError, match="is not demo's"):
+        alice.check("demo", other)
+    # A key put under another key's id in a request is refused when read (a
+    # cosigner would have noted it as that key).
+    path = tmp_path / "posing.json"
+    posing = claim.to_dict()
+    posing["keys"][1] = {**x.public_key.to_dict(), "keyid": b.public_key.keyid}
+    path.write_text(json.dumps(posing))
+    with pytest.raises(UsageError, match="not named by its own hash"):
+        read_request(path)
+    # An older claim than one a key signed is not signed again (its keys
+    # would be noted again).
+    carol = DeveloperKey(c, tmp_path / "c.versions.json")
+    carol.note_holders("demo", claim.holders, 2)
+    with pytest.raises(PublishError, match="it is stale"):
+        cosign(claim, carol)
     # A base a holder built on is its floor from then on, sent or not.
-    alice.note_holders("demo", claim.holders)
+    alice.note_holders("demo", claim.holders, 1)
     v2 = Metadata[Targets].from_bytes(alice.sign_next("demo", published))
     v2.sign(b, append=True)
     alice.sign_next("demo", v2)
