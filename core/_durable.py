@@ -10,18 +10,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 __all__ = [
+    "SUPERSEDED_GRACE",
     "fsync_dir",
     "hard_link",
     "hold_lock",
     "locked",
+    "prune_superseded",
     "read_exactly",
     "write_at",
     "write_atomic",
@@ -172,3 +176,43 @@ def write_at(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+#: Seconds a superseded version of a role's metadata stays (see prune_superseded).
+SUPERSEDED_GRACE: Final = 600.0
+
+
+def prune_superseded(directory: Path, current: dict[str, int], grace: float) -> int:
+    """Delete the versions ``N.ROLE.json`` in TUF metadata ``directory`` of the
+    roles of ``current`` (role: its current version; never give root, whose
+    chain clients walk) that a newer one replaced ``grace`` seconds ago or
+    more: the newer file's time of writing says when (one read of the
+    directory for them all: it holds every bin).
+
+    Every commit writes a new version of each bin it touches and of the
+    snapshot: kept, they grew without bound (600 empty uploads by one token:
+    41.5 MB at the origin, quadratically, and as much on every mirror). A
+    client or mirror mid-update reads what the timestamp it read names:
+    versions stay for the grace after a newer one is published, and one
+    deleted under a slow reader is fetched anew at its next refresh.
+    Returns the files deleted."""
+    versions: dict[str, list[int]] = defaultdict(list)
+    for path in directory.iterdir() if current else ():
+        number, _, rest = path.name.partition(".")
+        role = rest.removesuffix(".json")
+        if role in current and number.isascii() and number.isdigit():
+            versions[role].append(int(number))
+    cutoff = time.time() - grace
+    deleted = 0
+    for role, numbers in versions.items():
+        for older, newer in itertools.pairwise(sorted(numbers)):
+            if older >= current[role]:
+                break
+            try:
+                replaced_at = (directory / f"{newer}.{role}.json").stat().st_mtime
+                if replaced_at <= cutoff:  # (the next one kept says when it was replaced)
+                    (directory / f"{older}.{role}.json").unlink(missing_ok=True)
+                    deleted += 1
+            except OSError:  # gone meanwhile, or a disk that refuses: next time
+                continue
+    return deleted

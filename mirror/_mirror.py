@@ -30,7 +30,13 @@ from typing import Any, Final
 
 from tuf.api.metadata import Metadata
 
-from tufmesh._durable import fsync_dir, hard_link, write_atomic
+from tufmesh._durable import (
+    SUPERSEDED_GRACE,
+    fsync_dir,
+    hard_link,
+    prune_superseded,
+    write_atomic,
+)
 from tufmesh._ui import one_line
 from tufmesh.cas import BlobStore, parse_cid
 from tufmesh.client import Client, SourceHealth
@@ -456,6 +462,8 @@ class Mirror:
             linked.add(link)
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
+        superseded = {r: v for r, v in versions.items() if r not in ("root", "timestamp")}
+        prune_superseded(metadata, superseded, SUPERSEDED_GRACE)
         self._prune(linked)
         snapshot = versions.get("snapshot", 0)
         held = {

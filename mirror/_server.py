@@ -215,6 +215,7 @@ async def run_mirror(
         except (ValueError, KeyError, TypeError):  # the gate parsed it: not expected
             return
         if version > max(heard, default=0):
+            heard.clear()  # only the newest is read: one entry, not one per commit for ever
             heard[version] = time.time()
             wake.set()
         elif version > served:

@@ -31,11 +31,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import shutil
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
@@ -60,7 +58,13 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
 
-from tufmesh._durable import fsync_dir, hard_link, write_atomic
+from tufmesh._durable import (
+    SUPERSEDED_GRACE,
+    fsync_dir,
+    hard_link,
+    prune_superseded,
+    write_atomic,
+)
 from tufmesh.cas import MAX_CHUNK_SIZE, BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -104,8 +108,6 @@ _COMPACT: Final = JSONSerializer(compact=True)
 _PRETTY: Final = JSONSerializer(compact=False)
 #: Re-sign an online role once less than this fraction of its lifetime remains.
 REFRESH_FRACTION: Final = 0.25
-#: Seconds a superseded version of a role's metadata stays (see _prune).
-SUPERSEDED_GRACE: Final = 600.0
 
 
 #: An offline role closer than this to its expiry is warned of (``status``,
@@ -621,37 +623,9 @@ class OriginRepository(Repository):
     def _prune(self, roles: set[str]) -> int:
         """Delete the versions of ``roles`` (not root: clients walk its chain)
         that a newer one replaced :data:`SUPERSEDED_GRACE` seconds ago or more
-        (one read of the metadata directory for them all: it holds every bin).
-
-        Every commit writes a new version of each bin it touches and of the
-        snapshot, and none was ever deleted: a token holder's uploads of empty
-        files, one commit each, grew the metadata without bound (600 of them:
-        41.5 MB, quadratically), whatever the quota. A client or mirror mid-
-        update reads what the timestamp it read names: versions stay for the
-        grace after a newer one is published, and one deleted under a slow
-        reader is fetched anew at its next refresh. Returns the files deleted."""
-        roles = {role for role in roles if role != "root" and role in self._md}
-        versions: dict[str, list[int]] = defaultdict(list)
-        for path in self.metadata_dir.iterdir() if roles else ():
-            number, _, rest = path.name.partition(".")
-            role = rest.removesuffix(".json")
-            if role in roles and number.isascii() and number.isdigit():
-                versions[role].append(int(number))
-        cutoff = time.time() - SUPERSEDED_GRACE
-        deleted = 0
-        for role, numbers in versions.items():
-            current = self._md[role].signed.version
-            for older, newer in itertools.pairwise(sorted(numbers)):
-                if older >= current:
-                    break
-                try:
-                    replaced_at = (self.metadata_dir / f"{newer}.{role}.json").stat().st_mtime
-                    if replaced_at <= cutoff:  # (the next one kept says when it was replaced)
-                        (self.metadata_dir / f"{older}.{role}.json").unlink(missing_ok=True)
-                        deleted += 1
-                except OSError:  # gone meanwhile, or a disk that refuses: next time
-                    continue
-        return deleted
+        (:func:`prune_superseded`). Returns the files deleted."""
+        current = {r: self._md[r].signed.version for r in roles if r != "root" and r in self._md}
+        return prune_superseded(self.metadata_dir, current, SUPERSEDED_GRACE)
 
     # -- operations -----------------------------------------------------------
 

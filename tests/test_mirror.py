@@ -28,11 +28,13 @@ from tests.helpers.origin import (
     init_repo,
     post,
     running,
+    static_server,
+    tuf_download,
     tuf_updater,
     tufmesh,
 )
 from tests.helpers.tls import make_ca_and_cert, tls_proxy
-from tufmesh._durable import hold_lock
+from tufmesh._durable import SUPERSEDED_GRACE, hold_lock
 from tufmesh._ui import format_size
 from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
@@ -1085,3 +1087,36 @@ def test_signed_entries_cannot_name_files_outside_the_tree_or_other_blobs(
     linked = sorted(p.relative_to(mirror.tree) for p in (mirror.tree / "targets").rglob("*"))
     assert linked == [Path("targets/proj"), Path(f"targets/proj/{sha}.x.whl")]
     assert (mirror.tree / "targets" / "proj" / f"{sha}.x.whl").read_bytes() == payload
+
+
+def test_a_mirror_deletes_superseded_metadata_after_its_grace(tmp_path: Path) -> None:
+    """A mirror wrote every version of the snapshot and of the bins it synced
+    and deleted none: its metadata grew by two files a commit for ever (a
+    soak: 762 files after 370 uploads, the origin's 648). A version replaced
+    SUPERSEDED_GRACE ago or more now goes, as at the origin; root's chain
+    stays, and a stock client still follows the mirror's tree."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "proj")
+    meta = tmp_path / "m" / "tree" / "metadata"
+
+    def snapshots() -> list[int]:
+        return sorted(int(p.name.split(".", 1)[0]) for p in meta.glob("*.snapshot.json"))
+
+    with running(repo) as server:
+        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
+        for i in range(3):
+            assert post(server.url, "proj", f"a-{i}.tar.gz", bytes([i]) * 10, token).is_success
+            assert replica.sync().error is None
+        before = snapshots()
+        assert len(before) == 3  # replaced just now: kept
+        old = time.time() - SUPERSEDED_GRACE - 1
+        for p in meta.glob("*.json"):
+            os.utime(p, (old, old))
+        assert post(server.url, "proj", "a-3.tar.gz", b"three", token).is_success
+        assert replica.sync().error is None
+    after = snapshots()
+    assert after == [before[-1], after[-1]] and after[-1] > before[-1]
+    assert (meta / "1.root.json").exists()
+    with static_server(tmp_path / "m" / "tree") as url:
+        assert tuf_download(url, repo, "proj/a-3.tar.gz") == b"three"
+        assert tuf_download(url, repo, "proj/a-0.tar.gz") == bytes([0]) * 10
