@@ -24,6 +24,10 @@ from tufmesh.origin._publish import upload
 
 __all__ = ["developer", "publish"]
 
+files_argument = click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+key_option = click.option(
+    "--key", envvar="TUFMESH_KEY", required=True, help="Your signing key (the project's)."
+)
 public_key_option = click.option(
     "--public-key",
     envvar="TUFMESH_PUBLIC_KEY",
@@ -304,8 +308,8 @@ def developer_keygen(keyfile: Path) -> None:
 
 @developer.command("claim")
 @click.argument("project")
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
+@files_argument
+@key_option
 @public_key_option
 @click.option(
     "--holder",
@@ -416,7 +420,7 @@ def developer_claim(
 @click.argument("project")
 @click.option("--origin", "origin_url", required=True, help="Origin URL.")
 @click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
-@click.option("--key", envvar="TUFMESH_KEY", required=True, help="The project's signing key.")
+@key_option
 @public_key_option
 @click.option(
     "--drop",
@@ -450,17 +454,13 @@ def developer_sign(
         return
     for path in paths:
         click.echo(f"dropped {path}")
-    if "warning" in answer:
-        click.echo(f"warning: {answer['warning']}", err=True)
-    click.echo(
-        f"signed {answer['role']} v{answer['version']}, snapshot v{answer['snapshot_version']}"
-    )
+    _published(answer, "signed")
 
 
 @developer.command("cosign")
 @click.argument("request_file", metavar="REQUEST", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--key", envvar="TUFMESH_KEY", required=True, help="Your signing key.")
+@files_argument
+@key_option
 @public_key_option
 @click.option(
     "--origin",
@@ -605,7 +605,7 @@ def _confirm(yes: bool, question: str, what: str) -> None:
 
 @developer.command("send")
 @click.argument("request_file", metavar="REQUEST", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@files_argument
 @click.option("--origin", "origin_url", required=True, help="Origin URL.")
 @click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
 def developer_send(
@@ -689,9 +689,13 @@ def _send(
     answer = publish_version(client, origin_url, request.project, request.data, token, developer)
     for path in files:
         click.echo(f"published {request.project}/{path.name}")
+    _published(answer, f"sent {request_file}:")
+
+
+def _published(answer: dict[str, Any], done: str) -> None:
+    """Say what the origin published (``answer``), after ``done``."""
     if "warning" in answer:
         click.echo(f"warning: {answer['warning']}", err=True)
     click.echo(
-        f"sent {request_file}: {answer['role']} v{answer['version']}, snapshot "
-        f"v{answer['snapshot_version']}"
+        f"{done} {answer['role']} v{answer['version']}, snapshot v{answer['snapshot_version']}"
     )
