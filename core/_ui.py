@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -222,6 +222,7 @@ def run_service(
                 await start(ready)
                 nursery.cancel_scope.cancel()
 
+    more_files()
     try:
         trio.run(main)
     except KeyboardInterrupt:
@@ -241,6 +242,27 @@ def run_service(
         if serving:  # not a failure to listen: a file it could not write, say
             raise TufmeshError(f"stopped: {reason}") from None
         raise TufmeshError(f"cannot serve on {where}: {reason}") from None
+
+
+#: The open files a service asks for at most (see :func:`more_files`).
+MAX_FILES: Final = 1 << 16
+
+
+def more_files() -> None:
+    """Raise this process's soft limit on open files towards its hard limit
+    (as Go does for every program), to :data:`MAX_FILES` at most: a service
+    holds a socket per connection, and one whose client closed it right after
+    an answer can stay held until the idle timeout (30 s; a race in hypercorn
+    0.18, for one request in two to eight of such clients), so the 1,024 that
+    many systems start services with runs out at a few dozen such requests a
+    second. Where the limit cannot be raised, it stays."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def p2p_line(directory: Path, p2p_port: int | None) -> str:

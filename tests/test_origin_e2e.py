@@ -813,3 +813,34 @@ def test_a_projects_publications_are_paced_past_a_burst(repo: Path) -> None:
     # The n-th publication of a project goes no sooner than (n - burst)
     # intervals after the first: here the last, extra intervals after.
     assert burst + paced >= extra * PUBLISH_INTERVAL - 0.05, (burst, paced)
+
+
+def test_a_service_raises_its_limit_on_open_files(tmp_path: Path) -> None:
+    """Started with the 1,024 open files many systems give a service, the
+    origin asks for its hard limit (65,536 at most): a connection its client
+    closed at once can stay held until the idle timeout (a race in
+    hypercorn), and 1,024 ran out at a few dozen such requests a second."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256)
+
+    def lowered() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    repo = init_repo(tmp_path / "repo")
+    proc = subprocess.Popen(
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, preexec_fn=lowered,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        (line,) = [row for row in limits.splitlines() if row.startswith("Max open files")]
+        said = line.split()[3]
+        wanted = 1 << 16 if hard == resource.RLIM_INFINITY else min(hard, 1 << 16)
+        assert int(said) == max(low, wanted), line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
