@@ -382,6 +382,11 @@ class P2PNode:
             degree_low=DEGREE - 1,
             degree_high=DEGREE * 2,
             heartbeat_interval=1,
+            # py-libp2p's "adaptive gossip" judges a mesh below its degree
+            # unhealthy (every small network) and then sets the heartbeat to
+            # 30-60 s, overriding the 1 s above without a word: mesh repair
+            # and gossip to peers outside the mesh slowed thirty-fold.
+            adaptive_gossip_enabled=False,
             spam_protection_enabled=False,
             score_params=score_params(),
         )

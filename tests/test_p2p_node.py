@@ -243,3 +243,25 @@ def test_a_node_key_is_made_whole_and_a_damaged_one_is_one_line(tmp_path: Path) 
     assert isinstance(error, UsageError)
     assert str(error).startswith(f"{key} is damaged (not a libp2p key): remove it")
     gc.collect()
+
+
+def test_the_gossip_heartbeat_stays_at_one_second(tmp_path: Path) -> None:
+    """py-libp2p's adaptive gossip took a node with fewer peers than its
+    degree (every small network, and every node at first) for an unhealthy
+    mesh and set its heartbeat to 30-60 s, over the 1 s asked for: mesh
+    repair and gossip to peers outside the mesh thirty times slower."""
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            node = P2PNode(tmp_path / "a.key", topic_for(root), AnnouncementGate(root))
+            await nursery.start(node.run)
+            router = node._router
+            assert router is not None
+            router.last_health_update -= 31  # its health is judged every 30 s: now, alone
+            await trio.sleep(2.5)  # two heartbeats
+            assert router.heartbeat_interval == 1
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
