@@ -253,7 +253,7 @@ def more_files() -> None:
     (as Go does for every program), to :data:`MAX_FILES` at most: a service
     holds a socket per connection, and one whose client closed it right after
     an answer can stay held until the idle timeout (30 s; a race in hypercorn
-    0.18, for one request in two to eight of such clients), so the 1,024 that
+    0.18, for one request in two to fifteen of such clients), so the 1,024 that
     many systems start services with runs out at a few dozen such requests a
     second. Where the limit cannot be raised, it stays."""
     import resource

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -431,6 +432,7 @@ class Mirror:
         """Write the verified metadata as a static TUF tree, timestamp last; pin and gc."""
         cache = client.metadata_dir
         metadata = self.tree / "metadata"
+        served = _served_versions(metadata)
         versions: dict[str, int] = {}
         timestamp_bytes = b""
         for path in sorted(cache.glob("*.json")):
@@ -447,6 +449,12 @@ class Mirror:
                 out = metadata / f"{md.signed.version}.{role}.json"
                 if not out.exists():
                     write_atomic(out, data, sync_dir=False)
+                elif served.get(role) != md.signed.version:
+                    # Written by a sync that never got to serve it (stopped,
+                    # a full disk): its time must say it is current from now,
+                    # or the version it replaces would go at once, not after
+                    # the grace (see prune_superseded).
+                    os.utime(out)
         for old_root in (cache / "root_history").glob("*.root.json"):
             out = metadata / old_root.name
             if not out.exists():
@@ -462,8 +470,8 @@ class Mirror:
             linked.add(link)
         fsync_dir(metadata)
         write_atomic(metadata / "timestamp.json", timestamp_bytes)
-        superseded = {r: v for r, v in versions.items() if r not in ("root", "timestamp")}
-        prune_superseded(metadata, superseded, SUPERSEDED_GRACE)
+        current = {r: v for r, v in versions.items() if r not in ("root", "timestamp")}
+        prune_superseded(metadata, current, SUPERSEDED_GRACE)
         self._prune(linked)
         snapshot = versions.get("snapshot", 0)
         held = {
@@ -678,3 +686,17 @@ def _someone_elses(directory: Path) -> bool:
     short before that is not mistaken for someone else's directory.
     """
     return any((directory / name).exists() for name in ("config.json", "cas", "blobs"))
+
+
+def _served_versions(metadata: Path) -> dict[str, int]:
+    """The version of each role the tree in ``metadata`` serves now (its
+    timestamp's snapshot, and the roles that snapshot names); {} if none.
+    The tree is the mirror's own, written after verification."""
+    try:
+        timestamp = json.loads((metadata / "timestamp.json").read_bytes())
+        snapshot = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
+        meta = json.loads((metadata / f"{snapshot}.snapshot.json").read_bytes())["signed"]["meta"]
+        served = {name.removesuffix(".json"): int(m["version"]) for name, m in meta.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {**served, "snapshot": snapshot}

@@ -530,12 +530,13 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
     """Hand a project to its developers' keys (a ceremony: the targets keys sign).
 
     REQUEST is what 'tufmesh developer claim' wrote: the developers' public
-    key and the first version of the project's metadata, signed by it and
-    listing every artifact the project has published. From then on only that
-    key publishes the project's artifacts, not the origin's online keys. A
-    project claimed already gets the request's key instead (its next version).
-    Check the key id with the developers first (--dry-run shows it). With the
-    origin stopped.
+    keys, how many must sign, and the first version of the project's
+    metadata, signed by that many of them and listing every artifact the
+    project has published. From then on only those keys publish the
+    project's artifacts, not the origin's online keys. A project claimed
+    already gets the request's keys instead (its next version). Check the
+    key ids with the developers first (--dry-run shows them). With the origin
+    stopped.
     """
     from tuf.api.metadata import Metadata
 

@@ -431,24 +431,17 @@ def claim_request(
     (their own files' entries: the origin refuses a claim that leaves one out
     or differs). Each other holder then adds a signature (:func:`cosign`)."""
     project = normalize_project(project)
-    keys: dict[str, Key] = {}
-    seen: dict[bytes, str] = {}
-    for key in [signer.public_key, *holders]:
-        material = _material(key)
-        if material in seen:
-            mine = seen[material] == signer.public_key.keyid
-            raise UsageError(
-                f"key {key.keyid[:12]} is given twice"
-                + (" (a holder's key is your own --key)" if mine else "")
-                + ": each holder counts once"
-            )
-        seen[material] = key.keyid
-        keys[key.keyid] = key
-    if not 1 <= threshold <= len(keys):
-        raise UsageError(
-            f"a threshold of {threshold} with {len(keys)} distinct key(s): it must be 1 .. "
-            f"{len(keys)}"
-        )
+    holders = list(holders)
+    try:
+        named = [(k.keyid, k.to_dict()) for k in [signer.public_key, *holders]]
+        keys = Holders.checked(named, threshold).keys
+    except ValueError as exc:
+        mine = _material(signer.public_key)
+        own = " (a holder's key is your own --key)" if any(
+            _material(k) == mine for k in holders
+        ) else ""  # fmt: skip
+        raise UsageError(f"{exc}{own}: each holder counts once, and the threshold is one "
+                         "they can meet") from None  # fmt: skip
     statement = claim_statement(project, list(keys.values()), threshold)
     md = Metadata(
         Targets(

@@ -25,6 +25,11 @@ from tufmesh.origin._publish import upload
 __all__ = ["developer", "publish"]
 
 files_argument = click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+replace_keys_option = click.option(
+    "--replace-keys",
+    is_flag=True,
+    help="Replace the project's keys noted beside KEY by the claim's, if other (else asked).",
+)
 key_option = click.option(
     "--key", envvar="TUFMESH_KEY", required=True, help="Your signing key (the project's)."
 )
@@ -233,12 +238,13 @@ def _hand_on(request: SigningRequest, needed: int, origin_url: str, files: list[
     signed = len(request.metadata.signatures)
     for file in files:
         click.echo(f"signed {request.project}/{file.name}: not yet published")
-    names = " ".join(str(f) for f in files) or "[FILES]"
+    names = " ".join(shlex.quote(str(f)) for f in files) or "[FILES]"
     click.echo(
         f"wrote {path}: {owned_role(request.project)} v{request.version}, signed by {signed} key, "
         f"{needed} needed. Each other holder checks it against their own copy of the files "
         f"and signs it; the last one sends it:\n"
-        f"  tufmesh developer cosign {path} {names} --origin {origin_url} --key KEY"
+        f"  tufmesh developer cosign {shlex.quote(str(path))} {names} --origin {origin_url} "
+        "--key KEY"
     )
     if files:
         click.echo(
@@ -325,7 +331,7 @@ def developer_keygen(keyfile: Path) -> None:
     show_default=True,
     help="How many of the keys must sign each version of the project's metadata.",
 )
-@click.option("--yes", is_flag=True, help="Replace the project's keys noted beside KEY, if other.")
+@replace_keys_option
 @click.option(
     "-o",
     "--output",
@@ -355,7 +361,7 @@ def developer_claim(
     origin_url: str | None,
     holders: tuple[Path, ...],
     threshold: int,
-    yes: bool,
+    replace_keys: bool,
 ) -> None:
     """Write the request to claim PROJECT for KEY (and each --holder's key),
     listing FILES: every artifact the project has published (the origin
@@ -393,7 +399,12 @@ def developer_claim(
     )
     assert request.holders is not None
     output = output or Path(f"{project}.claim.json")
-    _replacing(developer, request, yes)
+    if version < developer.claimed(project):
+        raise PublishError(
+            f"this key signed a claim of {project} of version {developer.claimed(project)} "
+            f"already: give --origin URL, for the next version"
+        )
+    _replacing(developer, request, replace_keys)
     write_request(output, request, new=True)
     developer.note_holders(project, request.holders, version)
     keys = list(request.holders.keys)
@@ -410,10 +421,7 @@ def developer_claim(
             "project claim'), with the key ids"
         )
     else:
-        click.echo(
-            "  hand it to the maintainers ('tufmesh origin project claim'), with the key id"
-            f"{'s' if len(keys) > 1 else ''}"
-        )
+        click.echo("  hand it to the maintainers ('tufmesh origin project claim'), with the key id")
 
 
 @developer.command("sign")
@@ -477,6 +485,7 @@ def developer_sign(
     is_flag=True,
     help="Sign what it drops, or what it lists without FILES to check it against.",
 )
+@replace_keys_option
 def developer_cosign(
     request_file: Path,
     files: tuple[Path, ...],
@@ -485,6 +494,7 @@ def developer_cosign(
     origin_url: str | None,
     token: str | None,
     yes: bool,
+    replace_keys: bool,
 ) -> None:
     """Add KEY's signature to REQUEST, a claim or a release that the
     project's keys sign together, once checked: FILES, your own copy of the
@@ -510,7 +520,7 @@ def developer_cosign(
     if request.holders is not None and request.version == 1:  # a first claim
         added = list(request.metadata.signed.targets.values())
         _show(request, added, [])
-        _replacing(developer, request, yes)
+        _replacing(developer, request, replace_keys)
         _vouch(request, added, [], files, yes)
         _claim_signed(request_file, cosign(request, developer))
         return
@@ -527,7 +537,7 @@ def developer_cosign(
         added, dropped = changes(current, request.metadata, claim=claiming)
         _show(request, added, dropped)
         if claiming:  # a project claimed already, for new keys
-            _replacing(developer, request, yes)
+            _replacing(developer, request, replace_keys)
         _vouch(request, added, dropped, files, yes)
         signed = cosign(request, developer, current)
         if claiming:
@@ -536,7 +546,7 @@ def developer_cosign(
         write_request(request_file, signed)
         published = published_holders(client, origin_url, request.project)
         count, needed = len(published.signed(signed.metadata)), published.threshold
-        click.echo(f"signed {request_file}: {count} signatures, {needed} needed")
+        click.echo(f"signed {request_file}: {count} signature(s), {needed} needed")
         names = " ".join(shlex.quote(str(f)) for f in files) or "FILES"
         if count < needed:
             click.echo(
@@ -561,7 +571,7 @@ def _claim_signed(request_file: Path, signed: SigningRequest) -> None:
     holders = signed.holders
     assert holders is not None  # a claim's request names its keys
     count, needed = len(holders.signed(signed.metadata)), holders.threshold
-    click.echo(f"signed {request_file}: {count} signatures, {needed} needed")
+    click.echo(f"signed {request_file}: {count} signature(s), {needed} needed")
     missing = len(holders.keys) - count
     if count < needed:
         click.echo(
@@ -577,13 +587,16 @@ def _claim_signed(request_file: Path, signed: SigningRequest) -> None:
         click.echo("  hand it to the maintainers ('tufmesh origin project claim')")
 
 
-def _replacing(developer: DeveloperKey, request: SigningRequest, yes: bool) -> None:
+def _replacing(developer: DeveloperKey, request: SigningRequest, replace: bool) -> None:
     """A claim naming other keys than those this key noted for the project
-    replaces them: said, and confirmed (``--yes``, or asked)."""
+    replaces them: said, and confirmed (``--replace-keys``, or asked; never
+    by the ``--yes`` that signs a listing unchecked)."""
     noted = developer.holders(request.project)
+    assert request.holders is not None
     if noted is None or noted == request.holders:
         return
-    assert request.holders is not None
+    if developer.signer.public_key.keyid not in request.holders.keys:
+        return  # not a key of the claim: cosign refuses it, and says so
     gone = sorted(set(noted.keys) - set(request.holders.keys))
     new = sorted(set(request.holders.keys) - set(noted.keys))
     click.echo(
@@ -592,14 +605,15 @@ def _replacing(developer: DeveloperKey, request: SigningRequest, yes: bool) -> N
         f"{len(request.holders.keys)}): new {', '.join(k[:12] for k in new) or 'none'}; "
         f"gone {', '.join(k[:12] for k in gone) or 'none'}"
     )
-    _confirm(yes, "Replace the project's keys noted here?", "to replace the keys noted")
+    _confirm(replace, "Replace the project's keys noted here?", "--replace-keys")
 
 
-def _confirm(yes: bool, question: str, what: str) -> None:
-    if yes:
+def _confirm(given: bool, question: str, flag: str) -> None:
+    """Go on if ``given`` (the ``flag``), or if the terminal's user says so."""
+    if given:
         return
     if not sys.stdin.isatty():
-        raise UsageError(f"give --yes {what} (nothing is signed)")
+        raise UsageError(f"give {flag} (nothing is signed)")
     click.confirm(question, abort=True)
 
 
@@ -653,7 +667,7 @@ def _vouch(
         _confirm(
             yes,
             "Sign what it drops, and what no file given checks?",
-            "to sign what it drops, or what no file given checks",
+            "--yes to sign what it drops, or what no file given checks",
         )
 
 

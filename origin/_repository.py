@@ -89,6 +89,7 @@ from tufmesh.origin._keys import generate_file_key, load_signer, public_key_from
 from tufmesh.origin._names import target_path
 from tufmesh.origin._owned import (
     claim_statement,
+    key_material,
     owned_delegation,
     owned_project,
     owned_role,
@@ -1122,10 +1123,15 @@ class OriginRepository(Repository):
         assert delegations is not None and delegations.roles is not None
         bin_n = self._md[DELEGATING_BINS].signed.delegations
         assert bin_n is not None
-        ours = {*self._md["root"].signed.keys, *bin_n.keys}
-        ours.update(delegations.roles[DELEGATING_BINS].keyids)
+        # The repository's own keys, by the key itself: one spelt otherwise
+        # (its hex in capitals) is another key id for the same key.
+        bins_keys = [delegations.keys[k] for k in delegations.roles[DELEGATING_BINS].keyids]
+        ours = {
+            key_material(k)
+            for k in [*self._md["root"].signed.keys.values(), *bin_n.keys.values(), *bins_keys]
+        }
         for key in keys:
-            if key.keyid in ours:
+            if key_material(key) in ours:
                 raise OwnedMetadataError(
                     f"{project}: key {key.keyid[:16]}... is one of the repository's own keys"
                 )

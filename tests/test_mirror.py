@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -1120,3 +1121,44 @@ def test_a_mirror_deletes_superseded_metadata_after_its_grace(tmp_path: Path) ->
     with static_server(tmp_path / "m" / "tree") as url:
         assert tuf_download(url, repo, "proj/a-3.tar.gz") == b"three"
         assert tuf_download(url, repo, "proj/a-0.tar.gz") == bytes([0]) * 10
+
+
+def test_a_version_a_stopped_sync_wrote_is_current_from_when_it_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync stopped before its timestamp (SIGTERM, a full disk) leaves the
+    next version's files written, not served; the sync that serves them must
+    date them then, or the version served until that moment went at once
+    (its successor's file was old), under clients still reading it."""
+    import tufmesh.mirror._mirror as mirror_module
+
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "proj")
+    meta = tmp_path / "m" / "tree" / "metadata"
+
+    def snapshots() -> list[int]:
+        return sorted(int(p.name.split(".", 1)[0]) for p in meta.glob("*.snapshot.json"))
+
+    with running(repo) as server:
+        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
+        assert post(server.url, "proj", "a-0.tar.gz", b"zero", token).is_success
+        assert replica.sync().error is None
+        served = snapshots()[-1]
+        assert post(server.url, "proj", "a-1.tar.gz", b"one", token).is_success
+        real = mirror_module.write_atomic
+
+        def full_at_the_timestamp(path: Path, data: bytes, **kwargs: Any) -> None:
+            if path.name == "timestamp.json":
+                raise OSError(28, "No space left on device")
+            real(path, data, **kwargs)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(mirror_module, "write_atomic", full_at_the_timestamp)
+            with contextlib.suppress(OSError):
+                replica.sync()
+        assert snapshots()[-1] > served  # written, not served
+        old = time.time() - SUPERSEDED_GRACE - 1
+        for p in meta.glob("*.json"):
+            os.utime(p, (old, old))
+        assert replica.sync().error is None
+    assert served in snapshots()  # replaced just now: kept for the grace

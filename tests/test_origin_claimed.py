@@ -39,7 +39,7 @@ from tufmesh.errors import (
     UsageError,
 )
 from tufmesh.mirror import Mirror
-from tufmesh.origin import Artifact, OriginRepository
+from tufmesh.origin import Artifact, OriginConfig, OriginRepository
 from tufmesh.origin._developer import (
     DeveloperKey,
     Holders,
@@ -756,7 +756,7 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
     assert out.returncode != 0 and "is not the artifact the request lists" in out.stderr
     for key in (b, c):
         out = tufmesh("developer", "cosign", str(request), str(first), "--key", str(key)).stdout
-    assert "signed " in out and "3 signatures, 2 needed" in out
+    assert "signed " in out and "3 signature(s), 2 needed" in out
     assert "claimed demo" in tufmesh(*claim).stdout
 
     second = tmp_path / "demo-2.0.tar.gz"
@@ -794,7 +794,7 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         # uploading the file again (the origin may have collected the first).
         out = tufmesh("developer", "cosign", str(pending), str(second), "--key", str(b),
                       "--origin", url, "--token", token).stdout  # fmt: skip
-        assert "adds demo/demo-2.0.tar.gz" in out and "2 signatures, 2 needed" in out
+        assert "adds demo/demo-2.0.tar.gz" in out and "2 signature(s), 2 needed" in out
         assert "sent " in out and "project-demo v2" in out
         assert tuf_download(url, repo, "demo/demo-2.0.tar.gz") == second.read_bytes()
         # The third holder's key did not sign v2; two of the keys it noted at
@@ -831,7 +831,7 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     holder = DeveloperKey(a, tmp_path / "a.versions.json")
     claim = claim_request("demo", a, [], holders=[b.public_key, c.public_key], threshold=2)
     assert claim.holders is not None and next(iter(claim.holders.keys)) == a.public_key.keyid
-    with pytest.raises(UsageError, match="a threshold of 4 with 3 distinct"):
+    with pytest.raises(UsageError, match="a threshold of 4 with 3 key"):
         claim_request("demo", a, [], holders=[b.public_key, c.public_key], threshold=4)
     # A key the claim does not name cannot sign it; a claim changed after it
     # was signed is refused.
@@ -923,7 +923,7 @@ def test_a_claims_keys_are_signed_and_counted_once(tmp_path: Path) -> None:
     shout["keyval"] = {"public": shout["keyval"]["public"].upper()}
     twice = Key.from_dict(compute_default_keyid(shout["keytype"], shout["scheme"],
                                                 shout["keyval"]), dict(shout))  # fmt: skip
-    with pytest.raises(UsageError, match="is given twice"):
+    with pytest.raises(UsageError, match=r"is named twice \(a holder's key is your own --key\)"):
         claim_request("demo", a, [], holders=[twice], threshold=2)
     with pytest.raises(OwnedMetadataError, match="a key is given twice"):
         owned_delegation("demo", [a.public_key, twice], 2)
@@ -990,3 +990,41 @@ def test_a_claims_keys_are_signed_and_counted_once(tmp_path: Path) -> None:
     alice.sign_next("demo", v2)
     with pytest.raises(PublishError, match="rolling the project back"):
         alice.sign_next("demo", published)
+
+
+def test_noted_keys_are_replaced_only_when_asked_and_never_by_the_repositorys_own(
+    tmp_path: Path,
+) -> None:
+    """A claim naming other keys than a holder noted replaces them only with
+    --replace-keys (the --yes that signs a listing unchecked was routine for
+    a first claim, and took the new keys unasked); and one of the
+    repository's own keys spelt otherwise (hex in capitals) is not a
+    project's key (its online bins key and one co-holder met a threshold of 2)."""
+    a, b, c = (tmp_path / f"{name}.pem" for name in "abc")
+    for key in (a, b, c):
+        tufmesh("developer", "keygen", str(key))
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    claim = ["developer", "claim", "demo", "--key", str(a), "--threshold", "2"]
+    tufmesh(*claim, "--holder", f"{b}.pub", "-o", str(first))
+    tufmesh("developer", "cosign", str(first), "--key", str(b))
+    # Another claim, for other keys: a's own memory asks first too.
+    refused = tufmesh(*claim, "--holder", f"{c}.pub", "-o", str(second), check=False)
+    assert refused.returncode != 0 and "give --replace-keys" in refused.stderr
+    assert not second.exists()
+    tufmesh(*claim, "--holder", f"{c}.pub", "-o", str(second), "--replace-keys")
+    tufmesh("developer", "cosign", str(second), "--key", str(c))
+    # b is not in it; a is, and its noted keys are now the second claim's.
+    bob = tufmesh("developer", "cosign", str(second), "--key", str(b), "--yes", check=False)
+    assert bob.returncode != 0 and "is not one of the request's keys" in bob.stderr
+    assert load_key(str(a)).holders("demo") == read_request(second).holders
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    bins_key = load_key(str(tmp_path / "repo" / "keys" / "bin-n.pem")).signer.public_key
+    shout = bins_key.to_dict()
+    shout["keyval"] = {"public": shout["keyval"]["public"].upper()}
+    posing = Key.from_dict(compute_default_keyid(shout["keytype"], shout["scheme"],
+                                                 shout["keyval"]), dict(shout))  # fmt: skip
+    signer = load_key(str(a)).signer
+    request = claim_request("demo", signer, [], holders=[posing], threshold=2)
+    with pytest.raises(OwnedMetadataError, match="one of the repository's own keys"):
+        repo.claim("demo", [signer.public_key, posing], 2, request.data, dry_run=True)
