@@ -1096,24 +1096,16 @@ def test_a_mirror_deletes_superseded_metadata_after_its_grace(tmp_path: Path) ->
     soak: 762 files after 370 uploads, the origin's 648). A version replaced
     SUPERSEDED_GRACE ago or more now goes, as at the origin; root's chain
     stays, and a stock client still follows the mirror's tree."""
-    repo = init_repo(tmp_path / "repo")
-    token = add_project(repo, "proj")
     meta = tmp_path / "m" / "tree" / "metadata"
-
-    def snapshots() -> list[int]:
-        return sorted(int(p.name.split(".", 1)[0]) for p in meta.glob("*.snapshot.json"))
-
-    with running(repo) as server:
-        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
+    snapshots = lambda: _versions(meta, "snapshot")  # noqa: E731
+    with _a_mirror_of_one_project(tmp_path) as (url, replica, token, repo):
         for i in range(3):
-            assert post(server.url, "proj", f"a-{i}.tar.gz", bytes([i]) * 10, token).is_success
+            assert post(url, "proj", f"a-{i}.tar.gz", bytes([i]) * 10, token).is_success
             assert replica.sync().error is None
         before = snapshots()
         assert len(before) == 3  # replaced just now: kept
-        old = time.time() - SUPERSEDED_GRACE - 1
-        for p in meta.glob("*.json"):
-            os.utime(p, (old, old))
-        assert post(server.url, "proj", "a-3.tar.gz", b"three", token).is_success
+        _written_before_the_grace(meta)
+        assert post(url, "proj", "a-3.tar.gz", b"three", token).is_success
         assert replica.sync().error is None
     after = snapshots()
     assert after == [before[-1], after[-1]] and after[-1] > before[-1]
@@ -1132,19 +1124,13 @@ def test_a_version_a_stopped_sync_wrote_is_current_from_when_it_is_served(
     (its successor's file was old), under clients still reading it."""
     import tufmesh.mirror._mirror as mirror_module
 
-    repo = init_repo(tmp_path / "repo")
-    token = add_project(repo, "proj")
     meta = tmp_path / "m" / "tree" / "metadata"
-
-    def snapshots() -> list[int]:
-        return sorted(int(p.name.split(".", 1)[0]) for p in meta.glob("*.snapshot.json"))
-
-    with running(repo) as server:
-        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
-        assert post(server.url, "proj", "a-0.tar.gz", b"zero", token).is_success
+    snapshots = lambda: _versions(meta, "snapshot")  # noqa: E731
+    with _a_mirror_of_one_project(tmp_path) as (url, replica, token, _):
+        assert post(url, "proj", "a-0.tar.gz", b"zero", token).is_success
         assert replica.sync().error is None
         served = snapshots()[-1]
-        assert post(server.url, "proj", "a-1.tar.gz", b"one", token).is_success
+        assert post(url, "proj", "a-1.tar.gz", b"one", token).is_success
         real = mirror_module.write_atomic
 
         def full_at_the_timestamp(path: Path, data: bytes, **kwargs: Any) -> None:
@@ -1157,8 +1143,29 @@ def test_a_version_a_stopped_sync_wrote_is_current_from_when_it_is_served(
             with contextlib.suppress(OSError):
                 replica.sync()
         assert snapshots()[-1] > served  # written, not served
-        old = time.time() - SUPERSEDED_GRACE - 1
-        for p in meta.glob("*.json"):
-            os.utime(p, (old, old))
+        _written_before_the_grace(meta)
         assert replica.sync().error is None
     assert served in snapshots()  # replaced just now: kept for the grace
+
+
+def _versions(metadata: Path, role: str) -> list[int]:
+    """The versions of ``role`` in a TUF tree's ``metadata`` directory."""
+    return sorted(int(p.name.split(".", 1)[0]) for p in metadata.glob(f"*.{role}.json"))
+
+
+def _written_before_the_grace(metadata: Path) -> None:
+    """Date every metadata file as written before the superseded grace."""
+    old = time.time() - SUPERSEDED_GRACE - 1
+    for p in metadata.glob("*.json"):
+        os.utime(p, (old, old))
+
+
+@contextmanager
+def _a_mirror_of_one_project(tmp_path: Path) -> Iterator[tuple[str, Mirror, str, Path]]:
+    """An origin serving project "proj", and a mirror of it in ``tmp_path/m``
+    (synced by hand): (origin URL, mirror, upload token, repository)."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "proj")
+    with running(repo) as server:
+        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
+        yield server.url, replica, token, repo
