@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,7 @@ __all__ = [
     "release",
     "release_request",
     "send_version",
+    "target_at",
     "target_of",
     "write_request",
 ]
@@ -199,23 +200,23 @@ class DeveloperKey:
     def holders(self, project: str) -> Holders | None:
         """The project's keys and threshold, as noted when its claim was made
         or cosigned with this key; None if never."""
-        entry = self._versions().get(project, {})
-        return Holders.from_dict(entry) if "keys" in entry else None
+        return _holders(self._versions().get(project, {}))
 
-    def claimed(self, project: str) -> int:
-        """The version of the newest claim of ``project`` this key signed (0: none)."""
-        claim = self._versions().get(project, {}).get("claim", 0)
-        return claim if type(claim) is int else 0
+    def fresh_claim(self, project: str, version: int) -> None:
+        """Refuse a claim of ``project`` older than one this key signed (one
+        replayed, to have the keys it named noted again)."""
+        claimed = self._versions().get(project, {}).get("claim", 0)
+        if version < claimed:
+            raise PublishError(
+                f"this claim is version {version}; this key signed a newer claim of "
+                f"{project}, version {claimed}: it is stale, nothing is signed (a new claim "
+                "is the next version: 'developer claim --origin URL')"
+            )
 
     def note_holders(self, project: str, holders: Holders, version: int) -> None:
         """Note ``holders`` as the project's keys: those of a claim, of
-        ``version``, that this key signs. An older claim is refused (one
-        replayed, to have the keys it named noted again)."""
-        if version < self.claimed(project):
-            raise PublishError(
-                f"this claim is version {version}; this key signed a newer claim of "
-                f"{project}, version {self.claimed(project)}: it is stale, nothing is signed"
-            )
+        ``version``, that this key signs (:meth:`fresh_claim`)."""
+        self.fresh_claim(project, version)
         versions = self._versions()
         versions.setdefault(project, {}).update(holders.to_dict(), claim=version)
         self._save(versions)
@@ -254,7 +255,8 @@ class DeveloperKey:
         """Refuse ``current`` unless this key signed it, or a threshold of the
         project's keys noted here did, and unless it is not older than the
         last version this key had published for ``project``."""
-        holders = self.holders(project)
+        last = self._versions().get(project, {})
+        holders = _holders(last)
         mine = Holders({self.signer.public_key.keyid: self.signer.public_key}, 1)
         if not mine.signed(current) and not (
             holders is not None and len(holders.signed(current)) >= holders.threshold
@@ -273,7 +275,6 @@ class DeveloperKey:
                 "sign, a holder builds on the others' versions once it has cosigned the claim.)"
             )
         _names(current, project, "the published version")
-        last = self._versions().get(project, {})
         if "version" in last:
             digest = hashlib.sha256(current.signed_bytes).hexdigest()
             version = current.signed.version
@@ -296,6 +297,11 @@ class DeveloperKey:
             version=md.signed.version, sha256=hashlib.sha256(md.signed_bytes).hexdigest()
         )
         self._save(versions)
+
+
+def _holders(entry: dict[str, Any]) -> Holders | None:
+    """The keys noted in a project's entry of a key's memory, if any."""
+    return Holders.from_dict(entry) if "keys" in entry else None
 
 
 def _remembered(entry: Any) -> bool:
@@ -434,7 +440,7 @@ def claim_request(
     holders = list(holders)
     try:
         named = [(k.keyid, k.to_dict()) for k in [signer.public_key, *holders]]
-        keys = Holders.checked(named, threshold).keys
+        checked = Holders.checked(named, threshold)
     except ValueError as exc:
         mine = _material(signer.public_key)
         own = " (a holder's key is your own --key)" if any(
@@ -442,7 +448,7 @@ def claim_request(
         ) else ""  # fmt: skip
         raise UsageError(f"{exc}{own}: each holder counts once, and the threshold is one "
                          "they can meet") from None  # fmt: skip
-    statement = claim_statement(project, list(keys.values()), threshold)
+    statement = claim_statement(project, list(checked.keys), threshold)
     md = Metadata(
         Targets(
             version=version,
@@ -453,7 +459,7 @@ def claim_request(
     for target in targets:
         md.signed.targets[target.path] = target
     _signed(md, [signer])
-    return SigningRequest(project, md, Holders(keys, threshold))
+    return SigningRequest(project, md, checked)
 
 
 def release_request(project: str, data: bytes) -> SigningRequest:
@@ -510,13 +516,19 @@ def read_claim(path: Path) -> tuple[str, list[Key], int, bytes]:
 
 
 def cosign(
-    request: SigningRequest, key: DeveloperKey, current: Metadata[Targets] | None = None
+    request: SigningRequest,
+    key: DeveloperKey,
+    current: Metadata[Targets] | None = None,
+    *,
+    confirm: Callable[[list[TargetFile], list[str]], None] | None = None,
 ) -> SigningRequest:
     """``request`` with ``key``'s signature added, once checked: every
     signature it carries is a good one of the project's keys (the claim's,
     or those noted when it was claimed), and a release's version follows
     ``current``, the published one, as :meth:`DeveloperKey.check` requires
-    of any base (its changes are :func:`changes`; the caller shows them)."""
+    of any base. Then ``confirm(added, dropped)`` (entries, paths: what
+    :func:`changes` finds, or a first claim's listing) has the signer's
+    word, or raises; and only then is it signed."""
     keyid = key.signer.public_key.keyid
     holders = request.holders
     signed = request.metadata.signed
@@ -532,14 +544,17 @@ def cosign(
                 "the claim's signed metadata does not name the project, keys and threshold "
                 "the request does: it was changed after it was made; nothing is signed"
             )
+        key.fresh_claim(request.project, request.version)
         _lifetime(signed.expires, datetime.now(UTC))
         if current is not None:  # a project claimed already: what it would drop is shown
-            changes(current, request.metadata, claim=True)
+            added, dropped = changes(current, request.metadata, claim=True)
+        else:
+            added, dropped = list(signed.targets.values()), []
     else:
         if current is None:
             raise UsageError("a release is checked against the published version")
         key.check(request.project, current)
-        changes(current, request.metadata)
+        added, dropped = changes(current, request.metadata)
         _names(request.metadata, request.project, "the request")
         holders = key.holders(request.project)
     if holders is not None:
@@ -550,12 +565,15 @@ def cosign(
                 "keys: it was changed after it was signed, or is not for these keys; nothing "
                 "is signed"
             )
+    if confirm is not None:
+        confirm(added, dropped)
     md = Metadata[Targets].from_bytes(request.data)
     md.signatures.pop(keyid, None)  # this key's, made anew (a bad one is not kept)
     _signed(md, [key.signer], keep=True)
     if request.holders is not None:
         key.note_holders(request.project, request.holders, request.version)
-    elif current is not None:
+    else:
+        assert current is not None  # (a release was refused above without it)
         key.floor(request.project, current)
     return SigningRequest(request.project, md, request.holders)
 
@@ -608,16 +626,26 @@ def check_files(entries: Iterable[TargetFile], files: Iterable[Path], project: s
     for path, entry in listed.items():
         custom = entry.unrecognized_fields.get("custom")
         size = custom.get("chunk_size") if isinstance(custom, dict) else None
-        if type(size) is not int or not 0 < size <= MAX_CHUNK_SIZE:
-            raise PublishError(f"the request's entry for {path} names no usable chunk size")
         file = given[path]
-        if _file_size(file) > size * MAX_MANIFEST_CHUNKS:
-            raise PublishError(f"{file} is over what chunks of {size} bytes describe")
-        if target_of(file, project, size) != entry:
+        if target_at(file, project, size, f"the request's entry for {path}") != entry:
             raise PublishError(
                 f"{file} is not the artifact the request lists as {path} (sha256 "
                 f"{entry.hashes.get('sha256')}): nothing is signed"
             )
+
+
+def target_at(path: Path, project: str, chunk_size: object, whose: str) -> TargetFile:
+    """:func:`target_of` at a chunk size that ``whose`` named (the origin's
+    answer, a request's entry), once it is one a manifest of this file can
+    have: a hostile 1 would have a digest computed for every byte."""
+    size = chunk_size
+    if (
+        type(size) is not int
+        or not 0 < size <= MAX_CHUNK_SIZE
+        or -(-_file_size(path) // size) > MAX_MANIFEST_CHUNKS
+    ):
+        raise PublishError(f"{whose} names a chunk size of {size!r}: none a manifest holds")
+    return target_of(path, project, size)
 
 
 def _lifetime(expires: datetime, now: datetime) -> None:

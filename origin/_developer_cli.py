@@ -14,9 +14,7 @@ import httpx
 from tuf.api.metadata import TargetFile
 
 from tufmesh._ui import SIZE, Group, format_size, progress_bar
-from tufmesh.cas import MAX_CHUNK_SIZE
-from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
-from tufmesh.errors import PublishError, TufmeshError, UsageError
+from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.origin._developer import DeveloperKey, SigningRequest
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
@@ -185,22 +183,13 @@ def _sign_stored(
     """Sign the next version of the claimed project's metadata listing the
     ``stored`` files (their entries computed here, from the files) and send
     it; print a line per file; return the failures (all of them, or none)."""
-    from tufmesh.origin._developer import release, target_of
+    from tufmesh.origin._developer import release, target_at
 
     project = normalize_project(project)
     try:
         adding = []
         for path, answer in stored:
-            size = answer["chunk_size"]
-            # (One a manifest holds for this file: a hostile origin answering
-            # 1 would have a digest computed for every byte.)
-            if (
-                type(size) is not int
-                or not 0 < size <= MAX_CHUNK_SIZE
-                or -(-path.stat().st_size // size) > MAX_MANIFEST_CHUNKS
-            ):
-                raise PublishError(f"{origin_url} answered a chunk size of {size!r}")
-            target = target_of(path, project, size)
+            target = target_at(path, project, answer["chunk_size"], f"{origin_url}'s answer")
             if target.hashes["sha256"] != answer["sha256"]:
                 raise UsageError(f"{path} changed while it was uploaded: publish it again")
             adding.append(target)
@@ -399,11 +388,7 @@ def developer_claim(
     )
     assert request.holders is not None
     output = output or Path(f"{project}.claim.json")
-    if version < developer.claimed(project):
-        raise PublishError(
-            f"this key signed a claim of {project} of version {developer.claimed(project)} "
-            f"already: give --origin URL, for the next version"
-        )
+    developer.fresh_claim(project, version)
     _replacing(developer, request, replace_keys)
     write_request(output, request, new=True)
     developer.note_holders(project, request.holders, version)
@@ -505,7 +490,6 @@ def developer_cosign(
     from tufmesh.client._home import check_url
     from tufmesh.client._http import tls_context
     from tufmesh.origin._developer import (
-        changes,
         cosign,
         load_key,
         published_holders,
@@ -517,12 +501,16 @@ def developer_cosign(
     request = read_request(request_file)
     developer = load_key(key, public_key)
     _distinct_names(files)
-    if request.holders is not None and request.version == 1:  # a first claim
-        added = list(request.metadata.signed.targets.values())
-        _show(request, added, [])
-        _replacing(developer, request, replace_keys)
-        _vouch(request, added, [], files, yes)
-        _claim_signed(request_file, cosign(request, developer))
+    claiming = request.holders is not None
+
+    def confirm(added: list[TargetFile], dropped: list[str]) -> None:
+        _show(request, added, dropped)
+        if claiming:
+            _replacing(developer, request, replace_keys)
+        _vouch(request, added, dropped, files, yes)
+
+    if claiming and request.version == 1:  # a first claim: nothing published to follow
+        _claim_signed(request_file, cosign(request, developer, confirm=confirm))
         return
     if origin_url is None:
         raise UsageError(
@@ -531,16 +519,8 @@ def developer_cosign(
     origin_url = check_url(origin_url)
     with httpx.Client(verify=tls_context()) as client:
         current = published_version(client, origin_url, request.project)
-        if request.holders is None:
-            developer.check(request.project, current)
-        claiming = request.holders is not None
-        added, dropped = changes(current, request.metadata, claim=claiming)
-        _show(request, added, dropped)
+        signed = cosign(request, developer, current, confirm=confirm)
         if claiming:  # a project claimed already, for new keys
-            _replacing(developer, request, replace_keys)
-        _vouch(request, added, dropped, files, yes)
-        signed = cosign(request, developer, current)
-        if claiming:
             _claim_signed(request_file, signed)
             return
         write_request(request_file, signed)
@@ -595,8 +575,6 @@ def _replacing(developer: DeveloperKey, request: SigningRequest, replace: bool) 
     assert request.holders is not None
     if noted is None or noted == request.holders:
         return
-    if developer.signer.public_key.keyid not in request.holders.keys:
-        return  # not a key of the claim: cosign refuses it, and says so
     gone = sorted(set(noted.keys) - set(request.holders.keys))
     new = sorted(set(request.holders.keys) - set(noted.keys))
     click.echo(
