@@ -14,17 +14,34 @@ py-libp2p makes its sessions itself: its muxer negotiation builds a
 :func:`install` points that name at this class. (py-libp2p is pinned; this
 reads its session's internals: the test
 ``test_a_peer_that_sends_past_the_window_is_disconnected`` is the check.)
+
+Before yamux, and before a connection is even encrypted, multistream-select
+agrees on its protocols: each message a length prefix, a protocol id and a
+newline. py-libp2p read whatever length the peer claimed, with no limit: one
+TCP connection that claimed 512 MiB and sent it grew a mirror by 260 MiB
+before any handshake, six by 3 GiB. :func:`install` also bounds that read
+(:data:`MAX_NEGOTIATION`), for connections and for every stream opened on
+them (``test_a_huge_negotiation_message_is_refused`` is the check).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import trio
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IOException
+from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-__all__ = ["WindowedYamux", "install"]
+__all__ = ["MAX_NEGOTIATION", "WindowedYamux", "install"]
+
+#: The longest multistream-select message read: a protocol id (ours are under
+#: 32 bytes; the longest py-libp2p speaks, under 64) and its newline.
+MAX_NEGOTIATION: Final = 1024
 
 
 class _Window(bytearray):
@@ -81,7 +98,21 @@ class WindowedYamux(Yamux):
                     await self._cleanup_on_error()
 
 
+async def _read_negotiation(self: MultiselectCommunicator) -> str:
+    """One multistream-select message, refused past :data:`MAX_NEGOTIATION`
+    bytes before any of it is read (py-libp2p's own read has no limit)."""
+    try:
+        data = await read_varint_prefixed_bytes_limited(self.read_writer, MAX_NEGOTIATION)
+        if not data.endswith(b"\n"):
+            raise ParseError("a multistream-select message without its newline")
+        return data[:-1].decode()
+    except (ParseError, IOException, UnicodeDecodeError) as error:  # IOException: too large
+        raise MultiselectCommunicatorError("fail to read from multiselect communicator") from error
+
+
 def install() -> type[WindowedYamux]:
-    """Have py-libp2p make every yamux session a :class:`WindowedYamux`."""
+    """Have py-libp2p make every yamux session a :class:`WindowedYamux`, and
+    bound every multistream-select message it reads."""
     muxer_multistream.Yamux = WindowedYamux  # type: ignore[misc]
+    MultiselectCommunicator.read = _read_negotiation  # type: ignore[method-assign]
     return WindowedYamux

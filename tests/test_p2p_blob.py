@@ -466,6 +466,50 @@ def test_a_peer_that_sends_past_the_window_is_disconnected(tmp_path: Path) -> No
     assert max(buffered) <= granted <= MAX_WINDOW_SIZE  # what the peer was allowed, no more
 
 
+def test_a_huge_negotiation_message_is_refused(tmp_path: Path) -> None:
+    """Before a connection is encrypted, multistream-select agrees on its
+    security protocol: a length prefix, a protocol id, a newline. py-libp2p
+    read whatever length the peer claimed: a TCP connection that claimed 512
+    MiB and sent it grew a mirror by hundreds of MiB, before any handshake.
+    Now a claim past MAX_NEGOTIATION ends the connection before its bytes are
+    read: the sender is cut off within what the sockets buffer."""
+    from tufmesh.p2p._muxer import MAX_NEGOTIATION
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root))
+    claimed, sent, closed = 512 << 20, 0, False
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes([*out, n])
+
+    async def main() -> None:
+        nonlocal sent, closed
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server)
+            port = int(address.split("/")[4])
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            junk = b"x" * (1 << 20)
+            with trio.move_on_after(15):
+                try:
+                    await stream.send_all(varint(claimed))
+                    while sent < 64 << 20:
+                        await stream.send_all(junk)
+                        sent += len(junk)
+                except trio.BrokenResourceError:
+                    closed = True
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert claimed > MAX_NEGOTIATION
+    assert closed
+    assert sent < 32 << 20  # cut off at once: the sockets' buffers, not the claim
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_stream_the_peer_keeps_open_after_its_answer_is_reset(
