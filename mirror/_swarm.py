@@ -66,6 +66,9 @@ MAX_UNVERIFIED: Final = 4
 #: a host name): addresses that answer cost an attacker ports, which are
 #: free, so without it one host could fill every place (an eclipse: the
 #: mirror then fetches everything from the origin). Loopback is not counted.
+#: Once a neighbour answers, its machine is the address the answer came
+#: from, not the one its URL names: names are free too, and a libp2p
+#: address is reached over whatever connection its peer id has open.
 MAX_PER_MACHINE: Final = 2
 #: A have-query's whole answer must arrive within this (a per-read timeout
 #: alone lets a neighbour that sends a byte a second hold its queries forever).
@@ -132,6 +135,7 @@ class Partial:
 class _Neighbour:
     failures: int = 0
     answered: bool = False  # a have-query of ours has succeeded
+    seen: str | None = None  # the machine its last answer came from (None: loopback)
 
 
 @dataclass
@@ -187,23 +191,42 @@ class Swarm:
                 return
             learnt = [u for u in self._neighbours if u not in self.peers]
             unverified = sum(1 for u in learnt if not self._neighbours[u].answered)
-            machine = _machine(url)
-            same = sum(1 for u in learnt if machine is not None and _machine(u) == machine)
-            if unverified < MAX_UNVERIFIED and same < MAX_PER_MACHINE:
+            if unverified < MAX_UNVERIFIED and self._room_on(_machine(url)):
                 self._neighbours[url] = _Neighbour()
+
+    def _room_on(self, machine: str | None, besides: str | None = None) -> bool:
+        """Whether a learnt neighbour (other than ``besides``) may be on
+        ``machine``: where an answer came from, or else what a URL names."""
+        if machine is None:
+            return True
+        same = 0
+        for url, neighbour in self._neighbours.items():
+            if url != besides and url not in self.peers:
+                on = neighbour.seen if neighbour.answered else _machine(url)
+                same += on == machine
+        return same < MAX_PER_MACHINE
 
     def neighbours(self) -> list[str]:
         """The neighbours asked for have-records."""
         with self._lock:
             return list(self._neighbours)
 
-    def _answered(self, url: str) -> None:
-        """A query succeeded: the neighbour's failures were not in a row."""
+    def _answered(self, url: str, address: str | None = None) -> bool:
+        """A query succeeded, its answer from IP ``address`` (None: not known):
+        the neighbour's failures were not in a row. False if it is learnt and
+        that machine holds its share of places already: it is forgotten."""
+        seen = _machine_at(address) if address else _machine(url)
         with self._lock:
             neighbour = self._neighbours.get(url)
-            if neighbour is not None:
-                neighbour.failures = 0
-                neighbour.answered = True
+            if neighbour is None:
+                return True
+            if url not in self.peers and not self._room_on(seen, besides=url):
+                del self._neighbours[url]
+                return False
+            neighbour.failures = 0
+            neighbour.answered = True
+            neighbour.seen = seen
+            return True
 
     def _failed(self, url: str) -> bool:
         """Count a failed query; True when the neighbour is forgotten."""
@@ -345,17 +368,20 @@ class Swarm:
         try:
             if url.startswith("libp2p:"):
                 address = url.removeprefix("libp2p:")
-                record = await self.on_node(self.node.query_have, address, body, QUERY_TIMEOUT)
+                answer = await self.on_node(self.node.query_have, address, body, QUERY_TIMEOUT)
             else:
                 with trio.fail_after(QUERY_TIMEOUT):
-                    record = await _post_json(client, f"{url}/have", body, MAX_RECORD)
+                    answer = await _post_json(client, f"{url}/have", body, MAX_RECORD)
+            record, source = answer
             peers, entry = _check_record(record, cid)
         except Exception as exc:  # no answer, or not a have-record: a failed query
             if self._failed(url):
                 scheduler.drop(url, f"have-queries failed ({exc})")
                 return False
             return True
-        self._answered(url)
+        if not self._answered(url, source):
+            scheduler.drop(url, "its machine holds its share of neighbours already")
+            return False
         for peer in peers[:8]:
             self.learn(peer)
         has, claims = parse_record(entry, scheduler.count)
@@ -377,11 +403,20 @@ def _machine(url: str) -> str | None:
         host = parts[2] if len(parts) > 2 else ""
     else:
         host = urlsplit(url).hostname or ""
+    return _machine_at(host)
+
+
+def _machine_at(host: str) -> str | None:
+    """The machine of ``host`` (an IP address, or a name: counted as itself)
+    as :data:`MAX_PER_MACHINE` counts it; None for loopback."""
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
-    except ValueError:  # a name: counted as itself
+        ip = ipaddress.ip_address(host)
+    except ValueError:
         return None if host.lower() == "localhost" else host.lower()
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # an IPv4 peer of a dual-stack socket
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
     return machine_of(host)
 
 
@@ -401,8 +436,9 @@ async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:
     return data
 
 
-async def _post_json(client: Any, url: str, body: object, limit: int) -> object:
-    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most.
+async def _post_json(client: Any, url: str, body: object, limit: int) -> tuple[object, str | None]:
+    """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most;
+    with the IP address the answer came from (None if not known).
 
     The bytes counted are the bytes that arrive: no content coding is asked
     for or accepted, so a small gzip bomb cannot unpack past the limit."""
@@ -413,8 +449,17 @@ async def _post_json(client: Any, url: str, body: object, limit: int) -> object:
         coding = response.headers.get("content-encoding", "identity").strip().lower()
         if coding != "identity":
             raise ValueError(f"answered with Content-Encoding {coding[:40]!r}")
+        source = _address_of(response.extensions.get("network_stream"))  # (while open)
         data = await read_at_most(response.aiter_raw(), limit)
-    return json.loads(data)
+    return json.loads(data), source
+
+
+def _address_of(stream: Any) -> str | None:
+    """The IP address at the far end of an HTTP response's connection."""
+    try:
+        return str(stream.get_extra_info("server_addr")[0])
+    except Exception:  # no stream, or its transport does not say
+        return None
 
 
 def _check_record(record: object, cid: str) -> tuple[list[object], object]:

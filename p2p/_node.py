@@ -161,13 +161,20 @@ async def _read_exactly(
     return bytes(data)
 
 
+def _remote_ip(stream: Any) -> str | None:
+    """The IP address at the far end of a stream's connection, or None where
+    libp2p does not say."""
+    try:
+        return str(stream.get_remote_address()[0])
+    except Exception:  # no address
+        return None
+
+
 def _host_of(stream: Any) -> str:
     """The address an incoming stream comes from (an IPv6 address's /64: one
     machine's share), or "?" where libp2p does not say."""
-    try:
-        return machine_of(str(stream.get_remote_address()[0]))
-    except Exception:  # no address
-        return "?"
+    ip = _remote_ip(stream)
+    return "?" if ip is None else machine_of(ip)
 
 
 async def _end_stream(stream: Any, *, whole: bool) -> None:
@@ -566,10 +573,13 @@ class P2PNode:
 
     async def query_have(
         self, address: str, query: dict[str, Any], timeout: float = _BLOB_TIMEOUT
-    ) -> Any:
+    ) -> tuple[Any, str | None]:
         """The have-record (parsed JSON) with which the peer at ``address``
         answers ``query`` (``{"cids": [...], "from": URL, "newest": N}``),
-        within ``timeout`` seconds from the dial to the last byte."""
+        within ``timeout`` seconds from the dial to the last byte; and the IP
+        address it came from (the connection's, which need not be the one
+        ``address`` names: a peer already connected is asked over its
+        connection), or None if libp2p does not say."""
         deadline = trio.current_time() + timeout
         with trio.fail_at(deadline):
             stream = await self._open(address, HAVE_PROTOCOL)
@@ -581,9 +591,10 @@ class P2PNode:
                 body = await _read_exactly(stream, size)
                 whole = True
             try:
-                return json.loads(body)
+                record = json.loads(body)
             except ValueError:
                 raise BlobStreamError("the have-record is not JSON") from None
+            return record, _remote_ip(stream)
         finally:
             await _end_stream(stream, whole=whole)
 

@@ -24,6 +24,7 @@ from tufmesh.mirror._swarm import (
     QUERY_TIMEOUT,
     Partial,
     Swarm,
+    _post_json,
     parse_record,
 )
 from tufmesh.p2p._blob import MAX_RECORD
@@ -244,6 +245,53 @@ def test_one_machine_holds_few_places_however_many_ports_answer() -> None:
         local.learn(f"http://127.0.0.1:{port}")
         local._answered(f"http://127.0.0.1:{port}")
     assert len(local.neighbours()) == 10
+
+
+def test_a_neighbours_machine_is_where_its_answers_come_from() -> None:
+    """Names are free, and a libp2p address is reached over whatever
+    connection its peer id has open: one host with sixteen identities, each
+    connected to the mirror and each naming another IP, held every place.
+    Once a learnt neighbour answers, it counts on the machine its answer
+    came from."""
+    swarm = Swarm(url="http://me", peers=["libp2p:/ip4/10.9.0.1/tcp/1/p2p/QmKept"])
+    kept = []
+    for k in range(12):
+        url = f"libp2p:/ip4/10.{k}.0.1/tcp/4001/p2p/Qm{k}"
+        swarm.learn(url)
+        kept.append(swarm._answered(url, "198.51.100.7"))
+    assert kept[:2] == [True, True] and not any(kept[2:])
+    assert swarm._answered(swarm.peers[0], "198.51.100.7")  # configured: kept, not counted
+    for name in ("a.example", "b.example", "c.example"):  # one machine by three names
+        swarm.learn(f"http://{name}:80")
+        swarm._answered(f"http://{name}:80", "2001:db8::7")
+    swarm.learn("http://d.example:80")
+    swarm._answered("http://d.example:80", "2001:db8::8")  # the same /64
+    swarm.learn("http://e.example:80")
+    swarm._answered("http://e.example:80", "::1")  # loopback: not counted
+    assert swarm.neighbours() == [
+        "libp2p:/ip4/10.9.0.1/tcp/1/p2p/QmKept",
+        "libp2p:/ip4/10.0.0.1/tcp/4001/p2p/Qm0",
+        "libp2p:/ip4/10.1.0.1/tcp/4001/p2p/Qm1",
+        "http://a.example:80",
+        "http://b.example:80",
+        "http://e.example:80",
+    ]
+    # Forgotten, a neighbour named again is a candidate again, and dropped
+    # again at its first answer: it holds an unverified place meanwhile.
+    swarm.learn("libp2p:/ip4/10.5.0.1/tcp/4001/p2p/Qm5")
+    assert "libp2p:/ip4/10.5.0.1/tcp/4001/p2p/Qm5" in swarm.neighbours()
+    assert not swarm._answered("libp2p:/ip4/10.5.0.1/tcp/4001/p2p/Qm5", "198.51.100.7")
+
+
+def test_a_have_answer_over_http_comes_with_its_address() -> None:
+    hostile = _Hostile("null-peers")  # answers well-formed JSON once
+
+    async def ask() -> tuple[object, str | None]:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+            return await _post_json(client, f"{hostile.url}/have", {}, MAX_RECORD)
+
+    assert trio.run(ask) == ({"peers": None}, "127.0.0.1")
+    hostile.thread.join(timeout=5)
 
 
 def test_a_neighbour_is_forgotten_after_three_failed_rounds_in_a_row() -> None:

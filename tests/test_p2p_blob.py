@@ -312,6 +312,43 @@ def test_streams_that_send_no_request_are_capped_and_closed(
     assert all(1.0 <= t < 5.0 for t in closed[1:])  # each, once its request was late
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_have_answer_comes_with_the_address_of_its_connection(tmp_path: Path) -> None:
+    """A libp2p address names an IP, but a peer already connected is asked
+    over its connection, wherever that comes from: the mirror counts a
+    neighbour's machine by the address the answer came from (the swarm's
+    tests), so the answer must carry it."""
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    asked: list[object] = []
+
+    def have(query: object) -> dict[str, Any]:
+        asked.append(query)
+        return {"blobs": {}, "peers": []}
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root), have_source=have)
+        asker = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            query = {"cids": [], "from": None, "newest": 0}
+            assert await asker.query_have(address, query) == (
+                {"blobs": {}, "peers": []},
+                "127.0.0.1",
+            )
+            # The same peer named at another IP is still asked over its connection.
+            elsewhere = address.replace("/ip4/127.0.0.1/", "/ip4/198.51.100.7/")
+            assert await asker.query_have(elsewhere, query) == (
+                {"blobs": {}, "peers": []},
+                "127.0.0.1",
+            )
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert len(asked) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_identities_on_one_address_share_its_streams(
