@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from tufmesh.client._fetcher import (
     done_with,
     read_body,
 )
-from tufmesh.client._home import ClientHome, read_root
+from tufmesh.client._home import ClientHome
 from tufmesh.client._prefix import check_alongside
 from tufmesh.client._scheduler import SchedulerConfig, SourceStats
 from tufmesh.errors import (
@@ -61,7 +60,6 @@ from tufmesh.errors import (
     NotInMetadataError,
     SourcesFailedError,
     TufmeshError,
-    UsageError,
 )
 
 __all__ = ["Client", "DownloadResult"]
@@ -153,21 +151,19 @@ class Client:
     # -- metadata ----------------------------------------------------------------
 
     def _new_updater(self) -> Updater:
+        # Always from the trust anchor: python-tuf verifies the newer roots it
+        # has cached (root_history/) again, one by one, then asks the sources
+        # for the rest; a damaged cached root is passed over, not trusted. The
+        # cached timestamp and snapshot stay, the floor against a rollback:
+        # starting afresh from a damaged root.json had let any old version in.
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        cached = (self.metadata_dir / "root.json").exists()
-        if cached and not _is_root(self.metadata_dir / "root.json"):
-            # Damaged on disk: python-tuf would refuse every source's answer
-            # against it. The trust anchor walks the root chain again.
-            shutil.rmtree(self.metadata_dir)
-            self.metadata_dir.mkdir()
-            cached = False
         return Updater(
             str(self.metadata_dir),
             METADATA_BASE,
             None,
             TARGET_BASE,
             fetcher=self.fetcher,
-            bootstrap=None if cached else self.trusted_root,
+            bootstrap=self.trusted_root,
         )
 
     def _with_failover(self, operation: Callable[[Updater], T]) -> T:
@@ -583,16 +579,6 @@ def _fetch_whole(
             blame(source, reasons[source])
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
-
-
-def _is_root(path: Path) -> bool:
-    """True if ``path`` is root metadata signed by its own keys (as every root
-    of a chain is): what python-tuf can start from."""
-    try:
-        read_root(path)
-    except UsageError:
-        return False
-    return True
 
 
 def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:

@@ -288,6 +288,14 @@ def test_stale_metadata_from_a_mirror_is_refused(
         with client_for(origin, tmp_path, liar.url, name="seen") as client:
             with pytest.raises(MetadataRefusedError, match=message):
                 client.download(BIG, tmp_path / "no")
+        # A damaged cached root costs no protection: the client starts from
+        # its trust anchor and keeps the newest timestamp it has seen.
+        for damaged in ("root.json", "root_history/1.root.json"):
+            (tmp_path / "seen" / damaged).unlink()
+            (tmp_path / "seen" / damaged).write_text("garbage")
+            with client_for(origin, tmp_path, liar.url, name="seen") as client:
+                with pytest.raises(MetadataRefusedError, match=message):
+                    client.download(BIG, tmp_path / "no")
         assert not (tmp_path / "no" / "demo-1.0.tar.gz").exists()
 
 
