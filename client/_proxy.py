@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import ipaddress
 import json
 import threading
 import time
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from tuf.api.metadata import Metadata, TargetFile, Timestamp
 
@@ -253,5 +255,43 @@ async def serve_proxy(
             Route("/files/{project}/{filename}", file, methods=["GET", "HEAD"]),
         ]
     )
+    served: Any = ByteCounter(app)
+    if _loopback(host):
+        served = LocalOnly(served)
     async with trio.open_nursery() as nursery:
-        await start_http(nursery, ByteCounter(app), host, port, None, on_ready)
+        await start_http(nursery, served, host, port, None, on_ready)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+class LocalOnly:
+    """ASGI: answer only requests that name this machine in their ``Host``.
+
+    A proxy on 127.0.0.1 is out of other machines' reach, not of a web page
+    in the user's browser: a name the page's site controls can be re-pointed
+    at 127.0.0.1 (DNS rebinding), and the page would then drive downloads
+    through the proxy and read its answers, its requests naming that site.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            named = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            try:
+                local = _loopback(urlsplit(f"//{named}").hostname or "")
+            except ValueError:  # not a host[:port]
+                local = False
+            if not local:
+                body = b"this index answers requests for 127.0.0.1 or localhost only\n"
+                headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+                await send({"type": "http.response.start", "status": 421, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -98,6 +98,11 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
             assert httpx.get(f"{index}nosuchproject/").status_code == 404
             base = index.removesuffix("simple/")
             assert httpx.get(f"{base}files/tinypkg/other-1.0.whl").status_code == 404
+            # A page whose site's name was re-pointed at 127.0.0.1 (DNS
+            # rebinding) names its site: refused; localhost is fine.
+            for named, status in (("attacker.example", 421), ("localhost:1", 200)):
+                answer = httpx.get(f"{index}tinypkg/", headers={"host": named})
+                assert answer.status_code == status, named
             installed = subprocess.run(
                 [sys.executable, "-m", "pip", "install", "--index-url", index, "--target",
                  str(tmp_path / "site"), "--no-deps", "--no-cache-dir",
