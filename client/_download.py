@@ -119,6 +119,9 @@ def plan_for_manifest(manifest: Manifest, span: int = 1) -> ChunkPlan:
 
     def verify(index: int, data: bytes | bytearray) -> None:
         first = index * span
+        expected = min(span * size, manifest.length - first * size)
+        if len(data) != expected:  # (each chunk is checked, but not what follows the last)
+            raise ChunkRejectedError(f"{len(data)} bytes; expected {expected}")
         for j in range(min(span, manifest.count - first)):
             manifest.verify_chunk(first + j, memoryview(data)[j * size : (j + 1) * size])
 

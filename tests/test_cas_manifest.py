@@ -171,3 +171,21 @@ def test_decoder_accepts_or_raises_manifest_error_only(blob: bytes) -> None:
     except ManifestError:
         return
     assert manifest.encoded == blob
+
+
+def test_a_span_of_chunks_is_taken_only_at_its_exact_length() -> None:
+    """A download asks for several chunks at once and checks each; bytes
+    after the last chunk of a span were checked by nothing (the callers cut
+    answers at the span's length; the check no longer relies on them)."""
+    from tufmesh.client._download import plan_for_manifest
+
+    data = bytes(range(250)) * 4  # 1,000 bytes: chunks of 64, spans of 3 (192), the last 40
+    plan = plan_for_manifest(build_manifest([data], chunk_size=64), span=3)
+    assert plan.count == 6
+    for index in range(plan.count):
+        offset, length = plan.span(index)
+        honest = data[offset : offset + length]
+        plan.verify(index, honest)
+        for bad in (honest + b"\0", honest[:-1], honest + data[:64]):
+            with pytest.raises(ChunkRejectedError):
+                plan.verify(index, bad)
