@@ -63,35 +63,58 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
     if before is not None and before != anchor.read_bytes():
         click.echo(f"the trusted root was replaced by {root_json}, and the cached metadata cleared")
     # A typo in a URL is better found now than at the first get.
-    for url, reason in _unreachable(made.sources()).items():
-        click.echo(f"warning: {url} does not answer now ({reason})", err=True)
+    for url, reason in _unreachable(made.sources(), made.trusted_root).items():
+        click.echo(f"warning: {url} {reason}", err=True)
 
 
 #: How long ``client init`` looks at its sources, all at once.
 PROBE_SECONDS: Final = 5.0
 
 
-def _unreachable(urls: list[str]) -> dict[str, str]:
-    """Why each of ``urls`` that serves no TUF metadata right now does not (a
-    short look at each, at once: only the status is read, never the body,
-    and a source still answering after :data:`PROBE_SECONDS` is left to it)."""
+def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
+    """What is wrong with each of ``urls`` that serves no TUF metadata right
+    now, or another repository's (a short look at each, at once: the status
+    of its timestamp, and its copy of the trusted root's version, at most a
+    root's size of it; a source still answering after :data:`PROBE_SECONDS`
+    is left to it)."""
     import httpx
 
     from tufmesh.client._http import tls_context
 
+    trusted = json.loads(trusted_root)["signed"]  # (a root client init has checked)
     reasons: dict[str, str | None] = {}
 
     def probe(url: str) -> None:
-        try:
-            with httpx.stream(
-                "GET", f"{url}/metadata/timestamp.json", timeout=3.0, verify=tls_context(),
+        def get(name: str) -> contextlib.AbstractContextManager[httpx.Response]:
+            return httpx.stream(
+                "GET", f"{url}/metadata/{name}", timeout=3.0, verify=tls_context(),
                 headers={"accept-encoding": "identity"},
-            ) as answer:  # fmt: skip
-                ok = answer.status_code == 200
-                reasons[url] = None if ok else f"HTTP {answer.status_code} for its timestamp"
+            )  # fmt: skip
+
+        try:
+            with get("timestamp.json") as answer:
+                if answer.status_code != 200:
+                    status = answer.status_code
+                    reasons[url] = f"does not answer now (HTTP {status} for its timestamp)"
+                    return
+            version = trusted["version"]
+            with get(f"{version}.root.json") as answer:
+                body = bytearray()
+                for piece in answer.iter_raw():
+                    body += piece
+                    if len(body) > ROOT_LIMIT:
+                        break
+                if answer.status_code == 200 and _signed_part(body) != trusted:
+                    reasons[url] = (
+                        f"serves another repository: its root v{version} is not the one "
+                        "trusted here (a wrong URL, or the wrong root.json)"
+                    )
+                    return
+            reasons[url] = None
         except httpx.HTTPError as exc:
             text = str(exc) or type(exc).__name__
-            reasons[url] = re.sub(r"^\[Errno -?\d+\] ", "", text).lower()  # "connection refused"
+            reason = re.sub(r"^\[Errno -?\d+\] ", "", text).lower()  # "connection refused"
+            reasons[url] = f"does not answer now ({reason})"
 
     threads = [threading.Thread(target=probe, args=(url,), daemon=True) for url in urls]
     for thread in threads:
@@ -99,8 +122,21 @@ def _unreachable(urls: list[str]) -> dict[str, str]:
     deadline = time.monotonic() + PROBE_SECONDS
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    late = f"no answer within {PROBE_SECONDS:.0f} s"
+    late = f"does not answer now (no answer within {PROBE_SECONDS:.0f} s)"
     return {url: reason for url in urls if (reason := reasons.get(url, late)) is not None}
+
+
+#: The most of a source's root read (python-tuf's bound for a root).
+ROOT_LIMIT: Final = 512_000
+
+
+def _signed_part(data: bytes | bytearray) -> object:
+    """The ``signed`` part of a metadata file, or None if it has none."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    return document.get("signed") if isinstance(document, dict) else None
 
 
 @client.command()
@@ -143,11 +179,21 @@ def sources(home: Path | None) -> None:
     default=Path("."),
     help="Directory to write into [default: current directory].",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a file of the same name that is not the artifact (a damaged copy).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per artifact on stdout.")
 @home_option
 def get(
-    targets: tuple[str, ...], output: Path, quiet: bool, as_json: bool, home: Path | None
+    targets: tuple[str, ...],
+    output: Path,
+    replace: bool,
+    quiet: bool,
+    as_json: bool,
+    home: Path | None,
 ) -> None:
     """Download PROJECT/FILENAME artifacts, verified, into a directory."""
     # Made by the download itself, once the artifact is known: nothing is
@@ -175,7 +221,7 @@ def get(
             try:
                 with progress_bar(label, length) as advance:
                     progress = None if quiet else advance
-                    result = downloader.download(target, output, progress=progress)
+                    result = downloader.download(target, output, progress=progress, replace=replace)
             except BaseException as exc:
                 interrupted = isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)) or (
                     isinstance(exc, BaseExceptionGroup)
@@ -194,6 +240,9 @@ def get(
                         )
                 raise
             used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
+            for name, stats in result.sources.items():
+                if stats.banned:  # its bytes were refused; the user may want to report it
+                    click.echo(f"warning: {name} was banned: {stats.banned}", err=True)
             if as_json:
                 click.echo(
                     json.dumps(

@@ -310,12 +310,15 @@ class Client:
         filename: str | None = None,
         progress: Callable[[int], None] | None = None,
         replicating: Replicating | None = None,
+        replace: bool = True,
     ) -> DownloadResult:
         """Fetch artifact ``path`` into ``dest_dir/<filename>`` (default: its base name).
 
         With ``replicating`` (a mirror), chunks come from the peers its
         have-records name, and the fallback sources serve only what no peer
-        holds (see :class:`ChunkScheduler`).
+        holds (see :class:`ChunkScheduler`). A file already there that is not
+        the artifact is replaced, or with ``replace=False`` refused (a
+        :class:`ClientError` before anything is fetched).
         """
         info = self.target(path)
         try:
@@ -331,7 +334,11 @@ class Client:
                     info.verify_length_and_hashes(existing)
                     return DownloadResult(path, dest, info.length, cached=True)
                 except tuf_errors.LengthOrHashMismatchError:
-                    pass  # stale or damaged: fetch again
+                    if not replace:
+                        raise ClientError(
+                            f"{dest} exists and is not {path} as signed: move it away, or "
+                            "replace it (--replace)"
+                        ) from None
         part = part_path(dest)
         if os.path.lexists(part) and not own_file(part):
             # A link there would have the download write wherever it points; a

@@ -44,6 +44,10 @@ TARGET_BASE: Final = "tufmesh:///targets/"
 #: one that replays an older one is outvoted by a faster honest source, and a
 #: silent one costs a refresh this much, not its timeouts.
 NEWEST_GRACE: Final = 2.0
+#: ...but a source that has failed this many times more than it has been
+#: forgiven (a clean run forgives one) is not waited for: still asked, its
+#: answer counts if it comes while the others are awaited.
+NOT_WAITED_FOR: Final = 3
 
 
 @dataclass(frozen=True)
@@ -140,11 +144,12 @@ class _HeadDeadline:
     sock: socket.socket | None
 
     def getresponse(self) -> Any:
-        answered = threading.Event()
+        answered, late = threading.Event(), threading.Event()
         sock = self.sock  # this request's socket, not whatever the connection has later
 
         def cut() -> None:
             if sock is not None and not answered.is_set():
+                late.set()
                 with contextlib.suppress(Exception):  # OSError; not a socket (a TLS proxy)
                     # The plain socket's shutdown, under a TLS one too: the TLS
                     # object stays the reading thread's, which sees the end.
@@ -155,6 +160,10 @@ class _HeadDeadline:
         timer.start()
         try:
             return super().getresponse()  # type: ignore[misc]
+        except Exception as exc:
+            if late.is_set():  # our cut, not the server's hang-up (urllib3 says timed out)
+                raise TimeoutError(f"no answer within {self.head_timeout:g} s") from exc
+            raise
         finally:
             answered.set()
             timer.cancel()
@@ -238,11 +247,21 @@ class MultiSourceFetcher(FetcherInterface):
                 if newest is not None:
                     return self._served(name, *newest)
         else:
-            for source in self.ordered():
+            ordered = self.ordered()
+            for i, source in enumerate(ordered):
                 try:
                     data = self._get(source, f"{source.base(kind)}{name}", self._limit)
                 except (urllib3.exceptions.HTTPError, DownloadError) as exc:
                     reasons[source.url] = _reason(exc)
+                    if reasons[source.url] == _NOT_FOUND and ordered[i + 1 :]:
+                        # Not on the healthiest source that answered (python-tuf
+                        # asks for root N+1 at every refresh): the rest are
+                        # asked at once, and a silent one costs NEWEST_GRACE,
+                        # not its timeouts. Any that has the file outvotes it.
+                        newest = self._newest(kind, name, ordered[i + 1 :], reasons, answered=True)
+                        if newest is not None:
+                            return self._served(name, *newest)
+                        break
                     continue
                 return self._served(name, source, data)
         listing = "; ".join(f"{u}: {r}" for u, r in reasons.items()) or "no sources"
@@ -255,12 +274,19 @@ class MultiSourceFetcher(FetcherInterface):
         raise SourcesFailedError(f"cannot fetch metadata ({name}) from any source: {listing}")
 
     def _newest(
-        self, kind: str, name: str, sources: list[SourceHealth], reasons: dict[str, str]
+        self,
+        kind: str,
+        name: str,
+        sources: list[SourceHealth],
+        reasons: dict[str, str],
+        *,
+        answered: bool = False,
     ) -> tuple[SourceHealth, bytes] | None:
         """The answer with the highest signed version among ``sources``, asked
         at once: the others get :data:`NEWEST_GRACE` seconds after the first
         good answer (a slow or silent source must not slow every refresh;
-        its request ends in the background, by its own timeouts)."""
+        its request ends in the background, by its own timeouts), or from
+        now if another source has ``answered`` already."""
         answers: queue.SimpleQueue[tuple[int, SourceHealth, bytes | BaseException]] = (
             queue.SimpleQueue()
         )
@@ -276,13 +302,24 @@ class MultiSourceFetcher(FetcherInterface):
         for rank, source in enumerate(sources):
             threading.Thread(target=ask, args=(rank, source), daemon=True).start()
         newest: tuple[int, int, SourceHealth, bytes] | None = None
-        deadline = math.inf
+        deadline = time.monotonic() + NEWEST_GRACE if answered else math.inf
+        awaited = {rank for rank, s in enumerate(sources) if s.failures < NOT_WAITED_FOR}
+        unanswered = set(range(len(sources)))
         for _ in sources:
+            if (newest is not None or answered) and not awaited:
+                break  # the others have failed before: not waited for
             try:
                 wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
                 rank, source, data = answers.get(timeout=wait)
-            except queue.Empty:
-                break  # the grace is over: the others are not waited for
+            except queue.Empty:  # the grace is over: the others are not waited for
+                for late in unanswered & awaited:
+                    sources[late].failures += 1
+                    sources[late].last_error = reasons[sources[late].url] = (
+                        f"no answer within {NEWEST_GRACE:g} s of another source's"
+                    )
+                break
+            awaited.discard(rank)
+            unanswered.discard(rank)
             if isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
                 reasons[source.url] = _reason(data)
             elif isinstance(data, Exception):  # unforeseen: still that source's alone
@@ -364,7 +401,7 @@ class MultiSourceFetcher(FetcherInterface):
         except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):
                 source.failures += 1
-                source.last_error = str(exc) or type(exc).__name__
+                source.last_error = _reason(exc)
             raise
         elapsed = time.monotonic() - started
         source.latency = (first or time.monotonic()) - started
@@ -388,6 +425,11 @@ def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return f"cannot connect ({cause.strerror.lower()})"
         return "cannot connect"
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, TimeoutError) and str(cause).startswith("no answer"):
+            return str(cause)  # the response head's deadline
+        return "timed out"
     return str(exc) or type(exc).__name__
 
 

@@ -404,6 +404,60 @@ def test_a_slow_source_costs_a_refresh_seconds_not_its_timeouts(
             assert client.fetcher.served_by["timestamp.json"] == origin.url
 
 
+@contextlib.contextmanager
+def black_hole() -> Iterator[str]:
+    """A source that accepts connections and never says a word: its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop, held = threading.Event(), []
+
+    def hold() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in [*held, listener]:
+            conn.close()
+
+
+def test_a_silent_source_costs_a_refresh_its_grace_then_nothing(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A source that accepts and never answers cost every refresh 12 s: the
+    grace for the timestamp, then the whole head deadline (10 s) for the
+    next root, which the other source had said does not exist. Now, once a
+    source has said "not found", the rest are asked at once and given the
+    grace; and a source that has failed NOT_WAITED_FOR times (a silent one is
+    counted as failed once past its grace) is asked, but not waited for."""
+    from tufmesh.client._fetcher import NEWEST_GRACE, NOT_WAITED_FOR
+
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    with black_hole() as silent:
+        health = [SourceHealth(origin.url), SourceHealth(silent)]
+        took = []
+        while health[1].failures < NOT_WAITED_FOR:
+            assert len(took) < NOT_WAITED_FOR
+            with Client(tmp_path / "c", root, health) as client:
+                started = time.monotonic()
+                client.refresh()
+                took.append(time.monotonic() - started)
+                assert client.fetcher.served_by["timestamp.json"] == origin.url
+            late = f"no answer within {NEWEST_GRACE:g} s of another source's"
+            assert health[1].last_error == late  # (its requests go on in the background)
+        assert took[0] < 2 * NEWEST_GRACE + 3, took  # the timestamp's grace, the root's: not 12 s
+        with Client(tmp_path / "c", root, health) as client:
+            started = time.monotonic()
+            client.refresh()
+            assert time.monotonic() - started < NEWEST_GRACE  # not waited for at all
+
+
 @pytest.mark.attack
 def test_a_timestamp_past_the_grace_is_still_read_only_to_its_bound(
     origin: Server, tmp_path: Path
@@ -530,6 +584,31 @@ def test_get_into_a_path_in_the_way_is_one_clear_line(origin: Server, tmp_path: 
     assert not (tmp_path / "new").exists()
 
 
+def test_get_keeps_a_file_of_the_users_and_names_a_banned_mirror(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A file of the user's at the artifact's name, with other bytes, was
+    replaced without a word; a mirror that sent a bad chunk was banned
+    without one (only --json said so)."""
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    out.mkdir()
+    name = BIG.rsplit("/", 1)[-1]
+    (out / name).write_bytes(b"my own build\n")
+    with mirrors(origin.repo, "bitflip") as (liar,):
+        tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"), "--origin",
+                origin.url, "--mirror", liar.url, "--home", str(home))  # fmt: skip
+        ClientHome(home).save_health([SourceHealth(liar.url), SourceHealth(origin.url, failures=1)])
+        kept = tufmesh("get", BIG, "-o", str(out), "--home", str(home), check=False)
+        assert kept.returncode == 1, kept.stderr
+        assert f"{out / name} exists and is not {BIG} as signed" in kept.stderr
+        assert (out / name).read_bytes() == b"my own build\n" and liar.blob_requests == 0
+        got = tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--replace")
+    assert (out / name).read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+    assert f"warning: {liar.url} was banned: " in got.stderr, got.stderr
+    assert "bad chunk" in got.stderr
+
+
 def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:
     # In a shared directory another user may plant NAME.part: a link to a
     # file of ours must not be overwritten, a dangling one must not be created.
@@ -613,8 +692,12 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
     # init with the right root must replace it, cache and all.
     home = tmp_path / "home"
     other = init_repo(tmp_path / "other")
-    tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
-            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    made = tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
+                   "--origin", origin.url, "--home", str(home))  # fmt: skip
+    assert made.stderr == (  # said at once, not first at a get as a bad signature
+        f"warning: {origin.url} serves another repository: its root v1 is not the one trusted "
+        "here (a wrong URL, or the wrong root.json)\n"
+    )
     wrong = tufmesh("ls", "demo", "--home", str(home), check=False)
     assert wrong.returncode == 1 and "bad signature" in wrong.stderr
     tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
@@ -643,7 +726,11 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
                          "--origin", origin.url, "--mirror", dribbler, "--mirror", endless,
                          "--home", str(home))  # fmt: skip
         assert time.monotonic() - started < 15
-        assert looked.stderr == f"warning: {dribbler} does not answer now (no answer within 5 s)\n"
+        assert looked.stderr.splitlines() == [
+            f"warning: {dribbler} does not answer now (no answer within 5 s)",
+            f"warning: {endless} serves another repository: its root v1 is not the one trusted "
+            "here (a wrong URL, or the wrong root.json)",  # (its endless body, 512 KB of it)
+        ]
 
 
 @pytest.mark.attack
