@@ -45,12 +45,9 @@ def cas(ctx: click.Context, store_dir: Path | None) -> None:
         raise UsageError(f"{root} is not a blob store (no blobs/ in it): give a store or a new dir")
     if {"--help", "-h"} & set(sys.argv[1:]):
         return  # (parsed by the subcommand, after this: it needs no store)
-    if (
-        store_dir is not None
-        and ctx.invoked_subcommand not in ("put", "manifest")
-        and not (root / "blobs").is_dir()
-    ):
-        # Only storing makes a store: a typo in --store made a whole new one.
+    if ctx.invoked_subcommand not in ("put", "manifest") and not (root / "blobs").is_dir():
+        # Only storing makes a store: a typo in --store made a whole new one,
+        # and so did a first `cas ls` (the default store, 1,026 directories).
         raise UsageError(f"no blob store at {root} ('tufmesh cas put' makes one)")
     ctx.obj = BlobStore(root)
 

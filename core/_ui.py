@@ -142,11 +142,13 @@ def data_home() -> Path:
 
 @contextlib.contextmanager
 def progress_bar(
-    description: str, total: int | None, *, items: bool = False
+    description: str, total: int | None, *, items: bool = False, then: str | None = None
 ) -> Iterator[Callable[[int], None]]:
     """Yield an ``advance(n)`` callback that draws a bar on a terminal, else nothing.
 
-    ``n`` counts bytes, or things done (``"37/100"``) with ``items``."""
+    ``n`` counts bytes, or things done (``"37/100"``) with ``items``; ``then``
+    is said once all is done (what is awaited next: a full bar that stays is
+    no answer)."""
     if not sys.stderr.isatty():
         yield lambda _n: None
         return
@@ -175,7 +177,14 @@ def progress_bar(
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            if then is not None and total is not None:
+                done = bar.tasks[0].completed >= total
+                bar.update(task, description=f"{description}: {then}" if done else description)
+
+        yield advance
 
 
 def run_service(

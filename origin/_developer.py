@@ -816,12 +816,30 @@ def send_version(
     except ValueError:
         body = {}
     if response.status_code != 200 or not isinstance(body, dict) or "version" not in body:
+        done = _published_already(client, origin, project, data)
+        if response.status_code == 400 and done is not None:
+            return done  # sent before (its answer lost, or the command run again)
         reason = body.get("error") if isinstance(body, dict) else None
         raise PublishError(
             f"{owned_role(project)}: refused by the origin ({response.status_code}): "
             f"{reason or response.reason_phrase}"
         )
     return body
+
+
+def _published_already(
+    client: httpx.Client, origin: str, project: str, data: bytes
+) -> dict[str, Any] | None:
+    """The answer for ``data`` if the origin publishes exactly it now (its
+    signed part: the signatures may differ), else None."""
+    try:
+        sent = Metadata.from_bytes(data).signed.to_dict()
+        published = published_version(client, origin, project).signed.to_dict()
+    except (PublishError, DeserializationError, ValueError, KeyError, TypeError):
+        return None
+    if published != sent:
+        return None
+    return {"role": owned_role(project), "version": sent["version"], "already": True}
 
 
 def release(

@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 import httpx
@@ -28,8 +28,15 @@ replace_keys_option = click.option(
     is_flag=True,
     help="Replace the project's keys noted beside KEY by the claim's, if other (else asked).",
 )
+#: What an upload's bar says once the file is sent (the origin answers once it
+#: has stored it, and published it unless the project signs its own).
+SENT: Final = "sent; waiting for the origin's answer"
+
 key_option = click.option(
-    "--key", envvar="TUFMESH_KEY", required=True, help="Your signing key (the project's)."
+    "--key",
+    envvar="TUFMESH_KEY",
+    required=True,
+    help="Your signing key (the project's) [env TUFMESH_KEY].",
 )
 public_key_option = click.option(
     "--public-key",
@@ -100,7 +107,8 @@ def publish(
             developer = _ready_to_sign(client, origin_url, project, developer)
         for done, path in enumerate(files):
             try:
-                with progress_bar(f"publish {path.name}", os.stat(path).st_size) as advance:
+                size = os.stat(path).st_size
+                with progress_bar(f"publish {path.name}", size, then=SENT) as advance:
                     answer = upload(
                         client, origin_url, project, path, token,
                         progress=advance, on_retry=lambda why: click.echo(why, err=True),
@@ -412,7 +420,9 @@ def developer_claim(
 @developer.command("sign")
 @click.argument("project")
 @click.option("--origin", "origin_url", required=True, help="Origin URL.")
-@click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
+@click.option(
+    "--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token [env TUFMESH_TOKEN]."
+)
 @key_option
 @public_key_option
 @click.option(
@@ -599,7 +609,9 @@ def _confirm(given: bool, question: str, flag: str) -> None:
 @click.argument("request_file", metavar="REQUEST", type=click.Path(dir_okay=False, path_type=Path))
 @files_argument
 @click.option("--origin", "origin_url", required=True, help="Origin URL.")
-@click.option("--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token.")
+@click.option(
+    "--token", envvar="TUFMESH_TOKEN", required=True, help="Upload token [env TUFMESH_TOKEN]."
+)
 def developer_send(
     request_file: Path, files: tuple[Path, ...], origin_url: str, token: str
 ) -> None:
@@ -676,7 +688,7 @@ def _send(
 
     token = token.strip()
     for path in files:
-        with progress_bar(f"upload {path.name}", os.stat(path).st_size) as advance:
+        with progress_bar(f"upload {path.name}", os.stat(path).st_size, then=SENT) as advance:
             upload(client, origin_url, request.project, path, token, progress=advance)
     answer = publish_version(client, origin_url, request.project, request.data, token, developer)
     for path in files:
@@ -688,6 +700,9 @@ def _published(answer: dict[str, Any], done: str) -> None:
     """Say what the origin published (``answer``), after ``done``."""
     if "warning" in answer:
         click.echo(f"warning: {answer['warning']}", err=True)
+    if answer.get("already"):
+        click.echo(f"already published: {answer['role']} v{answer['version']}")
+        return
     click.echo(
         f"{done} {answer['role']} v{answer['version']}, snapshot v{answer['snapshot_version']}"
     )

@@ -312,3 +312,8 @@ def test_only_put_makes_a_store(tmp_path: Path) -> None:
     made = subprocess.run([TUFMESH, "cas", "--store", str(typo), "put", str(tmp_path / "f")],
                           capture_output=True, text=True)  # fmt: skip
     assert made.returncode == 0 and (typo / "blobs").is_dir()
+    home = tmp_path / "home"  # the default store too
+    proc = subprocess.run([TUFMESH, "cas", "ls"], capture_output=True, text=True,
+                          env={**os.environ, "TUFMESH_HOME": str(home)})  # fmt: skip
+    assert proc.returncode == 1 and "no blob store at" in proc.stderr, proc
+    assert not (home / "cas").exists()

@@ -797,6 +797,9 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         assert "adds demo/demo-2.0.tar.gz" in out and "2 signature(s), 2 needed" in out
         assert "sent " in out and "project-demo v2" in out
         assert tuf_download(url, repo, "demo/demo-2.0.tar.gz") == second.read_bytes()
+        # Sent again (its answer lost, say): said published, not refused.
+        again = tufmesh("developer", "send", str(pending), "--origin", url, "--token", token)
+        assert again.stdout.strip().endswith("already published: project-demo v2"), again.stdout
         # The third holder's key did not sign v2; two of the keys it noted at
         # the claim did, so it builds v3 on it: a drop, which the first holder
         # cosigns (nothing added: nothing to check but the listing).
