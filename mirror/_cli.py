@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -128,6 +129,16 @@ def run(
             shutil.rmtree(mirror_dir, ignore_errors=True)
 
 
+def _fetched_so_far(incoming: Path) -> int:
+    """Bytes on disk in a stopped sync's part files (sparse: their blocks)."""
+    total = 0
+    for part in incoming.glob("*.part"):
+        with contextlib.suppress(OSError):
+            stat = part.lstat()
+            total += min(stat.st_blocks * 512, stat.st_size)
+    return total
+
+
 def _progress_line(progress: dict[str, Any]) -> str:
     """A sync under way: how far, for how long, and when it last said so."""
     total = progress["bytes"]
@@ -158,11 +169,17 @@ def status(mirror_dir: Path) -> None:
     if replica is None:
         if not (mirror_dir / "mirror.json").is_file():
             raise TufmeshError(f"{mirror_dir} is not a mirror's directory (no mirror.json)")
-        if progress is None:
-            why = "its origin up?" if running else "no 'tufmesh mirror run' runs in it"
+        if progress is None and running:
             raise TufmeshError(
-                f"{mirror_dir} is a mirror whose first sync has not completed yet, nor begun "
-                f"to fetch artifacts ({why})"
+                f"{mirror_dir} is a mirror whose first sync has not begun to fetch artifacts "
+                "yet (is its origin up?)"
+            )
+        if progress is None:
+            kept = _fetched_so_far(mirror_dir / "incoming")
+            so_far = f"; {format_size(kept)} fetched, for the next run to resume" if kept else ""
+            raise TufmeshError(
+                f"{mirror_dir} is a mirror whose first sync has not completed, and no "
+                f"'tufmesh mirror run' runs in it{so_far}"
             )
         click.echo(f"mirror {mirror_dir}")
         click.echo(f"first sync	{_progress_line(progress)}")

@@ -395,8 +395,9 @@ class Mirror:
             replicating = swarm.replicating(cid, incoming / cid) if swarm else None
             try:
                 result = client.download(
-                    target.path, incoming, filename=cid, replicating=replicating
-                )
+                    target.path, incoming, filename=cid, replicating=replicating,
+                    progress=progress.arrived,
+                )  # fmt: skip
                 # The store hashes it once more on the way in: a blob is never
                 # kept under a name its bytes do not have.
                 self.store.put(result.path, expect=cid)
@@ -585,12 +586,21 @@ class _Progress:
             "started": now,
             "updated": 0.0,
         }
+        self._arrived = 0  # bytes of the artifact being fetched, counted already
         self._write(now)
 
     def held(self, target: Any) -> None:
         """``target`` is in the store now."""
         self.state["held"] += 1
-        self.state["bytes_held"] += target.length
+        self.state["bytes_held"] += target.length - self._arrived
+        self._arrived = 0
+
+    def arrived(self, count: int) -> None:
+        """``count`` more verified bytes of the artifact being fetched (a large
+        one stayed at 0% until it was whole, which looked like a stopped sync)."""
+        self._arrived += count
+        self.state["bytes_held"] += count
+        self.note()
 
     def note(self) -> None:
         """Say how far the sync is, now and then (at most once a second)."""

@@ -129,7 +129,12 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     (tmp_path / "m4").mkdir()  # a mirror in its first sync
     (tmp_path / "m4" / "mirror.json").write_bytes((tmp_path / "m2" / "mirror.json").read_bytes())
     first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
-    assert first.returncode == 1 and "first sync has not completed yet" in first.stderr
+    assert first.returncode == 1 and "first sync has not completed" in first.stderr
+    assert "fetched" not in first.stderr
+    (tmp_path / "m4" / "incoming").mkdir()  # a stopped sync's part file
+    (tmp_path / "m4" / "incoming" / "x.part").write_bytes(os.urandom(1 << 20))
+    first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
+    assert first.returncode == 1 and "1.0 MiB fetched, for the next run to resume" in first.stderr
     # A failed sync: what the mirror serves is still counted (it said 0).
     state = Mirror(tmp_path / "m2").state()
     failed = state | {"last_sync": {"artifacts": 0, "error": "the origin is down"}}
@@ -175,13 +180,18 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
 def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
     """A first sync of a large repository takes hours, and 'mirror status'
     said only that it had not completed, with exit 1: monitoring saw a
-    failure. Now it shows how far the sync is, and exits 0."""
+    failure. Now it shows how far the sync is, and exits 0; within an
+    artifact too (a large one stayed at 0% until it was whole)."""
+    import itertools
     import threading
+
+    from tufmesh.mirror._mirror import read_progress
 
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")
-    lengths = [300_000, 200_000, 100_000]
+    lengths = [(3 << 20) + 1000, 200_000, 100_000]  # the first, four chunks at 1 s each
     seen: list[str] = []
+    held: set[int] = set()
     with running(repo) as origin:
         for i, length in enumerate(lengths):
             post(origin.url, "demo", f"demo-{i}.tar.gz", os.urandom(length), token)
@@ -196,9 +206,13 @@ def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
                 if "first sync" in status.stdout:
                     assert status.returncode == 0, status.stderr
                     seen.append(status.stdout)
+                if progress := read_progress(tmp_path / "m"):
+                    held.add(progress["bytes_held"])
                 time.sleep(0.2)
             sync.join()
     assert seen, "the sync was never seen under way"
+    whole = {sum(c) for n in range(4) for c in itertools.combinations(lengths, n)}
+    assert held - whole, held  # some part of an artifact was said
     # A sync's progress left by a daemon that stopped is not a sync under way.
     (tmp_path / "m" / "progress.json").write_text(json.dumps(json.loads(
         '{"snapshot_version": 4, "artifacts": 3, "held": 1, "bytes": 9, "bytes_held": 3, '
