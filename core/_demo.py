@@ -22,6 +22,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Final
 import click
 
 from tufmesh._procs import TUFMESH, health, service
-from tufmesh._ui import SIZE, format_size
+from tufmesh._ui import SIZE, format_size, progress_bar
 from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = ["demo"]
@@ -84,9 +85,11 @@ def _write_random(path: Path, size: int) -> None:
     """``size`` reproducible random bytes (16 MiB at a time: one call for
     gigabytes overflows, and would hold them all in memory)."""
     rng = random.Random(2026)  # noqa: S311 - demo data
-    with open(path, "wb") as out:
+    with open(path, "wb") as out, progress_bar("    write it", size) as advance:
         for start in range(0, size, 16 << 20):
-            out.write(rng.randbytes(min(16 << 20, size - start)))
+            piece = rng.randbytes(min(16 << 20, size - start))
+            out.write(piece)
+            advance(len(piece))
 
 
 def _run(work: Path, size: int) -> None:
@@ -147,7 +150,9 @@ def _run(work: Path, size: int) -> None:
         artifact = work / "example-1.0.tar.gz"
         _write_random(artifact, size)
         with httpx.Client() as client:
-            answer = upload(client, origin, "example", artifact, token)  # stored, not published
+            with progress_bar("    upload it", size, then="sent; the origin stores it") as bar:
+                # stored, not published: the developers' signature publishes it
+                answer = upload(client, origin, "example", artifact, token, progress=bar)
             adding = [target_of(artifact, "example")]
             sent = release(client, origin, "example", developer, token, add=adding)
         version = int(sent["snapshot_version"])
@@ -159,15 +164,19 @@ def _run(work: Path, size: int) -> None:
         _step("wait until every mirror holds it, verified (announced over libp2p gossip)")
         published_at = time.monotonic()
         deadline = published_at + 120
-        for n, url in enumerate(mirrors, 1):
-            while int(health(url).get("snapshot_version", 0) or 0) < version:
-                if time.monotonic() > deadline:
-                    raise TufmeshError(f"mirror {n} did not replicate in time")
-                time.sleep(0.2)
-            elapsed = time.monotonic() - published_at
-            click.echo(
-                f"    mirror {n} holds snapshot v{version} ({elapsed:.1f} s after publishing)"
-            )
+        said = []
+        with progress_bar("    mirrors holding it", len(mirrors), items=True) as holding:
+            for n, url in enumerate(mirrors, 1):
+                while int(health(url).get("snapshot_version", 0) or 0) < version:
+                    if time.monotonic() > deadline:
+                        raise TufmeshError(f"mirror {n} did not replicate in time")
+                    time.sleep(0.2)
+                elapsed = time.monotonic() - published_at
+                after = f"{elapsed:.1f} s after publishing"
+                said.append(f"    mirror {n} holds snapshot v{version} ({after})")
+                holding(1)
+        for line in said:
+            click.echo(line)
 
         _step("corrupt mirror 3's copy: a flipped bit in every chunk, as a malicious mirror would")
         blob = BlobStore(work / "mirror-3" / "cas").path(answer["cid"])
@@ -187,12 +196,14 @@ def _run(work: Path, size: int) -> None:
             init += ["--mirror", url]
         subprocess.run([*TUFMESH, *init], check=True, capture_output=True)
         out = work / "downloads"
+        # Its progress bar and warnings to a terminal; its JSON answer to us.
+        to_terminal = sys.stderr.isatty()
         got = subprocess.run(
             [*TUFMESH, "get", answer["target"], "-o", str(out), "--home", str(home), "--json"],
-            capture_output=True, text=True,
+            stdout=subprocess.PIPE, stderr=None if to_terminal else subprocess.PIPE, text=True,
         )  # fmt: skip
         if got.returncode != 0:
-            raise TufmeshError(f"tufmesh get failed: {got.stderr.strip()}")
+            raise TufmeshError(f"tufmesh get failed: {(got.stderr or 'as it said').strip()}")
         result = json.loads(got.stdout)
         same = (out / artifact.name).read_bytes() == artifact.read_bytes()
         click.echo(f"    {out / artifact.name}: {'identical' if same else 'DIFFERENT'} bytes")

@@ -158,21 +158,31 @@ def progress_bar(
         DownloadColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
+    from rich.table import Column
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        """Bytes a second in the units of the sizes beside it (rich's own says MB/s)."""
+
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            said = "?" if speed is None else f"{format_size(int(speed))}/s"
+            return Text(said, "progress.data.speed")
 
     columns = (
         (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         if items
-        else (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+        else (  # on a narrow terminal the description is cut, not the figures
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, max_width=40)),
+            BarColumn(bar_width=20),
+            DownloadColumn(binary_units=True, table_column=Column(no_wrap=True)),
+            Rate(table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)),
         )
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
