@@ -88,6 +88,8 @@ def get(store: BlobStore, cid: str, output: Path | None) -> None:
         with progress_bar(f"get {cid[:16]}…", store.stat(cid).size) as advance:
             store.export(cid, output, progress=advance)
         return
+    if sys.stdout.isatty():  # as curl does: bytes meant for a file, not a screen
+        raise UsageError(f"blob {cid} is not for a terminal: -o FILE, or redirect the output")
     store.verify(cid)  # all of it before the first byte goes out
     with store.open(cid, verify=True) as handle:
         out = sys.stdout.buffer

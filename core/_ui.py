@@ -31,6 +31,7 @@ __all__ = [
     "parse_size",
     "progress_bar",
     "run_service",
+    "upload_rate_option",
 ]
 
 _UNITS = {
@@ -72,6 +73,27 @@ class _SizeType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
 SIZE = _SizeType()
 #: A TCP port option (0: any free port).
 PORT = click.IntRange(0, 65535)
+
+
+def _upload_rate(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    from tufmesh.origin._seeding import MIN_RATE
+
+    if value and value < 2 * MIN_RATE:  # (one upload at twice their floor: slots_within)
+        raise click.BadParameter(
+            f"at least {format_size(2 * MIN_RATE)} a second, or 0 for no cap: every download "
+            f"slower than {format_size(MIN_RATE)} a second is given up by its downloader"
+        )
+    return value
+
+
+#: The ``--max-upload-rate`` of the origin and of mirrors.
+upload_rate_option = click.option(
+    "--max-upload-rate",
+    type=SIZE,
+    default=None,
+    callback=_upload_rate,
+    help="Cap on bytes served per second (0: none).",
+)
 
 
 def format_size(size: float) -> str:

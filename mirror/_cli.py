@@ -12,7 +12,16 @@ from typing import Any
 import click
 
 from tufmesh._durable import hold_lock, is_held
-from tufmesh._ui import PORT, SIZE, Group, format_duration, format_size, p2p_line, run_service
+from tufmesh._ui import (
+    PORT,
+    SIZE,
+    Group,
+    format_duration,
+    format_size,
+    p2p_line,
+    run_service,
+    upload_rate_option,
+)
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror._mirror import Mirror, read_progress
 from tufmesh.mirror._server import run_mirror
@@ -56,9 +65,7 @@ def mirror() -> None:
 @click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
 @click.option("--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network here.")
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
-@click.option(
-    "--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second (0: none)."
-)
+@upload_rate_option
 @click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
 @click.option("--p2p-only", is_flag=True,
               help="Peers reach this mirror over libp2p (no reachable HTTP port).")  # fmt: skip

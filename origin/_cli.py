@@ -20,6 +20,7 @@ from tufmesh._ui import (
     format_size,
     p2p_line,
     run_service,
+    upload_rate_option,
 )
 from tufmesh.errors import OriginError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
@@ -187,9 +188,7 @@ def init(
     "--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network on this port."
 )
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
-@click.option(
-    "--max-upload-rate", type=SIZE, default=None, help="Cap on bytes served per second (0: none)."
-)
+@upload_rate_option
 def serve(
     repo_dir: Path,
     host: str,
@@ -477,13 +476,18 @@ def remove(repo_dir: Path, paths: tuple[str, ...]) -> None:
     cut short is finished by running it again.
     """
     repo = _ceremony(repo_dir)
+    already = {p for p in paths if p in repo.removed() and repo.find(p) is None}
     version = _on_disk(lambda: repo.remove(paths))
     removed = repo.removed()
     for path in dict.fromkeys(paths):
         sha256 = removed[path].get("sha256")
         said = f"sha256 {sha256[:16]}…" if isinstance(sha256, str) else "(no sha256)"
-        click.echo(f"removed {path}  {said}")
-    click.echo(f"  snapshot v{version}; start the origin again to serve it")
+        done = "removed already (its files cleaned up again):" if path in already else "removed"
+        click.echo(f"{done} {path}  {said}")
+    if already >= set(paths):
+        click.echo(f"  the metadata is unchanged (snapshot v{version})")
+    else:
+        click.echo(f"  snapshot v{version}; start the origin again to serve it")
 
 
 @origin.group(cls=Group)

@@ -50,6 +50,7 @@ from tufmesh.origin._owned import (
     key_material,
     owned_role,
 )
+from tufmesh.origin._publish import refusal, status_phrase
 from tufmesh.origin._repository import Artifact
 
 __all__ = [
@@ -692,7 +693,7 @@ def _get(client: httpx.Client, url: str) -> bytes:
     except httpx.HTTPError as exc:
         raise PublishError(f"cannot reach {url}: {exc}") from None
     if response.status_code != 200:
-        raise PublishError(f"{url}: {response.status_code} {response.reason_phrase}")
+        raise PublishError(f"{url}: {response.status_code} {status_phrase(response)}")
     return response.content
 
 
@@ -816,13 +817,13 @@ def send_version(
     except ValueError:
         body = {}
     if response.status_code != 200 or not isinstance(body, dict) or "version" not in body:
-        done = _published_already(client, origin, project, data)
-        if response.status_code == 400 and done is not None:
-            return done  # sent before (its answer lost, or the command run again)
-        reason = body.get("error") if isinstance(body, dict) else None
+        if response.status_code == 400:  # (as the next version: perhaps sent before)
+            done = _published_already(client, origin, project, data)
+            if done is not None:
+                return done  # sent before (its answer lost, or the command run again)
         raise PublishError(
             f"{owned_role(project)}: refused by the origin ({response.status_code}): "
-            f"{reason or response.reason_phrase}"
+            f"{refusal(response)}"
         )
     return body
 

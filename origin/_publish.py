@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -14,7 +15,7 @@ import httpx
 from tufmesh.errors import PublishError
 from tufmesh.origin._names import check_filename, normalize_project
 
-__all__ = ["upload"]
+__all__ = ["refusal", "status_phrase", "upload"]
 
 #: Uploads wait for the group commit that publishes them (a commit normally
 #: takes well under a second), and, past the origin's cap on uploads at once,
@@ -92,7 +93,7 @@ def upload(
         else:
             if response.status_code != 503 or retries == RETRIES:
                 return _answer(response, path, origin)
-            wait, why = _retry_after(response), f"busy: {_reason(_body(response), response)}"
+            wait, why = _retry_after(response), f"busy: {refusal(response)}"
         if progress is not None and sent:
             progress(-sent)
         if on_retry is not None:
@@ -105,15 +106,25 @@ def _body(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        # Not an origin's answer (an HTML error page, say): its status says enough.
-        body = {"error": response.reason_phrase or "not a tufmesh answer"}
-    return body
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
-def _reason(body: dict[str, Any], response: httpx.Response) -> str:
-    return " ".join(str(body.get("error", response.reason_phrase)).split())[:300]
+def refusal(response: httpx.Response) -> str:
+    """Why the origin refused, in a line: in its own words, or else (not an
+    origin's answer: a mirror's 404, a proxy's error page) the status's."""
+    error = _body(response).get("error")
+    if error is not None:
+        return " ".join(str(error).split())[:300]
+    return f"{status_phrase(response)} (not an origin's answer: is --origin the origin's URL?)"
+
+
+def status_phrase(response: httpx.Response) -> str:
+    """The words of a response's status (HTTP/1.1 servers may send none)."""
+    try:
+        return response.reason_phrase or HTTPStatus(response.status_code).phrase
+    except ValueError:  # a status of nobody's
+        return "no reason given"
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -129,8 +140,7 @@ def _answer(response: httpx.Response, path: Path, origin: str) -> dict[str, Any]
     # 202: stored, for a claimed project's developers to sign (docs/adr/0022).
     if response.status_code not in (200, 202):
         raise PublishError(
-            f"{path.name}: refused by the origin ({response.status_code}): "
-            f"{_reason(body, response)}"
+            f"{path.name}: refused by the origin ({response.status_code}): {refusal(response)}"
         )
     expected = {"target", "length", "sha256"} | (
         {"signed_by", "chunk_size"} if "signed_by" in body else {"snapshot_version"}

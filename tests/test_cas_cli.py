@@ -71,6 +71,17 @@ def test_put_get_ls_stat_verify_roundtrip(tmp_path: Path, files: list[Path]) -> 
         [TUFMESH, "cas", "--store", str(store), "get", out[1]], capture_output=True, check=True
     ).stdout
     assert stdout == files[1].read_bytes()
+    leader, terminal = os.openpty()  # to a terminal: refused, as curl does, not megabytes
+    try:
+        shown = subprocess.run([TUFMESH, "cas", "--store", str(store), "get", big],
+                               stdout=terminal, stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+        os.set_blocking(leader, False)
+        with contextlib.suppress(BlockingIOError):
+            assert os.read(leader, 1 << 16) == b""
+    finally:
+        os.close(terminal)
+        os.close(leader)
+    assert shown.returncode == 1 and "is not for a terminal: -o FILE" in shown.stderr
     listing = [line.split("\t") for line in run(store, "ls").stdout.splitlines()]
     assert sorted(row[0] for row in listing) == sorted(out)
     assert {row[0]: int(row[1]) for row in listing}[big] == files[2].stat().st_size

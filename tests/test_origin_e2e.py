@@ -403,6 +403,15 @@ def test_ports_out_of_range_are_usage_errors(repo: Path, tmp_path: Path) -> None
     ):  # fmt: skip
         proc = tufmesh(*args, check=False)
         assert proc.returncode == 2 and "is not in the range 0<=x<=65535" in proc.stderr, args
+    # An upload cap below what every downloader gives up on (it was taken: 1 B/s).
+    for args in (
+        ["origin", "serve", "--dir", str(repo), "--max-upload-rate", "1"],
+        ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
+         "--root", str(repo / "metadata" / "1.root.json"), "--max-upload-rate", "100KiB"],
+    ):  # fmt: skip
+        proc = tufmesh(*args, check=False)
+        assert proc.returncode == 2 and "at least 128.0 KiB a second" in proc.stderr, args
+    assert not (tmp_path / "m").exists()
 
 
 def test_origin_seeds_each_chunk_to_one_mirror_at_a_time(repo: Path) -> None:
@@ -528,7 +537,10 @@ def test_removing_a_malicious_upload_from_the_cli(repo: Path, tmp_path: Path) ->
         assert post(server.url, "proj", "evil-1.tar.gz", b"malware", token).status_code == 200
         assert post(server.url, "proj", "good-1.tar.gz", b"fine", token).status_code == 200
     removed = tufmesh("origin", "remove", "--dir", str(repo), "proj/evil-1.tar.gz").stdout
-    assert "removed proj/evil-1.tar.gz" in removed
+    assert "removed proj/evil-1.tar.gz" in removed and "start the origin again" in removed
+    again = tufmesh("origin", "remove", "--dir", str(repo), "proj/evil-1.tar.gz").stdout
+    assert "removed already (its files cleaned up again): proj/evil-1.tar.gz" in again
+    assert "the metadata is unchanged" in again
     missing = tufmesh("origin", "remove", "--dir", str(repo), "proj/nope", check=False)
     assert missing.returncode == 1 and "not published" in missing.stderr
     with running(repo) as server:
@@ -662,7 +674,10 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("not as a tufmesh origin does") == 2, proc.stderr
     # An error page is its status, not its HTML.
-    assert "refused by the origin (501): Not Implemented" in proc.stderr, proc.stderr
+    assert (
+        "refused by the origin (501): Not Implemented (not an origin's answer: is --origin the "
+        "origin's URL?)" in proc.stderr
+    ), proc.stderr
     assert "<" not in proc.stderr and "line two" not in proc.stderr, proc.stderr
     for bad in ("http://[::1", "http://127.0.0.1:99999", "ftp://x"):
         proc = tufmesh("publish", str(artifact), "--origin", bad, "--project", "x",

@@ -358,3 +358,20 @@ def test_a_client_that_never_opens_its_http2_window_cannot_hold_the_server_up() 
         [sys.executable, "-c", _H2_STALLED], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "stopped", proc.stderr[-2000:]
+
+
+def test_a_refusal_is_said_in_the_origins_words_or_its_statuss() -> None:
+    """A mirror's URL given as --origin answered 404 with no reason phrase
+    (hypercorn sends none): 'refused by the origin (404): ' said nothing."""
+    import httpx
+
+    from tufmesh.origin._publish import refusal
+
+    hint = "(not an origin's answer: is --origin the origin's URL?)"
+    bare = httpx.Response(404, text="Not Found", extensions={"reason_phrase": b""})
+    assert refusal(bare) == f"Not Found {hint}"
+    assert (
+        refusal(httpx.Response(599, extensions={"reason_phrase": b""})) == f"no reason given {hint}"
+    )
+    said = httpx.Response(403, json={"error": "the token is not\nfor this project"})
+    assert refusal(said) == "the token is not for this project"
