@@ -98,6 +98,8 @@ def generate_key(path: Path) -> Key:
         load_pem_private_key,
     )
 
+    if not path.name or path.name in (".", ".."):
+        raise UsageError(f"{str(path)!r} names no file: give the key a file name (example.pem)")
     signer = CryptoSigner.generate_ed25519()
     public = load_pem_private_key(signer.private_bytes, None).public_key()
     pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)

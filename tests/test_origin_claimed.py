@@ -82,6 +82,8 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
         )
     key = tmp_path / "demo.pem"
     tufmesh("developer", "keygen", str(key))
+    empty = tufmesh("developer", "keygen", "", check=False)  # was ". exists already"
+    assert empty.returncode == 1 and "names no file: give the key a file name" in empty.stderr
     request = tmp_path / "demo.claim.json"
     tufmesh("developer", "claim", "demo", str(first), "--key", str(key), "-o", str(request))
     out = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
