@@ -270,11 +270,14 @@ def status(repo_dir: Path) -> None:
     click.echo(
         f"{'role':{width}} {'ver':>5} {'expires':25} {'':>12} {'thr':>3}  {'kind':8} keys (signers)"
     )
-    from tufmesh.origin._keys import signer_kind
+    from tufmesh.origin._keys import UNREADABLE, signer_kind
 
+    unreadable = []
     for row in rows:
         left = _human_delta((row.expires - now).total_seconds())
-        kinds = ",".join(sorted({signer_kind(uri, repo.dir) for uri in row.signers})) or "none here"
+        found = {signer_kind(uri, repo.dir) for uri in row.signers}
+        unreadable += [row.role] if UNREADABLE in found else []
+        kinds = ",".join(sorted(found)) or "none here"
         mode = "online" if row.online else "offline"
         keyids = ", ".join(k[:12] for k in row.keyids)
         click.echo(
@@ -312,7 +315,14 @@ def status(repo_dir: Path) -> None:
             fg="yellow",
             err=True,
         )
-    if expired or stale:
+    if unreadable:
+        click.secho(
+            f"warning: a key file of {', '.join(unreadable)} is no private key (damaged, or "
+            "another file): nothing signs with it, and 'origin serve' refuses to start",
+            fg="yellow",
+            err=True,
+        )
+    if expired or stale or unreadable:
         sys.exit(1)  # for a monitoring check: the repository serves nothing a client takes
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlparse
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -112,6 +113,10 @@ def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
         raise OriginError(f"cannot load signer {uri}: {exc}") from None
 
 
+#: A file key that is on this host but is no private key (damaged, or another file).
+UNREADABLE: Final = "file, UNREADABLE"
+
+
 def signer_kind(uri: str, repo: Path | None = None) -> str:
     """A short description of where a key lives, from its URI scheme (with
     ``repo``: a file key whose file is not on this host says so)."""
@@ -123,6 +128,10 @@ def signer_kind(uri: str, repo: Path | None = None) -> str:
             here = False
         if not here:
             return "file, not here"
+        try:
+            public_key_from_uri(repo, uri)
+        except OriginError:
+            return UNREADABLE
     return {
         "file2": "file",
         "gcpkms": "GCP KMS",

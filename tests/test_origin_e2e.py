@@ -325,6 +325,12 @@ def test_status_warns_of_offline_roles_near_expiry_and_fails_past_it(tmp_path: P
     row = next(r for r in tufmesh("origin", "status", "--dir", str(soon)).stdout.splitlines()
                if r.startswith("targets "))  # fmt: skip
     assert row.endswith("(file, not here)"), row
+    # A damaged key file was listed as "file", with exit 0, while serve refused it.
+    (soon / "keys" / "timestamp.pem").write_text("garbage")
+    status = tufmesh("origin", "status", "--dir", str(soon), check=False)
+    row = next(r for r in status.stdout.splitlines() if r.startswith("timestamp "))
+    assert status.returncode == 1 and row.endswith("(file, UNREADABLE)"), row
+    assert "warning: a key file of timestamp is no private key" in status.stderr
 
 
 def test_status_and_projects_cli(repo: Path) -> None:
