@@ -400,23 +400,22 @@ def test_init_refuses_settings_that_would_break_the_repository(
     assert not (tmp_path / "r").exists()
 
 
-def test_ports_out_of_range_are_usage_errors(repo: Path, tmp_path: Path) -> None:
-    for args in (
-        ["origin", "serve", "--dir", str(repo), "--port", "70000"],
-        ["origin", "serve", "--dir", str(repo), "--p2p-port", "-1"],
-        ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
-         "--root", str(repo / "metadata" / "1.root.json"), "--http-port", "-1"],
-    ):  # fmt: skip
-        proc = tufmesh(*args, check=False)
-        assert proc.returncode == 2 and "is not in the range 0<=x<=65535" in proc.stderr, args
+def test_ports_and_upload_caps_out_of_range_are_usage_errors(repo: Path, tmp_path: Path) -> None:
+    serve = ["origin", "serve", "--dir", str(repo)]
+    run = ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
+           "--root", str(repo / "metadata" / "1.root.json")]  # fmt: skip
+    port = "is not in the range 0<=x<=65535"
     # An upload cap below what every downloader gives up on (it was taken: 1 B/s).
-    for args in (
-        ["origin", "serve", "--dir", str(repo), "--max-upload-rate", "1"],
-        ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
-         "--root", str(repo / "metadata" / "1.root.json"), "--max-upload-rate", "100KiB"],
-    ):  # fmt: skip
+    cap = "at least 128.0 KiB a second"
+    for args, said in (
+        ([*serve, "--port", "70000"], port),
+        ([*serve, "--p2p-port", "-1"], port),
+        ([*run, "--http-port", "-1"], port),
+        ([*serve, "--max-upload-rate", "1"], cap),
+        ([*run, "--max-upload-rate", "100KiB"], cap),
+    ):
         proc = tufmesh(*args, check=False)
-        assert proc.returncode == 2 and "at least 128.0 KiB a second" in proc.stderr, args
+        assert proc.returncode == 2 and said in proc.stderr, args
     assert not (tmp_path / "m").exists()
 
 
