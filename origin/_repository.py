@@ -396,6 +396,7 @@ class OriginRepository(Repository):
             self._read(role, self.metadata_dir / f"{meta.version}.{filename}")
         self._broken = None
         self._used: Counter[str] | None = None  # per project, counted when first asked
+        self._folded: dict[str, str] | None = None  # every path by its case-folded form
 
     @property
     def broken(self) -> list[str]:
@@ -684,11 +685,13 @@ class OriginRepository(Repository):
         """
         results: list[OriginError | None] = [None] * len(artifacts)
         used = self.project_bytes()
+        folded = self.folded_paths()
         adding: Counter[str] = Counter()  # this batch's new bytes, per project
         by_bin: dict[str, dict[str, TargetFile]] = defaultdict(dict)
         sizes: dict[str, int] = {}  # each touched bin's signed size, as it will be
         accepted: list[Artifact] = []
         removed = self.removed()
+        removed_folded = {path.casefold(): path for path in removed}
         linked: list[Path] = []  # this batch's new links, to undo if it fails
         try:
             for i, artifact in enumerate(artifacts):
@@ -721,6 +724,13 @@ class OriginRepository(Repository):
                     with contextlib.suppress(StoreError):  # not stored: nothing to link
                         self._link_target(published)
                     continue
+                key = artifact.path.casefold()
+                twin, was = folded.get(key), "is published"
+                if twin is None:
+                    twin, was = removed_folded.get(key), "was published and removed"
+                if twin is not None:
+                    results[i] = _case_twin(artifact.path, twin, was)
+                    continue
                 target = artifact.target_file()
                 if role not in sizes:
                     sizes[role] = len(self._bytes[role])  # load() read every bin
@@ -746,6 +756,7 @@ class OriginRepository(Repository):
                     continue
                 sizes[role] = grown
                 adding[project] += artifact.length
+                folded[artifact.path.casefold()] = artifact.path
                 by_bin[role][artifact.path] = target
                 accepted.append(artifact)
             # Pinned first: a blob that published metadata names is never
@@ -764,6 +775,18 @@ class OriginRepository(Repository):
         used.update(adding)
         version = self._md["snapshot"].signed.version
         return [version if result is None else result for result in results]
+
+    def folded_paths(self) -> dict[str, str]:
+        """Every published path by its case-folded form: built from every bin
+        once per load, then kept up to date (a failed commit loads again)."""
+        if self._folded is None:
+            self._folded = {
+                path.casefold(): path
+                for role, md in self._md.items()
+                if self._listing(role)
+                for path in md.signed.targets
+            }
+        return self._folded
 
     def project_bytes(self) -> Counter[str]:
         """Bytes of artifacts each project has published (for its quota):
@@ -1031,7 +1054,7 @@ class OriginRepository(Repository):
         except BaseException:
             self.load()
             raise
-        self._used = None  # counted again when next asked
+        self._used = self._folded = None  # counted again when next asked
         for path in wanted:
             self._unlink(path, removed[path])
         return int(self._md["snapshot"].signed.version)
@@ -1239,7 +1262,7 @@ class OriginRepository(Repository):
                 with contextlib.suppress(OSError):  # else: a drop its developers repeat
                     self._record_removed(recorded)
             raise
-        self._used = None  # counted again when next asked
+        self._used = self._folded = None  # counted again when next asked
         for path in dropped:
             self._unlink(path, removed[path])
 
@@ -1251,6 +1274,11 @@ class OriginRepository(Repository):
         names not reused, the quota); return what it adds and what it drops."""
         removed = self.removed()
         adding: list[Artifact] = []
+        listed: defaultdict[str, list[str]] = defaultdict(list)
+        for path in md.signed.targets:
+            listed[path.casefold()].append(path)
+        dropping = [p for p in previous if p not in md.signed.targets]  # removed by this one
+        removed_folded = {path.casefold(): path for path in [*removed, *dropping]}
         for path, target in md.signed.targets.items():
             if path in previous:
                 if previous[path] != target:
@@ -1258,6 +1286,10 @@ class OriginRepository(Repository):
                 continue
             if path in removed:
                 raise ConflictError(f"{path} was published and removed; its name is not used again")
+            if twins := [p for p in listed[path.casefold()] if p != path]:
+                raise _case_twin(path, twins[0], "is listed too")
+            if (was := removed_folded.get(path.casefold())) is not None:
+                raise _case_twin(path, was, "was published and removed")
             artifact = Artifact.from_target(target)
             try:
                 self._check(artifact)
@@ -1270,7 +1302,7 @@ class OriginRepository(Repository):
                 f"{project} would hold {total:,} bytes of artifacts, past its quota of "
                 f"{self.config.project_quota:,}"
             )
-        return adding, [path for path in previous if path not in md.signed.targets]
+        return adding, dropping
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------
 
@@ -1542,6 +1574,14 @@ def _is_sha256(value: object) -> TypeGuard[str]:
 
 
 _HEX: Final = frozenset("0123456789abcdef")
+
+
+def _case_twin(path: str, twin: str, was: str) -> ConflictError:
+    """The refusal of ``path`` beside ``twin``, the same name in other case."""
+    return ConflictError(
+        f"{path}: {twin} {was}, and names that differ only in case are one file on macOS "
+        "and Windows"
+    )
 
 
 def _removal(target: TargetFile, when: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from tests.helpers.origin import (
 )
 from tufmesh.client import Client, SourceHealth
 from tufmesh.errors import (
+    ConflictError,
     MetadataRefusedError,
     NotInMetadataError,
     OriginError,
@@ -596,6 +597,29 @@ def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
     assert (
         not (tmp_path / "repo/targets/demo").joinpath(f"{second.sha256}.demo-2.0.tar.gz").exists()
     )
+
+
+def test_a_projects_own_version_adds_no_name_in_other_case_only(tmp_path: Path) -> None:
+    """Names that differ only in case are one file on macOS and Windows: the
+    origin refuses them side by side in the hash bins, and in a project's own
+    metadata too, beside a name it lists or one it drops."""
+    origin = OriginRepository.create(tmp_path / "repo")
+    first = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    origin.publish([first])
+    signer = CryptoSigner.generate_ed25519()
+    request = claim_request("demo", signer, [first.target_file()])
+    origin.claim("demo", [signer.public_key], 1, request.data)
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    twin = _stored_artifact(origin, tmp_path, "demo", "Demo-1.0.tar.gz", b"other").target_file()
+    beside = next_version(current, [signer], add=[twin], project="demo")
+    with pytest.raises(ConflictError, match=r"demo/demo-1\.0\.tar\.gz is listed too, and names"):
+        origin.take_owned("demo", beside)
+    instead = next_version(current, [signer], add=[twin], drop=[first.path], project="demo")
+    with pytest.raises(ConflictError, match=r"demo/demo-1\.0\.tar\.gz was published and removed"):
+        origin.take_owned("demo", instead)
+    assert origin.find(first.path) is not None and origin.find(twin.path) is None
 
 
 def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(

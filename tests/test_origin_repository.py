@@ -208,6 +208,19 @@ def test_publish_is_immutable_and_idempotent_within_a_batch(tmp_path: Path) -> N
     assert reloaded.find("p/a-1.tar.gz").hashes["sha256"] == one.sha256  # type: ignore[union-attr]
     assert [t.path for t in reloaded.artifacts()] == ["p/a-1.tar.gz", "p/b-1.tar.gz"]
     assert repo.store.pins()["project:p"] >= {one.cid, one.manifest, second.cid}
+    # A name in other case only is one file on macOS and Windows: refused,
+    # beside a published one or one of its own batch.
+    upper, lower, twin = (stored(repo, f"p/{name}-1.tar.gz", data) for name, data in
+                          (("B", b"three"), ("c", b"four"), ("C", b"five")))  # fmt: skip
+    results = repo.publish([upper, lower, twin])
+    assert isinstance(results[0], ConflictError) and "p/b-1.tar.gz is published" in str(results[0])
+    assert (
+        results[1] == 3
+        and "p/c-1.tar.gz is published, and names that differ only in "
+        "case are one file on macOS and Windows"
+        in str(results[2])
+    )
+    assert OriginRepository(repo.dir).find("p/B-1.tar.gz") is None
 
 
 def test_a_commits_files_are_durable_before_the_timestamp_names_them(
@@ -874,6 +887,10 @@ def test_a_removed_artifact_leaves_the_metadata_and_its_name_stays_taken(tmp_pat
     for again in (stored(repo, "p/evil-1.tar.gz", b"benign"), bad):
         (result,) = repo.publish([again])
         assert isinstance(result, ConflictError) and "removed" in str(result)
+    (result,) = repo.publish([stored(repo, "p/Evil-1.tar.gz", b"benign")])  # nor in other case
+    assert isinstance(result, ConflictError) and "p/evil-1.tar.gz was published and removed" in str(
+        result
+    )
     with pytest.raises(OriginError, match="not published"):
         repo.remove(["p/never-1.tar.gz"])
     assert set(OriginRepository(repo.dir).removed()) == {"p/evil-1.tar.gz", "p/twin-1.tar.gz"}
