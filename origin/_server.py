@@ -71,6 +71,13 @@ __all__ = [
 ]
 
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
+#: The committer's refusals of a stored upload, each with its answer's status.
+_REFUSALS: Final = (
+    (ConflictError, 409),
+    (BinFullError, 507),  # Insufficient Storage: the repository needs more bins
+    (QuotaError, 413),  # the project's, not this upload's, size
+    (ArtifactRefusedError, 500),  # this artifact's own trouble: its uploader's to know
+)
 _METADATA_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.json")
 
 
@@ -984,23 +991,19 @@ def build_app(service: OriginService) -> ByteCounter:
             return answer
         try:
             version = await service.submit(artifact)
-        except ConflictError as exc:
+        except OriginError as exc:
+            status = next((code for kind, code in _REFUSALS if isinstance(exc, kind)), None)
+            if status is None:
+                # The origin's own trouble. The detail (a key's path, a KMS
+                # key's name) is the operator's, not every token holder's.
+                print(f"origin: publishing {path} failed: {exc}", file=sys.stderr, flush=True)
+                return _error(500, "publishing failed; the origin's log says why")
             # Its blobs stay, unpinned, for the hourly collector (deleting them
             # here would race an upload of the same bytes about to pin them),
-            # counted against the project's quota until then.
+            # counted against the project's quota until then: whatever the
+            # refusal (a full bin once let a token holder store without end).
             service.refuse(project, cid, length)
-            return _error(409, str(exc))
-        except BinFullError as exc:
-            return _error(507, str(exc))  # Insufficient Storage: the repository needs more bins
-        except QuotaError as exc:
-            return _error(413, str(exc))  # the project's, not this upload's, size
-        except ArtifactRefusedError as exc:  # this artifact's own trouble: its uploader's to know
-            return _error(500, str(exc))
-        except OriginError as exc:
-            # The detail (a key's path, a KMS key's name) is the operator's,
-            # not every token holder's.
-            print(f"origin: publishing {path} failed: {exc}", file=sys.stderr, flush=True)
-            return _error(500, "publishing failed; the origin's log says why")
+            return _error(status, str(exc))
         entry = {"target": path, "sha256": artifact.sha256, "length": length}
         await _audit(request, token, {**entry, "snapshot_version": version})
         return JSONResponse(

@@ -642,6 +642,36 @@ def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> No
     assert err.strip().endswith("stopped") and "Traceback" not in err, err
 
 
+@pytest.mark.attack
+def test_uploads_refused_after_their_bodies_count_against_the_quota(tmp_path: Path) -> None:
+    """An upload into a full hash bin is read and stored, then refused by the
+    committer (507). Only refusals of a published name were counted against
+    the project's quota until the collector deletes their bytes: a token
+    holder could store a gigabyte a request for ever. Now every refusal of a
+    stored body counts, and once a quota's worth waits for the collector,
+    uploads are refused before their bodies are read."""
+    from tufmesh.origin import Artifact
+
+    repo_dir = tmp_path / "repo"
+    config = OriginConfig(bins=2, max_bin_bytes=64 * 1024, project_quota=(3 << 20) + (1 << 16))
+    repo = OriginRepository.create(repo_dir, config)
+    tiny = []
+    for i in range(800):  # more than the two bins hold
+        data = f"{i}".encode()
+        cid, manifest = repo.store.put_chunked(data, chunk_size=config.chunk_size)
+        tiny.append(Artifact(f"evil/f{i}-1.tar.gz", len(data), hashlib.sha256(data).hexdigest(),
+                             cid, manifest.cid, manifest.chunk_size))  # fmt: skip
+    full = {str(r).split("(")[1].split(")")[0] for r in repo.publish(tiny) if "is full" in str(r)}
+    assert full == {"bin-0", "bin-1"}, full
+    token = add_project(repo_dir, "evil")
+    answers = []
+    with running(repo_dir) as origin:
+        for i in range(6):  # (names longer than any room a full bin has left)
+            body, name = os.urandom(1 << 20), f"{'x' * 100}{i}-1.tar.gz"
+            answers.append(post(origin.url, "evil", name, body, token).status_code)
+    assert answers == [507, 507, 507, 413, 413, 413], answers  # 3 MiB stored, then unread
+
+
 def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path) -> None:
     import http.server
 
