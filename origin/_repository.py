@@ -114,6 +114,11 @@ REFRESH_FRACTION: Final = 0.25
 #: An offline role closer than this to its expiry is warned of (``status``,
 #: ``serve``): a ceremony needs its key holders, who need notice.
 OFFLINE_WARNING: Final = timedelta(days=30)
+#: Names a claimed project's own versions may drop, in all: each is kept for
+#: ever (never published again) in ``removed.json``, which every publication
+#: reads. Names cost nothing (a one-byte blob backs thousands), so without a
+#: bound a project's developers could grow it by megabytes a minute.
+MAX_DROPPED_NAMES: Final = 10_000
 
 
 def _utcnow() -> datetime:
@@ -818,8 +823,9 @@ class OriginRepository(Repository):
         for link in set(linked) & {self._target_link(a) for a in unpublished}:
             link.unlink(missing_ok=True)
 
-    def _check(self, artifact: Artifact) -> None:
-        """Refuse an artifact whose name, hashes or blobs do not agree with the store."""
+    def _check(self, artifact: Artifact, *, blobs: bool = True) -> None:
+        """Refuse an artifact whose name, hashes or blobs do not agree with the
+        store (``blobs=False``: those were checked, for another path)."""
         project, _, filename = artifact.path.partition("/")
         try:
             if target_path(project, filename) != artifact.path:
@@ -835,6 +841,8 @@ class OriginRepository(Repository):
             raise ArtifactRefusedError(
                 f"{artifact.path}: chunk size {artifact.chunk_size} and its manifest disagree"
             )
+        if not blobs:
+            return
         try:
             canonical, digest = parse_cid(artifact.cid)
             if canonical != artifact.cid or digest.hex() != artifact.sha256:
@@ -1055,29 +1063,33 @@ class OriginRepository(Repository):
             self.load()
             raise
         self._used = self._folded = None  # counted again when next asked
-        for path in wanted:
-            self._unlink(path, removed[path])
+        self._unlink({path: removed[path] for path in wanted})
         return int(self._md["snapshot"].signed.version)
 
     def _record_removed(self, removed: dict[str, dict[str, Any]]) -> None:
         write_atomic(self.dir / "removed.json", (json.dumps(removed, indent=1) + "\n").encode())
 
-    def _unlink(self, path: str, record: dict[str, Any]) -> None:
-        """Drop a removed artifact's link in ``targets/`` and, if nothing else
-        published in its project has its bytes, its pins and its blobs."""
-        project, filename = path.split("/", 1)
-        sha256 = record.get("sha256")
-        if not _is_sha256(sha256):  # an entry the origin did not write: no link, no blob
-            return
-        link = self.targets_dir / project / f"{sha256}.{filename}"
-        link.unlink(missing_ok=True)
-        # A record without its blobs (written before they were recorded) still
-        # names the artifact's own: its sha256 is its CID.
-        blobs = record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
-        for cid in self._release(project, blobs):
-            # Gone at once, not at the next gc; kept if another project pins it.
-            with contextlib.suppress(PinError, BlobNotFoundError):
-                self.store.delete(cid)
+    def _unlink(self, records: dict[str, dict[str, Any]]) -> None:
+        """Drop removed artifacts' links in ``targets/`` (``records``: their
+        removal records by path) and the pins and blobs of theirs that nothing
+        else published in their project names (what a project publishes is
+        read once, not once a path: a drop of thousands walked the whole
+        repository for each)."""
+        blobs: defaultdict[str, list[str]] = defaultdict(list)
+        for path, record in records.items():
+            project, filename = path.split("/", 1)
+            sha256 = record.get("sha256")
+            if not _is_sha256(sha256):  # an entry the origin did not write: no link, no blob
+                continue
+            (self.targets_dir / project / f"{sha256}.{filename}").unlink(missing_ok=True)
+            # A record without its blobs (written before they were recorded)
+            # still names the artifact's own: its sha256 is its CID.
+            blobs[project] += record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
+        for project, cids in blobs.items():
+            for cid in self._release(project, dict.fromkeys(cids)):
+                # Gone at once, not at the next gc; kept if another project pins it.
+                with contextlib.suppress(PinError, BlobNotFoundError):
+                    self.store.delete(cid)
 
     def _release(self, project: str, cids: Iterable[str]) -> list[str]:
         """Unpin, from ``project``'s pin set, those of ``cids`` that nothing
@@ -1263,8 +1275,7 @@ class OriginRepository(Repository):
                     self._record_removed(recorded)
             raise
         self._used = self._folded = None  # counted again when next asked
-        for path in dropped:
-            self._unlink(path, removed[path])
+        self._unlink({path: removed[path] for path in dropped})
 
     def _vet(
         self, project: str, md: Metadata[Targets], previous: dict[str, TargetFile]
@@ -1279,6 +1290,20 @@ class OriginRepository(Repository):
             listed[path.casefold()].append(path)
         dropping = [p for p in previous if p not in md.signed.targets]  # removed by this one
         removed_folded = {path.casefold(): path for path in [*removed, *dropping]}
+        if dropping:
+            dropped = sum(1 for path in removed if path.startswith(f"{project}/"))
+            if dropped + len(dropping) > MAX_DROPPED_NAMES:
+                raise QuotaError(
+                    f"{project} would have dropped {dropped + len(dropping):,} names, past the "
+                    f"{MAX_DROPPED_NAMES:,} the origin keeps for a project (its maintainers "
+                    "can remove artifacts: 'origin remove')"
+                )
+        total = sum(t.length for t in md.signed.targets.values())
+        if total > self.config.project_quota:
+            raise QuotaError(
+                f"{project} would hold {total:,} bytes of artifacts, past its quota of "
+                f"{self.config.project_quota:,}"
+            )
         for path, target in md.signed.targets.items():
             if path in previous:
                 if previous[path] != target:
@@ -1290,18 +1315,18 @@ class OriginRepository(Repository):
                 raise _case_twin(path, twins[0], "is listed too")
             if (was := removed_folded.get(path.casefold())) is not None:
                 raise _case_twin(path, was, "was published and removed")
-            artifact = Artifact.from_target(target)
+            adding.append(Artifact.from_target(target))
+        # The store last, once a blob and manifest: many entries naming one
+        # large manifest held the committer (every project's) for minutes.
+        checked: set[tuple[str, str, str | None, int, int]] = set()
+        for artifact in adding:
+            blobs = (artifact.cid, artifact.sha256, artifact.manifest, artifact.length,
+                     artifact.chunk_size)  # fmt: skip
             try:
-                self._check(artifact)
+                self._check(artifact, blobs=blobs not in checked)
             except ArtifactRefusedError as exc:
                 raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
-            adding.append(artifact)
-        total = sum(t.length for t in md.signed.targets.values())
-        if total > self.config.project_quota:
-            raise QuotaError(
-                f"{project} would hold {total:,} bytes of artifacts, past its quota of "
-                f"{self.config.project_quota:,}"
-            )
+            checked.add(blobs)
         return adding, dropping
 
     # -- ceremonies (offline roles; the origin must not be serving) ------------

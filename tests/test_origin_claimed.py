@@ -18,6 +18,7 @@ from securesystemslib.signer import CryptoSigner, Key, Signer
 from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 
+import tufmesh.origin._repository as repository_module
 from tests.helpers.origin import (
     add_project,
     init_repo,
@@ -37,6 +38,7 @@ from tufmesh.errors import (
     OriginError,
     OwnedMetadataError,
     PublishError,
+    QuotaError,
     UsageError,
 )
 from tufmesh.mirror import Mirror
@@ -620,6 +622,55 @@ def test_a_projects_own_version_adds_no_name_in_other_case_only(tmp_path: Path) 
     with pytest.raises(ConflictError, match=r"demo/demo-1\.0\.tar\.gz was published and removed"):
         origin.take_owned("demo", instead)
     assert origin.find(first.path) is not None and origin.find(twin.path) is None
+
+
+@pytest.mark.attack
+def test_a_versions_cost_to_the_committer_grows_with_its_blobs_not_its_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committer, every project's, is held while it checks a project's
+    version. A version of many names for one blob read and hashed its
+    manifest once a name (8 MiB each: minutes a request), and a drop of many
+    names walked the whole repository once a name. Now a blob is checked
+    once a version, and a drop reads what its project publishes once; and
+    the names a project drops, each kept for ever, are bounded."""
+    origin = OriginRepository.create(tmp_path / "repo")
+    signer = CryptoSigner.generate_ed25519()
+    origin.claim("demo", [signer.public_key], 1, claim_request("demo", signer, []).data)
+    body = os.urandom(3 << 20)
+    one = _stored_artifact(origin, tmp_path, "demo", "demo-0.tar.gz", body)
+    origin.store.put_chunked(body, chunk_size=one.chunk_size)  # its manifest too
+    entry = one.target_file()
+    names = [TargetFile(entry.length, dict(entry.hashes), f"demo/demo-{i}.tar.gz",
+                        dict(entry.unrecognized_fields)) for i in range(200)]  # fmt: skip
+    reads, walks = [], []
+    read_manifest, artifacts = origin.store.read_manifest, OriginRepository.artifacts
+    monkeypatch.setattr(
+        origin.store, "read_manifest", lambda cid: reads.append(cid) or read_manifest(cid)
+    )
+    monkeypatch.setattr(
+        OriginRepository, "artifacts", lambda self: walks.append(1) or artifacts(self)
+    )
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    assert origin.take_owned("demo", next_version(current, [signer], add=names, project="demo"))
+    assert reads == [one.manifest]
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/2.project-demo.json").read_bytes()
+    )
+    walks.clear()
+    dropping = [t.path for t in names[1:]]
+    drop = next_version(current, [signer], drop=dropping, project="demo")
+    # Each dropped name is kept for ever: a project drops a bounded number.
+    monkeypatch.setattr(repository_module, "MAX_DROPPED_NAMES", 198)
+    with pytest.raises(QuotaError, match="would have dropped 199 names, past the 198"):
+        origin.take_owned("demo", drop)
+    monkeypatch.setattr(repository_module, "MAX_DROPPED_NAMES", 199)
+    walks.clear()
+    assert origin.take_owned("demo", drop)
+    assert len(walks) == 1 and len(origin.removed()) == 199
+    assert origin.store.has(one.cid)  # still named by demo-0
 
 
 def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
