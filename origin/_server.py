@@ -71,6 +71,23 @@ __all__ = [
 ]
 
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
+
+
+def _changes(
+    repo_dir: Path, role: str, version: int, data: bytes | bytearray
+) -> dict[str, list[str]]:
+    """The paths ``data`` (``role``'s ``version``, just published) adds to and
+    drops from the version before it (on disk still: superseded versions are
+    kept a while), for the audit log."""
+    now = set(json.loads(data)["signed"]["targets"])
+    try:
+        before_data = (repo_dir / "metadata" / f"{version - 1}.{role}.json").read_bytes()
+        before = set(json.loads(before_data)["signed"]["targets"])
+    except (OSError, ValueError, KeyError, TypeError):  # the first version, or gone already
+        before = set()
+    return {"added": sorted(now - before), "dropped": sorted(before - now)}
+
+
 #: The committer's refusals of a stored upload, each with its answer's status.
 _REFUSALS: Final = (
     (ConflictError, 409),
@@ -1108,8 +1125,11 @@ def build_app(service: OriginService) -> ByteCounter:
             if isinstance(custom, dict) and isinstance(custom.get("cid"), str):
                 staged.pop(custom["cid"], None)
         await service._announce_if_new()
-        entry = {"role": owned_role(project), "version": version}
+        entry: dict[str, Any] = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
+        # What it added and dropped, by name: superseded versions are deleted
+        # after a while, and after a key leaked the log must say what it did.
+        entry.update(_changes(service.dir, owned_role(project), version, data))
         await _audit(request, token, {**entry, "snapshot_version": snapshot})
         return JSONResponse(
             {"role": owned_role(project), "version": version, "snapshot_version": snapshot}

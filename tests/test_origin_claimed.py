@@ -129,6 +129,8 @@ def test_a_claimed_project_is_published_by_its_own_key_alone(tmp_path: Path) -> 
         assert tuf_download(url, repo, "demo/demo-2.0.tar.gz") == second.read_bytes()
         entry = json.loads((repo / "uploads.log").read_text().splitlines()[-1])
         assert entry["role"] == "project-demo" and entry["version"] == 2
+        # What the version did, by name (superseded versions are deleted):
+        assert entry["added"] == ["demo/demo-2.0.tar.gz"] and entry["dropped"] == []
         # Sent again, a published file is published already, and its link is
         # the stored blob's (not a second copy of its bytes).
         out = _publish(str(second), "--origin", url, "--project", "demo", token=token, key=key)
