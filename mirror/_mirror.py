@@ -76,6 +76,9 @@ class SyncReport:
     #: Claimed projects whose own metadata expired: not mirrored until their
     #: developers sign it again (docs/adr/0022).
     lapsed: list[str] = field(default_factory=list)
+    #: Artifacts of the mirrored projects that ``--quota`` left out, and their bytes.
+    over_quota: int = 0
+    over_quota_bytes: int = 0
 
 
 class Mirror:
@@ -203,21 +206,21 @@ class Mirror:
             )
         return config
 
-    def wanted(self, targets: list[Any]) -> list[Any]:
-        """The targets this mirror's policy keeps: its projects, within its quota."""
+    def wanted(self, targets: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The targets this mirror's policy keeps (its projects, within its
+        quota), and those of its projects that the quota leaves out."""
         config = self._config()
         projects = config.get("projects")
         chosen = [t for t in targets if not projects or t.path.split("/", 1)[0] in projects]
         quota = config.get("quota")
         if quota is None:
-            return chosen
-        kept, used = [], 0
-        for target in chosen:
+            return chosen, []
+        used = 0
+        for n, target in enumerate(chosen):
             if used + target.length > quota:
-                break
-            kept.append(target)
+                return chosen[:n], chosen[n:]
             used += target.length
-        return kept
+        return chosen, []
 
     @property
     def sources(self) -> list[str]:
@@ -304,6 +307,8 @@ class Mirror:
                     report.snapshot_version = self._synced[1].snapshot_version
                     report.unknown_projects = self._synced[1].unknown_projects
                     report.lapsed = self._synced[1].lapsed
+                    report.over_quota = self._synced[1].over_quota
+                    report.over_quota_bytes = self._synced[1].over_quota_bytes
                 else:
                     try:
                         self._replicate(client, swarm, report, fetched)
@@ -368,7 +373,9 @@ class Mirror:
 
         report.lapsed = [p for role in client.lapsed if (p := owned_project(role)) is not None]
         entries = {t.path: e for t in listed if (e := servable(t)) is not None}
-        targets = self.wanted([t for t in listed if t.path in entries])
+        targets, left_out = self.wanted([t for t in listed if t.path in entries])
+        report.over_quota = len(left_out)
+        report.over_quota_bytes = sum(t.length for t in left_out)
         published = {t.path.split("/", 1)[0] for t in listed}
         report.unknown_projects = sorted(set(self._config().get("projects") or ()) - published)
         # Before the downloads: on a full disk they fail, and the leftovers

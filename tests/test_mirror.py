@@ -497,7 +497,11 @@ def test_projects_and_quota_limit_what_a_mirror_keeps(tmp_path: Path) -> None:
         ]
         assert (only.tree / "metadata" / "timestamp.json").stat().st_ino != served
         capped = Mirror.create(tmp_path / "capped", root, [origin.url], quota=250_000)
-        assert capped.sync().artifacts == 2
+        report = capped.sync()
+        assert report.artifacts == 2 and report.over_quota == 3, report  # (it said nothing)
+        assert report.over_quota_bytes == 100_000 + len(b"new") + len(b"not wanted")
+        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "capped")).stdout
+        assert "left out by --quota\t3 artifact(s), 97.7 KiB" in status
         # A project nothing is published under (a typo?) is said, not just empty.
         typo = Mirror.create(tmp_path / "typo", root, [origin.url], projects=["Kept", "Kpet"])
         assert typo.sync().unknown_projects == ["kpet"]
