@@ -234,8 +234,8 @@ def status(mirror_dir: Path) -> None:
     if unknown := last.get("unknown_projects"):
         click.echo(f"--projects with nothing published\t{', '.join(map(str, unknown))}")
     if over := last.get("over_quota"):
-        size = format_size(last.get("over_quota_bytes") or 0)
-        click.echo(f"left out by --quota\t{over} artifact(s), {size}")
+        left = format_size(last.get("over_quota_bytes") or 0)
+        click.echo(f"left out by --quota\t{over} artifact(s), {left}")
     if lapsed := last.get("lapsed"):
         click.echo(f"projects whose own metadata expired\t{', '.join(map(str, lapsed))}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
