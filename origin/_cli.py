@@ -43,11 +43,13 @@ repo_option = click.option(
 
 
 def _pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
+    """``ROLE=VALUE`` options as pairs; one that does not parse is a usage error
+    (exit 2, with the usage), as for any option."""
     pairs = []
     for value in values:
         role, sep, rest = value.partition("=")
         if not sep or not rest:
-            raise UsageError(f"{what} takes ROLE=VALUE, not {value!r}")
+            raise click.BadParameter(f"takes ROLE=VALUE, not {value!r}", param_hint=what)
         pairs.append((role, rest))
     return pairs
 
@@ -126,15 +128,21 @@ def init(
     days = dict(defaults.expiry_days)
     for role, value in _pairs(expiry, "--expiry"):
         if role not in days:
-            raise UsageError(f"unknown role {role!r} in --expiry; roles: {', '.join(days)}")
+            raise click.BadParameter(
+                f"unknown role {role!r}; roles: {', '.join(days)}", param_hint="--expiry"
+            )
         try:
             days[role] = float(value)
         except ValueError:
-            raise UsageError(f"--expiry {role}={value}: not a number of days") from None
+            raise click.BadParameter(
+                f"{role}={value}: not a number of days", param_hint="--expiry"
+            ) from None
     keys: dict[str, list[tuple[str, Key | None]]] = {}
     for role, uri in _pairs(signer, "--signer"):
         if role not in ROLES:
-            raise UsageError(f"unknown role {role!r} in --signer; roles: {', '.join(ROLES)}")
+            raise click.BadParameter(
+                f"unknown role {role!r}; roles: {', '.join(ROLES)}", param_hint="--signer"
+            )
         keys.setdefault(role, []).append((uri, None))
     for role, pem in _pairs(public_key, "--public-key"):
         slots = [i for i, (_, key) in enumerate(keys.get(role, [])) if key is None]

@@ -390,6 +390,11 @@ def test_port_in_use_is_one_clear_line(repo: Path) -> None:
         (["--expiry", "timestamp=0"], "expiry of timestamp: 0.0 days is outside"),
         (["--expiry", "timestamp=1e9"], "expiry of timestamp: 1000000000.0 days is outside"),
         (["--expiry", "timestamp=nan"], "expiry of timestamp: nan days is outside"),
+        # An option that does not parse: exit 2 and the usage (it was exit 1).
+        (["--expiry", "timestamp"], "Invalid value for --expiry: takes ROLE=VALUE, not"),
+        (["--expiry", "time=1"], "Invalid value for --expiry: unknown role 'time'"),
+        (["--expiry", "root=soon"], "Invalid value for --expiry: root=soon: not a number"),
+        (["--signer", "rot=file2:x"], "Invalid value for --signer: unknown role 'rot'"),
     ],
 )
 def test_init_refuses_settings_that_would_break_the_repository(
