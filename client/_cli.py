@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -213,7 +214,7 @@ def get(
                 f"{other} and {target} would both be saved as {output / name}: get them into "
                 "different directories (-o)"
             )
-    with Client.from_home(_home(home)) as downloader:
+    with Client.from_home(_home(home)) as downloader, _failures_said(downloader):
         for target in targets:
             length = downloader.target(target).length
             in_use = len(downloader.fetcher.ordered())
@@ -264,6 +265,21 @@ def get(
                 click.echo(f"{result.path}  {format_size(result.length)}  {how}")
 
 
+@contextlib.contextmanager
+def _failures_said(client: Client) -> Iterator[None]:
+    """Warn of each source that failed during the command (other than by a bad
+    chunk, said apart): a source that never answers costs every command its
+    timeouts, and nothing else would say which."""
+    before = {source.url: source.failures for source in client.fetcher.sources}
+    try:
+        yield
+    finally:
+        for source in client.fetcher.sources:
+            said = source.last_error or ""
+            if source.failures > before.get(source.url, 0) and said and "bad chunk" not in said:
+                click.echo(f"warning: {source.url} failed: {said}", err=True)
+
+
 def _sources_line(used: dict[str, int]) -> str:
     if not used:
         return "verified (no bytes to fetch)"
@@ -280,7 +296,7 @@ def ls(project: str | None, home: Path | None) -> None:
     from tufmesh.origin._names import normalize_project
     from tufmesh.origin._owned import owned_project
 
-    with Client.from_home(_home(home)) as downloader:
+    with Client.from_home(_home(home)) as downloader, _failures_said(downloader):
         listed = downloader.artifacts(project)
         lapsed = [p for role in downloader.lapsed if (p := owned_project(role)) is not None]
     for target in listed:

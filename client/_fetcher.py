@@ -44,10 +44,6 @@ TARGET_BASE: Final = "tufmesh:///targets/"
 #: one that replays an older one is outvoted by a faster honest source, and a
 #: silent one costs a refresh this much, not its timeouts.
 NEWEST_GRACE: Final = 2.0
-#: ...but a source that has failed this many times more than it has been
-#: forgiven (a clean run forgives one) is not waited for: still asked, its
-#: answer counts if it comes while the others are awaited.
-NOT_WAITED_FOR: Final = 3
 
 
 @dataclass(frozen=True)
@@ -255,10 +251,13 @@ class MultiSourceFetcher(FetcherInterface):
                     reasons[source.url] = _reason(exc)
                     if reasons[source.url] == _NOT_FOUND and ordered[i + 1 :]:
                         # Not on the healthiest source that answered (python-tuf
-                        # asks for root N+1 at every refresh): the rest are
-                        # asked at once, and a silent one costs NEWEST_GRACE,
-                        # not its timeouts. Any that has the file outvotes it.
-                        newest = self._newest(kind, name, ordered[i + 1 :], reasons, answered=True)
+                        # asks for root N+1 at every refresh): every other
+                        # source is heard, each within its own timeouts (a
+                        # source that hides a new root must not be taken at its
+                        # word), but at once, not one after another. Any that
+                        # has the file outvotes the "not found".
+                        rest = ordered[i + 1 :]
+                        newest = self._newest(kind, name, rest, reasons, every=True)
                         if newest is not None:
                             return self._served(name, *newest)
                         break
@@ -280,13 +279,13 @@ class MultiSourceFetcher(FetcherInterface):
         sources: list[SourceHealth],
         reasons: dict[str, str],
         *,
-        answered: bool = False,
+        every: bool = False,
     ) -> tuple[SourceHealth, bytes] | None:
         """The answer with the highest signed version among ``sources``, asked
         at once: the others get :data:`NEWEST_GRACE` seconds after the first
         good answer (a slow or silent source must not slow every refresh;
-        its request ends in the background, by its own timeouts), or from
-        now if another source has ``answered`` already."""
+        its request ends in the background, by its own timeouts), or, with
+        ``every``, their own timeouts."""
         answers: queue.SimpleQueue[tuple[int, SourceHealth, bytes | BaseException]] = (
             queue.SimpleQueue()
         )
@@ -302,24 +301,13 @@ class MultiSourceFetcher(FetcherInterface):
         for rank, source in enumerate(sources):
             threading.Thread(target=ask, args=(rank, source), daemon=True).start()
         newest: tuple[int, int, SourceHealth, bytes] | None = None
-        deadline = time.monotonic() + NEWEST_GRACE if answered else math.inf
-        awaited = {rank for rank, s in enumerate(sources) if s.failures < NOT_WAITED_FOR}
-        unanswered = set(range(len(sources)))
+        deadline = math.inf
         for _ in sources:
-            if (newest is not None or answered) and not awaited:
-                break  # the others have failed before: not waited for
             try:
                 wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
                 rank, source, data = answers.get(timeout=wait)
-            except queue.Empty:  # the grace is over: the others are not waited for
-                for late in unanswered & awaited:
-                    sources[late].failures += 1
-                    sources[late].last_error = reasons[sources[late].url] = (
-                        f"no answer within {NEWEST_GRACE:g} s of another source's"
-                    )
-                break
-            awaited.discard(rank)
-            unanswered.discard(rank)
+            except queue.Empty:
+                break  # the grace is over: the others are not waited for
             if isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
                 reasons[source.url] = _reason(data)
             elif isinstance(data, Exception):  # unforeseen: still that source's alone
@@ -331,7 +319,8 @@ class MultiSourceFetcher(FetcherInterface):
                 answer = (_signed_version(data), -rank, source, data)
                 if newest is None or answer[:2] > newest[:2]:
                     newest = answer  # the healthiest among equals
-                deadline = min(deadline, time.monotonic() + NEWEST_GRACE)
+                if not every:
+                    deadline = min(deadline, time.monotonic() + NEWEST_GRACE)
         return None if newest is None else (newest[2], newest[3])
 
     def _served(self, name: str, source: SourceHealth, data: bytes) -> Iterator[bytes]:

@@ -427,35 +427,83 @@ def black_hole() -> Iterator[str]:
             conn.close()
 
 
-def test_a_silent_source_costs_a_refresh_its_grace_then_nothing(
+def test_a_silent_source_costs_a_refresh_its_deadline_once_and_is_named(
     origin: Server, tmp_path: Path
 ) -> None:
-    """A source that accepts and never answers cost every refresh 12 s: the
-    grace for the timestamp, then the whole head deadline (10 s) for the
-    next root, which the other source had said does not exist. Now, once a
-    source has said "not found", the rest are asked at once and given the
-    grace; and a source that has failed NOT_WAITED_FOR times (a silent one is
-    counted as failed once past its grace) is asked, but not waited for."""
-    from tufmesh.client._fetcher import NEWEST_GRACE, NOT_WAITED_FOR
+    """A source that accepts and never answers cost every refresh the grace
+    for the timestamp and then, for the next root, which the other source
+    had said does not exist, its whole head deadline, with each such source
+    asked one after another; and nothing said which source it was. The rest
+    are asked at once now (each still heard within its own deadline: see the
+    next test), and ls and get name a source that failed."""
+    from tufmesh.client._fetcher import NEWEST_GRACE
 
     root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-    with black_hole() as silent:
-        health = [SourceHealth(origin.url), SourceHealth(silent)]
-        took = []
-        while health[1].failures < NOT_WAITED_FOR:
-            assert len(took) < NOT_WAITED_FOR
-            with Client(tmp_path / "c", root, health) as client:
-                started = time.monotonic()
-                client.refresh()
-                took.append(time.monotonic() - started)
-                assert client.fetcher.served_by["timestamp.json"] == origin.url
-            late = f"no answer within {NEWEST_GRACE:g} s of another source's"
-            assert health[1].last_error == late  # (its requests go on in the background)
-        assert took[0] < 2 * NEWEST_GRACE + 3, took  # the timestamp's grace, the root's: not 12 s
-        with Client(tmp_path / "c", root, health) as client:
+    config = FetchConfig(head_timeout=2.0)
+    with black_hole() as silent, black_hole() as mute:
+        health = [SourceHealth(origin.url), SourceHealth(silent), SourceHealth(mute)]
+        with Client(tmp_path / "c", root, health, fetch_config=config) as client:
             started = time.monotonic()
             client.refresh()
-            assert time.monotonic() - started < NEWEST_GRACE  # not waited for at all
+            took = time.monotonic() - started
+            assert client.fetcher.served_by["timestamp.json"] == origin.url
+    assert took < NEWEST_GRACE + 2 * 2.0, took  # the two deadlines at once, not in a row
+    assert health[1].last_error == health[2].last_error == "no answer within 2 s"
+    home = tmp_path / "home"
+    refused = "http://127.0.0.1:1"  # nobody there
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--mirror", refused, "--home", str(home))  # fmt: skip
+    listed = tufmesh("ls", "demo", "--home", str(home))
+    assert f"warning: {refused} failed: cannot connect (connection refused)" in listed.stderr
+
+
+@pytest.mark.attack
+def test_a_source_that_says_not_found_does_not_hide_what_a_slower_one_has(
+    tmp_path: Path,
+) -> None:
+    """python-tuf asks for root N+1 at every refresh and takes "not found"
+    for "no newer root". A fast mirror that hides a new root (a 404) must not
+    be believed over a slower source that serves it, however slow (within
+    its deadlines) or however often it has failed before."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    newer = b'{"signed": {"_type": "root", "version": 2}, "signatures": []}'
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hides = self.server.server_address[1] == hiding.server_address[1]
+            if hides or self.path != "/metadata/2.root.json":
+                self.send_response(404)
+                self.end_headers()
+                return
+            time.sleep(2.5)  # past the 2 s the newest timestamp waits, within the deadlines
+            self.send_response(200)
+            self.send_header("content-length", str(len(newer)))
+            self.end_headers()
+            self.wfile.write(newer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hiding = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for server in (hiding, slow):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for failures in (0, 5):
+            fast = SourceHealth(f"http://127.0.0.1:{hiding.server_address[1]}", latency=0.001)
+            behind = SourceHealth(f"http://127.0.0.1:{slow.server_address[1]}", failures=failures)
+            fetcher = MultiSourceFetcher([fast, behind])
+            try:
+                assert fetcher.ordered()[0] is fast  # asked first, and says 404
+                got = b"".join(fetcher._fetch(f"{METADATA_BASE}2.root.json"))
+            finally:
+                fetcher.close()
+            assert got == newer, failures
+    finally:
+        for server in (hiding, slow):
+            server.shutdown()
+            server.server_close()
 
 
 @pytest.mark.attack

@@ -284,14 +284,30 @@ def test_a_neighbours_machine_is_where_its_answers_come_from() -> None:
 
 
 def test_a_have_answer_over_http_comes_with_its_address() -> None:
-    hostile = _Hostile("null-peers")  # answers well-formed JSON once
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = b'{"peers": []}'
+
+    def answer() -> None:  # one keep-alive answer, the connection open until the asker's end
+        with listener:
+            conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
 
     async def ask() -> tuple[object, str | None]:
         async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
-            return await _post_json(client, f"{hostile.url}/have", {}, MAX_RECORD)
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/have"
+            return await _post_json(client, url, {}, MAX_RECORD)
 
-    assert trio.run(ask) == ({"peers": None}, "127.0.0.1")
-    hostile.thread.join(timeout=5)
+    assert trio.run(ask) == ({"peers": []}, "127.0.0.1")
+    thread.join(timeout=5)
 
 
 def test_a_neighbour_is_forgotten_after_three_failed_rounds_in_a_row() -> None:
