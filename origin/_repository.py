@@ -1197,7 +1197,7 @@ class OriginRepository(Repository):
                 "(to remove those, claim with --remove-missing)"
             )
         if dry_run:  # the checks of _adopt, and the keys the ceremony signs with are here
-            self._vet(project, md, previous)
+            self._vet(project, md, previous, ceremony=True)
             self._enough_signers("targets")
             if version == 1 and previous:
                 self._enough_signers(self.succinct.get_role_for_target(next(iter(previous))))
@@ -1246,7 +1246,7 @@ class OriginRepository(Repository):
         as removed, then a new snapshot and timestamp. Undone on failure."""
         role = owned_role(project)
         removed = self.removed()
-        adding, dropped = self._vet(project, md, previous)
+        adding, dropped = self._vet(project, md, previous, ceremony=ceremony)
         now = self.clock().isoformat(timespec="seconds")
         recorded = dict(removed)  # as it was
         linked: list[Path] = []
@@ -1278,7 +1278,12 @@ class OriginRepository(Repository):
         self._unlink({path: removed[path] for path in dropped})
 
     def _vet(
-        self, project: str, md: Metadata[Targets], previous: dict[str, TargetFile]
+        self,
+        project: str,
+        md: Metadata[Targets],
+        previous: dict[str, TargetFile],
+        *,
+        ceremony: bool = False,
     ) -> tuple[list[Artifact], list[str]]:
         """Check a claimed project's new version against the repository before
         anything changes (what it adds stored, what it keeps unchanged, removed
@@ -1290,13 +1295,13 @@ class OriginRepository(Repository):
             listed[path.casefold()].append(path)
         dropping = [p for p in previous if p not in md.signed.targets]  # removed by this one
         removed_folded = {path.casefold(): path for path in [*removed, *dropping]}
-        if dropping:
+        if dropping and not ceremony:  # (the maintainers' claim may always drop: the recovery)
             dropped = sum(1 for path in removed if path.startswith(f"{project}/"))
             if dropped + len(dropping) > MAX_DROPPED_NAMES:
                 raise QuotaError(
                     f"{project} would have dropped {dropped + len(dropping):,} names, past the "
-                    f"{MAX_DROPPED_NAMES:,} the origin keeps for a project (its maintainers "
-                    "can remove artifacts: 'origin remove')"
+                    f"{MAX_DROPPED_NAMES:,} its own versions may drop (its maintainers can: "
+                    "'origin project claim --remove-missing' with the developers' keys)"
                 )
         total = sum(t.length for t in md.signed.targets.values())
         if total > self.config.project_quota:

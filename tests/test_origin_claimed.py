@@ -673,6 +673,16 @@ def test_a_versions_cost_to_the_committer_grows_with_its_blobs_not_its_names(
     assert origin.take_owned("demo", drop)
     assert len(walks) == 1 and len(origin.removed()) == 199
     assert origin.store.has(one.cid)  # still named by demo-0
+    # Past the bound, the maintainers' claim (the recovery after a key leaked:
+    # the developers' new keys, what is to stay) may still drop.
+    with pytest.raises(QuotaError, match="its maintainers can: 'origin project claim"):
+        origin.take_owned("demo", next_version(
+            Metadata[Targets].from_bytes((tmp_path / "repo/metadata/3.project-demo.json")
+                                         .read_bytes()), [signer], drop=[one.path], project="demo"))  # fmt: skip
+    renewed = CryptoSigner.generate_ed25519()
+    again = claim_request("demo", renewed, [], version=4)
+    origin.claim("demo", [renewed.public_key], 1, again.data, remove_missing=True)
+    assert origin.find(one.path) is None and len(origin.removed()) == 200
 
 
 def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
