@@ -339,6 +339,13 @@ class Client:
                             f"{dest} exists and is not {path} as signed: move it away, or "
                             "replace it (--replace)"
                         ) from None
+        elif os.path.lexists(dest) and not replace:
+            # A link, a file with another name too, or another user's: never
+            # taken for a verified copy, and not replaced unasked either.
+            raise ClientError(
+                f"{dest} exists and is no file of this user's alone (a link, or a file with "
+                "other names): move it away, or replace it (--replace)"
+            )
         part = part_path(dest)
         if os.path.lexists(part) and not own_file(part):
             # A link there would have the download write wherever it points; a

@@ -685,14 +685,23 @@ def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_pa
         assert not (out / name).exists()
         part.rmdir() if plant == "directory" else part.unlink()
     # A link at the artifact's own name to a file with the right bytes is no
-    # cached copy (its owner could change it): the link is replaced.
+    # cached copy (its owner could change it), nor is a file with another
+    # name too: neither is replaced unasked (the file behind stays as it was);
+    # with --replace the link is replaced, not written through.
     lookalike = tmp_path / "lookalike"
     lookalike.write_bytes(origin.contents[SMALL])  # type: ignore[attr-defined]
     (out / name).symlink_to(lookalike)
-    got = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), "--json").stdout
+    kept = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
+    assert kept.returncode == 1 and "is no file of this user's alone" in kept.stderr
+    got = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), "--json", "--replace").stdout
     assert '"cached": false' in got
     assert not (out / name).is_symlink()
     assert (out / name).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+    (out / name).unlink()
+    os.link(victim, out / name)  # the user's own file, by two names
+    kept = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
+    assert kept.returncode == 1 and "is no file of this user's alone" in kept.stderr
+    assert victim.read_bytes() == b"precious\n"
 
 
 @contextlib.contextmanager
