@@ -369,6 +369,12 @@ class OriginService:
             gone = set(report.deleted)
             _forget(self.staged, gone)
             _forget(self.refused, gone)
+            # A refused upload of bytes something published pins (the same
+            # file under a name in other case, say) is on the disk anyway and
+            # never collected: it stops counting too (else until a restart).
+            with contextlib.suppress(OSError, TufmeshError):
+                pins = await self.run_sync(self.store.pins)
+                _forget(self.refused, set().union(*pins.values()))
 
     async def _announce_if_new(self) -> None:
         version = self.committer.state.timestamp_version
