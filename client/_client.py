@@ -26,7 +26,7 @@ import trio
 import urllib3
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import DelegatedRole, SuccinctRoles, TargetFile, Targets
-from tuf.ngclient import Updater
+from tuf.ngclient import Updater, UpdaterConfig
 
 from tufmesh._durable import fsync_dir
 from tufmesh.cas import Manifest, cid_of
@@ -63,6 +63,10 @@ from tufmesh.errors import (
 )
 
 __all__ = ["Client", "DownloadResult"]
+
+#: Root versions a client follows from its trust anchor: a rotation a week
+#: for a century.
+MAX_ROOT_ROTATIONS: Final = 6000
 
 T = TypeVar("T")
 
@@ -156,6 +160,8 @@ class Client:
         # for the rest; a damaged cached root is passed over, not trusted. The
         # cached timestamp and snapshot stay, the floor against a rollback:
         # starting afresh from a damaged root.json had let any old version in.
+        # python-tuf walks at most max_root_rotations roots past its bootstrap
+        # (256 by default): from the anchor, that would be a lifetime's cap.
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         return Updater(
             str(self.metadata_dir),
@@ -163,6 +169,7 @@ class Client:
             None,
             TARGET_BASE,
             fetcher=self.fetcher,
+            config=UpdaterConfig(max_root_rotations=MAX_ROOT_ROTATIONS),
             bootstrap=self.trusted_root,
         )
 

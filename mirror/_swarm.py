@@ -337,7 +337,9 @@ class Swarm:
                 await trio.sleep(POLL)
 
         timeout = httpx.Timeout(QUERY_TIMEOUT)
-        client = httpx.AsyncClient(timeout=timeout, verify=tls_context())
+        # No proxy from the environment: a neighbour's machine is counted by
+        # the address its answer came from, and a proxy's would be every one's.
+        client = httpx.AsyncClient(timeout=timeout, verify=tls_context(), trust_env=False)
         async with client, trio.open_nursery() as nursery:
             while True:
                 for url in self.neighbours():
@@ -369,6 +371,9 @@ class Swarm:
             if url.startswith("libp2p:"):
                 address = url.removeprefix("libp2p:")
                 answer = await self.on_node(self.node.query_have, address, body, QUERY_TIMEOUT)
+                # Where libp2p does not say, not where the address claims: one
+                # machine's share for all such neighbours ("?" is no address).
+                answer = (answer[0], answer[1] or "?")
             else:
                 with trio.fail_after(QUERY_TIMEOUT):
                     answer = await _post_json(client, f"{url}/have", body, MAX_RECORD)

@@ -211,11 +211,13 @@ def _sign_stored(
     except OSError as exc:  # a file gone or unreadable since its upload
         click.echo(f"error: cannot read {exc.filename}: {exc.strerror}", err=True)
         return len(stored)
+    # (A version the origin published already, sent again, has no snapshot.)
+    snapshot = f", snapshot v{answer['snapshot_version']}" if "snapshot_version" in answer else ""
     for target in adding:
         click.echo(
             f"published {target.path}  {format_size(target.length)}  "
-            f"sha256 {target.hashes['sha256'][:16]}…  {answer['role']} v{answer['version']}, "
-            f"snapshot v{answer['snapshot_version']}"
+            f"sha256 {target.hashes['sha256'][:16]}…  {answer['role']} v{answer['version']}"
+            f"{snapshot}"
         )
     if "warning" in answer:
         click.echo(f"warning: {answer['warning']}", err=True)

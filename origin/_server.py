@@ -1135,7 +1135,10 @@ def build_app(service: OriginService) -> ByteCounter:
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         # What it added and dropped, by name: superseded versions are deleted
         # after a while, and after a key leaked the log must say what it did.
-        entry.update(_changes(service.dir, owned_role(project), version, data))
+        changes = await trio.to_thread.run_sync(
+            _changes, service.dir, owned_role(project), version, data
+        )  # (metadata of up to 4 MB, parsed twice: not in the event loop)
+        entry.update(changes)
         await _audit(request, token, {**entry, "snapshot_version": snapshot})
         return JSONResponse(
             {"role": owned_role(project), "version": version, "snapshot_version": snapshot}

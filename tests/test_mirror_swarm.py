@@ -276,6 +276,12 @@ def test_a_neighbours_machine_is_where_its_answers_come_from() -> None:
         "http://b.example:80",
         "http://e.example:80",
     ]
+    # Answers from where libp2p does not say share one machine's places.
+    unknown = Swarm(url="http://me")
+    for k in range(5):
+        unknown.learn(f"libp2p:/ip4/10.{k}.0.1/tcp/4001/p2p/Qm{k}")
+        unknown._answered(f"libp2p:/ip4/10.{k}.0.1/tcp/4001/p2p/Qm{k}", "?")
+    assert len(unknown.neighbours()) == 2
     # Forgotten, a neighbour named again is a candidate again, and dropped
     # again at its first answer: it holds an unverified place meanwhile.
     swarm.learn("libp2p:/ip4/10.5.0.1/tcp/4001/p2p/Qm5")
