@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import Final
 
@@ -214,7 +214,8 @@ def get(
                 f"{other} and {target} would both be saved as {output / name}: get them into "
                 "different directories (-o)"
             )
-    with Client.from_home(_home(home)) as downloader, _failures_said(downloader):
+    banned: set[str] = set()  # (said as they are banned)
+    with Client.from_home(_home(home)) as downloader, _failures_said(downloader, banned):
         for target in targets:
             length = downloader.target(target).length
             in_use = len(downloader.fetcher.ordered())
@@ -244,6 +245,7 @@ def get(
             for name, stats in result.sources.items():
                 if stats.banned:  # its bytes were refused; the user may want to report it
                     click.echo(f"warning: {name} was banned: {stats.banned}", err=True)
+                    banned.add(name)
             if as_json:
                 click.echo(
                     json.dumps(
@@ -266,18 +268,18 @@ def get(
 
 
 @contextlib.contextmanager
-def _failures_said(client: Client) -> Iterator[None]:
-    """Warn of each source that failed during the command (other than by a bad
-    chunk, said apart): a source that never answers costs every command its
-    timeouts, and nothing else would say which."""
+def _failures_said(client: Client, banned: Set[str] = frozenset()) -> Iterator[None]:
+    """Warn of each source that failed during the command (but those
+    ``banned``, said apart): a source that never answers costs every command
+    its timeouts, and nothing else would say which."""
     before = {source.url: source.failures for source in client.fetcher.sources}
     try:
         yield
     finally:
         for source in client.fetcher.sources:
-            said = source.last_error or ""
-            if source.failures > before.get(source.url, 0) and said and "bad chunk" not in said:
-                click.echo(f"warning: {source.url} failed: {said}", err=True)
+            failed = source.failures > before.get(source.url, 0) and source.last_error
+            if failed and source.url not in banned:
+                click.echo(f"warning: {source.url} failed: {source.last_error}", err=True)
 
 
 def _sources_line(used: dict[str, int]) -> str:

@@ -346,12 +346,14 @@ class Client:
                             f"{dest} exists and is not {path} as signed: move it away, or "
                             "replace it (--replace)"
                         ) from None
-        elif os.path.lexists(dest) and not replace:
+        elif os.path.lexists(dest) and not replace and not _holds(dest, info):
             # A link, a file with another name too, or another user's: never
-            # taken for a verified copy, and not replaced unasked either.
+            # taken for a verified copy (it may change), and replaced unasked
+            # only if what it holds now is the artifact.
             raise ClientError(
-                f"{dest} exists and is no file of this user's alone (a link, or a file with "
-                "other names): move it away, or replace it (--replace)"
+                f"{dest} exists, is not {path} as signed, and is no file of this user's alone "
+                "(a link, a file with other names, or another user's): move it away, or "
+                "replace it (--replace)"
             )
         part = part_path(dest)
         if os.path.lexists(part) and not own_file(part):
@@ -600,6 +602,16 @@ def _fetch_whole(
             blame(source, reasons[source])
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
+
+
+def _holds(path: Path, info: TargetFile) -> bool:
+    """Whether what ``path`` holds now (through a link, too) is the artifact."""
+    try:
+        with open(path, "rb") as existing:
+            info.verify_length_and_hashes(existing)
+    except (OSError, tuf_errors.LengthOrHashMismatchError):
+        return False
+    return True
 
 
 def _verified_chunks(part: Path, plan: ChunkPlan) -> set[int]:

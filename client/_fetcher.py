@@ -12,6 +12,7 @@ aside and refresh again from the others (see ``_client.py``).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import queue
@@ -251,15 +252,21 @@ class MultiSourceFetcher(FetcherInterface):
                     reasons[source.url] = _reason(exc)
                     if reasons[source.url] == _NOT_FOUND and ordered[i + 1 :]:
                         # Not on the healthiest source that answered (python-tuf
-                        # asks for root N+1 at every refresh): every other
-                        # source is heard, each within its own timeouts (a
-                        # source that hides a new root must not be taken at its
-                        # word), but at once, not one after another. Any that
-                        # has the file outvotes the "not found".
+                        # asks for root N+1 at every refresh): the others are
+                        # heard, each within its own timeouts (a source that
+                        # hides a new root must not be taken at its word), at
+                        # once, not one after another, the fallbacks (a
+                        # mirror's origin) last. The first that serves it wins:
+                        # a versioned file's name fixes its version, and
+                        # python-tuf checks what it is.
                         rest = ordered[i + 1 :]
-                        newest = self._newest(kind, name, rest, reasons, every=True)
-                        if newest is not None:
-                            return self._served(name, *newest)
+                        for group in (
+                            [s for s in rest if not s.fallback],
+                            [s for s in rest if s.fallback],
+                        ):
+                            first = self._newest(kind, name, group, reasons, first=True)
+                            if first is not None:
+                                return self._served(name, *first)
                         break
                     continue
                 return self._served(name, source, data)
@@ -279,13 +286,14 @@ class MultiSourceFetcher(FetcherInterface):
         sources: list[SourceHealth],
         reasons: dict[str, str],
         *,
-        every: bool = False,
+        first: bool = False,
     ) -> tuple[SourceHealth, bytes] | None:
         """The answer with the highest signed version among ``sources``, asked
         at once: the others get :data:`NEWEST_GRACE` seconds after the first
         good answer (a slow or silent source must not slow every refresh;
-        its request ends in the background, by its own timeouts), or, with
-        ``every``, their own timeouts."""
+        its request ends in the background, by its own timeouts); or, with
+        ``first``, the first good answer, each source heard until then within
+        its own timeouts."""
         answers: queue.SimpleQueue[tuple[int, SourceHealth, bytes | BaseException]] = (
             queue.SimpleQueue()
         )
@@ -319,8 +327,9 @@ class MultiSourceFetcher(FetcherInterface):
                 answer = (_signed_version(data), -rank, source, data)
                 if newest is None or answer[:2] > newest[:2]:
                     newest = answer  # the healthiest among equals
-                if not every:
-                    deadline = min(deadline, time.monotonic() + NEWEST_GRACE)
+                if first:
+                    break
+                deadline = min(deadline, time.monotonic() + NEWEST_GRACE)
         return None if newest is None else (newest[2], newest[3])
 
     def _served(self, name: str, source: SourceHealth, data: bytes) -> Iterator[bytes]:
@@ -414,6 +423,12 @@ def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return f"cannot connect ({cause.strerror.lower()})"
         return "cannot connect"
+    if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) > 1:
+        cause = exc.args[1]  # ("Connection aborted.", the error)
+        if isinstance(cause, ConnectionError) and cause.strerror:
+            return f"the connection broke ({cause.strerror.lower()})"
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, TimeoutError) and str(cause).startswith("no answer"):

@@ -1256,7 +1256,7 @@ class OriginRepository(Repository):
                 if self._link_target(artifact):
                     linked.append(self._target_link(artifact))
             for path in dropped:
-                removed[path] = _removal(previous[path], now)
+                removed[path] = _removal(previous[path], now, dropped=not ceremony)
             if dropped:  # the record first, as for a removal
                 self._record_removed(removed)
             self._md[role] = md
@@ -1296,7 +1296,11 @@ class OriginRepository(Repository):
         dropping = [p for p in previous if p not in md.signed.targets]  # removed by this one
         removed_folded = {path.casefold(): path for path in [*removed, *dropping]}
         if dropping and not ceremony:  # (the maintainers' claim may always drop: the recovery)
-            dropped = sum(1 for path in removed if path.startswith(f"{project}/"))
+            dropped = sum(
+                1
+                for path, record in removed.items()
+                if path.startswith(f"{project}/") and record.get("dropped") is True
+            )
             if dropped + len(dropping) > MAX_DROPPED_NAMES:
                 raise QuotaError(
                     f"{project} would have dropped {dropped + len(dropping):,} names, past the "
@@ -1614,16 +1618,19 @@ def _case_twin(path: str, twin: str, was: str) -> ConflictError:
     )
 
 
-def _removal(target: TargetFile, when: str) -> dict[str, Any]:
-    """The record of a removed artifact (``removed.json``): its sha256 and blobs."""
+def _removal(target: TargetFile, when: str, *, dropped: bool = False) -> dict[str, Any]:
+    """The record of a removed artifact (``removed.json``): its sha256 and
+    blobs, and whether a version of its project's own ``dropped`` it (those
+    are bounded: :data:`MAX_DROPPED_NAMES`)."""
     custom = target.unrecognized_fields.get("custom")
     custom = custom if isinstance(custom, dict) else {}
     sha256 = target.hashes.get("sha256")
-    return {
+    record = {
         "sha256": sha256 if _is_sha256(sha256) else None,
         "blobs": sorted({v for k in ("cid", "manifest") if isinstance(v := custom.get(k), str)}),
         "removed": when,
     }
+    return {**record, "dropped": True} if dropped else record
 
 
 def _entry_size(target: TargetFile) -> int:

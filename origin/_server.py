@@ -75,17 +75,23 @@ _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 
 def _changes(
     repo_dir: Path, role: str, version: int, data: bytes | bytearray
-) -> dict[str, list[str]]:
+) -> tuple[dict[str, list[str]], list[str]]:
     """The paths ``data`` (``role``'s ``version``, just published) adds to and
     drops from the version before it (on disk still: superseded versions are
-    kept a while), for the audit log."""
-    now = set(json.loads(data)["signed"]["targets"])
+    kept a while), for the audit log; and the blobs it names."""
+    targets = json.loads(data)["signed"]["targets"]
+    cids = [
+        custom["cid"]
+        for target in targets.values()
+        if isinstance(custom := target.get("custom"), dict) and isinstance(custom.get("cid"), str)
+    ]  # (an entry kept from the bins may have none)
+    now = set(targets)
     try:
         before_data = (repo_dir / "metadata" / f"{version - 1}.{role}.json").read_bytes()
         before = set(json.loads(before_data)["signed"]["targets"])
     except (OSError, ValueError, KeyError, TypeError):  # the first version, or gone already
         before = set()
-    return {"added": sorted(now - before), "dropped": sorted(before - now)}
+    return {"added": sorted(now - before), "dropped": sorted(before - now)}, cids
 
 
 #: The committer's refusals of a stored upload, each with its answer's status.
@@ -1125,19 +1131,18 @@ def build_app(service: OriginService) -> ByteCounter:
             print(f"origin: publishing {project}'s metadata failed: {exc}", file=sys.stderr)
             return _error(500, "publishing failed; the origin's log says why")
         service.commits += 1
+        # (Metadata of up to 4 MB, read again: not in the event loop.)
+        changes, cids = await trio.to_thread.run_sync(
+            _changes, service.dir, owned_role(project), version, data
+        )
         staged = service.staged[project]
-        for target in json.loads(data)["signed"]["targets"].values():
-            custom = target.get("custom")  # (an entry kept from the bins may have none)
-            if isinstance(custom, dict) and isinstance(custom.get("cid"), str):
-                staged.pop(custom["cid"], None)
+        for cid in cids:  # published now: no longer staged
+            staged.pop(cid, None)
         await service._announce_if_new()
         entry: dict[str, Any] = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         # What it added and dropped, by name: superseded versions are deleted
         # after a while, and after a key leaked the log must say what it did.
-        changes = await trio.to_thread.run_sync(
-            _changes, service.dir, owned_role(project), version, data
-        )  # (metadata of up to 4 MB, parsed twice: not in the event loop)
         entry.update(changes)
         await _audit(request, token, {**entry, "snapshot_version": snapshot})
         return JSONResponse(

@@ -439,7 +439,7 @@ def test_a_silent_source_costs_a_refresh_its_deadline_once_and_is_named(
     from tufmesh.client._fetcher import NEWEST_GRACE
 
     root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-    config = FetchConfig(head_timeout=2.0)
+    config = FetchConfig(head_timeout=3.0)
     with black_hole() as silent, black_hole() as mute:
         health = [SourceHealth(origin.url), SourceHealth(silent), SourceHealth(mute)]
         with Client(tmp_path / "c", root, health, fetch_config=config) as client:
@@ -447,8 +447,8 @@ def test_a_silent_source_costs_a_refresh_its_deadline_once_and_is_named(
             client.refresh()
             took = time.monotonic() - started
             assert client.fetcher.served_by["timestamp.json"] == origin.url
-    assert took < NEWEST_GRACE + 2 * 2.0, took  # the two deadlines at once, not in a row
-    assert health[1].last_error == health[2].last_error == "no answer within 2 s"
+        assert health[1].last_error == health[2].last_error == "no answer within 3 s"
+    assert took < NEWEST_GRACE + 3.0 + 1.5, took  # the two deadlines at once, not in a row
     home = tmp_path / "home"
     refused = "http://127.0.0.1:1"  # nobody there
     tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
@@ -464,7 +464,8 @@ def test_a_source_that_says_not_found_does_not_hide_what_a_slower_one_has(
     """python-tuf asks for root N+1 at every refresh and takes "not found"
     for "no newer root". A fast mirror that hides a new root (a 404) must not
     be believed over a slower source that serves it, however slow (within
-    its deadlines) or however often it has failed before."""
+    its deadlines) or however often it has failed before; and once one has
+    served it, a silent one is not waited for."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     newer = b'{"signed": {"_type": "root", "version": 2}, "signatures": []}'
@@ -490,16 +491,20 @@ def test_a_source_that_says_not_found_does_not_hide_what_a_slower_one_has(
     for server in (hiding, slow):
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        for failures in (0, 5):
-            fast = SourceHealth(f"http://127.0.0.1:{hiding.server_address[1]}", latency=0.001)
-            behind = SourceHealth(f"http://127.0.0.1:{slow.server_address[1]}", failures=failures)
-            fetcher = MultiSourceFetcher([fast, behind])
-            try:
-                assert fetcher.ordered()[0] is fast  # asked first, and says 404
-                got = b"".join(fetcher._fetch(f"{METADATA_BASE}2.root.json"))
-            finally:
-                fetcher.close()
-            assert got == newer, failures
+        with black_hole() as silent:
+            for failures in (0, 5):
+                fast = SourceHealth(f"http://127.0.0.1:{hiding.server_address[1]}", latency=0.001)
+                behind = SourceHealth(f"http://127.0.0.1:{slow.server_address[1]}",
+                                      failures=failures)  # fmt: skip
+                fetcher = MultiSourceFetcher([fast, behind, SourceHealth(silent)])
+                started = time.monotonic()
+                try:
+                    assert fetcher.ordered()[0] is fast  # asked first, and says 404
+                    got = b"".join(fetcher._fetch(f"{METADATA_BASE}2.root.json"))
+                finally:
+                    fetcher.close()
+                assert got == newer, failures
+                assert time.monotonic() - started < 2.5 + 3  # not the silent one's 10 s
     finally:
         for server in (hiding, slow):
             server.shutdown()
@@ -654,7 +659,7 @@ def test_get_keeps_a_file_of_the_users_and_names_a_banned_mirror(
         got = tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--replace")
     assert (out / name).read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
     assert f"warning: {liar.url} was banned: " in got.stderr, got.stderr
-    assert "bad chunk" in got.stderr
+    assert "bad chunk" in got.stderr and f"warning: {liar.url} failed" not in got.stderr  # once
 
 
 def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:
@@ -685,23 +690,28 @@ def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_pa
         assert not (out / name).exists()
         part.rmdir() if plant == "directory" else part.unlink()
     # A link at the artifact's own name to a file with the right bytes is no
-    # cached copy (its owner could change it), nor is a file with another
-    # name too: neither is replaced unasked (the file behind stays as it was);
-    # with --replace the link is replaced, not written through.
+    # cached copy (its owner could change it): the link is replaced by a copy
+    # of the download, not written through.
     lookalike = tmp_path / "lookalike"
     lookalike.write_bytes(origin.contents[SMALL])  # type: ignore[attr-defined]
     (out / name).symlink_to(lookalike)
-    kept = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
-    assert kept.returncode == 1 and "is no file of this user's alone" in kept.stderr
-    got = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), "--json", "--replace").stdout
+    got = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), "--json").stdout
     assert '"cached": false' in got
     assert not (out / name).is_symlink()
     assert (out / name).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+    # Other bytes behind a link, or in a file with other names too, are not
+    # replaced unasked (the file stays as it was), and with --replace only
+    # the name is.
     (out / name).unlink()
     os.link(victim, out / name)  # the user's own file, by two names
     kept = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
     assert kept.returncode == 1 and "is no file of this user's alone" in kept.stderr
-    assert victim.read_bytes() == b"precious\n"
+    (out / name).unlink()
+    (out / name).symlink_to(victim)
+    kept = tufmesh("get", SMALL, "-o", str(out), "--home", str(home), check=False)
+    assert kept.returncode == 1 and "is no file of this user's alone" in kept.stderr
+    tufmesh("get", SMALL, "-o", str(out), "--home", str(home), "--replace")
+    assert not (out / name).is_symlink() and victim.read_bytes() == b"precious\n"
 
 
 @contextlib.contextmanager

@@ -681,8 +681,23 @@ def test_a_versions_cost_to_the_committer_grows_with_its_blobs_not_its_names(
                                          .read_bytes()), [signer], drop=[one.path], project="demo"))  # fmt: skip
     renewed = CryptoSigner.generate_ed25519()
     again = claim_request("demo", renewed, [], version=4)
+    assert origin.claim("demo", [renewed.public_key], 1, again.data, remove_missing=True,
+                        dry_run=True) == [one.path]  # fmt: skip
     origin.claim("demo", [renewed.public_key], 1, again.data, remove_missing=True)
     assert origin.find(one.path) is None and len(origin.removed()) == 200
+    # ...and what it drops does not count against the developers' own drops.
+    monkeypatch.setattr(repository_module, "MAX_DROPPED_NAMES", 200)
+    later = _stored_artifact(origin, tmp_path, "demo", "demo-later.tar.gz", b"later")
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/4.project-demo.json").read_bytes()
+    )
+    origin.take_owned("demo", next_version(current, [renewed], add=[later.target_file()],
+                                           project="demo"))  # fmt: skip
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/5.project-demo.json").read_bytes()
+    )
+    assert origin.take_owned("demo", next_version(current, [renewed], drop=[later.path],
+                                                  project="demo"))  # fmt: skip
 
 
 def test_a_projects_own_version_is_durable_before_the_timestamp_names_it(
