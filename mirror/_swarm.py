@@ -29,7 +29,7 @@ import threading
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import trio
@@ -40,6 +40,9 @@ from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
 from tufmesh.client._http import Refused, tls_context
 from tufmesh.errors import TufmeshError
 from tufmesh.p2p._blob import MAX_RECORD, BlobBusyError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "MAX_NEIGHBOURS",
@@ -319,7 +322,6 @@ class Swarm:
         answer, on its own: one that answers slowly, or never (for up to
         :data:`QUERY_TIMEOUT` a query), delays only its own records.
         """
-        import httpx
 
         asked: set[str] = set()
         first: set[str] = set()  # neighbours whose first answer (or failure) is due
@@ -336,11 +338,7 @@ class Swarm:
                     return
                 await trio.sleep(POLL)
 
-        timeout = httpx.Timeout(QUERY_TIMEOUT)
-        # No proxy from the environment: a neighbour's machine is counted by
-        # the address its answer came from, and a proxy's would be every one's.
-        client = httpx.AsyncClient(timeout=timeout, verify=tls_context(), trust_env=False)
-        async with client, trio.open_nursery() as nursery:
+        async with have_client() as client, trio.open_nursery() as nursery:
             while True:
                 for url in self.neighbours():
                     if url not in asked:
@@ -428,6 +426,16 @@ def _machine_at(host: str) -> str | None:
 #: What a learned HTTP neighbour may look like: scheme, host (a name, IPv4 or
 #: [IPv6]) and port, nothing else.
 _ORIGIN_URL: Final = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def have_client() -> httpx.AsyncClient:
+    """The HTTP client of have-queries. No proxy from the environment: a
+    neighbour's machine is counted by the address its answer came from, and
+    a proxy's would be every neighbour's."""
+    import httpx  # (imported when needed: it costs every command's start-up)
+
+    timeout = httpx.Timeout(QUERY_TIMEOUT)
+    return httpx.AsyncClient(timeout=timeout, verify=tls_context(), trust_env=False)
 
 
 async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:

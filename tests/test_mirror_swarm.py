@@ -26,6 +26,7 @@ from tufmesh.mirror._swarm import (
     Partial,
     Swarm,
     _post_json,
+    have_client,
     parse_record,
 )
 from tufmesh.p2p._blob import MAX_RECORD
@@ -321,11 +322,18 @@ def test_a_have_answer_over_http_comes_with_its_address() -> None:
     thread.start()
 
     async def ask() -> tuple[object, str | None]:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        async with have_client() as client:
             url = f"http://127.0.0.1:{listener.getsockname()[1]}/have"
             return await _post_json(client, url, {}, MAX_RECORD)
 
-    assert trio.run(ask) == ({"peers": []}, "127.0.0.1")
+    # A proxy in the environment is not used: its address would be every
+    # neighbour's (here nobody answers there, so a proxied query would fail).
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            env.setenv(name, "http://127.0.0.1:1")
+        env.delenv("NO_PROXY", raising=False)
+        env.delenv("no_proxy", raising=False)
+        assert trio.run(ask) == ({"peers": []}, "127.0.0.1")
     thread.join(timeout=5)
 
 
