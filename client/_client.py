@@ -335,26 +335,24 @@ class Client:
         dest = dest_dir / (filename or path.rsplit("/", 1)[-1])
         if os.path.lexists(dest) and not dest.is_file():  # a directory, a dangling link...
             raise ClientError(f"{dest} is in the way: not a regular file, so not replaced")
-        if own_file(dest):  # not through a link, nor a file another user may change
-            with open(dest, "rb") as existing:
-                try:
-                    info.verify_length_and_hashes(existing)
+        if os.path.lexists(dest):
+            # Only a file of this user's alone is a cached copy (not a link, nor
+            # a file another user may change); one that holds the artifact's
+            # bytes otherwise is replaced by a copy, and other bytes only if
+            # asked.
+            alone = own_file(dest)
+            if _holds(dest, info):
+                if alone:
                     return DownloadResult(path, dest, info.length, cached=True)
-                except tuf_errors.LengthOrHashMismatchError:
-                    if not replace:
-                        raise ClientError(
-                            f"{dest} exists and is not {path} as signed: move it away, or "
-                            "replace it (--replace)"
-                        ) from None
-        elif os.path.lexists(dest) and not replace and not _holds(dest, info):
-            # A link, a file with another name too, or another user's: never
-            # taken for a verified copy (it may change), and replaced unasked
-            # only if what it holds now is the artifact.
-            raise ClientError(
-                f"{dest} exists, is not {path} as signed, and is no file of this user's alone "
-                "(a link, a file with other names, or another user's): move it away, or "
-                "replace it (--replace)"
-            )
+            elif not replace:
+                raise ClientError(
+                    f"{dest} exists and is not {path} as signed: move it away, or replace it "
+                    "(--replace)"
+                    if alone
+                    else f"{dest} exists, is not {path} as signed, and is no file of this "
+                    "user's alone (a link, a file with other names, or another user's): move "
+                    "it away, or replace it (--replace)"
+                )
         part = part_path(dest)
         if os.path.lexists(part) and not own_file(part):
             # A link there would have the download write wherever it points; a

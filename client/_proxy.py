@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import ipaddress
 import json
 import threading
 import time
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 
 from tuf.api.metadata import Metadata, TargetFile, Timestamp
 
+from tufmesh._shares import is_loopback
 from tufmesh.errors import NotInMetadataError, TufmeshError
 from tufmesh.origin._names import normalize_project
 
@@ -256,17 +256,10 @@ async def serve_proxy(
         ]
     )
     served: Any = ByteCounter(app)
-    if _loopback(host):
+    if is_loopback(host):
         served = LocalOnly(served)
     async with trio.open_nursery() as nursery:
         await start_http(nursery, served, host, port, None, on_ready)
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
 
 
 class LocalOnly:
@@ -285,7 +278,7 @@ class LocalOnly:
         if scope["type"] == "http":
             named = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             try:
-                local = _loopback(urlsplit(f"//{named}").hostname or "")
+                local = is_loopback(urlsplit(f"//{named}").hostname or "")
             except ValueError:  # not a host[:port]
                 local = False
             if not local:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import itertools
+import json
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ __all__ = [
     "locked",
     "prune_superseded",
     "read_exactly",
+    "served_versions",
     "write_at",
     "write_atomic",
 ]
@@ -216,3 +218,20 @@ def prune_superseded(directory: Path, current: dict[str, int], grace: float) -> 
             except OSError:  # gone meanwhile, or a disk that refuses: next time
                 continue
     return deleted
+
+
+def served_versions(metadata_dir: Path) -> dict[str, int] | None:
+    """The version of each role a TUF tree serves now (its ``timestamp.json``'s
+    snapshot, and the roles that snapshot names), or None if it cannot be
+    read. Not verified: for a tree of one's own, written once verified."""
+    try:
+        timestamp = json.loads((metadata_dir / "timestamp.json").read_bytes())
+        snapshot = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
+        listed = json.loads((metadata_dir / f"{snapshot}.snapshot.json").read_bytes())
+        versions = {
+            str(file).removesuffix(".json"): int(meta["version"])
+            for file, meta in listed["signed"]["meta"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {**versions, "snapshot": snapshot}

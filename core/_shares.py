@@ -9,7 +9,22 @@ import ipaddress
 from collections.abc import Iterator
 from typing import Literal
 
-__all__ = ["Shares", "machine_of"]
+__all__ = ["Shares", "is_loopback", "machine_of"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address of this machine's loopback interface
+    (``localhost``, 127.0.0.0/8, ::1, and IPv4's as a dual-stack socket
+    gives them: ::ffff:127.0.0.1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def machine_of(address: str) -> str:

@@ -36,6 +36,7 @@ from tufmesh._durable import (
     fsync_dir,
     hard_link,
     prune_superseded,
+    served_versions,
     write_atomic,
 )
 from tufmesh._ui import one_line
@@ -440,7 +441,7 @@ class Mirror:
         """Write the verified metadata as a static TUF tree, timestamp last; pin and gc."""
         cache = client.metadata_dir
         metadata = self.tree / "metadata"
-        served = _served_versions(metadata)
+        served = served_versions(metadata) or {}
         versions: dict[str, int] = {}
         timestamp_bytes = b""
         for path in sorted(cache.glob("*.json")):
@@ -703,17 +704,3 @@ def _someone_elses(directory: Path) -> bool:
     short before that is not mistaken for someone else's directory.
     """
     return any((directory / name).exists() for name in ("config.json", "cas", "blobs"))
-
-
-def _served_versions(metadata: Path) -> dict[str, int]:
-    """The version of each role the tree in ``metadata`` serves now (its
-    timestamp's snapshot, and the roles that snapshot names); {} if none.
-    The tree is the mirror's own, written after verification."""
-    try:
-        timestamp = json.loads((metadata / "timestamp.json").read_bytes())
-        snapshot = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
-        meta = json.loads((metadata / f"{snapshot}.snapshot.json").read_bytes())["signed"]["meta"]
-        served = {name.removesuffix(".json"): int(m["version"]) for name, m in meta.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-    return {**served, "snapshot": snapshot}

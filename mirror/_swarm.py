@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import json
 import random
 import re
@@ -35,7 +34,7 @@ from urllib.parse import urlsplit
 import trio
 
 from tufmesh._durable import read_exactly
-from tufmesh._shares import machine_of
+from tufmesh._shares import is_loopback, machine_of
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
 from tufmesh.client._http import Refused, tls_context
 from tufmesh.errors import TufmeshError
@@ -412,15 +411,10 @@ def _machine(url: str) -> str | None:
 def _machine_at(host: str) -> str | None:
     """The machine of ``host`` (an IP address, or a name: counted as itself)
     as :data:`MAX_PER_MACHINE` counts it; None for loopback."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None if host.lower() == "localhost" else host.lower()
-    if ip.version == 6 and ip.ipv4_mapped is not None:  # an IPv4 peer of a dual-stack socket
-        ip = ip.ipv4_mapped
-    if ip.is_loopback:
+    if is_loopback(host):
         return None
-    return machine_of(host)
+    machine = machine_of(host)
+    return host.lower() if machine == "?" else machine  # (a name: counted as itself)
 
 
 #: What a learned HTTP neighbour may look like: scheme, host (a name, IPv4 or

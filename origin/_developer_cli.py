@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shlex
 import sys
@@ -13,6 +12,7 @@ import click
 import httpx
 from tuf.api.metadata import TargetFile
 
+from tufmesh._shares import is_loopback
 from tufmesh._ui import SIZE, Group, format_size, progress_bar
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.origin._developer import DeveloperKey, SigningRequest
@@ -75,7 +75,7 @@ def publish(
 
     origin_url = check_url(origin_url)
     host = httpx.URL(origin_url).host
-    if origin_url.startswith("http://") and not _loopback(host):
+    if origin_url.startswith("http://") and not is_loopback(host):
         click.echo(
             f"warning: the upload token goes to {host} unencrypted (http://): "
             "use https:// unless the network between is yours",
@@ -277,16 +277,6 @@ def _show(request: SigningRequest, added: list[TargetFile], dropped: list[str]) 
         )
     for path in dropped:
         click.echo(f"  drops {path}")
-
-
-def _loopback(host: str) -> bool:
-    """True for a name or address of this machine's loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @click.group(cls=Group)

@@ -14,7 +14,6 @@ import contextlib
 import errno
 import functools
 import hashlib
-import ipaddress
 import json
 import math
 import os
@@ -35,8 +34,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tufmesh._durable import write_atomic
-from tufmesh._shares import Pace, Shares, machine_of
+from tufmesh._durable import served_versions, write_atomic
+from tufmesh._shares import Pace, Shares, is_loopback, machine_of
 from tufmesh.cas import BlobStore, BlobWriter, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -423,17 +422,10 @@ class _Published:
         seen: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if seen == self._seen:
             return
-        versions: dict[str, int] = {}
-        try:
-            timestamp = json.loads((self.dir / "timestamp.json").read_bytes())
-            snapshot = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
-            versions["snapshot"] = snapshot
-            listed = json.loads((self.dir / f"{snapshot}.snapshot.json").read_bytes())
-            for file, meta in listed["signed"]["meta"].items():
-                versions[str(file).removesuffix(".json")] = int(meta["version"])
-        except (OSError, ValueError, KeyError, TypeError):
+        versions = served_versions(self.dir)
+        if versions is None:
             seen = None  # not (yet) a complete tree, or a failed read: again next time
-        self._seen, self._versions = seen, versions
+        self._seen, self._versions = seen, versions or {}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -775,7 +767,7 @@ class ByteCounter:
         host = machine_of(address)
         # A client on this machine (a reverse proxy in front, which speaks
         # for everyone; the operator's own tools) counts in the total only.
-        if self.downloads.total_full() or (self.downloads.full(host) and not _loopback(address)):
+        if self.downloads.total_full() or (self.downloads.full(host) and not is_loopback(address)):
             await _refuse_busy(send)
             return
         with self.downloads.hold(host):
@@ -805,13 +797,6 @@ class ByteCounter:
 #: The answers the download caps count: blobs and artifacts (and the local
 #: index's files), whose bodies are big.
 _BIG_ANSWERS: Final = ("/blobs/", "/targets/", "/files/")
-
-
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 async def _refuse_busy(send: Any) -> None:
