@@ -69,7 +69,10 @@ def parse_cid(text: str) -> tuple[str, bytes]:
         raise InvalidCIDError(f"unsupported codec {cid.codec.name!r} in {text!r}: need 'raw'")
     if cid.hashfun.name != _HASH:
         raise InvalidCIDError(f"unsupported hash {cid.hashfun.name!r} in {text!r}: need 'sha2-256'")
-    digest = bytes(cid.raw_digest)
+    try:
+        digest = bytes(cid.raw_digest)
+    except ValueError as exc:  # a multihash whose length is not its function's
+        raise InvalidCIDError(f"not a CID: {text!r} ({exc})") from None
     if len(digest) != 32:
         raise InvalidCIDError(f"truncated SHA-256 digest in {text!r}")
     return cid_from_sha256(digest), digest

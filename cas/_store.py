@@ -799,16 +799,23 @@ class _VerifyingReader:
         self._handle = handle
         self._cid = cid
         self._sha = hashlib.sha256()
-        self._checked = False
+        #: Bytes still to read before the blob's length at open: the read that
+        #: reaches it is checked, so a caller that reads exactly that many
+        #: bytes (and never sees the end) cannot take a corrupt blob as good.
+        self._left = os.fstat(handle.fileno()).st_size
+        self._unchecked = True  # bytes hashed since the last check (or none read yet)
         self._corrupt = False
 
     def _account(self, data: bytes | memoryview) -> None:
-        """Hash ``data``; at the end (an empty read of a non-empty request),
-        check the whole. A corrupt blob raises at every read from then on."""
+        """Hash ``data``; when the blob's length is reached, and at the end
+        (an empty read of a non-empty request), check the whole. A corrupt
+        blob raises at every read from then on."""
         if data:
             self._sha.update(data)
-        elif not self._checked:
-            self._checked = True
+            self._left -= len(data)
+            self._unchecked = True
+        if (not data or self._left <= 0) and self._unchecked and not self._corrupt:
+            self._unchecked = False
             self._corrupt = cid_from_sha256(self._sha.digest()) != self._cid
         if self._corrupt:
             raise CorruptBlobError(f"blob {self._cid} is corrupt: its bytes no longer match")

@@ -38,6 +38,9 @@ def test_other_multibase_spellings_are_normalised_to_base32() -> None:
         ),
         (str(CID("base32", 1, "raw", multihash.digest(b"x", "sha2-512"))), "hash 'sha2-512'"),
         (HELLO[:-5], "not a CID"),
+        # sha2-256 claiming a 33-byte digest (multiformats raises on reading it)
+        ("bafkreiiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "not a CID"),
+        ("bafkreeaaaaaaaaaaaaaaaaaaaaaaaaaa", "truncated"),  # and a 16-byte one
     ],
 )
 def test_bad_cids_raise_the_stores_error_with_a_reason(text: str, complaint: str) -> None:

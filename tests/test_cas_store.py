@@ -166,6 +166,30 @@ def test_empty_reads_are_not_the_end_and_a_corrupt_blob_stays_corrupt(store: Blo
             handle.read(1)
 
 
+def test_a_verified_read_of_exactly_the_blobs_length_is_checked(store: BlobStore) -> None:
+    """A caller that reads the blob's length and stops never sees the end: the
+    read that reaches the length is the one checked."""
+    store.put(DATA)
+    with store.open(CID, verify=True) as handle:
+        assert handle.read(len(DATA)) == DATA
+    corrupt(store, CID, offset=5)
+    with store.open(CID, verify=True) as handle:
+        assert len(handle.read(len(DATA) - 1)) == len(DATA) - 1
+        with pytest.raises(CorruptBlobError):
+            handle.read(1)
+    with store.open(CID, verify=True) as handle, pytest.raises(CorruptBlobError):
+        handle.readinto(bytearray(len(DATA)))
+    # Bytes appended since the blob was opened are checked at the end too.
+    store.put(DATA)  # heals the copy
+    with store.open(CID, verify=True) as handle:
+        assert handle.read(len(DATA)) == DATA
+        with open(store.path(CID), "ab") as grow:
+            grow.write(b"tail")
+        with pytest.raises(CorruptBlobError):
+            while handle.read(65536):
+                pass
+
+
 def test_put_heals_a_corrupt_copy(store: BlobStore) -> None:
     store.put(DATA)
     corrupt(store, CID)
