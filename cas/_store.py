@@ -601,19 +601,27 @@ class BlobStore:
 
     # -- deleting, checking -------------------------------------------------
 
-    def delete(self, cid: str) -> None:
-        """Delete one blob. A pinned blob is refused with :class:`PinError`."""
+    def delete(self, cid: str, *, keep_recent: bool = False) -> bool:
+        """Delete one blob and return True. A pinned blob is refused with
+        :class:`PinError`. With ``keep_recent``, a blob written (or written
+        again) within the grace period is kept, as gc keeps it, and False
+        returned: another writer may have stored the same bytes and be about
+        to pin them."""
         canonical, path = self._existing(cid)
         with self._lock(shared=False):
             holders = self._holders(canonical)
             if holders:
                 raise PinError(f"blob {canonical} is pinned by {', '.join(sorted(holders))}")
             try:
+                cutoff = time.time() - self.config.gc_grace_seconds
+                if keep_recent and path.stat().st_mtime > cutoff:
+                    return False
                 path.unlink()
             except FileNotFoundError:
                 raise BlobNotFoundError(f"no blob {canonical} in the store") from None
             if self.config.fsync:
                 fsync_dir(path.parent)
+        return True
 
     def fsck(self, *, quarantine: bool = False, progress: Progress | None = None) -> FsckReport:
         """Verify every blob; report (and optionally move to quarantine) the

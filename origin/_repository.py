@@ -1069,12 +1069,13 @@ class OriginRepository(Repository):
     def _record_removed(self, removed: dict[str, dict[str, Any]]) -> None:
         write_atomic(self.dir / "removed.json", (json.dumps(removed, indent=1) + "\n").encode())
 
-    def _unlink(self, records: dict[str, dict[str, Any]]) -> None:
+    def _unlink(self, records: dict[str, dict[str, Any]], *, keep_recent: bool = False) -> None:
         """Drop removed artifacts' links in ``targets/`` (``records``: their
         removal records by path) and the pins and blobs of theirs that nothing
         else published in their project names (what a project publishes is
         read once, not once a path: a drop of thousands walked the whole
-        repository for each)."""
+        repository for each). With ``keep_recent``, a blob written within the
+        store's grace period is left to gc."""
         blobs: defaultdict[str, list[str]] = defaultdict(list)
         for path, record in records.items():
             project, filename = path.split("/", 1)
@@ -1089,7 +1090,7 @@ class OriginRepository(Repository):
             for cid in self._release(project, dict.fromkeys(cids)):
                 # Gone at once, not at the next gc; kept if another project pins it.
                 with contextlib.suppress(PinError, BlobNotFoundError):
-                    self.store.delete(cid)
+                    self.store.delete(cid, keep_recent=keep_recent)
 
     def _release(self, project: str, cids: Iterable[str]) -> list[str]:
         """Unpin, from ``project``'s pin set, those of ``cids`` that nothing
@@ -1275,7 +1276,11 @@ class OriginRepository(Repository):
                     self._record_removed(recorded)
             raise
         self._used = self._folded = None  # counted again when next asked
-        self._unlink({path: removed[path] for path in dropped})
+        # A project's own drop, unlike a maintainers' removal (a claim's, with
+        # the origin stopped), races uploads: bytes stored again lately (by an
+        # upload waiting for the committer or its developers' signature) are
+        # left to gc.
+        self._unlink({path: removed[path] for path in dropped}, keep_recent=not ceremony)
 
     def _vet(
         self,

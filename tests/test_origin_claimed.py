@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -601,6 +602,39 @@ def test_a_drop_whose_commit_fails_leaves_the_name_to_drop_again(
     assert (
         not (tmp_path / "repo/targets/demo").joinpath(f"{second.sha256}.demo-2.0.tar.gz").exists()
     )
+
+
+def test_a_projects_drop_leaves_bytes_stored_again_lately_to_gc(tmp_path: Path) -> None:
+    """Another upload of the same bytes may be waiting for the committer: a
+    project's drop deletes only bytes stored before the grace period, while a
+    maintainers' claim (the origin stopped) deletes what it removes at once."""
+    origin = OriginRepository.create(tmp_path / "repo")
+    names = ["demo-1.0.tar.gz", "demo-2.0.tar.gz", "demo-3.0.tar.gz"]
+    artifacts = [_stored_artifact(origin, tmp_path, "demo", n, n.encode()) for n in names]
+    origin.publish(artifacts)
+    signer = CryptoSigner.generate_ed25519()
+    origin.claim("demo", [signer.public_key], 1,
+                 claim_request("demo", signer, [a.target_file() for a in artifacts]).data)  # fmt: skip
+    old = time.time() - 2 * origin.store.config.gc_grace_seconds
+    for artifact in artifacts:  # published long ago
+        os.utime(origin.store.path(artifact.cid), (old, old))
+    origin.store.put(b"demo-2.0.tar.gz")  # uploaded again just now, not yet pinned
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    drop = [f"demo/{n}" for n in names[:2]]
+    origin.take_owned("demo", next_version(current, [signer], drop=drop, project="demo"))
+    assert not origin.store.has(artifacts[0].cid)  # gone at once
+    assert origin.store.has(artifacts[1].cid)  # left to gc: the other upload pins it
+    origin.store.pin("project:other", [artifacts[1].cid])
+    # A claim ceremony's removal is the maintainers' (a leaked key's
+    # artifacts): gone at once, however lately stored.
+    origin.store.put(b"demo-3.0.tar.gz")
+    renewed = CryptoSigner.generate_ed25519()
+    origin.claim("demo", [renewed.public_key], 1,
+                 claim_request("demo", renewed, [], version=3).data, remove_missing=True)  # fmt: skip
+    assert origin.find("demo/demo-3.0.tar.gz") is None
+    assert not origin.store.has(artifacts[2].cid)
 
 
 def test_a_projects_own_version_adds_no_name_in_other_case_only(tmp_path: Path) -> None:
