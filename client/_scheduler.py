@@ -43,9 +43,11 @@ Policy:
   fails ``max_failures`` times in a row (errors, timeouts, HTTP errors) is
   dropped too.
 * Slow retrieval: a request that has been running longer than ``grace`` and
-  delivers less than ``min_rate`` bytes per second is abandoned, its chunk
-  goes back to the queue and the source is charged one failure. A per-read
-  timeout alone does not stop a peer that sends a byte every 29 seconds.
+  has delivered less than its share of ``min_rate`` bytes per second (the
+  floor divided among the requests in flight to its source, over the
+  request's life) is abandoned, its chunk goes back to the queue and the
+  source is charged one failure. A per-read timeout alone does not stop a
+  peer that sends a byte every 29 seconds.
 """
 
 from __future__ import annotations
@@ -142,6 +144,9 @@ class _Request:
     index: int
     started: float
     received: int = 0
+    #: Bytes it should have received by the last slow-retrieval check: its
+    #: share of its source's floor (``min_rate``) since it started.
+    owed: float = 0.0
     counted: bool = False  # against ``measured_requests``
 
 
@@ -202,6 +207,7 @@ class ChunkScheduler:
         self.fallback_open = True
         self._idle_since: float | None = None
         self._now = 0.0
+        self._slow_checked: float | None = None  # the last call of too_slow
         self._order: list[str] | None = None  # usable sources, cached
         # The fallback and the sources that have delivered a chunk: a mirror's
         # requests to them count against ``measured_requests`` (a set, so that
@@ -528,11 +534,18 @@ class ChunkScheduler:
         return best
 
     def too_slow(self, now: float) -> list[tuple[str, int]]:
-        """Requests to abandon for being too slow; report each with :meth:`failed`."""
+        """Requests to abandon for being too slow; report each with :meth:`failed`.
+        Called now and then: each call accrues, to every request, its share
+        of its source's floor since the last call. Requests in flight to one
+        source share its floor: two to a mirror whose uplink is capped at
+        twice the floor get the floor each, and are not slow."""
         slow = []
+        last, self._slow_checked = self._slow_checked, now
+        grace, min_rate, load = self.config.grace, self.config.min_rate, self._load
         for key, request in self._inflight.items():
-            elapsed = now - request.started
-            if elapsed > self.config.grace and request.received / elapsed < self.config.min_rate:
+            since = request.started if last is None or last < request.started else last
+            request.owed += (now - since) * min_rate / load[key[0]]
+            if now - request.started > grace and request.received < request.owed:
                 slow.append(key)
         return slow
 

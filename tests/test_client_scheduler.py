@@ -62,6 +62,22 @@ def test_slow_requests_are_abandoned_after_grace() -> None:
     assert index not in s.have
 
 
+def test_requests_to_one_source_share_its_slow_retrieval_floor() -> None:
+    """Two requests to a mirror capped at twice the floor get the floor each
+    when alone, half of it when together: slow only below their share."""
+    s = ChunkScheduler(4, ["capped"], SchedulerConfig(per_source=2, grace=2.0, min_rate=1000))
+    first, second = s.assign(0.0)
+    for request in (first, second):
+        s.received(*request, 1600)  # 533 B/s each: 1,066 B/s from the source
+    assert s.too_slow(3.0) == []
+    s.received(*first, 1000)
+    s.verified(*first, 2600, 3.5)
+    # Alone now (one in flight), the other must hold the whole floor.
+    assert s.too_slow(4.0) == [second]  # 1,600 B in 4 s
+    s.received(*second, 2500)
+    assert s.too_slow(4.0) == []
+
+
 def test_endgame_duplicates_and_first_copy_wins() -> None:
     s = ChunkScheduler(1, ["a", "b"], SchedulerConfig(per_source=1))
     first = s.assign(0.0)
