@@ -460,20 +460,25 @@ class Client:
         have = _verified_chunks(part, plan)
         if progress is not None and have:
             progress(sum(plan.span(i)[1] for i in have))
-        stats = trio.run(
-            lambda: download_plan(
-                plan,
-                sources,
-                part,
-                have=have,
-                fetch_config=self.fetch_config,
-                scheduler_config=config,
-                progress=progress,
-                fallback=fallback or (),
-                replicating=replicating,
-                on_verified=on_verified,
+        try:
+            stats = trio.run(
+                lambda: download_plan(
+                    plan,
+                    sources,
+                    part,
+                    have=have,
+                    fetch_config=self.fetch_config,
+                    scheduler_config=config,
+                    progress=progress,
+                    fallback=fallback or (),
+                    replicating=replicating,
+                    on_verified=on_verified,
+                )
             )
-        )
+        except SourcesFailedError as exc:
+            if exc.stats is not None:
+                self._record(exc.stats)
+            raise
         for name, extra in manifest_stats.items():  # the manifest's bytes count too
             stats[name].bytes += extra.bytes
         self._record(stats)
@@ -587,6 +592,8 @@ def _fetch_whole(
             if response.status != 200:
                 done_with(response, whole=False)
                 reasons[source] = f"HTTP {response.status}"
+                if response.status not in (404, 503):  # (not held there; busy: no fault)
+                    blame(source, reasons[source])
                 continue
             if size is None or size > DEFAULT_MAX_MANIFEST_BYTES:
                 body, _ = read_body(response, DEFAULT_MAX_MANIFEST_BYTES, config, started)

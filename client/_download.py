@@ -325,8 +325,12 @@ async def download_plan(
         raise ClientError(f"cannot write {part}: {unwritten.strerror or unwritten}")
     if not scheduler.complete:
         reasons = "; ".join(f"{s}: {r}" for s, r in scheduler.reasons().items())
-        if stalled:
-            stall = scheduler.config.max_stall
-            raise SourcesFailedError(f"no source sent a byte for {stall:g} s: {reasons}")
-        raise SourcesFailedError(f"every source failed: {reasons}")
+        stall = scheduler.config.max_stall
+        failed = SourcesFailedError(
+            f"no source sent a byte for {stall:g} s: {reasons}"
+            if stalled
+            else f"every source failed: {reasons}"
+        )
+        failed.stats = scheduler.stats  # the failures count in the sources' health too
+        raise failed
     return scheduler.stats

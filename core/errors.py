@@ -33,6 +33,8 @@ escapes is a bug.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tuf.api.exceptions import DownloadError
 
 __all__ = [
@@ -168,3 +170,7 @@ class MetadataRefusedError(ClientError):
 
 class SourcesFailedError(ClientError, DownloadError):
     """Every source failed; the message lists each source's reason."""
+
+    #: What each source did before the download gave up (a chunk download's
+    #: ``SourceStats`` by source), for the client's memory of its sources.
+    stats: dict[str, Any] | None = None

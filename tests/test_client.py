@@ -111,7 +111,7 @@ def test_one_chunk_artifact_and_listing(origin: Server, tmp_path: Path) -> None:
 
 
 CHUNK_ATTACKS = [
-    "bitflip", "other", "truncate", "endless", "trickle", "404", "500", "badlength",
+    "bitflip", "other", "truncate", "endless", "trickle", "404", "500", "badlength", "rangeflip",
 ]  # fmt: skip
 
 
@@ -132,7 +132,7 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
         assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
         stats = result.sources[liar.url]
         assert stats.chunks == 0  # not one chunk of the liar's was accepted
-        if behaviour in ("bitflip", "other", "endless"):
+        if behaviour in ("bitflip", "other", "endless", "rangeflip"):
             assert "bad chunk" in (stats.banned or "")  # banned at the first lie
         health = {h.url: h for h in client.fetcher.sources}[liar.url]
         if behaviour == "404":
@@ -147,6 +147,9 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
         with client_for(origin, tmp_path, liar.url, name="c2") as client:
             with pytest.raises(ClientError) as info:
                 client.download(BIG, out)
+            # A download that failed is remembered as the one that succeeded is.
+            health = {h.url: h for h in client.fetcher.sources}[liar.url]
+            assert (health.failures == 0) == (behaviour == "404"), health
         assert liar.url in str(info.value)
         assert not (out / "demo-1.0.tar.gz").exists()
     # And an honest update succeeds afterwards.

@@ -21,7 +21,7 @@ Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
     "manifestpadded", "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
-    "latetimestamp",
+    "latetimestamp", "rangeflip",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 
@@ -164,7 +164,7 @@ class Mirror:
             start, end = int(first), min(int(last), len(data) - 1)
         body = data[start : end + 1]
         if is_blob:
-            if behaviour == "bitflip":
+            if behaviour == "bitflip" or (behaviour == "rangeflip" and ranged):  # (chunks only)
                 flipped = bytearray(body)
                 flipped[len(flipped) // 2] ^= 0x01
                 body = bytes(flipped)
