@@ -89,7 +89,8 @@ def origin() -> None:
     "--public-key",
     multiple=True,
     metavar="ROLE=PEM",
-    help="Public key (PEM file) of the matching --signer; needed for non-file signers.",
+    help="Public key (PEM file) of a --signer ROLE=... that is not a file2: key "
+    "(they pair in the order given).",
 )
 @click.option(
     "--max-upload", type=SIZE, default="1GiB", show_default=True, help="Largest upload accepted."
@@ -122,7 +123,7 @@ def init(
     """Create a new repository in an empty directory."""
     from securesystemslib.signer import Key
 
-    from tufmesh.origin._keys import public_key_from_pem
+    from tufmesh.origin._keys import pair_public_keys
 
     defaults = OriginConfig()
     days = dict(defaults.expiry_days)
@@ -137,22 +138,25 @@ def init(
             raise click.BadParameter(
                 f"{role}={value}: not a number of days", param_hint="--expiry"
             ) from None
-    keys: dict[str, list[tuple[str, Key | None]]] = {}
+    uris: dict[str, list[str]] = {}
     for role, uri in _pairs(signer, "--signer"):
         if role not in ROLES:
             raise click.BadParameter(
                 f"unknown role {role!r}; roles: {', '.join(ROLES)}", param_hint="--signer"
             )
-        keys.setdefault(role, []).append((uri, None))
+        uris.setdefault(role, []).append(uri)
+    pems: dict[str, list[Path]] = {}
     for role, pem in _pairs(public_key, "--public-key"):
-        slots = [i for i, (_, key) in enumerate(keys.get(role, [])) if key is None]
-        if not slots:
+        if role not in uris:
             raise UsageError(f"--public-key {role}=... has no --signer {role}=... to go with")
+        pems.setdefault(role, []).append(Path(pem))
+    keys: dict[str, list[tuple[str, Key | None]]] = {}
+    for role, named in uris.items():
         try:
-            key = public_key_from_pem(Path(pem))
+            paired = pair_public_keys(repo_dir, named, pems.get(role, []))
         except OriginError as exc:
-            raise UsageError(str(exc)) from None
-        keys[role][slots[0]] = (keys[role][slots[0]][0], key)
+            raise UsageError(f"{role}: {exc}") from None
+        keys[role] = list(zip(named, paired, strict=True))
     config = OriginConfig(
         bins=bins,
         expiry_days=days,
@@ -388,7 +392,7 @@ def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
     multiple=True,
     metavar="PEM",
     type=click.Path(dir_okay=False),
-    help="The public key of the matching --signer; needed for non-file signers.",
+    help="The public key of a --signer that is not a file2: key (they pair in the order given).",
 )
 @click.option(
     "--new-keys",
@@ -414,18 +418,10 @@ def rotate(
     by them, then the snapshot and the timestamp. Clients follow on their
     next update; the old keys sign nothing that they will accept.
     """
-    from tufmesh.origin._keys import generate_file_key, public_key_from_pem, public_key_from_uri
+    from tufmesh.origin._keys import generate_file_key, pair_public_keys
 
-    if len(pems) > len(uris):
-        raise UsageError("each --public-key goes with a --signer")
     repo = _ceremony(repo_dir)
-    keys = []
-    for i, uri in enumerate(uris):
-        key = (
-            public_key_from_pem(Path(pems[i])) if i < len(pems)
-            else public_key_from_uri(repo_dir, uri)
-        )  # fmt: skip
-        keys.append((uri, key))
+    keys = list(zip(uris, pair_public_keys(repo_dir, uris, [Path(p) for p in pems]), strict=True))
     generated: list[Path] = []
     label = "bin-*" if role == "bin-n" else role
     old = next(row.keyids for row in repo.status() if row.role.split(" ")[0] == label)

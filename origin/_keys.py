@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlparse
@@ -22,6 +23,7 @@ from tufmesh.errors import OriginError
 __all__ = [
     "generate_file_key",
     "load_signer",
+    "pair_public_keys",
     "public_key_from_pem",
     "public_key_from_uri",
     "signer_kind",
@@ -67,8 +69,15 @@ def public_key_from_uri(repo: Path, uri: str) -> Key:
     try:
         private = load_pem_private_key(Path(parsed.path).read_bytes(), None)
         return SSlibKey.from_crypto(private.public_key())
-    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
-        raise OriginError(f"cannot read private key {uri}: {exc}") from None
+    except OSError as exc:
+        raise OriginError(f"cannot read private key {uri}: {exc.strerror or exc}") from None
+    except TypeError:  # a password was needed
+        raise OriginError(f"cannot read private key {uri}: it is encrypted") from None
+    except (ValueError, UnsupportedAlgorithm):  # (its text links to cryptography's FAQ)
+        raise OriginError(
+            f"cannot read private key {uri}: not a PEM private key "
+            "(a file that starts '-----BEGIN PRIVATE KEY-----')"
+        ) from None
 
 
 def public_key_from_pem(path: Path) -> Key:
@@ -81,8 +90,36 @@ def public_key_from_pem(path: Path) -> Key:
         raise OriginError(f"cannot read public key {path}: {exc.strerror}") from None
     try:
         return SSlibKey.from_crypto(load_pem_public_key(data))
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise OriginError(f"cannot read public key {path}: not a PEM public key ({exc})") from None
+    except (ValueError, UnsupportedAlgorithm):  # (its text links to cryptography's FAQ)
+        raise OriginError(
+            f"cannot read public key {path}: not a PEM public key "
+            "(a file that starts '-----BEGIN PUBLIC KEY-----')"
+        ) from None
+
+
+def pair_public_keys(repo: Path, uris: Sequence[str], pems: Sequence[Path]) -> list[Key]:
+    """The public key of each signer in ``uris``: a ``file2:`` key's read from
+    its file, the others' from ``pems``, in order. A PEM that is a ``file2:``
+    key's own public key is taken as a check of it, not paired with the next
+    signer (pairing by position alone paired it with the wrong one)."""
+    keys = [public_key_from_uri(repo, uri) if key_file(repo, uri) else None for uri in uris]
+    own = {key.keyid for key in keys if key is not None}
+    for pem in pems:
+        key = public_key_from_pem(pem)
+        if key.keyid in own:
+            continue
+        slot = next((i for i, held in enumerate(keys) if held is None), None)
+        if slot is None:
+            needed = "no other signer needs one" if own else "no signer needs one"
+            raise OriginError(
+                f"public key {pem} is not that of a file2: key given, and {needed} "
+                "(a file2: key's own public key is read from its file)"
+            )
+        keys[slot] = key
+    for uri, held in zip(uris, keys, strict=True):
+        if held is None:
+            raise OriginError(f"give the public key of {uri} (only file2: keys can be read here)")
+    return [key for key in keys if key is not None]
 
 
 def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:

@@ -36,8 +36,9 @@ from tests.helpers.origin import (
     tufmesh,
 )
 from tufmesh.cas import BlobStore
+from tufmesh.errors import OriginError
 from tufmesh.origin import OriginConfig, OriginRepository
-from tufmesh.origin._keys import generate_file_key
+from tufmesh.origin._keys import generate_file_key, pair_public_keys, public_key_from_pem
 
 
 @pytest.fixture
@@ -490,8 +491,20 @@ def test_init_with_signer_uris_and_their_public_keys(tmp_path: Path) -> None:
         "origin", "init", "--dir", str(tmp_path / "mismatch"),
         "--signer", f"root={uri1}", "--public-key", f"root={pem2}", check=False,
     )  # fmt: skip
-    assert mismatch.returncode == 1 and "does not match" in mismatch.stderr
+    assert mismatch.returncode == 1 and "is not that of a file2: key given" in mismatch.stderr
     assert not (tmp_path / "mismatch").exists()  # nothing half made: init can run again
+    # A file2: key's public key is read from its file: one given anyway is a
+    # check of it, whatever the order (by position, pem2 went with uri1).
+    tufmesh(
+        "origin", "init", "--dir", str(tmp_path / "either"), "--root-threshold", "2",
+        "--signer", f"root={uri1}", "--signer", f"root={uri2}", "--public-key", f"root={pem2}",
+    )  # fmt: skip
+    # The others' public keys go, in order, with the signers that need one.
+    one, two = public_key_from_pem(pem1), public_key_from_pem(pem2)
+    assert pair_public_keys(tmp_path, [uri1, "gcpkms:k"], [pem1, pem2]) == [one, two]
+    assert pair_public_keys(tmp_path, ["gcpkms:k", uri1], [pem2]) == [two, one]
+    with pytest.raises(OriginError, match="give the public key of gcpkms:l"):
+        pair_public_keys(tmp_path, [uri1, "gcpkms:k", "gcpkms:l"], [pem2])
 
 
 def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_path: Path) -> None:
