@@ -164,8 +164,9 @@ def _progress_line(progress: dict[str, Any]) -> str:
 def status(mirror_dir: Path) -> None:
     """Versions held, blobs and bytes, sources, last sync.
 
-    Exits 1 when the last sync failed (/healthz says "degraded"), so that a
-    monitoring script need not parse the output.
+    Exits 1 when the last sync failed (/healthz says "degraded") or no daemon
+    runs in the directory, so that a monitoring script need not parse the
+    output.
     """
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
@@ -200,6 +201,8 @@ def status(mirror_dir: Path) -> None:
     size = sum(replica.store.stat(cid).size for cid in blobs)
     last = state.get("last_sync", {})
     click.echo(f"mirror {mirror_dir}")
+    if not running:  # what follows is what it held when it stopped
+        click.echo(f"daemon\tnot running (no 'tufmesh mirror run' in {mirror_dir})")
     click.echo(f"sources\t{', '.join(replica.sources)}")
     p2p = mirror_dir / "p2p.addr"
     if p2p.exists():
@@ -220,7 +223,7 @@ def status(mirror_dir: Path) -> None:
     )
     if "last_sync_at" in state:
         click.echo(f"last sync\t{time.time() - state['last_sync_at']:.0f} s ago")
-    if "p2p_peers" in state:
+    if "p2p_peers" in state and running:  # (a stopped daemon's peers are gone)
         behind = max(0, state.get("newest_announced", 0) - state.get("timestamp_version", 0))
         click.echo(f"p2p peers\t{state['p2p_peers']}")
         if state["p2p_peers"]:
@@ -240,5 +243,5 @@ def status(mirror_dir: Path) -> None:
         click.echo(f"projects whose own metadata expired\t{', '.join(map(str, lapsed))}")
     for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
         click.echo(f"fetched from {source}\t{format_size(count)}")
-    if last.get("error"):
+    if last.get("error") or not running:
         click.get_current_context().exit(1)

@@ -121,8 +121,15 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         replica = Mirror(tmp_path / name)
         assert replica.store.fsck().ok
         assert replica.state()["snapshot_version"] >= second["snapshot_version"]
+    # Stopped: what it held, and that no daemon serves it (exit 1 for monitoring).
+    stopped = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
+    assert stopped.returncode == 1 and "daemon\tnot running" in stopped.stdout, stopped
+    assert "artifacts served\t2" in stopped.stdout
+    daemon = hold_lock(tmp_path / "m2")  # from here on, as if a daemon ran there
+    assert daemon is not None
     status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2")).stdout
     assert "snapshot version" in status and "artifacts served\t2" in status
+    assert "not running" not in status
     typo = tufmesh("mirror", "status", "--dir", str(tmp_path / "m3"), check=False)
     assert typo.returncode == 1 and "is not a mirror's directory" in typo.stderr
     assert not (tmp_path / "m3").exists()  # asking created nothing
@@ -175,6 +182,7 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
         bad = tufmesh("mirror", "status", "--dir", str(tmp_path / "m2"), check=False)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
         assert "mirror.json is damaged" in bad.stderr, bad.stderr
+    os.close(daemon)
 
 
 def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
@@ -220,11 +228,12 @@ def test_a_sync_under_way_says_how_far_it_is(tmp_path: Path) -> None:
     assert "syncing" in tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
     assert daemon is not None
     os.close(daemon)
-    assert "syncing" not in tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+    stopped = tufmesh("mirror", "status", "--dir", str(tmp_path / "m"), check=False).stdout
+    assert "syncing" not in stopped and "daemon\tnot running" in stopped
     (tmp_path / "m" / "progress.json").unlink()
     assert "of 3 artifacts, " in seen[-1] and f"of {format_size(sum(lengths))}" in seen[-1]
     assert not (tmp_path / "m" / "progress.json").exists()  # over: said by the report
-    done = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+    done = tufmesh("mirror", "status", "--dir", str(tmp_path / "m"), check=False).stdout
     assert "syncing" not in done and "snapshot version" in done
 
 

@@ -409,8 +409,8 @@ def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> No
         replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [url])
         report = replica.sync()
         assert report.error is None and report.artifacts == 1 and report.lapsed == ["demo"]
-        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
-        assert "projects whose own metadata expired\tdemo" in status
+        status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m"), check=False).stdout
+        assert "projects whose own metadata expired\tdemo" in status  # (and no daemon runs)
         home = str(tmp_path / "home")
         tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin", url,
                 "--home", home)  # fmt: skip
