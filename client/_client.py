@@ -25,7 +25,16 @@ from typing import Any, Final, TypeVar
 import trio
 import urllib3
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import DelegatedRole, SuccinctRoles, TargetFile, Targets
+from tuf.api.metadata import (
+    DelegatedRole,
+    Metadata,
+    Root,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater, UpdaterConfig
 
 from tufmesh._durable import fsync_dir
@@ -183,6 +192,7 @@ class Client:
                     updater = self._new_updater()
                     updater.refresh()
                     self._updater = updater
+                    self._check_outvoted()
                 try:
                     return operation(self._updater)
                 except tuf_errors.ExpiredMetadataError as exc:
@@ -212,6 +222,32 @@ class Client:
         raise MetadataRefusedError(
             "no source served metadata that verifies: " + "; ".join(rejections)
         )
+
+    def _check_outvoted(self) -> None:
+        """Blame each source whose timestamp lost to a newer one and is not
+        signed by this repository's timestamp keys: python-tuf never saw it,
+        and a source serving another repository (a mistyped URL) or forging
+        went unsaid for as long as another source was newer. An older
+        timestamp that verifies is a source behind, not at fault."""
+        outvoted, self.fetcher.outvoted = self.fetcher.outvoted, []
+        if not outvoted:
+            return
+        try:  # the root python-tuf has just verified and kept
+            root = Metadata[Root].from_file(str(self.metadata_dir / "root.json")).signed
+        except (OSError, tuf_errors.RepositoryError, DeserializationError):
+            return
+        for source, data in outvoted:
+            try:
+                answer = Metadata[Timestamp].from_bytes(data)
+                if answer.signed.type != Timestamp.type:
+                    raise tuf_errors.RepositoryError(f"a {answer.signed.type}")
+                root.verify_delegate(Timestamp.type, answer.signed_bytes, answer.signatures)
+            except (tuf_errors.RepositoryError, DeserializationError, ValueError):
+                source.failures += 1
+                source.last_error = (
+                    "served a timestamp this repository's keys did not sign (another "
+                    "repository's, or one signed by keys since replaced)"
+                )
 
     def _blame(self, exc: BaseException, *, counted: bool = True) -> str:
         source = self.fetcher.last_source

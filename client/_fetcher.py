@@ -189,6 +189,10 @@ class MultiSourceFetcher(FetcherInterface):
     def __post_init__(self) -> None:
         self.last_source: str | None = None
         self._limit: int | None = None  # python-tuf's bound for the file being fetched
+        #: The timestamps that lost to a newer one in the last fetch of it:
+        #: python-tuf never sees them, so the client checks their signatures
+        #: itself (:meth:`Client._check_outvoted`).
+        self.outvoted: list[tuple[SourceHealth, bytes]] = []
         # urllib3, not httpx: python-tuf imports it anyway, and httpx would add
         # 55 ms to every `tufmesh get` start-up (docs/results.md).
         self._pool = new_pool(self.config)
@@ -236,11 +240,12 @@ class MultiSourceFetcher(FetcherInterface):
             # previous, still valid timestamp hid every newer release from its
             # clients until it expired, and nobody was to blame for it.
             ordered = self.ordered()
+            self.outvoted = []
             for group in (
                 [s for s in ordered if not s.fallback],
                 [s for s in ordered if s.fallback],
             ):
-                newest = self._newest(kind, name, group, reasons)
+                newest = self._newest(kind, name, group, reasons, outvoted=self.outvoted)
                 if newest is not None:
                     return self._served(name, *newest)
         else:
@@ -287,13 +292,14 @@ class MultiSourceFetcher(FetcherInterface):
         reasons: dict[str, str],
         *,
         first: bool = False,
+        outvoted: list[tuple[SourceHealth, bytes]] | None = None,
     ) -> tuple[SourceHealth, bytes] | None:
         """The answer with the highest signed version among ``sources``, asked
         at once: the others get :data:`NEWEST_GRACE` seconds after the first
         good answer (a slow or silent source must not slow every refresh;
         its request ends in the background, by its own timeouts); or, with
         ``first``, the first good answer, each source heard until then within
-        its own timeouts."""
+        its own timeouts. The answers that lost go to ``outvoted``."""
         answers: queue.SimpleQueue[tuple[int, SourceHealth, bytes | BaseException]] = (
             queue.SimpleQueue()
         )
@@ -326,7 +332,9 @@ class MultiSourceFetcher(FetcherInterface):
             else:
                 answer = (_signed_version(data), -rank, source, data)
                 if newest is None or answer[:2] > newest[:2]:
-                    newest = answer  # the healthiest among equals
+                    newest, answer = answer, newest  # the healthiest among equals
+                if outvoted is not None and answer is not None:
+                    outvoted.append((answer[2], answer[3]))
                 if first:
                     break
                 deadline = min(deadline, time.monotonic() + NEWEST_GRACE)

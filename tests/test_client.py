@@ -803,6 +803,40 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
         ]
 
 
+def test_a_source_of_another_repository_is_named_though_another_is_newer(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A source whose timestamp loses to a newer one is never seen by
+    python-tuf: one that serves another repository (a mistyped URL), asked
+    for nothing else, went unsaid at every command after init's warning. Its
+    timestamp is checked against the trusted root's keys, and it is named;
+    one merely behind is not."""
+    other = init_repo(tmp_path / "other")  # timestamp v1: older than the origin's
+    old = (origin.repo / "metadata" / "timestamp.json").read_bytes()
+    token = add_project(origin.repo, "newer")
+    assert post(origin.url, "newer", "newer-1.tar.gz", b"x", token).status_code == 200
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    with running(other) as wrong, mirrors(origin.repo, "honest") as (behind,):
+        behind.metadata_overrides["timestamp.json"] = old
+        # An old failure each: the origin serves everything but the timestamp.
+        sources = [SourceHealth(origin.url), SourceHealth(wrong.url, failures=1),
+                   SourceHealth(behind.url, failures=1)]  # fmt: skip
+        with Client(tmp_path / "c", root, sources, **FAST) as client:
+            assert client.target(SMALL).length == 100_000
+            health = {h.url: h for h in client.fetcher.sources}
+        assert health[wrong.url].failures == 2 and health[behind.url].failures == 1
+        assert health[wrong.url].last_error == (
+            "served a timestamp this repository's keys did not sign (another repository's, "
+            "or one signed by keys since replaced)"
+        )
+        home = str(tmp_path / "home")
+        tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"), "--origin",
+                origin.url, "--mirror", wrong.url, "--home", home)  # fmt: skip
+        listed = tufmesh("ls", "demo", "--home", home)
+        assert f"{SMALL}\t100000\t" in listed.stdout
+        assert listed.stderr.startswith(f"warning: {wrong.url} failed: "), listed.stderr
+
+
 @pytest.mark.attack
 def test_a_plain_tuf_repository_that_trickles_its_targets_is_given_up(
     origin: Server, tmp_path: Path
