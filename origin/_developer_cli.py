@@ -368,6 +368,11 @@ def developer_claim(
     from tufmesh.origin._keys import public_key_from_pem
 
     _distinct_names(files)
+    output = output or Path(f"{normalize_project(project)}.claim.json")
+    if output.exists():  # (said before anything is noted of this claim)
+        raise UsageError(
+            f"{output} exists already (an earlier request?): remove it, or give -o FILE"
+        )
     developer = load_key(key, public_key)
     try:
         others = [public_key_from_pem(path) for path in holders]
@@ -387,7 +392,6 @@ def developer_claim(
         project, developer.signer, targets, version=version, holders=others, threshold=threshold
     )
     assert request.holders is not None
-    output = output or Path(f"{project}.claim.json")
     developer.fresh_claim(project, version)
     _replacing(developer, request, replace_keys)
     write_request(output, request, new=True)

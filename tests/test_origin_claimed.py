@@ -90,6 +90,10 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     assert empty.returncode == 1 and "names no file: give the key a file name" in empty.stderr
     request = tmp_path / "demo.claim.json"
     tufmesh("developer", "claim", "demo", str(first), "--key", str(key), "-o", str(request))
+    twice = tufmesh("developer", "claim", "demo", str(first), "--key", str(key),
+                    "-o", str(request), check=False)  # fmt: skip
+    assert twice.returncode == 1 and "exists already (an earlier request?)" in twice.stderr
+    assert "give -o FILE" in twice.stderr
     out = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
     assert "\nclaimed demo: its artifacts (1) are signed by" in out
     # The ceremony run twice: in place, nothing to do (it told the developers
