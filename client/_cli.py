@@ -153,7 +153,9 @@ def proxy(host: str, port: int, home: Path | None) -> None:
     path.sources()  # not set up, or a bad config: one line, before anything listens
     run_service(
         lambda ready: serve_proxy(path.path, host, port, on_ready=ready),
-        banner=lambda url: f"index on {url}/simple/  (pip install --index-url {url}/simple/ ...)",
+        banner=lambda url: (
+            f"index on {url}/simple/  (pip install --isolated --index-url {url}/simple/ ...)"
+        ),
         where=f"{host}:{port}",
     )
 

@@ -90,6 +90,7 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
             assert proxy.stdout is not None
             line = proxy.stdout.readline()
             assert line.startswith("index on "), line + proxy.stderr.read()
+            assert "(pip install --isolated --index-url " in line  # no other index mixed in
             index = line.split()[2]
             page = httpx.get(f"{index}tinypkg/", headers={"accept": JSON_TYPE})
             assert page.headers["content-type"] == JSON_TYPE
@@ -104,7 +105,8 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
                 answer = httpx.get(f"{index}tinypkg/", headers={"host": named})
                 assert answer.status_code == status, named
             installed = subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--index-url", index, "--target",
+                [sys.executable, "-m", "pip", "install", "--isolated", "--index-url", index,
+                 "--target",
                  str(tmp_path / "site"), "--no-deps", "--no-cache-dir",
                  "--disable-pip-version-check", "tinypkg"],
                 capture_output=True, text=True, timeout=120,
