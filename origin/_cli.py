@@ -282,13 +282,17 @@ def status(repo_dir: Path) -> None:
     click.echo(
         f"{'role':{width}} {'ver':>5} {'expires':25} {'':>12} {'thr':>3}  {'kind':8} keys (signers)"
     )
-    from tufmesh.origin._keys import UNREADABLE, signer_kind
+    from tufmesh.origin._keys import NOT_HERE, UNREADABLE, signer_kind
 
-    unreadable = []
+    unreadable, absent = [], []
     for row in rows:
         left = _human_delta((row.expires - now).total_seconds())
-        found = {signer_kind(uri, repo.dir) for uri in row.signers}
+        kinds_here = [signer_kind(uri, repo.dir) for uri in row.signers]
+        found = set(kinds_here)
         unreadable += [row.role] if UNREADABLE in found else []
+        usable = sum(kind not in (UNREADABLE, NOT_HERE) for kind in kinds_here)
+        short = row.online and usable < row.threshold and NOT_HERE in found
+        absent += [row.role] if short else []
         kinds = ",".join(sorted(found)) or "none here"
         mode = "online" if row.online else "offline"
         keyids = ", ".join(k[:12] for k in row.keyids)
@@ -334,7 +338,14 @@ def status(repo_dir: Path) -> None:
             fg="yellow",
             err=True,
         )
-    if expired or stale or unreadable:
+    if absent:
+        click.secho(
+            f"warning: {', '.join(absent)}: too few online keys here to sign (their files "
+            "are not on this host): 'origin serve' refuses to start here",
+            fg="yellow",
+            err=True,
+        )
+    if expired or stale or unreadable or absent:
         sys.exit(1)  # for a monitoring check: the repository serves nothing a client takes
 
 

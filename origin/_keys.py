@@ -152,6 +152,8 @@ def load_signer(repo: Path, uri: str, public_key: Key) -> Signer:
 
 #: A file key that is on this host but is no private key (damaged, or another file).
 UNREADABLE: Final = "file, UNREADABLE"
+#: A file key whose file is not on this host (an offline key, as it should be).
+NOT_HERE: Final = "file, not here"
 
 
 def signer_kind(uri: str, repo: Path | None = None) -> str:
@@ -164,7 +166,7 @@ def signer_kind(uri: str, repo: Path | None = None) -> str:
         except OSError:  # a directory this user may not read
             here = False
         if not here:
-            return "file, not here"
+            return NOT_HERE
         try:
             public_key_from_uri(repo, uri)
         except OriginError:

@@ -332,6 +332,11 @@ def test_status_warns_of_offline_roles_near_expiry_and_fails_past_it(tmp_path: P
     row = next(r for r in status.stdout.splitlines() if r.startswith("timestamp "))
     assert status.returncode == 1 and row.endswith("(file, UNREADABLE)"), row
     assert "warning: a key file of timestamp is no private key" in status.stderr
+    assert "too few online keys here" not in status.stderr
+    # An online key not on the host: said (exit 1), as serve refuses to start.
+    (soon / "keys" / "snapshot.pem").rename(tmp_path / "snapshot.pem")
+    status = tufmesh("origin", "status", "--dir", str(soon), check=False)
+    assert status.returncode == 1 and "warning: snapshot: too few online keys here" in status.stderr
 
 
 def test_status_and_projects_cli(repo: Path) -> None:
