@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import click
 
+from tufmesh._durable import is_held
 from tufmesh._ui import (
     PORT,
     SIZE,
@@ -591,6 +592,8 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
         for path in missing:
             click.echo(f"would remove {path}")
         click.echo("the request passes every check; run again without --dry-run to claim")
+        if is_held(repo_dir / "origin.lock"):
+            click.echo(f"  (with the origin stopped: one is serving {repo_dir} now)")
         return
     repo = _ceremony(repo_dir)
     before = {t.path for t in repo.artifacts() if t.path.startswith(f"{project}/")}

@@ -534,13 +534,15 @@ def test_a_new_key_for_a_claimed_project_whose_key_leaked(tmp_path: Path) -> Non
             "--origin", server.url,
         ).stdout  # fmt: skip
         assert "version 3" in out
-    claim = ["origin", "project", "claim", "--dir", str(repo), str(request)]
+        claim = ["origin", "project", "claim", "--dir", str(repo), str(request)]
+        serving = tufmesh(*claim, "--dry-run", "--remove-missing").stdout
+        assert f"(with the origin stopped: one is serving {repo} now)" in serving
     # The dry run checks all the ceremony does, and shows the key id in full.
     refused = tufmesh(*claim, "--dry-run", check=False)
     assert refused.returncode == 1 and "--remove-missing" in refused.stderr
     assert load_key(str(new)).signer.public_key.keyid in refused.stdout
     shown = tufmesh(*claim, "--dry-run", "--remove-missing").stdout
-    assert "would remove demo/demo-6.6.6.tar.gz" in shown
+    assert "would remove demo/demo-6.6.6.tar.gz" in shown and "one is serving" not in shown
     done = tufmesh(*claim, "--remove-missing").stdout
     assert "removed demo/demo-6.6.6.tar.gz" in done
     with running(repo) as server:
