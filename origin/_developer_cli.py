@@ -243,7 +243,7 @@ def _hand_on(request: SigningRequest, needed: int, origin_url: str, files: list[
         f"{needed} needed. Each other holder checks it against their own copy of the files "
         f"and signs it; the last one sends it:\n"
         f"  tufmesh developer cosign {shlex.quote(str(path))} {names} --origin {origin_url} "
-        "--key KEY"
+        "--key KEY --token TOKEN"
     )
     if files:
         click.echo(
