@@ -502,9 +502,11 @@ def read_request(path: Path) -> SigningRequest:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError, AttributeError, DeserializationError) as exc:
+        # (a KeyError's text is the bare name of the field that is missing)
+        reason = f"it has no {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else exc
         raise UsageError(
             f"{path} is not a signing request (what 'tufmesh developer claim' writes, or "
-            f"'publish --key' for a project several keys sign): {exc}"
+            f"'publish --key' for a project several keys sign): {reason}"
         ) from None
     return SigningRequest(project, md, holders)
 

@@ -337,6 +337,9 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     broken.write_text(json.dumps({**empty.to_dict(), "metadata": "x"}))
     with pytest.raises(UsageError, match="is not a signing request"):
         read_claim(broken)
+    root = tmp_path / "repo" / "metadata" / "1.root.json"  # another TUF file: said so
+    with pytest.raises(UsageError, match=r"is not a signing request .*: it has no 'project'$"):
+        read_claim(root)
     with pytest.raises(
         OwnedMetadataError, match=r"leaves out what it has published: demo/demo-1\.0"
     ):
