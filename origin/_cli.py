@@ -456,6 +456,12 @@ def rotate(
         raise
     for path in generated:
         click.echo(f"generated keys/{path.name}")
+    if generated and role in OFFLINE_ROLES:
+        click.echo(
+            f"  {role} is an offline role: move its new key file"
+            f"{'s' if len(generated) > 1 else ''} off the serving host to where its keys are "
+            "kept (it signs only at ceremonies; 'origin status' then says 'file, not here')"
+        )
     _report(repo, done)
     in_use = repo.keyids_in_use()  # a key may serve another role too: not retired then
     retired = [k for k in old if k not in in_use] + repo.retire_signers()

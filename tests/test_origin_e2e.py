@@ -544,6 +544,8 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
     doubled = tufmesh("origin", "rotate", "--dir", str(repo), "root", "--new-keys", "2",
                       "--threshold", "2").stdout  # fmt: skip
     assert "generated keys/root-2.pem" in doubled and "generated keys/root-3.pem" in doubled
+    assert "root is an offline role: move its new key files off the serving host" in doubled
+    assert "offline role" not in rotated  # (the timestamp's key stays: it signs online)
     assert "retired root keys" in doubled
     said = doubled.split("retired root keys")[1]  # where the key to destroy is
     assert f"{repo}/keys/root-" in said and ".pem" in said, doubled
