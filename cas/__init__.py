@@ -23,6 +23,7 @@ from tufmesh.cas._store import (
     ChunkAssembly,
     FsckReport,
     GcReport,
+    Scrubber,
     Source,
     StoreConfig,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "GcReport",
     "Manifest",
     "ManifestBuilder",
+    "Scrubber",
     "Source",
     "StoreConfig",
     "build_manifest",

@@ -788,6 +788,42 @@ class BlobStore:
         return ChunkAssembly(self, manifest)
 
 
+@final
+class Scrubber:
+    """Checks a store's blobs against their names a little at a time, pass
+    after pass, and quarantines the corrupt and the unreadable ones (a disk's
+    bit rot, a slip of an operator's): what a daemon (a mirror, the origin)
+    runs now and then, so that a blob gone bad stops being served, and said
+    held, long before anyone runs ``fsck``."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._pending: list[str] = []  # the current pass's blobs yet to check, last first
+
+    def step(self, budget: int) -> tuple[list[str], int]:
+        """Check about ``budget`` bytes of blobs (a blob is checked whole), on
+        from where the last step stopped, starting a new pass when one ends
+        (at most one new pass a step); return the blobs quarantined and the
+        bytes read."""
+        found: list[str] = []
+        read = 0
+        refilled = False
+        while read < budget:
+            if not self._pending:
+                if refilled:
+                    break  # the whole store, within the budget
+                self._pending, refilled = sorted(self.store, reverse=True), True
+                continue
+            cid = self._pending.pop()
+            try:
+                read += max(self.store.stat(cid).size, 1)
+                if self.store.quarantine_if_corrupt(cid):
+                    found.append(cid)
+            except (OSError, StoreError):  # gone since the pass began, or not movable
+                continue
+        return found, read
+
+
 def _read_pieces(handle: IO[bytes], size: int) -> Iterator[memoryview]:
     """Yield views of one reused buffer; each view is valid until the next one."""
     buffer = bytearray(size)

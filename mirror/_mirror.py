@@ -40,7 +40,7 @@ from tufmesh._durable import (
     write_atomic,
 )
 from tufmesh._ui import one_line
-from tufmesh.cas import BlobStore, parse_cid
+from tufmesh.cas import BlobStore, Scrubber, parse_cid
 from tufmesh.client import Client, SourceHealth
 from tufmesh.client._home import check_url, read_root
 from tufmesh.errors import InvalidCIDError, InvalidNameError, StoreError, TufmeshError, UsageError
@@ -100,7 +100,7 @@ class Mirror:
         self._synced: tuple[tuple[int, str], SyncReport] | None = None
         #: The last sync's report, while the disk would not take it (full).
         self._unrecorded: dict[str, Any] | None = None
-        self._unscrubbed: list[str] = []  # blobs the current scrub pass has yet to check
+        self._scrubber = Scrubber(self.store)
 
     @classmethod
     def create(
@@ -333,22 +333,7 @@ class Mirror:
         or a slip had changed was served, and said held to every neighbour,
         until each of them had banned this mirror. Returns the blobs
         quarantined and the bytes read."""
-        found: list[str] = []
-        read = 0
-        refilled = False
-        while read < budget:
-            if not self._unscrubbed:
-                if refilled:
-                    break  # the whole store, within the budget
-                self._unscrubbed, refilled = sorted(self.store, reverse=True), True
-                continue
-            cid = self._unscrubbed.pop()
-            try:
-                read += max(self.store.stat(cid).size, 1)
-                if self.store.quarantine_if_corrupt(cid):
-                    found.append(cid)
-            except (OSError, StoreError):  # gone since the pass began, or not movable
-                continue
+        found, read = self._scrubber.step(budget)
         if found:
 
             def count(state: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.durability import durability_trace
-from tufmesh.cas import BlobStore, StoreConfig, cid_of
+from tufmesh.cas import BlobStore, Scrubber, StoreConfig, cid_of
 from tufmesh.errors import (
     BlobNotFoundError,
     CorruptBlobError,
@@ -228,6 +228,17 @@ def test_one_blob_is_checked_and_quarantined_if_corrupt(store: BlobStore) -> Non
     assert not store.quarantine_if_corrupt(CID)  # gone: nothing to do
     assert not store.quarantine_if_corrupt(good) and store.has(good)
     assert len(list((store.root / "quarantine").iterdir())) == 1
+
+
+def test_a_scrubber_checks_a_little_at_a_time_pass_after_pass(store: BlobStore) -> None:
+    blobs = sorted(store.put(bytes([i]) * 1000) for i in range(3))
+    scrubber = Scrubber(store)
+    assert scrubber.step(1500) == ([], 2000)  # two blobs, checked whole
+    corrupt(store, blobs[0])  # checked already in this pass: found in the next
+    assert scrubber.step(1500) == ([blobs[0]], 2000)  # the third, then the next pass
+    assert not store.has(blobs[0]) and store.has(blobs[1])
+    # The rest of that pass, then at most one whole pass more.
+    assert scrubber.step(10_000) == ([], 4000)
 
 
 def test_a_blob_that_cannot_be_read_is_quarantined_too(

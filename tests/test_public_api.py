@@ -20,6 +20,7 @@ def test_cas_public_api() -> None:
         "GcReport",
         "Manifest",
         "ManifestBuilder",
+        "Scrubber",
         "Source",
         "StoreConfig",
         "build_manifest",
