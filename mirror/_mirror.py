@@ -41,6 +41,7 @@ from tufmesh._durable import (
 )
 from tufmesh._ui import one_line
 from tufmesh.cas import BlobStore, Scrubber, parse_cid
+from tufmesh.cas._store import SCRUB_BYTES
 from tufmesh.client import Client, SourceHealth
 from tufmesh.client._home import check_url, read_root
 from tufmesh.errors import InvalidCIDError, InvalidNameError, StoreError, TufmeshError, UsageError
@@ -53,10 +54,6 @@ __all__ = ["Mirror", "SyncReport"]
 #: mirror ever learnt stayed, a label each, for ever.
 MAX_SOURCES_KEPT: Final = 64
 OTHER_SOURCES: Final = "others"
-
-#: Bytes of stored blobs a scrub step checks (the daemon takes one every 10 s
-#: at most: 1.6 MiB/s, a pass over 100 GiB in about 18 hours).
-SCRUB_BYTES: Final = 16 << 20
 
 
 @dataclass

@@ -20,8 +20,9 @@ from starlette.routing import Route
 from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
+from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
 from tufmesh.errors import TufmeshError
-from tufmesh.mirror._mirror import SCRUB_BYTES, Mirror, SyncReport, read_progress
+from tufmesh.mirror._mirror import Mirror, SyncReport, read_progress
 from tufmesh.mirror._swarm import (
     POLL,
     QUERY_TIMEOUT,
@@ -37,10 +38,6 @@ from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._blob import MAX_QUERY
 
 __all__ = ["build_mirror_app", "run_mirror"]
-
-
-#: Seconds between two scrub steps (Mirror.scrub), or the poll if shorter.
-SCRUB_INTERVAL: Final = 10.0
 
 
 def upload_slots(max_upload_rate: float | None = None) -> SeedGate:

@@ -522,6 +522,25 @@ def remove(repo_dir: Path, paths: tuple[str, ...]) -> None:
         click.echo(f"  snapshot v{version}; start the origin again to serve it")
 
 
+@origin.command()
+@repo_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def restore(repo_dir: Path, files: tuple[Path, ...]) -> None:
+    """Store again published artifacts found corrupt on disk, from FILES.
+
+    The origin quarantines a blob whose bytes no longer match its name, and
+    then no longer serves it. Fetch each such artifact from a mirror (`tufmesh
+    get` verifies it against the signed metadata) and give the files here;
+    bytes that are no published artifact's are refused. The origin may be
+    serving meanwhile.
+    """
+    OriginConfig.load(repo_dir)  # a clear error for a directory that is not one
+    repo = OriginRepository(repo_dir)
+    for path in files:
+        restored = _on_disk(lambda: repo.restore(path))  # noqa: B023 (called at once)
+        click.echo(f"restored {', '.join(restored)} from {path}")
+
+
 @origin.group(cls=Group)
 def project() -> None:
     """Register projects and manage their upload tokens."""

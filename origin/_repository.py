@@ -1029,6 +1029,46 @@ class OriginRepository(Repository):
         """Paths published once and removed since: ``{path: {"sha256", "removed"}}``."""
         return read_removed(self.dir)
 
+    def restore(self, source: Path) -> list[str]:
+        """Store again, from a copy of a published artifact's bytes (one
+        ``tufmesh get`` fetched and verified from a mirror), its blob and
+        chunk manifest, lost or quarantined as corrupt, and make its link
+        under ``targets/`` again; return the paths of the artifacts those
+        bytes are. Bytes that are no published artifact's are refused. Safe
+        while the origin serves: the store takes concurrent writers, and a
+        link is replaced atomically."""
+        sha = hashlib.sha256()
+        try:
+            with open(source, "rb") as handle:
+                while piece := handle.read(1 << 20):
+                    sha.update(piece)
+        except OSError as exc:
+            raise OriginError(f"cannot read {source}: {exc.strerror or exc}") from None
+        digest = sha.hexdigest()
+        matches = [
+            Artifact.from_target(t) for t in self.artifacts() if t.hashes.get("sha256") == digest
+        ]
+        if not matches:
+            raise OriginError(
+                f"{source}: no published artifact has these bytes (sha256 {digest[:16]}…)"
+            )
+        for artifact in matches:
+            if artifact.manifest is None:
+                self.store.put(source, expect=artifact.cid)
+            else:
+                _, manifest = self.store.put_chunked(
+                    source, chunk_size=artifact.chunk_size, expect=artifact.cid
+                )
+                if manifest.cid != artifact.manifest:  # (chunks not as the origin cuts them)
+                    raise OriginError(
+                        f"{artifact.path}: its signed chunk manifest is not these bytes'"
+                    )
+            link = self._target_link(artifact)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            hard_link(self.store.path(artifact.cid), link)
+            fsync_dir(link.parent)
+        return [artifact.path for artifact in matches]
+
     def remove(self, paths: Iterable[str]) -> int:
         """Take published artifacts out of the signed metadata (a malicious upload,
         after a token leaked): out of their bins, then their links, pins and (unless

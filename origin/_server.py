@@ -36,7 +36,8 @@ from starlette.routing import Route
 
 from tufmesh._durable import served_versions, write_atomic
 from tufmesh._shares import Pace, Shares, is_loopback, machine_of
-from tufmesh.cas import BlobStore, BlobWriter, parse_cid
+from tufmesh.cas import BlobStore, BlobWriter, Scrubber, parse_cid
+from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
 from tufmesh.errors import (
     ArtifactRefusedError,
     AuthError,
@@ -124,6 +125,8 @@ class ServiceConfig:
     #: artifact pins (uploads refused by the committer, a failed batch's,
     #: removed artifacts'), once past the store's grace period.
     gc_interval: float = 3600.0
+    #: Seconds between two steps of the store's scrub (``SCRUB_BYTES`` each).
+    scrub_interval: float = SCRUB_INTERVAL
 
 
 #: Where a file gone before its answer started can be found now (or None).
@@ -219,6 +222,9 @@ class OriginService:
         self.refresh_failures = 0
         self.refresh_failing = False  # the last attempt to re-sign failed
         self.collected = 0  # blobs deleted as garbage
+        #: Blobs the scrub found corrupt on disk and quarantined: no longer
+        #: served, until 'origin restore' stores them again.
+        self.quarantined: set[str] = set()
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
@@ -380,6 +386,40 @@ class OriginService:
             with contextlib.suppress(OSError, TufmeshError):
                 pins = await self.run_sync(self.store.pins)
                 _forget(self.refused, set().union(*pins.values()))
+
+    async def run_scrubber(self) -> None:
+        """Check the store a little at a time (``SCRUB_BYTES`` per
+        ``scrub_interval`` on average, whatever the blobs' sizes), forever,
+        and quarantine the blobs whose bytes no longer match their names.
+        Served, a blob gone bad had every mirror that fetched a chunk of it
+        ban the origin for the rest of its sync, and every client fail on it,
+        until an operator ran fsck."""
+        scrubber = Scrubber(self.store)
+        read, failing = 0, None
+        interval = self.config.scrub_interval
+        while True:
+            await trio.sleep(max(interval, read / SCRUB_BYTES * interval))
+            try:
+                found, read = await self.run_sync(scrubber.step, SCRUB_BYTES)
+            except (OSError, TufmeshError) as exc:  # a failing disk: said once, tried again
+                found, read = [], SCRUB_BYTES
+                if str(exc) != failing:
+                    failing = str(exc)
+                    print(f"origin: checking the store failed: {exc}", file=sys.stderr, flush=True)
+            if found:
+                self.quarantined.update(found)
+                print(
+                    f"origin: {len(found)} blob(s) corrupt on disk, quarantined and no longer "
+                    f"served: {', '.join(found)}; fetch their artifacts from a mirror "
+                    "('tufmesh get') and store them again ('tufmesh origin restore')",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def lost(self) -> list[str]:
+        """The quarantined blobs not stored again since."""
+        self.quarantined = {cid for cid in self.quarantined if not self.store.has(cid)}
+        return sorted(self.quarantined)
 
     async def _announce_if_new(self) -> None:
         version = self.committer.state.timestamp_version
@@ -865,10 +905,19 @@ def build_app(service: OriginService) -> ByteCounter:
         # degraded: clients refuse what is served (an expired offline role, or
         # a timestamp the refresher could not re-sign in time), or soon will.
         stale = state.timestamp_expires <= datetime.now(UTC)
+        lost = service.lost()
+        warnings = list(state.warnings)
+        if lost:
+            warnings.append(
+                f"{len(lost)} blob(s) found corrupt on disk, quarantined, not served: "
+                "'tufmesh origin restore' stores them again"
+            )
+        degraded = state.expired or stale or service.refresh_failing or lost
         return JSONResponse(
             {
-                "status": "degraded" if state.expired or stale or service.refresh_failing else "ok",
-                "warnings": list(state.warnings),
+                "status": "degraded" if degraded else "ok",
+                "warnings": warnings,
+                "quarantined": lost,
                 "timestamp_version": state.timestamp_version,
                 "snapshot_version": state.snapshot_version,
                 "timestamp_expires": state.timestamp_expires.isoformat(),
@@ -1235,6 +1284,7 @@ async def serve(
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)
             nursery.start_soon(service.run_collector)
+            nursery.start_soon(service.run_scrubber)
             await start_http(nursery, app, host, port, max_upload_rate, on_ready)
     finally:
         with trio.CancelScope(shield=True):

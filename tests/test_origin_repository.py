@@ -657,6 +657,68 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
     assert repo.store.has(kept.cid) and repo.store.has(kept.manifest) and repo.store.has(fresh)
 
 
+def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_again(
+    tmp_path: Path,
+) -> None:
+    """A blob whose bytes the disk changed was served for ever (every mirror
+    that fetched a chunk of it banned the origin for its sync): the origin's
+    scrub quarantines it, /healthz says so, and 'origin restore' stores it
+    again from a verified copy, link and all."""
+    import httpx
+    import trio
+    import trio.testing
+
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._server import build_app
+    from tufmesh.origin._signer import LocalCommitter
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    body = os.urandom((2 << 20) + 1000)  # three chunks: a manifest too
+    artifact = stored(repo, "p/a-1.tar.gz", body)
+    repo.publish([artifact])
+    link = repo.targets_dir / "p" / f"{artifact.sha256}.a-1.tar.gz"
+    damaged = bytearray(body)
+    damaged[12345] ^= 0x10
+    repo.store.path(artifact.cid).write_bytes(damaged)  # the served link's bytes too
+
+    async def inline(fn, *args):
+        return fn(*args)
+
+    service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_scrubber)
+            await trio.sleep(service.config.scrub_interval + 1)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert service.lost() == [artifact.cid] and not repo.store.has(artifact.cid)
+
+    async def health() -> Any:
+        transport = httpx.ASGITransport(app=build_app(service))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://origin") as client:
+            blob = await client.get(f"/blobs/{artifact.cid}")
+            return blob.status_code, (await client.get("/healthz")).json()
+
+    status, said = trio.run(health)
+    assert status == 404 and said["status"] == "degraded"  # no longer served
+    assert said["quarantined"] == [artifact.cid] and "origin restore" in said["warnings"][-1]
+    assert repo.store.has(artifact.manifest)  # intact: kept
+    elsewhere = tmp_path / "other.tar.gz"
+    elsewhere.write_bytes(b"no published artifact's bytes")
+    refused = tufmesh("origin", "restore", "--dir", str(repo.dir), str(elsewhere), check=False)
+    assert refused.returncode == 1 and "no published artifact has these bytes" in refused.stderr
+    copy = tmp_path / "a-1.tar.gz"  # as 'tufmesh get' fetched it from a mirror, verified
+    copy.write_bytes(body)
+    said = tufmesh("origin", "restore", "--dir", str(repo.dir), str(copy)).stdout
+    assert said == f"restored p/a-1.tar.gz from {copy}\n"
+    assert service.lost() == [] and repo.store.read(artifact.cid) == body
+    assert link.read_bytes() == body  # the link no longer holds the quarantined copy
+    status, said = trio.run(health)
+    assert status == 200 and said["status"] == "ok" and said["quarantined"] == []
+
+
 def test_the_committer_process_reports_each_refusal_as_its_kind(tmp_path: Path) -> None:
     """What `serve` uses: the kind of a refusal decides the HTTP status (409, 507)."""
     import trio
