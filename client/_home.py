@@ -68,6 +68,24 @@ def read_root(path: Path) -> bytes:
     return data
 
 
+#: Files by which a directory is another role's, never a client home: a
+#: client's init wrote into it, and the next init with another root cleared
+#: its ``metadata/`` (an origin's published metadata, all of it).
+_FOREIGN: dict[str, str] = {
+    "mirror.json": "a mirror's directory",
+    "config.json": "an origin's repository",
+    "cas": "a directory holding a blob store",
+}
+
+
+def _foreign(path: Path) -> str | None:
+    """What ``path`` is, if it is another role's directory."""
+    for name, what in _FOREIGN.items():
+        if (path / name).exists():
+            return what
+    return None
+
+
 class ClientHome:
     """One client's state directory."""
 
@@ -82,6 +100,16 @@ class ClientHome:
         urls = list(dict.fromkeys(check_url(u) for u in sources))  # each once
         if not urls:
             raise UsageError("give at least one source (--origin URL)")
+        if (what := _foreign(path)) is not None:
+            raise UsageError(f"{path} is {what}, not a client home: give --home another directory")
+        try:
+            stray = path.is_dir() and not (path / "root.json").is_file() and any(path.iterdir())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        if stray:
+            raise UsageError(
+                f"{path} holds other files and no client: give --home a new or empty directory"
+            )
         path.mkdir(parents=True, exist_ok=True)
         anchor = path / "root.json"
         if anchor.is_file() and anchor.read_bytes() != root_bytes:
@@ -96,6 +124,10 @@ class ClientHome:
         return home
 
     def _require(self) -> None:
+        if (what := _foreign(self.path)) is not None:
+            raise ClientError(
+                f"{self.path} is {what}, not a client home: give --home a client's directory"
+            )
         if not (self.path / "root.json").is_file():
             raise ClientError(
                 f"no client set up in {self.path}; run 'tufmesh client init ROOT_JSON --origin URL'"

@@ -757,6 +757,30 @@ def _hostile_http(kind: str) -> Iterator[str]:
         listener.close()
 
 
+def test_a_client_home_is_never_another_roles_directory(origin: Server, tmp_path: Path) -> None:
+    """An origin's repository given as --home: init wrote into it, an 'ls'
+    put another root at its metadata/root.json, and a second init with
+    another root deleted every file of its published metadata."""
+    root = str(origin.repo / "metadata" / "1.root.json")
+    published = sorted(p.name for p in (origin.repo / "metadata").iterdir())
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "mirror.json").write_text("{}")
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    for home, said in ((origin.repo, "is an origin's repository, not a client home"),
+                       (mirror, "is a mirror's directory, not a client home"),
+                       (stray, "holds other files and no client")):  # fmt: skip
+        made = tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home),
+                       check=False)  # fmt: skip
+        assert made.returncode == 1 and said in made.stderr, made.stderr
+        assert not (home / "config.toml").exists() and not (home / "root.json").exists()
+    listed = tufmesh("ls", "--home", str(origin.repo), check=False)
+    assert listed.returncode == 1 and "is an origin's repository" in listed.stderr
+    assert sorted(p.name for p in (origin.repo / "metadata").iterdir()) == published
+
+
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
     # A first init with the wrong repository's root caches nothing usable;
     # init with the right root must replace it, cache and all.
