@@ -11,7 +11,7 @@ from stat import S_ISREG
 
 import click
 
-from tufmesh._ui import SIZE, Group, data_home, format_size, progress_bar
+from tufmesh._ui import SIZE, Finite, Group, data_home, format_size, progress_bar
 from tufmesh.cas._store import BlobStore
 from tufmesh.errors import BlobNotFoundError, CorruptBlobError, UsageError
 
@@ -188,7 +188,7 @@ def unpin(store: BlobStore, name: str, cids: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=Finite(min=0),
     default=None,
     help="Keep blobs stored in the last N minutes [default: 15].",
 )

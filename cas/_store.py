@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -752,6 +753,10 @@ class BlobStore:
     def gc(self, *, dry_run: bool = False, grace_seconds: float | None = None) -> GcReport:
         """Delete every blob that is in no pin set and older than the grace period."""
         grace = self.config.gc_grace_seconds if grace_seconds is None else grace_seconds
+        if not grace >= 0 or grace == math.inf:  # (NaN compares false: it deleted everything)
+            raise StoreError(
+                f"a grace period of {grace!r} seconds: give a finite number, 0 or more"
+            )
         report = GcReport(dry_run=dry_run)
         with self._lock(shared=dry_run):  # a dry run changes nothing
             pinned = frozenset().union(*self._read_pins().values())

@@ -7,6 +7,7 @@ on stderr and exit status 1; click's own usage errors keep exit status 2.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from tufmesh.errors import TufmeshError, UsageError
 __all__ = [
     "PORT",
     "SIZE",
+    "Finite",
     "Group",
     "one_line",
     "data_home",
@@ -71,6 +73,20 @@ class _SizeType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
 
 
 SIZE = _SizeType()
+
+
+class Finite(click.FloatRange):
+    """A float option within a range, never NaN or infinite: NaN passes every
+    range check (it compares false with everything), and a grace period of
+    NaN seconds let 'cas gc' delete every unpinned blob, however new."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 #: A TCP port option (0: any free port).
 PORT = click.IntRange(0, 65535)
 

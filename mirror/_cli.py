@@ -15,6 +15,7 @@ from tufmesh._durable import hold_lock, is_held
 from tufmesh._ui import (
     PORT,
     SIZE,
+    Finite,
     Group,
     format_duration,
     format_size,
@@ -60,7 +61,7 @@ def mirror() -> None:
               help="Where to listen, HTTP and libp2p (this machine only, by default).")  # fmt: skip
 @click.option("--http-port", type=PORT, default=8081, show_default=True,
               help="0 picks a free port.")  # fmt: skip
-@click.option("--poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--poll", type=Finite(min=0.1, max=86400), default=60.0, show_default=True,
               help="Seconds between syncs.")  # fmt: skip
 @click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
 @click.option("--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network here.")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from tufmesh._ui import SIZE, Group, format_size, progress_bar
+from tufmesh._ui import SIZE, Finite, Group, format_size, progress_bar
 from tufmesh.errors import UsageError
 
 __all__ = ["netsim"]
@@ -50,9 +50,9 @@ def scenarios() -> None:
 @click.option("--links", help="Link profile: homogeneous, datacentre, home, mixed.")
 @click.option("--origin-up", type=SIZE, help="The origin's upload, per second.")
 @click.option("--degree", type=click.IntRange(1, 64), help="Have-record neighbours [default: 8].")
-@click.option("--churn", type=click.FloatRange(0, 1),
+@click.option("--churn", type=Finite(0, 1),
               help="Chance that an honest mirror leaves once, mid-release.")  # fmt: skip
-@click.option("--malicious", type=click.FloatRange(0, 0.99), help="Fraction of hostile mirrors.")
+@click.option("--malicious", type=Finite(0, 0.99), help="Fraction of hostile mirrors.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the result as JSON.")  # fmt: skip
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),

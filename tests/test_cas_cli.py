@@ -120,6 +120,10 @@ def test_pin_unpin_gc(tmp_path: Path, files: list[Path]) -> None:
     a, b, c = run(store, "put", *map(str, files)).stdout.split()
     run(store, "pin", "release-1", a, b)
     assert "would delete 0 blobs" in run(store, "gc", "--dry-run").stdout  # all recent
+    for grace in ("nan", "inf"):  # NaN passed the range check: every blob went
+        refused = run(store, "gc", "--grace", grace, ok=False)
+        assert refused.returncode == 2 and "is not a finite number" in refused.stderr
+    assert len(list(BlobStore(store))) == 3
     dry = run(store, "gc", "--dry-run", "--grace", "0").stdout
     assert f"would delete\t{c}" in dry and a not in dry and b not in dry
     assert BlobStore(store).has(c)

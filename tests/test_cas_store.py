@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import shutil
 import signal
@@ -228,6 +229,14 @@ def test_one_blob_is_checked_and_quarantined_if_corrupt(store: BlobStore) -> Non
     assert not store.quarantine_if_corrupt(CID)  # gone: nothing to do
     assert not store.quarantine_if_corrupt(good) and store.has(good)
     assert len(list((store.root / "quarantine").iterdir())) == 1
+
+
+def test_gc_refuses_a_grace_period_that_is_no_number(store: BlobStore) -> None:
+    store.put(DATA)
+    for grace in (math.nan, math.inf, -1.0):
+        with pytest.raises(StoreError, match="grace period"):
+            store.gc(grace_seconds=grace)
+    assert store.has(CID)
 
 
 def test_a_scrubber_checks_a_little_at_a_time_pass_after_pass(store: BlobStore) -> None:
