@@ -15,7 +15,7 @@ from typing import Final
 
 import click
 
-from tufmesh._ui import PORT, Group, data_home, format_size, progress_bar, run_service
+from tufmesh._ui import HOST, PORT, Group, data_home, format_size, progress_bar, run_service
 from tufmesh.client._client import Client, part_path
 from tufmesh.client._download import own_file
 from tufmesh.client._home import ClientHome
@@ -141,7 +141,7 @@ def _signed_part(data: bytes | bytearray) -> object:
 
 
 @client.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", type=HOST, default="127.0.0.1", show_default=True,
               help="Where to listen (this machine only, by default).")  # fmt: skip
 @click.option("--port", type=PORT, default=3141, show_default=True, help="HTTP port (0: any).")
 @home_option

@@ -21,6 +21,7 @@ from tufmesh._procs import STOP_WITH
 from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = [
+    "HOST",
     "PORT",
     "SIZE",
     "Finite",
@@ -89,6 +90,20 @@ class Finite(click.FloatRange):
 
 #: A TCP port option (0: any free port).
 PORT = click.IntRange(0, 65535)
+
+
+class _HostType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    name = "host"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip():  # (an unset shell variable): the server would take every address
+            self.fail("empty: give an address (0.0.0.0 for every address)", param, ctx)
+        return text
+
+
+#: A ``--host`` to listen on: never empty, which would mean every address.
+HOST = _HostType()
 
 
 def _upload_rate(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:

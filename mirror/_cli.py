@@ -13,6 +13,7 @@ import click
 
 from tufmesh._durable import hold_lock, is_held
 from tufmesh._ui import (
+    HOST,
     PORT,
     SIZE,
     Finite,
@@ -57,7 +58,7 @@ def mirror() -> None:
 )
 @click.option("--origin", "origin_url", required=True, help="The origin's URL.")
 @click.option("--peer", "peers", multiple=True, help="Another mirror's URL (repeatable).")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", type=HOST, default="127.0.0.1", show_default=True,
               help="Where to listen, HTTP and libp2p (this machine only, by default).")  # fmt: skip
 @click.option("--http-port", type=PORT, default=8081, show_default=True,
               help="0 picks a free port.")  # fmt: skip

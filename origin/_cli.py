@@ -14,6 +14,7 @@ import click
 
 from tufmesh._durable import is_held
 from tufmesh._ui import (
+    HOST,
     PORT,
     SIZE,
     Group,
@@ -194,7 +195,7 @@ def init(
 
 @origin.command()
 @repo_option
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", type=HOST, default="127.0.0.1", show_default=True,
               help="Where to listen, HTTP and libp2p (this machine only, by default).")  # fmt: skip
 @click.option("--port", type=PORT, default=8080, show_default=True, help="0 picks a free port.")
 @click.option(

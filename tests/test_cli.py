@@ -1,10 +1,14 @@
-"""The console entry point's exit: codes, flushed output, threads let finish."""
+"""The console entry point's exit: codes, flushed output, threads let finish; shared options."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.helpers.origin import tufmesh
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
@@ -107,3 +111,15 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["client", "proxy"], ["origin", "serve", "--dir", "."],
+     ["mirror", "run", "--dir", ".", "--root", "r.json", "--origin", "http://127.0.0.1:1"]],
+)  # fmt: skip
+def test_an_empty_host_is_refused_not_every_address(command: list[str]) -> None:
+    """``--host "$UNSET"`` listened on every address (and took the pip
+    proxy's rebinding check with it)."""
+    proc = tufmesh(*command, "--host", "", check=False)
+    assert proc.returncode == 2 and "--host': empty: give an address" in proc.stderr
