@@ -83,6 +83,24 @@ class OriginConfig:
     project_quota: int = 10 << 30
 
     def __post_init__(self) -> None:
+        # config.json is edited by hand: a wrong type was a traceback at the
+        # first upload (a 500 each), or in status, sign and serve.
+        for name in ("bins", "max_upload_bytes", "chunk_size", "max_bin_bytes", "project_quota"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise OriginError(f"{name} must be a whole number, not {value!r}")
+        bins = self.bins
+        if bins < 2 or bins > 1 << 16 or bins & (bins - 1):
+            raise OriginError(f"the number of bins must be a power of two, 2 .. 65536, not {bins}")
+        if not isinstance(self.expiry_days, dict):
+            raise OriginError(f"expiry_days must map each role to days, not {self.expiry_days!r}")
+        if not isinstance(self.signers, dict) or not all(
+            isinstance(role, str)
+            and isinstance(keys, dict)
+            and all(isinstance(k, str) and isinstance(uri, str) for k, uri in keys.items())
+            for role, keys in self.signers.items()
+        ):
+            raise OriginError("signers must map each role to {key id: signer URI}")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
         missing = set(_default_expiry_days()) - set(self.expiry_days)
@@ -150,5 +168,5 @@ class OriginConfig:
             raise OriginError(f"{path}: unsupported config format")
         try:
             return cls(**body)
-        except TypeError as exc:
+        except (TypeError, OriginError) as exc:
             raise OriginError(f"{path}: {exc}") from None

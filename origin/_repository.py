@@ -260,9 +260,6 @@ class OriginRepository(Repository):
         """
         config = config or OriginConfig()
         config.check_limits()
-        bins = config.bins
-        if bins < 2 or bins > 1 << 16 or bins & (bins - 1):
-            raise OriginError(f"the number of bins must be a power of two, 2 .. 65536, not {bins}")
         if root_threshold < 1:
             raise OriginError("the root threshold must be at least 1")
         path = Path(repo)

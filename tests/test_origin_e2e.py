@@ -631,6 +631,18 @@ def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
     del settings["expiry_days"]["timestamp"]
     (config / "config.json").write_text(json.dumps(settings))
     refused(config, "no expiry for timestamp", "serve", "status")
+    # Settings of the wrong type by hand: a traceback in status, sign and
+    # serve, or a server answering every upload 500.
+    for key, value, said in (
+        ("signers", [], "signers must map each role to {key id: signer URI}"),
+        ("signers", {"root": {"k": 5}}, "signers must map each role"),
+        ("max_upload_bytes", "x", "max_upload_bytes must be a whole number, not 'x'"),
+        ("project_quota", None, "project_quota must be a whole number, not None"),
+        ("bins", 3, "the number of bins must be a power of two"),
+    ):
+        wrong = {**json.loads((repo / "config.json").read_text()), key: value}
+        (config / "config.json").write_text(json.dumps(wrong))
+        refused(config, said, "serve", "status")
     # The list of projects damaged: serve refused every upload with a traceback.
     projects = tmp_path / "projects"
     shutil.copytree(repo, projects)
