@@ -111,11 +111,14 @@ def _body(response: httpx.Response) -> dict[str, Any]:
 
 
 def refusal(response: httpx.Response) -> str:
-    """Why the origin refused, in a line: in its own words, or else (not an
-    origin's answer: a mirror's 404, a proxy's error page) the status's."""
+    """Why the origin refused, in a line: in its own words, or else (a
+    server's failure; not an origin's answer: a mirror's 404, a proxy's
+    error page) the status's."""
     error = _body(response).get("error")
     if error is not None:
         return " ".join(str(error).split())[:300]
+    if response.status_code == 500:  # the server failed, whoever it is: no wrong URL
+        return f"{status_phrase(response)} (the server failed: its log may say why)"
     return f"{status_phrase(response)} (not an origin's answer: is --origin the origin's URL?)"
 
 

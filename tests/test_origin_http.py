@@ -373,5 +373,8 @@ def test_a_refusal_is_said_in_the_origins_words_or_its_statuss() -> None:
     assert (
         refusal(httpx.Response(599, extensions={"reason_phrase": b""})) == f"no reason given {hint}"
     )
+    # A server's failure (an origin's bug too) is not a wrong URL.
+    failed = refusal(httpx.Response(500, text="Internal Server Error"))
+    assert failed == "Internal Server Error (the server failed: its log may say why)"
     said = httpx.Response(403, json={"error": "the token is not\nfor this project"})
     assert refusal(said) == "the token is not for this project"
