@@ -29,6 +29,7 @@ __all__ = [
     "one_line",
     "data_home",
     "fail_on_errors",
+    "check_upload_rate",
     "format_size",
     "p2p_line",
     "parse_size",
@@ -106,12 +107,18 @@ class _HostType(click.ParamType):  # type: ignore[type-arg,unused-ignore]
 HOST = _HostType()
 
 
-def _upload_rate(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+def check_upload_rate(
+    ctx: click.Context, param: click.Parameter, value: int | None, *, uncapped: bool = True
+) -> int | None:
+    """An option's upload cap (bytes a second; 0 or None: none, if
+    ``uncapped``), if downloads can bear it: one upload at twice the
+    downloaders' floor (``slots_within``)."""
     from tufmesh.origin._seeding import MIN_RATE
 
-    if value and value < 2 * MIN_RATE:  # (one upload at twice their floor: slots_within)
+    if (value or not uncapped) and (value or 0) < 2 * MIN_RATE:
+        none = ", or 0 for no cap" if uncapped else ""
         raise click.BadParameter(
-            f"at least {format_size(2 * MIN_RATE)} a second, or 0 for no cap: every download "
+            f"at least {format_size(2 * MIN_RATE)} a second{none}: every download "
             f"slower than {format_size(MIN_RATE)} a second is given up by its downloader"
         )
     return value
@@ -122,7 +129,7 @@ upload_rate_option = click.option(
     "--max-upload-rate",
     type=SIZE,
     default=None,
-    callback=_upload_rate,
+    callback=check_upload_rate,
     help="Cap on bytes served per second (0: none).",
 )
 

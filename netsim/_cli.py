@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from importlib import resources
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from tufmesh._ui import SIZE, Finite, Group, format_size, progress_bar
+from tufmesh._ui import SIZE, Finite, Group, check_upload_rate, format_size, progress_bar
 from tufmesh.errors import UsageError
 
 __all__ = ["netsim"]
@@ -136,6 +137,7 @@ def run(
 )
 @click.option("--size", type=SIZE, default="16MiB", show_default=True, help="Size of the release.")
 @click.option("--rate", type=SIZE, default="4MiB", show_default=True,
+              callback=functools.partial(check_upload_rate, uncapped=False),
               help="Every node's upload cap, per second.")  # fmt: skip
 @click.option(
     "--seed",
@@ -149,8 +151,6 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
     from tufmesh.netsim._real import matching_scenario, run_real
     from tufmesh.netsim._sim import simulate
 
-    if rate < 1:
-        raise UsageError("--rate must be at least 1 byte per second")
     scenario = matching_scenario(mirrors, size, rate, seed)  # its checks, before the real run
     click.echo(
         f"a release of {format_size(size)} to an origin and {mirrors} mirrors, real processes "

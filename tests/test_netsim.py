@@ -183,9 +183,10 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "unknown link profile 'moon'" in bad.stderr
     bad = _cli("netsim", "run", "--seed", "-1")
     assert bad.returncode != 0 and "--seed" in bad.stderr
-    bad = _cli("netsim", "validate", "--rate", "0")
-    assert bad.returncode != 0 and "--rate must be at least 1 byte per second" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    for rate in ("0", "1"):  # (1 B/s was the origin's usage text, from its child process)
+        bad = _cli("netsim", "validate", "--rate", rate)
+        assert bad.returncode == 2 and "'--rate': at least 128.0 KiB a second:" in bad.stderr
+        assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow
