@@ -135,9 +135,16 @@ class ClientHome:
 
     @property
     def trusted_root(self) -> bytes:
-        """The root this client was initialised with."""
+        """The root this client was initialised with, checked to be one (a
+        damaged file was taken for every source's bad metadata)."""
         self._require()
-        return (self.path / "root.json").read_bytes()
+        try:
+            return read_root(self.path / "root.json")
+        except UsageError as exc:
+            raise ClientError(
+                f"this client's trust anchor is damaged ({exc}): run 'tufmesh client init' "
+                "again with the root.json its repository's maintainers publish"
+            ) from None
 
     def sources(self) -> list[str]:
         """Configured source URLs, in configured order."""

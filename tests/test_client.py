@@ -779,6 +779,13 @@ def test_a_client_home_is_never_another_roles_directory(origin: Server, tmp_path
     listed = tufmesh("ls", "--home", str(origin.repo), check=False)
     assert listed.returncode == 1 and "is an origin's repository" in listed.stderr
     assert sorted(p.name for p in (origin.repo / "metadata").iterdir()) == published
+    # The client's own trust anchor damaged: said so, not every source blamed.
+    home = tmp_path / "home"
+    tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
+    (home / "root.json").write_text('{"signed": ')
+    damaged = tufmesh("ls", "--home", str(home), check=False)
+    assert damaged.returncode == 1 and "this client's trust anchor is damaged" in damaged.stderr
+    assert "client init" in damaged.stderr and origin.url not in damaged.stderr
 
 
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
