@@ -151,7 +151,9 @@ class ClientHome:
         self._require()
         try:
             config = tomllib.loads((self.path / "config.toml").read_text())
-            sources = config["sources"]
+            sources = config.get("sources")
+            if sources is None:
+                raise ValueError("it names no sources ('tufmesh client init' writes them)")
             if not isinstance(sources, list):
                 raise ValueError("sources must be a list of URLs")
             return [check_url(u) for u in sources]

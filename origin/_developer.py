@@ -105,6 +105,11 @@ def generate_key(path: Path) -> Key:
     pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:  # (a file where a directory of the path should be)
+        raise UsageError(f"cannot write {path}: {path.parent} is not a directory") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise UsageError(f"{path} exists already: a key is never overwritten") from None

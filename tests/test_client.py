@@ -987,6 +987,7 @@ def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: P
         proc = tufmesh("ls", "demo", "--home", str(home), check=False)
         assert proc.returncode == 1 and f"bad {config}" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+    assert "it names no sources ('tufmesh client init' writes them)" in proc.stderr  # not 'sources'
 
 
 def test_a_damaged_metadata_cache_heals_and_a_new_root_is_said(

@@ -88,6 +88,8 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     tufmesh("developer", "keygen", str(key))
     empty = tufmesh("developer", "keygen", "", check=False)  # was ". exists already"
     assert empty.returncode == 1 and "names no file: give the key a file name" in empty.stderr
+    under = tufmesh("developer", "keygen", str(key / "k.pem"), check=False)  # under a file
+    assert under.returncode == 1 and f"{key} is not a directory" in under.stderr, under.stderr
     request = tmp_path / "demo.claim.json"
     tufmesh("developer", "claim", "demo", str(first), "--key", str(key), "-o", str(request))
     twice = tufmesh("developer", "claim", "demo", str(first), "--key", str(key),
