@@ -94,6 +94,12 @@ def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
 
         try:
             with get("timestamp.json") as answer:
+                if answer.status_code == 404:  # it answers: not with TUF metadata
+                    reasons[url] = (
+                        "serves no TUF metadata (HTTP 404 for /metadata/timestamp.json): is "
+                        "it a tufmesh origin's or mirror's URL?"
+                    )
+                    return
                 if answer.status_code != 200:
                     status = answer.status_code
                     reasons[url] = f"does not answer now (HTTP {status} for its timestamp)"

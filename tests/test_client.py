@@ -819,6 +819,11 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
     again = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
                     "--origin", origin.url, "--home", str(home)).stdout  # fmt: skip
     assert f"sources no longer used (init lists them all): {mirror}" in again
+    with static_server(tmp_path) as plain:  # a web server, but no tufmesh source
+        named = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                        "--origin", origin.url, "--mirror", plain, "--home", str(home))  # fmt: skip
+    assert f"warning: {plain} serves no TUF metadata (HTTP 404 for" in named.stderr, named.stderr
+    assert "is it a tufmesh origin's or mirror's URL?" in named.stderr
     # A source that answers forever (its head a byte a second, or an endless
     # body): init looks at each for a few seconds, reads no body, and goes on.
     with _hostile_http("dribble") as dribbler, _hostile_http("endless") as endless:
