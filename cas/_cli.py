@@ -28,13 +28,20 @@ def _file_size(path: str) -> int:
     return info.st_size
 
 
+def _store_path(value: str | None) -> Path | None:
+    if value is not None and not value.strip():  # ("$UNSET": it was the directory here)
+        raise click.BadParameter("empty: give the store's directory", param_hint="--store")
+    return None if value is None else Path(value)
+
+
 @click.group(cls=Group)
 @click.option(
     "--store",
     "store_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     envvar="TUFMESH_STORE",
     default=None,
+    callback=lambda ctx, param, value: _store_path(value),
     help="Store directory [env TUFMESH_STORE; default: the tufmesh data dir's cas/].",
 )
 @click.pass_context

@@ -638,8 +638,7 @@ class BlobStore:
                 if quarantine and self._quarantine_file(path, status):
                     report.quarantined.append(cid)
             report.checked += 1
-            with contextlib.suppress(FileNotFoundError):
-                report.bytes_checked += path.stat().st_size
+            report.bytes_checked += status.st_size  # (what was read: the file may be moved now)
         if quarantine:
             for stray in report.strays:
                 try:

@@ -409,7 +409,7 @@ def sign(repo_dir: Path, roles: tuple[str, ...]) -> None:
 )
 @click.option(
     "--new-keys",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 64),
     default=None,
     help="Also generate this many Ed25519 file keys under REPO/keys "
     "[default: one, if no --signer].",

@@ -112,6 +112,9 @@ def test_corrupt_blob_get_fails_and_writes_nothing(tmp_path: Path, files: list[P
         text=True,
     )
     assert fsck.returncode == 1 and f"CORRUPT\t{cid} (quarantined)" in fsck.stdout
+    assert "checked 1 blobs, 0 B" not in fsck.stdout  # what it read, though moved aside since
+    empty = subprocess.run([TUFMESH, "cas", "--store", "", "ls"], capture_output=True, text=True)
+    assert empty.returncode == 2 and "--store: empty: give the store's directory" in empty.stderr
     assert run(store, "fsck").stdout.startswith("checked 0 blobs")
 
 
