@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from tufmesh._durable import write_atomic
 from tufmesh._ui import SIZE, Finite, Group, check_upload_rate, format_size, progress_bar
 from tufmesh.errors import UsageError
 
@@ -93,8 +94,9 @@ def run(
                 message = f"--{name.replace('_', '-')}{message[len(name) :]}"
         raise UsageError(message) from None
     for output in (json_path, plot_path):  # before the run, not after it
-        if output is not None and not os.access(output.parent, os.W_OK):
-            raise UsageError(f"cannot write {output}: {output.parent} is not a writable directory")
+        parent = output.parent if output is not None else None
+        if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK)):
+            raise UsageError(f"cannot write {output}: {parent} is not a writable directory")
     if plot_path is not None:
         pyplot()
     started = time.perf_counter()
@@ -118,13 +120,15 @@ def run(
     if not quiet:
         click.echo(table(result), nl=False)
         click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
+    # Each output whole or not at all (the old one kept), the image drawn first.
+    outputs = [(plot_path, plot(result))] if plot_path is not None else []
     if json_path is not None:
+        outputs.insert(0, (json_path, to_json(result).encode()))
+    for path, data in outputs:
         try:
-            json_path.write_text(to_json(result))
+            write_atomic(path, data)
         except OSError as exc:
-            raise UsageError(f"cannot write {json_path}: {exc.strerror}") from None
-    if plot_path is not None:
-        plot(result, plot_path)
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 @netsim.command("validate")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from tufmesh._ui import format_size
@@ -126,7 +126,7 @@ def pyplot() -> Any:
     return plt
 
 
-def plot(result: Result, path: Path) -> None:
+def plot(result: Result) -> bytes:
     """The completion-time CDF of honest mirrors against the lower bound, as a PNG."""
     plt = pyplot()
     times = [t for t in result.completion if not math.isinf(t)]
@@ -143,9 +143,9 @@ def plot(result: Result, path: Path) -> None:
     axes.set_ylim(0, 1.02)
     axes.legend(loc="lower right")
     figure.tight_layout()
+    image = io.BytesIO()
     try:
-        figure.savefig(path, format="png")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        figure.savefig(image, format="png")
     finally:
         plt.close(figure)
+    return image.getvalue()

@@ -160,6 +160,11 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     bad = _cli("netsim", "run", "--mirrors", "3", "--json", str(tmp_path / "no" / "r.json"))
     assert bad.returncode != 0 and "is not a writable directory" in bad.stderr
     assert "ratio to the bound" not in bad.stdout  # refused before the run
+    kept = tmp_path / "kept.json"  # a file where a directory should be: the JSON kept
+    kept.write_text("earlier")
+    bad = _cli("netsim", "run", "--mirrors", "3", "--json", str(kept), "--plot", str(png / "x"))
+    assert bad.returncode == 1 and "is not a writable directory" in bad.stderr
+    assert kept.read_text() == "earlier" and "ratio to the bound" not in bad.stdout
     bad = _cli("netsim", "run", "--origin-up", "0")
     assert (
         bad.returncode != 0
