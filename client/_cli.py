@@ -80,7 +80,7 @@ def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
     is left to it)."""
     import httpx
 
-    from tufmesh.client._http import tls_context
+    from tufmesh.client._http import tls_context, tls_reason
 
     trusted = json.loads(trusted_root)["signed"]  # (a root client init has checked)
     reasons: dict[str, str | None] = {}
@@ -120,6 +120,9 @@ def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
             reasons[url] = None
         except httpx.HTTPError as exc:
             text = str(exc) or type(exc).__name__
+            if "SSL" in text:
+                reasons[url] = "cannot be asked now: " + tls_reason(text)
+                return
             reason = re.sub(r"^\[Errno -?\d+\] ", "", text).lower()  # "connection refused"
             reasons[url] = f"does not answer now ({reason})"
 

@@ -27,6 +27,7 @@ import urllib3
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
+from tufmesh.client._http import tls_reason
 from tufmesh.errors import SourcesFailedError
 
 __all__ = [
@@ -437,6 +438,8 @@ def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
             return f"the connection broke ({cause.strerror.lower()})"
         if isinstance(cause, http.client.RemoteDisconnected):
             return "the connection was closed without an answer"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return tls_reason(str(exc))
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, TimeoutError) and str(cause).startswith("no answer"):

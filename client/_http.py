@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-__all__ = ["HttpError", "RangePool", "Refused", "TooLong"]
+__all__ = ["HttpError", "RangePool", "Refused", "TooLong", "tls_context", "tls_reason"]
 
 #: Largest response head accepted (h11's default limit).
 MAX_HEAD: Final = 16 * 1024
@@ -281,6 +281,15 @@ def _keep_alive(version: bytes, headers: dict[bytes, bytes]) -> bool:
     return keep == b"keep-alive" if version == b"HTTP/1.0" else keep != b"close"
 
 
+def tls_reason(text: str) -> str:
+    """A TLS failure (as ``ssl``, urllib3 or httpx say it), in a few words."""
+    if "WRONG_VERSION_NUMBER" in text.upper():  # TLS spoken to a server that does not
+        return "TLS failed: it does not speak TLS there (an http:// URL?)"
+    if "CERTIFICATE_VERIFY_FAILED" in text.upper():
+        return "TLS failed: its certificate is not trusted here"
+    return f"TLS failed ({text})"
+
+
 def _reason(exc: BaseException) -> str:
     """What went wrong with a connection, in a few words (TLS errors hide
     theirs in ``__cause__``)."""
@@ -289,7 +298,7 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or exc})"
+        return tls_reason(str(exc.reason or exc))
     if isinstance(exc, OSError):
         return str(exc.strerror or exc)
     return str(exc) or type(exc).__name__

@@ -824,6 +824,13 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
                         "--origin", origin.url, "--mirror", plain, "--home", str(home))  # fmt: skip
     assert f"warning: {plain} serves no TUF metadata (HTTP 404 for" in named.stderr, named.stderr
     assert "is it a tufmesh origin's or mirror's URL?" in named.stderr
+    tls = origin.url.replace("http://", "https://")  # TLS to a plain HTTP port
+    named = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                    "--origin", origin.url, "--mirror", tls, "--home", str(home))  # fmt: skip
+    assert f"warning: {tls} cannot be asked now: TLS failed: it does not speak TLS there (an " \
+        "http:// URL?)" in named.stderr, named.stderr  # fmt: skip
+    listed = tufmesh("ls", "--home", str(home))
+    assert f"warning: {tls} failed: TLS failed: it does not speak TLS there" in listed.stderr
     # A source that answers forever (its head a byte a second, or an endless
     # body): init looks at each for a few seconds, reads no body, and goes on.
     with _hostile_http("dribble") as dribbler, _hostile_http("endless") as endless:

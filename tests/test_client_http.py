@@ -165,3 +165,15 @@ def test_a_connection_cancelled_while_it_opens_leaves_no_socket_behind() -> None
         gc.collect()
     leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert not leaks, [str(w.message) for w in leaks]
+
+
+def test_tls_failures_are_said_in_words() -> None:
+    """https:// to a plain HTTP port said '[SSL: WRONG_VERSION_NUMBER] wrong
+    version number (_ssl.c:1006)'."""
+    from tufmesh.client._http import tls_reason
+
+    said = tls_reason("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
+    assert said == "TLS failed: it does not speak TLS there (an http:// URL?)"
+    untrusted = tls_reason("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert untrusted == "TLS failed: its certificate is not trusted here"
+    assert tls_reason("handshake failure") == "TLS failed (handshake failure)"
