@@ -288,7 +288,7 @@ class _Simulation:
             raise UsageError(
                 f"no network could finish within the horizon ({sc.horizon:g} s): the lower "
                 f"bound is {max(self.bound, self.churn_floor):,.0f} s (faster links, or a "
-                "longer horizon)"
+                "longer horizon: 'horizon' in a --scenario file)"
             )
 
     def _random_graph(self, nodes: list[_Node], degree: int) -> dict[str, list[_Node]]:
