@@ -7,6 +7,7 @@ pay for importing the HTTP server stack, nor ``tufmesh cas`` for python-tuf.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
 import signal
@@ -75,6 +76,10 @@ def main() -> NoReturn:
         _leave(exc.exit_code)
     except SystemExit as exc:
         _leave(exc.code)
+    except OSError as exc:  # out of a command's own handling: writing its help failed (full disk)
+        with contextlib.suppress(OSError):
+            click.echo(f"Error: {exc.strerror or exc}", err=True)
+        _leave(1)
     _leave(code if isinstance(code, int) else 0)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.origin import tufmesh
+from tests.helpers.origin import TUFMESH, tufmesh
 
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
@@ -123,3 +123,13 @@ def test_an_empty_host_is_refused_not_every_address(command: list[str]) -> None:
     proxy's rebinding check with it)."""
     proc = tufmesh(*command, "--host", "", check=False)
     assert proc.returncode == 2 and "--host': empty: give an address" in proc.stderr
+
+
+def test_help_to_a_full_disk_is_one_line(tmp_path: Path) -> None:
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    with full.open("w") as out:
+        proc = subprocess.run([TUFMESH, "ls", "--help"], stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr == "Error: No space left on device\n"
