@@ -23,6 +23,7 @@ Invariants (each one is tested):
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import math
@@ -537,15 +538,19 @@ class BlobStore:
 
     def quarantine_if_corrupt(self, cid: str) -> bool:
         """Verify one blob and, if its bytes no longer match or cannot be read
-        (a bad sector), move it to quarantine (as ``fsck --quarantine`` does);
-        True if it was corrupt. A blob gone meanwhile is not."""
+        (a bad sector: EIO), move it to quarantine (as ``fsck --quarantine``
+        does); True if it was corrupt. A blob gone meanwhile is not. Any other
+        failure to read it (too many open files, no memory) raises: the blob
+        may well be intact, and the origin's copy is the only one."""
         path = self._path(parse_cid(cid)[0])
         try:
             _, intact, status = self._hash(cid, None)
         except BlobNotFoundError:
             return False
-        except OSError:  # unreadable: as good as corrupt, and never served right
-            try:
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            try:  # unreadable: as good as corrupt, and never served right
                 status, intact = os.lstat(path), False
             except OSError:
                 return False
@@ -878,8 +883,8 @@ class _VerifyingReader:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             data = self._handle.read()
-            self._sha.update(data)
-            self._account(b"")
+            self._account(data)
+            self._account(b"")  # the end, whatever was checked before
             return data
         if size == 0:
             return b""  # asks for nothing: not the end of the blob

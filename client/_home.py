@@ -75,7 +75,11 @@ _FOREIGN: dict[str, str] = {
     "mirror.json": "a mirror's directory",
     "config.json": "an origin's repository",
     "cas": "a directory holding a blob store",
+    "timestamp.json": "a directory of published TUF metadata",
 }
+#: What a client home holds (the pip proxy's cache too): a directory of these
+#: alone is one, even half made (an init cut short) or missing its root.
+_OWN: frozenset[str] = frozenset({"root.json", "config.toml", "health.json", "metadata", "proxy"})
 
 
 def _foreign(path: Path) -> str | None:
@@ -103,7 +107,7 @@ class ClientHome:
         if (what := _foreign(path)) is not None:
             raise UsageError(f"{path} is {what}, not a client home: give --home another directory")
         try:
-            stray = path.is_dir() and not (path / "root.json").is_file() and any(path.iterdir())
+            stray = path.is_dir() and {p.name for p in path.iterdir()} - _OWN
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         if stray:

@@ -918,7 +918,7 @@ class OriginRepository(Repository):
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
             sha256 = target.hashes.get("sha256")
-            if not _is_sha256(sha256):
+            if not is_sha256(sha256):
                 continue  # not an entry the origin writes (a bin key's forgery): no link
             name = f"{sha256}.{filename}"
             links[project].add(name)
@@ -1117,7 +1117,7 @@ class OriginRepository(Repository):
         for path, record in records.items():
             project, filename = path.split("/", 1)
             sha256 = record.get("sha256")
-            if not _is_sha256(sha256):  # an entry the origin did not write: no link, no blob
+            if not is_sha256(sha256):  # an entry the origin did not write: no link, no blob
                 continue
             (self.targets_dir / project / f"{sha256}.{filename}").unlink(missing_ok=True)
             # A record without its blobs (written before they were recorded)
@@ -1644,7 +1644,7 @@ def read_removed(repo: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _is_sha256(value: object) -> TypeGuard[str]:
+def is_sha256(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a SHA-256 as the origin writes one (64 hex digits)."""
     return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
 
@@ -1668,7 +1668,7 @@ def _removal(target: TargetFile, when: str, *, dropped: bool = False) -> dict[st
     custom = custom if isinstance(custom, dict) else {}
     sha256 = target.hashes.get("sha256")
     record = {
-        "sha256": sha256 if _is_sha256(sha256) else None,
+        "sha256": sha256 if is_sha256(sha256) else None,
         "blobs": sorted({v for k in ("cid", "manifest") if isinstance(v := custom.get(k), str)}),
         "removed": when,
     }

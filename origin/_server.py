@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from tufmesh._durable import served_versions, write_atomic
 from tufmesh._shares import Pace, Shares, is_loopback, machine_of
-from tufmesh.cas import BlobStore, BlobWriter, Scrubber, parse_cid
+from tufmesh.cas import BlobStore, BlobWriter, Scrubber, cid_from_sha256, parse_cid
 from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -55,7 +55,7 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact, read_removed
+from tufmesh.origin._repository import Artifact, is_sha256, read_removed
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
@@ -532,6 +532,11 @@ def tree_routes(
         path = targets_dir / project / name
         if not path.is_file():
             return _error(404, f"no target {project}/{name}")
+        # The link holds the blob's file: one the store quarantined (its
+        # bytes gone bad on disk) is not served, until stored again.
+        sha256, dot, _ = name.partition(".")
+        if dot and is_sha256(sha256) and not store.has(cid_from_sha256(bytes.fromhex(sha256))):
+            return _error(404, f"{project}/{name}: its blob is not in the store now")
         return file(path, None, _IMMUTABLE)
 
     async def blob(request: Request) -> Response:

@@ -770,12 +770,14 @@ def test_a_client_home_is_never_another_roles_directory(origin: Server, tmp_path
     stray.mkdir()
     (stray / "notes.txt").write_text("mine")
     for home, said in ((origin.repo, "is an origin's repository, not a client home"),
+                       (origin.repo / "metadata", "is a directory of published TUF metadata"),
                        (mirror, "is a mirror's directory, not a client home"),
                        (stray, "holds other files and no client")):  # fmt: skip
         made = tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home),
                        check=False)  # fmt: skip
         assert made.returncode == 1 and said in made.stderr, made.stderr
-        assert not (home / "config.toml").exists() and not (home / "root.json").exists()
+        assert not (home / "config.toml").exists()
+    assert sorted(p.name for p in (origin.repo / "metadata").iterdir()) == published
     listed = tufmesh("ls", "--home", str(origin.repo), check=False)
     assert listed.returncode == 1 and "is an origin's repository" in listed.stderr
     assert sorted(p.name for p in (origin.repo / "metadata").iterdir()) == published
@@ -786,6 +788,9 @@ def test_a_client_home_is_never_another_roles_directory(origin: Server, tmp_path
     damaged = tufmesh("ls", "--home", str(home), check=False)
     assert damaged.returncode == 1 and "this client's trust anchor is damaged" in damaged.stderr
     assert "client init" in damaged.stderr and origin.url not in damaged.stderr
+    (home / "root.json").unlink()  # ...or gone: init, as said, sets it up again
+    tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
+    assert tufmesh("ls", "--home", str(home)).returncode == 0
 
 
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:

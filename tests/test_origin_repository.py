@@ -699,10 +699,11 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
         transport = httpx.ASGITransport(app=build_app(service))  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://origin") as client:
             blob = await client.get(f"/blobs/{artifact.cid}")
-            return blob.status_code, (await client.get("/healthz")).json()
+            target = await client.get(f"/targets/p/{link.name}")  # the link: the same file
+            return (blob.status_code, target.status_code), (await client.get("/healthz")).json()
 
     status, said = trio.run(health)
-    assert status == 404 and said["status"] == "degraded"  # no longer served
+    assert status == (404, 404) and said["status"] == "degraded"  # no longer served
     assert said["quarantined"] == [artifact.cid] and "origin restore" in said["warnings"][-1]
     assert repo.store.has(artifact.manifest)  # intact: kept
     elsewhere = tmp_path / "other.tar.gz"
@@ -716,7 +717,7 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     assert service.lost() == [] and repo.store.read(artifact.cid) == body
     assert link.read_bytes() == body  # the link no longer holds the quarantined copy
     status, said = trio.run(health)
-    assert status == 200 and said["status"] == "ok" and said["quarantined"] == []
+    assert status == (200, 200) and said["status"] == "ok" and said["quarantined"] == []
 
 
 def test_the_committer_process_reports_each_refusal_as_its_kind(tmp_path: Path) -> None:
