@@ -1232,7 +1232,8 @@ class OriginRepository(Repository):
         if missing and not remove_missing:
             raise OwnedMetadataError(
                 f"the project's metadata leaves out what it has published: {', '.join(missing)} "
-                "(to remove those, claim with --remove-missing)"
+                "(its developers list every published file in their request: 'tufmesh get' "
+                "fetches those they lack; or, to remove those, claim with --remove-missing)"
             )
         if dry_run:  # the checks of _adopt, and the keys the ceremony signs with are here
             self._vet(project, md, previous, ceremony=True)
