@@ -611,15 +611,35 @@ def test_an_entry_the_origin_does_not_write_cannot_stop_it_from_starting(tmp_pat
     assert fresh.find(odd) is None and fresh.find(odder) is None
 
 
-def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
-    """An upload the committer refused (its path taken with other bytes) or a
-    failed batch leaves a stored blob no metadata names: it must not stay for ever."""
-    import trio
-    import trio.testing
-
+def _service_for(repo: OriginRepository) -> Any:
+    """An origin's service on ``repo``, its store work done inline (so that
+    virtual time sees every step), with the repository as its committer."""
     from tufmesh.origin import OriginService
     from tufmesh.origin._signer import LocalCommitter
 
+    async def inline(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    return OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
+
+
+def _run_for(loop: Any, seconds: float) -> None:
+    """Run one of the service's ``loop``s (forever) for ``seconds`` of virtual time."""
+    import trio
+    import trio.testing
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loop)
+            await trio.sleep(seconds)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: Path) -> None:
+    """An upload the committer refused (its path taken with other bytes) or a
+    failed batch leaves a stored blob no metadata names: it must not stay for ever."""
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     kept = stored(repo, "p/kept-1.whl", b"published")
     repo.publish([kept])
@@ -630,10 +650,7 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
     for cid in (kept.cid, refused.cid, refused.manifest):
         os.utime(repo.store.path(cid), (hour_ago, hour_ago))
 
-    async def inline(fn, *args):
-        return fn(*args)
-
-    service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
+    service = _service_for(repo)
     # Refused and staged bytes count against the quota while on the disk:
     # what the collection deleted stops counting, what it kept does not.
     # Refused bytes that something published pins (kept's, sent again under a
@@ -641,13 +658,7 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
     service.refused["p"] = {refused.cid: 22, fresh: 32, kept.cid: 9}
     service.staged["q"] = {fresh: ("f-1.whl", 32)}
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(service.run_collector)
-            await trio.sleep(service.config.gc_interval + 1)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    _run_for(service.run_collector, service.config.gc_interval + 1)
     assert service.refused == {"p": {fresh: 32}} and service.staged == {
         "q": {fresh: ("f-1.whl", 32)}
     }
@@ -666,11 +677,8 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     again from a verified copy, link and all."""
     import httpx
     import trio
-    import trio.testing
 
-    from tufmesh.origin import OriginService
     from tufmesh.origin._server import build_app
-    from tufmesh.origin._signer import LocalCommitter
 
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     body = os.urandom((2 << 20) + 1000)  # three chunks: a manifest too
@@ -681,18 +689,8 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     damaged[12345] ^= 0x10
     repo.store.path(artifact.cid).write_bytes(damaged)  # the served link's bytes too
 
-    async def inline(fn, *args):
-        return fn(*args)
-
-    service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(service.run_scrubber)
-            await trio.sleep(service.config.scrub_interval + 1)
-            nursery.cancel_scope.cancel()
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    service = _service_for(repo)
+    _run_for(service.run_scrubber, service.config.scrub_interval + 1)
     assert service.lost() == [artifact.cid] and not repo.store.has(artifact.cid)
 
     async def health() -> Any:
