@@ -396,6 +396,14 @@ class Client:
             raise ClientError(
                 f"{part} is in the way: not a regular file of this user's, so not written to"
             )
+        if os.path.lexists(part) and os.lstat(part).st_size not in (0, info.length):
+            # A download's part file is as long as the artifact from the
+            # start (empty only if cut short as it was made): one of another
+            # length is no download of it, and its bytes are not ours to
+            # overwrite.
+            raise ClientError(
+                f"{part} is in the way: not a download of {path} (of another length); move it away"
+            )
         cid = info.custom.get("cid") if isinstance(info.custom, dict) else None
         usable = [s for s in self.fetcher.ordered() if s.serves_blobs]
         # Fallback sources join only if the others cannot finish the download.

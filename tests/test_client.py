@@ -677,8 +677,10 @@ def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_pa
     victim.write_bytes(b"precious\n")
     name = SMALL.rsplit("/", 1)[-1]
     part = out / f"{name}.part"
-    for plant in ("link", "dangling link", "hard link", "directory"):
-        if plant == "link":
+    for plant in ("link", "dangling link", "hard link", "directory", "file of mine"):
+        if plant == "file of mine":  # not a download of it (another length): not overwritten
+            part.write_bytes(b"precious\n")
+        elif plant == "link":
             part.symlink_to(victim)
         elif plant == "dangling link":
             part.symlink_to(tmp_path / "nowhere")
@@ -690,8 +692,12 @@ def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_pa
         assert proc.returncode == 1 and "is in the way" in proc.stderr, (plant, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert victim.read_bytes() == b"precious\n" and not (tmp_path / "nowhere").exists()
+        assert plant != "file of mine" or part.read_bytes() == b"precious\n"
         assert not (out / name).exists()
-        part.rmdir() if plant == "directory" else part.unlink()
+        if plant != "file of mine":
+            part.rmdir() if plant == "directory" else part.unlink()
+    assert "not a download of" in proc.stderr
+    part.unlink()
     # A link at the artifact's own name to a file with the right bytes is no
     # cached copy (its owner could change it): the link is replaced by a copy
     # of the download, not written through.
