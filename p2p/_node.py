@@ -215,6 +215,26 @@ async def _peer_ends(stream: Any) -> bool:
     return False
 
 
+def _guarded(pubsub: type[Any]) -> type[Any]:
+    """py-libp2p's pubsub, with its gossip streams' reader guarded: a peer's
+    bytes that do not parse as a protobuf RPC raised a ``DecodeError`` its
+    handler does not catch, and six bytes from anyone ended the node, and
+    with it the mirror's or the origin's service. Any error reading one
+    peer's stream now ends that stream and that peer's pubsub state alone."""
+
+    class GuardedPubsub(pubsub):  # type: ignore[misc,valid-type]
+        async def stream_handler(self, stream: Any) -> None:
+            try:
+                await super().stream_handler(stream)
+            except Exception:  # (trio's Cancelled is no Exception: it goes through)
+                with contextlib.suppress(Exception):
+                    await stream.reset()
+                with contextlib.suppress(Exception):
+                    self._handle_dead_peer(stream.muxed_conn.peer_id)
+
+    return GuardedPubsub
+
+
 def _quiet_libp2p() -> None:
     """Keep py-libp2p's log off the service's stderr, unless LIBP2P_DEBUG asks
     for it: py-libp2p logs what it recovers from (a bootstrap peer that cannot
@@ -399,7 +419,7 @@ class P2PNode:
         )
         self._router = router
         self._host = host
-        pubsub = Pubsub(host, router, msg_id_constructor=message_id)
+        pubsub = _guarded(Pubsub)(host, router, msg_id_constructor=message_id)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
             await stack.enter_async_context(background_trio_service(pubsub))

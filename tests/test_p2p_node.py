@@ -112,6 +112,38 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
     assert len(behind) <= 2
 
 
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_gossip_bytes_that_do_not_parse_end_that_stream_not_the_node(tmp_path: Path) -> None:
+    """Six bytes on a gossip stream, a protobuf that does not parse, raised
+    an error py-libp2p's handler does not catch: it ended the node, and with
+    it a mirror's or the origin's whole service."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    root = repo.root()
+    topic = topic_for(root)
+    received: list[bytes] = []
+
+    async def main() -> None:
+        victim = P2PNode(tmp_path / "victim.key", topic, AnnouncementGate(root),
+                         on_announcement=received.append)  # fmt: skip
+        attacker = P2PNode(tmp_path / "attacker.key", topic, AnnouncementGate(root))
+        publisher = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(victim.run)
+            await nursery.start(attacker.run)
+            stream = await attacker._open(address, "/meshsub/1.0.0")
+            await stream.write(bytes.fromhex("05ffffffffff"))
+            await trio.sleep(1.0)
+            publisher.bootstrap = [address]
+            await nursery.start(publisher.run)
+            await heard_once_meshed(publisher, timestamp(repo, version=7), received)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert AnnouncementGate(root).check(received[0]).version == 7  # it lives on, and hears
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
 def test_a_node_follows_the_repository_to_its_new_topic_after_a_root_rotation(
