@@ -222,7 +222,7 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
     with it the mirror's or the origin's service. Any error reading one
     peer's stream now ends that stream and that peer's pubsub state alone."""
 
-    class GuardedPubsub(pubsub):  # type: ignore[misc,valid-type]
+    class GuardedPubsub(pubsub):  # type: ignore[misc]
         async def stream_handler(self, stream: Any) -> None:
             try:
                 await super().stream_handler(stream)
