@@ -5,7 +5,10 @@ It runs on every node before a message is delivered *or relayed*, so a forged
 or stale announcement dies at the first honest hop:
 
 * size bound before parsing (python-tuf's own limit for a timestamp);
-* it must parse as TUF timestamp metadata;
+* it must parse as TUF timestamp metadata, written as the origin writes it
+  (compact JSON): the signature covers only the signed part, so padding or
+  reordering the bytes made one genuine timestamp any number of "new"
+  messages, each validated, delivered and relayed by every node;
 * it must be signed by a threshold of the timestamp keys of the root the node
   trusts (the same check python-tuf makes);
 * it must not be expired, and not be older than the newest the node has seen
@@ -23,11 +26,15 @@ from datetime import UTC, datetime
 from typing import Final
 
 from tuf.api.metadata import Metadata, Root, Timestamp
+from tuf.api.serialization.json import JSONSerializer
 
 __all__ = ["MAX_ANNOUNCEMENT", "AnnouncementGate", "Verdict", "topic_for"]
 
 #: python-tuf's default ``timestamp_max_length``.
 MAX_ANNOUNCEMENT: Final = 16 * 1024
+#: How the origin writes a timestamp (``tufmesh.origin``), and so every
+#: announcement of one.
+_COMPACT: Final = JSONSerializer(compact=True)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class AnnouncementGate:
             return Verdict(False, "not TUF metadata")
         if not isinstance(md.signed, Timestamp):
             return Verdict(False, f"not a timestamp but {md.signed.type}")
+        if md.to_bytes(_COMPACT) != data:
+            return Verdict(False, "not written as the origin writes a timestamp (compact JSON)")
         try:
             self.root.verify_delegate("timestamp", md.signed_bytes, md.signatures)
         except Exception as exc:  # UnsignedMetadataError and key errors

@@ -57,6 +57,9 @@ def test_honest_announcements_are_accepted_newest_first(repo: OriginRepository) 
         ("oversized", "limit"),
         ("garbage", "not TUF metadata"),
         ("root instead", "not a timestamp"),
+        # Genuine and signed, but padded: each padding was a "new" message.
+        ("padded", "not written as the origin writes a timestamp"),
+        ("pretty", "not written as the origin writes a timestamp"),
     ],
 )
 def test_forged_or_stale_announcements_are_rejected(
@@ -70,6 +73,10 @@ def test_forged_or_stale_announcements_are_rejected(
         "oversized": lambda: b"{" + b" " * 20000 + b"}",
         "garbage": lambda: b"not json",
         "root instead": lambda: (repo.metadata_dir / "1.root.json").read_bytes(),
+        "padded": lambda: timestamp(repo, version=11) + b" ",
+        "pretty": lambda: Metadata.from_bytes(timestamp(repo, version=11)).to_bytes(
+            JSONSerializer(compact=False)
+        ),
     }[case]()
     verdict = gate.check(data)
     assert not verdict.accept and reason in verdict.reason
