@@ -151,8 +151,11 @@ def decode_refusal(body: bytes) -> BlobBusyError:
 
 
 def request_size(prefix: bytes) -> int:
-    """Total frame size announced by the first two bytes of a request."""
+    """Total frame size announced by the first two bytes of a request; one
+    past :data:`MAX_REQUEST` is refused before its bytes are read."""
     length: int = _LENGTH.unpack_from(prefix)[0]
+    if length > MAX_REQUEST:  # (as decode_request judges it)
+        raise BlobStreamError(f"a request of {length} bytes: {MAX_REQUEST} at most")
     return _LENGTH.size + length
 
 

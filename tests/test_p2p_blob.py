@@ -26,6 +26,7 @@ from tufmesh.p2p._blob import (
     decode_request,
     encode_refusal,
     encode_request,
+    request_size,
     response_head,
 )
 from tufmesh.p2p._node import MAX_ANSWERS_PER_PEER
@@ -50,6 +51,9 @@ def test_request_frames_round_trip_and_bad_ones_are_refused() -> None:
     ):
         with pytest.raises(BlobStreamError):
             decode_request(bad)
+    assert request_size(frame[:2]) == len(frame)
+    with pytest.raises(BlobStreamError, match="1024 at most"):  # before 64 KiB are read
+        request_size(b"\xff\xff")
 
 
 def test_refusals_say_why_and_when_and_a_bad_one_is_a_busy_one() -> None:
