@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import trio
 
 from tufmesh._durable import write_atomic
-from tufmesh._shares import Shares, machine_of
+from tufmesh._shares import Shares, is_loopback, machine_of
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
@@ -92,6 +92,14 @@ __all__ = ["PACED_PIECE", "P2PNode", "check_peer_address"]
 #: three, banned an honest peer). Noise frames carry 64 KiB at most anyway.
 #: Over HTTP too, under a rate only, where 64 KiB pieces still reach 250 MB/s.
 PACED_PIECE: Final = 64 * 1024
+#: Seconds a machine whose blob upload ran out of time is refused ("busy"):
+#: four times the answer's own limit, so that a requester holding uploads
+#: with a trickle of reads holds them a fifth of the time at most.
+CUT_PAUSE: Final = 120.0
+#: Machines paused at once at most.
+MAX_PAUSED: Final = 4096
+#: The longest wait a refusal names (what requesters honour at most).
+_LONGEST_RETRY: Final = 10.0
 
 #: Mesh degree as in go-libp2p's defaults scaled to small networks (D=6 there).
 DEGREE: Final = 4
@@ -330,6 +338,7 @@ class P2PNode:
         self.peer_id = ""
         self.addrs: list[str] = []
         self._answering = Shares(MAX_ANSWERS_PER_PEER, MAX_ANSWERS)  # blob ranges answered
+        self._paused: dict[str, float] = {}  # host -> when its blob requests are heard again
         self._streams = Shares(MAX_STREAMS_PER_PEER, MAX_STREAMS)  # incoming streams open
         self._hosts = Shares(MAX_STREAMS_PER_HOST, MAX_STREAMS)  # ...by the address they come from
 
@@ -536,7 +545,13 @@ class P2PNode:
             await stream.write(response_head(BAD_REQUEST, 0))
             return
         uploads, chunk, now = self.uploads, (request.cid, request.offset), trio.current_time()
+        address = _remote_ip(stream)
+        host = "?" if address is None else machine_of(address)
+        paused = self._paused.get(host, -math.inf) - now
         verdict = "busy"
+        if paused > 0:
+            await stream.write(encode_refusal("busy", min(paused, _LONGEST_RETRY)))
+            return
         if self._answering.full(peer) is None:
             verdict = (
                 uploads.admit(chunk, now, patient=request.patient, size=request.length)
@@ -550,17 +565,37 @@ class P2PNode:
                 else response_head(BUSY, 0)
             )
             return
-        sent = False
+        sent = cut = False
         try:
             # An admitted upload that overruns its deadline is cut: its
             # requester, reading slower than its own slow-retrieval floor,
             # has given up on it anyway.
             limit = uploads.deadline(request.length) if uploads is not None else math.inf
-            with self._answering.hold(peer), trio.move_on_after(limit):
+            with self._answering.hold(peer), trio.move_on_after(limit) as sending:
                 sent = await self._send_range(stream, request)
+            cut = sending.cancelled_caught
+        except trio.Cancelled:  # the answer's own time ran out (_BLOB_TIMEOUT)
+            cut = True
+            raise
         finally:
             if uploads is not None:
                 uploads.done(chunk, trio.current_time(), completed=sent)
+            # (not this machine's own: tools, tests, a demo; nor an unknown one)
+            if cut and address is not None and not is_loopback(address):
+                self._pause(host)
+
+    def _pause(self, host: str) -> None:
+        """Refuse ``host``'s blob requests for :data:`CUT_PAUSE` seconds: one of
+        its uploads ran out of time. A requester that reads a trickle (a
+        window update now and then, under py-libp2p's 5 s stalled-write
+        limit) held a slot, and a 16 MiB range the whole upload budget, for
+        the answer's 30 s, and asked again at once; an honest one that reads
+        slower than its own floor gives up and resets its stream first."""
+        now = trio.current_time()
+        if len(self._paused) >= MAX_PAUSED:  # (hosts are capped; bounded all the same)
+            self._paused = {h: t for h, t in self._paused.items() if t > now}
+        if len(self._paused) < MAX_PAUSED:
+            self._paused[host] = now + CUT_PAUSE
 
     async def _send_range(self, stream: Any, request: BlobRequest) -> bool:
         """Send the range, or NOT_FOUND; True if the bytes went out."""

@@ -19,6 +19,7 @@ from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._blob import (
     MAX_RANGE,
     OK,
+    PROTOCOL,
     BlobBusyError,
     BlobRequest,
     BlobStreamError,
@@ -267,6 +268,54 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
     from tufmesh.origin._seeding import SeedGate
 
     assert sorted(map(str, outcomes)) == sorted(map(str, [4096] * 3 + [("busy", SeedGate().retry)]))
+
+
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_machine_whose_upload_ran_out_of_time_is_refused_for_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that asks for a 16 MiB range and reads a trickle held the whole
+    upload budget (every other mirror told BUSY) for the answer's 30 s, and
+    asked again at once. Its machine is refused for CUT_PAUSE after such a
+    cut; other machines are served. (The answer's limit is 2 s here, and
+    each node seems to be on a machine of its own: on loopback, a machine's
+    own peers are never paused.)"""
+    monkeypatch.setattr(node_module, "_BLOB_TIMEOUT", 2.0)
+    machines: dict[str, str] = {}
+
+    def remote_ip(stream: Any) -> str:
+        peer = str(stream.muxed_conn.peer_id)
+        return machines.setdefault(peer, f"192.0.2.{len(machines) + 1}")
+
+    monkeypatch.setattr(node_module, "_remote_ip", remote_ip)
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    outcomes: dict[str, object] = {}
+
+    async def main() -> None:
+        from tufmesh.mirror._server import upload_slots
+
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=lambda cid, offset, n: b"x" * n,
+                         uploads=upload_slots())  # fmt: skip
+        hog = P2PNode(tmp_path / "hog.key", topic, AnnouncementGate(root))
+        honest = P2PNode(tmp_path / "honest.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, hog, honest)
+            stream = await hog._open(address, PROTOCOL)
+            await stream.write(encode_request(BlobRequest("big", 0, 16 << 20)))  # never read
+            await trio.sleep(3.0)  # cut at 2 s
+            for name, asker in (("hog", hog), ("honest", honest)):
+                try:
+                    outcomes[name] = len(await asker.fetch_range(address, "small", 0, 1 << 20))
+                except BlobBusyError as exc:
+                    outcomes[name] = (exc.reason, exc.retry)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert outcomes == {"hog": ("busy", 10.0), "honest": 1 << 20}
 
 
 @pytest.mark.attack
