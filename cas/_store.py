@@ -75,6 +75,8 @@ Progress = Callable[[int], None]
 #: Pin sets are directories: up to 200 characters (the origin's are
 #: ``project:<name>``, with names of up to 128).
 _PIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,199}")
+#: A blob's name as the store writes it: a CIDv1 in base32 (``cid_from_sha256``).
+_CID_NAME = re.compile(r"b[a-z2-7]{58}")
 _TMP_PREFIX: Final = "put-"
 
 
@@ -707,6 +709,19 @@ class BlobStore:
 
     def _holders(self, cid: str) -> list[str]:
         return sorted(name for name in self._pin_sets() if (self._pins / name / cid).exists())
+
+    def quarantined(self) -> set[str]:
+        """The CIDs of the blobs moved to quarantine (by fsck or a scrub), in
+        whatever state they were found; stray files are not named."""
+        found = set()
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._quarantine):
+                # "<shard>-<cid>.<when>", as _quarantine_file names a blob
+                shard, dash, rest = entry.name.partition("-")
+                cid = rest.rpartition(".")[0]
+                if dash and len(shard) == 2 and _CID_NAME.fullmatch(cid):
+                    found.add(cid)
+        return found
 
     def pins(self) -> dict[str, frozenset[str]]:
         """Every pin set: name to the CIDs it holds."""

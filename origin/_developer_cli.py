@@ -325,7 +325,7 @@ def developer_keygen(keyfile: Path) -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the request [default: PROJECT.claim.json].",
+    help="Where to write the request [default: PROJECT.claim.json, PROJECT in its normal form].",
 )
 @click.option(
     "--chunk-size",

@@ -222,9 +222,11 @@ class OriginService:
         self.refresh_failures = 0
         self.refresh_failing = False  # the last attempt to re-sign failed
         self.collected = 0  # blobs deleted as garbage
-        #: Blobs the scrub found corrupt on disk and quarantined: no longer
-        #: served, until 'origin restore' stores them again.
-        self.quarantined: set[str] = set()
+        #: Published artifacts' blobs found corrupt on disk and quarantined
+        #: (by the scrub, or by fsck before a start): no longer served, until
+        #: 'origin restore' stores them again.
+        pinned = frozenset().union(*self.store.pins().values())
+        self.quarantined: set[str] = self.store.quarantined() & pinned
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.

@@ -692,6 +692,7 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     service = _service_for(repo)
     _run_for(service.run_scrubber, service.config.scrub_interval + 1)
     assert service.lost() == [artifact.cid] and not repo.store.has(artifact.cid)
+    assert _service_for(repo).lost() == [artifact.cid]  # and after a restart (or an fsck)
 
     async def health() -> Any:
         transport = httpx.ASGITransport(app=build_app(service))  # type: ignore[arg-type]
