@@ -75,8 +75,6 @@ Progress = Callable[[int], None]
 #: Pin sets are directories: up to 200 characters (the origin's are
 #: ``project:<name>``, with names of up to 128).
 _PIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+-]{0,199}")
-#: A blob's name as the store writes it: a CIDv1 in base32 (``cid_from_sha256``).
-_CID_NAME = re.compile(r"b[a-z2-7]{58}")
 _TMP_PREFIX: Final = "put-"
 
 
@@ -719,8 +717,9 @@ class BlobStore:
                 # "<shard>-<cid>.<when>", as _quarantine_file names a blob
                 shard, dash, rest = entry.name.partition("-")
                 cid = rest.rpartition(".")[0]
-                if dash and len(shard) == 2 and _CID_NAME.fullmatch(cid):
-                    found.add(cid)
+                with contextlib.suppress(StoreError):
+                    if dash and len(shard) == 2 and parse_cid(cid)[0] == cid:
+                        found.add(cid)
         return found
 
     def pins(self) -> dict[str, frozenset[str]]:
@@ -772,7 +771,7 @@ class BlobStore:
     def gc(self, *, dry_run: bool = False, grace_seconds: float | None = None) -> GcReport:
         """Delete every blob that is in no pin set and older than the grace period."""
         grace = self.config.gc_grace_seconds if grace_seconds is None else grace_seconds
-        if not grace >= 0 or grace == math.inf:  # (NaN compares false: it deleted everything)
+        if not 0 <= grace < math.inf:  # (NaN compares false: it deleted everything)
             raise StoreError(
                 f"a grace period of {grace!r} seconds: give a finite number, 0 or more"
             )

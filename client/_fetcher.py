@@ -248,6 +248,9 @@ class MultiSourceFetcher(FetcherInterface):
             ):
                 newest = self._newest(kind, name, group, reasons, outvoted=self.outvoted)
                 if newest is not None:
+                    # The same bytes as the winner's verify as they do: no
+                    # second check of them (every source, as a rule).
+                    self.outvoted = [(s, d) for s, d in self.outvoted if d != newest[1]]
                     return self._served(name, *newest)
         else:
             ordered = self.ordered()

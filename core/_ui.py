@@ -115,7 +115,9 @@ def check_upload_rate(
     downloaders' floor (``slots_within``)."""
     from tufmesh.origin._seeding import MIN_RATE
 
-    if (value or not uncapped) and (value or 0) < 2 * MIN_RATE:
+    if not value and uncapped:
+        return value
+    if (value or 0) < 2 * MIN_RATE:
         none = ", or 0 for no cap" if uncapped else ""
         raise click.BadParameter(
             f"at least {format_size(2 * MIN_RATE)} a second{none}: every download "

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
-from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
+from tufmesh.cas._store import SCRUB_INTERVAL
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror, SyncReport, read_progress
 from tufmesh.mirror._swarm import (
@@ -33,7 +33,7 @@ from tufmesh.mirror._swarm import (
 )
 from tufmesh.origin import ByteCounter, start_http, tree_routes
 from tufmesh.origin._seeding import SeedGate, slots_within
-from tufmesh.origin._server import NoAnswer
+from tufmesh.origin._server import NoAnswer, scrub_forever
 from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
 from tufmesh.p2p._blob import MAX_QUERY
 
@@ -264,31 +264,20 @@ async def run_mirror(
             with trio.move_on_after(poll):
                 await wake.wait()
 
-    async def scrub_forever() -> None:
-        """Check the store a little at a time, SCRUB_BYTES per SCRUB_INTERVAL on
-        average however big the blobs; fetch what was corrupt again."""
-        read = 0
-        failing: str | None = None
-        while True:
-            await trio.sleep(max(min(poll, SCRUB_INTERVAL), read / SCRUB_BYTES * SCRUB_INTERVAL))
-            try:
-                found, read = await trio.to_thread.run_sync(
-                    mirror.scrub,
-                    abandon_on_cancel=True,  # type: ignore[call-arg,unused-ignore]
-                )
-            except Exception as exc:  # never the daemon's end: say it once, try again later
-                found, read = [], SCRUB_BYTES
-                if str(exc) != failing:
-                    failing = str(exc)
-                    print(f"mirror: checking the store failed: {exc}", file=sys.stderr, flush=True)
-            if found:
-                print(
-                    f"mirror: {len(found)} blob(s) corrupt on disk, quarantined, to be fetched "
-                    f"again: {', '.join(found)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                wake.set()
+    def refetch(found: list[str]) -> None:
+        print(
+            f"mirror: {len(found)} blob(s) corrupt on disk, quarantined, to be fetched "
+            f"again: {', '.join(found)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        wake.set()
+
+    async def in_thread(step: Callable[[], tuple[list[str], int]]) -> tuple[list[str], int]:
+        return await trio.to_thread.run_sync(
+            step,
+            abandon_on_cancel=True,  # type: ignore[call-arg,unused-ignore]
+        )
 
     async def note_network(node: P2PNode) -> None:
         """Keep ``mirror status`` current: record the p2p view when it changes."""
@@ -342,7 +331,11 @@ async def run_mirror(
         if p2p_only and node is not None:
             swarm.url = f"libp2p:{node.addrs[0]}"
         nursery.start_soon(sync_forever)
-        nursery.start_soon(scrub_forever)
+        # (SCRUB_BYTES per SCRUB_INTERVAL on average, however big the blobs)
+        nursery.start_soon(functools.partial(
+            scrub_forever, mirror.scrub, in_thread, refetch, "mirror",
+            shortest=min(poll, SCRUB_INTERVAL), every=SCRUB_INTERVAL,
+        ))  # fmt: skip
         if node is not None:
             nursery.start_soon(note_network, node)
 

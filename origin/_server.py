@@ -225,8 +225,10 @@ class OriginService:
         #: Published artifacts' blobs found corrupt on disk and quarantined
         #: (by the scrub, or by fsck before a start): no longer served, until
         #: 'origin restore' stores them again.
-        pinned = frozenset().union(*self.store.pins().values())
-        self.quarantined: set[str] = self.store.quarantined() & pinned
+        moved = self.store.quarantined()  # (the pins read only if there are any)
+        self.quarantined: set[str] = (
+            moved & frozenset().union(*self.store.pins().values()) if moved else set()
+        )
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
@@ -390,33 +392,27 @@ class OriginService:
                 _forget(self.refused, set().union(*pins.values()))
 
     async def run_scrubber(self) -> None:
-        """Check the store a little at a time (``SCRUB_BYTES`` per
-        ``scrub_interval`` on average, whatever the blobs' sizes), forever,
-        and quarantine the blobs whose bytes no longer match their names.
+        """Check the store a little at a time, forever (:func:`scrub_forever`).
         Served, a blob gone bad had every mirror that fetched a chunk of it
         ban the origin for the rest of its sync, and every client fail on it,
         until an operator ran fsck."""
         scrubber = Scrubber(self.store)
-        read, failing = 0, None
+
+        def found(cids: list[str]) -> None:
+            self.quarantined.update(cids)
+            print(
+                f"origin: {len(cids)} blob(s) corrupt on disk, quarantined and no longer "
+                f"served: {', '.join(cids)}; fetch their artifacts from a mirror "
+                "('tufmesh get') and store them again ('tufmesh origin restore')",
+                file=sys.stderr,
+                flush=True,
+            )
+
         interval = self.config.scrub_interval
-        while True:
-            await trio.sleep(max(interval, read / SCRUB_BYTES * interval))
-            try:
-                found, read = await self.run_sync(scrubber.step, SCRUB_BYTES)
-            except (OSError, TufmeshError) as exc:  # a failing disk: said once, tried again
-                found, read = [], SCRUB_BYTES
-                if str(exc) != failing:
-                    failing = str(exc)
-                    print(f"origin: checking the store failed: {exc}", file=sys.stderr, flush=True)
-            if found:
-                self.quarantined.update(found)
-                print(
-                    f"origin: {len(found)} blob(s) corrupt on disk, quarantined and no longer "
-                    f"served: {', '.join(found)}; fetch their artifacts from a mirror "
-                    "('tufmesh get') and store them again ('tufmesh origin restore')",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        await scrub_forever(
+            functools.partial(scrubber.step, SCRUB_BYTES), self.run_sync, found, "origin",
+            shortest=interval, every=interval,
+        )  # fmt: skip
 
     def lost(self) -> list[str]:
         """The quarantined blobs not stored again since."""
@@ -429,6 +425,35 @@ class OriginService:
             self._announced = version
             with contextlib.suppress(Exception):  # gossip is best effort: mirrors also poll
                 await self.on_commit()
+
+
+async def scrub_forever(
+    step: Callable[[], tuple[list[str], int]],
+    run_sync: RunSync,
+    found: Callable[[list[str]], None],
+    who: str,
+    *,
+    shortest: float,
+    every: float,
+) -> None:
+    """A daemon's scrub (the origin's, a mirror's): one ``step`` (a
+    :class:`Scrubber`'s, of ``SCRUB_BYTES``) every ``every`` seconds on
+    average however big the blobs, ``shortest`` apart at least, in
+    ``run_sync``; ``found`` hears of the blobs quarantined. A failure is said
+    once on stderr (``who``: the daemon) and never ends the daemon."""
+    read = 0
+    failing: str | None = None
+    while True:
+        await trio.sleep(max(shortest, read / SCRUB_BYTES * every))
+        try:
+            quarantined, read = await run_sync(step)
+        except Exception as exc:  # never the daemon's end: say it once, try again later
+            quarantined, read = [], SCRUB_BYTES
+            if str(exc) != failing:
+                failing = str(exc)
+                print(f"{who}: checking the store failed: {exc}", file=sys.stderr, flush=True)
+        if quarantined:
+            found(quarantined)
 
 
 class _Published:
