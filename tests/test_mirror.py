@@ -821,37 +821,39 @@ def test_a_mirror_without_a_reachable_http_port_trades_chunks_over_libp2p(tmp_pa
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_peer_on_a_slow_uplink_is_taken_at_its_pace_not_banned(tmp_path: Path) -> None:
     """m2 serves at most 200 KiB/s, over libp2p only: 5 s a 1 MiB chunk, past
-    the 3 s slow-retrieval grace but three times the 64 KiB/s floor. It takes
-    the release from the origin first, so the origin, which seeds each chunk
-    to one mirror, sends m1 to m2 for every chunk. m1 gave up and banned this
-    honest peer: its chunks were paced whole (the second waited 5 s, then came
-    at once), four uploads at once went at 50 KiB/s each, and libp2p bytes
-    were counted only once a chunk was whole."""
+    the 3 s slow-retrieval grace but three times the 64 KiB/s floor. It holds
+    a release m1 lacks, and m1 hears of it only from m2's have-queries, so m1
+    asks m2 first and m2 answers that it holds it all. m1 gave up and banned
+    this honest peer: its chunks were paced whole (the second waited 5 s, then
+    came at once), four uploads at once went at 50 KiB/s each, and libp2p
+    bytes were counted only once a chunk was whole."""
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")
     root = repo / "metadata" / "1.root.json"
     body = os.urandom((2 << 20) + 1000)
+    m2_args = ["--p2p-port", "0", "--poll", "1", "--p2p-only", "--max-upload-rate", "200KiB"]
     with running(repo, "--p2p-port", "0") as origin:
-        origin_addr = (repo / "p2p.addr").read_text().strip()
-        # m1 hears of the release only from m2's have-queries (no gossip, no poll).
+        m2_args += ["--bootstrap", (repo / "p2p.addr").read_text().strip()]
+        # m1 hears of releases only from m2's have-queries (no gossip, no poll).
         with mirror_process(
             tmp_path / "m1", root, origin.url, "--p2p-port", "0", "--poll", "300"
         ) as m1:
             wait_for(m1, 1)
             version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
-            with mirror_process(
-                tmp_path / "m2", root, origin.url, "--p2p-port", "0", "--poll", "300",
-                "--bootstrap", origin_addr, "--peer", m1, "--p2p-only",
-                "--max-upload-rate", "200KiB",
-            ) as m2:  # fmt: skip
+            # m2 takes it alone first (asking m1 then would tell m1 of it while
+            # m2 still held nothing: m1 rightly took it from the origin).
+            with mirror_process(tmp_path / "m2", root, origin.url, *m2_args) as m2:
                 wait_for(m2, version["snapshot_version"], deadline=60)
-                wait_for(m1, version["snapshot_version"], deadline=60)
+            with mirror_process(tmp_path / "m2", root, origin.url, *m2_args, "--peer", m1) as m2:
+                small = post(origin.url, "demo", "demo-1.1.tar.gz", b"1.1", token).json()
+                wait_for(m2, small["snapshot_version"], deadline=60)
+                wait_for(m1, small["snapshot_version"], deadline=60)
     state = Mirror(tmp_path / "m1").state()
     by_source = state["bytes_fetched_by_source"]
     from_m2 = sum(n for source, n in by_source.items() if source.startswith("libp2p:"))
     assert from_m2 >= 1 << 20, state  # a whole chunk at least, at m2's pace
     assert state["bans"] == 0, state
-    assert Mirror(tmp_path / "m1").store.read(_cid(repo)) == body
+    assert Mirror(tmp_path / "m1").store.read(version["cid"]) == body
 
 
 def _small_disk() -> list[str] | None:
