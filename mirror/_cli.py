@@ -57,7 +57,8 @@ def mirror() -> None:
     help="The repository's trusted root (its 1.root.json, from its maintainers).",
 )
 @click.option("--origin", "origin_url", required=True, help="The origin's URL.")
-@click.option("--peer", "peers", multiple=True, help="Another mirror's URL (repeatable).")
+@click.option("--peer", "peers", multiple=True,
+              help="Another mirror's URL, or libp2p:MULTIADDR (repeatable).")  # fmt: skip
 @click.option("--host", type=HOST, default="127.0.0.1", show_default=True,
               help="Where to listen, HTTP and libp2p (this machine only, by default).")  # fmt: skip
 @click.option("--http-port", type=PORT, default=8081, show_default=True,
@@ -94,6 +95,8 @@ def run(
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     if bootstrap and p2p_port is None:
         raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
+    if any(p.startswith("libp2p:") for p in peers) and p2p_port is None:
+        raise UsageError("--peer libp2p:... needs --p2p-port (without it there is no libp2p node)")
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     # The directory itself is locked, before anything in it is written: a
     # second run must not even rewrite the first one's settings.

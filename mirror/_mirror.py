@@ -116,7 +116,7 @@ class Mirror:
         until the next would not fit).
         """
         root = read_root(root_json)
-        urls = [check_url(s) for s in sources]
+        urls = [*(_check_peer(s) for s in sources[:-1]), check_url(sources[-1])]
         if projects is not None and not projects:
             raise UsageError("no project named: give --projects a comma-separated list")
         if not (directory / "mirror.json").is_file():
@@ -195,6 +195,7 @@ class Mirror:
             and isinstance(config.get("sources"), list)
             and config["sources"]
             and all(isinstance(s, str) for s in config["sources"])
+            and not config["sources"][-1].startswith(LIBP2P)  # (the origin)
             and _list_of_str_or_none(config.get("projects"))
             and (config.get("quota") is None or type(config.get("quota")) is int)
         ):
@@ -225,9 +226,16 @@ class Mirror:
         """Where this mirror fetches from: other mirrors, then the origin (last).
 
         The origin is a fallback: asked for metadata and blobs only when no
-        peer can serve them, so that it uploads each blob about once.
+        peer can serve them, so that it uploads each blob about once. A
+        mirror named ``libp2p:MULTIADDR`` is reached by the daemon's libp2p
+        node only (for chunks): no metadata is asked of it.
         """
         return list(self._config()["sources"])
+
+    @property
+    def http_sources(self) -> list[str]:
+        """:attr:`sources` reached over HTTP (the origin among them): where metadata comes from."""
+        return [s for s in self.sources if not s.startswith(LIBP2P)]
 
     def state(self) -> dict[str, Any]:
         """The last sync report and totals (``tufmesh mirror status``); an entry
@@ -283,16 +291,16 @@ class Mirror:
         root = (self.dir / "root.json").read_bytes()
         fetched: Counter[str] = Counter()
         try:
+            urls = self.http_sources
             if swarm is None:
                 sources = [
-                    SourceHealth(url, fallback=(url == self.sources[-1] and len(self.sources) > 1))
-                    for url in self.sources
+                    SourceHealth(url, fallback=(url == urls[-1] and len(urls) > 1)) for url in urls
                 ]
             else:
                 # Metadata from the origin first: peers publish a version's
                 # metadata only once they hold all of it, and chunks trade
                 # among peers while it arrives. A few KiB per version.
-                origin, *peers = self.sources[-1:] + self.sources[:-1]
+                origin, *peers = urls[-1:] + urls[:-1]
                 sources = [SourceHealth(origin)] + [SourceHealth(p, fallback=True) for p in peers]
             with Client(self.dir / "client", root, list(sources)) as client:
                 client.refresh()
@@ -672,6 +680,19 @@ def _foreign(directory: Path) -> list[str]:
         for n in names
         if n not in ours and not n.endswith(".root.json") and not (n[0] == "." and ".tmp-" in n)
     ]
+
+
+#: How a mirror reached over libp2p only is named among the sources.
+LIBP2P = "libp2p:"
+
+
+def _check_peer(peer: str) -> str:
+    """A ``--peer``: an HTTP(S) URL, or ``libp2p:`` and a peer's multiaddr."""
+    if not peer.startswith(LIBP2P):
+        return check_url(peer)
+    from tufmesh.p2p import check_peer_address
+
+    return LIBP2P + check_peer_address(peer.removeprefix(LIBP2P))
 
 
 def _list_of_str_or_none(value: Any) -> bool:

@@ -39,7 +39,7 @@ from tufmesh._durable import SUPERSEDED_GRACE, hold_lock
 from tufmesh._ui import format_size
 from tufmesh.cas import cid_from_sha256
 from tufmesh.client import Client
-from tufmesh.errors import UsageError
+from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror import Mirror
 from tufmesh.mirror._mirror import MAX_SOURCES_KEPT, SyncReport
 from tufmesh.mirror._swarm import QUERY_TIMEOUT
@@ -408,6 +408,26 @@ def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None
     with pytest.raises(UsageError, match="holds files of its own"):
         Mirror.create(home, m / "1.root.json", ["http://127.0.0.1:9"])
     assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+
+
+def test_a_peer_reached_over_libp2p_only_is_a_neighbour_not_a_metadata_source(
+    tmp_path: Path,
+) -> None:
+    repo = init_repo(tmp_path / "repo")
+    root = repo / "metadata" / "1.root.json"
+    peer = "libp2p:/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWH6aSgAE3gYqf1rijpXL8twWYh6h2cfFHFQbcYj4xwiNG"
+    sources = [peer, "http://127.0.0.1:8/", "http://127.0.0.1:9"]
+    replica = Mirror.create(tmp_path / "m", root, sources)
+    assert replica.sources == [peer, "http://127.0.0.1:8", "http://127.0.0.1:9"]
+    assert replica.http_sources == ["http://127.0.0.1:8", "http://127.0.0.1:9"]
+    for bad in (["libp2p:/ip4/127.0.0.1/tcp/4001", "http://127.0.0.1:9"], [peer]):
+        with pytest.raises(UsageError, match=r"multiaddr|HTTP"):  # no ID; no origin
+            Mirror.create(tmp_path / "bad", root, bad)
+    config = json.loads((tmp_path / "m" / "mirror.json").read_text())
+    config["sources"] = [peer]  # by hand: no origin left
+    (tmp_path / "m" / "mirror.json").write_text(json.dumps(config))
+    with pytest.raises(TufmeshError, match="damaged"):
+        _ = replica.http_sources
 
 
 def test_leftovers_of_a_stop_and_a_crowd_of_sources_do_not_pile_up(tmp_path: Path) -> None:
@@ -822,32 +842,28 @@ def test_a_mirror_without_a_reachable_http_port_trades_chunks_over_libp2p(tmp_pa
 def test_a_peer_on_a_slow_uplink_is_taken_at_its_pace_not_banned(tmp_path: Path) -> None:
     """m2 serves at most 200 KiB/s, over libp2p only: 5 s a 1 MiB chunk, past
     the 3 s slow-retrieval grace but three times the 64 KiB/s floor. It holds
-    a release m1 lacks, and m1 hears of it only from m2's have-queries, so m1
+    the release when m1 starts with it as its ``--peer libp2p:...``, so m1
     asks m2 first and m2 answers that it holds it all. m1 gave up and banned
     this honest peer: its chunks were paced whole (the second waited 5 s, then
     came at once), four uploads at once went at 50 KiB/s each, and libp2p
-    bytes were counted only once a chunk was whole."""
+    bytes were counted only once a chunk was whole. (A mirror reached over
+    libp2p only could not be a --peer at all: m1 heard of it only if it asked.)"""
     repo = init_repo(tmp_path / "repo")
     token = add_project(repo, "demo")
     root = repo / "metadata" / "1.root.json"
     body = os.urandom((2 << 20) + 1000)
-    m2_args = ["--p2p-port", "0", "--poll", "1", "--p2p-only", "--max-upload-rate", "200KiB"]
     with running(repo, "--p2p-port", "0") as origin:
-        m2_args += ["--bootstrap", (repo / "p2p.addr").read_text().strip()]
-        # m1 hears of releases only from m2's have-queries (no gossip, no poll).
+        version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
         with mirror_process(
-            tmp_path / "m1", root, origin.url, "--p2p-port", "0", "--poll", "300"
-        ) as m1:
-            wait_for(m1, 1)
-            version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
-            # m2 takes it alone first (asking m1 then would tell m1 of it while
-            # m2 still held nothing: m1 rightly took it from the origin).
-            with mirror_process(tmp_path / "m2", root, origin.url, *m2_args) as m2:
-                wait_for(m2, version["snapshot_version"], deadline=60)
-            with mirror_process(tmp_path / "m2", root, origin.url, *m2_args, "--peer", m1) as m2:
-                small = post(origin.url, "demo", "demo-1.1.tar.gz", b"1.1", token).json()
-                wait_for(m2, small["snapshot_version"], deadline=60)
-                wait_for(m1, small["snapshot_version"], deadline=60)
+            tmp_path / "m2", root, origin.url, "--p2p-port", "0", "--p2p-only",
+            "--max-upload-rate", "200KiB",
+        ) as m2:  # fmt: skip
+            wait_for(m2, version["snapshot_version"], deadline=60)
+            m2_addr = (tmp_path / "m2" / "p2p.addr").read_text().strip()
+            with mirror_process(
+                tmp_path / "m1", root, origin.url, "--p2p-port", "0", "--peer", f"libp2p:{m2_addr}"
+            ) as m1:
+                wait_for(m1, version["snapshot_version"], deadline=60)
     state = Mirror(tmp_path / "m1").state()
     by_source = state["bytes_fetched_by_source"]
     from_m2 = sum(n for source, n in by_source.items() if source.startswith("libp2p:"))

@@ -817,9 +817,11 @@ def test_bootstrap_without_a_p2p_port_is_refused_not_ignored(repo: Path, tmp_pat
         ["origin", "serve", "--dir", str(repo), "--port", "0", "--bootstrap", peer],
         ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
          "--root", str(repo / "metadata" / "1.root.json"), "--bootstrap", peer],
+        ["mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
+         "--root", str(repo / "metadata" / "1.root.json"), "--peer", f"libp2p:{peer}"],
     ):  # fmt: skip
         proc = tufmesh(*args, check=False)
-        assert proc.returncode == 1 and "--bootstrap needs --p2p-port" in proc.stderr, args
+        assert proc.returncode == 1 and "needs --p2p-port" in proc.stderr, args
     assert not (tmp_path / "m").exists()
 
 
