@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Iterator
-from typing import Literal
+from dataclasses import dataclass
+from typing import Final, Literal
 
-__all__ = ["Shares", "is_loopback", "machine_of"]
+__all__ = ["Shares", "UploadFloor", "is_loopback", "machine_of"]
 
 
 def is_loopback(host: str) -> bool:
@@ -101,3 +102,55 @@ class Pace:
     def _forget(self, now: float) -> None:
         """Drop the keys whose bucket is full again (they wait for nothing)."""
         self._next = {k: t for k, t in self._next.items() if t > now}
+
+
+#: A write that took longer than this (seconds) waited for its requester.
+WAITED: Final = 0.05
+
+
+@dataclass(slots=True)
+class UploadFloor:
+    """When each piece of one admitted upload must be out (over HTTP or
+    libp2p), for it to be cut the moment it falls behind its requester's
+    slow-retrieval floor.
+
+    The first ``n`` bytes may take ``grace + n / min_rate`` from the start.
+    That alone let a requester that reads a trickle hold the
+    upload (and so, for a 16 MiB range, the whole upload budget) for the
+    answer's 30 s (over HTTP, for up to the 259 s a 16 MiB range may take):
+    the yamux window it grants, and the socket buffers, take megabytes at
+    once, unread, and buy it that time. So, from the first write
+    that waited for the requester, the bytes after it must go at ``min_rate``
+    too, after ``grace``. A requester that reads at its floor never falls behind.
+    Our own pacing (``--max-upload-rate``) is not its fault: :meth:`paused`.
+    """
+
+    start: float
+    min_rate: float
+    grace: float
+    #: (when, bytes out by then) of the first write that waited; None: none yet
+    waited: tuple[float, int] | None = None
+
+    def due(self, sent: int, size: int = 0, began: float | None = None) -> float:
+        """When the first ``sent + size`` bytes must be out: a piece of ``size``
+        bytes begun at ``began`` after the first ``sent`` (None: no piece on
+        its way). Until a write waits, a piece on its way may be the first."""
+        whole = self.start + self.grace + (sent + size) / self.min_rate
+        if self.waited is not None:
+            since, base = self.waited
+        elif began is not None:
+            since, base = began, sent
+        else:
+            return whole
+        return min(whole, since + self.grace + (sent + size - base) / self.min_rate)
+
+    def wrote(self, began: float, ended: float, sent: int) -> None:
+        """A piece begun at ``began``, after ``sent`` bytes, went out at ``ended``."""
+        if self.waited is None and ended - began > WAITED:
+            self.waited = (began, sent)
+
+    def paused(self, seconds: float) -> None:
+        """We held the upload back for ``seconds`` (our upload rate): its clocks wait."""
+        self.start += seconds
+        if self.waited is not None:
+            self.waited = (self.waited[0] + seconds, self.waited[1])

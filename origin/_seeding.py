@@ -29,6 +29,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from tufmesh._shares import UploadFloor
+
 __all__ = ["MIRROR_HEADER", "SeedGate", "slots_within"]
 
 #: Request header by which a mirror asks for a chunk while replicating: ``1``,
@@ -130,9 +132,10 @@ class SeedGate:
             took = now - start
             self._took = took if self._took is None else 0.75 * self._took + 0.25 * took
 
-    def deadline(self, size: int) -> float:
-        """Seconds an admitted upload of ``size`` bytes may take before it is cut."""
-        return self.grace + size / self.min_rate
+    def floor(self, start: float) -> UploadFloor:
+        """When the pieces of an upload admitted at ``start`` must be out: it is
+        cut (and its slot freed) the moment it falls behind."""
+        return UploadFloor(start, self.min_rate, self.grace)
 
     def retry_after(self, now: float, verdict: Verdict = "busy") -> float:
         """Seconds after which a request refused with ``verdict`` should be asked

@@ -35,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tufmesh._durable import served_versions, write_atomic
-from tufmesh._shares import Pace, Shares, is_loopback, machine_of
+from tufmesh._shares import Pace, Shares, UploadFloor, is_loopback, machine_of
 from tufmesh.cas import BlobStore, BlobWriter, Scrubber, cid_from_sha256, parse_cid
 from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
 from tufmesh.errors import (
@@ -645,32 +645,35 @@ def _gated(
         media_type="application/octet-stream",
         headers={"cache-control": _IMMUTABLE},
         on_end=lambda completed: gate.done(chunk, trio.current_time(), completed=completed),
-        deadline=gate.deadline,
+        floor=gate.floor,
         again=again,
     )
 
 
 class _GatedResponse(_BigFileResponse):
     """A file response that reports its end to the gate: sent whole, or not,
-    or fallen behind its deadline (its slot then goes to others: a requester
-    that does not read must not hold one for ever; the send itself cannot be
-    cut, hypercorn shields it).
+    or fallen behind its floor (its slot then goes to others: a requester
+    that does not read, or reads a trickle, must not hold one for ever; the
+    send itself cannot be cut, hypercorn shields it).
 
-    ``deadline(n)`` is how long the first ``n`` bytes may take: the answer is
-    overdue once the pieces begun so far are due and no new one has begun.
-    A piece is at most ``chunk_size``, so a requester that stops reading
-    loses its slot within the deadline of the bytes before it stopped plus
-    one piece, however long the range it asked for."""
+    ``floor(start)`` says when each piece must be out
+    (:class:`~tufmesh._shares.UploadFloor`, as over libp2p): the answer is
+    overdue once the piece on its way (or, between pieces, the pieces begun
+    so far) is due. A requester that stops reading loses its slot within one
+    piece's time past its grace, however long the range it asked for; one
+    that reads a trickle, once it falls behind, however much the socket
+    buffers took at first."""
 
     def __init__(
-        self, *args: Any, on_end: Callable[[bool], None], deadline: Callable[[int], float],
+        self, *args: Any, on_end: Callable[[bool], None], floor: Callable[[float], UploadFloor],
         **kwargs: Any,
     ) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)
         self.on_end = on_end
-        self.deadline = deadline
+        self.floor = floor
         self._ended = False
         self._begun = 0  # body bytes handed to the server so far
+        self._piece: tuple[int, int, float] | None = None  # (after, size, began) on its way
 
     def _end(self, completed: bool) -> None:
         if not self._ended:
@@ -678,16 +681,34 @@ class _GatedResponse(_BigFileResponse):
             self.on_end(completed)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        floor = self.floor(trio.current_time())
+        moved = trio.Event()  # set when a piece starts or ends (then replaced)
+
+        def move(piece: tuple[int, int, float] | None) -> None:
+            nonlocal moved
+            self._piece = piece
+            moved.set()
+            moved = trio.Event()
+
         async def counting(message: Any) -> None:
-            if message["type"] == "http.response.body":
-                self._begun += len(message.get("body", b""))
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            began, sent, size = trio.current_time(), self._begun, len(message.get("body", b""))
+            self._begun += size
+            move((sent, size, began))
             await send(message)
+            floor.wrote(began, trio.current_time(), sent)
+            move(None)
 
         async def overdue() -> None:
-            start, due = trio.current_time(), -1
-            while self._begun != due:
-                due = self._begun
-                await trio.sleep_until(start + self.deadline(due))
+            while True:
+                piece, changed = self._piece, moved
+                due = floor.due(self._begun) if piece is None else floor.due(*piece)
+                with trio.move_on_at(due) as waiting:
+                    await changed.wait()
+                if waiting.cancelled_caught:
+                    break  # nothing moved by when it was due
             self._end(False)
 
         try:

@@ -28,12 +28,12 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import trio
 
 from tufmesh._durable import write_atomic
-from tufmesh._shares import Shares, is_loopback, machine_of
+from tufmesh._shares import Shares, UploadFloor, is_loopback, machine_of
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
@@ -78,8 +78,8 @@ class UploadGate(Protocol):
     def done(self, chunk: Hashable, now: float, *, completed: bool = True) -> None:
         """An admitted upload ended."""
 
-    def deadline(self, size: int) -> float:
-        """Seconds an upload of ``size`` bytes may take."""
+    def floor(self, start: float) -> UploadFloor:
+        """When the pieces of an upload admitted at ``start`` must be out."""
 
 
 __all__ = ["PACED_PIECE", "P2PNode", "check_peer_address"]
@@ -567,13 +567,10 @@ class P2PNode:
             return
         sent = cut = False
         try:
-            # An admitted upload that overruns its deadline is cut: its
-            # requester, reading slower than its own slow-retrieval floor,
-            # has given up on it anyway.
-            limit = uploads.deadline(request.length) if uploads is not None else math.inf
-            with self._answering.hold(peer), trio.move_on_after(limit) as sending:
-                sent = await self._send_range(stream, request)
-            cut = sending.cancelled_caught
+            with self._answering.hold(peer):
+                floor = None if uploads is None else uploads.floor(now)
+                outcome = await self._send_range(stream, request, floor)
+            sent, cut = outcome == "sent", outcome == "cut"
         except trio.Cancelled:  # the answer's own time ran out (_BLOB_TIMEOUT)
             cut = True
             raise
@@ -597,24 +594,38 @@ class P2PNode:
         if len(self._paused) < MAX_PAUSED:
             self._paused[host] = now + CUT_PAUSE
 
-    async def _send_range(self, stream: Any, request: BlobRequest) -> bool:
-        """Send the range, or NOT_FOUND; True if the bytes went out."""
+    async def _send_range(
+        self, stream: Any, request: BlobRequest, floor: UploadFloor | None
+    ) -> Literal["sent", "missing", "cut"]:
+        """Send the range, or NOT_FOUND; cut the moment it falls behind
+        ``floor`` (its requester, reading slower than its own slow-retrieval
+        floor, has given up on it anyway; or it reads a trickle on purpose)."""
         assert self.blob_source is not None
         data = await trio.to_thread.run_sync(
             self.blob_source, request.cid, request.offset, request.length
         )
         if data is None or len(data) != request.length:
             await stream.write(response_head(NOT_FOUND, 0))
-            return False
+            return "missing"
         await stream.write(response_head(OK, len(data)))
         view = memoryview(data)
         step = (1 << 20) if self.pace is None else PACED_PIECE
-        for start in range(0, len(view), step):
-            piece = bytes(view[start : start + step])
+        for sent in range(0, len(view), step):
+            piece = bytes(view[sent : sent + step])
             if self.pace is not None:
+                held = trio.current_time()
                 await self.pace(len(piece))
-            await stream.write(piece)
-        return True
+                if floor is not None:  # (our own rate: not the requester's doing)
+                    floor.paused(trio.current_time() - held)
+            began = trio.current_time()
+            due = math.inf if floor is None else floor.due(sent, len(piece), began)
+            with trio.move_on_at(due) as sending:
+                await stream.write(piece)
+            if sending.cancelled_caught:
+                return "cut"
+            if floor is not None:
+                floor.wrote(began, trio.current_time(), sent)
+        return "sent"
 
     async def _serve_have(self, stream: Any) -> None:
         """Answer one have-query (``/tufmesh/have/1``)."""

@@ -157,7 +157,7 @@ def test_requesters_that_do_not_read_lose_their_upload_slots(tmp_path: Path) -> 
                     chunk = {"range": "bytes=0-1023", **mirror}
                     busy = await http.get(f"/blobs/{cid}", headers=chunk)
                     assert busy.status_code == 503
-                    await trio.sleep(gate.deadline(32 << 20))
+                    await trio.sleep(gate.floor(0).due(32 << 20))
                     served = await http.get(f"/blobs/{cid}", headers=chunk)
                     assert served.status_code == 206 and len(served.content) == 1024
             finally:
@@ -173,8 +173,9 @@ def test_a_requester_that_stops_reading_loses_its_slot_by_what_it_was_sent(
 ) -> None:
     """The deadline follows the pieces begun, not the range asked for: a
     requester that stops reading a whole-blob range after its first piece
-    loses the slot when two pieces are due, not when the whole blob would be
-    (virtual time; the server's side of one answer)."""
+    loses the slot when the piece on its way is due (the grace and that
+    piece's time), not when the whole blob would be (virtual time; the
+    server's side of one answer)."""
     import trio
     import trio.testing
 
@@ -201,7 +202,7 @@ def test_a_requester_that_stops_reading_loses_its_slot_by_what_it_was_sent(
         response = _GatedResponse(
             path,
             on_end=lambda completed: ended.append((trio.current_time(), completed)),
-            deadline=gate.deadline,
+            floor=gate.floor,
         )
         scope = {"type": "http", "method": "GET", "headers": [(b"range", b"bytes=0-")]}
         with trio.move_on_after(60):
@@ -215,7 +216,84 @@ def test_a_requester_that_stops_reading_loses_its_slot_by_what_it_was_sent(
     assert len(bodies) == 2
     ((at, completed),) = ended
     assert not completed
-    assert at == pytest.approx(gate.deadline(2 * piece), abs=0.2)  # not deadline(3 pieces)
+    assert at == pytest.approx(gate.grace + piece / gate.min_rate, abs=0.2)  # not 3 pieces' time
+
+
+def test_a_requester_reading_a_trickle_loses_its_slot_once_behind_its_floor(
+    tmp_path: Path,
+) -> None:
+    """Socket buffers took the first 4 MiB of a 16 MiB range at once, unread;
+    then the requester read 32 KiB/s, half its own floor. The deadline by
+    bytes begun (16 s a MiB at the 64 KiB/s floor, after the 3 s grace) held
+    the slot, and for 16 MiB the whole upload budget, for about 170 s: each
+    piece sent bought 16 s more. From the first piece that waited, the bytes
+    must keep the floor: the slot goes at 19 s (virtual time)."""
+    import trio
+    import trio.testing
+
+    from tufmesh.origin._server import _BigFileResponse, _GatedResponse
+
+    piece = _BigFileResponse.chunk_size
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(16 * piece))
+    gate = SeedGate()  # the floor every requester keeps: 64 KiB/s after 3 s
+    ended: list[tuple[float, bool]] = []
+    bodies = 0
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        nonlocal bodies
+        if message["type"] == "http.response.body":
+            bodies += 1
+            if bodies > 4:
+                await trio.sleep(piece / (32 << 10))  # read at 32 KiB/s
+
+    async def receive() -> dict:  # type: ignore[type-arg]
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def main() -> None:
+        response = _GatedResponse(
+            path,
+            on_end=lambda completed: ended.append((trio.current_time(), completed)),
+            floor=gate.floor,
+        )
+        scope = {"type": "http", "method": "GET", "headers": [(b"range", b"bytes=0-")]}
+        with trio.move_on_after(600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(response, scope, receive, send)
+                while not ended:
+                    await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
+    ((at, completed),) = ended
+    assert not completed
+    assert at == pytest.approx(gate.grace + piece / gate.min_rate, abs=0.2)
+
+
+def test_an_upload_floor_holds_a_requester_at_its_floor_to_nothing_more() -> None:
+    """The sans-IO rule both HTTP and libp2p uploads keep (UploadFloor)."""
+    floor = SeedGate().floor(100.0)
+    rate, grace = floor.min_rate, floor.grace
+    assert floor.due(0) == floor.due(0, 0, None) == 100.0 + grace  # nothing sent: the grace
+    assert floor.due(1 << 20) == 100.0 + grace + (1 << 20) / rate  # what was begun, from the start
+    # A piece on its way before any write waited may be the first to wait.
+    assert floor.due(1 << 20, 1 << 16, 101.0) == 101.0 + grace + (1 << 16) / rate
+    floor.wrote(100.0, 100.001, 0)  # at once (a buffer took it): no wait
+    assert floor.waited is None
+    floor.wrote(101.0, 107.0, 1 << 20)  # this one waited for the requester
+    assert floor.waited == (101.0, 1 << 20)
+    assert floor.due(2 << 20) == 101.0 + grace + (1 << 20) / rate
+    floor.paused(10.0)  # our own upload rate held it back: not the requester's doing
+    assert floor.due(2 << 20) == 111.0 + grace + (1 << 20) / rate
+    # A requester reading exactly at its floor after any burst is never behind.
+    steady = SeedGate().floor(0.0)
+    now, sent = 0.0, 0
+    for size in [4 << 20] + [1 << 16] * 64:
+        took = 0.0 if sent == 0 else size / rate
+        assert now + took <= steady.due(sent, size, now) + 1e-9
+        steady.wrote(now, now + took, sent)
+        now, sent = now + took, sent + size
 
 
 def test_a_head_request_seeds_nothing(tmp_path: Path) -> None:

@@ -319,6 +319,58 @@ def test_a_machine_whose_upload_ran_out_of_time_is_refused_for_a_while(
 
 
 @pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_an_upload_read_at_a_trickle_is_cut_once_behind_not_at_its_end(tmp_path: Path) -> None:
+    """A peer asked for a 16 MiB range and granted a 1 KiB window a second,
+    within py-libp2p's 5 s stalled-write limit: it held the whole upload
+    budget (every other mirror told BUSY) until the answer's 30 s ran out,
+    the 2 MiB its window took at once, unread, buying it 32 s of a deadline
+    by bytes sent. Now, from the first write that waits for it, the bytes
+    must go at the 64 KiB/s floor after the 3 s grace: the cut comes at 4 s."""
+    from tufmesh.mirror._server import upload_slots
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    served: list[float] = []
+
+    async def unpaced(size: int) -> None:  # (a daemon's pace: 64 KiB pieces)
+        pass
+
+    async def trickle(stream: Any) -> None:
+        muxed = stream.muxed_stream  # (its yamux stream)
+        while True:  # a reader of 1 KiB a second, as its window updates say
+            await trio.sleep(1.0)
+            muxed.recv_window += 1024
+            await muxed.send_window_update(1024)
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=lambda cid, offset, n: b"x" * n,
+                         uploads=upload_slots(), pace=unpaced)  # fmt: skip
+        hog = P2PNode(tmp_path / "hog.key", topic, AnnouncementGate(root))
+        honest = P2PNode(tmp_path / "honest.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, hog, honest)
+            stream = await hog._open(address, PROTOCOL)
+            start = trio.current_time()
+            await stream.write(encode_request(BlobRequest("big", 0, 16 << 20)))
+            nursery.start_soon(trickle, stream)
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        await honest.fetch_range(address, "small", 0, 1 << 16)
+                        break
+                    except BlobBusyError:
+                        await trio.sleep(0.1)
+            served.append(trio.current_time() - start)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert served and 3.0 < served[0] < 8.0, served  # not after the answer's 30 s
+
+
+@pytest.mark.attack
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # py-libp2p's
 def test_streams_that_send_no_request_are_capped_and_closed(
