@@ -76,7 +76,9 @@ class SourceHealth:
     """Observed behaviour of one source, kept across runs."""
 
     url: str
-    latency: float | None = None  # seconds to the first byte, last observed
+    #: Seconds to a metadata answer, last observed: to its end for a small
+    #: one, to its first byte for one of over 64 KiB (its throughput then).
+    latency: float | None = None
     throughput: float | None = None  # bytes per second, last observed
     failures: int = 0
     last_error: str | None = None
@@ -114,11 +116,83 @@ def done_with(response: urllib3.BaseHTTPResponse, *, whole: bool) -> None:
         response.close()
 
 
-def pieces(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """The body as it arrives: one receive at a time (``stream()`` would wait for
-    64 KiB, so a source trickling a byte a second would never look slow)."""
-    while piece := response.read1(1 << 16):
-        yield piece
+def pieces(
+    response: urllib3.BaseHTTPResponse, config: FetchConfig, started: float
+) -> Iterator[bytes]:
+    """The body as it arrives, one receive at a time (``stream()`` would wait
+    for 64 KiB, so a source trickling a byte a second would never look slow),
+    or :class:`DownloadError` once, after ``config.grace`` seconds from
+    ``started``, it comes slower than ``config.min_rate`` (slow retrieval).
+
+    The bytes are taken as sent: a ``Content-Encoding`` nobody asked for is
+    refused, not decoded. A watchdog keeps the floor between pieces too: a
+    read that brings nothing new (a chunked body's endless trailer lines,
+    empty gzip members, the last byte sent and the connection held) never
+    returned, and held the refresh for ever, each line within the read
+    timeout; it is cut once the body falls behind the floor."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DownloadError(f"a body in {encoding[:40]!r}, which was not asked for")
+    watch = _Floor(response, config, started)
+    try:
+        while True:
+            try:
+                piece = response.read1(1 << 16, decode_content=False)
+            except Exception:
+                if watch.close():
+                    raise watch.slow() from None
+                raise
+            if not piece:
+                break
+            watch.got += len(piece)
+            now = time.monotonic()
+            if now - started > config.grace and watch.got / (now - started) < config.min_rate:
+                raise watch.slow(now)
+            yield piece
+        if watch.close():  # the end came as it was cut: not a whole body
+            raise watch.slow()
+    finally:
+        watch.close()
+
+
+class _Floor:
+    """A body's slow-retrieval floor, kept by a thread while its reader waits:
+    once the bytes so far fall behind it, the socket is shut down under the
+    reader, whose read then ends (as :class:`_HeadDeadline` does for heads)."""
+
+    def __init__(
+        self, response: urllib3.BaseHTTPResponse, config: FetchConfig, started: float
+    ) -> None:
+        self.got = 0  # body bytes so far (the reader's count)
+        self.config, self.started = config, started
+        self._sock = getattr(getattr(response, "connection", None), "answer_sock", None)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._cut = False
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _due(self) -> float:
+        return self.started + max(self.config.grace, self.got / self.config.min_rate)
+
+    def _watch(self) -> None:
+        while not self._done.wait(max(0.0, self._due() - time.monotonic()) + 0.01):
+            if time.monotonic() > self._due():  # nothing came that moved it
+                with self._lock:
+                    if not self._done.is_set() and self._sock is not None:
+                        self._cut = True
+                        with contextlib.suppress(Exception):  # OSError; not a socket
+                            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                return
+
+    def close(self) -> bool:
+        """Stop watching; True if the body was cut for falling behind."""
+        with self._lock:
+            self._done.set()
+        return self._cut
+
+    def slow(self, now: float | None = None) -> DownloadError:
+        elapsed = (now or time.monotonic()) - self.started
+        return DownloadError(f"too slow: {self.got / elapsed:.0f} B/s")
 
 
 def new_pool(config: FetchConfig) -> urllib3.PoolManager:
@@ -140,10 +214,14 @@ class _HeadDeadline:
 
     head_timeout: float
     sock: socket.socket | None
+    #: The socket of the answer being read (http.client forgets ``sock`` once
+    #: the head says the connection closes after it): :class:`_Floor` cuts it.
+    answer_sock: socket.socket | None = None
 
     def getresponse(self) -> Any:
         answered, late = threading.Event(), threading.Event()
         sock = self.sock  # this request's socket, not whatever the connection has later
+        self.answer_sock = sock
 
         def cut() -> None:
             if sock is not None and not answered.is_set():
@@ -316,16 +394,24 @@ class MultiSourceFetcher(FetcherInterface):
             except BaseException as exc:
                 answers.put((rank, source, exc))
 
+        asked = time.monotonic()
         for rank, source in enumerate(sources):
             threading.Thread(target=ask, args=(rank, source), daemon=True).start()
         newest: tuple[int, int, SourceHealth, bytes] | None = None
         deadline = math.inf
+        unheard = set(range(len(sources)))
         for _ in sources:
             try:
                 wait = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
                 rank, source, data = answers.get(timeout=wait)
             except queue.Empty:
-                break  # the grace is over: the others are not waited for
+                # The grace is over: the others are not waited for, and rank
+                # behind those that answered (their latency is that long at least).
+                late = time.monotonic() - asked
+                for silent in (sources[i] for i in unheard):
+                    silent.latency = max(silent.latency or 0.0, late)
+                break
+            unheard.discard(rank)
             if isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
                 reasons[source.url] = _reason(data)
             elif isinstance(data, Exception):  # unforeseen: still that source's alone
@@ -368,13 +454,11 @@ class MultiSourceFetcher(FetcherInterface):
                     reasons[source.url] = f"HTTP {response.status}"
                     continue
                 self.last_source = source.url
-                started, got = time.monotonic(), 0
-                for piece in pieces(response):  # python-tuf bounds the length; we, the rate
-                    got += len(piece)
-                    elapsed = time.monotonic() - started
-                    if elapsed > self.config.grace and got / elapsed < self.config.min_rate:
-                        raise DownloadError(f"{source.url}: too slow: {got / elapsed:.0f} B/s")
-                    yield piece
+                # python-tuf bounds the length; we, the rate
+                try:
+                    yield from pieces(response, self.config, time.monotonic())
+                except DownloadError as exc:
+                    raise DownloadError(f"{source.url}: {exc}") from None
                 done_with(response, whole=True)
                 response = None
                 return
@@ -398,9 +482,14 @@ class MultiSourceFetcher(FetcherInterface):
             response = self._pool.request("GET", url, preload_content=False, redirect=False)
             if response.status != 200:
                 done_with(response, whole=False)
-                if response.status != 404:
+                took = source.latency = time.monotonic() - started
+                if response.status != 404 or took > self.config.grace:
+                    # A "not found" is no fault, unless it was held back: one
+                    # 9 s late held every run those 9 s (past the grace, as
+                    # any answer's body would be cut).
                     source.failures += 1
-                    source.last_error = f"HTTP {response.status}"
+                    late = f" after {took:.1f} s" if took > self.config.grace else ""
+                    source.last_error = f"HTTP {response.status}{late}"
                 raise DownloadHTTPError(f"HTTP {response.status}", response.status)
             limit, cut = self.config.max_metadata_bytes, False
             if bound is not None and bound < limit:
@@ -414,9 +503,11 @@ class MultiSourceFetcher(FetcherInterface):
                 source.last_error = _reason(exc)
             raise
         elapsed = time.monotonic() - started
-        source.latency = (first or time.monotonic()) - started
-        if elapsed > 0 and len(body) > 65536:
-            source.throughput = len(body) / elapsed
+        if len(body) > 65536:  # a big one's time is its transfer's too
+            source.latency = (first or time.monotonic()) - started
+            source.throughput = len(body) / elapsed if elapsed > 0 else None
+        else:  # a small one's, to its end (one sent at once, then held, is slow)
+            source.latency = elapsed
         return bytes(body)
 
 
@@ -478,18 +569,14 @@ def read_body(
     try:
         first = None
         body = bytearray()
-        for piece in pieces(response):
-            now = time.monotonic()
-            first = first or now
+        for piece in pieces(response, config, started):
+            first = first or time.monotonic()
             body += piece
             if len(body) > limit:
                 if cut:
                     del body[limit + 1 :]
                     return body, first
                 raise DownloadError(f"more than {limit} bytes (endless data?)")
-            elapsed = now - started
-            if elapsed > config.grace and len(body) / elapsed < config.min_rate:
-                raise DownloadError(f"too slow: {len(body) / elapsed:.0f} B/s")
         whole = True
     finally:
         done_with(response, whole=whole)

@@ -14,6 +14,7 @@ buffers, plain ``http://`` ones straight from the socket.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ __all__ = ["HttpError", "RangePool", "Refused", "TooLong", "tls_context", "tls_r
 
 #: Largest response head accepted (h11's default limit).
 MAX_HEAD: Final = 16 * 1024
+#: The longest wait a refusal's Retry-After is honoured for (what tufmesh
+#: servers name at most); past it, this; unreadable, NaN or negative: 1 s.
+MAX_RETRY_AFTER: Final = 10.0
+#: A status code: three ASCII digits (str.isdigit takes "²" too, and int()
+#: refuses 5,000 digits with its own message).
+_STATUS: Final = re.compile(rb"[0-9]{3}")
 #: Longest ``Retry-After`` of a refusal honoured, in seconds: what our own
 #: servers ask for at most (the seeding gate's ``MAX_RETRY``).
 MAX_RETRY: Final = 10.0
@@ -181,7 +188,9 @@ class RangePool:
             status, version, headers = await self._read_head(conn)
             whole = status == 200 and offset == 0 and length == whole_length
             declared_text = headers.get(b"content-length")
-            if declared_text is not None and not declared_text.isdigit():
+            if declared_text is not None and not (
+                declared_text.isdigit() and len(declared_text) <= 20
+            ):  # (past 4,300 digits, int() raises its own ValueError)
                 raise HttpError(f"bad Content-Length {declared_text[:40]!r}")
             declared = int(declared_text) if declared_text is not None else None
             refused = headers.get(b"x-tufmesh-refused")
@@ -190,6 +199,8 @@ class RangePool:
                     retry = float(headers.get(b"retry-after", b"1"))
                 except ValueError:
                     retry = 1.0
+                if not 0 <= retry <= MAX_RETRY_AFTER:  # NaN too: asked again at once, or never
+                    retry = 1.0 if not retry >= 0 else MAX_RETRY_AFTER
                 if declared is not None and declared <= MAX_HEAD:
                     # Read the (empty or short) answer through: the connection
                     # serves the next request, with no new handshake.
@@ -255,7 +266,7 @@ class RangePool:
         lines = bytes(buffer[:end]).split(b"\r\n")
         del buffer[: end + 4]
         parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not _STATUS.fullmatch(parts[1]):
             raise HttpError("not an HTTP/1.x response")
         headers = {}
         for line in lines[1:]:

@@ -158,17 +158,21 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("behaviour", ["headtrickle", "continue", "slowroot"])
+@pytest.mark.parametrize(
+    "behaviour", ["headtrickle", "continue", "slowroot", "trailers", "gzipnull"]
+)
 def test_a_response_head_that_never_ends_costs_seconds(
     origin: Server, tmp_path: Path, behaviour: str
 ) -> None:
     """Every answer's head sent a byte a second, or as endless "100 Continue"
     lines: no read ever times out; or the next root, which does not exist,
-    as megabytes just above the slow-retrieval floor. The client asks every
-    source for the next root (the origin's 404 is not enough), so even
-    listed after the origin the liar is asked; it may cost the head
-    deadline, or the time of a root's 512 KB (python-tuf's bound, not
-    ours of 8 MiB), not the download."""
+    as megabytes just above the slow-retrieval floor, or as a body whose
+    reads never return (endless trailer lines, empty gzip members: these
+    held every run for ever). The client asks every source for the next
+    root (the origin's 404 is not enough), so even listed after the origin
+    the liar is asked; it may cost the head deadline, the slow-retrieval
+    grace, or the time of a root's 512 KB (python-tuf's bound, not ours of
+    8 MiB), not the download."""
     config = FetchConfig(read_timeout=3.0, grace=1.0, head_timeout=2.0)
     root = (origin.repo / "metadata" / "1.root.json").read_bytes()
     with mirrors(origin.repo, behaviour) as (liar,):  # type: ignore[arg-type]
@@ -177,6 +181,36 @@ def test_a_response_head_that_never_ends_costs_seconds(
             result = client.download(BIG, tmp_path / "out")
         assert time.monotonic() - started < 20  # the liar holds its answers 30 s
     assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+
+
+@pytest.mark.attack
+def test_a_source_slow_to_answer_costs_a_run_seconds_and_is_ranked_behind(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A source that sent each metadata file at once and held the connection
+    9 s (no length: the end never came, within the read timeout) cost a fresh
+    run 48 s, and still ranked first, its latency measured to the first
+    byte: a small answer is now cut once it falls behind the floor (3 s),
+    counted a failure and named, and the source ranks behind. One that took
+    9 s to say "not found" of the next root went unsaid, and ranked first
+    again after its fast answers: now such a 404 is a failure. (It is still
+    heard out at every run, within the head deadline: a source that hides a
+    new root must not be believed over one that is slow to serve it.)"""
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    with mirrors(origin.repo, "heldend", "slow404") as (held, slow):
+        for liar in (held, slow):
+            health = [SourceHealth(liar.url), SourceHealth(origin.url)]  # the liar first
+            took = []
+            for run in ("first", "next"):
+                with Client(tmp_path / liar.behaviour / run, root, health) as client:
+                    started = time.monotonic()
+                    result = client.download(BIG, tmp_path / liar.behaviour / run / "out")
+                    took.append(time.monotonic() - started)
+                assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+            assert health[0].score() > health[1].score(), health  # ranked behind
+            said = "too slow" if liar is held else "HTTP 404 after 9"
+            assert health[0].failures >= 1 and said in str(health[0].last_error), health
+            assert took[0] < 20 and took[1] < (6 if liar is held else 15), (liar.behaviour, took)
 
 
 @pytest.mark.attack

@@ -100,11 +100,30 @@ def test_keep_alive_reuses_one_connection() -> None:
         (b"SSH-2.0-OpenSSH\r\n\r\n", HttpError),
         (b"HTTP/1.1 206 OK\r\nx: " + b"a" * 20000 + b"\r\n\r\n", HttpError),  # head too large
         (b"", HttpError),  # closes at once
+        # 5,000 digits: int() raised its own ValueError, quoted to the user
+        (b"HTTP/1.1 206 OK\r\ncontent-length: " + b"9" * 5000 + b"\r\n\r\n", HttpError),
+        (b"HTTP/1.1 " + b"2" * 5000 + b" OK\r\ncontent-length: 16\r\n\r\n", HttpError),
     ],
 )
 def test_hostile_responses_raise_only_our_errors(response: bytes, error: type) -> None:
     (result,) = fetch([response])
     assert isinstance(result, error), result
+    assert "digits" not in str(result)  # (Python's own words, not ours)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "honoured"),
+    [(b"2.5", 2.5), (b"nan", 1.0), (b"-1e9", 1.0), (b"inf", 10.0), (b"1e300", 10.0)],
+)
+def test_a_refusal_is_honoured_within_bounds(retry_after: bytes, honoured: float) -> None:
+    """A busy refusal's Retry-After of NaN or a negative number had a client
+    ask again at once, in a loop; one of "inf", never."""
+    refusal = (
+        b"HTTP/1.1 503 Service Unavailable\r\nx-tufmesh-refused: busy\r\n"
+        b"retry-after: " + retry_after + b"\r\ncontent-length: 0\r\n\r\n"
+    )
+    (result,) = fetch([refusal])
+    assert isinstance(result, Refused) and result.retry == honoured, result
 
 
 def test_https_ranges_are_checked_against_the_trusted_cas(

@@ -8,6 +8,7 @@ bounded in size and time, so a test never hangs on it.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
     "manifestpadded", "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
-    "latetimestamp", "rangeflip",
+    "latetimestamp", "rangeflip", "trailers", "gzipnull", "slow404", "heldend",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
+#: A gzip member of nothing: it decodes to no bytes at all.
+_EMPTY_GZIP = gzip.compress(b"")
 
 
 class Mirror:
@@ -154,8 +157,40 @@ class Mirror:
                     time.sleep(0.1)
             request.close_connection = True
             return
+        if data is None and behaviour in ("trailers", "gzipnull") and path.endswith(".root.json"):
+            # The next root, which does not exist: a body whose reads never
+            # return (each line within any read timeout), for 30 s: a chunked
+            # body's one byte and then endless trailer lines, or empty gzip
+            # members (each decodes to nothing) one after another.
+            trailers = behaviour == "trailers"
+            request.send_response(200)
+            request.send_header(*(("transfer-encoding", "chunked") if trailers
+                                  else ("content-encoding", "gzip")))  # fmt: skip
+            request.end_headers()
+            deadline = time.monotonic() + 30
+            with contextlib.suppress(OSError):
+                request.wfile.write(b"1\r\nx\r\n0\r\n" if trailers else b"")
+                while time.monotonic() < deadline:
+                    request.wfile.write(b"x-more: 1\r\n" if trailers else _EMPTY_GZIP)
+                    request.wfile.flush()
+                    time.sleep(0.5)
+            request.close_connection = True
+            return
+        if data is None and behaviour == "slow404":
+            time.sleep(9.0)  # "not here", just within the 10 s head deadline
         if data is None:
             request.send_error(404)
+            return
+        if behaviour == "heldend" and not is_blob:
+            # Metadata whole at once, with no length, and then the connection
+            # held, just within the 10 s read timeout: the end never comes.
+            request.send_response(200)
+            request.end_headers()
+            with contextlib.suppress(OSError):
+                request.wfile.write(data)
+                request.wfile.flush()
+                time.sleep(9.0)
+            request.close_connection = True
             return
         start, end = 0, len(data) - 1
         ranged = request.headers.get("range")
