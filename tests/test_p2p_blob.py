@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,10 @@ def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(
         silent = Silent(tmp_path / "x.key", topic, AnnouncementGate(root),
                         blob_source=store.read_range)  # fmt: skip
 
+        refused = threading.Event()
+
         def slowly(cid: str, offset: int, length: int) -> bytes | None:
-            time.sleep(1.0)
+            refused.wait(5.0)  # held until the request past the cap is refused
             return store.read_range(cid, offset, length)
 
         slow = P2PNode(tmp_path / "w.key", topic, AnnouncementGate(root), blob_source=slowly)
@@ -209,6 +212,7 @@ def test_ranges_over_libp2p_and_a_peer_that_dies_mid_stream(
                     outcomes.append(len(await client.fetch_range(slow_addr, cid, 0, 1 << 20)))
                 except BlobStreamError as exc:
                     outcomes.append(type(exc))
+                    refused.set()
 
             async with trio.open_nursery() as asking:
                 for _ in range(MAX_ANSWERS_PER_PEER + 1):
