@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -168,84 +169,15 @@ def test_requesters_that_do_not_read_lose_their_upload_slots(tmp_path: Path) -> 
     trio.run(main)
 
 
-def test_a_requester_that_stops_reading_loses_its_slot_by_what_it_was_sent(
-    tmp_path: Path,
-) -> None:
-    """The deadline follows the pieces begun, not the range asked for: a
-    requester that stops reading a whole-blob range after its first piece
-    loses the slot when the piece on its way is due (the grace and that
-    piece's time), not when the whole blob would be (virtual time; the
-    server's side of one answer)."""
+def _gated_end(path: Path, gate: SeedGate, send: Any) -> tuple[float, bool]:
+    """When (virtual time) and how the gate hears of the end of an answer of
+    ``path`` (its whole range) to a requester whose reading ``send`` plays."""
     import trio
     import trio.testing
 
-    from tufmesh.origin._server import _BigFileResponse, _GatedResponse
+    from tufmesh.origin._server import _GatedResponse
 
-    piece = _BigFileResponse.chunk_size
-    path = tmp_path / "blob"
-    path.write_bytes(os.urandom(3 * piece))
-    gate = SeedGate(min_rate=1 << 20, grace=0.5)
     ended: list[tuple[float, bool]] = []
-    bodies: list[float] = []
-
-    async def send(message: dict) -> None:  # type: ignore[type-arg]
-        if message["type"] == "http.response.body":
-            bodies.append(trio.current_time())
-            if len(bodies) == 2:
-                await trio.sleep_forever()  # the requester stops reading
-
-    async def receive() -> dict:  # type: ignore[type-arg]
-        await trio.sleep_forever()
-        raise AssertionError
-
-    async def main() -> None:
-        response = _GatedResponse(
-            path,
-            on_end=lambda completed: ended.append((trio.current_time(), completed)),
-            floor=gate.floor,
-        )
-        scope = {"type": "http", "method": "GET", "headers": [(b"range", b"bytes=0-")]}
-        with trio.move_on_after(60):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(response, scope, receive, send)
-                while not ended:
-                    await trio.sleep(0.1)
-                nursery.cancel_scope.cancel()
-
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
-    assert len(bodies) == 2
-    ((at, completed),) = ended
-    assert not completed
-    assert at == pytest.approx(gate.grace + piece / gate.min_rate, abs=0.2)  # not 3 pieces' time
-
-
-def test_a_requester_reading_a_trickle_loses_its_slot_once_behind_its_floor(
-    tmp_path: Path,
-) -> None:
-    """Socket buffers took the first 4 MiB of a 16 MiB range at once, unread;
-    then the requester read 32 KiB/s, half its own floor. The deadline by
-    bytes begun (16 s a MiB at the 64 KiB/s floor, after the 3 s grace) held
-    the slot, and for 16 MiB the whole upload budget, for about 170 s: each
-    piece sent bought 16 s more. From the first piece that waited, the bytes
-    must keep the floor: the slot goes at 19 s (virtual time)."""
-    import trio
-    import trio.testing
-
-    from tufmesh.origin._server import _BigFileResponse, _GatedResponse
-
-    piece = _BigFileResponse.chunk_size
-    path = tmp_path / "blob"
-    path.write_bytes(os.urandom(16 * piece))
-    gate = SeedGate()  # the floor every requester keeps: 64 KiB/s after 3 s
-    ended: list[tuple[float, bool]] = []
-    bodies = 0
-
-    async def send(message: dict) -> None:  # type: ignore[type-arg]
-        nonlocal bodies
-        if message["type"] == "http.response.body":
-            bodies += 1
-            if bodies > 4:
-                await trio.sleep(piece / (32 << 10))  # read at 32 KiB/s
 
     async def receive() -> dict:  # type: ignore[type-arg]
         await trio.sleep_forever()
@@ -266,7 +198,66 @@ def test_a_requester_reading_a_trickle_loses_its_slot_once_behind_its_floor(
                 nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
-    ((at, completed),) = ended
+    (end,) = ended
+    return end
+
+
+def test_a_requester_that_stops_reading_loses_its_slot_by_what_it_was_sent(
+    tmp_path: Path,
+) -> None:
+    """The deadline follows the pieces begun, not the range asked for: a
+    requester that stops reading a whole-blob range after its first piece
+    loses the slot when the piece on its way is due (the grace and that
+    piece's time), not when the whole blob would be (virtual time; the
+    server's side of one answer)."""
+    import trio
+
+    from tufmesh.origin._server import _BigFileResponse
+
+    piece = _BigFileResponse.chunk_size
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(3 * piece))
+    gate = SeedGate(min_rate=1 << 20, grace=0.5)
+    bodies: list[float] = []
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        if message["type"] == "http.response.body":
+            bodies.append(trio.current_time())
+            if len(bodies) == 2:
+                await trio.sleep_forever()  # the requester stops reading
+
+    at, completed = _gated_end(path, gate, send)
+    assert len(bodies) == 2 and not completed
+    assert at == pytest.approx(gate.grace + piece / gate.min_rate, abs=0.2)  # not 3 pieces' time
+
+
+def test_a_requester_reading_a_trickle_loses_its_slot_once_behind_its_floor(
+    tmp_path: Path,
+) -> None:
+    """Socket buffers took the first 4 MiB of a 16 MiB range at once, unread;
+    then the requester read 32 KiB/s, half its own floor. The deadline by
+    bytes begun (16 s a MiB at the 64 KiB/s floor, after the 3 s grace) held
+    the slot, and for 16 MiB the whole upload budget, for about 170 s: each
+    piece sent bought 16 s more. From the first piece that waited, the bytes
+    must keep the floor: the slot goes at 19 s (virtual time)."""
+    import trio
+
+    from tufmesh.origin._server import _BigFileResponse
+
+    piece = _BigFileResponse.chunk_size
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(16 * piece))
+    gate = SeedGate()  # the floor every requester keeps: 64 KiB/s after 3 s
+    bodies = 0
+
+    async def send(message: dict) -> None:  # type: ignore[type-arg]
+        nonlocal bodies
+        if message["type"] == "http.response.body":
+            bodies += 1
+            if bodies > 4:
+                await trio.sleep(piece / (32 << 10))  # read at 32 KiB/s
+
+    at, completed = _gated_end(path, gate, send)
     assert not completed
     assert at == pytest.approx(gate.grace + piece / gate.min_rate, abs=0.2)
 
