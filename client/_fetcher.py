@@ -165,7 +165,10 @@ class _Floor:
     ) -> None:
         self.got = 0  # body bytes so far (the reader's count)
         self.config, self.started = config, started
-        self._sock = getattr(getattr(response, "connection", None), "answer_sock", None)
+        connection = getattr(response, "connection", None)
+        self._sock = getattr(connection, "answer_sock", None)
+        if connection is not None:
+            connection.floor = self  # stopped before the pool takes the connection back
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._cut = False
@@ -217,6 +220,8 @@ class _HeadDeadline:
     #: The socket of the answer being read (http.client forgets ``sock`` once
     #: the head says the connection closes after it): :class:`_Floor` cuts it.
     answer_sock: socket.socket | None = None
+    #: The watchdog of the body being read, if any.
+    floor: _Floor | None = None
 
     def getresponse(self) -> Any:
         answered, late = threading.Event(), threading.Event()
@@ -246,13 +251,28 @@ class _HeadDeadline:
 
 
 def _with_head_deadline(pool: type[Any], head_timeout: float) -> type[Any]:
-    """``pool`` (an urllib3 connection pool class) with :class:`_HeadDeadline` connections."""
+    """``pool`` (an urllib3 connection pool class) with :class:`_HeadDeadline`
+    connections, each of whose body watchdogs (:class:`_Floor`) is stopped
+    before the connection goes back to the pool: urllib3 puts it back in the
+    read that reaches the body's end, and a watchdog firing then cut the
+    socket of the next request on it."""
     connection = type(
         f"Deadline{pool.ConnectionCls.__name__}",
         (_HeadDeadline, pool.ConnectionCls),
         {"head_timeout": head_timeout},
     )
-    return type(f"Deadline{pool.__name__}", (pool,), {"ConnectionCls": connection})
+
+    def _put_conn(self: Any, conn: Any) -> None:
+        floor = getattr(conn, "floor", None)
+        if floor is not None:
+            conn.floor = None
+            if floor.close():  # cut meanwhile: not to be used again as it is
+                conn.close()
+        pool._put_conn(self, conn)
+
+    return type(
+        f"Deadline{pool.__name__}", (pool,), {"ConnectionCls": connection, "_put_conn": _put_conn}
+    )
 
 
 @dataclass

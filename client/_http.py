@@ -27,11 +27,7 @@ __all__ = ["HttpError", "RangePool", "Refused", "TooLong", "tls_context", "tls_r
 
 #: Largest response head accepted (h11's default limit).
 MAX_HEAD: Final = 16 * 1024
-#: The longest wait a refusal's Retry-After is honoured for (what tufmesh
-#: servers name at most); past it, this; unreadable, NaN or negative: 1 s.
-MAX_RETRY_AFTER: Final = 10.0
-#: A status code: three ASCII digits (str.isdigit takes "²" too, and int()
-#: refuses 5,000 digits with its own message).
+#: A status code: three digits (int() refuses 5,000 with its own message).
 _STATUS: Final = re.compile(rb"[0-9]{3}")
 #: Longest ``Retry-After`` of a refusal honoured, in seconds: what our own
 #: servers ask for at most (the seeding gate's ``MAX_RETRY``).
@@ -53,8 +49,9 @@ class Refused(HttpError):
     """The source declined the request for now (an origin seeding mirrors): not a failure."""
 
     def __init__(self, reason: str, retry: float) -> None:
-        # Honoured up to MAX_RETRY, whoever said it: a peer cannot park us for long.
-        retry = min(max(retry, 0.05), MAX_RETRY) if retry == retry else 1.0
+        # Honoured up to MAX_RETRY, whoever said it: a peer cannot park us for
+        # long; NaN or a negative wait is no answer (1 s, not asked at once).
+        retry = min(max(retry, 0.05), MAX_RETRY) if retry >= 0 else 1.0
         super().__init__(f"refused ({reason}); retry in {retry:g} s")
         self.reason = reason
         self.retry = retry
@@ -199,8 +196,6 @@ class RangePool:
                     retry = float(headers.get(b"retry-after", b"1"))
                 except ValueError:
                     retry = 1.0
-                if not 0 <= retry <= MAX_RETRY_AFTER:  # NaN too: asked again at once, or never
-                    retry = 1.0 if not retry >= 0 else MAX_RETRY_AFTER
                 if declared is not None and declared <= MAX_HEAD:
                     # Read the (empty or short) answer through: the connection
                     # serves the next request, with no new handshake.

@@ -106,6 +106,9 @@ class Pace:
 
 #: A write that took longer than this (seconds) waited for its requester.
 WAITED: Final = 0.05
+#: The most an upload's first wait is taken to leave unread (py-libp2p's
+#: yamux window is 2 MiB, socket buffers take a few MiB more).
+UNREAD_AT_MOST: Final = 4 << 20
 
 
 @dataclass(slots=True)
@@ -114,43 +117,42 @@ class UploadFloor:
     libp2p), for it to be cut the moment it falls behind its requester's
     slow-retrieval floor.
 
-    The first ``n`` bytes may take ``grace + n / min_rate`` from the start.
-    That alone let a requester that reads a trickle hold the
-    upload (and so, for a 16 MiB range, the whole upload budget) for the
-    answer's 30 s (over HTTP, for up to the 259 s a 16 MiB range may take):
-    the yamux window it grants, and the socket buffers, take megabytes at
-    once, unread, and buy it that time. So, from the first write
-    that waited for the requester, the bytes after it must go at ``min_rate``
-    too, after ``grace``. A requester that reads at its floor never falls behind.
-    Our own pacing (``--max-upload-rate``) is not its fault: :meth:`paused`.
+    The requester keeps its own floor from its start: ``min_rate`` bytes a
+    second after ``grace``. The first ``n`` bytes sent are due by then, but
+    that alone let a requester that reads a trickle hold the upload (and so,
+    for a 16 MiB range, the whole upload budget) for the answer's 30 s over
+    libp2p, and over HTTP for up to the 259 s a 16 MiB range may take: the
+    yamux window it grants, and the socket buffers, take megabytes at once,
+    unread, and bought it that time. So the bytes sent before the first
+    write that waited for it (up to :data:`UNREAD_AT_MOST`) are taken to be
+    unread: its floor is due on what was sent after them. A requester that
+    has read at least that is never behind; one that read fast and then
+    paused keeps that much credit (before, it was cut 4 s into a pause).
+    Time we held the upload back (``--max-upload-rate``) is not its own:
+    :meth:`paused` (over libp2p; over HTTP the pace is inside the send, and
+    gives each upload twice the floor, ADR 14).
     """
 
     start: float
     min_rate: float
     grace: float
-    #: (when, bytes out by then) of the first write that waited; None: none yet
-    waited: tuple[float, int] | None = None
+    #: Bytes taken to be unread (those sent before the first write that waited)
+    unread: int | None = None
 
     def due(self, sent: int, size: int = 0, began: float | None = None) -> float:
         """When the first ``sent + size`` bytes must be out: a piece of ``size``
         bytes begun at ``began`` after the first ``sent`` (None: no piece on
         its way). Until a write waits, a piece on its way may be the first."""
-        whole = self.start + self.grace + (sent + size) / self.min_rate
-        if self.waited is not None:
-            since, base = self.waited
-        elif began is not None:
-            since, base = began, sent
-        else:
-            return whole
-        return min(whole, since + self.grace + (sent + size - base) / self.min_rate)
+        unread = self.unread
+        if unread is None:
+            unread = min(sent, UNREAD_AT_MOST) if began is not None else 0
+        return self.start + self.grace + (sent + size - unread) / self.min_rate
 
     def wrote(self, began: float, ended: float, sent: int) -> None:
         """A piece begun at ``began``, after ``sent`` bytes, went out at ``ended``."""
-        if self.waited is None and ended - began > WAITED:
-            self.waited = (began, sent)
+        if self.unread is None and ended - began > WAITED:
+            self.unread = min(sent, UNREAD_AT_MOST)
 
     def paused(self, seconds: float) -> None:
-        """We held the upload back for ``seconds`` (our upload rate): its clocks wait."""
+        """We held the upload back for ``seconds`` (our upload rate): its clock waits."""
         self.start += seconds
-        if self.waited is not None:
-            self.waited = (self.waited[0] + seconds, self.waited[1])

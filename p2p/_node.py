@@ -205,6 +205,16 @@ async def _end_stream(stream: Any, *, whole: bool) -> None:
             await stream.reset()
 
 
+async def _hang_up(stream: Any) -> None:
+    """End the connection an answer that was cut went out on: the cut may
+    have come mid-frame (a Noise message encrypted and not sent, or half
+    sent), and nothing after it on that connection would decrypt: every
+    stream of the peer's (gossip, have-queries, other ranges) died with
+    errors instead. It dials again when it needs us."""
+    with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(Exception):
+        await stream.muxed_conn.close()
+
+
 async def _peer_ends(stream: Any) -> bool:
     """Close our end of a stream this node has answered and wait, at most
     :data:`LINGER` seconds, for the peer's end (it has read the answer): True
@@ -577,6 +587,8 @@ class P2PNode:
         finally:
             if uploads is not None:
                 uploads.done(chunk, trio.current_time(), completed=sent)
+            if cut:
+                await _hang_up(stream)
             # (not this machine's own: tools, tests, a demo; nor an unknown one)
             if cut and address is not None and not is_loopback(address):
                 self._pause(host)

@@ -183,6 +183,64 @@ def test_a_response_head_that_never_ends_costs_seconds(
     assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
 
 
+def test_a_body_watchdog_never_cuts_the_next_request_on_its_connection() -> None:
+    """urllib3 gives a connection back to its pool in the read that reaches
+    the body's end: the body's slow-retrieval watchdog, still running while
+    its reader held the last piece, then cut the socket of the next request
+    on that connection, and counted a whole body too slow."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tufmesh.client._fetcher import new_pool, pieces
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            time.sleep(1.0 if self.path == "/next" else 0)
+            self.send_response(200)
+            self.send_header("content-length", "100")
+            self.end_headers()
+            self.wfile.write(b"x" * 100)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    config = FetchConfig(grace=0.2, min_rate=1000.0)  # due 0.2 s after the start
+    pool, outcomes, held = new_pool(config), {}, threading.Event()
+
+    def first() -> None:
+        started = time.monotonic()
+        try:
+            for _ in pieces(pool.request("GET", f"{url}/first", preload_content=False),
+                            config, started):  # fmt: skip
+                held.set()
+                time.sleep(0.5)  # its reader busy with the last piece
+            outcomes["first"] = "whole"
+        except Exception as exc:
+            outcomes["first"] = repr(exc)
+
+    def then() -> None:
+        held.wait(5)
+        try:  # on the connection the first gave back
+            outcomes["next"] = pool.request("GET", f"{url}/next").status
+        except Exception as exc:
+            outcomes["next"] = repr(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=then)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    server.shutdown()
+    server.server_close()
+    assert outcomes == {"first": "whole", "next": 200}
+    assert pool.connection_from_url(url).num_connections == 1  # it was the same one
+    pool.clear()
+
+
 @pytest.mark.attack
 def test_a_source_slow_to_answer_costs_a_run_seconds_and_is_ranked_behind(
     origin: Server, tmp_path: Path

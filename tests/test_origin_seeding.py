@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +185,18 @@ def _gated_end(path: Path, gate: SeedGate, send: Any) -> tuple[float, bool]:
         raise AssertionError
 
     async def main() -> None:
-        response = _GatedResponse(
-            path,
-            on_end=lambda completed: ended.append((trio.current_time(), completed)),
-            floor=gate.floor,
-        )
+        told = trio.Event()
+
+        def on_end(completed: bool) -> None:
+            ended.append((trio.current_time(), completed))
+            told.set()
+
+        response = _GatedResponse(path, on_end=on_end, floor=gate.floor)
         scope = {"type": "http", "method": "GET", "headers": [(b"range", b"bytes=0-")]}
         with trio.move_on_after(600):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(response, scope, receive, send)
-                while not ended:
-                    await trio.sleep(0.1)
+                await told.wait()
                 nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
@@ -246,7 +248,7 @@ def test_a_requester_reading_a_trickle_loses_its_slot_once_behind_its_floor(
 
     piece = _BigFileResponse.chunk_size
     path = tmp_path / "blob"
-    path.write_bytes(os.urandom(16 * piece))
+    path.write_bytes(os.urandom(8 * piece))  # (a whole 16 MiB range: no other outcome)
     gate = SeedGate()  # the floor every requester keeps: 64 KiB/s after 3 s
     bodies = 0
 
@@ -262,29 +264,54 @@ def test_a_requester_reading_a_trickle_loses_its_slot_once_behind_its_floor(
     assert at == pytest.approx(gate.grace + piece / gate.min_rate, abs=0.2)
 
 
-def test_an_upload_floor_holds_a_requester_at_its_floor_to_nothing_more() -> None:
+def _cut_at(read: Callable[[float], float], buffered: int, size: int = 16 << 20) -> float | None:
+    """When an upload of ``size`` bytes, in 64 KiB pieces, is cut by its
+    UploadFloor (None: never), its requester having read ``read(t)`` bytes
+    by ``t`` and the buffers between taking ``buffered`` unread."""
+    floor, piece, now, sent = SeedGate().floor(0.0), 64 << 10, 0.0, 0
+    while sent < size:
+        due, began = floor.due(sent, piece, now), now
+        while read(now) < sent + piece - buffered:  # the write waits for room
+            now += 0.01
+            if now > due:
+                return due
+        floor.wrote(began, now, sent)
+        sent += piece
+    return None
+
+
+def test_an_upload_floor_cuts_a_trickle_and_no_requester_that_keeps_its_floor() -> None:
     """The sans-IO rule both HTTP and libp2p uploads keep (UploadFloor)."""
     floor = SeedGate().floor(100.0)
     rate, grace = floor.min_rate, floor.grace
-    assert floor.due(0) == floor.due(0, 0, None) == 100.0 + grace  # nothing sent: the grace
-    assert floor.due(1 << 20) == 100.0 + grace + (1 << 20) / rate  # what was begun, from the start
-    # A piece on its way before any write waited may be the first to wait.
-    assert floor.due(1 << 20, 1 << 16, 101.0) == 101.0 + grace + (1 << 16) / rate
-    floor.wrote(100.0, 100.001, 0)  # at once (a buffer took it): no wait
-    assert floor.waited is None
+    assert floor.due(0) == 100.0 + grace  # nothing sent: the grace
+    assert floor.due(1 << 20) == 100.0 + grace + (1 << 20) / rate  # all sent, read
+    # A piece on its way before any write waited may be the first to wait:
+    # what was sent before it may be lying in buffers, unread.
+    assert floor.due(1 << 20, 1 << 16, 101.0) == 100.0 + grace + (1 << 16) / rate
+    assert floor.due(8 << 20, 0, 101.0) == 100.0 + grace + (4 << 20) / rate  # 4 MiB at most
+    floor.wrote(100.0, 100.001, 0)  # at once: no wait
+    assert floor.unread is None
     floor.wrote(101.0, 107.0, 1 << 20)  # this one waited for the requester
-    assert floor.waited == (101.0, 1 << 20)
-    assert floor.due(2 << 20) == 101.0 + grace + (1 << 20) / rate
+    assert floor.unread == 1 << 20 and floor.due(2 << 20) == 100.0 + grace + (1 << 20) / rate
     floor.paused(10.0)  # our own upload rate held it back: not the requester's doing
-    assert floor.due(2 << 20) == 111.0 + grace + (1 << 20) / rate
-    # A requester reading exactly at its floor after any burst is never behind.
-    steady = SeedGate().floor(0.0)
-    now, sent = 0.0, 0
-    for size in [4 << 20] + [1 << 16] * 64:
-        took = 0.0 if sent == 0 else size / rate
-        assert now + took <= steady.due(sent, size, now) + 1e-9
-        steady.wrote(now, now + took, sent)
-        now, sent = now + took, sent + size
+    assert floor.due(2 << 20) == 110.0 + grace + (1 << 20) / rate
+    # A trickle of 1 KiB/s behind a 2 MiB window: cut after 4 s (before, it
+    # held the upload to its end: 30 s over libp2p, minutes over HTTP).
+    cut = _cut_at(lambda t: 1024 * t, 2 << 20)
+    assert cut is not None and cut < 5.0, cut
+    # Requesters that keep their own floor (what they read since their start,
+    # judged after the grace) are never cut, whatever the buffers hold (up to
+    # 4 MiB): one at the floor, one at twice it, one fast that then pauses
+    # 6 s (it was cut 4 s into the pause), one fast that then falls to the floor.
+    for read in (
+        lambda t: t * rate,
+        lambda t: 2 * t * rate,
+        lambda t: min(t, 4.0) * (2 << 20) + max(0.0, t - 10.0) * (2 << 20),
+        lambda t: min(t, 0.5) * (20 << 20) + max(0.0, t - 0.5) * rate,
+    ):
+        for buffered in (0, 256 << 10, 2 << 20, 4 << 20):
+            assert _cut_at(read, buffered) is None, buffered
 
 
 def test_a_head_request_seeds_nothing(tmp_path: Path) -> None:
