@@ -104,11 +104,9 @@ class Pace:
         self._next = {k: t for k, t in self._next.items() if t > now}
 
 
-#: A write that took longer than this (seconds) waited for its requester.
-WAITED: Final = 0.05
-#: The most an upload's first wait is taken to leave unread (py-libp2p's
-#: yamux window is 2 MiB, socket buffers take a few MiB more).
-UNREAD_AT_MOST: Final = 4 << 20
+#: A piece on its way may take this many times its share of the floor (and
+#: the grace): the rule that catches a trickle once buffers are full.
+PIECE_SLACK: Final = 8
 
 
 @dataclass(slots=True)
@@ -118,40 +116,34 @@ class UploadFloor:
     slow-retrieval floor.
 
     The requester keeps its own floor from its start: ``min_rate`` bytes a
-    second after ``grace``. The first ``n`` bytes sent are due by then, but
-    that alone let a requester that reads a trickle hold the upload (and so,
-    for a 16 MiB range, the whole upload budget) for the answer's 30 s over
-    libp2p, and over HTTP for up to the 259 s a 16 MiB range may take: the
-    yamux window it grants, and the socket buffers, take megabytes at once,
-    unread, and bought it that time. So the bytes sent before the first
-    write that waited for it (up to :data:`UNREAD_AT_MOST`) are taken to be
-    unread: its floor is due on what was sent after them. A requester that
-    has read at least that is never behind; one that read fast and then
-    paused keeps that much credit (before, it was cut 4 s into a pause).
-    Time we held the upload back (``--max-upload-rate``) is not its own:
-    :meth:`paused` (over libp2p; over HTTP the pace is inside the send, and
-    gives each upload twice the floor, ADR 14).
+    second after ``grace``. So the first ``n`` bytes sent are due by then,
+    and a requester that keeps its floor never falls behind that. Alone,
+    that let a requester that reads a trickle hold the upload (and so, for
+    a 16 MiB range, the whole upload budget) for the answer's 30 s over
+    libp2p: the 2 MiB yamux window it grants take that much at once, unread,
+    and buy it 32 s. Nothing we see tells those bytes from bytes read (a
+    first version that took them for unread cut fast readers that paused:
+    two reviews found it), so each piece on its way is also due
+    ``grace + PIECE_SLACK`` times its share of the floor after it began:
+    11 s for a 64 KiB piece. A reader that stalls longer than that on one
+    piece is already given up by py-libp2p (a write that waits 5 s for a
+    window fails); over HTTP, whose pieces are 1 MiB, the bound is 131 s.
+    Time we held the upload back (``--max-upload-rate``) is not the
+    requester's: :meth:`paused` (over libp2p; over HTTP the pace is inside
+    the send, and gives each upload twice the floor, ADR 14).
     """
 
     start: float
     min_rate: float
     grace: float
-    #: Bytes taken to be unread (those sent before the first write that waited)
-    unread: int | None = None
 
     def due(self, sent: int, size: int = 0, began: float | None = None) -> float:
         """When the first ``sent + size`` bytes must be out: a piece of ``size``
-        bytes begun at ``began`` after the first ``sent`` (None: no piece on
-        its way). Until a write waits, a piece on its way may be the first."""
-        unread = self.unread
-        if unread is None:
-            unread = min(sent, UNREAD_AT_MOST) if began is not None else 0
-        return self.start + self.grace + (sent + size - unread) / self.min_rate
-
-    def wrote(self, began: float, ended: float, sent: int) -> None:
-        """A piece begun at ``began``, after ``sent`` bytes, went out at ``ended``."""
-        if self.unread is None and ended - began > WAITED:
-            self.unread = min(sent, UNREAD_AT_MOST)
+        bytes begun at ``began`` after the first ``sent`` (None: no piece on its way)."""
+        whole = self.start + self.grace + (sent + size) / self.min_rate
+        if began is None:
+            return whole
+        return min(whole, began + self.grace + PIECE_SLACK * size / self.min_rate)
 
     def paused(self, seconds: float) -> None:
         """We held the upload back for ``seconds`` (our upload rate): its clock waits."""

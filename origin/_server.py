@@ -660,9 +660,7 @@ class _GatedResponse(_BigFileResponse):
     (:class:`~tufmesh._shares.UploadFloor`, as over libp2p): the answer is
     overdue once the piece on its way (or, between pieces, the pieces begun
     so far) is due. A requester that stops reading loses its slot within one
-    piece's time past its grace, however long the range it asked for; one
-    that reads a trickle, once it falls behind, however much the socket
-    buffers took at first."""
+    piece's time past its grace, however long the range it asked for."""
 
     def __init__(
         self, *args: Any, on_end: Callable[[bool], None], floor: Callable[[float], UploadFloor],
@@ -698,7 +696,6 @@ class _GatedResponse(_BigFileResponse):
             self._begun += size
             move((sent, size, began))
             await send(message)
-            floor.wrote(began, trio.current_time(), sent)
             move(None)
 
         async def overdue() -> None:

@@ -205,16 +205,6 @@ async def _end_stream(stream: Any, *, whole: bool) -> None:
             await stream.reset()
 
 
-async def _hang_up(stream: Any) -> None:
-    """End the connection an answer that was cut went out on: the cut may
-    have come mid-frame (a Noise message encrypted and not sent, or half
-    sent), and nothing after it on that connection would decrypt: every
-    stream of the peer's (gossip, have-queries, other ranges) died with
-    errors instead. It dials again when it needs us."""
-    with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(Exception):
-        await stream.muxed_conn.close()
-
-
 async def _peer_ends(stream: Any) -> bool:
     """Close our end of a stream this node has answered and wait, at most
     :data:`LINGER` seconds, for the peer's end (it has read the answer): True
@@ -578,8 +568,9 @@ class P2PNode:
         sent = cut = False
         try:
             with self._answering.hold(peer):
-                floor = None if uploads is None else uploads.floor(now)
-                outcome = await self._send_range(stream, request, floor)
+                outcome = await self._send_range(
+                    stream, request, None if uploads is None else uploads.floor
+                )
             sent, cut = outcome == "sent", outcome == "cut"
         except trio.Cancelled:  # the answer's own time ran out (_BLOB_TIMEOUT)
             cut = True
@@ -587,8 +578,6 @@ class P2PNode:
         finally:
             if uploads is not None:
                 uploads.done(chunk, trio.current_time(), completed=sent)
-            if cut:
-                await _hang_up(stream)
             # (not this machine's own: tools, tests, a demo; nor an unknown one)
             if cut and address is not None and not is_loopback(address):
                 self._pause(host)
@@ -607,15 +596,20 @@ class P2PNode:
             self._paused[host] = now + CUT_PAUSE
 
     async def _send_range(
-        self, stream: Any, request: BlobRequest, floor: UploadFloor | None
+        self,
+        stream: Any,
+        request: BlobRequest,
+        floor_from: Callable[[float], UploadFloor] | None,
     ) -> Literal["sent", "missing", "cut"]:
-        """Send the range, or NOT_FOUND; cut the moment it falls behind
-        ``floor`` (its requester, reading slower than its own slow-retrieval
+        """Send the range, or NOT_FOUND; cut the moment it falls behind the
+        floor ``floor_from(start)`` gives, counted once its bytes are read
+        here (its requester, reading slower than its own slow-retrieval
         floor, has given up on it anyway; or it reads a trickle on purpose)."""
         assert self.blob_source is not None
         data = await trio.to_thread.run_sync(
             self.blob_source, request.cid, request.offset, request.length
         )
+        floor = None if floor_from is None else floor_from(trio.current_time())
         if data is None or len(data) != request.length:
             await stream.write(response_head(NOT_FOUND, 0))
             return "missing"
@@ -635,8 +629,6 @@ class P2PNode:
                 await stream.write(piece)
             if sending.cancelled_caught:
                 return "cut"
-            if floor is not None:
-                floor.wrote(began, trio.current_time(), sent)
         return "sent"
 
     async def _serve_have(self, stream: Any) -> None:
