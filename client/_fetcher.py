@@ -146,7 +146,7 @@ def pieces(
                 break
             watch.got += len(piece)
             now = time.monotonic()
-            if now - started > config.grace and watch.got / (now - started) < config.min_rate:
+            if now > watch.due():  # the same floor as the watchdog's
                 raise watch.slow(now)
             yield piece
         if watch.close():  # the end came as it was cut: not a whole body
@@ -174,12 +174,14 @@ class _Floor:
         self._cut = False
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def _due(self) -> float:
+    def due(self) -> float:
+        """When the body is too slow, unless more comes: past the grace, under
+        ``min_rate`` since its start."""
         return self.started + max(self.config.grace, self.got / self.config.min_rate)
 
     def _watch(self) -> None:
-        while not self._done.wait(max(0.0, self._due() - time.monotonic()) + 0.01):
-            if time.monotonic() > self._due():  # nothing came that moved it
+        while not self._done.wait(max(0.0, self.due() - time.monotonic()) + 0.01):
+            if time.monotonic() > self.due():  # nothing came that moved it
                 with self._lock:
                     if not self._done.is_set() and self._sock is not None:
                         self._cut = True
@@ -525,7 +527,8 @@ class MultiSourceFetcher(FetcherInterface):
         elapsed = time.monotonic() - started
         if len(body) > 65536:  # a big one's time is its transfer's too
             source.latency = (first or time.monotonic()) - started
-            source.throughput = len(body) / elapsed if elapsed > 0 else None
+            if elapsed > 0:
+                source.throughput = len(body) / elapsed
         else:  # a small one's, to its end (one sent at once, then held, is slow)
             source.latency = elapsed
         return bytes(body)

@@ -25,7 +25,7 @@ from tufmesh._ui import (
     upload_rate_option,
 )
 from tufmesh.errors import TufmeshError, UsageError
-from tufmesh.mirror._mirror import Mirror, read_progress
+from tufmesh.mirror._mirror import LIBP2P, Mirror, read_progress
 from tufmesh.mirror._server import run_mirror
 
 __all__ = ["mirror"]
@@ -95,7 +95,7 @@ def run(
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     if bootstrap and p2p_port is None:
         raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
-    if any(p.startswith("libp2p:") for p in peers) and p2p_port is None:
+    if any(p.startswith(LIBP2P) for p in peers) and p2p_port is None:
         raise UsageError("--peer libp2p:... needs --p2p-port (without it there is no libp2p node)")
     wanted = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     # The directory itself is locked, before anything in it is written: a
