@@ -177,7 +177,7 @@ class Mirror:
             request.close_connection = True
             return
         if data is None and behaviour == "slow404":
-            time.sleep(9.0)  # "not here", just within the 10 s head deadline
+            time.sleep(5.0)  # "not here", past the 3 s grace, within the 10 s head deadline
         if data is None:
             request.send_error(404)
             return
