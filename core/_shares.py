@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["Shares", "UploadFloor", "is_loopback", "machine_of"]
+__all__ = ["Shares", "UploadFloor", "counted_machine", "is_loopback", "machine_of"]
 
 
 def is_loopback(host: str) -> bool:
@@ -41,6 +41,17 @@ def machine_of(address: str) -> str:
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def counted_machine(address: str | None) -> str | None:
+    """The machine a request from ``address`` is counted against, or None for
+    one not counted: this machine's own (a reverse proxy in front, which
+    speaks for everyone; the operator's tools, a demo, tests) or one whose
+    address the transport does not say."""
+    if address is None or is_loopback(address):
+        return None
+    machine = machine_of(address)
+    return None if machine == "?" else machine
 
 
 class Shares:

@@ -496,7 +496,9 @@ class _Simulation:
         if src.gate is not None:
             assert dst.scheduler is not None
             patient = dst.scheduler.patient(src.name, index)
-            verdict = src.gate.admit(index, self.now, patient=patient, size=self.chunk[index])
+            verdict = src.gate.admit(
+                index, self.now, patient=patient, size=self.chunk[index], requester=dst.name
+            )
             if verdict != "serve":
                 self.refusals += 1
                 rtt = 2 * (src.latency + dst.latency)
@@ -621,7 +623,7 @@ class _Simulation:
         flow.dst.flows.pop((flow.src.name, flow.index), None)
         flow.dst.received += moved
         if flow.src.gate is not None:
-            flow.src.gate.done(flow.index, self.now, completed=completed)
+            flow.src.gate.done(flow.index, self.now, completed=completed, requester=flow.dst.name)
         if flow.src is self.origin:
             self.origin_bytes += moved
             self._touch(flow.dst)

@@ -8,12 +8,15 @@ its requests (``X-Tufmesh-Mirror``); end users' requests are never refused.
   it is spreading among the mirrors, so ask them. After the window it is
   served again, in case the mirror that got it left. A mirror that waited
   for its peers in vain (or has none) says so (``patient``) and is served.
-* **busy**: ``slots`` chunk uploads are running already. A few fast uploads
-  beat a thousand slow ones: every chunk then reaches the swarm soon, and a
-  slow upload would be abandoned by the requester's slow-retrieval defence
-  anyway. The answer says when to ask again (:meth:`retry_after`): when the
-  oldest running upload should end, judged by how long uploads have taken,
-  and never sooner than ``retry`` seconds. Asking again every ``retry``
+* **busy**: ``slots`` chunk uploads are running already, or half of them
+  (at least one) for the requester's machine: one machine cannot hold every
+  slot by reading its answers slowly (an honest mirror asks a source for one
+  chunk at a time). A few fast uploads beat a thousand slow ones: every
+  chunk then reaches the swarm soon, and a slow upload would be abandoned by
+  the requester's slow-retrieval defence anyway. The answer says when to
+  ask again (:meth:`retry_after`): when the oldest running upload should
+  end, judged by how long uploads have taken, and never sooner than
+  ``retry`` seconds. Asking again every ``retry``
   seconds while a 16 MiB chunk takes 4 s to send is pure noise (netsim:
   28 refused requests per chunk delivered across 2,000 mirrors).
 
@@ -82,14 +85,22 @@ class SeedGate:
     # the start of each running upload, oldest first (admitted in time order)
     _starts: list[float] = field(default_factory=list)
     _active: int = 0
+    _by_requester: dict[Hashable, int] = field(default_factory=dict)  # uploads per machine
     _bytes: int = 0
     _took: float | None = None  # a completed upload's duration (moving average)
 
     def admit(
-        self, chunk: Hashable, now: float, *, patient: bool = False, size: int = 0
+        self,
+        chunk: Hashable,
+        now: float,
+        *,
+        patient: bool = False,
+        size: int = 0,
+        requester: Hashable | None = None,
     ) -> Verdict:
-        """Decide on a request for ``chunk`` (``size`` bytes); after "serve", call
-        :meth:`done` at its end."""
+        """Decide on a request for ``chunk`` (``size`` bytes) from the machine
+        ``requester`` (None: not counted, this machine's own); after "serve",
+        call :meth:`done` at its end, with the same ``requester``."""
         served = self._served.get(chunk)
         if served is not None and now - served < self.window and not patient:
             return "seeded"
@@ -97,6 +108,11 @@ class SeedGate:
             return "busy"
         if self._active and self.max_bytes is not None and self._bytes + size > self.max_bytes:
             return "busy"
+        if requester is not None:
+            held = self._by_requester.get(requester, 0)
+            if held >= self.per_requester:
+                return "busy"
+            self._by_requester[requester] = held + 1
         self._active += 1
         self._bytes += size
         if self.window > 0:  # (a gate without one seeds nothing: nothing to keep)
@@ -116,9 +132,20 @@ class SeedGate:
                 break
             del served[oldest]
 
-    def done(self, chunk: Hashable, now: float, *, completed: bool = True) -> None:
+    def done(
+        self,
+        chunk: Hashable,
+        now: float,
+        *,
+        completed: bool = True,
+        requester: Hashable | None = None,
+    ) -> None:
         """An admitted upload ended; if it did not complete, the chunk is not seeded."""
         self._active -= 1
+        if requester is not None:
+            held = self._by_requester.pop(requester, 0) - 1
+            if held > 0:
+                self._by_requester[requester] = held
         uploads = self._running.get(chunk)
         start, size = uploads.pop(0) if uploads else (None, 0)
         self._bytes -= size
@@ -143,6 +170,11 @@ class SeedGate:
         if verdict != "busy" or self._took is None or not self._starts:
             return self.retry
         return min(max(self._starts[0] + self._took - now, self.retry), MAX_RETRY)
+
+    @property
+    def per_requester(self) -> int:
+        """Uploads one machine may hold at once: half the slots, at least one."""
+        return max(1, self.slots // 2)
 
     @property
     def active(self) -> int:

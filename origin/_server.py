@@ -35,7 +35,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tufmesh._durable import served_versions, write_atomic
-from tufmesh._shares import Pace, Shares, UploadFloor, is_loopback, machine_of
+from tufmesh._shares import Pace, Shares, UploadFloor, counted_machine, is_loopback, machine_of
 from tufmesh.cas import BlobStore, BlobWriter, Scrubber, cid_from_sha256, parse_cid
 from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
 from tufmesh.errors import (
@@ -607,7 +607,8 @@ def tree_routes(
                 size = 0  # gone meanwhile: ``again`` or a 404 will say
             if size > 0:
                 patient = request.headers[MIRROR_HEADER] == "patient"
-                return _gated(gate, (cid, span[0]), size, path, patient, again)
+                requester = counted_machine(request.client.host if request.client else None)
+                return _gated(gate, (cid, span[0]), size, path, patient, requester, again)
         return file(path, "application/octet-stream", _IMMUTABLE, again)
 
     return [
@@ -631,11 +632,13 @@ def _gated(
     size: int,
     path: Path,
     patient: bool,
+    requester: str | None,
     again: _Again,
 ) -> Response:
-    """A mirror's request for ``size`` bytes of a chunk, as the seeding gate decides."""
+    """A mirror's request for ``size`` bytes of a chunk from the machine
+    ``requester`` (None: not counted), as the seeding gate decides."""
     now = trio.current_time()
-    verdict = gate.admit(chunk, now, patient=patient, size=size)
+    verdict = gate.admit(chunk, now, patient=patient, size=size, requester=requester)
     if verdict != "serve":
         retry = gate.retry_after(now, verdict)
         headers = {"x-tufmesh-refused": verdict, "retry-after": f"{retry:.3g}"}
@@ -644,7 +647,9 @@ def _gated(
         path,
         media_type="application/octet-stream",
         headers={"cache-control": _IMMUTABLE},
-        on_end=lambda completed: gate.done(chunk, trio.current_time(), completed=completed),
+        on_end=lambda completed: gate.done(
+            chunk, trio.current_time(), completed=completed, requester=requester
+        ),
         floor=gate.floor,
         again=again,
     )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 import trio
 
 from tufmesh._durable import write_atomic
-from tufmesh._shares import Shares, UploadFloor, is_loopback, machine_of
+from tufmesh._shares import Shares, UploadFloor, counted_machine, machine_of
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
@@ -69,13 +69,28 @@ if TYPE_CHECKING:
 class UploadGate(Protocol):
     """Who gets an upload slot (:class:`tufmesh.origin._seeding.SeedGate`)."""
 
-    def admit(self, chunk: Hashable, now: float, *, patient: bool = False, size: int = 0) -> str:
-        """``"serve"``, or why not (``"busy"``, ``"seeded"``)."""
+    def admit(
+        self,
+        chunk: Hashable,
+        now: float,
+        *,
+        patient: bool = False,
+        size: int = 0,
+        requester: Hashable | None = None,
+    ) -> str:
+        """``"serve"``, or why not (``"busy"``, ``"seeded"``), to the machine ``requester``."""
 
     def retry_after(self, now: float, verdict: Any = "busy") -> float:
         """When to ask again after a refusal."""
 
-    def done(self, chunk: Hashable, now: float, *, completed: bool = True) -> None:
+    def done(
+        self,
+        chunk: Hashable,
+        now: float,
+        *,
+        completed: bool = True,
+        requester: Hashable | None = None,
+    ) -> None:
         """An admitted upload ended."""
 
     def floor(self, start: float) -> UploadFloor:
@@ -547,6 +562,7 @@ class P2PNode:
         uploads, chunk, now = self.uploads, (request.cid, request.offset), trio.current_time()
         address = _remote_ip(stream)
         host = "?" if address is None else machine_of(address)
+        requester = counted_machine(address)
         paused = self._paused.get(host, -math.inf) - now
         verdict = "busy"
         if paused > 0:
@@ -554,7 +570,9 @@ class P2PNode:
             return
         if self._answering.full(peer) is None:
             verdict = (
-                uploads.admit(chunk, now, patient=request.patient, size=request.length)
+                uploads.admit(
+                    chunk, now, patient=request.patient, size=request.length, requester=requester
+                )
                 if uploads is not None
                 else "serve"
             )
@@ -577,9 +595,9 @@ class P2PNode:
             raise
         finally:
             if uploads is not None:
-                uploads.done(chunk, trio.current_time(), completed=sent)
+                uploads.done(chunk, trio.current_time(), completed=sent, requester=requester)
             # (not this machine's own: tools, tests, a demo; nor an unknown one)
-            if cut and address is not None and not is_loopback(address):
+            if cut and requester is not None:
                 self._pause(host)
 
     def _pause(self, host: str) -> None:

@@ -95,6 +95,99 @@ def test_a_byte_budget_lets_one_big_upload_run_alone() -> None:
     assert gate.admit("g", 2.0, size=4) == "serve"  # 4 + 4: within
 
 
+def test_one_machine_holds_half_the_slots_at_most() -> None:
+    """A machine that read its answers slowly could hold every upload slot:
+    every other mirror was told busy. It now holds half of them (at least
+    one); requests not counted (None: this machine's own) only fill slots."""
+    gate = SeedGate(slots=4, window=0.0)
+    assert [gate.admit(c, 0.0, requester="hog") for c in "abc"] == ["serve", "serve", "busy"]
+    assert gate.admit("c", 0.0, requester="mirror") == "serve"
+    assert gate.admit("d", 0.0, requester=None) == "serve"  # four running: the slots are full
+    assert gate.admit("e", 0.0, requester="another") == "busy"
+    gate.done("a", 1.0, requester="hog")
+    assert gate.admit("e", 1.0, requester="hog") == "serve"  # its own count went down
+    for slots, per_machine in ((1, 1), (2, 1), (3, 1), (8, 4)):
+        small = SeedGate(slots=slots, window=0.0)
+        verdicts = [small.admit(i, 0.0, requester="hog") for i in range(slots)]
+        assert verdicts.count("serve") == per_machine, slots
+    assert "hog" not in gate._by_requester or gate._by_requester["hog"] == 2
+    for chunk in "bce":
+        gate.done(chunk, 2.0, requester={"c": "mirror"}.get(chunk, "hog"))
+    gate.done("d", 2.0)
+    assert gate.active == 0 and gate._by_requester == {}  # nothing kept for machines gone
+
+
+def test_one_machine_cannot_take_every_upload_slot_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over real sockets: a machine (127.0.0.2 here, each loopback address a
+    machine of its own) that asks for chunks and never reads holds two of
+    four slots; a third request is told busy, another machine (127.0.0.3)
+    is served, and once the stalled answers end their slots are the
+    machine's again."""
+    import httpx
+    import trio
+    from starlette.applications import Starlette
+
+    import tufmesh._shares as shares
+    from tufmesh.cas import BlobStore
+    from tufmesh.origin._server import ByteCounter, start_http, tree_routes
+
+    monkeypatch.setattr(shares, "is_loopback", lambda host: False)
+    store = BlobStore(tmp_path / "cas")
+    cid = store.put(os.urandom(32 << 20))
+    (tmp_path / "metadata").mkdir()
+    gate = SeedGate(window=0.0, min_rate=1024, grace=60.0)  # a mirror's; none falls behind
+    app = ByteCounter(Starlette(routes=tree_routes(tmp_path, store, gate=gate)))
+
+    async def ask(host: str, port: int, source: str, start: int) -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(host, port, local_address=source)
+        await stream.send_all(
+            f"GET /blobs/{cid} HTTP/1.1\r\nHost: o\r\nx-tufmesh-mirror: 1\r\n"
+            f"Range: bytes={start}-{(32 << 20) - 1}\r\n\r\n".encode()
+        )
+        return stream
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await start_http(nursery, app, "127.0.0.1", 0, None, None)
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            stalled = [await ask(host, int(port), "127.0.0.2", i) for i in range(2)]
+            try:
+                with trio.fail_after(10):
+                    while gate.active < 2:
+                        await trio.sleep(0.05)
+                third = await ask(host, int(port), "127.0.0.2", 2)
+                stalled.append(third)
+                with trio.fail_after(10):
+                    head = await third.receive_some(1024)
+                assert head.startswith(b"HTTP/1.1 503") and b"busy" in head, head
+                assert gate.active == 2
+                transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+                async with httpx.AsyncClient(base_url=url, transport=transport) as http:
+                    chunk = {"range": "bytes=0-1023", "x-tufmesh-mirror": "1"}
+                    served = await http.get(f"/blobs/{cid}", headers=chunk)
+                    assert served.status_code == 206 and len(served.content) == 1024
+            finally:
+                for stream in stalled:  # else the server's shutdown waits for them
+                    await stream.aclose()
+            with trio.fail_after(10):
+                while gate.active:  # the server sees them gone
+                    await trio.sleep(0.05)
+            transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+            async with httpx.AsyncClient(base_url=url, transport=transport) as http:
+                chunk = {"range": "bytes=0-1023", "x-tufmesh-mirror": "1"}
+                served = await http.get(f"/blobs/{cid}", headers=chunk)
+                assert served.status_code == 206 and len(served.content) == 1024
+            with trio.fail_after(10):
+                while gate.active:  # its end reaches the gate after its last byte
+                    await trio.sleep(0.05)
+            assert gate._by_requester == {}
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 @given(
     st.text(max_size=40) | st.from_regex(r"bytes=[ \t]*[0-9]{1,3}-[0-9]{1,3}[ \t]*", fullmatch=True)
 )

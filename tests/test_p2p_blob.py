@@ -276,6 +276,66 @@ def test_ranges_answered_at_once_are_capped_for_everyone_together(
 
 @pytest.mark.attack
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_one_machine_holds_half_the_upload_slots_over_libp2p(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two identities on one machine (free to make) asked for ranges and
+    never read them: every upload slot could be theirs, and every other
+    mirror told BUSY. One machine now holds half the slots: its next
+    request is refused, another machine's is served, and once its stalled
+    streams end, the machine is served again."""
+    machines: dict[str, str] = {}
+    monkeypatch.setattr(node_module, "_remote_ip",
+                        lambda stream: machines[str(stream.muxed_conn.peer_id)])  # fmt: skip
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    outcomes: dict[str, object] = {}
+
+    async def fetch(asker: P2PNode, address: str) -> object:
+        try:
+            return len(await asker.fetch_range(address, "small", 0, 1 << 20))
+        except BlobBusyError as exc:
+            return exc.reason
+
+    async def main() -> None:
+        from tufmesh.origin._seeding import SeedGate
+
+        uploads = SeedGate(slots=4, window=0.0)
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=lambda cid, offset, n: b"x" * n, uploads=uploads)  # fmt: skip
+        hog, twin, honest = (
+            P2PNode(tmp_path / f"{name}.key", topic, AnnouncementGate(root))
+            for name in ("hog", "twin", "honest")
+        )
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, hog, twin, honest)
+            machines.update({hog.peer_id: "192.0.2.1", twin.peer_id: "192.0.2.1",
+                             honest.peer_id: "192.0.2.2"})  # fmt: skip
+            stalled = []
+            for i in range(2):
+                stream = await hog._open(address, PROTOCOL)
+                await stream.write(encode_request(BlobRequest("big", i, 16 << 20)))  # never read
+                stalled.append(stream)
+            with trio.fail_after(10):
+                while uploads.active < 2:
+                    await trio.sleep(0.05)
+            outcomes["twin"] = await fetch(twin, address)
+            outcomes["honest"] = await fetch(honest, address)
+            for stream in stalled:
+                await stream.reset()
+            with trio.fail_after(10):
+                while uploads.active:
+                    await trio.sleep(0.05)
+            outcomes["twin, after"] = await fetch(twin, address)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+    assert outcomes == {"twin": "busy", "honest": 1 << 20, "twin, after": 1 << 20}
+
+
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_machine_whose_upload_ran_out_of_time_is_refused_for_a_while(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
