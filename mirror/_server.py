@@ -160,6 +160,26 @@ def build_mirror_app(
 #: A neighbour's word that it holds a newer snapshot wakes the sync at most this
 #: often (seconds): a liar costs a timestamp fetch per interval, no more.
 HINT_INTERVAL: Final = 1.0
+#: A sync that ends short of the newest version announced (the mirror it
+#: syncs from does not hold it yet, or the sync failed) is tried again after
+#: this many seconds, doubling up to ``CATCH_UP_MAX``, while the announcement
+#: is younger than the poll interval.
+CATCH_UP_FIRST: Final = 1.0
+CATCH_UP_MAX: Final = 8.0
+
+
+def next_sync(
+    poll: float, served: int, newest: int, heard_ago: float, backoff: float
+) -> tuple[float, float]:
+    """Seconds until the next sync, and the catch-up delay after that one: the
+    poll, unless the mirror serves less than the ``newest`` version announced
+    ``heard_ago`` seconds ago, within the poll. Mirrors used to re-announce
+    each version they completed, for those that sync from them; each copy
+    then flooded the whole network (and now counts as the announcement it
+    repeats): such a mirror asks its upstream again soon instead."""
+    if newest <= served or heard_ago >= poll:
+        return poll, CATCH_UP_FIRST
+    return min(backoff, poll), min(2 * backoff, CATCH_UP_MAX)
 
 
 async def run_mirror(
@@ -204,9 +224,10 @@ async def run_mirror(
 
     async def announced(data: bytes) -> None:
         """A valid announcement (the gate checked its signature): sync at once
-        for a version not heard of before; for one heard of already (mirrors
-        re-announce what they complete, and anyone may replay it), only while
-        this mirror does not serve it yet, and once a second at most."""
+        for a version not heard of before; for one heard of already (anyone
+        may replay it, once the network's seen-messages window has passed),
+        only while this mirror does not serve it yet, and once a second at
+        most."""
         try:
             version = int(json.loads(data)["signed"]["version"])
         except (ValueError, KeyError, TypeError):  # the gate parsed it: not expected
@@ -222,6 +243,7 @@ async def run_mirror(
         nonlocal wake, served
         held = mirror.state().get("snapshot_version", 0)
         failing: str | None = None
+        backoff = CATCH_UP_FIRST
         while True:
             wake = trio.Event()
             try:
@@ -248,20 +270,16 @@ async def run_mirror(
             if node is not None:
                 with contextlib.suppress(Exception):  # gossip is an optimisation: polls remain
                     await node.follow_root(_trusted_root(mirror))  # root rotations
-                if report.snapshot_version > held:
-                    # Tell the peers that replicate from us that we now hold
-                    # it all: the origin's announcement came before we did.
-                    with contextlib.suppress(Exception):  # best effort: peers also poll
-                        await node.announce(
-                            (mirror.tree / "metadata" / "timestamp.json").read_bytes()
-                        )
             held = max(held, report.snapshot_version)
             served = mirror.state().get("timestamp_version", served)
             if node is not None:
                 node.gate.newest = max(node.gate.newest, served)
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
-            with trio.move_on_after(poll):
+            newest = max(heard, default=0)
+            ago = time.time() - heard[newest] if newest else math.inf
+            wait, backoff = next_sync(poll, served, newest, ago, backoff)
+            with trio.move_on_after(wait):
                 await wake.wait()
 
     def refetch(found: list[str]) -> None:

@@ -294,15 +294,19 @@ def score_params() -> Any:
 
 
 def message_id(message: Any) -> bytes:
-    """A gossip message's identity: its publisher and its bytes.
+    """A gossip message's identity: its bytes, whoever published them.
 
     libp2p's default, the publisher and a sequence number, made every copy of
     the same signed timestamp that one peer publishes again a new message,
-    validated, delivered and relayed by every node. Now one peer's copies
-    count once (for the seen-messages window); a mirror re-announcing the
-    timestamp it has just completed is still news.
+    validated, delivered and relayed by every node. Keyed by publisher and
+    bytes, one peer's copies counted once, but a peer with many identities
+    (free to make) had each copy validated and relayed by every node, and so
+    did every mirror that re-announced the version it had completed: a
+    flood of the whole network per mirror per release. A signed timestamp
+    says the same whoever sends it, so now its copies are one message (for
+    the seen-messages window, 120 s).
     """
-    return hashlib.sha256(bytes(message.from_id) + b"\0" + bytes(message.data)).digest()
+    return hashlib.sha256(bytes(message.data)).digest()
 
 
 class P2PNode:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import math
 import resource
 import socket
 import threading
@@ -543,3 +544,24 @@ def test_a_call_into_the_nodes_loop_is_cancelled_there_with_its_caller() -> None
         stop.set()
         node.join(10)
     assert seen == ["silent cancelled in the node's loop"]
+
+
+def test_a_mirror_behind_an_announcement_syncs_again_soon_then_at_its_poll() -> None:
+    """A sync that ends short of the newest version announced (its upstream,
+    another mirror, does not hold it yet) is tried again after 1, 2, 4, 8,
+    8... s, while the announcement is younger than the poll; otherwise, and
+    once it serves that version, the poll."""
+    from tufmesh.mirror._server import CATCH_UP_FIRST, next_sync
+
+    waits, backoff, ago = [], CATCH_UP_FIRST, 0.0
+    while True:
+        wait, backoff = next_sync(60.0, 4, 5, ago, backoff)
+        waits.append(wait)
+        ago += wait
+        if wait == 60.0:
+            break
+    assert waits[:5] == [1.0, 2.0, 4.0, 8.0, 8.0] and sum(waits[:-1]) >= 60.0
+    assert len(waits) < 12  # bounded: a handful of timestamp fetches
+    assert next_sync(60.0, 5, 5, 0.0, 8.0) == (60.0, CATCH_UP_FIRST)  # serves it
+    assert next_sync(60.0, 4, 0, math.inf, 1.0) == (60.0, CATCH_UP_FIRST)  # heard nothing
+    assert next_sync(0.5, 4, 5, 0.0, 4.0)[0] == 0.5  # never later than the poll
