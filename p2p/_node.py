@@ -238,14 +238,37 @@ async def _peer_ends(stream: Any) -> bool:
     return False
 
 
+class _NoVerdicts:
+    """py-libp2p's validation cache, keeping nothing. It kept each message's
+    verdict for 300 s, past the 120 s in which the message counts as seen:
+    an old timestamp, valid when first checked and replayed in between, was
+    delivered and relayed unchecked (a verdict is the gate's at one moment:
+    the newest version seen, the trusted root, the clock). Within the seen
+    window a copy is dropped before any check anyway."""
+
+    def get(self, msg_id: bytes) -> None:
+        return None
+
+    def put(self, msg_id: bytes, result: Any) -> None:
+        pass
+
+    def clear_expired(self) -> None:
+        pass
+
+
 def _guarded(pubsub: type[Any]) -> type[Any]:
     """py-libp2p's pubsub, with its gossip streams' reader guarded: a peer's
     bytes that do not parse as a protobuf RPC raised a ``DecodeError`` its
     handler does not catch, and six bytes from anyone ended the node, and
     with it the mirror's or the origin's service. Any error reading one
-    peer's stream now ends that stream and that peer's pubsub state alone."""
+    peer's stream now ends that stream and that peer's pubsub state alone.
+    Its verdicts are not cached (:class:`_NoVerdicts`)."""
 
     class GuardedPubsub(pubsub):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.validation_cache = _NoVerdicts()
+
         async def stream_handler(self, stream: Any) -> None:
             try:
                 await super().stream_handler(stream)
@@ -291,6 +314,11 @@ def score_params() -> Any:
         graylist_threshold=-250.0,
         accept_px_threshold=0.0,
     )
+
+
+#: Seconds a message counts as seen after its last copy (py-libp2p's
+#: default): copies within it are dropped unread.
+SEEN_TTL = 120
 
 
 def message_id(message: Any) -> bytes:
@@ -447,7 +475,10 @@ class P2PNode:
         )
         self._router = router
         self._host = host
-        pubsub = _guarded(Pubsub)(host, router, msg_id_constructor=message_id)
+        pubsub = _guarded(Pubsub)(
+            host, router, msg_id_constructor=message_id, seen_ttl=SEEN_TTL,
+            sweep_interval=min(SEEN_TTL, 60),
+        )  # fmt: skip
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr(self.listen)]))
             await stack.enter_async_context(background_trio_service(pubsub))
