@@ -195,6 +195,12 @@ class _Pending:
     result: int | BaseException | None = None
 
 
+#: The origin announces a new timestamp at most this often (seconds): a
+#: burst of commits (70 a second in bench/publish.py) is one announcement a
+#: second, each a flood of the whole network, not one a commit.
+ANNOUNCE_INTERVAL: Final = 1.0
+
+
 @final
 class OriginService:
     """The running origin: uploads, one committer, one expiry refresher."""
@@ -245,9 +251,11 @@ class OriginService:
         self.counter: ByteCounter | None = None
         #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
         self.uploads = SeedGate()
-        #: Called after every commit and refresh that changed the timestamp.
+        #: Called after commits and refreshes that changed the timestamp, the
+        #: newest only, ANNOUNCE_INTERVAL apart at least (:meth:`run_announcer`).
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
+        self._committed = trio.Event()  # the timestamp may have changed
 
     def published_entry(self, project: str, filename: str) -> tuple[str, int] | None:
         """The sha256 and length of ``project/filename`` if it is published (its
@@ -325,7 +333,7 @@ class OriginService:
             except OriginError as exc:  # a disk or signer failure fails this batch only
                 results = [exc] * len(batch)
             self.commits += 1
-            await self._announce_if_new()
+            self._committed.set()
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
                 if not isinstance(result, BaseException):
@@ -360,7 +368,7 @@ class OriginService:
             if failing is not None:
                 print("origin: re-signing works again", file=sys.stderr, flush=True)
                 failing, retry = None, 1.0
-            await self._announce_if_new()
+            self._committed.set()
             state = self.committer.state
             if state.warnings != warned:  # an offline role nearer its end: said once
                 warned = state.warnings
@@ -419,12 +427,19 @@ class OriginService:
         self.quarantined = {cid for cid in self.quarantined if not self.store.has(cid)}
         return sorted(self.quarantined)
 
-    async def _announce_if_new(self) -> None:
-        version = self.committer.state.timestamp_version
-        if self.on_commit is not None and version != self._announced:
-            self._announced = version
-            with contextlib.suppress(Exception):  # gossip is best effort: mirrors also poll
-                await self.on_commit()
+    async def run_announcer(self) -> None:
+        """Call ``on_commit`` for each new timestamp, the newest only, and
+        ANNOUNCE_INTERVAL apart at least: a burst of commits is one
+        announcement a second, not one each (each floods the whole network)."""
+        while True:
+            await self._committed.wait()
+            self._committed = trio.Event()
+            version = self.committer.state.timestamp_version
+            if self.on_commit is not None and version != self._announced:
+                self._announced = version
+                with contextlib.suppress(Exception):  # gossip is best effort: mirrors also poll
+                    await self.on_commit()
+                await trio.sleep(ANNOUNCE_INTERVAL)
 
 
 async def scrub_forever(
@@ -1227,7 +1242,7 @@ def build_app(service: OriginService) -> ByteCounter:
         staged = service.staged[project]
         for cid in cids:  # published now: no longer staged
             staged.pop(cid, None)
-        await service._announce_if_new()
+        service._committed.set()
         entry: dict[str, Any] = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         # What it added and dropped, by name: superseded versions are deleted
@@ -1335,6 +1350,7 @@ async def serve(
                     await node.announce(timestamp.read_bytes())
 
                 service.on_commit = announce
+                nursery.start_soon(service.run_announcer)
             nursery.start_soon(_stop_with_committer, committer)
             nursery.start_soon(service.run_committer)
             nursery.start_soon(service.run_refresher)

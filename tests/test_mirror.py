@@ -43,6 +43,7 @@ from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror import Mirror
 from tufmesh.mirror._mirror import MAX_SOURCES_KEPT, SyncReport
 from tufmesh.mirror._swarm import QUERY_TIMEOUT
+from tufmesh.origin._server import ANNOUNCE_INTERVAL
 
 
 @contextmanager
@@ -781,6 +782,14 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
                 replay_announcement(tmp_path, repo, m1_addr, times=20)
                 assert Mirror(tmp_path / "m2").state()["syncs"] == syncs
                 assert _accepted(m2) == accepted
+                # A burst of commits is an announcement a second, not one each
+                # (each floods the whole network).
+                started = time.monotonic()
+                for i in range(10):
+                    burst = post(origin.url, "demo", f"demo-2.{i}.tar.gz", b"%d" % i, token)
+                took = time.monotonic() - started
+                wait_for(m2, burst.json()["snapshot_version"], deadline=15)
+                assert 1 <= _accepted(m2) - accepted <= took / ANNOUNCE_INTERVAL + 2 < 10, took
         # The identity persists: the same peer ID after a restart.
         with mirror_process(tmp_path / "m1", root, origin.url, *p2p, "--bootstrap", origin_addr):
             again = (tmp_path / "m1" / "p2p.addr").read_text().strip()
