@@ -163,9 +163,10 @@ HINT_INTERVAL: Final = 1.0
 #: A sync that ends short of the newest version announced (the mirror it
 #: syncs from does not hold it yet, or the sync failed) is tried again after
 #: this many seconds, doubling up to ``CATCH_UP_MAX``, while the announcement
-#: is younger than the poll interval.
+#: is younger than the poll interval and ``CATCH_UP_FOR``: about ten syncs.
 CATCH_UP_FIRST: Final = 1.0
 CATCH_UP_MAX: Final = 8.0
+CATCH_UP_FOR: Final = 60.0
 
 
 def next_sync(
@@ -173,11 +174,13 @@ def next_sync(
 ) -> tuple[float, float]:
     """Seconds until the next sync, and the catch-up delay after that one: the
     poll, unless the mirror serves less than the ``newest`` version announced
-    ``heard_ago`` seconds ago, within the poll. Mirrors used to re-announce
-    each version they completed, for those that sync from them; each copy
-    then flooded the whole network (and now counts as the announcement it
-    repeats): such a mirror asks its upstream again soon instead."""
-    if newest <= served or heard_ago >= poll:
+    ``heard_ago`` seconds ago, within the poll and ``CATCH_UP_FOR``. (Under
+    steady publishing the mirror is always behind, and each announcement
+    wakes it anyway.) Mirrors used to re-announce each version they
+    completed, for those that sync from them; each copy then flooded the
+    whole network (and now counts as the announcement it repeats): such a
+    mirror asks its upstream again soon instead."""
+    if newest <= served or heard_ago >= min(poll, CATCH_UP_FOR):
         return poll, CATCH_UP_FIRST
     return min(backoff, poll), min(2 * backoff, CATCH_UP_MAX)
 
@@ -209,6 +212,7 @@ async def run_mirror(
     uploads = upload_slots(max_upload_rate)  # over HTTP and libp2p alike
 
     heard: dict[int, float] = {}  # timestamp version -> first heard (Unix time)
+    heard_at = -math.inf  # ...and by trio's clock (the wall clock may step)
 
     hinted = -math.inf  # when a neighbour's have-query last woke the sync
 
@@ -232,9 +236,11 @@ async def run_mirror(
             version = int(json.loads(data)["signed"]["version"])
         except (ValueError, KeyError, TypeError):  # the gate parsed it: not expected
             return
+        nonlocal heard_at
         if version > max(heard, default=0):
             heard.clear()  # only the newest is read: one entry, not one per commit for ever
             heard[version] = time.time()
+            heard_at = trio.current_time()
             wake.set()
         elif version > served:
             newer(version)
@@ -276,8 +282,7 @@ async def run_mirror(
                 node.gate.newest = max(node.gate.newest, served)
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
-            newest = max(heard, default=0)
-            ago = time.time() - heard[newest] if newest else math.inf
+            newest, ago = max(heard, default=0), trio.current_time() - heard_at
             wait, backoff = next_sync(poll, served, newest, ago, backoff)
             with trio.move_on_after(wait):
                 await wake.wait()

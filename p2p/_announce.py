@@ -6,11 +6,13 @@ or stale announcement dies at the first honest hop:
 
 * size bound before parsing (python-tuf's own limit for a timestamp);
 * it must parse as TUF timestamp metadata, written as the origin writes it
-  (compact JSON): the signature covers only the signed part, so padding or
-  reordering the bytes made one genuine timestamp any number of "new"
-  messages, each validated, delivered and relayed by every node;
+  (compact JSON, no fields the origin does not write): the signatures cover
+  only the signed part, so padding, reordering, or a field python-tuf keeps
+  unread made one genuine timestamp any number of "new" messages, each
+  validated, delivered and relayed by every node;
 * it must be signed by a threshold of the timestamp keys of the root the node
-  trusts (the same check python-tuf makes);
+  trusts (the same check python-tuf makes), and by no other key (a
+  stranger's signature beside them was another such variant);
 * it must not be expired, and not be older than the newest the node has seen
   (a replayed old timestamp is a rollback attempt).
 
@@ -72,6 +74,10 @@ class AnnouncementGate:
             return Verdict(False, f"not a timestamp but {md.signed.type}")
         if md.to_bytes(_COMPACT) != data:
             return Verdict(False, "not written as the origin writes a timestamp (compact JSON)")
+        if _unrecognized(md):
+            return Verdict(False, "not written as the origin writes a timestamp (unknown fields)")
+        if not set(md.signatures) <= set(self.root.roles["timestamp"].keyids):
+            return Verdict(False, "signed by a key that is not a timestamp key")
         try:
             self.root.verify_delegate("timestamp", md.signed_bytes, md.signatures)
         except Exception as exc:  # UnsignedMetadataError and key errors
@@ -84,3 +90,13 @@ class AnnouncementGate:
         newer = version > self.newest
         self.newest = max(self.newest, version)
         return Verdict(True, "ok", version, newer)
+
+
+def _unrecognized(md: Metadata[Timestamp]) -> bool:
+    """True if ``md`` has fields python-tuf keeps without reading them."""
+    return bool(
+        md.unrecognized_fields
+        or md.signed.unrecognized_fields
+        or md.signed.snapshot_meta.unrecognized_fields
+        or any(sig.unrecognized_fields for sig in md.signatures.values())
+    )

@@ -549,8 +549,8 @@ def test_a_call_into_the_nodes_loop_is_cancelled_there_with_its_caller() -> None
 def test_a_mirror_behind_an_announcement_syncs_again_soon_then_at_its_poll() -> None:
     """A sync that ends short of the newest version announced (its upstream,
     another mirror, does not hold it yet) is tried again after 1, 2, 4, 8,
-    8... s, while the announcement is younger than the poll; otherwise, and
-    once it serves that version, the poll."""
+    8... s, while the announcement is younger than the poll (and a minute);
+    otherwise, and once it serves that version, the poll."""
     from tufmesh.mirror._server import CATCH_UP_FIRST, next_sync
 
     waits, backoff, ago = [], CATCH_UP_FIRST, 0.0
@@ -565,3 +565,4 @@ def test_a_mirror_behind_an_announcement_syncs_again_soon_then_at_its_poll() -> 
     assert next_sync(60.0, 5, 5, 0.0, 8.0) == (60.0, CATCH_UP_FIRST)  # serves it
     assert next_sync(60.0, 4, 0, math.inf, 1.0) == (60.0, CATCH_UP_FIRST)  # heard nothing
     assert next_sync(0.5, 4, 5, 0.0, 4.0)[0] == 0.5  # never later than the poll
+    assert next_sync(3600.0, 4, 5, 61.0, 8.0) == (3600.0, CATCH_UP_FIRST)  # a minute at most

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from securesystemslib.signer import CryptoSigner
@@ -51,7 +53,7 @@ def test_honest_announcements_are_accepted_newest_first(repo: OriginRepository) 
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ("wrong key", "not signed by the timestamp keys"),
+        ("wrong key", "not a timestamp key"),
         ("older", "old timestamp"),
         ("expired", "expired"),
         ("oversized", "limit"),
@@ -60,6 +62,13 @@ def test_honest_announcements_are_accepted_newest_first(repo: OriginRepository) 
         # Genuine and signed, but padded: each padding was a "new" message.
         ("padded", "not written as the origin writes a timestamp"),
         ("pretty", "not written as the origin writes a timestamp"),
+        # Genuine and signed, compact, but with what python-tuf keeps unread:
+        # each such variant was a new message, accepted and relayed.
+        ("extra field", "unknown fields"),
+        ("extra signed field", "unknown fields"),
+        ("extra meta field", "unknown fields"),
+        ("extra signature field", "unknown fields"),
+        ("a stranger's signature too", "not a timestamp key"),
     ],
 )
 def test_forged_or_stale_announcements_are_rejected(
@@ -77,11 +86,35 @@ def test_forged_or_stale_announcements_are_rejected(
         "pretty": lambda: Metadata.from_bytes(timestamp(repo, version=11)).to_bytes(
             JSONSerializer(compact=False)
         ),
+        "extra field": lambda: variant(repo, lambda md: md.unrecognized_fields),
+        "extra signed field": lambda: variant(repo, lambda md: md.signed.unrecognized_fields),
+        "extra meta field": lambda: variant(
+            repo, lambda md: md.signed.snapshot_meta.unrecognized_fields
+        ),
+        "extra signature field": lambda: variant(
+            repo, lambda md: next(iter(md.signatures.values())).unrecognized_fields
+        ),
+        "a stranger's signature too": lambda: stranger_signed(repo),
     }[case]()
     verdict = gate.check(data)
     assert not verdict.accept and reason in verdict.reason
     assert gate.newest == 10  # nothing learnt from a rejected message
     assert gate.check(timestamp(repo, version=11)).newer  # and an honest one still works
+
+
+def variant(repo: OriginRepository, fields: Callable[[Metadata[Any]], dict[str, Any]]) -> bytes:
+    """A genuine timestamp (v11) with one more field where ``fields`` says,
+    written as the origin writes (compact): the signature still holds."""
+    md = Metadata.from_bytes(timestamp(repo, version=11))
+    fields(md)["x"] = 1
+    return md.to_bytes(JSONSerializer(compact=True))
+
+
+def stranger_signed(repo: OriginRepository) -> bytes:
+    """A genuine timestamp (v11) that a key of no role has signed too."""
+    md = Metadata.from_bytes(timestamp(repo, version=11))
+    md.sign(CryptoSigner.generate_ed25519(), append=True)
+    return md.to_bytes(JSONSerializer(compact=True))
 
 
 def test_topic_is_named_by_the_root_keys(repo: OriginRepository, tmp_path: Path) -> None:
