@@ -134,6 +134,9 @@ def build_mirror_app(
                 "# HELP tufmesh_mirror_p2p_peers Connected libp2p peers.",
                 "# TYPE tufmesh_mirror_p2p_peers gauge",
                 f"tufmesh_mirror_p2p_peers {node.peer_count()}",
+                "# HELP tufmesh_mirror_p2p_mesh_peers Peers in the gossip mesh of the topic.",
+                "# TYPE tufmesh_mirror_p2p_mesh_peers gauge",
+                f"tufmesh_mirror_p2p_mesh_peers {node.mesh_size()}",
                 "# HELP tufmesh_mirror_announcements_total Gossip announcements judged.",
                 "# TYPE tufmesh_mirror_announcements_total counter",
                 f'tufmesh_mirror_announcements_total{{verdict="accepted"}} {node.accepted}',
@@ -162,27 +165,26 @@ def build_mirror_app(
 HINT_INTERVAL: Final = 1.0
 #: A sync that ends short of the newest version announced (the mirror it
 #: syncs from does not hold it yet, or the sync failed) is tried again after
-#: this many seconds, doubling up to ``CATCH_UP_MAX``, while the announcement
-#: is younger than the poll interval and ``CATCH_UP_FOR``: about ten syncs.
+#: as long as it has been since the announcement, from ``CATCH_UP_FIRST`` to
+#: ``CATCH_UP_MAX`` (1, 1, 2, 4, 8, 16, 30, 30... s), for ``CATCH_UP_FOR``:
+#: some 25 syncs at most, an upstream's ten-minute sync followed within 30 s.
 CATCH_UP_FIRST: Final = 1.0
-CATCH_UP_MAX: Final = 8.0
-CATCH_UP_FOR: Final = 60.0
+CATCH_UP_MAX: Final = 30.0
+CATCH_UP_FOR: Final = 600.0
 
 
-def next_sync(
-    poll: float, served: int, newest: int, heard_ago: float, backoff: float
-) -> tuple[float, float]:
-    """Seconds until the next sync, and the catch-up delay after that one: the
-    poll, unless the mirror serves less than the ``newest`` version announced
-    ``heard_ago`` seconds ago, within the poll and ``CATCH_UP_FOR``. (Under
-    steady publishing the mirror is always behind, and each announcement
-    wakes it anyway.) Mirrors used to re-announce each version they
-    completed, for those that sync from them; each copy then flooded the
-    whole network (and now counts as the announcement it repeats): such a
-    mirror asks its upstream again soon instead."""
-    if newest <= served or heard_ago >= min(poll, CATCH_UP_FOR):
-        return poll, CATCH_UP_FIRST
-    return min(backoff, poll), min(2 * backoff, CATCH_UP_MAX)
+def next_sync(poll: float, served: int, newest: int, heard_ago: float) -> float:
+    """Seconds until the next sync: the poll, unless the mirror serves less
+    than the ``newest`` version announced ``heard_ago`` seconds ago (see
+    ``CATCH_UP_FIRST``), and never later than the poll. (Under steady
+    publishing the mirror is always behind, and each announcement wakes it
+    anyway.) Mirrors used to re-announce each version they completed, for
+    those that sync from them; each copy then flooded the whole network
+    (and now counts as the announcement it repeats): such a mirror asks its
+    upstream again soon instead."""
+    if newest <= served or heard_ago >= CATCH_UP_FOR:
+        return poll
+    return min(poll, max(CATCH_UP_FIRST, min(heard_ago, CATCH_UP_MAX)))
 
 
 async def run_mirror(
@@ -249,7 +251,6 @@ async def run_mirror(
         nonlocal wake, served
         held = mirror.state().get("snapshot_version", 0)
         failing: str | None = None
-        backoff = CATCH_UP_FIRST
         while True:
             wake = trio.Event()
             try:
@@ -283,8 +284,7 @@ async def run_mirror(
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
             newest, ago = max(heard, default=0), trio.current_time() - heard_at
-            wait, backoff = next_sync(poll, served, newest, ago, backoff)
-            with trio.move_on_after(wait):
+            with trio.move_on_after(next_sync(poll, served, newest, ago)):
                 await wake.wait()
 
     def refetch(found: list[str]) -> None:

@@ -199,6 +199,8 @@ class _Pending:
 #: burst of commits (70 a second in bench/publish.py) is one announcement a
 #: second, each a flood of the whole network, not one a commit.
 ANNOUNCE_INTERVAL: Final = 1.0
+#: ...and gives one up after this long (sent again after the interval).
+ANNOUNCE_TIMEOUT: Final = 5.0
 
 
 @final
@@ -256,6 +258,7 @@ class OriginService:
         self.on_commit: Callable[[], Awaitable[None]] | None = None
         self._announced = 0
         self._committed = trio.Event()  # the timestamp may have changed
+        self.p2p: P2PNode | None = None  # with --p2p-port
 
     def published_entry(self, project: str, filename: str) -> tuple[str, int] | None:
         """The sha256 and length of ``project/filename`` if it is published (its
@@ -435,11 +438,18 @@ class OriginService:
             await self._committed.wait()
             self._committed = trio.Event()
             version = self.committer.state.timestamp_version
-            if self.on_commit is not None and version != self._announced:
+            if self.on_commit is None or version == self._announced:
+                continue
+            sent = False
+            # Best effort (mirrors also poll), and never held up for long.
+            with trio.move_on_after(ANNOUNCE_TIMEOUT), contextlib.suppress(Exception):
+                await self.on_commit()
+                sent = True
+            if sent:
                 self._announced = version
-                with contextlib.suppress(Exception):  # gossip is best effort: mirrors also poll
-                    await self.on_commit()
-                await trio.sleep(ANNOUNCE_INTERVAL)
+            else:
+                self._committed.set()  # tried again after the interval
+            await trio.sleep(ANNOUNCE_INTERVAL)
 
 
 async def scrub_forever(
@@ -994,6 +1004,7 @@ def build_app(service: OriginService) -> ByteCounter:
                 "commits": service.commits,
                 "published": service.published,
                 "bytes_served": service.counter.served if service.counter else 0,
+                **({"p2p_mesh_peers": service.p2p.mesh_size()} if service.p2p else {}),
             }
         )
 
@@ -1350,6 +1361,7 @@ async def serve(
                     await node.announce(timestamp.read_bytes())
 
                 service.on_commit = announce
+                service.p2p = node
                 nursery.start_soon(service.run_announcer)
             nursery.start_soon(_stop_with_committer, committer)
             nursery.start_soon(service.run_committer)

@@ -660,7 +660,7 @@ def test_a_neighbours_have_query_wakes_a_mirror_that_missed_the_announcement(
                 "--p2p-port", "0", "--bootstrap", origin_addr,
             ) as m1:  # fmt: skip
                 wait_for(m1, 1)
-                time.sleep(2)  # let the gossip mesh form (1 s heartbeats)
+                meshed(origin.url, m1)
                 published = post(origin.url, "demo", "demo-1.0.tar.gz", b"hinted", token).json()
                 version = published["snapshot_version"]
                 wait_for(m1, version, deadline=30)
@@ -700,7 +700,9 @@ def replay_announcement(
         async with trio.open_nursery() as nursery:
             for node in nodes:
                 await nursery.start(node.run)
-            await trio.sleep(2.5)  # the mesh forms (1 s heartbeats)
+            with trio.fail_after(10):
+                while min(node.mesh_size() for node in nodes) < 1:  # the mesh forms
+                    await trio.sleep(0.05)
             for _ in range(times):
                 for node in nodes:
                     await node.announce(current)
@@ -710,6 +712,23 @@ def replay_announcement(
 
     trio.run(replay)
     gc.collect()  # py-libp2p's leaked sockets (see test_p2p_node), under the caller's filter
+
+
+def meshed(origin: str, *mirrors: str) -> None:
+    """Wait until the origin and each mirror have a gossip mesh (their first
+    heartbeats graft it): an announcement goes out to mesh peers at once,
+    and to the others only as gossip, heartbeats later."""
+    give_up = time.monotonic() + 20
+    while True:
+        sizes = [httpx.get(f"{origin}/healthz").json()["p2p_mesh_peers"]]
+        for mirror in mirrors:
+            metrics = httpx.get(f"{mirror}/metrics").text
+            sizes += [int(x.rsplit(" ", 1)[1]) for x in metrics.splitlines()
+                      if x.startswith("tufmesh_mirror_p2p_mesh_peers ")]  # fmt: skip
+        if len(sizes) == 1 + len(mirrors) and min(sizes) >= 1:
+            return
+        assert time.monotonic() < give_up, f"no gossip mesh within 20 s: {sizes}"
+        time.sleep(0.1)
 
 
 def _accepted(mirror: str) -> int:
@@ -752,7 +771,7 @@ def test_announcements_over_libp2p_trigger_replication(tmp_path: Path) -> None:
             # m2 knows only m1 on the p2p side: the announcement is relayed to it.
             with mirror_process(tmp_path / "m2", root, m1, *p2p, "--bootstrap", m1_addr) as m2:
                 wait_for(m2, 1)
-                time.sleep(2)  # let the gossip mesh form (1 s heartbeats)
+                meshed(origin.url, m1, m2)
                 syncs = Mirror(tmp_path / "m2").state()["syncs"]
                 body = os.urandom(3 << 20)  # 3 s at the origin's rate
                 published = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
@@ -829,7 +848,7 @@ def test_five_mirrors_in_a_random_graph_spare_the_origin(tmp_path: Path) -> None
                 addrs[name] = (tmp_path / name / "p2p.addr").read_text().strip()
             for name in urls:
                 wait_for(urls[name], 1)
-            time.sleep(2)  # gossip mesh
+            meshed(url, *urls.values())
             version = post(url, "demo", "demo-1.0.tar.gz", body, token).json()["snapshot_version"]
             for name in urls:
                 wait_for(urls[name], version, deadline=60)
@@ -866,7 +885,7 @@ def test_a_mirror_without_a_reachable_http_port_trades_chunks_over_libp2p(tmp_pa
             ) as m1:
                 wait_for(m1, 1)
                 wait_for(m2, 1)
-                time.sleep(2)  # the gossip mesh forms
+                meshed(origin.url, m1, m2)
                 version = post(origin.url, "demo", "demo-1.0.tar.gz", body, token).json()
                 wait_for(m1, version["snapshot_version"], deadline=60)
                 wait_for(m2, version["snapshot_version"], deadline=60)

@@ -548,21 +548,21 @@ def test_a_call_into_the_nodes_loop_is_cancelled_there_with_its_caller() -> None
 
 def test_a_mirror_behind_an_announcement_syncs_again_soon_then_at_its_poll() -> None:
     """A sync that ends short of the newest version announced (its upstream,
-    another mirror, does not hold it yet) is tried again after 1, 2, 4, 8,
-    8... s, while the announcement is younger than the poll (and a minute);
-    otherwise, and once it serves that version, the poll."""
-    from tufmesh.mirror._server import CATCH_UP_FIRST, next_sync
+    another mirror, does not hold it yet) is tried again after as long as
+    it has been since the announcement (1, 1, 2, 4... s, 30 s at most), for
+    ten minutes; otherwise, and once it serves that version, the poll."""
+    from tufmesh.mirror._server import CATCH_UP_FOR, next_sync
 
-    waits, backoff, ago = [], CATCH_UP_FIRST, 0.0
+    waits, ago = [], 0.0
     while True:
-        wait, backoff = next_sync(60.0, 4, 5, ago, backoff)
+        wait = next_sync(60.0, 4, 5, ago)
         waits.append(wait)
         ago += wait
         if wait == 60.0:
             break
-    assert waits[:5] == [1.0, 2.0, 4.0, 8.0, 8.0] and sum(waits[:-1]) >= 60.0
-    assert len(waits) < 12  # bounded: a handful of timestamp fetches
-    assert next_sync(60.0, 5, 5, 0.0, 8.0) == (60.0, CATCH_UP_FIRST)  # serves it
-    assert next_sync(60.0, 4, 0, math.inf, 1.0) == (60.0, CATCH_UP_FIRST)  # heard nothing
-    assert next_sync(0.5, 4, 5, 0.0, 4.0)[0] == 0.5  # never later than the poll
-    assert next_sync(3600.0, 4, 5, 61.0, 8.0) == (3600.0, CATCH_UP_FIRST)  # a minute at most
+    assert waits[:7] == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert sum(waits[:-1]) >= CATCH_UP_FOR and len(waits) < 30  # a bounded number of syncs
+    assert next_sync(60.0, 5, 5, 0.0) == 60.0  # it serves that version
+    assert next_sync(60.0, 4, 0, math.inf) == 60.0  # it heard of nothing
+    assert next_sync(0.5, 4, 5, 10.0) == 0.5  # never later than the poll
+    assert next_sync(86400.0, 4, 5, 601.0) == 86400.0  # ten minutes at most
