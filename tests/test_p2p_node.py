@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from tuf.api.metadata import Root
 
 from tests.test_p2p_announce import timestamp
 from tufmesh.errors import UsageError
@@ -43,6 +47,35 @@ async def heard_once_meshed(
     with trio.fail_after(10):
         while not received:
             await trio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def hub_and_spokes(
+    tmp_path: Path, root: Root, heard: dict[str, list[int]]
+) -> AsyncIterator[tuple[P2PNode, P2PNode, P2PNode, P2PNode]]:
+    """A hub, and the origin, an attacker (it relays anything) and a node
+    behind the hub, each with the hub as its only peer (what reaches the
+    node behind, the hub relayed), running and meshed; ``heard["hub"]`` and
+    ``heard["behind"]`` collect the versions those two deliver."""
+    topic = topic_for(root)
+
+    def hear(name: str) -> Any:
+        return lambda data: heard[name].append(json.loads(data)["signed"]["version"])
+
+    hub = P2PNode(tmp_path / "hub.key", topic, AnnouncementGate(root), on_announcement=hear("hub"))
+    origin = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root))
+    attacker = P2PNode(tmp_path / "attacker.key", topic, Liar(root))
+    behind = P2PNode(tmp_path / "behind.key", topic, AnnouncementGate(root),
+                     on_announcement=hear("behind"))  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        (address, *_) = await nursery.start(hub.run)
+        origin.bootstrap = attacker.bootstrap = behind.bootstrap = [address]
+        for node in (origin, attacker, behind):
+            await nursery.start(node.run)
+        await meshed(origin, attacker, behind)
+        await meshed(hub, peers=3)
+        yield hub, origin, attacker, behind
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.attack
@@ -138,37 +171,17 @@ def test_replays_after_the_seen_window_neither_stop_news_nor_bring_back_old(
       the origin's own copy, arriving after, went nowhere past that hop;
     * a peer replays an old timestamp: py-libp2p kept verdicts for 300 s,
       and delivered and relayed it on its old verdict, unchecked."""
-    import json
-
     import tufmesh.p2p._node as node_module
 
     monkeypatch.setattr(node_module, "SEEN_TTL", 1)
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
-    root = repo.root()
-    topic = topic_for(root)
     heard: dict[str, list[int]] = {"hub": [], "behind": []}
 
-    def hear(name: str) -> Any:
-        return lambda data: heard[name].append(json.loads(data)["signed"]["version"])
-
     async def main() -> None:
-        hub = P2PNode(
-            tmp_path / "hub.key", topic, AnnouncementGate(root), on_announcement=hear("hub")
-        )
-        origin = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root))
-        attacker = P2PNode(tmp_path / "attacker.key", topic, Liar(root))
-        # A node whose only peer is the hub: what reaches it, the hub relayed.
-        behind = P2PNode(tmp_path / "behind.key", topic, AnnouncementGate(root),
-                         on_announcement=hear("behind"))  # fmt: skip
-        async with trio.open_nursery() as nursery:
-            (address, *_) = await nursery.start(hub.run)
-            origin.bootstrap = attacker.bootstrap = behind.bootstrap = [address]
-            for node in (origin, attacker, behind):
-                await nursery.start(node.run)
+        async with hub_and_spokes(tmp_path, repo.root(), heard) as (hub, origin, attacker, _):
             attacker._router._check_equivocation = lambda msg: True  # (its own code)
             v53, v54 = timestamp(repo, version=53), timestamp(repo, version=54)
-            await heard_once_meshed(origin, v53, heard["behind"], attacker, behind)
-            await meshed(hub, peers=3)
+            await heard_once_meshed(origin, v53, heard["behind"])
             await trio.sleep(3.0)  # the seen window (and its sweep) passed
             await attacker.announce(v53)  # the current one: accepted again
             await trio.sleep(0.5)
@@ -185,7 +198,6 @@ def test_replays_after_the_seen_window_neither_stop_news_nor_bring_back_old(
             with trio.fail_after(10):
                 while hub.rejected == rejected and heard["hub"][-1] != 53:
                     await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     gc.collect()
@@ -207,7 +219,6 @@ def test_a_message_in_a_hostile_envelope_neither_ends_a_node_nor_stops_news(
       the hub delivered it, marked it seen, and could not relay it, so the
       origin's own copy, arriving after, went no further than the hub."""
     import hashlib
-    import json
 
     from libp2p.peer.id import ID
     from libp2p.pubsub.pb import rpc_pb2
@@ -219,28 +230,12 @@ def test_a_message_in_a_hostile_envelope_neither_ends_a_node_nor_stops_news(
     topic = topic_for(root)
     heard: dict[str, list[int]] = {"hub": [], "behind": []}
 
-    def hear(name: str) -> Any:
-        return lambda data: heard[name].append(json.loads(data)["signed"]["version"])
-
     async def main() -> None:
-        hub = P2PNode(
-            tmp_path / "hub.key", topic, AnnouncementGate(root), on_announcement=hear("hub")
-        )
-        origin = P2PNode(tmp_path / "origin.key", topic, AnnouncementGate(root))
-        attacker = P2PNode(tmp_path / "attacker.key", topic, Liar(root))
-        behind = P2PNode(tmp_path / "behind.key", topic, AnnouncementGate(root),
-                         on_announcement=hear("behind"))  # fmt: skip
-        async with trio.open_nursery() as nursery:
-            (address, *_) = await nursery.start(hub.run)
-            origin.bootstrap = attacker.bootstrap = behind.bootstrap = [address]
-            for node in (origin, attacker, behind):
-                await nursery.start(node.run)
-            await meshed(origin, attacker, behind)
-            await meshed(hub, peers=3)
+        async with hub_and_spokes(tmp_path, root, heard) as (hub, origin, attacker, _):
             to_hub = ID.from_base58(hub.peer_id)
-            hashed = b"\\x12\\x20" + hashlib.sha256(b"x").digest()  # a sha2-256 multihash
+            hashed = b"\x12\x20" + hashlib.sha256(b"x").digest()  # a sha2-256 multihash
             broken = rpc_pb2.Message(data=b"x", topicIDs=[topic], from_id=hashed,
-                                     seqno=bytes(8), signature=b"s", key=b"\\x08\\x99no")  # fmt: skip
+                                     seqno=bytes(8), signature=b"s", key=b"\x08\x99no")  # fmt: skip
             attacker._router.send_rpc(to_hub, rpc_pb2.RPC(publish=[broken]))
             v54 = timestamp(repo, version=54)
             pubsub = attacker._pubsub
@@ -256,7 +251,6 @@ def test_a_message_in_a_hostile_envelope_neither_ends_a_node_nor_stops_news(
             with trio.fail_after(10):
                 while 54 not in heard["behind"]:
                     await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     gc.collect()
