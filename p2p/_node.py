@@ -28,7 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import trio
 
@@ -61,40 +61,10 @@ from tufmesh.p2p._blob import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
-
     from tuf.api.metadata import Root
 
-
-class UploadGate(Protocol):
-    """Who gets an upload slot (:class:`tufmesh.origin._seeding.SeedGate`)."""
-
-    def admit(
-        self,
-        chunk: Hashable,
-        now: float,
-        *,
-        patient: bool = False,
-        size: int = 0,
-        requester: Hashable | None = None,
-    ) -> str:
-        """``"serve"``, or why not (``"busy"``, ``"seeded"``), to the machine ``requester``."""
-
-    def retry_after(self, now: float, verdict: Any = "busy") -> float:
-        """When to ask again after a refusal."""
-
-    def done(
-        self,
-        chunk: Hashable,
-        now: float,
-        *,
-        completed: bool = True,
-        requester: Hashable | None = None,
-    ) -> None:
-        """An admitted upload ended."""
-
-    def floor(self, start: float) -> UploadFloor:
-        """When the pieces of an upload admitted at ``start`` must be out."""
+    # Types only: the origin's package imports this one.
+    from tufmesh.origin._seeding import SeedGate, Verdict
 
 
 __all__ = ["PACED_PIECE", "P2PNode", "check_peer_address"]
@@ -383,7 +353,7 @@ class P2PNode:
         on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
         blob_source: Callable[[str, int, int], bytes | None] | None = None,
         have_source: Callable[[object], dict[str, Any]] | None = None,
-        uploads: UploadGate | None = None,
+        uploads: SeedGate | None = None,
         pace: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         """``blob_source(cid, offset, length)`` answers ``/tufmesh/blob/1`` requests
@@ -630,7 +600,7 @@ class P2PNode:
         host = "?" if address is None else machine_of(address)
         requester = counted_machine(address)
         paused = self._paused.get(host, -math.inf) - now
-        verdict = "busy"
+        verdict: Verdict = "busy"
         if paused > 0:
             await stream.write(encode_refusal("busy", min(paused, _LONGEST_RETRY)))
             return
