@@ -253,12 +253,10 @@ class OriginService:
         self.counter: ByteCounter | None = None
         #: Mirrors' chunk requests, over HTTP and libp2p alike (ADR 12).
         self.uploads = SeedGate()
-        #: Called after commits and refreshes that changed the timestamp, the
-        #: newest only, ANNOUNCE_INTERVAL apart at least (:meth:`run_announcer`).
-        self.on_commit: Callable[[], Awaitable[None]] | None = None
+        #: With --p2p-port: announces each new timestamp (:meth:`run_announcer`).
+        self.p2p: P2PNode | None = None
         self._announced = 0
         self._committed = trio.Event()  # the timestamp may have changed
-        self.p2p: P2PNode | None = None  # with --p2p-port
 
     def published_entry(self, project: str, filename: str) -> tuple[str, int] | None:
         """The sha256 and length of ``project/filename`` if it is published (its
@@ -431,19 +429,19 @@ class OriginService:
         return sorted(self.quarantined)
 
     async def run_announcer(self) -> None:
-        """Call ``on_commit`` for each new timestamp, the newest only, and
+        """Announce each new timestamp over ``p2p``, the newest only, and
         ANNOUNCE_INTERVAL apart at least: a burst of commits is one
         announcement a second, not one each (each floods the whole network)."""
         while True:
             await self._committed.wait()
             self._committed = trio.Event()
             version = self.committer.state.timestamp_version
-            if self.on_commit is None or version == self._announced:
+            if self.p2p is None or version == self._announced:
                 continue
             sent = False
             # Best effort (mirrors also poll), and never held up for long.
             with trio.move_on_after(ANNOUNCE_TIMEOUT), contextlib.suppress(Exception):
-                await self.on_commit()
+                await self.p2p.announce((self.dir / "metadata" / "timestamp.json").read_bytes())
                 sent = True
             if sent:
                 self._announced = version
@@ -1355,12 +1353,6 @@ async def serve(
                     p2p_bootstrap or [],
                     functools.partial(app.pace, piece=True),
                 )
-                timestamp = repo_dir / "metadata" / "timestamp.json"
-
-                async def announce() -> None:
-                    await node.announce(timestamp.read_bytes())
-
-                service.on_commit = announce
                 service.p2p = node
                 nursery.start_soon(service.run_announcer)
             nursery.start_soon(_stop_with_committer, committer)

@@ -596,10 +596,10 @@ class P2PNode:
             await stream.write(response_head(BAD_REQUEST, 0))
             return
         uploads, chunk, now = self.uploads, (request.cid, request.offset), trio.current_time()
-        address = _remote_ip(stream)
-        host = "?" if address is None else machine_of(address)
-        requester = counted_machine(address)
-        paused = self._paused.get(host, -math.inf) - now
+        # The machine counted against the slots and paused after a cut (None:
+        # this machine's own, tools, tests, a demo; or one libp2p does not say).
+        requester = counted_machine(_remote_ip(stream))
+        paused = self._paused.get(requester, -math.inf) - now if requester else -math.inf
         verdict: Verdict = "busy"
         if paused > 0:
             await stream.write(encode_refusal("busy", min(paused, _LONGEST_RETRY)))
@@ -632,9 +632,8 @@ class P2PNode:
         finally:
             if uploads is not None:
                 uploads.done(chunk, trio.current_time(), completed=sent, requester=requester)
-            # (not this machine's own: tools, tests, a demo; nor an unknown one)
             if cut and requester is not None:
-                self._pause(host)
+                self._pause(requester)
 
     def _pause(self, host: str) -> None:
         """Refuse ``host``'s blob requests for :data:`CUT_PAUSE` seconds: one of
