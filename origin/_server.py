@@ -431,7 +431,11 @@ class OriginService:
     async def run_announcer(self) -> None:
         """Announce each new timestamp over ``p2p``, the newest only, and
         ANNOUNCE_INTERVAL apart at least: a burst of commits is one
-        announcement a second, not one each (each floods the whole network)."""
+        announcement a second, not one each (each floods the whole network).
+        With no peer in its gossip mesh yet (just started, or every mirror
+        gone a while) the origin waits for one: published then, the
+        announcement would reach nobody, and a copy is never published again
+        (its bytes are its identity: it is seen already)."""
         while True:
             await self._committed.wait()
             self._committed = trio.Event()
@@ -441,8 +445,9 @@ class OriginService:
             sent = False
             # Best effort (mirrors also poll), and never held up for long.
             with trio.move_on_after(ANNOUNCE_TIMEOUT), contextlib.suppress(Exception):
-                await self.p2p.announce((self.dir / "metadata" / "timestamp.json").read_bytes())
-                sent = True
+                if self.p2p.mesh_size():
+                    await self.p2p.announce((self.dir / "metadata" / "timestamp.json").read_bytes())
+                    sent = True
             if sent:
                 self._announced = version
             else:

@@ -825,6 +825,48 @@ def test_bootstrap_without_a_p2p_port_is_refused_not_ignored(repo: Path, tmp_pat
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # test_p2p_node
+def test_a_commit_made_with_no_peer_in_the_mesh_is_announced_once_one_joins(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Announced while the origin had no peer in its gossip mesh (just
+    started, or every mirror gone a while), a new timestamp reached nobody and
+    was never announced again: mirrors heard of the release at their poll."""
+    import gc
+
+    import trio
+
+    from tufmesh.p2p import AnnouncementGate, P2PNode, topic_for
+
+    token = add_project(repo, "demo")
+    root = Metadata[Root].from_file(str(repo / "metadata" / "1.root.json")).signed
+    heard: list[int] = []
+    with running(repo, "--p2p-port", "0") as server:
+        address = (repo / "p2p.addr").read_text().strip()
+        post(server.url, "demo", "demo-1.0.tar.gz", b"1.0", token)
+        # Past the 3 s in which GossipSub offers a message to peers that were
+        # not in the mesh when it was published (a mirror back a little later).
+        time.sleep(3.5)
+        version = json.loads((repo / "metadata" / "timestamp.json").read_bytes())["signed"][
+            "version"
+        ]
+
+        async def main() -> None:
+            node = P2PNode(tmp_path / "n.key", topic_for(root), AnnouncementGate(root),
+                           on_announcement=lambda d: heard.append(json.loads(d)["signed"]["version"]),
+                           bootstrap=[address])  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                with trio.move_on_after(10):
+                    while version not in heard:
+                        await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        gc.collect()
+    assert heard == [version]
+
+
 def test_a_bootstrap_peer_that_is_down_is_not_logged_by_libp2p(repo: Path) -> None:
     """py-libp2p logged each failed dial ("Failed to open TCP stream: ...",
     every 30 s) on the service's stderr, where operators read tufmesh's lines."""
