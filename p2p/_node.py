@@ -232,8 +232,8 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
     handler does not catch, and six bytes from anyone ended the node, and
     with it the mirror's or the origin's service. Any error reading one
     peer's stream now ends that stream and that peer's pubsub state alone,
-    and a message that makes py-libp2p raise is dropped. Its verdicts are
-    not cached (:class:`_NoVerdicts`)."""
+    and a message that makes py-libp2p raise is dropped, and scored against
+    its sender. Its verdicts are not cached (:class:`_NoVerdicts`)."""
 
     class GuardedPubsub(pubsub):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -249,6 +249,13 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
             except Exception:  # (trio's Cancelled is no Exception: it goes through)
                 if msg_forwarder == self.my_id:
                     raise  # our own announcement: the caller tries it again
+                # Scored as an invalid message, as the gate's refusals are: an
+                # honest peer checks a message before it relays one, so only
+                # its maker sends it (unscored, it could be sent for ever).
+                scorer = getattr(self.router, "scorer", None)
+                if scorer is not None:
+                    for topic in set(msg.topicIDs) & set(self.topic_ids):
+                        scorer.on_invalid_message(msg_forwarder, topic)
 
         async def stream_handler(self, stream: Any) -> None:
             try:
