@@ -252,8 +252,10 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
                 # Scored as an invalid message, as the gate's refusals are: an
                 # honest peer checks a message before it relays one, so only
                 # its maker sends it (unscored, it could be sent for ever).
+                # Not one that failed once accepted (marked seen): that would
+                # be no fault of the message's.
                 scorer = getattr(self.router, "scorer", None)
-                if scorer is not None:
+                if scorer is not None and not self._is_msg_seen(msg):
                     for topic in set(msg.topicIDs) & set(self.topic_ids):
                         scorer.on_invalid_message(msg_forwarder, topic)
 
@@ -842,9 +844,20 @@ class P2PNode:
         return len(self._host.get_network().connections) if self._host is not None else 0
 
     def mesh_size(self) -> int:
-        """Peers in this node's gossip mesh for the repository's topic: those it
-        sends an announcement to at once (0 until its first heartbeats)."""
-        return len(self._router.mesh.get(self.topic, ())) if self._router is not None else 0
+        """Peers in this node's gossip mesh for the repository's topic that it
+        sends an announcement to at once (0 until its first heartbeats): a
+        mesh peer scored below the gossip threshold stays in the mesh, and is
+        sent nothing."""
+        router = self._router
+        if router is None:
+            return 0
+        topics = [self.topic]
+        return sum(
+            1
+            for peer in router.mesh.get(self.topic, ())
+            if router.scorer.allow_gossip(peer, topics)
+            and not router.scorer.is_graylisted(peer, topics)
+        )
 
     def score(self, peer_id: str) -> float:
         """This node's GossipSub score of ``peer_id`` on the repository's topic."""

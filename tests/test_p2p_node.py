@@ -119,6 +119,9 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
             # Past the third forgery the liar is graylisted (read at once: the
             # score decays 10% a heartbeat, and two would lift it above)...
             assert honest.score(liar.peer_id) < score_params().graylist_threshold
+            # It stays in the mesh, and is sent nothing: not counted as a
+            # peer an announcement reaches (the origin waits for one).
+            assert honest.mesh_size() == 2
             await trio.sleep(0.3)  # the fourth, had it been read
             assert received == []  # nothing forged reached the application
             # ...and its messages are dropped unread.
