@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -505,6 +506,16 @@ class Mirror:
 
     def _served_timestamp_version(self) -> int:
         return _version(self.tree / "metadata" / "timestamp.json")
+
+    def served_timestamp(self) -> tuple[int, datetime | None]:
+        """The version of the timestamp this mirror serves and when it expires
+        ((0, None) before its first sync)."""
+        path = self.tree / "metadata" / "timestamp.json"
+        try:
+            expires = datetime.fromisoformat(json.loads(path.read_bytes())["signed"]["expires"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, None
+        return _version(path), expires
 
     def note_network(self, peers: int, newest_announced: int) -> None:
         """Remember what the p2p layer saw, for ``mirror status``."""

@@ -141,6 +141,7 @@ def build_mirror_app(
                 "# TYPE tufmesh_mirror_announcements_total counter",
                 f'tufmesh_mirror_announcements_total{{verdict="accepted"}} {node.accepted}',
                 f'tufmesh_mirror_announcements_total{{verdict="rejected"}} {node.rejected}',
+                f'tufmesh_mirror_announcements_total{{verdict="ignored"}} {node.ignored}',
             ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -280,7 +281,7 @@ async def run_mirror(
             held = max(held, report.snapshot_version)
             served = mirror.state().get("timestamp_version", served)
             if node is not None:
-                node.gate.newest = max(node.gate.newest, served)
+                node.gate.hold(*mirror.served_timestamp())
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
             newest, ago = max(heard, default=0), trio.current_time() - heard_at
@@ -325,10 +326,11 @@ async def run_mirror(
             # Announcements older than what it serves are stale to this mirror
             # from its start (relaying one, it would be scored down by its
             # up-to-date peers); the gate learns each version it then serves.
+            version, expires = mirror.served_timestamp()
             node = P2PNode(
                 mirror.dir / "p2p.key",
                 topic_for(root),
-                AnnouncementGate(root, newest=served),
+                AnnouncementGate(root, newest=max(served, version), expires=expires),
                 host=host,
                 port=p2p_port,
                 bootstrap=bootstrap,

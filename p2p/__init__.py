@@ -7,12 +7,19 @@ Noise and yamux only, and GossipSub on the repository's topic.
 
 from __future__ import annotations
 
-from tufmesh.p2p._announce import MAX_ANNOUNCEMENT, AnnouncementGate, Verdict, topic_for
+from tufmesh.p2p._announce import (
+    MAX_ANNOUNCEMENT,
+    RECENT,
+    AnnouncementGate,
+    Verdict,
+    topic_for,
+)
 from tufmesh.p2p._node import PACED_PIECE, P2PNode, check_peer_address
 
 __all__ = [
     "MAX_ANNOUNCEMENT",
     "PACED_PIECE",
+    "RECENT",
     "AnnouncementGate",
     "P2PNode",
     "Verdict",

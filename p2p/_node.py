@@ -226,6 +226,12 @@ class _NoVerdicts:
         pass
 
 
+class _Ignored(Exception):
+    """Raised by the topic validator for a message to drop without a verdict:
+    py-libp2p knows only accept (deliver, relay) and reject (drop, and score
+    the sender down), and a recent replay is neither (:attr:`Verdict.ignore`)."""
+
+
 def _guarded(pubsub: type[Any]) -> type[Any]:
     """py-libp2p's pubsub, with its gossip streams' reader guarded: a peer's
     bytes that do not parse as a protobuf RPC raised a ``DecodeError`` its
@@ -246,6 +252,11 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
             # error ended the pubsub service, and the node: it is dropped.
             try:
                 await super().push_msg(msg_forwarder, msg)
+            except _Ignored:
+                # A replay of the recent past (an honest peer's cache): not
+                # delivered, not relayed, not counted against its sender, and
+                # not checked again while it is remembered as seen.
+                self._mark_msg_seen(msg)
             except Exception:  # (trio's Cancelled is no Exception: it goes through)
                 if msg_forwarder == self.my_id:
                     raise  # our own announcement: the caller tries it again
@@ -388,6 +399,7 @@ class P2PNode:
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self.rejected = 0
         self.accepted = 0
+        self.ignored = 0  # refused, not against their senders (Verdict.ignore)
         self._pubsub: Any = None
         self._subscription: Any = None
         self._router: Any = None
@@ -820,6 +832,9 @@ class P2PNode:
         verdict = self.gate.check(bytes(message.data))
         if verdict.accept:
             self.accepted += 1
+        elif verdict.ignore:
+            self.ignored += 1
+            raise _Ignored  # dropped without a verdict (GuardedPubsub.push_msg)
         else:
             self.rejected += 1
         return verdict.accept

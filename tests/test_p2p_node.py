@@ -196,10 +196,10 @@ def test_replays_after_the_seen_window_neither_stop_news_nor_bring_back_old(
                 while 54 not in heard["behind"]:
                     await trio.sleep(0.05)
             await trio.sleep(3.0)  # the window passed again
-            rejected = hub.rejected
+            refused = hub.rejected + hub.ignored  # (signed a moment before v54: ignored)
             await attacker.announce(v53)  # old now
             with trio.fail_after(10):
-                while hub.rejected == rejected and heard["hub"][-1] != 53:
+                while hub.rejected + hub.ignored == refused and heard["hub"][-1] != 53:
                     await trio.sleep(0.05)
 
     trio.run(main)
@@ -207,6 +207,65 @@ def test_replays_after_the_seen_window_neither_stop_news_nor_bring_back_old(
     # (A copy that arrives while another is being checked may be delivered too.)
     assert heard["hub"][:2] == [53, 53] and set(heard["hub"][2:]) == {54}, heard  # old: refused
     assert 54 in heard["behind"], heard
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_a_node_that_starts_up_to_date_does_not_score_down_peers_replaying_the_recent_past(
+    tmp_path: Path,
+) -> None:
+    """A node that starts holding v54 is sent, by an honest peer's message
+    cache, the v53 announced a moment before: refused as old, it cost the
+    peer 99 points (two such, and the node sent it no more announcements).
+    An older one still costs its sender."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+    from tuf.api.metadata import Metadata
+
+    from tufmesh.p2p import RECENT
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    root = repo.root()
+    topic = topic_for(root)
+    v54 = timestamp(repo, version=54)
+    gate = AnnouncementGate(root, newest=54, expires=Metadata.from_bytes(v54).signed.expires)
+
+    async def main() -> None:
+        node = P2PNode(tmp_path / "node.key", topic, gate)
+        peer = P2PNode(tmp_path / "peer.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(node.run)
+            peer.bootstrap = [address]
+            await nursery.start(peer.run)
+            await meshed(node, peer)
+            pubsub, to_node = peer._pubsub, ID.from_base58(node.peer_id)
+
+            def send(data: bytes, seqno: int) -> None:
+                message = rpc_pb2.Message(data=data, topicIDs=[topic], seqno=seqno.to_bytes(8, "big"),
+                                          from_id=pubsub.my_id.to_bytes())  # fmt: skip
+                message.signature = pubsub.sign_key.sign(
+                    PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
+                )
+                message.key = pubsub.host.get_public_key().serialize()
+                peer._router.send_rpc(to_node, rpc_pb2.RPC(publish=[message]))
+
+            send(timestamp(repo, version=53, expires_days=1 - 2 / 86400), 1)
+            with trio.fail_after(5):
+                while not node.ignored:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.2)
+            assert node.score(peer.peer_id) > -50 and node.rejected == 0
+            assert node.mesh_size() == 1  # it still sends the peer announcements
+            stale = 1 - (RECENT.total_seconds() + 60) / 86400
+            send(timestamp(repo, version=52, expires_days=stale), 2)
+            with trio.fail_after(5):
+                while not node.rejected:
+                    await trio.sleep(0.05)
+            assert node.score(peer.peer_id) < -50 and node.ignored == 1
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
 
 
 @pytest.mark.attack
