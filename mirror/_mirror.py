@@ -510,12 +510,11 @@ class Mirror:
     def served_timestamp(self) -> tuple[int, datetime | None]:
         """The version of the timestamp this mirror serves and when it expires
         ((0, None) before its first sync)."""
-        path = self.tree / "metadata" / "timestamp.json"
         try:
-            expires = datetime.fromisoformat(json.loads(path.read_bytes())["signed"]["expires"])
+            signed = json.loads((self.tree / "metadata" / "timestamp.json").read_bytes())["signed"]
+            return int(signed["version"]), datetime.fromisoformat(signed["expires"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0, None
-        return _version(path), expires
 
     def note_network(self, peers: int, newest_announced: int) -> None:
         """Remember what the p2p layer saw, for ``mirror status``."""

@@ -330,7 +330,11 @@ async def run_mirror(
             node = P2PNode(
                 mirror.dir / "p2p.key",
                 topic_for(root),
-                AnnouncementGate(root, newest=max(served, version), expires=expires),
+                AnnouncementGate(
+                    root,
+                    newest=max(served, version),
+                    expires=expires if version >= served else None,
+                ),
                 host=host,
                 port=p2p_port,
                 bootstrap=bootstrap,

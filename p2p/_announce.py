@@ -108,7 +108,11 @@ class AnnouncementGate:
         if md.signed.is_expired(now or datetime.now(UTC)):
             return Verdict(False, f"expired timestamp v{version}", version)
         if version < self.newest:
-            recent = self.expires is not None and md.signed.expires >= self.expires - RECENT
+            # Both ways: one that expires after the newest was signed for a
+            # longer lifetime (the origin's setting changed, or its clock
+            # went back), perhaps days before.
+            expires = md.signed.expires
+            recent = self.expires is not None and self.expires - RECENT <= expires <= self.expires
             reason = f"old timestamp v{version} (have v{self.newest})"
             return Verdict(False, reason, version, ignore=recent)
         newer = version > self.newest

@@ -136,6 +136,10 @@ def test_a_replay_of_the_recent_past_is_refused_but_not_held_against_its_sender(
     past = RECENT.total_seconds() + 30
     older = gate.check(timestamp(repo, version=8, expires_days=1 - past / day))
     assert not older.accept and not older.ignore
+    # One that expires after the newest was signed for a longer lifetime
+    # (the origin's setting changed): perhaps days before.
+    longer = gate.check(timestamp(repo, version=7, expires_days=6))
+    assert not longer.accept and not longer.ignore
     # Not knowing when the newest expires, the gate lets nothing off.
     unknown = AnnouncementGate(repo.root(), newest=10)
     assert not unknown.check(timestamp(repo, version=9, expires_days=1 - 30 / day)).ignore
