@@ -134,7 +134,7 @@ def build_mirror_app(
                 "# HELP tufmesh_mirror_p2p_peers Connected libp2p peers.",
                 "# TYPE tufmesh_mirror_p2p_peers gauge",
                 f"tufmesh_mirror_p2p_peers {node.peer_count()}",
-                "# HELP tufmesh_mirror_p2p_mesh_peers Peers in the gossip mesh of the topic.",
+                "# HELP tufmesh_mirror_p2p_mesh_peers Gossip mesh peers announcements go to.",
                 "# TYPE tufmesh_mirror_p2p_mesh_peers gauge",
                 f"tufmesh_mirror_p2p_mesh_peers {node.mesh_size()}",
                 "# HELP tufmesh_mirror_announcements_total Gossip announcements judged.",
