@@ -633,6 +633,12 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
         f"{', '.join(k.keyid[:12] for k in keys)} (threshold {threshold}) from now on"
     )
     _report(repo, done)
+    click.echo(
+        f"next, with the root keys: tufmesh origin rotate --dir {repo_dir} targets (after "
+        "this ceremony's other claims): until then the targets metadata from before the "
+        f"claim, still valid, lets whoever holds the online keys sign for {project} to a "
+        "client that never saw a later one (docs/maintainers.md)"
+    )
 
 
 @project.command("token-rotate")

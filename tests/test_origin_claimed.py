@@ -12,6 +12,7 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,6 +99,7 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     assert "give -o FILE" in twice.stderr
     out = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
     assert "\nclaimed demo: its artifacts (1) are signed by" in out
+    assert f"next, with the root keys: tufmesh origin rotate --dir {repo} targets" in out
     # The ceremony run twice: in place, nothing to do (it told the developers
     # to make their request anew).
     version = snapshot_version(repo)
@@ -518,6 +520,84 @@ def _forge_into_bin(repo: Path, evil: Path, project: str) -> str:
         listed.targets[target.path] = target
     origin._commit()
     return target.path
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("rotated", [False, True], ids=["claim-alone", "targets-keys-rotated"])
+def test_a_claim_holds_for_new_clients_once_the_targets_keys_are_rotated(
+    tmp_path: Path, rotated: bool
+) -> None:
+    """The targets version signed before a claim stays valid for its lifetime
+    (a year): whoever holds the online keys can serve it again, with the
+    claimed project's path forged into its hash bin, to a client that has
+    never fetched a later one (a new install), and python-tuf takes it: the
+    limit docs/adr/0022 states. Rotating the targets keys in the claim's
+    ceremony (docs/maintainers.md) ends it: the root then names other keys,
+    and every older targets version is signed by none of them."""
+    from tuf.api.metadata import MetaFile, Snapshot, Timestamp
+    from tuf.api.serialization.json import JSONSerializer
+    from tuf.ngclient import Updater
+
+    from tufmesh.origin._keys import generate_file_key
+
+    directory = tmp_path / "repo"
+    origin = OriginRepository.create(directory, OriginConfig(bins=16))
+    first = tmp_path / "demo-1.0.tar.gz"
+    first.write_bytes(os.urandom(5000))
+    origin.store.put(first.read_bytes())
+    assert origin.publish([Artifact.from_target(target_of(first, "demo"))]) == [2]
+    before = origin._bytes["targets"]  # public: every client and mirror has it
+    key = tmp_path / "demo.pem"
+    generate_key(key)
+    signer = load_key(str(key)).signer
+    request = claim_request("demo", signer, [target_of(first, "demo")])
+    origin.claim("demo", [signer.public_key], 1, request.data)
+    origin = OriginRepository(directory)
+    if rotated:
+        origin.rotate("targets", [generate_file_key(directory, "targets-2")])
+        origin = OriginRepository(directory)
+    # The origin broken into: its online keys sign a bin that lists a file of
+    # the claimed project, and a snapshot that names the older targets.
+    evil = tmp_path / "demo-6.6.6.tar.gz"
+    evil.write_bytes(b"malware")
+    forged = target_of(evil, "demo")
+    served = directory / "targets" / "demo" / f"{forged.hashes['sha256']}.{evil.name}"
+    served.write_bytes(evil.read_bytes())
+    metadata, serializer = directory / "metadata", JSONSerializer(compact=True)
+
+    def sign(md: Metadata[Any], role: str) -> bytes:
+        md.signed.version += 1
+        md.signatures.clear()
+        md.sign(load_key(str(directory / "keys" / f"{role}.pem")).signer)
+        return md.to_bytes(serializer)
+
+    bin_role = origin.succinct.get_role_for_target(forged.path)
+    listing = Metadata[Targets].from_bytes(origin._bytes[bin_role])
+    listing.signed.targets[forged.path] = forged
+    listed = sign(listing, "bin-n")
+    (metadata / f"{listing.signed.version}.{bin_role}.json").write_bytes(listed)
+    old = Metadata[Targets].from_bytes(before).signed.version
+    (metadata / f"{old}.targets.json").write_bytes(before)
+    snapshot = Metadata[Snapshot].from_bytes(origin._bytes["snapshot"])
+    snapshot.signed.meta["targets.json"] = MetaFile(version=old)
+    snapshot.signed.meta[f"{bin_role}.json"] = MetaFile(version=listing.signed.version)
+    snapshotted = sign(snapshot, "snapshot")
+    (metadata / f"{snapshot.signed.version}.snapshot.json").write_bytes(snapshotted)
+    timestamp = Metadata[Timestamp].from_bytes(origin._bytes["timestamp"])
+    timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
+    (metadata / "timestamp.json").write_bytes(sign(timestamp, "timestamp"))
+    with static_server(directory) as url:
+        fresh = Updater(str(tmp_path / "fresh"), f"{url}/metadata/", str(tmp_path / "dl"),
+                        f"{url}/targets/",
+                        bootstrap=(metadata / "1.root.json").read_bytes())  # fmt: skip
+        if rotated:
+            with pytest.raises(Exception, match="targets was signed by 0/1 keys"):
+                fresh.refresh()
+        else:
+            fresh.refresh()
+            info = fresh.get_targetinfo(forged.path)
+            assert info is not None
+            assert Path(fresh.download_target(info)).read_bytes() == b"malware"
 
 
 def test_a_new_key_for_a_claimed_project_whose_key_leaked(tmp_path: Path) -> None:
