@@ -219,6 +219,7 @@ def serve(
     ProjectRegistry(repo_dir).names()  # a damaged projects.json: said now, not at each upload
     for warning in repo.offline_expiry()[0]:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+    _warn_unrotated(repo)
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
     if bootstrap and p2p_port is None:
         raise UsageError("--bootstrap needs --p2p-port (without it there is no libp2p node)")
@@ -254,6 +255,20 @@ def _refuse_broken(repo: OriginRepository) -> None:
         )
 
 
+def _warn_unrotated(repo: OriginRepository) -> None:
+    """Say which claims still wait for the targets keys' rotation (the
+    claim's ceremony, step 3 of docs/maintainers.md)."""
+    if claimed := repo.unrotated_claims():
+        click.secho(
+            f"warning: {', '.join(claimed)} claimed since the targets keys last changed: "
+            f"rotate them ('tufmesh origin rotate --dir {repo.dir} targets', with the root "
+            "keys); until then the targets metadata from before each claim lets the online "
+            "keys sign for the project to a client that never fetched a later one",
+            fg="yellow",
+            err=True,
+        )
+
+
 @origin.command()
 @repo_option
 def status(repo_dir: Path) -> None:
@@ -277,6 +292,7 @@ def status(repo_dir: Path) -> None:
     warnings, expired = repo.offline_expiry()
     for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
+    _warn_unrotated(repo)
     now = datetime.now(UTC)
     click.echo(f"repository {repo_dir}")
     rows = repo.status()

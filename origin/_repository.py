@@ -114,6 +114,8 @@ REFRESH_FRACTION: Final = 0.25
 #: An offline role closer than this to its expiry is warned of (``status``,
 #: ``serve``): a ceremony needs its key holders, who need notice.
 OFFLINE_WARNING: Final = timedelta(days=30)
+#: Projects claimed since the targets keys last changed (``unrotated_claims``).
+UNROTATED_CLAIMS: Final = "claims-unrotated.json"
 #: Names a claimed project's own versions may drop, in all: each is kept for
 #: ever (never published again) in ``removed.json``, which every publication
 #: reads. Names cost nothing (a one-byte blob backs thousands), so without a
@@ -1241,6 +1243,8 @@ class OriginRepository(Repository):
             if version == 1 and previous:
                 self._enough_signers(self.succinct.get_role_for_target(next(iter(previous))))
             return missing
+        unrotated = self.unrotated_claims()
+        self._note_unrotated([*unrotated, project])  # first, as a removal's record
         try:
             with self.edit_targets("targets") as targets:
                 edited = targets.delegations
@@ -1267,6 +1271,7 @@ class OriginRepository(Repository):
             self._adopt(project, md, data, previous, ceremony=True)
         except BaseException:
             self.load()
+            self._note_unrotated(unrotated)
             raise
         self._broken = None
         return ["targets", *(sorted(bins) if version == 1 else []), role, "snapshot", "timestamp"]
@@ -1480,7 +1485,34 @@ class OriginRepository(Repository):
         self._use_signers(
             dataclasses.replace(old_config, signers={**old_config.signers, role: new_ids})
         )
+        if role == "targets":  # every targets version before it is signed by old keys
+            self._note_unrotated([])
         return done
+
+    def unrotated_claims(self) -> list[str]:
+        """Projects claimed since the targets keys last changed. Until they
+        change, the targets versions signed before each claim still verify:
+        whoever holds the online keys can serve one again, with the project's
+        paths in a bin, to a client that never fetched a later one
+        (docs/maintainers.md, the claim's step 3)."""
+        path = self.dir / UNROTATED_CLAIMS
+        try:
+            names = json.loads(path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise OriginError(f"cannot read {path}: {exc}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise OriginError(f"{path} is not a list of project names")
+        return names
+
+    def _note_unrotated(self, names: list[str]) -> None:
+        path = self.dir / UNROTATED_CLAIMS
+        if names:
+            write_atomic(path, (json.dumps(sorted(set(names))) + "\n").encode())
+        elif path.exists():
+            path.unlink()
+            fsync_dir(self.dir)
 
     def _bins(self) -> list[str]:
         return list(self.succinct.get_roles())

@@ -106,8 +106,9 @@ def _claimed_repo(tmp_path: Path, *extra: str) -> tuple[Path, str, Path, Path]:
     again = tufmesh("origin", "project", "claim", "--dir", str(repo), str(request)).stdout
     assert "demo is claimed by this request already: nothing to do" in again
     assert snapshot_version(repo) == version
-    status = tufmesh("origin", "status", "--dir", str(repo)).stdout
-    assert "1 projects sign their own metadata" in status and "\n  demo " in status
+    status = tufmesh("origin", "status", "--dir", str(repo))
+    assert "1 projects sign their own metadata" in status.stdout and "\n  demo " in status.stdout
+    assert "warning: demo claimed since the targets keys last changed" in status.stderr
     return repo, token, key, first
 
 
@@ -553,9 +554,11 @@ def test_a_claim_holds_for_new_clients_once_the_targets_keys_are_rotated(
     request = claim_request("demo", signer, [target_of(first, "demo")])
     origin.claim("demo", [signer.public_key], 1, request.data)
     origin = OriginRepository(directory)
+    assert origin.unrotated_claims() == ["demo"]  # (origin status and serve warn)
     if rotated:
         origin.rotate("targets", [generate_file_key(directory, "targets-2")])
         origin = OriginRepository(directory)
+        assert origin.unrotated_claims() == []
     # The origin broken into: its online keys sign a bin that lists a file of
     # the claimed project, and a snapshot that names the older targets.
     evil = tmp_path / "demo-6.6.6.tar.gz"
