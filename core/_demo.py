@@ -105,6 +105,7 @@ def _run(work: Path, size: int) -> None:
         release,
         target_of,
     )
+    from tufmesh.origin._keys import generate_file_key
 
     _step("create a repository: root, targets, bins -> 16 hash bins, snapshot, timestamp")
     repo = OriginRepository.create(work / "repo", OriginConfig(bins=16))
@@ -117,9 +118,13 @@ def _run(work: Path, size: int) -> None:
     request = claim_request("example", developer.signer, [])
     key = developer.signer.public_key
     repo.claim("example", [key], 1, request.data)
+    # The ceremony's last step: the targets version from before the claim,
+    # signed by these keys, would otherwise still verify (docs/maintainers.md).
+    repo.rotate("targets", [generate_file_key(repo.dir, "targets-2")])
     click.echo(
         f"    targets delegates example/* to key {key.keyid[:12]}, before "
-        "the hash bins: the origin's own keys cannot publish to it"
+        "the hash bins: the origin's own keys cannot publish to it (and the "
+        "targets keys are new, so no targets version from before says otherwise)"
     )
 
     with contextlib.ExitStack() as stack:

@@ -201,8 +201,11 @@ def test_demo_runs_and_verifies() -> None:
     assert "every byte was verified, and the corrupt mirror was caught" in proc.stdout
     assert "identical bytes" in proc.stdout
     assert "rejected, mirror 3 banned" in proc.stdout
-    assert proc.stdout.count("holds snapshot v3") == 3
-    assert "in project-example v2, snapshot v3" in proc.stdout
+    # Snapshots: the repository's first, the claim's, the targets keys'
+    # rotation that ends the claim's ceremony, and the release.
+    assert proc.stdout.count("holds snapshot v4") == 3
+    assert "in project-example v2, snapshot v4" in proc.stdout
+    assert "the targets keys are new" in proc.stdout
 
 
 @pytest.mark.slow
