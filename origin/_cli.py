@@ -258,7 +258,12 @@ def _refuse_broken(repo: OriginRepository) -> None:
 def _warn_unrotated(repo: OriginRepository) -> None:
     """Say which claims still wait for the targets keys' rotation (the
     claim's ceremony, step 3 of docs/maintainers.md)."""
-    if claimed := repo.unrotated_claims():
+    try:
+        claimed = repo.unrotated_claims()
+    except OriginError as exc:  # a reminder: said, never a reason to stop serving
+        click.secho(f"warning: {exc}", fg="yellow", err=True)
+        return
+    if claimed:
         click.secho(
             f"warning: {', '.join(claimed)} claimed since the targets keys last changed: "
             f"rotate them ('tufmesh origin rotate --dir {repo.dir} targets', with the root "
@@ -440,7 +445,7 @@ def rotate(
     repo_dir: Path, role: str, uris: tuple[str, ...], pems: tuple[str, ...],
     new_keys: int | None, threshold: int | None,
 ) -> None:  # fmt: skip
-    """Replace every key of ROLE (a compromise, or a key holder leaving).
+    """Replace the keys of ROLE by those given (a compromise, or a key holder leaving).
 
     The role that delegates to ROLE is re-signed naming the new keys (a new
     root is signed by the old root keys and the new ones), ROLE is re-signed

@@ -116,6 +116,10 @@ REFRESH_FRACTION: Final = 0.25
 OFFLINE_WARNING: Final = timedelta(days=30)
 #: Projects claimed since the targets keys last changed (``unrotated_claims``).
 UNROTATED_CLAIMS: Final = "claims-unrotated.json"
+_UNROTATED_HINT: Final = (
+    " (if a project was claimed since the targets keys last changed, rotate them: "
+    "'origin rotate targets' removes it; if none was, delete it)"
+)
 #: Names a claimed project's own versions may drop, in all: each is kept for
 #: ever (never published again) in ``removed.json``, which every publication
 #: reads. Names cost nothing (a one-byte blob backs thousands), so without a
@@ -1271,7 +1275,10 @@ class OriginRepository(Repository):
             self._adopt(project, md, data, previous, ceremony=True)
         except BaseException:
             self.load()
-            self._note_unrotated(unrotated)
+            # What reached the disk decides: a claim published before the
+            # failure (a file left to unlink, a directory's sync) stays noted.
+            if role not in self._md or set(self._role_keys(role)[0]) != {k.keyid for k in keys}:
+                self._note_unrotated(unrotated)
             raise
         self._broken = None
         return ["targets", *(sorted(bins) if version == 1 else []), role, "snapshot", "timestamp"]
@@ -1485,7 +1492,11 @@ class OriginRepository(Repository):
         self._use_signers(
             dataclasses.replace(old_config, signers={**old_config.signers, role: new_ids})
         )
-        if role == "targets":  # every targets version before it is signed by old keys
+        kept = set(new_ids) & set(old_keyids)
+        if role == "targets" and len(kept) < threshold:
+            # Every targets version before it is signed by keys the root no
+            # longer counts to the threshold (keeping enough old keys, a
+            # "rotation" would leave them all valid).
             self._note_unrotated([])
         return done
 
@@ -1501,9 +1512,9 @@ class OriginRepository(Repository):
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as exc:
-            raise OriginError(f"cannot read {path}: {exc}") from None
+            raise OriginError(f"cannot read {path}: {exc}{_UNROTATED_HINT}") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise OriginError(f"{path} is not a list of project names")
+            raise OriginError(f"{path} is not a list of project names{_UNROTATED_HINT}")
         return names
 
     def _note_unrotated(self, names: list[str]) -> None:

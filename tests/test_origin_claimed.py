@@ -559,6 +559,14 @@ def test_a_claim_holds_for_new_clients_once_the_targets_keys_are_rotated(
         origin.rotate("targets", [generate_file_key(directory, "targets-2")])
         origin = OriginRepository(directory)
         assert origin.unrotated_claims() == []
+        with static_server(directory) as url:  # honest clients follow the rotation
+            honest = Updater(str(tmp_path / "honest"), f"{url}/metadata/", str(tmp_path / "h"),
+                             f"{url}/targets/",
+                             bootstrap=(directory / "metadata" / "1.root.json").read_bytes())  # fmt: skip
+            honest.refresh()
+            info = honest.get_targetinfo("demo/demo-1.0.tar.gz")
+            assert info is not None
+            assert Path(honest.download_target(info)).read_bytes() == first.read_bytes()
     # The origin broken into: its online keys sign a bin that lists a file of
     # the claimed project, and a snapshot that names the older targets.
     evil = tmp_path / "demo-6.6.6.tar.gz"
@@ -601,6 +609,35 @@ def test_a_claim_holds_for_new_clients_once_the_targets_keys_are_rotated(
             info = fresh.get_targetinfo(forged.path)
             assert info is not None
             assert Path(fresh.download_target(info)).read_bytes() == b"malware"
+
+
+def test_a_claim_is_noted_until_a_rotation_leaves_none_of_the_old_targets_keys_counting(
+    tmp_path: Path,
+) -> None:
+    """The note of a claim that waits for the targets keys' rotation is cleared
+    only by a rotation after which the old keys cannot make the threshold:
+    one that kept a current key left every older targets version valid. A
+    damaged note is said, and serves on."""
+    from tufmesh.origin._keys import generate_file_key
+
+    directory = tmp_path / "repo"
+    origin = OriginRepository.create(directory, OriginConfig(bins=4))
+    key = tmp_path / "demo.pem"
+    generate_key(key)
+    signer = load_key(str(key)).signer
+    origin.claim("demo", [signer.public_key], 1, claim_request("demo", signer, []).data)
+    origin = OriginRepository(directory)
+    assert origin.unrotated_claims() == ["demo"]
+    (old,) = origin.config.signers["targets"].items()
+    kept = (old[1], origin._md["root"].signed.keys[old[0]])
+    origin.rotate("targets", [kept, generate_file_key(directory, "targets-2")], threshold=1)
+    origin = OriginRepository(directory)
+    assert origin.unrotated_claims() == ["demo"]  # the old key still signs alone
+    origin.rotate("targets", [generate_file_key(directory, "targets-3")])
+    assert OriginRepository(directory).unrotated_claims() == []
+    (directory / "claims-unrotated.json").write_text("{")
+    status = tufmesh("origin", "status", "--dir", str(directory))
+    assert "claims-unrotated.json" in status.stderr and "rotate them" in status.stderr
 
 
 def test_a_new_key_for_a_claimed_project_whose_key_leaked(tmp_path: Path) -> None:
