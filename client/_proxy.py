@@ -256,10 +256,25 @@ async def serve_proxy(
         ]
     )
     served: Any = ByteCounter(app)
-    if is_loopback(host):
+    if await _binds_loopback(host):
         served = LocalOnly(served)
     async with trio.open_nursery() as nursery:
         await start_http(nursery, served, host, port, None, on_ready)
+
+
+async def _binds_loopback(host: str) -> bool:
+    """True if ``host`` names this machine's loopback only, however spelt
+    (``127.1``, a name the hosts file maps to 127.0.1.1): judged by the text
+    alone, ``--host 127.1`` bound to 127.0.0.1 without the check below."""
+    import trio
+
+    if is_loopback(host):
+        return True
+    try:
+        found = await trio.socket.getaddrinfo(host, None)
+    except OSError:
+        return False  # (the bind fails too, and says so)
+    return bool(found) and all(is_loopback(str(info[4][0])) for info in found)
 
 
 class LocalOnly:

@@ -104,6 +104,17 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
             for named, status in (("attacker.example", 421), ("localhost:1", 200)):
                 answer = httpx.get(f"{index}tinypkg/", headers={"host": named})
                 assert answer.status_code == status, named
+            # However loopback is spelt (the check was judged by the text).
+            with subprocess.Popen(
+                [TUFMESH, "client", "proxy", "--home", str(home), "--port", "0",
+                 "--host", "127.1"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ) as other:  # fmt: skip
+                assert other.stdout is not None
+                spelt = other.stdout.readline().split()[2]
+                answer = httpx.get(f"{spelt}tinypkg/", headers={"host": "attacker.example"})
+                other.terminate()
+            assert answer.status_code == 421
             installed = subprocess.run(
                 [sys.executable, "-m", "pip", "install", "--isolated", "--index-url", index,
                  "--target",
