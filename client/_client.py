@@ -287,8 +287,14 @@ class Client:
             # as get_targetinfo resolves them: a bin's key cannot add paths
             # that belong to another bin, and none of the paths a terminating
             # delegation names (a claimed project's) count in a later role.
+            # A tufmesh hash bin delegates nothing: the walk does not descend
+            # below one. The bins' keys are online; roles they delegated to
+            # (65,536 at most, each a few megabytes) were each loaded and
+            # kept, and one listing could take gigabytes: the pip proxy was
+            # killed for memory, and its pages waited meanwhile.
             Check = Callable[[str], bool]
             stack: list[tuple[str, str, tuple[Check, ...]]] = [("targets", "root", ())]
+            bins: set[str] = set()
             lapsed = []
             visited: set[str] = set()  # as python-tuf's search: a role once (a cycle ends)
             while stack:
@@ -315,6 +321,8 @@ class Client:
                         found[path] = target
                 delegations = targets.delegations
                 children: list[tuple[str, Check]] = []
+                if role in bins:
+                    continue
                 if delegations is not None and delegations.succinct_roles is not None:
                     succinct = delegations.succinct_roles
                     if succinct.number_of_bins > MAX_ROLES:
@@ -325,6 +333,8 @@ class Client:
                     children.extend(
                         (name, _bin_check(succinct, name)) for name in succinct.get_roles()
                     )
+                    if self.artifact_paths:
+                        bins.update(name for name, _ in children)
                 elif delegations is not None:
                     ended: list[DelegatedRole] = []  # earlier terminating siblings
                     for name, child in (delegations.roles or {}).items():

@@ -1124,6 +1124,31 @@ def test_a_damaged_metadata_cache_heals_and_a_new_root_is_said(
     assert "the trusted root was replaced" in again
 
 
+def test_a_listing_does_not_descend_below_a_hash_bin(tmp_path: Path) -> None:
+    """A bin (its key online, and compromised) delegates to further roles:
+    the listing loaded and kept every one (65,536 at most, megabytes each),
+    and the pip proxy was killed for memory. tufmesh's bins delegate
+    nothing: a listing reads none of them (here one that does not exist,
+    which failed the whole listing)."""
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import DelegatedRole, Delegations, TargetFile
+
+    from tufmesh.origin import OriginRepository
+
+    repo_dir = init_repo(tmp_path / "repo")
+    repo = OriginRepository(repo_dir)
+    placed = "demo/placed-1.whl"
+    role = repo.succinct.get_role_for_target(placed)
+    key = CryptoSigner.generate_ed25519().public_key
+    with repo.edit_targets(role) as targets:
+        targets.targets[placed] = TargetFile(1, {"sha256": "00" * 32}, placed)
+        ghost = DelegatedRole("ghost", [key.keyid], 1, False, paths=["demo/*"])
+        targets.delegations = Delegations({key.keyid: key}, roles={"ghost": ghost})
+    repo._commit()
+    with running(repo_dir) as origin, client_for(origin, tmp_path, origin.url) as client:
+        assert [t.path for t in client.artifacts()] == [placed]
+
+
 def test_a_bins_entries_count_only_for_the_paths_delegated_to_it(tmp_path: Path) -> None:
     """A bin lists a path that hashes to another bin (its key is online, and
     compromised): the listing must not take it, as python-tuf's own lookup
