@@ -387,7 +387,7 @@ class Client:
             # bytes otherwise is replaced by a copy, and other bytes only if
             # asked.
             alone = own_file(dest)
-            if _holds(dest, info):
+            if holds(dest, info):
                 if alone:
                     return DownloadResult(path, dest, info.length, cached=True)
             elif not replace:
@@ -663,7 +663,7 @@ def _fetch_whole(
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
 
 
-def _holds(path: Path, info: TargetFile) -> bool:
+def holds(path: Path, info: TargetFile) -> bool:
     """Whether what ``path`` holds now (through a link, too) is the artifact."""
     try:
         with open(path, "rb") as existing:

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 from tuf.api.metadata import Metadata, TargetFile, Timestamp
 
 from tufmesh._shares import is_loopback
+from tufmesh.client._client import holds
+from tufmesh.client._download import own_file
 from tufmesh.errors import NotInMetadataError, TufmeshError
 from tufmesh.origin._names import normalize_project
 
@@ -53,6 +55,8 @@ class IndexFile:
 
     filename: str
     sha256: str
+    #: Its signed entry (a cached copy is checked against it while no source answers).
+    target: TargetFile | None = None
 
 
 class ProjectIndex:
@@ -65,7 +69,7 @@ class ProjectIndex:
             sha256 = target.hashes.get("sha256")
             if not filename or "/" in filename or not isinstance(sha256, str):
                 continue  # not an artifact of a project (tufmesh paths are project/file)
-            projects.setdefault(project, []).append(IndexFile(filename, sha256))
+            projects.setdefault(project, []).append(IndexFile(filename, sha256, target))
         self.projects = {
             name: sorted(files, key=lambda f: f.filename) for name, files in projects.items()
         }
@@ -187,11 +191,24 @@ class _Index:
     def fetch(self, project: str, filename: str) -> Path:
         """The verified artifact, downloaded into the proxy's cache if need be."""
         index = self.current()
-        if filename not in {f.filename for f in index.files(project)}:
+        entry = next((f for f in index.files(project) if f.filename == filename), None)
+        if entry is None:
             raise NotInMetadataError(f"no file {filename!r} of {project!r} in the signed metadata")
         name = normalize_project(project)
         with self._downloading(f"{name}/{filename}"), self._client() as client:
-            return Path(client.download(f"{name}/{filename}", self.cache / name).path)
+            try:
+                return Path(client.download(f"{name}/{filename}", self.cache / name).path)
+            except NotInMetadataError:
+                raise
+            except TufmeshError:
+                # No source answers: a copy verified before is served while the
+                # index that lists it holds (its timestamp not expired: what
+                # current() keeps), as the index's pages are, if it is still
+                # the signed bytes and this user's file alone.
+                cached = self.cache / name / filename
+                if entry.target is not None and own_file(cached) and holds(cached, entry.target):
+                    return cached
+                raise
 
     @contextlib.contextmanager
     def _downloading(self, path: str) -> Iterator[None]:

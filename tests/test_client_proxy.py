@@ -18,7 +18,7 @@ from tuf.api.metadata import TargetFile
 from tests.helpers.mirror import mirrors
 from tests.helpers.origin import TUFMESH, add_project, init_repo, post, running, tufmesh
 from tufmesh.client._proxy import JSON_TYPE, ProjectIndex, wants_json
-from tufmesh.errors import NotInMetadataError
+from tufmesh.errors import NotInMetadataError, TufmeshError
 
 
 def _target(path: str, body: bytes) -> TargetFile:
@@ -157,3 +157,28 @@ def test_the_index_follows_new_releases_and_outlives_a_short_outage(
         assert index.fetch("tinypkg", "tinypkg-1.1.tar.gz").read_bytes() == b"two"
     # The origin is gone: the last index, still unexpired, is served.
     assert len(index.current().files("tinypkg")) == 2
+
+
+def test_a_cached_file_is_served_while_no_source_answers(tmp_path: Path) -> None:
+    """The index's pages outlive the sources while its timestamp holds, and
+    so do the files the proxy verified before: each is checked again against
+    the signed entry. Every request for a file refreshed first, and with no
+    source answering it failed (502), though the copy was there."""
+    from tufmesh.client._proxy import _Index
+
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "tinypkg")
+    filename, wheel = _wheel("tinypkg", "1.0")
+    home = tmp_path / "home"
+    with running(repo) as origin:
+        assert post(origin.url, "tinypkg", filename, wheel, token).status_code == 200
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"),
+                "--origin", origin.url, "--home", str(home))  # fmt: skip
+        index = _Index(home)
+        cached = index.fetch("tinypkg", filename)
+        assert cached.read_bytes() == wheel
+    index.refreshed -= 60  # (refreshed long ago: it tries the sources again)
+    assert index.fetch("tinypkg", filename) == cached
+    cached.write_bytes(b"changed on the disk")  # not the signed bytes: not served
+    with pytest.raises(TufmeshError):
+        index.fetch("tinypkg", filename)
