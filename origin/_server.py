@@ -955,6 +955,43 @@ MAX_UPLOADS: Final = 64
 UPLOAD_WAIT: Final = 240.0
 #: What a busy answer says to wait before asking again, in seconds.
 UPLOAD_RETRY_AFTER: Final = 5
+#: An upload's body (an artifact, a project's signed metadata) must come at
+#: this rate at least once :data:`UPLOAD_GRACE` has passed, or it is cut
+#: (408): sent at a trickle (a byte every few seconds), one held its upload
+#: slot for ever, and a token's holder all 16 of its project's.
+MIN_UPLOAD_RATE: Final = 16 * 1024
+UPLOAD_GRACE: Final = 10.0
+
+
+async def _take_body(
+    request: Request, take: Callable[[bytes], Awaitable[Response | None]]
+) -> Response | None:
+    """Feed ``request``'s body to ``take``, a piece at a time (an answer from
+    ``take`` ends it early, and is returned); a 408 once the body falls
+    behind :data:`MIN_UPLOAD_RATE` (the time ``take`` spends is ours, not the
+    sender's)."""
+    floor = UploadFloor(trio.current_time(), MIN_UPLOAD_RATE, UPLOAD_GRACE)
+    received = 0
+    with trio.CancelScope(deadline=floor.due(1)) as pace:
+        # Closed at once on an early answer (413, 507), not at garbage collection.
+        async with contextlib.aclosing(request.stream()) as body:
+            async for piece in body:
+                received += len(piece)
+                pace.deadline, began = math.inf, trio.current_time()
+                answer = await take(piece)
+                if answer is not None:
+                    return answer
+                floor.paused(trio.current_time() - began)
+                pace.deadline = floor.due(received + 1)
+    if pace.cancelled_caught:
+        return _error(
+            408,
+            f"the upload came slower than {MIN_UPLOAD_RATE // 1024} KiB/s after "
+            f"{UPLOAD_GRACE:g} s, and was cut",
+        )
+    return None
+
+
 #: Publications (uploads and signed project metadata) per project: this many
 #: at once, then one a second. Each is a commit, which writes a new version
 #: of a bin (up to 4 MB) and of the snapshot: many small uploads filled the
@@ -1227,12 +1264,16 @@ def build_app(service: OriginService) -> ByteCounter:
         request: Request, project: str, token: str | None, limit: int
     ) -> Response:
         data = bytearray()
+
+        async def take(piece: bytes) -> Response | None:
+            data.extend(piece)
+            if len(data) > limit:
+                return _error(413, f"metadata over the {limit:,} bytes clients read")
+            return None
+
         try:
-            async with contextlib.aclosing(request.stream()) as body:
-                async for piece in body:
-                    data += piece
-                    if len(data) > limit:
-                        return _error(413, f"metadata over the {limit:,} bytes clients read")
+            if (early := await _take_body(request, take)) is not None:
+                return early
         except ClientDisconnect:
             return NoAnswer()
         try:
@@ -1278,20 +1319,24 @@ def build_app(service: OriginService) -> ByteCounter:
             return writer
 
         writer: BlobWriter | None = None
+        buffer = bytearray()
+        size = 0
+
+        async def take(piece: bytes) -> Response | None:
+            nonlocal size, writer
+            size += len(piece)
+            if size > limit:
+                return _error(413, f"upload over the {limit}-byte limit")
+            buffer.extend(piece)
+            if len(buffer) >= service.config.upload_buffer:
+                data = bytes(buffer)
+                buffer.clear()
+                writer = await trio.to_thread.run_sync(store_all, data, writer)
+            return None
+
         try:
-            buffer = bytearray()
-            size = 0
-            # Closed at once on an early answer (413, 507), not at garbage collection.
-            async with contextlib.aclosing(request.stream()) as body:
-                async for piece in body:
-                    size += len(piece)
-                    if size > limit:
-                        return _error(413, f"upload over the {limit}-byte limit")
-                    buffer += piece
-                    if len(buffer) >= service.config.upload_buffer:
-                        data = bytes(buffer)
-                        buffer.clear()
-                        writer = await trio.to_thread.run_sync(store_all, data, writer)
+            if (early := await _take_body(request, take)) is not None:
+                return early
 
             def finish(rest: bytes, writer: BlobWriter | None) -> tuple[str, str | None]:
                 # A small upload is stored in this one thread hop, start to end.
@@ -1299,7 +1344,8 @@ def build_app(service: OriginService) -> ByteCounter:
                 assert manifest is not None
                 return cid, manifest.cid if manifest.count >= 2 else None
 
-            rest, buffer = bytes(buffer), bytearray()
+            rest = bytes(buffer)
+            buffer.clear()
             cid, manifest_cid = await trio.to_thread.run_sync(finish, rest, writer)
         except ClientDisconnect:  # the developer's side gave up: nothing to publish
             return NoAnswer()  # the developer's side is gone

@@ -1384,6 +1384,54 @@ def test_uploads_in_flight_are_capped_per_project_and_the_rest_wait_their_turn(
     )
 
 
+def test_an_upload_sent_at_a_trickle_is_cut_and_frees_its_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body sent a byte every few seconds held its upload slot for ever
+    (a token's holder, all its project's): past the grace, one slower than
+    the floor is cut with a 408, for an artifact and for signed metadata,
+    and the slot serves the next upload."""
+    import httpx
+    import trio
+
+    import tufmesh.origin._server as server
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._projects import ProjectRegistry
+    from tufmesh.origin._signer import LocalCommitter
+
+    monkeypatch.setattr(server, "MAX_PROJECT_UPLOADS", 1)
+    monkeypatch.setattr(server, "UPLOAD_GRACE", 0.5)
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    token = ProjectRegistry(repo.dir).add("p")
+    service = OriginService(repo.dir, LocalCommitter(repo))
+    transport = httpx.ASGITransport(app=server.build_app(service))
+    headers = {"authorization": f"Bearer {token}"}
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b"x"
+        await trio.sleep(30)  # (what a byte every few seconds amounts to)
+        yield b"y"
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_committer)
+            async with httpx.AsyncClient(transport=transport, base_url="http://origin") as http:
+                for route in ("files/a-1.tar.gz", "metadata"):
+                    with trio.fail_after(5):
+                        answer = await http.post(
+                            f"/api/v1/projects/p/{route}", content=trickle(), headers=headers
+                        )
+                    assert answer.status_code == 408, answer.text
+                    assert "slower than 16 KiB/s after 0.5 s" in answer.json()["error"]
+                answer = await http.post(
+                    "/api/v1/projects/p/files/b-1.tar.gz", content=b"whole", headers=headers
+                )
+                assert answer.status_code == 200, answer.text  # the slot is free
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_what_a_killed_commit_linked_and_pinned_is_taken_back_at_the_next_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
