@@ -319,10 +319,10 @@ class Client:
                 for path, target in targets.targets.items():
                     if path not in found and all(check(path) for check in checks):
                         found[path] = target
-                delegations = targets.delegations
-                children: list[tuple[str, Check]] = []
                 if role in bins:
                     continue
+                delegations = targets.delegations
+                children: list[tuple[str, Check]] = []
                 if delegations is not None and delegations.succinct_roles is not None:
                     succinct = delegations.succinct_roles
                     if succinct.number_of_bins > MAX_ROLES:

@@ -54,9 +54,13 @@ class IndexFile:
     """One artifact, as an index lists it."""
 
     filename: str
-    sha256: str
     #: Its signed entry (a cached copy is checked against it while no source answers).
-    target: TargetFile | None = None
+    target: TargetFile
+
+    @property
+    def sha256(self) -> str:
+        digest: str = self.target.hashes["sha256"]
+        return digest
 
 
 class ProjectIndex:
@@ -69,7 +73,7 @@ class ProjectIndex:
             sha256 = target.hashes.get("sha256")
             if not filename or "/" in filename or not isinstance(sha256, str):
                 continue  # not an artifact of a project (tufmesh paths are project/file)
-            projects.setdefault(project, []).append(IndexFile(filename, sha256, target))
+            projects.setdefault(project, []).append(IndexFile(filename, target))
         self.projects = {
             name: sorted(files, key=lambda f: f.filename) for name, files in projects.items()
         }
@@ -206,7 +210,7 @@ class _Index:
                 # current() keeps), as the index's pages are, if it is still
                 # the signed bytes and this user's file alone.
                 cached = self.cache / name / filename
-                if entry.target is not None and own_file(cached) and holds(cached, entry.target):
+                if own_file(cached) and holds(cached, entry.target):
                     return cached
                 raise
 

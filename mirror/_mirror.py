@@ -505,7 +505,7 @@ class Mirror:
                 project.rmdir()
 
     def _served_timestamp_version(self) -> int:
-        return _version(self.tree / "metadata" / "timestamp.json")
+        return self.served_timestamp()[0]
 
     def served_timestamp(self) -> tuple[int, datetime | None]:
         """The version of the timestamp this mirror serves and when it expires

@@ -326,15 +326,12 @@ async def run_mirror(
             # Announcements older than what it serves are stale to this mirror
             # from its start (relaying one, it would be scored down by its
             # up-to-date peers); the gate learns each version it then serves.
-            version, expires = mirror.served_timestamp()
+            gate = AnnouncementGate(root, newest=served)
+            gate.hold(*mirror.served_timestamp())
             node = P2PNode(
                 mirror.dir / "p2p.key",
                 topic_for(root),
-                AnnouncementGate(
-                    root,
-                    newest=max(served, version),
-                    expires=expires if version >= served else None,
-                ),
+                gate,
                 host=host,
                 port=p2p_port,
                 bootstrap=bootstrap,

@@ -116,8 +116,7 @@ class AnnouncementGate:
             reason = f"old timestamp v{version} (have v{self.newest})"
             return Verdict(False, reason, version, ignore=recent)
         newer = version > self.newest
-        if newer or self.expires is None:
-            self.newest, self.expires = version, md.signed.expires
+        self.hold(version, md.signed.expires)
         return Verdict(True, "ok", version, newer)
 
 
