@@ -22,6 +22,17 @@ TCP connection that claimed 512 MiB and sent it grew a mirror by 260 MiB
 before any handshake, six by 3 GiB. :func:`install` also bounds that read
 (:data:`MAX_NEGOTIATION`), for connections and for every stream opened on
 them (``test_a_huge_negotiation_message_is_refused`` is the check).
+
+A frame goes out whole or the connection ends. py-libp2p's session encrypts
+a frame (spending one Noise nonce) and then waits for the TCP connection's
+lock: a task cancelled there (a fetch given up by the slow-retrieval cut or
+a lost endgame race, an upload cut at its deadline) dropped the frame after
+its nonce was spent, or left half of it on the wire. The peer's next
+decryption failed and it closed the connection, with every other stream and
+the gossip on it; an honest peer lost that way three times was banned. Here
+the wait for the session's write lock can still be cancelled, but the frame,
+once taken, is written in a shielded scope, bounded by :data:`FRAME_LIMIT`
+(``test_fetches_given_up_at_any_moment_leave_the_connection_whole``).
 """
 
 from __future__ import annotations
@@ -34,14 +45,20 @@ from libp2p.io.exceptions import IOException
 from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer import muxer_multistream
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-__all__ = ["MAX_NEGOTIATION", "WindowedYamux", "install"]
+__all__ = ["FRAME_LIMIT", "MAX_NEGOTIATION", "WindowedYamux", "install"]
 
 #: The longest multistream-select message read: a protocol id (ours are under
 #: 32 bytes; the longest py-libp2p speaks, under 64) and its newline.
 MAX_NEGOTIATION: Final = 1024
+
+#: The longest a frame's write may take once begun (a frame is at most 64
+#: KiB); a peer that reads slower than that loses its connection, which a
+#: frame cut short would have cost it anyway.
+FRAME_LIMIT: Final = 10.0
 
 
 class _Window(bytearray):
@@ -88,6 +105,17 @@ class WindowedYamux(Yamux):
         if self.violation is None:
             self.violation = f"stream {stream_id}: {excess} bytes past its receive window"
         self.event_shutting_down.set()  # the session's loop stops after this frame
+
+    async def _write_frame(self, data: bytes) -> None:
+        async with self._write_lock:  # cancelling this wait costs nothing
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(FRAME_LIMIT) as limit:
+                    await self.secured_conn.write(data)
+                if limit.cancelled_caught:  # part of the frame may be on the wire
+                    with trio.move_on_after(5):
+                        await self._cleanup_on_error()
+                    raise MuxedConnUnavailable(f"a frame not written within {FRAME_LIMIT:g} s")
+        await trio.lowlevel.checkpoint()
 
     async def handle_incoming(self) -> None:
         try:

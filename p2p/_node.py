@@ -754,8 +754,16 @@ class P2PNode:
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
             with trio.fail_after(_BLOB_TIMEOUT):
-                if info.peer_id not in self._host.get_network().connections:
+                network = self._host.get_network()
+                listed = network.connections.get(info.peer_id)
+                if not listed:
                     await self._host.connect(info)
+                elif all(connection.is_closed for connection in listed):
+                    # host.connect() trusts a connection still listed after it
+                    # closed, and new_stream() then finds none: dial afresh.
+                    self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 120)
+                    for connection in (await network.dial_peer(info.peer_id))[:1]:
+                        await connection.event_started.wait()
                 return await self._host.new_stream(info.peer_id, [TProtocol(protocol)])
         except (Exception, trio.TooSlowError) as exc:  # libp2p raises many kinds
             raise BlobStreamError(f"cannot open a stream to {address}: {exc}") from None

@@ -620,6 +620,73 @@ def _session(node: P2PNode, peer: P2PNode) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_fetches_given_up_at_any_moment_leave_the_connection_whole(tmp_path: Path) -> None:
+    """A fetch given up (the slow-retrieval cut, a lost endgame race) could
+    be cancelled after py-libp2p had encrypted a frame and before it was
+    written: the peer's next decryption failed and it closed the connection,
+    with every other stream on it (and an honest peer lost that way three
+    times was banned). A frame is now written whole once begun."""
+    import random
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(4 << 20)
+    cid = store.put(body)
+    rng = random.Random(4)
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
+                         blob_source=store.read_range)  # fmt: skip
+        asker = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            assert await asker.fetch_range(address, cid, 0, 10) == body[:10]
+            session = _session(asker, server)
+            for _ in range(60):
+                with trio.move_on_after(rng.uniform(0.0, 0.04)):
+                    await asker.fetch_range(address, cid, 0, len(body))
+                await trio.sleep(0.02)
+                assert _session(asker, server) is session and not session.is_closed
+                assert _session(server, asker) is not None
+            assert await asker.fetch_range(address, cid, 0, len(body)) == body
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_connection_closed_but_still_listed_is_dialled_afresh(tmp_path: Path) -> None:
+    """py-libp2p marks a connection closed before it takes it off the peer's
+    list; a fetch in between was neither dialled (the peer looked connected)
+    nor given a stream ("No valid connections available")."""
+    from libp2p.peer.id import ID
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(1 << 16)
+    cid = store.put(body)
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
+                         blob_source=store.read_range)  # fmt: skip
+        asker = P2PNode(tmp_path / "a.key", topic_for(root), AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            assert await asker.fetch_range(address, cid, 0, 10) == body[:10]
+            assert asker._host is not None and server._host is not None
+            listed = asker._host.get_network().connections[ID(server._host.get_id().to_bytes())]
+            listed[0].event_closed.set()  # what SwarmConn.close() does first
+            assert await asker.fetch_range(address, cid, 0, len(body)) == body
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_peer_that_sends_past_the_window_is_disconnected(tmp_path: Path) -> None:
     """Yamux lets a peer send a stream its receive window, no more. py-libp2p's
     session kept whatever came past it, so a peer that ignored flow control
