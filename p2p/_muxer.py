@@ -33,6 +33,14 @@ the gossip on it; an honest peer lost that way three times was banned. Here
 the wait for the session's write lock can still be cancelled, but the frame,
 once taken, is written in a shielded scope, bounded by :data:`FRAME_LIMIT`
 (``test_fetches_given_up_at_any_moment_leave_the_connection_whole``).
+
+A peer's streams are bounded before they reach a protocol. py-libp2p
+accepts every stream a peer opens and starts a task to negotiate its
+protocol, with no limit: our per-peer stream caps count streams that have
+reached our handlers, so one peer that opened thousands and never negotiated
+grew a mirror by 20,000 tasks and 250 MB. A session here resets a new stream
+while the peer already has :data:`MAX_INBOUND_STREAMS` open on it
+(``test_streams_that_never_negotiate_are_bounded_per_connection``).
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
-__all__ = ["FRAME_LIMIT", "MAX_NEGOTIATION", "WindowedYamux", "install"]
+__all__ = ["FRAME_LIMIT", "MAX_INBOUND_STREAMS", "MAX_NEGOTIATION", "WindowedYamux", "install"]
 
 #: The longest multistream-select message read: a protocol id (ours are under
 #: 32 bytes; the longest py-libp2p speaks, under 64) and its newline.
@@ -59,6 +67,11 @@ MAX_NEGOTIATION: Final = 1024
 #: KiB); a peer that reads slower than that loses its connection, which a
 #: frame cut short would have cost it anyway.
 FRAME_LIMIT: Final = 10.0
+
+#: Streams a peer may have open on one connection that it opened: an honest
+#: one has at most eight blob or have exchanges (the node's own per-peer
+#: cap), its gossip stream and an identify or ping at a time.
+MAX_INBOUND_STREAMS: Final = 32
 
 
 class _Window(bytearray):
@@ -90,14 +103,40 @@ class _Buffers(dict[int, bytearray]):
         super().__setitem__(stream_id, _Window(self.session, stream_id, data))
 
 
+class _Admission:
+    """The session's channel of new streams, which turns away a stream past the
+    peer's :data:`MAX_INBOUND_STREAMS` (and one reset as it opened) before a
+    task is started for it."""
+
+    def __init__(self, session: WindowedYamux, channel: Any) -> None:
+        self.session = session
+        self.channel = channel
+
+    async def send(self, stream: Any) -> None:
+        if stream.closed:  # reset as it opened: nothing to negotiate
+            return
+        theirs = sum(not other.is_initiator for other in self.session.streams.values())
+        if theirs > MAX_INBOUND_STREAMS:
+            self.session.refused_streams += 1
+            await stream.reset()
+            return
+        await self.channel.send(stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.channel, name)
+
+
 class WindowedYamux(Yamux):
     """A yamux session that closes its connection to a peer that sends a stream
-    more than its receive window."""
+    more than its receive window, writes each frame whole, and bounds the
+    streams a peer opens."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.stream_buffers = _Buffers(self)
         self.violation: str | None = None
+        self.refused_streams = 0
+        self.new_stream_send_channel = _Admission(self, self.new_stream_send_channel)  # type: ignore[assignment]
 
     def exceeded(self, stream_id: int, excess: int) -> None:
         """The peer sent stream ``stream_id`` ``excess`` bytes past its window:

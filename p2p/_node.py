@@ -479,7 +479,10 @@ class P2PNode:
             key_pair=key_pair,
             sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=create_x25519().private_key)},
             muxer_opt={TProtocol(YAMUX_ID): install()},
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            # A stream's protocol is agreed within 5 s (py-libp2p: 10 s).
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1, inbound_stream_protocol_negotiation_timeout=5
+            ),
         )
         router = _by_content(GossipSub)(
             protocols=[GOSSIPSUB],

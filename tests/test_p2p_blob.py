@@ -656,6 +656,59 @@ def test_fetches_given_up_at_any_moment_leave_the_connection_whole(tmp_path: Pat
     gc.collect()
 
 
+def _tasks() -> int:
+    """Every task the current trio run has."""
+    count, stack = 0, [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        count += 1
+        stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path) -> None:
+    """py-libp2p starts a task for every stream a peer opens, to agree on its
+    protocol, and our per-peer caps count only streams that have agreed on
+    one: a peer that opened thousands and never negotiated grew a mirror by
+    a task each. Past MAX_INBOUND_STREAMS a new stream is now reset at once,
+    and other peers are served as before."""
+    import struct
+
+    from tufmesh.p2p._muxer import MAX_INBOUND_STREAMS
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(1 << 16)
+    cid = store.put(body)
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
+                         blob_source=store.read_range)  # fmt: skip
+        flooder = P2PNode(tmp_path / "f.key", topic_for(root), AnnouncementGate(root))
+        honest = P2PNode(tmp_path / "h.key", topic_for(root), AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, flooder, honest)
+            assert await flooder.fetch_range(address, cid, 0, 10) == body[:10]
+            await trio.sleep(0.3)
+            before = _tasks()
+            theirs, ours = _session(server, flooder), _session(flooder, server)
+            stream_id = 100_001  # far past the flooder's own streams, of its parity
+            for _ in range(2000):  # WINDOW_UPDATE with SYN: a new stream, never negotiated
+                await ours._write_frame(struct.pack(">BBHII", 0, 1, 1, stream_id, 0))
+                stream_id += 2
+            await trio.sleep(0.5)
+            opened = sum(not stream.is_initiator for stream in theirs.streams.values())
+            assert opened <= MAX_INBOUND_STREAMS < theirs.refused_streams
+            assert _tasks() < before + 3 * MAX_INBOUND_STREAMS
+            assert _session(server, flooder) is theirs and not theirs.is_closed
+            assert await honest.fetch_range(address, cid, 0, len(body)) == body
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_connection_closed_but_still_listed_is_dialled_afresh(tmp_path: Path) -> None:
     """py-libp2p marks a connection closed before it takes it off the peer's
