@@ -22,6 +22,7 @@ from typing import Final, Literal
 
 __all__ = [
     "SUPERSEDED_GRACE",
+    "drop_never_served",
     "fsync_dir",
     "hard_link",
     "hold_lock",
@@ -217,6 +218,26 @@ def prune_superseded(directory: Path, current: dict[str, int], grace: float) -> 
                     deleted += 1
             except OSError:  # gone meanwhile, or a disk that refuses: next time
                 continue
+    return deleted
+
+
+def drop_never_served(directory: Path, served: dict[str, int], current: dict[str, int]) -> int:
+    """Delete the versions of each role in ``served`` (what a tree serves
+    now) newer than it and older than ``current``'s (what it is about to
+    serve): written by a sync that stopped before serving them, and skipped
+    since. No timestamp ever named them, so no reader wants them; left, the
+    older file's replacement would look as old as they are to
+    :func:`prune_superseded`, which would delete the version served until
+    now at once, not after the grace. Returns the files deleted."""
+    deleted = 0
+    for path in directory.iterdir() if served else ():
+        number, _, rest = path.name.partition(".")
+        role = rest.removesuffix(".json")
+        if role not in served or role not in current or not (number.isascii() and number.isdigit()):
+            continue
+        if served[role] < int(number) < current[role]:
+            path.unlink(missing_ok=True)
+            deleted += 1
     return deleted
 
 

@@ -34,6 +34,7 @@ from tuf.api.metadata import Metadata
 
 from tufmesh._durable import (
     SUPERSEDED_GRACE,
+    drop_never_served,
     fsync_dir,
     hard_link,
     prune_superseded,
@@ -455,6 +456,7 @@ class Mirror:
                     # or the version it replaces would go at once, not after
                     # the grace (see prune_superseded).
                     os.utime(out)
+        drop_never_served(metadata, served, versions)
         for old_root in (cache / "root_history").glob("*.root.json"):
             out = metadata / old_root.name
             if not out.exists():

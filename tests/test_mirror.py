@@ -1226,13 +1226,17 @@ def test_a_mirror_deletes_superseded_metadata_after_its_grace(tmp_path: Path) ->
         assert tuf_download(url, repo, "proj/a-0.tar.gz") == bytes([0]) * 10
 
 
+@pytest.mark.parametrize("moved_on", [False, True], ids=["served-later", "skipped"])
 def test_a_version_a_stopped_sync_wrote_is_current_from_when_it_is_served(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moved_on: bool
 ) -> None:
     """A sync stopped before its timestamp (SIGTERM, a full disk) leaves the
     next version's files written, not served; the sync that serves them must
     date them then, or the version served until that moment went at once
-    (its successor's file was old), under clients still reading it."""
+    (its successor's file was old), under clients still reading it. And if
+    the origin has moved on meanwhile, the version never served is dropped,
+    for the same reason (its old file was taken as the served one's
+    replacement)."""
     import tufmesh.mirror._mirror as mirror_module
 
     meta = tmp_path / "m" / "tree" / "metadata"
@@ -1253,10 +1257,14 @@ def test_a_version_a_stopped_sync_wrote_is_current_from_when_it_is_served(
             patched.setattr(mirror_module, "write_atomic", full_at_the_timestamp)
             with contextlib.suppress(OSError):
                 replica.sync()
-        assert snapshots()[-1] > served  # written, not served
+        unserved = snapshots()[-1]
+        assert unserved > served  # written, not served
         _written_before_the_grace(meta)
+        if moved_on:
+            assert post(url, "proj", "a-2.tar.gz", b"two", token).is_success
         assert replica.sync().error is None
     assert served in snapshots()  # replaced just now: kept for the grace
+    assert (unserved in snapshots()) is not moved_on
 
 
 def _versions(metadata: Path, role: str) -> list[int]:
