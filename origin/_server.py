@@ -1508,6 +1508,82 @@ def _guard_http2() -> None:
     made_by_wrapper["H2Protocol"] = GuardedH2Protocol
 
 
+#: Connections held open at once from one client address (an IPv6 /64), and
+#: in all: past these a new connection is answered 503 and closed. Each holds
+#: a file descriptor, which the process shares with its store, its sync and
+#: its peers; unbounded, one client's few thousand idle connections stopped a
+#: mirror's syncing as well as its serving. The whole is also kept to half
+#: the process's limit on open files. This machine's own connections (a
+#: reverse proxy in front, the operator's tools) count in the whole only.
+MAX_CONNECTIONS_PER_HOST: Final = 64
+MAX_CONNECTIONS: Final = 4096
+#: The answer a connection past those caps gets before it is closed, within
+#: this many seconds.
+_TOO_MANY_LINGER: Final = 0.5
+_TOO_MANY: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\ntoo many connections\n"
+)
+
+
+def connection_shares() -> Shares:
+    """The caps on connections held open at once (:data:`MAX_CONNECTIONS`)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    total = MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else min(MAX_CONNECTIONS, soft // 2)
+    return Shares(MAX_CONNECTIONS_PER_HOST, max(total, 1))
+
+
+def _guard_connections() -> None:
+    """Have hypercorn's trio worker count the connections it holds against the
+    caps its config carries (``connections``, a :class:`Shares`), and close
+    one past them at once."""
+    import hypercorn.trio.run
+    from hypercorn.trio.tcp_server import TCPServer
+
+    served_by = vars(hypercorn.trio.run)  # serve() makes its connections' servers from this
+    if getattr(served_by["TCPServer"], "_tufmesh_guarded", False):
+        return
+
+    class CountedTCPServer(TCPServer):
+        _tufmesh_guarded = True
+
+        async def run(self) -> None:
+            shares: Shares | None = getattr(self.config, "connections", None)
+            if shares is None:
+                await super().run()
+                return
+            try:
+                address = self.stream.socket.getpeername()[0]
+            except (OSError, AttributeError, IndexError):
+                address = None
+            machine = counted_machine(address)
+            full = shares.total_full() if machine is None else shares.full(machine) is not None
+            if full:
+                # Said, then the request read and dropped for a moment (closed
+                # with it unread, the connection is reset, and the answer lost).
+                with trio.move_on_after(_TOO_MANY_LINGER), contextlib.suppress(Exception):
+                    await self.stream.send_all(_TOO_MANY)
+                    await self.stream.send_eof()
+                    dropped = 0
+                    while dropped < 1 << 16 and (piece := await self.stream.receive_some(1 << 14)):
+                        dropped += len(piece)
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self.stream.aclose()
+                return
+            with shares.hold(machine or "local"):
+                await super().run()
+
+        async def _read_data(self) -> None:
+            await super()._read_data()
+            # The client has closed: hypercorn 0.18's connection went on
+            # waiting for its idle timer (30 s), and would count till then.
+            await self.idle_task.stop()
+
+    served_by["TCPServer"] = CountedTCPServer
+
+
 async def start_http(
     nursery: trio.Nursery,
     app: ByteCounter,
@@ -1536,7 +1612,9 @@ async def start_http(
             return sockets
 
     _guard_http2()
+    _guard_connections()
     config = _Config()
+    config.connections = connection_shares()  # type: ignore[attr-defined]
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = "-"  # an exception that escapes the app, on stderr...

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from starlette.applications import Starlette
@@ -25,12 +26,14 @@ def _serve(
     *,
     mib: int = 1,
     send_timeout: float = 60.0,
+    idle_timeout: float = 1.0,
     downloads: Shares | None = None,
 ) -> None:
     """Run ``await client(connect, cid)`` against a tree server (a 1 s idle
     timeout) that holds ``metadata/timestamp.json`` and blob ``cid`` (``mib``
     MiB). ``connect(small=True)`` opens a connection with a small receive
-    buffer (a client that reads nothing then holds the server's send)."""
+    buffer (a client that reads nothing then holds the server's send);
+    ``connect(source=ADDRESS)`` one from that loopback address."""
     (tmp_path / "metadata").mkdir()
     (tmp_path / "metadata" / "timestamp.json").write_bytes(b"{}")
     store = BlobStore(tmp_path / "cas")
@@ -42,16 +45,18 @@ def _serve(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             url = await start_http(
-                nursery, app, "127.0.0.1", 0, None, None, idle_timeout=1.0,
+                nursery, app, "127.0.0.1", 0, None, None, idle_timeout=idle_timeout,
                 send_timeout=send_timeout,
             )  # fmt: skip
             host, port = url.removeprefix("http://").rsplit(":", 1)
             streams: list[trio.SocketStream] = []
 
-            async def connect(*, small: bool = False) -> trio.SocketStream:
+            async def connect(*, small: bool = False, source: str = "") -> trio.SocketStream:
                 sock = trio.socket.socket()
                 if small:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                if source:
+                    await sock.bind((source, 0))
                 await sock.connect((host, int(port)))
                 streams.append(trio.SocketStream(sock))
                 return streams[-1]
@@ -73,6 +78,53 @@ async def _closed_within(stream: trio.SocketStream, seconds: float) -> bytes:
         while piece := await stream.receive_some():
             data += piece
     return data
+
+
+def test_connections_held_open_are_capped_per_client_and_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection holds a file descriptor, which a mirror shares with its
+    store, its sync and its peers: one client's few thousand unfinished
+    requests (each cut only after the idle timeout, and opened again) stopped
+    a mirror's syncing as well as its serving. A client now holds
+    MAX_CONNECTIONS_PER_HOST at once and everyone MAX_CONNECTIONS; past
+    them a connection is answered 503 and closed. (127.0.0.2 and up stand
+    for other machines here; this machine's own count in the whole only.)"""
+    import tufmesh.origin._server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS_PER_HOST", 4)
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 10)
+    monkeypatch.setattr(
+        server_module,
+        "counted_machine",
+        lambda address: None if address == "127.0.0.1" else address,
+    )
+    head = b"GET /metadata/timestamp.json HTTP/1.1\r\nHost: m\r\n"
+
+    async def answer(connect: Connect, source: str) -> bytes:
+        stream = await connect(source=source)
+        await stream.send_all(head + b"Connection: close\r\n\r\n")
+        return await _closed_within(stream, 5)
+
+    async def client(connect: Connect, cid: str) -> None:
+        held = [await connect(source="127.0.0.2") for _ in range(4)]
+        for stream in held:  # a request begun, never finished
+            await stream.send_all(head)
+        assert (await answer(connect, "127.0.0.2")).startswith(b"HTTP/1.1 503")
+        for source in ("127.0.0.3", "127.0.0.1"):  # the others are served
+            assert (await answer(connect, source)).startswith(b"HTTP/1.1 200")
+        more = [await connect(source=f"127.0.0.{n}") for n in range(10, 16)]
+        for stream in more:
+            await stream.send_all(head)
+        for source in ("127.0.0.3", "127.0.0.1"):  # ten held: everyone waits
+            assert (await answer(connect, source)).startswith(b"HTTP/1.1 503")
+        for stream in more:
+            await stream.aclose()
+        with trio.fail_after(5):
+            while not (await answer(connect, "127.0.0.1")).startswith(b"HTTP/1.1 200"):
+                await trio.sleep(0.05)
+
+    _serve(tmp_path, client, idle_timeout=30.0)
 
 
 def test_a_connection_is_closed_after_the_idle_timeout_with_or_without_a_request(
