@@ -95,6 +95,8 @@ def get(store: BlobStore, cid: str, output: Path | None) -> None:
         with progress_bar(f"get {cid[:16]}…", store.stat(cid).size) as advance:
             store.export(cid, output, progress=advance)
         return
+    if sys.stdout is None:  # started with it closed
+        raise UsageError("no standard output to write to: -o FILE")
     if sys.stdout.isatty():  # as curl does: bytes meant for a file, not a screen
         raise UsageError(f"blob {cid} is not for a terminal: -o FILE, or redirect the output")
     store.verify(cid)  # all of it before the first byte goes out

@@ -196,6 +196,8 @@ class ManifestBuilder:
             self._in_chunk += take
             view = view[take:]
             if self._in_chunk == self._chunk_size:
+                if len(self._digests) == MAX_MANIFEST_CHUNKS:  # this one past the limit
+                    raise ManifestError(_too_many(self._chunk_size))
                 self._digests.append(self._chunk.digest())
                 self._chunk = blake3.blake3()
                 self._in_chunk = 0
@@ -210,12 +212,21 @@ class ManifestBuilder:
         digests = list(self._digests)
         if self._in_chunk:
             digests.append(self._chunk.digest())
+        if len(digests) > MAX_MANIFEST_CHUNKS:
+            raise ManifestError(_too_many(self._chunk_size))
         return Manifest(
             chunk_size=self._chunk_size,
             length=self._length,
             sha256=self._sha.digest(),
             digests=tuple(digests),
         )
+
+
+def _too_many(chunk_size: int) -> str:
+    return (
+        f"more than {MAX_MANIFEST_CHUNKS:,} chunks of {chunk_size:,} bytes: a manifest"
+        " that no store would read back (a larger chunk size will do)"
+    )
 
 
 def build_manifest(

@@ -300,7 +300,7 @@ class BlobStore:
                 writer.write(piece)
                 if progress is not None:
                     progress(len(piece))
-            return writer.commit(expect=expect)
+            return writer.commit(expect=expect, min_manifest_chunks=0)  # as put_chunked says
 
     def writer(self, *, chunk_size: int | None = None) -> BlobWriter:
         """Start writing one blob piece by piece (for callers that are fed bytes).
@@ -497,7 +497,8 @@ class BlobStore:
             # Renamed over, a device (/dev/full), a link (/dev/stdout) or a
             # directory would be replaced by a plain file, not written to.
             raise StoreError(f"{dest} is not a regular file, so not replaced by the blob")
-        tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        # (its name shortened: the longest name the destination takes must do)
+        tmp = dest.with_name(f".{dest.name[:64]}.{secrets.token_hex(4)}.part")
         sha = hashlib.sha256()
         try:
             src = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below, with out)
@@ -759,8 +760,8 @@ class BlobStore:
             if cids is None:
                 shutil.rmtree(directory)
             else:
-                for cid in cids:
-                    (directory / parse_cid(cid)[0]).unlink(missing_ok=True)
+                for canonical in [parse_cid(cid)[0] for cid in cids]:  # all checked first
+                    (directory / canonical).unlink(missing_ok=True)
                 if not any(directory.iterdir()):
                     directory.rmdir()
             if self.config.fsync:
@@ -1003,8 +1004,14 @@ class ChunkAssembly:
         self._missing = manifest.count
         self._cleanup = contextlib.ExitStack()
         self._fd, self._tmp = self._cleanup.enter_context(store._temp_file())
-        os.ftruncate(self._fd, manifest.length)
         self._done = False
+        try:
+            os.ftruncate(self._fd, manifest.length)
+        except OSError as exc:  # past what the file system holds (ext4: 16 TiB)
+            self.close()
+            raise StoreError(
+                f"cannot hold a blob of {manifest.length} bytes: {exc.strerror}"
+            ) from None
 
     def __enter__(self) -> ChunkAssembly:
         return self

@@ -105,6 +105,8 @@ def _leave(code: str | int | None) -> NoReturn:
         code = 1
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with it closed
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said

@@ -170,6 +170,19 @@ def test_bad_input_is_one_clear_line(tmp_path: Path, args: list[str], message: s
     assert message in proc.stderr
 
 
+def test_get_with_standard_output_closed_says_so(tmp_path: Path) -> None:
+    cid = BlobStore(tmp_path / "store").put(b"data")
+    proc = subprocess.run(
+        [TUFMESH, "cas", "--store", str(tmp_path / "store"), "get", cid],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60,
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert (
+        proc.returncode == 1
+        and proc.stderr.strip() == "Error: no standard output to write to: -o FILE"
+    )
+
+
 def test_a_directory_that_is_not_a_store_is_left_alone(tmp_path: Path, files: list[Path]) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -105,6 +105,23 @@ def test_put_chunked_stores_blob_and_manifest(store: BlobStore) -> None:
     assert sorted(store) == sorted([CID, manifest.cid])
 
 
+def test_put_chunked_stores_only_manifests_it_reads_back(store: BlobStore) -> None:
+    """put_chunked says the manifest is stored: an empty blob's was not (its
+    CID named nothing), and one past MAX_MANIFEST_CHUNKS was stored and its
+    CID returned, then refused by read_manifest (and built chunk by chunk in
+    memory meanwhile)."""
+    from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
+
+    _, empty = store.put_chunked(b"")
+    assert empty.count == 0 and store.read_manifest(empty.cid) == empty
+    _, most = store.put_chunked(bytes(MAX_MANIFEST_CHUNKS), chunk_size=1)
+    assert store.read_manifest(most.cid).count == MAX_MANIFEST_CHUNKS
+    held = set(store)
+    with pytest.raises(ManifestError, match="larger chunk size"):
+        store.put_chunked(bytes(MAX_MANIFEST_CHUNKS + 1), chunk_size=1)
+    assert set(store) == held and list((store.root / "tmp").iterdir()) == []
+
+
 @pytest.mark.parametrize("failing", ["fsync", "replace", "write"])
 def test_io_failure_during_put_stores_nothing(
     store: BlobStore, monkeypatch: pytest.MonkeyPatch, failing: str
@@ -372,6 +389,9 @@ def test_pins(store: BlobStore) -> None:
     assert "project:foo" not in store.pins()
     with pytest.raises(PinError, match="no pin set"):
         store.unpin("project:foo")
+    with pytest.raises(InvalidCIDError):  # checked before any is unpinned
+        store.unpin("snapshot-1", [a, "not-a-cid"])
+    assert store.pins()["snapshot-1"] == {a}
     with pytest.raises(BlobNotFoundError, match="cannot pin"):
         store.pin("x", [cid_of(b"absent")])
     for bad in ["", ".hidden", "a/b", "-x", "x" * 201, "a b"]:
@@ -464,6 +484,16 @@ def test_a_blobs_bytes_are_durable_before_its_name_and_its_name_after(
     temporary = trace[renamed][1]
     assert ("fsync", temporary, "") in trace[:renamed]  # the bytes, then the name
     assert ("fsync", os.path.dirname(final), "") in trace[renamed + 1 :]  # then the name's entry
+
+
+def test_export_writes_to_the_longest_name_the_file_system_takes(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """The temporary name beside the destination is shortened: it was the
+    destination's and 15 characters more, past 255 for a 250-character name."""
+    out = tmp_path / ("n" * 255)
+    assert store.export(store.put(DATA), out) == len(DATA)
+    assert out.read_bytes() == DATA
 
 
 @pytest.mark.parametrize("refusal", [errno.EXDEV, errno.EOPNOTSUPP])
