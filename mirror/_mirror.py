@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -506,17 +505,13 @@ class Mirror:
             if not any(project.iterdir()):
                 project.rmdir()
 
-    def _served_timestamp_version(self) -> int:
-        return self.served_timestamp()[0]
-
-    def served_timestamp(self) -> tuple[int, datetime | None]:
-        """The version of the timestamp this mirror serves and when it expires
-        ((0, None) before its first sync)."""
+    def served_timestamp(self) -> int:
+        """The version of the timestamp this mirror serves (0 before its first sync)."""
         try:
             signed = json.loads((self.tree / "metadata" / "timestamp.json").read_bytes())["signed"]
-            return int(signed["version"]), datetime.fromisoformat(signed["expires"])
+            return int(signed["version"])
         except (OSError, ValueError, KeyError, TypeError):
-            return 0, None
+            return 0
 
     def note_network(self, peers: int, newest_announced: int) -> None:
         """Remember what the p2p layer saw, for ``mirror status``."""
@@ -546,7 +541,7 @@ class Mirror:
                 failed_requests=state.get("failed_requests", 0) + report.failed_requests,
                 bans=state.get("bans", 0) + len(report.bans),
                 snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
-                timestamp_version=self._served_timestamp_version(),
+                timestamp_version=self.served_timestamp(),
             )
 
         self._update_state(update, report)

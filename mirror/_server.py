@@ -281,7 +281,7 @@ async def run_mirror(
             held = max(held, report.snapshot_version)
             served = mirror.state().get("timestamp_version", served)
             if node is not None:
-                node.gate.hold(*mirror.served_timestamp())
+                node.gate.hold(mirror.served_timestamp())
             if swarm is not None:
                 swarm.snapshot = held  # in its have-records from now on
             newest, ago = max(heard, default=0), trio.current_time() - heard_at
@@ -327,7 +327,7 @@ async def run_mirror(
             # from its start (relaying one, it would be scored down by its
             # up-to-date peers); the gate learns each version it then serves.
             gate = AnnouncementGate(root, newest=served)
-            gate.hold(*mirror.served_timestamp())
+            gate.hold(mirror.served_timestamp())
             node = P2PNode(
                 mirror.dir / "p2p.key",
                 topic_for(root),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from tufmesh.p2p._announce import (
     MAX_ANNOUNCEMENT,
-    RECENT,
     AnnouncementGate,
     Verdict,
     topic_for,
@@ -19,7 +18,6 @@ from tufmesh.p2p._node import PACED_PIECE, P2PNode, check_peer_address
 __all__ = [
     "MAX_ANNOUNCEMENT",
     "PACED_PIECE",
-    "RECENT",
     "AnnouncementGate",
     "P2PNode",
     "Verdict",

@@ -13,13 +13,15 @@ or stale announcement dies at the first honest hop:
 * it must be signed by a threshold of the timestamp keys of the root the node
   trusts (the same check python-tuf makes), and by no other key (a
   stranger's signature beside them was another such variant);
-* it must not be expired, and not be older than the newest the node has seen
-  (a replayed old timestamp is a rollback attempt). One signed at most
-  :data:`RECENT` before the newest is refused without being held against
-  its sender (``ignore``): an honest peer's message cache replays the last
-  seconds' announcements to a node that has just started, or whose sync
-  went ahead of the gossip, and each refusal cost that peer 99 points, two
-  of them past the threshold below which it is sent no announcement.
+* it must not be expired, and not be older than the newest the node has seen.
+  An older one, genuine, is refused without being held against its sender
+  (``ignore``, as GossipSub's specification advises for messages that are
+  stale to the receiver alone): an honest peer's message cache replays the
+  last seconds' announcements to a node that has just started, or whose
+  sync went ahead of the gossip, and a peer that is behind itself (just
+  restarted) relays what is new to it; each refusal cost such a peer 99
+  points, two of them past the threshold below which it is sent no
+  announcement. (The node bounds how many it lets off per peer.)
 
 An accepted announcement only tells a node *when* to refresh; what it then
 trusts is decided by python-tuf, as always.
@@ -29,23 +31,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final
 
 from tuf.api.metadata import Metadata, Root, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-__all__ = ["MAX_ANNOUNCEMENT", "RECENT", "AnnouncementGate", "Verdict", "topic_for"]
+__all__ = ["MAX_ANNOUNCEMENT", "AnnouncementGate", "Verdict", "topic_for"]
 
 #: python-tuf's default ``timestamp_max_length``.
 MAX_ANNOUNCEMENT: Final = 16 * 1024
-#: How long before the newest timestamp (judged by their expiry times: the
-#: origin signs each for the same lifetime) an older one is refused as a
-#: replay of the recent past, not against its sender. The origin announces
-#: once a second at most and GossipSub caches replay the last 3 s; past this,
-#: a replay is counted (its sender could otherwise send every old timestamp
-#: of the day, each checked once a seen window).
-RECENT: Final = timedelta(seconds=60)
 #: How the origin writes a timestamp (``tufmesh.origin``), and so every
 #: announcement of one.
 _COMPACT: Final = JSONSerializer(compact=True)
@@ -60,7 +55,7 @@ class Verdict:
     reason: str
     version: int = 0
     newer: bool = False  # accepted and newer than anything seen: refresh now
-    ignore: bool = False  # rejected as a recent replay: not the sender's fault
+    ignore: bool = False  # rejected as stale to this node alone: not the sender's fault
 
 
 def topic_for(root: Root) -> str:
@@ -72,17 +67,14 @@ def topic_for(root: Root) -> str:
 class AnnouncementGate:
     """Checks announcements against a trusted root; remembers the newest version."""
 
-    def __init__(self, root: Root, newest: int = 0, expires: datetime | None = None) -> None:
+    def __init__(self, root: Root, newest: int = 0) -> None:
         self.root = root
         self.newest = newest
-        #: When the newest timestamp expires (None: not known yet).
-        self.expires = expires
 
-    def hold(self, version: int, expires: datetime | None) -> None:
-        """This node holds timestamp ``version``, expiring at ``expires``
-        (after a sync): older announcements are stale from now on."""
-        if version > self.newest or (version == self.newest and self.expires is None):
-            self.newest, self.expires = version, expires
+    def hold(self, version: int) -> None:
+        """This node holds timestamp ``version`` (after a sync): older
+        announcements are stale from now on."""
+        self.newest = max(self.newest, version)
 
     def check(self, data: bytes, now: datetime | None = None) -> Verdict:
         """Judge one announcement (see the module docstring for the rules)."""
@@ -108,15 +100,11 @@ class AnnouncementGate:
         if md.signed.is_expired(now or datetime.now(UTC)):
             return Verdict(False, f"expired timestamp v{version}", version)
         if version < self.newest:
-            # Both ways: one that expires after the newest was signed for a
-            # longer lifetime (the origin's setting changed, or its clock
-            # went back), perhaps days before.
-            expires = md.signed.expires
-            recent = self.expires is not None and self.expires - RECENT <= expires <= self.expires
-            reason = f"old timestamp v{version} (have v{self.newest})"
-            return Verdict(False, reason, version, ignore=recent)
+            return Verdict(
+                False, f"old timestamp v{version} (have v{self.newest})", version, ignore=True
+            )
         newer = version > self.newest
-        self.hold(version, md.signed.expires)
+        self.hold(version)
         return Verdict(True, "ok", version, newer)
 
 
