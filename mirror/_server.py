@@ -73,7 +73,8 @@ def build_mirror_app(
         if deadline.cancelled_caught:
             return JSONResponse({"error": f"a have-query takes {QUERY_TIMEOUT} s at most"}, 408)
         try:
-            return JSONResponse(swarm.answer(json.loads(body)))
+            asker = request.client.host if request.client is not None else None
+            return JSONResponse(swarm.answer(json.loads(body), asker))
         except (ValueError, RecursionError) as exc:  # not JSON (or nested too deep), not a query
             return JSONResponse({"error": str(exc)}, 400)
 
@@ -337,7 +338,7 @@ async def run_mirror(
                 bootstrap=bootstrap,
                 on_announcement=announced,
                 blob_source=blob_source,
-                have_source=lambda query: swarm.answer(query) if swarm else {},
+                have_source=lambda query, asker: swarm.answer(query, asker) if swarm else {},
                 uploads=uploads,  # HTTP's slots; its rate once the app is built
             )
             addrs = await nursery.start(node.run)

@@ -25,6 +25,7 @@ import json
 import random
 import re
 import threading
+import time
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,13 +65,24 @@ MAX_NEIGHBOURS: Final = 16
 #: neighbour's peer list) hold this many places at most: addresses that never
 #: answer cannot crowd out the neighbours that do (docs/threat-model.md).
 MAX_UNVERIFIED: Final = 4
+#: ...of which those named by one machine (the have-query's asker, or the
+#: neighbour whose peer list named them) hold this many, the latest named:
+#: names are free, so one machine naming made-up ones must not hold every
+#: place a new neighbour could take.
+MAX_UNVERIFIED_PER_MACHINE: Final = 2
+#: ...and each for this long (seconds) unless it answers: asked for records
+#: only while this mirror replicates, a name that never answers held its
+#: place between releases.
+UNVERIFIED_TTL: Final = 60.0
 #: Neighbours learnt (not configured) on one machine at most (an IPv6 /64, or
 #: a host name): addresses that answer cost an attacker ports, which are
 #: free, so without it one host could fill every place (an eclipse: the
 #: mirror then fetches everything from the origin). Loopback is not counted.
-#: Once a neighbour answers, its machine is the address the answer came
-#: from, not the one its URL names: names are free too, and a libp2p
-#: address is reached over whatever connection its peer id has open.
+#: A neighbour's machine is the address its answer came from, not the one
+#: its URL names: names are free too (one naming another's machine twice
+#: kept that machine out), and a libp2p address is reached over whatever
+#: connection its peer id has open. So only neighbours that have answered
+#: count here.
 MAX_PER_MACHINE: Final = 2
 #: A have-query's whole answer must arrive within this (a per-read timeout
 #: alone lets a neighbour that sends a byte a second hold its queries forever).
@@ -138,6 +150,8 @@ class _Neighbour:
     failures: int = 0
     answered: bool = False  # a have-query of ours has succeeded
     seen: str | None = None  # the machine its last answer came from (None: loopback)
+    named_by: str | None = None  # the machine that named it (None: loopback, or configured)
+    learnt: float = 0.0  # when (time.monotonic())
 
 
 @dataclass
@@ -176,8 +190,9 @@ class Swarm:
 
     # -- neighbours -------------------------------------------------------------
 
-    def learn(self, url: object) -> None:
-        """Add ``url`` as a neighbour, if it looks like one and there is room."""
+    def learn(self, url: object, named_by: str | None = None) -> None:
+        """Add ``url`` as a neighbour, if it looks like one and there is room
+        (``named_by``: the machine that named it, as :func:`_machine_at` says)."""
         if not isinstance(url, str) or not url.startswith(("http://", "https://", "libp2p:/")):
             return
         url = url.rstrip("/")
@@ -191,10 +206,23 @@ class Swarm:
             if url in self.peers:
                 self._neighbours[url] = _Neighbour()
                 return
-            learnt = [u for u in self._neighbours if u not in self.peers]
-            unverified = sum(1 for u in learnt if not self._neighbours[u].answered)
-            if unverified < MAX_UNVERIFIED and self._room_on(_machine(url)):
-                self._neighbours[url] = _Neighbour()
+            now = time.monotonic()
+            unverified = [
+                u
+                for u, neighbour in self._neighbours.items()
+                if u not in self.peers and not neighbour.answered
+            ]
+            for u in unverified:
+                if now - self._neighbours[u].learnt >= UNVERIFIED_TTL:
+                    del self._neighbours[u]
+            unverified = [u for u in unverified if u in self._neighbours]
+            if named_by is not None:
+                same = [u for u in unverified if self._neighbours[u].named_by == named_by]
+                if len(same) >= MAX_UNVERIFIED_PER_MACHINE:  # the earliest it named goes
+                    del self._neighbours[same[0]]
+                    unverified.remove(same[0])
+            if len(unverified) < MAX_UNVERIFIED and self._room_on(_machine(url)):
+                self._neighbours[url] = _Neighbour(named_by=named_by, learnt=now)
 
     def _room_on(self, machine: str | None, besides: str | None = None) -> bool:
         """Whether a learnt neighbour (other than ``besides``) may be on
@@ -203,9 +231,8 @@ class Swarm:
             return True
         same = 0
         for url, neighbour in self._neighbours.items():
-            if url != besides and url not in self.peers:
-                on = neighbour.seen if neighbour.answered else _machine(url)
-                same += on == machine
+            if url != besides and url not in self.peers and neighbour.answered:
+                same += neighbour.seen == machine
         return same < MAX_PER_MACHINE
 
     def neighbours(self) -> list[str]:
@@ -277,8 +304,9 @@ class Swarm:
         """Our have-query for ``cid``: who we are, and the newest snapshot we know."""
         return {"cids": [cid], "from": self.url, "newest": self.newest}
 
-    def answer(self, query: object) -> dict[str, Any]:
-        """Our answer to a neighbour's have-query (over HTTP or libp2p).
+    def answer(self, query: object, address: str | None = None) -> dict[str, Any]:
+        """Our answer to a neighbour's have-query (over HTTP or libp2p), which
+        came from IP ``address`` (None: not known).
 
         Raises ValueError if ``query`` is not one."""
         if not isinstance(query, dict) or not isinstance(query.get("cids"), list):
@@ -286,11 +314,15 @@ class Swarm:
         newest = query.get("newest")
         if type(newest) is int and newest > self.newest and self.on_newer is not None:
             self.on_newer(newest)
-        return self.record(query["cids"], query.get("from"))
+        named_by = _machine_at(address) if address is not None else "?"
+        return self.record(query["cids"], query.get("from"), named_by)
 
-    def record(self, cids: list[str], asker: object = None) -> dict[str, Any]:
-        """Our have-record for ``cids`` (learning ``asker`` as a neighbour)."""
-        self.learn(asker)
+    def record(
+        self, cids: list[str], asker: object = None, named_by: str | None = None
+    ) -> dict[str, Any]:
+        """Our have-record for ``cids`` (learning ``asker``, named by machine
+        ``named_by``, as a neighbour)."""
+        self.learn(asker, named_by)
         blobs: dict[str, Any] = {}
         for cid in cids[:64]:
             if not isinstance(cid, str):
@@ -385,7 +417,7 @@ class Swarm:
             scheduler.drop(url, "its machine holds its share of neighbours already")
             return False
         for peer in peers[:8]:
-            self.learn(peer)
+            self.learn(peer, _machine_at(source) if source is not None else "?")
         has, claims = parse_record(entry, scheduler.count)
         if has is None and entry == "all":
             scheduler.add_source(url)

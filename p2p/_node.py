@@ -378,14 +378,15 @@ class P2PNode:
         bootstrap: list[str] | None = None,
         on_announcement: Callable[[bytes], Awaitable[None] | None] | None = None,
         blob_source: Callable[[str, int, int], bytes | None] | None = None,
-        have_source: Callable[[object], dict[str, Any]] | None = None,
+        have_source: Callable[[object, str | None], dict[str, Any]] | None = None,
         uploads: SeedGate | None = None,
         pace: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         """``blob_source(cid, offset, length)`` answers ``/tufmesh/blob/1`` requests
         with verified bytes (blocking: it runs in a worker thread), or None;
-        ``have_source(query)`` answers ``/tufmesh/have/1`` have-queries (the
-        parsed JSON; it raises ValueError for one that is not). ``uploads``
+        ``have_source(query, address)`` answers ``/tufmesh/have/1`` have-queries
+        (the parsed JSON, and the IP address it came from or None; it raises
+        ValueError for one that is not). ``uploads``
         admits each range request as the HTTP server's gate admits a mirror's
         (the same object: its slots and its seeding hold over both), and
         ``await pace(n)`` before ``n`` bytes go out keeps them within the
@@ -723,7 +724,7 @@ class P2PNode:
         size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
         query = json.loads(await _read_exactly(stream, size))
         assert self.have_source is not None
-        await stream.write(encode_json(self.have_source(query), MAX_RECORD))
+        await stream.write(encode_json(self.have_source(query, _remote_ip(stream)), MAX_RECORD))
 
     async def query_have(
         self, address: str, query: dict[str, Any], timeout: float = _BLOB_TIMEOUT

@@ -24,6 +24,7 @@ from tufmesh.mirror._swarm import (
     MAX_QUERY_FAILURES,
     MAX_UNVERIFIED,
     QUERY_TIMEOUT,
+    UNVERIFIED_TTL,
     Partial,
     Swarm,
     _post_json,
@@ -222,6 +223,30 @@ def test_neighbours_not_heard_from_yet_hold_few_places() -> None:
         swarm.learn(f"http://m{i}")
         swarm._answered(f"http://m{i}")
     assert len(swarm.neighbours()) == MAX_NEIGHBOURS
+
+
+def test_names_from_one_machine_neither_fill_the_places_nor_keep_another_machine_out() -> None:
+    """Names cost nothing. A hostile peer's have-queries, naming addresses
+    that never answer, held every place a new neighbour could take for as
+    long as the mirror did not replicate (nobody asked them, so they never
+    failed), and two naming an honest machine's IP kept that machine out.
+    Now one machine's names hold MAX_UNVERIFIED_PER_MACHINE places (its
+    latest), a name unanswered for UNVERIFIED_TTL goes, and only
+    neighbours that have answered count on the machine they are on."""
+    swarm = Swarm(url="http://me")
+    for i in range(2):  # the honest mirror's IP, named twice
+        swarm.answer({"cids": [], "from": f"http://192.0.2.9:{i}"}, "203.0.113.66")
+    for i in range(200):
+        swarm.answer({"cids": [], "from": f"http://junk{i}.example:1"}, "203.0.113.66")
+    assert swarm.neighbours() == ["http://junk198.example:1", "http://junk199.example:1"]
+    swarm.answer({"cids": [], "from": "http://192.0.2.9:80"}, "192.0.2.9")  # the honest one
+    swarm.answer({"cids": [], "from": "http://192.0.2.10:80"}, "192.0.2.10")
+    assert swarm.neighbours()[2:] == ["http://192.0.2.9:80", "http://192.0.2.10:80"]
+    assert swarm._answered("http://192.0.2.9:80", "192.0.2.9")
+    for neighbour in swarm._neighbours.values():  # UNVERIFIED_TTL later...
+        neighbour.learnt -= UNVERIFIED_TTL
+    swarm.answer({"cids": [], "from": "http://192.0.2.11:80"}, "192.0.2.11")  # ...the rest go
+    assert swarm.neighbours() == ["http://192.0.2.9:80", "http://192.0.2.11:80"]
 
 
 def test_one_machine_holds_few_places_however_many_ports_answer() -> None:

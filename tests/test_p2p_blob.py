@@ -455,7 +455,7 @@ def test_streams_that_send_no_request_are_capped_and_closed(
 
     async def main() -> None:
         server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
-                         blob_source=store.read_range, have_source=lambda query: {})  # fmt: skip
+                         blob_source=store.read_range, have_source=lambda query, asker: {})  # fmt: skip
         flooder = P2PNode(tmp_path / "f.key", topic, AnnouncementGate(root))
         honest = P2PNode(tmp_path / "h.key", topic, AnnouncementGate(root))
         async with trio.open_nursery() as nursery:
@@ -491,7 +491,7 @@ def test_a_have_answer_comes_with_the_address_of_its_connection(tmp_path: Path) 
     topic = topic_for(root)
     asked: list[object] = []
 
-    def have(query: object) -> dict[str, Any]:
+    def have(query: object, address: str | None) -> dict[str, Any]:
         asked.append(query)
         return {"blobs": {}, "peers": []}
 
@@ -537,7 +537,7 @@ def test_identities_on_one_address_share_its_streams(
 
     async def main() -> None:
         server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
-                         have_source=lambda query: {})  # fmt: skip
+                         have_source=lambda query, asker: {})  # fmt: skip
         sybils = [P2PNode(tmp_path / f"{i}.key", topic, AnnouncementGate(root)) for i in (1, 2)]
         async with trio.open_nursery() as nursery:
             address = await serving(nursery, server, *sybils)
