@@ -1554,8 +1554,9 @@ def _guard_connections() -> None:
             if shares is None:
                 await super().run()
                 return
+            stream: Any = self.stream  # a trio.SocketStream (no TLS here), typed as TLS's
             try:
-                address = self.stream.socket.getpeername()[0]
+                address = stream.socket.getpeername()[0]
             except (OSError, AttributeError, IndexError):
                 address = None
             machine = counted_machine(address)
@@ -1564,13 +1565,13 @@ def _guard_connections() -> None:
                 # Said, then the request read and dropped for a moment (closed
                 # with it unread, the connection is reset, and the answer lost).
                 with trio.move_on_after(_TOO_MANY_LINGER), contextlib.suppress(Exception):
-                    await self.stream.send_all(_TOO_MANY)
-                    await self.stream.send_eof()
+                    await stream.send_all(_TOO_MANY)
+                    await stream.send_eof()
                     dropped = 0
-                    while dropped < 1 << 16 and (piece := await self.stream.receive_some(1 << 14)):
+                    while dropped < 1 << 16 and (piece := await stream.receive_some(1 << 14)):
                         dropped += len(piece)
                 with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await self.stream.aclose()
+                    await stream.aclose()
                 return
             with shares.hold(machine or "local"):
                 await super().run()
