@@ -110,9 +110,12 @@ class SchedulerConfig:
     #: until a peer delivers again: peers that claim chunks and never serve
     #: them (busy for ever; one liar or a stream of new ones) must not hold a
     #: download hostage, since the fallback is otherwise not asked for chunks
-    #: a peer holds. In an honest network a replicating mirror gets a chunk
-    #: from a peer every second or so. An end user's download with no byte
-    #: from any source for this long fails, naming each source's answer.
+    #: a peer holds. A chunk from a peer that refused us for ``patience``
+    #: before it does not count (nor then hold the fallback back): serving
+    #: one now and then is not serving. In an honest network a replicating
+    #: mirror gets a chunk from a peer every second or so. An end user's
+    #: download with no byte from any source for this long fails, naming
+    #: each source's answer.
     max_stall: float = 60.0
     #: Random tie-break between equally rare chunks (replication); None keeps
     #: index order (a download fills the file from the front).
@@ -224,6 +227,8 @@ class ChunkScheduler:
         self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         self._delivered: dict[str, float] = {}  # when each source last delivered a chunk
+        # Peers refusing us since they last delivered: when they began.
+        self._refusing: dict[str, float] = {}
         self._progress: float | None = None  # when a peer last delivered a chunk (or the start)
         indices = chunk_indices(self.count)
         if self.config.seed is None:
@@ -595,7 +600,13 @@ class ChunkScheduler:
         self.have.add(index)
         self._have_mask |= 1 << index
         if source not in self.fallback:
-            self._progress = now
+            # A chunk from a peer that first refused us for longer than our
+            # patience is not progress: one claiming chunks, refusing them,
+            # and serving one a minute would keep the stall rule from ever
+            # coming (a review: a mirror replicated at a chunk a minute).
+            refusing = self._refusing.pop(source, None)
+            if refusing is None or now - refusing < self.config.patience:
+                self._progress = now
         self._unwait(index)
         if self._copies[index]:
             for key in [k for k in self._inflight if k[1] == index]:
@@ -642,6 +653,8 @@ class ChunkScheduler:
             self._seeded.add(index)
         else:
             self._resting[source] = until
+        if source not in self.fallback:
+            self._refusing.setdefault(source, self._now)
         self._requeue(index)
 
     def drop(self, source: str, reason: str) -> None:

@@ -255,20 +255,38 @@ def test_only_the_origin_seeds_a_peer_saying_so_rests_like_a_busy_one() -> None:
     assert index not in {i for _, i in s.assign(0.5)}  # left to the peers for now
 
 
-def test_a_peer_that_delivers_now_and_then_keeps_the_origin_out() -> None:
-    s = ChunkScheduler(40, [], SchedulerConfig(max_stall=30.0), fallback={"o"}, me="http://a")
-    s.add_source("o")
-    s.add_source("http://slow")  # holds everything, serves a chunk every 20 s
-    now, served = 0.0, {"o": 0, "http://slow": 0}
-    while not s.complete and now < 2000:
-        for src, index in s.assign(now):
-            if src == "http://slow" and int(now) % 20:
-                s.refused(src, index, now + 0.01)
-            else:
+@pytest.mark.parametrize("has", [None, set(range(39))], ids=["all", "all-but-one"])
+def test_a_slow_peer_that_serves_keeps_the_origin_out_and_one_that_refuses_does_not(
+    has: set[int] | None,
+) -> None:
+    """A neighbour holding the chunks and serving each request slowly (5 s)
+    is waited for: the origin is not loaded with what a peer serves. One that
+    refuses every request but a chunk every 20 s (so that the stall rule,
+    60 s without a chunk from a peer, never came) held the mirror to its pace
+    (a review: 64 chunks in an hour); such a chunk is no longer progress, and
+    after the stall the origin serves the rest."""
+    for refuses in (False, True):
+        s = ChunkScheduler(40, [], SchedulerConfig(), fallback={"o"}, me="http://a")
+        s.add_source("o")
+        s.add_source("http://slow", has=has)
+        s.add_source("http://other", has={39})
+        now, served, pending = 0.0, {"o": 0, "http://slow": 0, "http://other": 0}, []
+        while not s.complete and now < 2000:
+            for src, index, due in [p for p in pending if p[2] <= now]:
                 served[src] += 1
-                s.verified(src, index, 1, now)
-        now += 1.0
-    assert s.complete and served["http://slow"] >= 39 and served["o"] <= 1
+                s.verified(src, index, 1, due)
+            pending = [p for p in pending if p[2] > now]
+            for src, index in s.assign(now):
+                if src == "http://slow" and refuses and int(now * 10) % 200:
+                    s.refused(src, index, now + 0.1)
+                else:
+                    pending.append((src, index, now + (5.0 if src == "http://slow" else 0.1)))
+            now = round(now + 0.1, 1)
+        assert s.complete
+        if refuses:
+            assert now < 60 + 15 and served["o"] >= 35, (now, served)
+        else:
+            assert served["http://slow"] >= 39 and served["o"] == 0, (now, served)
 
 
 def test_an_idle_mirror_asks_the_origin_for_any_chunk_after_patience() -> None:
