@@ -102,9 +102,48 @@ __all__ = [
     "OriginRepository",
     "RoleStatus",
     "check_single_delegator",
+    "unrotated_claims",
+    "unrotated_warning",
 ]
 
 Clock = Callable[[], datetime]
+
+
+def unrotated_claims(repo_dir: Path) -> list[str]:
+    """Projects claimed since the targets keys last changed. Until they
+    change, the targets versions signed before each claim still verify:
+    whoever holds the online keys can serve one again, with the project's
+    paths in a bin, to a client that never fetched a later one
+    (docs/maintainers.md, the claim's step 3)."""
+    path = repo_dir / UNROTATED_CLAIMS
+    try:
+        names = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise OriginError(f"cannot read {path}: {exc}{_UNROTATED_HINT}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise OriginError(f"{path} is not a list of project names{_UNROTATED_HINT}")
+    return names
+
+
+def unrotated_warning(repo_dir: Path) -> str | None:
+    """The warning that claims wait for the targets keys' rotation, if any do
+    (a damaged record of them is a warning too: never a reason to stop)."""
+    try:
+        claimed = unrotated_claims(repo_dir)
+    except OriginError as exc:
+        return str(exc)
+    if not claimed:
+        return None
+    return (
+        f"{', '.join(claimed)} claimed since the targets keys last changed: rotate them "
+        f"('tufmesh origin rotate --dir {repo_dir} targets', with the root keys); until "
+        "then the targets metadata from before each claim lets the online keys sign for "
+        "the project to a client that never fetched a later one"
+    )
+
+
 _COMPACT: Final = JSONSerializer(compact=True)
 _PRETTY: Final = JSONSerializer(compact=False)
 #: Re-sign an online role once less than this fraction of its lifetime remains.
@@ -1501,21 +1540,9 @@ class OriginRepository(Repository):
         return done
 
     def unrotated_claims(self) -> list[str]:
-        """Projects claimed since the targets keys last changed. Until they
-        change, the targets versions signed before each claim still verify:
-        whoever holds the online keys can serve one again, with the project's
-        paths in a bin, to a client that never fetched a later one
-        (docs/maintainers.md, the claim's step 3)."""
-        path = self.dir / UNROTATED_CLAIMS
-        try:
-            names = json.loads(path.read_text())
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
-            raise OriginError(f"cannot read {path}: {exc}{_UNROTATED_HINT}") from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise OriginError(f"{path} is not a list of project names{_UNROTATED_HINT}")
-        return names
+        """Projects claimed since the targets keys last changed
+        (:func:`unrotated_claims`)."""
+        return unrotated_claims(self.dir)
 
     def _note_unrotated(self, names: list[str]) -> None:
         path = self.dir / UNROTATED_CLAIMS

@@ -55,7 +55,7 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact, is_sha256, read_removed
+from tufmesh.origin._repository import Artifact, is_sha256, read_removed, unrotated_warning
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
@@ -233,10 +233,9 @@ class OriginService:
         #: Published artifacts' blobs found corrupt on disk and quarantined
         #: (by the scrub, or by fsck before a start): no longer served, until
         #: 'origin restore' stores them again.
-        moved = self.store.quarantined()  # (the pins read only if there are any)
-        self.quarantined: set[str] = (
-            moved & frozenset().union(*self.store.pins().values()) if moved else set()
-        )
+        self.quarantined: set[str] = set()
+        self._moved: set[str] = set()  # what the store's quarantine held when last read
+        self.lost()
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
@@ -424,7 +423,13 @@ class OriginService:
         )  # fmt: skip
 
     def lost(self) -> list[str]:
-        """The quarantined blobs not stored again since."""
+        """The quarantined blobs not stored again since: by our scrub, or by
+        anyone's fsck (before the start, or while the origin serves)."""
+        moved = self.store.quarantined()
+        if moved - self._moved:  # (the pins read only for new ones)
+            pinned = frozenset().union(*self.store.pins().values())
+            self.quarantined |= (moved - self._moved) & pinned
+        self._moved = moved
         self.quarantined = {cid for cid in self.quarantined if not self.store.has(cid)}
         return sorted(self.quarantined)
 
@@ -1027,6 +1032,9 @@ def build_app(service: OriginService) -> ByteCounter:
         stale = state.timestamp_expires <= datetime.now(UTC)
         lost = service.lost()
         warnings = list(state.warnings)
+        unrotated = unrotated_warning(service.dir)
+        if unrotated is not None:
+            warnings.append(unrotated)
         if lost:
             warnings.append(
                 f"{len(lost)} blob(s) found corrupt on disk, quarantined, not served: "

@@ -21,6 +21,7 @@ from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, T
 from tuf.ngclient import FetcherInterface, Updater
 
 from tests.helpers.origin import tufmesh
+from tufmesh.cas import BlobStore
 from tufmesh.errors import (
     AuthError,
     BinFullError,
@@ -717,6 +718,14 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     assert link.read_bytes() == body  # the link no longer holds the quarantined copy
     status, said = trio.run(health)
     assert status == (200, 200) and said["status"] == "ok" and said["quarantined"] == []
+    # An operator's 'cas fsck --quarantine' while the origin serves is said at
+    # once too (it was only after a restart).
+    other = stored(repo, "p/b-1.tar.gz", os.urandom(5000))
+    repo.publish([other])
+    repo.store.path(other.cid).write_bytes(b"changed by the disk")
+    assert BlobStore(repo.store.root).fsck(quarantine=True).corrupt == [other.cid]
+    status, said = trio.run(health)
+    assert said["status"] == "degraded" and said["quarantined"] == [other.cid]
 
 
 def test_the_committer_process_reports_each_refusal_as_its_kind(tmp_path: Path) -> None:
