@@ -45,6 +45,7 @@ while the peer already has :data:`MAX_INBOUND_STREAMS` open on it
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Final
 
 import trio
@@ -115,10 +116,12 @@ class _Admission:
     async def send(self, stream: Any) -> None:
         if stream.closed:  # reset as it opened: nothing to negotiate
             return
-        theirs = sum(not other.is_initiator for other in self.session.streams.values())
+        theirs = sum(
+            not other.is_initiator and not other.closed for other in self.session.streams.values()
+        )
         if theirs > MAX_INBOUND_STREAMS:
             self.session.refused_streams += 1
-            await stream.reset()
+            await stream.reset()  # (and what it brought is dropped: _finalize_stream_locked)
             return
         await self.channel.send(stream)
 
@@ -137,6 +140,16 @@ class WindowedYamux(Yamux):
         self.violation: str | None = None
         self.refused_streams = 0
         self.new_stream_send_channel = _Admission(self, self.new_stream_send_channel)  # type: ignore[assignment]
+        self._broken = False  # a frame was cut short: nothing more may be written
+
+    def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
+        # A stream reset (by either end) is over: what it holds unread is
+        # nobody's. py-libp2p kept it until its sweeper came, 60-90 s later,
+        # so a peer sending streams a window of data each and resetting them
+        # (or opening them past the cap) held that much of a mirror's memory.
+        if stream.reset_received:
+            self.stream_buffers.pop(stream.stream_id, None)
+        super()._finalize_stream_locked(stream, fully_closed=fully_closed)
 
     def exceeded(self, stream_id: int, excess: int) -> None:
         """The peer sent stream ``stream_id`` ``excess`` bytes past its window:
@@ -147,12 +160,19 @@ class WindowedYamux(Yamux):
 
     async def _write_frame(self, data: bytes) -> None:
         async with self._write_lock:  # cancelling this wait costs nothing
+            if self._broken:  # (every writer queued behind the one cut short)
+                raise MuxedConnUnavailable("the connection was closed: a frame could not be sent")
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(FRAME_LIMIT) as limit:
                     await self.secured_conn.write(data)
                 if limit.cancelled_caught:  # part of the frame may be on the wire
-                    with trio.move_on_after(5):
-                        await self._cleanup_on_error()
+                    # Close the socket (no lock: a close() under way holds the
+                    # streams' lock while it waits to write); the session's
+                    # read loop then fails and cleans up.
+                    self._broken = True
+                    self.event_shutting_down.set()
+                    with trio.move_on_after(1), contextlib.suppress(Exception):
+                        await self.secured_conn.close()
                     raise MuxedConnUnavailable(f"a frame not written within {FRAME_LIMIT:g} s")
         await trio.lowlevel.checkpoint()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -673,7 +674,6 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
     one: a peer that opened thousands and never negotiated grew a mirror by
     a task each. Past MAX_INBOUND_STREAMS a new stream is now reset at once,
     and other peers are served as before."""
-    import struct
 
     from tufmesh.p2p._muxer import MAX_INBOUND_STREAMS
 
@@ -703,6 +703,68 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
             assert _tasks() < before + 3 * MAX_INBOUND_STREAMS
             assert _session(server, flooder) is theirs and not theirs.is_closed
             assert await honest.fetch_range(address, cid, 0, len(body)) == body
+            # Streams that bring a window of data each and are reset (past the
+            # cap, or by the peer) kept it until py-libp2p's sweeper, 60-90 s.
+            for _ in range(200):  # DATA with SYN, 64 KiB each (12.5 MiB in all)
+                await ours._write_frame(
+                    struct.pack(">BBHII", 0, 0, 1, stream_id, 1 << 16) + bytes(1 << 16)
+                )
+                await ours._write_frame(struct.pack(">BBHII", 0, 1, 8, stream_id, 0))  # RST
+                stream_id += 2
+            await trio.sleep(0.5)
+            held = sum(len(buffer) for buffer in theirs.stream_buffers.values())
+            assert held <= MAX_INBOUND_STREAMS << 16, held
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_a_connection_whose_peer_stops_reading_closes_within_the_frame_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame once begun is written whole, within FRAME_LIMIT, or the
+    connection ends. Closed while a frame was stuck (its peer read nothing),
+    the connection took a frame limit and a clean-up's wait for each writer
+    queued behind it (a close() holds the streams' lock the clean-up wanted):
+    about a minute. The socket is now closed at the limit, and the writers
+    behind it fail at once."""
+    from libp2p.peer.id import ID
+
+    import tufmesh.p2p._muxer as muxer_module
+
+    monkeypatch.setattr(muxer_module, "FRAME_LIMIT", 1.0)
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(16 << 20)
+    cid = store.put(body)
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
+                         blob_source=store.read_range)  # fmt: skip
+        asker = P2PNode(tmp_path / "a.key", topic_for(root), AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            assert await asker.fetch_range(address, cid, 0, 10) == body[:10]
+            ours, theirs = _session(asker, server), _session(server, asker)
+            stream = await asker._open(address, PROTOCOL)
+            grant = struct.pack("!BBHII", 0, 1, 0, stream.muxed_stream.stream_id, 64 << 20)
+            await ours._write_frame(grant)  # a window for the whole range...
+
+            async def never(*args: Any) -> bytes:
+                await trio.sleep_forever()
+                raise AssertionError
+
+            ours.secured_conn.read = never  # ...and then nothing read
+            await stream.write(encode_request(BlobRequest(cid, 0, len(body))))
+            await trio.sleep(0.5)  # the server's frames fill the socket's buffers
+            assert server._host is not None and asker._host is not None
+            held = server._host.get_network().connections[ID(asker._host.get_id().to_bytes())]
+            started = trio.current_time()
+            with trio.fail_after(30):
+                await held[0].close()
+            assert theirs.is_closed and trio.current_time() - started < 4
             nursery.cancel_scope.cancel()
 
     trio.run(main)
