@@ -1548,6 +1548,7 @@ def _guard_connections() -> None:
     caps its config carries (``connections``, a :class:`Shares`), and close
     one past them at once."""
     import hypercorn.trio.run
+    from hypercorn.events import Updated
     from hypercorn.trio.tcp_server import TCPServer
 
     served_by = vars(hypercorn.trio.run)  # serve() makes its connections' servers from this
@@ -1587,8 +1588,16 @@ def _guard_connections() -> None:
         async def _read_data(self) -> None:
             await super()._read_data()
             # The client has closed: hypercorn 0.18's connection went on
-            # waiting for its idle timer (30 s), and would count till then.
+            # waiting for its idle timer (30 s), and would count till then;
+            # and so when an answer under way ends after (a download given
+            # up), as the answer's end starts the timer again.
+            self._client_gone = True
             await self.idle_task.stop()
+
+        async def protocol_send(self, event: Any) -> None:
+            if getattr(self, "_client_gone", False) and isinstance(event, Updated) and event.idle:
+                return  # nobody to wait for
+            await super().protocol_send(event)
 
     served_by["TCPServer"] = CountedTCPServer
 

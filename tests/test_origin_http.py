@@ -127,6 +127,62 @@ def test_connections_held_open_are_capped_per_client_and_in_all(
     _serve(tmp_path, client, idle_timeout=30.0)
 
 
+def test_a_download_given_up_midway_stops_counting_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that resets its connection while an answer is being sent (a
+    download given up: Ctrl-C, a lost race) held its place among the
+    connections counted against its address until hypercorn's idle timeout
+    (30 s): the answer's end started the idle timer again."""
+    import struct
+
+    import tufmesh.origin._server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS_PER_HOST", 4)
+    monkeypatch.setattr(server_module, "counted_machine", lambda address: address)
+    big = bytes(8 << 20)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(big)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": big})
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await start_http(nursery, ByteCounter(app), "127.0.0.1", 0, None, None)
+            port = int(url.rsplit(":", 1)[1])
+
+            async def get(*, give_up: bool) -> bytes:
+                sock = trio.socket.socket()
+                await sock.bind(("127.0.0.2", 0))
+                await sock.connect(("127.0.0.1", port))
+                stream = trio.SocketStream(sock)
+                close = b"" if give_up else b"Connection: close\r\n"  # (kept alive, by default)
+                await stream.send_all(b"GET /big HTTP/1.1\r\nHost: m\r\n" + close + b"\r\n")
+                if give_up:
+                    await trio.sleep(0.2)  # the answer under way, none of it read
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    await stream.aclose()  # a reset
+                    return b""
+                try:
+                    return await _closed_within(stream, 10)
+                finally:
+                    await stream.aclose()
+
+            for _ in range(3):
+                for _ in range(4):
+                    await get(give_up=True)
+                with trio.fail_after(5):
+                    while not (await get(give_up=False)).startswith(b"HTTP/1.1 200"):
+                        await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 def test_a_connection_is_closed_after_the_idle_timeout_with_or_without_a_request(
     tmp_path: Path,
 ) -> None:
