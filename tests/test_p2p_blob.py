@@ -8,6 +8,8 @@ import os
 import struct
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -619,6 +621,40 @@ def _session(node: P2PNode, peer: P2PNode) -> Any:
     return connection.muxed_conn
 
 
+@dataclass
+class _Pair:
+    """A node serving one blob and the nodes asking it, connected."""
+
+    server: P2PNode
+    askers: list[P2PNode]
+    address: str
+    body: bytes
+    cid: str
+
+    @property
+    def asker(self) -> P2PNode:
+        return self.askers[0]
+
+
+@contextlib.asynccontextmanager
+async def _serving_a_blob(tmp_path: Path, size: int, askers: int = 1) -> AsyncIterator[_Pair]:
+    """A server holding ``size`` random bytes, ``askers`` nodes connected to it
+    (the first has fetched a range), all stopped after the block."""
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    store = BlobStore(tmp_path / "cas")
+    body = os.urandom(size)
+    cid = store.put(body)
+    server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
+                     blob_source=store.read_range)  # fmt: skip
+    nodes = [P2PNode(tmp_path / f"{n}.key", topic_for(root), AnnouncementGate(root))
+             for n in range(askers)]  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        address = await serving(nursery, server, *nodes)
+        assert await nodes[0].fetch_range(address, cid, 0, 10) == body[:10]
+        yield _Pair(server, nodes, address, body, cid)
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_fetches_given_up_at_any_moment_leave_the_connection_whole(tmp_path: Path) -> None:
@@ -629,29 +665,19 @@ def test_fetches_given_up_at_any_moment_leave_the_connection_whole(tmp_path: Pat
     times was banned). A frame is now written whole once begun."""
     import random
 
-    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
-    topic = topic_for(root)
-    store = BlobStore(tmp_path / "cas")
-    body = os.urandom(4 << 20)
-    cid = store.put(body)
     rng = random.Random(4)
 
     async def main() -> None:
-        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root),
-                         blob_source=store.read_range)  # fmt: skip
-        asker = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
-        async with trio.open_nursery() as nursery:
-            address = await serving(nursery, server, asker)
-            assert await asker.fetch_range(address, cid, 0, 10) == body[:10]
+        async with _serving_a_blob(tmp_path, 4 << 20) as pair:
+            server, asker, address, body = pair.server, pair.asker, pair.address, pair.body
             session = _session(asker, server)
             for _ in range(60):
                 with trio.move_on_after(rng.uniform(0.0, 0.04)):
-                    await asker.fetch_range(address, cid, 0, len(body))
+                    await asker.fetch_range(address, pair.cid, 0, len(body))
                 await trio.sleep(0.02)
                 assert _session(asker, server) is session and not session.is_closed
                 assert _session(server, asker) is not None
-            assert await asker.fetch_range(address, cid, 0, len(body)) == body
-            nursery.cancel_scope.cancel()
+            assert await asker.fetch_range(address, pair.cid, 0, len(body)) == body
 
     trio.run(main)
     gc.collect()
@@ -677,19 +703,9 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
 
     from tufmesh.p2p._muxer import MAX_INBOUND_STREAMS
 
-    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
-    store = BlobStore(tmp_path / "cas")
-    body = os.urandom(1 << 16)
-    cid = store.put(body)
-
     async def main() -> None:
-        server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
-                         blob_source=store.read_range)  # fmt: skip
-        flooder = P2PNode(tmp_path / "f.key", topic_for(root), AnnouncementGate(root))
-        honest = P2PNode(tmp_path / "h.key", topic_for(root), AnnouncementGate(root))
-        async with trio.open_nursery() as nursery:
-            address = await serving(nursery, server, flooder, honest)
-            assert await flooder.fetch_range(address, cid, 0, 10) == body[:10]
+        async with _serving_a_blob(tmp_path, 1 << 16, askers=2) as pair:
+            (server, (flooder, honest)), body = (pair.server, pair.askers), pair.body
             await trio.sleep(0.3)
             before = _tasks()
             theirs, ours = _session(server, flooder), _session(flooder, server)
@@ -702,7 +718,7 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
             assert opened <= MAX_INBOUND_STREAMS < theirs.refused_streams
             assert _tasks() < before + 3 * MAX_INBOUND_STREAMS
             assert _session(server, flooder) is theirs and not theirs.is_closed
-            assert await honest.fetch_range(address, cid, 0, len(body)) == body
+            assert await honest.fetch_range(pair.address, pair.cid, 0, len(body)) == body
             # Streams that bring a window of data each and are reset (past the
             # cap, or by the peer) kept it until py-libp2p's sweeper, 60-90 s.
             for _ in range(200):  # DATA with SYN, 64 KiB each (12.5 MiB in all)
@@ -714,7 +730,6 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
             await trio.sleep(0.5)
             held = sum(len(buffer) for buffer in theirs.stream_buffers.values())
             assert held <= MAX_INBOUND_STREAMS << 16, held
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     gc.collect()
@@ -735,20 +750,12 @@ def test_a_connection_whose_peer_stops_reading_closes_within_the_frame_limit(
     import tufmesh.p2p._muxer as muxer_module
 
     monkeypatch.setattr(muxer_module, "FRAME_LIMIT", 1.0)
-    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
-    store = BlobStore(tmp_path / "cas")
-    body = os.urandom(16 << 20)
-    cid = store.put(body)
 
     async def main() -> None:
-        server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
-                         blob_source=store.read_range)  # fmt: skip
-        asker = P2PNode(tmp_path / "a.key", topic_for(root), AnnouncementGate(root))
-        async with trio.open_nursery() as nursery:
-            address = await serving(nursery, server, asker)
-            assert await asker.fetch_range(address, cid, 0, 10) == body[:10]
+        async with _serving_a_blob(tmp_path, 16 << 20) as pair:
+            server, asker = pair.server, pair.asker
             ours, theirs = _session(asker, server), _session(server, asker)
-            stream = await asker._open(address, PROTOCOL)
+            stream = await asker._open(pair.address, PROTOCOL)
             grant = struct.pack("!BBHII", 0, 1, 0, stream.muxed_stream.stream_id, 64 << 20)
             await ours._write_frame(grant)  # a window for the whole range...
 
@@ -757,7 +764,7 @@ def test_a_connection_whose_peer_stops_reading_closes_within_the_frame_limit(
                 raise AssertionError
 
             ours.secured_conn.read = never  # ...and then nothing read
-            await stream.write(encode_request(BlobRequest(cid, 0, len(body))))
+            await stream.write(encode_request(BlobRequest(pair.cid, 0, len(pair.body))))
             await trio.sleep(0.5)  # the server's frames fill the socket's buffers
             assert server._host is not None and asker._host is not None
             held = server._host.get_network().connections[ID(asker._host.get_id().to_bytes())]
@@ -765,7 +772,6 @@ def test_a_connection_whose_peer_stops_reading_closes_within_the_frame_limit(
             with trio.fail_after(30):
                 await held[0].close()
             assert theirs.is_closed and trio.current_time() - started < 4
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
     gc.collect()
@@ -778,23 +784,13 @@ def test_a_connection_closed_but_still_listed_is_dialled_afresh(tmp_path: Path) 
     nor given a stream ("No valid connections available")."""
     from libp2p.peer.id import ID
 
-    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
-    store = BlobStore(tmp_path / "cas")
-    body = os.urandom(1 << 16)
-    cid = store.put(body)
-
     async def main() -> None:
-        server = P2PNode(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
-                         blob_source=store.read_range)  # fmt: skip
-        asker = P2PNode(tmp_path / "a.key", topic_for(root), AnnouncementGate(root))
-        async with trio.open_nursery() as nursery:
-            address = await serving(nursery, server, asker)
-            assert await asker.fetch_range(address, cid, 0, 10) == body[:10]
+        async with _serving_a_blob(tmp_path, 1 << 16) as pair:
+            server, asker = pair.server, pair.asker
             assert asker._host is not None and server._host is not None
             listed = asker._host.get_network().connections[ID(server._host.get_id().to_bytes())]
             listed[0].event_closed.set()  # what SwarmConn.close() does first
-            assert await asker.fetch_range(address, cid, 0, len(body)) == body
-            nursery.cancel_scope.cancel()
+            assert await asker.fetch_range(pair.address, pair.cid, 0, len(pair.body)) == pair.body
 
     trio.run(main)
     gc.collect()
