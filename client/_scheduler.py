@@ -227,7 +227,8 @@ class ChunkScheduler:
         self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         self._delivered: dict[str, float] = {}  # when each source last delivered a chunk
-        # Peers refusing us since they last delivered: when they began.
+        # Peers refusing us, or failing our requests, since they last
+        # delivered: when they began.
         self._refusing: dict[str, float] = {}
         self._progress: float | None = None  # when a peer last delivered a chunk (or the start)
         indices = chunk_indices(self.count)
@@ -600,10 +601,11 @@ class ChunkScheduler:
         self.have.add(index)
         self._have_mask |= 1 << index
         if source not in self.fallback:
-            # A chunk from a peer that first refused us for longer than our
-            # patience is not progress: one claiming chunks, refusing them,
-            # and serving one a minute would keep the stall rule from ever
-            # coming (a review: a mirror replicated at a chunk a minute).
+            # A chunk from a peer that first refused us (or failed our
+            # requests: a trickle cut by the slow-retrieval floor) for longer
+            # than our patience is not progress: one claiming chunks, refusing
+            # them, and serving one a minute would keep the stall rule from
+            # ever coming (a review: a mirror replicated at a chunk a minute).
             refusing = self._refusing.pop(source, None)
             if refusing is None or now - refusing < self.config.patience:
                 self._progress = now
@@ -624,7 +626,9 @@ class ChunkScheduler:
 
     def failed(self, source: str, index: int, reason: str) -> None:
         """A request failed (network error, HTTP error, too slow): try elsewhere."""
-        self._finish(source, index)
+        request = self._finish(source, index)
+        if source not in self.fallback:  # it kept us waiting since the request began
+            self._refusing.setdefault(source, request.started if request else self._now)
         stats = self.stats[source]
         stats.failures += 1
         stats.consecutive_failures += 1
