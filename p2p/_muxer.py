@@ -145,9 +145,12 @@ class WindowedYamux(Yamux):
     def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
         # A stream reset (by either end) is over: what it holds unread is
         # nobody's. py-libp2p kept it until its sweeper came, 60-90 s later,
-        # so a peer sending streams a window of data each and resetting them
-        # (or opening them past the cap) held that much of a mirror's memory.
-        if stream.reset_received:
+        # so a peer opening streams with a window of data each and resetting
+        # them (or opening them past the cap) held that much of a mirror's
+        # memory. Kept: an answer to a stream of ours that came whole before
+        # the reset (the one that ends a lingering stream), still read to
+        # its end.
+        if stream.reset_received and not (stream.is_initiator and stream.recv_closed):
             self.stream_buffers.pop(stream.stream_id, None)
         super()._finalize_stream_locked(stream, fully_closed=fully_closed)
 

@@ -721,9 +721,10 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
             assert await honest.fetch_range(pair.address, pair.cid, 0, len(body)) == body
             # Streams that bring a window of data each and are reset (past the
             # cap, or by the peer) kept it until py-libp2p's sweeper, 60-90 s.
-            for _ in range(200):  # DATA with SYN, 64 KiB each (12.5 MiB in all)
+            for n in range(200):  # DATA with SYN (and FIN, or not), 64 KiB each: 12.5 MiB
+                flags = 1 | (4 if n % 2 else 0)
                 await ours._write_frame(
-                    struct.pack(">BBHII", 0, 0, 1, stream_id, 1 << 16) + bytes(1 << 16)
+                    struct.pack(">BBHII", 0, 0, flags, stream_id, 1 << 16) + bytes(1 << 16)
                 )
                 await ours._write_frame(struct.pack(">BBHII", 0, 1, 8, stream_id, 0))  # RST
                 stream_id += 2
