@@ -340,12 +340,6 @@ SEEN_TTL = 120
 #: topic, signature and key take 193 with an Ed25519 identity (ours), 1,158
 #: with an RSA-4096 one (the largest py-libp2p makes).
 MAX_ENVELOPE: Final = 1280
-#: Stale announcements (genuine, older than the node's newest) let off from
-#: one peer within a seen window; past that they count against it after
-#: all. An honest peer relays a few (what its cache holds, or what was new
-#: to it while it was behind); a peer that sent every old timestamp of the
-#: day, each checked once a window, would cost a validation each.
-STALE_PER_PEER: Final = 16
 
 
 def message_id(message: Any) -> bytes:
@@ -407,7 +401,6 @@ class P2PNode:
         self.rejected = 0
         self.accepted = 0
         self.ignored = 0  # refused, not against their senders (Verdict.ignore)
-        self._stale: dict[Any, tuple[float, int]] = {}  # peer -> (window start, let off)
         self._pubsub: Any = None
         self._subscription: Any = None
         self._router: Any = None
@@ -851,24 +844,12 @@ class P2PNode:
         verdict = self.gate.check(bytes(message.data))
         if verdict.accept:
             self.accepted += 1
-        elif verdict.ignore and self._let_off(peer):
+        elif verdict.ignore:
             self.ignored += 1
             raise _Ignored  # dropped without a verdict (GuardedPubsub.push_msg)
         else:
             self.rejected += 1
         return verdict.accept
-
-    def _let_off(self, peer: Any) -> bool:
-        """Whether one more stale announcement from ``peer`` goes unscored
-        (:data:`STALE_PER_PEER` a seen window)."""
-        now = trio.current_time()
-        start, count = self._stale.get(peer, (now, 0))
-        if now - start >= SEEN_TTL:
-            start, count = now, 0
-        if len(self._stale) > 4096:  # (peers come and go; keep the ones in a window)
-            self._stale = {k: v for k, v in self._stale.items() if now - v[0] < SEEN_TTL}
-        self._stale[peer] = (start, count + 1)
-        return count < STALE_PER_PEER
 
     async def follow_root(self, root: Root) -> None:
         """Trust ``root`` from now on (the repository rotated its root keys):
