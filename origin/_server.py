@@ -55,7 +55,7 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import Artifact, is_sha256, read_removed, unrotated_warning
+from tufmesh.origin._repository import Artifact, is_sha256, read_removed, unrotated_claims
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
 from tufmesh.origin._signer import Committer, RunSync, SignerProcess
 from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
@@ -235,7 +235,7 @@ class OriginService:
         #: 'origin restore' stores them again.
         self.quarantined: set[str] = set()
         self._moved: set[str] = set()  # what the store's quarantine held when last read
-        self.lost()
+        self.quarantined |= self.newly_quarantined()
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
@@ -422,14 +422,18 @@ class OriginService:
             shortest=interval, every=interval,
         )  # fmt: skip
 
-    def lost(self) -> list[str]:
-        """The quarantined blobs not stored again since: by our scrub, or by
-        anyone's fsck (before the start, or while the origin serves)."""
+    def newly_quarantined(self) -> set[str]:
+        """Published blobs that anyone's fsck (before the start, or while the
+        origin serves) moved to the store's quarantine since the last call.
+        Reads the disk, and may wait for the store's lock: not on the loop."""
         moved = self.store.quarantined()
-        if moved - self._moved:  # (the pins read only for new ones)
-            pinned = frozenset().union(*self.store.pins().values())
-            self.quarantined |= (moved - self._moved) & pinned
-        self._moved = moved
+        new, self._moved = moved - self._moved, moved
+        if not new:  # (the pins read only for new ones)
+            return set()
+        return new & frozenset().union(*self.store.pins().values())
+
+    def lost(self) -> list[str]:
+        """The quarantined blobs not stored again since."""
         self.quarantined = {cid for cid in self.quarantined if not self.store.has(cid)}
         return sorted(self.quarantined)
 
@@ -1030,11 +1034,21 @@ def build_app(service: OriginService) -> ByteCounter:
         # degraded: clients refuse what is served (an expired offline role, or
         # a timestamp the refresher could not re-sign in time), or soon will.
         stale = state.timestamp_expires <= datetime.now(UTC)
-        lost = service.lost()
         warnings = list(state.warnings)
-        unrotated = unrotated_warning(service.dir)
-        if unrotated is not None:
-            warnings.append(unrotated)
+        try:
+            service.quarantined |= await service.run_sync(service.newly_quarantined)
+        except (OSError, TufmeshError) as exc:  # said, and the rest of the answer given
+            warnings.append(f"cannot read the store's quarantine: {exc}")
+        lost = service.lost()
+        try:
+            unrotated = bool(unrotated_claims(service.dir))
+        except OriginError:  # a damaged record of them: said by 'origin status'
+            unrotated = True
+        if unrotated:  # (which projects, and where the repository is, are not said here)
+            warnings.append(
+                "projects claimed since the targets keys last changed wait for their "
+                "rotation ('tufmesh origin status' names them)"
+            )
         if lost:
             warnings.append(
                 f"{len(lost)} blob(s) found corrupt on disk, quarantined, not served: "

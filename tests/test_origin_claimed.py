@@ -120,7 +120,7 @@ def test_a_claimed_project_is_published_by_its_own_key_alone(tmp_path: Path) -> 
         url = server.url
         warnings = httpx.get(f"{url}/healthz").json()["warnings"]  # monitoring hears of it too
         assert any(
-            w.startswith("demo claimed since the targets keys last changed") for w in warnings
+            w.startswith("projects claimed since the targets keys last changed") for w in warnings
         )
         # The artifact published before the claim is now the project's own.
         assert tuf_download(url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
