@@ -66,9 +66,12 @@ MAX_NEIGHBOURS: Final = 16
 #: answer cannot crowd out the neighbours that do (docs/threat-model.md).
 MAX_UNVERIFIED: Final = 4
 #: ...of which those named by one machine (the have-query's asker, or the
-#: neighbour whose peer list named them) hold this many, the latest named:
-#: names are free, so one machine naming made-up ones must not hold every
-#: place a new neighbour could take.
+#: neighbour whose peer list named them) hold this many, the first named
+#: (till they expire: the latest would let one machine have the mirror ask
+#: any number of addresses of its choosing): names are free, so one machine
+#: naming made-up ones must not hold every place a new neighbour could take.
+#: Unanswered names of one machine hold MAX_PER_MACHINE places, and give
+#: way to a name that machine gives itself.
 MAX_UNVERIFIED_PER_MACHINE: Final = 2
 #: ...and each for this long (seconds) unless it answers: asked for records
 #: only while this mirror replicates, a name that never answers held its
@@ -216,12 +219,23 @@ class Swarm:
                 if now - self._neighbours[u].learnt >= UNVERIFIED_TTL:
                     del self._neighbours[u]
             unverified = [u for u in unverified if u in self._neighbours]
-            if named_by is not None:
-                same = [u for u in unverified if self._neighbours[u].named_by == named_by]
-                if len(same) >= MAX_UNVERIFIED_PER_MACHINE:  # the earliest it named goes
-                    del self._neighbours[same[0]]
-                    unverified.remove(same[0])
-            if len(unverified) < MAX_UNVERIFIED and self._room_on(_machine(url)):
+            if (
+                named_by is not None
+                and sum(self._neighbours[u].named_by == named_by for u in unverified)
+                >= MAX_UNVERIFIED_PER_MACHINE
+            ):
+                return  # the names it gave first hold their places, till they expire
+            machine = _machine(url)
+            if machine is not None:
+                on = [u for u in unverified if _machine(u) == machine]
+                if len(on) >= MAX_PER_MACHINE:
+                    # Others' names for a machine give way to its own.
+                    theirs = [u for u in on if self._neighbours[u].named_by != machine]
+                    if named_by != machine or not theirs:
+                        return
+                    del self._neighbours[theirs[0]]
+                    unverified.remove(theirs[0])
+            if len(unverified) < MAX_UNVERIFIED and self._room_on(machine):
                 self._neighbours[url] = _Neighbour(named_by=named_by, learnt=now)
 
     def _room_on(self, machine: str | None, besides: str | None = None) -> bool:
