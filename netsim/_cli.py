@@ -94,6 +94,8 @@ def run(
                 message = f"--{name.replace('_', '-')}{message[len(name) :]}"
         raise UsageError(message) from None
     for output in (json_path, plot_path):  # before the run, not after it
+        if output is not None and output.name in ("", ".", ".."):
+            raise UsageError(f"cannot write {str(output)!r}: it names no file")
         parent = output.parent if output is not None else None
         if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK)):
             raise UsageError(f"cannot write {output}: {parent} is not a writable directory")

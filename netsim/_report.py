@@ -50,6 +50,7 @@ def summary(result: Result) -> dict[str, Any]:
         "chunks_rejected": result.chunks_rejected,
         "corrupt_chunks_accepted": result.corrupt_accepted,
         "bans": result.bans,
+        "honest_peers_dropped": result.dropped,
         "announcement_last_seconds": _seconds(result.announce_last),
         "rejoined": result.rejoined,
         "rejoined_completed": result.rejoined_complete,
@@ -103,7 +104,7 @@ def table(result: Result) -> str:
             "chunks rejected / accepted bad",
             f"{s['chunks_rejected']} / {s['corrupt_chunks_accepted']}",
         ),
-        ("bans", f"{s['bans']}"),
+        ("hostile banned / honest dropped", f"{s['bans']} / {s['honest_peers_dropped']}"),
         ("last mirror told of the release", sec(s["announcement_last_seconds"])),
     ]
     if s["rejoined"]:

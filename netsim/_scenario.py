@@ -197,7 +197,9 @@ def _check(name: str, value: object, kind: type, low: float, high: float) -> Non
 
 def _number(value: float) -> str:
     """``1,099,511,627,776``, ``0.5``: no exponents in a message."""
-    return f"{value:,.0f}" if math.isfinite(value) and value == int(value) else f"{value:,}"
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value)):
+        return f"{int(value):,}"  # (an int as it is: a float rounds 2**64 - 1 up)
+    return f"{value:,}"
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -122,6 +122,9 @@ class _Node:
     seen: dict[str, int] = field(default_factory=dict)  # neighbour -> log entries read
     silent: dict[str, int] = field(default_factory=dict)  # neighbour -> rounds unanswered
     flows: dict[tuple[str, int], _Flow] = field(default_factory=dict)  # requests in flight
+    # ...and those a source declined, whose answer is on its way (no flow):
+    # every request the scheduler has in flight is one or the other.
+    declined: int = 0
     # Uploads in progress (a dict: in the order they started, never in the
     # order of object addresses, which differ from run to run).
     serving: dict[_Flow, None] = field(default_factory=dict)
@@ -159,7 +162,8 @@ class Result:
     duplicate_bytes: int
     chunks_rejected: int
     corrupt_accepted: int
-    bans: int
+    bans: int  # hostile sources a mirror banned (once per mirror, per start)
+    dropped: int  # honest ones it stopped asking (gone, unreachable)
     events: int
     announce_last: float
     honest: int
@@ -223,6 +227,7 @@ class _Simulation:
         self.rejected = 0
         self.corrupt_accepted = 0
         self.bans = 0
+        self.dropped = 0
         self.events = 0
         self.rejoined: set[str] = set()
         self.rejoined_complete = 0
@@ -390,6 +395,7 @@ class _Simulation:
             return False
         node.started = self.now
         node.scheduler = self._new_scheduler(node)
+        node.declined = 0
         node.dirty = True
         self._touch(node)
         self._at(self.now, _ROUND, (node, node.rounds))
@@ -501,6 +507,7 @@ class _Simulation:
             )
             if verdict != "serve":
                 self.refusals += 1
+                dst.declined += 1
                 rtt = 2 * (src.latency + dst.latency)
                 retry = src.gate.retry_after(self.now, verdict)
                 self._at(self.now + rtt, _REFUSED, (dst, dst.scheduler, src, index, verdict, retry))
@@ -635,6 +642,7 @@ class _Simulation:
         node, scheduler, src, index, verdict, retry = subject
         if node.scheduler is not scheduler or node.done is not None:
             return False  # the mirror restarted or finished meanwhile
+        node.declined -= 1
         scheduler.refused(src.name, index, self.now + retry, seeded=verdict == "seeded")
         if src is self.origin:
             self._touch(node)  # its claims changed (a peer's refusal changes nothing they read)
@@ -685,16 +693,22 @@ class _Simulation:
         """Cancel transfers the scheduler gave up (a banned source, a lost duplicate)."""
         scheduler = node.scheduler
         assert scheduler is not None
-        if scheduler.running == len(node.flows):
+        if scheduler.running == len(node.flows) + node.declined:
             return  # nothing given up (the common case: skip the comparison)
         running = set(scheduler.inflight())
         for key in [k for k in node.flows if k not in running]:
             self._cancel(node.flows[key])
 
     def _count_bans(self, node: _Node) -> None:
-        """Add the sources ``node``'s scheduler banned (at completion, or when it leaves)."""
+        """Add the sources ``node``'s scheduler banned (at completion, or when it
+        leaves): hostile ones to the bans, honest ones (gone, unreachable) apart."""
         if node.scheduler is not None:
-            self.bans += sum(1 for st in node.scheduler.stats.values() if st.banned is not None)
+            for name, stats in node.scheduler.stats.items():
+                if stats.banned is not None:
+                    if self.by_name[name].behaviour is None:
+                        self.dropped += 1
+                    else:
+                        self.bans += 1
 
     def _tick(self, node: _Node) -> bool:
         """The slow-retrieval check of the daemon's download loop."""
@@ -767,6 +781,7 @@ class _Simulation:
             chunks_rejected=self.rejected,
             corrupt_accepted=self.corrupt_accepted,
             bans=self.bans,
+            dropped=self.dropped,
             events=self.events,
             announce_last=max(n.announced for n in honest) if honest else 0.0,
             honest=len(honest),

@@ -72,10 +72,31 @@ def test_hostile_mirrors_never_get_a_bad_chunk_accepted(fraction: float) -> None
     assert result.bans >= result.chunks_rejected  # each liar banned where it lied
 
 
+def test_transfers_the_scheduler_gave_up_are_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the daemon cancels every transfer no longer in flight (a lost
+    endgame copy, a banned source). The simulator skipped the check when as
+    many transfers ran as the scheduler had in flight, which a request whose
+    refusal was still on its way made true with a lost copy running on."""
+    from tufmesh.netsim._sim import _Simulation
+
+    drop_stale = _Simulation._drop_stale
+    stale: list[int] = []
+
+    def checked(self: _Simulation, node: object) -> None:
+        drop_stale(self, node)  # type: ignore[arg-type]
+        running = set(node.scheduler.inflight())  # type: ignore[attr-defined]
+        stale.append(sum(key not in running for key in node.flows))  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_Simulation, "_drop_stale", checked)
+    simulate(Scenario(mirrors=120, size=16 << 20, links="home", seed=1))
+    assert len(stale) > 1000 and not any(stale)
+
+
 def test_mirrors_that_leave_and_rejoin_catch_up() -> None:
     result = simulate(Scenario(mirrors=60, size=32 << 20, links="home", churn=0.3, downtime=5))
     assert result.rejoined > 5
     assert result.rejoined_complete == result.rejoined
+    assert result.bans == 0 < result.dropped  # those who left were dropped, not banned
     assert all(not math.isinf(t) for t in result.completion)
 
 
@@ -160,6 +181,10 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     bad = _cli("netsim", "run", "--mirrors", "3", "--json", str(tmp_path / "no" / "r.json"))
     assert bad.returncode != 0 and "is not a writable directory" in bad.stderr
     assert "ratio to the bound" not in bad.stdout  # refused before the run
+    bad = _cli("netsim", "run", "--mirrors", "3", "--json", "")  # was a traceback, after the run
+    assert (
+        bad.returncode != 0 and "it names no file" in bad.stderr and "Traceback" not in bad.stderr
+    )
     kept = tmp_path / "kept.json"  # a file where a directory should be: the JSON kept
     kept.write_text("earlier")
     bad = _cli("netsim", "run", "--mirrors", "3", "--json", str(kept), "--plot", str(png / "x"))
