@@ -24,7 +24,7 @@ def test_sigkill_at_random_moments_never_leaves_a_bad_blob(tmp_path: Path) -> No
     acked: dict[str, int] = {}
     verified: set[str] = set()
     kills = 0
-    for round_ in range(24):
+    for round_ in range(16):
         proc = subprocess.Popen(
             [sys.executable, str(WRITER), str(root), str(round_)],
             stdout=subprocess.PIPE,
@@ -48,9 +48,9 @@ def test_sigkill_at_random_moments_never_leaves_a_bad_blob(tmp_path: Path) -> No
         for cid in held - verified:  # blobs are immutable: check each new one once
             store.verify(cid)
         verified |= held
-    assert kills >= 20
+    assert kills >= 13
     assert store.fsck().ok
-    assert len(acked) > 20  # the writer made real progress between kills
+    assert len(acked) > 13  # the writer made real progress between kills
 
 
 def test_concurrent_puts_of_the_same_blob_from_processes(tmp_path: Path) -> None:
