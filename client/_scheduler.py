@@ -105,17 +105,19 @@ class SchedulerConfig:
     #: have-query rounds; netsim: shorter waits make the origin re-serve
     #: seeded chunks, 1.05-1.14x the release instead of 1.00-1.03x).
     patience: float = 2.0
-    #: With no chunk from a peer for this long, the fallback is asked for any
-    #: missing chunk, one after another, whatever the peers claim to hold,
-    #: until a peer delivers again: peers that claim chunks and never serve
-    #: them (busy for ever; one liar or a stream of new ones) must not hold a
-    #: download hostage, since the fallback is otherwise not asked for chunks
-    #: a peer holds. A chunk from a peer that refused us for ``patience``
-    #: before it does not count (nor then hold the fallback back): serving
-    #: one now and then is not serving. In an honest network a replicating
-    #: mirror gets a chunk from a peer every second or so. An end user's
-    #: download with no byte from any source for this long fails, naming
-    #: each source's answer.
+    #: With the peers this far behind, the fallback is asked for any missing
+    #: chunk, one after another, whatever the peers claim to hold, until they
+    #: catch up: peers that claim chunks and never serve them (busy for ever;
+    #: one liar or a stream of new ones) must not hold a download hostage,
+    #: since the fallback is otherwise not asked for chunks a peer holds.
+    #: Behind is measured at the floor's rate: each chunk from a peer moves
+    #: the stall clock on by what its bytes take at ``min_rate``, never past
+    #: now, so the peers together must keep up the floor (a review: one
+    #: claiming chunks and serving one a minute, or two in a row, between
+    #: refusals held a mirror to its pace, a chunk a minute). In an honest
+    #: network a replicating mirror gets a chunk from a peer every second or
+    #: so. An end user's download with no byte from any source for this long
+    #: fails, naming each source's answer.
     max_stall: float = 60.0
     #: Random tie-break between equally rare chunks (replication); None keeps
     #: index order (a download fills the file from the front).
@@ -227,10 +229,7 @@ class ChunkScheduler:
         self._patient_requests: set[tuple[str, int]] = set()
         self._seeded: set[int] = set()  # chunks the fallback gave to someone else
         self._delivered: dict[str, float] = {}  # when each source last delivered a chunk
-        # Peers refusing us, or failing our requests, since they last
-        # delivered: when they began.
-        self._refusing: dict[str, float] = {}
-        self._progress: float | None = None  # when a peer last delivered a chunk (or the start)
+        self._progress: float | None = None  # the stall clock (see max_stall), from the start
         indices = chunk_indices(self.count)
         if self.config.seed is None:
             rank = list(indices)
@@ -600,15 +599,10 @@ class ChunkScheduler:
             self._claims_cache = None
         self.have.add(index)
         self._have_mask |= 1 << index
-        if source not in self.fallback:
-            # A chunk from a peer that first refused us (or failed our
-            # requests: a trickle cut by the slow-retrieval floor) for longer
-            # than our patience is not progress: one claiming chunks, refusing
-            # them, and serving one a minute would keep the stall rule from
-            # ever coming (a review: a mirror replicated at a chunk a minute).
-            refusing = self._refusing.pop(source, None)
-            if refusing is None or now - refusing < self.config.patience:
-                self._progress = now
+        if source not in self.fallback:  # the stall clock, at the floor's rate (max_stall)
+            behind = now - self.config.max_stall
+            since = behind if self._progress is None else max(self._progress, behind)
+            self._progress = min(now, since + nbytes / self.config.min_rate)
         self._unwait(index)
         if self._copies[index]:
             for key in [k for k in self._inflight if k[1] == index]:
@@ -626,9 +620,7 @@ class ChunkScheduler:
 
     def failed(self, source: str, index: int, reason: str) -> None:
         """A request failed (network error, HTTP error, too slow): try elsewhere."""
-        request = self._finish(source, index)
-        if source not in self.fallback:  # it kept us waiting since the request began
-            self._refusing.setdefault(source, request.started if request else self._now)
+        self._finish(source, index)
         stats = self.stats[source]
         stats.failures += 1
         stats.consecutive_failures += 1
@@ -657,8 +649,6 @@ class ChunkScheduler:
             self._seeded.add(index)
         else:
             self._resting[source] = until
-        if source not in self.fallback:
-            self._refusing.setdefault(source, self._now)
         self._requeue(index)
 
     def drop(self, source: str, reason: str) -> None:
