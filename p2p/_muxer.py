@@ -90,6 +90,8 @@ class _Window(bytearray):
         if stream is not None and len(data) > stream.recv_window:
             self.session.exceeded(self.stream_id, len(data) - stream.recv_window)
             return
+        if getattr(stream, "done_with", False):
+            return  # nobody will read it (_finalize_stream_locked)
         super().extend(data)
 
 
@@ -143,14 +145,16 @@ class WindowedYamux(Yamux):
         self._broken = False  # a frame was cut short: nothing more may be written
 
     def _finalize_stream_locked(self, stream: Any, *, fully_closed: bool) -> None:
-        # A stream reset (by either end) is over: what it holds unread is
-        # nobody's. py-libp2p kept it until its sweeper came, 60-90 s later,
-        # so a peer opening streams with a window of data each and resetting
-        # them (or opening them past the cap) held that much of a mirror's
-        # memory. Kept: an answer to a stream of ours that came whole before
-        # the reset (the one that ends a lingering stream), still read to
-        # its end.
-        if stream.reset_received and not (stream.is_initiator and stream.recv_closed):
+        # A stream reset (by either end), or one we are done with, is over:
+        # what it holds unread is nobody's. py-libp2p kept it until its
+        # sweeper came, 60-90 s later, so a peer opening streams with a
+        # window of data each and resetting them (or opening them past the
+        # cap), or answering ours with a window more than the answer, held
+        # that much of a mirror's memory. Kept: an answer to a stream of ours
+        # that came whole before the peer's reset (the one that ends a
+        # lingering stream), still read to its end.
+        done = getattr(stream, "done_with", False)
+        if done or (stream.reset_received and not (stream.is_initiator and stream.recv_closed)):
             self.stream_buffers.pop(stream.stream_id, None)
         super()._finalize_stream_locked(stream, fully_closed=fully_closed)
 

@@ -181,6 +181,11 @@ async def _end_stream(stream: Any, *, whole: bool) -> None:
     session would otherwise keep it, and what the peer sends on it, for as
     long as the connection lives (a stream a peer keeps open after each
     exchange, one exchange after another)."""
+    # Nothing more is read from it: what it holds or brings is dropped
+    # (WindowedYamux._finalize_stream_locked).
+    with contextlib.suppress(Exception):
+        stream.muxed_stream.done_with = True
+        stream.muxed_stream.conn.stream_buffers[stream.muxed_stream.stream_id].clear()
     with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(Exception):
         if whole:
             await stream.close()

@@ -737,6 +737,42 @@ def test_streams_that_never_negotiate_are_bounded_per_connection(tmp_path: Path)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_what_a_peer_sends_past_its_answer_is_not_kept(tmp_path: Path) -> None:
+    """A peer answering each have-query (or range) with a window of bytes
+    past its answer: the asker reads the answer and is done with the stream,
+    and py-libp2p kept the rest until its sweeper, 60-90 s (200 KiB a query,
+    four queries a second to each neighbour)."""
+    from tufmesh.p2p._blob import MAX_RECORD, encode_json, json_size
+    from tufmesh.p2p._node import _read_exactly
+
+    class Padding(P2PNode):
+        async def _answer_have(self, stream: Any, peer: str) -> None:
+            await _read_exactly(stream, json_size(await _read_exactly(stream, 4), 8192))
+            await stream.write(
+                encode_json({"blobs": {}, "peers": []}, MAX_RECORD) + bytes(200 << 10)
+            )
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+
+    async def main() -> None:
+        server = Padding(tmp_path / "s.key", topic_for(root), AnnouncementGate(root),
+                         have_source=lambda query, asker: {})  # fmt: skip
+        asker = P2PNode(tmp_path / "a.key", topic_for(root), AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            for _ in range(20):
+                record, _ = await asker.query_have(address, {"cids": [], "from": None, "newest": 0})
+                assert record == {"blobs": {}, "peers": []}
+            await trio.sleep(0.3)
+            held = sum(len(buffer) for buffer in _session(asker, server).stream_buffers.values())
+            assert held < 200 << 10, held
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_connection_whose_peer_stops_reading_closes_within_the_frame_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
