@@ -244,7 +244,9 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
     with it the mirror's or the origin's service. Any error reading one
     peer's stream now ends that stream and that peer's pubsub state alone,
     and a message that makes py-libp2p raise is dropped, and scored against
-    its sender. Its verdicts are not cached (:class:`_NoVerdicts`)."""
+    its sender, as is one whose envelope's signature fails. Its verdicts are
+    not cached (:class:`_NoVerdicts`)."""
+    from libp2p.pubsub.validators import signature_validator
 
     class GuardedPubsub(pubsub):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -252,6 +254,22 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
             self.validation_cache = _NoVerdicts()
 
         async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
+            # A message whose envelope's signature fails was dropped by
+            # py-libp2p unscored (and not remembered): one peer could send
+            # them for ever, each checked. It is scored now, as an invalid
+            # message, and not marked seen (its data may be a genuine
+            # announcement's, whose copies must still come through).
+            if self.strict_signing and msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+                try:
+                    signed = signature_validator(msg)
+                except Exception:  # (a key that does not parse: below)
+                    signed = True
+                if not signed:
+                    scorer = getattr(self.router, "scorer", None)
+                    if scorer is not None:
+                        for topic in set(msg.topicIDs) & set(self.topic_ids):
+                            scorer.on_invalid_message(msg_forwarder, topic)
+                    return
             # A message whose publisher is a hashed peer id and whose key
             # does not parse made py-libp2p's signature check raise, and the
             # error ended the pubsub service, and the node: it is dropped.

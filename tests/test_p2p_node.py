@@ -240,12 +240,14 @@ def test_a_node_that_starts_up_to_date_does_not_score_down_peers_replaying_the_r
             await meshed(node, peer)
             pubsub, to_node = peer._pubsub, ID.from_base58(node.peer_id)
 
-            def send(data: bytes, seqno: int) -> None:
+            def send(data: bytes, seqno: int, *, signed: bool = True) -> None:
                 message = rpc_pb2.Message(data=data, topicIDs=[topic], seqno=seqno.to_bytes(8, "big"),
                                           from_id=pubsub.my_id.to_bytes())  # fmt: skip
                 message.signature = pubsub.sign_key.sign(
                     PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString()
                 )
+                if not signed:  # the envelope's signature, broken
+                    message.signature = bytes([message.signature[0] ^ 1]) + message.signature[1:]
                 message.key = pubsub.host.get_public_key().serialize()
                 peer._router.send_rpc(to_node, rpc_pb2.RPC(publish=[message]))
 
@@ -272,6 +274,14 @@ def test_a_node_that_starts_up_to_date_does_not_score_down_peers_replaying_the_r
                 while not node.rejected:
                     await trio.sleep(0.05)
             assert node.score(peer.peer_id) < -50 and node.ignored == 6
+            # An envelope whose signature fails was dropped unscored, for
+            # ever; now it counts (and its data, unchecked, is not "seen").
+            before = node.score(peer.peer_id)
+            send(timestamp(repo, version=56), 61, signed=False)
+            with trio.fail_after(5):
+                while node.score(peer.peer_id) > before - 50:
+                    await trio.sleep(0.05)
+            assert node.rejected == 1 and node.ignored == 6
             nursery.cancel_scope.cancel()
 
     trio.run(main)
