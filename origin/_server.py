@@ -427,10 +427,10 @@ class OriginService:
         origin serves) moved to the store's quarantine since the last call.
         Reads the disk, and may wait for the store's lock: not on the loop."""
         moved = self.store.quarantined()
-        new, self._moved = moved - self._moved, moved
-        if not new:  # (the pins read only for new ones)
-            return set()
-        return new & frozenset().union(*self.store.pins().values())
+        new = moved - self._moved
+        pinned = frozenset().union(*self.store.pins().values()) if new else frozenset()
+        self._moved = moved  # (once the pins were read: a failure leaves them new)
+        return new & pinned
 
     def lost(self) -> list[str]:
         """The quarantined blobs not stored again since."""
@@ -1029,16 +1029,20 @@ def build_app(service: OriginService) -> ByteCounter:
 
     turns = trio.lowlevel.ParkingLot()  # uploads waiting for one of them to end
 
+    reading_quarantine = trio.Lock()
+
     async def healthz(request: Request) -> Response:
         state = service.committer.state
         # degraded: clients refuse what is served (an expired offline role, or
         # a timestamp the refresher could not re-sign in time), or soon will.
         stale = state.timestamp_expires <= datetime.now(UTC)
         warnings = list(state.warnings)
-        try:
-            service.quarantined |= await service.run_sync(service.newly_quarantined)
-        except (OSError, TufmeshError) as exc:  # said, and the rest of the answer given
-            warnings.append(f"cannot read the store's quarantine: {exc}")
+        if not reading_quarantine.locked():  # (one read at a time; the others say what is known)
+            async with reading_quarantine:
+                try:
+                    service.quarantined |= await service.run_sync(service.newly_quarantined)
+                except (OSError, TufmeshError) as exc:  # said, and the rest of the answer given
+                    warnings.append(f"cannot read the store's quarantine: {exc}")
         lost = service.lost()
         try:
             unrotated = bool(unrotated_claims(service.dir))

@@ -724,7 +724,19 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     repo.publish([other])
     repo.store.path(other.cid).write_bytes(b"changed by the disk")
     assert BlobStore(repo.store.root).fsck(quarantine=True).corrupt == [other.cid]
+    pins, failures = service.store.pins, [OSError(5, "Input/output error")]
+
+    def pins_once_failing() -> Any:
+        if failures:
+            raise failures.pop()
+        return pins()
+
+    service.store.pins = pins_once_failing  # a disk that fails once
     status, said = trio.run(health)
+    assert (
+        said["quarantined"] == [] and "cannot read the store's quarantine" in said["warnings"][-1]
+    )
+    status, said = trio.run(health)  # said the next time, not lost
     assert said["status"] == "degraded" and said["quarantined"] == [other.cid]
 
 
