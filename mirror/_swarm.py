@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import json
 import random
 import re
@@ -187,6 +188,10 @@ class Swarm:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._neighbours: dict[str, _Neighbour] = {}
+        # Per machine, when it named each neighbour not heard from yet that is
+        # still within UNVERIFIED_TTL (forgotten or not: one that failed and
+        # went must not free its place for the next name at once).
+        self._named: dict[str, list[float]] = {}
         self._partial: dict[str, Partial] = {}
         for peer in self.peers:
             self.learn(peer)
@@ -203,6 +208,8 @@ class Swarm:
             return  # one heard of is scheme://host:port: no path, query or user to aim our POSTs
         if url in (self.url, self.origin) or len(url) > 200:
             return
+        if url not in self.peers and _unroutable(url):
+            return  # no mirror is there (a cloud's metadata service is: 169.254.169.254)
         with self._lock:
             if url in self._neighbours or len(self._neighbours) >= MAX_NEIGHBOURS:
                 return
@@ -219,12 +226,11 @@ class Swarm:
                 if now - self._neighbours[u].learnt >= UNVERIFIED_TTL:
                     del self._neighbours[u]
             unverified = [u for u in unverified if u in self._neighbours]
-            if (
-                named_by is not None
-                and sum(self._neighbours[u].named_by == named_by for u in unverified)
-                >= MAX_UNVERIFIED_PER_MACHINE
-            ):
-                return  # the names it gave first hold their places, till they expire
+            named: list[float] = []
+            if named_by is not None:
+                named = [t for t in self._named.get(named_by, ()) if now - t < UNVERIFIED_TTL]
+                if len(named) >= MAX_UNVERIFIED_PER_MACHINE:
+                    return  # the names it gave first hold their places, till they expire
             machine = _machine(url)
             if machine is not None:
                 on = [u for u in unverified if _machine(u) == machine]
@@ -237,6 +243,12 @@ class Swarm:
                     unverified.remove(theirs[0])
             if len(unverified) < MAX_UNVERIFIED and self._room_on(machine):
                 self._neighbours[url] = _Neighbour(named_by=named_by, learnt=now)
+                if named_by is not None:
+                    self._named[named_by] = [*named, now]
+                    if len(self._named) > 4 * MAX_NEIGHBOURS:  # (bounded: the expired go)
+                        self._named = {
+                            k: v for k, v in self._named.items() if now - v[-1] < UNVERIFIED_TTL
+                        }
 
     def _room_on(self, machine: str | None, besides: str | None = None) -> bool:
         """Whether a learnt neighbour (other than ``besides``) may be on
@@ -266,6 +278,9 @@ class Swarm:
             if url not in self.peers and not self._room_on(seen, besides=url):
                 del self._neighbours[url]
                 return False
+            given = self._named.get(neighbour.named_by or "", [])
+            if not neighbour.answered and neighbour.learnt in given:
+                given.remove(neighbour.learnt)  # heard from: no longer held against its namer
             neighbour.failures = 0
             neighbour.answered = True
             neighbour.seen = seen
@@ -452,6 +467,22 @@ def _machine(url: str) -> str | None:
     else:
         host = urlsplit(url).hostname or ""
     return _machine_at(host)
+
+
+def _unroutable(url: str) -> bool:
+    """True if ``url`` names a link-local, multicast or unspecified address."""
+    if url.startswith("libp2p:"):
+        parts = url.split("/")
+        host = parts[2] if len(parts) > 2 else ""
+    else:
+        host = urlsplit(url).hostname or ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_multicast or ip.is_unspecified
 
 
 def _machine_at(host: str) -> str | None:

@@ -252,6 +252,16 @@ def test_names_from_one_machine_neither_fill_the_places_nor_keep_another_machine
         neighbour.learnt -= UNVERIFIED_TTL
     swarm.answer({"cids": [], "from": "http://192.0.2.11:80"}, "192.0.2.11")  # ...the rest go
     assert swarm.neighbours() == ["http://192.0.2.9:80", "http://192.0.2.11:80"]
+    # A name that fails and is forgotten frees no place for its machine's next
+    # (it would have the mirror ask one address after another), till it expires.
+    for _ in range(MAX_QUERY_FAILURES):
+        swarm._failed("http://192.0.2.11:80")
+    swarm.answer({"cids": [], "from": "http://192.0.2.12:80"}, "192.0.2.11")
+    swarm.answer({"cids": [], "from": "http://192.0.2.13:80"}, "192.0.2.11")
+    assert swarm.neighbours() == ["http://192.0.2.9:80", "http://192.0.2.12:80"]
+    for url in ("http://169.254.169.254:80", "http://[fe80::1]:80", "http://0.0.0.0:80"):
+        swarm.answer({"cids": [], "from": url}, "192.0.2.20")  # where no mirror is
+    assert swarm.neighbours() == ["http://192.0.2.9:80", "http://192.0.2.12:80"]
 
 
 def test_one_machine_holds_few_places_however_many_ports_answer() -> None:
