@@ -227,6 +227,8 @@ class Swarm:
                     del self._neighbours[u]
             unverified = [u for u in unverified if u in self._neighbours]
             named: list[float] = []
+            if named_by == "?":
+                return  # named by a machine we cannot tell: nobody's budget to count it in
             if named_by is not None:
                 named = [t for t in self._named.get(named_by, ()) if now - t < UNVERIFIED_TTL]
                 if len(named) >= MAX_UNVERIFIED_PER_MACHINE:

@@ -55,7 +55,7 @@ from libp2p.protocol_muxer.exceptions import MultiselectCommunicatorError
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer import muxer_multistream
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 __all__ = ["FRAME_LIMIT", "MAX_INBOUND_STREAMS", "MAX_NEGOTIATION", "WindowedYamux", "install"]
@@ -204,9 +204,22 @@ async def _read_negotiation(self: MultiselectCommunicator) -> str:
         raise MultiselectCommunicatorError("fail to read from multiselect communicator") from error
 
 
+_yamux_reset: Final = YamuxStream.reset
+
+
+async def _reset(self: YamuxStream) -> None:
+    """py-libp2p's reset of a stream, marked as one we are done with: we reset
+    only what we will read no more of (our code, or py-libp2p's own, as when
+    a stream's protocol is not agreed), so what it holds or brings is dropped."""
+    self.done_with = True  # type: ignore[attr-defined]
+    await _yamux_reset(self)
+
+
 def install() -> type[WindowedYamux]:
-    """Have py-libp2p make every yamux session a :class:`WindowedYamux`, and
-    bound every multistream-select message it reads."""
+    """Have py-libp2p make every yamux session a :class:`WindowedYamux`, bound
+    every multistream-select message it reads, and drop what a stream we
+    reset holds."""
     muxer_multistream.Yamux = WindowedYamux  # type: ignore[misc]
     MultiselectCommunicator.read = _read_negotiation  # type: ignore[method-assign]
+    YamuxStream.reset = _reset  # type: ignore[method-assign]
     return WindowedYamux

@@ -259,13 +259,21 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
             # them for ever, each checked. It is scored now, as an invalid
             # message, and not marked seen (its data may be a genuine
             # announcement's, whose copies must still come through).
-            if self.strict_signing and msg_forwarder != self.my_id and not self._is_msg_seen(msg):
+            # (After py-libp2p's own cheaper gates, in its order: a peer
+            # scored below the publish threshold costs no check at all.)
+            scorer = getattr(self.router, "scorer", None)
+            if (
+                self.strict_signing
+                and msg_forwarder != self.my_id
+                and not self.is_peer_blacklisted(msg_forwarder)
+                and not self._is_msg_seen(msg)
+                and (scorer is None or scorer.allow_publish(msg_forwarder, list(msg.topicIDs)))
+            ):
                 try:
                     signed = signature_validator(msg)
                 except Exception:  # (a key that does not parse: below)
                     signed = True
                 if not signed:
-                    scorer = getattr(self.router, "scorer", None)
                     if scorer is not None:
                         for topic in set(msg.topicIDs) & set(self.topic_ids):
                             scorer.on_invalid_message(msg_forwarder, topic)

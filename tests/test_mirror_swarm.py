@@ -400,9 +400,11 @@ def test_a_have_query_naming_a_newer_snapshot_is_a_hint() -> None:
     for newest in (3, 5, "9", True, None):  # older, known, or not a version
         swarm.answer({"cids": [], "from": "http://a", "newest": newest})
     assert heard == []
-    record = swarm.answer({"cids": ["cid"], "from": "http://a", "newest": 6})
+    record = swarm.answer({"cids": ["cid"], "from": "http://a", "newest": 6}, "192.0.2.1")
     assert heard == [6] and record["snapshot"] == 4
     assert "http://a" in swarm.neighbours()
+    swarm.answer({"cids": [], "from": "http://b"})  # from an address not known: not learnt
+    assert "http://b" not in swarm.neighbours()
     for bad in ([], {"cids": "x"}, {"from": "http://a"}):
         with pytest.raises(ValueError, match="expected"):
             swarm.answer(bad)
