@@ -287,6 +287,14 @@ def status(repo_dir: Path) -> None:
     for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     _warn_unrotated(repo)
+    stray = repo.stray_keys()
+    if stray:
+        click.secho(
+            f"warning: {', '.join(stray)} named by no role's signer (retired by a rotation, "
+            "or made by a ceremony stopped midway): destroy once sure it is not needed",
+            fg="yellow",
+            err=True,
+        )
     now = datetime.now(UTC)
     click.echo(f"repository {repo_dir}")
     rows = repo.status()

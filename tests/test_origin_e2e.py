@@ -345,7 +345,13 @@ def test_status_and_projects_cli(repo: Path) -> None:
     assert listing.startswith("some-project\tcreated ")
     rotated = tufmesh("origin", "project", "token-rotate", "--dir", str(repo), "some_project")
     assert rotated.stdout.splitlines()[-1].startswith("tufmesh_")
-    status = tufmesh("origin", "status", "--dir", str(repo)).stdout
+    status = tufmesh("origin", "status", "--dir", str(repo))
+    assert "named by no role" not in status.stderr
+    (repo / "keys" / "bin-n-1.pem").write_bytes((repo / "keys" / "bin-n.pem").read_bytes())
+    stray = tufmesh("origin", "status", "--dir", str(repo)).stderr  # a rotation killed midway
+    assert "warning: keys/bin-n-1.pem named by no role's signer" in stray
+    (repo / "keys" / "bin-n-1.pem").unlink()
+    status = status.stdout
     for role in ("root", "targets", "bins", "bin-* (16 bins", "snapshot", "timestamp"):
         assert role in status
     assert "offline" in status and "online" in status and "(file)" in status
