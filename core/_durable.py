@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Final, Literal
 
@@ -200,11 +200,8 @@ def prune_superseded(directory: Path, current: dict[str, int], grace: float) -> 
     deleted under a slow reader is fetched anew at its next refresh.
     Returns the files deleted."""
     versions: dict[str, list[int]] = defaultdict(list)
-    for path in directory.iterdir() if current else ():
-        number, _, rest = path.name.partition(".")
-        role = rest.removesuffix(".json")
-        if role in current and number.isascii() and number.isdigit():
-            versions[role].append(int(number))
+    for role, number, _ in _role_versions(directory, current):
+        versions[role].append(number)
     cutoff = time.time() - grace
     deleted = 0
     for role, numbers in versions.items():
@@ -230,15 +227,21 @@ def drop_never_served(directory: Path, served: dict[str, int], current: dict[str
     :func:`prune_superseded`, which would delete the version served until
     now at once, not after the grace. Returns the files deleted."""
     deleted = 0
-    for path in directory.iterdir() if served else ():
-        number, _, rest = path.name.partition(".")
-        role = rest.removesuffix(".json")
-        if role not in served or role not in current or not (number.isascii() and number.isdigit()):
-            continue
-        if served[role] < int(number) < current[role]:
+    for role, number, path in _role_versions(directory, served.keys() & current.keys()):
+        if served[role] < number < current[role]:
             path.unlink(missing_ok=True)
             deleted += 1
     return deleted
+
+
+def _role_versions(directory: Path, roles: Collection[str]) -> Iterator[tuple[str, int, Path]]:
+    """``(role, version, path)`` of each ``N.ROLE.json`` in ``directory`` whose
+    role is one of ``roles`` (none read if there are none)."""
+    for path in directory.iterdir() if roles else ():
+        number, _, rest = path.name.partition(".")
+        role = rest.removesuffix(".json")
+        if role in roles and number.isascii() and number.isdigit():
+            yield role, int(number), path
 
 
 def served_versions(metadata_dir: Path) -> dict[str, int] | None:

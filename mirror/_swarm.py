@@ -463,23 +463,21 @@ class Swarm:
 def _machine(url: str) -> str | None:
     """The machine a neighbour's URL (``http://host:port``, ``libp2p:/ip4/...``)
     is on, as :data:`MAX_PER_MACHINE` counts it; None for loopback."""
+    return _machine_at(_host(url))
+
+
+def _host(url: str) -> str:
+    """The host a neighbour's URL names (``http://host:port``, ``libp2p:/ip4/host/...``)."""
     if url.startswith("libp2p:"):
         parts = url.split("/")
-        host = parts[2] if len(parts) > 2 else ""
-    else:
-        host = urlsplit(url).hostname or ""
-    return _machine_at(host)
+        return parts[2] if len(parts) > 2 else ""
+    return urlsplit(url).hostname or ""
 
 
 def _unroutable(url: str) -> bool:
     """True if ``url`` names a link-local, multicast or unspecified address."""
-    if url.startswith("libp2p:"):
-        parts = url.split("/")
-        host = parts[2] if len(parts) > 2 else ""
-    else:
-        host = urlsplit(url).hostname or ""
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(_host(url))
     except ValueError:
         return False  # a name
     if ip.version == 6 and ip.ipv4_mapped is not None:

@@ -28,7 +28,7 @@ from tufmesh.errors import OriginError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._names import normalize_project
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import OriginRepository, unrotated_warning
+from tufmesh.origin._repository import OriginRepository
 from tufmesh.origin._server import serve as serve_repository
 
 __all__ = ["origin"]
@@ -258,9 +258,20 @@ def _refuse_broken(repo: OriginRepository) -> None:
 def _warn_unrotated(repo: OriginRepository) -> None:
     """Say which claims still wait for the targets keys' rotation (the
     claim's ceremony, step 3 of docs/maintainers.md)."""
-    warning = unrotated_warning(repo.dir)
-    if warning is not None:  # a reminder: said, never a reason to stop serving
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    try:
+        claimed = repo.unrotated_claims()
+    except OriginError as exc:  # a reminder: said, never a reason to stop serving
+        click.secho(f"warning: {exc}", fg="yellow", err=True)
+        return
+    if claimed:
+        click.secho(
+            f"warning: {', '.join(claimed)} claimed since the targets keys last changed: "
+            f"rotate them ('tufmesh origin rotate --dir {repo.dir} targets', with the root "
+            "keys); until then the targets metadata from before each claim lets the online "
+            "keys sign for the project to a client that never fetched a later one",
+            fg="yellow",
+            err=True,
+        )
 
 
 @origin.command()
