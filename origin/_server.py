@@ -590,7 +590,11 @@ def tree_routes(
         try:
             if normalize_project(project) != project:
                 raise InvalidNameError("not normalised")
-            check_filename(name)
+            # A link's name: the sha256, a dot, the artifact's file name.
+            sha256, dot, filename = name.partition(".")
+            if not (is_sha256(sha256) and dot):
+                raise InvalidNameError("not <sha256>.<filename>")
+            check_filename(filename)
         except InvalidNameError:
             return _error(404, "no such target")
         path = targets_dir / project / name

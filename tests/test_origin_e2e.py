@@ -39,6 +39,7 @@ from tufmesh.cas import BlobStore
 from tufmesh.errors import OriginError
 from tufmesh.origin import OriginConfig, OriginRepository
 from tufmesh.origin._keys import generate_file_key, pair_public_keys, public_key_from_pem
+from tufmesh.origin._names import MAX_FILENAME_BYTES
 
 
 @pytest.fixture
@@ -110,6 +111,22 @@ def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> 
     linked = repo / "targets" / "demo-pkg" / f"{sha}.demo_pkg-1.0.tar.gz"
     blob_path = BlobStore(repo / "cas").path(custom["cid"])
     assert linked.stat().st_ino == blob_path.stat().st_ino  # no second copy of the bytes
+
+
+def test_the_longest_file_names_are_served_to_stock_clients(repo: Path) -> None:
+    """A target's link is ``<sha256>.<filename>``: the server checked the
+    whole link against the file name's 190-byte limit, so names of 126-190
+    bytes were published and signed and never served to a stock client."""
+    token = add_project(repo, "proj")
+    names = ["b" * 125, "b" * 126, "a" * (MAX_FILENAME_BYTES - 7) + ".tar.gz"]
+    with running(repo) as server:
+        for name in names:
+            assert post(server.url, "proj", name, name.encode(), token).is_success
+        for name in names:
+            assert tuf_download(server.url, repo, f"proj/{name}") == name.encode()
+        sha = hashlib.sha256(names[0].encode()).hexdigest()
+        for odd in (names[0], f"{sha}{names[0]}", f"{sha[:-1]}.{names[0]}", f"{sha}.", f"{sha}.."):
+            assert httpx.get(f"{server.url}/targets/proj/{odd}").status_code == 404, odd
 
 
 def test_concurrent_uploads_are_group_committed(repo: Path) -> None:
