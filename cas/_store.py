@@ -477,6 +477,17 @@ class BlobStore:
             )
         return Manifest.decode(self.read(cid))
 
+    def manifest_of(self, cid: str, chunk_size: int) -> Manifest:
+        """The chunk manifest of stored blob ``cid`` in ``chunk_size`` chunks,
+        built from its bytes as they are on disk: what a manifest written
+        elsewhere must equal to describe the blob (its ``sha256`` tells the
+        blob's bytes from its name, if they went bad)."""
+        builder = ManifestBuilder(chunk_size)
+        with self.open(cid) as handle:
+            for piece in _read_pieces(handle, self.config.buffer_size):
+                builder.update(piece)
+        return builder.finish()
+
     def export(
         self, cid: str, dest: str | os.PathLike[str], *, progress: Progress | None = None
     ) -> int:

@@ -172,7 +172,7 @@ def parse_owned(
             f"({', '.join(k[:12] for k in delegation.keyids)})"
         ) from None
     signed: Targets = md.signed
-    if signed.version != version:
+    if type(signed.version) is not int or signed.version != version:  # (True == 1)
         raise OwnedMetadataError(
             f"{role} version {signed.version}: the next one is {version} ({stale})"
         )

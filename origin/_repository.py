@@ -65,7 +65,7 @@ from tufmesh._durable import (
     prune_superseded,
     write_atomic,
 )
-from tufmesh.cas import MAX_CHUNK_SIZE, BlobStore, cid_from_sha256, parse_cid
+from tufmesh.cas import MAX_CHUNK_SIZE, BlobStore, Manifest, cid_from_sha256, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
     BinFullError,
@@ -146,6 +146,9 @@ _UNROTATED_HINT: Final = (
 #: reads. Names cost nothing (a one-byte blob backs thousands), so without a
 #: bound a project's developers could grow it by megabytes a minute.
 MAX_DROPPED_NAMES: Final = 10_000
+#: Blob and manifest pairs remembered as agreeing (a developer's entries name
+#: manifests the origin did not write; each is checked against its blob once).
+_MAX_DESCRIBED: Final = 4096
 
 
 def _utcnow() -> datetime:
@@ -178,6 +181,7 @@ class Artifact:
             isinstance(cid, str)
             and isinstance(manifest, str | None)
             and type(size) is int
+            and type(target.length) is int  # (True == 1: strict clients refuse a boolean)
             and isinstance(target.hashes.get("sha256"), str)
         ):
             artifact = cls(target.path, target.length, target.hashes["sha256"], cid, manifest, size)
@@ -258,6 +262,7 @@ class OriginRepository(Repository):
         self.clock = clock or _utcnow
         self._signers: dict[str, list[Signer]] = {}
         self._missing: dict[str, list[str]] = {}  # why configured keys did not load
+        self._described: set[tuple[str, str]] = set()  # (blob, manifest) pairs that agree
         self._broken: list[str] | None = None  # see ``broken``
         self._bytes: dict[str, bytes] = {}
         self._md: dict[str, Metadata[Any]] = {}
@@ -847,9 +852,11 @@ class OriginRepository(Repository):
         for link in set(linked) & {self._target_link(a) for a in unpublished}:
             link.unlink(missing_ok=True)
 
-    def _check(self, artifact: Artifact, *, blobs: bool = True) -> None:
+    def _check(self, artifact: Artifact, *, blobs: bool = True, digests: bool = False) -> None:
         """Refuse an artifact whose name, hashes or blobs do not agree with the
-        store (``blobs=False``: those were checked, for another path)."""
+        store (``blobs=False``: those were checked, for another path); with
+        ``digests`` (an entry the origin did not write), also one whose
+        manifest's chunk digests are not its blob's."""
         project, _, filename = artifact.path.partition("/")
         try:
             if target_path(project, filename) != artifact.path:
@@ -883,6 +890,13 @@ class OriginRepository(Repository):
                     raise ArtifactRefusedError(
                         f"{artifact.path}: its chunk manifest is another blob's"
                     )
+                if digests and not self._describes(canonical, manifest):
+                    # Every mirror and client would refuse the origin's honest
+                    # chunks, and a mirror publishes a version only whole: one
+                    # project's entry would stop every mirror's replication.
+                    raise ArtifactRefusedError(
+                        f"{artifact.path}: its chunk manifest's digests are not its blob's chunks"
+                    )
         except BlobNotFoundError:
             # Deleted after its upload stored it (a gc past the grace period).
             raise ArtifactRefusedError(
@@ -890,6 +904,20 @@ class OriginRepository(Repository):
             ) from None
         except StoreError as exc:
             raise ArtifactRefusedError(f"{artifact.path}: {exc}") from None
+
+    def _describes(self, cid: str, manifest: Manifest) -> bool:
+        """Whether ``manifest`` is the one the stored blob ``cid`` has: built
+        from its bytes once per pair (a version refused for another reason
+        and sent again costs no second read of every blob it names)."""
+        key = (cid, manifest.cid)
+        if key in self._described:
+            return True
+        if self.store.manifest_of(cid, manifest.chunk_size) != manifest:
+            return False
+        if len(self._described) >= _MAX_DESCRIBED:
+            self._described.clear()
+        self._described.add(key)
+        return True
 
     def _target_link(self, artifact: Artifact) -> Path:
         """``targets/<project>/<sha256>.<filename>``: where clients fetch it."""
@@ -1408,7 +1436,7 @@ class OriginRepository(Repository):
             blobs = (artifact.cid, artifact.sha256, artifact.manifest, artifact.length,
                      artifact.chunk_size)  # fmt: skip
             try:
-                self._check(artifact, blobs=blobs not in checked)
+                self._check(artifact, blobs=blobs not in checked, digests=True)
             except ArtifactRefusedError as exc:
                 raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
             checked.add(blobs)

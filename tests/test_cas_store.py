@@ -105,6 +105,20 @@ def test_put_chunked_stores_blob_and_manifest(store: BlobStore) -> None:
     assert sorted(store) == sorted([CID, manifest.cid])
 
 
+def test_a_stored_blobs_manifest_is_built_from_its_bytes_on_disk(store: BlobStore) -> None:
+    data = os.urandom(5000)
+    cid, manifest = store.put_chunked(data, chunk_size=1024)
+    assert store.manifest_of(cid, 1024) == manifest
+    assert store.manifest_of(cid, 4096) == store.put_chunked(data, chunk_size=4096)[1]
+    store.path(cid).chmod(0o644)
+    with open(store.path(cid), "r+b") as handle:  # a bit gone bad in chunk 2
+        handle.seek(2500)
+        handle.write(bytes([data[2500] ^ 1]))
+    bad = store.manifest_of(cid, 1024)
+    assert bad.digests[2] != manifest.digests[2] and bad.sha256 != manifest.sha256
+    assert bad.digests[:2] + bad.digests[3:] == manifest.digests[:2] + manifest.digests[3:]
+
+
 def test_put_chunked_stores_only_manifests_it_reads_back(store: BlobStore) -> None:
     """put_chunked says the manifest is stored: an empty blob's was not (its
     CID named nothing), and one past MAX_MANIFEST_CHUNKS was stored and its

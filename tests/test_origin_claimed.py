@@ -6,6 +6,7 @@ origin's online keys can neither add to it nor change it."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from tests.helpers.origin import (
     tuf_updater,
     tufmesh,
 )
+from tufmesh.cas import Manifest
 from tufmesh.client import Client, SourceHealth
 from tufmesh.errors import (
     ConflictError,
@@ -61,7 +63,7 @@ from tufmesh.origin._developer import (
     read_request,
     target_of,
 )
-from tufmesh.origin._owned import owned_delegation
+from tufmesh.origin._owned import owned_delegation, parse_owned
 
 #: What a release of project demo says of itself (its signed metadata names it).
 _DEMO = {"x-tufmesh-project": "demo"}
@@ -327,6 +329,70 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
             _send(url, token, _with(current, signer, target_of(other, "demo"))).status_code == 200
         )
         assert tuf_download(url, repo, "demo/demo-3.0.tar.gz") == other.read_bytes()
+
+
+def test_a_projects_entries_must_describe_their_blobs_chunk_by_chunk(tmp_path: Path) -> None:
+    """A developer's entry may name any stored blob as its manifest: one with
+    the right header and other chunk digests was published, and every mirror
+    and tufmesh client then refused the origin's honest chunks (a mirror
+    publishes a version only whole: every project stopped replicating). A
+    length of ``true`` (equal to 1 in Python) was taken for an entry "as the
+    origin writes one", which strictly typed clients refuse."""
+    repo, token, key, _ = _claimed_repo(tmp_path)
+    signer = load_key(str(key)).signer
+    big = tmp_path / "demo-4.0.tar.gz"
+    big.write_bytes(os.urandom(3 << 20))
+    one = tmp_path / "demo-5.0.tar.gz"
+    one.write_bytes(b"Z")
+    entry = target_of(big, "demo")
+    custom = entry.unrecognized_fields["custom"]
+    sha = hashlib.sha256(big.read_bytes()).digest()
+    forged = Manifest(chunk_size=1 << 20, length=3 << 20, sha256=sha,
+                      digests=tuple(os.urandom(32) for _ in range(3)))  # fmt: skip
+    with running(repo) as server:
+        url = server.url
+        for name, body in [(big.name, big.read_bytes()), (one.name, b"Z"),
+                           ("fake-0.bin", forged.encoded)]:  # fmt: skip
+            assert post(url, "demo", name, body, token).status_code == 202
+        current = _published(url, "demo")
+        lying = TargetFile(entry.length, entry.hashes, entry.path,
+                           {"custom": dict(custom, manifest=forged.cid)})  # fmt: skip
+        boolean = target_of(one, "demo")
+        boolean.length = True
+        for bad, said in [
+            (lying, "its chunk manifest's digests are not its blob's chunks"),
+            (boolean, "not an entry as the origin writes one"),
+        ]:
+            answer = _send(url, token, _with(current, signer, bad))
+            assert answer.status_code == 400 and said in answer.json()["error"], answer.text
+        assert _send(url, token, _with(current, signer, entry, target_of(one, "demo"))).is_success
+        assert tuf_download(url, repo, "demo/demo-4.0.tar.gz") == big.read_bytes()
+        root = (repo / "metadata" / "1.root.json").read_bytes()
+        with Client(tmp_path / "c", root, [SourceHealth(url)]) as client:
+            client.download("demo/demo-4.0.tar.gz", tmp_path / "got")
+        assert (tmp_path / "got" / big.name).read_bytes() == big.read_bytes()
+
+
+def test_a_claim_of_version_true_is_not_version_1(tmp_path: Path) -> None:
+    """``True == 1`` in Python: a claim request of version ``true`` was
+    carried out, and every snapshot after it named the project's role with a
+    boolean version (and the origin wrote ``True.project-demo.json``)."""
+    signer = CryptoSigner.generate_ed25519()
+    delegation = owned_delegation("demo", [signer.public_key], 1)
+    now = datetime.now(UTC)
+    for version, refused in [(True, True), (1, False)]:
+        md = Metadata(Targets(version=version, expires=now + timedelta(days=1),
+                              unrecognized_fields=_DEMO))  # fmt: skip
+        md.sign(signer)
+        parse = functools.partial(
+            parse_owned, "demo", md.to_bytes(), keys={signer.public_key.keyid: signer.public_key},
+            delegation=delegation, version=1, now=now, limit=1 << 20,
+        )  # fmt: skip
+        if refused:
+            with pytest.raises(OwnedMetadataError, match="version True: the next one is 1"):
+                parse()
+        else:
+            assert parse().signed.version == 1
 
 
 def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
