@@ -15,7 +15,7 @@ from typing import Final
 
 import click
 
-from tufmesh._ui import HOST, PORT, Group, data_home, format_size, progress_bar, run_service
+from tufmesh._ui import HOST, PORT, SIZE, Group, data_home, format_size, progress_bar, run_service
 from tufmesh.client._client import Client, part_path
 from tufmesh.client._download import own_file
 from tufmesh.client._home import ClientHome
@@ -153,15 +153,17 @@ def _signed_part(data: bytes | bytearray) -> object:
 @click.option("--host", type=HOST, default="127.0.0.1", show_default=True,
               help="Where to listen (this machine only, by default).")  # fmt: skip
 @click.option("--port", type=PORT, default=3141, show_default=True, help="HTTP port (0: any).")
+@click.option("--cache-size", type=SIZE, default="4GiB", show_default=True,
+              help="Verified files kept for pip; the least recently served go first.")  # fmt: skip
 @home_option
-def proxy(host: str, port: int, home: Path | None) -> None:
+def proxy(host: str, port: int, cache_size: int, home: Path | None) -> None:
     """Serve a package index (PEP 503, 691) for pip and uv; every file verified first."""
     from tufmesh.client._proxy import serve_proxy
 
     path = _home(home)
     path.sources()  # not set up, or a bad config: one line, before anything listens
     run_service(
-        lambda ready: serve_proxy(path.path, host, port, on_ready=ready),
+        lambda ready: serve_proxy(path.path, host, port, cache_size=cache_size, on_ready=ready),
         banner=lambda url: (
             f"index on {url}/simple/  (pip install --isolated --index-url {url}/simple/ ...)"
         ),

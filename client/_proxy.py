@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import os
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -47,6 +49,13 @@ HTML_TYPE: Final = "application/vnd.pypi.simple.v1+html"
 #: The metadata is refreshed at most this often (seconds): pip asks for one
 #: page per requirement, and a refresh is a round trip to every source.
 REFRESH_EVERY: Final = 10.0
+#: Verified files kept for pip (bytes): the least recently served go first.
+CACHE_SIZE: Final = 4 << 30
+#: Worker threads for pages, and apart for files: files held every thread
+#: trio has (40) while their downloads waited on a dead source, and pip's
+#: pages waited meanwhile, past pip's 15 s timeout.
+PAGE_THREADS: Final = 4
+FILE_THREADS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -151,13 +160,17 @@ class _Index:
     client of its own (a client is not made for threads, and python-tuf
     refreshes an ``Updater`` once): a download does not hold up the pages."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, cache_size: int = CACHE_SIZE) -> None:
         from tufmesh.client._home import ClientHome
 
         self.home = ClientHome(home)
         self.cache = home / "proxy"
+        self.cache_size = cache_size
         self.lock = threading.Lock()
         self._files: dict[str, threading.Lock] = {}  # a lock per artifact fetched
+        # The last failure of each artifact's download: requests that waited
+        # for that download share it, instead of each trying again in turn.
+        self._failed: dict[str, tuple[float, TufmeshError]] = {}
         self.index: ProjectIndex | None = None
         self.snapshot = -1
         self.expires = 0.0  # the index's timestamp expiry (Unix time)
@@ -192,16 +205,18 @@ class _Index:
             self.refreshed = now
             return self.index
 
-    def fetch(self, project: str, filename: str) -> Path:
-        """The verified artifact, downloaded into the proxy's cache if need be."""
+    def fetch(self, project: str, filename: str, asked: float | None = None) -> Path:
+        """The verified artifact, downloaded into the proxy's cache if need be.
+        If a download of it that ended after ``asked`` (``time.monotonic()``:
+        when the request came; default now) failed, its error."""
         index = self.current()
         entry = next((f for f in index.files(project) if f.filename == filename), None)
         if entry is None:
             raise NotInMetadataError(f"no file {filename!r} of {project!r} in the signed metadata")
         name = normalize_project(project)
-        with self._downloading(f"{name}/{filename}"), self._client() as client:
+        with self._downloading(f"{name}/{filename}", asked), self._client() as client:
             try:
-                return Path(client.download(f"{name}/{filename}", self.cache / name).path)
+                path = Path(client.download(f"{name}/{filename}", self.cache / name).path)
             except NotInMetadataError:
                 raise
             except TufmeshError:
@@ -211,17 +226,58 @@ class _Index:
                 # the signed bytes and this user's file alone.
                 cached = self.cache / name / filename
                 if own_file(cached) and holds(cached, entry.target):
-                    return cached
-                raise
+                    path = cached
+                else:
+                    raise
+            os.utime(path)  # served now: the last to go
+        self._evict(keep=path)
+        return path
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently served files (unfinished downloads too)
+        until the cache holds ``cache_size`` bytes at most, but ``keep`` and
+        what is being downloaded now. Without a bound, any page a browser
+        showed could have the proxy fetch the whole repository to the disk."""
+        files = []
+        with contextlib.suppress(OSError):
+            for project in self.cache.iterdir():
+                for path in project.iterdir():
+                    with contextlib.suppress(OSError):
+                        info = path.lstat()
+                        if stat.S_ISREG(info.st_mode):
+                            files.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.cache_size:
+                break
+            artifact = f"{path.parent.name}/{path.name.removesuffix('.part')}"
+            with self.lock:
+                lock = self._files.get(artifact)
+                if path == keep or (lock is not None and lock.locked()):
+                    continue  # served or written now
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    total -= size
 
     @contextlib.contextmanager
-    def _downloading(self, path: str) -> Iterator[None]:
+    def _downloading(self, path: str, asked: float | None) -> Iterator[None]:
         """One download of ``path`` at a time (pip may ask twice at once): two
-        shared one part file, and the second could find it renamed under it."""
+        shared one part file, and the second could find it renamed under it.
+        A request that waited for a download that failed fails with it."""
+        if asked is None:
+            asked = time.monotonic()
         with self.lock:
             lock = self._files.setdefault(path, threading.Lock())
         with lock:
-            yield
+            failed = self._failed.get(path)
+            if failed is not None and failed[0] >= asked:
+                raise failed[1]
+            try:
+                yield
+            except TufmeshError as exc:
+                self._failed[path] = (time.monotonic(), exc)
+                raise
+            self._failed.pop(path, None)
 
 
 async def serve_proxy(
@@ -229,6 +285,7 @@ async def serve_proxy(
     host: str = "127.0.0.1",
     port: int = 3141,
     *,
+    cache_size: int = CACHE_SIZE,
     on_ready: Callable[[str], Awaitable[None] | None] | None = None,
 ) -> None:
     """Serve the index of the client set up in ``home`` until cancelled."""
@@ -240,7 +297,8 @@ async def serve_proxy(
 
     from tufmesh.origin._server import ByteCounter, start_http
 
-    index = _Index(home)
+    index = _Index(home, cache_size)
+    pages, files = trio.CapacityLimiter(PAGE_THREADS), trio.CapacityLimiter(FILE_THREADS)
 
     def refused(exc: TufmeshError) -> Response:
         status = 404 if isinstance(exc, NotInMetadataError) else 502
@@ -250,7 +308,7 @@ async def serve_proxy(
         as_json = wants_json(request.headers.get("accept", ""))
         project = request.path_params.get("project")
         try:
-            current = await trio.to_thread.run_sync(index.current)
+            current = await trio.to_thread.run_sync(index.current, limiter=pages)
             body = (
                 current.root_page(as_json=as_json)
                 if project is None
@@ -264,7 +322,10 @@ async def serve_proxy(
     async def file(request: Request) -> Response:
         project, filename = request.path_params["project"], request.path_params["filename"]
         try:
-            path = await trio.to_thread.run_sync(index.fetch, project, filename)
+            asked = time.monotonic()  # a download failing after it fails this request too
+            path = await trio.to_thread.run_sync(
+                index.fetch, project, filename, asked, limiter=files
+            )
         except TufmeshError as exc:
             return refused(exc)
         return FileResponse(path, media_type="application/octet-stream")
@@ -276,9 +337,7 @@ async def serve_proxy(
             Route("/files/{project}/{filename}", file, methods=["GET", "HEAD"]),
         ]
     )
-    served: Any = ByteCounter(app)
-    if await _binds_loopback(host):
-        served = LocalOnly(served)
+    served: Any = LocalOnly(ByteCounter(app), check_host=await _binds_loopback(host))
     async with trio.open_nursery() as nursery:
         await start_http(nursery, served, host, port, None, on_ready)
 
@@ -299,28 +358,44 @@ async def _binds_loopback(host: str) -> bool:
 
 
 class LocalOnly:
-    """ASGI: answer only requests that name this machine in their ``Host``.
+    """ASGI: answer programs, not web pages of other sites; with ``check_host``
+    (a proxy on loopback), only requests that name this machine in their ``Host``.
 
     A proxy on 127.0.0.1 is out of other machines' reach, not of a web page
-    in the user's browser: a name the page's site controls can be re-pointed
-    at 127.0.0.1 (DNS rebinding), and the page would then drive downloads
-    through the proxy and read its answers, its requests naming that site.
+    in the user's browser. The page's own requests (an image, a script, a
+    ``fetch``) say where they come from (``Sec-Fetch-Site``, ``Origin``),
+    which pip and uv never send: without the check, any page could have the
+    proxy download any artifact, though not read it. And a name the page's
+    site controls can be re-pointed at 127.0.0.1 (DNS rebinding): the page's
+    requests are then its own site's, and read their answers, but name that
+    site in ``Host``.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, check_host: bool = True) -> None:
         self.app = app
+        self.check_host = check_host
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            named = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            try:
-                local = is_loopback(urlsplit(f"//{named}").hostname or "")
-            except ValueError:  # not a host[:port]
-                local = False
-            if not local:
-                body = b"this index answers requests for 127.0.0.1 or localhost only\n"
-                headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
-                await send({"type": "http.response.start", "status": 421, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+            headers = dict(scope["headers"])
+            site = headers.get(b"sec-fetch-site", b"none")
+            if b"origin" in headers or site not in (b"none", b"same-origin"):
+                await _refuse(send, 403, b"this index answers programs, not web pages\n")
                 return
+            if self.check_host:
+                named = headers.get(b"host", b"").decode("latin-1")
+                try:
+                    local = is_loopback(urlsplit(f"//{named}").hostname or "")
+                except ValueError:  # not a host[:port]
+                    local = False
+                if not local:
+                    body = b"this index answers requests for 127.0.0.1 or localhost only\n"
+                    await _refuse(send, 421, body)
+                    return
         await self.app(scope, receive, send)
+
+
+async def _refuse(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import os
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -104,6 +108,17 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
             for named, status in (("attacker.example", 421), ("localhost:1", 200)):
                 answer = httpx.get(f"{index}tinypkg/", headers={"host": named})
                 assert answer.status_code == status, named
+            # A web page's own requests (an image, a fetch) say where they
+            # come from: refused before anything is downloaded; pip and a
+            # user's own browser tab say nothing of the kind, or "none".
+            wheel_url = f"{base}files/tinypkg/{filename}"
+            for said in ({"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                         {"origin": "https://attacker.example"}, {"origin": "null"}):  # fmt: skip
+                answer = httpx.get(wheel_url, headers=said)
+                assert answer.status_code == 403, said
+            assert liar.blob_requests == 0 and not (home / "proxy").exists()
+            own = httpx.get(f"{index}tinypkg/", headers={"sec-fetch-site": "none"})
+            assert own.status_code == 200
             # However loopback is spelt (the check was judged by the text).
             with subprocess.Popen(
                 [TUFMESH, "client", "proxy", "--home", str(home), "--port", "0",
@@ -130,6 +145,81 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
     assert liar.blob_requests > 0  # asked, caught, and banned: pip got the signed bytes
     assert (home / "proxy" / "tinypkg" / filename).read_bytes() == wheel
     assert "Traceback" not in err, err
+
+
+def _proxy(home: Path, *extra: str) -> Iterator[str]:
+    """A proxy process for ``home``: its index URL."""
+    proxy = subprocess.Popen(
+        [TUFMESH, "client", "proxy", "--home", str(home), "--port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proxy.stdout is not None
+        line = proxy.stdout.readline()
+        assert line.startswith("index on "), line + (proxy.stderr.read() if proxy.stderr else "")
+        yield line.split()[2]
+    finally:
+        proxy.terminate()
+        _, err = proxy.communicate(timeout=30)
+        assert "Traceback" not in err, err
+
+
+def test_pages_answer_while_downloads_wait_and_waiters_share_a_failure(tmp_path: Path) -> None:
+    """Files and pages shared trio's 40 worker threads, and a file request
+    held its thread while it waited for another's download of the same file:
+    45 requests for a file whose only source never answers kept pip's pages
+    waiting past pip's 15 s, and each request tried the whole download again
+    in turn, one after another. Now pages have threads of their own, and
+    the requests that waited for a download that failed fail with it."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "tinypkg")
+    home = tmp_path / "home"
+    with running(repo) as origin, mirrors(repo, "stallblobs") as (stalling,):
+        body = os.urandom(3 << 20)
+        assert post(origin.url, "tinypkg", "tinypkg-1.0.tar.gz", body, token).status_code == 200
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin",
+                stalling.url, "--home", str(home))  # fmt: skip
+        with contextlib.contextmanager(_proxy)(home) as index:
+            url = index.removesuffix("simple/") + "files/tinypkg/tinypkg-1.0.tar.gz"
+            with ThreadPoolExecutor(45) as pool:
+                asked = [pool.submit(httpx.get, url, timeout=180) for _ in range(45)]
+                time.sleep(1.0)
+                page = httpx.get(f"{index}tinypkg/", timeout=10)
+                assert page.status_code == 200 and "tinypkg-1.0.tar.gz" in page.text
+                answers = [f.result().status_code for f in asked]
+    assert answers == [502] * 45
+    # One download's requests, not 45 downloads': the last ones waited
+    # for a thread, not only for the download, and share its failure too.
+    assert 0 < stalling.blob_requests <= 12, stalling.blob_requests
+
+
+def test_the_cache_keeps_the_files_served_last_within_its_size(tmp_path: Path) -> None:
+    """Every file fetched stayed in the proxy's cache, unfinished downloads
+    too: any page a browser showed could fill the disk with the repository."""
+    from tufmesh.client._proxy import _Index
+
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "tinypkg")
+    home = tmp_path / "home"
+    bodies = {f"tinypkg-1.{i}.tar.gz": os.urandom(400_000) for i in range(4)}
+    with running(repo) as origin:
+        for name, body in bodies.items():
+            assert post(origin.url, "tinypkg", name, body, token).status_code == 200
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"),
+                "--origin", origin.url, "--home", str(home))  # fmt: skip
+        index = _Index(home, cache_size=1_000_000)  # two of them
+        cache = home / "proxy" / "tinypkg"
+        cache.mkdir(parents=True)
+        stale = cache / "tinypkg-1.3.tar.gz.part"
+        stale.write_bytes(b"x" * 100_000)  # a download cut short long ago
+        os.utime(stale, (1, 1))
+        names = list(bodies)
+        for name in [names[0], names[1], names[0], names[2]]:
+            assert index.fetch("tinypkg", name).read_bytes() == bodies[name]
+        # names[1] was served longest ago; the part file went first.
+        assert sorted(p.name for p in cache.iterdir()) == [names[0], names[2]]
+        assert index.fetch("tinypkg", names[1]).read_bytes() == bodies[names[1]]
+        assert sorted(p.name for p in cache.iterdir()) == [names[1], names[2]]
 
 
 def test_the_index_follows_new_releases_and_outlives_a_short_outage(

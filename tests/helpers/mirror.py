@@ -22,7 +22,7 @@ Behaviour = Literal[
     "honest", "bitflip", "other", "truncate", "endless", "trickle", "404", "500",
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
     "manifestpadded", "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
-    "latetimestamp", "rangeflip", "trailers", "gzipnull", "slow404", "heldend",
+    "latetimestamp", "rangeflip", "trailers", "gzipnull", "slow404", "heldend", "stallblobs",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 #: A gzip member of nothing: it decodes to no bytes at all.
@@ -207,6 +207,10 @@ class Mirror:
                 body = (b"another artifact entirely " * (len(body) // 26 + 1))[: len(body)]
         if behaviour == "slow" and is_blob:
             time.sleep(1.0)
+        if behaviour == "stallblobs" and is_blob:
+            time.sleep(20.0)  # no answer at all: the client gives up first
+            request.close_connection = True
+            return
         if behaviour == "slowtimestamp" and path.endswith("/timestamp.json"):
             time.sleep(8.0)  # under the read timeout: a slow source, not a dead one
         if behaviour == "latetimestamp" and path.endswith("/timestamp.json"):
