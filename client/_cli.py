@@ -144,7 +144,7 @@ def _signed_part(data: bytes | bytearray) -> object:
     """The ``signed`` part of a metadata file, or None if it has none."""
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past the recursion limit)
         return None
     return document.get("signed") if isinstance(document, dict) else None
 

@@ -18,7 +18,7 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import trio
@@ -105,28 +105,39 @@ class RangePool:
     _tls: ssl.SSLContext | None = None
 
     async def _connect(self, scheme: str, host: str, port: int) -> _Conn:
-        sock = trio.socket.socket()
-        try:
-            with trio.move_on_after(self.connect_timeout):
-                await sock.connect((host, port))
-                sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
-                conn = _Conn(sock)
-                if scheme == "https":
-                    if self._tls is None:
-                        self._tls = tls_context()
-                    conn.tls = trio.SSLStream(
-                        trio.SocketStream(sock), self._tls, server_hostname=host,
-                        https_compatible=True,
-                    )  # fmt: skip
-                    await conn.tls.do_handshake()
-                return conn
-            raise HttpError("timed out connecting")
-        except (OSError, trio.BrokenResourceError) as exc:
-            sock.close()
-            raise HttpError(f"cannot connect: {_reason(exc)}") from None
-        except BaseException:  # timed out, or cancelled (a duplicate lost): no socket left open
-            sock.close()
-            raise
+        with trio.move_on_after(self.connect_timeout):
+            try:  # IPv4 or IPv6, each address in the resolver's order
+                found = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+            except OSError as exc:
+                raise HttpError(f"cannot connect: {_reason(exc)}") from None
+            failure = HttpError(f"cannot connect: no address for {host}")
+            for family, kind, proto, _, address in found:
+                sock = trio.socket.socket(family, kind, proto)
+                try:
+                    return await self._handshake(scheme, host, sock, address)
+                except (OSError, trio.BrokenResourceError) as exc:
+                    sock.close()
+                    failure = HttpError(f"cannot connect: {_reason(exc)}")
+                except BaseException:  # cancelled (a duplicate lost): no socket left open
+                    sock.close()
+                    raise
+            raise failure
+        raise HttpError("timed out connecting")
+
+    async def _handshake(
+        self, scheme: str, host: str, sock: trio.socket.SocketType, address: Any
+    ) -> _Conn:
+        await sock.connect(address)
+        sock.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+        conn = _Conn(sock)
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = tls_context()
+            conn.tls = trio.SSLStream(
+                trio.SocketStream(sock), self._tls, server_hostname=host, https_compatible=True
+            )
+            await conn.tls.do_handshake()
+        return conn
 
     async def _recv_into(self, conn: _Conn, view: memoryview) -> int:
         with trio.move_on_after(self.read_timeout):
@@ -150,7 +161,7 @@ class RangePool:
         url = urlsplit(base)
         host = url.hostname or "127.0.0.1"
         port = url.port or (443 if url.scheme == "https" else 80)
-        key = f"{host}:{port}"
+        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # (an IPv6 address)
         pool = self._idle.setdefault(f"{url.scheme}://{key}", [])
         extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
@@ -208,6 +219,8 @@ class RangePool:
                 raise HttpError(f"HTTP {status}")
             if declared is not None and declared > length:
                 raise TooLong(f"announced {declared} bytes for a {length}-byte range")
+            if declared is not None and declared < length:
+                raise HttpError(f"announced {declared} bytes for a {length}-byte range")
             body = bytearray(length + 1)  # one spare byte catches a longer body
             view = memoryview(body)
             got = min(len(conn.leftover), length + 1)

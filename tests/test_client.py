@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.durability import durability_trace
-from tests.helpers.mirror import mirrors, resign_timestamp
+from tests.helpers.mirror import Mirror, mirrors, resign_timestamp
 from tests.helpers.origin import (
     TUFMESH,
     Server,
@@ -99,6 +99,23 @@ def test_honest_multi_source_download(
         assert not (tmp_path / "out" / "demo-1.0.tar.gz.part").exists()
 
 
+def test_a_source_on_ipv6_serves_chunks(origin: Server, tmp_path: Path) -> None:
+    """Chunks were fetched over IPv4 sockets only (and the Host header named
+    an IPv6 address without brackets): a source at [::1], or at a name with
+    only IPv6 addresses, served metadata and never a chunk."""
+    try:
+        mirror = Mirror(origin.repo, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        with client_for(origin, tmp_path, mirror.url) as client:
+            result = client.download(BIG, tmp_path / "out")
+        assert result.path.read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
+        assert result.sources[mirror.url].chunks == 7 == mirror.blob_requests - 1  # + manifest
+    finally:
+        mirror.close()
+
+
 def test_one_chunk_artifact_and_listing(origin: Server, tmp_path: Path) -> None:
     with client_for(origin, tmp_path, origin.url) as client:
         result = client.download(SMALL, tmp_path)
@@ -112,6 +129,7 @@ def test_one_chunk_artifact_and_listing(origin: Server, tmp_path: Path) -> None:
 
 CHUNK_ATTACKS = [
     "bitflip", "other", "truncate", "endless", "trickle", "404", "500", "badlength", "rangeflip",
+    "shortlength",
 ]  # fmt: skip
 
 
@@ -134,6 +152,8 @@ def test_a_lying_or_stalling_mirror_cannot_stop_or_corrupt_a_download(
         assert stats.chunks == 0  # not one chunk of the liar's was accepted
         if behaviour in ("bitflip", "other", "endless", "rangeflip"):
             assert "bad chunk" in (stats.banned or "")  # banned at the first lie
+        if behaviour == "shortlength":  # said as it is: not "connection closed after..."
+            assert "announced 524288 bytes for a 1048576-byte range" in (stats.last_error or "")
         health = {h.url: h for h in client.fetcher.sources}[liar.url]
         if behaviour == "404":
             # A mirror of some projects only says it does not hold this one:
@@ -982,6 +1002,20 @@ def test_a_source_of_another_repository_is_named_though_another_is_newer(
         listed = tufmesh("ls", "demo", "--home", home)
         assert f"{SMALL}\t100000\t" in listed.stdout
         assert listed.stderr.startswith(f"warning: {wrong.url} failed: "), listed.stderr
+
+
+def test_client_init_names_a_source_whose_root_is_nested_past_the_limit(
+    origin: Server, tmp_path: Path
+) -> None:
+    """Its probe of each source's root read JSON nested 100,000 deep: a
+    traceback from the probe's thread, then "no answer within 5 s"."""
+    with mirrors(origin.repo, "honest") as (deep,):
+        deep.metadata_overrides["1.root.json"] = b"[" * 100_000 + b"]" * 100_000
+        done = tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                       "--origin", origin.url, "--mirror", deep.url,
+                       "--home", str(tmp_path / "home"))  # fmt: skip
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"warning: {deep.url} serves another repository" in done.stderr, done.stderr
 
 
 @pytest.mark.attack

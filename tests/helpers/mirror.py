@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ Behaviour = Literal[
     "rollback", "freeze", "slow", "badlength", "busy", "busyafterone", "manifesttrickle",
     "manifestpadded", "seeded", "headtrickle", "continue", "slowroot", "slowtimestamp",
     "latetimestamp", "rangeflip", "trailers", "gzipnull", "slow404", "heldend", "stallblobs",
+    "shortlength",
 ]  # fmt: skip
 ENDLESS_CAP = 64 << 20
 #: A gzip member of nothing: it decodes to no bytes at all.
@@ -33,7 +35,9 @@ class Mirror:
     """A mirror of ``repo`` at ``url``; ``metadata_overrides`` replace files by
     name, ``blob_overrides`` blobs by CID."""
 
-    def __init__(self, repo: Path, behaviour: Behaviour = "honest") -> None:
+    def __init__(
+        self, repo: Path, behaviour: Behaviour = "honest", host: str = "127.0.0.1"
+    ) -> None:
         self.repo = repo
         self.behaviour = behaviour
         self.store = BlobStore(repo / "cas")
@@ -55,9 +59,13 @@ class Mirror:
             def do_POST(self) -> None:
                 mirror.have(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.server = Server((host, 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        named = f"[{host}]" if ":" in host else host
+        self.url = f"http://{named}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -252,6 +260,8 @@ class Mirror:
                     request.wfile.write(b"\0" * 65536)
                     sent += 65536
             return
+        if behaviour == "shortlength" and is_blob and ranged:
+            body = body[: len(body) // 2]  # and says so: a range answered in part
         request.send_response(status)
         request.send_header("content-length", str(len(body)))
         if ranged:
