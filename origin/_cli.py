@@ -298,6 +298,14 @@ def status(repo_dir: Path) -> None:
     for warning in warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     _warn_unrotated(repo)
+    if unretired := repo.unretired():
+        click.secho(
+            f"warning: keys {', '.join(k[:12] for k in unretired)} are configured and no role "
+            "names them (a ceremony cut short before it retired them): the next ceremony "
+            f"('tufmesh origin sign --dir {repo_dir} ROLE') retires them; then destroy them",
+            fg="yellow",
+            err=True,
+        )
     stray = repo.stray_keys()
     if stray:
         click.secho(
@@ -376,7 +384,7 @@ def status(repo_dir: Path) -> None:
             fg="yellow",
             err=True,
         )
-    if expired or stale or unreadable or absent:
+    if expired or stale or unreadable or absent or repo.broken:
         sys.exit(1)  # for a monitoring check: the repository serves nothing a client takes
 
 

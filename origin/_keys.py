@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from cryptography.exceptions import UnsupportedAlgorithm
 from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 
+from tufmesh._durable import fsync_dir
 from tufmesh.errors import OriginError
 
 __all__ = [
@@ -34,13 +35,18 @@ def generate_file_key(repo: Path, name: str) -> tuple[str, Key]:
     """Create an Ed25519 key in ``REPO/keys/NAME.pem``; return its URI and public key."""
     signer = CryptoSigner.generate_ed25519()
     keys = repo / "keys"
-    keys.mkdir(mode=0o700, exist_ok=True)
+    if not keys.is_dir():
+        keys.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(repo)
     path = keys / f"{name}.pem"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(signer.private_bytes)
         handle.flush()
         os.fsync(handle.fileno())
+    # Its name too, before metadata naming its key is written: a power cut
+    # must not keep a root naming a key whose file is gone.
+    fsync_dir(keys)
     return f"file2:keys/{name}.pem", signer.public_key
 
 

@@ -334,7 +334,8 @@ class OriginRepository(Repository):
                     (uri, key if key is not None else public_key_from_uri(path, uri))
                     for uri, key in given[role]
                 ]
-                check_new_keys(path, role, keys[role])
+                others = {r: [k.keyid for _, k in keys[r]] for r in keys}
+                check_new_keys(path, role, keys[role], others=others)
             elif role == "root":
                 keys[role] = [
                     generate_file_key(path, f"root-{i + 1}") for i in range(root_threshold)
@@ -1053,12 +1054,18 @@ class OriginRepository(Repository):
         delegation, the hash bins, the claimed projects' developers' keys)."""
         return set(self._public_keys())
 
+    def unretired(self) -> list[str]:
+        """Key ids the configuration names that no role does: a ceremony cut
+        short after its metadata, before it retired the keys it replaced."""
+        used = self.keyids_in_use()
+        return sorted({k for keys in self.config.signers.values() for k in keys} - used)
+
     def retire_signers(self) -> list[str]:
         """Drop from the configuration the keys no role names any more (after a
         rotation, or a ceremony finished by ``resign``); return their key ids."""
-        used = self.keyids_in_use()
-        retired = sorted({k for keys in self.config.signers.values() for k in keys} - used)
+        retired = self.unretired()
         if retired:
+            used = self.keyids_in_use()
             kept = {
                 role: {k: uri for k, uri in keys.items() if k in used}
                 for role, keys in self.config.signers.items()
@@ -1176,8 +1183,10 @@ class OriginRepository(Repository):
                 continue
             (self.targets_dir / project / f"{sha256}.{filename}").unlink(missing_ok=True)
             # A record without its blobs (written before they were recorded)
-            # still names the artifact's own: its sha256 is its CID.
-            blobs[project] += record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
+            # still names the artifact's own: its sha256 is its CID. An entry
+            # signed with stolen online keys may name anything as its blobs.
+            named = record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
+            blobs[project] += [cid for cid in named if _is_cid(cid)]
         for project, cids in blobs.items():
             for cid in self._release(project, dict.fromkeys(cids)):
                 # Gone at once, not at the next gc; kept if another project pins it.
@@ -1497,7 +1506,8 @@ class OriginRepository(Repository):
             )
         if {key.keyid for _, key in keys} == set(old_keyids):
             raise OriginError(f"those are {role}'s keys already: nothing to rotate")
-        check_new_keys(self.dir, role, keys, kept=set(old_keyids))
+        others = {r: self._role_keys(self._bins()[0] if r == BIN_N else r)[0] for r in ROLES}
+        check_new_keys(self.dir, role, keys, kept=set(old_keyids), others=others)
         old_root_signers = list(self._signers_for("root"))
         _, root_threshold = self._role_keys("root")
         # Every rotation but bins' and bin-n's writes a root, and clients follow
@@ -1744,6 +1754,14 @@ def read_removed(repo: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _is_cid(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a CID the store could hold."""
+    try:
+        return isinstance(value, str) and parse_cid(value)[0] == value
+    except StoreError:  # InvalidCidError
+        return False
+
+
 def is_sha256(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a SHA-256 as the origin writes one (64 hex digits)."""
     return isinstance(value, str) and len(value) == 64 and all(c in _HEX for c in value)
@@ -1782,13 +1800,19 @@ def _entry_size(target: TargetFile) -> int:
 
 
 def check_new_keys(
-    repo: Path, role: str, keys: list[tuple[str, Key]], kept: Set[str] = frozenset()
+    repo: Path,
+    role: str,
+    keys: list[tuple[str, Key]],
+    kept: Set[str] = frozenset(),
+    others: dict[str, Iterable[str]] | None = None,
 ) -> None:
     """Refuse a key given twice (it would count twice towards a threshold, and
-    python-tuf refuses the metadata) and a new key that cannot sign here: one
-    named in metadata without ever signing may be unusable or mispaired (a
-    typo in a KMS URI), and the threshold would count it. ``kept``: key ids
-    the role has already (they need not be here)."""
+    python-tuf refuses the metadata), a key of an offline role for an online
+    one or the reverse (``others``: the key ids of the other roles), and a
+    new key that cannot sign here: one named in metadata without ever signing
+    may be unusable or mispaired (a typo in a KMS URI), and the threshold
+    would count it. ``kept``: key ids the role has already (they need not be
+    here)."""
     seen: set[str] = set()
     for uri, key in keys:
         if key.keyid in seen:
@@ -1797,6 +1821,15 @@ def check_new_keys(
                 "each key counts once towards a threshold"
             )
         seen.add(key.keyid)
+    for other, keyids in (others or {}).items():
+        across = (other in ONLINE_ROLES) != (role in ONLINE_ROLES)  # offline and online
+        if across and (shared := seen & set(keyids)):
+            offline = other if role in ONLINE_ROLES else role
+            raise OriginError(
+                f"{role}: key {min(shared)[:16]}... is {other}'s key too: {offline}'s keys "
+                "must never be on the serving host, where the online roles' keys are "
+                "(whoever takes the host would sign as it)"
+            )
     failed = []
     for uri, key in keys:
         if key.keyid not in kept:

@@ -618,6 +618,36 @@ def test_a_key_two_roles_share_is_not_retired_with_one_of_them(tmp_path: Path) -
     assert str(tmp_path / "keys" / "shared.pem") in out, out  # ...and where it is
 
 
+def test_an_offline_roles_key_is_never_an_online_roles_key(tmp_path: Path) -> None:
+    """A rotation or an init could give the timestamp a root key, or root the
+    online keys: ``origin serve`` loads the online roles' keys, and whoever
+    took the serving host could then sign new roots."""
+    repo = init_repo(tmp_path / "repo")
+    before = sorted(p.name for p in (repo / "metadata").iterdir())
+    for role, signers in [
+        ("timestamp", ["file2:keys/root-1.pem"]),
+        ("snapshot", ["file2:keys/bins.pem"]),
+        ("root", ["file2:keys/snapshot.pem", "file2:keys/timestamp.pem"]),
+        ("targets", ["file2:keys/bin-n.pem"]),
+    ]:
+        args = [a for uri in signers for a in ("--signer", uri)]
+        done = tufmesh("origin", "rotate", "--dir", str(repo), role, *args, check=False)
+        assert done.returncode == 1, (role, done.stdout)
+        assert "key too" in done.stderr and "must never be on the serving host" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (repo / "metadata").iterdir()) == before
+    # Between offline roles, or between online ones, a key may be shared.
+    assert "signed" in tufmesh("origin", "rotate", "--dir", str(repo), "snapshot",
+                               "--signer", "file2:keys/timestamp.pem").stdout  # fmt: skip
+    generate_file_key(tmp_path, "shared")
+    shared = f"file2:{tmp_path / 'keys' / 'shared.pem'}"
+    done = tufmesh("origin", "init", "--dir", str(tmp_path / "other"),
+                   "--signer", f"root={shared}", "--signer", f"timestamp={shared}",
+                   check=False)  # fmt: skip
+    assert done.returncode == 1 and "timestamp: key" in done.stderr, done.stderr
+    assert "root's key too" in done.stderr
+
+
 def test_a_repository_that_cannot_be_served_is_refused_in_one_line(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -1027,6 +1027,9 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     # The new key is kept wherever published metadata names it already.
     named = reopened._role_keys(reopened._bins()[0] if role == "bin-n" else role)[0]
     assert set(named) <= set(reopened.config.signers[role])
+    # For a monitoring check: clients refuse a role the keys named do not sign.
+    status = tufmesh("origin", "status", "--dir", str(repo.dir), check=False)
+    assert (status.returncode == 1) == bool(reopened.broken), (reopened.broken, status.stderr)
     offline = [r for r in reopened.broken if r in ("targets", "bins")]
     if offline:  # an origin will not serve what clients would refuse, and says why
         refused = tufmesh("origin", "serve", "--dir", str(repo.dir), "--port", "0", check=False)
@@ -1037,7 +1040,11 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     assert reopened.broken == []
     # Once the new key is named, the old one is named by nothing: retired.
     published = new[0][1].keyid in reopened.keyids_in_use()
+    # The old key, still configured, is named by nothing: said, until retired.
+    warned = tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
+    assert ("no role names them" in warned) == published, warned
     assert set(reopened.retire_signers()) == (old_keyids if published else set())
+    assert "no role names them" not in tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
     assert set(reopened.config.signers[role]) == {new[0][1].keyid} if published else old_keyids
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
     client.refresh()
@@ -1170,6 +1177,23 @@ def test_a_removal_recorded_without_its_blobs_still_deletes_the_bytes(tmp_path: 
         repo.remove(["p/evil-1.tar.gz"])
     record = json.loads((repo.dir / "removed.json").read_text())
     del record["p/evil-1.tar.gz"]["blobs"]  # as written before blobs were recorded
+    (repo.dir / "removed.json").write_text(json.dumps(record))
+    OriginRepository(repo.dir).remove(["p/evil-1.tar.gz"])
+    assert not repo.store.has(bad.cid)
+
+
+def test_a_removal_of_an_entry_naming_no_cid_as_its_blob_finishes(tmp_path: Path) -> None:
+    """An entry signed with stolen online keys named ``x`` as its CID: each
+    ``origin remove`` (the recovery's step) failed after its commit, the
+    same way every time, and left the other blobs of the removal."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    bad = stored(repo, "p/evil-1.tar.gz", b"malware")
+    assert repo.publish([bad]) == [2]
+    with pytest.MonkeyPatch.context() as patch:  # the removal's cleanup never ran
+        patch.setattr(OriginRepository, "_unlink", lambda *args: None)
+        repo.remove(["p/evil-1.tar.gz"])
+    record = json.loads((repo.dir / "removed.json").read_text())
+    record["p/evil-1.tar.gz"]["blobs"] = ["x", 7, bad.cid]  # as the entry named them
     (repo.dir / "removed.json").write_text(json.dumps(record))
     OriginRepository(repo.dir).remove(["p/evil-1.tar.gz"])
     assert not repo.store.has(bad.cid)
