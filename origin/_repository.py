@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1804,7 +1804,7 @@ def check_new_keys(
     role: str,
     keys: list[tuple[str, Key]],
     kept: Set[str] = frozenset(),
-    others: dict[str, Iterable[str]] | None = None,
+    others: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
     """Refuse a key given twice (it would count twice towards a threshold, and
     python-tuf refuses the metadata), a key of an offline role for an online
