@@ -238,9 +238,9 @@ class _Index:
         until the cache holds ``cache_size`` bytes at most, but ``keep`` and
         what is being downloaded now. Without a bound, any page a browser
         showed could have the proxy fetch the whole repository to the disk."""
-        files = []
+        keep, files = keep.resolve(), []
         with contextlib.suppress(OSError):
-            for project in self.cache.iterdir():
+            for project in self.cache.resolve().iterdir():
                 for path in project.iterdir():
                     with contextlib.suppress(OSError):
                         info = path.lstat()
