@@ -245,10 +245,45 @@ class DeveloperKey:
         drop: Iterable[str] = (),
         days: int = EXPIRY_DAYS,
     ) -> bytes:
-        """:func:`next_version`, after :meth:`check` (and :meth:`floor`)."""
+        """:func:`next_version`, after :meth:`check` (and :meth:`floor`), and
+        :meth:`signs_away` of what it drops."""
         self.check(project, current)
         self.floor(project, current)
-        return next_version(current, [self.signer], add=add, drop=drop, days=days, project=project)
+        data = next_version(current, [self.signer], add=add, drop=drop, days=days, project=project)
+        self.signs_away(project, current, Metadata[Targets].from_bytes(data))
+        return data
+
+    def dropped(self, project: str) -> set[str]:
+        """The paths this key signed a version of ``project`` without, that an
+        earlier one listed: it never signs them again."""
+        return set(self._versions().get(project, {}).get("dropped", ()))
+
+    def signs_away(
+        self, project: str, base: Metadata[Targets], proposed: Metadata[Targets]
+    ) -> None:
+        """Before this key signs ``proposed``, a release built on ``base`` (a
+        checked published version): refuse it if it lists a path this key
+        once signed away, and note those it drops (best effort, as
+        :meth:`floor`). The version a key signs need not be the one it noted
+        as published: the holder who proposes a drop, and one who cosigns
+        without sending it, noted only its base. A hostile origin could then
+        serve that base again, after the drop, to every holder, and have them
+        sign the dropped artifact back in, shown as neither added nor dropped;
+        the origin itself never publishes a dropped name again."""
+        listed = set(proposed.signed.targets)
+        if again := sorted(listed & self.dropped(project)):
+            raise PublishError(
+                f"this key signed a version of {project} without {', '.join(again)}, and the "
+                "version to sign lists it: the origin may be serving a version from before "
+                "that drop (ask its maintainers); if that version was never published, sign "
+                "the drop again ('developer sign --drop'). Nothing is signed"
+            )
+        if dropping := set(base.signed.targets) - listed:
+            versions = self._versions()
+            entry = versions.setdefault(project, {})
+            entry["dropped"] = sorted(dropping | set(entry.get("dropped", ())))
+            with contextlib.suppress(UsageError):
+                self._save(versions)
 
     def floor(self, project: str, current: Metadata[Targets]) -> None:
         """Note ``current``, a published version this key has checked, as the
@@ -260,27 +295,28 @@ class DeveloperKey:
                 self.remember(project, current.to_bytes())
 
     def check(self, project: str, current: Metadata[Targets]) -> None:
-        """Refuse ``current`` unless this key signed it, or a threshold of the
-        project's keys noted here did, and unless it is not older than the
-        last version this key had published for ``project``."""
+        """Refuse ``current`` unless a threshold of the project's keys noted
+        here signed it (or, none noted, this key did), and unless it is not
+        older than the last version this key had published for ``project``.
+        This key's signature alone is not enough where several must sign: a
+        request it signed that never met the threshold, served as the
+        published version, was built on, and noted as published."""
         last = self._versions().get(project, {})
-        holders = _holders(last)
+        noted = _holders(last)
         mine = Holders({self.signer.public_key.keyid: self.signer.public_key}, 1)
-        if not mine.signed(current) and not (
-            holders is not None and len(holders.signed(current)) >= holders.threshold
-        ):
-            noted = (
-                f", nor by {holders.threshold} of the {len(holders.keys)} keys noted when "
-                "the project was claimed"
-                if holders is not None
-                else ""
+        if len((noted or mine).signed(current)) < (noted or mine).threshold:
+            signed_by = (
+                f"{noted.threshold} of the {len(noted.keys)} keys noted when the project was "
+                "claimed (a request some of them signed is not a published version)"
+                if noted is not None
+                else f"key {self.signer.public_key.keyid[:12]}"
             )
             raise PublishError(
-                f"the published version {current.signed.version} is not signed by key "
-                f"{self.signer.public_key.keyid[:12]}{noted}: is it the project's key (was the "
-                "project claimed again for a new one)? If it is, the origin may be serving a "
-                "forged version (ask its maintainers); nothing is signed. (Where several keys "
-                "sign, a holder builds on the others' versions once it has cosigned the claim.)"
+                f"the published version {current.signed.version} is not signed by {signed_by}: "
+                "is it the project's key (was the project claimed again for new keys)? If it "
+                "is, the origin may be serving a forged version (ask its maintainers); nothing "
+                "is signed. (Where several keys sign, a holder builds on the others' versions "
+                "once it has cosigned the claim.)"
             )
         _names(current, project, "the published version")
         if "version" in last:
@@ -298,9 +334,19 @@ class DeveloperKey:
                 )
 
     def remember(self, project: str, data: bytes) -> None:
-        """Note ``data`` (signed metadata) as the project's newest published version."""
+        """Note ``data`` (signed metadata) as the project's newest published
+        version, if a threshold of the keys noted for the project signed it
+        (an origin that says it published a version signed by fewer is not
+        believed: the version noted is the one the next must follow)."""
         md: Metadata[Any] = Metadata.from_bytes(data)
         versions = self._versions()
+        holders = _holders(versions.get(project, {}))
+        if holders is not None and len(holders.signed(md)) < holders.threshold:
+            raise UsageError(
+                f"{owned_role(project)} v{md.signed.version} carries fewer than "
+                f"{holders.threshold} signatures of the keys noted for {project}: not noted "
+                "as published"
+            )
         versions.setdefault(project, {}).update(
             version=md.signed.version, sha256=hashlib.sha256(md.signed_bytes).hexdigest()
         )
@@ -326,6 +372,9 @@ def _remembered(entry: Any) -> bool:
         except Exception:  # securesystemslib raises several kinds for a bad key
             return False
     if "claim" in entry and type(entry["claim"]) is not int:
+        return False
+    dropped = entry.get("dropped", [])
+    if not isinstance(dropped, list) or not all(isinstance(p, str) for p in dropped):
         return False
     return bool(entry)
 
@@ -556,16 +605,18 @@ def cosign(
             )
         key.fresh_claim(request.project, request.version)
         _lifetime(signed.expires, datetime.now(UTC))
-        if current is not None:  # a project claimed already: what it would drop is shown
-            added, dropped = changes(current, request.metadata, claim=True)
-        else:
-            added, dropped = list(signed.targets.values()), []
+        # Every entry is vouched for: what the origin serves as the published
+        # version (a project claimed already, for new keys) is not checked, and
+        # an entry it also listed was neither added nor dropped, never shown.
+        added = list(signed.targets.values())
+        dropped = [] if current is None else changes(current, request.metadata, claim=True)[1]
     else:
         if current is None:
             raise UsageError("a release is checked against the published version")
         key.check(request.project, current)
         added, dropped = changes(current, request.metadata)
         _names(request.metadata, request.project, "the request")
+        key.signs_away(request.project, current, request.metadata)
         holders = key.holders(request.project)
     if holders is not None:
         good = holders.signed(request.metadata)

@@ -61,6 +61,7 @@ from tufmesh.origin._developer import (
     published_version,
     read_claim,
     read_request,
+    release_request,
     target_of,
 )
 from tufmesh.origin._owned import owned_delegation, parse_owned
@@ -1207,8 +1208,15 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     by_one = Metadata[Targets].from_bytes(signed.data)
     by_one.signatures.clear()
     by_one.sign(c)
-    with pytest.raises(PublishError, match="nor by 2 of the 3 keys noted"):
+    with pytest.raises(PublishError, match="not signed by 2 of the 3 keys noted"):
         holder.check("demo", by_one)
+    # Signed by a alone, where two must sign: a request a made, never
+    # published, is no base either (it was, and was noted as published).
+    by_mine = Metadata[Targets].from_bytes(signed.data)
+    by_mine.signatures.clear()
+    by_mine.sign(a)
+    with pytest.raises(PublishError, match="a request some of them signed is not a published"):
+        holder.check("demo", by_mine)
 
     artifact = tmp_path / "demo-1.0.tar.gz"
     artifact.write_bytes(b"one")
@@ -1224,7 +1232,7 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     with pytest.raises(PublishError, match=r"not given: demo/demo-1\.0\.tar\.gz"):
         check_files([entry], [], "demo")
     # A version that skips one, or changes what was published, never follows.
-    later = Metadata[Targets].from_bytes(holder.sign_next("demo", nxt))
+    later = Metadata[Targets].from_bytes(next_version(nxt, [a], project="demo"))
     with pytest.raises(PublishError, match="it is stale"):
         changes(published, later)
     changed_entry = target_of(artifact, "demo")
@@ -1234,12 +1242,77 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
     forged.signed.targets[entry.path] = changed_entry
     with pytest.raises(PublishError, match=r"changes demo/demo-1\.0\.tar\.gz"):
         changes(nxt, forged)
-    # The memory of a key reads back; a damaged one is said.
+    # The memory of a key reads back; a damaged one is said. A version an
+    # origin says it published, signed by fewer than the threshold, is not
+    # noted as published.
+    with pytest.raises(UsageError, match="fewer than 2 signatures of the keys noted"):
+        holder.remember("demo", nxt.to_bytes())
+    nxt.sign(b, append=True)
     holder.remember("demo", nxt.to_bytes())
     assert holder.holders("demo") == claim.holders
     holder.memory.write_text('{"demo": {"keys": {}, "threshold": 1}}')
     with pytest.raises(UsageError, match="damaged"):
         holder.holders("demo")
+
+
+def test_no_holder_signs_back_in_what_its_key_signed_away(tmp_path: Path) -> None:
+    """A holder noted only the version it built on, not the one it signed: a
+    hostile origin served the version from before a drop again, after the
+    drop was published, and every holder signed a release built on it,
+    bringing the dropped artifact back, shown as neither added nor dropped."""
+    a, b, c = (CryptoSigner.generate_ed25519() for _ in range(3))
+    keys = [
+        DeveloperKey(k, tmp_path / f"{n}.versions.json")
+        for n, k in zip("abc", (a, b, c), strict=True)
+    ]
+    alice, bob, carol = keys
+    artifacts = []
+    for name in ("demo-1.0.tar.gz", "demo-x.tar.gz"):
+        (tmp_path / name).write_bytes(name.encode())
+        artifacts.append(target_of(tmp_path / name, "demo"))
+    claim = claim_request("demo", a, artifacts, holders=[b.public_key, c.public_key], threshold=2)
+    for holder in keys[1:]:
+        claim = cosign(claim, holder)
+    alice.note_holders("demo", claim.holders, 1)  # (as 'developer claim' does)
+    v1 = claim.metadata
+    # Alice proposes dropping demo-x; Bob cosigns (it is sent without a key).
+    drop = release_request("demo", alice.sign_next("demo", v1, drop=["demo/demo-x.tar.gz"]))
+    assert alice.dropped("demo") == {"demo/demo-x.tar.gz"}
+    cosign(drop, bob, v1)
+    assert bob.dropped("demo") == {"demo/demo-x.tar.gz"} and carol.dropped("demo") == set()
+    # The origin serves v1 again: neither of them builds on it, nor signs
+    # Carol's release built on it; Carol, who signed no drop, can.
+    with pytest.raises(PublishError, match=r"without demo/demo-x\.tar\.gz, and the version"):
+        alice.sign_next("demo", v1)
+    (tmp_path / "demo-2.0.tar.gz").write_bytes(b"two")
+    two = target_of(tmp_path / "demo-2.0.tar.gz", "demo")
+    back = release_request("demo", carol.sign_next("demo", v1, add=[two]))
+    for holder in (alice, bob):
+        with pytest.raises(PublishError, match="may be serving a version from before that drop"):
+            cosign(back, holder, v1)
+    # Dropping it again is how a drop that was never published is redone.
+    again = alice.sign_next("demo", v1, add=[two], drop=["demo/demo-x.tar.gz"])
+    assert "demo/demo-x.tar.gz" not in Metadata[Targets].from_bytes(again).signed.targets
+    assert json.loads(alice.memory.read_text())["demo"]["dropped"] == ["demo/demo-x.tar.gz"]
+
+
+def test_a_new_claim_shows_every_entry_it_lists_to_each_holder(tmp_path: Path) -> None:
+    """A claim of a project claimed already was shown as what it changes from
+    the version the origin serves, which nothing checks: an entry a hostile
+    co-holder added, that a forged published version listed too, was never
+    shown, nor needed a file or --yes."""
+    a, b = CryptoSigner.generate_ed25519(), CryptoSigner.generate_ed25519()
+    entries = []
+    for name in ("demo-1.0.tar.gz", "demo-evil.tar.gz"):
+        (tmp_path / name).write_bytes(name.encode())
+        entries.append(target_of(tmp_path / name, "demo"))
+    claim = claim_request("demo", a, entries, version=4, holders=[b.public_key], threshold=2)
+    forged = Metadata(Targets(version=3, expires=datetime.now(UTC) + timedelta(days=30),
+                              targets={t.path: t for t in entries}))  # fmt: skip
+    shown: list[tuple[list[str], list[str]]] = []
+    cosign(claim, DeveloperKey(b, tmp_path / "b.versions.json"), forged,
+           confirm=lambda added, dropped: shown.append(([t.path for t in added], dropped)))  # fmt: skip
+    assert shown == [(["demo/demo-1.0.tar.gz", "demo/demo-evil.tar.gz"], [])]
 
 
 def test_a_claims_keys_are_signed_and_counted_once(tmp_path: Path) -> None:
