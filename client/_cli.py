@@ -47,6 +47,8 @@ def client() -> None:
 @home_option
 def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path | None) -> None:
     """Trust ROOT_JSON and fetch from the origin and mirrors."""
+    from tufmesh.client._home import check_url, read_root
+
     path = _home(home).path
     anchor = path / "root.json"
     before = anchor.read_bytes() if anchor.is_file() else None
@@ -54,7 +56,17 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         earlier = _home(home).sources() if before is not None else []
     except TufmeshError:  # a damaged configuration: replaced, as asked
         earlier = []
-    made = ClientHome.create(path, root_json, [origin_url, *mirrors])
+    # A typo in a URL, or the wrong root.json, is better found now than at the
+    # first get; and before a trust anchor is replaced.
+    urls = list(dict.fromkeys(check_url(u) for u in [origin_url, *mirrors]))
+    unreachable = _unreachable(urls, read_root(root_json))
+    if all(_ANOTHER in unreachable.get(url, "") for url in urls):
+        raise UsageError(
+            f"no source serves the repository of {root_json}: "
+            + "; ".join(f"{url} {unreachable[url]}" for url in urls)
+            + ". Nothing is set up"
+        )
+    made = ClientHome.create(path, root_json, urls)
     click.echo(f"client set up in {made.path}: {len(made.sources())} source(s)")
     digest = hashlib.sha256(made.trusted_root).hexdigest()
     click.echo(f"trusted root sha256 {digest}: check it against the one the maintainers publish")
@@ -63,11 +75,12 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         click.echo(f"sources no longer used (init lists them all): {', '.join(dropped)}")
     if before is not None and before != anchor.read_bytes():
         click.echo(f"the trusted root was replaced by {root_json}, and the cached metadata cleared")
-    # A typo in a URL is better found now than at the first get.
-    for url, reason in _unreachable(made.sources(), made.trusted_root).items():
+    for url, reason in unreachable.items():
         click.echo(f"warning: {url} {reason}", err=True)
 
 
+#: What ``client init`` says of a source of another repository than its root's.
+_ANOTHER: Final = "serves another repository"
 #: How long ``client init`` looks at its sources, all at once.
 PROBE_SECONDS: Final = 5.0
 
@@ -113,8 +126,8 @@ def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
                         break
                 if answer.status_code == 200 and _signed_part(body) != trusted:
                     reasons[url] = (
-                        f"serves another repository: its root v{version} is not the one "
-                        "trusted here (a wrong URL, or the wrong root.json)"
+                        f"{_ANOTHER}: its root v{version} is not the one trusted here (a wrong "
+                        "URL, or the wrong root.json)"
                     )
                     return
             reasons[url] = None

@@ -913,18 +913,32 @@ def test_a_client_home_is_never_another_roles_directory(origin: Server, tmp_path
 
 
 def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_path: Path) -> None:
-    # A first init with the wrong repository's root caches nothing usable;
-    # init with the right root must replace it, cache and all.
+    # The wrong repository's root, which no source serves: refused at once
+    # (not first at a get, as a bad signature), and nothing set up or replaced.
     home = tmp_path / "home"
     other = init_repo(tmp_path / "other")
-    made = tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
-                   "--origin", origin.url, "--home", str(home))  # fmt: skip
-    assert made.stderr == (  # said at once, not first at a get as a bad signature
-        f"warning: {origin.url} serves another repository: its root v1 is not the one trusted "
-        "here (a wrong URL, or the wrong root.json)\n"
+    other_root = str(other / "metadata" / "1.root.json")
+    made = tufmesh("client", "init", other_root, "--origin", origin.url, "--home", str(home),
+                   check=False)  # fmt: skip
+    assert made.returncode == 1 and made.stderr == (
+        f"Error: no source serves the repository of {other_root}: {origin.url} serves another "
+        "repository: its root v1 is not the one trusted here (a wrong URL, or the wrong "
+        "root.json). Nothing is set up\n"
     )
-    wrong = tufmesh("ls", "demo", "--home", str(home), check=False)
-    assert wrong.returncode == 1 and "bad signature" in wrong.stderr
+    assert not home.exists()
+    # A home of the other repository, its metadata cached; init with the
+    # right root must replace it, cache and all.
+    with running(other) as served:
+        tufmesh("client", "init", other_root, "--origin", served.url, "--home", str(home))
+        empty = tufmesh("ls", "--home", str(home), check=False)  # verified, and empty
+        assert "no artifacts in the signed metadata" in empty.stderr, empty.stderr
+        assert (home / "metadata" / "timestamp.json").exists()
+    refused = tufmesh("client", "init", other_root, "--origin", origin.url, "--home", str(home),
+                      check=False)  # fmt: skip
+    assert (
+        refused.returncode == 1
+        and (home / "root.json").read_bytes() == Path(other_root).read_bytes()
+    )
     tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
             "--origin", origin.url, "--home", str(home))  # fmt: skip
     listing = tufmesh("ls", "demo", "--home", str(home)).stdout
