@@ -103,7 +103,11 @@ def _explain(exc: BaseException) -> str:
     if isinstance(exc, tuf_errors.BadVersionNumberError):
         return f"rollback detected ({exc})"
     if isinstance(exc, tuf_errors.UnsignedMetadataError):
-        return f"bad signature ({exc})"
+        # Most often a source of another repository: say so, as client init does.
+        return (
+            f"bad signature ({exc}): not this repository's keys' (another repository's: a "
+            "wrong URL, or the wrong root.json? or forged)"
+        )
     if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
         return f"metadata too long ({exc})"
     return str(exc) or type(exc).__name__

@@ -926,6 +926,11 @@ def test_client_init_again_with_another_root_starts_over(origin: Server, tmp_pat
         "root.json). Nothing is set up\n"
     )
     assert not home.exists()
+    # A client (a mirror's, a home's set up before) asking it anyway is told
+    # as much, not only "bad signature", which reads as an attack.
+    with Client(tmp_path / "c", Path(other_root).read_bytes(), [origin.url], **FAST) as client:
+        with pytest.raises(ClientError, match="another repository's: a wrong URL, or the wrong"):
+            client.artifacts()
     # A home of the other repository, its metadata cached; init with the
     # right root must replace it, cache and all.
     with running(other) as served:
