@@ -269,7 +269,7 @@ def get(
                 raise
             used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
             for name, stats in result.sources.items():
-                if stats.banned:  # its bytes were refused; the user may want to report it
+                if stats.banned and not stats.left:  # its bytes refused: worth reporting
                     click.echo(f"warning: {name} was banned: {stats.banned}", err=True)
                     banned.add(name)
             if as_json:

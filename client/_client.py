@@ -598,12 +598,14 @@ class Client:
             if stat.rate is not None and stat.bytes >= 1 << 20:  # tiny files say nothing
                 health.throughput = stat.rate
             clean = health.failures == self._failures_before.get(health.url, 0)
-            if stat.chunks and not stat.failures and clean and health.failures:
-                health.failures -= 1  # a clean run forgives an old failure, one at a time
+            if stat.chunks and not stat.failures and clean:
+                if health.failures:
+                    health.failures -= 1  # a clean run forgives an old failure, one at a time
+                health.last_error = None  # ...and its error is no longer the last word
             health.failures += stat.failures
             self._failures_before[health.url] = health.failures
-            if stat.banned or stat.last_error:
-                health.last_error = stat.banned or stat.last_error
+            if (stat.banned and not stat.left) or stat.last_error:
+                health.last_error = (None if stat.left else stat.banned) or stat.last_error
 
 
 def _chunked(info: TargetFile) -> bool:

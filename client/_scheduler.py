@@ -134,7 +134,8 @@ class SourceStats:
     chunks: int = 0
     failures: int = 0
     consecutive_failures: int = 0
-    banned: str | None = None  # the reason, once banned
+    banned: str | None = None  # the reason, once banned (or dropped: ``left``)
+    left: bool = False  # dropped through no fault of its own (gone; does not hold it)
     last_error: str | None = None
 
     @property
@@ -652,7 +653,11 @@ class ChunkScheduler:
         self._requeue(index)
 
     def drop(self, source: str, reason: str) -> None:
-        """``source`` left (a peer that went away): stop asking it."""
+        """``source`` left (a peer that went away), or does not hold what is
+        asked (a mirror of some projects): stop asking it, at no fault."""
+        stats = self.stats.get(source)
+        if stats is not None and stats.banned is None:
+            stats.left = True
         self._ban(source, reason)
 
     def _ban(self, source: str, reason: str) -> None:

@@ -778,6 +778,29 @@ def test_get_keeps_a_file_of_the_users_and_names_a_banned_mirror(
     assert "bad chunk" in got.stderr and f"warning: {liar.url} failed" not in got.stderr  # once
 
 
+def test_a_mirror_of_some_projects_is_no_fault_and_an_old_error_clears(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A mirror that does not hold an artifact (a mirror of some projects)
+    was reported as "banned: HTTP 404" and kept that as its last error, as
+    was any error of a source that has served cleanly since."""
+    home = tmp_path / "home"
+    with mirrors(origin.repo, "404", "honest") as (partial, good):
+        tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"), "--origin",
+                origin.url, "--mirror", partial.url, "--mirror", good.url,
+                "--home", str(home))  # fmt: skip
+        ClientHome(home).save_health(
+            [SourceHealth(partial.url), SourceHealth(origin.url, failures=1),
+             SourceHealth(good.url, failures=2, last_error="cannot connect: refused")]
+        )  # fmt: skip
+        got = tufmesh("get", BIG, "-o", str(tmp_path / "out"), "--home", str(home))
+        assert partial.blob_requests > 0 and good.blob_requests > 0
+    assert "warning" not in got.stderr, got.stderr
+    health = {h.url: h for h in ClientHome(home).health()}
+    assert health[partial.url].last_error is None and health[partial.url].failures == 0
+    assert health[good.url].last_error is None and health[good.url].failures == 1
+
+
 def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:
     # In a shared directory another user may plant NAME.part: a link to a
     # file of ours must not be overwritten, a dangling one must not be created.
