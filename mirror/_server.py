@@ -272,10 +272,10 @@ async def run_mirror(
                 mirror.record(report)  # so /healthz and `mirror status` say so
             for source, why in report.bans.items():
                 print(f"mirror: banned {source} for this sync: {why}", file=sys.stderr, flush=True)
-            if report.error != failing:  # say so once, not at every poll
-                failing = report.error
-                note = f"sync failed: {failing}" if failing else "sync works again"
+            if bool(report.error) != bool(failing):  # once, not at every poll nor new words
+                note = f"sync failed: {report.error}" if report.error else "sync works again"
                 print(f"mirror: {note}", file=sys.stderr, flush=True)
+            failing = report.error
             if node is not None:
                 with contextlib.suppress(Exception):  # gossip is an optimisation: polls remain
                     await node.follow_root(_trusted_root(mirror))  # root rotations
