@@ -103,6 +103,11 @@ def _leave(code: str | int | None) -> NoReturn:
     if isinstance(code, str):
         print(code, file=sys.stderr)
         code = 1
+    # The command is over: a second signal (`timeout` sends SIGTERM to the
+    # process and again to its group; an impatient second Ctrl-C) must not
+    # raise inside the exit handlers, which print it as a traceback.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with it closed

@@ -51,6 +51,22 @@ def test_exit_handlers_still_run(tmp_path: Path) -> None:
     assert proc.returncode == 0 and mark.read_text() == "ran"
 
 
+def test_a_second_signal_while_exit_handlers_run_is_no_traceback(tmp_path: Path) -> None:
+    """``timeout`` sends SIGTERM to a command and again to its group: the
+    second reached a mirror while its exit handlers ran, with SIGTERM still
+    raising KeyboardInterrupt, and Python printed it as a traceback."""
+    mark = tmp_path / "mark"
+    proc = _python(
+        "import atexit, os, signal, time; from tufmesh.cli import _interrupt, _leave\n"
+        "signal.signal(signal.SIGTERM, _interrupt)\n"
+        "def handler():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT)\n"
+        f"    time.sleep(0.2); open({str(mark)!r}, 'w').write('ran')\n"
+        "atexit.register(handler); _leave(0)"
+    )
+    assert proc.returncode == 0 and proc.stderr == "" and mark.read_text() == "ran"
+
+
 def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
     """``tufmesh origin status | head -1`` said "Error: Broken pipe"."""
     from tests.helpers.origin import init_repo
