@@ -281,9 +281,14 @@ def get(
                             "length": result.length,
                             "cached": result.cached,
                             "transfer_seconds": round(result.transfer_seconds, 4),
-                            "bytes_by_source": used,
+                            "bytes_by_source": used,  # (a chunk manifest's bytes included)
+                            "chunks_by_source": {
+                                name: s.chunks for name, s in result.sources.items() if s.chunks
+                            },
                             "banned": {
-                                name: s.banned for name, s in result.sources.items() if s.banned
+                                name: s.banned
+                                for name, s in result.sources.items()
+                                if s.banned and not s.left
                             },
                         }
                     )

@@ -213,8 +213,15 @@ def _run(work: Path, size: int) -> None:
         same = (out / artifact.name).read_bytes() == artifact.read_bytes()
         click.echo(f"    {out / artifact.name}: {'identical' if same else 'DIFFERENT'} bytes")
         for n, url in enumerate(mirrors, 1):
-            share = result["bytes_by_source"].get(url, 0)
-            click.echo(f"    from mirror {n}: {format_size(share)}")
+            sent = result["bytes_by_source"].get(url, 0)
+            chunks = result["chunks_by_source"].get(url, 0)
+            if chunks:
+                said = f"{format_size(sent)} ({chunks} chunks)"
+            elif sent:  # the manifest, checked against its signed CID
+                said = f"no chunk (its chunk manifest, {format_size(sent)}, verified)"
+            else:
+                said = "nothing"
+            click.echo(f"    from mirror {n}: {said}")
         caught = "bad chunk" in (result["banned"].get(mirrors[2]) or "")
         verdict = "rejected, mirror 3 banned" if caught else "NOT caught"
         click.echo(f"    mirror 3's corrupt chunks: {verdict}")

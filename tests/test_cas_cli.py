@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -214,6 +215,9 @@ def test_demo_runs_and_verifies() -> None:
     assert "every byte was verified, and the corrupt mirror was caught" in proc.stdout
     assert "identical bytes" in proc.stdout
     assert "rejected, mirror 3 banned" in proc.stdout
+    # Mirror 3 served no chunk (perhaps its chunk manifest, verified): said so.
+    assert re.search(r"from mirror 3: (no chunk \(its chunk manifest|nothing)", proc.stdout)
+    assert re.search(r"from mirror [12]: [0-9.]+ MiB \([0-9]+ chunks\)", proc.stdout)
     # Snapshots: the repository's first, the claim's, the targets keys'
     # rotation that ends the claim's ceremony, and the release.
     assert proc.stdout.count("holds snapshot v4") == 3
