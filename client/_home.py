@@ -30,6 +30,8 @@ def check_url(url: object) -> str:
     """``url`` without a trailing slash, once checked to be a usable HTTP(S) URL."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise UsageError(f"not an HTTP(S) URL: {url!r}")
+    if any(c.isspace() or not c.isprintable() for c in url):  # (a pasted trailing space)
+        raise UsageError(f"not a usable URL: {url!r} (a space or a control character in it)")
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

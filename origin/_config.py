@@ -158,6 +158,12 @@ class OriginConfig:
         try:
             body: dict[str, Any] = json.loads(path.read_text())
         except FileNotFoundError:
+            for name, what in (("mirror.json", "a mirror's directory"),
+                               ("config.toml", "a client's home")):  # fmt: skip
+                if (repo / name).exists():
+                    raise OriginError(
+                        f"{repo} is {what}, not an origin's repository: give --dir the origin's"
+                    ) from None
             raise OriginError(
                 f"{repo} is not a tufmesh repository (no config.json); "
                 "create one with 'tufmesh origin init --dir REPO'"

@@ -1154,10 +1154,20 @@ def test_conformance_cli_on_any_tuf_repository(tmp_path: Path) -> None:
 def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: Path) -> None:
     home = tmp_path / "home"
     root = str(origin.repo / "metadata" / "1.root.json")
-    for bad in ("http://[::1", "http://127.0.0.1:99999", "http://x:0", "http://", "file:///etc"):
+    for bad in ("http://[::1", "http://127.0.0.1:99999", "http://x:0", "http://", "file:///etc",
+                f"{origin.url} ", f"{origin.url}\t"):  # fmt: skip
         proc = tufmesh("client", "init", root, "--origin", bad, "--home", str(home), check=False)
         assert proc.returncode == 1 and "URL" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+    # (A pasted trailing space was taken, and every sync of a mirror then
+    # failed on the host name.)
+    spaced = tufmesh("mirror", "run", "--dir", str(tmp_path / "m"), "--root", root,
+                     "--origin", f"{origin.url} ", check=False)  # fmt: skip
+    assert spaced.returncode == 1 and "a space or a control character" in spaced.stderr
+    # A client's home given as an origin's is named as such, not as "no repository".
+    tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
+    named = tufmesh("origin", "status", "--dir", str(home), check=False)
+    assert named.returncode == 1 and f"{home} is a client's home, not an origin's" in named.stderr
     # A password in a URL would be shown in messages and metrics, and a
     # mirror shares its peers' URLs with whoever asks: refused, and not said.
     with_password = origin.url.replace("http://", "http://op:s3cret@")
