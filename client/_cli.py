@@ -27,7 +27,7 @@ home_option = click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Client home [default: $TUFMESH_HOME/client or the XDG data dir].",
+    help="Client home.  [default: $TUFMESH_HOME/client or the XDG data dir]",
 )
 
 

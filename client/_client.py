@@ -708,7 +708,10 @@ def _normal(path: str) -> str:
     try:
         return target_path(project, filename)
     except TufmeshError:
-        raise NotInMetadataError(f"{path[:200]!r} is not an artifact path") from None
+        raise NotInMetadataError(
+            f"{path[:200]!r} is not an artifact path: give PROJECT/FILENAME "
+            "('tufmesh ls PROJECT' lists them)"
+        ) from None
 
 
 def _is_normal(path: str) -> bool:

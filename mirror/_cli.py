@@ -90,6 +90,8 @@ def run(
     """Replicate from peers and the origin; serve the verified tree over HTTP."""
     if p2p_only and p2p_port is None:
         raise UsageError("--p2p-only needs --p2p-port")
+    if p2p_port is not None and p2p_port == http_port != 0:
+        raise UsageError(f"--p2p-port and --http-port are both {p2p_port}: give each its own")
     from tufmesh.p2p import check_peer_address
 
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)

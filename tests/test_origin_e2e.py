@@ -875,7 +875,18 @@ def test_bootstrap_without_a_p2p_port_is_refused_not_ignored(repo: Path, tmp_pat
     ):  # fmt: skip
         proc = tufmesh(*args, check=False)
         assert proc.returncode == 1 and "needs --p2p-port" in proc.stderr, args
+    # One port for both: said as such, not as a port some other program took.
+    same = tufmesh("mirror", "run", "--dir", str(tmp_path / "m"), "--origin", "http://127.0.0.1:9",
+                   "--root", str(repo / "metadata" / "1.root.json"), "--http-port", "18099",
+                   "--p2p-port", "18099", check=False)  # fmt: skip
+    assert same.returncode == 1 and "are both 18099: give each its own" in same.stderr
     assert not (tmp_path / "m").exists()
+    # A name that is not PROJECT/FILENAME says what is wanted.
+    home = tmp_path / "home"
+    tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin",
+            "http://127.0.0.1:9", "--home", str(home))  # fmt: skip
+    bare = tufmesh("get", "example-1.0.tar.gz", "--home", str(home), check=False)
+    assert bare.returncode == 1 and "give PROJECT/FILENAME" in bare.stderr, bare.stderr
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # test_p2p_node
