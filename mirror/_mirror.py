@@ -19,6 +19,7 @@ next and will drive the same ``sync``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -326,6 +327,8 @@ class Mirror:
             report.error = str(exc)
         except OSError as exc:  # our own disk: full, read-only, gone
             report.error = f"cannot write in {self.dir}: {one_line(exc)}"
+        if report.error and os.strerror(errno.ENOSPC) in report.error:
+            report.error += " (free space, or have the mirror keep fewer bytes: --quota SIZE)"
         report.bytes_by_source = dict(fetched)
         report.seconds = time.monotonic() - started
         self.record(report)

@@ -991,6 +991,7 @@ def test_a_full_disk_fails_a_sync_and_the_mirror_serves_on(tmp_path: Path) -> No
     assert "Traceback" not in err, err
     failures = [line for line in err.splitlines() if "sync failed" in line]
     assert failures and all("cannot write" in f and "No space left" in f for f in failures), err
+    assert "(free space, or have the mirror keep fewer bytes: --quota SIZE)" in failures[0]
 
 
 @pytest.mark.attack
