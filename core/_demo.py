@@ -216,12 +216,12 @@ def _run(work: Path, size: int) -> None:
             sent = result["bytes_by_source"].get(url, 0)
             chunks = result["chunks_by_source"].get(url, 0)
             if chunks:
-                said = f"{format_size(sent)} ({chunks} chunks)"
+                share = f"{format_size(sent)} ({chunks} chunks)"
             elif sent:  # the manifest, checked against its signed CID
-                said = f"no chunk (its chunk manifest, {format_size(sent)}, verified)"
+                share = f"no chunk (its chunk manifest, {format_size(sent)}, verified)"
             else:
-                said = "nothing"
-            click.echo(f"    from mirror {n}: {said}")
+                share = "nothing"
+            click.echo(f"    from mirror {n}: {share}")
         caught = "bad chunk" in (result["banned"].get(mirrors[2]) or "")
         verdict = "rejected, mirror 3 banned" if caught else "NOT caught"
         click.echo(f"    mirror 3's corrupt chunks: {verdict}")

@@ -65,7 +65,7 @@ from tufmesh._durable import (
     prune_superseded,
     write_atomic,
 )
-from tufmesh.cas import MAX_CHUNK_SIZE, BlobStore, Manifest, cid_from_sha256, parse_cid
+from tufmesh.cas import MAX_CHUNK_SIZE, BlobStore, cid_from_sha256, parse_cid
 from tufmesh.errors import (
     ArtifactRefusedError,
     BinFullError,
@@ -146,9 +146,8 @@ _UNROTATED_HINT: Final = (
 #: reads. Names cost nothing (a one-byte blob backs thousands), so without a
 #: bound a project's developers could grow it by megabytes a minute.
 MAX_DROPPED_NAMES: Final = 10_000
-#: Blob and manifest pairs remembered as agreeing (a developer's entries name
-#: manifests the origin did not write; each is checked against its blob once).
-_MAX_DESCRIBED: Final = 4096
+#: Not a manifest's CID, nor None (a blob of one chunk has none).
+_NONE: Final = object()
 
 
 def _utcnow() -> datetime:
@@ -262,7 +261,6 @@ class OriginRepository(Repository):
         self.clock = clock or _utcnow
         self._signers: dict[str, list[Signer]] = {}
         self._missing: dict[str, list[str]] = {}  # why configured keys did not load
-        self._described: set[tuple[str, str]] = set()  # (blob, manifest) pairs that agree
         self._broken: list[str] | None = None  # see ``broken``
         self._bytes: dict[str, bytes] = {}
         self._md: dict[str, Metadata[Any]] = {}
@@ -882,6 +880,11 @@ class OriginRepository(Repository):
             if self.store.stat(canonical).size != artifact.length:
                 raise ArtifactRefusedError(f"{artifact.path}: its length and its blob's disagree")
             if artifact.manifest is not None:
+                if parse_cid(artifact.manifest)[0] != artifact.manifest:  # (clients compare)
+                    raise ArtifactRefusedError(
+                        f"{artifact.path}: its manifest's CID is not written as the origin "
+                        "writes one"
+                    )
                 manifest = self.store.read_manifest(artifact.manifest)
                 if (manifest.sha256, manifest.length, manifest.chunk_size) != (
                     digest,
@@ -891,7 +894,7 @@ class OriginRepository(Repository):
                     raise ArtifactRefusedError(
                         f"{artifact.path}: its chunk manifest is another blob's"
                     )
-                if digests and not self._describes(canonical, manifest):
+                if digests and self.store.manifest_of(canonical, manifest.chunk_size) != manifest:
                     # Every mirror and client would refuse the origin's honest
                     # chunks, and a mirror publishes a version only whole: one
                     # project's entry would stop every mirror's replication.
@@ -905,20 +908,6 @@ class OriginRepository(Repository):
             ) from None
         except StoreError as exc:
             raise ArtifactRefusedError(f"{artifact.path}: {exc}") from None
-
-    def _describes(self, cid: str, manifest: Manifest) -> bool:
-        """Whether ``manifest`` is the one the stored blob ``cid`` has: built
-        from its bytes once per pair (a version refused for another reason
-        and sent again costs no second read of every blob it names)."""
-        key = (cid, manifest.cid)
-        if key in self._described:
-            return True
-        if self.store.manifest_of(cid, manifest.chunk_size) != manifest:
-            return False
-        if len(self._described) >= _MAX_DESCRIBED:
-            self._described.clear()
-        self._described.add(key)
-        return True
 
     def _target_link(self, artifact: Artifact) -> Path:
         """``targets/<project>/<sha256>.<filename>``: where clients fetch it."""
@@ -1210,12 +1199,17 @@ class OriginRepository(Repository):
 
     # -- claimed projects: metadata their developers sign (docs/adr/0022) -------
 
-    def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+    def take_owned(
+        self, project: str, data: bytes, uploads: Mapping[str, str | None] | None = None
+    ) -> tuple[int, int]:
         """Publish claimed ``project``'s next metadata version, signed by its
         developers (``data``, as they sent it): the artifacts it adds must be
         stored, the ones it keeps unchanged, and the ones it drops are removed
-        (their names never used again). Returns the role's version and the
-        snapshot's."""
+        (their names never used again). With ``uploads`` (what the server
+        stored for the project: blob to the manifest it made), each blob it
+        adds must be one of them, or one the project publishes, with that
+        manifest: nothing is hashed, and another project's blobs are not the
+        developers' to name. Returns the role's version and the snapshot's."""
         role = owned_role(project)
         if role not in self._md:
             raise OwnedMetadataError(
@@ -1233,7 +1227,7 @@ class OriginRepository(Repository):
             now=self.clock(),
             limit=self.config.max_bin_bytes,
         )
-        self._adopt(project, md, data, dict(current.targets))
+        self._adopt(project, md, data, dict(current.targets), uploads=uploads)
         return md.signed.version, int(self._md["snapshot"].signed.version)
 
     def claim(
@@ -1349,13 +1343,14 @@ class OriginRepository(Repository):
         previous: dict[str, TargetFile],
         *,
         ceremony: bool = False,
+        uploads: Mapping[str, str | None] | None = None,
     ) -> None:
         """Publish ``md`` (as ``data``) as the project's role: its new artifacts
         checked against the store, pinned and linked, those it drops recorded
         as removed, then a new snapshot and timestamp. Undone on failure."""
         role = owned_role(project)
         removed = self.removed()
-        adding, dropped = self._vet(project, md, previous, ceremony=ceremony)
+        adding, dropped = self._vet(project, md, previous, ceremony=ceremony, uploads=uploads)
         now = self.clock().isoformat(timespec="seconds")
         recorded = dict(removed)  # as it was
         linked: list[Path] = []
@@ -1397,10 +1392,13 @@ class OriginRepository(Repository):
         previous: dict[str, TargetFile],
         *,
         ceremony: bool = False,
+        uploads: Mapping[str, str | None] | None = None,
     ) -> tuple[list[Artifact], list[str]]:
         """Check a claimed project's new version against the repository before
-        anything changes (what it adds stored, what it keeps unchanged, removed
-        names not reused, the quota); return what it adds and what it drops."""
+        anything changes (what it adds stored, with the chunk manifest its
+        bytes give: ``uploads`` says which, see :meth:`take_owned`, else
+        they are read; what it keeps unchanged, removed names not reused, the
+        quota); return what it adds and what it drops."""
         removed = self.removed()
         adding: list[Artifact] = []
         listed: defaultdict[str, list[str]] = defaultdict(list)
@@ -1441,11 +1439,19 @@ class OriginRepository(Repository):
         # The store last, once a blob and manifest: many entries naming one
         # large manifest held the committer (every project's) for minutes.
         checked: set[tuple[str, str, str | None, int, int]] = set()
+        made = {} if uploads is None else _manifests_made(uploads, previous)
         for artifact in adding:
             blobs = (artifact.cid, artifact.sha256, artifact.manifest, artifact.length,
                      artifact.chunk_size)  # fmt: skip
             try:
-                self._check(artifact, blobs=blobs not in checked, digests=True)
+                if uploads is not None and made.get(artifact.cid, _NONE) != artifact.manifest:
+                    raise ArtifactRefusedError(
+                        f"{artifact.path}: not among {project}'s uploads"
+                        if artifact.cid not in made
+                        else f"{artifact.path}: its chunk manifest is not the one the origin "
+                        "made of its upload (another chunk size, or other digests)"
+                    )
+                self._check(artifact, blobs=blobs not in checked, digests=uploads is None)
             except ArtifactRefusedError as exc:
                 raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
             checked.add(blobs)
@@ -1752,6 +1758,21 @@ def read_removed(repo: Path) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError) as exc:
         raise OriginError(f"cannot read {repo / 'removed.json'}: {exc}") from None
     return data
+
+
+def _manifests_made(
+    uploads: Mapping[str, str | None], previous: dict[str, TargetFile]
+) -> dict[str, str | None]:
+    """Blob to chunk manifest, for the blobs a claimed project may add: those
+    stored for it (``uploads``: the manifest the origin made of each), and
+    those it publishes (the manifest checked when each was added)."""
+    made: dict[str, str | None] = {}
+    for target in previous.values():
+        with contextlib.suppress(OwnedMetadataError):
+            artifact = Artifact.from_target(target)
+            made[artifact.cid] = artifact.manifest
+    made.update(uploads)
+    return made
 
 
 def _is_cid(value: object) -> TypeGuard[str]:

@@ -239,10 +239,11 @@ class OriginService:
         #: Bytes stored for claimed projects and not yet in their signed
         #: metadata: counted against their quota until the developers' next
         #: version, or the next collection, which deletes what is left.
-        #: (Per project, CID -> (file name, length): the same bytes sent again
-        #: count once, other bytes under the same name twice, as both are on
-        #: the disk.)
-        self.staged: defaultdict[str, dict[str, tuple[str, int]]] = defaultdict(dict)
+        #: (Per project, CID -> (file name, length, the chunk manifest made of
+        #: it: a version may add only these, or what the project publishes):
+        #: the same bytes sent again count once, other bytes under the same
+        #: name twice, as both are on the disk.)
+        self.staged: defaultdict[str, dict[str, tuple[str, int, str | None]]] = defaultdict(dict)
         #: Bytes of uploads stored and then refused (other bytes under a
         #: published or removed name): on the disk until the next collection,
         #: and counted against their project's quota until then.
@@ -284,7 +285,7 @@ class OriginService:
         for what is stored under file name ``besides`` (before an upload's
         body: the same bytes sent again count once)."""
         used = self.committer.used.get(project, 0) + self.wasted(project)
-        return used + sum(n for name, n in self.staged[project].values() if name != besides)
+        return used + sum(n for name, n, _ in self.staged[project].values() if name != besides)
 
     def wasted(self, project: str) -> int:
         """Bytes of ``project``'s uploads stored and then refused, on the disk
@@ -1259,7 +1260,7 @@ def build_app(service: OriginService) -> ByteCounter:
                 f"{project} would hold {held:,} bytes of artifacts and uploads awaiting "
                 f"its signature, past its quota of {repo_config.project_quota:,}",
             )
-        staged[artifact.cid] = (filename, artifact.length)
+        staged[artifact.cid] = (filename, artifact.length, artifact.manifest)
         body = {
             "target": artifact.path,
             "length": artifact.length,
@@ -1307,7 +1308,8 @@ def build_app(service: OriginService) -> ByteCounter:
         except ClientDisconnect:
             return NoAnswer()
         try:
-            version, snapshot = await service.committer.take_owned(project, bytes(data))
+            uploads = {cid: made for cid, (_, _, made) in service.staged[project].items()}
+            version, snapshot = await service.committer.take_owned(project, bytes(data), uploads)
         except OwnedMetadataError as exc:
             return _error(400, str(exc))
         except ConflictError as exc:

@@ -121,9 +121,11 @@ class Committer(Protocol):
 
     async def refresh(self) -> list[str]: ...
 
-    async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
-        """Publish a claimed project's own signed metadata (see
-        :meth:`OriginRepository.take_owned`)."""
+    async def take_owned(
+        self, project: str, data: bytes, uploads: dict[str, str | None]
+    ) -> tuple[int, int]:
+        """Publish a claimed project's own signed metadata, adding only blobs
+        of ``uploads`` or of the project (see :meth:`OriginRepository.take_owned`)."""
         ...
 
 
@@ -154,9 +156,12 @@ class LocalCommitter:
             self.state = CommitState.of(self.repo)
         return refreshed
 
-    async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
+    async def take_owned(
+        self, project: str, data: bytes, uploads: dict[str, str | None]
+    ) -> tuple[int, int]:
         def take() -> tuple[tuple[int, int], int]:
-            return self.repo.take_owned(project, data), self.repo.project_bytes()[project]
+            taken = self.repo.take_owned(project, data, uploads)
+            return taken, self.repo.project_bytes()[project]
 
         async with self._lock:
             done: tuple[tuple[int, int], int] = await self.run_sync(take)
@@ -278,8 +283,15 @@ class SignerProcess:
         refreshed: list[str] = (await self._call({"op": "refresh"}))["refreshed"]
         return refreshed
 
-    async def take_owned(self, project: str, data: bytes) -> tuple[int, int]:
-        request = {"op": "owned", "project": project, "data": base64.b64encode(data).decode()}
+    async def take_owned(
+        self, project: str, data: bytes, uploads: dict[str, str | None]
+    ) -> tuple[int, int]:
+        request = {
+            "op": "owned",
+            "project": project,
+            "data": base64.b64encode(data).decode(),
+            "uploads": uploads,
+        }
         reply = await self._call(request)
         if "refused" in reply:
             refusal = _result_from_json(reply["refused"])
@@ -335,7 +347,9 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
             elif request["op"] == "owned":
                 project = request["project"]
                 try:
-                    version, snapshot = repo.take_owned(project, base64.b64decode(request["data"]))
+                    version, snapshot = repo.take_owned(
+                        project, base64.b64decode(request["data"]), request["uploads"]
+                    )
                     answer = {"version": version, "snapshot_version": snapshot}
                 except (ConflictError, QuotaError, ArtifactRefusedError, OwnedMetadataError) as exc:
                     answer = {"refused": _result_to_json(exc)}  # the developers' to know

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from multiformats import CID
 from securesystemslib.signer import CryptoSigner, Key, Signer
 from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
@@ -36,6 +37,7 @@ from tests.helpers.origin import (
 from tufmesh.cas import Manifest
 from tufmesh.client import Client, SourceHealth
 from tufmesh.errors import (
+    ArtifactRefusedError,
     ConflictError,
     MetadataRefusedError,
     NotInMetadataError,
@@ -360,9 +362,16 @@ def test_a_projects_entries_must_describe_their_blobs_chunk_by_chunk(tmp_path: P
                            {"custom": dict(custom, manifest=forged.cid)})  # fmt: skip
         boolean = target_of(one, "demo")
         boolean.length = True
+        # Another project's upload (its bytes known to whoever can guess them).
+        other_token = add_project(repo, "other")
+        theirs = tmp_path / "theirs-1.0.tar.gz"
+        theirs.write_bytes(os.urandom(2 << 20))
+        assert post(url, "other", theirs.name, theirs.read_bytes(), other_token).is_success
+        borrowed = target_of(theirs, "demo")
         for bad, said in [
-            (lying, "its chunk manifest's digests are not its blob's chunks"),
+            (lying, "its chunk manifest is not the one the origin made of its upload"),
             (boolean, "not an entry as the origin writes one"),
+            (borrowed, "demo/theirs-1.0.tar.gz: not among demo's uploads"),
         ]:
             answer = _send(url, token, _with(current, signer, bad))
             assert answer.status_code == 400 and said in answer.json()["error"], answer.text
@@ -372,6 +381,33 @@ def test_a_projects_entries_must_describe_their_blobs_chunk_by_chunk(tmp_path: P
         with Client(tmp_path / "c", root, [SourceHealth(url)]) as client:
             client.download("demo/demo-4.0.tar.gz", tmp_path / "got")
         assert (tmp_path / "got" / big.name).read_bytes() == big.read_bytes()
+
+
+def test_a_ceremony_reads_the_blob_of_each_new_entry_for_its_chunks(tmp_path: Path) -> None:
+    """With no server to say what it made of the uploads (a claim's ceremony,
+    the origin stopped), a new entry's manifest is checked against its
+    blob's bytes, and its CID must be written as the origin writes one."""
+    origin = OriginRepository.create(tmp_path / "repo")
+    signer = CryptoSigner.generate_ed25519()
+    origin.claim("demo", [signer.public_key], 1, claim_request("demo", signer, []).data)
+    body = os.urandom(3 << 20)
+    manifest = origin.store.put_chunked(body)[1]
+    forged = dataclasses.replace(manifest, digests=manifest.digests[::-1])
+    origin.store.put(forged.encoded)
+    (tmp_path / "demo-1.0.tar.gz").write_bytes(body)
+    entry = target_of(tmp_path / "demo-1.0.tar.gz", "demo")
+    current = Metadata[Targets].from_bytes(
+        (tmp_path / "repo/metadata/1.project-demo.json").read_bytes()
+    )
+    custom = entry.unrecognized_fields["custom"]
+    spelt = CID.decode(manifest.cid).encode("base58btc")  # the same CID, written otherwise
+    for other, said in [(forged.cid, "digests are not its blob's chunks"),
+                        (spelt, "not written as the origin writes one")]:  # fmt: skip
+        bad = TargetFile(entry.length, entry.hashes, entry.path,
+                         {"custom": dict(custom, manifest=other)})  # fmt: skip
+        with pytest.raises(ArtifactRefusedError, match=said):
+            origin.take_owned("demo", next_version(current, [signer], add=[bad], project="demo"))
+    assert origin.take_owned("demo", next_version(current, [signer], add=[entry], project="demo"))
 
 
 def test_a_claim_of_version_true_is_not_version_1(tmp_path: Path) -> None:

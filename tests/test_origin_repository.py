@@ -657,11 +657,11 @@ def test_the_serving_origin_collects_what_no_published_artifact_pins(tmp_path: P
     # Refused bytes that something published pins (kept's, sent again under a
     # name in other case) are never collected: they stop counting too.
     service.refused["p"] = {refused.cid: 22, fresh: 32, kept.cid: 9}
-    service.staged["q"] = {fresh: ("f-1.whl", 32)}
+    service.staged["q"] = {fresh: ("f-1.whl", 32, None)}
 
     _run_for(service.run_collector, service.config.gc_interval + 1)
     assert service.refused == {"p": {fresh: 32}} and service.staged == {
-        "q": {fresh: ("f-1.whl", 32)}
+        "q": {fresh: ("f-1.whl", 32, None)}
     }
     assert service.held("p") == service.committer.used.get("p", 0) + 32
     assert service.collected == 2
