@@ -1185,12 +1185,12 @@ class OriginRepository(Repository):
     def _release(self, project: str, cids: Iterable[str]) -> list[str]:
         """Unpin, from ``project``'s pin set, those of ``cids`` that nothing
         published in the project names any more; return them."""
-        still = {
-            t.unrecognized_fields.get("custom", {}).get(key)
-            for t in self.artifacts()
-            if t.path.startswith(f"{project}/")
-            for key in ("cid", "manifest")
-        }
+        still = set()
+        for target in self.artifacts():
+            custom = target.unrecognized_fields.get("custom")
+            if target.path.startswith(f"{project}/") and isinstance(custom, dict):
+                # (an entry signed with stolen online keys may hold anything)
+                still.update(c for c in (custom.get("cid"), custom.get("manifest")) if _is_cid(c))
         unused = [cid for cid in cids if cid not in still]
         if unused:
             with contextlib.suppress(PinError):  # no pin set: nothing to unpin

@@ -1197,6 +1197,17 @@ def test_a_removal_of_an_entry_naming_no_cid_as_its_blob_finishes(tmp_path: Path
     (repo.dir / "removed.json").write_text(json.dumps(record))
     OriginRepository(repo.dir).remove(["p/evil-1.tar.gz"])
     assert not repo.store.has(bad.cid)
+    # Nor does another entry of the project whose custom is no object, or
+    # names a list as its CID, stop a removal after its commit.
+    again = OriginRepository(repo.dir)
+    good = stored(again, "p/good-1.tar.gz", b"good")
+    assert again.publish([good]) == [4]
+    for path, custom in [("p/odd-1.tar.gz", ["x"]), ("p/odd-2.tar.gz", {"cid": ["x"]})]:
+        with again.edit_targets(again.succinct.get_role_for_target(path)) as targets:
+            targets.targets[path] = TargetFile(1, {"sha256": "ab" * 32}, path, {"custom": custom})
+    again._commit()  # (what stolen online keys could sign)
+    OriginRepository(repo.dir).remove(["p/good-1.tar.gz"])
+    assert not repo.store.has(good.cid)
 
 
 def test_a_full_disk_is_a_507_with_a_reason_and_leaves_nothing(
