@@ -1185,7 +1185,7 @@ class OriginRepository(Repository):
     def _release(self, project: str, cids: Iterable[str]) -> list[str]:
         """Unpin, from ``project``'s pin set, those of ``cids`` that nothing
         published in the project names any more; return them."""
-        still = set()
+        still: set[str] = set()
         for target in self.artifacts():
             custom = target.unrecognized_fields.get("custom")
             if target.path.startswith(f"{project}/") and isinstance(custom, dict):
