@@ -21,6 +21,8 @@ once per snapshot version and then answered from memory.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import html
 import json
 import os
@@ -171,6 +173,7 @@ class _Index:
         # The last failure of each artifact's download: requests that waited
         # for that download share it, instead of each trying again in turn.
         self._failed: dict[str, tuple[float, TufmeshError]] = {}
+        self._serving: dict[Path, int] = {}  # files being sent, held from eviction
         self.index: ProjectIndex | None = None
         self.snapshot = -1
         self.expires = 0.0  # the index's timestamp expiry (Unix time)
@@ -205,10 +208,15 @@ class _Index:
             self.refreshed = now
             return self.index
 
-    def fetch(self, project: str, filename: str, asked: float | None = None) -> Path:
+    def fetch(
+        self, project: str, filename: str, asked: float | None = None, *, hold: bool = False
+    ) -> Path:
         """The verified artifact, downloaded into the proxy's cache if need be.
         If a download of it that ended after ``asked`` (``time.monotonic()``:
-        when the request came; default now) failed, its error."""
+        when the request came; default now) failed, its error. With ``hold``,
+        the file is kept from eviction until :meth:`release` (while it is
+        sent: another request's eviction deleted files between their fetch
+        and their answer, a 500 or a body cut short)."""
         index = self.current()
         entry = next((f for f in index.files(project) if f.filename == filename), None)
         if entry is None:
@@ -230,8 +238,20 @@ class _Index:
                 else:
                     raise
             os.utime(path)  # served now: the last to go
+            if hold:
+                with self.lock:
+                    key = path.resolve()
+                    self._serving[key] = self._serving.get(key, 0) + 1
         self._evict(keep=path)
         return path
+
+    def release(self, path: Path) -> None:
+        """``path``, held by :meth:`fetch`, is sent (or its answer given up)."""
+        with self.lock:
+            key = path.resolve()
+            held = self._serving.pop(key, 0) - 1
+            if held > 0:
+                self._serving[key] = held
 
     def _evict(self, keep: Path) -> None:
         """Delete the least recently served files (unfinished downloads too)
@@ -253,7 +273,7 @@ class _Index:
             artifact = f"{path.parent.name}/{path.name.removesuffix('.part')}"
             with self.lock:
                 lock = self._files.get(artifact)
-                if path == keep or (lock is not None and lock.locked()):
+                if path == keep or path in self._serving or (lock is not None and lock.locked()):
                     continue  # served or written now
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -271,11 +291,17 @@ class _Index:
         with lock:
             failed = self._failed.get(path)
             if failed is not None and failed[0] >= asked:
-                raise failed[1]
+                # A copy: raising the one object again in every waiter grew
+                # its traceback by each one's frames, and kept them alive.
+                raise copy.copy(failed[1]) from None
             try:
                 yield
             except TufmeshError as exc:
-                self._failed[path] = (time.monotonic(), exc)
+                now = time.monotonic()
+                with self.lock:  # (what is older than any request waiting now goes)
+                    for stale in [p for p, (t, _) in self._failed.items() if t < now - 600]:
+                        del self._failed[stale]
+                    self._failed[path] = (now, copy.copy(exc))
                 raise
             self._failed.pop(path, None)
 
@@ -296,6 +322,19 @@ async def serve_proxy(
     from starlette.routing import Route
 
     from tufmesh.origin._server import ByteCounter, start_http
+
+    class Held(FileResponse):
+        """A file held from eviction while it is sent, however its answer ends."""
+
+        def __init__(self, path: Path, release: Callable[[], None]) -> None:
+            super().__init__(path, media_type="application/octet-stream")
+            self.release = release
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.release()
 
     index = _Index(home, cache_size)
     pages, files = trio.CapacityLimiter(PAGE_THREADS), trio.CapacityLimiter(FILE_THREADS)
@@ -323,12 +362,11 @@ async def serve_proxy(
         project, filename = request.path_params["project"], request.path_params["filename"]
         try:
             asked = time.monotonic()  # a download failing after it fails this request too
-            path = await trio.to_thread.run_sync(
-                index.fetch, project, filename, asked, limiter=files
-            )
+            fetch = functools.partial(index.fetch, project, filename, asked, hold=True)
+            path = await trio.to_thread.run_sync(fetch, limiter=files)
         except TufmeshError as exc:
             return refused(exc)
-        return FileResponse(path, media_type="application/octet-stream")
+        return Held(path, functools.partial(index.release, path))
 
     app = Starlette(
         routes=[

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -220,6 +221,39 @@ def test_the_cache_keeps_the_files_served_last_within_its_size(tmp_path: Path) -
         assert sorted(p.name for p in cache.iterdir()) == [names[0], names[2]]
         assert index.fetch("tinypkg", names[1]).read_bytes() == bodies[names[1]]
         assert sorted(p.name for p in cache.iterdir()) == [names[1], names[2]]
+        # A file being sent is not evicted by another request's fetch (it was,
+        # between the fetch and the answer: a 500, or a body cut short).
+        sent = index.fetch("tinypkg", names[3], hold=True)
+        index.fetch("tinypkg", names[0])
+        index.fetch("tinypkg", names[1])
+        assert sent.exists()
+        index.release(sent)
+        index.fetch("tinypkg", names[2])
+        assert not sent.exists()
+
+
+def test_requests_that_waited_share_a_failure_as_copies(tmp_path: Path) -> None:
+    """Every waiter raised the one exception again: its traceback grew by
+    each one's frames, which it kept alive."""
+    from tufmesh.client._proxy import _Index
+    from tufmesh.errors import ClientError
+
+    index = _Index(tmp_path / "home")
+    asked = time.monotonic()
+    with pytest.raises(ClientError) as first, index._downloading("p/f", asked):
+        raise ClientError("every source failed")
+    raised = []
+    for _ in range(50):
+        with pytest.raises(ClientError) as shared, index._downloading("p/f", asked):
+            pytest.fail("a waiter downloads again")  # pragma: no cover
+        raised.append(shared.value)
+    assert all(str(e) == "every source failed" for e in raised)
+    assert len({id(e) for e in raised} | {id(first.value)}) == 51
+    depth = lambda e: len(list(traceback.walk_tb(e.__traceback__)))  # noqa: E731
+    assert max(depth(e) for e in raised) < 5
+    # A request that came after the failure downloads again.
+    with index._downloading("p/f", time.monotonic()):
+        pass
 
 
 def test_the_index_follows_new_releases_and_outlives_a_short_outage(
