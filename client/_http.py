@@ -108,11 +108,15 @@ class RangePool:
         with trio.move_on_after(self.connect_timeout):
             try:  # IPv4 or IPv6, each address in the resolver's order
                 found = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # (a name IDNA cannot encode)
                 raise HttpError(f"cannot connect: {_reason(exc)}") from None
             failure = HttpError(f"cannot connect: no address for {host}")
             for family, kind, proto, _, address in found:
-                sock = trio.socket.socket(family, kind, proto)
+                try:
+                    sock = trio.socket.socket(family, kind, proto)
+                except OSError as exc:  # (an IPv6 address where IPv6 is off)
+                    failure = HttpError(f"cannot connect: {_reason(exc)}")
+                    continue
                 try:
                     return await self._handshake(scheme, host, sock, address)
                 except (OSError, trio.BrokenResourceError) as exc:

@@ -186,6 +186,20 @@ def test_a_connection_cancelled_while_it_opens_leaves_no_socket_behind() -> None
     assert not leaks, [str(w.message) for w in leaks]
 
 
+def test_a_name_the_resolver_cannot_take_is_a_connection_failure() -> None:
+    """A host name IDNA cannot encode (a label past 63 characters) raised
+    UnicodeError out of the download, past the handling of a source's
+    failures."""
+
+    async def main() -> None:
+        pool = RangePool(connect_timeout=5, read_timeout=5)
+        with pytest.raises(HttpError, match="cannot connect"):
+            await pool.fetch(f"http://{'a' * 64}.example", "/x", 0, 1, 1, lambda n: None)
+        pool.close()
+
+    trio.run(main)
+
+
 def test_tls_failures_are_said_in_words() -> None:
     """https:// to a plain HTTP port said '[SSL: WRONG_VERSION_NUMBER] wrong
     version number (_ssl.c:1006)'."""
