@@ -166,6 +166,19 @@ class Holders:
         held: dict[str, Key] = {}
         materials = set()
         for keyid, fields in keys:
+            # Only what a key is: anything else would go, as given, into the
+            # targets metadata every client reads (a number of 400 digits, say).
+            value = fields.get("keyval") if isinstance(fields, dict) else None
+            if (
+                not isinstance(value, dict)
+                or set(fields) != {"keytype", "scheme", "keyval"}
+                or set(value) != {"public"}
+                or not all(isinstance(fields[f], str) for f in ("keytype", "scheme"))
+                or not isinstance(value["public"], str)
+            ):
+                raise ValueError(
+                    f"key {str(keyid)[:16]}... is not keytype, scheme and keyval.public alone"
+                )
             key = Key.from_dict(keyid, dict(fields))
             if not isinstance(key, SSlibKey) or keyid != compute_default_keyid(
                 key.keytype, key.scheme, key.keyval

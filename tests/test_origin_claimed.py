@@ -1227,6 +1227,15 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
         odd.write_text(json.dumps({**claim.to_dict(), "threshold": threshold}))
         with pytest.raises(UsageError, match=r"is not a signing request.*a threshold of"):
             read_request(odd)
+    # A key of more fields than a key has would carry them into the targets
+    # metadata every client reads.
+    for extra in ({"x-huge": 10**400}, {"keyval": {"public": "ab", "more": True}}):
+        odd = tmp_path / "odd.json"
+        request = claim.to_dict()
+        request["keys"][1] = {**request["keys"][1], **extra}
+        odd.write_text(json.dumps(request))
+        with pytest.raises(UsageError, match=r"is not keytype, scheme and keyval\.public alone"):
+            read_request(odd)
     # Cosigning notes the project's keys beside the key.
     signed = cosign(claim, DeveloperKey(c, tmp_path / "c.versions.json"))
     assert set(signed.metadata.signatures) == {a.public_key.keyid, c.public_key.keyid}
