@@ -1205,8 +1205,9 @@ def test_a_damaged_metadata_cache_heals_and_a_new_root_is_said(
     listing = tufmesh("ls", "demo", "--home", str(home), check=False)
     assert listing.returncode == 0 and SMALL in listing.stdout, listing.stderr
     other = init_repo(tmp_path / "other")
-    again = tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
-                    "--origin", origin.url, "--home", str(home)).stdout  # fmt: skip
+    with running(other) as served:
+        again = tufmesh("client", "init", str(other / "metadata" / "1.root.json"),
+                        "--origin", served.url, "--home", str(home)).stdout  # fmt: skip
     assert "the trusted root was replaced" in again
 
 
