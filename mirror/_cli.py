@@ -138,6 +138,12 @@ def run(
             banner=banner,
             where=f"{host}:{http_port}",
         )
+        if kept := _fetched_so_far(mirror_dir / "incoming"):  # stopped mid-sync
+            click.echo(
+                f"the sync under way kept {format_size(kept)} of verified chunks in "
+                f"{mirror_dir / 'incoming'}: the next run resumes from them",
+                err=True,
+            )
     finally:  # (a failure, or a stop, Ctrl-C, before it served)
         if created and not serving:  # it never served (a port taken): nothing to keep
             shutil.rmtree(mirror_dir, ignore_errors=True)

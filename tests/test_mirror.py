@@ -396,6 +396,26 @@ def test_a_mirror_says_it_is_starting_until_its_first_sync_ends(tmp_path: Path) 
     assert health["status"] == "starting" and health["snapshot_version"] == 0, health
 
 
+def test_a_mirror_stopped_mid_sync_says_what_it_kept(tmp_path: Path) -> None:
+    """Stopped during a (first) sync, it said only "stopped": the verified
+    chunks it keeps for the next run went unsaid."""
+    repo = init_repo(tmp_path / "repo")
+    token = add_project(repo, "demo")
+    log: list[str] = []
+    with running(repo) as origin:
+        assert post(origin.url, "demo", "big-1.tar.gz", os.urandom(6 << 20), token).is_success
+        with helper_mirrors(repo, "slow") as (slow,):  # 1 s a chunk: a sync of seconds
+            root = repo / "metadata" / "1.root.json"
+            with mirror_process(tmp_path / "m", root, slow.url, log=log):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not any(
+                    p.stat().st_blocks for p in (tmp_path / "m" / "incoming").glob("*.part")
+                ):
+                    time.sleep(0.2)
+    assert "stopped" in log[0] and "of verified chunks in " in log[0], log[0]
+    assert f"{tmp_path / 'm' / 'incoming'}: the next run resumes from them" in log[0]
+
+
 def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None:
     repo, m = init_repo(tmp_path / "repo"), tmp_path / "m"
     m.mkdir()
