@@ -59,8 +59,10 @@ def read_root(path: Path) -> bytes:
         root = Metadata[Root].from_bytes(data)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    except Exception as exc:  # python-tuf raises several deserialization errors
-        raise UsageError(f"{path} is not TUF root metadata: {exc}") from None
+    except Exception:  # python-tuf raises several deserialization errors
+        raise UsageError(
+            f"{path} is not TUF metadata (the repository's 1.root.json, from its maintainers)"
+        ) from None
     if not isinstance(root.signed, Root):
         raise UsageError(f"{path} is not root metadata")
     try:

@@ -132,7 +132,7 @@ upload_rate_option = click.option(
     type=SIZE,
     default=None,
     callback=check_upload_rate,
-    help="Cap on bytes served per second (0: none).",
+    help="Cap on bytes served per second.  [default: none]",
 )
 
 

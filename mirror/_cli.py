@@ -65,11 +65,14 @@ def mirror() -> None:
               help="0 picks a free port.")  # fmt: skip
 @click.option("--poll", type=Finite(min=0.1, max=86400), default=60.0, show_default=True,
               help="Seconds between syncs.")  # fmt: skip
-@click.option("--projects", default=None, help="Mirror only these projects (comma-separated).")
-@click.option("--p2p-port", type=PORT, default=None, help="Join the peer-to-peer network here.")
+@click.option("--projects", default=None,
+              help="Mirror only these projects (comma-separated).  [default: all]")  # fmt: skip
+@click.option("--p2p-port", type=PORT, default=None,
+              help="Join the peer-to-peer network here.  [default: not joined]")  # fmt: skip
 @click.option("--bootstrap", multiple=True, help="A peer's multiaddr to dial (repeatable).")
 @upload_rate_option
-@click.option("--quota", type=SIZE, default=None, help="Keep at most this many bytes of artifacts.")
+@click.option("--quota", type=SIZE, default=None,
+              help="Keep at most this many bytes of artifacts.  [default: no limit]")  # fmt: skip
 @click.option("--p2p-only", is_flag=True,
               help="Peers reach this mirror over libp2p (no reachable HTTP port).")  # fmt: skip
 def run(

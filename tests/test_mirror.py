@@ -332,6 +332,10 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     assert wrong.returncode == 1, wrong.stderr
     assert "is not root metadata" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not m.exists()
+    # Another JSON file (the repository's config, say): what is wanted is said.
+    config = tufmesh(*args, "--root", str(repo / "config.json"), check=False)
+    assert config.returncode == 1 and "config.json is not TUF metadata (the repository's " \
+        "1.root.json, from its maintainers)" in config.stderr, config.stderr  # fmt: skip
     root = str(repo / "metadata" / "1.root.json")
     for extra, said in [
         (["--peer", "notaurl"], "not an HTTP(S) URL: 'notaurl'"),
