@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -422,6 +423,7 @@ class P2PNode:
         self.listen = f"/ip4/{host}/tcp/{port}"
         self._address = (host, port)
         self.bootstrap = list(bootstrap or [])
+        self._unreached: set[str] = set()  # bootstrap peers said to be out of reach
         self.on_announcement = on_announcement
         self.blob_source = blob_source
         self.have_source = have_source
@@ -554,9 +556,8 @@ class P2PNode:
             self._subscription = await pubsub.subscribe(self.topic)
             for address in self.bootstrap:
                 # A bootstrap peer that is down is not fatal: others, or
-                # the HTTP poll, still bring new versions.
-                with trio.move_on_after(10), contextlib.suppress(Exception):
-                    await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(address)))
+                # the HTTP poll, still bring new versions; it is said, once.
+                await self._dial(host, info_from_p2p_addr(multiaddr.Multiaddr(address)), address)
             self._pubsub = pubsub
             if self.blob_source is not None:
                 host.set_stream_handler(TProtocol(PROTOCOL), self._serve_blob)
@@ -604,8 +605,30 @@ class P2PNode:
             for address in self.bootstrap:
                 info = info_from_p2p_addr(multiaddr.Multiaddr(address))
                 if str(info.peer_id) not in connected:
-                    with trio.move_on_after(10), contextlib.suppress(Exception):
-                        await host.connect(info)
+                    await self._dial(host, info, address)
+
+    async def _dial(self, host: Any, info: Any, address: str) -> None:
+        """Dial a bootstrap peer; say once that it cannot be reached (an
+        operator's typo, or a peer down), and when it is reached again."""
+        reason = "no answer within 10 s"
+        with trio.move_on_after(10):
+            try:
+                await host.connect(info)
+            except Exception as exc:  # py-libp2p raises several kinds
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            else:
+                if address in self._unreached:
+                    self._unreached.discard(address)
+                    print(f"p2p: reached bootstrap peer {address}", file=sys.stderr, flush=True)
+                return
+        if address not in self._unreached:
+            self._unreached.add(address)
+            print(
+                f"p2p: cannot reach bootstrap peer {address} ({reason}); trying again every "
+                f"{REDIAL:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     @contextlib.contextmanager
     def _stream_slot(self, stream: Any) -> Iterator[str | None]:
