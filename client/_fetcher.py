@@ -385,7 +385,12 @@ class MultiSourceFetcher(FetcherInterface):
             # answer (python-tuf asks for root N+1 until it gets a 404). A
             # source that hides a file that exists is outvoted by any that has
             # it, since every source is asked before we get here.
-            raise DownloadHTTPError(f"{name}: not found on any source ({listing})", 404)
+            hint = (
+                ": is each a tufmesh origin's or mirror's URL?"
+                if name == "timestamp.json"  # (every repository has one)
+                else ""
+            )
+            raise DownloadHTTPError(f"{name}: not found on any source ({listing}){hint}", 404)
         raise SourcesFailedError(f"cannot fetch metadata ({name}) from any source: {listing}")
 
     def _newest(

@@ -32,7 +32,13 @@ from tests.helpers.origin import (
 from tufmesh.client import Client, ClientHome, FetchConfig, SchedulerConfig, SourceHealth
 from tufmesh.client._client import part_path
 from tufmesh.client._fetcher import METADATA_BASE, MultiSourceFetcher
-from tufmesh.errors import ClientError, MetadataRefusedError, NotInMetadataError, SourcesFailedError
+from tufmesh.errors import (
+    ClientError,
+    MetadataRefusedError,
+    NotInMetadataError,
+    SourcesFailedError,
+    TufmeshError,
+)
 
 BIG = "demo/demo-1.0.tar.gz"  # 6.5 chunks
 SMALL = "demo/demo-0.1.tar.gz"  # one chunk, no manifest
@@ -1164,6 +1170,10 @@ def test_unusable_urls_and_a_bad_config_are_one_line(origin: Server, tmp_path: P
     spaced = tufmesh("mirror", "run", "--dir", str(tmp_path / "m"), "--root", root,
                      "--origin", f"{origin.url} ", check=False)  # fmt: skip
     assert spaced.returncode == 1 and "a space or a control character" in spaced.stderr
+    # A URL with a typo in its path: every source says there is no timestamp.
+    with Client(tmp_path / "c", Path(root).read_bytes(), [f"{origin.url}/typo"], **FAST) as client:
+        with pytest.raises(TufmeshError, match="is each a tufmesh origin's or mirror's URL"):
+            client.artifacts()
     # A client's home given as an origin's is named as such, not as "no repository".
     tufmesh("client", "init", root, "--origin", origin.url, "--home", str(home))
     named = tufmesh("origin", "status", "--dir", str(home), check=False)
