@@ -359,6 +359,15 @@ class BlobStore:
                 final_path.parent.mkdir(exist_ok=True)
                 if self.config.fsync:
                     fsync_dir(self._blobs)
+            # A copy linked elsewhere too (a published artifact's target link)
+            # and intact is kept: replacing it broke that link, which the
+            # origin relinked at its next start, saying so. Its age starts
+            # now all the same.
+            with contextlib.suppress(FileNotFoundError, StoreError):
+                if final_path.stat().st_nlink > 1 and self._hash(cid, None)[1]:
+                    os.utime(final_path)
+                    tmp.unlink()
+                    return
             # Its age starts now (gc's grace period counts from the mtime: a
             # writer committed long after its last write was "old" at once).
             # Replacing an existing copy heals a corrupt one.

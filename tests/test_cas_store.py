@@ -236,6 +236,27 @@ def test_put_heals_a_corrupt_copy(store: BlobStore) -> None:
     store.verify(CID)
 
 
+def test_a_linked_intact_copy_is_kept_and_a_corrupt_one_healed(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """Storing bytes held already replaced the file: a published artifact's
+    hard link (the origin's targets/, a mirror's tree) was broken at each
+    upload of the same bytes, and relinked at the next start."""
+    cid = store.put(DATA)
+    link = tmp_path / "link"
+    os.link(store.path(cid), link)
+    old = time.time() - 3600
+    os.utime(store.path(cid), (old, old))
+    assert store.put(DATA) == cid
+    assert os.path.samefile(link, store.path(cid))  # the same file, still linked
+    assert store.path(cid).stat().st_mtime > old + 1800  # ...its age starting now
+    store.path(cid).chmod(0o644)
+    with open(store.path(cid), "r+b") as handle:  # gone bad on disk
+        handle.write(b"X")
+    store.put(DATA)
+    assert not os.path.samefile(link, store.path(cid)) and store.read(cid) == DATA
+
+
 def test_fsck_reports_and_quarantines(store: BlobStore) -> None:
     good = store.put(b"good")
     store.put(DATA)
