@@ -601,7 +601,8 @@ class Client:
             if stat.chunks and not stat.failures and clean:
                 if health.failures:
                     health.failures -= 1  # a clean run forgives an old failure, one at a time
-                health.last_error = None  # ...and its error is no longer the last word
+                if not health.failures:
+                    health.last_error = None  # ...and once all are, their reason
             health.failures += stat.failures
             self._failures_before[health.url] = health.failures
             if (stat.banned and not stat.left) or stat.last_error:

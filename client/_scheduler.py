@@ -616,6 +616,8 @@ class ChunkScheduler:
         stats = self.stats[source]
         stats.failures += 1
         stats.last_error = reason
+        if stats.left:  # dropped first ("not held there"), and it lied all the same
+            stats.left, stats.banned = False, f"sent a bad chunk ({reason})"
         self._ban(source, f"sent a bad chunk ({reason})")
         self._requeue(index)
 

@@ -41,6 +41,19 @@ def test_bad_chunk_bans_the_source_and_requeues_its_work() -> None:
     assert s.stats["liar"].chunks == 0
 
 
+def test_a_source_dropped_at_no_fault_that_then_lies_is_banned_for_it() -> None:
+    """A "not held there" for one chunk dropped the source at no fault
+    (``left``); a bad chunk it had in flight then was not said as a ban."""
+    s = ChunkScheduler(4, ["partial", "honest"], SchedulerConfig(per_source=2))
+    sent = [i for src, i in s.assign(0.0) if src == "partial"]
+    s.drop("partial", "HTTP 404: not held there")
+    assert s.stats["partial"].left and s.stats["partial"].banned
+    s.rejected("partial", sent[1], "BLAKE3 mismatch")
+    stats = s.stats["partial"]
+    assert not stats.left and "bad chunk (BLAKE3 mismatch)" in (stats.banned or "")
+    assert "partial" not in s.usable
+
+
 def test_repeated_failures_drop_a_source_and_stuck_is_reported() -> None:
     s = ChunkScheduler(2, ["flaky"], SchedulerConfig(per_source=1, max_failures=3))
     for attempt in range(3):
