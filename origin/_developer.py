@@ -258,43 +258,58 @@ class DeveloperKey:
         drop: Iterable[str] = (),
         days: int = EXPIRY_DAYS,
     ) -> bytes:
-        """:func:`next_version`, after :meth:`check` (and :meth:`floor`), and
-        :meth:`signs_away` of what it drops."""
+        """:func:`next_version`, after :meth:`check` (and :meth:`floor`) and
+        :meth:`keeps_dropped`; the caller notes what it drops once it is
+        handed on (:meth:`signs_away`)."""
         self.check(project, current)
         self.floor(project, current)
         data = next_version(current, [self.signer], add=add, drop=drop, days=days, project=project)
-        self.signs_away(project, current, Metadata[Targets].from_bytes(data))
+        self.keeps_dropped(project, current, Metadata[Targets].from_bytes(data))
         return data
 
-    def dropped(self, project: str) -> set[str]:
-        """The paths this key signed a version of ``project`` without, that an
-        earlier one listed: it never signs them again."""
-        return set(self._versions().get(project, {}).get("dropped", ()))
+    def dropped(self, project: str) -> dict[str, int]:
+        """The paths this key signed a version of ``project`` without, that its
+        base listed: path to that version."""
+        return dict(self._versions().get(project, {}).get("dropped", {}))
+
+    def keeps_dropped(
+        self, project: str, base: Metadata[Targets], proposed: Metadata[Targets]
+    ) -> None:
+        """Refuse ``proposed``, built on ``base`` (a checked published version),
+        if it lists a path this key signed a version without, and ``base`` is
+        older than that version. The version a key signs need not be the one
+        it noted as published: the holder who proposes a drop, and one who
+        cosigns without sending it, noted only its base. A hostile origin
+        could then serve that base again, after the drop, to every holder, and
+        have them sign the dropped artifact back in, shown as neither added
+        nor dropped. A base as new as the drop that lists the path is the
+        holders' own word (the drop was never published: another version of
+        that number was), and the origin never publishes a dropped name again."""
+        since = self.dropped(project)
+        version = base.signed.version
+        if again := sorted(p for p in proposed.signed.targets if since.get(p, 0) > version):
+            raise PublishError(
+                f"this key signed version {since[again[0]]} of {project} without "
+                f"{', '.join(again)}, and the origin serves version {version}, which lists it: "
+                "it may be serving a version from before that drop (ask its maintainers); "
+                "if the drop was never published, sign it again ('developer sign --drop', "
+                "its holders cosigning). Nothing is signed"
+            )
 
     def signs_away(
         self, project: str, base: Metadata[Targets], proposed: Metadata[Targets]
     ) -> None:
-        """Before this key signs ``proposed``, a release built on ``base`` (a
-        checked published version): refuse it if it lists a path this key
-        once signed away, and note those it drops (best effort, as
-        :meth:`floor`). The version a key signs need not be the one it noted
-        as published: the holder who proposes a drop, and one who cosigns
-        without sending it, noted only its base. A hostile origin could then
-        serve that base again, after the drop, to every holder, and have them
-        sign the dropped artifact back in, shown as neither added nor dropped;
-        the origin itself never publishes a dropped name again."""
-        listed = set(proposed.signed.targets)
-        if again := sorted(listed & self.dropped(project)):
-            raise PublishError(
-                f"this key signed a version of {project} without {', '.join(again)}, and the "
-                "version to sign lists it: the origin may be serving a version from before "
-                "that drop (ask its maintainers); if that version was never published, sign "
-                "the drop again ('developer sign --drop'). Nothing is signed"
-            )
-        if dropping := set(base.signed.targets) - listed:
+        """Note the paths ``proposed``, a release built on ``base`` (a checked
+        published version) that this key signs, drops (best effort, as
+        :meth:`floor`): called once it is signed, never for a request only
+        shown (one refused, or not good, must not block what it dropped)."""
+        if dropping := set(base.signed.targets) - set(proposed.signed.targets):
             versions = self._versions()
             entry = versions.setdefault(project, {})
-            entry["dropped"] = sorted(dropping | set(entry.get("dropped", ())))
+            noted = dict(entry.get("dropped", {}))
+            version = proposed.signed.version
+            noted.update({p: max(version, noted.get(p, 0)) for p in dropping})
+            entry["dropped"] = dict(sorted(noted.items()))
             with contextlib.suppress(UsageError):
                 self._save(versions)
 
@@ -386,8 +401,8 @@ def _remembered(entry: Any) -> bool:
             return False
     if "claim" in entry and type(entry["claim"]) is not int:
         return False
-    dropped = entry.get("dropped", [])
-    if not isinstance(dropped, list) or not all(isinstance(p, str) for p in dropped):
+    dropped = entry.get("dropped", {})
+    if not isinstance(dropped, dict) or not all(type(v) is int for v in dropped.values()):
         return False
     return bool(entry)
 
@@ -629,7 +644,7 @@ def cosign(
         key.check(request.project, current)
         added, dropped = changes(current, request.metadata)
         _names(request.metadata, request.project, "the request")
-        key.signs_away(request.project, current, request.metadata)
+        key.keeps_dropped(request.project, current, request.metadata)
         holders = key.holders(request.project)
     if holders is not None:
         good = holders.signed(request.metadata)
@@ -643,6 +658,9 @@ def cosign(
         confirm(added, dropped)
     md = Metadata[Targets].from_bytes(request.data)
     md.signatures.pop(keyid, None)  # this key's, made anew (a bad one is not kept)
+    if request.holders is None:
+        assert current is not None  # (a release was refused above without it)
+        key.signs_away(request.project, current, md)
     _signed(md, [key.signer], keep=True)
     if request.holders is not None:
         key.note_holders(request.project, request.holders, request.version)
@@ -931,11 +949,20 @@ def release(
     or, if the project needs more signatures than this key's, the answer's
     ``request`` is the :class:`SigningRequest` for its other holders."""
     current = published_version(client, origin, project)
+    holders = published_holders(client, origin, project)
+    if key.signer.public_key.keyid not in holders.keys:
+        raise PublishError(
+            f"key {key.signer.public_key.keyid[:12]} is not one of {project}'s keys now (the "
+            "project was claimed again for others'): nothing is signed"
+        )
     data = key.sign_next(project, current, add=add, drop=drop)
-    needed = published_holders(client, origin, project).threshold
-    if needed > 1:
-        return {"request": release_request(project, data), "needed": needed}
-    return publish_version(client, origin, project, data, token, key)
+    signed = Metadata[Targets].from_bytes(data)
+    if holders.threshold > 1:  # handed on as a request: signed, whoever sends it
+        key.signs_away(project, current, signed)
+        return {"request": release_request(project, data), "needed": holders.threshold}
+    answer = publish_version(client, origin, project, data, token, key)
+    key.signs_away(project, current, signed)  # (published: a refusal noted nothing)
+    return answer
 
 
 def publish_version(

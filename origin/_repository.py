@@ -1440,9 +1440,18 @@ class OriginRepository(Repository):
         # large manifest held the committer (every project's) for minutes.
         checked: set[tuple[str, str, str | None, int, int]] = set()
         made = {} if uploads is None else _manifests_made(uploads, previous)
+        # A claim lists what the project published; new artifacts come after
+        # it, uploaded for the project: another project's blobs, named from
+        # its public metadata, are not the claim's to pin.
+        ours = self.store.pins().get(f"project:{project}", frozenset()) if ceremony else None
         for artifact in adding:
             blobs = (artifact.cid, artifact.sha256, artifact.manifest, artifact.length,
                      artifact.chunk_size)  # fmt: skip
+            if ours is not None and artifact.cid not in ours:
+                raise ArtifactRefusedError(
+                    f"{artifact.path}: not a blob {project} has published (a claim lists what "
+                    "the project published; new artifacts are released after it)"
+                )
             try:
                 if uploads is not None and made.get(artifact.cid, _NONE) != artifact.manifest:
                     raise ArtifactRefusedError(
@@ -1453,7 +1462,10 @@ class OriginRepository(Repository):
                     )
                 self._check(artifact, blobs=blobs not in checked, digests=uploads is None)
             except ArtifactRefusedError as exc:
-                raise ArtifactRefusedError(f"{exc} (upload it before signing it)") from None
+                raise ArtifactRefusedError(
+                    f"{exc} (upload it first: 'developer send REQUEST FILES' uploads the files "
+                    "again; the origin keeps an upload 15 minutes, and not past a restart)"
+                ) from None
             checked.add(blobs)
         return adding, dropping
 

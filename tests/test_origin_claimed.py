@@ -307,9 +307,7 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
                 current, signer, _chunked(target_of(other, "demo"), 0)
             ),
             # an artifact whose bytes the origin never received
-            (400, "upload it before signing it"): _with(
-                current, signer, target_of(unknown, "demo")
-            ),
+            (400, "upload it first: "): _with(current, signer, target_of(unknown, "demo")),
             # expired
             (400, "expired"): _with(
                 current, signer, expires=datetime.now(UTC) - timedelta(hours=1)
@@ -408,6 +406,27 @@ def test_a_ceremony_reads_the_blob_of_each_new_entry_for_its_chunks(tmp_path: Pa
         with pytest.raises(ArtifactRefusedError, match=said):
             origin.take_owned("demo", next_version(current, [signer], add=[bad], project="demo"))
     assert origin.take_owned("demo", next_version(current, [signer], add=[entry], project="demo"))
+
+
+def test_a_claim_names_only_blobs_its_project_published(tmp_path: Path) -> None:
+    """A claim listed an entry made from another project's public metadata:
+    the ceremony read the blob, found it, and pinned it to the claiming
+    project, whose later versions could then name it too."""
+    origin = OriginRepository.create(tmp_path / "repo")
+    theirs = _stored_artifact(origin, tmp_path, "other", "x-1.0.tar.gz", os.urandom(3000))
+    ours = _stored_artifact(origin, tmp_path, "demo", "demo-1.0.tar.gz", b"one")
+    origin.publish([theirs, ours])
+    borrowed = TargetFile(theirs.length, {"sha256": theirs.sha256}, "demo/borrowed-1.0.tar.gz",
+                          theirs.target_file().unrecognized_fields)  # fmt: skip
+    signer = CryptoSigner.generate_ed25519()
+    for listed, refused in [([ours.target_file(), borrowed], True), ([ours.target_file()], False)]:
+        data = claim_request("demo", signer, listed).data
+        if refused:
+            with pytest.raises(ArtifactRefusedError, match="not a blob demo has published"):
+                origin.claim("demo", [signer.public_key], 1, data)
+        else:
+            origin.claim("demo", [signer.public_key], 1, data)
+    assert origin.find("demo/borrowed-1.0.tar.gz") is None
 
 
 def test_a_claim_of_version_true_is_not_version_1(tmp_path: Path) -> None:
@@ -1196,6 +1215,26 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         again = tufmesh("developer", "cosign", str(pending), "--key", str(b), "--origin", url,
                         check=False)  # fmt: skip
         assert again.returncode != 0 and "it is stale" in again.stderr
+        # The project claimed again for a, c and a new key d (b's leaked): a
+        # and c sign it, the maintainers carry it out.
+        d = tmp_path / "d.pem"
+        tufmesh("developer", "keygen", str(d))
+        reclaim = tmp_path / "demo.reclaim.json"
+        tufmesh("developer", "claim", "demo", str(first), "--key", str(a), "--holder", f"{c}.pub",
+                "--holder", f"{d}.pub", "--threshold", "2", "--origin", url, "--replace-keys",
+                "-o", str(reclaim))  # fmt: skip
+        tufmesh("developer", "cosign", str(reclaim), str(first), "--key", str(c), "--origin", url,
+                "--replace-keys")  # fmt: skip
+    tufmesh("origin", "project", "claim", "--dir", str(repo), str(reclaim))
+    with running(repo) as server:
+        # b's tool noted a, b and c: two of them signed the new claim, so it
+        # would build on it; it is no longer one of the project's keys.
+        late = tmp_path / "demo-4.0.tar.gz"
+        late.write_bytes(b"four")
+        out = tufmesh("publish", str(late), "--origin", server.url, "--project", "demo",
+                      "--key", str(b), "--token", token, check=False, cwd=tmp_path)  # fmt: skip
+        assert out.returncode == 1 and "is not one of demo's keys now" in out.stderr, out.stderr
+        assert not list(tmp_path.glob("demo-v5*.request.json"))
 
 
 def _publish_in(cwd: Path, *args: str, token: str, key: Path) -> str:
@@ -1304,12 +1343,12 @@ def test_no_holder_signs_back_in_what_its_key_signed_away(tmp_path: Path) -> Non
     """A holder noted only the version it built on, not the one it signed: a
     hostile origin served the version from before a drop again, after the
     drop was published, and every holder signed a release built on it,
-    bringing the dropped artifact back, shown as neither added nor dropped."""
+    bringing the dropped artifact back, shown as neither added nor dropped.
+    A drop that lost (another version of its number was published, listing
+    the path) blocks nothing; nor does a request only shown, then refused."""
     a, b, c = (CryptoSigner.generate_ed25519() for _ in range(3))
-    keys = [
-        DeveloperKey(k, tmp_path / f"{n}.versions.json")
-        for n, k in zip("abc", (a, b, c), strict=True)
-    ]
+    keys = [DeveloperKey(k, tmp_path / f"{n}.versions.json")
+            for n, k in zip("abc", (a, b, c), strict=True)]  # fmt: skip
     alice, bob, carol = keys
     artifacts = []
     for name in ("demo-1.0.tar.gz", "demo-x.tar.gz"):
@@ -1320,14 +1359,21 @@ def test_no_holder_signs_back_in_what_its_key_signed_away(tmp_path: Path) -> Non
         claim = cosign(claim, holder)
     alice.note_holders("demo", claim.holders, 1)  # (as 'developer claim' does)
     v1 = claim.metadata
-    # Alice proposes dropping demo-x; Bob cosigns (it is sent without a key).
-    drop = release_request("demo", alice.sign_next("demo", v1, drop=["demo/demo-x.tar.gz"]))
-    assert alice.dropped("demo") == {"demo/demo-x.tar.gz"}
-    cosign(drop, bob, v1)
-    assert bob.dropped("demo") == {"demo/demo-x.tar.gz"} and carol.dropped("demo") == set()
-    # The origin serves v1 again: neither of them builds on it, nor signs
-    # Carol's release built on it; Carol, who signed no drop, can.
-    with pytest.raises(PublishError, match=r"without demo/demo-x\.tar\.gz, and the version"):
+    x = "demo/demo-x.tar.gz"
+    # Alice proposes dropping demo-x (handed on as a request: noted, as
+    # release() notes it); Bob, shown it, refuses: nothing is noted for him.
+    drop = alice.sign_next("demo", v1, drop=[x])
+    alice.signs_away("demo", v1, Metadata[Targets].from_bytes(drop))
+    assert alice.dropped("demo") == {x: 2}
+    with pytest.raises(UsageError, match="no"):
+        cosign(release_request("demo", drop), bob, v1, confirm=_refuse)
+    assert bob.dropped("demo") == {}
+    cosign(release_request("demo", drop), bob, v1)  # ...then signs it
+    assert bob.dropped("demo") == {x: 2} and carol.dropped("demo") == {}
+    # The drop is published (v2); the origin serves v1 again: neither of them
+    # builds on it, nor signs Carol's release built on it; Carol, who signed
+    # no drop, can.
+    with pytest.raises(PublishError, match=r"without demo/demo-x\.tar\.gz, and the origin"):
         alice.sign_next("demo", v1)
     (tmp_path / "demo-2.0.tar.gz").write_bytes(b"two")
     two = target_of(tmp_path / "demo-2.0.tar.gz", "demo")
@@ -1335,10 +1381,16 @@ def test_no_holder_signs_back_in_what_its_key_signed_away(tmp_path: Path) -> Non
     for holder in (alice, bob):
         with pytest.raises(PublishError, match="may be serving a version from before that drop"):
             cosign(back, holder, v1)
-    # Dropping it again is how a drop that was never published is redone.
-    again = alice.sign_next("demo", v1, add=[two], drop=["demo/demo-x.tar.gz"])
-    assert "demo/demo-x.tar.gz" not in Metadata[Targets].from_bytes(again).signed.targets
-    assert json.loads(alice.memory.read_text())["demo"]["dropped"] == ["demo/demo-x.tar.gz"]
+    # Had the drop lost instead (Carol's v2 published, by Bob and Carol: it
+    # lists demo-x), Alice builds on it.
+    lost = Metadata[Targets].from_bytes(cosign(back, DeveloperKey(b, tmp_path / "b2.json"),
+                                               v1).data)  # fmt: skip
+    assert x in Metadata[Targets].from_bytes(alice.sign_next("demo", lost)).signed.targets
+    assert json.loads(alice.memory.read_text())["demo"]["dropped"] == {x: 2}
+
+
+def _refuse(added: list[TargetFile], dropped: list[str]) -> None:
+    raise UsageError("no")
 
 
 def test_a_new_claim_shows_every_entry_it_lists_to_each_holder(tmp_path: Path) -> None:
