@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -90,7 +91,7 @@ def publish(
     token = token.strip()
     if not token or not token.isprintable() or not token.isascii():
         raise UsageError("--token: an upload token is one line of printable text")
-    _distinct_names(files)
+    _artifact_files(files)
     for path in files:  # check every name before sending anything
         if not path.exists():
             raise UsageError(f"cannot read {path}: no such file")
@@ -149,8 +150,10 @@ def publish(
         raise click.ClickException(f"{failures} of {len(files)} files were not published")
 
 
-def _distinct_names(files: tuple[Path, ...]) -> None:
-    """Refuse two files of one name: an artifact's name is its path in the project."""
+def _artifact_files(files: tuple[Path, ...]) -> None:
+    """Refuse two files of one name (an artifact's name is its path in the
+    project), and a private key among them: ``dist/*`` or ``keys/*`` where
+    the key lives would publish it to the world."""
     seen: dict[str, Path] = {}
     for path in files:
         if path.name in seen:
@@ -159,6 +162,11 @@ def _distinct_names(files: tuple[Path, ...]) -> None:
                 "twice); a project's artifacts have distinct names"
             )
         seen[path.name] = path
+        with contextlib.suppress(OSError), open(path, "rb") as handle:
+            if b"PRIVATE KEY-----" in handle.read(4096):
+                raise UsageError(
+                    f"{path} is a private key, not an artifact: nothing is signed or sent"
+                )
 
 
 def _ready_to_sign(
@@ -367,7 +375,7 @@ def developer_claim(
     )
     from tufmesh.origin._keys import public_key_from_pem
 
-    _distinct_names(files)
+    _artifact_files(files)
     output = output or Path(f"{normalize_project(project)}.claim.json")
     if output.exists():  # (said before anything is noted of this claim)
         raise UsageError(
@@ -506,7 +514,7 @@ def developer_cosign(
 
     request = read_request(request_file)
     developer = load_key(key, public_key)
-    _distinct_names(files)
+    _artifact_files(files)
     claiming = request.holders is not None
 
     def confirm(added: list[TargetFile], dropped: list[str]) -> None:
@@ -624,7 +632,7 @@ def developer_send(
             f"{request_file} is a claim: the maintainers carry it out ('tufmesh origin project "
             "claim')"
         )
-    _distinct_names(files)
+    _artifact_files(files)
     check_files(_listed(request, files), files, request.project)
     with httpx.Client(verify=tls_context()) as client:
         _send(client, check_url(origin_url), request_file, request, files, token, None)

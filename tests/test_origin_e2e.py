@@ -62,7 +62,10 @@ def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> 
         assert entry["target"] == "demo-pkg/demo_pkg-1.0.tar.gz" and entry["from"] == "127.0.0.1"
         assert entry["token"] == hashlib.sha256(token.encode()).hexdigest()[:12]
         assert entry["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
+        secret = tmp_path / "signing.pem"  # (dist/* in the directory of the key)
+        secret.write_bytes(b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n")
         for path, given, said in [
+            (secret, token, "signing.pem is a private key, not an artifact"),
             (tmp_path / "missing.tar.gz", token, "missing.tar.gz: no such file"),
             (tmp_path, token, ": not a regular file"),
             (artifact, " ", "--token: an upload token is one line"),
