@@ -642,6 +642,11 @@ def cosign(
         if current is None:
             raise UsageError("a release is checked against the published version")
         key.check(request.project, current)
+        if request.metadata.signed_bytes == current.signed_bytes:
+            raise PublishError(
+                f"the request is published already ({owned_role(request.project)} "
+                f"v{request.version}): nothing to sign"
+            )
         added, dropped = changes(current, request.metadata)
         _names(request.metadata, request.project, "the request")
         key.keeps_dropped(request.project, current, request.metadata)

@@ -1211,10 +1211,13 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         updater.refresh()
         assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None
         assert tuf_download(url, repo, "demo/demo-1.0.tar.gz") == first.read_bytes()
-        # A request sent once is stale: cosigning it again is refused.
+        # A request sent once: cosigning it again is refused, and why.
         again = tufmesh("developer", "cosign", str(pending), "--key", str(b), "--origin", url,
                         check=False)  # fmt: skip
-        assert again.returncode != 0 and "it is stale" in again.stderr
+        assert again.returncode != 0 and "published already (project-demo v3)" in again.stderr
+        stale = tufmesh("developer", "cosign", str(tmp_path / "demo-v2-2.request.json"),
+                        "--key", str(b), "--origin", url, check=False)  # fmt: skip
+        assert stale.returncode != 0 and "it is stale" in stale.stderr
         # The project claimed again for a, c and a new key d (b's leaked): a
         # and c sign it, the maintainers carry it out.
         d = tmp_path / "d.pem"
