@@ -624,7 +624,7 @@ def developer_send(
     minutes before it must be signed)."""
     from tufmesh.client._home import check_url
     from tufmesh.client._http import tls_context
-    from tufmesh.origin._developer import check_files, read_request
+    from tufmesh.origin._developer import check_files, published_holders, read_request
 
     request = read_request(request_file)
     if request.holders is not None:
@@ -634,8 +634,18 @@ def developer_send(
         )
     _artifact_files(files)
     check_files(_listed(request, files), files, request.project)
+    origin_url = check_url(origin_url)
     with httpx.Client(verify=tls_context()) as client:
-        _send(client, check_url(origin_url), request_file, request, files, token, None)
+        # Short of the threshold, nothing is uploaded (the origin would refuse it after).
+        holders = published_holders(client, origin_url, request.project)
+        if (count := len(holders.signed(request.metadata))) < holders.threshold:
+            raise UsageError(
+                f"{request_file} is signed by {count} of {request.project}'s keys, "
+                f"{holders.threshold} needed: another holder cosigns it first "
+                f"('tufmesh developer cosign {shlex.quote(str(request_file))} FILES --key KEY "
+                f"--origin {origin_url}'); nothing is sent"
+            )
+        _send(client, origin_url, request_file, request, files, token, None)
 
 
 def _vouch(
