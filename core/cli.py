@@ -87,6 +87,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _end_now(signum: int, frame: object) -> None:
+    os._exit(128 + signum)
+
+
 def _leave(code: str | int | None) -> NoReturn:
     """Exit with ``code``, skipping the interpreter's teardown when nothing is left to finish.
 
@@ -105,9 +109,10 @@ def _leave(code: str | int | None) -> NoReturn:
         code = 1
     # The command is over: a second signal (`timeout` sends SIGTERM to the
     # process and again to its group; an impatient second Ctrl-C) must not
-    # raise inside the exit handlers, which print it as a traceback.
+    # raise inside the exit handlers, which print it as a traceback; it ends
+    # the process at once (a handler or a flush may hang: never unkillable).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, _end_now)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with it closed
