@@ -277,24 +277,39 @@ class DeveloperKey:
     ) -> None:
         """Refuse ``proposed``, built on ``base`` (a checked published version),
         if it lists a path this key signed a version without, and ``base`` is
-        older than that version. The version a key signs need not be the one
-        it noted as published: the holder who proposes a drop, and one who
-        cosigns without sending it, noted only its base. A hostile origin
-        could then serve that base again, after the drop, to every holder, and
-        have them sign the dropped artifact back in, shown as neither added
-        nor dropped. A base as new as the drop that lists the path is the
-        holders' own word (the drop was never published: another version of
-        that number was), and the origin never publishes a dropped name again."""
+        not newer than that version. The version a key signs need not be the
+        one it noted as published: the holder who proposes a drop, and one
+        who cosigns without sending it, noted only its base. A hostile origin
+        could then serve that base again, after the drop, to every holder (or
+        another version of the drop's number, signed in a release that lost),
+        and have them sign the dropped artifact back in, shown as neither
+        added nor dropped. Whether the drop was published, the key cannot
+        tell: its holder says so (:meth:`forget_dropped`) if it was not. A
+        newer base is the holders' own word, and the origin never publishes
+        a dropped name again."""
         since = self.dropped(project)
         version = base.signed.version
-        if again := sorted(p for p in proposed.signed.targets if since.get(p, 0) > version):
+        if again := sorted(p for p in proposed.signed.targets if since.get(p, 0) >= version):
             raise PublishError(
                 f"this key signed version {since[again[0]]} of {project} without "
                 f"{', '.join(again)}, and the origin serves version {version}, which lists it: "
-                "it may be serving a version from before that drop (ask its maintainers); "
-                "if the drop was never published, sign it again ('developer sign --drop', "
-                "its holders cosigning). Nothing is signed"
+                "nothing is signed. Was that drop published? If it was, the origin is serving "
+                "an older version (ask its maintainers). If it was not (not cosigned, or "
+                "another version won), say so: 'tufmesh developer forget-drop "
+                f"{project} {again[0].split('/', 1)[1]} --key KEY'"
             )
+
+    def forget_dropped(self, project: str, filenames: Iterable[str]) -> list[str]:
+        """Forget that this key signed ``project``'s ``filenames`` away (its
+        holder says those drops were never published); return the paths."""
+        versions = self._versions()
+        entry = versions.get(project, {})
+        noted = dict(entry.get("dropped", {}))
+        gone = [p for p in (f"{project}/{name}" for name in filenames) if noted.pop(p, None)]
+        if gone:
+            entry["dropped"] = noted
+            self._save(versions)
+        return gone
 
     def signs_away(
         self, project: str, base: Metadata[Targets], proposed: Metadata[Targets]
@@ -952,7 +967,8 @@ def release(
     """Sign the project's next version (``add`` listed, ``drop`` not), built
     on the one the origin publishes, and send it (remembered once accepted);
     or, if the project needs more signatures than this key's, the answer's
-    ``request`` is the :class:`SigningRequest` for its other holders."""
+    ``request`` is the :class:`SigningRequest` for its other holders, built
+    on ``base``: once it is handed on, :meth:`DeveloperKey.signs_away`."""
     current = published_version(client, origin, project)
     holders = published_holders(client, origin, project)
     if key.signer.public_key.keyid not in holders.keys:
@@ -961,12 +977,11 @@ def release(
             "project was claimed again for others'): nothing is signed"
         )
     data = key.sign_next(project, current, add=add, drop=drop)
-    signed = Metadata[Targets].from_bytes(data)
-    if holders.threshold > 1:  # handed on as a request: signed, whoever sends it
-        key.signs_away(project, current, signed)
-        return {"request": release_request(project, data), "needed": holders.threshold}
+    if holders.threshold > 1:  # handed on as a request: the caller notes its drops once written
+        request = release_request(project, data)
+        return {"request": request, "needed": holders.threshold, "base": current}
     answer = publish_version(client, origin, project, data, token, key)
-    key.signs_away(project, current, signed)  # (published: a refusal noted nothing)
+    key.signs_away(project, current, Metadata[Targets].from_bytes(data))  # (not if refused)
     return answer
 
 

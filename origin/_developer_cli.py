@@ -162,11 +162,14 @@ def _artifact_files(files: tuple[Path, ...]) -> None:
                 "twice); a project's artifacts have distinct names"
             )
         seen[path.name] = path
+        if not path.is_file():
+            continue  # (said as such below: a FIFO must not be opened, it would wait)
         with contextlib.suppress(OSError), open(path, "rb") as handle:
-            if b"PRIVATE KEY-----" in handle.read(4096):
-                raise UsageError(
-                    f"{path} is a private key, not an artifact: nothing is signed or sent"
-                )
+            head = handle.read(4096)
+        # A PEM or OpenSSH file holding a private key (an archive that holds
+        # one is the developers' to publish: it starts otherwise).
+        if head.startswith(b"-----BEGIN ") and b"PRIVATE KEY-----" in head:
+            raise UsageError(f"{path} is a private key, not an artifact: nothing is signed or sent")
 
 
 def _ready_to_sign(
@@ -211,7 +214,7 @@ def _sign_stored(
             adding.append(target)
         answer = release(client, origin_url, project, developer, token, add=adding)
         if "request" in answer:
-            _hand_on(answer["request"], answer["needed"], origin_url, [p for p, _ in stored])
+            _hand_on(answer, developer, origin_url, [p for p, _ in stored])
             return 0
     except TufmeshError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -232,16 +235,22 @@ def _sign_stored(
     return 0
 
 
-def _hand_on(request: SigningRequest, needed: int, origin_url: str, files: list[Path]) -> None:
-    """Write a release the project's other holders must sign too, and say how."""
+def _hand_on(
+    answer: dict[str, Any], developer: DeveloperKey, origin_url: str, files: list[Path]
+) -> None:
+    """Write a release the project's other holders must sign too (what it
+    drops noted once it is written), and say how."""
     from tufmesh.origin._developer import write_request
 
+    request: SigningRequest = answer["request"]
+    needed: int = answer["needed"]
     path = Path(f"{request.project}-v{request.version}.request.json")
     for n in range(2, 1000):  # another release on the same version: both kept
         if not path.exists():
             break
         path = Path(f"{request.project}-v{request.version}-{n}.request.json")
     write_request(path, request, new=True)
+    developer.signs_away(request.project, answer["base"], request.metadata)
     signed = len(request.metadata.signatures)
     for file in files:
         click.echo(f"signed {request.project}/{file.name}: not yet published")
@@ -457,11 +466,35 @@ def developer_sign(
     with httpx.Client(verify=tls_context()) as client:
         answer = release(client, origin_url, project, developer, token.strip(), drop=paths)
     if "request" in answer:
-        _hand_on(answer["request"], answer["needed"], origin_url, [])
+        _hand_on(answer, developer, origin_url, [])
         return
     for path in paths:
         click.echo(f"dropped {path}")
     _published(answer, "signed")
+
+
+@developer.command("forget-drop")
+@click.argument("project")
+@click.argument("filenames", metavar="FILENAME...", nargs=-1, required=True)
+@key_option
+@public_key_option
+def developer_forget_drop(
+    project: str, filenames: tuple[str, ...], key: str, public_key: Path | None
+) -> None:
+    """Say that KEY's drop of PROJECT's FILENAMEs was never published (its
+    request was not cosigned, or another version won): KEY signs versions
+    that list them again. Never for a drop that was published: an origin
+    serving a version from before it would have you sign it back in."""
+    from tufmesh.origin._developer import load_key
+
+    developer = load_key(key, public_key)
+    project = normalize_project(project)
+    names = [check_filename(name) for name in filenames]
+    gone = developer.forget_dropped(project, names)
+    for path in gone:
+        click.echo(f"forgot this key's drop of {path}")
+    if missing := [n for n in names if f"{project}/{n}" not in gone]:
+        raise UsageError(f"this key noted no drop of {', '.join(missing)} in {project}")
 
 
 @developer.command("cosign")

@@ -1219,6 +1219,16 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
         stale = tufmesh("developer", "cosign", str(tmp_path / "demo-v2-2.request.json"),
                         "--key", str(b), "--origin", url, check=False)  # fmt: skip
         assert stale.returncode != 0 and "it is stale" in stale.stderr
+        # The drop both signers noted (c once its request was written, a once
+        # it cosigned); b, who signed no drop, none.
+        for key, noted in ((a, True), (b, False), (c, True)):
+            memory = json.loads(Path(f"{key}.versions.json").read_text())["demo"]
+            assert (memory.get("dropped") == {"demo/demo-2.0.tar.gz": 3}) == noted, key
+        said = tufmesh("developer", "forget-drop", "demo", second.name, "--key", str(c)).stdout
+        assert said == "forgot this key's drop of demo/demo-2.0.tar.gz\n"
+        again = tufmesh("developer", "forget-drop", "demo", second.name, "--key", str(c),
+                        check=False)  # fmt: skip
+        assert again.returncode == 1 and "noted no drop of demo-2.0.tar.gz" in again.stderr
         # The project claimed again for a, c and a new key d (b's leaked): a
         # and c sign it, the maintainers carry it out.
         d = tmp_path / "d.pem"
@@ -1383,14 +1393,19 @@ def test_no_holder_signs_back_in_what_its_key_signed_away(tmp_path: Path) -> Non
     two = target_of(tmp_path / "demo-2.0.tar.gz", "demo")
     back = release_request("demo", carol.sign_next("demo", v1, add=[two]))
     for holder in (alice, bob):
-        with pytest.raises(PublishError, match="may be serving a version from before that drop"):
+        with pytest.raises(PublishError, match="the origin is serving an older version"):
             cosign(back, holder, v1)
-    # Had the drop lost instead (Carol's v2 published, by Bob and Carol: it
-    # lists demo-x), Alice builds on it.
+    # Another version of the drop's number that lists demo-x (Carol's v2,
+    # signed by Bob and Carol): whether the drop lost to it, or the origin
+    # serves it after the drop was published, the key cannot tell. Refused,
+    # until Alice says her drop was not published.
     lost = Metadata[Targets].from_bytes(cosign(back, DeveloperKey(b, tmp_path / "b2.json"),
                                                v1).data)  # fmt: skip
-    assert x in Metadata[Targets].from_bytes(alice.sign_next("demo", lost)).signed.targets
+    with pytest.raises(PublishError, match=r"Was that drop published\?"):
+        alice.sign_next("demo", lost)
     assert json.loads(alice.memory.read_text())["demo"]["dropped"] == {x: 2}
+    assert alice.forget_dropped("demo", ["demo-x.tar.gz", "demo-9.tar.gz"]) == [x]
+    assert x in Metadata[Targets].from_bytes(alice.sign_next("demo", lost)).signed.targets
 
 
 def _refuse(added: list[TargetFile], dropped: list[str]) -> None:
