@@ -363,7 +363,7 @@ class BlobStore:
             # and intact is kept: replacing it broke that link, which the
             # origin relinked at its next start, saying so. Its age starts
             # now all the same.
-            with contextlib.suppress(FileNotFoundError, StoreError):
+            with contextlib.suppress(OSError, StoreError):  # (unreadable: replaced)
                 if final_path.stat().st_nlink > 1 and self._hash(cid, None)[1]:
                     os.utime(final_path)
                     tmp.unlink()
