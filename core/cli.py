@@ -113,12 +113,21 @@ def _leave(code: str | int | None) -> NoReturn:
     # the process at once (a handler or a flush may hang: never unkillable).
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _end_now)
+    said = _flush()  # what the command said is out, whatever stops the exit handlers
     atexit._run_exitfuncs()
+    if not (_flush() and said):
+        code = code or 1
+    os._exit(code or 0)
+
+
+def _flush() -> bool:
+    """Flush standard output and error; False if one could not be."""
+    flushed = True
     for stream in (sys.stdout, sys.stderr):
         if stream is None:  # started with it closed
             continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
-            code = code or 1
-    os._exit(code or 0)
+            flushed = False
+    return flushed

@@ -290,22 +290,38 @@ class DeveloperKey:
         since = self.dropped(project)
         version = base.signed.version
         if again := sorted(p for p in proposed.signed.targets if since.get(p, 0) >= version):
+            names = " ".join(p.split("/", 1)[1] for p in again)
             raise PublishError(
                 f"this key signed version {since[again[0]]} of {project} without "
                 f"{', '.join(again)}, and the origin serves version {version}, which lists it: "
-                "nothing is signed. Was that drop published? If it was, the origin is serving "
-                "an older version (ask its maintainers). If it was not (not cosigned, or "
-                "another version won), say so: 'tufmesh developer forget-drop "
-                f"{project} {again[0].split('/', 1)[1]} --key KEY'"
+                "nothing is signed. If that drop was published, the origin is serving an "
+                "older version (ask its maintainers). If another version of its number won, "
+                f"say so: 'tufmesh developer forget-drop {project} {names} --key KEY'; if it "
+                "still awaits signatures, its holders sign it or it stays"
             )
 
-    def forget_dropped(self, project: str, filenames: Iterable[str]) -> list[str]:
+    def forget_dropped(
+        self, project: str, filenames: Iterable[str], *, force: bool = False
+    ) -> list[str]:
         """Forget that this key signed ``project``'s ``filenames`` away (its
-        holder says those drops were never published); return the paths."""
+        holder says those drops were never published); return the paths.
+        Refused, unless ``force``, for a drop whose version may still be
+        published: no version of its number or later has been seen published
+        (forgotten, it could be cosigned and sent later, and the version
+        before it served again, for this key to sign the artifact back in)."""
         versions = self._versions()
         entry = versions.get(project, {})
         noted = dict(entry.get("dropped", {}))
-        gone = [p for p in (f"{project}/{name}" for name in filenames) if noted.pop(p, None)]
+        seen = entry.get("version", 0)
+        paths = list(dict.fromkeys(f"{project}/{name}" for name in filenames))
+        if not force and (live := [p for p in paths if noted.get(p, 0) > seen]):
+            raise UsageError(
+                f"this key's drop of {', '.join(live)} (version {noted[live[0]]}) may still be "
+                f"published: no version {noted[live[0]]} or later has been seen (the origin "
+                f"served v{seen}). Forget it only if its request will never be signed "
+                "(--force)"
+            )
+        gone = [p for p in paths if noted.pop(p, None)]
         if gone:
             entry["dropped"] = noted
             self._save(versions)

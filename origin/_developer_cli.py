@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import sys
@@ -164,11 +163,15 @@ def _artifact_files(files: tuple[Path, ...]) -> None:
         seen[path.name] = path
         if not path.is_file():
             continue  # (said as such below: a FIFO must not be opened, it would wait)
-        with contextlib.suppress(OSError), open(path, "rb") as handle:
-            head = handle.read(4096)
-        # A PEM or OpenSSH file holding a private key (an archive that holds
-        # one is the developers' to publish: it starts otherwise).
-        if head.startswith(b"-----BEGIN ") and b"PRIVATE KEY-----" in head:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(4096)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        # A text file of keys (PEM, OpenSSH, PGP, openssl's PKCS#12 dump)
+        # holding a private one; an archive that holds one starts otherwise.
+        text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if text.startswith((b"-----BEGIN ", b"Bag Attributes")) and b"PRIVATE KEY" in head:
             raise UsageError(f"{path} is a private key, not an artifact: nothing is signed or sent")
 
 
@@ -478,19 +481,22 @@ def developer_sign(
 @click.argument("filenames", metavar="FILENAME...", nargs=-1, required=True)
 @key_option
 @public_key_option
+@click.option(
+    "--force", is_flag=True, help="Forget a drop that may still be published (never signed)."
+)
 def developer_forget_drop(
-    project: str, filenames: tuple[str, ...], key: str, public_key: Path | None
+    project: str, filenames: tuple[str, ...], key: str, public_key: Path | None, force: bool
 ) -> None:
-    """Say that KEY's drop of PROJECT's FILENAMEs was never published (its
-    request was not cosigned, or another version won): KEY signs versions
-    that list them again. Never for a drop that was published: an origin
-    serving a version from before it would have you sign it back in."""
+    """Say that KEY's drop of PROJECT's FILENAMEs was never published
+    (another version of its number won): KEY signs versions that list them
+    again. Never for a drop that was published: an origin serving a version
+    from before it would have you sign it back in."""
     from tufmesh.origin._developer import load_key
 
     developer = load_key(key, public_key)
     project = normalize_project(project)
-    names = [check_filename(name) for name in filenames]
-    gone = developer.forget_dropped(project, names)
+    names = list(dict.fromkeys(check_filename(name) for name in filenames))
+    gone = developer.forget_dropped(project, names, force=force)
     for path in gone:
         click.echo(f"forgot this key's drop of {path}")
     if missing := [n for n in names if f"{project}/{n}" not in gone]:

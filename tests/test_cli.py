@@ -61,13 +61,14 @@ def test_a_second_signal_while_exit_handlers_run_ends_it_with_no_traceback() -> 
     SIGKILL: it ends the process at once, quietly."""
     started = time.monotonic()
     proc = _python(
-        "import atexit, os, signal, time; from tufmesh.cli import _interrupt, _leave\n"
+        "import atexit, os, signal, sys, time; from tufmesh.cli import _interrupt, _leave\n"
         "signal.signal(signal.SIGTERM, _interrupt)\n"
         "def handler():\n"
         "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
-        "atexit.register(handler); _leave(0)"
+        "sys.stdout.write('what the command said'); atexit.register(handler); _leave(0)"
     )
     assert proc.returncode == 128 + signal.SIGTERM and proc.stderr == ""
+    assert proc.stdout == "what the command said"  # (its buffer, written before the handlers)
     assert time.monotonic() - started < 20
 
 
