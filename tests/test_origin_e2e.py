@@ -64,10 +64,13 @@ def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> 
         assert entry["sha256"] == hashlib.sha256(artifact.read_bytes()).hexdigest()
         secret = tmp_path / "signing.pem"  # (dist/* in the directory of the key)
         secret.write_bytes(b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n")
+        pgp = tmp_path / "release.asc"
+        pgp.write_bytes(b"\xef\xbb\xbf\n-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF\n")
         fifo = tmp_path / "pipe-1.0.tar"  # (opened to look for a key, it would wait)
         os.mkfifo(fifo)
         for path, given, said in [
             (secret, token, "signing.pem is a private key, not an artifact"),
+            (pgp, token, "release.asc is a private key, not an artifact"),
             (fifo, token, "pipe-1.0.tar: not a regular file"),
             (tmp_path / "missing.tar.gz", token, "missing.tar.gz: no such file"),
             (tmp_path, token, ": not a regular file"),
