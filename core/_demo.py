@@ -218,9 +218,9 @@ def _run(work: Path, size: int) -> None:
             if chunks:
                 share = f"{format_size(sent)} ({chunks} chunks)"
             elif sent:  # the manifest, checked against its signed CID
-                share = f"no chunk (its chunk manifest, {format_size(sent)}, verified)"
+                share = f"no chunk accepted (its chunk manifest, {format_size(sent)}, verified)"
             else:
-                share = "nothing"
+                share = "no chunk accepted"
             click.echo(f"    from mirror {n}: {share}")
         caught = "bad chunk" in (result["banned"].get(mirrors[2]) or "")
         verdict = "rejected, mirror 3 banned" if caught else "NOT caught"
