@@ -47,7 +47,7 @@ def client() -> None:
 @home_option
 def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path | None) -> None:
     """Trust ROOT_JSON and fetch from the origin and mirrors."""
-    from tufmesh.client._home import check_url, read_root
+    from tufmesh.client._home import check_sources, read_root
 
     path = _home(home).path
     anchor = path / "root.json"
@@ -58,7 +58,7 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         earlier = []
     # A typo in a URL, or the wrong root.json, is better found now than at the
     # first get; and before a trust anchor is replaced.
-    urls = list(dict.fromkeys(check_url(u) for u in [origin_url, *mirrors]))
+    urls = check_sources([origin_url, *mirrors])
     unreachable = _unreachable(urls, read_root(root_json))
     if all(_ANOTHER in unreachable.get(url, "") for url in urls):
         raise UsageError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def check_url(url: object) -> str:
             f"a URL with a user name or password is refused (the one for {parsed.host})"
         )
     return url.rstrip("/")
+
+
+def check_sources(sources: Iterable[object]) -> list[str]:
+    """``sources`` as checked URLs (:func:`check_url`), each once, in order."""
+    urls = list(dict.fromkeys(check_url(u) for u in sources))
+    if not urls:
+        raise UsageError("give at least one source (--origin URL)")
+    return urls
 
 
 def read_root(path: Path) -> bytes:
@@ -105,9 +114,7 @@ class ClientHome:
     def create(cls, path: Path, root_json: Path, sources: list[str]) -> ClientHome:
         """Initialise a home trusting ``root_json`` and fetching from ``sources``."""
         root_bytes = read_root(root_json)
-        urls = list(dict.fromkeys(check_url(u) for u in sources))  # each once
-        if not urls:
-            raise UsageError("give at least one source (--origin URL)")
+        urls = check_sources(sources)
         if (what := _foreign(path)) is not None:
             raise UsageError(f"{path} is {what}, not a client home: give --home another directory")
         try:

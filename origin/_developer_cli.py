@@ -487,10 +487,11 @@ def developer_sign(
 def developer_forget_drop(
     project: str, filenames: tuple[str, ...], key: str, public_key: Path | None, force: bool
 ) -> None:
-    """Say that KEY's drop of PROJECT's FILENAMEs was never published
-    (another version of its number won): KEY signs versions that list them
-    again. Never for a drop that was published: an origin serving a version
-    from before it would have you sign it back in."""
+    """Say that KEY's drop of PROJECT's FILENAMEs lost (another version of
+    its number won): KEY signs versions that list them again. Refused while
+    the drop may still be published (no version of its number or later seen
+    published), unless --force: its request could be signed and sent later,
+    and the version before it served again for KEY to sign them back in."""
     from tufmesh.origin._developer import load_key
 
     developer = load_key(key, public_key)
