@@ -11,6 +11,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +32,7 @@ __all__ = [
     "fail_on_errors",
     "check_upload_rate",
     "format_size",
+    "log",
     "p2p_line",
     "parse_size",
     "progress_bar",
@@ -134,6 +136,14 @@ upload_rate_option = click.option(
     callback=check_upload_rate,
     help="Cap on bytes served per second.  [default: none]",
 )
+
+
+def log(line: str) -> None:
+    """One line of a service's log on stderr, after the time it happened (UTC,
+    to the second): an operator reading the log days later, or beside
+    another service's, knows when a sync failed or a peer was banned."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} {line}", file=sys.stderr, flush=True)
 
 
 def format_size(size: float) -> str:
@@ -307,10 +317,10 @@ def run_service(
     try:
         trio.run(main)
     except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        log("stopped")
     except (OSError, BaseExceptionGroup) as exc:
         if isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None:
-            click.echo("stopped", err=True)  # Ctrl-C, delivered inside a nursery
+            log("stopped")  # Ctrl-C, delivered inside a nursery
             return
         # Binding fails inside the server's nursery, so it arrives grouped.
         failed, _ = exc.split(OSError) if isinstance(exc, BaseExceptionGroup) else (exc, None)

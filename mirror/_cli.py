@@ -20,6 +20,7 @@ from tufmesh._ui import (
     Group,
     format_duration,
     format_size,
+    log,
     p2p_line,
     run_service,
     upload_rate_option,
@@ -142,10 +143,9 @@ def run(
             where=f"{host}:{http_port}",
         )
         if kept := _fetched_so_far(mirror_dir / "incoming"):  # stopped mid-sync
-            click.echo(
-                f"the sync under way kept {format_size(kept)} of verified chunks in "
-                f"{mirror_dir / 'incoming'}: the next run resumes from them",
-                err=True,
+            log(
+                f"mirror: the sync under way kept {format_size(kept)} of verified chunks in "
+                f"{mirror_dir / 'incoming'}: the next run resumes from them"
             )
     finally:  # (a failure, or a stop, Ctrl-C, before it served)
         if created and not serving:  # it never served (a port taken): nothing to keep

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import json
 import math
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from starlette.routing import Route
 from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
+from tufmesh._ui import log
 from tufmesh.cas._store import SCRUB_INTERVAL
 from tufmesh.errors import TufmeshError
 from tufmesh.mirror._mirror import Mirror, SyncReport, read_progress
@@ -271,10 +271,10 @@ async def run_mirror(
                     traceback.print_exc()
                 mirror.record(report)  # so /healthz and `mirror status` say so
             for source, why in report.bans.items():
-                print(f"mirror: banned {source} for this sync: {why}", file=sys.stderr, flush=True)
+                log(f"mirror: banned {source} for this sync: {why}")
             if bool(report.error) != bool(failing):  # once, not at every poll nor new words
                 note = f"sync failed: {report.error}" if report.error else "sync works again"
-                print(f"mirror: {note}", file=sys.stderr, flush=True)
+                log(f"mirror: {note}")
             failing = report.error
             if node is not None:
                 with contextlib.suppress(Exception):  # gossip is an optimisation: polls remain
@@ -290,11 +290,9 @@ async def run_mirror(
                 await wake.wait()
 
     def refetch(found: list[str]) -> None:
-        print(
+        log(
             f"mirror: {len(found)} blob(s) corrupt on disk, quarantined, to be fetched "
-            f"again: {', '.join(found)}",
-            file=sys.stderr,
-            flush=True,
+            f"again: {', '.join(found)}"
         )
         wake.set()
 

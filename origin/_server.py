@@ -19,7 +19,6 @@ import math
 import os
 import re
 import socket
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +35,7 @@ from starlette.routing import Route
 
 from tufmesh._durable import served_versions, write_atomic
 from tufmesh._shares import Pace, Shares, UploadFloor, counted_machine, is_loopback, machine_of
+from tufmesh._ui import log
 from tufmesh.cas import BlobStore, BlobWriter, Scrubber, cid_from_sha256, parse_cid
 from tufmesh.cas._store import SCRUB_BYTES, SCRUB_INTERVAL
 from tufmesh.errors import (
@@ -304,10 +304,10 @@ class OriginService:
         leaked, what was published with it, and since when. A log that cannot
         be written is said, and the publication stands (it is signed already)."""
         try:
-            with open(self.dir / "uploads.log", "a", encoding="utf-8") as log:
-                log.write(json.dumps(entry, sort_keys=True) + "\n")
+            with open(self.dir / "uploads.log", "a", encoding="utf-8") as uploads:
+                uploads.write(json.dumps(entry, sort_keys=True) + "\n")
         except OSError as exc:
-            print(f"origin: cannot write uploads.log: {exc.strerror}", file=sys.stderr, flush=True)
+            log(f"origin: cannot write uploads.log: {exc.strerror}")
 
     async def submit(self, artifact: Artifact) -> int:
         """Publish ``artifact`` (already stored); return the snapshot version holding it."""
@@ -357,9 +357,7 @@ class OriginService:
             except OriginError as exc:
                 if str(exc) != failing:
                     failing = str(exc)
-                    print(
-                        f"origin: re-signing failed, retrying: {exc}", file=sys.stderr, flush=True
-                    )
+                    log(f"origin: re-signing failed, retrying: {exc}")
                 self.refresh_failures += 1
                 self.refresh_failing = True
                 await trio.sleep(retry)
@@ -367,14 +365,14 @@ class OriginService:
                 continue
             self.refresh_failing = False
             if failing is not None:
-                print("origin: re-signing works again", file=sys.stderr, flush=True)
+                log("origin: re-signing works again")
                 failing, retry = None, 1.0
             self._committed.set()
             state = self.committer.state
             if state.warnings != warned:  # an offline role nearer its end: said once
                 warned = state.warnings
                 for warning in warned:
-                    print(f"origin: warning: {warning}", file=sys.stderr, flush=True)
+                    log(f"origin: warning: {warning}")
             due = (state.next_refresh - state.now).total_seconds()
             await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
 
@@ -385,7 +383,7 @@ class OriginService:
             try:
                 report = await self.run_sync(self.store.gc)
             except (OSError, TufmeshError) as exc:  # a full or failing disk: next time
-                print(f"origin: collecting garbage failed: {exc}", file=sys.stderr, flush=True)
+                log(f"origin: collecting garbage failed: {exc}")
                 continue
             self.collected += len(report.deleted)
             # What it deleted stops counting; what it kept (younger than its
@@ -409,12 +407,10 @@ class OriginService:
 
         def found(cids: list[str]) -> None:
             self.quarantined.update(cids)
-            print(
+            log(
                 f"origin: {len(cids)} blob(s) corrupt on disk, quarantined and no longer "
                 f"served: {', '.join(cids)}; fetch their artifacts from a mirror "
-                "('tufmesh get') and store them again ('tufmesh origin restore')",
-                file=sys.stderr,
-                flush=True,
+                "('tufmesh get') and store them again ('tufmesh origin restore')"
             )
 
         interval = self.config.scrub_interval
@@ -489,7 +485,7 @@ async def scrub_forever(
             quarantined, read = [], SCRUB_BYTES
             if str(exc) != failing:
                 failing = str(exc)
-                print(f"{who}: checking the store failed: {exc}", file=sys.stderr, flush=True)
+                log(f"{who}: checking the store failed: {exc}")
         if quarantined:
             found(quarantined)
 
@@ -1100,7 +1096,7 @@ def build_app(service: OriginService) -> ByteCounter:
         except OriginError as exc:  # projects.json damaged while serving: said once
             if str(exc) != service.projects_damaged:
                 service.projects_damaged = str(exc)
-                print(f"origin: refusing uploads: {exc}", file=sys.stderr, flush=True)
+                log(f"origin: refusing uploads: {exc}")
             return _error(503, "the origin cannot read its list of projects; its log says why")
         service.projects_damaged = None
         declared = request.headers.get("content-length")
@@ -1211,7 +1207,7 @@ def build_app(service: OriginService) -> ByteCounter:
             if status is None:
                 # The origin's own trouble. The detail (a key's path, a KMS
                 # key's name) is the operator's, not every token holder's.
-                print(f"origin: publishing {path} failed: {exc}", file=sys.stderr, flush=True)
+                log(f"origin: publishing {path} failed: {exc}")
                 return _error(500, "publishing failed; the origin's log says why")
             # Its blobs stay, unpinned, for the hourly collector (deleting them
             # here would race an upload of the same bytes about to pin them),
@@ -1319,7 +1315,7 @@ def build_app(service: OriginService) -> ByteCounter:
         except ArtifactRefusedError as exc:
             return _error(400, str(exc))
         except OriginError as exc:
-            print(f"origin: publishing {project}'s metadata failed: {exc}", file=sys.stderr)
+            log(f"origin: publishing {project}'s metadata failed: {exc}")
             return _error(500, "publishing failed; the origin's log says why")
         service.commits += 1
         # (Metadata of up to 4 MB, read again: not in the event loop.)
@@ -1383,9 +1379,9 @@ def build_app(service: OriginService) -> ByteCounter:
             return NoAnswer()  # the developer's side is gone
         except OSError as exc:  # the store's disk: say so, in a line, to both sides
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                print(f"origin: cannot store an upload: {exc.strerror}", file=sys.stderr)
+                log(f"origin: cannot store an upload: {exc.strerror}")
                 return _error(507, "the origin's disk is full; try again later")
-            print(f"origin: cannot store an upload: {exc}", file=sys.stderr)
+            log(f"origin: cannot store an upload: {exc}")
             return _error(500, f"the origin cannot store the upload ({exc.strerror})")
         finally:
             if writer is not None:

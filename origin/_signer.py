@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Final, Protocol
 import trio
 
 from tufmesh._durable import hold_lock
+from tufmesh._ui import log
 from tufmesh.errors import (
     ArtifactRefusedError,
     BinFullError,
@@ -376,12 +377,10 @@ def main() -> None:
         repo.check_online_keys()
         tidied = repo.tidy()
         if tidied:
-            print(
+            log(
                 f"origin: tidied {len(tidied)} target links and pins that the published "
                 f"metadata disagreed with ({', '.join(tidied[:3])}"
-                f"{', ...' if len(tidied) > 3 else ''})",
-                file=sys.stderr,
-                flush=True,
+                f"{', ...' if len(tidied) > 3 else ''})"
             )
     except (OriginError, OSError) as exc:  # a read-only repository, say: one line
         reason = str(exc) if isinstance(exc, OriginError) else f"{exc.strerror}: {exc.filename}"

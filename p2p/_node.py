@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import socket
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -35,6 +34,7 @@ import trio
 
 from tufmesh._durable import write_atomic
 from tufmesh._shares import Shares, UploadFloor, counted_machine, machine_of
+from tufmesh._ui import log
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
 from tufmesh.p2p._blob import (
@@ -619,15 +619,13 @@ class P2PNode:
             else:
                 if address in self._unreached:
                     self._unreached.discard(address)
-                    print(f"p2p: reached bootstrap peer {address}", file=sys.stderr, flush=True)
+                    log(f"p2p: reached bootstrap peer {address}")
                 return
         if address not in self._unreached:
             self._unreached.add(address)
-            print(
+            log(
                 f"p2p: cannot reach bootstrap peer {address} ({reason}); trying again every "
-                f"{REDIAL:.0f} s",
-                file=sys.stderr,
-                flush=True,
+                f"{REDIAL:.0f} s"
             )
 
     @contextlib.contextmanager

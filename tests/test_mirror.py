@@ -23,6 +23,7 @@ import httpx
 import pytest
 from tuf.api.metadata import Metadata
 
+from tests.helpers.log import log_lines
 from tests.helpers.mirror import mirrors as helper_mirrors
 from tests.helpers.origin import (
     TUFMESH,
@@ -416,8 +417,9 @@ def test_a_mirror_stopped_mid_sync_says_what_it_kept(tmp_path: Path) -> None:
                     p.stat().st_blocks for p in (tmp_path / "m" / "incoming").glob("*.part")
                 ):
                     time.sleep(0.2)
-    assert "stopped" in log[0] and "of verified chunks in " in log[0], log[0]
-    assert f"{tmp_path / 'm' / 'incoming'}: the next run resumes from them" in log[0]
+    (line,) = log_lines(log[0])  # after the time it was said
+    assert line.startswith("mirror: the sync under way kept ") and " of verified chunks in " in line
+    assert line.endswith(f"{tmp_path / 'm' / 'incoming'}: the next run resumes from them")
 
 
 def test_a_mirror_directory_may_hold_the_root_file_first(tmp_path: Path) -> None:
@@ -628,7 +630,8 @@ def test_a_running_mirror_finds_a_blob_its_disk_changed_and_fetches_it_again(
                 time.sleep(0.2)
             assert httpx.get(f"{url}/healthz").json()["quarantined"] == 1
             assert "tufmesh_mirror_quarantined_total 1" in httpx.get(f"{url}/metrics").text
-    assert f"1 blob(s) corrupt on disk, quarantined, to be fetched again: {_cid(repo)}" in log[0]
+    said = f"mirror: 1 blob(s) corrupt on disk, quarantined, to be fetched again: {_cid(repo)}"
+    assert said in log_lines(log[0]), log[0]
     assert len(list((tmp_path / "m" / "cas" / "quarantine").iterdir())) == 1
 
 

@@ -20,6 +20,7 @@ from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, Unsigned
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater
 
+from tests.helpers.log import log_lines
 from tests.helpers.origin import tufmesh
 from tufmesh.cas import BlobStore
 from tufmesh.errors import (
@@ -1249,7 +1250,7 @@ def test_a_full_disk_is_a_507_with_a_reason_and_leaves_nothing(
     monkeypatch.setattr(store_module, "_write_all", full)
     answer = trio.run(upload, os.urandom(3 << 20))
     assert answer.status_code == 507 and "disk is full" in answer.json()["error"]
-    assert capsys.readouterr().err.strip().splitlines() == [
+    assert log_lines(capsys.readouterr().err) == [
         "origin: cannot store an upload: No space left on device"
     ]
     assert list(repo.store) == [] and not list((repo.dir / "cas" / "tmp").iterdir())
@@ -1295,7 +1296,7 @@ def test_a_failed_publication_tells_the_uploader_nothing_of_the_keys(
     answer = trio.run(upload, "p-1.0.tar.gz")
     assert answer.status_code == 500
     assert answer.json() == {"error": "publishing failed; the origin's log says why"}
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    (line,) = log_lines(capsys.readouterr().err)
     assert line.startswith("origin: publishing p/p-1.0.tar.gz failed: cannot sign bin-")
     assert "keys/bin-n.pem" in line
     key.write_bytes(good)
