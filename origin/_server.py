@@ -965,6 +965,10 @@ MAX_UPLOADS: Final = 64
 UPLOAD_WAIT: Final = 240.0
 #: What a busy answer says to wait before asking again, in seconds.
 UPLOAD_RETRY_AFTER: Final = 5
+#: How often an upload's token is checked again while its body arrives, in
+#: seconds: a token replaced (leaked) stops its uploads under way, and their
+#: slots, at once, not after uploads that may last hours.
+REAUTHORIZE: Final = 1.0
 #: An upload's body (an artifact, a project's signed metadata) must come at
 #: this rate at least once :data:`UPLOAD_GRACE` has passed, or it is cut
 #: (408): sent at a trickle (a byte every few seconds), one held its upload
@@ -1087,22 +1091,32 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(400, str(exc))
         auth = request.headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if (refused := _authorize(project, token)) is not None:
+            return refused
+        declared = request.headers.get("content-length")
+        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
+            return _error(413, too_big)
+        return project, token, declared
+
+    def _authorize(project: str, token: str | None, *, again: bool = False) -> Response | None:
+        """None if ``token`` may publish to ``project``, else the answer
+        refusing it. ``again``: asked while its body arrives and before it is
+        published, for a token replaced meanwhile (``project token-rotate``)
+        stops at once, not after an upload that may last hours."""
         try:
             service.projects.authorize(project, token)
         except ForbiddenError as exc:
             return _error(403, str(exc))
         except AuthError as exc:
-            return _error(401, str(exc), headers={"www-authenticate": "Bearer"})
+            why = f"{exc}: it was replaced while this upload was sent" if again else str(exc)
+            return _error(401, why, headers={"www-authenticate": "Bearer"})
         except OriginError as exc:  # projects.json damaged while serving: said once
             if str(exc) != service.projects_damaged:
                 service.projects_damaged = str(exc)
                 log(f"origin: refusing uploads: {exc}")
             return _error(503, "the origin cannot read its list of projects; its log says why")
         service.projects_damaged = None
-        declared = request.headers.get("content-length")
-        if declared is not None and (not _DIGITS.fullmatch(declared) or int(declared) > limit):
-            return _error(413, too_big)
-        return project, token, declared
+        return None
 
     async def _audit(request: Request, token: str | None, entry: dict[str, Any]) -> None:
         """Log a publication with when, from where and with which token (a prefix
@@ -1178,10 +1192,13 @@ def build_app(service: OriginService) -> ByteCounter:
         request: Request, project: str, filename: str, limit: int, token: str | None
     ) -> Response:
         path = f"{project}/{filename}"
-        outcome = await _store_body(request, limit)
+        outcome = await _store_body(request, limit, project, token)
         if isinstance(outcome, Response):
             return outcome
         cid, manifest, length = outcome
+        if (refused := _authorize(project, token, again=True)) is not None:
+            service.refuse(project, cid, length)  # (for the collector, as any refused upload)
+            return refused
         artifact = Artifact(
             path=path,
             length=length,
@@ -1303,6 +1320,8 @@ def build_app(service: OriginService) -> ByteCounter:
                 return early
         except ClientDisconnect:
             return NoAnswer()
+        if (refused := _authorize(project, token, again=True)) is not None:
+            return refused
         try:
             uploads = {cid: made for cid, (_, _, made) in service.staged[project].items()}
             version, snapshot = await service.committer.take_owned(project, bytes(data), uploads)
@@ -1336,7 +1355,9 @@ def build_app(service: OriginService) -> ByteCounter:
             {"role": owned_role(project), "version": version, "snapshot_version": snapshot}
         )
 
-    async def _store_body(request: Request, limit: int) -> tuple[str, str | None, int] | Response:
+    async def _store_body(
+        request: Request, limit: int, project: str, token: str | None
+    ) -> tuple[str, str | None, int] | Response:
         def store_all(first: bytes, writer: BlobWriter | None = None) -> BlobWriter:
             writer = writer or store.writer(chunk_size=repo_config.chunk_size)
             try:
@@ -1349,12 +1370,17 @@ def build_app(service: OriginService) -> ByteCounter:
         writer: BlobWriter | None = None
         buffer = bytearray()
         size = 0
+        recheck = trio.current_time() + REAUTHORIZE
 
         async def take(piece: bytes) -> Response | None:
-            nonlocal size, writer
+            nonlocal size, writer, recheck
             size += len(piece)
             if size > limit:
                 return _error(413, f"upload over the {limit}-byte limit")
+            if trio.current_time() >= recheck:  # (a stat of projects.json, unless changed)
+                recheck = trio.current_time() + REAUTHORIZE
+                if (refused := _authorize(project, token, again=True)) is not None:
+                    return refused
             buffer.extend(piece)
             if len(buffer) >= service.config.upload_buffer:
                 data = bytes(buffer)

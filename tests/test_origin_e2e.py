@@ -864,6 +864,58 @@ def test_an_upload_cut_short_leaves_no_traceback_and_no_file(repo: Path) -> None
     assert "Traceback" not in err and "ClientDisconnect" not in err, err
 
 
+def test_uploads_under_way_stop_when_their_token_is_replaced(repo: Path) -> None:
+    """The token was checked before the body only: an upload under way when a
+    leaked token was rotated still published after the rotation, and uploads
+    trickling at the minimum rate held the project's slots for hours, so that
+    the new token's uploads got no answer."""
+    import select
+    import socket
+
+    token = add_project(repo, "leak")
+    with running(repo) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+
+        def begin(name: str, length: int) -> socket.socket:
+            conn = socket.create_connection((host, int(port)))
+            conn.sendall(
+                f"POST /api/v1/projects/leak/files/{name} HTTP/1.1\r\nhost: x\r\n"
+                f"authorization: Bearer {token}\r\ncontent-length: {length}\r\n\r\n".encode()
+                + b"x" * 100_000
+            )
+            return conn
+
+        def answer(conn: socket.socket) -> bytes:
+            conn.settimeout(10)
+            data = b""
+            while b"}" not in data:  # (every answer here is one short JSON object)
+                more = conn.recv(65536)
+                assert more, data
+                data += more
+            return data
+
+        trickling = begin("leak-1.0.tar.gz", 90_000_000)
+        finishing = begin("leak-2.0.tar.gz", 200_000)
+        rotated = tufmesh("origin", "project", "token-rotate", "--dir", str(repo), "leak")
+        new = rotated.stdout.splitlines()[-1]
+        finishing.sendall(b"y" * 100_000)  # its last bytes, after the rotation
+        said = answer(finishing)
+        assert said.startswith(b"HTTP/1.1 401 "), said
+        assert b"it was replaced while this upload was sent" in said, said
+        deadline = time.monotonic() + 10
+        while not select.select([trickling], [], [], 0.2)[0]:  # still reading: send on
+            assert time.monotonic() < deadline, "the upload under way was never stopped"
+            trickling.sendall(b"z" * 16_384)
+        said = answer(trickling)
+        assert said.startswith(b"HTTP/1.1 401 ") and b"replaced" in said, said
+        trickling.close()
+        finishing.close()
+        # Neither was published: the new token may use both names for other bytes.
+        for name in ("leak-1.0.tar.gz", "leak-2.0.tar.gz"):
+            assert post(server.url, "leak", name, b"other bytes", new).status_code == 200
+        assert post(server.url, "leak", "leak-3.0.tar.gz", b"old", token).status_code == 401
+
+
 def test_a_repository_made_before_a_limit_was_added_still_opens(repo: Path) -> None:
     # init now refuses chunks too small for the upload limit's manifest; a
     # repository created with them before must still be served and managed.
