@@ -21,6 +21,10 @@ _FOLD: Final = re.compile(r"[-_.]+")
 #: Letters, digits and the punctuation real distribution names use
 #: (``+`` local versions, ``!`` epochs, ``~`` Debian-style suffixes).
 _FILENAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~!-]*")
+#: Names Windows takes for devices, with any extension ("nul.tar.gz" too).
+_DEVICES: Final = frozenset(
+    ["CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(10))]
+)
 MAX_PROJECT_LENGTH: Final = 128
 #: A published file is linked as ``targets/<project>/<sha256>.<filename>``:
 #: 65 bytes of prefix within the 255 bytes a file name may have on Linux,
@@ -53,6 +57,15 @@ def check_filename(name: str) -> str:
         raise InvalidNameError(
             f"bad file name {shown}: use letters, digits and . _ + ~ ! -, "
             "starting with a letter or digit"
+        )
+    if name.endswith("."):
+        # Windows drops a trailing dot: "a-1.0.tar.gz." is "a-1.0.tar.gz" there,
+        # another artifact's name (as names that differ only in case are).
+        raise InvalidNameError(f"file name {shown} ends in '.', which Windows drops")
+    if name.split(".", 1)[0].upper() in _DEVICES:
+        raise InvalidNameError(
+            f"file name {shown} is a device's on Windows (CON, NUL, COM1, ...), whatever "
+            "follows its first dot"
         )
     if name.lower().endswith(".part"):
         # A download keeps its verified chunks in NAME.part: an artifact of

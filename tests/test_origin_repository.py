@@ -97,7 +97,9 @@ def test_bad_project_names(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     ["a/b", "a\\b", "..", "a..b", ".x", "a\x00b", "a\nb", "a\x7fb", "é" * 200, "", "a b",
-     "demo-1.0.tar.gz.part", "x.PART"],
+     "demo-1.0.tar.gz.part", "x.PART",
+     # one file on Windows with another name, or a device there
+     "demo-1.0.tar.gz.", "CON", "nul.tar.gz", "Com1.zip", "lpt9", "aux.1.0.whl"],
 )  # fmt: skip
 def test_bad_filenames(name: str) -> None:
     with pytest.raises(InvalidNameError):
@@ -105,7 +107,8 @@ def test_bad_filenames(name: str) -> None:
 
 
 def test_good_filenames() -> None:
-    for name in ["demo-1.0.tar.gz", "pkg-1!2.0+local-py3-none-any.whl", "x_1~rc1.zip"]:
+    for name in ["demo-1.0.tar.gz", "pkg-1!2.0+local-py3-none-any.whl", "x_1~rc1.zip",
+                 "console-1.0.tar.gz", "com10.zip", "nul_x-1.0.tar.gz", "lpt-1.0.whl"]:  # fmt: skip
         assert check_filename(name) == name
 
 
