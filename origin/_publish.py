@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +35,27 @@ _LONGEST_WAIT: Final = 60.0
 _BROKEN: Final = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
 
 
-def _pieces(path: Path, progress: Callable[[int], None] | None) -> Iterator[bytes]:
+def _pieces(
+    path: Path, size: int, digest: Any, progress: Callable[[int], None] | None
+) -> Iterator[bytes]:
+    """The ``size`` bytes of ``path``, hashed into ``digest`` as they are read;
+    :class:`PublishError` if the file is longer or shorter now (written to
+    while it was sent: what the origin got is not what the file holds)."""
     with open(path, "rb") as handle:
-        while piece := handle.read(_PIECE):
+        left = size
+        while True:
+            piece = handle.read(min(_PIECE, left)) if left else b""
+            left -= len(piece)
+            # Checked before the last piece goes: with every byte of its
+            # length sent, the origin would publish what it got.
+            if (not piece and left) or (not left and handle.read(1)):
+                raise PublishError(
+                    f"{path.name} changed while it was being sent (it is no longer "
+                    f"{size:,} bytes); nothing was published: send it again once it is written"
+                )
+            if not piece:
+                return
+            digest.update(piece)
             if progress is not None:
                 progress(len(piece))
             yield piece
@@ -78,10 +97,12 @@ def upload(
             if progress is not None:
                 progress(n)
 
+        digest = hashlib.sha256()
         try:
             response = client.post(
-                url, content=_pieces(path, counted), headers=headers, timeout=_TIMEOUT
-            )
+                url, content=_pieces(path, size, digest, counted), headers=headers,
+                timeout=_TIMEOUT,
+            )  # fmt: skip
         except _BROKEN as exc:
             if retries == RETRIES:
                 raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
@@ -92,7 +113,15 @@ def upload(
             raise PublishError(f"cannot read {path}: {exc.strerror or exc}") from None
         else:
             if response.status_code != 503 or retries == RETRIES:
-                return _answer(response, path, origin)
+                answer = _answer(response, path, origin)
+                if (answer["sha256"], answer["length"]) != (digest.hexdigest(), size):
+                    raise PublishError(
+                        f"{path.name}: {origin} answered for other bytes than were sent "
+                        f"(sha256 {str(answer['sha256'])[:64]}, {str(answer['length'])[:20]} "
+                        f"bytes; sent sha256 {digest.hexdigest()}, {size} bytes): do not trust "
+                        "this origin's answer; tell its maintainers"
+                    )
+                return answer
             wait, why = _retry_after(response), f"busy: {refusal(response)}"
         if progress is not None and sent:
             progress(-sent)

@@ -1006,6 +1006,69 @@ def test_a_bootstrap_peer_that_is_down_is_said_once_not_logged_by_libp2p(repo: P
     assert line.endswith("trying again every 30 s"), server.stderr
 
 
+def test_publish_checks_the_origin_answered_for_the_bytes_it_sent(tmp_path: Path) -> None:
+    """`publish` printed whatever sha256 the origin answered: an origin (or a
+    proxy before it) that published other bytes went unnoticed."""
+    import http.server
+
+    class LyingOrigin(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers["content-length"])
+            self.rfile.read(length)
+            target = "x/" + self.path.rsplit("/", 1)[1]
+            body = json.dumps({"target": target, "length": length, "sha256": "ab" * 32,
+                               "snapshot_version": 7}).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    artifact = tmp_path / "x-1.0.tar.gz"
+    artifact.write_bytes(b"the developer's bytes")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LyingOrigin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = tufmesh("publish", str(artifact), "--origin", url, "--project", "x",
+                       "--token", "t", check=False)  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    sent = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    assert "answered for other bytes than were sent" in proc.stderr, proc.stderr
+    assert f"sent sha256 {sent}" in proc.stderr and "published" not in proc.stdout
+
+
+def test_a_file_written_to_while_it_is_published_is_refused_in_a_line(repo: Path) -> None:
+    """A file that grew or shrank while `publish` sent it ended in a
+    traceback (h11: too much or too little data for the Content-Length)."""
+    from tufmesh.errors import PublishError
+    from tufmesh.origin._publish import upload
+
+    token = add_project(repo, "grow")
+    with running(repo) as server, httpx.Client() as client:
+        for change, name in [("grow", "grow-1.0.tar.gz"), ("shrink", "grow-2.0.tar.gz")]:
+            path = repo.parent / name
+            path.write_bytes(os.urandom(3 << 20))
+
+            def written_to(_: int, path: Path = path, change: str = change) -> None:
+                if change == "grow":
+                    with open(path, "ab") as handle:
+                        handle.write(b"more")
+                else:
+                    os.truncate(path, 1 << 20)
+
+            with pytest.raises(PublishError, match="changed while it was being sent") as caught:
+                upload(client, server.url, "grow", path, token, progress=written_to)
+            assert f"it is no longer {3 << 20:,} bytes" in str(caught.value)
+            # Nothing was published: the name takes other bytes.
+            assert post(server.url, "grow", name, b"whole", token).status_code == 200
+
+
 def test_ctrl_c_during_publish_says_what_was_not_published(tmp_path: Path) -> None:
     """Ctrl-C mid-upload said only "Aborted!": not which files were sent."""
     import signal
