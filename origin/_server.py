@@ -1140,6 +1140,7 @@ def build_app(service: OriginService) -> ByteCounter:
         if isinstance(admitted, Response):
             return admitted
         project, token, declared = admitted
+        over = _error(413, f"upload over the {limit}-byte limit")  # (a body without a length)
         # A project known to be near its quota (from its last publication) is
         # refused before its body is read, and read no further than its quota
         # allows: the commit checks again, but bytes it refuses would wait on
@@ -1159,16 +1160,18 @@ def build_app(service: OriginService) -> ByteCounter:
                     f"{project} has sent a quota's worth of refused uploads; they wait for the "
                     "origin's next collection (within the hour)",
                 )
+            over = _error(
+                409,
+                f"{project}/{filename} is already published with different bytes (sha256 "
+                f"{published[0]}); artifacts are immutable",
+            )
             if declared is not None and int(declared) != published[1]:
-                return _error(
-                    409,
-                    f"{project}/{filename} is already published with different bytes (sha256 "
-                    f"{published[0]}); artifacts are immutable",
-                )
+                return over
         elif left < limit:
             limit = left
+            over = _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
             if left <= 0 or (declared is not None and int(declared) > left):
-                return _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
+                return over
 
         if (refused := await _paced(project)) is not None:
             return refused
@@ -1184,15 +1187,22 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
         try:
             with uploading.hold(project):
-                return await _publish(request, project, filename, limit, token)
+                return await _publish(request, project, filename, limit, over, token)
         finally:
             turns.unpark_all()
 
     async def _publish(
-        request: Request, project: str, filename: str, limit: int, token: str | None
+        request: Request,
+        project: str,
+        filename: str,
+        limit: int,
+        over: Response,
+        token: str | None,
     ) -> Response:
+        """Store the body (``over``: the answer to one longer than ``limit``)
+        and publish it (or stage it, for a claimed project)."""
         path = f"{project}/{filename}"
-        outcome = await _store_body(request, limit, project, token)
+        outcome = await _store_body(request, limit, over, project, token)
         if isinstance(outcome, Response):
             return outcome
         cid, manifest, length = outcome
@@ -1356,7 +1366,7 @@ def build_app(service: OriginService) -> ByteCounter:
         )
 
     async def _store_body(
-        request: Request, limit: int, project: str, token: str | None
+        request: Request, limit: int, over: Response, project: str, token: str | None
     ) -> tuple[str, str | None, int] | Response:
         def store_all(first: bytes, writer: BlobWriter | None = None) -> BlobWriter:
             writer = writer or store.writer(chunk_size=repo_config.chunk_size)
@@ -1376,7 +1386,7 @@ def build_app(service: OriginService) -> ByteCounter:
             nonlocal size, writer, recheck
             size += len(piece)
             if size > limit:
-                return _error(413, f"upload over the {limit}-byte limit")
+                return over
             if trio.current_time() >= recheck:  # (a stat of projects.json, unless changed)
                 recheck = trio.current_time() + REAUTHORIZE
                 if (refused := _authorize(project, token, again=True)) is not None:

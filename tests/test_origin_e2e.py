@@ -170,6 +170,14 @@ def test_concurrent_uploads_are_group_committed(repo: Path) -> None:
             assert Path(updater.download_target(info)).read_bytes() == bodies[i]
 
 
+def chunked(url: str, project: str, filename: str, body: bytes, token: str) -> httpx.Response:
+    """An upload that declares no length (chunked transfer encoding)."""
+    return httpx.post(
+        f"{url}/api/v1/projects/{project}/files/{filename}", content=iter([body]),
+        headers={"authorization": f"Bearer {token}"}, timeout=60,
+    )  # fmt: skip
+
+
 def test_refusals_publish_nothing_and_leave_only_garbage(repo: Path) -> None:
     token_a = add_project(repo, "proj-a")
     token_b = add_project(repo, "proj-b")
@@ -184,6 +192,12 @@ def test_refusals_publish_nothing_and_leave_only_garbage(repo: Path) -> None:
             # (another length: refused unread; the same length: stored, then refused)
             ("immutable", post(server.url, "proj-a", "a-1.0.tar.gz", b"changed", token_a), 409),
             ("same length", post(server.url, "proj-a", "a-1.0.tar.gz", b"ORIGINAL", token_a), 409),
+            # (no length: read up to the published one; past it, the same refusal)
+            (
+                "no length",
+                chunked(server.url, "proj-a", "a-1.0.tar.gz", b"longer one", token_a),
+                409,
+            ),
             ("bad project", post(server.url, "-bad-", "a-2.tar.gz", b"x", token_a), 400),
             ("dotdot", post(server.url, "proj-a", "a..tar.gz", b"x", token_a), 400),
             ("hidden", post(server.url, "proj-a", ".hidden", b"x", token_a), 400),
@@ -195,6 +209,8 @@ def test_refusals_publish_nothing_and_leave_only_garbage(repo: Path) -> None:
         for name, response, status in cases:
             assert response.status_code == status, (name, response.text)
             assert response.json()["error"], name
+            if status == 409:  # (it said "upload over the 8-byte limit" without a length)
+                assert response.json()["error"].endswith("artifacts are immutable"), name
             assert snapshot_version(repo) == version, name
         # The refused bytes of the 409 stay in the store unpinned (deleting them
         # at once would race an upload of the same bytes), and gc removes them;
@@ -233,6 +249,12 @@ def test_a_project_past_its_quota_is_refused_in_one_line(tmp_path: Path) -> None
         )
         assert "Traceback" not in refused.stderr and snapshot_version(repo) == version
         assert set(BlobStore(repo / "cas")) == blobs
+        # Without a length, read up to the quota: refused in the same words.
+        body = (tmp_path / "b.whl").read_bytes()
+        unsized = chunked(server.url, "greedy", "b.whl", body, token)
+        assert unsized.status_code == 413, unsized.text
+        assert unsized.json()["error"] == "greedy has 42,400 bytes of its quota left"
+        assert set(BlobStore(repo / "cas")) == blobs  # (what it read was not kept)
         # The same bytes again (a retry whose answer was lost): published, as before.
         again = post(server.url, "greedy", "a.whl", (tmp_path / "a.whl").read_bytes(), token)
         assert again.status_code == 200 and snapshot_version(repo) == version
