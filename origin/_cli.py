@@ -24,7 +24,7 @@ from tufmesh._ui import (
     run_service,
     upload_rate_option,
 )
-from tufmesh.errors import OriginError, UsageError
+from tufmesh.errors import InvalidNameError, OriginError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._names import normalize_project
 from tufmesh.origin._projects import ProjectRegistry
@@ -535,6 +535,19 @@ def _on_disk(operation: Callable[[], T]) -> T:
         raise OriginError(f"the ceremony stopped: {exc.strerror or exc}") from None
 
 
+def _normal_target(path: str) -> str:
+    """PROJECT/FILENAME with the project's name in its normal form (as
+    `publish --project Example` publishes to example/): the file name as
+    given, for a name published before a rule that now refuses it."""
+    project, slash, filename = path.partition("/")
+    if not slash or not filename:
+        raise UsageError(f"{path!r}: give PROJECT/FILENAME, as `tufmesh ls` shows it")
+    try:
+        return f"{normalize_project(project)}/{filename}"
+    except InvalidNameError as exc:
+        raise UsageError(f"{path!r}: {exc}") from None
+
+
 @origin.command()
 @repo_option
 @click.argument("paths", nargs=-1, required=True, metavar="PROJECT/FILENAME...")
@@ -545,6 +558,7 @@ def remove(repo_dir: Path, paths: tuple[str, ...]) -> None:
     no longer find them; their names are never published again. A removal
     cut short is finished by running it again.
     """
+    paths = tuple(map(_normal_target, paths))
     repo = _ceremony(repo_dir)
     already = {p for p in paths if p in repo.removed() and repo.find(p) is None}
     version = _on_disk(lambda: repo.remove(paths))

@@ -602,6 +602,8 @@ def read_request(path: Path) -> SigningRequest:
     """The signing request in file ``path`` (a claim's or a release's)."""
     try:
         request = json.loads(path.read_bytes())
+        if not isinstance(request, dict):
+            raise ValueError(f"it holds a JSON {type(request).__name__}, not an object")
         project = normalize_project(request["project"])
         holders = None
         if "keys" in request:

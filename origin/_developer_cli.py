@@ -14,7 +14,7 @@ from tuf.api.metadata import TargetFile
 
 from tufmesh._shares import is_loopback
 from tufmesh._ui import SIZE, Group, format_size, progress_bar
-from tufmesh.errors import TufmeshError, UsageError
+from tufmesh.errors import InvalidNameError, TufmeshError, UsageError
 from tufmesh.origin._developer import DeveloperKey, SigningRequest
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import owned_role
@@ -90,6 +90,10 @@ def publish(
     token = token.strip()
     if not token or not token.isprintable() or not token.isascii():
         raise UsageError("--token: an upload token is one line of printable text")
+    try:
+        project = normalize_project(project)
+    except InvalidNameError as exc:  # (once, not once a file)
+        raise UsageError(f"--project: {exc}") from None
     _artifact_files(files)
     for path in files:  # check every name before sending anything
         if not path.exists():

@@ -621,8 +621,12 @@ def test_removing_a_malicious_upload_from_the_cli(repo: Path, tmp_path: Path) ->
     with running(repo) as server:
         assert post(server.url, "proj", "evil-1.tar.gz", b"malware", token).status_code == 200
         assert post(server.url, "proj", "good-1.tar.gz", b"fine", token).status_code == 200
-    removed = tufmesh("origin", "remove", "--dir", str(repo), "proj/evil-1.tar.gz").stdout
+    # The project's name as `publish --project` takes it ("not published" before).
+    removed = tufmesh("origin", "remove", "--dir", str(repo), "Proj/evil-1.tar.gz").stdout
     assert "removed proj/evil-1.tar.gz" in removed and "start the origin again" in removed
+    for bad in ("evil-1.tar.gz", "proj/", "pro j/evil-1.tar.gz"):
+        refused = tufmesh("origin", "remove", "--dir", str(repo), bad, check=False)
+        assert refused.returncode == 1 and refused.stderr.startswith(f"Error: {bad!r}: ")
     again = tufmesh("origin", "remove", "--dir", str(repo), "proj/evil-1.tar.gz").stdout
     assert "removed already (its files cleaned up again): proj/evil-1.tar.gz" in again
     assert "the metadata is unchanged" in again
@@ -841,6 +845,11 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
                        "--token", "t", check=False)  # fmt: skip
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "URL" in proc.stderr, proc.stderr
+    # A bad --project is said once, before anything is sent (it was said once a file).
+    bad = tufmesh("publish", str(artifact), str(odd), "--origin", "http://127.0.0.1:1",
+                  "--project", "pro ject", "--token", "t", check=False)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith("Error: --project: bad project name 'pro ject'"), bad.stderr
     untokened = tufmesh("publish", str(artifact), "--origin", "http://127.0.0.1:1",
                         "--project", "x", check=False,
                         env={k: v for k, v in os.environ.items() if k != "TUFMESH_TOKEN"})  # fmt: skip
