@@ -94,11 +94,8 @@ def run(
                 message = f"--{name.replace('_', '-')}{message[len(name) :]}"
         raise UsageError(message) from None
     for output in (json_path, plot_path):  # before the run, not after it
-        if output is not None and output.name in ("", ".", ".."):
-            raise UsageError(f"cannot write {str(output)!r}: it names no file")
-        parent = output.parent if output is not None else None
-        if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK)):
-            raise UsageError(f"cannot write {output}: {parent} is not a writable directory")
+        if output is not None:
+            _check_output(output)
     if plot_path is not None:
         pyplot()
     started = time.perf_counter()
@@ -119,18 +116,44 @@ def run(
                 "a larger chunk size, or fewer mirrors"
             ) from None
     wall = time.perf_counter() - started
-    if not quiet:
-        click.echo(table(result), nl=False)
-        click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
-    # Each output whole or not at all (the old one kept), the image drawn first.
+    # Each output whole or not at all (the old one kept), the image drawn
+    # first; and before the table, which a closed pipe (`| head`) cuts short.
     outputs = [(plot_path, plot(result))] if plot_path is not None else []
     if json_path is not None:
         outputs.insert(0, (json_path, to_json(result).encode()))
     for path, data in outputs:
-        try:
-            write_atomic(path, data)
-        except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        _write_output(path, data)
+    if not quiet:
+        click.echo(table(result), nl=False)
+        click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
+
+
+def _check_output(path: Path) -> None:
+    """Refuse, before a run, an output ``path`` that cannot be written."""
+    if path.name in ("", ".", ".."):
+        raise UsageError(f"cannot write {str(path)!r}: it names no file")
+    target = path.resolve()  # (a link: the file it names)
+    if target.exists() and not target.is_file():
+        if target.is_dir() or not os.access(target, os.W_OK):
+            raise UsageError(f"cannot write {path}: not a file this user may write")
+        return
+    parent = target.parent
+    if not (parent.is_dir() and os.access(parent, os.W_OK)):
+        raise UsageError(f"cannot write {path}: {parent} is not a writable directory")
+
+
+def _write_output(path: Path, data: bytes) -> None:
+    """Write a result: a file is replaced whole (or kept, on failure), through
+    a symbolic link to it; anything else (``/dev/stdout``, a pipe) is written to."""
+    target = path.resolve()
+    try:
+        if target.exists() and not target.is_file():
+            with open(target, "wb") as handle:
+                handle.write(data)
+        else:
+            write_atomic(target, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
 @netsim.command("validate")

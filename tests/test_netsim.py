@@ -219,6 +219,36 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
         assert "Traceback" not in bad.stderr
 
 
+def test_results_go_through_links_and_pipes_and_before_the_table(tmp_path: Path) -> None:
+    """--json replaced what its path named: a symbolic link (its file left as
+    it was), a FIFO, /dev/stdout itself when run as root. And the files were
+    written after the table, so `| head` lost them."""
+    import threading
+
+    run = ("netsim", "run", "--mirrors", "3", "--size", "1MiB")
+    real = tmp_path / "real.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    assert _cli(*run, "--json", str(link)).returncode == 0
+    assert link.is_symlink() and json.loads(real.read_text())["scenario"]["mirrors"] == 3
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert _cli(*run, "--json", str(fifo)).returncode == 0
+    reader.join(timeout=30)
+    assert fifo.is_fifo() and json.loads(read[0])["scenario"]["mirrors"] == 3
+    closed_r, closed_w = os.pipe()
+    os.close(closed_r)  # a reader gone at once, as `| head -0`
+    code = "from tufmesh.cli import main; main()"
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, "-c", code, *run, "--json", str(out)], stdout=closed_w,
+                   stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+    os.close(closed_w)
+    assert json.loads(out.read_text())["scenario"]["mirrors"] == 3
+
+
 @pytest.mark.slow
 def test_the_simulator_predicts_real_mirrors_within_25_percent() -> None:
     from tufmesh.netsim._real import matching_scenario, run_real
