@@ -87,19 +87,16 @@ def run(
         settings["link_classes"] = ()  # a profile named on the command line wins over [[link]]
     try:
         scenario = scenario.replace(**settings)
-    except UsageError as exc:  # named as the flag that set it, if one did
-        message = str(exc)
-        for name, value in settings.items():
-            if value is not None and message.startswith(f"{name} "):
-                message = f"--{name.replace('_', '-')}{message[len(name) :]}"
-        raise UsageError(message) from None
+    except UsageError as exc:
+        flags = [name for name, value in settings.items() if value is not None]
+        raise _as_flag(exc, flags) from None
     for output in (json_path, plot_path):  # before the run, not after it
         if output is not None:
             _check_output(output)
     if plot_path is not None:
         pyplot()
     started = time.perf_counter()
-    honest = scenario.mirrors - round(scenario.malicious * scenario.mirrors)
+    honest = scenario.mirrors - scenario.hostile
     with progress_bar("honest mirrors complete", honest, items=True) as advance:
         done = 0
 
@@ -126,6 +123,16 @@ def run(
     if not quiet:
         click.echo(table(result), nl=False)
         click.echo(f"simulated in {wall:.1f} s ({result.events} events)")
+
+
+def _as_flag(exc: UsageError, names: list[str]) -> UsageError:
+    """``exc`` naming the setting as the command-line flag that set it, if one
+    of ``names`` did ("size must be..." -> "--size must be...")."""
+    message = str(exc)
+    for name in names:
+        if message.startswith(f"{name} "):
+            message = f"--{name.replace('_', '-')}{message[len(name) :]}"
+    return UsageError(message)
 
 
 def _check_output(path: Path) -> None:
@@ -180,7 +187,10 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
     from tufmesh.netsim._real import matching_scenario, run_real
     from tufmesh.netsim._sim import simulate
 
-    scenario = matching_scenario(mirrors, size, rate, seed)  # its checks, before the real run
+    try:  # its checks, before the real run
+        scenario = matching_scenario(mirrors, size, rate, seed)
+    except UsageError as exc:
+        raise _as_flag(exc, ["mirrors", "size", "seed"]) from None
     click.echo(
         f"a release of {format_size(size)} to an origin and {mirrors} mirrors, real processes "
         "on 127.0.0.1, then the same in the simulator...",
@@ -206,3 +216,4 @@ def validate(mirrors: int, size: int, rate: int, seed: int) -> None:
         diff = (predicted - measured) / measured if measured else 0.0
         click.echo(f"{name:<24}{measured:>9.2f}{unit}{predicted:>11.2f}{unit}{diff:>+12.0%}")
     click.echo(f"lower bound: {simulated.lower_bound:.2f} s")
+    click.echo("(the real origin's bytes count its metadata too; the simulated, chunks only)")

@@ -16,15 +16,21 @@ import random
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import httpx
 
 from tufmesh._procs import TUFMESH, health, service
-from tufmesh.errors import TufmeshError
+from tufmesh._ui import format_size
+from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.netsim._scenario import LinkClass, Scenario
+from tufmesh.origin._config import OriginConfig
+
+#: The largest release a real run publishes: what its origin accepts.
+MAX_SIZE: Final = OriginConfig.max_upload_bytes
 
 __all__ = ["RealRun", "matching_scenario", "run_real"]
 
@@ -52,6 +58,8 @@ class RealRun:
 
 def matching_scenario(mirrors: int, size: int, rate: float, seed: int = 1) -> Scenario:
     """The simulator's model of :func:`run_real`: loopback links, uploads capped at ``rate``."""
+    if size > MAX_SIZE:  # (the origin of the real run refuses a larger upload)
+        raise UsageError(f"size must be at most {format_size(MAX_SIZE)} (an origin's upload limit)")
     loopback = LinkClass(1.0, (rate, rate), (1 << 30, 1 << 30), (0.0001, 0.0001))
     return Scenario(
         mirrors=mirrors,
@@ -115,8 +123,8 @@ def run_real(
             # A direct upload: its response comes right after the commit.
             response = httpx.post(
                 f"{origin}/api/v1/projects/release/files/release-1.0.tar.gz",
-                content=os.urandom(size),
-                headers={"authorization": f"Bearer {token}"},
+                content=_random_bytes(size),  # (made as sent, not held: up to 1 GiB)
+                headers={"authorization": f"Bearer {token}", "content-length": str(size)},
                 timeout=120,
             )
             if response.status_code != 200:
@@ -148,6 +156,14 @@ def run_real(
         if cpu_before and cpu_after and cpu_after[1] > cpu_before[1]:
             busy = (cpu_after[0] - cpu_before[0]) / (cpu_after[1] - cpu_before[1])
         return RealRun(mirrors, size, rate, sorted(done.values()), served, sorted(heard), busy)
+
+
+def _random_bytes(size: int) -> Iterator[bytes]:
+    """``size`` random bytes, a MiB at a time."""
+    while size > 0:
+        piece = os.urandom(min(size, 1 << 20))
+        size -= len(piece)
+        yield piece
 
 
 def _cpu_times() -> tuple[int, int] | None:

@@ -38,6 +38,7 @@ def summary(result: Result) -> dict[str, Any]:
             "p99": _seconds(result.percentile(99)),
             "max": _seconds(done),
         },
+        "origin_up_bytes_per_second": result.scenario.origin_rate,
         "lower_bound_seconds": _seconds(result.lower_bound),
         "churn_floor_seconds": _seconds(result.churn_floor),
         "ratio_to_bound": None if math.isinf(done) else round(done / result.lower_bound, 4),
@@ -86,6 +87,7 @@ def table(result: Result) -> str:
         ("completed", f"{s['completed']} of {s['honest_mirrors']} honest mirrors"),
         ("completion p50 / p90 / p99", f"{sec(t['p50'])} / {sec(t['p90'])} / {sec(t['p99'])}"),
         ("every honest mirror", sec(t["max"])),
+        ("origin upload", f"{format_size(sc.origin_rate)}/s"),
         ("lower bound (no network does better)", sec(s["lower_bound_seconds"])),
         *(
             [("bound set by", "churn (mirrors away before any network could finish them)")]

@@ -119,7 +119,7 @@ class Scenario:
                     _check(f"a link's {what}", value, float, least, 1e15 if least else 60.0)
                 if bounds[0] > bounds[1]:
                     raise UsageError(f"a link's {what} range {list(bounds)} runs backwards")
-        if round(self.malicious * self.mirrors) >= self.mirrors:
+        if self.hostile >= self.mirrors:
             raise UsageError(f"{self.malicious:g} of {self.mirrors} mirrors leaves none honest")
         if not self.link_classes and self.links not in PROFILES:
             raise UsageError(f"unknown link profile {self.links!r}; one of {', '.join(PROFILES)}")
@@ -133,6 +133,17 @@ class Scenario:
     def classes(self) -> list[LinkClass]:
         """The link classes mirrors are drawn from."""
         return list(self.link_classes) or PROFILES[self.links]
+
+    @property
+    def hostile(self) -> int:
+        """Malicious mirrors: the fraction of the mirrors, halves rounded up
+        (0.5 of 3 mirrors and 0.5 of 5 are 2 and 3, not 2 and 2)."""
+        return math.floor(self.malicious * self.mirrors + 0.5)
+
+    @property
+    def origin_rate(self) -> float:
+        """The origin's upload: ``origin_up``, or the fastest upload of any link class."""
+        return self.origin_up or max(c.up[1] for c in self.classes)
 
     @property
     def chunks(self) -> int:
@@ -213,7 +224,8 @@ def load_scenario(path: Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: {exc}") from None
     data.pop("description", None)
-    known = {f.name for f in dataclasses.fields(Scenario)}
+    # (link_classes is what [[link]] tables become: not a setting of its own)
+    known = {f.name for f in dataclasses.fields(Scenario)} - {"link_classes"}
     links = data.pop("link", None)
     if links is not None and not (
         isinstance(links, list) and all(isinstance(c, dict) for c in links)

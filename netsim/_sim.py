@@ -249,9 +249,8 @@ class _Simulation:
     def _build(self) -> None:
         sc, rng = self.sc, self.rng
         up, down, latency = self._draw()
-        origin_up = sc.origin_up or max(c.up[1] for c in sc.classes)
-        self.origin = _Node(ORIGIN, _Link(origin_up), _Link(down), latency)
-        hostile = round(sc.malicious * sc.mirrors)
+        self.origin = _Node(ORIGIN, _Link(sc.origin_rate), _Link(down), latency)
+        hostile = sc.hostile
         self.mirrors: list[_Node] = []
         for i in range(sc.mirrors):
             up, down, latency = self._draw()

@@ -45,6 +45,17 @@ def test_same_seed_gives_byte_identical_json(tmp_path: Path) -> None:
     assert other.read_bytes() != outputs[0]  # the seed matters
     data = json.loads(outputs[0])
     assert data["summary"]["completed"] == data["summary"]["honest_mirrors"] == 54
+    # The origin's upload the bound was drawn with (null: "the fastest link's").
+    summary = data["summary"]
+    assert summary["origin_up_bytes_per_second"] == 16 << 20  # homogeneous links
+    assert summary["lower_bound_seconds"] == pytest.approx((32 << 20) / (16 << 20), abs=1e-3)
+
+
+def test_hostile_mirrors_are_the_fraction_with_halves_rounded_up() -> None:
+    # (round() rounds halves to even: 0.5 of 3, 5 and 7 mirrors were 2, 2 and 4)
+    assert [Scenario(mirrors=n, malicious=0.5).hostile for n in (3, 5, 7)] == [2, 3, 4]
+    assert Scenario(mirrors=1000, malicious=0.3).hostile == 300
+    assert Scenario(mirrors=9, malicious=0.1).hostile == 1
 
 
 @pytest.mark.parametrize("links", ["homogeneous", "home", "mixed"])
@@ -127,6 +138,7 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
     for text, message in [
         ("mirrors = 0", "at least one mirror"),
         ("speed = 3", "unknown settings speed"),
+        ("link_classes = 1", "unknown settings link_classes"),  # ("'int' object is not ...")
         ('links = "moon"', "unknown link profile"),
         ("mirrors = [", "s.toml"),
         ('size = "lots"', "s.toml: .*not a size"),
@@ -213,6 +225,10 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "unknown link profile 'moon'" in bad.stderr
     bad = _cli("netsim", "run", "--seed", "-1")
     assert bad.returncode != 0 and "--seed" in bad.stderr
+    # Sizes the real run's origin would refuse, said before starting it, as the flag.
+    for size, said in [("2GiB", "--size must be at most 1.0 GiB"), ("0", "--size must be 1 ..")]:
+        bad = _cli("netsim", "validate", "--size", size)
+        assert bad.returncode == 1 and bad.stderr.startswith(f"Error: {said}"), bad.stderr
     for rate in ("0", "1"):  # (1 B/s was the origin's usage text, from its child process)
         bad = _cli("netsim", "validate", "--rate", rate)
         assert bad.returncode == 2 and "'--rate': at least 128.0 KiB a second:" in bad.stderr
