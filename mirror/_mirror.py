@@ -484,10 +484,16 @@ class Mirror:
             for cid in (entry.cid, entry.manifest)
             if cid is not None and self.store.has(cid)
         }
+        pinned = f"snapshot-{snapshot}"
         if held:
-            self.store.pin(f"snapshot-{snapshot}", held)
-        for name in self.store.pins():
-            if name.startswith("snapshot-") and name != f"snapshot-{snapshot}":
+            self.store.pin(pinned, held)
+        for name, cids in self.store.pins().items():
+            if name == pinned and (kept_no_more := cids - held):
+                # The same version kept with a lower --quota or fewer
+                # --projects: what it no longer serves goes now, not only
+                # once the origin publishes another version.
+                self.store.unpin(name, kept_no_more)
+            elif name.startswith("snapshot-") and name != pinned:
                 self.store.unpin(name)
         self.store.gc()
         return snapshot
