@@ -187,10 +187,15 @@ def status(mirror_dir: Path) -> None:
     # Only a directory a mirror has written to is opened: opening creates its store.
     replica = Mirror(mirror_dir) if (mirror_dir / "state.json").is_file() else None
     state = replica.state() if replica is not None else {}
+    if replica is not None and not state:
+        raise TufmeshError(
+            f"{replica.state_file} cannot be read or is damaged; "
+            "the mirror's next sync writes it again"
+        )
     running = is_held(mirror_dir)
     # (a stopped daemon's sync may have left its progress: not under way)
     progress = read_progress(mirror_dir) if running else None
-    if replica is None:
+    if "last_sync" not in state:  # (the p2p layer writes the state before any sync ends)
         if not (mirror_dir / "mirror.json").is_file():
             raise TufmeshError(f"{mirror_dir} is not a mirror's directory (no mirror.json)")
         if progress is None and running:
@@ -208,11 +213,7 @@ def status(mirror_dir: Path) -> None:
         click.echo(f"mirror {mirror_dir}")
         click.echo(f"first sync	{_progress_line(progress)}")
         return  # on its way: not a failure
-    if not state:
-        raise TufmeshError(
-            f"{replica.state_file} cannot be read or is damaged; "
-            "the mirror's next sync writes it again"
-        )
+    assert replica is not None
     blobs = list(replica.store)
     size = sum(replica.store.stat(cid).size for cid in blobs)
     last = state.get("last_sync", {})

@@ -528,6 +528,19 @@ class Mirror:
             lambda state: state.update(p2p_peers=peers, newest_announced=newest_announced)
         )
 
+    def forget_network(self) -> None:
+        """A run without a p2p layer: what an earlier run's saw (its address,
+        its peers) is no longer said as this mirror's."""
+        (self.dir / "p2p.addr").unlink(missing_ok=True)
+        keys = ("p2p_peers", "newest_announced")
+
+        def forget(state: dict[str, Any]) -> None:
+            for key in keys:
+                state.pop(key, None)
+
+        if set(keys) & self.state().keys():
+            self._update_state(forget)
+
     def record(self, report: SyncReport) -> None:
         """Add a sync's outcome to the state ``mirror status`` and ``/healthz``
         read. A disk that cannot take it (full) only leaves the state as it

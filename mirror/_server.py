@@ -313,7 +313,9 @@ async def run_mirror(
             await trio.sleep(1)
 
     async with trio.open_nursery() as nursery:
-        if p2p_port is not None:
+        if p2p_port is None:
+            mirror.forget_network()
+        else:
             root = _trusted_root(mirror)
 
             def blob_source(cid: str, offset: int, length: int) -> bytes | None:

@@ -145,6 +145,13 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     (tmp_path / "m4" / "incoming" / "x.part").write_bytes(os.urandom(1 << 20))
     first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
     assert first.returncode == 1 and "1.0 MiB fetched, for the next run to resume" in first.stderr
+    # With --p2p-port, the p2p layer writes the state within a second of the
+    # start, before any sync ends: still a first sync (it showed a snapshot
+    # version 0 and exit 0).
+    p2p_only = {"p2p_peers": 2, "newest_announced": 3}
+    (tmp_path / "m4" / "state.json").write_text(json.dumps(p2p_only))
+    first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
+    assert first.returncode == 1 and "1.0 MiB fetched, for the next run to resume" in first.stderr
     # A failed sync: what the mirror serves is still counted (it said 0).
     state = Mirror(tmp_path / "m2").state()
     failed = state | {"last_sync": {"artifacts": 0, "error": "the origin is down"}}
@@ -399,6 +406,24 @@ def test_a_mirror_says_it_is_starting_until_its_first_sync_ends(tmp_path: Path) 
         with mirror_process(tmp_path / "m", repo / "metadata" / "1.root.json", origin) as url:
             health = httpx.get(f"{url}/healthz").json()
     assert health["status"] == "starting" and health["snapshot_version"] == 0, health
+
+
+def test_a_run_without_p2p_forgets_an_earlier_runs_p2p_view(tmp_path: Path) -> None:
+    """Run once with --p2p-port, then without: `mirror status` still gave the
+    old libp2p address (nothing listened there) and "p2p peers 0"."""
+    repo = init_repo(tmp_path / "repo")
+    root = repo / "metadata" / "1.root.json"
+    with running(repo) as origin:
+        with mirror_process(tmp_path / "m", root, origin.url, "--p2p-port", "0") as url:
+            wait_for(url, 1)
+            status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+            assert "p2p address\t/ip4/127.0.0.1/tcp/" in status and "p2p peers\t" in status
+        with mirror_process(tmp_path / "m", root, origin.url) as url:
+            wait_for(url, 1)
+            status = tufmesh("mirror", "status", "--dir", str(tmp_path / "m")).stdout
+    assert "snapshot version" in status, status
+    assert "p2p address" not in status and "p2p peers" not in status, status
+    assert not (tmp_path / "m" / "p2p.addr").exists()
 
 
 def test_a_mirror_stopped_mid_sync_says_what_it_kept(tmp_path: Path) -> None:
