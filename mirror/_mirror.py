@@ -564,6 +564,8 @@ class Mirror:
                 bans=state.get("bans", 0) + len(report.bans),
                 snapshot_version=report.snapshot_version or state.get("snapshot_version", 0),
                 timestamp_version=self.served_timestamp(),
+                # What it serves: a failed sync leaves the last version served.
+                artifacts=report.artifacts if report.error is None else state.get("artifacts", 0),
             )
 
         self._update_state(update, report)
@@ -581,6 +583,7 @@ _STATE_TYPES: dict[str, type | tuple[type, ...]] = {
     "quarantined": int,
     "snapshot_version": int,
     "timestamp_version": int,
+    "artifacts": int,
     "p2p_peers": int,
     "newest_announced": int,
 }

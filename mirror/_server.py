@@ -87,7 +87,7 @@ def build_mirror_app(
                 # reach, a first release of hours): no sync has failed yet.
                 "status": "starting" if not last else "ok" if not last.get("error") else "degraded",
                 "snapshot_version": state.get("snapshot_version", 0),
-                "artifacts": last.get("artifacts", 0),
+                "artifacts": state.get("artifacts", 0),  # served (a failed sync said 0)
                 "last_error": last.get("error"),
                 "quarantined": state.get("quarantined", 0),
                 # How far the sync under way is (mirror status), or None.

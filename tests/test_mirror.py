@@ -160,6 +160,12 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     assert after.returncode == 1 and "artifacts served\t2" in after.stdout
     assert "last error\tthe origin is down" in after.stdout
     (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
+    # ...and so /healthz (from the state) counts what a failed sync leaves served.
+    replica = Mirror(tmp_path / "m2")
+    assert replica.state()["artifacts"] == 2
+    replica.record(SyncReport(error="the origin is down"))
+    assert replica.state()["artifacts"] == 2 and replica.state()["sync_failures"] == 1
+    (tmp_path / "m2" / "state.json").write_text(json.dumps(state))
     # Entries of the wrong type (a hand edit): left out, the rest still shown.
     state = Mirror(tmp_path / "m2").state()
     state |= {"syncs": "many", "bytes_fetched_by_source": {"x": "lots"}, "last_sync_at": None}
@@ -1038,6 +1044,7 @@ def test_a_full_disk_fails_a_sync_and_the_mirror_serves_on(tmp_path: Path) -> No
                 assert time.monotonic() < end and proc.poll() is None, health
                 time.sleep(0.2)
             assert health["status"] == "degraded", health
+            assert health["artifacts"] == 1, health  # what it serves (it said 0)
             time.sleep(2)  # syncs go on failing, and the daemon on serving
             served = httpx.get(
                 f"{url}/targets/demo/{hashlib.sha256(small).hexdigest()}.small-1.0.tar.gz"
