@@ -198,18 +198,24 @@ class Swarm:
 
     # -- neighbours -------------------------------------------------------------
 
-    def learn(self, url: object, named_by: str | None = None) -> None:
+    def learn(self, url: object, named_by: str | None = None, namer: str | None = None) -> None:
         """Add ``url`` as a neighbour, if it looks like one and there is room
-        (``named_by``: the machine that named it, as :func:`_machine_at` says)."""
+        (``named_by``: the machine that named it, as :func:`_machine_at` says;
+        ``namer``: its IP address, None if not known)."""
         if not isinstance(url, str) or not url.startswith(("http://", "https://", "libp2p:/")):
             return
         url = url.rstrip("/")
         if url.startswith("http") and url not in self.peers and not _ORIGIN_URL.fullmatch(url):
             return  # one heard of is scheme://host:port: no path, query or user to aim our POSTs
-        if url in (self.url, self.origin) or len(url) > 200:
+        if url in (self.url, self.origin) or len(url) > 200 or self._is_me(url):
             return
         if url not in self.peers and _unroutable(url):
             return  # no mirror is there (a cloud's metadata service is: 169.254.169.254)
+        if named_by is not None and _reach(_host(url)) < _reach(namer):
+            # A machine on the internet names this one's loopback, or a private
+            # network's address: no mirror of its own is there, but a service
+            # that trusts its network may be (our POSTs would be its requests).
+            return
         with self._lock:
             if url in self._neighbours or len(self._neighbours) >= MAX_NEIGHBOURS:
                 return
@@ -251,6 +257,22 @@ class Swarm:
                         self._named = {
                             k: v for k, v in self._named.items() if now - v[-1] < UNVERIFIED_TTL
                         }
+
+    def _is_me(self, url: str) -> bool:
+        """True if ``url`` names this mirror by another address: one bound to
+        loopback or to every address (``--host 0.0.0.0``) is on this
+        machine's loopback at its own port too."""
+        if self.url is None or not url.startswith("http") or not self.url.startswith("http"):
+            return False
+        me, other = urlsplit(self.url), urlsplit(url)
+        try:
+            if (me.scheme, me.port) != (other.scheme, other.port):
+                return False
+        except ValueError:  # (a port out of range)
+            return False
+        return (is_loopback(me.hostname or "") or _unspecified(me.hostname or "")) and (
+            is_loopback(other.hostname or "")
+        )
 
     def _room_on(self, machine: str | None, besides: str | None = None) -> bool:
         """Whether a learnt neighbour (other than ``besides``) may be on
@@ -346,14 +368,19 @@ class Swarm:
         if type(newest) is int and newest > self.newest and self.on_newer is not None:
             self.on_newer(newest)
         named_by = _machine_at(address) if address is not None else "?"
-        return self.record(query["cids"], query.get("from"), named_by)
+        asker = _seen_at(query.get("from"), address)
+        return self.record(query["cids"], asker, named_by, address)
 
     def record(
-        self, cids: list[str], asker: object = None, named_by: str | None = None
+        self,
+        cids: list[str],
+        asker: object = None,
+        named_by: str | None = None,
+        namer: str | None = None,
     ) -> dict[str, Any]:
         """Our have-record for ``cids`` (learning ``asker``, named by machine
-        ``named_by``, as a neighbour)."""
-        self.learn(asker, named_by)
+        ``named_by`` at IP ``namer``, as a neighbour)."""
+        self.learn(asker, named_by, namer)
         blobs: dict[str, Any] = {}
         for cid in cids[:64]:
             if not isinstance(cid, str):
@@ -448,7 +475,7 @@ class Swarm:
             scheduler.drop(url, "its machine holds its share of neighbours already")
             return False
         for peer in peers[:8]:
-            self.learn(peer, _machine_at(source) if source is not None else "?")
+            self.learn(peer, _machine_at(source) if source is not None else "?", source)
         has, claims = parse_record(entry, scheduler.count)
         if has is None and entry == "all":
             scheduler.add_source(url)
@@ -483,6 +510,67 @@ def _unroutable(url: str) -> bool:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_link_local or ip.is_multicast or ip.is_unspecified
+
+
+def _unspecified(host: str) -> bool:
+    """True for 0.0.0.0 and ::, what a socket bound to every address names."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+#: How far an address reaches, nearest first: an asker may name addresses
+#: as far from us as it is, or farther, never nearer.
+LOOPBACK, PRIVATE, PUBLIC = range(3)
+
+
+def _reach(host: str | None) -> int:
+    """Where ``host`` is: this machine, a network not routed on the internet
+    (RFC 1918, unique-local, shared, documentation ranges), or the internet;
+    PUBLIC for a name, which may resolve anywhere, and for None (not known)."""
+    if host is None:
+        return PUBLIC
+    if is_loopback(host) or host.lower().endswith(".localhost"):
+        return LOOPBACK
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return PUBLIC
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return PUBLIC if ip.is_global else PRIVATE
+
+
+def _seen_at(url: object, address: str | None) -> object:
+    """An asker's own URL, its host 0.0.0.0 or :: (a mirror bound to every
+    address knows no better) replaced by ``address``, the IP its query came
+    from: there, and only there, it can be reached."""
+    if not isinstance(url, str) or address is None:
+        return url
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return url
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if url.startswith("libp2p:/"):
+        parts = url.split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6") and _unspecified(parts[2]):
+            parts[1:3] = [f"ip{ip.version}", str(ip)]
+            return "/".join(parts)
+        return url
+    if not _ORIGIN_URL.fullmatch(url.rstrip("/")):
+        return url
+    split = urlsplit(url)
+    if not _unspecified(split.hostname or ""):
+        return url
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    try:
+        port = f":{split.port}" if split.port is not None else ""
+    except ValueError:
+        return url
+    return f"{split.scheme}://{host}{port}"
 
 
 def _machine_at(host: str) -> str | None:

@@ -259,9 +259,55 @@ def test_names_from_one_machine_neither_fill_the_places_nor_keep_another_machine
     swarm.answer({"cids": [], "from": "http://192.0.2.12:80"}, "192.0.2.11")
     swarm.answer({"cids": [], "from": "http://192.0.2.13:80"}, "192.0.2.11")
     assert swarm.neighbours() == ["http://192.0.2.9:80", "http://192.0.2.12:80"]
-    for url in ("http://169.254.169.254:80", "http://[fe80::1]:80", "http://0.0.0.0:80"):
+    for url in ("http://169.254.169.254:80", "http://[fe80::1]:80", "http://[ff02::1]:80"):
         swarm.answer({"cids": [], "from": url}, "192.0.2.20")  # where no mirror is
     assert swarm.neighbours() == ["http://192.0.2.9:80", "http://192.0.2.12:80"]
+
+
+def test_a_mirror_bound_to_every_address_is_learnt_where_its_queries_come_from() -> None:
+    """A mirror run with --host 0.0.0.0 (as a public one is) said it was
+    http://0.0.0.0:PORT, which its neighbours rightly dropped: none ever
+    learnt it. Its address is the one its queries come from."""
+    swarm = Swarm(url="http://me")
+    swarm.answer({"cids": [], "from": "http://0.0.0.0:8081"}, "198.51.100.7")
+    swarm.answer({"cids": [], "from": "http://[::]:8081"}, "2001:db8::9")
+    swarm.answer({"cids": [], "from": "http://0.0.0.0:8082"}, "::ffff:192.0.2.4")
+    swarm.answer({"cids": [], "from": "libp2p:/ip4/0.0.0.0/tcp/4001/p2p/QmA"}, "192.0.2.5")
+    swarm.answer({"cids": [], "from": "http://0.0.0.0:8083"}, None)  # from where, not said
+    assert swarm.neighbours() == [
+        "http://198.51.100.7:8081",
+        "http://[2001:db8::9]:8081",
+        "http://192.0.2.4:8082",
+        "libp2p:/ip4/192.0.2.5/tcp/4001/p2p/QmA",
+    ]
+    # ...and such a mirror knows itself on loopback (it listed itself).
+    me = Swarm(url="http://0.0.0.0:18086")
+    for url in ("http://127.0.0.1:18086", "http://localhost:18086", "http://[::1]:18086"):
+        me.answer({"cids": [], "from": url}, "127.0.0.1")
+    me.answer({"cids": [], "from": "http://127.0.0.1:18087"}, "127.0.0.1")  # another one
+    assert me.neighbours() == ["http://127.0.0.1:18087"]
+
+
+def test_an_asker_names_no_address_nearer_to_us_than_itself() -> None:
+    """Any asker could have a mirror POST its have-queries to this machine's
+    loopback or its private network (a service there that trusts its
+    network): names are now as far from us as their namer, or farther."""
+    swarm = Swarm(url="http://me")
+    for url in ("http://127.0.0.1:6379", "http://localhost:80", "http://a.localhost:80",
+                "http://10.0.0.5:80", "http://[fd00::5]:80", "http://100.64.0.1:80"):  # fmt: skip
+        swarm.answer({"cids": [], "from": url}, "8.8.8.8")  # from the internet
+    assert swarm.neighbours() == []
+    swarm.answer({"cids": [], "from": "http://127.0.0.1:6379"}, "10.0.0.9")  # a private one
+    assert swarm.neighbours() == []
+    swarm.answer({"cids": [], "from": "http://10.0.0.5:80"}, "10.0.0.9")  # its own network
+    swarm.answer({"cids": [], "from": "http://9.9.9.9:80"}, "10.0.0.9")  # farther: fine
+    swarm.answer({"cids": [], "from": "http://127.0.0.1:8081"}, "127.0.0.1")  # this machine
+    swarm.answer({"cids": [], "from": "http://10.0.0.6:80"}, None)  # from where, not said
+    assert swarm.neighbours() == [
+        "http://10.0.0.5:80", "http://9.9.9.9:80", "http://127.0.0.1:8081",
+    ]  # fmt: skip
+    # The operator's --peer may be anywhere.
+    assert Swarm(peers=["http://127.0.0.1:80"]).neighbours() == ["http://127.0.0.1:80"]
 
 
 def test_one_machine_holds_few_places_however_many_ports_answer() -> None:
