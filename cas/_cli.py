@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
+from typing import Concatenate, Final, ParamSpec, TypeVar
 
 import click
 
@@ -16,6 +20,9 @@ from tufmesh.cas._store import BlobStore
 from tufmesh.errors import BlobNotFoundError, CorruptBlobError, UsageError
 
 __all__ = ["cas"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _file_size(path: str) -> int:
@@ -47,19 +54,48 @@ def _store_path(value: str | None) -> Path | None:
 @click.pass_context
 def cas(ctx: click.Context, store_dir: Path | None) -> None:
     """The content-addressed blob store: put, get, verify, pin, gc."""
-    root = store_dir or data_home() / "cas"
-    if root.is_dir() and not (root / "blobs").is_dir() and any(root.iterdir()):
-        raise UsageError(f"{root} is not a blob store (no blobs/ in it): give a store or a new dir")
-    if {"--help", "-h"} & set(sys.argv[1:]):
-        return  # (parsed by the subcommand, after this: it needs no store)
-    if ctx.invoked_subcommand not in ("put", "manifest") and not (root / "blobs").is_dir():
-        # Only storing makes a store: a typo in --store made a whole new one,
-        # and so did a first `cas ls` (the default store, 1,026 directories).
-        raise UsageError(f"no blob store at {root} ('tufmesh cas put' makes one)")
-    ctx.obj = BlobStore(root)
+    # Opened by the command, once its arguments parsed: `--help` needs no
+    # store (a check of the command line for it took a file named -h for it).
+    ctx.obj = _StoreAt(store_dir or data_home() / "cas", ctx.invoked_subcommand)
 
 
-pass_store = click.make_pass_decorator(BlobStore)
+@dataclass(frozen=True)
+class _StoreAt:
+    """The store a command works on, opened when the command runs."""
+
+    root: Path
+    command: str | None
+
+    def open(self) -> BlobStore:
+        if sys.stdout is None and self.command in _SAYS:
+            # (started with it closed, `>&-`: it stored, said nothing, exit 0)
+            raise UsageError("no standard output to write the result to")
+        root = self.root
+        if root.is_dir() and not (root / "blobs").is_dir() and any(root.iterdir()):
+            raise UsageError(
+                f"{root} is not a blob store (no blobs/ in it): give a store or a new dir"
+            )
+        if self.command not in ("put", "manifest") and not (root / "blobs").is_dir():
+            # Only storing makes a store: a typo in --store made a whole new one,
+            # and so did a first `cas ls` (the default store, 1,026 directories).
+            raise UsageError(f"no blob store at {root} ('tufmesh cas put' makes one)")
+        return BlobStore(root)
+
+
+def pass_store(command: Callable[Concatenate[BlobStore, P], T]) -> Callable[P, T]:
+    """Give ``command`` the store, opened (the group said which)."""
+
+    @functools.wraps(command)
+    def with_store(*args: P.args, **kwargs: P.kwargs) -> T:
+        where = click.get_current_context().find_object(_StoreAt)
+        assert where is not None
+        return command(where.open(), *args, **kwargs)
+
+    return with_store
+
+
+#: The commands whose result is what they print.
+_SAYS: Final = frozenset(["put", "manifest", "ls", "stat", "verify", "fsck", "gc"])
 
 
 def _fsck_again(store: BlobStore) -> str:
@@ -115,7 +151,10 @@ def ls_(store: BlobStore) -> None:
         for cid in cids:
             holders.setdefault(cid, []).append(name)
     for cid in sorted(store):
-        size = store.stat(cid).size
+        try:
+            size = store.stat(cid).size
+        except BlobNotFoundError:
+            continue  # gone since it was listed (a gc, an fsck, of another process)
         click.echo(f"{cid}\t{size}\t{','.join(sorted(holders.get(cid, [])))}".rstrip())
 
 
@@ -138,17 +177,24 @@ def stat(store: BlobStore, cid: str) -> None:
 @pass_store
 def verify(store: BlobStore, cids: tuple[str, ...]) -> None:
     """Check that blobs (default: all) still match their names."""
-    bad = 0
+    bad = missing = 0
     for cid in cids or sorted(store):
         try:
             store.verify(cid)
         except CorruptBlobError:
             bad += 1
             click.echo(f"CORRUPT\t{cid}")
+        except BlobNotFoundError:
+            if not cids:
+                continue  # gone since it was listed (a gc, an fsck, of another process)
+            missing += 1
+            click.echo(f"MISSING\t{cid}")
         else:
             click.echo(f"ok\t{cid}")
     if bad:
         raise click.ClickException(f"{bad} corrupt blob(s); run '{_fsck_again(store)}'")
+    if missing:
+        raise click.ClickException(f"{missing} of the blobs named not in the store")
 
 
 @cas.command()
@@ -197,7 +243,7 @@ def unpin(store: BlobStore, name: str, cids: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 @click.option(
     "--grace",
-    type=Finite(min=0),
+    type=Finite(min=0, max=10**9),  # (minutes: more overflowed to "inf seconds")
     default=None,
     help="Keep blobs stored in the last N minutes [default: 15].",
 )

@@ -39,7 +39,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import IO, BinaryIO, Final, TypeAlias, final
 
-from tufmesh._durable import fsync_dir, locked, read_exactly, write_at
+from tufmesh._durable import fsync_dir, locked, name_start, read_exactly, write_at
 from tufmesh.cas._cid import cid_from_sha256, parse_cid
 from tufmesh.cas._manifest import (
     DEFAULT_CHUNK_SIZE,
@@ -518,7 +518,7 @@ class BlobStore:
             # directory would be replaced by a plain file, not written to.
             raise StoreError(f"{dest} is not a regular file, so not replaced by the blob")
         # (its name shortened: the longest name the destination takes must do)
-        tmp = dest.with_name(f".{dest.name[:64]}.{secrets.token_hex(4)}.part")
+        tmp = dest.with_name(f".{name_start(dest)}.{secrets.token_hex(4)}.part")
         sha = hashlib.sha256()
         try:
             src = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below, with out)
@@ -547,7 +547,7 @@ class BlobStore:
         except OSError as exc:
             raise StoreError(f"cannot write {dest}: {exc.strerror}") from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # (gone; or never made: its error said)
                 tmp.unlink()
         return size
 

@@ -136,7 +136,13 @@ def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, mode: int = 
 def _temp_name(path: Path) -> Path:
     """A temporary name beside ``path``, this thread's own (and within the
     255 bytes a name may have, however long ``path``'s own is)."""
-    return path.with_name(f".{path.name[:64]}.tmp-{os.getpid()}-{threading.get_ident()}")
+    return path.with_name(f".{name_start(path)}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def name_start(path: Path) -> str:
+    """The first 64 bytes of ``path``'s name, for a temporary name beside it
+    within the 255 bytes a name may have (64 characters may be 256 bytes)."""
+    return os.fsdecode(os.fsencode(path.name)[:64])
 
 
 def hard_link(source: Path, link: Path) -> Literal["kept", "made", "replaced"]:

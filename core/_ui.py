@@ -85,10 +85,10 @@ class Finite(click.FloatRange):
     NaN seconds let 'cas gc' delete every unpinned blob, however new."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):  # (before the range: "inf is not in 0<=x<=...")
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
+        return super().convert(number, param, ctx)
 
 
 #: A TCP port option (0: any free port).

@@ -355,3 +355,39 @@ def test_only_put_makes_a_store(tmp_path: Path) -> None:
                           env={**os.environ, "TUFMESH_HOME": str(home)})  # fmt: skip
     assert proc.returncode == 1 and "no blob store at" in proc.stderr, proc
     assert not (home / "cas").exists()
+
+
+def test_odd_arguments_and_outputs_are_one_line_or_work(tmp_path: Path) -> None:
+    """A review's findings: a file named -h (taken for --help by the group,
+    which then opened no store: a traceback), a 252-byte name of 63
+    four-byte characters (its temporary name, cut at 64 characters, was 256
+    bytes), an explicit CID not in the store (the rest went unchecked), a
+    closed stdout (stored, said nothing, exit 0), a grace in minutes past
+    a float's seconds ("inf seconds")."""
+    store = tmp_path / "store"
+    dash = tmp_path / "-h"
+    dash.write_bytes(b"a file named -h")
+    (cid,) = run(store, "put", "--", str(dash)).stdout.split()
+    stat = run(store, "stat", "--", "-h", ok=False)
+    assert stat.returncode == 1 and "-h" in stat.stderr  # not a CID: one line
+    assert "Store FILES" in run(store, "put", "--help").stdout  # --help itself still helps
+    long = tmp_path / ("\U0001f600" * 63)
+    run(store, "get", cid, "-o", str(long))
+    assert long.read_bytes() == b"a file named -h"
+    other = run(store, "put", str(tmp_path / ("\U0001f600" * 63))).stdout.split()[0]
+    absent = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    checked = run(store, "verify", cid, absent, other, ok=False)
+    assert checked.stdout.splitlines() == [f"ok\t{cid}", f"MISSING\t{absent}", f"ok\t{other}"]
+    assert "1 of the blobs named not in the store" in checked.stderr
+    for args in (["put", str(dash)], ["ls"], ["stat", cid], ["manifest", str(dash)]):
+        closed = subprocess.run(
+            [TUFMESH, "cas", "--store", str(tmp_path / "new"), *args],
+            capture_output=False, stdout=None, stderr=subprocess.PIPE, text=True, timeout=60,
+            stdin=subprocess.DEVNULL, pass_fds=(), close_fds=True,
+            preexec_fn=lambda: os.close(1),
+        )  # fmt: skip
+        assert closed.returncode == 1, (args, closed.stderr)
+        assert "no standard output" in closed.stderr or "no blob store" in closed.stderr
+    assert not (tmp_path / "new").exists()  # nothing stored where nothing could be said
+    huge = run(store, "gc", "--grace", "1e307", ok=False)
+    assert huge.returncode == 2 and "1e+307 is not in the range" in huge.stderr, huge.stderr
