@@ -16,6 +16,7 @@ escapes is a bug.
      │    │    └── ForbiddenError  a token for another project (HTTP 403)
      │    ├── TooLargeError       an upload over the size limit
      │    └── PublishError        an upload the origin refused (seen by `tufmesh publish`)
+     │         └── UnansweredError  sent, no answer came: it may be published
      ├── ClientError             the downloader (tufmesh.client)
      │    ├── NotInMetadataError  no such artifact in the signed metadata
      │    ├── MetadataRefusedError  every source's metadata failed TUF (expired: maybe a
@@ -61,6 +62,7 @@ __all__ = [
     "StoreError",
     "TooLargeError",
     "TufmeshError",
+    "UnansweredError",
     "UsageError",
 ]
 
@@ -154,6 +156,11 @@ class TooLargeError(OriginError):
 
 class PublishError(OriginError):
     """An upload that the origin refused, as reported to ``tufmesh publish``."""
+
+
+class UnansweredError(PublishError):
+    """Sent, but no answer came (the connection broke after the request
+    went out): the origin may have published it."""
 
 
 class ClientError(TufmeshError):

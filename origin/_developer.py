@@ -39,7 +39,7 @@ from tufmesh._durable import write_atomic
 from tufmesh._ui import data_home
 from tufmesh.cas import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
 from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
-from tufmesh.errors import OriginError, PublishError, UsageError
+from tufmesh.errors import OriginError, PublishError, UnansweredError, UsageError
 from tufmesh.origin._keys import load_signer, public_key_from_pem, public_key_from_uri
 from tufmesh.origin._names import check_filename, normalize_project
 from tufmesh.origin._owned import (
@@ -939,8 +939,13 @@ def send_version(
             headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
             timeout=httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=10.0),
         )
-    except httpx.HTTPError as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing was sent
         raise PublishError(f"cannot reach {origin}: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise UnansweredError(
+            f"{owned_role(project)}: sent, but {origin} gave no answer ({exc}): it may be "
+            "published; the same command again says whether it is"
+        ) from None
     try:
         body = response.json()
     except ValueError:
@@ -998,7 +1003,11 @@ def release(
     if holders.threshold > 1:  # handed on as a request: the caller notes its drops once written
         request = release_request(project, data)
         return {"request": request, "needed": holders.threshold, "base": current}
-    answer = publish_version(client, origin, project, data, token, key)
+    try:
+        answer = publish_version(client, origin, project, data, token, key)
+    except UnansweredError:  # it may be published: what it drops is noted all the same
+        key.signs_away(project, current, Metadata[Targets].from_bytes(data))
+        raise
     key.signs_away(project, current, Metadata[Targets].from_bytes(data))  # (not if refused)
     return answer
 

@@ -5,6 +5,7 @@ origin's online keys can neither add to it nor change it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -1571,3 +1572,64 @@ def test_noted_keys_are_replaced_only_when_asked_and_never_by_the_repositorys_ow
     request = claim_request("demo", signer, [], holders=[posing], threshold=2)
     with pytest.raises(OwnedMetadataError, match="one of the repository's own keys"):
         repo.claim("demo", [signer.public_key, posing], 2, request.data, dry_run=True)
+
+
+def test_a_drop_whose_answer_is_lost_is_noted_all_the_same(tmp_path: Path) -> None:
+    """A project of one key: the drop was sent and published, but the answer
+    never came (the connection broke), and the key noted nothing: an origin
+    serving the version from before the drop could have it sign the artifact
+    back in. Sent and unanswered, it may be published: noted."""
+    import socket
+    import threading
+
+    repo, token, key, _ = _claimed_repo(tmp_path)
+    second = tmp_path / "demo-2.0.tar.gz"
+    second.write_bytes(os.urandom(100_000))
+    with running(repo) as server:
+        _publish(str(second), "--origin", server.url, "--project", "demo", token=token, key=key)
+        host, port = server.url.removeprefix("http://").split(":")
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def lose_answers() -> None:  # relays each request; a POST's answer is lost
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn, socket.create_connection((host, int(port))) as upstream:
+                    with contextlib.suppress(OSError):  # (a client gone: the next one)
+                        relay(conn, upstream)
+
+        def relay(conn: socket.socket, upstream: socket.socket) -> None:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            fields = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+            while len(body) < int(fields.get(b"content-length", b"0")):
+                body += conn.recv(65536)
+            # One request a connection: the answer then says so to the client.
+            upstream.sendall(head + b"\r\nconnection: close\r\n\r\n" + body)
+            answer = b""
+            while piece := upstream.recv(65536):
+                answer += piece
+            if not head.startswith(b"POST "):
+                conn.sendall(answer)
+
+        threading.Thread(target=lose_answers, daemon=True).start()
+        lossy = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        try:
+            signed = tufmesh(
+                "developer", "sign", "demo", "--origin", lossy, "--token", token,
+                "--key", str(key), "--drop", second.name, check=False,
+            )  # fmt: skip
+        finally:
+            listener.close()
+        assert signed.returncode == 1 and "gave no answer" in signed.stderr, signed.stderr
+        assert "it may be published" in signed.stderr
+        updater = tuf_updater(server.url, repo)
+        updater.refresh()
+        assert updater.get_targetinfo("demo/demo-2.0.tar.gz") is None  # published indeed
+    memory = json.loads(Path(f"{key}.versions.json").read_text())["demo"]
+    assert memory.get("dropped") == {"demo/demo-2.0.tar.gz": 3}
