@@ -217,7 +217,7 @@ def serve(
     repo = OriginRepository(repo_dir)  # fail fast, as one line, on a bad directory
     _refuse_broken(repo)
     ProjectRegistry(repo_dir).names()  # a damaged projects.json: said now, not at each upload
-    for warning in repo.offline_expiry()[0]:
+    for warning in repo.offline_expiry()[0] + repo.offline_keys_here():
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     _warn_unrotated(repo)
     bootstrap = tuple(check_peer_address(b) for b in bootstrap)
@@ -295,7 +295,7 @@ def status(repo_dir: Path) -> None:
             err=True,
         )
     warnings, expired = repo.offline_expiry()
-    for warning in warnings:
+    for warning in warnings + repo.offline_keys_here():
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     _warn_unrotated(repo)
     if unretired := repo.unretired():
@@ -410,6 +410,11 @@ def _report(repo: OriginRepository, done: list[str]) -> None:
     versions["bin-n"] = versions["bin-*"]  # the newest of the bins
     shown = ", ".join(f"{r} v{versions[r]}" if r in versions else r for r in done)
     click.echo(f"signed {shown}")
+    if "root" in done:  # the anchor clients are given: published apart, as at init
+        first = repo.metadata_dir / f"{versions['root']}.root.json"
+        digest = hashlib.sha256(first.read_bytes()).hexdigest()
+        click.echo(f"  new trusted root: {first} (give this to new clients)")
+        click.echo(f"  its sha256: {digest} (publish it apart, for them to check)")
     click.echo(
         f"  timestamp v{repo.timestamp_md.signed.version}; start the origin again to serve it"
     )
@@ -466,7 +471,8 @@ def rotate(
     The role that delegates to ROLE is re-signed naming the new keys (a new
     root is signed by the old root keys and the new ones), ROLE is re-signed
     by them, then the snapshot and the timestamp. Clients follow on their
-    next update; the old keys sign nothing that they will accept.
+    next update; the old keys sign nothing for ROLE that they will accept (a
+    key another role shares stays that role's, and is said: rotate it too).
     """
     from tufmesh.origin._keys import generate_file_key, pair_public_keys
 
@@ -474,7 +480,8 @@ def rotate(
     keys = list(zip(uris, pair_public_keys(repo_dir, uris, [Path(p) for p in pems]), strict=True))
     generated: list[Path] = []
     label = "bin-*" if role == "bin-n" else role
-    old = next(row.keyids for row in repo.status() if row.role.split(" ")[0] == label)
+    before = next(row for row in repo.status() if row.role.split(" ")[0] == label)
+    old = before.keyids
     places = _signer_uris(repo)  # where the old keys are, to say so once they are retired
     try:
         for _ in range(new_keys if new_keys is not None else 0 if uris else 1):
@@ -501,9 +508,28 @@ def rotate(
             "kept (it signs only at ceremonies; 'origin status' then says 'file, not here')"
         )
     _report(repo, done)
+    after = next(row for row in repo.status() if row.role.split(" ")[0] == label)
+    if after.threshold < before.threshold:  # (only as --threshold said: said again)
+        click.echo(f"  {role}'s threshold lowered from {before.threshold} to {after.threshold}")
     in_use = repo.keyids_in_use()  # a key may serve another role too: not retired then
     retired = [k for k in old if k not in in_use] + repo.retire_signers()
     _retired(repo, f"{role} ", retired, places)
+    for keyid in dict.fromkeys(k for k in old if k in in_use):
+        others = [
+            "bin-n" if name == "bin-*" else name
+            for row in repo.status()
+            if keyid in row.keyids and (name := row.role.split(" ")[0])
+        ]
+        if others:  # (a leaked key that another role shares still signs for it)
+            click.secho(
+                f"warning: key {keyid[:12]} is no longer {role}'s, but still "
+                f"{', '.join(others)}'s: if it leaked, rotate "
+                f"{'those' if len(others) > 1 else 'that'} too ("
+                + "; ".join(f"tufmesh origin rotate --dir {repo_dir} {o}" for o in others)
+                + ")",
+                fg="yellow",
+                err=True,
+            )
 
 
 def _retired(repo: OriginRepository, what: str, keyids: list[str], uris: dict[str, str]) -> None:

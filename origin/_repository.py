@@ -81,6 +81,7 @@ from tufmesh.errors import (
 from tufmesh.origin._config import (
     BIN_N,
     DELEGATING_BINS,
+    OFFLINE_ROLES,
     ONLINE_ROLES,
     ROLES,
     OriginConfig,
@@ -1697,6 +1698,26 @@ class OriginRepository(Repository):
                     f"ceremony before then ({sign})"
                 )
         return warnings, expired
+
+    def offline_keys_here(self) -> list[str]:
+        """A warning if an offline role's private key is a file on this host,
+        in a repository meant for production (root's threshold 2 or more: a
+        development one says what it is when it is made). Ceremonies run in
+        place write new offline keys here, and bring old ones back to sign."""
+        if self._role_keys("root")[1] < 2:
+            return []
+        here = sorted(
+            f"{role} ({path.relative_to(self.dir) if path.is_relative_to(self.dir) else path})"
+            for role in OFFLINE_ROLES
+            for uri in self.config.signers.get(role, {}).values()
+            if (path := key_file(self.dir, uri)) is not None and path.is_file()
+        )
+        if not here:
+            return []
+        return [
+            f"offline keys on this host: {', '.join(here)}: whoever takes this host can sign "
+            "with them; move them to where the offline keys are kept (docs/maintainers.md)"
+        ]
 
     def next_refresh(self) -> datetime:
         """When the earliest online role becomes stale."""

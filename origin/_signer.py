@@ -82,6 +82,7 @@ class CommitState:
         timestamp = repo.timestamp_md.signed
         now = repo.clock()
         warnings, expired = repo.offline_expiry(now)
+        warnings += repo.offline_keys_here()
         return cls(
             timestamp_version=timestamp.version,
             snapshot_version=timestamp.snapshot_meta.version,

@@ -567,6 +567,27 @@ def test_init_with_signer_uris_and_their_public_keys(tmp_path: Path) -> None:
         pair_public_keys(tmp_path, [uri1, "gcpkms:k", "gcpkms:l"], [pem2])
 
 
+def test_rotating_a_key_other_roles_share_says_they_still_trust_it(tmp_path: Path) -> None:
+    """One key for the three online roles (allowed): 'rotate timestamp' after
+    it leaked said nothing of snapshot and bin-n, which went on trusting it."""
+    keys = tmp_path / "keys-elsewhere"
+    keys.mkdir()
+    uri, _ = _external_key(keys, "online")
+    repo = tmp_path / "repo"
+    tufmesh("origin", "init", "--dir", str(repo), "--bins", "4",
+            *(f"--signer={role}={uri}" for role in ("snapshot", "timestamp", "bin-n")))  # fmt: skip
+    said = []
+    for role, still in [("timestamp", "bin-n, snapshot's: if it leaked, rotate those too"),
+                        ("snapshot", "bin-n's: if it leaked, rotate that too"), ("bin-n", None)]:  # fmt: skip
+        rotated = tufmesh("origin", "rotate", "--dir", str(repo), role)
+        said.append(rotated.stderr)
+        if still is None:
+            assert "warning" not in rotated.stderr and "retired bin-n keys" in rotated.stdout
+        else:
+            assert f"is no longer {role}'s, but still {still}" in rotated.stderr, rotated.stderr
+    assert f"(tufmesh origin rotate --dir {repo} bin-n; tufmesh origin rotate --dir " in said[0]
+
+
 def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_path: Path) -> None:
     """A leaked timestamp key is replaced with the origin stopped; clients that
     trusted the old one follow; re-signing the offline roles works the same way."""
@@ -581,6 +602,10 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
     assert "generated keys/timestamp-1.pem" in rotated and "destroy them" in rotated
     signed = tufmesh("origin", "sign", "--dir", str(repo), "root", "targets", "bins").stdout
     assert "signed root v3, targets v2, bins v2, snapshot" in signed, signed
+    # The new anchor for new clients, as init gives the first: file and sha256.
+    newest = repo / "metadata" / "3.root.json"
+    assert f"new trusted root: {newest} (give this to new clients)" in signed, signed
+    assert f"its sha256: {hashlib.sha256(newest.read_bytes()).hexdigest()}" in signed
     status = tufmesh("origin", "status", "--dir", str(repo)).stdout
     assert "timestamp" in status
     with running(repo) as server:
@@ -604,6 +629,16 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
     assert "retired root keys" in doubled
     said = doubled.split("retired root keys")[1]  # where the key to destroy is
     assert f"{repo}/keys/root-" in said and ".pem" in said, doubled
+    # Meant for production now (a root threshold of 2), with offline keys on
+    # the serving host: said by status and serve (and /healthz), not only "file".
+    warned = tufmesh("origin", "status", "--dir", str(repo)).stderr
+    assert "warning: offline keys on this host: " in warned and "root (keys/root-2.pem)" in warned
+    for kept in ("root-2.pem", "root-3.pem"):  # moved to where offline keys are kept
+        (repo / "keys" / kept).rename(tmp_path / kept)
+    warned = tufmesh("origin", "status", "--dir", str(repo)).stderr
+    assert "targets (keys/targets.pem)" in warned and "root (" not in warned, warned
+    for kept in ("root-2.pem", "root-3.pem"):
+        (tmp_path / kept).rename(repo / "keys" / kept)
     weaker = tufmesh("origin", "rotate", "--dir", str(repo), "root", check=False)
     assert weaker.returncode == 1 and "threshold of 2" in weaker.stderr
     assert not (repo / "keys" / "root-4.pem").exists()  # the unused new key is not left behind
@@ -613,7 +648,13 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
     with running(repo) as server:
         updater = tuf_updater(server.url, repo, cache)
         updater.refresh()  # root v4: signed by the old root key and both new ones
+        warnings = httpx.get(f"{server.url}/healthz").json()["warnings"]
+        assert any(w.startswith("offline keys on this host: ") for w in warnings), warnings
         assert updater.get_targetinfo("proj/b-1.tar.gz") is not None
+    # A threshold lowered (as --threshold says) is said.
+    lowered = tufmesh("origin", "rotate", "--dir", str(repo), "root", "--new-keys", "1",
+                      "--threshold", "1").stdout  # fmt: skip
+    assert "root's threshold lowered from 2 to 1" in lowered, lowered
 
 
 def test_removing_a_malicious_upload_from_the_cli(repo: Path, tmp_path: Path) -> None:
