@@ -81,6 +81,9 @@ class OriginConfig:
     #: (a leaked token, say) cannot fill the origin's disk. PyPI's default
     #: project limit is 10 GB.
     project_quota: int = 10 << 30
+    #: Key ids a rotation replaced: never named again (one may have leaked,
+    #: and naming it again would undo the recovery).
+    retired: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # config.json is edited by hand: a wrong type was a traceback at the
@@ -101,6 +104,8 @@ class OriginConfig:
             for role, keys in self.signers.items()
         ):
             raise OriginError("signers must map each role to {key id: signer URI}")
+        if not isinstance(self.retired, list) or not all(isinstance(k, str) for k in self.retired):
+            raise OriginError("retired must list key ids")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
         missing = set(_default_expiry_days()) - set(self.expiry_days)

@@ -1527,6 +1527,12 @@ class OriginRepository(Repository):
             raise OriginError(f"those are {role}'s keys already: nothing to rotate")
         others = {r: self._role_keys(self._bins()[0] if r == BIN_N else r)[0] for r in ROLES}
         check_new_keys(self.dir, role, keys, kept=set(old_keyids), others=others)
+        if again := sorted({key.keyid for _, key in keys} & set(self.config.retired)):
+            raise OriginError(
+                f"{role}: key {again[0][:16]}... was replaced at an earlier rotation, and a "
+                "replaced key is never named again (it may have leaked: naming it would undo "
+                "the recovery); give a new key"
+            )
         old_root_signers = list(self._signers_for("root"))
         _, root_threshold = self._role_keys("root")
         # Every rotation but bins' and bin-n's writes a root, and clients follow
@@ -1567,8 +1573,13 @@ class OriginRepository(Repository):
             if not set(self._role_keys(sample)[0]) & (set(new_ids) - set(old_keyids)):
                 self._use_signers(old_config)
             raise
+        gone = set(old_keyids) - self.keyids_in_use()  # (one another role shares is not)
         self._use_signers(
-            dataclasses.replace(old_config, signers={**old_config.signers, role: new_ids})
+            dataclasses.replace(
+                old_config,
+                signers={**old_config.signers, role: new_ids},
+                retired=sorted(set(old_config.retired) | gone),
+            )
         )
         kept = set(new_ids) & set(old_keyids)
         if role == "targets" and len(kept) < threshold:

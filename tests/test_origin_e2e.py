@@ -600,6 +600,11 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
         assert busy.returncode == 1 and "stop it first" in busy.stderr, busy.stderr
     rotated = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp").stdout
     assert "generated keys/timestamp-1.pem" in rotated and "destroy them" in rotated
+    # A replaced key is never named again: it may have leaked (it was, silently).
+    old_key = f"file2:{repo / 'keys' / 'timestamp.pem'}"
+    again = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp", "--signer", old_key,
+                    check=False)  # fmt: skip
+    assert again.returncode == 1 and "was replaced at an earlier rotation" in again.stderr
     signed = tufmesh("origin", "sign", "--dir", str(repo), "root", "targets", "bins").stdout
     assert "signed root v3, targets v2, bins v2, snapshot" in signed, signed
     # The new anchor for new clients, as init gives the first: file and sha256.
