@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import time
 from importlib import resources
 from pathlib import Path
@@ -139,26 +140,34 @@ def _check_output(path: Path) -> None:
     """Refuse, before a run, an output ``path`` that cannot be written."""
     if path.name in ("", ".", ".."):
         raise UsageError(f"cannot write {str(path)!r}: it names no file")
-    target = path.resolve()  # (a link: the file it names)
-    if target.exists() and not target.is_file():
-        if target.is_dir() or not os.access(target, os.W_OK):
+    if _written_through(path):  # (a pipe, a device: /dev/stdout)
+        if not os.access(path, os.W_OK):
             raise UsageError(f"cannot write {path}: not a file this user may write")
         return
-    parent = target.parent
+    parent = path.resolve().parent  # (a link to a file: the file's directory)
     if not (parent.is_dir() and os.access(parent, os.W_OK)):
         raise UsageError(f"cannot write {path}: {parent} is not a writable directory")
 
 
+def _written_through(path: Path) -> bool:
+    """True if ``path`` is, or links to, something other than a file or a
+    directory (a pipe, a device): written to as it is, never replaced."""
+    try:
+        mode = os.stat(path).st_mode  # (through links: /dev/stdout is one to a pipe)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _write_output(path: Path, data: bytes) -> None:
     """Write a result: a file is replaced whole (or kept, on failure), through
-    a symbolic link to it; anything else (``/dev/stdout``, a pipe) is written to."""
-    target = path.resolve()
+    a symbolic link to it; a pipe or a device (``/dev/stdout``) is written to."""
     try:
-        if target.exists() and not target.is_file():
-            with open(target, "wb") as handle:
+        if _written_through(path):
+            with open(path, "wb") as handle:
                 handle.write(data)
         else:
-            write_atomic(target, data)
+            write_atomic(path.resolve(), data)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 

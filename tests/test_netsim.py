@@ -255,6 +255,13 @@ def test_results_go_through_links_and_pipes_and_before_the_table(tmp_path: Path)
     assert _cli(*run, "--json", str(fifo)).returncode == 0
     reader.join(timeout=30)
     assert fifo.is_fifo() and json.loads(read[0])["scenario"]["mirrors"] == 3
+    # What /dev/stdout is (a link to /proc/self/fd/1), into a pipe: the JSON
+    # is on stdout (it resolved the link to "pipe:[...]", and failed).
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    piped = _cli(*run, "-q", "--json", str(stdout))
+    assert piped.returncode == 0 and json.loads(piped.stdout)["scenario"]["mirrors"] == 3
+    assert stdout.is_symlink()
     closed_r, closed_w = os.pipe()
     os.close(closed_r)  # a reader gone at once, as `| head -0`
     code = "from tufmesh.cli import main; main()"
