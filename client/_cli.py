@@ -282,8 +282,8 @@ def get(
                             "cached": result.cached,
                             "transfer_seconds": round(result.transfer_seconds, 4),
                             "bytes_by_source": used,  # (a chunk manifest's bytes included)
-                            "chunks_by_source": {
-                                name: s.chunks for name, s in result.sources.items() if s.chunks
+                            "chunks_by_source": {  # (the manifest's, not requests)
+                                name: s.pieces for name, s in result.sources.items() if s.pieces
                             },
                             "banned": {
                                 name: s.banned

@@ -49,6 +49,13 @@ class ChunkPlan:
     length: int
     chunk_size: int
     verify: Callable[[int, bytes | bytearray], None]  # raises ChunkRejectedError
+    #: Manifest chunks per request (:func:`span_for`): what a source is said
+    #: to have sent is counted in those.
+    pieces: int = 1
+
+    def pieces_in(self, index: int) -> int:
+        """Manifest chunks in request ``index``."""
+        return -(-self.span(index)[1] // max(1, self.chunk_size // self.pieces))
 
     @property
     def count(self) -> int:
@@ -125,7 +132,7 @@ def plan_for_manifest(manifest: Manifest, span: int = 1) -> ChunkPlan:
         for j in range(min(span, manifest.count - first)):
             manifest.verify_chunk(first + j, memoryview(data)[j * size : (j + 1) * size])
 
-    return ChunkPlan(manifest.blob_cid, manifest.length, size * span, verify)
+    return ChunkPlan(manifest.blob_cid, manifest.length, size * span, verify, pieces=span)
 
 
 def span_for(length: int, chunk_size: int, slots: int) -> int:
@@ -272,6 +279,7 @@ async def download_plan(
                 except Exception as exc:  # whatever else a hostile answer trips: its fault
                     scheduler.failed(source, index, f"{type(exc).__name__}: {exc}")
                 else:
+                    scheduler.stats[source].pieces += plan.pieces_in(index)
                     if scheduler.verified(source, index, len(data), clock()):
                         if on_verified is not None:
                             on_verified(*plan.span(index))

@@ -131,7 +131,8 @@ class SourceStats:
     name: str
     bytes: int = 0
     busy_seconds: float = 0.0
-    chunks: int = 0
+    chunks: int = 0  # (requests: a downloader's may span several manifest chunks)
+    pieces: int = 0  # manifest chunks verified (the downloader counts them)
     failures: int = 0
     consecutive_failures: int = 0
     banned: str | None = None  # the reason, once banned (or dropped: ``left``)

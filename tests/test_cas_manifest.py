@@ -182,6 +182,9 @@ def test_a_span_of_chunks_is_taken_only_at_its_exact_length() -> None:
     data = bytes(range(250)) * 4  # 1,000 bytes: chunks of 64, spans of 3 (192), the last 40
     plan = plan_for_manifest(build_manifest([data], chunk_size=64), span=3)
     assert plan.count == 6
+    # What a source sent is counted in the manifest's chunks, not in requests
+    # (`get --json` said 10 "chunks" of a 29-chunk artifact from one source).
+    assert [plan.pieces_in(i) for i in range(plan.count)] == [3, 3, 3, 3, 3, 1]
     for index in range(plan.count):
         offset, length = plan.span(index)
         honest = data[offset : offset + length]

@@ -716,6 +716,7 @@ def test_cli_get_resumes_after_kill_and_caches(
         assert (out / "demo-1.0.tar.gz").read_bytes() == origin.contents[BIG]  # type: ignore[attr-defined]
         assert 0 < honest.blob_requests < 7 + 1  # manifest + only the missing chunks
         assert sum(answer["bytes_by_source"].values()) < len(origin.contents[BIG])  # type: ignore[attr-defined]
+        assert 0 < sum(answer["chunks_by_source"].values()) < 7  # only the missing ones
         before = honest.blob_requests
         again = json.loads(
             tufmesh("get", BIG, "-o", str(out), "--home", str(home), "--json").stdout
