@@ -51,6 +51,7 @@ def summary(result: Result) -> dict[str, Any]:
         "chunks_rejected": result.chunks_rejected,
         "corrupt_chunks_accepted": result.corrupt_accepted,
         "bans": result.bans,
+        "hostile_peers_banned": result.banned_peers,
         "honest_peers_dropped": result.dropped,
         "announcement_last_seconds": _seconds(result.announce_last),
         "rejoined": result.rejoined,
@@ -106,7 +107,11 @@ def table(result: Result) -> str:
             "chunks rejected / accepted bad",
             f"{s['chunks_rejected']} / {s['corrupt_chunks_accepted']}",
         ),
-        ("hostile banned / honest dropped", f"{s['bans']} / {s['honest_peers_dropped']}"),
+        (
+            "hostile peers banned",
+            f"{s['hostile_peers_banned']} of {sc.hostile} ({s['bans']} bans, each mirror's "
+            f"counted); honest peers dropped: {s['honest_peers_dropped']}",
+        ),
         ("last mirror told of the release", sec(s["announcement_last_seconds"])),
     ]
     if s["rejoined"]:

@@ -163,6 +163,7 @@ class Result:
     chunks_rejected: int
     corrupt_accepted: int
     bans: int  # hostile sources a mirror banned (once per mirror, per start)
+    banned_peers: int  # hostile peers some mirror banned
     dropped: int  # honest ones it stopped asking (gone, unreachable)
     events: int
     announce_last: float
@@ -227,6 +228,7 @@ class _Simulation:
         self.rejected = 0
         self.corrupt_accepted = 0
         self.bans = 0
+        self.banned_peers: set[str] = set()
         self.dropped = 0
         self.events = 0
         self.rejoined: set[str] = set()
@@ -708,6 +710,7 @@ class _Simulation:
                         self.dropped += 1
                     else:
                         self.bans += 1
+                        self.banned_peers.add(name)
 
     def _tick(self, node: _Node) -> bool:
         """The slow-retrieval check of the daemon's download loop."""
@@ -780,6 +783,7 @@ class _Simulation:
             chunks_rejected=self.rejected,
             corrupt_accepted=self.corrupt_accepted,
             bans=self.bans,
+            banned_peers=len(self.banned_peers),
             dropped=self.dropped,
             events=self.events,
             announce_last=max(n.announced for n in honest) if honest else 0.0,
