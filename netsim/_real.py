@@ -58,8 +58,10 @@ class RealRun:
 
 def matching_scenario(mirrors: int, size: int, rate: float, seed: int = 1) -> Scenario:
     """The simulator's model of :func:`run_real`: loopback links, uploads capped at ``rate``."""
-    if size > MAX_SIZE:  # (the origin of the real run refuses a larger upload)
-        raise UsageError(f"size must be at most {format_size(MAX_SIZE)} (an origin's upload limit)")
+    if not 1 <= size <= MAX_SIZE:  # (the origin of the real run refuses a larger upload)
+        raise UsageError(
+            f"size must be 1 .. {format_size(MAX_SIZE)} (an origin's upload limit), not {size:,}"
+        )
     loopback = LinkClass(1.0, (rate, rate), (1 << 30, 1 << 30), (0.0001, 0.0001))
     return Scenario(
         mirrors=mirrors,

@@ -230,7 +230,8 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     bad = _cli("netsim", "run", "--seed", "-1")
     assert bad.returncode != 0 and "--seed" in bad.stderr
     # Sizes the real run's origin would refuse, said before starting it, as the flag.
-    for size, said in [("2GiB", "--size must be at most 1.0 GiB"), ("0", "--size must be 1 ..")]:
+    for size, said in [("2GiB", "--size must be 1 .. 1.0 GiB (an origin's upload limit), not"),
+                       ("0", "--size must be 1 .. 1.0 GiB (an origin's upload limit), not 0")]:  # fmt: skip
         bad = _cli("netsim", "validate", "--size", size)
         assert bad.returncode == 1 and bad.stderr.startswith(f"Error: {said}"), bad.stderr
     for rate in ("0", "1"):  # (1 B/s was the origin's usage text, from its child process)
