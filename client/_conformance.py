@@ -32,8 +32,9 @@ def _client(metadata_dir: Path, metadata_url: str, target_base_url: str | None) 
     return client
 
 
-@click.group()
-@click.option("--metadata-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# (needed by every subcommand, and checked there: `SUBCOMMAND --help` needs none)
+@click.option("--metadata-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--metadata-url", default=None)
 @click.option("--target-name", "target_names", multiple=True)
 @click.option("--target-base-url", default=None)
@@ -41,7 +42,7 @@ def _client(metadata_dir: Path, metadata_url: str, target_base_url: str | None) 
 @click.pass_context
 def conformance(
     ctx: click.Context,
-    metadata_dir: Path,
+    metadata_dir: Path | None,
     metadata_url: str | None,
     target_names: tuple[str, ...],
     target_base_url: str | None,
@@ -62,8 +63,7 @@ def conformance(
 @click.pass_obj
 def init(obj: dict[str, object], trusted_root: Path) -> None:
     """Trust TRUSTED_ROOT (no requests are made)."""
-    metadata_dir = obj["metadata_dir"]
-    assert isinstance(metadata_dir, Path)
+    metadata_dir = _metadata_dir(obj)
     metadata_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(trusted_root, metadata_dir / "root.json")
 
@@ -72,7 +72,7 @@ def init(obj: dict[str, object], trusted_root: Path) -> None:
 @click.pass_obj
 def refresh(obj: dict[str, object]) -> None:
     """Update the top-level metadata."""
-    with _client(obj["metadata_dir"], _need(obj, "metadata_url"), None) as client:  # type: ignore[arg-type]
+    with _client(_metadata_dir(obj), _need(obj, "metadata_url"), None) as client:
         client.refresh()
 
 
@@ -84,12 +84,19 @@ def download(obj: dict[str, object]) -> None:
     if not isinstance(target_dir, Path):
         raise click.UsageError("download needs --target-dir")
     with _client(
-        obj["metadata_dir"],  # type: ignore[arg-type]
+        _metadata_dir(obj),
         _need(obj, "metadata_url"),
         _need(obj, "target_base_url"),
     ) as client:
         for name in obj["target_names"]:  # type: ignore[attr-defined]
             client.download(name, target_dir, filename=quote(name, safe=""))
+
+
+def _metadata_dir(obj: dict[str, object]) -> Path:
+    value = obj["metadata_dir"]
+    if not isinstance(value, Path):
+        raise click.UsageError("--metadata-dir is required")
+    return value
 
 
 def _need(obj: dict[str, object], key: str) -> str:

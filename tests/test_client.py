@@ -1116,6 +1116,13 @@ def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "not in the signed metadata" in missing.stderr
     unreachable = run(*common, "--metadata-url", "http://127.0.0.1:9/metadata", "refresh")
     assert unreachable.returncode == 1
+    # A subcommand's help needs no --metadata-dir (it said it was missing), and
+    # a subcommand without one says so.
+    for command in ("init", "refresh", "download"):
+        helped = run(command, "--help")
+        assert helped.returncode == 0 and helped.stdout.startswith("Usage: "), helped.stderr
+        unsaid = run(command, *(["root.json"] if command == "init" else []))
+        assert unsaid.returncode == 1 and "--metadata-dir is required" in unsaid.stderr
 
 
 def test_conformance_cli_on_any_tuf_repository(tmp_path: Path) -> None:
