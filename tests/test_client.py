@@ -1121,7 +1121,7 @@ def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     for command in ("init", "refresh", "download"):
         helped = run(command, "--help")
         assert helped.returncode == 0 and helped.stdout.startswith("Usage: "), helped.stderr
-        unsaid = run(command, *(["root.json"] if command == "init" else []))
+        unsaid = run(*urls[2:], command, *(["root.json"] if command == "init" else []))
         assert unsaid.returncode == 1 and "--metadata-dir is required" in unsaid.stderr
 
 
