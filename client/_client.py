@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from tufmesh.client._fetcher import (
     MultiSourceFetcher,
     SourceHealth,
     done_with,
+    failure_reason,
     read_body,
 )
 from tufmesh.client._home import ClientHome
@@ -642,32 +644,86 @@ def _fetch_whole(
 ) -> dict[str, SourceStats]:
     """Fetch a small blob (a manifest) of ``size`` bytes, or of at most
     :data:`DEFAULT_MAX_MANIFEST_BYTES` if unknown, from the first good source;
-    ``blame(source, reason)`` each one that fails on the way."""
+    ``blame(source, reason)`` each one that fails on the way.
+
+    Sources are asked in turn, the next as soon as the last failed or
+    :data:`HEDGE` seconds have passed without its answer, the first good
+    answer wins: a source that answers nothing costs a second, not its read
+    timeout (silent sources listed first cost 10 s each, in turn)."""
     reasons: dict[str, str] = {}
-    for source in sources:
+    won: list[SourceStats] = []
+    running = 0
+    changed = threading.Condition()
+
+    def attempt(source: str) -> None:
+        nonlocal running
         try:
-            started = time.monotonic()
-            response = pool.request(
-                "GET", f"{source}/blobs/{plan.cid}", preload_content=False, redirect=False
-            )
-            if response.status != 200:
-                done_with(response, whole=False)
-                reasons[source] = f"HTTP {response.status}"
-                if response.status not in (404, 503):  # (not held there; busy: no fault)
-                    blame(source, reasons[source])
-                continue
-            if size is None or size > DEFAULT_MAX_MANIFEST_BYTES:
-                body, _ = read_body(response, DEFAULT_MAX_MANIFEST_BYTES, config, started)
-            else:  # one byte more fails the CID check, and blames its source
-                body, _ = read_body(response, size, config, started, cut=True)
-            plan.verify(0, bytes(body))
-            stat = SourceStats(source, bytes=len(body), chunks=1)
-            return {source: stat}
-        except (urllib3.exceptions.HTTPError, tuf_errors.DownloadError, ChunkRejectedError) as exc:
-            reasons[source] = str(exc) or type(exc).__name__
-            blame(source, reasons[source])
+            stat = _fetch_from(source, plan, size, pool, config)
+        except Exception as exc:  # (whatever a hostile answer trips: its failure)
+            if isinstance(exc, urllib3.exceptions.HTTPError | tuf_errors.DownloadError):
+                reason = failure_reason(exc)
+            else:
+                reason = str(exc) or type(exc).__name__
+            with changed:
+                reasons[source] = reason
+                # (not held there, busy: no fault; one slower than the winner: none)
+                if getattr(exc, "fault", True) and not won:
+                    blame(source, reason)
+        else:
+            with changed:
+                won.append(stat)
+        finally:
+            with changed:
+                running -= 1
+                changed.notify_all()
+
+    def settled() -> bool:  # (called holding the lock)
+        return bool(won) or running == 0
+
+    with changed:
+        for source in sources:
+            if won:
+                break
+            running += 1
+            threading.Thread(target=attempt, args=(source,), daemon=True).start()
+            changed.wait_for(settled, timeout=HEDGE)
+        changed.wait_for(settled)
+        if won:
+            return {won[0].name: won[0]}
     listing = "; ".join(f"{s}: {r}" for s, r in reasons.items())
     raise SourcesFailedError(f"every source failed for the chunk manifest: {listing}")
+
+
+#: Seconds a source has to answer before the next is asked for a manifest too.
+HEDGE: Final = 1.0
+
+
+class _NotHeld(Exception):
+    """A source's answer other than the blob (``fault``: not a 404 or a 503)."""
+
+    def __init__(self, reason: str, *, fault: bool) -> None:
+        super().__init__(reason)
+        self.fault = fault
+
+
+def _fetch_from(
+    source: str, plan: ChunkPlan, size: int | None, pool: urllib3.PoolManager, config: FetchConfig
+) -> SourceStats:
+    """The small blob of ``plan`` from ``source``, verified (:func:`_fetch_whole`)."""
+    started = time.monotonic()
+    response = pool.request(
+        "GET", f"{source}/blobs/{plan.cid}", preload_content=False, redirect=False
+    )
+    if response.status != 200:
+        done_with(response, whole=False)
+        # (not held there; busy: no fault)
+        raise _NotHeld(f"HTTP {response.status}", fault=response.status not in (404, 503))
+    if size is None or size > DEFAULT_MAX_MANIFEST_BYTES:
+        body, _ = read_body(response, DEFAULT_MAX_MANIFEST_BYTES, config, started)
+    else:  # one byte more fails the CID check, and blames its source
+        body, _ = read_body(response, size, config, started, cut=True)
+    plan.verify(0, bytes(body))
+    return SourceStats(source, bytes=len(body), chunks=1)
 
 
 def holds(path: Path, info: TargetFile) -> bool:

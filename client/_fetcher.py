@@ -36,6 +36,7 @@ __all__ = [
     "MultiSourceFetcher",
     "SourceHealth",
     "done_with",
+    "failure_reason",
     "new_pool",
     "pieces",
 ]
@@ -358,7 +359,7 @@ class MultiSourceFetcher(FetcherInterface):
                 try:
                     data = self._get(source, f"{source.base(kind)}{name}", self._limit)
                 except (urllib3.exceptions.HTTPError, DownloadError) as exc:
-                    reasons[source.url] = _reason(exc)
+                    reasons[source.url] = failure_reason(exc)
                     if reasons[source.url] == _NOT_FOUND and ordered[i + 1 :]:
                         # Not on the healthiest source that answered (python-tuf
                         # asks for root N+1 at every refresh): the others are
@@ -440,7 +441,7 @@ class MultiSourceFetcher(FetcherInterface):
                 break
             unheard.discard(rank)
             if isinstance(data, urllib3.exceptions.HTTPError | DownloadError):
-                reasons[source.url] = _reason(data)
+                reasons[source.url] = failure_reason(data)
             elif isinstance(data, Exception):  # unforeseen: still that source's alone
                 source.failures += 1
                 source.last_error = reasons[source.url] = str(data) or type(data).__name__
@@ -527,7 +528,7 @@ class MultiSourceFetcher(FetcherInterface):
         except (urllib3.exceptions.HTTPError, DownloadError) as exc:
             if not isinstance(exc, DownloadHTTPError):
                 source.failures += 1
-                source.last_error = _reason(exc)
+                source.last_error = failure_reason(exc)
             raise
         elapsed = time.monotonic() - started
         if len(body) > 65536:  # a big one's time is its transfer's too
@@ -542,7 +543,7 @@ class MultiSourceFetcher(FetcherInterface):
 _NOT_FOUND: Final = "HTTP 404"
 
 
-def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
+def failure_reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
     """Why a source did not serve a metadata file, in a few words."""
     if isinstance(exc, DownloadHTTPError):
         return f"HTTP {exc.status_code}"
@@ -560,13 +561,20 @@ def _reason(exc: urllib3.exceptions.HTTPError | DownloadError) -> str:
             return f"the connection broke ({cause.strerror.lower()})"
         if isinstance(cause, http.client.RemoteDisconnected):
             return "the connection was closed without an answer"
+        if isinstance(cause, http.client.IncompleteRead):  # (urllib3's: a count, not bytes)
+            got = cause.partial if isinstance(cause.partial, int) else len(cause.partial)
+            return f"the connection was closed after {got:,} bytes of the answer"
+        if isinstance(cause, http.client.HTTPException):  # (more than 100 headers, say)
+            return f"a malformed answer ({str(cause)[:100] or type(cause).__name__})"
     if isinstance(exc, urllib3.exceptions.SSLError):
         return tls_reason(str(exc))
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, TimeoutError) and str(cause).startswith("no answer"):
             return str(cause)  # the response head's deadline
-        return "timed out"
+        timeout = getattr(getattr(exc, "pool", None), "timeout", None)
+        read = getattr(timeout, "read_timeout", None)
+        return f"no answer within {read:g} s" if isinstance(read, int | float) else "timed out"
     return str(exc) or type(exc).__name__
 
 

@@ -580,6 +580,37 @@ def test_a_silent_source_costs_a_refresh_its_deadline_once_and_is_named(
 
 
 @pytest.mark.attack
+def test_sources_that_never_answer_cost_a_manifest_a_second_each(
+    origin: Server, tmp_path: Path
+) -> None:
+    """The chunk manifest was asked of one source after another, each given
+    its whole read timeout: three silent mirrors listed first cost 30 s
+    before the first chunk (a review: 36.9 s for 3 MiB). Now the next source
+    is asked once the last has had a second, and the first good answer wins."""
+    from tufmesh.client._client import HEDGE
+
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    with mirrors(origin.repo, "stallblobs", "stallblobs", "stallblobs") as silent:
+        health = [SourceHealth(m.url) for m in silent] + [SourceHealth(origin.url, failures=1)]
+        with Client(tmp_path / "c", root, health) as client:  # (a 10 s read timeout)
+            started = time.monotonic()
+            manifest = client.manifest(client.target(BIG))
+        asked = [m.blob_asked[0] - started for m in silent]
+    assert manifest is not None and manifest.length == len(origin.contents[BIG])  # type: ignore[attr-defined]
+    assert max(asked) < 3 * HEDGE + 2.0, asked  # a second apart, not 10 s
+    assert all(h.last_error is None for h in health[:3])  # slower than the winner: no fault
+    # Alone, a silent source fails in words, not urllib3's ("DeadlineHTTPConnection
+    # Pool(host=...): Read timed out. (read timeout=3.0)"), and so a truncating one.
+    for behaviour, said in [("stallblobs", "no answer within 3 s"),
+                            ("truncate", "the connection was closed after ")]:  # fmt: skip
+        with mirrors(origin.repo, behaviour) as (alone,):
+            with Client(tmp_path / behaviour, root, [alone.url], **FAST) as client:
+                with pytest.raises(SourcesFailedError) as failed:
+                    client.manifest(client.target(BIG))
+        assert f"for the chunk manifest: {alone.url}: {said}" in str(failed.value), failed.value
+
+
+@pytest.mark.attack
 def test_a_source_that_says_not_found_does_not_hide_what_a_slower_one_has(
     tmp_path: Path,
 ) -> None:

@@ -44,6 +44,7 @@ class Mirror:
         self.metadata_overrides: dict[str, bytes] = {}
         self.blob_overrides: dict[str, bytes] = {}
         self.blob_requests = 0
+        self.blob_asked: list[float] = []  # when each blob request came (time.monotonic)
         self.blob_bytes = 0
         self.late_bytes = 0  # "latetimestamp": what it could write before the client hung up
         self.late_done = threading.Event()
@@ -129,6 +130,7 @@ class Mirror:
         is_blob = path.startswith("/blobs/")
         if is_blob:
             self.blob_requests += 1
+            self.blob_asked.append(time.monotonic())
         if behaviour in ("404", "500"):
             request.send_error(int(behaviour))
             return
