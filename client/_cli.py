@@ -11,9 +11,12 @@ import threading
 import time
 from collections.abc import Iterator, Set
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
+
+if TYPE_CHECKING:
+    import httpx  # (imported where used: `tufmesh --help` need not load it)
 
 from tufmesh._ui import HOST, PORT, SIZE, Group, data_home, format_size, progress_bar, run_service
 from tufmesh.client._client import Client, part_path
@@ -60,7 +63,7 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
     # first get; and before a trust anchor is replaced.
     urls = check_sources([origin_url, *mirrors])
     unreachable = _unreachable(urls, read_root(root_json))
-    if all(_ANOTHER in unreachable.get(url, "") for url in urls):
+    if all(_ANOTHER in (why := unreachable.get(url, "")) or _NOT_ROOT in why for url in urls):
         raise UsageError(
             f"no source serves the repository of {root_json}: "
             + "; ".join(f"{url} {unreachable[url]}" for url in urls)
@@ -79,8 +82,10 @@ def init(root_json: Path, origin_url: str, mirrors: tuple[str, ...], home: Path 
         click.echo(f"warning: {url} {reason}", err=True)
 
 
-#: What ``client init`` says of a source of another repository than its root's.
+#: What ``client init`` says of a source of another repository than its root's...
 _ANOTHER: Final = "serves another repository"
+#: ...and of one whose answer for that root cannot be read as one.
+_NOT_ROOT: Final = "does not serve the root trusted here"
 #: How long ``client init`` looks at its sources, all at once.
 PROBE_SECONDS: Final = 5.0
 
@@ -124,11 +129,8 @@ def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
                     body += piece
                     if len(body) > ROOT_LIMIT:
                         break
-                if answer.status_code == 200 and _signed_part(body) != trusted:
-                    reasons[url] = (
-                        f"{_ANOTHER}: its root v{version} is not the one trusted here (a wrong "
-                        "URL, or the wrong root.json)"
-                    )
+                if answer.status_code == 200 and (why := _not_the_root(answer, body, trusted)):
+                    reasons[url] = why.replace("ROOT", f"its root v{version}")
                     return
             reasons[url] = None
         except httpx.HTTPError as exc:
@@ -147,6 +149,24 @@ def _unreachable(urls: list[str], trusted_root: bytes) -> dict[str, str]:
         thread.join(max(0.0, deadline - time.monotonic()))
     late = f"does not answer now (no answer within {PROBE_SECONDS:.0f} s)"
     return {url: reason for url in urls if (reason := reasons.get(url, late)) is not None}
+
+
+def _not_the_root(answer: httpx.Response, body: bytearray, trusted: object) -> str | None:
+    """Why ``body``, a source's answer for the trusted root's version, is not
+    that root (ROOT in the words: the file), or None if it is. Only a root
+    that reads, and differs, is another repository's: an answer that cannot
+    be read says so, not that the user's root.json is wrong."""
+    encoding = answer.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        return f"{_NOT_ROOT}: ROOT came in {encoding[:40]!r}, which was not asked for"
+    if len(body) > ROOT_LIMIT:
+        return f"{_NOT_ROOT}: ROOT is over {ROOT_LIMIT:,} bytes"
+    signed = _signed_part(body)
+    if signed is None:
+        return f"{_NOT_ROOT}: ROOT is not TUF metadata"
+    if signed != trusted:
+        return f"{_ANOTHER}: ROOT is not the one trusted here (a wrong URL, or the wrong root.json)"
+    return None
 
 
 #: The most of a source's root read (python-tuf's bound for a root).
