@@ -245,10 +245,15 @@ class Client:
         for source, data in outvoted:
             try:
                 answer = Metadata[Timestamp].from_bytes(data)
+            except (DeserializationError, ValueError, RecursionError):
+                source.failures += 1  # (not said to be signed by other keys: it is not read)
+                source.last_error = "served a timestamp that is not TUF metadata"
+                continue
+            try:
                 if answer.signed.type != Timestamp.type:
                     raise tuf_errors.RepositoryError(f"a {answer.signed.type}")
                 root.verify_delegate(Timestamp.type, answer.signed_bytes, answer.signatures)
-            except (tuf_errors.RepositoryError, DeserializationError, ValueError):
+            except (tuf_errors.RepositoryError, ValueError):
                 source.failures += 1
                 source.last_error = (
                     "served a timestamp this repository's keys did not sign (another "

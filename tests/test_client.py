@@ -1071,15 +1071,17 @@ def test_a_source_of_another_repository_is_named_though_another_is_newer(
     token = add_project(origin.repo, "newer")
     assert post(origin.url, "newer", "newer-1.tar.gz", b"x", token).status_code == 200
     root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-    with running(other) as wrong, mirrors(origin.repo, "honest") as (behind,):
+    with running(other) as wrong, mirrors(origin.repo, "honest", "honest") as (behind, junk):
         behind.metadata_overrides["timestamp.json"] = old
+        junk.metadata_overrides["timestamp.json"] = b" " * 4096  # (said "signed by other keys")
         # An old failure each: the origin serves everything but the timestamp.
         sources = [SourceHealth(origin.url), SourceHealth(wrong.url, failures=1),
-                   SourceHealth(behind.url, failures=1)]  # fmt: skip
+                   SourceHealth(behind.url, failures=1), SourceHealth(junk.url, failures=1)]  # fmt: skip
         with Client(tmp_path / "c", root, sources, **FAST) as client:
             assert client.target(SMALL).length == 100_000
             health = {h.url: h for h in client.fetcher.sources}
         assert health[wrong.url].failures == 2 and health[behind.url].failures == 1
+        assert health[junk.url].last_error == "served a timestamp that is not TUF metadata"
         assert health[wrong.url].last_error == (
             "served a timestamp this repository's keys did not sign (another repository's, "
             "or one signed by keys since replaced)"
