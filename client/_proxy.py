@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from tuf.api.metadata import Metadata, TargetFile, Timestamp
 
 from tufmesh._shares import is_loopback
+from tufmesh._ui import log
 from tufmesh.client._client import holds
 from tufmesh.client._download import own_file
 from tufmesh.errors import NotInMetadataError, TufmeshError
@@ -224,7 +225,11 @@ class _Index:
         name = normalize_project(project)
         with self._downloading(f"{name}/{filename}", asked), self._client() as client:
             try:
-                path = Path(client.download(f"{name}/{filename}", self.cache / name).path)
+                result = client.download(f"{name}/{filename}", self.cache / name)
+                path = Path(result.path)
+                for source, stats in result.sources.items():
+                    if stats.banned and not stats.left:  # (said, as `get` says it)
+                        log(f"proxy: {source} was banned: {stats.banned}")
             except NotInMetadataError:
                 raise
             except TufmeshError:
@@ -339,8 +344,10 @@ async def serve_proxy(
     index = _Index(home, cache_size)
     pages, files = trio.CapacityLimiter(PAGE_THREADS), trio.CapacityLimiter(FILE_THREADS)
 
-    def refused(exc: TufmeshError) -> Response:
+    def refused(request: Request, exc: TufmeshError) -> Response:
         status = 404 if isinstance(exc, NotInMetadataError) else 502
+        if status == 502:  # (pip shows the status, not the body: the reason is said here)
+            log(f"proxy: {request.url.path}: {exc}")
         return PlainTextResponse(f"{exc}\n", status)
 
     async def page(request: Request) -> Response:
@@ -354,7 +361,7 @@ async def serve_proxy(
                 else current.project_page(project, as_json=as_json)
             )
         except TufmeshError as exc:
-            return refused(exc)
+            return refused(request, exc)
         kind = JSON_TYPE if as_json else "text/html; charset=utf-8"
         return Response(body, media_type=kind, headers={"vary": "Accept"})
 
@@ -365,7 +372,7 @@ async def serve_proxy(
             fetch = functools.partial(index.fetch, project, filename, asked, hold=True)
             path = await trio.to_thread.run_sync(fetch, limiter=files)
         except TufmeshError as exc:
-            return refused(exc)
+            return refused(request, exc)
         return Held(path, functools.partial(index.release, path))
 
     app = Starlette(

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from tuf.api.metadata import TargetFile
 
+from tests.helpers.log import log_lines
 from tests.helpers.mirror import mirrors
 from tests.helpers.origin import TUFMESH, add_project, init_repo, post, running, tufmesh
 from tufmesh.client._proxy import JSON_TYPE, ProjectIndex, wants_json
@@ -146,10 +147,13 @@ def test_pip_installs_through_the_proxy_and_a_lying_mirror_changes_nothing(
     assert liar.blob_requests > 0  # asked, caught, and banned: pip got the signed bytes
     assert (home / "proxy" / "tinypkg" / filename).read_bytes() == wheel
     assert "Traceback" not in err, err
+    # ...and the proxy says so, as `get` does (it said nothing: pip shows no reason).
+    banned = [line for line in log_lines(err) if line.startswith(f"proxy: {liar.url} was banned")]
+    assert len(banned) == 1 and "bad chunk" in banned[0], err
 
 
-def _proxy(home: Path, *extra: str) -> Iterator[str]:
-    """A proxy process for ``home``: its index URL."""
+def _proxy(home: Path, *extra: str, log: list[str] | None = None) -> Iterator[str]:
+    """A proxy process for ``home``: its index URL (``log``: gets its stderr)."""
     proxy = subprocess.Popen(
         [TUFMESH, "client", "proxy", "--home", str(home), "--port", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -163,6 +167,8 @@ def _proxy(home: Path, *extra: str) -> Iterator[str]:
         proxy.terminate()
         _, err = proxy.communicate(timeout=30)
         assert "Traceback" not in err, err
+        if log is not None:
+            log.append(err)
 
 
 def test_pages_answer_while_downloads_wait_and_waiters_share_a_failure(tmp_path: Path) -> None:
@@ -180,7 +186,8 @@ def test_pages_answer_while_downloads_wait_and_waiters_share_a_failure(tmp_path:
         assert post(origin.url, "tinypkg", "tinypkg-1.0.tar.gz", body, token).status_code == 200
         tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin",
                 stalling.url, "--home", str(home))  # fmt: skip
-        with contextlib.contextmanager(_proxy)(home) as index:
+        said: list[str] = []
+        with contextlib.contextmanager(_proxy)(home, log=said) as index:
             url = index.removesuffix("simple/") + "files/tinypkg/tinypkg-1.0.tar.gz"
             with ThreadPoolExecutor(45) as pool:
                 asked = [pool.submit(httpx.get, url, timeout=180) for _ in range(45)]
@@ -189,6 +196,10 @@ def test_pages_answer_while_downloads_wait_and_waiters_share_a_failure(tmp_path:
                 assert page.status_code == 200 and "tinypkg-1.0.tar.gz" in page.text
                 answers = [f.result().status_code for f in asked]
     assert answers == [502] * 45
+    # Why, in the proxy's log (pip shows the status alone).
+    failed = [line for line in log_lines(said[0]) if "/files/tinypkg/tinypkg-1.0.tar.gz: " in line]
+    assert failed and all(line.startswith("proxy: ") for line in failed), said[0]
+    assert "every source failed" in failed[0], failed[0]
     # One download's requests, not 45 downloads': the last ones waited
     # for a thread, not only for the download, and share its failure too.
     assert 0 < stalling.blob_requests <= 12, stalling.blob_requests
