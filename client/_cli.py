@@ -280,12 +280,15 @@ def get(
                     with contextlib.suppress(OSError):
                         stat = part.lstat()  # as long as the artifact, sparse: count its blocks
                         kept = format_size(min(stat.st_blocks * 512, stat.st_size))
-                        click.echo(
-                            f"{'interrupted' if interrupted else 'failed'}: the chunks verified "
-                            f"so far are kept in {part} ({kept} on disk); the same command "
-                            "resumes from them (or delete it)",
-                            err=True,
-                        )
+                        if not stat.st_blocks:  # nothing verified: nothing to keep
+                            part.unlink()
+                        else:
+                            click.echo(
+                                f"{'interrupted' if interrupted else 'failed'}: the chunks "
+                                f"verified so far are kept in {part} ({kept} on disk); the same "
+                                "command resumes from them (or delete it)",
+                                err=True,
+                            )
                 raise
             used = {name: s.bytes for name, s in result.sources.items() if s.bytes}
             for name, stats in result.sources.items():
@@ -324,12 +327,16 @@ def _failures_said(client: Client, banned: Set[str] = frozenset()) -> Iterator[N
     ``banned``, said apart): a source that never answers costs every command
     its timeouts, and nothing else would say which."""
     before = {source.url: source.failures for source in client.fetcher.sources}
+    said = ""  # (an error naming a source says why already: not said twice)
     try:
         yield
+    except TufmeshError as exc:
+        said = str(exc)
+        raise
     finally:
         for source in client.fetcher.sources:
             failed = source.failures > before.get(source.url, 0) and source.last_error
-            if failed and source.url not in banned:
+            if failed and source.url not in banned and f"{source.url}: " not in said:
                 click.echo(f"warning: {source.url} failed: {source.last_error}", err=True)
 
 

@@ -713,6 +713,22 @@ def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> 
     assert "127.0.0.1:9" in str(info.value) and "127.0.0.1:1" in str(info.value)
 
 
+def test_a_get_that_verified_nothing_says_one_line_and_keeps_no_part(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A get whose only source lied about every chunk said three lines: "the
+    chunks verified so far are kept in X.part (0 B on disk)", the source's
+    failure, and the error naming that failure again; the part file stayed."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    with mirrors(origin.repo, "rangeflip") as (liar,):
+        tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+                "--origin", liar.url, "--home", str(home))  # fmt: skip
+        failed = tufmesh("get", BIG, "-o", str(out), "--home", str(home), check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: "), failed.stderr
+    assert liar.url in failed.stderr and not list(out.glob("*"))
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_cli_get_resumes_after_kill_and_caches(
     origin: Server, tmp_path: Path, stop: signal.Signals
