@@ -112,6 +112,12 @@ def _explain(exc: BaseException) -> str:
         )
     if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
         return f"metadata too long ({exc})"
+    if isinstance(exc, tuf_errors.LengthOrHashMismatchError):
+        # (python-tuf's words name neither the file nor what it means)
+        return (
+            f"served metadata that is not the version signed for it ({exc}): a version of "
+            "another snapshot (mix-and-match), or an old one"
+        )
     return str(exc) or type(exc).__name__
 
 

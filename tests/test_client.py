@@ -706,6 +706,30 @@ def test_an_unforeseen_error_with_one_source_is_that_sources_failure(origin: Ser
     assert (broken.failures, broken.last_error) == (1, "a bug")
 
 
+def test_a_mix_of_versions_is_named_as_such(origin: Server, tmp_path: Path) -> None:
+    """A source serving an older snapshot under the newer one's name was said
+    in python-tuf's words alone: "Observed hash ... does not match expected
+    hash ...", naming no file and no reason."""
+    import json
+
+    metadata = origin.repo / "metadata"
+    older = json.loads((metadata / "timestamp.json").read_bytes())["signed"]["meta"]
+    old_version = older["snapshot.json"]["version"]
+    token = add_project(origin.repo, "mixed")
+    assert post(origin.url, "mixed", "mixed-1.tar.gz", b"x", token).status_code == 200
+    newer = json.loads((metadata / "timestamp.json").read_bytes())["signed"]["meta"]
+    new_version = newer["snapshot.json"]["version"]
+    with mirrors(origin.repo, "honest") as (mixer,):
+        mixer.metadata_overrides[f"{new_version}.snapshot.json"] = (
+            metadata / f"{old_version}.snapshot.json"
+        ).read_bytes()
+        with client_for(origin, tmp_path, mixer.url) as client:
+            with pytest.raises(ClientError) as info:
+                client.refresh()
+    assert "served metadata that is not the version signed for it" in str(info.value)
+    assert "mix-and-match" in str(info.value), info.value
+
+
 def test_every_source_down_names_each_reason(origin: Server, tmp_path: Path) -> None:
     with client_for(origin, tmp_path, "http://127.0.0.1:9", "http://127.0.0.1:1") as client:
         with pytest.raises(SourcesFailedError) as info:
