@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -266,9 +267,10 @@ def get(
             length = downloader.target(target).length
             in_use = len(downloader.fetcher.ordered())
             label = f"get {target} from {in_use} source{'s' if in_use != 1 else ''}"
+            verified = [0]  # bytes in place and verified, resumed ones too
             try:
                 with progress_bar(label, length) as advance:
-                    progress = None if quiet else advance
+                    progress = functools.partial(_counted, verified, None if quiet else advance)
                     result = downloader.download(target, output, progress=progress, replace=replace)
             except BaseException as exc:
                 interrupted = isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)) or (
@@ -280,7 +282,7 @@ def get(
                     with contextlib.suppress(OSError):
                         stat = part.lstat()  # as long as the artifact, sparse: count its blocks
                         kept = format_size(min(stat.st_blocks * 512, stat.st_size))
-                        if not stat.st_blocks:  # nothing verified: nothing to keep
+                        if not verified[0]:  # nothing verified, now or before: nothing to keep
                             part.unlink()
                         else:
                             click.echo(
@@ -338,6 +340,13 @@ def _failures_said(client: Client, banned: Set[str] = frozenset()) -> Iterator[N
             failed = source.failures > before.get(source.url, 0) and source.last_error
             if failed and source.url not in banned and f"{source.url}: " not in said:
                 click.echo(f"warning: {source.url} failed: {source.last_error}", err=True)
+
+
+def _counted(total: list[int], advance: Callable[[int], None] | None, n: int) -> None:
+    """Add ``n`` bytes to ``total[0]`` and to the progress bar (if shown)."""
+    total[0] += n
+    if advance is not None:
+        advance(n)
 
 
 def _sources_line(used: dict[str, int]) -> str:
