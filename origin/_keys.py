@@ -76,7 +76,8 @@ def public_key_from_uri(repo: Path, uri: str) -> Key:
         private = load_pem_private_key(Path(parsed.path).read_bytes(), None)
         return SSlibKey.from_crypto(private.public_key())
     except OSError as exc:
-        raise OriginError(f"cannot read private key {uri}: {exc.strerror or exc}") from None
+        where = "" if resolved == uri else f" ({parsed.path}: a relative path is the repository's)"
+        raise OriginError(f"cannot read private key {uri}{where}: {exc.strerror or exc}") from None
     except TypeError:  # a password was needed
         raise OriginError(f"cannot read private key {uri}: it is encrypted") from None
     except (ValueError, UnsupportedAlgorithm):  # (its text links to cryptography's FAQ)

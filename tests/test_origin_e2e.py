@@ -547,6 +547,11 @@ def test_init_with_signer_uris_and_their_public_keys(tmp_path: Path) -> None:
         assert proc.returncode == 1, proc.stderr
         assert f"cannot read public key {bad}: " in proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # A relative file2: path is under the repository: said, where it was looked for.
+    relative = tufmesh("origin", "init", "--dir", str(tmp_path / "rel"), "--signer",
+                       "root=file2:ceremony/keys/root-1.pem", check=False)  # fmt: skip
+    assert relative.returncode == 1 and "a relative path is the repository's" in relative.stderr
+    assert f"({tmp_path / 'rel'}/ceremony/keys/root-1.pem: " in relative.stderr, relative.stderr
     mismatch = tufmesh(
         "origin", "init", "--dir", str(tmp_path / "mismatch"),
         "--signer", f"root={uri1}", "--public-key", f"root={pem2}", check=False,
