@@ -16,7 +16,7 @@ from tufmesh._shares import is_loopback
 from tufmesh._ui import SIZE, Group, format_size, progress_bar
 from tufmesh.errors import InvalidNameError, TufmeshError, UsageError
 from tufmesh.origin._developer import DeveloperKey, SigningRequest
-from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._names import check_filename, check_new_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._publish import upload
 
@@ -100,7 +100,7 @@ def publish(
             raise UsageError(f"cannot read {path}: no such file")
         if not path.is_file():
             raise UsageError(f"cannot read {path}: not a regular file")
-        check_filename(path.name)
+        check_new_filename(path.name)
     from tufmesh.client._http import tls_context
     from tufmesh.origin._developer import load_key
 

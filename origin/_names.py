@@ -14,7 +14,7 @@ from typing import Final
 
 from tufmesh.errors import InvalidNameError
 
-__all__ = ["check_filename", "normalize_project", "target_path"]
+__all__ = ["check_filename", "check_new_filename", "normalize_project", "target_path"]
 
 _PROJECT: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 _FOLD: Final = re.compile(r"[-_.]+")
@@ -58,6 +58,18 @@ def check_filename(name: str) -> str:
             f"bad file name {shown}: use letters, digits and . _ + ~ ! -, "
             "starting with a letter or digit"
         )
+    if name.lower().endswith(".part"):
+        # A download keeps its verified chunks in NAME.part: an artifact of
+        # that name would be taken for another's unfinished download.
+        raise InvalidNameError(f"file name {shown} ends in '.part', a download's own suffix")
+    return name
+
+
+def check_new_filename(name: str) -> str:
+    """:func:`check_filename`, and the rules for a name published from now on
+    (names published before them stay readable, served and mirrored: ADR 25)."""
+    check_filename(name)
+    shown = repr(name[:80])
     if name.endswith("."):
         # Windows drops a trailing dot: "a-1.0.tar.gz." is "a-1.0.tar.gz" there,
         # another artifact's name (as names that differ only in case are).
@@ -67,10 +79,6 @@ def check_filename(name: str) -> str:
             f"file name {shown} is a device's on Windows (CON, NUL, COM1, ...), whatever "
             "follows its first dot"
         )
-    if name.lower().endswith(".part"):
-        # A download keeps its verified chunks in NAME.part: an artifact of
-        # that name would be taken for another's unfinished download.
-        raise InvalidNameError(f"file name {shown} ends in '.part', a download's own suffix")
     return name
 
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from tufmesh.errors import PublishError
-from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._names import check_new_filename, normalize_project
 
 __all__ = ["refusal", "status_phrase", "upload"]
 
@@ -75,7 +75,7 @@ def upload(
 
     ``progress(n)`` is called with each piece sent (negative: what a retry
     sends again); ``on_retry(why)`` before each wait to ask again."""
-    filename = check_filename(path.name)
+    filename = check_new_filename(path.name)
     project = normalize_project(project)
     try:
         size = os.stat(path).st_size

@@ -87,7 +87,7 @@ from tufmesh.origin._config import (
     OriginConfig,
 )
 from tufmesh.origin._keys import generate_file_key, key_file, load_signer, public_key_from_uri
-from tufmesh.origin._names import target_path
+from tufmesh.origin._names import check_new_filename, target_path
 from tufmesh.origin._owned import (
     claim_statement,
     key_material,
@@ -1446,6 +1446,11 @@ class OriginRepository(Repository):
         # its public metadata, are not the claim's to pin.
         ours = self.store.pins().get(f"project:{project}", frozenset()) if ceremony else None
         for artifact in adding:
+            if self.find(artifact.path) is None:  # a name new to the repository: today's rules
+                try:
+                    check_new_filename(artifact.path.split("/", 1)[1])
+                except InvalidNameError as exc:
+                    raise OwnedMetadataError(f"{artifact.path!r}: {exc}") from None
             blobs = (artifact.cid, artifact.sha256, artifact.manifest, artifact.length,
                      artifact.chunk_size)  # fmt: skip
             if ours is not None and artifact.cid not in ours:

@@ -52,7 +52,7 @@ from tufmesh.errors import (
     TufmeshError,
 )
 from tufmesh.origin._config import OriginConfig
-from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._names import check_filename, check_new_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact, is_sha256, read_removed, unrotated_claims
@@ -1132,7 +1132,7 @@ def build_app(service: OriginService) -> ByteCounter:
 
     async def upload(request: Request) -> Response:
         try:
-            filename = check_filename(request.path_params["filename"])
+            filename = check_new_filename(request.path_params["filename"])
         except InvalidNameError as exc:
             return _error(400, str(exc))
         limit = repo_config.max_upload_bytes

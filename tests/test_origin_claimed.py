@@ -293,6 +293,10 @@ def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_versi
             (400, "not signed by"): _resigned(current, stranger),
             # an artifact published before, changed
             (409, "immutable"): _with(current, signer, changed),
+            # a name new to the repository that Windows takes for a device
+            (400, "'demo/nul.tar.gz': file name 'nul.tar.gz' is a device's on Windows"): _with(
+                current, signer, _renamed(target_of(other, "demo"), "demo/nul.tar.gz")
+            ),
             # a path of another project
             (400, "not a normalised path of the project"): _with(
                 current, signer, _renamed(target_of(other, "demo"), "other/demo-3.0.tar.gz")

@@ -38,7 +38,8 @@ from tests.helpers.origin import (
 )
 from tufmesh.cas import BlobStore
 from tufmesh.errors import OriginError
-from tufmesh.origin import OriginConfig, OriginRepository
+from tufmesh.mirror import Mirror
+from tufmesh.origin import Artifact, OriginConfig, OriginRepository
 from tufmesh.origin._keys import generate_file_key, pair_public_keys, public_key_from_pem
 from tufmesh.origin._names import MAX_FILENAME_BYTES
 
@@ -827,7 +828,6 @@ def test_uploads_refused_after_their_bodies_count_against_the_quota(tmp_path: Pa
     holder could store a gigabyte a request for ever. Now every refusal of a
     stored body counts, and once a quota's worth waits for the collector,
     uploads are refused before their bodies are read."""
-    from tufmesh.origin import Artifact
 
     repo_dir = tmp_path / "repo"
     config = OriginConfig(bins=2, max_bin_bytes=64 * 1024, project_quota=(3 << 20) + (1 << 16))
@@ -996,6 +996,32 @@ def test_uploads_under_way_stop_when_their_token_is_replaced(repo: Path) -> None
         for name in ("leak-1.0.tar.gz", "leak-2.0.tar.gz"):
             assert post(server.url, "leak", name, b"other bytes", new).status_code == 200
         assert post(server.url, "leak", "leak-3.0.tar.gz", b"old", token).status_code == 401
+
+
+def test_a_name_published_before_a_naming_rule_is_still_served(repo: Path, tmp_path: Path) -> None:
+    """File names that Windows takes for a device (con.tar.gz) are refused
+    from now on; one published before the rule was hidden by `tufmesh ls`,
+    404 at /targets/ and refused by `get`, though still signed."""
+    token = add_project(repo, "old")
+    published = OriginRepository(repo)  # (as the repository did before the rule)
+    body = os.urandom(3 << 20)
+    cid, manifest = published.store.put_chunked(body, chunk_size=published.config.chunk_size)
+    artifact = Artifact("old/con.tar.gz", len(body), hashlib.sha256(body).hexdigest(), cid,
+                        manifest.cid, manifest.chunk_size)  # fmt: skip
+    assert published.publish([artifact]) == [2]
+    home = tmp_path / "home"
+    with running(repo) as server:
+        assert tuf_download(server.url, repo, "old/con.tar.gz") == body
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin",
+                server.url, "--home", str(home))  # fmt: skip
+        assert "old/con.tar.gz\t" in tufmesh("ls", "old", "--home", str(home)).stdout
+        tufmesh("get", "old/con.tar.gz", "-o", str(tmp_path / "out"), "--home", str(home))
+        assert (tmp_path / "out" / "con.tar.gz").read_bytes() == body
+        replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
+        assert replica.sync().artifacts == 1
+        # A new such name is refused.
+        refused = post(server.url, "old", "nul.tar.gz", b"x", token)
+        assert refused.status_code == 400 and "device's on Windows" in refused.json()["error"]
 
 
 def test_a_repository_made_before_a_limit_was_added_still_opens(repo: Path) -> None:

@@ -34,7 +34,7 @@ from tufmesh.errors import (
 )
 from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._keys import generate_file_key, load_signer
-from tufmesh.origin._names import check_filename, normalize_project
+from tufmesh.origin._names import check_filename, check_new_filename, normalize_project
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact, OriginRepository, check_single_delegator
 
@@ -97,13 +97,24 @@ def test_bad_project_names(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     ["a/b", "a\\b", "..", "a..b", ".x", "a\x00b", "a\nb", "a\x7fb", "é" * 200, "", "a b",
-     "demo-1.0.tar.gz.part", "x.PART",
-     # one file on Windows with another name, or a device there
-     "demo-1.0.tar.gz.", "CON", "nul.tar.gz", "Com1.zip", "lpt9", "aux.1.0.whl"],
+     "demo-1.0.tar.gz.part", "x.PART"],
 )  # fmt: skip
 def test_bad_filenames(name: str) -> None:
     with pytest.raises(InvalidNameError):
         check_filename(name)
+    with pytest.raises(InvalidNameError):
+        check_new_filename(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["demo-1.0.tar.gz.", "CON", "nul.tar.gz", "Com1.zip", "lpt9", "aux.1.0.whl"]
+)
+def test_names_one_file_on_windows_with_another_or_a_device_are_new_no_more(name: str) -> None:
+    """Refused for names published from now on; one published before is
+    still a name the repository reads, serves and mirrors (ADR 25)."""
+    with pytest.raises(InvalidNameError):
+        check_new_filename(name)
+    assert check_filename(name) == name
 
 
 def test_good_filenames() -> None:
