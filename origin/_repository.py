@@ -1050,6 +1050,16 @@ class OriginRepository(Repository):
         used = self.keyids_in_use()
         return sorted({k for keys in self.config.signers.values() for k in keys} - used)
 
+    def retired_keys(self) -> set[str]:
+        """Keys never to be named again: those rotations replaced (recorded
+        in the configuration) and, for a repository older than that record,
+        those an earlier root named that no role names now."""
+        earlier: set[str] = set()
+        for path in self.metadata_dir.glob("*.root.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                earlier |= set(json.loads(path.read_bytes())["signed"]["keys"])
+        return set(self.config.retired) | (earlier - self.keyids_in_use())
+
     def retire_signers(self) -> list[str]:
         """Drop from the configuration the keys no role names any more (after a
         rotation, or a ceremony finished by ``resign``); return their key ids."""
@@ -1532,7 +1542,7 @@ class OriginRepository(Repository):
             raise OriginError(f"those are {role}'s keys already: nothing to rotate")
         others = {r: self._role_keys(self._bins()[0] if r == BIN_N else r)[0] for r in ROLES}
         check_new_keys(self.dir, role, keys, kept=set(old_keyids), others=others)
-        if again := sorted({key.keyid for _, key in keys} & set(self.config.retired)):
+        if again := sorted({key.keyid for _, key in keys} & self.retired_keys()):
             raise OriginError(
                 f"{role}: key {again[0][:16]}... was replaced at an earlier rotation, and a "
                 "replaced key is never named again (it may have leaked: naming it would undo "
@@ -1555,7 +1565,10 @@ class OriginRepository(Repository):
         # old keys and the new, so that a crash leaves a repository its
         # configuration can sign.
         both = {**old_config.signers, role: {**old_config.signers.get(role, {}), **new_ids}}
-        self._use_signers(dataclasses.replace(old_config, signers=both))
+        # The keys it replaces are recorded first, whether or not another role
+        # shares them (they may have leaked), and whatever cuts it short.
+        retired = sorted(set(old_config.retired) | (set(old_keyids) - set(new_ids)))
+        self._use_signers(dataclasses.replace(old_config, signers=both, retired=retired))
         done: list[str] = []
         try:
             delegator = self._replace_keys(role, [key for _, key in keys], threshold)
@@ -1576,14 +1589,12 @@ class OriginRepository(Repository):
             # new keys, the configuration must keep them (and the old ones, for
             # what is still signed by them) or nothing could sign that role.
             if not set(self._role_keys(sample)[0]) & (set(new_ids) - set(old_keyids)):
-                self._use_signers(old_config)
+                # (the keys it began to replace stay recorded: they may have leaked)
+                self._use_signers(dataclasses.replace(old_config, retired=retired))
             raise
-        gone = set(old_keyids) - self.keyids_in_use()  # (one another role shares is not)
         self._use_signers(
             dataclasses.replace(
-                old_config,
-                signers={**old_config.signers, role: new_ids},
-                retired=sorted(set(old_config.retired) | gone),
+                old_config, signers={**old_config.signers, role: new_ids}, retired=retired
             )
         )
         kept = set(new_ids) & set(old_keyids)

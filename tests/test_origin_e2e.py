@@ -592,6 +592,10 @@ def test_rotating_a_key_other_roles_share_says_they_still_trust_it(tmp_path: Pat
         else:
             assert f"is no longer {role}'s, but still {still}" in rotated.stderr, rotated.stderr
     assert f"(tufmesh origin rotate --dir {repo} bin-n; tufmesh origin rotate --dir " in said[0]
+    # Replaced for a role, a shared key is never given back to it (nor to any).
+    back = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp", "--signer", uri,
+                   check=False)  # fmt: skip
+    assert back.returncode == 1 and "was replaced at an earlier rotation" in back.stderr
 
 
 def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_path: Path) -> None:
@@ -608,6 +612,13 @@ def test_key_rotation_and_re_signing_ceremonies_from_the_cli(repo: Path, tmp_pat
     assert "generated keys/timestamp-1.pem" in rotated and "destroy them" in rotated
     # A replaced key is never named again: it may have leaked (it was, silently).
     old_key = f"file2:{repo / 'keys' / 'timestamp.pem'}"
+    again = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp", "--signer", old_key,
+                    check=False)  # fmt: skip
+    assert again.returncode == 1 and "was replaced at an earlier rotation" in again.stderr
+    # A repository older than that record: an earlier root's keys count too.
+    config = json.loads((repo / "config.json").read_text())
+    del config["retired"]
+    (repo / "config.json").write_text(json.dumps(config))
     again = tufmesh("origin", "rotate", "--dir", str(repo), "timestamp", "--signer", old_key,
                     check=False)  # fmt: skip
     assert again.returncode == 1 and "was replaced at an earlier rotation" in again.stderr

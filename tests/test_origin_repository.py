@@ -1059,6 +1059,9 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     warned = tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
     assert ("no role names them" in warned) == published, warned
     assert set(reopened.retire_signers()) == (old_keyids if published else set())
+    # The old keys were recorded as replaced before anything reached the disk:
+    # a rotation cut short cannot leave them free to be named again.
+    assert old_keyids <= set(OriginRepository(repo.dir).config.retired)
     assert "no role names them" not in tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
     assert set(reopened.config.signers[role]) == {new[0][1].keyid} if published else old_keyids
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
