@@ -282,9 +282,9 @@ def get(
                     with contextlib.suppress(OSError):
                         stat = part.lstat()  # as long as the artifact, sparse: count its blocks
                         kept = format_size(min(stat.st_blocks * 512, stat.st_size))
-                        if not verified[0]:  # nothing verified, now or before: nothing to keep
-                            part.unlink()
-                        else:
+                        # (nothing verified: nothing to say. The file is left as it is: it
+                        # may be the user's, or another run's, and not this one's to delete.)
+                        if verified[0]:
                             click.echo(
                                 f"{'interrupted' if interrupted else 'failed'}: the chunks "
                                 f"verified so far are kept in {part} ({kept} on disk); the same "

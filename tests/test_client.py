@@ -742,15 +742,22 @@ def test_a_get_that_verified_nothing_says_one_line_and_keeps_no_part(
 ) -> None:
     """A get whose only source lied about every chunk said three lines: "the
     chunks verified so far are kept in X.part (0 B on disk)", the source's
-    failure, and the error naming that failure again; the part file stayed."""
+    failure, and the error naming that failure again. And a file of the
+    user's in the way, which the error says to move, is left where it is."""
     home, out = tmp_path / "home", tmp_path / "out"
     with mirrors(origin.repo, "rangeflip") as (liar,):
         tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
                 "--origin", liar.url, "--home", str(home))  # fmt: skip
         failed = tufmesh("get", BIG, "-o", str(out), "--home", str(home), check=False)
-    assert failed.returncode == 1, failed.stderr
-    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: "), failed.stderr
-    assert liar.url in failed.stderr and not list(out.glob("*"))
+        assert failed.returncode == 1, failed.stderr
+        assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: ")
+        assert liar.url in failed.stderr
+        part = out / "demo-1.0.tar.gz.part"
+        part.unlink()
+        part.write_text("my notes")  # the user's, in the way
+        failed = tufmesh("get", BIG, "-o", str(out), "--home", str(home), check=False)
+    assert failed.returncode == 1 and "is in the way" in failed.stderr, failed.stderr
+    assert part.read_text() == "my notes"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
