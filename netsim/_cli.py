@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import stat
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -150,8 +152,12 @@ def _check_output(path: Path) -> None:
 
 
 def _written_through(path: Path) -> bool:
-    """True if ``path`` is, or links to, something other than a file or a
-    directory (a pipe, a device): written to as it is, never replaced."""
+    """True if ``path`` is a stream already open (``/dev/stdout``, and anything
+    else under /dev or /proc/PID/fd: a file the shell opened with ``>`` or
+    ``>>`` is not to be replaced), or is, or links to, something other than a
+    file or a directory (a pipe, a device): written to, never replaced."""
+    if os.path.realpath(path).startswith(("/dev/", "/proc/")) or str(path).startswith("/dev/"):
+        return True
     try:
         mode = os.stat(path).st_mode  # (through links: /dev/stdout is one to a pipe)
     except OSError:
@@ -163,13 +169,38 @@ def _write_output(path: Path, data: bytes) -> None:
     """Write a result: a file is replaced whole (or kept, on failure), through
     a symbolic link to it; a pipe or a device (``/dev/stdout``) is written to."""
     try:
-        if _written_through(path):
-            with open(path, "wb") as handle:
+        if (fd := _own_descriptor(path)) is not None:  # /dev/stdout: at its own offset
+            sys.stdout.flush()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        elif _written_through(path):  # (appended: a file opened with >> keeps what it held)
+            with open(path, "ab") as handle:
                 handle.write(data)
         else:
             write_atomic(path.resolve(), data)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _own_descriptor(path: Path) -> int | None:
+    """The descriptor of this process ``path`` names, through links
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``), or None. Written
+    through it, not opened again: a file the shell opened with ``>`` has its
+    offset there, and the table written after would overwrite the JSON."""
+    names = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    pattern = re.compile(rf"/(?:dev/fd|proc/self/fd|proc/{os.getpid()}/fd)/(\d+)")
+    text = os.path.abspath(path)
+    for _ in range(8):
+        if text in names:
+            return names[text]
+        if match := pattern.fullmatch(text):
+            return int(match[1])
+        try:
+            text = os.path.join(os.path.dirname(text), os.readlink(text))
+        except OSError:
+            return None
+    return None
 
 
 @netsim.command("validate")

@@ -267,6 +267,15 @@ def test_results_go_through_links_and_pipes_and_before_the_table(tmp_path: Path)
     piped = _cli(*run, "-q", "--json", str(stdout))
     assert piped.returncode == 0 and json.loads(piped.stdout)["scenario"]["mirrors"] == 3
     assert stdout.is_symlink()
+    # Into a file the shell opened (`>> log`): written at its offset, before
+    # the table, and what the file held kept (it was replaced by the JSON).
+    log = tmp_path / "log"
+    log.write_text("keep me\n")
+    with open(log, "a") as appended:
+        subprocess.run([sys.executable, "-c", "from tufmesh.cli import main; main()", *run,
+                        "--json", str(stdout)], stdout=appended, timeout=120, check=True)  # fmt: skip
+    held = log.read_text()
+    assert held.startswith("keep me\n{") and "simulated in" in held.split("}\n")[-1], held
     closed_r, closed_w = os.pipe()
     os.close(closed_r)  # a reader gone at once, as `| head -0`
     code = "from tufmesh.cli import main; main()"
