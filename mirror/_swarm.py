@@ -25,6 +25,7 @@ import ipaddress
 import json
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterable, Callable
@@ -261,7 +262,13 @@ class Swarm:
     def _is_me(self, url: str) -> bool:
         """True if ``url`` names this mirror by another address: one bound to
         loopback or to every address (``--host 0.0.0.0``) is on this
-        machine's loopback at its own port too."""
+        machine's loopback at its own port too; a libp2p address of its own
+        peer ID is its own, whatever the address."""
+        if url.startswith("libp2p:/"):
+            mine = getattr(self.node, "peer_id", "") or (
+                self.url.rsplit("/p2p/", 1)[-1] if self.url and "/p2p/" in self.url else ""
+            )
+            return bool(mine) and url.rsplit("/p2p/", 1)[-1] == mine
         if self.url is None or not url.startswith("http") or not self.url.startswith("http"):
             return False
         me, other = urlsplit(self.url), urlsplit(url)
@@ -394,7 +401,9 @@ class Swarm:
                 }
             elif self.has_blob is not None and _holds(self.has_blob, cid):
                 blobs[cid] = "all"
-        peers = self.neighbours()
+        # Not the asker itself: a mirror bound to every address, learnt at the
+        # address its queries come from, knows itself by no other name.
+        peers = [p for p in self.neighbours() if not _same_peer(p, asker)]
         random.shuffle(peers)
         return {"snapshot": self.snapshot, "blobs": blobs, "peers": peers[:8]}
 
@@ -487,6 +496,20 @@ class Swarm:
         return True
 
 
+def _same_peer(url: str, other: object) -> bool:
+    """True if ``url`` and ``other`` name one mirror: the same URL, or libp2p
+    addresses of one peer ID."""
+    if not isinstance(other, str):
+        return False
+    if url.rstrip("/") == other.rstrip("/"):
+        return True
+    return (
+        url.startswith("libp2p:/")
+        and other.startswith("libp2p:/")
+        and (url.rsplit("/p2p/", 1)[-1] == other.rsplit("/p2p/", 1)[-1] and "/p2p/" in url)
+    )
+
+
 def _machine(url: str) -> str | None:
     """The machine a neighbour's URL (``http://host:port``, ``libp2p:/ip4/...``)
     is on, as :data:`MAX_PER_MACHINE` counts it; None for loopback."""
@@ -502,22 +525,35 @@ def _host(url: str) -> str:
 
 
 def _unroutable(url: str) -> bool:
-    """True if ``url`` names a link-local, multicast or unspecified address."""
-    try:
-        ip = ipaddress.ip_address(_host(url))
-    except ValueError:
+    """True if ``url`` names a link-local, multicast or unspecified address
+    (however spelt: 2852039166 is 169.254.169.254)."""
+    ip = _ip(_host(url))
+    if ip is None:
         return False  # a name
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     return ip.is_link_local or ip.is_multicast or ip.is_unspecified
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` is written as, however spelt: ``127.1``,
+    ``2130706433`` and ``0x7f000001`` are 127.0.0.1 to the resolver that
+    connects to them, and so here; None for a name."""
+    host = host.rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _unspecified(host: str) -> bool:
     """True for 0.0.0.0 and ::, what a socket bound to every address names."""
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
+    ip = _ip(host)
+    return ip is not None and ip.is_unspecified
 
 
 #: How far an address reaches, nearest first: an asker may name addresses
@@ -531,15 +567,13 @@ def _reach(host: str | None) -> int:
     PUBLIC for a name, which may resolve anywhere, and for None (not known)."""
     if host is None:
         return PUBLIC
-    if is_loopback(host) or host.lower().endswith(".localhost"):
+    name = host.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
         return LOOPBACK
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    ip = _ip(host)
+    if ip is None:
         return PUBLIC
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return PUBLIC if ip.is_global else PRIVATE
+    return LOOPBACK if ip.is_loopback else PUBLIC if ip.is_global else PRIVATE
 
 
 def _seen_at(url: object, address: str | None) -> object:

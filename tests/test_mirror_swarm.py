@@ -286,6 +286,17 @@ def test_a_mirror_bound_to_every_address_is_learnt_where_its_queries_come_from()
         me.answer({"cids": [], "from": url}, "127.0.0.1")
     me.answer({"cids": [], "from": "http://127.0.0.1:18087"}, "127.0.0.1")  # another one
     assert me.neighbours() == ["http://127.0.0.1:18087"]
+    # Learnt at its LAN address, it is never told of itself by that name
+    # (a neighbour's answer to it named it back, and it polled itself).
+    lan = Swarm(url="http://me")
+    lan.answer({"cids": [], "from": "http://0.0.0.0:8001"}, "192.168.1.10")
+    assert lan.answer({"cids": [], "from": "http://0.0.0.0:8001"}, "192.168.1.10")["peers"] == []
+    assert lan.answer({"cids": []}, "192.168.1.11")["peers"] == ["http://192.168.1.10:8001"]
+    # ...nor of its libp2p identity at another address.
+    p2p = Swarm(url="libp2p:/ip4/0.0.0.0/tcp/4001/p2p/QmMine")
+    p2p.learn("libp2p:/ip4/192.0.2.9/tcp/4001/p2p/QmMine", "192.0.2.1", "192.0.2.1")
+    p2p.learn("libp2p:/ip4/192.0.2.7/tcp/4001/p2p/QmOther", "192.0.2.1", "192.0.2.1")
+    assert p2p.neighbours() == ["libp2p:/ip4/192.0.2.7/tcp/4001/p2p/QmOther"]
 
 
 def test_an_asker_names_no_address_nearer_to_us_than_itself() -> None:
@@ -294,7 +305,10 @@ def test_an_asker_names_no_address_nearer_to_us_than_itself() -> None:
     network): names are now as far from us as their namer, or farther."""
     swarm = Swarm(url="http://me")
     for url in ("http://127.0.0.1:6379", "http://localhost:80", "http://a.localhost:80",
-                "http://10.0.0.5:80", "http://[fd00::5]:80", "http://100.64.0.1:80"):  # fmt: skip
+                "http://10.0.0.5:80", "http://[fd00::5]:80", "http://100.64.0.1:80",
+                # however spelt (the resolver that connects reads them so)
+                "http://127.1:6379", "http://2130706433:6379", "http://0x7f000001:6379",
+                "http://localhost.:80", "http://2852039166:80", "http://012.0.0.5:80"):  # fmt: skip
         swarm.answer({"cids": [], "from": url}, "8.8.8.8")  # from the internet
     assert swarm.neighbours() == []
     swarm.answer({"cids": [], "from": "http://127.0.0.1:6379"}, "10.0.0.9")  # a private one
