@@ -538,8 +538,13 @@ class Mirror:
             for key in keys:
                 state.pop(key, None)
 
-        if set(keys) & self.state().keys():
-            self._update_state(forget)
+        state = self.state()
+        if set(keys) & state.keys():
+            if state.keys() <= set(keys):  # no sync has ended: no state at all, as before one
+                with self._state_lock:
+                    self.state_file.unlink(missing_ok=True)
+            else:
+                self._update_state(forget)
 
     def record(self, report: SyncReport) -> None:
         """Add a sync's outcome to the state ``mirror status`` and ``/healthz``

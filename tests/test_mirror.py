@@ -152,6 +152,10 @@ def test_chain_of_mirrors_serves_verified_copies(tmp_path: Path) -> None:
     (tmp_path / "m4" / "state.json").write_text(json.dumps(p2p_only))
     first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
     assert first.returncode == 1 and "1.0 MiB fetched, for the next run to resume" in first.stderr
+    # ...and after a run without it forgot that view (it left "{}": "damaged").
+    Mirror(tmp_path / "m4").forget_network()
+    first = tufmesh("mirror", "status", "--dir", str(tmp_path / "m4"), check=False)
+    assert first.returncode == 1 and "1.0 MiB fetched, for the next run to resume" in first.stderr
     # A failed sync: what the mirror serves is still counted (it said 0).
     state = Mirror(tmp_path / "m2").state()
     failed = state | {"last_sync": {"artifacts": 0, "error": "the origin is down"}}
