@@ -99,7 +99,14 @@ class DownloadResult:
     transfer_seconds: float = 0.0
 
 
+class _ArtifactMismatchError(tuf_errors.RepositoryError):
+    """An artifact whose bytes are not the ones signed (a source set aside,
+    as for metadata refused)."""
+
+
 def _explain(exc: BaseException) -> str:
+    if isinstance(exc, _ArtifactMismatchError):
+        return f"served the artifact with other bytes than the signed ones ({exc})"
     if isinstance(exc, tuf_errors.ExpiredMetadataError):
         return f"metadata expired ({exc}): this may be a freeze attack"
     if isinstance(exc, tuf_errors.BadVersionNumberError):
@@ -197,6 +204,7 @@ class Client:
     def _with_failover(self, operation: Callable[[Updater], T]) -> T:
         """Run ``operation`` on a refreshed updater; on a TUF rejection, blame and retry."""
         rejections: list[str] = []
+        artifacts_only = True  # (every rejection an artifact's bytes: said so)
         expired: str | None = None
         for _ in range(len(self.fetcher.sources) + 1):
             try:
@@ -222,6 +230,7 @@ class Client:
                 # longer than its role may be): the source that served it is
                 # set aside and the others asked.
                 rejections.append(self._blame(exc))
+                artifacts_only = artifacts_only and isinstance(exc, _ArtifactMismatchError)
                 self._updater = None
             except SourcesFailedError:
                 raise
@@ -231,9 +240,8 @@ class Client:
                 break
         if expired is not None:
             raise MetadataRefusedError(expired)
-        raise MetadataRefusedError(
-            "no source served metadata that verifies: " + "; ".join(rejections)
-        )
+        what = "the artifact's signed bytes" if artifacts_only else "metadata that verifies"
+        raise MetadataRefusedError(f"no source served {what}: " + "; ".join(rejections))
 
     def _check_outvoted(self) -> None:
         """Blame each source whose timestamp lost to a newer one and is not
@@ -561,7 +569,10 @@ class Client:
         """A plain TUF repository: python-tuf fetches ``targets/`` through our fetcher."""
 
         def fetch(updater: Updater) -> str:
-            return updater.download_target(info, str(part), TARGET_BASE)
+            try:
+                return updater.download_target(info, str(part), TARGET_BASE)
+            except tuf_errors.LengthOrHashMismatchError as exc:  # the artifact, not metadata
+                raise _ArtifactMismatchError(str(exc)) from None
 
         self._with_failover(fetch)
         if progress is not None:

@@ -1176,6 +1176,27 @@ def test_a_plain_tuf_repository_that_trickles_its_targets_is_given_up(
     assert not (tmp_path / "out" / SMALL.rsplit("/", 1)[1]).exists()
 
 
+def test_a_plain_tuf_sources_corrupt_artifact_is_said_to_be_one(
+    origin: Server, tmp_path: Path
+) -> None:
+    """Its hash mismatch was said as metadata's: "no source served metadata
+    that verifies: ... a version of another snapshot (mix-and-match)"."""
+    body = origin.contents[SMALL]  # type: ignore[attr-defined]
+    name = f"demo/{hashlib.sha256(body).hexdigest()}.{SMALL.rsplit('/', 1)[1]}"
+    with mirrors(origin.repo, "honest") as (liar,):
+        liar.target_overrides[name] = bytes([body[0] ^ 1]) + body[1:]
+        source = SourceHealth(
+            liar.url, metadata_url=f"{origin.url}/metadata", targets_url=f"{liar.url}/targets"
+        )
+        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+        with Client(tmp_path / "plain", root, [source], **FAST) as client:
+            with pytest.raises(ClientError) as failed:
+                client.download(SMALL, tmp_path / "out")
+    said = str(failed.value)
+    assert said.startswith("no source served the artifact's signed bytes: "), said
+    assert "served the artifact with other bytes than the signed ones" in said, said
+
+
 def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     exe = TUFMESH + "-conformance"
     meta, targets = tmp_path / "meta", tmp_path / "targets"

@@ -42,6 +42,7 @@ class Mirror:
         self.behaviour = behaviour
         self.store = BlobStore(repo / "cas")
         self.metadata_overrides: dict[str, bytes] = {}
+        self.target_overrides: dict[str, bytes] = {}  # by PROJECT/SHA256.NAME
         self.blob_overrides: dict[str, bytes] = {}
         self.blob_requests = 0
         self.blob_asked: list[float] = []  # when each blob request came (time.monotonic)
@@ -80,6 +81,8 @@ class Mirror:
         kind, _, name = path.lstrip("/").partition("/")
         if kind == "metadata" and name in self.metadata_overrides:
             return self.metadata_overrides[name]
+        if kind == "targets" and name in self.target_overrides:
+            return self.target_overrides[name]
         if kind in ("metadata", "targets"):
             target = (self.repo / kind / name).resolve()
             if self.repo.resolve() in target.parents and target.is_file():
