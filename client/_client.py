@@ -688,8 +688,9 @@ def _fetch_whole(
                 reason = str(exc) or type(exc).__name__
             with changed:
                 reasons[source] = reason
-                # (not held there, busy: no fault; one slower than the winner: none)
-                if getattr(exc, "fault", True) and not won:
+                # (not held there, busy: no fault). One that fails after another
+                # won is blamed too: a silent source stayed first for ever.
+                if getattr(exc, "fault", True):
                     blame(source, reason)
         else:
             with changed:
