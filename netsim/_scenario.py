@@ -11,6 +11,7 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Final
 
@@ -138,7 +139,9 @@ class Scenario:
     def hostile(self) -> int:
         """Malicious mirrors: the fraction of the mirrors, halves rounded up
         (0.5 of 3 mirrors and 0.5 of 5 are 2 and 3, not 2 and 2)."""
-        return math.floor(self.malicious * self.mirrors + 0.5)
+        # (in decimal: 0.29 * 50 is 14.499999999999998 in binary floating point)
+        share = Decimal(repr(self.malicious)) * self.mirrors
+        return int(share.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
     @property
     def origin_rate(self) -> float:

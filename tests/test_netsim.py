@@ -56,6 +56,7 @@ def test_hostile_mirrors_are_the_fraction_with_halves_rounded_up() -> None:
     assert [Scenario(mirrors=n, malicious=0.5).hostile for n in (3, 5, 7)] == [2, 3, 4]
     assert Scenario(mirrors=1000, malicious=0.3).hostile == 300
     assert Scenario(mirrors=9, malicious=0.1).hostile == 1
+    assert Scenario(mirrors=50, malicious=0.29).hostile == 15  # (14.5 in decimal, not binary)
 
 
 @pytest.mark.parametrize("links", ["homogeneous", "home", "mixed"])
