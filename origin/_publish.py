@@ -42,16 +42,20 @@ def _pieces(
     :class:`PublishError` if the file is longer or shorter now (written to
     while it was sent: what the origin got is not what the file holds)."""
     with open(path, "rb") as handle:
+        before = os.fstat(handle.fileno())
         left = size
         while True:
             piece = handle.read(min(_PIECE, left)) if left else b""
             left -= len(piece)
             # Checked before the last piece goes: with every byte of its
-            # length sent, the origin would publish what it got.
-            if (not piece and left) or (not left and handle.read(1)):
+            # length sent, the origin would publish what it got. Written to in
+            # place, its length the same, it has a new modification time.
+            resized = (not piece and left) or (not left and handle.read(1))
+            if resized or (not left and _changed(before, os.fstat(handle.fileno()))):
+                how = f"it is no longer {size:,} bytes" if resized else "written to meanwhile"
                 raise PublishError(
-                    f"{path.name} changed while it was being sent (it is no longer "
-                    f"{size:,} bytes); nothing was published: send it again once it is written"
+                    f"{path.name} changed while it was being sent ({how}); nothing was "
+                    "published: send it again once it is written"
                 )
             if not piece:
                 return
@@ -59,6 +63,15 @@ def _pieces(
             if progress is not None:
                 progress(len(piece))
             yield piece
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether a file was written to between two looks at it."""
+    return (before.st_mtime_ns, before.st_ctime_ns, before.st_size) != (
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+        after.st_size,
+    )
 
 
 def upload(

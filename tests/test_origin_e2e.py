@@ -1170,7 +1170,8 @@ def test_a_file_written_to_while_it_is_published_is_refused_in_a_line(repo: Path
 
     token = add_project(repo, "grow")
     with running(repo) as server, httpx.Client() as client:
-        for change, name in [("grow", "grow-1.0.tar.gz"), ("shrink", "grow-2.0.tar.gz")]:
+        for change, name in [("grow", "grow-1.0.tar.gz"), ("shrink", "grow-2.0.tar.gz"),
+                             ("rewrite", "grow-3.0.tar.gz")]:  # fmt: skip
             path = repo.parent / name
             path.write_bytes(os.urandom(3 << 20))
 
@@ -1178,12 +1179,17 @@ def test_a_file_written_to_while_it_is_published_is_refused_in_a_line(repo: Path
                 if change == "grow":
                     with open(path, "ab") as handle:
                         handle.write(b"more")
-                else:
+                elif change == "shrink":
                     os.truncate(path, 1 << 20)
+                else:  # in place, its length the same (it was published as sent)
+                    with open(path, "r+b") as handle:
+                        handle.write(os.urandom(1 << 20))
+                    os.utime(path, ns=(0, time.time_ns() + 10**9))
 
             with pytest.raises(PublishError, match="changed while it was being sent") as caught:
                 upload(client, server.url, "grow", path, token, progress=written_to)
-            assert f"it is no longer {3 << 20:,} bytes" in str(caught.value)
+            how = "written to meanwhile" if change == "rewrite" else f"no longer {3 << 20:,} bytes"
+            assert how in str(caught.value), caught.value
             # Nothing was published: the name takes other bytes.
             assert post(server.url, "grow", name, b"whole", token).status_code == 200
 
