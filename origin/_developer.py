@@ -598,12 +598,20 @@ def write_request(path: Path, request: SigningRequest, *, new: bool = False) -> 
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
 
+#: JSON's names for what a document may be, by the Python type it reads as.
+_JSON_KINDS: Final[dict[type, str]] = {
+    list: "array", str: "string", int: "number", float: "number", bool: "true or false",
+    type(None): "null",
+}  # fmt: skip
+
+
 def read_request(path: Path) -> SigningRequest:
     """The signing request in file ``path`` (a claim's or a release's)."""
     try:
         request = json.loads(path.read_bytes())
         if not isinstance(request, dict):
-            raise ValueError(f"it holds a JSON {type(request).__name__}, not an object")
+            kind = _JSON_KINDS.get(type(request), "value")
+            raise ValueError(f"it holds a JSON {kind}, not an object")
         project = normalize_project(request["project"])
         holders = None
         if "keys" in request:

@@ -476,9 +476,12 @@ def test_a_claim_must_keep_what_the_project_published(tmp_path: Path) -> None:
     root = tmp_path / "repo" / "metadata" / "1.root.json"  # another TUF file: said so
     with pytest.raises(UsageError, match=r"is not a signing request .*: it has no 'project'$"):
         read_claim(root)
-    broken.write_text("[1]")  # ("list indices must be integers or slices, not str")
-    with pytest.raises(UsageError, match=r"request .*: it holds a JSON list, not an object$"):
-        read_claim(broken)
+    for text, kind in [("[1]", "array"), ("null", "null"), ('"x"', "string"), ("1.5", "number")]:
+        broken.write_text(text)  # ("list indices must be integers or slices, not str")
+        with pytest.raises(
+            UsageError, match=rf"request .*: it holds a JSON {kind}, not an object$"
+        ):
+            read_claim(broken)
     with pytest.raises(
         OwnedMetadataError, match=r"leaves out what it has published: demo/demo-1\.0"
     ):
