@@ -277,8 +277,9 @@ class Swarm:
                 return False
         except ValueError:  # (a port out of range)
             return False
-        return (is_loopback(me.hostname or "") or _unspecified(me.hostname or "")) and (
-            is_loopback(other.hostname or "")
+        mine = me.hostname or ""
+        return (_reach(mine) == LOOPBACK or _unspecified(mine)) and (
+            _reach(other.hostname or "") == LOOPBACK  # (however spelt: 127.1, localhost.)
         )
 
     def _room_on(self, machine: str | None, besides: str | None = None) -> bool:

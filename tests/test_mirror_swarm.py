@@ -282,7 +282,8 @@ def test_a_mirror_bound_to_every_address_is_learnt_where_its_queries_come_from()
     ]
     # ...and such a mirror knows itself on loopback (it listed itself).
     me = Swarm(url="http://0.0.0.0:18086")
-    for url in ("http://127.0.0.1:18086", "http://localhost:18086", "http://[::1]:18086"):
+    for url in ("http://127.0.0.1:18086", "http://localhost:18086", "http://[::1]:18086",
+                "http://127.1:18086", "http://localhost.:18086"):  # fmt: skip
         me.answer({"cids": [], "from": url}, "127.0.0.1")
     me.answer({"cids": [], "from": "http://127.0.0.1:18087"}, "127.0.0.1")  # another one
     assert me.neighbours() == ["http://127.0.0.1:18087"]
