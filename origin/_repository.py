@@ -765,6 +765,11 @@ class OriginRepository(Repository):
                 if twin is not None:
                     results[i] = _case_twin(artifact.path, twin, was)
                     continue
+                try:  # a name new to the repository: today's rules (checked here too)
+                    check_new_filename(artifact.path.partition("/")[2])
+                except InvalidNameError as exc:
+                    results[i] = ArtifactRefusedError(f"{artifact.path!r}: {exc}")
+                    continue
                 target = artifact.target_file()
                 if role not in sizes:
                     sizes[role] = len(self._bytes[role])  # load() read every bin

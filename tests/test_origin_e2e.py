@@ -1009,17 +1009,25 @@ def test_uploads_under_way_stop_when_their_token_is_replaced(repo: Path) -> None
         assert post(server.url, "leak", "leak-3.0.tar.gz", b"old", token).status_code == 401
 
 
-def test_a_name_published_before_a_naming_rule_is_still_served(repo: Path, tmp_path: Path) -> None:
+def test_a_name_published_before_a_naming_rule_is_still_served(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """File names that Windows takes for a device (con.tar.gz) are refused
     from now on; one published before the rule was hidden by `tufmesh ls`,
     404 at /targets/ and refused by `get`, though still signed."""
+    import tufmesh.origin._repository as repository_module
+
     token = add_project(repo, "old")
-    published = OriginRepository(repo)  # (as the repository did before the rule)
+    published = OriginRepository(repo)
     body = os.urandom(3 << 20)
     cid, manifest = published.store.put_chunked(body, chunk_size=published.config.chunk_size)
     artifact = Artifact("old/con.tar.gz", len(body), hashlib.sha256(body).hexdigest(), cid,
                         manifest.cid, manifest.chunk_size)  # fmt: skip
-    assert published.publish([artifact]) == [2]
+    refused = published.publish([artifact])[0]  # (the committer checks new names itself)
+    assert isinstance(refused, OriginError) and "device's on Windows" in str(refused)
+    with monkeypatch.context() as before_the_rule:  # (as an origin published it then)
+        before_the_rule.setattr(repository_module, "check_new_filename", lambda name: name)
+        assert published.publish([artifact]) == [2]
     home = tmp_path / "home"
     with running(repo) as server:
         assert tuf_download(server.url, repo, "old/con.tar.gz") == body
