@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import re
 import stat
 import sys
 import time
@@ -142,7 +142,9 @@ def _check_output(path: Path) -> None:
     """Refuse, before a run, an output ``path`` that cannot be written."""
     if path.name in ("", ".", ".."):
         raise UsageError(f"cannot write {str(path)!r}: it names no file")
-    if _written_through(path):  # (a pipe, a device: /dev/stdout)
+    if _own_descriptor(path) is not None:  # /dev/stdout: open already
+        return
+    if _written_through(path):  # (a pipe, a device)
         if not os.access(path, os.W_OK):
             raise UsageError(f"cannot write {path}: not a file this user may write")
         return
@@ -151,15 +153,29 @@ def _check_output(path: Path) -> None:
         raise UsageError(f"cannot write {path}: {parent} is not a writable directory")
 
 
-def _written_through(path: Path) -> bool:
-    """True if ``path`` is a stream already open (``/dev/stdout``, and anything
-    else under /dev or /proc/PID/fd: a file the shell opened with ``>`` or
-    ``>>`` is not to be replaced), or is, or links to, something other than a
-    file or a directory (a pipe, a device): written to, never replaced."""
-    if os.path.realpath(path).startswith(("/dev/", "/proc/")) or str(path).startswith("/dev/"):
-        return True
+def _own_descriptor(path: Path) -> int | None:
+    """Our standard output or error, if ``path`` names it however it is
+    spelt (``/dev/stdout``, ``/proc/self/fd/1``, a link, the file it was
+    redirected to): written at that descriptor, not opened again, so that a
+    file the shell opened (``>``, ``>>``) keeps its offset and what it held,
+    and the table written after does not overwrite the JSON."""
     try:
-        mode = os.stat(path).st_mode  # (through links: /dev/stdout is one to a pipe)
+        target = os.stat(path)
+    except OSError:
+        return None
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            mine = os.fstat(fd)
+            if (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino):
+                return fd
+    return None
+
+
+def _written_through(path: Path) -> bool:
+    """True if ``path`` is, or links to, something other than a file or a
+    directory (a pipe, a device): written to, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
@@ -167,40 +183,22 @@ def _written_through(path: Path) -> bool:
 
 def _write_output(path: Path, data: bytes) -> None:
     """Write a result: a file is replaced whole (or kept, on failure), through
-    a symbolic link to it; a pipe or a device (``/dev/stdout``) is written to."""
+    a symbolic link to it; our own stdout is written at its descriptor; a pipe
+    or a device is written to."""
     try:
-        if (fd := _own_descriptor(path)) is not None:  # /dev/stdout: at its own offset
-            sys.stdout.flush()
+        if (fd := _own_descriptor(path)) is not None:
+            if (stream := sys.stdout if fd == 1 else sys.stderr) is not None:
+                stream.flush()
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-        elif _written_through(path):  # (appended: a file opened with >> keeps what it held)
-            with open(path, "ab") as handle:
+        elif _written_through(path):
+            with open(path, "wb") as handle:
                 handle.write(data)
         else:
             write_atomic(path.resolve(), data)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def _own_descriptor(path: Path) -> int | None:
-    """The descriptor of this process ``path`` names, through links
-    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/self/fd/N``), or None. Written
-    through it, not opened again: a file the shell opened with ``>`` has its
-    offset there, and the table written after would overwrite the JSON."""
-    names = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
-    pattern = re.compile(rf"/(?:dev/fd|proc/self/fd|proc/{os.getpid()}/fd)/(\d+)")
-    text = os.path.abspath(path)
-    for _ in range(8):
-        if text in names:
-            return names[text]
-        if match := pattern.fullmatch(text):
-            return int(match[1])
-        try:
-            text = os.path.join(os.path.dirname(text), os.readlink(text))
-        except OSError:
-            return None
-    return None
 
 
 @netsim.command("validate")

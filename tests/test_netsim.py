@@ -277,6 +277,15 @@ def test_results_go_through_links_and_pipes_and_before_the_table(tmp_path: Path)
                         "--json", str(stdout)], stdout=appended, timeout=120, check=True)  # fmt: skip
     held = log.read_text()
     assert held.startswith("keep me\n{") and "simulated in" in held.split("}\n")[-1], held
+    # However it is named: a relative link, /proc/thread-self (it was replaced).
+    relative = tmp_path / "relative"
+    relative.symlink_to(os.path.relpath("/proc/self/fd/1", tmp_path))
+    for name in (str(relative), "/proc/thread-self/fd/1"):
+        log.write_text("keep me\n")
+        with open(log, "a") as appended:
+            subprocess.run([sys.executable, "-c", "from tufmesh.cli import main; main()", *run,
+                            "--json", name], stdout=appended, timeout=120, check=True)  # fmt: skip
+        assert log.read_text().startswith("keep me\n{"), (name, log.read_text())
     closed_r, closed_w = os.pipe()
     os.close(closed_r)  # a reader gone at once, as `| head -0`
     code = "from tufmesh.cli import main; main()"
