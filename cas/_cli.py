@@ -106,10 +106,11 @@ def _fsck_again(store: BlobStore) -> str:
 
 @cas.command()
 @click.argument("files", nargs=-1, required=True)
-@pass_store
-def put(store: BlobStore, files: tuple[str, ...]) -> None:
+@click.pass_obj
+def put(where: _StoreAt, files: tuple[str, ...]) -> None:
     """Store FILES; print one CID per line."""
     sizes = [_file_size(path) for path in files]  # all readable before any is stored
+    store = where.open()  # (then only: a missing file made an empty store)
     for path, size in zip(files, sizes, strict=True):
         with progress_bar(f"put {Path(path).name}", size) as advance:
             cid = store.put(path, progress=advance)
@@ -263,10 +264,12 @@ def gc(store: BlobStore, dry_run: bool, grace: float | None) -> None:
 @cas.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--chunk-size", type=SIZE, default="1MiB", show_default=True, help="Chunk size.")
-@pass_store
-def manifest(store: BlobStore, file: str, chunk_size: int) -> None:
+@click.pass_obj
+def manifest(where: _StoreAt, file: str, chunk_size: int) -> None:
     """Store FILE with its chunk manifest; print the manifest's CID and chunk count."""
-    with progress_bar(f"chunk {Path(file).name}", _file_size(file)) as advance:
+    size = _file_size(file)
+    store = where.open()  # (then only: a missing file made an empty store)
+    with progress_bar(f"chunk {Path(file).name}", size) as advance:
         cid, built = store.put_chunked(file, chunk_size=chunk_size, progress=advance)
     click.echo(f"manifest\t{built.cid}")
     click.echo(f"chunks\t{built.count}")

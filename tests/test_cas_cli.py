@@ -194,7 +194,7 @@ def test_a_directory_that_is_not_a_store_is_left_alone(tmp_path: Path, files: li
     # put checks every file before it stores any
     store = tmp_path / "store"
     assert "cannot read" in run(store, "put", str(files[0]), "/nonexistent", ok=False).stderr
-    assert run(store, "ls").stdout == ""
+    assert not store.exists()  # (nothing stored: no store made either)
 
 
 def test_version_and_help() -> None:
@@ -345,6 +345,11 @@ def test_only_put_makes_a_store(tmp_path: Path) -> None:
         proc = subprocess.run([TUFMESH, "cas", "--store", str(typo), *command],
                               capture_output=True, text=True)  # fmt: skip
         assert proc.returncode != 0 and "no blob store at" in proc.stderr, proc
+        assert not typo.exists()
+    for command in ("put", "manifest"):  # a file that is not there: nothing made either
+        proc = subprocess.run([TUFMESH, "cas", "--store", str(typo), command,
+                               str(tmp_path / "nosuch")], capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 1 and "cannot read" in proc.stderr, proc
         assert not typo.exists()
     (tmp_path / "f").write_bytes(b"x")
     made = subprocess.run([TUFMESH, "cas", "--store", str(typo), "put", str(tmp_path / "f")],
