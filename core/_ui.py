@@ -361,6 +361,9 @@ def p2p_line(directory: Path, p2p_port: int | None) -> str:
     if p2p_port is None:
         return ""
     try:
-        return f"\nlibp2p {(directory / 'p2p.addr').read_text().strip()}  (for --bootstrap)"
+        address = (directory / "p2p.addr").read_text().strip()
     except OSError:
         return ""
+    if address.startswith(("/ip4/0.0.0.0/", "/ip6/::/")):  # (bound to every address)
+        return f"\nlibp2p {address}  (for --bootstrap, with this host's address for the zeros)"
+    return f"\nlibp2p {address}  (for --bootstrap)"

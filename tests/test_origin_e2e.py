@@ -826,6 +826,15 @@ def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> No
     # The address to --bootstrap from is said, not only written to p2p.addr.
     said = server.stdout.readline()
     assert said == f"libp2p {(repo / 'p2p.addr').read_text().strip()}  (for --bootstrap)\n"
+    # Bound to every address (--host 0.0.0.0), it says the zeros are to be replaced.
+    from tufmesh._ui import p2p_line
+
+    every = repo.parent / "every"
+    every.mkdir()
+    (every / "p2p.addr").write_text("/ip4/0.0.0.0/tcp/4001/p2p/12D3KooWx\n")
+    assert p2p_line(every, 4001).endswith(
+        "(for --bootstrap, with this host's address for the zeros)"
+    )
     os.killpg(server.pid, signal.SIGINT)
     _, err = server.communicate(timeout=60)
     assert err.strip().endswith("stopped") and "Traceback" not in err, err
