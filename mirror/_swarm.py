@@ -546,9 +546,20 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
             return ipaddress.IPv4Address(socket.inet_aton(host))
         except (OSError, ValueError):
             return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+    if ip.version == 6:  # an IPv4 address inside: judged as that one
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # (not :: nor ::1)
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
+
+
+#: IPv6 prefixes whose last 32 bits are an IPv4 address a resolver or
+#: gateway may reach: NAT64's well-known prefix, and the old IPv4-compatible form.
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
 
 
 def _unspecified(host: str) -> bool:

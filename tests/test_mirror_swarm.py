@@ -309,7 +309,9 @@ def test_an_asker_names_no_address_nearer_to_us_than_itself() -> None:
                 "http://10.0.0.5:80", "http://[fd00::5]:80", "http://100.64.0.1:80",
                 # however spelt (the resolver that connects reads them so)
                 "http://127.1:6379", "http://2130706433:6379", "http://0x7f000001:6379",
-                "http://localhost.:80", "http://2852039166:80", "http://012.0.0.5:80"):  # fmt: skip
+                "http://localhost.:80", "http://2852039166:80", "http://012.0.0.5:80",
+                "http://[::127.0.0.1]:80", "http://[64:ff9b::7f00:1]:80",
+                "http://[2002:7f00:1::1]:80", "http://[::ffff:a9fe:a9fe]:80"):  # fmt: skip
         swarm.answer({"cids": [], "from": url}, "8.8.8.8")  # from the internet
     assert swarm.neighbours() == []
     swarm.answer({"cids": [], "from": "http://127.0.0.1:6379"}, "10.0.0.9")  # a private one
