@@ -28,7 +28,7 @@ from tufmesh.errors import InvalidNameError, OriginError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._names import normalize_project
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import OriginRepository
+from tufmesh.origin._repository import OriginRepository, RoleStatus
 from tufmesh.origin._server import serve as serve_repository
 
 __all__ = ["origin"]
@@ -405,9 +405,15 @@ def _ceremony(repo_dir: Path) -> OriginRepository:
     return repo
 
 
+def _by_role(repo: OriginRepository) -> dict[str, RoleStatus]:
+    """``repo.status()`` by the role names commands take (the bins' row, the
+    bin that expires first, as ``bin-n``)."""
+    named = ((row.role.split(" ")[0], row) for row in repo.status())
+    return {("bin-n" if name == "bin-*" else name): row for name, row in named}
+
+
 def _report(repo: OriginRepository, done: list[str]) -> None:
-    versions = {row.role.split(" ")[0]: row.version for row in repo.status()}
-    versions["bin-n"] = versions["bin-*"]  # the newest of the bins
+    versions = {role: row.version for role, row in _by_role(repo).items()}
     shown = ", ".join(f"{r} v{versions[r]}" if r in versions else r for r in done)
     click.echo(f"signed {shown}")
     if "root" in done:  # the anchor clients are given: published apart, as at init
@@ -479,8 +485,7 @@ def rotate(
     repo = _ceremony(repo_dir)
     keys = list(zip(uris, pair_public_keys(repo_dir, uris, [Path(p) for p in pems]), strict=True))
     generated: list[Path] = []
-    label = "bin-*" if role == "bin-n" else role
-    before = next(row for row in repo.status() if row.role.split(" ")[0] == label)
+    before = _by_role(repo)[role]
     old = before.keyids
     places = _signer_uris(repo)  # where the old keys are, to say so once they are retired
     try:
@@ -508,18 +513,15 @@ def rotate(
             "kept (it signs only at ceremonies; 'origin status' then says 'file, not here')"
         )
     _report(repo, done)
-    after = next(row for row in repo.status() if row.role.split(" ")[0] == label)
+    now = _by_role(repo)
+    after = now[role]
     if after.threshold < before.threshold:  # (only as --threshold said: said again)
         click.echo(f"  {role}'s threshold lowered from {before.threshold} to {after.threshold}")
     in_use = repo.keyids_in_use()  # a key may serve another role too: not retired then
     retired = [k for k in old if k not in in_use] + repo.retire_signers()
     _retired(repo, f"{role} ", retired, places)
     for keyid in dict.fromkeys(k for k in old if k in in_use):
-        others = [
-            "bin-n" if name == "bin-*" else name
-            for row in repo.status()
-            if keyid in row.keyids and (name := row.role.split(" ")[0])
-        ]
+        others = [name for name, row in now.items() if keyid in row.keyids]
         if others:  # (a leaked key that another role shares still signs for it)
             click.secho(
                 f"warning: key {keyid[:12]} is no longer {role}'s, but still "

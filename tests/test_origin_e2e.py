@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import random
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +50,31 @@ from tufmesh.origin._names import MAX_FILENAME_BYTES
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return init_repo(tmp_path / "repo")
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    """A stand-in server's handler: logs nothing, answers with :meth:`reply`."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def _served_by(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A stdlib HTTP server on 127.0.0.1 answering with ``handler``: its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_publish_then_stock_python_tuf_downloads(repo: Path, tmp_path: Path) -> None:
@@ -870,22 +898,13 @@ def test_uploads_refused_after_their_bodies_count_against_the_quota(tmp_path: Pa
 
 
 def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path) -> None:
-    import http.server
-
-    class NotAnOrigin(http.server.BaseHTTPRequestHandler):
+    class NotAnOrigin(_Quiet):
         def do_POST(self) -> None:  # a proxy's or a web site's page
             self.rfile.read(int(self.headers["content-length"]))
             if self.path.endswith(".whl"):  # an error page of many lines
                 self.send_error(501, explain="line one\nline two\n" * 5)
                 return
-            body = b"<html>welcome</html>" if self.path.endswith(".tar.gz") else b"[1, 2]"
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self.reply(b"<html>welcome</html>" if self.path.endswith(".tar.gz") else b"[1, 2]")
 
     artifact = tmp_path / "x-1.0.tar.gz"
     artifact.write_bytes(b"x")
@@ -893,16 +912,9 @@ def test_publish_to_what_is_not_an_origin_is_one_line(repo: Path, tmp_path: Path
     odd.write_bytes(b"y")
     wheel = tmp_path / "x-1.0-py3-none-any.whl"
     wheel.write_bytes(b"z")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAnOrigin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with _served_by(NotAnOrigin) as url:
         proc = tufmesh("publish", str(artifact), str(odd), str(wheel), "--origin", url,
                        "--project", "x", "--token", "t", check=False)  # fmt: skip
-    finally:
-        server.shutdown()
-        server.server_close()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("not as a tufmesh origin does") == 2, proc.stderr
     # An error page is its status, not its HTML.
@@ -1145,34 +1157,20 @@ def test_a_bootstrap_peer_that_is_down_is_said_once_not_logged_by_libp2p(repo: P
 def test_publish_checks_the_origin_answered_for_the_bytes_it_sent(tmp_path: Path) -> None:
     """`publish` printed whatever sha256 the origin answered: an origin (or a
     proxy before it) that published other bytes went unnoticed."""
-    import http.server
 
-    class LyingOrigin(http.server.BaseHTTPRequestHandler):
+    class LyingOrigin(_Quiet):
         def do_POST(self) -> None:
             length = int(self.headers["content-length"])
             self.rfile.read(length)
             target = "x/" + self.path.rsplit("/", 1)[1]
-            body = json.dumps({"target": target, "length": length, "sha256": "ab" * 32,
-                               "snapshot_version": 7}).encode()  # fmt: skip
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self.reply(json.dumps({"target": target, "length": length, "sha256": "ab" * 32,
+                                   "snapshot_version": 7}).encode())  # fmt: skip
 
     artifact = tmp_path / "x-1.0.tar.gz"
     artifact.write_bytes(b"the developer's bytes")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LyingOrigin)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with _served_by(LyingOrigin) as url:
         proc = tufmesh("publish", str(artifact), "--origin", url, "--project", "x",
                        "--token", "t", check=False)  # fmt: skip
-    finally:
-        server.shutdown()
-        server.server_close()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     sent = hashlib.sha256(artifact.read_bytes()).hexdigest()
     assert "answered for other bytes than were sent" in proc.stderr, proc.stderr
