@@ -28,7 +28,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -157,6 +157,9 @@ class _Neighbour:
     seen: str | None = None  # the machine its last answer came from (None: loopback)
     named_by: str | None = None  # the machine that named it (None: loopback, or configured)
     learnt: float = 0.0  # when (time.monotonic())
+    #: The nearest its address may be (its namer's reach, see ``_reach``): a
+    #: host name is checked where it resolves, at each query.
+    nearest: int = 0
 
 
 @dataclass
@@ -185,6 +188,8 @@ class Swarm:
     #: verifies everything, and the daemon limits how often a hint wakes it.
     #: It reaches a mirror whose gossip peers are all silent liars.
     on_newer: Callable[[int], None] | None = None
+    #: ``(host, port)`` -> the IP addresses a host name resolves to (None: the system's resolver).
+    resolve: Callable[[str, int], Awaitable[list[str]]] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -212,6 +217,16 @@ class Swarm:
             return
         if url not in self.peers and _unroutable(url):
             return  # no mirror is there (a cloud's metadata service is: 169.254.169.254)
+        if (
+            named_by is not None
+            and url.startswith("libp2p:")
+            and url.split("/")[1:2]
+            not in (
+                ["ip4"],
+                ["ip6"],
+            )
+        ):
+            return  # a learnt libp2p address names an IP address (a name is resolved unchecked)
         if named_by is not None and _reach(_host(url)) < _reach(namer):
             # A machine on the internet names this one's loopback, or a private
             # network's address: no mirror of its own is there, but a service
@@ -251,7 +266,8 @@ class Swarm:
                     del self._neighbours[theirs[0]]
                     unverified.remove(theirs[0])
             if len(unverified) < MAX_UNVERIFIED and self._room_on(machine):
-                self._neighbours[url] = _Neighbour(named_by=named_by, learnt=now)
+                nearest = _reach(namer) if named_by is not None else LOOPBACK
+                self._neighbours[url] = _Neighbour(named_by=named_by, learnt=now, nearest=nearest)
                 if named_by is not None:
                     self._named[named_by] = [*named, now]
                     if len(self._named) > 4 * MAX_NEIGHBOURS:  # (bounded: the expired go)
@@ -317,6 +333,39 @@ class Swarm:
             neighbour.answered = True
             neighbour.seen = seen
             return True
+
+    async def _pinned(self, url: str) -> tuple[str, str | None]:
+        """Where to send a query for ``url``: ``(url, None)``, or for a learnt
+        neighbour named by a host name, the URL of an address the name
+        resolves to now, with the name (the Host, and the TLS server name).
+        Raises :class:`_NearerError` if any address is nearer to us than the
+        machine that named it (a name it owns may resolve to our loopback or
+        private network: a POST there would be its request to a service that
+        trusts its network); the query then goes to the address checked, not
+        to whatever the name resolves to at connect time (DNS rebinding)."""
+        with self._lock:
+            neighbour = self._neighbours.get(url)
+        split = urlsplit(url)
+        host = split.hostname or ""
+        if neighbour is None or neighbour.nearest == LOOPBACK or _ip(host) is not None:
+            return url, None  # (an address was judged when learnt)
+        port = split.port or (443 if split.scheme == "https" else 80)
+        addresses = await (self.resolve or _resolve)(host, port)
+        if not addresses:
+            raise ValueError(f"{host} resolves to no address")  # a failed query
+        near = [a for a in addresses if _reach(a) < neighbour.nearest]
+        if near:
+            raise _NearerError(
+                f"{host} resolves to {near[0]}, nearer to us than the machine that named it"
+            )
+        ip = ipaddress.ip_address(addresses[0])
+        at = f"[{ip}]" if ip.version == 6 else str(ip)
+        return f"{split.scheme}://{at}:{port}", split.netloc
+
+    def _forget(self, url: str) -> None:
+        with self._lock:
+            if url not in self.peers:
+                self._neighbours.pop(url, None)
 
     def _failed(self, url: str) -> bool:
         """Count a failed query; True when the neighbour is forgotten."""
@@ -473,9 +522,14 @@ class Swarm:
                 answer = (answer[0], answer[1] or "?")
             else:
                 with trio.fail_after(QUERY_TIMEOUT):
-                    answer = await _post_json(client, f"{url}/have", body, MAX_RECORD)
+                    target, name = await self._pinned(url)
+                    answer = await _post_json(client, f"{target}/have", body, MAX_RECORD, name)
             record, source = answer
             peers, entry = _check_record(record, cid)
+        except _NearerError as exc:  # never asked: forgotten at once
+            self._forget(url)
+            scheduler.drop(url, str(exc))
+            return False
         except Exception as exc:  # no answer, or not a have-record: a failed query
             if self._failed(url):
                 scheduler.drop(url, f"have-queries failed ({exc})")
@@ -654,14 +708,37 @@ async def read_at_most(pieces: AsyncIterable[bytes], limit: int) -> bytearray:
     return data
 
 
-async def _post_json(client: Any, url: str, body: object, limit: int) -> tuple[object, str | None]:
+class _NearerError(ValueError):
+    """A learnt neighbour's name resolves nearer to us than its namer is."""
+
+
+async def _resolve(host: str, port: int) -> list[str]:
+    """The IP addresses ``host`` resolves to (none if it does not)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return [str(info[4][0]).partition("%")[0] for info in infos]
+
+
+async def _post_json(
+    client: Any, url: str, body: object, limit: int, name: str | None = None
+) -> tuple[object, str | None]:
     """POST ``body`` and parse the JSON answer, reading ``limit`` bytes at most;
-    with the IP address the answer came from (None if not known).
+    with the IP address the answer came from (None if not known). ``name``:
+    the host (and port) ``url``'s address stands for, said as the Host and,
+    over TLS, as the server name the certificate must be for.
 
     The bytes counted are the bytes that arrive: no content coding is asked
     for or accepted, so a small gzip bomb cannot unpack past the limit."""
     headers = {"accept-encoding": "identity"}
-    async with client.stream("POST", url, json=body, headers=headers) as response:
+    extensions = {}
+    if name is not None:
+        headers["host"] = name
+        extensions["sni_hostname"] = urlsplit(f"//{name}").hostname or name
+    async with client.stream(
+        "POST", url, json=body, headers=headers, extensions=extensions
+    ) as response:
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}")
         coding = response.headers.get("content-encoding", "identity").strip().lower()

@@ -327,6 +327,84 @@ def test_an_asker_names_no_address_nearer_to_us_than_itself() -> None:
     assert Swarm(peers=["http://127.0.0.1:80"]).neighbours() == ["http://127.0.0.1:80"]
 
 
+def test_a_learnt_name_is_asked_only_where_it_resolves_no_nearer_than_its_namer() -> None:
+    """A name is judged where it resolves, at each query: an asker on the
+    internet naming a host name of its own that resolves to our loopback
+    (or to both a public address and ours) had us POST there every poll."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    answers = {"evil.test": ["127.0.0.1"], "both.test": ["9.9.9.9", "127.0.0.1"],
+               "lan.test": ["10.1.2.3"]}  # fmt: skip
+
+    async def resolve(host: str, at: int) -> list[str]:
+        assert at == port
+        return answers.get(host, [])
+
+    swarm = Swarm(url="http://me", resolve=resolve)
+    for name in ("evil.test", "both.test"):
+        swarm.answer({"cids": [], "from": f"http://{name}:{port}"}, "8.8.8.8")
+    swarm.answer({"cids": [], "from": f"http://lan.test:{port}"}, "10.0.0.9")
+    swarm.answer({"cids": [], "from": f"http://near.test:{port}"}, "127.0.0.1")
+    assert len(swarm.neighbours()) == 4
+    # libp2p resolves a /dns4/ address where we cannot check it: not learnt.
+    swarm.answer({"cids": [], "from": "libp2p:/dns4/evil.test/tcp/6379/p2p/Qm1"}, "8.8.8.8")
+    assert len(swarm.neighbours()) == 4
+    scheduler = ChunkScheduler(4, [])
+
+    async def query(name: str) -> bool:
+        url = f"http://{name}:{port}"
+        scheduler.add_source(url, has=())
+        async with have_client() as client:
+            return await swarm._query(client, url, "cid", scheduler)
+
+    for name in ("evil.test", "both.test"):
+        assert trio.run(query, name) is False  # forgotten at once, never asked
+        assert f"http://{name}:{port}" not in swarm.neighbours()
+        reason = scheduler.reasons()[f"http://{name}:{port}"]
+        assert "127.0.0.1, nearer to us than the machine that named it" in reason
+    with listener, pytest.raises(TimeoutError):
+        listener.accept()  # nothing came
+    # A name from our own network may resolve there: asked at the address
+    # checked, the name said as the Host (and the TLS server name).
+    assert trio.run(swarm._pinned, f"http://lan.test:{port}") == (
+        f"http://10.1.2.3:{port}", f"lan.test:{port}",
+    )  # fmt: skip
+    # Named by this machine (or configured): whatever it resolves to, as before.
+    assert trio.run(swarm._pinned, f"http://near.test:{port}") == (f"http://near.test:{port}", None)
+    # A name that resolves to nothing is a failed query, as an unanswered one.
+    answers["lan.test"] = []
+    assert trio.run(query, "lan.test") is True
+    assert swarm._neighbours[f"http://lan.test:{port}"].failures == 1
+
+
+def test_a_pinned_query_names_the_host_it_stands_for() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def answer() -> None:
+        with listener:
+            conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            while conn.recv(65536):  # open until the asker's end
+                pass
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+
+    async def ask() -> tuple[object, str | None]:
+        async with have_client() as client:
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/have"
+            return await _post_json(client, url, {}, MAX_RECORD, "mirror.test:8080")
+
+    assert trio.run(ask) == ({}, "127.0.0.1")
+    thread.join(timeout=5)
+    assert b"\r\nhost: mirror.test:8080\r\n" in seen[0].lower()
+
+
 def test_one_machine_holds_few_places_however_many_ports_answer() -> None:
     """Addresses that answer were not capped: one host, listening on sixteen
     ports (or naming sixteen libp2p addresses), could take every place."""
