@@ -10,6 +10,7 @@ Layout (default ``$TUFMESH_HOME/client`` or the XDG data dir)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tomllib
@@ -192,6 +193,9 @@ class ClientHome:
         return [known.get(url, SourceHealth(url)) for url in self.sources()]
 
     def save_health(self, health: list[SourceHealth]) -> None:
-        """Remember what was observed of each source."""
+        """Remember what was observed of each source, if the home can be
+        written: health is a hint, and a home this user may only read (a
+        shared, read-only one) still lists and downloads."""
         body = json.dumps([asdict(h) for h in health], indent=1) + "\n"
-        write_atomic(self.path / "health.json", body.encode(), sync_dir=False)
+        with contextlib.suppress(OSError):
+            write_atomic(self.path / "health.json", body.encode(), sync_dir=False)

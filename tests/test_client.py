@@ -896,6 +896,24 @@ def test_a_mirror_of_some_projects_is_no_fault_and_an_old_error_clears(
     assert health[good.url].failures == 0 and health[good.url].last_error is None
 
 
+def test_a_home_whose_health_cannot_be_written_still_lists_and_downloads(
+    origin: Server, tmp_path: Path
+) -> None:
+    """Health is a hint: a home where it cannot be written (here a directory
+    at its name, as unwritable to root as to anyone) made `get` exit 1 after
+    its download, `ls` print nothing, and the pip proxy answer 500s."""
+    home = tmp_path / "home"
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    (home / "health.json").unlink()
+    (home / "health.json").mkdir()
+    listed = tufmesh("ls", "--home", str(home))
+    assert SMALL in listed.stdout and listed.stderr == ""
+    got = tufmesh("get", SMALL, "-o", str(tmp_path / "out"), "--home", str(home))
+    assert "Error" not in got.stderr  # (and exit 0: tufmesh() checks)
+    assert (tmp_path / "out" / SMALL.rsplit("/", 1)[1]).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+
+
 def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:
     # In a shared directory another user may plant NAME.part: a link to a
     # file of ours must not be overwritten, a dangling one must not be created.
