@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import threading
@@ -159,6 +160,9 @@ class Client:
         #: Roles the last listing left out: expired delegated roles (a claimed
         #: project whose developers let its metadata lapse, docs/adr/0022).
         self.lapsed: list[str] = []
+        #: ...and when the first of the roles it listed expires (Unix time):
+        #: a listing kept past then lists a project whose metadata lapsed.
+        self.listed_until = math.inf
         # Each source's failures when the current run began: one that failed
         # anywhere since (metadata, manifest, chunks) is not forgiven.
         self._failures_before = {h.url: h.failures for h in self.fetcher.sources}
@@ -321,6 +325,7 @@ class Client:
             stack: list[tuple[str, str, tuple[Check, ...]]] = [("targets", "root", ())]
             bins: set[str] = set()
             lapsed = []
+            until = math.inf
             visited: set[str] = set()  # as python-tuf's search: a role once (a cycle ends)
             while stack:
                 role, parent, checks = stack.pop()
@@ -341,6 +346,7 @@ class Client:
                         raise
                     lapsed.append(role)  # its own paths only: the others list on
                     continue
+                until = min(until, targets.expires.timestamp())
                 for path, target in targets.targets.items():
                     if path not in found and all(check(path) for check in checks):
                         found[path] = target
@@ -367,7 +373,7 @@ class Client:
                         if child.terminating:
                             ended.append(child)
                 stack.extend((name, role, (*checks, check)) for name, check in reversed(children))
-            self.lapsed = lapsed
+            self.lapsed, self.listed_until = lapsed, until
             return list(found.values())
 
         everything = self._with_failover(walk)

@@ -178,6 +178,7 @@ class _Index:
         self.index: ProjectIndex | None = None
         self.snapshot = -1
         self.expires = 0.0  # the index's timestamp expiry (Unix time)
+        self.listed_until = 0.0  # ...and the first expiry of the roles it lists
         self.refreshed = -REFRESH_EVERY
 
     def _client(self) -> Any:
@@ -187,11 +188,14 @@ class _Index:
 
     def current(self) -> ProjectIndex:
         """The index of the newest signed metadata (refreshed now and then). If
-        no source answers, the last index is kept while its timestamp has not
-        expired (a client with that metadata would still trust it)."""
+        no source answers, the last index is kept while its timestamp and the
+        roles it lists have not expired (a client with that metadata would
+        still trust it). A role that expires (a claimed project whose
+        developers let it lapse) takes its artifacts out, as `ls` leaves them out."""
         with self.lock:
             now = time.monotonic()
-            if self.index is not None and now - self.refreshed < REFRESH_EVERY:
+            fresh = time.time() < self.listed_until
+            if self.index is not None and now - self.refreshed < REFRESH_EVERY and fresh:
                 return self.index
             try:
                 with self._client() as client:
@@ -199,12 +203,13 @@ class _Index:
                     # The timestamp just verified names the snapshot version.
                     data = (client.metadata_dir / "timestamp.json").read_bytes()
                     timestamp: Timestamp = Metadata[Timestamp].from_bytes(data).signed
-                    if timestamp.snapshot_meta.version != self.snapshot or self.index is None:
+                    version = timestamp.snapshot_meta.version
+                    if version != self.snapshot or self.index is None or not fresh:
                         self.index = ProjectIndex(client.artifacts())
-                        self.snapshot = timestamp.snapshot_meta.version
+                        self.snapshot, self.listed_until = version, client.listed_until
                     self.expires = timestamp.expires.timestamp()
             except TufmeshError:
-                if self.index is None or time.time() >= self.expires:
+                if self.index is None or time.time() >= min(self.expires, self.listed_until):
                     raise
             self.refreshed = now
             return self.index

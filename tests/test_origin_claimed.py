@@ -574,6 +574,38 @@ def test_a_lapsed_project_does_not_stop_listing_the_others(tmp_path: Path) -> No
             assert len(client.artifacts()) == 2 and client.lapsed == []
 
 
+def test_the_pip_proxy_drops_a_project_whose_metadata_lapses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy rebuilt its index only for a new snapshot, and a download
+    refused for the lapse fell back to the copy it had verified before: a
+    lapsed project's files stayed listed and served, while `ls` and `get`
+    refused them (a review)."""
+    from tufmesh.client import _proxy
+
+    monkeypatch.setattr(_proxy, "REFRESH_EVERY", 0.0)  # (refreshed at each request)
+    repo, token, key, _first = _claimed_repo(tmp_path)
+    signer = load_key(str(key)).signer
+    with running(repo) as server:
+        url = server.url
+        home = tmp_path / "home"
+        tufmesh("client", "init", str(repo / "metadata" / "1.root.json"), "--origin", url,
+                "--home", str(home))  # fmt: skip
+        index = _proxy._Index(home)
+        assert index.fetch("demo", "demo-1.0.tar.gz").is_file()  # verified, and kept
+        soon = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=4)
+        assert (
+            _send(url, token, _with(_published(url, "demo"), signer, expires=soon)).status_code
+            == 200
+        )
+        assert [f.filename for f in index.current().files("demo")] == ["demo-1.0.tar.gz"]
+        time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 1.1)
+        with pytest.raises(NotInMetadataError):
+            index.current().files("demo")  # as `ls` lists it: not at all
+        with pytest.raises(NotInMetadataError):
+            index.fetch("demo", "demo-1.0.tar.gz")
+
+
 # -- helpers ---------------------------------------------------------------------
 
 
