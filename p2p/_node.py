@@ -351,6 +351,12 @@ def score_params() -> Any:
     publish threshold to what it receives, so the count of invalid messages
     stops at three: go-libp2p's -300 would never be reached.) The counter
     decays by 10% a heartbeat, so a peer that behaves recovers.
+
+    Peer exchange is never accepted: the peers a PRUNE names are records any
+    key signs, and at 0.0 (a new peer's score) one PRUNE had a node dial
+    sixteen addresses of the sender's choosing, its loopback's services
+    included. Our nodes send none (py-libp2p's ``do_px`` is off); they meet
+    peers by their bootstrap addresses and those peers' meshes.
     """
     from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 
@@ -361,7 +367,7 @@ def score_params() -> Any:
         gossip_threshold=-100.0,
         publish_threshold=-200.0,
         graylist_threshold=-250.0,
-        accept_px_threshold=0.0,
+        accept_px_threshold=math.inf,  # (no peer scores above 0: never)
     )
 
 

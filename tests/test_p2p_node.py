@@ -162,6 +162,54 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
 
 @pytest.mark.attack
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_a_peers_prune_does_not_make_a_node_dial_where_it_says(tmp_path: Path) -> None:
+    """GossipSub's peer exchange was accepted from any new peer: one PRUNE
+    naming addresses (in records signed by throwaway keys) had the node dial
+    them, a service on its own loopback included (a review)."""
+    import multiaddr
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.envelope import seal_record
+    from libp2p.peer.id import ID
+    from libp2p.peer.peer_record import PeerRecord
+    from libp2p.pubsub.pb import rpc_pb2
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    dialled: list[bytes] = []
+
+    async def service(stream: trio.SocketStream) -> None:  # a service on our loopback
+        with contextlib.suppress(Exception), trio.move_on_after(5):
+            dialled.append(await stream.receive_some(100))
+
+    async def main() -> None:
+        victim = P2PNode(tmp_path / "v.key", topic, AnnouncementGate(root))
+        attacker = P2PNode(tmp_path / "x.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, service, 0)
+            port = listeners[0].socket.getsockname()[1]
+            (address, *_) = await nursery.start(victim.run)
+            attacker.bootstrap = [address]
+            await nursery.start(attacker.run)
+            await meshed(victim)
+            peers = []
+            for _ in range(4):
+                keys = create_new_key_pair()
+                peer = ID.from_pubkey(keys.public_key)
+                record = PeerRecord(peer, [multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")])
+                envelope = seal_record(record, keys.private_key).marshal_envelope()
+                peers.append(rpc_pb2.PeerInfo(peerID=peer.to_bytes(), signedPeerRecord=envelope))
+            prune = rpc_pb2.ControlPrune(topicID=topic, peers=peers)
+            rpc = rpc_pb2.RPC(control=rpc_pb2.ControlMessage(prune=[prune]))
+            attacker._router.send_rpc(ID.from_base58(victim.peer_id), rpc)  # (its own code)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert dialled == []
+
+
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
 def test_replays_after_the_seen_window_neither_stop_news_nor_bring_back_old(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
