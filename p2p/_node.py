@@ -107,6 +107,14 @@ MAX_STREAMS: Final = 1024
 #: ...and from one address (an IPv6 /64): identities cost nothing, addresses
 #: do, so 128 identities on one machine cannot take every stream.
 MAX_STREAMS_PER_HOST: Final = 128
+#: Inbound connections one machine (an IPv4 address, an IPv6 /64) holds at
+#: once, those still in their handshake included: py-libp2p takes 250 in all,
+#: each raw TCP connection holding its place until its handshake's timeout,
+#: and one host opening 25 silent connections a second kept every honest
+#: peer out (a review, 2026-11-28).
+MAX_INBOUND_PER_HOST: Final = 32
+#: Seconds an inbound connection has to finish its handshake (py-libp2p: 10).
+INBOUND_HANDSHAKE: Final = 5.0
 #: Seconds between tries to reach the bootstrap peers a node has lost.
 REDIAL: Final = 30.0
 #: A request (at most a kilobyte, or a have-query's 8 KiB) must arrive within this.
@@ -451,6 +459,27 @@ class P2PNode:
         self._streams = Shares(MAX_STREAMS_PER_PEER, MAX_STREAMS)  # incoming streams open
         self._hosts = Shares(MAX_STREAMS_PER_HOST, MAX_STREAMS)  # ...by the address they come from
 
+    def _cap_inbound(self, swarm: Any) -> None:
+        """At most :data:`MAX_INBOUND_PER_HOST` inbound connections from one
+        machine, for as long as each lasts (its handshake included): more are
+        closed at once, before libp2p gives them one of its places."""
+        handle = swarm._handle_inbound_connection  # (py-libp2p's, called per connection)
+        held = Shares(MAX_INBOUND_PER_HOST, 1 << 30)  # (the whole: py-libp2p's own cap)
+
+        async def capped(connection: Any, address: Any) -> None:
+            try:
+                host = machine_of(str(connection.get_remote_address()[0]))
+            except Exception:  # the transport does not say
+                host = "?"
+            if held.full(host) is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                return
+            with held.hold(host):
+                await handle(connection, address)
+
+        swarm._handle_inbound_connection = capped
+
     def _identity(self) -> Any:
         """The node's key pair, made on first start (written whole or not at
         all: an empty file left by a crash stopped every later start)."""
@@ -521,9 +550,12 @@ class P2PNode:
             muxer_opt={TProtocol(YAMUX_ID): install()},
             # A stream's protocol is agreed within 5 s (py-libp2p: 10 s).
             connection_config=ConnectionConfig(
-                max_connections_per_peer=1, inbound_stream_protocol_negotiation_timeout=5
+                max_connections_per_peer=1,
+                inbound_stream_protocol_negotiation_timeout=5,
+                inbound_upgrade_timeout=INBOUND_HANDSHAKE,
             ),
         )
+        self._cap_inbound(host.get_network())
         router = _by_content(GossipSub)(
             protocols=[GOSSIPSUB],
             degree=DEGREE,

@@ -484,6 +484,51 @@ def test_streams_that_send_no_request_are_capped_and_closed(
     assert all(1.0 <= t < 5.0 for t in closed[1:])  # each, once its request was late
 
 
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_one_machine_cannot_take_every_inbound_connection(tmp_path: Path) -> None:
+    """py-libp2p takes 250 inbound connections, each raw TCP connection
+    holding its place until its handshake times out: one host opening silent
+    connections kept every honest peer out (a review). Now one machine holds
+    MAX_INBOUND_PER_HOST of them; here the attacker is 127.0.0.2."""
+    from tufmesh.p2p._node import MAX_INBOUND_PER_HOST
+
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+    have = lambda query, address: {"blobs": {}, "peers": []}  # noqa: E731
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root), have_source=have)
+        asker = P2PNode(tmp_path / "a.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, server, asker)
+            port = int(address.split("/")[4])
+            silent = []
+            for _ in range(260):
+                sock = trio.socket.socket()
+                await sock.bind(("127.0.0.2", 0))
+                await sock.connect(("127.0.0.1", port))
+                silent.append(sock)
+            await trio.sleep(0.5)
+            with trio.fail_after(4):  # (before the silent ones' handshakes time out)
+                answer = await asker.query_have(address, {"cids": [], "from": None, "newest": 0})
+            assert answer[0] == {"blobs": {}, "peers": []}
+            # The ones past the cap were closed at once; the others are held.
+            closed = 0
+            for sock in silent:
+                with trio.move_on_after(0.05):  # (a held one says nothing: we speak first)
+                    try:
+                        closed += await sock.recv(1) == b""
+                    except OSError:  # reset
+                        closed += 1
+            assert closed == 260 - MAX_INBOUND_PER_HOST
+            for sock in silent:
+                sock.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
 def test_a_have_answer_comes_with_the_address_of_its_connection(tmp_path: Path) -> None:
     """A libp2p address names an IP, but a peer already connected is asked
