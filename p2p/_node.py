@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import trio
 
 from tufmesh._durable import write_atomic
-from tufmesh._shares import Shares, UploadFloor, counted_machine, machine_of
+from tufmesh._shares import Pace, Shares, UploadFloor, counted_machine, machine_of
 from tufmesh._ui import log
 from tufmesh.errors import UsageError
 from tufmesh.p2p._announce import AnnouncementGate, topic_for
@@ -240,6 +240,14 @@ class _NoVerdicts:
         pass
 
 
+#: Stale announcements (genuine, older than the newest) let off per peer in a
+#: seen window: an honest peer's message cache replays a few seconds' worth;
+#: past this, each is held against its sender as an invalid one (every one
+#: is parsed and its signature checked, and any peer may send every
+#: unexpired timestamp it kept, each again once the window has passed).
+LET_OFF: Final = 16
+
+
 class _Ignored(Exception):
     """Raised by the topic validator for a message to drop without a verdict:
     py-libp2p knows only accept (deliver, relay) and reject (drop, and score
@@ -261,6 +269,7 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.validation_cache = _NoVerdicts()
+            self.let_off = Pace(SEEN_TTL / LET_OFF, LET_OFF)  # stale ones, per peer
 
         async def push_msg(self, msg_forwarder: Any, msg: Any) -> None:
             # A message whose envelope's signature fails was dropped by
@@ -294,9 +303,15 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
                 await super().push_msg(msg_forwarder, msg)
             except _Ignored:
                 # A replay of the recent past (an honest peer's cache): not
-                # delivered, not relayed, not counted against its sender, and
-                # not checked again while it is remembered as seen.
+                # delivered, not relayed, not counted against its sender (but
+                # past LET_OFF a window), and not checked again while it is
+                # remembered as seen.
                 self._mark_msg_seen(msg)
+                scorer = getattr(self.router, "scorer", None)
+                turn = self.let_off.delay(str(msg_forwarder), trio.current_time(), at_most=0.0)
+                if scorer is not None and turn is None:
+                    for topic in set(msg.topicIDs) & set(self.topic_ids):
+                        scorer.on_invalid_message(msg_forwarder, topic)
             except Exception:  # (trio's Cancelled is no Exception: it goes through)
                 if msg_forwarder == self.my_id:
                     raise  # our own announcement: the caller tries it again

@@ -338,6 +338,45 @@ def test_a_node_that_starts_up_to_date_does_not_score_down_peers_replaying_the_r
 
 @pytest.mark.attack
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
+def test_stale_announcements_are_let_off_a_few_a_window_not_without_end(tmp_path: Path) -> None:
+    """Each stale announcement is parsed and its signature checked, and a
+    peer may send every unexpired timestamp it kept: the docs said the node
+    let off a few per peer, and nothing counted them (a review)."""
+    from tufmesh.p2p._node import LET_OFF
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    root = repo.root()
+    topic = topic_for(root)
+    stale = [timestamp(repo, version=v, expires_days=0.5) for v in range(10, 10 + LET_OFF + 3)]
+
+    async def main() -> None:
+        node = P2PNode(tmp_path / "node.key", topic, AnnouncementGate(root, newest=54))
+        peer = P2PNode(tmp_path / "peer.key", topic, Liar(root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(node.run)
+            peer.bootstrap = [address]
+            await nursery.start(peer.run)
+            await meshed(node, peer)
+            for data in stale[:LET_OFF]:
+                await peer.announce(data)
+            with trio.fail_after(10):
+                while node.ignored < LET_OFF:
+                    await trio.sleep(0.05)
+            assert node.score(peer.peer_id) > -50  # let off
+            for data in stale[LET_OFF:]:
+                await peer.announce(data)
+            with trio.fail_after(10):
+                while node.score(peer.peer_id) > -200:  # three held against it
+                    await trio.sleep(0.05)
+            assert node.rejected == 0  # (ignored, all of them: genuine, and old)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    gc.collect()
+
+
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
 def test_a_message_in_a_hostile_envelope_neither_ends_a_node_nor_stops_news(
     tmp_path: Path,
 ) -> None:
