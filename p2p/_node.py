@@ -248,6 +248,58 @@ class _NoVerdicts:
 LET_OFF: Final = 16
 
 
+def _inbound_machine(connection: Any) -> str | None:
+    """The machine an inbound connection comes from, as
+    :data:`MAX_INBOUND_PER_HOST` counts it (None: not counted)."""
+    try:
+        return counted_machine(str(connection.get_remote_address()[0]))
+    except Exception:  # the transport does not say
+        return None
+
+
+def _layers(conn: Any) -> Iterator[Any]:
+    """A libp2p connection and what it runs over, down to its socket's
+    stream (SwarmConn, muxer, secure session, Noise framing, raw connection,
+    TCP stream)."""
+    for _ in range(8):
+        yield conn
+        conn = next(
+            (
+                getattr(conn, name)
+                for name in ("muxed_conn", "secured_conn", "conn", "stream")
+                if getattr(conn, name, None) is not None
+            ),
+            None,
+        )
+        if conn is None:
+            return
+
+
+class _OnDisconnect:
+    """A libp2p network notifee that calls ``ended(conn)`` as a connection closes."""
+
+    def __init__(self, ended: Callable[[Any], None]) -> None:
+        self.ended = ended
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self.ended(conn)
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        pass
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+
 class _Ignored(Exception):
     """Raised by the topic validator for a message to drop without a verdict:
     py-libp2p knows only accept (deliver, relay) and reject (drop, and score
@@ -476,24 +528,43 @@ class P2PNode:
 
     def _cap_inbound(self, swarm: Any) -> None:
         """At most :data:`MAX_INBOUND_PER_HOST` inbound connections from one
-        machine, for as long as each lasts (its handshake included): more are
-        closed at once, before libp2p gives them one of its places."""
+        machine (this one's own not counted), for as long as each lasts, its
+        handshake included: more are closed at once, before libp2p gives them
+        one of its places.
+
+        And a connection's place is given back when it ends: py-libp2p's
+        handler of an inbound connection waits for the node to stop, not for
+        the connection to end, and holds one of its 250 places till then
+        (after 250 connections in the node's life, from anyone, it took no
+        more: a review). The handler is cancelled once libp2p says the
+        connection is gone."""
         handle = swarm._handle_inbound_connection  # (py-libp2p's, called per connection)
         held = Shares(MAX_INBOUND_PER_HOST, 1 << 30)  # (the whole: py-libp2p's own cap)
+        handlers: dict[int, trio.CancelScope] = {}  # by id() of the connection's socket stream
 
         async def capped(connection: Any, address: Any) -> None:
-            try:
-                host = machine_of(str(connection.get_remote_address()[0]))
-            except Exception:  # the transport does not say
-                host = "?"
-            if held.full(host) is not None:
+            machine = _inbound_machine(connection)
+            if machine is not None and held.full(machine) is not None:
                 with contextlib.suppress(Exception):
                     await connection.close()
                 return
-            with held.hold(host):
-                await handle(connection, address)
+            with contextlib.ExitStack() as stack, trio.CancelScope() as scope:
+                if machine is not None:
+                    stack.enter_context(held.hold(machine))
+                handlers[id(connection)] = scope
+                try:
+                    await handle(connection, address)
+                finally:
+                    del handlers[id(connection)]
+
+        def ended(conn: Any) -> None:
+            for layer in _layers(conn):
+                scope = handlers.get(id(layer))
+                if scope is not None:
+                    scope.cancel()
 
         swarm._handle_inbound_connection = capped
+        swarm.register_notifee(_OnDisconnect(ended))
 
     def _identity(self) -> Any:
         """The node's key pair, made on first start (written whole or not at

@@ -486,13 +486,20 @@ def test_streams_that_send_no_request_are_capped_and_closed(
 
 @pytest.mark.attack
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
-def test_one_machine_cannot_take_every_inbound_connection(tmp_path: Path) -> None:
+def test_one_machine_cannot_take_every_inbound_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """py-libp2p takes 250 inbound connections, each raw TCP connection
     holding its place until its handshake times out: one host opening silent
     connections kept every honest peer out (a review). Now one machine holds
-    MAX_INBOUND_PER_HOST of them; here the attacker is 127.0.0.2."""
+    MAX_INBOUND_PER_HOST of them; here the attacker is 127.0.0.2, counted as
+    a machine of its own (this machine's are not counted)."""
     from tufmesh.p2p._node import MAX_INBOUND_PER_HOST
 
+    def machine(connection: Any) -> str | None:
+        return "192.0.2.9" if connection.get_remote_address()[0] == "127.0.0.2" else None
+
+    monkeypatch.setattr(node_module, "_inbound_machine", machine)
     root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
     topic = topic_for(root)
     have = lambda query, address: {"blobs": {}, "peers": []}  # noqa: E731
@@ -524,6 +531,47 @@ def test_one_machine_cannot_take_every_inbound_connection(tmp_path: Path) -> Non
             assert closed == 260 - MAX_INBOUND_PER_HOST
             for sock in silent:
                 sock.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+@pytest.mark.attack
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # see test_p2p_node
+def test_an_inbound_connection_gives_its_place_back_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """py-libp2p's handler of an inbound connection waits for the node to
+    stop, not for the connection to end: each connection ever made held one
+    of its 250 places (and one of its machine's), and after that many, from
+    anyone, the node took no more (a review). A peer connects and leaves
+    more times than its machine has places (4 here, every one counted)."""
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    monkeypatch.setattr(node_module, "MAX_INBOUND_PER_HOST", 4)
+    monkeypatch.setattr(node_module, "_inbound_machine", lambda connection: "192.0.2.9")
+    root = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4)).root()
+    topic = topic_for(root)
+
+    async def main() -> None:
+        server = P2PNode(tmp_path / "s.key", topic, AnnouncementGate(root))
+        async with trio.open_nursery() as nursery:
+            (address, *_) = await nursery.start(server.run)
+            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+            swarm = server._host.get_network()
+            peer = new_host(key_pair=create_new_key_pair())
+            async with peer.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                for _ in range(8):
+                    with trio.fail_after(10):
+                        await peer.connect(info)
+                        while server.peer_count() != 1:
+                            await trio.sleep(0.05)
+                        await peer.disconnect(info.peer_id)
+                        while swarm._inbound_limiter.borrowed_tokens:  # (py-libp2p's 250)
+                            await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
