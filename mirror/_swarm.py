@@ -353,10 +353,12 @@ class Swarm:
         addresses = await (self.resolve or _resolve)(host, port)
         if not addresses:
             raise ValueError(f"{host} resolves to no address")  # a failed query
-        near = [a for a in addresses if _reach(a) < neighbour.nearest]
+        near = [a for a in addresses if _reach(a) < neighbour.nearest or _nowhere(a)]
         if near:
             raise _NearerError(
                 f"{host} resolves to {near[0]}, nearer to us than the machine that named it"
+                if not _nowhere(near[0])
+                else f"{host} resolves to {near[0]}, where no mirror is"
             )
         ip = ipaddress.ip_address(addresses[0])
         at = f"[{ip}]" if ip.version == 6 else str(ip)
@@ -582,10 +584,15 @@ def _host(url: str) -> str:
 def _unroutable(url: str) -> bool:
     """True if ``url`` names a link-local, multicast or unspecified address
     (however spelt: 2852039166 is 169.254.169.254)."""
-    ip = _ip(_host(url))
-    if ip is None:
-        return False  # a name
-    return ip.is_link_local or ip.is_multicast or ip.is_unspecified
+    return _nowhere(_host(url))
+
+
+def _nowhere(host: str) -> bool:
+    """True if ``host`` is a link-local, multicast or unspecified address: no
+    mirror is there (a cloud's metadata service is at 169.254.169.254, and
+    0.0.0.0 reaches this machine's loopback); False for a name."""
+    ip = _ip(host)
+    return ip is not None and (ip.is_link_local or ip.is_multicast or ip.is_unspecified)
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

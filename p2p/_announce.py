@@ -21,8 +21,8 @@ or stale announcement dies at the first honest hop:
   sync went ahead of the gossip, and a peer that is behind itself (just
   restarted) relays what is new to it; each refusal cost such a peer 99
   points, two of them past the threshold below which it is sent no
-  announcement. (The node lets off 16 a peer in a seen window, and holds
-  the others against it: ``LET_OFF``.)
+  announcement. (The node lets off 16 a peer at once, then one every
+  7.5 s, and holds the others against it: ``LET_OFF``.)
 
 An accepted announcement only tells a node *when* to refresh; what it then
 trusts is decided by python-tuf, as always.

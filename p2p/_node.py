@@ -240,11 +240,12 @@ class _NoVerdicts:
         pass
 
 
-#: Stale announcements (genuine, older than the newest) let off per peer in a
-#: seen window: an honest peer's message cache replays a few seconds' worth;
-#: past this, each is held against its sender as an invalid one (every one
-#: is parsed and its signature checked, and any peer may send every
-#: unexpired timestamp it kept, each again once the window has passed).
+#: Stale announcements (genuine, older than the newest) let off per peer at
+#: once, then one every SEEN_TTL / LET_OFF seconds (about twice this in a
+#: seen window): an honest peer's message cache replays a few seconds'
+#: worth; past this, each is held against its sender as an invalid one
+#: (every one is parsed and its signature checked, and any peer may send
+#: every unexpired timestamp it kept, each again once the window has passed).
 LET_OFF: Final = 16
 
 

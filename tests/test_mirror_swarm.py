@@ -335,7 +335,8 @@ def test_a_learnt_name_is_asked_only_where_it_resolves_no_nearer_than_its_namer(
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     answers = {"evil.test": ["127.0.0.1"], "both.test": ["9.9.9.9", "127.0.0.1"],
-               "lan.test": ["10.1.2.3"]}  # fmt: skip
+               "lan.test": ["10.1.2.3"], "zero.test": ["0.0.0.0"], "any.test": ["::"],
+               "cloud.test": ["169.254.169.254"]}  # fmt: skip
 
     async def resolve(host: str, at: int) -> list[str]:
         assert at == port
@@ -376,6 +377,14 @@ def test_a_learnt_name_is_asked_only_where_it_resolves_no_nearer_than_its_namer(
     answers["lan.test"] = []
     assert trio.run(query, "lan.test") is True
     assert swarm._neighbours[f"http://lan.test:{port}"].failures == 1
+    # Where no mirror is (0.0.0.0 and :: reach our loopback), whoever named it.
+    for i, name in enumerate(("zero.test", "any.test", "cloud.test")):
+        neighbour = f"http://{name}:{port}"
+        swarm.answer({"cids": [], "from": neighbour}, f"10.0.1.{i}")
+        assert neighbour in swarm.neighbours()
+        with pytest.raises(ValueError, match="where no mirror is"):
+            trio.run(swarm._pinned, neighbour)
+        swarm._forget(neighbour)
 
 
 def test_a_pinned_query_names_the_host_it_stands_for() -> None:
