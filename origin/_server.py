@@ -257,6 +257,7 @@ class OriginService:
         self.p2p: P2PNode | None = None
         self._announced = 0
         self._committed = trio.Event()  # the timestamp may have changed
+        self._replan = trio.Event()  # ...and so may the roles' expiries: the refresher's
 
     def published_entry(self, project: str, filename: str) -> tuple[str, int] | None:
         """The sha256 and length of ``project/filename`` if it is published (its
@@ -335,6 +336,7 @@ class OriginService:
                 results = [exc] * len(batch)
             self.commits += 1
             self._committed.set()
+            self._replan.set()
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
                 if not isinstance(result, BaseException):
@@ -347,6 +349,11 @@ class OriginService:
         A failure (a signer out of reach, a full disk) is said once and retried,
         1 s later, then twice as long each time up to ``max_refresh_retry``: it
         must not stop the origin, whose metadata would then surely expire.
+
+        Each commit plans again: it signs roles with today's lifetimes, which
+        may be shorter than those the plan was made for (``expiry_days``
+        lowered in ``config.json``): a bin of a one-minute life expired while
+        the refresher slept its hour (a review).
         """
         failing: str | None = None
         warned: tuple[str, ...] = self.committer.state.warnings  # said at start already
@@ -373,8 +380,25 @@ class OriginService:
                 warned = state.warnings
                 for warning in warned:
                     log(f"origin: warning: {warning}")
+            await self._until_due()
+
+    async def _until_due(self) -> None:
+        """Sleep until the committer's state says a role is due (or for
+        ``max_refresh_sleep``), planned again after each commit."""
+        slept = 0.0
+        while True:
+            self._replan = trio.Event()
+            state = self.committer.state
             due = (state.next_refresh - state.now).total_seconds()
-            await trio.sleep(min(max(due, 1.0), self.config.max_refresh_sleep))
+            wait = min(max(due, 1.0), self.config.max_refresh_sleep - slept)
+            if wait <= 0:
+                return
+            started = trio.current_time()
+            with trio.move_on_after(wait) as sleeping:
+                await self._replan.wait()
+            if sleeping.cancelled_caught:
+                return
+            slept += trio.current_time() - started
 
     async def run_collector(self) -> None:
         """Collect the store's garbage every ``gc_interval``, forever."""

@@ -22,8 +22,10 @@ commit while a restarted origin starts a new one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -330,6 +332,20 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
         stdout.write(_encode(body))
         stdout.flush()
 
+    try:
+        _answer_requests(repo, stdin, send)
+    except BrokenPipeError:
+        # The serving process died (killed, out of memory) while we worked:
+        # what it asked is done (and published, if it was a commit); a
+        # restarted origin reads it from the repository.
+        log("origin: committer: the serving process is gone; stopping")
+        with contextlib.suppress(OSError):  # (nor a second error as the buffer flushes at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+
+
+def _answer_requests(
+    repo: OriginRepository, stdin: BinaryIO, send: Callable[[dict[str, Any]], None]
+) -> None:
     send({"state": CommitState.of(repo).to_json()})
     while True:
         header = stdin.read(_FRAME.size)

@@ -382,6 +382,47 @@ def test_serving_process_re_signs_on_its_timer(tmp_path: Path) -> None:
     assert versions == sorted(versions) and versions[-1] >= 30  # re-signed at least daily
 
 
+def test_a_commit_with_shorter_lifetimes_is_re_signed_in_time(tmp_path: Path) -> None:
+    """The refresher slept until the roles it knew of were due (an hour at
+    most), and a commit did not wake it: once the bins' lifetime was lowered
+    in config.json, a bin signed with it expired while the refresher slept,
+    and python-tuf refused the repository (a review)."""
+    import trio
+    import trio.testing
+
+    from tufmesh.origin import OriginService
+    from tufmesh.origin._signer import LocalCommitter
+
+    mock = trio.testing.MockClock(autojump_threshold=0)
+    base = datetime.now(UTC)
+
+    def clock() -> datetime:
+        return base + timedelta(seconds=mock.current_time())
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=clock)
+    repo.config.expiry_days["bin-n"] = 20 / 1440  # twenty minutes, from now on
+
+    async def inline(fn, *args):  # no threads: virtual time sees every step
+        return fn(*args)
+
+    service = OriginService(repo.dir, LocalCommitter(repo, run_sync=inline), run_sync=inline)
+    service.config = type(service.config)(max_refresh_sleep=7200)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run_refresher)
+            nursery.start_soon(service.run_committer)
+            await trio.sleep(60)  # the refresher sleeps: nothing is due for days
+            await service.submit(stored(repo, "p/a-1.tar.gz", b"one"))
+            for _ in range(12):  # an hour, looked at every five minutes
+                await trio.sleep(300)
+                for role in ("bin-0", "bin-1", "bin-2", "bin-3"):
+                    assert repo.targets(role).expires > clock(), f"{role} expired while serving"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=mock)
+
+
 def test_a_failed_re_signing_is_retried_and_the_origin_keeps_running(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -753,6 +794,24 @@ def test_the_serving_origin_quarantines_a_blob_gone_bad_and_restore_stores_it_ag
     )
     status, said = trio.run(health)  # said the next time, not lost
     assert said["status"] == "degraded" and said["quarantined"] == [other.cid]
+
+
+def test_a_committer_whose_origin_died_says_so_in_a_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The serving process killed mid-commit: the committer finished the
+    commit, and printed a BrokenPipeError's traceback as it answered (a review)."""
+    import io
+
+    from tufmesh.origin._signer import _serve_requests
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    read, write = os.pipe()
+    os.close(read)  # the origin's end, gone
+    with open(write, "wb") as stdout:
+        _serve_requests(repo, io.BytesIO(b""), stdout)
+    err = capfd.readouterr().err
+    assert "the serving process is gone" in err and "Traceback" not in err
 
 
 def test_the_committer_process_reports_each_refusal_as_its_kind(tmp_path: Path) -> None:
