@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -93,6 +93,9 @@ def _changes(
         before = set()
     return {"added": sorted(now - before), "dropped": sorted(before - now)}, cids
 
+
+#: An online role this long past its re-signing time makes /healthz degraded.
+REFRESH_OVERDUE: Final = timedelta(minutes=5)
 
 #: The committer's refusals of a stored upload, each with its answer's status.
 _REFUSALS: Final = (
@@ -1064,8 +1067,17 @@ def build_app(service: OriginService) -> ByteCounter:
         state = service.committer.state
         # degraded: clients refuse what is served (an expired offline role, or
         # a timestamp the refresher could not re-sign in time), or soon will.
-        stale = state.timestamp_expires <= datetime.now(UTC)
+        now = datetime.now(UTC)
+        stale = state.timestamp_expires <= now
         warnings = list(state.warnings)
+        # Online roles left past their re-signing (a refresher that slept
+        # through it, a clock that jumped): clients may be refusing a bin.
+        overdue = state.next_refresh + REFRESH_OVERDUE <= now
+        if overdue:
+            warnings.append(
+                f"online roles due to be re-signed at {state.next_refresh:%Y-%m-%d %H:%M:%S} "
+                "UTC are not yet"
+            )
         if not reading_quarantine.locked():  # (one read at a time; the others say what is known)
             async with reading_quarantine:
                 try:
@@ -1087,7 +1099,7 @@ def build_app(service: OriginService) -> ByteCounter:
                 f"{len(lost)} blob(s) found corrupt on disk, quarantined, not served: "
                 "'tufmesh origin restore' stores them again"
             )
-        degraded = state.expired or stale or service.refresh_failing or lost
+        degraded = state.expired or stale or overdue or service.refresh_failing or lost
         return JSONResponse(
             {
                 "status": "degraded" if degraded else "ok",

@@ -423,6 +423,33 @@ def test_a_commit_with_shorter_lifetimes_is_re_signed_in_time(tmp_path: Path) ->
     trio.run(main, clock=mock)
 
 
+def test_healthz_is_degraded_while_re_signing_is_overdue(tmp_path: Path) -> None:
+    """/healthz looked at the timestamp alone: a bin expired while the
+    refresher slept, and it said "ok" (a review)."""
+    import httpx
+    import trio
+
+    from tufmesh.origin._server import build_app
+
+    signed = Clock(datetime.now(UTC) - timedelta(hours=1))
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=signed)
+    repo.config.expiry_days["bin-n"] = 1 / 24  # an hour, from now on
+    repo.publish([stored(repo, "p/a-1.tar.gz", b"one")])  # a bin due 15 minutes ago
+    service = _service_for(repo)
+
+    async def health() -> Any:
+        transport = httpx.ASGITransport(app=build_app(service))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://origin") as client:
+            return (await client.get("/healthz")).json()
+
+    said = trio.run(health)
+    assert said["status"] == "degraded"
+    assert any("due to be re-signed" in warning for warning in said["warnings"])
+    signed.now = datetime.now(UTC)
+    trio.run(service.committer.refresh)  # (what the refresher does)
+    assert trio.run(health)["status"] == "ok"
+
+
 def test_a_failed_re_signing_is_retried_and_the_origin_keeps_running(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
