@@ -105,7 +105,8 @@ def test_endgame_duplicates_and_first_copy_wins() -> None:
 @pytest.mark.parametrize("have", [set(), {0, 2}, {0, 1, 2}])
 def test_resume_skips_chunks_already_verified(have: set[int]) -> None:
     s = ChunkScheduler(3, ["a"], SchedulerConfig(per_source=3), have=set(have))
-    assert {i for _, i in s.assign(0.0)} == {0, 1, 2} - have or s.complete
+    assert {i for _, i in s.assign(0.0)} == {0, 1, 2} - have
+    assert s.complete == (have == {0, 1, 2})
 
 
 # -- replication: partial sources, rarest first, the origin as fallback ----------

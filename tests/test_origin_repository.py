@@ -1149,7 +1149,7 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     # a rotation cut short cannot leave them free to be named again.
     assert old_keyids <= set(OriginRepository(repo.dir).config.retired)
     assert "no role names them" not in tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
-    assert set(reopened.config.signers[role]) == {new[0][1].keyid} if published else old_keyids
+    assert set(reopened.config.signers[role]) == ({new[0][1].keyid} if published else old_keyids)
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
     client.refresh()
     assert client.get_targetinfo("p/a-1.tar.gz") is not None
