@@ -57,7 +57,7 @@ from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
 from tufmesh.origin._repository import Artifact, is_sha256, read_removed, unrotated_claims
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
-from tufmesh.origin._signer import Committer, RunSync, SignerProcess
+from tufmesh.origin._signer import CommitState, Committer, RunSync, SignerProcess
 from tufmesh.p2p import PACED_PIECE, AnnouncementGate, P2PNode, topic_for
 
 __all__ = [
@@ -387,21 +387,24 @@ class OriginService:
 
     async def _until_due(self) -> None:
         """Sleep until the committer's state says a role is due (or for
-        ``max_refresh_sleep``), planned again after each commit."""
-        slept = 0.0
+        ``max_refresh_sleep``), planned again after each commit that changed
+        it (a failed one leaves the plan as it was)."""
+        latest = trio.current_time() + self.config.max_refresh_sleep
+        state: CommitState | None = None
+        deadline = latest
         while True:
             self._replan = trio.Event()
-            state = self.committer.state
-            due = (state.next_refresh - state.now).total_seconds()
-            wait = min(max(due, 1.0), self.config.max_refresh_sleep - slept)
+            if self.committer.state is not state:
+                state = self.committer.state
+                due = (state.next_refresh - state.now).total_seconds()
+                deadline = min(trio.current_time() + max(due, 1.0), latest)
+            wait = deadline - trio.current_time()
             if wait <= 0:
                 return
-            started = trio.current_time()
             with trio.move_on_after(wait) as sleeping:
                 await self._replan.wait()
             if sleeping.cancelled_caught:
                 return
-            slept += trio.current_time() - started
 
     async def run_collector(self) -> None:
         """Collect the store's garbage every ``gc_interval``, forever."""
@@ -1391,6 +1394,7 @@ def build_app(service: OriginService) -> ByteCounter:
         for cid in cids:  # published now: no longer staged
             staged.pop(cid, None)
         service._committed.set()
+        service._replan.set()  # (signed with today's lifetimes, as a commit)
         entry: dict[str, Any] = {"role": owned_role(project), "version": version}
         entry["sha256"] = hashlib.sha256(data).hexdigest()
         # What it added and dropped, by name: superseded versions are deleted

@@ -386,7 +386,8 @@ def test_a_commit_with_shorter_lifetimes_is_re_signed_in_time(tmp_path: Path) ->
     """The refresher slept until the roles it knew of were due (an hour at
     most), and a commit did not wake it: once the bins' lifetime was lowered
     in config.json, a bin signed with it expired while the refresher slept,
-    and python-tuf refused the repository (a review)."""
+    and python-tuf refused the repository (a review). Nor do failed commits,
+    which change nothing, put the plan off (the next review)."""
     import trio
     import trio.testing
 
@@ -401,6 +402,15 @@ def test_a_commit_with_shorter_lifetimes_is_re_signed_in_time(tmp_path: Path) ->
 
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), clock=clock)
     repo.config.expiry_days["bin-n"] = 20 / 1440  # twenty minutes, from now on
+    publish, calls = repo.publish, []
+
+    def failing_after_one(artifacts: list[Artifact]) -> list[int]:  # a disk that then fills
+        calls.append(artifacts)
+        if len(calls) > 1:
+            raise OriginError("cannot write the snapshot: no space left")
+        return publish(artifacts)
+
+    repo.publish = failing_after_one  # type: ignore[method-assign]
 
     async def inline(fn, *args):  # no threads: virtual time sees every step
         return fn(*args)
@@ -414,8 +424,10 @@ def test_a_commit_with_shorter_lifetimes_is_re_signed_in_time(tmp_path: Path) ->
             nursery.start_soon(service.run_committer)
             await trio.sleep(60)  # the refresher sleeps: nothing is due for days
             await service.submit(stored(repo, "p/a-1.tar.gz", b"one"))
-            for _ in range(12):  # an hour, looked at every five minutes
+            for i in range(12):  # an hour, looked at every five minutes
                 await trio.sleep(300)
+                with pytest.raises(OriginError, match="no space left"):
+                    await service.submit(stored(repo, f"p/a-{i + 2}.tar.gz", b"%d" % i))
                 for role in ("bin-0", "bin-1", "bin-2", "bin-3"):
                     assert repo.targets(role).expires > clock(), f"{role} expired while serving"
             nursery.cancel_scope.cancel()
