@@ -15,7 +15,7 @@ from typing import Concatenate, Final, ParamSpec, TypeVar
 
 import click
 
-from tufmesh._ui import SIZE, Finite, Group, data_home, format_size, progress_bar
+from tufmesh._ui import SIZE, Finite, Group, data_home, format_size, progress_bar, stdout_closed
 from tufmesh.cas._store import BlobStore
 from tufmesh.errors import BlobNotFoundError, CorruptBlobError, UsageError
 
@@ -67,7 +67,7 @@ class _StoreAt:
     command: str | None
 
     def open(self) -> BlobStore:
-        if sys.stdout is None and self.command in _SAYS:
+        if stdout_closed() and self.command in _SAYS:
             # (started with it closed, `>&-`: it stored, said nothing, exit 0)
             raise UsageError("no standard output to write the result to")
         root = self.root
@@ -132,7 +132,7 @@ def get(store: BlobStore, cid: str, output: Path | None) -> None:
         with progress_bar(f"get {cid[:16]}…", store.stat(cid).size) as advance:
             store.export(cid, output, progress=advance)
         return
-    if sys.stdout is None:  # started with it closed
+    if stdout_closed():  # started with it closed
         raise UsageError("no standard output to write to: -o FILE")
     if sys.stdout.isatty():  # as curl does: bytes meant for a file, not a screen
         raise UsageError(f"blob {cid} is not for a terminal: -o FILE, or redirect the output")

@@ -7,6 +7,7 @@ on stderr and exit status 1; click's own usage errors keep exit status 2.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import re
@@ -23,6 +24,8 @@ from tufmesh.errors import TufmeshError, UsageError
 
 __all__ = [
     "HOST",
+    "LostOutput",
+    "stdout_closed",
     "PORT",
     "SIZE",
     "Finite",
@@ -367,3 +370,14 @@ def p2p_line(directory: Path, p2p_port: int | None) -> str:
     if address.startswith(("/ip4/0.0.0.0/", "/ip6/::/")):  # (bound to every address)
         return f"\nlibp2p {address}  (for --bootstrap, with this host's address for the zeros)"
     return f"\nlibp2p {address}  (for --bootstrap)"
+
+
+class LostOutput(io.StringIO):
+    """Standard output, for a process started with it closed (``>&-``): what
+    a command says there is lost, and the command then fails (a script that
+    ran `origin project add` so exited 0, its one-time token said to nobody)."""
+
+
+def stdout_closed() -> bool:
+    """True if the process started with standard output closed."""
+    return sys.stdout is None or isinstance(sys.stdout, LostOutput)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from tufmesh import __version__
-from tufmesh._ui import Group
+from tufmesh._ui import Group, LostOutput
 
 __all__ = ["cli", "main"]
 
@@ -66,6 +66,8 @@ def main() -> NoReturn:
     # A closed terminal too: the demo's services run in sessions of their own,
     # and the hang-up reaches only the demo, which must stop them.
     signal.signal(signal.SIGHUP, _interrupt)
+    if sys.stdout is None:  # started with it closed: what is said there fails the command
+        sys.stdout = LostOutput()
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:  # Ctrl-C (or SIGTERM): the shell's convention
@@ -114,6 +116,11 @@ def _leave(code: str | int | None) -> NoReturn:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _end_now)
     said = _flush()  # what the command said is out, whatever stops the exit handlers
+    if isinstance(sys.stdout, LostOutput) and sys.stdout.tell():
+        with contextlib.suppress(OSError, ValueError):
+            print("Error: standard output is closed: what this command said there is lost",
+                  file=sys.stderr)  # fmt: skip
+        said = False
     atexit._run_exitfuncs()
     if not (_flush() and said):
         code = code or 1

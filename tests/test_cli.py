@@ -154,3 +154,24 @@ def test_help_to_a_full_disk_is_one_line(tmp_path: Path) -> None:
         proc = subprocess.run([TUFMESH, "ls", "--help"], stdout=out, stderr=subprocess.PIPE,
                               text=True, timeout=60, check=False)  # fmt: skip
     assert proc.returncode == 1 and proc.stderr == "Error: No space left on device\n"
+
+
+def test_a_command_started_with_standard_output_closed_fails_when_it_speaks(
+    tmp_path: Path,
+) -> None:
+    """With stdout closed (`>&-`) every command but `cas`'s exited 0 and said
+    nothing: `origin project add` printed its one-time token to nobody (a review)."""
+    import os
+
+    def closed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TUFMESH, *args], stdout=None, stderr=subprocess.PIPE, text=True, timeout=60,
+            stdin=subprocess.DEVNULL, close_fds=True, preexec_fn=lambda: os.close(1),
+        )  # fmt: skip
+
+    for args in (["--version"], ["origin", "init", "--dir", str(tmp_path / "repo")]):
+        said = closed(*args)
+        assert said.returncode == 1, (args, said.stderr)
+        assert "standard output is closed: what this command said there is lost" in said.stderr
+    added = closed("origin", "project", "add", "demo", "--dir", str(tmp_path / "repo"))
+    assert added.returncode == 1 and "is lost" in added.stderr
