@@ -208,10 +208,14 @@ class Group(click.Group):
 
 
 def data_home() -> Path:
-    """Where tufmesh keeps state by default: ``$TUFMESH_HOME`` or the XDG data dir."""
+    """Where tufmesh keeps state by default: ``$TUFMESH_HOME`` or the XDG data
+    dir (a relative ``$XDG_DATA_HOME`` is ignored, as the XDG specification
+    says: it would be a new directory wherever a command is run)."""
     if home := os.environ.get("TUFMESH_HOME"):
         return Path(home)
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(xdg):
+        xdg = os.path.join(os.path.expanduser("~"), ".local/share")
     return Path(xdg) / "tufmesh"
 
 

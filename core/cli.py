@@ -69,7 +69,8 @@ def main() -> NoReturn:
     if sys.stdout is None:  # started with it closed: what is said there fails the command
         sys.stdout = LostOutput()
     try:
-        code = cli.main(standalone_mode=False)
+        # NO_COLOR (no-color.org): click's styles go too, as rich's do.
+        code = cli.main(standalone_mode=False, color=False if os.environ.get("NO_COLOR") else None)
     except click.exceptions.Abort:  # Ctrl-C (or SIGTERM): the shell's convention
         click.echo("Aborted!", err=True)
         _leave(130)

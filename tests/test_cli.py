@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -175,3 +176,42 @@ def test_a_command_started_with_standard_output_closed_fails_when_it_speaks(
         assert "standard output is closed: what this command said there is lost" in said.stderr
     added = closed("origin", "project", "add", "demo", "--dir", str(tmp_path / "repo"))
     assert added.returncode == 1 and "is lost" in added.stderr
+
+
+def test_no_color_drops_click_styles_as_well_as_rich(tmp_path: Path) -> None:
+    """NO_COLOR left the demo's bold and green and the origin's yellow
+    warnings on a terminal, while the progress bars honoured it (a review)."""
+    import os
+    import pty
+
+    def on_a_terminal(directory: str, **env: str) -> bytes:
+        main, terminal = pty.openpty()
+        environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | env
+        subprocess.run([TUFMESH, "origin", "init", "--dir", directory], stdout=subprocess.DEVNULL,
+                       stderr=terminal, env=environ, timeout=60, check=True)  # fmt: skip
+        os.close(terminal)
+        said = b""
+        with contextlib.suppress(OSError):  # (EIO once the terminal's other end is closed)
+            while piece := os.read(main, 65536):
+                said += piece
+        os.close(main)
+        return said
+
+    styled = on_a_terminal(str(tmp_path / "a"))
+    assert b"development repository" in styled and b"\x1b[33m" in styled
+    plain = on_a_terminal(str(tmp_path / "b"), NO_COLOR="1")
+    assert b"development repository" in plain and b"\x1b[" not in plain
+
+
+def test_a_relative_xdg_data_home_is_ignored(tmp_path: Path) -> None:
+    """The XDG specification says a relative XDG_DATA_HOME is ignored: the
+    client and the store were looked for (and made) under wherever a command
+    ran (a review)."""
+    import os
+
+    environ = {k: v for k, v in os.environ.items() if k != "TUFMESH_HOME"}
+    environ |= {"XDG_DATA_HOME": "relative", "HOME": str(tmp_path)}
+    listed = subprocess.run([TUFMESH, "ls"], capture_output=True, text=True, env=environ,
+                            cwd=tmp_path, timeout=60)  # fmt: skip
+    assert listed.returncode == 1
+    assert f"{tmp_path}/.local/share/tufmesh/client" in listed.stderr, listed.stderr
