@@ -376,10 +376,20 @@ def p2p_line(directory: Path, p2p_port: int | None) -> str:
     return f"\nlibp2p {address}  (for --bootstrap)"
 
 
-class LostOutput(io.StringIO):
+class LostOutput(io.TextIOBase):
     """Standard output, for a process started with it closed (``>&-``): what
-    a command says there is lost, and the command then fails (a script that
-    ran `origin project add` so exited 0, its one-time token said to nobody)."""
+    a command says there is lost (counted, not kept), and the command then
+    fails (a script that ran `origin project add` so exited 0, its one-time
+    token said to nobody)."""
+
+    said = 0  # characters written
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.said += len(text)
+        return len(text)
 
 
 def stdout_closed() -> bool:

@@ -117,7 +117,7 @@ def _leave(code: str | int | None) -> NoReturn:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _end_now)
     said = _flush()  # what the command said is out, whatever stops the exit handlers
-    if isinstance(sys.stdout, LostOutput) and sys.stdout.tell():
+    if isinstance(sys.stdout, LostOutput) and sys.stdout.said:
         with contextlib.suppress(OSError, ValueError):
             print("Error: standard output is closed: what this command said there is lost",
                   file=sys.stderr)  # fmt: skip
