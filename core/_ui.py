@@ -297,7 +297,8 @@ def run_service(
         def ready(url: str) -> None:
             nonlocal serving
             serving = True
-            click.echo(banner(url))
+            # To stderr if stdout is closed: a service so started is not failed for it.
+            click.echo(banner(url), err=stdout_closed())
 
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:

@@ -68,6 +68,8 @@ def main() -> NoReturn:
     signal.signal(signal.SIGHUP, _interrupt)
     if sys.stdout is None:  # started with it closed: what is said there fails the command
         sys.stdout = LostOutput()
+    if sys.stderr is None:  # started with it closed (`2>&-`): what is said there goes nowhere
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     try:
         # NO_COLOR (no-color.org): click's styles go too, as rich's do.
         code = cli.main(standalone_mode=False, color=False if os.environ.get("NO_COLOR") else None)

@@ -22,6 +22,7 @@ from tufmesh._ui import (
     format_size,
     p2p_line,
     run_service,
+    stdout_closed,
     upload_rate_option,
 )
 from tufmesh.errors import InvalidNameError, OriginError, UsageError
@@ -626,11 +627,18 @@ def project() -> None:
     """Register projects and manage their upload tokens."""
 
 
+def _token_said() -> None:
+    """Refuse, before any change, a command whose token nobody would see."""
+    if stdout_closed():
+        raise UsageError("no standard output to show the new upload token on")
+
+
 @project.command("add")
 @repo_option
 @click.argument("name")
 def project_add(repo_dir: Path, name: str) -> None:
     """Register project NAME; print its upload token on the last line."""
+    _token_said()
     OriginRepository(repo_dir, load=False)
     token = ProjectRegistry(repo_dir).add(name)
     normal = normalize_project(name)
@@ -725,6 +733,7 @@ def project_claim(repo_dir: Path, request: Path, remove_missing: bool, dry_run: 
 @click.argument("name")
 def project_token_rotate(repo_dir: Path, name: str) -> None:
     """Replace NAME's upload token; print the new one on the last line."""
+    _token_said()
     OriginRepository(repo_dir, load=False)
     token = ProjectRegistry(repo_dir).rotate(name)
     click.echo(f"new upload token for {name} (the old one no longer works):")

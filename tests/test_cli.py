@@ -175,7 +175,7 @@ def test_a_command_started_with_standard_output_closed_fails_when_it_speaks(
         assert said.returncode == 1, (args, said.stderr)
         assert "standard output is closed: what this command said there is lost" in said.stderr
     added = closed("origin", "project", "add", "demo", "--dir", str(tmp_path / "repo"))
-    assert added.returncode == 1 and "is lost" in added.stderr
+    assert added.returncode == 1 and "no standard output to show" in added.stderr  # (refused first)
 
 
 def test_no_color_drops_click_styles_as_well_as_rich(tmp_path: Path) -> None:
@@ -215,3 +215,51 @@ def test_a_relative_xdg_data_home_is_ignored(tmp_path: Path) -> None:
                             cwd=tmp_path, timeout=60)  # fmt: skip
     assert listed.returncode == 1
     assert f"{tmp_path}/.local/share/tufmesh/client" in listed.stderr, listed.stderr
+
+
+def test_closed_standard_streams_neither_lose_tokens_nor_crash_nor_fail_services(
+    tmp_path: Path,
+) -> None:
+    """Three ways a closed stream went wrong (a review): `token-rotate >&-`
+    revoked the working token and said the new one to nobody; with stderr
+    closed every command that may draw a progress bar died (sys.stderr was
+    None) and did nothing; a service started with stdout closed ran, and
+    failed once stopped, for the banner it said there."""
+    import os
+
+    from tufmesh.origin._projects import ProjectRegistry
+
+    def closing(fd: int, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TUFMESH, *args], capture_output=True, text=True,
+            timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
+            preexec_fn=lambda: os.close(fd),  # (after the pipes are in place)
+        )  # fmt: skip
+
+    repo = tmp_path / "repo"
+    tufmesh("origin", "init", "--dir", str(repo))
+    token = tufmesh("origin", "project", "add", "demo", "--dir", str(repo)).stdout.split()[-1]
+    refused = closing(1, "origin", "project", "token-rotate", "demo", "--dir", str(repo))
+    assert refused.returncode == 1 and "no standard output" in refused.stderr
+    assert closing(1, "origin", "project", "add", "other", "--dir", str(repo)).returncode == 1
+    registry = ProjectRegistry(repo)
+    registry.authorize("demo", token)  # (raises if it no longer works)
+    assert "other" not in registry.names()
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"x" * 100_000)
+    put = closing(2, "cas", "--store", str(tmp_path / "store"), "put", str(blob))
+    assert put.returncode == 0 and put.stdout.startswith("bafk")
+    with subprocess.Popen(
+        [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
+        stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(1),
+    ) as service:  # fmt: skip
+        try:
+            assert service.stderr is not None
+            deadline = time.monotonic() + 60
+            while "serving" not in (line := service.stderr.readline()):
+                assert line and time.monotonic() < deadline, line
+        finally:
+            service.send_signal(signal.SIGTERM)
+            stopped = service.wait(timeout=30)
+        assert stopped == 0
