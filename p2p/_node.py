@@ -357,7 +357,7 @@ def _guarded(pubsub: type[Any]) -> type[Any]:
             except _Ignored:
                 # A replay of the recent past (an honest peer's cache): not
                 # delivered, not relayed, not counted against its sender (but
-                # past LET_OFF a window), and not checked again while it is
+                # past the pace of LET_OFF), and not checked again while it is
                 # remembered as seen.
                 self._mark_msg_seen(msg)
                 scorer = getattr(self.router, "scorer", None)
