@@ -109,7 +109,8 @@ def build_mirror_app(
             "# TYPE tufmesh_mirror_bytes_fetched_total counter",
         ]
         for source, count in sorted(state.get("bytes_fetched_by_source", {}).items()):
-            lines.append(f'tufmesh_mirror_bytes_fetched_total{{source="{source}"}} {count}')
+            label = source.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            lines.append(f'tufmesh_mirror_bytes_fetched_total{{source="{label}"}} {count}')
         lines += [
             "# HELP tufmesh_mirror_snapshot_version Snapshot version held complete.",
             "# TYPE tufmesh_mirror_snapshot_version gauge",

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from tuf.api.metadata import Metadata
 
 from tests.helpers.log import log_lines
@@ -44,6 +45,7 @@ from tufmesh.client import Client
 from tufmesh.errors import TufmeshError, UsageError
 from tufmesh.mirror import Mirror
 from tufmesh.mirror._mirror import MAX_SOURCES_KEPT, SyncReport
+from tufmesh.mirror._server import build_mirror_app
 from tufmesh.mirror._swarm import QUERY_TIMEOUT
 from tufmesh.origin._server import ANNOUNCE_INTERVAL
 
@@ -1357,3 +1359,21 @@ def _a_mirror_of_one_project(tmp_path: Path) -> Iterator[tuple[str, Mirror, str,
     with running(repo) as server:
         replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", [server.url])
         yield server.url, replica, token, repo
+
+
+def test_metrics_escape_a_sources_name(tmp_path: Path) -> None:
+    """A source's name went into /metrics as it is: a quote or a line break
+    in it broke the exposition (and with it every scrape of the mirror)."""
+    repo = init_repo(tmp_path / "repo")
+    replica = Mirror.create(tmp_path / "m", repo / "metadata" / "1.root.json", ["http://o:1"])
+    odd = 'libp2p:/ip4/192.0.2.1/tcp/1/p2p/Q"} 9\nevil 1\\'
+    replica._update_state(lambda state: state.update(bytes_fetched_by_source={odd: 5}))
+
+    async def metrics() -> str:
+        transport = httpx.ASGITransport(app=build_mirror_app(replica))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+            return (await client.get("/metrics")).text
+
+    said = trio.run(metrics)
+    assert 'source="libp2p:/ip4/192.0.2.1/tcp/1/p2p/Q\\"} 9\\nevil 1\\\\"} 5\n' in said
+    assert not any(line.startswith("evil") for line in said.splitlines())
