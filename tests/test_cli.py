@@ -162,19 +162,12 @@ def test_a_command_started_with_standard_output_closed_fails_when_it_speaks(
 ) -> None:
     """With stdout closed (`>&-`) every command but `cas`'s exited 0 and said
     nothing: `origin project add` printed its one-time token to nobody (a review)."""
-    import os
-
-    def closed(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [TUFMESH, *args], stdout=None, stderr=subprocess.PIPE, text=True, timeout=60,
-            stdin=subprocess.DEVNULL, close_fds=True, preexec_fn=lambda: os.close(1),
-        )  # fmt: skip
 
     for args in (["--version"], ["origin", "init", "--dir", str(tmp_path / "repo")]):
-        said = closed(*args)
+        said = _with_closed(1, *args)
         assert said.returncode == 1, (args, said.stderr)
         assert "standard output is closed: what this command said there is lost" in said.stderr
-    added = closed("origin", "project", "add", "demo", "--dir", str(tmp_path / "repo"))
+    added = _with_closed(1, "origin", "project", "add", "demo", "--dir", str(tmp_path / "repo"))
     assert added.returncode == 1 and "no standard output to show" in added.stderr  # (refused first)
 
 
@@ -229,25 +222,18 @@ def test_closed_standard_streams_neither_lose_tokens_nor_crash_nor_fail_services
 
     from tufmesh.origin._projects import ProjectRegistry
 
-    def closing(fd: int, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [TUFMESH, *args], capture_output=True, text=True,
-            timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
-            preexec_fn=lambda: os.close(fd),  # (after the pipes are in place)
-        )  # fmt: skip
-
     repo = tmp_path / "repo"
     tufmesh("origin", "init", "--dir", str(repo))
     token = tufmesh("origin", "project", "add", "demo", "--dir", str(repo)).stdout.split()[-1]
-    refused = closing(1, "origin", "project", "token-rotate", "demo", "--dir", str(repo))
+    refused = _with_closed(1, "origin", "project", "token-rotate", "demo", "--dir", str(repo))
     assert refused.returncode == 1 and "no standard output" in refused.stderr
-    assert closing(1, "origin", "project", "add", "other", "--dir", str(repo)).returncode == 1
+    assert _with_closed(1, "origin", "project", "add", "other", "--dir", str(repo)).returncode == 1
     registry = ProjectRegistry(repo)
     registry.authorize("demo", token)  # (raises if it no longer works)
     assert "other" not in registry.names()
     blob = tmp_path / "blob"
     blob.write_bytes(b"x" * 100_000)
-    put = closing(2, "cas", "--store", str(tmp_path / "store"), "put", str(blob))
+    put = _with_closed(2, "cas", "--store", str(tmp_path / "store"), "put", str(blob))
     assert put.returncode == 0 and put.stdout.startswith("bafk")
     with subprocess.Popen(
         [TUFMESH, "origin", "serve", "--dir", str(repo), "--port", "0"],
@@ -263,3 +249,14 @@ def test_closed_standard_streams_neither_lose_tokens_nor_crash_nor_fail_services
             service.send_signal(signal.SIGTERM)
             stopped = service.wait(timeout=30)
         assert stopped == 0
+
+
+def _with_closed(fd: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run tufmesh with file descriptor ``fd`` (1 or 2) closed; the other captured."""
+    import os
+
+    return subprocess.run(
+        [TUFMESH, *args], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, close_fds=True,
+        preexec_fn=lambda: os.close(fd),  # (after the pipes are in place)
+    )  # fmt: skip

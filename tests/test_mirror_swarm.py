@@ -387,7 +387,10 @@ def test_a_learnt_name_is_asked_only_where_it_resolves_no_nearer_than_its_namer(
         swarm._forget(neighbour)
 
 
-def test_a_pinned_query_names_the_host_it_stands_for() -> None:
+def _answer_once(body: bytes) -> tuple[socket.socket, threading.Thread, list[bytes]]:
+    """A listener on 127.0.0.1 that gives one keep-alive JSON answer, the
+    connection open until the asker's end; the thread answering, and the
+    request it read."""
     listener = socket.create_server(("127.0.0.1", 0))
     seen: list[bytes] = []
 
@@ -397,12 +400,18 @@ def test_a_pinned_query_names_the_host_it_stands_for() -> None:
         with conn, contextlib.suppress(OSError):
             conn.settimeout(10)
             seen.append(conn.recv(65536))
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-            while conn.recv(65536):  # open until the asker's end
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            while conn.recv(65536):
                 pass
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
+    return listener, thread, seen
+
+
+def test_a_pinned_query_names_the_host_it_stands_for() -> None:
+    listener, thread, seen = _answer_once(b"{}")
 
     async def ask() -> tuple[object, str | None]:
         async with have_client() as client:
@@ -495,22 +504,7 @@ def test_a_neighbours_machine_is_where_its_answers_come_from() -> None:
 
 
 def test_a_have_answer_over_http_comes_with_its_address() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    body = b'{"peers": []}'
-
-    def answer() -> None:  # one keep-alive answer, the connection open until the asker's end
-        with listener:
-            conn, _ = listener.accept()
-        with conn, contextlib.suppress(OSError):
-            conn.settimeout(10)
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
-            while conn.recv(65536):
-                pass
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
+    listener, thread, _ = _answer_once(b'{"peers": []}')
 
     async def ask() -> tuple[object, str | None]:
         async with have_client() as client:
