@@ -19,6 +19,7 @@ import click
 if TYPE_CHECKING:
     import httpx  # (imported where used: `tufmesh --help` need not load it)
 
+from tufmesh._json import loads
 from tufmesh._ui import HOST, PORT, SIZE, Group, data_home, format_size, progress_bar, run_service
 from tufmesh.client._client import Client, part_path
 from tufmesh.client._download import own_file
@@ -177,8 +178,8 @@ ROOT_LIMIT: Final = 512_000
 def _signed_part(data: bytes | bytearray) -> object:
     """The ``signed`` part of a metadata file, or None if it has none."""
     try:
-        document = json.loads(data)
-    except (ValueError, RecursionError):  # (nested past the recursion limit)
+        document = loads(data)
+    except ValueError:  # (or nested past the recursion limit)
         return None
     return document.get("signed") if isinstance(document, dict) else None
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
+from tufmesh._json import loads
 from tufmesh._ui import log
 from tufmesh.cas._store import SCRUB_INTERVAL
 from tufmesh.errors import TufmeshError
@@ -74,8 +75,8 @@ def build_mirror_app(
             return JSONResponse({"error": f"a have-query takes {QUERY_TIMEOUT} s at most"}, 408)
         try:
             asker = request.client.host if request.client is not None else None
-            return JSONResponse(swarm.answer(json.loads(body), asker))
-        except (ValueError, RecursionError) as exc:  # not JSON (or nested too deep), not a query
+            return JSONResponse(swarm.answer(loads(body), asker))
+        except ValueError as exc:  # not JSON (or nested too deep), not a query
             return JSONResponse({"error": str(exc)}, 400)
 
     async def healthz(request: Request) -> Response:

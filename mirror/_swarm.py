@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import json
 import random
 import re
 import socket
@@ -37,6 +36,7 @@ from urllib.parse import urlsplit
 import trio
 
 from tufmesh._durable import read_exactly
+from tufmesh._json import loads
 from tufmesh._shares import is_loopback, machine_of
 from tufmesh.client import ChunkPlan, ChunkScheduler, set_bits
 from tufmesh.client._http import Refused, tls_context
@@ -753,7 +753,7 @@ async def _post_json(
             raise ValueError(f"answered with Content-Encoding {coding[:40]!r}")
         source = _address_of(response.extensions.get("network_stream"))  # (while open)
         data = await read_at_most(response.aiter_raw(), limit)
-    return json.loads(data), source
+    return loads(data), source
 
 
 def _address_of(stream: Any) -> str | None:

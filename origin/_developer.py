@@ -29,13 +29,15 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
 from securesystemslib.signer import SIGNER_FOR_URI_SCHEME, CryptoSigner, Key, Signer, SSlibKey
 from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
-from tufmesh._durable import write_atomic
+from tufmesh._durable import fsync_dir, write_atomic
+from tufmesh._json import loads
 from tufmesh._ui import data_home
 from tufmesh.cas import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, ManifestBuilder, cid_from_sha256
 from tufmesh.cas._manifest import MAX_MANIFEST_CHUNKS
@@ -91,18 +93,17 @@ def generate_key(path: Path) -> Key:
     """A new Ed25519 key in PEM file ``path`` (made anew, mode 0600, its
     directory too if missing, mode 0700), its public key in ``path.pub``
     (what the project's other holders are given: ``developer claim
-    --holder``); its public key."""
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        load_pem_private_key,
-    )
-
+    --holder``); its public key. Neither file is ever replaced; a ``path``
+    without its ``path.pub`` (a keygen cut short) gets it."""
     if not path.name or path.name in (".", ".."):
         raise UsageError(f"{str(path)!r} names no file: give the key a file name (example.pem)")
+    public = path.with_name(path.name + ".pub")
+    if os.path.lexists(public) and not os.path.lexists(path):
+        raise UsageError(
+            f"{public} exists already (another key's public key?): a key is never "
+            "overwritten; choose another name"
+        )
     signer = CryptoSigner.generate_ed25519()
-    public = load_pem_private_key(signer.private_bytes, None).public_key()
-    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError:  # (a file where a directory of the path should be)
@@ -110,20 +111,49 @@ def generate_key(path: Path) -> Key:
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _create(path, signer.private_bytes, 0o600)
     except FileExistsError:
-        raise UsageError(f"{path} exists already: a key is never overwritten") from None
+        said = f"{path} exists already: a key is never overwritten"
+        if not os.path.lexists(public):
+            with contextlib.suppress(OSError, ValueError, TypeError, UnsupportedAlgorithm):
+                _create(public, _public_pem(path.read_bytes()), 0o644)
+                said += f" (its public key was missing: wrote {public})"
+        raise UsageError(said) from None
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(signer.private_bytes)
-        handle.flush()
-        os.fsync(handle.fileno())
     try:
-        write_atomic(path.with_name(path.name + ".pub"), pem, mode=0o644)
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}.pub: {exc.strerror}") from None
+        _create(public, _public_pem(signer.private_bytes), 0o644)
+    except OSError as exc:  # no key made: the one just written was never used
+        path.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {public}: {exc.strerror}; no key made") from None
+    fsync_dir(path.parent)
     return signer.public_key
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to a new file ``path`` (FileExistsError if there is
+    one), durably; no file left if writing fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _public_pem(private_pem: bytes) -> bytes:
+    """The public key, in PEM, of the unencrypted PEM private key ``private_pem``."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    public = load_pem_private_key(private_pem, None).public_key()
+    return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
@@ -205,7 +235,7 @@ class DeveloperKey:
 
     def _versions(self) -> dict[str, dict[str, Any]]:
         try:
-            versions = json.loads(self.memory.read_bytes())
+            versions = loads(self.memory.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -608,7 +638,7 @@ _JSON_KINDS: Final[dict[type, str]] = {
 def read_request(path: Path) -> SigningRequest:
     """The signing request in file ``path`` (a claim's or a release's)."""
     try:
-        request = json.loads(path.read_bytes())
+        request = loads(path.read_bytes())
         if not isinstance(request, dict):
             kind = _JSON_KINDS.get(type(request), "value")
             raise ValueError(f"it holds a JSON {kind}, not an object")
@@ -838,9 +868,9 @@ def _published_meta(client: httpx.Client, origin: str) -> dict[str, Any]:
     """The origin's current snapshot's ``meta``: each role's version. Not verified."""
     base = f"{origin.rstrip('/')}/metadata/"
     try:
-        timestamp = json.loads(_get(client, base + "timestamp.json"))
+        timestamp = loads(_get(client, base + "timestamp.json"))
         snapshot_version = int(timestamp["signed"]["meta"]["snapshot.json"]["version"])
-        snapshot = json.loads(_get(client, f"{base}{snapshot_version}.snapshot.json"))
+        snapshot = loads(_get(client, f"{base}{snapshot_version}.snapshot.json"))
         meta = snapshot["signed"]["meta"]
         if not isinstance(meta, dict):
             raise TypeError("its snapshot's meta is not an object")
@@ -867,9 +897,7 @@ def published_holders(client: httpx.Client, origin: str, project: str) -> Holder
     base = f"{origin.rstrip('/')}/metadata/"
     try:
         version = int(_published_meta(client, origin)["targets.json"]["version"])
-        delegations = json.loads(_get(client, f"{base}{version}.targets.json"))["signed"][
-            "delegations"
-        ]
+        delegations = loads(_get(client, f"{base}{version}.targets.json"))["signed"]["delegations"]
         for role in delegations["roles"]:
             if role["name"] == owned_role(project):
                 keys = [(k, delegations["keys"][k]) for k in role["keyids"]]
@@ -955,7 +983,7 @@ def send_version(
             "published; the same command again says whether it is"
         ) from None
     try:
-        body = response.json()
+        body = loads(response.content)
     except ValueError:
         body = {}
     if response.status_code != 200 or not isinstance(body, dict) or "version" not in body:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
+from tufmesh._json import loads
 from tufmesh.errors import PublishError
 from tufmesh.origin._names import check_new_filename, normalize_project
 
@@ -146,7 +147,7 @@ def upload(
 
 def _body(response: httpx.Response) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = loads(response.content)
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

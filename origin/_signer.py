@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Final, Protocol
 import trio
 
 from tufmesh._durable import hold_lock
+from tufmesh._json import loads
 from tufmesh._ui import log
 from tufmesh.errors import (
     ArtifactRefusedError,
@@ -250,7 +251,7 @@ class SignerProcess:
         assert stdout is not None
         header = await self._read_exactly(stdout, _FRAME.size)
         body = await self._read_exactly(stdout, _decode_length(header))
-        reply: dict[str, Any] = json.loads(body)
+        reply: dict[str, Any] = loads(body)
         return reply
 
     @staticmethod
@@ -352,7 +353,7 @@ def _answer_requests(
         if len(header) < _FRAME.size:
             return  # the origin closed the pipe (or died): we are done
         try:
-            request = json.loads(stdin.read(_decode_length(header)))
+            request = loads(stdin.read(_decode_length(header)))
             if request["op"] == "publish":
                 artifacts = [Artifact(**a) for a in request["artifacts"]]
                 results = repo.publish(artifacts)

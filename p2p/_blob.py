@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from tufmesh._json import loads
 from tufmesh.errors import TufmeshError
 
 __all__ = [
@@ -113,7 +114,7 @@ def decode_request(frame: bytes) -> BlobRequest:
     if size > MAX_REQUEST or len(frame) != _LENGTH.size + size:
         raise BlobStreamError("bad request length")
     try:
-        data = json.loads(frame[_LENGTH.size :])
+        data = loads(frame[_LENGTH.size :])
         cid, offset, length = data["cid"], data["offset"], data["length"]
         patient = data.get("patient", False)
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -141,7 +142,7 @@ def encode_refusal(reason: str, retry: float) -> bytes:
 def decode_refusal(body: bytes) -> BlobBusyError:
     """The refusal a :data:`BUSY` answer's bytes carry (a busy one if unreadable)."""
     try:
-        data = json.loads(body)
+        data = loads(body)
         reason, retry = data["refused"], data["retry"]
     except (ValueError, KeyError, TypeError):
         return BlobBusyError()

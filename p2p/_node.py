@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import trio
 
 from tufmesh._durable import write_atomic
+from tufmesh._json import loads
 from tufmesh._shares import Pace, Shares, UploadFloor, counted_machine, machine_of
 from tufmesh._ui import log
 from tufmesh.errors import UsageError
@@ -892,7 +892,7 @@ class P2PNode:
 
     async def _answer_have(self, stream: Any, peer: str) -> None:
         size = json_size(await _read_exactly(stream, 4), MAX_QUERY)
-        query = json.loads(await _read_exactly(stream, size))
+        query = loads(await _read_exactly(stream, size))
         assert self.have_source is not None
         await stream.write(encode_json(self.have_source(query, _remote_ip(stream)), MAX_RECORD))
 
@@ -916,7 +916,7 @@ class P2PNode:
                 body = await _read_exactly(stream, size)
                 whole = True
             try:
-                record = json.loads(body)
+                record = loads(body)
             except ValueError:
                 raise BlobStreamError("the have-record is not JSON") from None
             return record, _remote_ip(stream)

@@ -864,7 +864,8 @@ def test_the_developers_memory_of_versions_says_when_it_cannot_help(tmp_path: Pa
     md.sign(developer.signer)
     developer.remember("demo", md.to_bytes())
     assert developer.sign_next("demo", md)  # the version it had published: fine
-    for damaged in ("[]", '{"demo": 5}', '{"demo": {}}', '{"demo": {"version": "9"}}', "{"):
+    deep = "[" * 5000 + "]" * 5000  # nested past Python's recursion limit
+    for damaged in ("[]", '{"demo": 5}', '{"demo": {}}', '{"demo": {"version": "9"}}', "{", deep):
         developer.memory.write_text(damaged)
         with pytest.raises(UsageError, match=r"damaged|cannot read"):
             developer.sign_next("demo", md)
@@ -1162,6 +1163,66 @@ def test_developer_keys_named_oddly_or_paired_wrongly_are_said(
         load_key("x:y.pem", public)
 
 
+def test_a_keygen_never_replaces_a_file_and_one_cut_short_is_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another holder's public key where the new key's would go: kept, and no
+    # key made (its .pub was replaced, and named the wrong key).
+    bob = tmp_path / "bob.pem"
+    generate_key(bob)
+    theirs = bob.with_name("bob.pem.pub").read_bytes()
+    bob.unlink()
+    with pytest.raises(UsageError, match=r"bob\.pem\.pub exists already"):
+        generate_key(bob)
+    assert bob.with_name("bob.pem.pub").read_bytes() == theirs and not bob.exists()
+    # A keygen cut short between its two files: run again, it writes the
+    # public key of the key it kept (no command wrote it before).
+    carol = tmp_path / "carol.pem"
+    key = generate_key(carol)
+    carol.with_name("carol.pem.pub").unlink()
+    with pytest.raises(UsageError, match=r"exists already.*its public key was missing: wrote"):
+        generate_key(carol)
+    pem = carol.with_name("carol.pem.pub").read_bytes()
+    assert load_key(str(carol), carol.with_name("carol.pem.pub")).signer.public_key == key
+    with pytest.raises(UsageError, match=r"never overwritten$"):  # both there: said, untouched
+        generate_key(carol)
+    assert carol.with_name("carol.pem.pub").read_bytes() == pem
+    # A public key that cannot be written: no key is left (a rerun made none).
+    import tufmesh.origin._developer as developer_module
+
+    create = developer_module._create
+
+    def full_disk(path: Path, data: bytes, mode: int) -> None:
+        if path.name.endswith(".pub"):
+            raise OSError(28, "No space left on device")
+        create(path, data, mode)
+
+    monkeypatch.setattr(developer_module, "_create", full_disk)
+    dave = tmp_path / "dave.pem"
+    with pytest.raises(UsageError, match=r"cannot write .*dave\.pem\.pub: No space.*no key made"):
+        generate_key(dave)
+    assert not dave.exists()
+    monkeypatch.undo()
+    generate_key(dave)
+    assert dave.exists() and dave.with_name("dave.pem.pub").exists()
+
+
+def test_metadata_nested_past_the_recursion_limit_is_said_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """What an origin serves (or a hostile server at its URL) is read as any
+    other malformed answer: one line, exit 1."""
+    key = tmp_path / "demo.pem"
+    generate_key(key)
+    (tmp_path / "site" / "metadata").mkdir(parents=True)
+    (tmp_path / "site" / "metadata" / "timestamp.json").write_text("[" * 5000 + "]" * 5000)
+    with static_server(tmp_path / "site") as url:
+        out = tufmesh("developer", "sign", "demo", "--origin", url, "--key", str(key),
+                      "--token", "x", check=False)  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{url} serves no TUF metadata that reads: JSON nested too deeply" in out.stderr
+
+
 def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
     """Three holders, two of whom must sign each version: one signs a release
     into a request, another checks it against their own files and sends it;
@@ -1338,6 +1399,10 @@ def test_holders_sign_only_what_follows_a_version_their_keys_signed(tmp_path: Pa
         odd.write_text(json.dumps(request))
         with pytest.raises(UsageError, match=r"is not keytype, scheme and keyval\.public alone"):
             read_request(odd)
+    # JSON nested past Python's recursion limit (a traceback, before).
+    odd.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(UsageError, match=r"is not a signing request.*nested too deeply"):
+        read_request(odd)
     # Cosigning notes the project's keys beside the key.
     signed = cosign(claim, DeveloperKey(c, tmp_path / "c.versions.json"))
     assert set(signed.metadata.signatures) == {a.public_key.keyid, c.public_key.keyid}
