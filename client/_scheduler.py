@@ -47,11 +47,17 @@ Policy:
   floor divided among the requests in flight to its source, over the
   request's life) is abandoned, its chunk goes back to the queue and the
   source is charged one failure. A per-read timeout alone does not stop a
-  peer that sends a byte every 29 seconds.
+  peer that sends a byte every 29 seconds. Where this node's own link is
+  what is slow (every request in flight gets little), a request owes no more
+  than a quarter of an even share of what the link delivers, and never less
+  than an even share of the floor: the download as a whole must still get
+  ``min_rate``, but honest sources are not dropped for sharing a slow link
+  (ADR 27).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from array import array
@@ -152,7 +158,8 @@ class _Request:
     started: float
     received: int = 0
     #: Bytes it should have received by the last slow-retrieval check: its
-    #: share of its source's floor (``min_rate``) since it started.
+    #: share of its source's floor (``min_rate``), or of the link (ADR 27),
+    #: since it started.
     owed: float = 0.0
     counted: bool = False  # against ``measured_requests``
 
@@ -215,6 +222,8 @@ class ChunkScheduler:
         self._idle_since: float | None = None
         self._now = 0.0
         self._slow_checked: float | None = None  # the last call of too_slow
+        self._arrived = 0  # bytes received for any request (the link's view: too_slow)
+        self._arrived_checked = 0  # ...as of the last call of too_slow
         self._order: list[str] | None = None  # usable sources, cached
         # The fallback and the sources that have delivered a chunk: a mirror's
         # requests to them count against ``measured_requests`` (a set, so that
@@ -545,13 +554,21 @@ class ChunkScheduler:
         Called now and then: each call accrues, to every request, its share
         of its source's floor since the last call. Requests in flight to one
         source share its floor: two to a mirror whose uplink is capped at
-        twice the floor get the floor each, and are not slow."""
+        twice the floor get the floor each, and are not slow. And all of
+        them share this node's link (ADR 27): none owes more than a quarter of
+        an even share of what arrived since the last call, or less than an
+        even share of the floor."""
         slow = []
         last, self._slow_checked = self._slow_checked, now
+        arrived, self._arrived_checked = self._arrived - self._arrived_checked, self._arrived
         grace, min_rate, load = self.config.grace, self.config.min_rate, self._load
-        for key, request in self._inflight.items():
+        inflight = self._inflight
+        even = math.inf  # (no view of the link before a first interval)
+        if last is not None and now > last:
+            even = max(min_rate, arrived / (now - last) / 4) / max(len(inflight), 1)
+        for key, request in inflight.items():
             since = request.started if last is None or last < request.started else last
-            request.owed += (now - since) * min_rate / load[key[0]]
+            request.owed += (now - since) * min(min_rate / load[key[0]], even)
             if now - request.started > grace and request.received < request.owed:
                 slow.append(key)
         return slow
@@ -560,6 +577,7 @@ class ChunkScheduler:
 
     def received(self, source: str, index: int, nbytes: int) -> None:
         """Bytes arrived for a running request (for the slow-retrieval check)."""
+        self._arrived += nbytes
         request = self._inflight.get((source, index))
         if request is not None:
             request.received += nbytes

@@ -43,6 +43,7 @@ from typing import Any, Final
 from tufmesh.cas import build_manifest
 from tufmesh.client import ChunkScheduler, SchedulerConfig
 from tufmesh.errors import ChunkRejectedError, UsageError
+from tufmesh.mirror._server import next_sync
 from tufmesh.mirror._swarm import MAX_QUERY_FAILURES, POLL
 from tufmesh.netsim._scenario import Scenario
 from tufmesh.origin._seeding import SeedGate, slots_within
@@ -429,7 +430,22 @@ class _Simulation:
                 self._read_neighbours(node, scheduler, peers)
         scheduler.fallback_open = True
         self._pump(node)
+        if not node.flows and not node.declined and scheduler.stuck:
+            return self._given_up(node)
         self._at(self.now + node.round_time, _ROUND, subject)
+        return False
+
+    def _given_up(self, node: _Node) -> bool:
+        """Every source of ``node`` dropped: its download gives up ("every
+        source failed") and its mirror syncs again when the daemon would, with
+        a new scheduler, its neighbours asked afresh (what it holds kept)."""
+        self._count_bans(node)
+        node.scheduler = None
+        node.rounds += 1
+        node.seen.clear()
+        node.silent.clear()
+        wait = next_sync(FALLBACK_POLL, 0, 1, self.now - node.announced)
+        self._at(self.now + wait + self._metadata_time(node), _START, node)
         return False
 
     def _read_neighbours(self, node: _Node, scheduler: ChunkScheduler, peers: list[_Node]) -> None:

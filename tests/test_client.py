@@ -1179,6 +1179,72 @@ def test_client_init_names_a_source_whose_root_is_nested_past_the_limit(
     assert said in done.stderr, done.stderr
 
 
+@contextlib.contextmanager
+def _one_slow_link(upstream: str, ports: int, rate: float) -> Iterator[list[str]]:
+    """``ports`` proxies on 127.0.0.1 to ``upstream`` (host:port) whose
+    answers all share one link of ``rate`` bytes a second: a user's own slow
+    downlink, under mirrors of any speed. Their URLs."""
+    host, port = upstream.rsplit(":", 1)
+    lock, stop = threading.Lock(), threading.Event()
+    clock = [time.monotonic()]  # when the link is next free
+    opened: list[socket.socket] = []
+
+    def carry(src: socket.socket, dst: socket.socket, shared: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(2048):
+                if shared:
+                    with lock:
+                        clock[0] = max(clock[0], time.monotonic()) + len(data) / rate
+                        due = clock[0]
+                    time.sleep(max(0.0, due - time.monotonic()))
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve(listener: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((host, int(port)))
+            opened.extend((client, server))
+            for args in ((client, server, False), (server, client, True)):
+                threading.Thread(target=carry, args=args, daemon=True).start()
+
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(ports)]
+    for listener in listeners:
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    try:
+        yield [f"http://127.0.0.1:{listener.getsockname()[1]}" for listener in listeners]
+    finally:
+        stop.set()
+        for sock in listeners + opened:
+            sock.close()
+
+
+def test_mirrors_sharing_a_users_slow_link_are_not_dropped_for_it(tmp_path: Path) -> None:
+    """ADR 27. Four mirrors behind a link of 48 KiB/s, with a floor of 16 KiB/s:
+    each of the eight requests in flight gets 6 KiB/s, under its mirror's
+    share of the floor (8 KiB/s), though the download as a whole gets three
+    times the floor. Before, every mirror was too slow at once, three times,
+    and dropped, and the download failed: the more mirrors listed, the faster
+    a link a user needed."""
+    repo = init_repo(tmp_path / "repo", "--chunk-size", "32KiB")
+    token = add_project(repo, "demo")
+    body = os.urandom(320 * 1024)  # ten chunks
+    with running(repo) as origin:
+        assert post(origin.url, "demo", "demo-2.0.tar.gz", body, token).status_code == 200
+        root = (repo / "metadata" / "1.root.json").read_bytes()
+        config = SchedulerConfig(min_rate=16 * 1024, grace=1.0)
+        with _one_slow_link(origin.url.removeprefix("http://"), 4, 48 * 1024) as urls:
+            with Client(tmp_path / "c", root, urls, scheduler_config=config) as client:
+                got = client.download("demo/demo-2.0.tar.gz", tmp_path / "out")
+        assert got.path.read_bytes() == body
+        sources = client.fetcher.sources
+        assert all(s.failures == 0 for s in sources), [(s.url, s.last_error) for s in sources]
+
+
 @pytest.mark.attack
 def test_a_plain_tuf_repository_that_trickles_its_targets_is_given_up(
     origin: Server, tmp_path: Path

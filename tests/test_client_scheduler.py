@@ -91,6 +91,40 @@ def test_requests_to_one_source_share_its_slow_retrieval_floor() -> None:
     assert s.too_slow(4.0) == []
 
 
+def _slow_after(rates: dict[str, float], seconds: int = 4) -> set[str]:
+    """The sources too slow after ``seconds``, each of its two requests in
+    flight getting ``rates[source]`` bytes a second (floor 1,000 B/s)."""
+    s = ChunkScheduler(
+        16, list(rates), SchedulerConfig(per_source=2, grace=2.0, min_rate=1000, seed=1)
+    )
+    requests = s.assign(0.0)
+    assert sorted(source for source, _ in requests) == sorted(2 * list(rates))
+    slow: set[str] = set()
+    for now in range(1, seconds + 1):
+        for source, index in requests:
+            s.received(source, index, int(rates[source]))
+        slow |= {source for source, _ in s.too_slow(float(now))}
+    return slow
+
+
+def test_sources_sharing_a_slow_link_are_not_dropped_for_its_slowness() -> None:
+    """ADR 27. Four honest sources behind this node's link of 3,200 B/s (400
+    B/s a request, under each source's floor of 500): the link is slow, not
+    they, and the download as a whole gets more than the floor. Before, all
+    four were too slow at once, three times, and dropped: the more mirrors a
+    client listed, the faster a link it needed."""
+    assert _slow_after(dict.fromkeys("abcd", 400)) == set()
+    # A trickler among them: a quarter of an even share, no less, is owed.
+    assert _slow_after({"a": 400, "b": 400, "c": 400, "t": 40}) == {"t"}
+    # On a fast link a trickler owes the whole floor, as when alone.
+    assert _slow_after({"a": 100_000, "b": 100_000, "c": 100_000, "t": 450}) == {"t"}
+    # A link (or a set of colluding tricklers) under the floor in all: slow,
+    # every one, as a single source giving so little is.
+    assert _slow_after(dict.fromkeys("abcd", 100)) == set("abcd")
+    # A lone source is judged as before: its floor, shared by its requests.
+    assert _slow_after({"a": 450}) == {"a"} and _slow_after({"a": 550}) == set()
+
+
 def test_endgame_duplicates_and_first_copy_wins() -> None:
     s = ChunkScheduler(1, ["a", "b"], SchedulerConfig(per_source=1))
     first = s.assign(0.0)

@@ -108,6 +108,45 @@ def test_transfers_the_scheduler_gave_up_are_cancelled(monkeypatch: pytest.Monke
     assert len(stale) > 1000 and not any(stale)
 
 
+def test_mirrors_on_slow_downlinks_drop_no_honest_source(tmp_path: Path) -> None:
+    """ADR 27. Each transfer to a mirror on a 200-260 KiB/s downlink got a
+    share under the 64 KiB/s floor: the mirror dropped its honest neighbours
+    and the origin for its own link's slowness, and one never completed."""
+    scenario = tmp_path / "slow.toml"
+    scenario.write_text(
+        'mirrors = 14\nsize = "12MiB"\nchunk_size = "256KiB"\norigin_up = "4MiB"\n'
+        '[[link]]\nup = ["4MiB", "8MiB"]\ndown = ["200KiB", "260KiB"]\nlatency = [0, 0.005]\n'
+    )
+    result = simulate(dataclasses.replace(load_scenario(scenario), seed=1))
+    assert result.dropped == 0 and max(result.completion) < 1.3 * result.lower_bound
+
+
+def test_a_mirror_whose_every_source_is_dropped_syncs_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the daemon's does: its download gives up, and its next sync starts
+    afresh. The simulator left such a mirror with nothing to do until the
+    end of the run ("never")."""
+    from tufmesh.client import ChunkScheduler
+    from tufmesh.netsim._sim import _Node, _Simulation
+
+    new_scheduler = _Simulation._new_scheduler
+    doomed: list[ChunkScheduler] = []
+
+    def judging_all_slow(self: _Simulation, node: _Node) -> ChunkScheduler:
+        scheduler = new_scheduler(self, node)
+        if node.name == "m1" and not doomed:  # its first download: every request too slow
+            doomed.append(scheduler)
+            scheduler.too_slow = lambda now: scheduler.inflight()  # type: ignore[method-assign]
+        return scheduler
+
+    monkeypatch.setattr(_Simulation, "_new_scheduler", judging_all_slow)
+    result = simulate(Scenario(mirrors=30, size=64 << 20, chunk_size=16 << 20, seed=1))
+    assert doomed and doomed[0].stuck  # every source dropped...
+    assert result.dropped >= len(doomed[0].stats)  # ...and counted
+    assert all(not math.isinf(t) for t in result.completion)  # ...and m1 completed all the same
+
+
 def test_mirrors_that_leave_and_rejoin_catch_up() -> None:
     result = simulate(Scenario(mirrors=60, size=32 << 20, links="home", churn=0.3, downtime=5))
     assert result.rejoined > 5
