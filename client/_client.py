@@ -482,6 +482,10 @@ class Client:
                     os.replace(whole, part)
         except tuf_errors.LengthOrHashMismatchError as exc:
             raise ClientError(f"{path}: the assembled file does not verify: {exc}") from None
+        except FileNotFoundError as exc:
+            # The check reads the part file by name: another download of the
+            # same file into the same place may have renamed it, done, first.
+            return self._finished_elsewhere(path, dest, info, exc)
         durable = replicating is None  # a mirror's store keeps (and syncs) its own copy
         try:
             if durable:
@@ -495,21 +499,28 @@ class Client:
             os.replace(part, dest)
             if durable:
                 fsync_dir(dest_dir)
-        except FileNotFoundError:
-            # Another download of the same file into the same place finished
-            # (and renamed the part file) just before: its file is the answer.
-            if not own_file(dest):
-                raise
-            with open(dest, "rb") as existing:
-                try:
-                    info.verify_length_and_hashes(existing)
-                except tuf_errors.LengthOrHashMismatchError as exc:
-                    raise ClientError(f"{dest} changed under this download: {exc}") from None
-            return DownloadResult(path, dest, info.length, cached=True)
+        except FileNotFoundError as exc:
+            return self._finished_elsewhere(path, dest, info, exc)
         except OSError as exc:  # a sync's late write error (a full disk, a quota, NFS)
             raise ClientError(f"cannot write {dest}: {exc.strerror or exc}") from None
         elapsed = time.perf_counter() - started
         return DownloadResult(path, dest, info.length, sources=stats, transfer_seconds=elapsed)
+
+    @staticmethod
+    def _finished_elsewhere(
+        path: str, dest: Path, info: TargetFile, gone: FileNotFoundError
+    ) -> DownloadResult:
+        """The part file ``gone``: another download of the same file into the
+        same place finished (and renamed it) first, and its file is the answer,
+        if it verifies."""
+        if not own_file(dest):
+            raise gone
+        with open(dest, "rb") as existing:
+            try:
+                info.verify_length_and_hashes(existing)
+            except tuf_errors.LengthOrHashMismatchError as exc:
+                raise ClientError(f"{dest} changed under this download: {exc}") from None
+        return DownloadResult(path, dest, info.length, cached=True)
 
     def _download_chunks(
         self,

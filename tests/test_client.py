@@ -511,6 +511,42 @@ def test_two_downloads_into_one_place_do_not_trip_over_each_other(
     assert (tmp_path / "out" / "demo-1.0.tar.gz").read_bytes() == big
 
 
+def test_a_download_whose_part_file_another_finished_first_ends_with_its_file(
+    origin: Server, tmp_path: Path
+) -> None:
+    """The whole-file check opens the part file by name at the first chunk:
+    another get of the same file into the same place, started later on a
+    faster source, had renamed it by then, and the first ended in "No such
+    file or directory" though the file was there and verified."""
+    big = origin.contents[BIG]  # type: ignore[attr-defined]
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    part = tmp_path / "out" / "demo-1.0.tar.gz.part"
+    outcome: list[object] = []
+    with mirrors(origin.repo, "honest") as (held,):
+        held.hold_chunks = threading.Event()
+
+        def first() -> None:
+            try:
+                with Client(tmp_path / "c1", root, [held.url]) as client:
+                    outcome.append(client.download(BIG, tmp_path / "out").path.read_bytes())
+            except Exception as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not part.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert part.exists()  # its manifest read: its chunks held
+            with Client(tmp_path / "c2", root, [origin.url]) as client:
+                assert client.download(BIG, tmp_path / "out").path.read_bytes() == big
+        finally:
+            held.hold_chunks.set()
+            thread.join(timeout=60)
+    assert outcome == [big], outcome
+
+
 def test_a_slow_source_costs_a_refresh_seconds_not_its_timeouts(
     origin: Server, tmp_path: Path
 ) -> None:

@@ -49,6 +49,8 @@ class Mirror:
         self.blob_bytes = 0
         self.late_bytes = 0  # "latetimestamp": what it could write before the client hung up
         self.late_done = threading.Event()
+        #: When set: chunk (ranged blob) requests wait until it is (30 s at most).
+        self.hold_chunks: threading.Event | None = None
         mirror = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -220,6 +222,8 @@ class Mirror:
                 body = (b"another artifact entirely " * (len(body) // 26 + 1))[: len(body)]
         if behaviour == "slow" and is_blob:
             time.sleep(1.0)
+        if self.hold_chunks is not None and is_blob and ranged:
+            self.hold_chunks.wait(30)
         if behaviour == "stallblobs" and is_blob:
             time.sleep(20.0)  # no answer at all: the client gives up first
             request.close_connection = True
