@@ -793,7 +793,7 @@ def test_a_get_that_verified_nothing_says_one_line_and_keeps_no_part(
         assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: ")
         assert liar.url in failed.stderr
         part = out / "demo-1.0.tar.gz.part"
-        part.unlink()
+        assert out.is_dir() and not part.exists()  # made by the run, never written: removed
         part.write_text("my notes")  # the user's, in the way
         failed = tufmesh("get", BIG, "-o", str(out), "--home", str(home), check=False)
     assert failed.returncode == 1 and "is in the way" in failed.stderr, failed.stderr
