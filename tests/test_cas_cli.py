@@ -197,6 +197,31 @@ def test_a_directory_that_is_not_a_store_is_left_alone(tmp_path: Path, files: li
     assert not store.exists()  # (nothing stored: no store made either)
 
 
+def test_put_checks_that_every_file_can_be_read_before_it_stores_any(
+    tmp_path: Path, files: list[Path]
+) -> None:
+    """A file of mode 000 stats fine: put stored the files before it, then
+    failed on it, half done. (As root, run without the capabilities that
+    read any file, as an ordinary user is.)"""
+    unreadable = tmp_path / "unreadable"
+    unreadable.write_bytes(b"secret")
+    unreadable.chmod(0)
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv to drop the capability to read any file")
+        as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                   "-all"]  # fmt: skip
+    store = tmp_path / "store"
+    proc = subprocess.run(
+        [*as_user, TUFMESH, "cas", "--store", str(store), "put", str(files[0]), str(unreadable)],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    assert f"cannot read {unreadable}: Permission denied" in proc.stderr
+    assert not store.exists()
+
+
 def test_version_and_help() -> None:
     from tufmesh import __version__
 
