@@ -19,6 +19,7 @@ import os
 import platform
 
 from tufmesh._ui import format_size, parse_size
+from tufmesh.errors import UsageError
 from tufmesh.netsim import simulate
 from tufmesh.netsim._real import matching_scenario, run_real
 
@@ -34,8 +35,12 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    try:  # its checks, before the real run
+        scenario = matching_scenario(n, size, rate, args.seed)
+    except UsageError as exc:
+        raise SystemExit(f"error: {exc}") from None
     real = run_real(n, size, rate, seed=args.seed)
-    sim = simulate(matching_scenario(n, size, rate, args.seed))
+    sim = simulate(scenario)
     bound = sim.lower_bound
     print(f"{n} mirrors, {format_size(size)}, every upload capped at {format_size(rate)}/s")
     print(

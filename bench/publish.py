@@ -164,7 +164,8 @@ def metadata_overhead(work: Path, artifacts: int, bins: int) -> None:
 
         fetcher = _CountingFetcher()
         updater = Updater(
-            tempfile.mkdtemp(), f"{url}/metadata/", tempfile.mkdtemp(), f"{url}/targets/",
+            tempfile.mkdtemp(dir=work), f"{url}/metadata/", tempfile.mkdtemp(dir=work),
+            f"{url}/targets/",
             fetcher=fetcher,  # type: ignore[arg-type]
             bootstrap=(repo_dir / "metadata" / "1.root.json").read_bytes(),
         )  # fmt: skip

@@ -44,6 +44,14 @@ def scenarios() -> None:
         click.echo(f"{name}\t{description}")
 
 
+def _file_path(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """An output file's path; one that ends in a slash names a directory, not
+    a file (a Path would drop the slash, and write a file of that name)."""
+    if value is not None and value.endswith(("/", os.sep)):
+        raise click.BadParameter(f"{value!r} names a directory: give a file's name")
+    return None if value is None else Path(value)
+
+
 @netsim.command("run")
 @click.option("--scenario", "scenario_ref", help="A scenario file, or a shipped scenario's name.")
 @click.option("--mirrors", type=click.IntRange(1, 100_000), help="Mirrors [default: 100].")
@@ -58,9 +66,9 @@ def scenarios() -> None:
 @click.option("--churn", type=Finite(0, 1),
               help="Chance that an honest mirror leaves once, mid-release.")  # fmt: skip
 @click.option("--malicious", type=Finite(0, 0.99), help="Fraction of hostile mirrors.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_file_path,
               help="Write the result as JSON.")  # fmt: skip
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=_file_path,
               help="Draw the completion-time CDF (PNG, needs matplotlib).")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True, help="No table on standard output.")
 def run(

@@ -56,11 +56,20 @@ class RealRun:
         return max(self.completion)
 
 
+#: How long :func:`run_real` waits for every mirror, from the commit.
+REAL_DEADLINE: Final = 600.0
+
+
 def matching_scenario(mirrors: int, size: int, rate: float, seed: int = 1) -> Scenario:
     """The simulator's model of :func:`run_real`: loopback links, uploads capped at ``rate``."""
     if not 1 <= size <= MAX_SIZE:  # (the origin of the real run refuses a larger upload)
         raise UsageError(
             f"size must be 1 .. {format_size(MAX_SIZE)} (an origin's upload limit), not {size:,}"
+        )
+    if rate > 0 and size / rate > REAL_DEADLINE:  # (refused before a real run, not after it)
+        raise UsageError(
+            f"size {format_size(size)} takes {size / rate:,.0f} s at {format_size(rate)}/s at "
+            f"least, past the {REAL_DEADLINE:g} s a real run is given: less size, or more rate"
         )
     loopback = LinkClass(1.0, (rate, rate), (1 << 30, 1 << 30), (0.0001, 0.0001))
     return Scenario(
@@ -80,7 +89,7 @@ def run_real(
     rate: float,
     *,
     seed: int = 1,
-    deadline: float = 600.0,
+    deadline: float = REAL_DEADLINE,
     progress: Callable[[int, int], None] | None = None,
 ) -> RealRun:
     """Run the release over real processes; ``progress(done, mirrors)`` as they complete."""

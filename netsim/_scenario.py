@@ -113,7 +113,7 @@ class Scenario:
         if not 0 <= self.malicious < 1:
             raise UsageError("malicious must be in [0, 1)")
         for link in self.link_classes:
-            _check("a link's weight", link.weight, float, 1e-9, math.inf)
+            _check("a link's weight", link.weight, float, 1e-9, 1e6)  # (their sum finite)
             for what, bounds, least in (("up", link.up, 1.0), ("down", link.down, 1.0),
                                         ("latency", link.latency, 0.0)):  # fmt: skip
                 for value in bounds:
@@ -122,6 +122,8 @@ class Scenario:
                     raise UsageError(f"a link's {what} range {list(bounds)} runs backwards")
         if self.hostile >= self.mirrors:
             raise UsageError(f"{self.malicious:g} of {self.mirrors} mirrors leaves none honest")
+        if not isinstance(self.links, str):
+            raise UsageError(f"links must be a profile's name, not {self.links!r}")
         if not self.link_classes and self.links not in PROFILES:
             raise UsageError(f"unknown link profile {self.links!r}; one of {', '.join(PROFILES)}")
         if self.malicious and not self.behaviours:

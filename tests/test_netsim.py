@@ -184,6 +184,11 @@ def test_scenario_files_and_their_errors(tmp_path: Path) -> None:
         ("speed = 3", "unknown settings speed"),
         ("link_classes = 1", "unknown settings link_classes"),  # ("'int' object is not ...")
         ('links = "moon"', "unknown link profile"),
+        ('links = ["home"]', "links must be a profile's name, not \\['home'\\]"),  # (unhashable)
+        (
+            "[[link]]\nweight = inf\nup = 1\ndown = 1\nlatency = 0",  # (a traceback: its sum)
+            "a link's weight must be 1e-09 .. 1,000,000, not inf",
+        ),
         ("mirrors = [", "s.toml"),
         ('size = "lots"', "s.toml: .*not a size"),
         ('mirrors = "ten"', "s.toml: mirrors must be an integer, not 'ten'"),
@@ -241,6 +246,10 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
     assert (
         bad.returncode != 0 and "it names no file" in bad.stderr and "Traceback" not in bad.stderr
     )
+    # A directory's path: it wrote a file of the directory's name.
+    bad = _cli("netsim", "run", "--mirrors", "3", "--json", f"{tmp_path / 'nodir'}/")
+    assert bad.returncode == 2 and "names a directory: give a file's name" in bad.stderr
+    assert not (tmp_path / "nodir").exists()
     kept = tmp_path / "kept.json"  # a file where a directory should be: the JSON kept
     kept.write_text("earlier")
     bad = _cli("netsim", "run", "--mirrors", "3", "--json", str(kept), "--plot", str(png / "x"))
@@ -274,6 +283,12 @@ def test_cli_table_plot_and_errors(tmp_path: Path) -> None:
                        ("0", "--size must be 1 .. 1.0 GiB (an origin's upload limit), not 0")]:  # fmt: skip
         bad = _cli("netsim", "validate", "--size", size)
         assert bad.returncode == 1 and bad.stderr.startswith(f"Error: {said}"), bad.stderr
+    # A release its real run cannot carry within its deadline: refused before
+    # the processes start (it failed after 600 s).
+    bad = _cli("netsim", "validate", "--size", "512MiB", "--rate", "128KiB")
+    assert bad.returncode == 1 and bad.stderr.startswith(
+        "Error: --size 512.0 MiB takes 4,096 s at 128.0 KiB/s at least, past the 600 s"
+    ), bad.stderr
     for rate in ("0", "1"):  # (1 B/s was the origin's usage text, from its child process)
         bad = _cli("netsim", "validate", "--rate", rate)
         assert bad.returncode == 2 and "'--rate': at least 128.0 KiB a second:" in bad.stderr
