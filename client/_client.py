@@ -586,10 +586,20 @@ class Client:
         """A plain TUF repository: python-tuf fetches ``targets/`` through our fetcher."""
 
         def fetch(updater: Updater) -> str:
+            # Failures of the artifact, not of metadata, said as such: a source
+            # that served other bytes or more of them is set aside and the
+            # others asked; none that served it at all ends the download.
             try:
                 return updater.download_target(info, str(part), TARGET_BASE)
-            except tuf_errors.LengthOrHashMismatchError as exc:  # the artifact, not metadata
+            except tuf_errors.LengthOrHashMismatchError as exc:
                 raise _ArtifactMismatchError(str(exc)) from None
+            except tuf_errors.DownloadLengthMismatchError:
+                raise _ArtifactMismatchError(
+                    f"served more than the artifact's signed length ({info.length:,} bytes)"
+                ) from None
+            except tuf_errors.DownloadError as exc:
+                said = f"cannot fetch {info.path} from any source: {exc}"
+                raise SourcesFailedError(said) from None
 
         self._with_failover(fetch)
         if progress is not None:

@@ -1307,18 +1307,27 @@ def test_a_plain_tuf_sources_corrupt_artifact_is_said_to_be_one(
     that verifies: ... a version of another snapshot (mix-and-match)"."""
     body = origin.contents[SMALL]  # type: ignore[attr-defined]
     name = f"demo/{hashlib.sha256(body).hexdigest()}.{SMALL.rsplit('/', 1)[1]}"
-    with mirrors(origin.repo, "honest") as (liar,):
-        liar.target_overrides[name] = bytes([body[0] ^ 1]) + body[1:]
-        source = SourceHealth(
-            liar.url, metadata_url=f"{origin.url}/metadata", targets_url=f"{liar.url}/targets"
-        )
-        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
-        with Client(tmp_path / "plain", root, [source], **FAST) as client:
-            with pytest.raises(ClientError) as failed:
-                client.download(SMALL, tmp_path / "out")
-    said = str(failed.value)
-    assert said.startswith("no source served the artifact's signed bytes: "), said
-    assert "served the artifact with other bytes than the signed ones" in said, said
+    root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+    # And one longer than signed, or none at all, were said as metadata's too:
+    # "no source served metadata that verifies: .../metadata: metadata too
+    # long", "cannot fetch metadata from any source: ...: not found".
+    for served, said in [
+        (bytes([body[0] ^ 1]) + body[1:], "no source served the artifact's signed bytes: "
+         ".*served the artifact with other bytes than the signed ones"),
+        (body + b"more", "no source served the artifact's signed bytes: .*served more than "
+         "the artifact's signed length \\(100,000 bytes\\)"),
+        (None, f"cannot fetch {SMALL} from any source: .*not found"),
+    ]:  # fmt: skip
+        with mirrors(origin.repo, "honest") as (liar,):
+            if served is not None:
+                liar.target_overrides[name] = served
+            targets = f"{liar.url}/targets" if served is not None else f"{liar.url}/nothing"
+            source = SourceHealth(
+                liar.url, metadata_url=f"{origin.url}/metadata", targets_url=targets
+            )
+            with Client(tmp_path / "plain", root, [source], **FAST) as client:
+                with pytest.raises(ClientError, match=said):
+                    client.download(SMALL, tmp_path / "out")
 
 
 def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
