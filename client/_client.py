@@ -13,13 +13,17 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import re
+import shutil
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -39,7 +43,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization import DeserializationError
 from tuf.ngclient import Updater, UpdaterConfig
 
-from tufmesh._durable import fsync_dir
+from tufmesh._durable import fsync_dir, hold_lock
 from tufmesh.cas import Manifest, cid_of
 from tufmesh.cas._manifest import DEFAULT_MAX_MANIFEST_BYTES, MAX_CHUNK_SIZE
 from tufmesh.client._download import (
@@ -98,6 +102,49 @@ class DownloadResult:
     sources: dict[str, SourceStats] = field(default_factory=dict)
     #: Wall-clock seconds spent fetching and checking bytes (not metadata).
     transfer_seconds: float = 0.0
+
+
+#: The private directories of whole-file downloads: this, then tempfile's 8
+#: characters (of a-z, 0-9 and _).
+_PRIVATE: Final = ".tufmesh-"
+#: One younger than this is never taken for abandoned (it may not be locked yet).
+_PRIVATE_GRACE: Final = 60.0
+
+
+@contextlib.contextmanager
+def _private_directory(dest_dir: Path) -> Iterator[Path]:
+    """A new directory of this download's own in ``dest_dir``, locked while
+    it is in use; first, those of downloads killed before they could remove
+    theirs (their lock went with them) are removed."""
+    for stale in dest_dir.glob(f"{_PRIVATE}????????"):
+        if re.fullmatch("[a-z0-9_]{8}", stale.name.removeprefix(_PRIVATE)):
+            _remove_if_abandoned(stale)
+    with tempfile.TemporaryDirectory(prefix=_PRIVATE, dir=dest_dir) as private:
+        lock = hold_lock(Path(private))
+        try:
+            yield Path(private)
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+
+def _remove_if_abandoned(path: Path) -> None:
+    """Remove ``path``, a private directory of a download, if it is this
+    user's, past its grace, and no process holds its lock."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return
+    young = time.time() - info.st_mtime < _PRIVATE_GRACE
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or young:
+        return
+    with contextlib.suppress(OSError):
+        lock = hold_lock(path)
+        if lock is not None:  # nobody's: its download was killed
+            try:
+                shutil.rmtree(path, ignore_errors=True)  # (never through a link: fd-based)
+            finally:
+                os.close(lock)
 
 
 class _ArtifactMismatchError(tuf_errors.RepositoryError):
@@ -474,8 +521,8 @@ class Client:
             else:
                 # python-tuf opens the path it writes by name: a directory of
                 # our own, not one anybody may plant a link in.
-                with tempfile.TemporaryDirectory(prefix=".tufmesh-", dir=dest_dir) as private:
-                    whole = Path(private) / dest.name
+                with _private_directory(dest_dir) as private:
+                    whole = private / dest.name
                     stats = self._download_whole(info, whole, progress)
                     with open(whole, "rb") as handle:
                         info.verify_length_and_hashes(handle)  # python-tuf's own check

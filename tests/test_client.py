@@ -1330,6 +1330,43 @@ def test_a_plain_tuf_sources_corrupt_artifact_is_said_to_be_one(
                     client.download(SMALL, tmp_path / "out")
 
 
+def test_the_private_directories_of_killed_downloads_are_removed(
+    origin: Server, tmp_path: Path
+) -> None:
+    """A whole-file download writes in a directory of its own in the
+    destination (python-tuf opens the path by name); one killed (kill -9)
+    left it there for good. The next removes those no process holds, and
+    only those."""
+    from tufmesh._durable import hold_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    killed, running_now, young = (
+        out / f".tufmesh-{n}" for n in ("abcd1234", "efgh5678", "x_y_z_01")
+    )
+    users = out / ".tufmesh-my-notes"  # not one of ours: a '-' is not tempfile's
+    for directory in (killed, running_now, young, users):
+        directory.mkdir()
+        (directory / "f").write_bytes(b"bytes")
+        if directory is not young:  # (one just made may not be locked yet)
+            os.utime(directory, (1, 1))
+    lock = hold_lock(running_now)  # a download running there
+    assert lock is not None
+    try:
+        source = SourceHealth(
+            origin.url, metadata_url=f"{origin.url}/metadata", targets_url=f"{origin.url}/targets"
+        )
+        root = (origin.repo / "metadata" / "1.root.json").read_bytes()
+        with Client(tmp_path / "plain", root, [source], **FAST) as client:
+            got = client.download(SMALL, out)
+    finally:
+        os.close(lock)
+    assert got.path.read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [got.path.name, running_now.name, young.name, users.name]
+    )
+
+
 def test_conformance_cli(origin: Server, tmp_path: Path) -> None:
     exe = TUFMESH + "-conformance"
     meta, targets = tmp_path / "meta", tmp_path / "targets"
