@@ -50,8 +50,9 @@ def main() -> None:
     print(f"  origin served {real.origin_bytes / size:.2f} x the release  (target <= 1.5)")
     if real.announced:
         print(
-            f"  announcement: first mirror {real.announced[0] * 1000:.0f} ms, "
-            f"last {real.announced[-1] * 1000:.0f} ms after the upload's response"
+            f"  announcement: first mirror {real.announced[0] * 1000:+.0f} ms, last "
+            f"{real.announced[-1] * 1000:+.0f} ms from the upload's response (it is "
+            "announced at the commit: a mirror may hear of it before the uploader does)"
         )
     if real.cpu_busy is not None:
         print(f"  the machine's CPU was {real.cpu_busy:.0%} busy meanwhile")
