@@ -269,8 +269,6 @@ def get(
             in_use = len(downloader.fetcher.ordered())
             label = f"get {target} from {in_use} source{'s' if in_use != 1 else ''}"
             verified = [0]  # bytes in place and verified, resumed ones too
-            part = part_path(output / target.rsplit("/", 1)[-1])
-            made = not os.path.lexists(part)  # (by this run, if there is one after it)
             try:
                 with progress_bar(label, length) as advance:
                     progress = functools.partial(_counted, verified, None if quiet else advance)
@@ -280,15 +278,15 @@ def get(
                     isinstance(exc, BaseExceptionGroup)
                     and exc.subgroup(KeyboardInterrupt) is not None
                 )
+                part = part_path(output / target.rsplit("/", 1)[-1])
                 if own_file(part):  # (none, or one in the way: the error says so)
                     with contextlib.suppress(OSError):
                         stat = part.lstat()  # as long as the artifact, sparse: count its blocks
                         kept = format_size(min(stat.st_blocks * 512, stat.st_size))
-                        if not verified[0] and made and not stat.st_blocks:
-                            # Made by this run and never written: no litter. (One this
-                            # run did not make may be another run's, and is left.)
-                            part.unlink()
-                        elif verified[0]:
+                        # (nothing verified: nothing to say. A part file is made at the
+                        # first verified chunk; one there before, with none, is left as
+                        # it is: it may be the user's, or another run's.)
+                        if verified[0]:
                             click.echo(
                                 f"{'interrupted' if interrupted else 'failed'}: the chunks "
                                 f"verified so far are kept in {part} ({kept} on disk); the same "

@@ -10,6 +10,7 @@ requests to ``/blobs/{cid}``, each chunk verified before it is written into the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -160,6 +161,34 @@ def plan_for_whole_blob(cid: str, length: int, sha256_hex: str) -> ChunkPlan:
     return ChunkPlan(cid, length, max(length, 1), verify)
 
 
+def _existing_part(part: Path) -> int | None:
+    """A descriptor of the part file ``part``, None if there is none. Never
+    through a link (another user's, in a shared directory), never into
+    anything but a regular file of this user's."""
+    try:
+        return _open_own(part, 0)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a link (ELOOP), a directory, another user's
+        raise ClientError(f"cannot write {part}: {exc.strerror or exc}") from None
+
+
+def _new_part(part: Path, length: int) -> int:
+    """A descriptor of the part file ``part``, made ``length`` bytes long if
+    missing (OSError if it cannot be: said as this download's own disk)."""
+    fd = _open_own(part, os.O_CREAT)
+    os.ftruncate(fd, length)
+    return fd
+
+
+def _open_own(path: Path, flags: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | flags, 0o644)
+    if not own_file(fd):
+        os.close(fd)
+        raise OSError(errno.EPERM, "not a regular file of this user's")
+    return fd
+
+
 async def download_plan(
     plan: ChunkPlan,
     sources: list[str],
@@ -186,6 +215,12 @@ async def download_plan(
     each source's reason, when chunks are missing and no source is left.
     """
     fetch_config = fetch_config or FetchConfig()
+    # The part file is made at the first verified chunk, not before: a download
+    # that verifies nothing leaves nothing behind (a file as long as the
+    # artifact, of holes). One there already is resumed.
+    fd = _existing_part(part)
+    if fd is None:
+        have = set()  # (read from a part file another run has since renamed)
     scheduler = ChunkScheduler(
         plan.count,
         [*sources, *fallback],
@@ -198,22 +233,15 @@ async def download_plan(
     scheduler.fallback_open = replicating is None
     pool = RangePool(fetch_config.connect_timeout, fetch_config.read_timeout)
     scopes: dict[tuple[str, int], trio.CancelScope] = {}
-    # Never through a link (another user's, in a shared directory), never into
-    # anything but a regular file.
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644)
-    except OSError as exc:  # a link (ELOOP), a directory...
-        raise ClientError(f"cannot write {part}: {exc.strerror or exc}") from None
-    if not own_file(fd):
-        os.close(fd)
-        raise ClientError(f"{part} is not a regular file of this user's")
     wake = trio.Event()
     stalled = False
     unwritten: OSError | None = None  # our own disk failed (full, gone): the end of it
 
     def store(index: int, data: bytearray) -> None:
+        nonlocal fd
         plan.verify(index, data)  # raises ChunkRejectedError: nothing is written
+        if fd is None:
+            fd = _new_part(part, plan.length)
         write_at(fd, data, plan.span(index)[0])
 
     # When a byte last arrived from anyone: an end user's download with none
@@ -296,7 +324,8 @@ async def download_plan(
         wake.set()
 
     try:
-        os.ftruncate(fd, plan.length)
+        if fd is not None:
+            os.ftruncate(fd, plan.length)
         if on_verified is not None:
             for index in sorted(scheduler.have):
                 on_verified(*plan.span(index))
@@ -326,8 +355,13 @@ async def download_plan(
                 with trio.move_on_after(_TICK):
                     await wake.wait()
             nursery.cancel_scope.cancel()
+        if fd is None and scheduler.complete:  # (nothing to fetch: an empty artifact)
+            fd = _new_part(part, plan.length)
+    except OSError as exc:  # the part file made: our own disk, or a link in the way
+        unwritten = unwritten or exc
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         pool.close()
     if unwritten is not None:
         raise ClientError(f"cannot write {part}: {unwritten.strerror or unwritten}")
