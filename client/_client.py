@@ -120,7 +120,10 @@ def _private_directory(dest_dir: Path) -> Iterator[Path]:
         if re.fullmatch("[a-z0-9_]{8}", stale.name.removeprefix(_PRIVATE)):
             _remove_if_abandoned(stale)
     with tempfile.TemporaryDirectory(prefix=_PRIVATE, dir=dest_dir) as private:
-        lock = hold_lock(Path(private))
+        try:
+            lock = hold_lock(Path(private))
+        except OSError:  # (NFS emulates flock by write locks: none on a directory)
+            lock = None  # (and no other run can lock it to remove it either)
         try:
             yield Path(private)
         finally:

@@ -418,6 +418,8 @@ class ChunkScheduler:
         order = self.usable
         if self._progress is None:
             self._progress = now
+            if self._slow_checked is None:  # too_slow's first interval: from here
+                self._slow_checked = now
         elif now - self._progress >= self.config.max_stall:  # _stalled(), inline: hot
             # The fallback first, ahead of the peers that claim what it lacks.
             self._dry -= self.fallback
@@ -563,7 +565,7 @@ class ChunkScheduler:
         arrived, self._arrived_checked = self._arrived - self._arrived_checked, self._arrived
         grace, min_rate, load = self.config.grace, self.config.min_rate, self._load
         inflight = self._inflight
-        even = math.inf  # (no view of the link before a first interval)
+        even = math.inf  # (no view of the link before a first interval: nothing in flight)
         if last is not None and now > last:
             even = max(min_rate, arrived / (now - last) / 4) / max(len(inflight), 1)
         for key, request in inflight.items():

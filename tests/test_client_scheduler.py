@@ -114,6 +114,9 @@ def test_sources_sharing_a_slow_link_are_not_dropped_for_its_slowness() -> None:
     four were too slow at once, three times, and dropped: the more mirrors a
     client listed, the faster a link it needed."""
     assert _slow_after(dict.fromkeys("abcd", 400)) == set()
+    # Judged so from the requests' start, not only from the first check: the
+    # time before it was charged the whole floor (eight at 150 B/s: too slow).
+    assert _slow_after(dict.fromkeys("abcdefgh", 150)) == set()
     # A trickler among them: a quarter of an even share, no less, is owed.
     assert _slow_after({"a": 400, "b": 400, "c": 400, "t": 40}) == {"t"}
     # On a fast link a trickler owes the whole floor, as when alone.
