@@ -146,7 +146,8 @@ def log(line: str) -> None:
     to the second): an operator reading the log days later, or beside
     another service's, knows when a sync failed or a peer was banned."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(f"{stamp} {line}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError, ValueError):  # (a full disk, a closed pipe: a log
+        print(f"{stamp} {line}", file=sys.stderr, flush=True)  # line never stops a service)
 
 
 def format_size(size: float) -> str:

@@ -162,7 +162,11 @@ class Mirror:
             "projects": sorted({normalize_project(p) for p in projects}) if projects else None,
             "quota": quota,
         }
-        write_atomic(directory / "mirror.json", (json.dumps(config, indent=1) + "\n").encode())
+        data = (json.dumps(config, indent=1) + "\n").encode()
+        with contextlib.suppress(OSError):
+            if (directory / "mirror.json").read_bytes() == data:
+                return cls(directory)  # (a restart on a full disk: nothing to write)
+        write_atomic(directory / "mirror.json", data)
         return cls(directory)
 
     def tidy(self) -> int:
@@ -260,12 +264,18 @@ class Mirror:
         return kept
 
     def _update_state(
-        self, change: Callable[[dict[str, Any]], None], report: SyncReport | None = None
+        self,
+        change: Callable[[dict[str, Any]], None],
+        report: SyncReport | None = None,
+        *,
+        noted: bool = False,
     ) -> None:
         """Apply ``change`` to ``state.json``. With ``report`` (a sync's), one the
         disk will not take is kept in memory instead, and said so in the
         report (under the same lock: another update must not write an older
-        report back over a newer one)."""
+        report back over a newer one). A ``noted`` change (what the p2p layer
+        saw) the disk will not take is left unwritten: a full disk must not
+        stop the mirror serving what it holds."""
         with self._state_lock:
             state = self.state()
             change(state)
@@ -273,6 +283,8 @@ class Mirror:
             try:
                 write_atomic(self.state_file, data, sync_dir=False)
             except OSError as exc:
+                if noted:
+                    return
                 if report is None:
                     raise
                 report.error = report.error or f"cannot record the sync: {one_line(exc)}"
@@ -525,7 +537,8 @@ class Mirror:
     def note_network(self, peers: int, newest_announced: int) -> None:
         """Remember what the p2p layer saw, for ``mirror status``."""
         self._update_state(
-            lambda state: state.update(p2p_peers=peers, newest_announced=newest_announced)
+            lambda state: state.update(p2p_peers=peers, newest_announced=newest_announced),
+            noted=True,
         )
 
     def forget_network(self) -> None:
@@ -544,7 +557,7 @@ class Mirror:
                 with self._state_lock:
                     self.state_file.unlink(missing_ok=True)
             else:
-                self._update_state(forget)
+                self._update_state(forget, noted=True)
 
     def record(self, report: SyncReport) -> None:
         """Add a sync's outcome to the state ``mirror status`` and ``/healthz``

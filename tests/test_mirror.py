@@ -409,6 +409,42 @@ def test_a_mirror_refuses_a_wrong_root_and_says_when_syncs_fail(tmp_path: Path) 
     assert damaged.returncode == 1 and "root.json is damaged" in damaged.stderr, damaged.stderr
 
 
+def test_a_full_disk_or_a_log_it_cannot_write_never_stops_a_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reviews found three ways a full disk ended the daemon, which must go on
+    serving what it holds: its stderr (a log on the same disk) refused a log
+    line; the p2p layer's peer count, rewritten in state.json as it changed;
+    and a restart, which rewrote mirror.json unchanged ("No space left on
+    device", at start)."""
+    repo = init_repo(tmp_path / "repo")
+    root, m = repo / "metadata" / "1.root.json", tmp_path / "m"
+    args = [TUFMESH, "mirror", "run", "--dir", str(m), "--root", str(root), "--origin",
+            "http://127.0.0.1:9", "--http-port", "0", "--poll", "0.2"]  # fmt: skip
+    with open("/dev/full", "w") as full:  # every write: ENOSPC
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=full, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().rsplit(" on ", 1)[1].strip()
+        deadline = time.monotonic() + 20
+        while Mirror(m).state().get("sync_failures", 0) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)  # (its first failed sync logged a line: it ended there)
+        assert proc.poll() is None and httpx.get(f"{url}/healthz").json()["status"] == "degraded"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    import tufmesh.mirror._mirror as mirror_module
+
+    def no_space(path: Path, data: bytes, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    before = (m / "mirror.json").stat().st_ino
+    monkeypatch.setattr(mirror_module, "write_atomic", no_space)
+    mirror = Mirror.create(m, root, ["http://127.0.0.1:9"])  # as it was: nothing written
+    assert (m / "mirror.json").stat().st_ino == before
+    mirror.note_network(3, 7)  # (left unwritten: never a stop)
+
+
 def test_a_mirror_says_it_is_starting_until_its_first_sync_ends(tmp_path: Path) -> None:
     """/healthz said "ok", with nothing held, while the first sync waited on an
     origin that does not answer (or for hours, on a first big release)."""
