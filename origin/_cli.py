@@ -29,7 +29,7 @@ from tufmesh.errors import InvalidNameError, OriginError, UsageError
 from tufmesh.origin._config import OFFLINE_ROLES, ROLES, OriginConfig
 from tufmesh.origin._names import normalize_project
 from tufmesh.origin._projects import ProjectRegistry
-from tufmesh.origin._repository import OriginRepository, RoleStatus
+from tufmesh.origin._repository import OriginRepository, RoleStatus, cut_short_said
 from tufmesh.origin._server import serve as serve_repository
 
 __all__ = ["origin"]
@@ -242,6 +242,8 @@ def serve(
 def _refuse_broken(repo: OriginRepository) -> None:
     """Refuse to serve offline roles that clients would refuse (the online ones
     the committer re-signs as it starts)."""
+    for role, keys in repo.cut_short_rotations().items():
+        raise OriginError(cut_short_said(repo.dir, role, keys))
     offline = [r for r in repo.broken if r in OFFLINE_ROLES]
     if offline:
         raise OriginError(
@@ -299,7 +301,11 @@ def status(repo_dir: Path) -> None:
     for warning in warnings + repo.offline_keys_here():
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     _warn_unrotated(repo)
-    if unretired := repo.unretired():
+    cut_short = repo.cut_short_rotations()
+    for role, keys in cut_short.items():
+        click.secho(f"error: {cut_short_said(repo_dir, role, keys)}", fg="red", err=True)
+    pending = {k for role in cut_short for k in repo.config.signers[role]}
+    if unretired := sorted(set(repo.unretired()) - pending):
         click.secho(
             f"warning: keys {', '.join(k[:12] for k in unretired)} are configured and no role "
             "names them (a ceremony cut short before it retired them): the next ceremony "
@@ -385,7 +391,7 @@ def status(repo_dir: Path) -> None:
             fg="yellow",
             err=True,
         )
-    if expired or stale or unreadable or absent or repo.broken:
+    if expired or stale or unreadable or absent or repo.broken or cut_short:
         sys.exit(1)  # for a monitoring check: the repository serves nothing a client takes
 
 

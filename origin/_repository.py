@@ -151,6 +151,16 @@ MAX_DROPPED_NAMES: Final = 10_000
 _NONE: Final = object()
 
 
+def cut_short_said(repo_dir: Path, role: str, keys: list[str]) -> str:
+    """What to do about a rotation of ``role`` cut short (see
+    :meth:`OriginRepository.cut_short_rotations`)."""
+    return (
+        f"the rotation of {role} was cut short before its new keys were published: {role} is "
+        f"still signed by {', '.join(k[:12] for k in keys)}, which it replaced (it may have "
+        f"leaked): run 'tufmesh origin rotate --dir {repo_dir} {role}' again"
+    )
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -1065,10 +1075,26 @@ class OriginRepository(Repository):
                 earlier |= set(json.loads(path.read_bytes())["signed"]["keys"])
         return set(self.config.retired) | (earlier - self.keyids_in_use())
 
+    def cut_short_rotations(self) -> dict[str, list[str]]:
+        """Roles whose rotation stopped before its new keys reached the
+        metadata (killed, or failed): ``{role: the replaced keys still signing
+        it}``. The configuration names the new keys beside them; only the
+        rotation run again finishes it (re-signing would keep keys that may
+        have leaked)."""
+        retired, found = set(self.config.retired), {}
+        for role in ROLES:
+            named = set(self._role_keys(self._bins()[0] if role == BIN_N else role)[0])
+            pending = set(self.config.signers.get(role, {})) - named
+            if pending and named & retired:
+                found[role] = sorted(named & retired)
+        return found
+
     def retire_signers(self) -> list[str]:
         """Drop from the configuration the keys no role names any more (after a
-        rotation, or a ceremony finished by ``resign``); return their key ids."""
-        retired = self.unretired()
+        rotation, or a ceremony finished by ``resign``); return their key ids.
+        Not those of a rotation cut short: they say that it was."""
+        pending = {k for role in self.cut_short_rotations() for k in self.config.signers[role]}
+        retired = sorted(set(self.unretired()) - pending)
         if retired:
             used = self.keyids_in_use()
             kept = {
@@ -1500,6 +1526,9 @@ class OriginRepository(Repository):
         for role in wanted:
             if role not in ROLES:
                 raise OriginError(f"no role {role!r}; roles: {', '.join(ROLES)}")
+        cut_short = self.cut_short_rotations()
+        if short := [role for role in wanted if role in cut_short]:
+            raise OriginError(cut_short_said(self.dir, short[0], cut_short[short[0]]))
         done: list[str] = []
         try:
             for role in wanted:
@@ -1589,13 +1618,12 @@ class OriginRepository(Repository):
                 done += self._resign_role(role)
             self._finish_ceremony(done)
         except BaseException:
+            # The configuration keeps naming the old keys and the new: once
+            # published metadata names the new keys it must (or nothing could
+            # sign that role), and before, the new keys beside a role signed
+            # by the keys it replaces say that this rotation must be run again
+            # (cut_short_rotations). The keys it began to replace stay retired.
             self.load()
-            # What reached the disk decides: once published metadata names the
-            # new keys, the configuration must keep them (and the old ones, for
-            # what is still signed by them) or nothing could sign that role.
-            if not set(self._role_keys(sample)[0]) & (set(new_ids) - set(old_keyids)):
-                # (the keys it began to replace stay recorded: they may have leaked)
-                self._use_signers(dataclasses.replace(old_config, retired=retired))
             raise
         self._use_signers(
             dataclasses.replace(

@@ -1142,7 +1142,9 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     assert set(named) <= set(reopened.config.signers[role])
     # For a monitoring check: clients refuse a role the keys named do not sign.
     status = tufmesh("origin", "status", "--dir", str(repo.dir), check=False)
-    assert (status.returncode == 1) == bool(reopened.broken), (reopened.broken, status.stderr)
+    cut_short = reopened.cut_short_rotations()  # (its keys not yet in what clients read)
+    failed = bool(reopened.broken or cut_short)
+    assert (status.returncode == 1) == failed, (reopened.broken, status.stderr)
     offline = [r for r in reopened.broken if r in ("targets", "bins")]
     if offline:  # an origin will not serve what clients would refuse, and says why
         refused = tufmesh("origin", "serve", "--dir", str(repo.dir), "--port", "0", check=False)
@@ -1154,15 +1156,70 @@ def test_a_rotation_cut_short_leaves_a_repository_that_can_finish_it(
     # Once the new key is named, the old one is named by nothing: retired.
     published = new[0][1].keyid in reopened.keyids_in_use()
     # The old key, still configured, is named by nothing: said, until retired.
-    warned = tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
+    warned = tufmesh("origin", "status", "--dir", str(repo.dir), check=False).stderr
     assert ("no role names them" in warned) == published, warned
     assert set(reopened.retire_signers()) == (old_keyids if published else set())
     # The old keys were recorded as replaced before anything reached the disk:
     # a rotation cut short cannot leave them free to be named again.
     assert old_keyids <= set(OriginRepository(repo.dir).config.retired)
-    assert "no role names them" not in tufmesh("origin", "status", "--dir", str(repo.dir)).stderr
-    assert set(reopened.config.signers[role]) == ({new[0][1].keyid} if published else old_keyids)
+    warned = tufmesh("origin", "status", "--dir", str(repo.dir), check=False).stderr
+    assert "no role names them" not in warned
+    assert set(reopened.config.signers[role]) == (
+        {new[0][1].keyid} if published else old_keyids | {new[0][1].keyid}
+    )
+    assert bool(cut_short) == (not published)  # ...then 'origin rotate' again (as below)
     client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    client.refresh()
+    assert client.get_targetinfo("p/a-1.tar.gz") is not None
+
+
+@pytest.mark.parametrize("role", ["targets", "bin-n", "timestamp"])
+def test_a_rotation_cut_short_before_its_keys_are_published_is_finished_only_by_rotating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, role: str
+) -> None:
+    """The configuration is written, no metadata yet (a kill, a full disk): the
+    role is still signed by the keys it began to replace, which may have
+    leaked. status exited 0 and told the maintainer to run 'origin sign',
+    which re-signed the role with its old key for another year, and retired
+    the new one. Now status fails, serve and sign refuse, and the rotation
+    run again finishes it."""
+    import tufmesh.origin._repository as module
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    assert repo.publish([stored(repo, "p/a-1.tar.gz", b"one" * 100)]) == [2]
+    client = updater_for(repo, tmp_path / "client")
+    client.refresh()
+    old = set(repo.config.signers[role])
+    real = module.write_atomic
+
+    def metadata_fails(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.parent.name == "metadata":
+            raise OSError(28, "No space left on device")
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", metadata_fails)
+    with pytest.raises(OSError, match="No space"):
+        repo.rotate(role, [generate_file_key(repo.dir, f"{role}-new")])
+    monkeypatch.undo()
+    said = f"the rotation of {role} was cut short before its new keys were published"
+    again = f"run 'tufmesh origin rotate --dir {repo.dir} {role}' again"
+    status = tufmesh("origin", "status", "--dir", str(repo.dir), check=False)
+    assert status.returncode == 1 and said in status.stderr and again in status.stderr
+    assert "retires them" not in status.stderr  # (it told them to destroy the new key)
+    served = tufmesh("origin", "serve", "--dir", str(repo.dir), "--port", "0", check=False)
+    assert served.returncode == 1 and said in served.stderr, served.stderr
+    signed = tufmesh("origin", "sign", "--dir", str(repo.dir), role, check=False)
+    assert signed.returncode == 1 and said in signed.stderr, signed.stderr
+    tufmesh("origin", "sign", "--dir", str(repo.dir), "root")  # another role: signed...
+    assert said in tufmesh("origin", "status", "--dir", str(repo.dir), check=False).stderr
+    done = tufmesh("origin", "rotate", "--dir", str(repo.dir), role)  # ...and this finishes it
+    assert "cut short" not in done.stderr, done.stderr
+    reopened = OriginRepository(repo.dir)
+    assert reopened.cut_short_rotations() == {}
+    assert not set(reopened.config.signers[role]) & old
+    reopened.refresh()
+    assert tufmesh("origin", "status", "--dir", str(repo.dir)).returncode == 0
+    client = updater_for(reopened, tmp_path / "client")  # one that trusted the old keys
     client.refresh()
     assert client.get_targetinfo("p/a-1.tar.gz") is not None
 
