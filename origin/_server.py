@@ -20,8 +20,8 @@ import os
 import re
 import socket
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -251,6 +251,10 @@ class OriginService:
         #: published or removed name): on the disk until the next collection,
         #: and counted against their project's quota until then.
         self.refused: defaultdict[str, dict[str, int]] = defaultdict(dict)  # CID -> length
+        #: Bytes the uploads being read may still store, per project (each
+        #: reserves its length, or its limit, as it gets its turn): uploads at
+        #: once cannot together read past a project's quota.
+        self.reading: Counter[str] = Counter()
         #: Why projects.json cannot be read, once said (None: it can).
         self.projects_damaged: str | None = None
         self.counter: ByteCounter | None = None
@@ -290,6 +294,17 @@ class OriginService:
         body: the same bytes sent again count once)."""
         used = self.committer.used.get(project, 0) + self.wasted(project)
         return used + sum(n for name, n, _ in self.staged[project].values() if name != besides)
+
+    @contextlib.contextmanager
+    def reserving(self, project: str, nbytes: int) -> Iterator[None]:
+        """Count ``nbytes`` against ``project``'s quota while an upload is read."""
+        self.reading[project] += nbytes
+        try:
+            yield
+        finally:
+            self.reading[project] -= nbytes
+            if not self.reading[project]:
+                del self.reading[project]
 
     def wasted(self, project: str) -> int:
         """Bytes of ``project``'s uploads stored and then refused, on the disk
@@ -1179,12 +1194,24 @@ def build_app(service: OriginService) -> ByteCounter:
         if isinstance(admitted, Response):
             return admitted
         project, token, declared = admitted
-        over = _error(413, f"upload over the {limit}-byte limit")  # (a body without a length)
-        # A project known to be near its quota (from its last publication) is
-        # refused before its body is read, and read no further than its quota
-        # allows: the commit checks again, but bytes it refuses would wait on
-        # the disk for the collector, as many as a token's holder cares to send.
-        left = repo_config.project_quota - service.held(project, besides=filename)
+        over: Response = _error(413, f"upload over the {limit}-byte limit")  # (no length said)
+
+        # A project near its quota (what it holds, and what its uploads being
+        # read may store) is refused before the body is read, and read no
+        # further than its quota allows: the commit checks again, but bytes it
+        # refuses would wait on the disk for the collector, as many as a
+        # token's holder cares to send.
+        def fitted(limit: int, over: Response) -> tuple[int, Response, Response | None]:
+            """The upload's limit within its project's quota, the answer past
+            it, and the refusal to give now, unread, if it is refused."""
+            held = service.held(project, besides=filename) + service.reading[project]
+            left = repo_config.project_quota - held
+            if left >= limit:
+                return limit, over, None
+            over = _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
+            unread = left <= 0 or (declared is not None and int(declared) > left)
+            return left, over, over if unread else None
+
         published = service.published_entry(project, filename)
         if published is not None:
             # Only the same bytes again (a retry whose answer was lost) can
@@ -1206,11 +1233,10 @@ def build_app(service: OriginService) -> ByteCounter:
             )
             if declared is not None and int(declared) != published[1]:
                 return over
-        elif left < limit:
-            limit = left
-            over = _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
-            if left <= 0 or (declared is not None and int(declared) > left):
-                return over
+        else:
+            limit, over, refusal = fitted(limit, over)
+            if refusal is not None:
+                return refusal
 
         if (refused := await _paced(project)) is not None:
             return refused
@@ -1224,8 +1250,13 @@ def build_app(service: OriginService) -> ByteCounter:
                 else f"too many uploads at once (at most {MAX_UPLOADS})"
             )
             return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
+        if published is None:  # again, now that it has its turn: others were read meanwhile
+            limit, over, refusal = fitted(limit, over)
+            if refusal is not None:
+                return refusal
+        reserved = 0 if published is not None else min(limit, int(declared or limit))
         try:
-            with uploading.hold(project):
+            with uploading.hold(project), service.reserving(project, reserved):
                 return await _publish(request, project, filename, limit, over, token)
         finally:
             turns.unpark_all()

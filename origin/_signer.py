@@ -141,7 +141,7 @@ class LocalCommitter:
         self.repo = repo
         self.run_sync = run_sync
         self.state = CommitState.of(repo)
-        self.used: dict[str, int] = {}
+        self.used: dict[str, int] = dict(repo.project_bytes())
         self._lock = trio.Lock()  # one operation at a time, as in the committer process
 
     async def publish(self, artifacts: list[Artifact]) -> list[int | OriginError]:
@@ -244,6 +244,7 @@ class SignerProcess:
             await signer.aclose()
             raise OriginError(hello["error"])
         signer.state = CommitState.from_json(hello["state"])
+        signer.used = dict(hello.get("used", {}))
         return signer
 
     async def _receive(self) -> dict[str, Any]:
@@ -347,7 +348,10 @@ def _serve_requests(repo: OriginRepository, stdin: BinaryIO, stdout: BinaryIO) -
 def _answer_requests(
     repo: OriginRepository, stdin: BinaryIO, send: Callable[[dict[str, Any]], None]
 ) -> None:
-    send({"state": CommitState.of(repo).to_json()})
+    # What each project holds, for its quota from the first upload on (it was
+    # known only after a project's next publication: a restarted origin read
+    # a whole upload of a project at its quota before refusing it).
+    send({"state": CommitState.of(repo).to_json(), "used": dict(repo.project_bytes())})
     while True:
         header = stdin.read(_FRAME.size)
         if len(header) < _FRAME.size:

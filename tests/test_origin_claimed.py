@@ -253,7 +253,9 @@ def test_the_origins_online_keys_cannot_publish_into_a_claimed_project(tmp_path:
 def test_the_origin_refuses_what_the_projects_key_did_not_sign_as_the_next_version(
     tmp_path: Path,
 ) -> None:
-    repo, token, key, first = _claimed_repo(tmp_path, "--project-quota", "4500000")
+    # (2,500,000 bytes published: counted from the origin's start, not only
+    # after the project's next publication, as they were)
+    repo, token, key, first = _claimed_repo(tmp_path, "--project-quota", "7000000")
     signer = load_key(str(key)).signer
     other = tmp_path / "demo-3.0.tar.gz"
     other.write_bytes(os.urandom(5000))

@@ -869,6 +869,34 @@ def test_ctrl_c_and_a_busy_p2p_port_stop_an_origin_in_one_line(repo: Path) -> No
 
 
 @pytest.mark.attack
+def test_uploads_at_once_cannot_store_past_their_projects_quota(tmp_path: Path) -> None:
+    """The quota was checked once, before an upload's turn, counting neither
+    the uploads of the project being read meanwhile nor, after a restart,
+    what it held: 48 uploads at once stored 45 MB against a quota of 3 MiB,
+    each refused only once stored (a review's count)."""
+    repo = init_repo(tmp_path / "repo", "--project-quota", "3MiB")
+    token = add_project(repo, "gamma")
+    bodies = [os.urandom(1_000_000) for _ in range(12)]
+    store = BlobStore(repo / "cas")
+
+    def upload(i: int) -> int:
+        return post(server.url, "gamma", f"g{i}-1.tar.gz", bodies[i], token).status_code
+
+    with running(repo) as server:
+        before = set(store)
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(upload, range(len(bodies))))
+        assert sorted(answers) == [200] * 3 + [413] * 9, answers
+        stored = sum(store.stat(cid).size for cid in set(store) - before)
+        assert stored < 3_100_000, stored  # three bodies and their manifests, no more
+    with running(repo) as server:  # a project at its quota, after a restart: refused unread
+        before = set(store)
+        late = post(server.url, "gamma", "late-1.tar.gz", os.urandom(500_000), token)
+        assert late.status_code == 413, late.text
+        assert late.json()["error"] == "gamma has 145,728 bytes of its quota left"
+        assert set(store) == before
+
+
 def test_uploads_refused_after_their_bodies_count_against_the_quota(tmp_path: Path) -> None:
     """An upload into a full hash bin is read and stored, then refused by the
     committer (507). Only refusals of a published name were counted against
