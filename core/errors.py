@@ -15,6 +15,7 @@ escapes is a bug.
      │    ├── AuthError           a missing or unknown upload token (HTTP 401)
      │    │    └── ForbiddenError  a token for another project (HTTP 403)
      │    ├── TooLargeError       an upload over the size limit
+     │    ├── CommitterGoneError  the committer exited mid-request: it may have published
      │    └── PublishError        an upload the origin refused (seen by `tufmesh publish`)
      │         └── UnansweredError  sent, no answer came: it may be published
      ├── ClientError             the downloader (tufmesh.client)
@@ -45,6 +46,7 @@ __all__ = [
     "BlobNotFoundError",
     "ChunkRejectedError",
     "ClientError",
+    "CommitterGoneError",
     "ConflictError",
     "CorruptBlobError",
     "DigestMismatchError",
@@ -112,6 +114,11 @@ class PinError(StoreError):
 
 class OriginError(TufmeshError):
     """The repository service refused or failed an operation."""
+
+
+class CommitterGoneError(OriginError):
+    """The committer process exited while it had a request: what it was asked
+    may be published (it may have written the new timestamp before it went)."""
 
 
 class InvalidNameError(OriginError, ValueError):

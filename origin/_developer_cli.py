@@ -14,7 +14,7 @@ from tuf.api.metadata import TargetFile
 
 from tufmesh._shares import is_loopback
 from tufmesh._ui import SIZE, Group, format_size, progress_bar
-from tufmesh.errors import InvalidNameError, TufmeshError, UsageError
+from tufmesh.errors import InvalidNameError, TufmeshError, UnansweredError, UsageError
 from tufmesh.origin._developer import DeveloperKey, SigningRequest
 from tufmesh.origin._names import check_filename, check_new_filename, normalize_project
 from tufmesh.origin._owned import owned_role
@@ -81,7 +81,7 @@ def publish(
             "use https:// unless the network between is yours",
             err=True,
         )
-    failures = 0
+    failures = unsure = 0
     if token is None:
         raise UsageError(
             "an upload token is needed: --token, or TUFMESH_TOKEN in the environment "
@@ -130,6 +130,7 @@ def publish(
                 raise
             except TufmeshError as exc:
                 failures += 1
+                unsure += isinstance(exc, UnansweredError)
                 click.echo(f"error: {exc}", err=True)
                 continue
             if "signed_by" in answer:
@@ -150,7 +151,8 @@ def publish(
         if stored and developer is not None:
             failures += _sign_stored(client, origin_url, project, token, developer, stored)
     if failures:
-        raise click.ClickException(f"{failures} of {len(files)} files were not published")
+        maybe = f" ({unsure} of them may be: see above)" if unsure else ""
+        raise click.ClickException(f"{failures} of {len(files)} files were not published{maybe}")
 
 
 def _artifact_files(files: tuple[Path, ...]) -> None:

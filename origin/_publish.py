@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 from urllib.parse import quote
 
 import httpx
 
 from tufmesh._json import loads
-from tufmesh.errors import PublishError
+from tufmesh.errors import PublishError, UnansweredError
 from tufmesh.origin._names import check_new_filename, normalize_project
 
 __all__ = ["refusal", "status_phrase", "upload"]
@@ -31,6 +31,10 @@ _PIECE = 1 << 20
 RETRIES: Final = 3
 _BROKEN_WAIT: Final = 5.0
 _LONGEST_WAIT: Final = 60.0
+#: Said by a 503 whose upload may be published all the same (the origin's
+#: committer stopped before it answered): asked again, the same bytes are
+#: answered as published, or published.
+OUTCOME_HEADER: Final = "x-tufmesh-outcome"
 #: The connection broke after it was made: the origin, or a proxy before it,
 #: dropped it (as a busy origin does to a big upload it never read).
 _BROKEN: Final = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
@@ -102,6 +106,7 @@ def upload(
         "content-type": "application/octet-stream",
     }
     retries = 0
+    unsure: str | None = None  # why it may be published though no answer said so
     while True:
         sent = 0
 
@@ -118,15 +123,21 @@ def upload(
                 timeout=_TIMEOUT,
             )  # fmt: skip
         except _BROKEN as exc:
+            if sent == size:  # all of it sent: the origin may have published it
+                unsure = f"the connection broke before the origin answered ({exc})"
             if retries == RETRIES:
-                raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
+                _give_up(path, origin, unsure, f"cannot reach {origin}: {exc}")
             wait, why = _BROKEN_WAIT, f"the connection broke mid-upload ({exc})"
         except httpx.HTTPError as exc:
-            raise PublishError(f"{path.name}: cannot reach {origin}: {exc}") from None
+            _give_up(path, origin, unsure, f"cannot reach {origin}: {exc}")
         except OSError as exc:  # reading the file
             raise PublishError(f"cannot read {path}: {exc.strerror or exc}") from None
         else:
-            if response.status_code != 503 or retries == RETRIES:
+            if response.headers.get(OUTCOME_HEADER) == "unknown":
+                unsure = refusal(response)
+            if response.status_code == 503 and retries == RETRIES:
+                _give_up(path, origin, unsure, f"refused by the origin (503): {refusal(response)}")
+            if response.status_code != 503:
                 answer = _answer(response, path, origin)
                 if (answer["sha256"], answer["length"]) != (digest.hexdigest(), size):
                     raise PublishError(
@@ -178,6 +189,17 @@ def _retry_after(response: httpx.Response) -> float:
     named = response.headers.get("retry-after", "")
     wait = float(named) if named.isascii() and named.isdigit() else _BROKEN_WAIT
     return min(max(wait, 1.0), _LONGEST_WAIT)
+
+
+def _give_up(path: Path, origin: str, unsure: str | None, why: str) -> NoReturn:
+    """Raise what the last attempt to publish ``path`` came to: it may be
+    published if an earlier one was ``unsure`` (:class:`UnansweredError`)."""
+    if unsure is not None:
+        raise UnansweredError(
+            f"{path.name}: sent, but {unsure}; then {why}: it may be published (the same "
+            "command again publishes it, or says it is)"
+        )
+    raise PublishError(f"{path.name}: {why}")
 
 
 def _answer(response: httpx.Response, path: Path, origin: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from tufmesh.errors import (
     ArtifactRefusedError,
     AuthError,
     BinFullError,
+    CommitterGoneError,
     ConflictError,
     ForbiddenError,
     InvalidNameError,
@@ -55,6 +56,7 @@ from tufmesh.origin._config import OriginConfig
 from tufmesh.origin._names import check_filename, check_new_filename, normalize_project
 from tufmesh.origin._owned import owned_role
 from tufmesh.origin._projects import ProjectRegistry
+from tufmesh.origin._publish import OUTCOME_HEADER
 from tufmesh.origin._repository import Artifact, is_sha256, read_removed, unrotated_claims
 from tufmesh.origin._seeding import MIRROR_HEADER, SeedGate, slots_within
 from tufmesh.origin._signer import CommitState, Committer, RunSync, SignerProcess
@@ -576,6 +578,20 @@ class _Published:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _outcome_unknown(what: str) -> JSONResponse:
+    """The committer stopped before it answered (the origin stops too): what
+    it was asked may be published. A 503 (not a 500, which said it was not):
+    the same bytes sent again, once the origin is back, are answered as
+    published, or published."""
+    return _error(
+        503,
+        f"the origin stopped before it could say whether {what} is published: it may be; "
+        "send the same again once the origin is back (the same bytes are answered as "
+        "published, or published)",
+        headers={"retry-after": str(UPLOAD_RETRY_AFTER), OUTCOME_HEADER: "unknown"},
+    )
 
 
 class NoAnswer(Response):
@@ -1299,6 +1315,8 @@ def build_app(service: OriginService) -> ByteCounter:
             return answer
         try:
             version = await service.submit(artifact)
+        except CommitterGoneError:
+            return _outcome_unknown(path)
         except OriginError as exc:
             status = next((code for kind, code in _REFUSALS if isinstance(exc, kind)), None)
             if status is None:
@@ -1413,6 +1431,8 @@ def build_app(service: OriginService) -> ByteCounter:
             return _error(413, str(exc))
         except ArtifactRefusedError as exc:
             return _error(400, str(exc))
+        except CommitterGoneError:
+            return _outcome_unknown(owned_role(project))
         except OriginError as exc:
             log(f"origin: publishing {project}'s metadata failed: {exc}")
             return _error(500, "publishing failed; the origin's log says why")

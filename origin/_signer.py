@@ -44,6 +44,7 @@ from tufmesh._ui import log
 from tufmesh.errors import (
     ArtifactRefusedError,
     BinFullError,
+    CommitterGoneError,
     ConflictError,
     OriginError,
     OwnedMetadataError,
@@ -260,8 +261,8 @@ class SignerProcess:
         data = bytearray()
         while len(data) < count:
             chunk = await stream.receive_some(count - len(data))
-            if not chunk:
-                raise OriginError("the committer process exited; see its error output")
+            if not chunk:  # (asked, and gone before its answer: it may have done it)
+                raise CommitterGoneError("the committer process exited; see its error output")
             data += chunk
         return bytes(data)
 

@@ -1279,6 +1279,49 @@ def test_an_origin_whose_committer_dies_stops_for_its_supervisor(repo: Path) -> 
     assert "Traceback" not in server.stderr
 
 
+def test_an_upload_whose_committer_died_before_answering_may_be_published(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The committer gone mid-commit (after it wrote the new timestamp, say):
+    the upload was answered 500 "publishing failed", and `tufmesh publish`
+    said it was not published, though it may have been (a review found seven
+    so); rebuilt bytes sent under that name were then refused for good. Now
+    the answer is a 503 that says so, publish says it may be published, and
+    run again once the origin is back, it publishes it."""
+    token = add_project(repo, "proj")
+    artifact = tmp_path / "a-1.tar.gz"
+    artifact.write_bytes(os.urandom(10_000))
+    command = [TUFMESH, "publish", str(artifact), "--project", "proj", "--token", token]
+    server = start_server(repo)
+    try:
+        tasks = Path(f"/proc/{server.proc.pid}/task").glob("*/children")
+        (committer,) = (int(pid) for task in tasks for pid in task.read_text().split())
+        # One upload first: the committer has re-signed as it starts, and the
+        # next upload is what it is asked when it stops.
+        assert post(server.url, "proj", "warm-1.tar.gz", b"warm", token).status_code == 200
+        os.kill(committer, signal.SIGSTOP)  # it is given the upload, and answers nothing
+        blobs = len(list(BlobStore(repo / "cas")))
+        with subprocess.Popen([*command, "--origin", server.url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as publish:  # fmt: skip
+            deadline = time.monotonic() + 30
+            while len(list(BlobStore(repo / "cas"))) == blobs and time.monotonic() < deadline:
+                time.sleep(0.05)  # stored: then given to the committer
+            time.sleep(0.5)
+            os.kill(committer, signal.SIGKILL)
+            _, err = publish.communicate(timeout=60)
+        server.proc.wait(timeout=20)
+    finally:
+        server.stop()
+    assert publish.returncode == 1 and "Traceback" not in err, err
+    said = "the origin stopped before it could say whether proj/a-1.tar.gz is published: it may be"
+    assert said in err, err  # (its 503, and its retry's refused connection)
+    assert "it may be published (the same command again publishes it, or says it is)" in err
+    assert "1 of 1 files were not published (1 of them may be: see above)" in err, err
+    with running(repo) as server:
+        again = tufmesh(*command[1:], "--origin", server.url)
+    assert "published proj/a-1.tar.gz" in again.stdout, again.stdout
+
+
 def test_a_projects_publications_are_paced_past_a_burst(repo: Path) -> None:
     """One commit per small upload rewrote a bin of up to 4 MB each time: a
     token could write metadata faster than superseded versions go. Past
