@@ -298,13 +298,22 @@ class OriginService:
         return used + sum(n for name, n, _ in self.staged[project].values() if name != besides)
 
     @contextlib.contextmanager
-    def reserving(self, project: str, nbytes: int) -> Iterator[None]:
-        """Count ``nbytes`` against ``project``'s quota while an upload is read."""
+    def reserving(self, project: str, nbytes: int) -> Iterator[Callable[[int], None]]:
+        """Count ``nbytes`` against ``project``'s quota while an upload is
+        read; the function it gives counts more (what a body without a length
+        brings, as it arrives)."""
+        total = nbytes
         self.reading[project] += nbytes
+
+        def more(extra: int) -> None:
+            nonlocal total
+            total += extra
+            self.reading[project] += extra
+
         try:
-            yield
+            yield more
         finally:
-            self.reading[project] -= nbytes
+            self.reading[project] -= total
             if not self.reading[project]:
                 del self.reading[project]
 
@@ -1228,20 +1237,28 @@ def build_app(service: OriginService) -> ByteCounter:
             unread = left <= 0 or (declared is not None and int(declared) > left)
             return left, over, over if unread else None
 
-        published = service.published_entry(project, filename)
-        if published is not None:
-            # Only the same bytes again (a retry whose answer was lost) can
-            # publish here, answered as before at no cost: no more bytes are
-            # read than the published length, and another length is refused
-            # unread (other bytes of that length wait for the collector, and
-            # count against the quota meanwhile).
-            limit = published[1]
-            if service.wasted(project) + limit > repo_config.project_quota:
+        def resent_refused() -> Response | None:
+            """Other bytes under a published name are stored, then refused:
+            they wait for the collector, and count meanwhile (those being read
+            too)."""
+            if service.wasted(project) + service.reading[project] + limit > quota:
                 return _error(
                     413,
                     f"{project} has sent a quota's worth of refused uploads; they wait for the "
                     "origin's next collection (within the hour)",
                 )
+            return None
+
+        quota = repo_config.project_quota
+        published = service.published_entry(project, filename)
+        if published is not None:
+            # Only the same bytes again (a retry whose answer was lost) can
+            # publish here, answered as before at no cost: no more bytes are
+            # read than the published length, and another length is refused
+            # unread.
+            limit = published[1]
+            if (refused := resent_refused()) is not None:
+                return refused
             over = _error(
                 409,
                 f"{project}/{filename} is already published with different bytes (sha256 "
@@ -1266,14 +1283,30 @@ def build_app(service: OriginService) -> ByteCounter:
                 else f"too many uploads at once (at most {MAX_UPLOADS})"
             )
             return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
-        if published is None:  # again, now that it has its turn: others were read meanwhile
+        # Again, now that it has its turn: others were read meanwhile.
+        if published is None:
             limit, over, refusal = fitted(limit, over)
-            if refusal is not None:
-                return refusal
-        reserved = 0 if published is not None else min(limit, int(declared or limit))
+        else:
+            refusal = resent_refused()
+        if refusal is not None:
+            return refusal
+        # Its length is reserved (its limit, a published name's); a body
+        # without a length reserves what arrives, as it arrives (it may be
+        # small, and would hold its project's whole quota).
+        growing = declared is None and published is None
+        reserved = 0 if growing else limit if declared is None else min(limit, int(declared))
         try:
-            with uploading.hold(project), service.reserving(project, reserved):
-                return await _publish(request, project, filename, limit, over, token)
+            with uploading.hold(project), service.reserving(project, reserved) as more:
+
+                def arrived(nbytes: int) -> Response | None:
+                    more(nbytes)
+                    if service.held(project, besides=filename) + service.reading[project] > quota:
+                        return _error(413, f"{project}'s uploads would pass its quota")
+                    return None
+
+                return await _publish(
+                    request, project, filename, limit, over, token, arrived if growing else None
+                )
         finally:
             turns.unpark_all()
 
@@ -1284,11 +1317,13 @@ def build_app(service: OriginService) -> ByteCounter:
         limit: int,
         over: Response,
         token: str | None,
+        arrived: Callable[[int], Response | None] | None = None,
     ) -> Response:
-        """Store the body (``over``: the answer to one longer than ``limit``)
-        and publish it (or stage it, for a claimed project)."""
+        """Store the body (``over``: the answer to one longer than ``limit``;
+        ``arrived``: told of each piece, the answer refusing it, if any) and
+        publish it (or stage it, for a claimed project)."""
         path = f"{project}/{filename}"
-        outcome = await _store_body(request, limit, over, project, token)
+        outcome = await _store_body(request, limit, over, project, token, arrived)
         if isinstance(outcome, Response):
             return outcome
         cid, manifest, length = outcome
@@ -1457,7 +1492,12 @@ def build_app(service: OriginService) -> ByteCounter:
         )
 
     async def _store_body(
-        request: Request, limit: int, over: Response, project: str, token: str | None
+        request: Request,
+        limit: int,
+        over: Response,
+        project: str,
+        token: str | None,
+        arrived: Callable[[int], Response | None] | None = None,
     ) -> tuple[str, str | None, int] | Response:
         def store_all(first: bytes, writer: BlobWriter | None = None) -> BlobWriter:
             writer = writer or store.writer(chunk_size=repo_config.chunk_size)
@@ -1478,6 +1518,8 @@ def build_app(service: OriginService) -> ByteCounter:
             size += len(piece)
             if size > limit:
                 return over
+            if arrived is not None and (refused := arrived(len(piece))) is not None:
+                return refused
             if trio.current_time() >= recheck:  # (a stat of projects.json, unless changed)
                 recheck = trio.current_time() + REAUTHORIZE
                 if (refused := _authorize(project, token, again=True)) is not None:

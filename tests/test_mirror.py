@@ -1151,6 +1151,10 @@ def test_malformed_requests_get_answers_not_server_errors(tmp_path: Path) -> Non
                         assert reply.status_code < 500 or reply.status_code == 503, (
                             method, path, options, reply.status_code, reply.text[:200],
                         )  # fmt: skip
+                # Over 8 KiB, or nested too deep to parse: refused, by the mirror.
+                for body, status in [(have[-1], 413), (b"[" * 5000, 400)]:
+                    refused = client.post(f"{url}/have", content=body)
+                    assert refused.status_code == status, (status, refused.text[:200])
             # A have-query whose body never finishes holds its connection for
             # QUERY_TIMEOUT, not for ever.
             host, port = url.removeprefix("http://").rsplit(":", 1)

@@ -887,6 +887,7 @@ def test_uploads_at_once_cannot_store_past_their_projects_quota(tmp_path: Path) 
         with ThreadPoolExecutor(len(bodies)) as pool:
             answers = list(pool.map(upload, range(len(bodies))))
         assert sorted(answers) == [200] * 3 + [413] * 9, answers
+        published = answers.index(200)
         stored = sum(store.stat(cid).size for cid in set(store) - before)
         assert stored < 3_100_000, stored  # three bodies and their manifests, no more
     with running(repo) as server:  # a project at its quota, after a restart: refused unread
@@ -895,6 +896,37 @@ def test_uploads_at_once_cannot_store_past_their_projects_quota(tmp_path: Path) 
         assert late.status_code == 413, late.text
         assert late.json()["error"] == "gamma has 145,728 bytes of its quota left"
         assert set(store) == before
+
+        def slowly(project: str, name: str, body: bytes, token: str, sized: bool = True) -> int:
+            """An upload whose body takes a second and a half to arrive."""
+
+            def pieces() -> Iterator[bytes]:
+                for at in range(0, len(body), -(-len(body) // 3)):
+                    time.sleep(0.5)
+                    yield body[at : at + -(-len(body) // 3)]
+
+            headers = {"authorization": f"Bearer {token}"}
+            if sized:
+                headers["content-length"] = str(len(body))
+            url = f"{server.url}/api/v1/projects/{project}/files/{name}"
+            return httpx.post(url, content=pieces(), headers=headers, timeout=60).status_code
+
+        # Other bytes under a published name, sent at once: each is read,
+        # stored, then refused (409), and waits for the collector; they
+        # reserved nothing, and all were read past the quota.
+        with ThreadPoolExecutor(4) as pool:
+            resent = list(pool.map(lambda _: slowly("gamma", f"g{published}-1.tar.gz",
+                                                    os.urandom(1_000_000), token), range(4)))  # fmt: skip
+        assert sorted(resent) == [409, 409, 409, 413], resent
+        # A body without a length reserves what arrives, not its project's
+        # whole quota: another upload of the project is read meanwhile.
+        delta = add_project(repo, "delta")
+        with ThreadPoolExecutor(1) as pool:
+            small = pool.submit(slowly, "delta", "tiny-1.tar.gz", b"tiny", delta, False)
+            time.sleep(0.3)
+            assert post(server.url, "delta", "d-1.tar.gz", os.urandom(2_000_000),
+                        delta).status_code == 200  # fmt: skip
+            assert small.result() == 200
 
 
 def test_uploads_refused_after_their_bodies_count_against_the_quota(tmp_path: Path) -> None:
