@@ -52,7 +52,7 @@ from tufmesh.origin._owned import (
     key_material,
     owned_role,
 )
-from tufmesh.origin._publish import refusal, status_phrase
+from tufmesh.origin._publish import OUTCOME_HEADER, refusal, status_phrase
 from tufmesh.origin._repository import Artifact
 
 __all__ = [
@@ -991,6 +991,11 @@ def send_version(
             done = _published_already(client, origin, project, data)
             if done is not None:
                 return done  # sent before (its answer lost, or the command run again)
+        if response.headers.get(OUTCOME_HEADER) == "unknown":  # (its committer stopped)
+            raise UnansweredError(
+                f"{owned_role(project)}: sent, but {refusal(response)}: it may be published; "
+                "the same command again says whether it is"
+            )
         raise PublishError(
             f"{owned_role(project)}: refused by the origin ({response.status_code}): "
             f"{refusal(response)}"

@@ -149,7 +149,8 @@ def publish(
                 f"sha256 {answer['sha256'][:16]}…  snapshot v{answer['snapshot_version']}"
             )
         if stored and developer is not None:
-            failures += _sign_stored(client, origin_url, project, token, developer, stored)
+            failed, unsent = _sign_stored(client, origin_url, project, token, developer, stored)
+            failures, unsure = failures + failed, unsure + unsent
     if failures:
         maybe = f" ({unsure} of them may be: see above)" if unsure else ""
         raise click.ClickException(f"{failures} of {len(files)} files were not published{maybe}")
@@ -207,10 +208,11 @@ def _sign_stored(
     token: str,
     developer: DeveloperKey,
     stored: list[tuple[Path, dict[str, Any]]],
-) -> int:
+) -> tuple[int, int]:
     """Sign the next version of the claimed project's metadata listing the
     ``stored`` files (their entries computed here, from the files) and send
-    it; print a line per file; return the failures (all of them, or none)."""
+    it; print a line per file; return the failures (all of them, or none),
+    and how many of them may be published all the same."""
     from tufmesh.origin._developer import release, target_at
 
     project = normalize_project(project)
@@ -224,13 +226,13 @@ def _sign_stored(
         answer = release(client, origin_url, project, developer, token, add=adding)
         if "request" in answer:
             _hand_on(answer, developer, origin_url, [p for p, _ in stored])
-            return 0
+            return 0, 0
     except TufmeshError as exc:
         click.echo(f"error: {exc}", err=True)
-        return len(stored)
+        return len(stored), len(stored) if isinstance(exc, UnansweredError) else 0
     except OSError as exc:  # a file gone or unreadable since its upload
         click.echo(f"error: cannot read {exc.filename}: {exc.strerror}", err=True)
-        return len(stored)
+        return len(stored), 0
     # (A version the origin published already, sent again, has no snapshot.)
     snapshot = f", snapshot v{answer['snapshot_version']}" if "snapshot_version" in answer else ""
     for target in adding:
@@ -241,7 +243,7 @@ def _sign_stored(
         )
     if "warning" in answer:
         click.echo(f"warning: {answer['warning']}", err=True)
-    return 0
+    return 0, 0
 
 
 def _hand_on(
