@@ -84,6 +84,10 @@ class OriginConfig:
     #: Key ids a rotation replaced: never named again (one may have leaked,
     #: and naming it again would undo the recovery).
     retired: list[str] = field(default_factory=list)
+    #: role -> the key ids a rotation under way names for it: recorded as it
+    #: begins, cleared as it ends. One left over is a rotation cut short
+    #: (killed, or failed), which only the rotation run again finishes.
+    rotating: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # config.json is edited by hand: a wrong type was a traceback at the
@@ -106,6 +110,11 @@ class OriginConfig:
             raise OriginError("signers must map each role to {key id: signer URI}")
         if not isinstance(self.retired, list) or not all(isinstance(k, str) for k in self.retired):
             raise OriginError("retired must list key ids")
+        if not isinstance(self.rotating, dict) or not all(
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+            for keys in self.rotating.values()
+        ):
+            raise OriginError("rotating must map roles to lists of key ids")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise OriginError(f"chunk size {self.chunk_size} is outside 1 .. {MAX_CHUNK_SIZE}")
         missing = set(_default_expiry_days()) - set(self.expiry_days)

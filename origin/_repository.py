@@ -1076,25 +1076,28 @@ class OriginRepository(Repository):
         return set(self.config.retired) | (earlier - self.keyids_in_use())
 
     def cut_short_rotations(self) -> dict[str, list[str]]:
-        """Roles whose rotation stopped before its new keys reached the
-        metadata (killed, or failed): ``{role: the replaced keys still signing
-        it}``. The configuration names the new keys beside them; only the
-        rotation run again finishes it (re-signing would keep keys that may
-        have leaked)."""
-        retired, found = set(self.config.retired), {}
-        for role in ROLES:
+        """Roles whose rotation stopped before its keys reached the metadata
+        (killed, or failed): ``{role: the keys it was replacing, which still
+        sign it}``, from the record the rotation keeps while under way
+        (``config.json``, ``rotating``). Only the rotation run again finishes
+        it: re-signing would keep keys that may have leaked."""
+        found = {}
+        for role, keys in self.config.rotating.items():
             named = set(self._role_keys(self._bins()[0] if role == BIN_N else role)[0])
-            pending = set(self.config.signers.get(role, {})) - named
-            if pending and named & retired:
-                found[role] = sorted(named & retired)
+            if named != set(keys):  # (once it names them: finished, or only to sign)
+                found[role] = sorted(named - set(keys))
         return found
 
     def retire_signers(self) -> list[str]:
         """Drop from the configuration the keys no role names any more (after a
         rotation, or a ceremony finished by ``resign``); return their key ids.
         Not those of a rotation cut short: they say that it was."""
-        pending = {k for role in self.cut_short_rotations() for k in self.config.signers[role]}
+        cut_short = self.cut_short_rotations()
+        pending = {k for role in cut_short for k in self.config.signers.get(role, {})}
         retired = sorted(set(self.unretired()) - pending)
+        if self.config.rotating.keys() - cut_short.keys():  # (the record of finished ones)
+            rotating = {r: k for r, k in self.config.rotating.items() if r in cut_short}
+            self._use_signers(dataclasses.replace(self.config, rotating=rotating))
         if retired:
             used = self.keyids_in_use()
             kept = {
@@ -1602,7 +1605,10 @@ class OriginRepository(Repository):
         # The keys it replaces are recorded first, whether or not another role
         # shares them (they may have leaked), and whatever cuts it short.
         retired = sorted(set(old_config.retired) | (set(old_keyids) - set(new_ids)))
-        self._use_signers(dataclasses.replace(old_config, signers=both, retired=retired))
+        rotating = {**old_config.rotating, role: sorted(new_ids)}  # (until it ends)
+        self._use_signers(
+            dataclasses.replace(old_config, signers=both, retired=retired, rotating=rotating)
+        )
         done: list[str] = []
         try:
             delegator = self._replace_keys(role, [key for _, key in keys], threshold)
@@ -1627,7 +1633,10 @@ class OriginRepository(Repository):
             raise
         self._use_signers(
             dataclasses.replace(
-                old_config, signers={**old_config.signers, role: new_ids}, retired=retired
+                old_config,
+                signers={**old_config.signers, role: new_ids},
+                retired=retired,
+                rotating={r: k for r, k in rotating.items() if r != role},  # (ended)
             )
         )
         kept = set(new_ids) & set(old_keyids)

@@ -1224,6 +1224,38 @@ def test_a_rotation_cut_short_before_its_keys_are_published_is_finished_only_by_
     assert client.get_targetinfo("p/a-1.tar.gz") is not None
 
 
+def test_a_rotation_that_only_drops_a_key_is_said_cut_short_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys {A, B} to {A} (B leaked) adds no key: a rotation cut short was told
+    apart by a new key the metadata did not name, and this one was not (a
+    review): status exited 0, and 'origin sign' kept B for another year."""
+    import tufmesh.origin._repository as module
+
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    a, b = generate_file_key(repo.dir, "targets-a"), generate_file_key(repo.dir, "targets-b")
+    repo.rotate("targets", [a, b], threshold=1)
+    real = module.write_atomic
+
+    def metadata_fails(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.parent.name == "metadata":
+            raise OSError(28, "No space left on device")
+        real(path, data, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", metadata_fails)
+    with pytest.raises(OSError, match="No space"):
+        repo.rotate("targets", [a])
+    monkeypatch.undo()
+    said = f"still signed by {b[1].keyid[:12]}, which it replaced"
+    status = tufmesh("origin", "status", "--dir", str(repo.dir), check=False)
+    assert status.returncode == 1 and said in status.stderr, status.stderr
+    signed = tufmesh("origin", "sign", "--dir", str(repo.dir), "targets", check=False)
+    assert signed.returncode == 1 and said in signed.stderr, signed.stderr
+    tufmesh("origin", "rotate", "--dir", str(repo.dir), "targets", "--signer", a[0])
+    assert tufmesh("origin", "status", "--dir", str(repo.dir)).returncode == 0
+    assert OriginRepository(repo.dir).config.rotating == {}
+
+
 def test_a_rotation_never_lowers_a_threshold_unasked(tmp_path: Path) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), root_threshold=2)
     with pytest.raises(OriginError, match="threshold of 2"):
