@@ -12,6 +12,7 @@ import threading
 import time
 import types
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,7 @@ from tufmesh.mirror._swarm import (
     _post_json,
     have_client,
     parse_record,
+    read_at_most,
 )
 from tufmesh.p2p._blob import MAX_RECORD
 
@@ -624,6 +626,26 @@ def test_a_hostile_have_answer_costs_one_query(mode: str) -> None:
     assert hostile.sent < 16 << 20  # read no further than a record's limit (and buffers)
     # Nothing was unpacked either: the peak memory (KiB) grew by far less than a bomb.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 128 << 10
+
+
+def test_a_have_answer_is_read_no_further_than_its_limit() -> None:
+    """64 KiB (MAX_RECORD): a body one byte over it is refused as the piece
+    that passes the limit arrives, and no further piece is asked for."""
+    asked = []
+
+    async def pieces(total: int) -> AsyncIterator[bytes]:
+        for at in range(0, total, 4096):
+            asked.append(at)
+            yield b"x" * min(4096, total - at)
+
+    async def read(total: int) -> int:
+        return len(await read_at_most(pieces(total), MAX_RECORD))
+
+    assert MAX_RECORD == 64 * 1024 and trio.run(read, MAX_RECORD) == MAX_RECORD
+    asked.clear()
+    with pytest.raises(ValueError, match=f"over {MAX_RECORD} bytes"):
+        trio.run(read, 10 * MAX_RECORD)
+    assert len(asked) == MAX_RECORD // 4096 + 1  # the piece past the limit, and no more
 
 
 @pytest.mark.attack

@@ -65,6 +65,7 @@ from tufmesh.origin._developer import (
     read_claim,
     read_request,
     release_request,
+    send_version,
     target_of,
 )
 from tufmesh.origin._owned import owned_delegation, parse_owned
@@ -1334,6 +1335,10 @@ def test_a_project_whose_holders_sign_together(tmp_path: Path) -> None:
                        check=False)  # fmt: skip
         assert sent.returncode != 0 and "is signed by 1 of demo's keys, 2 needed" in sent.stderr
         assert "nothing is sent" in sent.stderr
+        # Sent past that check (by another client), the origin refuses it itself.
+        with httpx.Client() as client:
+            with pytest.raises(PublishError, match="not signed by 2 of demo's keys"):
+                send_version(client, url, "demo", read_request(pending).data, token)
         # The second holder checks it against their own copy and sends it,
         # uploading the file again (the origin may have collected the first).
         out = tufmesh("developer", "cosign", str(pending), str(second), "--key", str(b),

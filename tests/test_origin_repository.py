@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuf.api.exceptions import DownloadHTTPError, ExpiredMetadataError, UnsignedMetadataError
+from tuf.api.exceptions import (
+    DownloadHTTPError,
+    ExpiredMetadataError,
+    RepositoryError,
+    UnsignedMetadataError,
+)
 from tuf.api.metadata import DelegatedRole, Delegations, Metadata, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater
 
@@ -1092,6 +1097,68 @@ def test_a_removed_artifact_leaves_the_metadata_and_its_name_stays_taken(tmp_pat
     with pytest.raises(OriginError, match="not published"):
         repo.remove(["p/never-1.tar.gz"])
     assert set(OriginRepository(repo.dir).removed()) == {"p/evil-1.tar.gz", "p/twin-1.tar.gz"}
+
+
+def test_a_client_fast_forwarded_by_leaked_online_keys_follows_once_they_are_rotated(
+    tmp_path: Path,
+) -> None:
+    """The online keys leaked together (one host): the attacker pushed the
+    timestamp, the snapshot and a bin far ahead, and a client took them.
+    Once the maintainers rotate timestamp, snapshot and bin-n (docs/
+    maintainers.md), the client takes the real, lower versions again (TUF's
+    fast-forward recovery: a root with new timestamp or snapshot keys makes
+    the client drop the metadata they signed)."""
+    repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
+    path = "p/a-1.tar.gz"
+    assert repo.publish([stored(repo, path, b"one" * 1000)]) == [2]
+    updater_for(repo, tmp_path / "client").refresh()
+    leaked = {role: repo._signers_for(role if role != "bin-n" else repo._role_of(path))
+              for role in ("timestamp", "snapshot", "bin-n")}  # fmt: skip
+    metadata, ahead = repo.metadata_dir, 100
+    real = (metadata / "timestamp.json").read_bytes()
+
+    def forge(md: Metadata[Any], role: str) -> Metadata[Any]:
+        md.signed.version += ahead
+        md.signatures.clear()
+        for signer in leaked[role]:
+            md.sign(signer, append=True)
+        return md
+
+    bin_role = repo._role_of(path)
+    snapshot = Metadata.from_bytes(real).signed.snapshot_meta.version
+    listing = Metadata.from_bytes((metadata / f"{snapshot}.snapshot.json").read_bytes())
+    bin_version = listing.signed.meta[f"{bin_role}.json"].version
+    forged = [metadata / f"{bin_version + ahead}.{bin_role}.json",
+              metadata / f"{snapshot + ahead}.snapshot.json"]  # fmt: skip
+
+    def described(meta: Any, data: bytes) -> None:  # (its length and hash, if named)
+        meta.version += ahead
+        meta.length = len(data) if meta.length is not None else None
+        meta.hashes = {"sha256": hashlib.sha256(data).hexdigest()} if meta.hashes else None
+
+    bin_md = Metadata.from_bytes((metadata / f"{bin_version}.{bin_role}.json").read_bytes())
+    forged[0].write_bytes(data := forge(bin_md, "bin-n").to_bytes())
+    described(listing.signed.meta[f"{bin_role}.json"], data)
+    forged[1].write_bytes(data := forge(listing, "snapshot").to_bytes())
+    timestamp = Metadata.from_bytes(real)
+    described(timestamp.signed.snapshot_meta, data)
+    (metadata / "timestamp.json").write_bytes(forge(timestamp, "timestamp").to_bytes())
+    taken = updater_for(repo, tmp_path / "client")
+    taken.refresh()
+    assert taken.get_targetinfo(path) is not None  # (the forged bin, loaded)
+    for file in forged:
+        file.unlink()
+    (metadata / "timestamp.json").write_bytes(real)
+    stuck = updater_for(repo, tmp_path / "client")
+    with pytest.raises(RepositoryError) as stuck_on:  # before the recovery
+        stuck.refresh()
+    assert "version" in str(stuck_on.value), stuck_on.value  # (a rollback, to it)
+    for role in ("timestamp", "snapshot", "bin-n"):
+        repo.rotate(role, [generate_file_key(repo.dir, f"{role}-new")])
+    client = updater_for(OriginRepository(repo.dir), tmp_path / "client")
+    client.refresh()
+    info = client.get_targetinfo(path)
+    assert info is not None and Path(client.download_target(info)).read_bytes() == b"one" * 1000
 
 
 def test_a_root_rotation_without_the_old_root_keys_is_refused(tmp_path: Path) -> None:
