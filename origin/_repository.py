@@ -154,10 +154,15 @@ _NONE: Final = object()
 def cut_short_said(repo_dir: Path, role: str, keys: list[str]) -> str:
     """What to do about a rotation of ``role`` cut short (see
     :meth:`OriginRepository.cut_short_rotations`)."""
+    still = (
+        f"{role} is still signed by {', '.join(k[:12] for k in keys)}, which it replaced (it "
+        "may have leaked)"
+        if keys
+        else "it replaced no key"
+    )
     return (
-        f"the rotation of {role} was cut short before its new keys were published: {role} is "
-        f"still signed by {', '.join(k[:12] for k in keys)}, which it replaced (it may have "
-        f"leaked): run 'tufmesh origin rotate --dir {repo_dir} {role}' again"
+        f"the rotation of {role} was cut short before its new keys were published: {still}: "
+        f"run 'tufmesh origin rotate --dir {repo_dir} {role}' again"
     )
 
 
@@ -1081,11 +1086,18 @@ class OriginRepository(Repository):
         sign it}``, from the record the rotation keeps while under way
         (``config.json``, ``rotating``). Only the rotation run again finishes
         it: re-signing would keep keys that may have leaked."""
-        found = {}
-        for role, keys in self.config.rotating.items():
+        found: dict[str, list[str]] = {}
+        retired = set(self.config.retired)
+        for role in ROLES:
             named = set(self._role_keys(self._bins()[0] if role == BIN_N else role)[0])
-            if named != set(keys):  # (once it names them: finished, or only to sign)
-                found[role] = sorted(named - set(keys))
+            if role in self.config.rotating:
+                keys = set(self.config.rotating[role])
+                if named != keys:  # (once it names them: finished, or only to sign)
+                    found[role] = sorted(named - keys)
+            # (one cut short by a version that kept no record: the configuration
+            # names keys beside those the metadata names, some of them replaced)
+            elif set(self.config.signers.get(role, {})) - named and named & retired:
+                found[role] = sorted(named & retired)
         return found
 
     def retire_signers(self) -> list[str]:

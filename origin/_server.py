@@ -257,6 +257,9 @@ class OriginService:
         #: reserves its length, or its limit, as it gets its turn): uploads at
         #: once cannot together read past a project's quota.
         self.reading: Counter[str] = Counter()
+        #: Bytes being read under published names (another upload's, or the
+        #: same bytes again): refused, they count as ``refused`` does.
+        self.resending: Counter[str] = Counter()
         #: Why projects.json cannot be read, once said (None: it can).
         self.projects_damaged: str | None = None
         self.counter: ByteCounter | None = None
@@ -298,24 +301,27 @@ class OriginService:
         return used + sum(n for name, n, _ in self.staged[project].values() if name != besides)
 
     @contextlib.contextmanager
-    def reserving(self, project: str, nbytes: int) -> Iterator[Callable[[int], None]]:
+    def reserving(
+        self, project: str, nbytes: int, *, resent: bool = False
+    ) -> Iterator[Callable[[int], None]]:
         """Count ``nbytes`` against ``project``'s quota while an upload is
-        read; the function it gives counts more (what a body without a length
-        brings, as it arrives)."""
+        read (in ``resending``, for a published name); the function it gives
+        counts more (what a body without a length brings, as it arrives)."""
+        counter = self.resending if resent else self.reading
         total = nbytes
-        self.reading[project] += nbytes
+        counter[project] += nbytes
 
         def more(extra: int) -> None:
             nonlocal total
             total += extra
-            self.reading[project] += extra
+            counter[project] += extra
 
         try:
             yield more
         finally:
-            self.reading[project] -= total
-            if not self.reading[project]:
-                del self.reading[project]
+            counter[project] -= total
+            if not counter[project]:
+                del counter[project]
 
     def wasted(self, project: str) -> int:
         """Bytes of ``project``'s uploads stored and then refused, on the disk
@@ -1239,14 +1245,18 @@ def build_app(service: OriginService) -> ByteCounter:
 
         def resent_refused() -> Response | None:
             """Other bytes under a published name are stored, then refused:
-            they wait for the collector, and count meanwhile (those being read
-            too)."""
-            if service.wasted(project) + service.reading[project] + limit > quota:
+            they wait for the collector, and count meanwhile, as those being
+            read do (the same bytes again cost nothing, but that is known
+            only once read)."""
+            if service.wasted(project) + limit > quota:
                 return _error(
                     413,
                     f"{project} has sent a quota's worth of refused uploads; they wait for the "
                     "origin's next collection (within the hour)",
                 )
+            if service.wasted(project) + service.resending[project] + limit > quota:
+                busy = f"{project} has too many uploads under published names read at once"
+                return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
             return None
 
         quota = repo_config.project_quota
@@ -1296,7 +1306,8 @@ def build_app(service: OriginService) -> ByteCounter:
         growing = declared is None and published is None
         reserved = 0 if growing else limit if declared is None else min(limit, int(declared))
         try:
-            with uploading.hold(project), service.reserving(project, reserved) as more:
+            reserving = service.reserving(project, reserved, resent=published is not None)
+            with uploading.hold(project), reserving as more:
 
                 def arrived(nbytes: int) -> Response | None:
                     more(nbytes)

@@ -1323,6 +1323,44 @@ def test_a_rotation_that_only_drops_a_key_is_said_cut_short_too(
     assert OriginRepository(repo.dir).config.rotating == {}
 
 
+def test_a_rotation_cut_short_without_its_record_or_adding_keys_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration from before the record of rotations under way (its
+    own rotation cut short): told by the keys it names beside the published
+    ones, some replaced. And one that only adds a key names none replaced
+    (it said "still signed by , which it replaced")."""
+    import tufmesh.origin._repository as module
+
+    real = module.write_atomic
+
+    def metadata_fails(path: Path, data: bytes, **kwargs: bool) -> None:
+        if path.parent.name == "metadata":
+            raise OSError(28, "No space left on device")
+        real(path, data, **kwargs)
+
+    for name, adding in (("old", False), ("adding", True)):
+        repo = OriginRepository.create(tmp_path / name, OriginConfig(bins=4))
+        current = next(iter(repo.config.signers["targets"].items()))
+        keys = [generate_file_key(repo.dir, "targets-new")]
+        if adding:
+            keys.append((current[1], repo._public_keys()[current[0]]))
+        monkeypatch.setattr(module, "write_atomic", metadata_fails)
+        with pytest.raises(OSError, match="No space"):
+            repo.rotate("targets", keys)
+        monkeypatch.undo()
+        if not adding:  # as a version without the record left it
+            config = json.loads((repo.dir / "config.json").read_text())
+            del config["rotating"]
+            (repo.dir / "config.json").write_text(json.dumps(config))
+        status = tufmesh("origin", "status", "--dir", str(repo.dir), check=False)
+        assert status.returncode == 1 and "the rotation of targets was cut short" in status.stderr
+        said = "it replaced no key" if adding else f"still signed by {current[0][:12]}"
+        assert said in status.stderr, status.stderr
+        signed = tufmesh("origin", "sign", "--dir", str(repo.dir), "targets", check=False)
+        assert signed.returncode == 1 and "cut short" in signed.stderr, signed.stderr
+
+
 def test_a_rotation_never_lowers_a_threshold_unasked(tmp_path: Path) -> None:
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4), root_threshold=2)
     with pytest.raises(OriginError, match="threshold of 2"):
