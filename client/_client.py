@@ -219,8 +219,16 @@ class Client:
 
     @classmethod
     def from_home(cls, home: ClientHome, **kwargs: Any) -> Client:
-        """A client for a home made by ``tufmesh client init``."""
-        return cls(home.metadata_dir, home.trusted_root, home.sources(), home=home, **kwargs)
+        """A client for a home made by ``tufmesh client init``, which it
+        writes (python-tuf keeps its metadata there, verified)."""
+        sources = home.sources()
+        if not os.access(home.metadata_dir, os.W_OK):  # (a read-only mount: root too)
+            raise ClientError(
+                f"this client's home {home.path} cannot be written (its verified metadata is "
+                "kept there): give one of your own, --home DIR or TUFMESH_HOME, and "
+                "'tufmesh client init' it"
+            )
+        return cls(home.metadata_dir, home.trusted_root, sources, home=home, **kwargs)
 
     def close(self) -> None:
         """Remember source health; close connections."""

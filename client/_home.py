@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tomllib
 from collections.abc import Iterable
@@ -47,6 +48,13 @@ def check_url(url: object) -> str:
             f"a URL with a user name or password is refused (the one for {parsed.host})"
         )
     return url.rstrip("/")
+
+
+def _observed(value: object) -> float | None:
+    """``value`` if it is a measure (a finite number, not negative), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) and value >= 0 else None
+    return None
 
 
 def check_sources(sources: Iterable[object]) -> list[str]:
@@ -172,7 +180,7 @@ class ClientHome:
                 raise ValueError("it names no sources ('tufmesh client init' writes them)")
             if not isinstance(sources, list):
                 raise ValueError("sources must be a list of URLs")
-            return [check_url(u) for u in sources]
+            return check_sources(sources)  # (each once: a hand-edited list may repeat one)
         except (OSError, ValueError, KeyError, TypeError, UsageError) as exc:
             raise ClientError(f"bad {self.path / 'config.toml'}: {exc}") from None
 
@@ -183,19 +191,28 @@ class ClientHome:
         write_atomic(self.path / "config.toml", body.encode())
 
     def health(self) -> list[SourceHealth]:
-        """Observed health of each configured source."""
+        """Observed health of each configured source: what was observed
+        only, each of the right type (a value of another, hand-edited or
+        damaged, is left out; where and how a source is asked is never
+        taken from this file)."""
         known: dict[str, SourceHealth] = {}
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a hint: losing it costs nothing
             for entry in json.loads((self.path / "health.json").read_text()):
-                known[entry["url"]] = SourceHealth(**entry)
-        except (OSError, ValueError, TypeError, KeyError):
-            pass  # health is a hint; losing it costs nothing
+                if isinstance(entry, dict) and isinstance(url := entry.get("url"), str):
+                    failures, error = entry.get("failures"), entry.get("last_error")
+                    known[url] = SourceHealth(
+                        url,
+                        latency=_observed(entry.get("latency")),
+                        throughput=_observed(entry.get("throughput")),
+                        failures=failures if type(failures) is int and failures >= 0 else 0,
+                        last_error=error if isinstance(error, str) else None,
+                    )
         return [known.get(url, SourceHealth(url)) for url in self.sources()]
 
     def save_health(self, health: list[SourceHealth]) -> None:
         """Remember what was observed of each source, if the home can be
-        written: health is a hint, and a home this user may only read (a
-        shared, read-only one) still lists and downloads."""
-        body = json.dumps([asdict(h) for h in health], indent=1) + "\n"
+        written (health is a hint)."""
+        observed = ("url", "latency", "throughput", "failures", "last_error")
+        body = json.dumps([{k: asdict(h)[k] for k in observed} for h in health], indent=1)
         with contextlib.suppress(OSError):
-            write_atomic(self.path / "health.json", body.encode(), sync_dir=False)
+            write_atomic(self.path / "health.json", (body + "\n").encode(), sync_dir=False)

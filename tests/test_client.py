@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -947,6 +949,59 @@ def test_a_home_whose_health_cannot_be_written_still_lists_and_downloads(
     got = tufmesh("get", SMALL, "-o", str(tmp_path / "out"), "--home", str(home))
     assert "Error" not in got.stderr  # (and exit 0: tufmesh() checks)
     assert (tmp_path / "out" / SMALL.rsplit("/", 1)[1]).read_bytes() == origin.contents[SMALL]  # type: ignore[attr-defined]
+
+
+def test_a_hand_edited_health_or_config_neither_breaks_nor_steers_the_client(
+    origin: Server, tmp_path: Path
+) -> None:
+    """health.json was read field by field into the client: a count that is
+    text ended every later get in a traceback (after its download), a
+    latency that is text every 'client sources', and a metadata_url there
+    sent every metadata request elsewhere, for good. And a source named
+    twice in config.toml was asked as two."""
+    home = tmp_path / "home"
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    with socket.socket() as silent:  # a server that never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        elsewhere = f"http://127.0.0.1:{silent.getsockname()[1]}/m"
+        (home / "health.json").write_text(json.dumps([
+            {"url": origin.url, "latency": "x", "throughput": float("inf"), "failures": "z",
+             "last_error": 5, "metadata_url": elsewhere, "fallback": True},
+        ]))  # fmt: skip
+        (home / "config.toml").write_text(
+            f'sources = ["{origin.url}", "{origin.url}/", "{origin.url}"]\n'
+        )
+        listed = tufmesh("client", "sources", "--home", str(home))
+        assert listed.stdout.count(origin.url) == 1, listed.stdout
+        for run in range(2):  # (and the file it then writes reads back)
+            got = tufmesh("get", SMALL, "-o", str(tmp_path / f"out{run}"), "--home", str(home))
+            assert f"verified; from {origin.url} 100%" in got.stdout, (got.stdout, got.stderr)
+    saved = json.loads((home / "health.json").read_text())
+    assert [set(entry) for entry in saved] == [
+        {"url", "latency", "throughput", "failures", "last_error"}
+    ], saved
+
+
+def test_a_home_that_cannot_be_written_is_said_so(origin: Server, tmp_path: Path) -> None:
+    """python-tuf writes its metadata cache at every run: a read-only home
+    failed with "Read-only file system: .../metadata/tmpsic1a4t9"."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs unshare -m as root (a read-only bind mount)")
+    home = tmp_path / "home"
+    tufmesh("client", "init", str(origin.repo / "metadata" / "1.root.json"),
+            "--origin", origin.url, "--home", str(home))  # fmt: skip
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    listed = subprocess.run(
+        [unshare, "-m", "sh", "-c", script, "sh", str(home), TUFMESH, "ls", "--home", str(home)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if "mount:" in listed.stderr:
+        pytest.skip(f"no read-only bind mount here: {listed.stderr.strip()}")
+    assert listed.returncode == 1, listed
+    assert f"this client's home {home} cannot be written" in listed.stderr, listed.stderr
 
 
 def test_get_never_writes_through_a_link_at_the_part_file(origin: Server, tmp_path: Path) -> None:
