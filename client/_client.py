@@ -222,7 +222,8 @@ class Client:
         """A client for a home made by ``tufmesh client init``, which it
         writes (python-tuf keeps its metadata there, verified)."""
         sources = home.sources()
-        if not os.access(home.metadata_dir, os.W_OK):  # (a read-only mount: root too)
+        cache = home.metadata_dir if home.metadata_dir.exists() else home.path  # (made if gone)
+        if not os.access(cache, os.W_OK):  # (a read-only mount: root too)
             raise ClientError(
                 f"this client's home {home.path} cannot be written (its verified metadata is "
                 "kept there): give one of your own, --home DIR or TUFMESH_HOME, and "

@@ -197,7 +197,8 @@ class ClientHome:
         taken from this file)."""
         known: dict[str, SourceHealth] = {}
         with contextlib.suppress(OSError, ValueError):  # a hint: losing it costs nothing
-            for entry in json.loads((self.path / "health.json").read_text()):
+            entries = json.loads((self.path / "health.json").read_text())
+            for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, dict) and isinstance(url := entry.get("url"), str):
                     failures, error = entry.get("failures"), entry.get("last_error")
                     known[url] = SourceHealth(

@@ -1095,8 +1095,11 @@ class OriginRepository(Repository):
                 if named != keys:  # (once it names them: finished, or only to sign)
                     found[role] = sorted(named - keys)
             # (one cut short by a version that kept no record: the configuration
-            # names keys beside those the metadata names, some of them replaced)
-            elif set(self.config.signers.get(role, {})) - named and named & retired:
+            # names keys beside those the metadata names, which no role names,
+            # and the metadata names keys that were replaced)
+            elif (extra := set(self.config.signers.get(role, {})) - named) and (
+                extra <= set(self.unretired()) and named & retired
+            ):
                 found[role] = sorted(named & retired)
         return found
 

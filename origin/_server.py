@@ -1248,11 +1248,12 @@ def build_app(service: OriginService) -> ByteCounter:
             they wait for the collector, and count meanwhile, as those being
             read do (the same bytes again cost nothing, but that is known
             only once read)."""
-            if service.wasted(project) + limit > quota:
+            if (wasted := service.wasted(project)) + limit > quota:
                 return _error(
                     413,
-                    f"{project} has sent a quota's worth of refused uploads; they wait for the "
-                    "origin's next collection (within the hour)",
+                    f"{project} has {wasted:,} bytes of refused uploads waiting for the origin's "
+                    f"next collection (within the hour): with this one's {limit:,}, past its "
+                    f"quota of {quota:,}",
                 )
             if service.wasted(project) + service.resending[project] + limit > quota:
                 busy = f"{project} has too many uploads under published names read at once"

@@ -1359,6 +1359,18 @@ def test_a_rotation_cut_short_without_its_record_or_adding_keys_is_said(
         assert said in status.stderr, status.stderr
         signed = tufmesh("origin", "sign", "--dir", str(repo.dir), "targets", check=False)
         assert signed.returncode == 1 and "cut short" in signed.stderr, signed.stderr
+    # Not a healthy one that only looks alike: a role whose key another role's
+    # rotation replaced (shared), with another role's key configured beside
+    # its own by hand.
+    repo = OriginRepository.create(tmp_path / "shared", OriginConfig(bins=4))
+    snapshot = next(iter(repo.config.signers["snapshot"].items()))
+    repo.rotate("timestamp", [(snapshot[1], repo._public_keys()[snapshot[0]])])
+    repo = OriginRepository(repo.dir)
+    repo.rotate("snapshot", [generate_file_key(repo.dir, "snapshot-new")])
+    config = json.loads((repo.dir / "config.json").read_text())
+    config["signers"]["timestamp"].update(config["signers"]["bin-n"])
+    (repo.dir / "config.json").write_text(json.dumps(config))
+    assert OriginRepository(repo.dir).cut_short_rotations() == {}
 
 
 def test_a_rotation_never_lowers_a_threshold_unasked(tmp_path: Path) -> None:
