@@ -23,6 +23,7 @@ import httpx
 from tuf.api.metadata import Metadata, Root
 
 from tufmesh._durable import write_atomic
+from tufmesh._json import loads
 from tufmesh.client._fetcher import SourceHealth
 from tufmesh.errors import ClientError, UsageError
 
@@ -197,7 +198,7 @@ class ClientHome:
         taken from this file)."""
         known: dict[str, SourceHealth] = {}
         with contextlib.suppress(OSError, ValueError):  # a hint: losing it costs nothing
-            entries = json.loads((self.path / "health.json").read_text())
+            entries = loads((self.path / "health.json").read_text())  # (too deep: ValueError)
             for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, dict) and isinstance(url := entry.get("url"), str):
                     failures, error = entry.get("failures"), entry.get("last_error")

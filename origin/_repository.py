@@ -1095,10 +1095,10 @@ class OriginRepository(Repository):
                 if named != keys:  # (once it names them: finished, or only to sign)
                     found[role] = sorted(named - keys)
             # (one cut short by a version that kept no record: the configuration
-            # names keys beside those the metadata names, which no role names,
-            # and the metadata names keys that were replaced)
+            # names keys beside those the metadata names, one of which no role
+            # names, and the metadata names keys that were replaced)
             elif (extra := set(self.config.signers.get(role, {})) - named) and (
-                extra <= set(self.unretired()) and named & retired
+                extra & set(self.unretired()) and named & retired
             ):
                 found[role] = sorted(named & retired)
         return found

@@ -982,11 +982,13 @@ def test_a_hand_edited_health_or_config_neither_breaks_nor_steers_the_client(
     assert [set(entry) for entry in saved] == [
         {"url", "latency", "throughput", "failures", "last_error"}
     ], saved
-    # Not a list at all; and the metadata cache deleted (to reset it): made again.
-    (home / "health.json").write_text("null")
-    shutil.rmtree(home / "metadata")
-    got = tufmesh("get", SMALL, "-o", str(tmp_path / "out2"), "--home", str(home))
-    assert f"verified; from {origin.url} 100%" in got.stdout, (got.stdout, got.stderr)
+    # Not a list at all, or nested past the recursion limit; and the metadata
+    # cache deleted (to reset it): made again.
+    for run, damaged in enumerate(["null", "[" * 100_000]):
+        (home / "health.json").write_text(damaged)
+        shutil.rmtree(home / "metadata")
+        got = tufmesh("get", SMALL, "-o", str(tmp_path / f"again{run}"), "--home", str(home))
+        assert f"verified; from {origin.url} 100%" in got.stdout, (got.stdout, got.stderr)
 
 
 def test_a_home_that_cannot_be_written_is_said_so(origin: Server, tmp_path: Path) -> None:

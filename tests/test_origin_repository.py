@@ -1339,17 +1339,20 @@ def test_a_rotation_cut_short_without_its_record_or_adding_keys_is_said(
             raise OSError(28, "No space left on device")
         real(path, data, **kwargs)
 
-    for name, adding in (("old", False), ("adding", True)):
+    for name, adding in (("old", False), ("adding", True), ("mixed", False)):
         repo = OriginRepository.create(tmp_path / name, OriginConfig(bins=4))
         current = next(iter(repo.config.signers["targets"].items()))
         keys = [generate_file_key(repo.dir, "targets-new")]
         if adding:
             keys.append((current[1], repo._public_keys()[current[0]]))
+        if name == "mixed":  # (and another role's key among the new ones)
+            bins = next(iter(repo.config.signers["bins"].items()))
+            keys.append((bins[1], repo._public_keys()[bins[0]]))
         monkeypatch.setattr(module, "write_atomic", metadata_fails)
         with pytest.raises(OSError, match="No space"):
             repo.rotate("targets", keys)
         monkeypatch.undo()
-        if not adding:  # as a version without the record left it
+        if not adding:  # as a version without the record left it (the test it fell back on)
             config = json.loads((repo.dir / "config.json").read_text())
             del config["rotating"]
             (repo.dir / "config.json").write_text(json.dumps(config))
