@@ -1226,6 +1226,7 @@ def build_app(service: OriginService) -> ByteCounter:
             return admitted
         project, token, declared = admitted
         over: Response = _error(413, f"upload over the {limit}-byte limit")  # (no length said)
+        quota = repo_config.project_quota
 
         # A project near its quota (what it holds, and what its uploads being
         # read may store) is refused before the body is read, and read no
@@ -1236,7 +1237,7 @@ def build_app(service: OriginService) -> ByteCounter:
             """The upload's limit within its project's quota, the answer past
             it, and the refusal to give now, unread, if it is refused."""
             held = service.held(project, besides=filename) + service.reading[project]
-            left = repo_config.project_quota - held
+            left = quota - held
             if left >= limit:
                 return limit, over, None
             over = _error(413, f"{project} has {max(left, 0):,} bytes of its quota left")
@@ -1248,19 +1249,19 @@ def build_app(service: OriginService) -> ByteCounter:
             they wait for the collector, and count meanwhile, as those being
             read do (the same bytes again cost nothing, but that is known
             only once read)."""
-            if (wasted := service.wasted(project)) + limit > quota:
+            wasted = service.wasted(project)
+            if wasted + limit > quota:
                 return _error(
                     413,
                     f"{project} has {wasted:,} bytes of refused uploads waiting for the origin's "
                     f"next collection (within the hour): with this one's {limit:,}, past its "
                     f"quota of {quota:,}",
                 )
-            if service.wasted(project) + service.resending[project] + limit > quota:
+            if wasted + service.resending[project] + limit > quota:
                 busy = f"{project} has too many uploads under published names read at once"
                 return _error(503, busy, headers={"retry-after": str(UPLOAD_RETRY_AFTER)})
             return None
 
-        quota = repo_config.project_quota
         published = service.published_entry(project, filename)
         if published is not None:
             # Only the same bytes again (a retry whose answer was lost) can
