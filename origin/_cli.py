@@ -639,6 +639,26 @@ def _token_said() -> None:
         raise UsageError("no standard output to show the new upload token on")
 
 
+def _shown(header: str) -> Callable[[str], None]:
+    """Say ``header`` and a new token on standard output, flushed, before
+    the token counts: one that cannot be said (a pipe closed meanwhile, a
+    full disk) changes nothing (it replaced a token, or registered a
+    project, with a token nobody saw)."""
+
+    def show(token: str) -> None:
+        try:
+            click.echo(header)
+            click.echo(token)
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(
+                f"cannot show the new upload token (standard output: {why}): nothing changed"
+            ) from None
+
+    return show
+
+
 @project.command("add")
 @repo_option
 @click.argument("name")
@@ -646,11 +666,10 @@ def project_add(repo_dir: Path, name: str) -> None:
     """Register project NAME; print its upload token on the last line."""
     _token_said()
     OriginRepository(repo_dir, load=False)
-    token = ProjectRegistry(repo_dir).add(name)
     normal = normalize_project(name)
     also = "" if normal == name else f" (the normal form of {name})"
-    click.echo(f"registered project {normal}{also}; its upload token (shown once, keep it secret):")
-    click.echo(token)
+    said = f"registered project {normal}{also}; its upload token (shown once, keep it secret):"
+    ProjectRegistry(repo_dir).add(name, _shown(said))
 
 
 @project.command("list")
@@ -741,6 +760,6 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
     """Replace NAME's upload token; print the new one on the last line."""
     _token_said()
     OriginRepository(repo_dir, load=False)
-    token = ProjectRegistry(repo_dir).rotate(name)
-    click.echo(f"new upload token for {name} (the old one no longer works):")
-    click.echo(token)
+    ProjectRegistry(repo_dir).rotate(
+        name, _shown(f"new upload token for {name} (the old one no longer works):")
+    )

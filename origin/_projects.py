@@ -13,7 +13,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, final
@@ -88,24 +88,30 @@ class ProjectRegistry:
             raise OriginError(f"no project {name!r}")
         return {k: v for k, v in project.items() if k != "token_sha256"}
 
-    def add(self, name: str) -> str:
-        """Register a project; return its new upload token."""
+    def add(self, name: str, shown: Callable[[str], None] | None = None) -> str:
+        """Register a project; return its new upload token (given first to
+        ``shown``: if that raises, nothing is registered)."""
         normal = normalize_project(name)
         with self._editing() as projects:
             if normal in projects:
                 raise OriginError(f"project {normal!r} already exists")
             token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+            if shown is not None:
+                shown(token)
             now = datetime.now(UTC).isoformat(timespec="seconds")
             projects[normal] = {"token_sha256": _digest(token), "created": now}
         return token
 
-    def rotate(self, name: str) -> str:
-        """Replace a project's token; the old one stops working at once."""
+    def rotate(self, name: str, shown: Callable[[str], None] | None = None) -> str:
+        """Replace a project's token; the old one stops working at once (the
+        new one given first to ``shown``: if that raises, nothing changes)."""
         normal = normalize_project(name)
         with self._editing() as projects:
             if normal not in projects:
                 raise OriginError(f"no project {normal!r}")
             token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+            if shown is not None:
+                shown(token)
             rotated = datetime.now(UTC).isoformat(timespec="seconds")
             entry = projects[normal] | {"token_sha256": _digest(token), "rotated": rotated}
             projects[normal] = entry

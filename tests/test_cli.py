@@ -231,6 +231,17 @@ def test_closed_standard_streams_neither_lose_tokens_nor_crash_nor_fail_services
     registry = ProjectRegistry(repo)
     registry.authorize("demo", token)  # (raises if it no longer works)
     assert "other" not in registry.names()
+    # Nor a standard output that fails as the token is said (a full disk, a
+    # pipe closed meanwhile): the token was replaced all the same.
+    for command in (["token-rotate", "demo"], ["add", "other"]):
+        with open("/dev/full", "w") as full:
+            failed = subprocess.run([TUFMESH, "origin", "project", *command, "--dir", str(repo)],
+                                    stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)  # fmt: skip
+        assert failed.returncode == 1, failed.stderr
+        assert "cannot show the new upload token (standard output: No space left on device): " \
+            "nothing changed" in failed.stderr, failed.stderr  # fmt: skip
+    registry.authorize("demo", token)
+    assert "other" not in registry.names()
     blob = tmp_path / "blob"
     blob.write_bytes(b"x" * 100_000)
     put = _with_closed(2, "cas", "--store", str(tmp_path / "store"), "put", str(blob))
