@@ -981,6 +981,12 @@ class OriginRepository(Repository):
         blobs: dict[str, set[str]] = defaultdict(set)
         removed = self.repair_root_copy()
         self._prune(set(self._md))  # (routine: what commits before a stop left)
+        # A removal cut short after its commit left its artifact's files: its
+        # blob was served by CID until the next collection. Finished first
+        # (before the links and pins below go: they say which it was).
+        if unfinished := self._removal_leftovers():
+            self._unlink(unfinished, keep_recent=True)  # (not bytes stored again lately)
+            removed += [f"finished removing {path}" for path in sorted(unfinished)]
         for target in self.artifacts():
             project, filename = target.path.split("/", 1)
             sha256 = target.hashes.get("sha256")
@@ -1020,6 +1026,27 @@ class OriginRepository(Repository):
                 self.store.unpin(name, stale)
                 removed += [f"pin {name} {cid}" for cid in stale]
         return removed
+
+    def _removal_leftovers(self) -> dict[str, dict[str, Any]]:
+        """Removal records (of artifacts no longer published) whose link is
+        still here, or one of whose blobs its project still pins, or which
+        is stored and pinned by nobody."""
+        pins = self.store.pins()
+        pinned = frozenset().union(*pins.values())
+        left = {}
+        for path, record in self.removed().items():
+            sha256 = record.get("sha256")
+            if not is_sha256(sha256) or self.find(path) is not None:
+                continue  # (still published: a removal cut short before its commit)
+            project, filename = path.split("/", 1)
+            named = [c for c in record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
+                     if _is_cid(c)]  # fmt: skip
+            ours = pins.get(f"project:{project}", frozenset())
+            if (self.targets_dir / project / f"{sha256}.{filename}").exists() or any(
+                c in ours or (c not in pinned and self.store.has(c)) for c in named
+            ):
+                left[path] = record
+        return left
 
     def _pin(self, artifacts: Iterable[Artifact]) -> None:
         per_project: dict[str, set[str]] = defaultdict(set)

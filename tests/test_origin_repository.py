@@ -1473,6 +1473,19 @@ def test_a_removal_cut_short_is_finished_by_running_it_again(
     assert again.remove(["p/evil-1.tar.gz"]) == 3  # nothing new to sign
     assert not repo.store.has(bad.cid) and not repo.store.has(bad.manifest)  # gone at once
     assert not (repo.targets_dir / "p" / f"{bad.sha256}.evil-1.tar.gz").exists()
+    # Not run again, the origin finishes it as it starts (its tidy): the blob
+    # was served by CID until the next collection, and nothing said so.
+    worse = stored(repo, "p/worse-1.tar.gz", b"worse" * 500)
+    assert isinstance(OriginRepository(repo.dir).publish([worse])[0], int)
+    monkeypatch.setattr(OriginRepository, "_unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        OriginRepository(repo.dir).remove(["p/worse-1.tar.gz"])
+    monkeypatch.undo()
+    for cid in (worse.cid, worse.manifest):  # (past the store's grace: not bytes stored lately)
+        os.utime(repo.store.path(cid), (1, 1))
+    assert "finished removing p/worse-1.tar.gz" in OriginRepository(repo.dir).tidy()
+    assert not repo.store.has(worse.cid) and not repo.store.has(worse.manifest)
+    assert OriginRepository(repo.dir).tidy() == []  # (once)
 
 
 def test_a_removal_cut_short_before_its_commit_is_reported_and_finished(
