@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -639,13 +640,17 @@ def _token_said() -> None:
         raise UsageError("no standard output to show the new upload token on")
 
 
-def _shown(header: str) -> Callable[[str], None]:
-    """Say ``header`` and a new token on standard output, flushed, before
-    the token counts: one that cannot be said (a pipe closed meanwhile, a
-    full disk) changes nothing (it replaced a token, or registered a
-    project, with a token nobody saw)."""
+@contextlib.contextmanager
+def _new_token(header: str, unrecorded: str) -> Iterator[Callable[[str], None]]:
+    """A function that says ``header`` and a new token on standard output,
+    flushed, before the token counts: one that cannot be said (a pipe closed
+    meanwhile, a full disk) changes nothing (it replaced a token, or
+    registered a project, with a token nobody saw); one said and then not
+    recorded is said not to work (``unrecorded``: what is true then)."""
+    said = False
 
     def show(token: str) -> None:
+        nonlocal said
         try:
             click.echo(header)
             click.echo(token)
@@ -655,8 +660,17 @@ def _shown(header: str) -> Callable[[str], None]:
             raise UsageError(
                 f"cannot show the new upload token (standard output: {why}): nothing changed"
             ) from None
+        said = True
 
-    return show
+    try:
+        yield show
+    except OSError as exc:
+        if not said:
+            raise
+        raise OriginError(
+            f"cannot record the new upload token ({exc.strerror or exc}): the one shown does "
+            f"not work; {unrecorded}"
+        ) from None
 
 
 @project.command("add")
@@ -669,7 +683,8 @@ def project_add(repo_dir: Path, name: str) -> None:
     normal = normalize_project(name)
     also = "" if normal == name else f" (the normal form of {name})"
     said = f"registered project {normal}{also}; its upload token (shown once, keep it secret):"
-    ProjectRegistry(repo_dir).add(name, _shown(said))
+    with _new_token(said, f"{normal} is not registered") as show:
+        ProjectRegistry(repo_dir).add(name, show)
 
 
 @project.command("list")
@@ -760,6 +775,6 @@ def project_token_rotate(repo_dir: Path, name: str) -> None:
     """Replace NAME's upload token; print the new one on the last line."""
     _token_said()
     OriginRepository(repo_dir, load=False)
-    ProjectRegistry(repo_dir).rotate(
-        name, _shown(f"new upload token for {name} (the old one no longer works):")
-    )
+    said = f"new upload token for {name} (the old one no longer works):"
+    with _new_token(said, "the old one still works") as show:
+        ProjectRegistry(repo_dir).rotate(name, show)

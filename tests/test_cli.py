@@ -210,6 +210,37 @@ def test_a_relative_xdg_data_home_is_ignored(tmp_path: Path) -> None:
     assert f"{tmp_path}/.local/share/tufmesh/client" in listed.stderr, listed.stderr
 
 
+def test_a_token_shown_and_then_not_recorded_is_said_not_to_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token is said before projects.json is written: a write that then
+    fails (a full disk) left a token on the screen that did not work."""
+    import tufmesh.origin._projects as projects_module
+    from tufmesh.errors import OriginError
+    from tufmesh.origin._cli import project_add, project_token_rotate
+    from tufmesh.origin._projects import ProjectRegistry
+
+    repo = tmp_path / "repo"
+    tufmesh("origin", "init", "--dir", str(repo))
+    token = ProjectRegistry(repo).add("demo")
+
+    def no_space(path: Path, data: bytes, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(projects_module, "write_atomic", no_space)
+    for command, args, still in [(project_token_rotate, ["demo"], "the old one still works"),
+                                 (project_add, ["other"], "other is not registered")]:  # fmt: skip
+        with pytest.raises(OriginError) as failed:
+            command.main([*args, "--dir", str(repo)], standalone_mode=False)
+        assert str(failed.value) == (
+            "cannot record the new upload token (No space left on device): the one shown does "
+            f"not work; {still}"
+        )
+    monkeypatch.undo()
+    ProjectRegistry(repo).authorize("demo", token)
+    assert ProjectRegistry(repo).names() == ["demo"]
+
+
 def test_closed_standard_streams_neither_lose_tokens_nor_crash_nor_fail_services(
     tmp_path: Path,
 ) -> None:
