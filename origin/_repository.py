@@ -1031,17 +1031,22 @@ class OriginRepository(Repository):
         """Removal records (of artifacts no longer published) whose link is
         still here, or one of whose blobs its project still pins, or which
         is stored and pinned by nobody."""
+        records = self.removed()
+        if not records:
+            return {}
         pins = self.store.pins()
         pinned = frozenset().union(*pins.values())
+        published = self._published_cids()
         left = {}
-        for path, record in self.removed().items():
+        for path, record in records.items():
             sha256 = record.get("sha256")
             if not is_sha256(sha256) or self.find(path) is not None:
                 continue  # (still published: a removal cut short before its commit)
             project, filename = path.split("/", 1)
             named = [c for c in record.get("blobs") or [cid_from_sha256(bytes.fromhex(sha256))]
                      if _is_cid(c)]  # fmt: skip
-            ours = pins.get(f"project:{project}", frozenset())
+            # (pinned by its project for what it still publishes: not a leftover)
+            ours = pins.get(f"project:{project}", frozenset()) - published[project]
             if (self.targets_dir / project / f"{sha256}.{filename}").exists() or any(
                 c in ours or (c not in pinned and self.store.has(c)) for c in named
             ):
@@ -1269,15 +1274,23 @@ class OriginRepository(Repository):
                 with contextlib.suppress(PinError, BlobNotFoundError):
                     self.store.delete(cid, keep_recent=keep_recent)
 
+    def _published_cids(self, project: str | None = None) -> defaultdict[str, set[str]]:
+        """The blobs (artifacts and chunk manifests) each project publishes
+        (only ``project``'s, if given)."""
+        found: defaultdict[str, set[str]] = defaultdict(set)
+        for target in self.artifacts():
+            owner = target.path.split("/", 1)[0]
+            custom = target.unrecognized_fields.get("custom")
+            if (project is None or owner == project) and isinstance(custom, dict):
+                # (an entry signed with stolen online keys may hold anything)
+                cids = (custom.get("cid"), custom.get("manifest"))
+                found[owner].update(c for c in cids if _is_cid(c))
+        return found
+
     def _release(self, project: str, cids: Iterable[str]) -> list[str]:
         """Unpin, from ``project``'s pin set, those of ``cids`` that nothing
         published in the project names any more; return them."""
-        still: set[str] = set()
-        for target in self.artifacts():
-            custom = target.unrecognized_fields.get("custom")
-            if target.path.startswith(f"{project}/") and isinstance(custom, dict):
-                # (an entry signed with stolen online keys may hold anything)
-                still.update(c for c in (custom.get("cid"), custom.get("manifest")) if _is_cid(c))
+        still = self._published_cids(project)[project]
         unused = [cid for cid in cids if cid not in still]
         if unused:
             with contextlib.suppress(PinError):  # no pin set: nothing to unpin

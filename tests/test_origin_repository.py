@@ -1486,6 +1486,12 @@ def test_a_removal_cut_short_is_finished_by_running_it_again(
     assert "finished removing p/worse-1.tar.gz" in OriginRepository(repo.dir).tidy()
     assert not repo.store.has(worse.cid) and not repo.store.has(worse.manifest)
     assert OriginRepository(repo.dir).tidy() == []  # (once)
+    # A removal whose bytes the project still publishes under another name is
+    # no leftover (it was said finished again at every start).
+    twins = [stored(repo, f"p/{name}-1.tar.gz", b"twin" * 500) for name in ("x", "y")]
+    assert all(isinstance(v, int) for v in OriginRepository(repo.dir).publish(twins))
+    OriginRepository(repo.dir).remove(["p/x-1.tar.gz"])
+    assert OriginRepository(repo.dir).tidy() == [] and repo.store.has(twins[1].cid)
 
 
 def test_a_removal_cut_short_before_its_commit_is_reported_and_finished(
