@@ -215,6 +215,7 @@ class ClientHome:
         """Remember what was observed of each source, if the home can be
         written (health is a hint)."""
         observed = ("url", "latency", "throughput", "failures", "last_error")
-        body = json.dumps([{k: asdict(h)[k] for k in observed} for h in health], indent=1)
+        entries = [{k: v for k, v in asdict(h).items() if k in observed} for h in health]
+        body = json.dumps(entries, indent=1)
         with contextlib.suppress(OSError):
             write_atomic(self.path / "health.json", (body + "\n").encode(), sync_dir=False)

@@ -30,8 +30,10 @@ from tests.helpers.log import log_lines
 from tests.helpers.origin import (
     TUFMESH,
     add_project,
+    committer_of,
     init_repo,
     post,
+    publish_as_committer_dies,
     running,
     snapshot_version,
     start_server,
@@ -1308,9 +1310,7 @@ def test_an_origin_whose_committer_dies_stops_for_its_supervisor(repo: Path) -> 
 
     server = start_server(repo)
     try:
-        tasks = Path(f"/proc/{server.proc.pid}/task").glob("*/children")
-        (committer,) = (int(pid) for task in tasks for pid in task.read_text().split())
-        os.kill(committer, signal.SIGKILL)
+        os.kill(committer_of(server), signal.SIGKILL)
         server.proc.wait(timeout=20)
     finally:
         server.stop()
@@ -1332,26 +1332,8 @@ def test_an_upload_whose_committer_died_before_answering_may_be_published(
     artifact = tmp_path / "a-1.tar.gz"
     artifact.write_bytes(os.urandom(10_000))
     command = [TUFMESH, "publish", str(artifact), "--project", "proj", "--token", token]
-    server = start_server(repo)
-    try:
-        tasks = Path(f"/proc/{server.proc.pid}/task").glob("*/children")
-        (committer,) = (int(pid) for task in tasks for pid in task.read_text().split())
-        # One upload first: the committer has re-signed as it starts, and the
-        # next upload is what it is asked when it stops.
-        assert post(server.url, "proj", "warm-1.tar.gz", b"warm", token).status_code == 200
-        os.kill(committer, signal.SIGSTOP)  # it is given the upload, and answers nothing
-        blobs = len(list(BlobStore(repo / "cas")))
-        with subprocess.Popen([*command, "--origin", server.url], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) as publish:  # fmt: skip
-            deadline = time.monotonic() + 30
-            while len(list(BlobStore(repo / "cas"))) == blobs and time.monotonic() < deadline:
-                time.sleep(0.05)  # stored: then given to the committer
-            time.sleep(0.5)
-            os.kill(committer, signal.SIGKILL)
-            _, err = publish.communicate(timeout=60)
-        server.proc.wait(timeout=20)
-    finally:
-        server.stop()
+    publish = publish_as_committer_dies(repo, command, ("proj", token), settle=0.5)
+    err = publish.stderr
     assert publish.returncode == 1 and "Traceback" not in err, err
     said = "the origin stopped before it could say whether proj/a-1.tar.gz is published: it may be"
     assert said in err, err  # (its 503, and its retry's refused connection)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -1175,12 +1175,22 @@ def test_a_root_rotation_without_the_old_root_keys_is_refused(tmp_path: Path) ->
 
 def fill_disk_at(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """The disk fills up as the repository writes the file ``name``."""
+    _fill_disk_when(monkeypatch, lambda path: path.name == name)
+
+
+def fill_disk_in_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up as the repository writes any metadata (its
+    configuration, outside ``metadata/``, is written)."""
+    _fill_disk_when(monkeypatch, lambda path: path.parent.name == "metadata")
+
+
+def _fill_disk_when(monkeypatch: pytest.MonkeyPatch, full: Callable[[Path], bool]) -> None:
     import tufmesh.origin._repository as module
 
     real = module.write_atomic
 
     def full_disk(path: Path, data: bytes, **kwargs: bool) -> None:
-        if path.name == name:
+        if full(path):
             raise OSError(28, "No space left on device")
         real(path, data, **kwargs)
 
@@ -1250,21 +1260,12 @@ def test_a_rotation_cut_short_before_its_keys_are_published_is_finished_only_by_
     which re-signed the role with its old key for another year, and retired
     the new one. Now status fails, serve and sign refuse, and the rotation
     run again finishes it."""
-    import tufmesh.origin._repository as module
-
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     assert repo.publish([stored(repo, "p/a-1.tar.gz", b"one" * 100)]) == [2]
     client = updater_for(repo, tmp_path / "client")
     client.refresh()
     old = set(repo.config.signers[role])
-    real = module.write_atomic
-
-    def metadata_fails(path: Path, data: bytes, **kwargs: bool) -> None:
-        if path.parent.name == "metadata":
-            raise OSError(28, "No space left on device")
-        real(path, data, **kwargs)
-
-    monkeypatch.setattr(module, "write_atomic", metadata_fails)
+    fill_disk_in_metadata(monkeypatch)
     with pytest.raises(OSError, match="No space"):
         repo.rotate(role, [generate_file_key(repo.dir, f"{role}-new")])
     monkeypatch.undo()
@@ -1297,19 +1298,10 @@ def test_a_rotation_that_only_drops_a_key_is_said_cut_short_too(
     """Keys {A, B} to {A} (B leaked) adds no key: a rotation cut short was told
     apart by a new key the metadata did not name, and this one was not (a
     review): status exited 0, and 'origin sign' kept B for another year."""
-    import tufmesh.origin._repository as module
-
     repo = OriginRepository.create(tmp_path / "repo", OriginConfig(bins=4))
     a, b = generate_file_key(repo.dir, "targets-a"), generate_file_key(repo.dir, "targets-b")
     repo.rotate("targets", [a, b], threshold=1)
-    real = module.write_atomic
-
-    def metadata_fails(path: Path, data: bytes, **kwargs: bool) -> None:
-        if path.parent.name == "metadata":
-            raise OSError(28, "No space left on device")
-        real(path, data, **kwargs)
-
-    monkeypatch.setattr(module, "write_atomic", metadata_fails)
+    fill_disk_in_metadata(monkeypatch)
     with pytest.raises(OSError, match="No space"):
         repo.rotate("targets", [a])
     monkeypatch.undo()
@@ -1330,15 +1322,6 @@ def test_a_rotation_cut_short_without_its_record_or_adding_keys_is_said(
     own rotation cut short): told by the keys it names beside the published
     ones, some replaced. And one that only adds a key names none replaced
     (it said "still signed by , which it replaced")."""
-    import tufmesh.origin._repository as module
-
-    real = module.write_atomic
-
-    def metadata_fails(path: Path, data: bytes, **kwargs: bool) -> None:
-        if path.parent.name == "metadata":
-            raise OSError(28, "No space left on device")
-        real(path, data, **kwargs)
-
     for name, adding in (("old", False), ("adding", True), ("mixed", False)):
         repo = OriginRepository.create(tmp_path / name, OriginConfig(bins=4))
         current = next(iter(repo.config.signers["targets"].items()))
@@ -1348,7 +1331,7 @@ def test_a_rotation_cut_short_without_its_record_or_adding_keys_is_said(
         if name == "mixed":  # (and another role's key among the new ones)
             bins = next(iter(repo.config.signers["bins"].items()))
             keys.append((bins[1], repo._public_keys()[bins[0]]))
-        monkeypatch.setattr(module, "write_atomic", metadata_fails)
+        fill_disk_in_metadata(monkeypatch)
         with pytest.raises(OSError, match="No space"):
             repo.rotate("targets", keys)
         monkeypatch.undo()

@@ -110,23 +110,21 @@ def test_forged_announcements_are_not_delivered_and_lower_the_senders_score(tmp_
             await meshed(honest, peers=3)
             from securesystemslib.signer import CryptoSigner
 
-            def forged(version: int) -> bytes:
-                return timestamp(repo, version=version, signer=CryptoSigner.generate_ed25519())
+            async def forge(versions: tuple[int, int], rejected: int) -> None:
+                """The liar announces ``versions``, forged; until ``rejected``."""
+                for version in versions:
+                    signer = CryptoSigner.generate_ed25519()
+                    await liar.announce(timestamp(repo, version=version, signer=signer))
+                with trio.fail_after(5):
+                    while honest.rejected < rejected:
+                        await trio.sleep(0.05)
 
-            for version in (49, 50):
-                await liar.announce(forged(version))
-            with trio.fail_after(5):
-                while honest.rejected < 2:
-                    await trio.sleep(0.05)
+            await forge((49, 50), rejected=2)
             # Past its second forgery, below the gossip threshold (and not yet
             # graylisted: what it sends is still read)...
             assert honest.score(liar.peer_id) < score_params().gossip_threshold
             assert honest.score(liar.peer_id) > score_params().graylist_threshold
-            for version in (51, 52):
-                await liar.announce(forged(version))
-            with trio.fail_after(5):
-                while honest.rejected < 3:
-                    await trio.sleep(0.05)
+            await forge((51, 52), rejected=3)
             # Past the third forgery the liar is graylisted (read at once: the
             # score decays 10% a heartbeat, and two would lift it above)...
             assert honest.score(liar.peer_id) < score_params().graylist_threshold

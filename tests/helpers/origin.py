@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +89,46 @@ def running(repo: Path, *extra: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def committer_of(server: Server) -> int:
+    """The process ID of a serving origin's committer (its one child)."""
+    tasks = Path(f"/proc/{server.proc.pid}/task").glob("*/children")
+    (committer,) = (int(pid) for task in tasks for pid in task.read_text().split())
+    return committer
+
+
+def publish_as_committer_dies(
+    repo: Path, publish: list[str], warm: tuple[str, str], settle: float
+) -> subprocess.CompletedProcess[str]:
+    """Run ``publish`` (a ``tufmesh publish`` command line, its ``--origin``
+    added) against an origin of ``repo`` whose committer, once it has
+    published a first upload to ``warm`` (project, token: its re-signing as
+    it starts is done), is stopped, then killed ``settle`` seconds after the
+    upload is stored: given the upload, it never answers. The origin stops
+    with it, and is waited for."""
+    from tufmesh.cas import BlobStore
+
+    store = BlobStore(repo / "cas")
+    server = start_server(repo)
+    try:
+        committer = committer_of(server)
+        project, token = warm
+        assert post(server.url, project, "warm-1.tar.gz", b"warm", token).status_code == 200
+        os.kill(committer, signal.SIGSTOP)
+        blobs = len(list(store))
+        with subprocess.Popen([*publish, "--origin", server.url], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) as proc:  # fmt: skip
+            deadline = time.monotonic() + 30
+            while len(list(store)) == blobs and time.monotonic() < deadline:
+                time.sleep(0.05)  # stored: then given to the committer
+            time.sleep(settle)
+            os.kill(committer, signal.SIGKILL)
+            out, err = proc.communicate(timeout=60)
+        server.proc.wait(timeout=20)
+    finally:
+        server.stop()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def post(url: str, project: str, filename: str, body: bytes, token: str | None) -> httpx.Response:
